@@ -1,0 +1,885 @@
+//! Configuration: defaults ← TOML file ← the original worker's variables ←
+//! `MCP_PROXY_*` environment variables (`__` separates nesting).
+//!
+//! Every key is known: an unknown key, a missing required key or a bad value is
+//! an error that names the key and where its value came from.
+
+use std::fmt;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use figment::providers::{Env, Format, Toml};
+use figment::Figment;
+use serde::{Deserialize, Deserializer, Serialize, Serializer};
+use url::Url;
+
+/// The environment prefix of every configuration variable.
+pub const ENV_PREFIX: &str = "MCP_PROXY_";
+
+/// The original Cloudflare Worker's variables and the keys they set.
+const LEGACY_VARIABLES: [(&str, &str); 5] = [
+    ("DOWNSTREAM_MCP_URL", "downstream.url"),
+    ("CF_ACCESS_CLIENT_ID", "upstream.client_id"),
+    ("CF_ACCESS_CLIENT_SECRET", "upstream.client_secret"),
+    ("CF_ACCESS_TEAM_DOMAIN", "upstream.team_domain"),
+    ("COOKIE_ENCRYPTION_KEY", "secrets.encryption_key"),
+];
+
+#[derive(Debug, thiserror::Error)]
+pub enum ConfigError {
+    #[error("{0}")]
+    Load(String),
+    #[error("{key}: {message}")]
+    Invalid { key: &'static str, message: String },
+}
+
+impl ConfigError {
+    fn invalid(key: &'static str, message: impl Into<String>) -> Self {
+        ConfigError::Invalid {
+            key,
+            message: message.into(),
+        }
+    }
+}
+
+/// The whole configuration, as read from file and environment.
+#[derive(Debug, Clone, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct Config {
+    pub server: ServerConfig,
+    #[serde(default)]
+    pub upstream: UpstreamConfig,
+    #[serde(default)]
+    pub downstream: DownstreamConfig,
+    #[serde(default)]
+    pub store: StoreConfig,
+    #[serde(default)]
+    pub policy: PolicyConfig,
+    #[serde(default)]
+    pub secrets: SecretsConfig,
+    #[serde(default)]
+    pub tokens: TokensConfig,
+    #[serde(default)]
+    pub registration: RegistrationConfig,
+    #[serde(default)]
+    pub consent: ConsentConfig,
+    #[serde(default)]
+    pub log: LogConfig,
+}
+
+#[derive(Debug, Clone, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct ServerConfig {
+    #[serde(default = "default_listen")]
+    pub listen: String,
+    /// The URL clients use to reach the proxy. The issuer and every advertised
+    /// URL derive from it, never from request headers.
+    #[serde(deserialize_with = "lenient_string")]
+    pub public_url: String,
+    #[serde(default)]
+    pub admin_listen: Option<String>,
+    /// How long open streams may keep running after a shutdown signal.
+    #[serde(default = "default_shutdown_grace")]
+    pub shutdown_grace: DurationStr,
+}
+
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize, Serialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum Provider {
+    /// Any OpenID Connect provider, found through `upstream.issuer`.
+    #[default]
+    Oidc,
+    /// Cloudflare Access; the issuer derives from `upstream.team_domain`.
+    CloudflareAccess,
+}
+
+#[derive(Debug, Clone, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct UpstreamConfig {
+    #[serde(default)]
+    pub provider: Provider,
+    #[serde(default, deserialize_with = "lenient_opt_string")]
+    pub issuer: Option<String>,
+    #[serde(default, deserialize_with = "lenient_opt_string")]
+    pub team_domain: Option<String>,
+    #[serde(default, deserialize_with = "lenient_opt_string")]
+    pub client_id: Option<String>,
+    #[serde(default)]
+    pub client_secret: Option<Secret>,
+    #[serde(default)]
+    pub client_secret_file: Option<PathBuf>,
+    #[serde(default = "default_scopes")]
+    pub scopes: Vec<String>,
+    /// Merge the provider's userinfo claims into the id_token's.
+    #[serde(default)]
+    pub userinfo: bool,
+    #[serde(default = "default_upstream_timeout")]
+    pub timeout: DurationStr,
+}
+
+impl Default for UpstreamConfig {
+    fn default() -> Self {
+        UpstreamConfig {
+            provider: Provider::default(),
+            issuer: None,
+            team_domain: None,
+            client_id: None,
+            client_secret: None,
+            client_secret_file: None,
+            scopes: default_scopes(),
+            userinfo: false,
+            timeout: default_upstream_timeout(),
+        }
+    }
+}
+
+#[derive(Debug, Clone, Default, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct DownstreamConfig {
+    #[serde(default, deserialize_with = "lenient_opt_string")]
+    pub url: Option<String>,
+    #[serde(default, deserialize_with = "lenient_opt_string")]
+    pub sse_url: Option<String>,
+}
+
+#[derive(Debug, Clone, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct StoreConfig {
+    #[serde(default = "default_store_path")]
+    pub path: PathBuf,
+    #[serde(default)]
+    pub redis_url: Option<Secret>,
+    /// How often expired records are removed.
+    #[serde(default = "default_purge_interval")]
+    pub purge_interval: DurationStr,
+}
+
+impl Default for StoreConfig {
+    fn default() -> Self {
+        StoreConfig {
+            path: default_store_path(),
+            redis_url: None,
+            purge_interval: default_purge_interval(),
+        }
+    }
+}
+
+#[derive(Debug, Clone, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct PolicyConfig {
+    #[serde(default = "default_policy_path")]
+    pub path: PathBuf,
+}
+
+impl Default for PolicyConfig {
+    fn default() -> Self {
+        PolicyConfig {
+            path: default_policy_path(),
+        }
+    }
+}
+
+#[derive(Debug, Clone, Default, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct SecretsConfig {
+    #[serde(default)]
+    pub encryption_key: Option<Secret>,
+    #[serde(default)]
+    pub encryption_key_file: Option<PathBuf>,
+}
+
+#[derive(Debug, Clone, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct TokensConfig {
+    #[serde(default = "default_access_ttl")]
+    pub access_ttl: DurationStr,
+    #[serde(default = "default_refresh_ttl")]
+    pub refresh_ttl: DurationStr,
+    #[serde(default = "default_code_ttl")]
+    pub code_ttl: DurationStr,
+}
+
+impl Default for TokensConfig {
+    fn default() -> Self {
+        TokensConfig {
+            access_ttl: default_access_ttl(),
+            refresh_ttl: default_refresh_ttl(),
+            code_ttl: default_code_ttl(),
+        }
+    }
+}
+
+#[derive(Debug, Clone, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct RegistrationConfig {
+    /// A dynamically registered client that is not used for this long is
+    /// forgotten.
+    #[serde(default = "default_client_ttl")]
+    pub client_ttl: DurationStr,
+    /// Private-use URI schemes accepted in redirect URIs, e.g. "cursor".
+    #[serde(default)]
+    pub allowed_schemes: Vec<String>,
+    #[serde(default = "default_max_redirect_uris")]
+    pub max_redirect_uris: usize,
+}
+
+impl Default for RegistrationConfig {
+    fn default() -> Self {
+        RegistrationConfig {
+            client_ttl: default_client_ttl(),
+            allowed_schemes: Vec::new(),
+            max_redirect_uris: default_max_redirect_uris(),
+        }
+    }
+}
+
+#[derive(Debug, Clone, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct ConsentConfig {
+    /// How long an approval of a client is remembered for a browser.
+    #[serde(default = "default_consent_ttl")]
+    pub remember: DurationStr,
+}
+
+impl Default for ConsentConfig {
+    fn default() -> Self {
+        ConsentConfig {
+            remember: default_consent_ttl(),
+        }
+    }
+}
+
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize, Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum LogFormat {
+    /// JSON when stderr is not a terminal, readable text when it is.
+    #[default]
+    Auto,
+    Json,
+    Pretty,
+}
+
+#[derive(Debug, Clone, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct LogConfig {
+    #[serde(default)]
+    pub format: LogFormat,
+    /// A tracing env-filter directive; `RUST_LOG` overrides it.
+    #[serde(default = "default_log_level")]
+    pub level: String,
+}
+
+impl Default for LogConfig {
+    fn default() -> Self {
+        LogConfig {
+            format: LogFormat::default(),
+            level: default_log_level(),
+        }
+    }
+}
+
+fn default_listen() -> String {
+    "127.0.0.1:8787".into()
+}
+fn default_shutdown_grace() -> DurationStr {
+    DurationStr(Duration::from_secs(30))
+}
+fn default_scopes() -> Vec<String> {
+    vec!["openid".into(), "email".into(), "profile".into()]
+}
+fn default_upstream_timeout() -> DurationStr {
+    DurationStr(Duration::from_secs(10))
+}
+fn default_store_path() -> PathBuf {
+    PathBuf::from("mcp-oauth-proxy.db")
+}
+fn default_purge_interval() -> DurationStr {
+    DurationStr(Duration::from_secs(600))
+}
+fn default_policy_path() -> PathBuf {
+    PathBuf::from("policies/default.rhai")
+}
+fn default_access_ttl() -> DurationStr {
+    DurationStr(Duration::from_secs(3600))
+}
+fn default_refresh_ttl() -> DurationStr {
+    DurationStr(Duration::from_secs(30 * 86400))
+}
+fn default_code_ttl() -> DurationStr {
+    DurationStr(Duration::from_secs(300))
+}
+fn default_client_ttl() -> DurationStr {
+    DurationStr(Duration::from_secs(90 * 86400))
+}
+fn default_max_redirect_uris() -> usize {
+    10
+}
+fn default_consent_ttl() -> DurationStr {
+    DurationStr(Duration::from_secs(30 * 86400))
+}
+fn default_log_level() -> String {
+    "info".into()
+}
+
+/// A duration written as text ("10m", "1h 30m", "30d").
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct DurationStr(pub Duration);
+
+impl DurationStr {
+    pub fn secs(&self) -> i64 {
+        self.0.as_secs() as i64
+    }
+}
+
+impl<'de> Deserialize<'de> for DurationStr {
+    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        let text = String::deserialize(d)?;
+        humantime::parse_duration(&text)
+            .map(DurationStr)
+            .map_err(|e| {
+                serde::de::Error::custom(format!(
+                    "`{text}` is not a duration ({e}); write e.g. \"10m\", \"1h\", \"30d\""
+                ))
+            })
+    }
+}
+
+impl Serialize for DurationStr {
+    fn serialize<S: Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        s.serialize_str(&humantime::format_duration(self.0).to_string())
+    }
+}
+
+/// A secret value: never printed, never serialized in clear.
+#[derive(Clone, PartialEq, Eq)]
+pub struct Secret(String);
+
+impl Secret {
+    pub fn new(value: impl Into<String>) -> Self {
+        Secret(value.into())
+    }
+    pub fn expose(&self) -> &str {
+        &self.0
+    }
+}
+
+impl fmt::Debug for Secret {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("[redacted]")
+    }
+}
+
+impl<'de> Deserialize<'de> for Secret {
+    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        lenient_string(d).map(Secret)
+    }
+}
+
+impl Serialize for Secret {
+    fn serialize<S: Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        s.serialize_str("[redacted]")
+    }
+}
+
+/// Environment values are parsed by figment ("123" becomes a number); a
+/// string key accepts them back as text.
+fn lenient_string<'de, D: Deserializer<'de>>(d: D) -> Result<String, D::Error> {
+    #[derive(Deserialize)]
+    #[serde(untagged)]
+    enum Lenient {
+        Text(String),
+        Unsigned(u64),
+        Signed(i64),
+        Float(f64),
+        Bool(bool),
+    }
+    Ok(match Lenient::deserialize(d)? {
+        Lenient::Text(s) => s,
+        Lenient::Unsigned(n) => n.to_string(),
+        Lenient::Signed(n) => n.to_string(),
+        Lenient::Float(n) => n.to_string(),
+        Lenient::Bool(b) => b.to_string(),
+    })
+}
+
+fn lenient_opt_string<'de, D: Deserializer<'de>>(d: D) -> Result<Option<String>, D::Error> {
+    lenient_string(d).map(Some)
+}
+
+/// Settings derived and checked once at startup, in the form the code uses.
+#[derive(Debug, Clone)]
+pub struct Settings {
+    pub config: Config,
+    /// `server.public_url` without a trailing slash; the issuer.
+    pub public_url: String,
+    pub issuer_url: String,
+    pub upstream_client_id: String,
+    pub upstream_client_secret: Option<Secret>,
+    pub encryption_key: [u8; 32],
+    pub downstream_url: Url,
+    /// Cookies use the `__Host-` prefix and `Secure` unless the public URL is
+    /// plain http on a non-loopback host, where browsers would drop them.
+    pub secure_cookies: bool,
+}
+
+impl Settings {
+    pub fn callback_url(&self) -> String {
+        format!("{}/callback", self.public_url)
+    }
+}
+
+/// Loads the configuration: defaults ← `path` ← the original worker's
+/// variables ← `MCP_PROXY_*`.
+pub fn load(path: Option<&Path>) -> Result<Config, ConfigError> {
+    figment(path)
+        .extract::<Config>()
+        .map_err(|e| ConfigError::Load(describe_figment_error(e)))
+}
+
+/// The figment with every source, in precedence order (later wins).
+pub fn figment(path: Option<&Path>) -> Figment {
+    let mut figment = Figment::new();
+    if let Some(path) = path {
+        figment = figment.merge(Toml::file_exact(path));
+    }
+    let legacy = Env::raw().filter_map(|name| {
+        LEGACY_VARIABLES
+            .iter()
+            .find(|(legacy, _)| name == *legacy)
+            .map(|(_, key)| (*key).into())
+    });
+    figment
+        .merge(legacy)
+        .merge(Env::prefixed(ENV_PREFIX).split("__"))
+}
+
+/// One line per problem: what is wrong, which key, which source.
+fn describe_figment_error(error: figment::Error) -> String {
+    let mut lines = Vec::new();
+    for e in error {
+        let mut path = e.path.clone();
+        // Figment reports profile names; they mean nothing to operators.
+        if matches!(path.first().map(String::as_str), Some("default" | "global")) {
+            path.remove(0);
+        }
+        let key = path.join(".");
+        let source = e
+            .metadata
+            .as_ref()
+            .map(|m| match &m.source {
+                Some(src) => format!("{} ({src})", m.name),
+                None => m.name.to_string(),
+            })
+            .unwrap_or_else(|| "defaults".into());
+        let kind = e.kind.to_string();
+        if key.is_empty() {
+            lines.push(format!("config error: {kind} (from {source})"));
+        } else {
+            lines.push(format!("config error at `{key}`: {kind} (from {source})"));
+        }
+    }
+    lines.join("\n")
+}
+
+impl Config {
+    /// Checks values and derives what the code uses. Errors name the key.
+    pub fn validate(self) -> Result<Settings, ConfigError> {
+        let public_url = validate_public_url(&self.server.public_url)?;
+        let issuer_url = self.derive_issuer()?;
+        let upstream_client_id = self
+            .upstream
+            .client_id
+            .clone()
+            .filter(|s| !s.trim().is_empty())
+            .ok_or_else(|| {
+                ConfigError::invalid(
+                    "upstream.client_id",
+                    "is not set (the client id the OpenID provider gave this proxy; env MCP_PROXY_UPSTREAM__CLIENT_ID or CF_ACCESS_CLIENT_ID)",
+                )
+            })?;
+        let upstream_client_secret = match (
+            &self.upstream.client_secret,
+            &self.upstream.client_secret_file,
+        ) {
+            (Some(_), Some(_)) => {
+                return Err(ConfigError::invalid(
+                    "upstream.client_secret_file",
+                    "set together with upstream.client_secret; keep one",
+                ))
+            }
+            (Some(secret), None) => Some(secret.clone()),
+            (None, Some(file)) => Some(Secret::new(read_secret_file(
+                "upstream.client_secret_file",
+                file,
+            )?)),
+            (None, None) => None,
+        };
+        let key_text = match (&self.secrets.encryption_key, &self.secrets.encryption_key_file) {
+            (Some(_), Some(_)) => {
+                return Err(ConfigError::invalid(
+                    "secrets.encryption_key_file",
+                    "set together with secrets.encryption_key; keep one",
+                ))
+            }
+            (Some(secret), None) => secret.expose().to_string(),
+            (None, Some(file)) => read_secret_file("secrets.encryption_key_file", file)?,
+            (None, None) => {
+                return Err(ConfigError::invalid(
+                    "secrets.encryption_key",
+                    "is not set; generate one with `openssl rand -hex 32` (env MCP_PROXY_SECRETS__ENCRYPTION_KEY or COOKIE_ENCRYPTION_KEY)",
+                ))
+            }
+        };
+        let encryption_key = parse_key(&key_text)?;
+        let downstream_text = self.downstream.url.clone().filter(|s| !s.trim().is_empty()).ok_or_else(|| {
+            ConfigError::invalid(
+                "downstream.url",
+                "is not set (the MCP server to protect; env MCP_PROXY_DOWNSTREAM__URL or DOWNSTREAM_MCP_URL)",
+            )
+        })?;
+        let downstream_url = parse_http_url("downstream.url", &downstream_text)?;
+        if let Some(sse) = &self.downstream.sse_url {
+            parse_http_url("downstream.sse_url", sse)?;
+        }
+        for scheme in &self.registration.allowed_schemes {
+            crate::oauth::redirect_uri::check_allowed_scheme(scheme)
+                .map_err(|m| ConfigError::invalid("registration.allowed_schemes", m))?;
+        }
+        if self.registration.max_redirect_uris == 0 || self.registration.max_redirect_uris > 100 {
+            return Err(ConfigError::invalid(
+                "registration.max_redirect_uris",
+                "must be between 1 and 100",
+            ));
+        }
+        for (key, value) in [
+            ("tokens.access_ttl", self.tokens.access_ttl),
+            ("tokens.refresh_ttl", self.tokens.refresh_ttl),
+            ("tokens.code_ttl", self.tokens.code_ttl),
+            ("registration.client_ttl", self.registration.client_ttl),
+            ("store.purge_interval", self.store.purge_interval),
+        ] {
+            if value.0.is_zero() {
+                return Err(ConfigError::invalid(key, "must be longer than zero"));
+            }
+        }
+        let secure_cookies = {
+            let url = Url::parse(&public_url)
+                .map_err(|e| ConfigError::invalid("server.public_url", e.to_string()))?;
+            url.scheme() == "https" || is_loopback_host(url.host_str().unwrap_or_default())
+        };
+        Ok(Settings {
+            public_url,
+            issuer_url,
+            upstream_client_id,
+            upstream_client_secret,
+            encryption_key,
+            downstream_url,
+            secure_cookies,
+            config: self,
+        })
+    }
+
+    fn derive_issuer(&self) -> Result<String, ConfigError> {
+        let team_domain = self
+            .upstream
+            .team_domain
+            .as_deref()
+            .filter(|s| !s.trim().is_empty());
+        let derive_from_team = self.upstream.provider == Provider::CloudflareAccess
+            || (self.upstream.issuer.is_none() && team_domain.is_some());
+        if derive_from_team {
+            let team = team_domain.ok_or_else(|| {
+                ConfigError::invalid(
+                    "upstream.team_domain",
+                    "is required with provider = \"cloudflare-access\" (e.g. \"myteam.cloudflareaccess.com\"; env CF_ACCESS_TEAM_DOMAIN)",
+                )
+            })?;
+            let client_id = self.upstream.client_id.as_deref().ok_or_else(|| {
+                ConfigError::invalid(
+                    "upstream.client_id",
+                    "is required to derive the Cloudflare Access issuer",
+                )
+            })?;
+            return Ok(cloudflare_access_issuer(team, client_id));
+        }
+        let issuer = self.upstream.issuer.as_deref().filter(|s| !s.trim().is_empty()).ok_or_else(|| {
+            ConfigError::invalid(
+                "upstream.issuer",
+                "is not set (the OpenID provider's issuer URL; or set upstream.provider = \"cloudflare-access\" with upstream.team_domain)",
+            )
+        })?;
+        parse_http_url("upstream.issuer", issuer)?;
+        Ok(issuer.trim_end_matches('/').to_string())
+    }
+}
+
+/// Cloudflare Access SaaS OIDC applications have one issuer per application.
+pub fn cloudflare_access_issuer(team_domain: &str, client_id: &str) -> String {
+    let team = team_domain
+        .trim()
+        .trim_start_matches("https://")
+        .trim_start_matches("http://")
+        .trim_end_matches('/');
+    let host = if team.contains('.') {
+        team.to_string()
+    } else {
+        format!("{team}.cloudflareaccess.com")
+    };
+    format!("https://{host}/cdn-cgi/access/sso/oidc/{client_id}")
+}
+
+fn validate_public_url(text: &str) -> Result<String, ConfigError> {
+    let url = parse_http_url("server.public_url", text)?;
+    if url.path() != "/" || url.query().is_some() || url.fragment().is_some() {
+        return Err(ConfigError::invalid(
+            "server.public_url",
+            format!("`{text}` must be an origin such as https://mcp.example.com, without a path, query or fragment"),
+        ));
+    }
+    Ok(url.as_str().trim_end_matches('/').to_string())
+}
+
+fn parse_http_url(key: &'static str, text: &str) -> Result<Url, ConfigError> {
+    let url = Url::parse(text.trim())
+        .map_err(|e| ConfigError::invalid(key, format!("`{text}` is not a URL ({e})")))?;
+    if !matches!(url.scheme(), "http" | "https") || url.host_str().is_none() {
+        return Err(ConfigError::invalid(
+            key,
+            format!("`{text}` must be an http or https URL"),
+        ));
+    }
+    if !url.username().is_empty() || url.password().is_some() {
+        return Err(ConfigError::invalid(key, "must not carry credentials"));
+    }
+    Ok(url)
+}
+
+fn parse_key(text: &str) -> Result<[u8; 32], ConfigError> {
+    let text = text.trim();
+    let bytes = hex::decode(text).ok().filter(|b| b.len() == 32).ok_or_else(|| {
+        ConfigError::invalid(
+            "secrets.encryption_key",
+            format!(
+                "must be 64 hexadecimal characters (32 bytes), as `openssl rand -hex 32` prints; got {} characters",
+                text.len()
+            ),
+        )
+    })?;
+    let mut key = [0u8; 32];
+    key.copy_from_slice(&bytes);
+    Ok(key)
+}
+
+fn read_secret_file(key: &'static str, path: &Path) -> Result<String, ConfigError> {
+    std::fs::read_to_string(path)
+        .map(|s| s.trim().to_string())
+        .map_err(|e| ConfigError::invalid(key, format!("cannot read {}: {e}", path.display())))
+}
+
+pub fn is_loopback_host(host: &str) -> bool {
+    let host = host.trim_start_matches('[').trim_end_matches(']');
+    host.eq_ignore_ascii_case("localhost")
+        || host
+            .parse::<std::net::IpAddr>()
+            .map(|ip| ip.is_loopback())
+            .unwrap_or(false)
+}
+
+/// The effective configuration as TOML, secrets redacted.
+pub fn render_redacted(config: &Config) -> String {
+    toml::to_string_pretty(config)
+        .unwrap_or_else(|e| format!("# cannot render configuration: {e}\n"))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const KEY: &str = "0123456789abcdef0123456789abcdef0123456789abcdef0123456789abcdef";
+
+    /// Loads `toml` with exactly `vars` as the environment (figment's Jail
+    /// serialises tests that change the environment).
+    #[allow(clippy::result_large_err)] // figment's Jail fixes the closure's error type
+    fn load_with(toml: &str, vars: &[(&str, &str)]) -> Result<Config, ConfigError> {
+        let mut result = None;
+        figment::Jail::expect_with(|jail| {
+            jail.clear_env();
+            jail.create_file("c.toml", toml)?;
+            for (k, v) in vars {
+                jail.set_env(k, v);
+            }
+            result = Some(load(Some(Path::new("c.toml"))));
+            Ok(())
+        });
+        result.unwrap()
+    }
+
+    const MINIMAL: &str = r#"
+[server]
+public_url = "https://mcp.example.com/"
+[upstream]
+issuer = "https://idp.example.com"
+client_id = "proxy"
+client_secret = "s3cret"
+[downstream]
+url = "http://127.0.0.1:3000/mcp"
+"#;
+
+    #[test]
+    fn minimal_file_with_key_from_env_validates() {
+        let cfg = load_with(MINIMAL, &[("MCP_PROXY_SECRETS__ENCRYPTION_KEY", KEY)]).unwrap();
+        let settings = cfg.validate().unwrap();
+        assert_eq!(settings.public_url, "https://mcp.example.com");
+        assert_eq!(settings.issuer_url, "https://idp.example.com");
+        assert_eq!(settings.config.tokens.access_ttl.secs(), 3600);
+        assert_eq!(settings.config.tokens.refresh_ttl.secs(), 30 * 86400);
+        assert!(settings.secure_cookies);
+    }
+
+    #[test]
+    fn unknown_key_is_named_with_its_source() {
+        let err = load_with(&format!("{MINIMAL}\n[store]\npaht = \"x\"\n"), &[])
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains("store"), "{err}");
+        assert!(err.contains("paht"), "{err}");
+        assert!(err.contains("c.toml"), "{err}");
+    }
+
+    #[test]
+    fn unknown_env_key_is_an_error() {
+        let err = load_with(MINIMAL, &[("MCP_PROXY_SERVER__LISTNE", "x")])
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains("listne"), "{err}");
+    }
+
+    #[test]
+    fn missing_public_url_is_named() {
+        let err = load_with("[server]\nlisten = \"127.0.0.1:1\"\n", &[])
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains("public_url"), "{err}");
+    }
+
+    #[test]
+    fn bad_encryption_key_names_the_key() {
+        let cfg = load_with(MINIMAL, &[("MCP_PROXY_SECRETS__ENCRYPTION_KEY", "short")]).unwrap();
+        let err = cfg.validate().unwrap_err().to_string();
+        assert!(err.starts_with("secrets.encryption_key:"), "{err}");
+        assert!(err.contains("openssl rand -hex 32"), "{err}");
+    }
+
+    #[test]
+    fn original_worker_variables_work_unchanged() {
+        let toml = "[server]\npublic_url = \"https://mcp.example.com\"\n";
+        let cfg = load_with(
+            toml,
+            &[
+                ("DOWNSTREAM_MCP_URL", "https://sy.example.com/mcp"),
+                ("CF_ACCESS_CLIENT_ID", "abc123"),
+                ("CF_ACCESS_CLIENT_SECRET", "secret"),
+                ("CF_ACCESS_TEAM_DOMAIN", "myteam.cloudflareaccess.com"),
+                ("COOKIE_ENCRYPTION_KEY", KEY),
+            ],
+        )
+        .unwrap();
+        let s = cfg.validate().unwrap();
+        assert_eq!(
+            s.issuer_url,
+            "https://myteam.cloudflareaccess.com/cdn-cgi/access/sso/oidc/abc123"
+        );
+        assert_eq!(s.downstream_url.as_str(), "https://sy.example.com/mcp");
+        assert_eq!(s.upstream_client_secret.unwrap().expose(), "secret");
+    }
+
+    #[test]
+    fn our_variables_win_over_the_original_ones() {
+        let cfg = load_with(
+            MINIMAL,
+            &[
+                ("DOWNSTREAM_MCP_URL", "http://old/mcp"),
+                ("MCP_PROXY_DOWNSTREAM__URL", "http://new/mcp"),
+            ],
+        )
+        .unwrap();
+        assert_eq!(cfg.downstream.url.as_deref(), Some("http://new/mcp"));
+    }
+
+    #[test]
+    fn numeric_looking_env_values_stay_text() {
+        let cfg = load_with(MINIMAL, &[("MCP_PROXY_UPSTREAM__CLIENT_ID", "123456")]).unwrap();
+        assert_eq!(cfg.upstream.client_id.as_deref(), Some("123456"));
+    }
+
+    #[test]
+    fn cloudflare_provider_requires_team_domain() {
+        let toml = MINIMAL.replace(
+            "issuer = \"https://idp.example.com\"",
+            "provider = \"cloudflare-access\"",
+        );
+        let cfg = load_with(&toml, &[("MCP_PROXY_SECRETS__ENCRYPTION_KEY", KEY)]).unwrap();
+        let err = cfg.validate().unwrap_err().to_string();
+        assert!(err.starts_with("upstream.team_domain"), "{err}");
+        let cfg = load_with(
+            &toml,
+            &[
+                ("MCP_PROXY_SECRETS__ENCRYPTION_KEY", KEY),
+                ("MCP_PROXY_UPSTREAM__TEAM_DOMAIN", "acme"),
+            ],
+        )
+        .unwrap();
+        assert_eq!(
+            cfg.validate().unwrap().issuer_url,
+            "https://acme.cloudflareaccess.com/cdn-cgi/access/sso/oidc/proxy"
+        );
+    }
+
+    #[test]
+    fn missing_downstream_url_is_named() {
+        let toml = MINIMAL.replace("url = \"http://127.0.0.1:3000/mcp\"", "");
+        let cfg = load_with(&toml, &[("MCP_PROXY_SECRETS__ENCRYPTION_KEY", KEY)]).unwrap();
+        let err = cfg.validate().unwrap_err().to_string();
+        assert!(err.starts_with("downstream.url: is not set"), "{err}");
+    }
+
+    #[test]
+    fn public_url_with_path_is_refused() {
+        let toml = MINIMAL.replace("https://mcp.example.com/", "https://mcp.example.com/proxy");
+        let cfg = load_with(&toml, &[("MCP_PROXY_SECRETS__ENCRYPTION_KEY", KEY)]).unwrap();
+        assert!(cfg
+            .validate()
+            .unwrap_err()
+            .to_string()
+            .starts_with("server.public_url"));
+    }
+
+    #[test]
+    fn bad_duration_names_the_key() {
+        let err = load_with(
+            &format!("{MINIMAL}\n[tokens]\naccess_ttl = \"forever\"\n"),
+            &[],
+        )
+        .unwrap_err()
+        .to_string();
+        assert!(err.contains("tokens.access_ttl"), "{err}");
+        assert!(err.contains("forever"), "{err}");
+    }
+
+    #[test]
+    fn redacted_rendering_hides_secrets() {
+        let cfg = load_with(MINIMAL, &[("MCP_PROXY_SECRETS__ENCRYPTION_KEY", KEY)]).unwrap();
+        let text = render_redacted(&cfg);
+        assert!(!text.contains("s3cret"), "{text}");
+        assert!(!text.contains(KEY), "{text}");
+        assert!(text.contains("[redacted]"), "{text}");
+        assert!(text.contains("https://idp.example.com"), "{text}");
+    }
+
+    #[test]
+    fn plain_http_on_a_real_host_disables_secure_cookies() {
+        let toml = MINIMAL.replace("https://mcp.example.com/", "http://mcp.internal:8080");
+        let cfg = load_with(&toml, &[("MCP_PROXY_SECRETS__ENCRYPTION_KEY", KEY)]).unwrap();
+        assert!(!cfg.validate().unwrap().secure_cookies);
+    }
+}

@@ -1,0 +1,229 @@
+//! Typed errors and the one place that turns them into responses, each in the
+//! form its reader needs: OAuth JSON for clients, an HTML page for a person
+//! in a browser, or a redirect back to the client with the error.
+
+use axum::http::{header, HeaderValue, StatusCode};
+use axum::response::{IntoResponse, Response};
+use serde_json::json;
+use url::Url;
+
+use crate::oauth::pages;
+use crate::store::StoreError;
+
+/// Any failure a handler reports.
+#[derive(Debug, thiserror::Error)]
+pub enum AppError {
+    #[error(transparent)]
+    OAuth(#[from] OAuthError),
+    #[error(transparent)]
+    Page(#[from] PageError),
+    #[error(transparent)]
+    Redirect(#[from] RedirectError),
+}
+
+/// An RFC 6749 §5.2 error response.
+#[derive(Debug, thiserror::Error)]
+#[error("{code}: {description}")]
+pub struct OAuthError {
+    pub status: StatusCode,
+    pub code: &'static str,
+    pub description: String,
+    /// Set for `invalid_client` when the client tried HTTP Basic.
+    pub basic_challenge: bool,
+}
+
+impl OAuthError {
+    pub fn new(status: StatusCode, code: &'static str, description: impl Into<String>) -> Self {
+        OAuthError {
+            status,
+            code,
+            description: description.into(),
+            basic_challenge: false,
+        }
+    }
+    pub fn invalid_request(d: impl Into<String>) -> Self {
+        Self::new(StatusCode::BAD_REQUEST, "invalid_request", d)
+    }
+    pub fn invalid_client(d: impl Into<String>) -> Self {
+        Self::new(StatusCode::UNAUTHORIZED, "invalid_client", d)
+    }
+    pub fn invalid_grant(d: impl Into<String>) -> Self {
+        Self::new(StatusCode::BAD_REQUEST, "invalid_grant", d)
+    }
+    pub fn invalid_scope(d: impl Into<String>) -> Self {
+        Self::new(StatusCode::BAD_REQUEST, "invalid_scope", d)
+    }
+    pub fn invalid_target(d: impl Into<String>) -> Self {
+        Self::new(StatusCode::BAD_REQUEST, "invalid_target", d)
+    }
+    pub fn unauthorized_client(d: impl Into<String>) -> Self {
+        Self::new(StatusCode::BAD_REQUEST, "unauthorized_client", d)
+    }
+    pub fn unsupported_grant_type(d: impl Into<String>) -> Self {
+        Self::new(StatusCode::BAD_REQUEST, "unsupported_grant_type", d)
+    }
+    pub fn invalid_client_metadata(d: impl Into<String>) -> Self {
+        Self::new(StatusCode::BAD_REQUEST, "invalid_client_metadata", d)
+    }
+    pub fn invalid_redirect_uri(d: impl Into<String>) -> Self {
+        Self::new(StatusCode::BAD_REQUEST, "invalid_redirect_uri", d)
+    }
+    pub fn server_error(context: &str, e: &dyn std::fmt::Display) -> Self {
+        tracing::error!(error = %e, "{context}");
+        Self::new(
+            StatusCode::INTERNAL_SERVER_ERROR,
+            "server_error",
+            "The authorization server could not complete the request; see its log",
+        )
+    }
+    pub fn temporarily_unavailable(d: impl Into<String>) -> Self {
+        Self::new(
+            StatusCode::SERVICE_UNAVAILABLE,
+            "temporarily_unavailable",
+            d,
+        )
+    }
+    pub fn with_basic_challenge(mut self) -> Self {
+        self.basic_challenge = true;
+        self
+    }
+}
+
+impl From<StoreError> for OAuthError {
+    fn from(e: StoreError) -> Self {
+        OAuthError::server_error("store operation failed", &e)
+    }
+}
+
+/// A page for a person: used whenever redirecting back to the client would
+/// be unsafe (unknown client, untrusted redirect URI) or impossible.
+#[derive(Debug, thiserror::Error)]
+#[error("{title}: {message}")]
+pub struct PageError {
+    pub status: StatusCode,
+    pub title: String,
+    pub message: String,
+}
+
+impl PageError {
+    pub fn new(status: StatusCode, title: impl Into<String>, message: impl Into<String>) -> Self {
+        PageError {
+            status,
+            title: title.into(),
+            message: message.into(),
+        }
+    }
+    pub fn bad_request(title: impl Into<String>, message: impl Into<String>) -> Self {
+        Self::new(StatusCode::BAD_REQUEST, title, message)
+    }
+    pub fn internal(context: &str, e: &dyn std::fmt::Display) -> Self {
+        tracing::error!(error = %e, "{context}");
+        Self::new(
+            StatusCode::INTERNAL_SERVER_ERROR,
+            "Something went wrong",
+            "The sign-in service could not complete your request. Try again; if it keeps failing, tell the administrator (details are in the proxy's log).",
+        )
+    }
+}
+
+impl From<StoreError> for PageError {
+    fn from(e: StoreError) -> Self {
+        PageError::internal("store operation failed", &e)
+    }
+}
+
+/// An error returned to the client's (already validated) redirect URI.
+#[derive(Debug, thiserror::Error)]
+#[error("{code} for {redirect_uri}: {description}")]
+pub struct RedirectError {
+    pub redirect_uri: String,
+    pub code: &'static str,
+    pub description: String,
+    pub state: Option<String>,
+    pub issuer: String,
+}
+
+impl IntoResponse for AppError {
+    fn into_response(self) -> Response {
+        match self {
+            AppError::OAuth(e) => e.into_response(),
+            AppError::Page(e) => e.into_response(),
+            AppError::Redirect(e) => e.into_response(),
+        }
+    }
+}
+
+impl IntoResponse for OAuthError {
+    fn into_response(self) -> Response {
+        let body = json!({ "error": self.code, "error_description": self.description });
+        let mut response = (self.status, axum::Json(body)).into_response();
+        let headers = response.headers_mut();
+        headers.insert(header::CACHE_CONTROL, HeaderValue::from_static("no-store"));
+        headers.insert(header::PRAGMA, HeaderValue::from_static("no-cache"));
+        if self.basic_challenge {
+            headers.insert(
+                header::WWW_AUTHENTICATE,
+                HeaderValue::from_static("Basic realm=\"mcp-oauth-proxy\""),
+            );
+        }
+        response
+    }
+}
+
+impl IntoResponse for PageError {
+    fn into_response(self) -> Response {
+        pages::html_response(self.status, pages::error_page(&self.title, &self.message))
+    }
+}
+
+impl IntoResponse for RedirectError {
+    fn into_response(self) -> Response {
+        let mut params: Vec<(&str, &str)> = vec![
+            ("error", self.code),
+            ("error_description", &self.description),
+        ];
+        if let Some(state) = &self.state {
+            params.push(("state", state));
+        }
+        params.push(("iss", &self.issuer));
+        match redirect_with_params(&self.redirect_uri, &params) {
+            Some(location) => found(&location),
+            None => PageError::bad_request(
+                "Invalid redirect URI",
+                "The application's redirect address is not a valid URL.",
+            )
+            .into_response(),
+        }
+    }
+}
+
+/// `uri` with `params` appended to its query (keeping what it had).
+pub fn redirect_with_params(uri: &str, params: &[(&str, &str)]) -> Option<String> {
+    let mut url = Url::parse(uri).ok()?;
+    {
+        let mut query = url.query_pairs_mut();
+        for (k, v) in params {
+            query.append_pair(k, v);
+        }
+    }
+    Some(url.to_string())
+}
+
+/// A 302 redirect that caches nowhere.
+pub fn found(location: &str) -> Response {
+    match HeaderValue::from_str(location) {
+        Ok(value) => {
+            let mut response = StatusCode::FOUND.into_response();
+            response.headers_mut().insert(header::LOCATION, value);
+            response
+                .headers_mut()
+                .insert(header::CACHE_CONTROL, HeaderValue::from_static("no-store"));
+            response
+        }
+        Err(_) => PageError::bad_request(
+            "Invalid redirect",
+            "The redirect address contains invalid characters.",
+        )
+        .into_response(),
+    }
+}

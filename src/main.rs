@@ -1,0 +1,148 @@
+#![forbid(unsafe_code)]
+
+use std::io::IsTerminal;
+use std::path::PathBuf;
+use std::process::ExitCode;
+
+use clap::{Parser, Subcommand};
+use mcp_oauth_proxy::config::{self, Config, LogFormat};
+use mcp_oauth_proxy::server::{self, AppState};
+
+#[derive(Parser)]
+#[command(
+    name = "mcp-oauth-proxy",
+    version,
+    about = "OAuth 2.1 login in front of any MCP server"
+)]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Run the proxy.
+    Serve {
+        /// TOML configuration file (environment variables override it).
+        #[arg(long, short, env = "MCP_PROXY_CONFIG")]
+        config: Option<PathBuf>,
+    },
+    /// Validate the configuration and print it with secrets redacted.
+    Check {
+        #[arg(long, short, env = "MCP_PROXY_CONFIG")]
+        config: Option<PathBuf>,
+    },
+}
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    match cli.command {
+        Command::Check { config } => check(config),
+        Command::Serve { config } => serve(config),
+    }
+}
+
+fn load(path: Option<PathBuf>) -> Result<Config, String> {
+    config::load(path.as_deref()).map_err(|e| e.to_string())
+}
+
+fn check(path: Option<PathBuf>) -> ExitCode {
+    let config = match load(path) {
+        Ok(c) => c,
+        Err(e) => {
+            eprintln!("{e}");
+            return ExitCode::FAILURE;
+        }
+    };
+    let rendered = config::render_redacted(&config);
+    match config.validate() {
+        Ok(settings) => {
+            print!("{rendered}");
+            eprintln!(
+                "configuration OK (issuer {}, upstream {})",
+                settings.public_url, settings.issuer_url
+            );
+            ExitCode::SUCCESS
+        }
+        Err(e) => {
+            eprintln!("config error: {e}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+fn init_logging(config: &Config) {
+    let filter = tracing_subscriber::EnvFilter::try_from_default_env()
+        .or_else(|_| tracing_subscriber::EnvFilter::try_new(&config.log.level))
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
+    let json = match config.log.format {
+        LogFormat::Json => true,
+        LogFormat::Pretty => false,
+        LogFormat::Auto => !std::io::stderr().is_terminal(),
+    };
+    let builder = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr);
+    if json {
+        builder
+            .json()
+            .flatten_event(true)
+            .with_current_span(true)
+            .init();
+    } else {
+        builder.init();
+    }
+}
+
+fn serve(path: Option<PathBuf>) -> ExitCode {
+    let config = match load(path) {
+        Ok(c) => c,
+        Err(e) => {
+            eprintln!("{e}");
+            return ExitCode::FAILURE;
+        }
+    };
+    init_logging(&config);
+    let settings = match config.validate() {
+        Ok(s) => s,
+        Err(e) => {
+            tracing::error!("config error: {e}");
+            eprintln!("config error: {e}");
+            return ExitCode::FAILURE;
+        }
+    };
+    let runtime = match tokio::runtime::Runtime::new() {
+        Ok(r) => r,
+        Err(e) => {
+            eprintln!("cannot start the async runtime: {e}");
+            return ExitCode::FAILURE;
+        }
+    };
+    runtime.block_on(async move {
+        let started = async {
+            let store = AppState::open_store(&settings)?;
+            let app = AppState::new(settings, store)?;
+            server::start(app).await
+        };
+        let running = match started.await {
+            Ok(r) => r,
+            Err(e) => {
+                tracing::error!("{e}");
+                eprintln!("{e}");
+                return ExitCode::FAILURE;
+            }
+        };
+        let stop = running.shutdown_handle();
+        tokio::spawn(async move {
+            server::shutdown_signal().await;
+            let _ = stop.send(true);
+        });
+        match running.wait().await {
+            Ok(()) => ExitCode::SUCCESS,
+            Err(e) => {
+                tracing::error!(error = %e, "server failed");
+                ExitCode::FAILURE
+            }
+        }
+    })
+}

@@ -1,0 +1,478 @@
+//! Grants and the tokens issued on them.
+//!
+//! A grant holds who the user is (claims, upstream tokens) sealed with its
+//! own random key. Each code, access token and refresh token carries that
+//! key wrapped for itself, so opening a grant needs a live token and the
+//! configured secret. Revoking a grant deletes it; every token on it then
+//! fails, wherever it is presented.
+
+use std::time::Duration;
+
+use serde_json::{Map, Value};
+use tokio::sync::broadcast;
+
+use crate::crypto::{self, Keys};
+use crate::now_unix;
+use crate::store::{
+    decode, encode, ttl_until, CodeRecord, GrantRecord, GrantSecrets, Namespace,
+    PendingAuthorization, Records, StoreError, TokenRecord, UpstreamTokens,
+};
+
+/// What an access token stands for, once validated.
+#[derive(Debug, Clone)]
+pub struct Session {
+    pub grant_id: String,
+    pub token_hash: String,
+    pub client_id: String,
+    pub sub: String,
+    pub email: Option<String>,
+    pub claims: Map<String, Value>,
+    pub upstream: UpstreamTokens,
+    pub resource: Option<String>,
+    pub scope: Option<String>,
+    pub expires_at: i64,
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum GrantError {
+    #[error("{0}")]
+    Invalid(&'static str),
+    #[error("{0}")]
+    Replay(&'static str),
+    #[error("{0}")]
+    Scope(&'static str),
+    #[error("{0}")]
+    Target(&'static str),
+    #[error(transparent)]
+    Store(#[from] StoreError),
+    #[error("grant data could not be opened: {0}")]
+    Sealed(#[from] crypto::OpenError),
+}
+
+/// Tokens handed to a client.
+#[derive(Debug)]
+pub struct IssuedTokens {
+    pub access_token: String,
+    pub refresh_token: Option<String>,
+    pub expires_in: i64,
+    pub scope: Option<String>,
+}
+
+pub struct Lifetimes {
+    pub access: Duration,
+    pub refresh: Duration,
+    pub code: Duration,
+}
+
+#[derive(Clone)]
+pub struct Grants {
+    records: Records,
+    keys: Keys,
+    access_ttl: Duration,
+    refresh_ttl: Duration,
+    code_ttl: Duration,
+    revoked: broadcast::Sender<String>,
+}
+
+/// A code redemption's inputs, checked against the code.
+pub struct CodeRedemption<'a> {
+    pub code: &'a str,
+    pub client_id: &'a str,
+    pub redirect_uri: Option<&'a str>,
+    pub code_verifier: &'a str,
+    pub resource: Option<String>,
+    pub issue_refresh: bool,
+}
+
+impl Grants {
+    pub fn new(records: Records, keys: Keys, lifetimes: Lifetimes) -> Self {
+        let (revoked, _) = broadcast::channel(1024);
+        Grants {
+            records,
+            keys,
+            access_ttl: lifetimes.access,
+            refresh_ttl: lifetimes.refresh,
+            code_ttl: lifetimes.code,
+            revoked,
+        }
+    }
+
+    /// Grant ids as they are revoked, for caches to evict.
+    pub fn subscribe_revocations(&self) -> broadcast::Receiver<String> {
+        self.revoked.subscribe()
+    }
+
+    /// Creates the grant for a completed login and the code that redeems it.
+    pub async fn create_with_code(
+        &self,
+        pending: &PendingAuthorization,
+        secrets: &GrantSecrets,
+    ) -> Result<String, GrantError> {
+        let sub = secrets
+            .claims
+            .get("sub")
+            .and_then(Value::as_str)
+            .ok_or(GrantError::Invalid("the provider's id_token has no sub"))?
+            .to_string();
+        let email = secrets
+            .claims
+            .get("email")
+            .and_then(Value::as_str)
+            .map(str::to_string);
+        let grant_id = crypto::random_id();
+        let grant_key = crypto::random_key();
+        let grant = GrantRecord {
+            grant_id: grant_id.clone(),
+            client_id: pending.client_id.clone(),
+            sub,
+            email,
+            scope: pending.scope.clone(),
+            resource: pending.resource.clone(),
+            created_at: now_unix(),
+            refresh_current: None,
+            refresh_previous: None,
+            sealed: crypto::seal(&grant_key, grant_id.as_bytes(), &encode(secrets)?),
+        };
+        // Until the code is redeemed the grant lives as long as the code.
+        self.records
+            .put(Namespace::Grant, &grant_id, &grant, self.code_ttl)
+            .await?;
+        let code = crypto::random_token();
+        let record = CodeRecord {
+            grant_id,
+            client_id: pending.client_id.clone(),
+            redirect_uri: pending.redirect_uri.clone(),
+            code_challenge: pending.code_challenge.clone(),
+            resource: pending.resource.clone(),
+            scope: pending.scope.clone(),
+            wrapped_key: self.keys.wrap_grant_key(&code, &grant_key),
+            used: false,
+            expires_at: now_unix() + self.code_ttl.as_secs() as i64,
+        };
+        self.records
+            .put(
+                Namespace::Code,
+                &crypto::token_hash(&code),
+                &record,
+                self.code_ttl,
+            )
+            .await?;
+        Ok(code)
+    }
+
+    /// Redeems a code once. A second redemption, or a race lost to another
+    /// redemption, revokes the grant (invariant 4).
+    pub async fn redeem_code(&self, r: CodeRedemption<'_>) -> Result<IssuedTokens, GrantError> {
+        let code_hash = crypto::token_hash(r.code);
+        let (record, bytes) = self
+            .records
+            .get_versioned::<CodeRecord>(Namespace::Code, &code_hash)
+            .await?
+            .ok_or(GrantError::Invalid("invalid or expired authorization code"))?;
+        if record.used {
+            self.revoke_grant(&record.grant_id).await?;
+            return Err(GrantError::Replay(
+                "authorization code was already used; the tokens issued with it are revoked",
+            ));
+        }
+        if record.client_id != r.client_id {
+            return Err(GrantError::Invalid(
+                "authorization code was issued to another client",
+            ));
+        }
+        if r.redirect_uri.is_some_and(|uri| uri != record.redirect_uri) {
+            return Err(GrantError::Invalid(
+                "redirect_uri differs from the one in the authorization request",
+            ));
+        }
+        if !crypto::pkce_s256_matches(r.code_verifier, &record.code_challenge) {
+            return Err(GrantError::Invalid(
+                "code_verifier does not match the code_challenge",
+            ));
+        }
+        let resource = match (&record.resource, r.resource) {
+            (Some(bound), Some(asked)) if *bound != asked => {
+                return Err(GrantError::Target(
+                    "resource differs from the one in the authorization request",
+                ))
+            }
+            (Some(bound), _) => Some(bound.clone()),
+            (None, asked) => asked,
+        };
+        let mut used = record.clone();
+        used.used = true;
+        let ttl = ttl_until(record.expires_at);
+        if !self
+            .records
+            .swap(Namespace::Code, &code_hash, &bytes, &used, ttl)
+            .await?
+        {
+            // Someone redeemed it between our read and our write.
+            self.revoke_grant(&record.grant_id).await?;
+            return Err(GrantError::Replay(
+                "authorization code was already used; the tokens issued with it are revoked",
+            ));
+        }
+        let grant_key = self.keys.unwrap_grant_key(r.code, &record.wrapped_key)?;
+        let (grant, grant_bytes) = self
+            .records
+            .get_versioned::<GrantRecord>(Namespace::Grant, &record.grant_id)
+            .await?
+            .ok_or(GrantError::Invalid("the authorization was revoked"))?;
+        let issued = self
+            .issue(
+                &grant,
+                &grant_key,
+                resource.clone(),
+                record.scope.clone(),
+                r.issue_refresh,
+            )
+            .await?;
+        let mut updated = grant.clone();
+        updated.resource = resource;
+        updated.refresh_current = issued.refresh_token.as_deref().map(crypto::token_hash);
+        let grant_ttl = if r.issue_refresh {
+            self.refresh_ttl
+        } else {
+            self.access_ttl
+        };
+        if !self
+            .records
+            .swap(
+                Namespace::Grant,
+                &grant.grant_id,
+                &grant_bytes,
+                &updated,
+                grant_ttl,
+            )
+            .await?
+        {
+            self.forget_issued(&issued).await;
+            return Err(GrantError::Invalid(
+                "the authorization changed while tokens were issued; sign in again",
+            ));
+        }
+        Ok(issued)
+    }
+
+    /// Rotates a refresh token. The previous token stays usable until the
+    /// newest one is first used; any older one revokes the grant.
+    pub async fn refresh(
+        &self,
+        refresh_token: &str,
+        client_id: &str,
+        scope: Option<&str>,
+        resource: Option<String>,
+    ) -> Result<IssuedTokens, GrantError> {
+        let presented_hash = crypto::token_hash(refresh_token);
+        let record: TokenRecord = self
+            .records
+            .get(Namespace::RefreshToken, &presented_hash)
+            .await?
+            .ok_or(GrantError::Invalid("invalid or expired refresh token"))?;
+        if record.client_id != client_id {
+            return Err(GrantError::Invalid(
+                "refresh token was issued to another client",
+            ));
+        }
+        let (grant, grant_bytes) = self
+            .records
+            .get_versioned::<GrantRecord>(Namespace::Grant, &record.grant_id)
+            .await?
+            .ok_or(GrantError::Invalid(
+                "the authorization was revoked; sign in again",
+            ))?;
+        let is_current = grant.refresh_current.as_deref() == Some(presented_hash.as_str());
+        let is_previous = grant.refresh_previous.as_deref() == Some(presented_hash.as_str());
+        if !is_current && !is_previous {
+            self.revoke_grant(&grant.grant_id).await?;
+            return Err(GrantError::Replay(
+                "refresh token was already rotated; the authorization is revoked",
+            ));
+        }
+        if let Some(asked) = scope {
+            if !super::scope_is_subset(asked, grant.scope.as_deref()) {
+                return Err(GrantError::Scope("scope exceeds what was granted"));
+            }
+        }
+        let resource = match (&grant.resource, resource) {
+            (Some(bound), Some(asked)) if *bound != asked => {
+                return Err(GrantError::Target("resource differs from the one granted"))
+            }
+            (Some(bound), _) => Some(bound.clone()),
+            (None, asked) => asked,
+        };
+        let grant_key = self
+            .keys
+            .unwrap_grant_key(refresh_token, &record.wrapped_key)?;
+        let scope = scope.map(str::to_string).or_else(|| grant.scope.clone());
+        let issued = self
+            .issue(&grant, &grant_key, resource, scope, true)
+            .await?;
+        let mut updated = grant.clone();
+        updated.refresh_current = issued.refresh_token.as_deref().map(crypto::token_hash);
+        // Using the newest token retires the one before it; using the one
+        // before (its successor's response was lost) keeps it as previous.
+        updated.refresh_previous = Some(presented_hash);
+        if !self
+            .records
+            .swap(
+                Namespace::Grant,
+                &grant.grant_id,
+                &grant_bytes,
+                &updated,
+                self.refresh_ttl,
+            )
+            .await?
+        {
+            // A concurrent refresh won; this one leaves the grant as it is.
+            self.forget_issued(&issued).await;
+            return Err(GrantError::Invalid(
+                "refresh token was used concurrently; retry",
+            ));
+        }
+        Ok(issued)
+    }
+
+    async fn issue(
+        &self,
+        grant: &GrantRecord,
+        grant_key: &[u8; 32],
+        resource: Option<String>,
+        scope: Option<String>,
+        with_refresh: bool,
+    ) -> Result<IssuedTokens, GrantError> {
+        let now = now_unix();
+        let access_token = crypto::random_token();
+        let access = TokenRecord {
+            grant_id: grant.grant_id.clone(),
+            client_id: grant.client_id.clone(),
+            resource: resource.clone(),
+            scope: scope.clone(),
+            expires_at: now + self.access_ttl.as_secs() as i64,
+            wrapped_key: self.keys.wrap_grant_key(&access_token, grant_key),
+        };
+        self.records
+            .put(
+                Namespace::AccessToken,
+                &crypto::token_hash(&access_token),
+                &access,
+                self.access_ttl,
+            )
+            .await?;
+        let refresh_token = if with_refresh {
+            let token = crypto::random_token();
+            let refresh = TokenRecord {
+                expires_at: now + self.refresh_ttl.as_secs() as i64,
+                wrapped_key: self.keys.wrap_grant_key(&token, grant_key),
+                ..access.clone()
+            };
+            self.records
+                .put(
+                    Namespace::RefreshToken,
+                    &crypto::token_hash(&token),
+                    &refresh,
+                    self.refresh_ttl,
+                )
+                .await?;
+            Some(token)
+        } else {
+            None
+        };
+        Ok(IssuedTokens {
+            access_token,
+            refresh_token,
+            expires_in: self.access_ttl.as_secs() as i64,
+            scope,
+        })
+    }
+
+    /// Removes tokens that were written but never handed out.
+    async fn forget_issued(&self, issued: &IssuedTokens) {
+        let _ = self
+            .records
+            .delete(
+                Namespace::AccessToken,
+                &crypto::token_hash(&issued.access_token),
+            )
+            .await;
+        if let Some(refresh) = &issued.refresh_token {
+            let _ = self
+                .records
+                .delete(Namespace::RefreshToken, &crypto::token_hash(refresh))
+                .await;
+        }
+    }
+
+    /// Revokes a grant: every token issued on it stops working.
+    pub async fn revoke_grant(&self, grant_id: &str) -> Result<(), StoreError> {
+        self.records.delete(Namespace::Grant, grant_id).await?;
+        let _ = self.revoked.send(grant_id.to_string());
+        tracing::info!(grant_id, "grant revoked");
+        Ok(())
+    }
+
+    /// RFC 7009: a refresh token revokes its grant; an access token only
+    /// itself. Tokens of other clients are left alone.
+    pub async fn revoke_token(&self, token: &str, client_id: &str) -> Result<(), StoreError> {
+        let hash = crypto::token_hash(token);
+        if let Some(record) = self
+            .records
+            .get::<TokenRecord>(Namespace::RefreshToken, &hash)
+            .await?
+        {
+            if record.client_id == client_id {
+                self.revoke_grant(&record.grant_id).await?;
+            }
+            return Ok(());
+        }
+        if let Some(record) = self
+            .records
+            .get::<TokenRecord>(Namespace::AccessToken, &hash)
+            .await?
+        {
+            if record.client_id == client_id {
+                self.records.delete(Namespace::AccessToken, &hash).await?;
+                let _ = self.revoked.send(record.grant_id);
+            }
+        }
+        Ok(())
+    }
+
+    /// Validates an access token presented as a bearer: issued here, live,
+    /// on a live grant. Audience and policy are the caller's checks.
+    pub async fn validate_access_token(&self, token: &str) -> Result<Session, GrantError> {
+        let token_hash = crypto::token_hash(token);
+        let record: TokenRecord = self
+            .records
+            .get(Namespace::AccessToken, &token_hash)
+            .await?
+            .ok_or(GrantError::Invalid("unknown or expired access token"))?;
+        if record.expires_at <= now_unix() {
+            return Err(GrantError::Invalid("access token expired"));
+        }
+        let grant: GrantRecord = self
+            .records
+            .get(Namespace::Grant, &record.grant_id)
+            .await?
+            .ok_or(GrantError::Invalid("the authorization was revoked"))?;
+        let grant_key = self.keys.unwrap_grant_key(token, &record.wrapped_key)?;
+        let secrets: GrantSecrets = decode(&crypto::open(
+            &grant_key,
+            grant.grant_id.as_bytes(),
+            &grant.sealed,
+        )?)?;
+        Ok(Session {
+            grant_id: grant.grant_id,
+            token_hash,
+            client_id: record.client_id,
+            sub: grant.sub,
+            email: grant.email,
+            claims: secrets.claims,
+            upstream: secrets.upstream,
+            resource: record.resource,
+            scope: record.scope,
+            expires_at: record.expires_at,
+        })
+    }
+}

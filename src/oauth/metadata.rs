@@ -1,0 +1,68 @@
+//! RFC 8414 authorization server metadata and RFC 9728 protected resource
+//! metadata. Every URL derives from `server.public_url`, never from the
+//! request (invariant 1).
+
+use axum::extract::State;
+use axum::http::{header, HeaderValue};
+use axum::response::{IntoResponse, Response};
+use axum::Json;
+use serde_json::{json, Value};
+
+use crate::server::AppState;
+
+pub fn authorization_server_document(public_url: &str) -> Value {
+    json!({
+        "issuer": public_url,
+        "authorization_endpoint": format!("{public_url}/authorize"),
+        "token_endpoint": format!("{public_url}/token"),
+        "registration_endpoint": format!("{public_url}/register"),
+        "revocation_endpoint": format!("{public_url}/revoke"),
+        "response_types_supported": ["code"],
+        "response_modes_supported": ["query"],
+        "grant_types_supported": ["authorization_code", "refresh_token"],
+        "token_endpoint_auth_methods_supported": ["none", "client_secret_post", "client_secret_basic"],
+        "revocation_endpoint_auth_methods_supported": ["none", "client_secret_post", "client_secret_basic"],
+        "code_challenge_methods_supported": ["S256"],
+        "authorization_response_iss_parameter_supported": true,
+    })
+}
+
+pub fn protected_resource_document(public_url: &str, path: &str) -> Value {
+    json!({
+        "resource": format!("{public_url}{path}"),
+        "authorization_servers": [public_url],
+        "bearer_methods_supported": ["header"],
+        "resource_name": "MCP server (via mcp-oauth-proxy)",
+    })
+}
+
+fn cacheable_json(body: Value) -> Response {
+    let mut response = Json(body).into_response();
+    response.headers_mut().insert(
+        header::CACHE_CONTROL,
+        HeaderValue::from_static("public, max-age=300"),
+    );
+    response
+}
+
+pub async fn authorization_server(State(app): State<AppState>) -> Response {
+    cacheable_json(authorization_server_document(&app.settings.public_url))
+}
+
+pub async fn protected_resource_root(State(app): State<AppState>) -> Response {
+    cacheable_json(protected_resource_document(&app.settings.public_url, ""))
+}
+
+pub async fn protected_resource_mcp(State(app): State<AppState>) -> Response {
+    cacheable_json(protected_resource_document(
+        &app.settings.public_url,
+        "/mcp",
+    ))
+}
+
+pub async fn protected_resource_sse(State(app): State<AppState>) -> Response {
+    cacheable_json(protected_resource_document(
+        &app.settings.public_url,
+        "/sse",
+    ))
+}

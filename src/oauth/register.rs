@@ -1,0 +1,327 @@
+//! RFC 7591 dynamic client registration.
+//!
+//! Accepts what MCP clients send (the TypeScript SDK, mcp-remote, Cursor,
+//! MCP Inspector), within bounds: sizes, counts and redirect URI rules.
+
+use axum::body::Bytes;
+use axum::extract::State;
+use axum::http::{header, HeaderValue, StatusCode};
+use axum::response::{IntoResponse, Response};
+use axum::Json;
+use serde_json::{Map, Value};
+
+use crate::crypto;
+use crate::error::OAuthError;
+use crate::now_unix;
+use crate::oauth::redirect_uri;
+use crate::server::AppState;
+use crate::store::{ClientRecord, Namespace};
+
+/// The largest registration request accepted.
+pub const MAX_REGISTRATION_BYTES: usize = 16 * 1024;
+const MAX_STRING_LEN: usize = 2048;
+const MAX_NAME_LEN: usize = 200;
+const MAX_LIST_LEN: usize = 10;
+
+/// Metadata stored and echoed as given (after checks).
+const ECHOED_STRINGS: [&str; 8] = [
+    "client_uri",
+    "logo_uri",
+    "tos_uri",
+    "policy_uri",
+    "scope",
+    "software_id",
+    "software_version",
+    "application_type",
+];
+
+const AUTH_METHODS: [&str; 3] = ["none", "client_secret_post", "client_secret_basic"];
+const GRANT_TYPES: [&str; 2] = ["authorization_code", "refresh_token"];
+
+pub async fn register(State(app): State<AppState>, body: Bytes) -> Result<Response, OAuthError> {
+    if body.len() > MAX_REGISTRATION_BYTES {
+        return Err(OAuthError::invalid_client_metadata(format!(
+            "registration request larger than {MAX_REGISTRATION_BYTES} bytes"
+        )));
+    }
+    let request: Map<String, Value> = serde_json::from_slice(&body).map_err(|e| {
+        OAuthError::invalid_client_metadata(format!("body is not a JSON object: {e}"))
+    })?;
+    let settings = &app.settings.config.registration;
+    let mut client = parse_registration(
+        &request,
+        &settings.allowed_schemes,
+        settings.max_redirect_uris,
+    )?;
+
+    let secret = (!client.is_public()).then(crypto::random_token);
+    client.client_secret_hash = secret.as_deref().map(crypto::token_hash);
+    let ttl = settings.client_ttl.0;
+    let inserted = app
+        .records
+        .insert_new(Namespace::Client, &client.client_id.clone(), &client, ttl)
+        .await?;
+    if !inserted {
+        return Err(OAuthError::server_error(
+            "client id collision",
+            &"random client id already taken",
+        ));
+    }
+    tracing::info!(client_id = %client.client_id, client_name = ?client.client_name, "client registered");
+    let mut response = (
+        StatusCode::CREATED,
+        Json(registration_response(&client, secret.as_deref())),
+    )
+        .into_response();
+    response
+        .headers_mut()
+        .insert(header::CACHE_CONTROL, HeaderValue::from_static("no-store"));
+    Ok(response)
+}
+
+/// Checks a registration request and builds the client it describes.
+pub fn parse_registration(
+    request: &Map<String, Value>,
+    allowed_schemes: &[String],
+    max_redirect_uris: usize,
+) -> Result<ClientRecord, OAuthError> {
+    let redirect_uris = string_list(request, "redirect_uris", max_redirect_uris)?
+        .ok_or_else(|| OAuthError::invalid_redirect_uri("redirect_uris is required"))?;
+    if redirect_uris.is_empty() {
+        return Err(OAuthError::invalid_redirect_uri(
+            "redirect_uris must list at least one URI",
+        ));
+    }
+    for uri in &redirect_uris {
+        redirect_uri::validate_for_registration(uri, allowed_schemes)
+            .map_err(OAuthError::invalid_redirect_uri)?;
+    }
+
+    let auth_method = string(request, "token_endpoint_auth_method", 64)?
+        .unwrap_or_else(|| "client_secret_basic".into());
+    if !AUTH_METHODS.contains(&auth_method.as_str()) {
+        return Err(OAuthError::invalid_client_metadata(format!(
+            "token_endpoint_auth_method `{auth_method}` is not supported; use one of {AUTH_METHODS:?}"
+        )));
+    }
+    // Clients that do not say get both grants: MCP clients expect refresh.
+    let grant_types = string_list(request, "grant_types", MAX_LIST_LEN)?
+        .unwrap_or_else(|| GRANT_TYPES.iter().map(|s| s.to_string()).collect());
+    if let Some(bad) = grant_types
+        .iter()
+        .find(|g| !GRANT_TYPES.contains(&g.as_str()))
+    {
+        return Err(OAuthError::invalid_client_metadata(format!(
+            "grant type `{bad}` is not supported"
+        )));
+    }
+    if !grant_types.iter().any(|g| g == "authorization_code") {
+        return Err(OAuthError::invalid_client_metadata(
+            "grant_types must include authorization_code",
+        ));
+    }
+    let response_types = string_list(request, "response_types", MAX_LIST_LEN)?
+        .unwrap_or_else(|| vec!["code".into()]);
+    if response_types.iter().any(|r| r != "code") {
+        return Err(OAuthError::invalid_client_metadata(
+            "only the `code` response type is supported",
+        ));
+    }
+    let client_name = string(request, "client_name", MAX_NAME_LEN)?;
+
+    let mut metadata = Map::new();
+    for key in ECHOED_STRINGS {
+        if let Some(value) = string(request, key, MAX_STRING_LEN)? {
+            metadata.insert(key.into(), Value::String(value));
+        }
+    }
+    if let Some(contacts) = string_list(request, "contacts", MAX_LIST_LEN)? {
+        metadata.insert("contacts".into(), Value::from(contacts));
+    }
+    if let Some(app_type) = metadata.get("application_type").and_then(Value::as_str) {
+        if app_type != "web" && app_type != "native" {
+            return Err(OAuthError::invalid_client_metadata(
+                "application_type must be `web` or `native`",
+            ));
+        }
+    }
+    let now = now_unix();
+    Ok(ClientRecord {
+        client_id: crypto::random_id(),
+        client_secret_hash: None,
+        redirect_uris,
+        token_endpoint_auth_method: auth_method,
+        grant_types,
+        response_types,
+        client_name,
+        metadata,
+        client_id_issued_at: now,
+        last_used_at: now,
+    })
+}
+
+fn registration_response(client: &ClientRecord, secret: Option<&str>) -> Value {
+    let mut body = client.metadata.clone();
+    body.insert("client_id".into(), client.client_id.clone().into());
+    body.insert(
+        "client_id_issued_at".into(),
+        client.client_id_issued_at.into(),
+    );
+    if let Some(secret) = secret {
+        body.insert("client_secret".into(), secret.into());
+        // The secret lives as long as the registration; unused clients are
+        // forgotten after `registration.client_ttl`.
+        body.insert("client_secret_expires_at".into(), 0.into());
+    }
+    body.insert("redirect_uris".into(), client.redirect_uris.clone().into());
+    body.insert(
+        "token_endpoint_auth_method".into(),
+        client.token_endpoint_auth_method.clone().into(),
+    );
+    body.insert("grant_types".into(), client.grant_types.clone().into());
+    body.insert(
+        "response_types".into(),
+        client.response_types.clone().into(),
+    );
+    if let Some(name) = &client.client_name {
+        body.insert("client_name".into(), name.clone().into());
+    }
+    Value::Object(body)
+}
+
+fn string(
+    request: &Map<String, Value>,
+    key: &str,
+    max: usize,
+) -> Result<Option<String>, OAuthError> {
+    match request.get(key) {
+        None | Some(Value::Null) => Ok(None),
+        Some(Value::String(s)) if s.len() <= max => Ok(Some(s.clone())),
+        Some(Value::String(_)) => Err(OAuthError::invalid_client_metadata(format!(
+            "{key} is longer than {max} characters"
+        ))),
+        Some(_) => Err(OAuthError::invalid_client_metadata(format!(
+            "{key} must be a string"
+        ))),
+    }
+}
+
+fn string_list(
+    request: &Map<String, Value>,
+    key: &str,
+    max_items: usize,
+) -> Result<Option<Vec<String>>, OAuthError> {
+    let items = match request.get(key) {
+        None | Some(Value::Null) => return Ok(None),
+        Some(Value::Array(items)) => items,
+        Some(_) => return Err(list_error(key, "must be an array of strings")),
+    };
+    if items.len() > max_items {
+        return Err(list_error(
+            key,
+            &format!("may list at most {max_items} entries"),
+        ));
+    }
+    items
+        .iter()
+        .map(|v| match v {
+            Value::String(s) if s.len() <= MAX_STRING_LEN => Ok(s.clone()),
+            Value::String(_) => Err(list_error(
+                key,
+                &format!("entries must be at most {MAX_STRING_LEN} characters"),
+            )),
+            _ => Err(list_error(key, "must be an array of strings")),
+        })
+        .collect::<Result<Vec<_>, _>>()
+        .map(Some)
+}
+
+fn list_error(key: &str, message: &str) -> OAuthError {
+    let description = format!("{key} {message}");
+    if key == "redirect_uris" {
+        OAuthError::invalid_redirect_uri(description)
+    } else {
+        OAuthError::invalid_client_metadata(description)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use serde_json::json;
+
+    fn parse(v: Value) -> Result<ClientRecord, OAuthError> {
+        parse_registration(v.as_object().unwrap(), &["cursor".into()], 3)
+    }
+
+    #[test]
+    fn mcp_sdk_style_registration_is_accepted() {
+        let c = parse(json!({
+            "redirect_uris": ["http://localhost:3000/callback"],
+            "token_endpoint_auth_method": "none",
+            "grant_types": ["authorization_code", "refresh_token"],
+            "response_types": ["code"],
+            "client_name": "MCP Inspector",
+            "client_uri": "https://github.com/modelcontextprotocol/inspector",
+            "scope": "mcp",
+            "software_id": "inspector",
+            "application_type": "native",
+            "unknown_extension": {"ignored": true}
+        }))
+        .unwrap();
+        assert!(c.is_public());
+        assert_eq!(c.metadata["scope"], "mcp");
+        assert!(!c.metadata.contains_key("unknown_extension"));
+    }
+
+    #[test]
+    fn defaults_follow_rfc7591_with_refresh_for_mcp() {
+        let c = parse(json!({"redirect_uris": ["https://a.example/cb"]})).unwrap();
+        assert_eq!(c.token_endpoint_auth_method, "client_secret_basic");
+        assert_eq!(c.grant_types, vec!["authorization_code", "refresh_token"]);
+    }
+
+    #[test]
+    fn bad_metadata_is_refused_with_the_right_code() {
+        let cases = [
+            (json!({}), "invalid_redirect_uri"),
+            (json!({"redirect_uris": []}), "invalid_redirect_uri"),
+            (
+                json!({"redirect_uris": "https://a.example/cb"}),
+                "invalid_redirect_uri",
+            ),
+            (
+                json!({"redirect_uris": ["javascript:alert(1)"]}),
+                "invalid_redirect_uri",
+            ),
+            (
+                json!({"redirect_uris": ["https://a/1", "https://a/2", "https://a/3", "https://a/4"]}),
+                "invalid_redirect_uri",
+            ),
+            (
+                json!({"redirect_uris": ["https://a/1"], "grant_types": ["password"]}),
+                "invalid_client_metadata",
+            ),
+            (
+                json!({"redirect_uris": ["https://a/1"], "response_types": ["token"]}),
+                "invalid_client_metadata",
+            ),
+            (
+                json!({"redirect_uris": ["https://a/1"], "token_endpoint_auth_method": "private_key_jwt"}),
+                "invalid_client_metadata",
+            ),
+            (
+                json!({"redirect_uris": ["https://a/1"], "client_name": "x".repeat(500)}),
+                "invalid_client_metadata",
+            ),
+            (
+                json!({"redirect_uris": ["https://a/1"], "client_name": 5}),
+                "invalid_client_metadata",
+            ),
+        ];
+        for (body, code) in cases {
+            let err = parse(body.clone()).unwrap_err();
+            assert_eq!(err.code, code, "{body}");
+        }
+    }
+}

@@ -1,0 +1,185 @@
+//! The running server: shared state, listeners and graceful shutdown.
+
+use std::net::SocketAddr;
+use std::ops::Deref;
+use std::sync::Arc;
+
+use tokio::net::TcpListener;
+use tokio::sync::watch;
+
+use crate::config::Settings;
+use crate::crypto::Keys;
+use crate::oauth::grants::{Grants, Lifetimes};
+use crate::store::{sqlite::SqliteStore, Records, SharedStore};
+use crate::upstream::Upstream;
+
+pub mod stack;
+
+/// Everything a handler needs, cheap to clone.
+#[derive(Clone)]
+pub struct AppState(Arc<AppInner>);
+
+pub struct AppInner {
+    pub settings: Settings,
+    pub keys: Keys,
+    pub records: Records,
+    pub grants: Grants,
+    pub upstream: Upstream,
+}
+
+impl Deref for AppState {
+    type Target = AppInner;
+    fn deref(&self) -> &AppInner {
+        &self.0
+    }
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum StartError {
+    #[error("store.path: cannot open the SQLite store: {0}")]
+    Store(#[from] crate::store::StoreError),
+    #[error("upstream: {0}")]
+    Upstream(#[from] crate::upstream::UpstreamError),
+    #[error("server.listen: cannot listen on {addr}: {source}")]
+    Listen {
+        addr: String,
+        source: std::io::Error,
+    },
+}
+
+impl AppState {
+    pub fn new(settings: Settings, store: SharedStore) -> Result<Self, StartError> {
+        let keys = Keys::new(settings.encryption_key);
+        let records = Records::new(store);
+        let tokens = &settings.config.tokens;
+        let grants = Grants::new(
+            records.clone(),
+            keys.clone(),
+            Lifetimes {
+                access: tokens.access_ttl.0,
+                refresh: tokens.refresh_ttl.0,
+                code: tokens.code_ttl.0,
+            },
+        );
+        let upstream = Upstream::new(&settings)?;
+        Ok(AppState(Arc::new(AppInner {
+            settings,
+            keys,
+            records,
+            grants,
+            upstream,
+        })))
+    }
+
+    /// Opens the store the configuration names.
+    pub fn open_store(settings: &Settings) -> Result<SharedStore, StartError> {
+        Ok(Arc::new(SqliteStore::open(&settings.config.store.path)?))
+    }
+}
+
+/// A server started in the background (the CLI and the tests use it).
+pub struct Running {
+    pub addr: SocketAddr,
+    pub app: AppState,
+    shutdown: watch::Sender<bool>,
+    task: tokio::task::JoinHandle<std::io::Result<()>>,
+}
+
+impl Running {
+    /// Stops accepting, lets open requests finish within the grace period.
+    pub async fn shutdown(self) -> std::io::Result<()> {
+        let _ = self.shutdown.send(true);
+        self.task
+            .await
+            .unwrap_or_else(|e| Err(std::io::Error::other(e)))
+    }
+
+    /// Waits until the server stops by itself (a signal).
+    pub async fn wait(self) -> std::io::Result<()> {
+        self.task
+            .await
+            .unwrap_or_else(|e| Err(std::io::Error::other(e)))
+    }
+
+    /// A handle that triggers shutdown.
+    pub fn shutdown_handle(&self) -> watch::Sender<bool> {
+        self.shutdown.clone()
+    }
+}
+
+/// Binds `server.listen` and serves the app until shutdown.
+pub async fn start(app: AppState) -> Result<Running, StartError> {
+    let listen = app.settings.config.server.listen.clone();
+    let listener = TcpListener::bind(&listen)
+        .await
+        .map_err(|source| StartError::Listen {
+            addr: listen.clone(),
+            source,
+        })?;
+    let addr = listener.local_addr().map_err(|source| StartError::Listen {
+        addr: listen,
+        source,
+    })?;
+    crate::store::spawn_purge(
+        app.records.store.clone(),
+        app.settings.config.store.purge_interval.0,
+    );
+    // Discover the provider now so the first login does not wait for it; a
+    // failure is retried on first use.
+    let early = app.clone();
+    tokio::spawn(async move {
+        if let Err(e) = early.upstream.client().await {
+            tracing::warn!(error = %e, "OpenID provider discovery failed; it is retried at the first login");
+        }
+    });
+    let (shutdown, mut signal) = watch::channel(false);
+    let grace = app.settings.config.server.shutdown_grace.0;
+    let router = stack::router(app.clone());
+    let task = tokio::spawn(async move {
+        let mut stop = signal.clone();
+        let serve = axum::serve(
+            listener,
+            router.into_make_service_with_connect_info::<SocketAddr>(),
+        )
+        .with_graceful_shutdown(async move {
+            let _ = signal.wait_for(|s| *s).await;
+        });
+        tokio::select! {
+            result = serve => result,
+            _ = async {
+                let _ = stop.wait_for(|s| *s).await;
+                tokio::time::sleep(grace).await;
+            } => {
+                tracing::warn!(grace = ?grace, "shutdown grace period over; closing remaining connections");
+                Ok(())
+            }
+        }
+    });
+    tracing::info!(%addr, public_url = %app.settings.public_url, "listening");
+    Ok(Running {
+        addr,
+        app,
+        shutdown,
+        task,
+    })
+}
+
+/// Resolves on SIGINT or SIGTERM.
+pub async fn shutdown_signal() {
+    let ctrl_c = async {
+        let _ = tokio::signal::ctrl_c().await;
+    };
+    #[cfg(unix)]
+    let terminate = async {
+        match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+            Ok(mut s) => {
+                s.recv().await;
+            }
+            Err(_) => std::future::pending::<()>().await,
+        }
+    };
+    #[cfg(not(unix))]
+    let terminate = std::future::pending::<()>();
+    tokio::select! { _ = ctrl_c => {}, _ = terminate => {} }
+    tracing::info!("shutdown signal received");
+}

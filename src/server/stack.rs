@@ -1,0 +1,89 @@
+//! The tower stack, composed in this one place, outermost layer last in each
+//! `.layer` chain (axum applies them bottom-up). See DESIGN.md "The request
+//! path".
+
+use std::time::Duration;
+
+use axum::extract::DefaultBodyLimit;
+use axum::http::{header, HeaderName, Method, Request};
+use axum::routing::{get, post};
+use axum::Router;
+use tower_http::cors::{Any, CorsLayer};
+use tower_http::request_id::{MakeRequestUuid, PropagateRequestIdLayer, SetRequestIdLayer};
+use tower_http::trace::TraceLayer;
+
+use crate::oauth::{authorize, metadata, register, token};
+use crate::server::AppState;
+
+static REQUEST_ID: HeaderName = HeaderName::from_static("x-request-id");
+
+pub fn router(app: AppState) -> Router {
+    // Browser-based MCP clients call these from other origins; they carry
+    // no cookies, so a wildcard origin exposes nothing.
+    let cors = CorsLayer::new()
+        .allow_origin(Any)
+        .allow_methods([Method::GET, Method::POST, Method::OPTIONS])
+        .allow_headers([
+            header::CONTENT_TYPE,
+            header::AUTHORIZATION,
+            HeaderName::from_static("mcp-protocol-version"),
+        ])
+        .max_age(Duration::from_secs(86400));
+    let client_facing = Router::new()
+        .route(
+            "/.well-known/oauth-authorization-server",
+            get(metadata::authorization_server),
+        )
+        .route(
+            "/.well-known/oauth-protected-resource",
+            get(metadata::protected_resource_root),
+        )
+        .route(
+            "/.well-known/oauth-protected-resource/mcp",
+            get(metadata::protected_resource_mcp),
+        )
+        .route(
+            "/.well-known/oauth-protected-resource/sse",
+            get(metadata::protected_resource_sse),
+        )
+        .route(
+            "/register",
+            post(register::register).layer(DefaultBodyLimit::max(register::MAX_REGISTRATION_BYTES)),
+        )
+        .route(
+            "/token",
+            post(token::token).layer(DefaultBodyLimit::max(token::MAX_FORM_BYTES)),
+        )
+        .route(
+            "/revoke",
+            post(token::revoke).layer(DefaultBodyLimit::max(token::MAX_FORM_BYTES)),
+        )
+        .layer(cors);
+    // Pages for a person: no CORS, ever.
+    let browser_facing = Router::new()
+        .route("/authorize", get(authorize::authorize))
+        .route(
+            "/consent",
+            post(authorize::consent).layer(DefaultBodyLimit::max(token::MAX_FORM_BYTES)),
+        )
+        .route("/callback", get(authorize::callback));
+
+    Router::new()
+        .merge(client_facing)
+        .merge(browser_facing)
+        .with_state(app)
+        // Echo the request id on the response (innermost: sees the id set below).
+        .layer(PropagateRequestIdLayer::new(REQUEST_ID.clone()))
+        // One span per request, with method and path only: queries carry
+        // codes and state, which must never reach a log.
+        .layer(TraceLayer::new_for_http().make_span_with(|request: &Request<_>| {
+            let request_id = request
+                .headers()
+                .get(&REQUEST_ID)
+                .and_then(|v| v.to_str().ok())
+                .unwrap_or_default();
+            tracing::info_span!("request", method = %request.method(), path = %request.uri().path(), request_id)
+        }))
+        // Outermost: every request gets an id before anything logs.
+        .layer(SetRequestIdLayer::new(REQUEST_ID.clone(), MakeRequestUuid))
+}

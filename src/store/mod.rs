@@ -1,0 +1,261 @@
+//! State: one key-value `Store` trait with expiry, atomic take and
+//! compare-and-swap, so the embedded SQLite backend and a shared backend for
+//! several replicas are interchangeable.
+//!
+//! Keys of token records are token hashes; the store never sees a token.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use async_trait::async_trait;
+
+pub mod records;
+pub mod sqlite;
+
+pub use records::*;
+
+/// The kinds of record, each in its own key space.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum Namespace {
+    Client,
+    Pending,
+    Consent,
+    Code,
+    Grant,
+    AccessToken,
+    RefreshToken,
+}
+
+impl Namespace {
+    pub const ALL: [Namespace; 7] = [
+        Namespace::Client,
+        Namespace::Pending,
+        Namespace::Consent,
+        Namespace::Code,
+        Namespace::Grant,
+        Namespace::AccessToken,
+        Namespace::RefreshToken,
+    ];
+
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Namespace::Client => "client",
+            Namespace::Pending => "pending",
+            Namespace::Consent => "consent",
+            Namespace::Code => "code",
+            Namespace::Grant => "grant",
+            Namespace::AccessToken => "access",
+            Namespace::RefreshToken => "refresh",
+        }
+    }
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum StoreError {
+    #[error("store backend error: {0}")]
+    Backend(String),
+    #[error("stored record is corrupt: {0}")]
+    Corrupt(String),
+}
+
+pub type StoreResult<T> = Result<T, StoreError>;
+
+/// A key-value store whose every record expires.
+///
+/// Implementations must make `take`, `insert_new` and `compare_and_swap`
+/// atomic across every process sharing the store: two replicas racing for
+/// one authorization code get exactly one winner.
+#[async_trait]
+pub trait Store: Send + Sync + 'static {
+    /// Inserts or replaces a record.
+    async fn put(&self, ns: Namespace, key: &str, value: &[u8], ttl: Duration) -> StoreResult<()>;
+
+    /// Inserts only when no live record has this key; true when inserted.
+    async fn insert_new(
+        &self,
+        ns: Namespace,
+        key: &str,
+        value: &[u8],
+        ttl: Duration,
+    ) -> StoreResult<bool>;
+
+    /// The live record, if any.
+    async fn get(&self, ns: Namespace, key: &str) -> StoreResult<Option<Vec<u8>>>;
+
+    /// Removes and returns the live record: single use.
+    async fn take(&self, ns: Namespace, key: &str) -> StoreResult<Option<Vec<u8>>>;
+
+    /// Replaces the live record only if it still equals `expected`; `None`
+    /// as `new` deletes it. True when the swap happened.
+    async fn compare_and_swap(
+        &self,
+        ns: Namespace,
+        key: &str,
+        expected: &[u8],
+        new: Option<&[u8]>,
+        ttl: Duration,
+    ) -> StoreResult<bool>;
+
+    /// Removes a record; true if a live one was there.
+    async fn delete(&self, ns: Namespace, key: &str) -> StoreResult<bool>;
+
+    /// Every live record of a namespace, for administration (never on a
+    /// request path).
+    async fn list(&self, ns: Namespace) -> StoreResult<Vec<(String, Vec<u8>)>>;
+
+    /// Removes expired records; returns how many.
+    async fn purge_expired(&self) -> StoreResult<u64>;
+
+    /// Cheap check that the backend answers (readiness).
+    async fn ping(&self) -> StoreResult<()>;
+}
+
+pub type SharedStore = Arc<dyn Store>;
+
+/// Removes expired records every `interval` until the process ends.
+pub fn spawn_purge(store: SharedStore, interval: Duration) -> tokio::task::JoinHandle<()> {
+    tokio::spawn(async move {
+        let mut ticker = tokio::time::interval(interval);
+        ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        loop {
+            ticker.tick().await;
+            match store.purge_expired().await {
+                Ok(0) => {}
+                Ok(n) => tracing::debug!(removed = n, "purged expired records"),
+                Err(e) => tracing::warn!(error = %e, "purging expired records failed"),
+            }
+        }
+    })
+}
+
+#[cfg(test)]
+pub(crate) mod conformance {
+    //! The behaviour every backend must show; each backend's tests call these.
+    use super::*;
+
+    const T: Duration = Duration::from_secs(60);
+
+    pub async fn put_get_delete(store: &dyn Store) {
+        assert_eq!(store.get(Namespace::Client, "a").await.unwrap(), None);
+        store.put(Namespace::Client, "a", b"1", T).await.unwrap();
+        assert_eq!(
+            store.get(Namespace::Client, "a").await.unwrap().as_deref(),
+            Some(&b"1"[..])
+        );
+        // Namespaces are separate key spaces.
+        assert_eq!(store.get(Namespace::Grant, "a").await.unwrap(), None);
+        store.put(Namespace::Client, "a", b"2", T).await.unwrap();
+        assert_eq!(
+            store.get(Namespace::Client, "a").await.unwrap().as_deref(),
+            Some(&b"2"[..])
+        );
+        assert!(store.delete(Namespace::Client, "a").await.unwrap());
+        assert!(!store.delete(Namespace::Client, "a").await.unwrap());
+        assert_eq!(store.get(Namespace::Client, "a").await.unwrap(), None);
+    }
+
+    pub async fn take_is_single_use(store: &dyn Store) {
+        store.put(Namespace::Code, "c", b"v", T).await.unwrap();
+        assert_eq!(
+            store.take(Namespace::Code, "c").await.unwrap().as_deref(),
+            Some(&b"v"[..])
+        );
+        assert_eq!(store.take(Namespace::Code, "c").await.unwrap(), None);
+    }
+
+    pub async fn expired_records_are_invisible(store: &dyn Store) {
+        store
+            .put(Namespace::Pending, "p", b"v", Duration::from_secs(1))
+            .await
+            .unwrap();
+        assert!(store.get(Namespace::Pending, "p").await.unwrap().is_some());
+        tokio::time::sleep(Duration::from_millis(2100)).await;
+        assert_eq!(store.get(Namespace::Pending, "p").await.unwrap(), None);
+        assert_eq!(store.take(Namespace::Pending, "p").await.unwrap(), None);
+        // An expired key may be inserted anew.
+        assert!(store
+            .insert_new(Namespace::Pending, "p", b"w", T)
+            .await
+            .unwrap());
+        store.purge_expired().await.unwrap();
+        assert!(store.get(Namespace::Pending, "p").await.unwrap().is_some());
+    }
+
+    pub async fn insert_new_and_cas(store: &dyn Store) {
+        assert!(store
+            .insert_new(Namespace::Grant, "g", b"1", T)
+            .await
+            .unwrap());
+        assert!(!store
+            .insert_new(Namespace::Grant, "g", b"x", T)
+            .await
+            .unwrap());
+        assert!(!store
+            .compare_and_swap(Namespace::Grant, "g", b"0", Some(b"2"), T)
+            .await
+            .unwrap());
+        assert!(store
+            .compare_and_swap(Namespace::Grant, "g", b"1", Some(b"2"), T)
+            .await
+            .unwrap());
+        assert_eq!(
+            store.get(Namespace::Grant, "g").await.unwrap().as_deref(),
+            Some(&b"2"[..])
+        );
+        assert!(store
+            .compare_and_swap(Namespace::Grant, "g", b"2", None, T)
+            .await
+            .unwrap());
+        assert_eq!(store.get(Namespace::Grant, "g").await.unwrap(), None);
+        assert!(!store
+            .compare_and_swap(Namespace::Grant, "missing", b"2", Some(b"3"), T)
+            .await
+            .unwrap());
+    }
+
+    pub async fn racing_takes_have_one_winner(store: SharedStore) {
+        store.put(Namespace::Code, "race", b"v", T).await.unwrap();
+        let mut tasks = Vec::new();
+        for _ in 0..20 {
+            let s = store.clone();
+            tasks.push(tokio::spawn(async move {
+                s.take(Namespace::Code, "race").await.unwrap().is_some()
+            }));
+        }
+        let mut winners = 0;
+        for t in tasks {
+            winners += t.await.unwrap() as usize;
+        }
+        assert_eq!(winners, 1);
+    }
+
+    pub async fn racing_swaps_have_one_winner(store: SharedStore) {
+        store.put(Namespace::Grant, "cas", b"0", T).await.unwrap();
+        let mut tasks = Vec::new();
+        for i in 0..10u8 {
+            let s = store.clone();
+            tasks.push(tokio::spawn(async move {
+                s.compare_and_swap(Namespace::Grant, "cas", b"0", Some(&[b'a' + i]), T)
+                    .await
+                    .unwrap()
+            }));
+        }
+        let mut winners = 0;
+        for t in tasks {
+            winners += t.await.unwrap() as usize;
+        }
+        assert_eq!(winners, 1);
+    }
+
+    pub async fn list_returns_live_records(store: &dyn Store) {
+        store.put(Namespace::Consent, "k1", b"a", T).await.unwrap();
+        store.put(Namespace::Consent, "k2", b"b", T).await.unwrap();
+        let mut all = store.list(Namespace::Consent).await.unwrap();
+        all.sort();
+        assert_eq!(
+            all,
+            vec![("k1".into(), b"a".to_vec()), ("k2".into(), b"b".to_vec())]
+        );
+        store.ping().await.unwrap();
+    }
+}

@@ -1,0 +1,299 @@
+//! The upstream leg: the company's OpenID Connect provider, through the
+//! `openidconnect` crate (discovery, PKCE, state, nonce, id_token checks).
+//!
+//! The HTTP client follows no redirects, so a provider cannot bounce the
+//! proxy's back-channel requests elsewhere.
+
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use base64::engine::general_purpose::URL_SAFE_NO_PAD;
+use base64::Engine;
+use openidconnect::core::{CoreAuthenticationFlow, CoreClient, CoreProviderMetadata};
+use openidconnect::{
+    reqwest, AuthorizationCode, ClaimsVerificationError, ClientId, ClientSecret, CsrfToken,
+    EndpointMaybeSet, EndpointNotSet, EndpointSet, IssuerUrl, Nonce, OAuth2TokenResponse,
+    PkceCodeChallenge, PkceCodeVerifier, RedirectUrl, Scope, TokenResponse,
+};
+use serde_json::{Map, Value};
+use tokio::sync::{Mutex, RwLock};
+
+use crate::config::Settings;
+use crate::store::UpstreamTokens;
+
+type DiscoveredClient = CoreClient<
+    EndpointSet,
+    EndpointNotSet,
+    EndpointNotSet,
+    EndpointNotSet,
+    EndpointMaybeSet,
+    EndpointMaybeSet,
+>;
+
+/// Re-discovery (new signing keys) happens at most this often.
+const REDISCOVERY_INTERVAL: Duration = Duration::from_secs(60);
+
+#[derive(Debug, thiserror::Error)]
+pub enum UpstreamError {
+    #[error("OpenID provider discovery failed for {issuer}: {message}")]
+    Discovery { issuer: String, message: String },
+    #[error("Token exchange failed: {0}")]
+    TokenExchange(String),
+    #[error("the provider's id_token was not accepted: {0}")]
+    IdToken(String),
+    #[error("the provider's userinfo could not be read: {0}")]
+    Userinfo(String),
+    #[error("the provider is misconfigured: {0}")]
+    Configuration(String),
+}
+
+/// Where to send the browser, and what to remember until it comes back.
+pub struct AuthorizationStart {
+    pub url: url::Url,
+    pub state: String,
+    pub pkce_verifier: String,
+    pub nonce: String,
+}
+
+/// Who logged in, as the provider said.
+pub struct UpstreamIdentity {
+    pub claims: Map<String, Value>,
+    pub tokens: UpstreamTokens,
+}
+
+pub struct Upstream {
+    issuer: String,
+    client_id: String,
+    client_secret: Option<String>,
+    redirect_url: String,
+    scopes: Vec<String>,
+    userinfo: bool,
+    http: reqwest::Client,
+    client: RwLock<Option<Arc<DiscoveredClient>>>,
+    last_discovery: Mutex<Option<Instant>>,
+}
+
+impl Upstream {
+    pub fn new(settings: &Settings) -> Result<Self, UpstreamError> {
+        let http = reqwest::ClientBuilder::new()
+            .redirect(reqwest::redirect::Policy::none())
+            .timeout(settings.config.upstream.timeout.0)
+            .user_agent(concat!("mcp-oauth-proxy/", env!("CARGO_PKG_VERSION")))
+            .build()
+            .map_err(|e| UpstreamError::Configuration(e.to_string()))?;
+        Ok(Upstream {
+            issuer: settings.issuer_url.clone(),
+            client_id: settings.upstream_client_id.clone(),
+            client_secret: settings
+                .upstream_client_secret
+                .as_ref()
+                .map(|s| s.expose().to_string()),
+            redirect_url: settings.callback_url(),
+            scopes: settings.config.upstream.scopes.clone(),
+            userinfo: settings.config.upstream.userinfo,
+            http,
+            client: RwLock::new(None),
+            last_discovery: Mutex::new(None),
+        })
+    }
+
+    pub fn issuer(&self) -> &str {
+        &self.issuer
+    }
+
+    /// True once discovery succeeded (readiness).
+    pub async fn is_discovered(&self) -> bool {
+        self.client.read().await.is_some()
+    }
+
+    /// The discovered client, discovering on first use.
+    pub async fn client(&self) -> Result<Arc<DiscoveredClient>, UpstreamError> {
+        if let Some(client) = self.client.read().await.as_ref() {
+            return Ok(client.clone());
+        }
+        self.rediscover(true).await
+    }
+
+    /// Fetches the provider metadata and keys again. Unless `force`d, at most
+    /// once per `REDISCOVERY_INTERVAL`.
+    async fn rediscover(&self, force: bool) -> Result<Arc<DiscoveredClient>, UpstreamError> {
+        let mut last = self.last_discovery.lock().await;
+        if !force && last.is_some_and(|t| t.elapsed() < REDISCOVERY_INTERVAL) {
+            if let Some(client) = self.client.read().await.as_ref() {
+                return Ok(client.clone());
+            }
+        }
+        let discovery_error = |message: String| UpstreamError::Discovery {
+            issuer: self.issuer.clone(),
+            message,
+        };
+        let issuer =
+            IssuerUrl::new(self.issuer.clone()).map_err(|e| discovery_error(e.to_string()))?;
+        let metadata = CoreProviderMetadata::discover_async(issuer, &self.http)
+            .await
+            .map_err(|e| discovery_error(error_chain(&e)))?;
+        let redirect = RedirectUrl::new(self.redirect_url.clone())
+            .map_err(|e| UpstreamError::Configuration(e.to_string()))?;
+        let client = Arc::new(
+            CoreClient::from_provider_metadata(
+                metadata,
+                ClientId::new(self.client_id.clone()),
+                self.client_secret.clone().map(ClientSecret::new),
+            )
+            .set_redirect_uri(redirect),
+        );
+        *self.client.write().await = Some(client.clone());
+        *last = Some(Instant::now());
+        tracing::info!(issuer = %self.issuer, "OpenID provider discovered");
+        Ok(client)
+    }
+
+    /// Starts a login: the provider URL with state, nonce and a PKCE S256
+    /// challenge.
+    pub async fn start(&self) -> Result<AuthorizationStart, UpstreamError> {
+        let client = self.client().await?;
+        let (challenge, verifier) = PkceCodeChallenge::new_random_sha256();
+        let mut request = client.authorize_url(
+            CoreAuthenticationFlow::AuthorizationCode,
+            CsrfToken::new_random,
+            Nonce::new_random,
+        );
+        for scope in self.scopes.iter().filter(|s| s.as_str() != "openid") {
+            request = request.add_scope(Scope::new(scope.clone()));
+        }
+        let (url, state, nonce) = request.set_pkce_challenge(challenge).url();
+        Ok(AuthorizationStart {
+            url,
+            state: state.secret().clone(),
+            pkce_verifier: verifier.secret().clone(),
+            nonce: nonce.secret().clone(),
+        })
+    }
+
+    /// Exchanges the provider's code, verifies the id_token (issuer, audience,
+    /// signature, expiry, nonce) and collects the claims.
+    pub async fn finish(
+        &self,
+        code: &str,
+        pkce_verifier: &str,
+        nonce: &str,
+    ) -> Result<UpstreamIdentity, UpstreamError> {
+        let client = self.client().await?;
+        let response = client
+            .exchange_code(AuthorizationCode::new(code.to_string()))
+            .map_err(|e| UpstreamError::Configuration(e.to_string()))?
+            .set_pkce_verifier(PkceCodeVerifier::new(pkce_verifier.to_string()))
+            .request_async(&self.http)
+            .await
+            .map_err(|e| UpstreamError::TokenExchange(error_chain(&e)))?;
+        let id_token = response.id_token().ok_or_else(|| {
+            UpstreamError::IdToken(
+                "the token response has no id_token (is the `openid` scope granted?)".into(),
+            )
+        })?;
+        let nonce = Nonce::new(nonce.to_string());
+        let verified = match id_token.claims(&client.id_token_verifier(), &nonce) {
+            Ok(claims) => Ok(claims.subject().to_string()),
+            // The provider may have rotated its keys: fetch them once more.
+            Err(ClaimsVerificationError::SignatureVerification(_)) => {
+                let fresh = self.rediscover(false).await?;
+                let verifier = fresh.id_token_verifier();
+                let subject = id_token
+                    .claims(&verifier, &nonce)
+                    .map(|c| c.subject().to_string());
+                subject
+            }
+            Err(e) => Err(e),
+        };
+        let subject = verified.map_err(|e| UpstreamError::IdToken(e.to_string()))?;
+        let id_token_text = id_token.to_string();
+        let mut claims = jwt_payload(&id_token_text)?;
+        let access_token = response.access_token().secret().clone();
+        if self.userinfo {
+            let info = self.userinfo(&client, &access_token, &subject).await?;
+            for (k, v) in info {
+                claims.entry(k).or_insert(v);
+            }
+        }
+        let expires_at = response
+            .expires_in()
+            .map(|d| crate::now_unix() + d.as_secs() as i64);
+        Ok(UpstreamIdentity {
+            claims,
+            tokens: UpstreamTokens {
+                access_token,
+                id_token: Some(id_token_text),
+                refresh_token: response.refresh_token().map(|t| t.secret().clone()),
+                expires_at,
+            },
+        })
+    }
+
+    async fn userinfo(
+        &self,
+        client: &DiscoveredClient,
+        access_token: &str,
+        subject: &str,
+    ) -> Result<Map<String, Value>, UpstreamError> {
+        let url = client
+            .user_info_url()
+            .ok_or_else(|| {
+                UpstreamError::Userinfo(
+                    "upstream.userinfo is on but the provider has no userinfo_endpoint".into(),
+                )
+            })?
+            .url()
+            .clone();
+        let response = self
+            .http
+            .get(url)
+            .bearer_auth(access_token)
+            .header("accept", "application/json")
+            .send()
+            .await
+            .map_err(|e| UpstreamError::Userinfo(error_chain(&e)))?;
+        if !response.status().is_success() {
+            return Err(UpstreamError::Userinfo(format!(
+                "status {}",
+                response.status()
+            )));
+        }
+        let body = response
+            .bytes()
+            .await
+            .map_err(|e| UpstreamError::Userinfo(error_chain(&e)))?;
+        let info: Map<String, Value> = serde_json::from_slice(&body)
+            .map_err(|e| UpstreamError::Userinfo(format!("not a JSON object: {e}")))?;
+        // OIDC Core §5.3.2: the userinfo sub must equal the id_token's.
+        if info.get("sub").and_then(Value::as_str) != Some(subject) {
+            return Err(UpstreamError::Userinfo(
+                "its `sub` differs from the id_token's".into(),
+            ));
+        }
+        Ok(info)
+    }
+}
+
+/// The claims of an already verified JWT, as a map.
+fn jwt_payload(jwt: &str) -> Result<Map<String, Value>, UpstreamError> {
+    let payload = jwt
+        .split('.')
+        .nth(1)
+        .ok_or_else(|| UpstreamError::IdToken("not a JWS".into()))?;
+    let bytes = URL_SAFE_NO_PAD
+        .decode(payload.trim_end_matches('='))
+        .map_err(|e| UpstreamError::IdToken(e.to_string()))?;
+    serde_json::from_slice(&bytes).map_err(|e| UpstreamError::IdToken(e.to_string()))
+}
+
+/// An error and its sources on one line, for logs.
+fn error_chain(e: &dyn std::error::Error) -> String {
+    let mut text = e.to_string();
+    let mut source = e.source();
+    while let Some(s) = source {
+        text.push_str(": ");
+        text.push_str(&s.to_string());
+        source = s.source();
+    }
+    text
+}
