@@ -390,7 +390,7 @@ pub async fn callback(
         })?;
     tracing::info!(
         client_id = %pending.client_id,
-        sub = ?secrets.claims.get("sub"),
+        sub = secrets.claims.get("sub").and_then(serde_json::Value::as_str).unwrap_or_default(),
         "login completed"
     );
     let mut params: Vec<(&str, &str)> = vec![("code", &client_code)];

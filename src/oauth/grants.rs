@@ -214,43 +214,41 @@ impl Grants {
             ));
         }
         let grant_key = self.keys.unwrap_grant_key(r.code, &record.wrapped_key)?;
-        let (grant, grant_bytes) = self
-            .records
-            .get_versioned::<GrantRecord>(Namespace::Grant, &record.grant_id)
-            .await?
-            .ok_or(GrantError::Invalid("the authorization was revoked"))?;
         let issued = self
             .issue(
-                &grant,
+                &record.grant_id,
+                &record.client_id,
                 &grant_key,
                 resource.clone(),
                 record.scope.clone(),
                 r.issue_refresh,
             )
             .await?;
-        let mut updated = grant.clone();
-        updated.resource = resource;
-        updated.refresh_current = issued.refresh_token.as_deref().map(crypto::token_hash);
+        // Bind the refresh token and resource to the grant. If a replay
+        // revoked the grant meanwhile, the tokens just issued are already
+        // dead, exactly as if the replay had come a moment later.
         let grant_ttl = if r.issue_refresh {
             self.refresh_ttl
         } else {
             self.access_ttl
         };
-        if !self
+        if let Some((grant, grant_bytes)) = self
             .records
-            .swap(
-                Namespace::Grant,
-                &grant.grant_id,
-                &grant_bytes,
-                &updated,
-                grant_ttl,
-            )
+            .get_versioned::<GrantRecord>(Namespace::Grant, &record.grant_id)
             .await?
         {
-            self.forget_issued(&issued).await;
-            return Err(GrantError::Invalid(
-                "the authorization changed while tokens were issued; sign in again",
-            ));
+            let mut updated = grant.clone();
+            updated.resource = resource;
+            updated.refresh_current = issued.refresh_token.as_deref().map(crypto::token_hash);
+            self.records
+                .swap(
+                    Namespace::Grant,
+                    &grant.grant_id,
+                    &grant_bytes,
+                    &updated,
+                    grant_ttl,
+                )
+                .await?;
         }
         Ok(issued)
     }
@@ -307,7 +305,14 @@ impl Grants {
             .unwrap_grant_key(refresh_token, &record.wrapped_key)?;
         let scope = scope.map(str::to_string).or_else(|| grant.scope.clone());
         let issued = self
-            .issue(&grant, &grant_key, resource, scope, true)
+            .issue(
+                &grant.grant_id,
+                &grant.client_id,
+                &grant_key,
+                resource,
+                scope,
+                true,
+            )
             .await?;
         let mut updated = grant.clone();
         updated.refresh_current = issued.refresh_token.as_deref().map(crypto::token_hash);
@@ -336,7 +341,8 @@ impl Grants {
 
     async fn issue(
         &self,
-        grant: &GrantRecord,
+        grant_id: &str,
+        client_id: &str,
         grant_key: &[u8; 32],
         resource: Option<String>,
         scope: Option<String>,
@@ -345,8 +351,8 @@ impl Grants {
         let now = now_unix();
         let access_token = crypto::random_token();
         let access = TokenRecord {
-            grant_id: grant.grant_id.clone(),
-            client_id: grant.client_id.clone(),
+            grant_id: grant_id.to_string(),
+            client_id: client_id.to_string(),
             resource: resource.clone(),
             scope: scope.clone(),
             expires_at: now + self.access_ttl.as_secs() as i64,

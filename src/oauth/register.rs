@@ -67,7 +67,7 @@ pub async fn register(State(app): State<AppState>, body: Bytes) -> Result<Respon
             &"random client id already taken",
         ));
     }
-    tracing::info!(client_id = %client.client_id, client_name = ?client.client_name, "client registered");
+    tracing::info!(client_id = %client.client_id, client_name = client.client_name.as_deref().unwrap_or_default(), "client registered");
     let mut response = (
         StatusCode::CREATED,
         Json(registration_response(&client, secret.as_deref())),
