@@ -52,6 +52,8 @@ pub struct Config {
     #[serde(default)]
     pub downstream: DownstreamConfig,
     #[serde(default)]
+    pub auth: AuthConfig,
+    #[serde(default)]
     pub store: StoreConfig,
     #[serde(default)]
     pub policy: PolicyConfig,
@@ -81,6 +83,10 @@ pub struct ServerConfig {
     /// How long open streams may keep running after a shutdown signal.
     #[serde(default = "default_shutdown_grace")]
     pub shutdown_grace: DurationStr,
+    /// Browser origins, besides the proxy's own, allowed to call /mcp and /sse
+    /// (e.g. "http://localhost:6274" for MCP Inspector).
+    #[serde(default)]
+    pub allowed_origins: Vec<String>,
 }
 
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize, Serialize)]
@@ -133,13 +139,63 @@ impl Default for UpstreamConfig {
     }
 }
 
-#[derive(Debug, Clone, Default, Deserialize, Serialize)]
+#[derive(Debug, Clone, Deserialize, Serialize)]
 #[serde(deny_unknown_fields)]
 pub struct DownstreamConfig {
     #[serde(default, deserialize_with = "lenient_opt_string")]
     pub url: Option<String>,
     #[serde(default, deserialize_with = "lenient_opt_string")]
     pub sse_url: Option<String>,
+    #[serde(default = "default_connect_timeout")]
+    pub connect_timeout: DurationStr,
+    /// How long to wait for the downstream's response headers.
+    #[serde(default = "default_response_timeout")]
+    pub response_timeout: DurationStr,
+    /// A stream with no event for this long is closed. Streams have no total
+    /// time limit.
+    #[serde(default = "default_sse_idle_timeout")]
+    pub sse_idle_timeout: DurationStr,
+    /// The largest JSON-RPC request body accepted (the policy reads it).
+    #[serde(default = "default_max_request_bytes")]
+    pub max_request_bytes: usize,
+}
+
+impl Default for DownstreamConfig {
+    fn default() -> Self {
+        DownstreamConfig {
+            url: None,
+            sse_url: None,
+            connect_timeout: default_connect_timeout(),
+            response_timeout: default_response_timeout(),
+            sse_idle_timeout: default_sse_idle_timeout(),
+            max_request_bytes: default_max_request_bytes(),
+        }
+    }
+}
+
+#[derive(Debug, Clone, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct AuthConfig {
+    /// How many validated tokens are kept in memory.
+    #[serde(default = "default_cache_capacity")]
+    pub cache_capacity: u64,
+    /// The longest a validated token is trusted without asking the store
+    /// again (revocations from other replicas arrive within this).
+    #[serde(default = "default_cache_ttl")]
+    pub cache_ttl: DurationStr,
+    /// How long an unknown token is remembered as unknown.
+    #[serde(default = "default_negative_cache_ttl")]
+    pub negative_cache_ttl: DurationStr,
+}
+
+impl Default for AuthConfig {
+    fn default() -> Self {
+        AuthConfig {
+            cache_capacity: default_cache_capacity(),
+            cache_ttl: default_cache_ttl(),
+            negative_cache_ttl: default_negative_cache_ttl(),
+        }
+    }
 }
 
 #[derive(Debug, Clone, Deserialize, Serialize)]
@@ -164,19 +220,17 @@ impl Default for StoreConfig {
     }
 }
 
-#[derive(Debug, Clone, Deserialize, Serialize)]
+#[derive(Debug, Clone, Default, Deserialize, Serialize)]
 #[serde(deny_unknown_fields)]
 pub struct PolicyConfig {
-    #[serde(default = "default_policy_path")]
-    pub path: PathBuf,
-}
-
-impl Default for PolicyConfig {
-    fn default() -> Self {
-        PolicyConfig {
-            path: default_policy_path(),
-        }
-    }
+    /// The Rhai policy; without it, the built-in default policy (the
+    /// original worker's identity headers) runs.
+    #[serde(default)]
+    pub path: Option<PathBuf>,
+    /// Extra header names a policy may set; client headers that normalise to
+    /// one of them are removed before forwarding.
+    #[serde(default)]
+    pub identity_headers: Vec<String>,
 }
 
 #[derive(Debug, Clone, Default, Deserialize, Serialize)]
@@ -296,8 +350,26 @@ fn default_store_path() -> PathBuf {
 fn default_purge_interval() -> DurationStr {
     DurationStr(Duration::from_secs(600))
 }
-fn default_policy_path() -> PathBuf {
-    PathBuf::from("policies/default.rhai")
+fn default_connect_timeout() -> DurationStr {
+    DurationStr(Duration::from_secs(5))
+}
+fn default_response_timeout() -> DurationStr {
+    DurationStr(Duration::from_secs(120))
+}
+fn default_sse_idle_timeout() -> DurationStr {
+    DurationStr(Duration::from_secs(30 * 60))
+}
+fn default_max_request_bytes() -> usize {
+    4 * 1024 * 1024
+}
+fn default_cache_capacity() -> u64 {
+    100_000
+}
+fn default_cache_ttl() -> DurationStr {
+    DurationStr(Duration::from_secs(60))
+}
+fn default_negative_cache_ttl() -> DurationStr {
+    DurationStr(Duration::from_secs(5))
 }
 fn default_access_ttl() -> DurationStr {
     DurationStr(Duration::from_secs(3600))
@@ -417,6 +489,9 @@ pub struct Settings {
     pub upstream_client_secret: Option<Secret>,
     pub encryption_key: [u8; 32],
     pub downstream_url: Url,
+    pub downstream_sse_url: Option<Url>,
+    /// `server.allowed_origins`, as origins ("scheme://host[:port]").
+    pub allowed_origins: Vec<String>,
     /// Cookies use the `__Host-` prefix and `Secure` unless the public URL is
     /// plain http on a non-loopback host, where browsers would drop them.
     pub secure_cookies: bool,
@@ -538,8 +613,31 @@ impl Config {
             )
         })?;
         let downstream_url = parse_http_url("downstream.url", &downstream_text)?;
-        if let Some(sse) = &self.downstream.sse_url {
-            parse_http_url("downstream.sse_url", sse)?;
+        let downstream_sse_url = self
+            .downstream
+            .sse_url
+            .as_deref()
+            .filter(|s| !s.trim().is_empty())
+            .map(|sse| parse_http_url("downstream.sse_url", sse))
+            .transpose()?;
+        let mut allowed_origins = Vec::new();
+        for origin in &self.server.allowed_origins {
+            let url = parse_http_url("server.allowed_origins", origin)?;
+            allowed_origins.push(url.origin().ascii_serialization());
+        }
+        if self.downstream.max_request_bytes < 1024 {
+            return Err(ConfigError::invalid(
+                "downstream.max_request_bytes",
+                "must be at least 1024",
+            ));
+        }
+        for name in &self.policy.identity_headers {
+            if http::HeaderName::from_bytes(name.as_bytes()).is_err() {
+                return Err(ConfigError::invalid(
+                    "policy.identity_headers",
+                    format!("`{name}` is not a header name"),
+                ));
+            }
         }
         for scheme in &self.registration.allowed_schemes {
             crate::oauth::redirect_uri::check_allowed_scheme(scheme)
@@ -557,6 +655,19 @@ impl Config {
             ("tokens.code_ttl", self.tokens.code_ttl),
             ("registration.client_ttl", self.registration.client_ttl),
             ("store.purge_interval", self.store.purge_interval),
+            (
+                "downstream.connect_timeout",
+                self.downstream.connect_timeout,
+            ),
+            (
+                "downstream.response_timeout",
+                self.downstream.response_timeout,
+            ),
+            (
+                "downstream.sse_idle_timeout",
+                self.downstream.sse_idle_timeout,
+            ),
+            ("auth.cache_ttl", self.auth.cache_ttl),
         ] {
             if value.0.is_zero() {
                 return Err(ConfigError::invalid(key, "must be longer than zero"));
@@ -574,6 +685,8 @@ impl Config {
             upstream_client_secret,
             encryption_key,
             downstream_url,
+            downstream_sse_url,
+            allowed_origins,
             secure_cookies,
             config: self,
         })

@@ -227,3 +227,138 @@ pub fn found(location: &str) -> Response {
         .into_response(),
     }
 }
+
+/// A failure on the MCP request path, shown to an MCP client as a JSON-RPC
+/// error with the right HTTP status.
+#[derive(Debug, thiserror::Error)]
+pub enum ProxyError {
+    /// No usable bearer token: the client must (re)authorize.
+    #[error("unauthorized: {reason}")]
+    Unauthorized {
+        /// The protected resource's metadata URL.
+        resource_metadata: String,
+        /// Whether a token was sent (then `error="invalid_token"`).
+        token_sent: bool,
+        reason: &'static str,
+    },
+    #[error("forbidden: {0}")]
+    Forbidden(String),
+    #[error("{reason}")]
+    PolicyDenied {
+        status: StatusCode,
+        reason: String,
+        id: Option<serde_json::Value>,
+    },
+    #[error("bad request: {0}")]
+    BadRequest(String),
+    #[error("session not found")]
+    SessionNotFound,
+    #[error("request body larger than {0} bytes")]
+    PayloadTooLarge(usize),
+    #[error("method not allowed")]
+    MethodNotAllowed,
+    #[error("Failed to connect to downstream MCP server: {0}")]
+    DownstreamUnreachable(String),
+    #[error("downstream MCP server did not answer within {0:?}")]
+    DownstreamTimeout(std::time::Duration),
+    #[error("the authorization store is unavailable: {0}")]
+    StoreUnavailable(String),
+    #[error("{0}")]
+    NotConfigured(&'static str),
+}
+
+impl ProxyError {
+    fn status(&self) -> StatusCode {
+        match self {
+            ProxyError::Unauthorized { .. } => StatusCode::UNAUTHORIZED,
+            ProxyError::Forbidden(_) => StatusCode::FORBIDDEN,
+            ProxyError::PolicyDenied { status, .. } => *status,
+            ProxyError::BadRequest(_) => StatusCode::BAD_REQUEST,
+            ProxyError::SessionNotFound => StatusCode::NOT_FOUND,
+            ProxyError::PayloadTooLarge(_) => StatusCode::PAYLOAD_TOO_LARGE,
+            ProxyError::MethodNotAllowed => StatusCode::METHOD_NOT_ALLOWED,
+            ProxyError::DownstreamUnreachable(_) => StatusCode::BAD_GATEWAY,
+            ProxyError::DownstreamTimeout(_) => StatusCode::GATEWAY_TIMEOUT,
+            ProxyError::StoreUnavailable(_) => StatusCode::SERVICE_UNAVAILABLE,
+            ProxyError::NotConfigured(_) => StatusCode::NOT_FOUND,
+        }
+    }
+
+    /// JSON-RPC error codes: -32600 invalid request, -32001 auth, -32002
+    /// session, -32003 denied, -32000 server-side failures.
+    fn rpc_code(&self) -> i64 {
+        match self {
+            ProxyError::BadRequest(_)
+            | ProxyError::PayloadTooLarge(_)
+            | ProxyError::MethodNotAllowed => -32600,
+            ProxyError::Unauthorized { .. } => -32001,
+            ProxyError::SessionNotFound => -32002,
+            ProxyError::Forbidden(_) | ProxyError::PolicyDenied { .. } => -32003,
+            _ => -32000,
+        }
+    }
+
+    /// A short, stable label for logs and metrics.
+    pub fn kind(&self) -> &'static str {
+        match self {
+            ProxyError::Unauthorized { .. } => "unauthorized",
+            ProxyError::Forbidden(_) => "forbidden",
+            ProxyError::PolicyDenied { .. } => "policy_denied",
+            ProxyError::BadRequest(_) => "bad_request",
+            ProxyError::SessionNotFound => "session_not_found",
+            ProxyError::PayloadTooLarge(_) => "payload_too_large",
+            ProxyError::MethodNotAllowed => "method_not_allowed",
+            ProxyError::DownstreamUnreachable(_) => "downstream_unreachable",
+            ProxyError::DownstreamTimeout(_) => "downstream_timeout",
+            ProxyError::StoreUnavailable(_) => "store_unavailable",
+            ProxyError::NotConfigured(_) => "not_configured",
+        }
+    }
+}
+
+impl IntoResponse for ProxyError {
+    fn into_response(self) -> Response {
+        let status = self.status();
+        let id = match &self {
+            ProxyError::PolicyDenied { id, .. } => id.clone().unwrap_or(serde_json::Value::Null),
+            _ => serde_json::Value::Null,
+        };
+        match &self {
+            ProxyError::DownstreamUnreachable(_)
+            | ProxyError::DownstreamTimeout(_)
+            | ProxyError::StoreUnavailable(_) => {
+                tracing::warn!(error = %self, "MCP request failed")
+            }
+            _ => tracing::debug!(error = %self, "MCP request refused"),
+        }
+        let body = json!({
+            "jsonrpc": "2.0",
+            "error": { "code": self.rpc_code(), "message": self.to_string() },
+            "id": id,
+        });
+        let mut response = (status, axum::Json(body)).into_response();
+        if let ProxyError::Unauthorized {
+            resource_metadata,
+            token_sent,
+            ..
+        } = &self
+        {
+            let challenge = if *token_sent {
+                format!("Bearer error=\"invalid_token\", resource_metadata=\"{resource_metadata}\"")
+            } else {
+                format!("Bearer resource_metadata=\"{resource_metadata}\"")
+            };
+            if let Ok(value) = HeaderValue::from_str(&challenge) {
+                response
+                    .headers_mut()
+                    .insert(header::WWW_AUTHENTICATE, value);
+            }
+        }
+        if status == StatusCode::METHOD_NOT_ALLOWED {
+            response
+                .headers_mut()
+                .insert(header::ALLOW, HeaderValue::from_static("GET, POST, DELETE"));
+        }
+        response
+    }
+}

@@ -3,10 +3,13 @@
 //! an MCP server.
 #![forbid(unsafe_code)]
 
+pub mod auth;
 pub mod config;
 pub mod crypto;
 pub mod error;
 pub mod oauth;
+pub mod policy;
+pub mod proxy;
 pub mod server;
 pub mod store;
 pub mod upstream;

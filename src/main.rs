@@ -6,6 +6,7 @@ use std::process::ExitCode;
 
 use clap::{Parser, Subcommand};
 use mcp_oauth_proxy::config::{self, Config, LogFormat};
+use mcp_oauth_proxy::policy::PolicyEngine;
 use mcp_oauth_proxy::server::{self, AppState};
 
 #[derive(Parser)]
@@ -58,11 +59,22 @@ fn check(path: Option<PathBuf>) -> ExitCode {
     match config.validate() {
         Ok(settings) => {
             print!("{rendered}");
-            eprintln!(
-                "configuration OK (issuer {}, upstream {})",
-                settings.public_url, settings.issuer_url
-            );
-            ExitCode::SUCCESS
+            let policy = &settings.config.policy;
+            match PolicyEngine::new(policy.path.as_deref(), &policy.identity_headers) {
+                Ok(engine) => {
+                    eprintln!(
+                        "configuration OK (issuer {}, provider {}, policy {})",
+                        settings.public_url,
+                        settings.issuer_url,
+                        engine.current().name
+                    );
+                    ExitCode::SUCCESS
+                }
+                Err(e) => {
+                    eprintln!("policy error: {e}");
+                    ExitCode::FAILURE
+                }
+            }
         }
         Err(e) => {
             eprintln!("config error: {e}");

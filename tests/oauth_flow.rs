@@ -8,7 +8,6 @@ use std::collections::HashSet;
 
 use axum::http::StatusCode;
 use common::*;
-use reqwest;
 use serde_json::{json, Value};
 
 // ------------------------------------------------------------ metadata

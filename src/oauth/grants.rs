@@ -18,6 +18,15 @@ use crate::store::{
     PendingAuthorization, Records, StoreError, TokenRecord, UpstreamTokens,
 };
 
+/// A revocation, announced so token caches can drop what they hold.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Revocation {
+    /// Every token of this grant.
+    Grant(String),
+    /// One access token, by hash.
+    AccessToken(String),
+}
+
 /// What an access token stands for, once validated.
 #[derive(Debug, Clone)]
 pub struct Session {
@@ -31,6 +40,9 @@ pub struct Session {
     pub resource: Option<String>,
     pub scope: Option<String>,
     pub expires_at: i64,
+    pub client_name: Option<String>,
+    /// The policy's view of this user, built once per cached session.
+    pub script_user: std::sync::OnceLock<rhai::Dynamic>,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -71,7 +83,7 @@ pub struct Grants {
     access_ttl: Duration,
     refresh_ttl: Duration,
     code_ttl: Duration,
-    revoked: broadcast::Sender<String>,
+    revoked: broadcast::Sender<Revocation>,
 }
 
 /// A code redemption's inputs, checked against the code.
@@ -97,8 +109,8 @@ impl Grants {
         }
     }
 
-    /// Grant ids as they are revoked, for caches to evict.
-    pub fn subscribe_revocations(&self) -> broadcast::Receiver<String> {
+    /// Revocations as they happen, for caches to evict.
+    pub fn subscribe_revocations(&self) -> broadcast::Receiver<Revocation> {
         self.revoked.subscribe()
     }
 
@@ -413,7 +425,7 @@ impl Grants {
     /// Revokes a grant: every token issued on it stops working.
     pub async fn revoke_grant(&self, grant_id: &str) -> Result<(), StoreError> {
         self.records.delete(Namespace::Grant, grant_id).await?;
-        let _ = self.revoked.send(grant_id.to_string());
+        let _ = self.revoked.send(Revocation::Grant(grant_id.to_string()));
         tracing::info!(grant_id, "grant revoked");
         Ok(())
     }
@@ -439,7 +451,7 @@ impl Grants {
         {
             if record.client_id == client_id {
                 self.records.delete(Namespace::AccessToken, &hash).await?;
-                let _ = self.revoked.send(record.grant_id);
+                let _ = self.revoked.send(Revocation::AccessToken(hash));
             }
         }
         Ok(())
@@ -468,7 +480,14 @@ impl Grants {
             grant.grant_id.as_bytes(),
             &grant.sealed,
         )?)?;
+        let client_name = self
+            .records
+            .get::<crate::store::ClientRecord>(Namespace::Client, &record.client_id)
+            .await?
+            .and_then(|c| c.client_name);
         Ok(Session {
+            client_name,
+            script_user: std::sync::OnceLock::new(),
             grant_id: grant.grant_id,
             token_hash,
             client_id: record.client_id,

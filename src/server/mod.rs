@@ -7,12 +7,17 @@ use std::sync::Arc;
 use tokio::net::TcpListener;
 use tokio::sync::watch;
 
+use crate::auth::TokenCache;
 use crate::config::Settings;
 use crate::crypto::Keys;
 use crate::oauth::grants::{Grants, Lifetimes};
+use crate::policy::PolicyEngine;
+use crate::proxy::sessions::SessionBindings;
+use crate::proxy::ForwardContext;
 use crate::store::{sqlite::SqliteStore, Records, SharedStore};
 use crate::upstream::Upstream;
 
+pub mod rescue;
 pub mod stack;
 
 /// Everything a handler needs, cheap to clone.
@@ -25,6 +30,9 @@ pub struct AppInner {
     pub records: Records,
     pub grants: Grants,
     pub upstream: Upstream,
+    pub policy: Arc<PolicyEngine>,
+    pub token_cache: Arc<TokenCache>,
+    pub forward: Arc<ForwardContext>,
 }
 
 impl Deref for AppState {
@@ -40,6 +48,8 @@ pub enum StartError {
     Store(#[from] crate::store::StoreError),
     #[error("upstream: {0}")]
     Upstream(#[from] crate::upstream::UpstreamError),
+    #[error("policy.path: {0}")]
+    Policy(#[from] crate::policy::PolicyError),
     #[error("server.listen: cannot listen on {addr}: {source}")]
     Listen {
         addr: String,
@@ -62,12 +72,47 @@ impl AppState {
             },
         );
         let upstream = Upstream::new(&settings)?;
+        let config = &settings.config;
+        let policy = Arc::new(PolicyEngine::new(
+            config.policy.path.as_deref(),
+            &config.policy.identity_headers,
+        )?);
+        let token_cache = TokenCache::new(
+            grants.clone(),
+            config.auth.cache_capacity,
+            config.auth.cache_ttl.0,
+            config.auth.negative_cache_ttl.0,
+        );
+        let public = url::Url::parse(&settings.public_url).map_err(|e| StartError::Listen {
+            addr: settings.public_url.clone(),
+            source: std::io::Error::other(e),
+        })?;
+        let forward = Arc::new(ForwardContext {
+            client: crate::proxy::http_client(config.downstream.connect_timeout.0),
+            policy: policy.clone(),
+            sessions: Arc::new(SessionBindings::new(records.clone())),
+            public_url: settings.public_url.clone(),
+            public_host: match public.port() {
+                Some(port) => format!("{}:{port}", public.host_str().unwrap_or_default()),
+                None => public.host_str().unwrap_or_default().to_string(),
+            },
+            public_proto: public.scheme().to_string(),
+            allowed_origins: settings.allowed_origins.clone(),
+            downstream_url: settings.downstream_url.clone(),
+            downstream_sse_url: settings.downstream_sse_url.clone(),
+            response_timeout: config.downstream.response_timeout.0,
+            sse_idle_timeout: config.downstream.sse_idle_timeout.0,
+            own_cookie_prefixes: vec!["__Host-mcp-", "mcp-browser="],
+        });
         Ok(AppState(Arc::new(AppInner {
             settings,
             keys,
             records,
             grants,
             upstream,
+            policy,
+            token_cache,
+            forward,
         })))
     }
 

@@ -12,7 +12,11 @@ use tower_http::cors::{Any, CorsLayer};
 use tower_http::request_id::{MakeRequestUuid, PropagateRequestIdLayer, SetRequestIdLayer};
 use tower_http::trace::TraceLayer;
 
+use crate::auth::AuthenticateLayer;
 use crate::oauth::{authorize, metadata, register, token};
+use crate::policy::layer::EnforcePolicyLayer;
+use crate::proxy::{Forwarder, Route, LEGACY_MESSAGE_PATH};
+use crate::server::rescue::RescueLayer;
 use crate::server::AppState;
 
 static REQUEST_ID: HeaderName = HeaderName::from_static("x-request-id");
@@ -68,10 +72,20 @@ pub fn router(app: AppState) -> Router {
         )
         .route("/callback", get(authorize::callback));
 
+    let mcp_facing = Router::new()
+        .route_service("/mcp", mcp_stack(&app, "/mcp", Route::Mcp))
+        .route_service("/sse", mcp_stack(&app, "/sse", Route::SseStream))
+        .route_service(
+            LEGACY_MESSAGE_PATH,
+            mcp_stack(&app, "/sse", Route::SseMessage),
+        )
+        .layer(mcp_cors(&app));
+
     Router::new()
         .merge(client_facing)
         .merge(browser_facing)
         .with_state(app)
+        .merge(mcp_facing)
         // Echo the request id on the response (innermost: sees the id set below).
         .layer(PropagateRequestIdLayer::new(REQUEST_ID.clone()))
         // One span per request, with method and path only: queries carry
@@ -86,4 +100,64 @@ pub fn router(app: AppState) -> Router {
         }))
         // Outermost: every request gets an id before anything logs.
         .layer(SetRequestIdLayer::new(REQUEST_ID.clone(), MakeRequestUuid))
+}
+
+/// One MCP route: rescue ← authenticate ← policy ← forwarder (outermost
+/// first).
+fn mcp_stack(
+    app: &AppState,
+    resource_path: &'static str,
+    route: Route,
+) -> impl tower::Service<
+    axum::http::Request<axum::body::Body>,
+    Response = axum::http::Response<axum::body::Body>,
+    Error = std::convert::Infallible,
+    Future = impl Send + 'static,
+> + Clone
+       + Send
+       + 'static {
+    tower::ServiceBuilder::new()
+        // Typed errors from the layers below become JSON-RPC responses here,
+        // and only here.
+        .layer(RescueLayer)
+        // Who is calling: the bearer token, from the Authorization header only.
+        .layer(AuthenticateLayer::new(
+            app.token_cache.clone(),
+            &app.settings.public_url,
+            resource_path,
+        ))
+        // May they, and with which identity headers: the operator's policy.
+        .layer(EnforcePolicyLayer::new(
+            app.policy.clone(),
+            app.upstream.issuer(),
+            app.settings.config.downstream.max_request_bytes,
+        ))
+        .service(Forwarder::new(app.forward.clone(), route))
+}
+
+/// Browser-based MCP clients on allowed origins may call the MCP routes.
+fn mcp_cors(app: &AppState) -> CorsLayer {
+    let origins: Vec<axum::http::HeaderValue> = std::iter::once(app.settings.public_url.as_str())
+        .chain(app.settings.allowed_origins.iter().map(String::as_str))
+        .filter_map(|o| o.parse().ok())
+        .collect();
+    CorsLayer::new()
+        .allow_origin(origins)
+        .allow_methods([Method::GET, Method::POST, Method::DELETE, Method::OPTIONS])
+        .allow_headers([
+            header::CONTENT_TYPE,
+            header::AUTHORIZATION,
+            header::ACCEPT,
+            HeaderName::from_static("mcp-protocol-version"),
+            HeaderName::from_static("mcp-session-id"),
+            HeaderName::from_static("last-event-id"),
+            HeaderName::from_static("mcp-method"),
+            HeaderName::from_static("mcp-name"),
+        ])
+        .expose_headers([
+            HeaderName::from_static("mcp-session-id"),
+            HeaderName::from_static("mcp-protocol-version"),
+            header::WWW_AUTHENTICATE,
+        ])
+        .max_age(Duration::from_secs(86400))
 }

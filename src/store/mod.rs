@@ -24,10 +24,12 @@ pub enum Namespace {
     Grant,
     AccessToken,
     RefreshToken,
+    /// Which user a downstream MCP session belongs to.
+    McpSession,
 }
 
 impl Namespace {
-    pub const ALL: [Namespace; 7] = [
+    pub const ALL: [Namespace; 8] = [
         Namespace::Client,
         Namespace::Pending,
         Namespace::Consent,
@@ -35,6 +37,7 @@ impl Namespace {
         Namespace::Grant,
         Namespace::AccessToken,
         Namespace::RefreshToken,
+        Namespace::McpSession,
     ];
 
     pub fn as_str(self) -> &'static str {
@@ -46,6 +49,7 @@ impl Namespace {
             Namespace::Grant => "grant",
             Namespace::AccessToken => "access",
             Namespace::RefreshToken => "refresh",
+            Namespace::McpSession => "mcp_session",
         }
     }
 }

@@ -1,0 +1,260 @@
+//! Authenticate: the bearer token from the Authorization header, and nowhere
+//! else, resolved to a `Session` through the `TokenCache`.
+//!
+//! ```text
+//! Authorization: Bearer <token> ─► TokenCache (moka, keyed by SHA-256)
+//!                                   └─ miss ─► Store (token, grant, client)
+//! ```
+//! The cache remembers facts about a token; expiry and audience are checked
+//! on every request. A revocation evicts at once.
+
+use std::future::Future;
+use std::pin::Pin;
+use std::sync::Arc;
+use std::task::{Context, Poll};
+use std::time::{Duration, Instant};
+
+use axum::body::Body;
+use axum::http::{header, Request, Response};
+use moka::future::Cache;
+use moka::Expiry;
+use tower::{Layer, Service};
+
+use crate::crypto;
+use crate::error::ProxyError;
+use crate::now_unix;
+use crate::oauth::grants::{GrantError, Grants, Revocation, Session};
+
+#[derive(Clone)]
+enum Entry {
+    Valid(Arc<Session>),
+    Unknown,
+}
+
+struct EntryExpiry {
+    max_ttl: Duration,
+    negative_ttl: Duration,
+}
+
+impl Expiry<String, Entry> for EntryExpiry {
+    fn expire_after_create(
+        &self,
+        _key: &String,
+        value: &Entry,
+        _created_at: Instant,
+    ) -> Option<Duration> {
+        Some(match value {
+            // Never outlive the token.
+            Entry::Valid(session) => {
+                let left = Duration::from_secs((session.expires_at - now_unix()).max(0) as u64);
+                left.min(self.max_ttl)
+            }
+            Entry::Unknown => self.negative_ttl,
+        })
+    }
+}
+
+/// Validated tokens by hash, bounded, each entry living at most as long as
+/// its token.
+pub struct TokenCache {
+    tokens: Cache<String, Entry>,
+    /// Grants revoked recently: a cached session of one of them is refused
+    /// at once, without waiting for its entry to expire.
+    revoked_grants: Cache<String, ()>,
+    grants: Grants,
+}
+
+impl TokenCache {
+    pub fn new(
+        grants: Grants,
+        capacity: u64,
+        max_ttl: Duration,
+        negative_ttl: Duration,
+    ) -> Arc<Self> {
+        let cache = Arc::new(TokenCache {
+            tokens: Cache::builder()
+                .max_capacity(capacity)
+                .expire_after(EntryExpiry {
+                    max_ttl,
+                    negative_ttl,
+                })
+                .build(),
+            revoked_grants: Cache::builder()
+                .max_capacity(capacity)
+                .time_to_live(max_ttl)
+                .build(),
+            grants,
+        });
+        cache.clone().spawn_eviction();
+        cache
+    }
+
+    fn spawn_eviction(self: Arc<Self>) {
+        let mut revocations = self.grants.subscribe_revocations();
+        let cache = Arc::downgrade(&self);
+        tokio::spawn(async move {
+            loop {
+                let event = revocations.recv().await;
+                let Some(cache) = cache.upgrade() else { return };
+                match event {
+                    Ok(revocation) => cache.evict(revocation).await,
+                    // Missed some: forget everything rather than trust stale entries.
+                    Err(tokio::sync::broadcast::error::RecvError::Lagged(_)) => {
+                        cache.tokens.invalidate_all()
+                    }
+                    Err(tokio::sync::broadcast::error::RecvError::Closed) => return,
+                }
+            }
+        });
+    }
+
+    /// Drops what a revocation makes invalid.
+    pub async fn evict(&self, revocation: Revocation) {
+        match revocation {
+            Revocation::Grant(grant_id) => self.revoked_grants.insert(grant_id, ()).await,
+            Revocation::AccessToken(hash) => self.tokens.invalidate(&hash).await,
+        }
+    }
+
+    /// The live session for a token, if the token is ours and valid.
+    pub async fn lookup(&self, token: &str) -> Result<Option<Arc<Session>>, ProxyError> {
+        let hash = crypto::token_hash(token);
+        let entry = match self.tokens.get(&hash).await {
+            Some(entry) => entry,
+            None => {
+                let entry = match self.grants.validate_access_token(token).await {
+                    Ok(session) => Entry::Valid(Arc::new(session)),
+                    Err(GrantError::Store(e)) => {
+                        return Err(ProxyError::StoreUnavailable(e.to_string()))
+                    }
+                    Err(_) => Entry::Unknown,
+                };
+                self.tokens.insert(hash.clone(), entry.clone()).await;
+                entry
+            }
+        };
+        match entry {
+            Entry::Valid(session) if session.expires_at > now_unix() => {
+                if self.revoked_grants.contains_key(&session.grant_id) {
+                    self.tokens.invalidate(&hash).await;
+                    return Ok(None);
+                }
+                Ok(Some(session))
+            }
+            _ => Ok(None),
+        }
+    }
+
+    pub fn entry_count(&self) -> u64 {
+        self.tokens.entry_count()
+    }
+}
+
+/// The bearer token of a request: `Authorization: Bearer <token>` only.
+pub fn bearer_token<B>(request: &Request<B>) -> Option<&str> {
+    let value = request
+        .headers()
+        .get(header::AUTHORIZATION)?
+        .to_str()
+        .ok()?;
+    let (scheme, token) = value.split_once(' ')?;
+    scheme
+        .eq_ignore_ascii_case("bearer")
+        .then(|| token.trim())
+        .filter(|t| !t.is_empty())
+}
+
+/// Adds `Authenticate` to a service.
+#[derive(Clone)]
+pub struct AuthenticateLayer {
+    cache: Arc<TokenCache>,
+    public_url: Arc<str>,
+    /// The route's resource path ("/mcp" or "/sse").
+    resource_path: &'static str,
+}
+
+impl AuthenticateLayer {
+    pub fn new(cache: Arc<TokenCache>, public_url: &str, resource_path: &'static str) -> Self {
+        AuthenticateLayer {
+            cache,
+            public_url: public_url.into(),
+            resource_path,
+        }
+    }
+}
+
+impl<S> Layer<S> for AuthenticateLayer {
+    type Service = Authenticate<S>;
+    fn layer(&self, inner: S) -> Authenticate<S> {
+        Authenticate {
+            inner,
+            layer: self.clone(),
+        }
+    }
+}
+
+/// Resolves the bearer token to a `Session` (a request extension) or
+/// answers 401 with the resource metadata URL.
+#[derive(Clone)]
+pub struct Authenticate<S> {
+    inner: S,
+    layer: AuthenticateLayer,
+}
+
+impl<S> Service<Request<Body>> for Authenticate<S>
+where
+    S: Service<Request<Body>, Response = Response<Body>, Error = ProxyError>
+        + Clone
+        + Send
+        + 'static,
+    S::Future: Send + 'static,
+{
+    type Response = Response<Body>;
+    type Error = ProxyError;
+    type Future = Pin<Box<dyn Future<Output = Result<Response<Body>, ProxyError>> + Send>>;
+
+    fn poll_ready(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), ProxyError>> {
+        self.inner.poll_ready(cx)
+    }
+
+    fn call(&mut self, mut request: Request<Body>) -> Self::Future {
+        // The clone that was polled ready does the work.
+        let clone = self.inner.clone();
+        let mut inner = std::mem::replace(&mut self.inner, clone);
+        let layer = self.layer.clone();
+        Box::pin(async move {
+            let unauthorized = |token_sent, reason| ProxyError::Unauthorized {
+                resource_metadata: format!(
+                    "{}/.well-known/oauth-protected-resource{}",
+                    layer.public_url, layer.resource_path
+                ),
+                token_sent,
+                reason,
+            };
+            let Some(token) = bearer_token(&request) else {
+                return Err(unauthorized(false, "a bearer token is required"));
+            };
+            let Some(session) = layer.cache.lookup(token).await? else {
+                return Err(unauthorized(
+                    true,
+                    "the access token is invalid, expired or revoked",
+                ));
+            };
+            // RFC 8707: a token bound to a resource works only there; the
+            // root resource covers every route.
+            if let Some(resource) = session.resource.as_deref() {
+                let here = resource.len() == layer.public_url.len() + layer.resource_path.len()
+                    && resource.starts_with(&*layer.public_url)
+                    && resource.ends_with(layer.resource_path);
+                if resource != &*layer.public_url && !here {
+                    return Err(unauthorized(
+                        true,
+                        "the access token was issued for another resource",
+                    ));
+                }
+            }
+            request.extensions_mut().insert(session);
+            inner.call(request).await
+        })
+    }
+}

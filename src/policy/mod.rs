@@ -1,0 +1,586 @@
+//! Operator policies in Rhai: who may use the MCP server, and which identity
+//! headers the downstream receives.
+//!
+//! Scripts are compiled once, off the request path, by a sandboxed engine:
+//! no modules, no `eval`, limits on operations, call depth, expression depth,
+//! string, array and map sizes, and a wall-clock deadline. Any error denies.
+//! Rust checks every header a script returns.
+
+use std::cell::Cell;
+use std::collections::HashSet;
+use std::path::{Path, PathBuf};
+use std::sync::{Arc, RwLock};
+use std::time::{Duration, Instant};
+
+use axum::http::{HeaderName, HeaderValue, StatusCode};
+use rhai::{CallFnOptions, Dynamic, Engine, EvalAltResult, Map, Position, Scope, AST};
+
+use crate::store::UpstreamTokens;
+
+pub mod layer;
+
+/// The policy that runs when `policy.path` is not set.
+pub const DEFAULT_POLICY: &str = include_str!("../../policies/default.rhai");
+const DEFAULT_POLICY_NAME: &str = "policies/default.rhai (built in)";
+
+/// Sandbox limits.
+const MAX_OPERATIONS: u64 = 200_000;
+const MAX_CALL_LEVELS: usize = 32;
+const MAX_EXPR_DEPTH: usize = 64;
+const MAX_FN_EXPR_DEPTH: usize = 32;
+const MAX_STRING_SIZE: usize = 64 * 1024;
+const MAX_ARRAY_SIZE: usize = 10_000;
+const MAX_MAP_SIZE: usize = 10_000;
+const MAX_VARIABLES: usize = 1_000;
+/// A policy call that runs longer than this is stopped and denies.
+pub const DEADLINE: Duration = Duration::from_millis(50);
+
+/// Headers a policy may never set: framing, hop-by-hop, routing and MCP's own.
+const REFUSED_HEADERS: [&str; 18] = [
+    "content-length",
+    "transfer-encoding",
+    "content-type",
+    "content-encoding",
+    "connection",
+    "keep-alive",
+    "proxy-connection",
+    "proxy-authorization",
+    "proxy-authenticate",
+    "te",
+    "trailer",
+    "upgrade",
+    "host",
+    "mcp-session-id",
+    "mcp-protocol-version",
+    "last-event-id",
+    "mcp-method",
+    "mcp-name",
+];
+
+#[derive(Debug, thiserror::Error, Clone)]
+pub enum PolicyError {
+    #[error("{path}: cannot read the policy: {message}")]
+    Read { path: String, message: String },
+    #[error("{location}: {message}")]
+    Compile { location: String, message: String },
+    #[error("{name}: the policy has no `fn authorize(user, request)`")]
+    NoAuthorize { name: String },
+}
+
+/// What the policy decided for one request.
+#[derive(Debug, Clone, PartialEq)]
+pub enum Decision {
+    Allow {
+        headers: Vec<(HeaderName, HeaderValue)>,
+    },
+    Deny {
+        status: StatusCode,
+        reason: String,
+    },
+}
+
+/// The script's result types, opaque to scripts.
+#[derive(Debug, Clone)]
+enum ScriptDecision {
+    Allow(Map),
+    Deny(i64, String),
+}
+
+/// A reference to one of the provider's tokens; the value never enters the
+/// script, the proxy substitutes it when it builds the header.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum UpstreamSecret {
+    AccessToken,
+    Bearer,
+    IdToken,
+}
+
+/// A compiled policy and what was learned from its source.
+pub struct CompiledPolicy {
+    pub name: String,
+    ast: AST,
+    /// Normalised header names this policy may set: client headers with
+    /// these names never reach the downstream.
+    may_set: HashSet<String>,
+    pub has_login: bool,
+}
+
+impl std::fmt::Debug for CompiledPolicy {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("CompiledPolicy")
+            .field("name", &self.name)
+            .finish_non_exhaustive()
+    }
+}
+
+/// The engine and the current policy, swapped atomically on reload.
+pub struct PolicyEngine {
+    engine: Engine,
+    current: RwLock<Arc<CompiledPolicy>>,
+    path: Option<PathBuf>,
+    extra_identity_headers: Vec<String>,
+}
+
+thread_local! {
+    static CALL_DEADLINE: Cell<Option<Instant>> = const { Cell::new(None) };
+}
+
+/// Normalises a header name the way invariant 6 compares them.
+pub fn normalise_header(name: &str) -> String {
+    name.trim().to_ascii_lowercase().replace('_', "-")
+}
+
+pub fn sandboxed_engine() -> Engine {
+    let mut engine = Engine::new_raw();
+    use rhai::packages::Package;
+    rhai::packages::StandardPackage::new().register_into_engine(&mut engine);
+    engine
+        .set_max_operations(MAX_OPERATIONS)
+        .set_max_call_levels(MAX_CALL_LEVELS)
+        .set_max_expr_depths(MAX_EXPR_DEPTH, MAX_FN_EXPR_DEPTH)
+        .set_max_string_size(MAX_STRING_SIZE)
+        .set_max_array_size(MAX_ARRAY_SIZE)
+        .set_max_map_size(MAX_MAP_SIZE)
+        .set_max_variables(MAX_VARIABLES)
+        .set_max_functions(256)
+        .set_strict_variables(true);
+    engine.disable_symbol("eval");
+    // Printing goes to the log, never to stdout.
+    engine.on_print(|text| tracing::info!(target: "policy", "{text}"));
+    engine.on_debug(|text, source, pos| tracing::debug!(target: "policy", source = source.unwrap_or_default(), %pos, "{text}"));
+    engine.on_progress(|operations| {
+        if operations % 512 != 0 {
+            return None;
+        }
+        let expired =
+            CALL_DEADLINE.with(|d| d.get().is_some_and(|deadline| Instant::now() > deadline));
+        expired.then(|| Dynamic::from("policy deadline exceeded"))
+    });
+    register_api(&mut engine);
+    engine
+}
+
+fn register_api(engine: &mut Engine) {
+    engine
+        .register_type_with_name::<ScriptDecision>("Decision")
+        .register_fn("to_string", |d: &mut ScriptDecision| format!("{d:?}"))
+        .register_fn("allow", || ScriptDecision::Allow(Map::new()))
+        .register_fn("allow", ScriptDecision::Allow)
+        .register_fn("deny", |status: i64, reason: &str| {
+            ScriptDecision::Deny(status, reason.to_string())
+        })
+        .register_fn("deny", |reason: &str| {
+            ScriptDecision::Deny(403, reason.to_string())
+        });
+    engine
+        .register_type_with_name::<UpstreamSecret>("UpstreamSecret")
+        .register_fn("to_string", |s: &mut UpstreamSecret| {
+            format!("[upstream {s:?}]")
+        })
+        .register_fn("upstream_access_token", || UpstreamSecret::AccessToken)
+        .register_fn("upstream_bearer", || UpstreamSecret::Bearer)
+        .register_fn("upstream_id_token", || UpstreamSecret::IdToken);
+}
+
+impl PolicyEngine {
+    /// Compiles the configured policy (or the built-in default).
+    pub fn new(
+        path: Option<&Path>,
+        extra_identity_headers: &[String],
+    ) -> Result<Self, PolicyError> {
+        let engine = sandboxed_engine();
+        let compiled = match path {
+            Some(p) => compile_file(&engine, p)?,
+            None => compile(&engine, DEFAULT_POLICY_NAME, DEFAULT_POLICY)?,
+        };
+        Ok(PolicyEngine {
+            engine,
+            current: RwLock::new(Arc::new(compiled)),
+            path: path.map(Path::to_path_buf),
+            extra_identity_headers: extra_identity_headers
+                .iter()
+                .map(|h| normalise_header(h))
+                .collect(),
+        })
+    }
+
+    pub fn current(&self) -> Arc<CompiledPolicy> {
+        match self.current.read() {
+            Ok(guard) => guard.clone(),
+            Err(poisoned) => poisoned.into_inner().clone(),
+        }
+    }
+
+    pub fn path(&self) -> Option<&Path> {
+        self.path.as_deref()
+    }
+
+    /// Whether a client header must be removed because a policy may set it.
+    pub fn is_identity_header(&self, policy: &CompiledPolicy, name: &str) -> bool {
+        let n = normalise_header(name);
+        n == "authorization"
+            || n.starts_with("x-user-")
+            || policy.may_set.contains(&n)
+            || self.extra_identity_headers.contains(&n)
+    }
+
+    /// Runs `authorize(user, request)`; every failure denies.
+    pub fn authorize(
+        &self,
+        policy: &CompiledPolicy,
+        user: Dynamic,
+        request: Dynamic,
+        tokens: &UpstreamTokens,
+    ) -> Decision {
+        let started = Instant::now();
+        let result = self.call(policy, "authorize", (user, request));
+        let decision = match result {
+            Ok(value) => interpret(value, tokens),
+            Err(e) => {
+                tracing::warn!(target: "policy", policy = %policy.name, error = %e, "policy failed; denying");
+                Decision::Deny {
+                    status: StatusCode::FORBIDDEN,
+                    reason: "access denied by policy (policy error)".into(),
+                }
+            }
+        };
+        tracing::trace!(target: "policy", elapsed_us = started.elapsed().as_micros() as u64, "policy evaluated");
+        decision
+    }
+
+    fn call(
+        &self,
+        policy: &CompiledPolicy,
+        function: &str,
+        args: impl rhai::FuncArgs,
+    ) -> Result<Dynamic, Box<EvalAltResult>> {
+        CALL_DEADLINE.with(|d| d.set(Some(Instant::now() + DEADLINE)));
+        let mut scope = Scope::new();
+        let options = CallFnOptions::new().eval_ast(false).rewind_scope(false);
+        let result = self.engine.call_fn_with_options::<Dynamic>(
+            options,
+            &mut scope,
+            &policy.ast,
+            function,
+            args,
+        );
+        CALL_DEADLINE.with(|d| d.set(None));
+        result
+    }
+}
+
+fn compile_file(engine: &Engine, path: &Path) -> Result<CompiledPolicy, PolicyError> {
+    let source = std::fs::read_to_string(path).map_err(|e| PolicyError::Read {
+        path: path.display().to_string(),
+        message: e.to_string(),
+    })?;
+    compile(engine, &path.display().to_string(), &source)
+}
+
+/// Compiles a script; errors carry `name:line:col`.
+pub fn compile(engine: &Engine, name: &str, source: &str) -> Result<CompiledPolicy, PolicyError> {
+    let mut ast = engine.compile(source).map_err(|e| PolicyError::Compile {
+        location: location(name, e.position()),
+        message: e.err_type().to_string(),
+    })?;
+    ast.set_source(name);
+    let has_authorize = ast
+        .iter_functions()
+        .any(|f| f.name == "authorize" && f.params.len() == 2);
+    if !has_authorize {
+        return Err(PolicyError::NoAuthorize {
+            name: name.to_string(),
+        });
+    }
+    let has_login = ast
+        .iter_functions()
+        .any(|f| f.name == "login" && f.params.len() == 1);
+    Ok(CompiledPolicy {
+        name: name.to_string(),
+        may_set: header_like_literals(source),
+        ast,
+        has_login,
+    })
+}
+
+fn location(name: &str, pos: Position) -> String {
+    match (pos.line(), pos.position()) {
+        (Some(line), Some(col)) => format!("{name}:{line}:{col}"),
+        (Some(line), None) => format!("{name}:{line}"),
+        _ => name.to_string(),
+    }
+}
+
+/// Every quoted string and map key in the source that could be a header
+/// name, normalised. A policy can only set a header it names, so these are
+/// the client headers to remove; extra names only remove more.
+fn header_like_literals(source: &str) -> HashSet<String> {
+    let mut names = HashSet::new();
+    let mut add = |candidate: &str| {
+        let n = normalise_header(candidate);
+        if !n.is_empty()
+            && n.len() <= 64
+            && n.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'-')
+            && !REFUSED_HEADERS.contains(&n.as_str())
+            && !matches!(
+                n.as_str(),
+                "accept" | "user-agent" | "origin" | "x-request-id"
+            )
+        {
+            names.insert(n);
+        }
+    };
+    let bytes = source.as_bytes();
+    let mut i = 0;
+    while i < bytes.len() {
+        if bytes[i] == b'"' {
+            let start = i + 1;
+            let mut j = start;
+            while j < bytes.len() && bytes[j] != b'"' {
+                if bytes[j] == b'\\' {
+                    j += 1;
+                }
+                j += 1;
+            }
+            if let Some(text) = source.get(start..j.min(bytes.len())) {
+                add(text);
+            }
+            i = j + 1;
+        } else {
+            i += 1;
+        }
+    }
+    // Unquoted map keys: `#{ x_user_team: ... }`.
+    for part in source.split(['{', ',', '\n']) {
+        if let Some((key, _)) = part.split_once(':') {
+            let key = key.trim();
+            if key.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'_') {
+                add(key);
+            }
+        }
+    }
+    names
+}
+
+/// Turns what a script returned into a checked decision.
+fn interpret(value: Dynamic, tokens: &UpstreamTokens) -> Decision {
+    let deny = |reason: &str| Decision::Deny {
+        status: StatusCode::FORBIDDEN,
+        reason: reason.to_string(),
+    };
+    let Some(decision) = value.try_cast::<ScriptDecision>() else {
+        tracing::warn!(target: "policy", "authorize() must return allow(...) or deny(...); denying");
+        return deny("access denied by policy (no decision)");
+    };
+    match decision {
+        ScriptDecision::Deny(status, reason) => {
+            let status = u16::try_from(status)
+                .ok()
+                .and_then(|s| StatusCode::from_u16(s).ok())
+                .filter(|s| s.is_client_error() || s.is_server_error())
+                .unwrap_or(StatusCode::FORBIDDEN);
+            Decision::Deny { status, reason }
+        }
+        ScriptDecision::Allow(map) => match headers_from(map, tokens) {
+            Ok(headers) => Decision::Allow { headers },
+            Err(problem) => {
+                tracing::warn!(target: "policy", %problem, "policy returned a bad header; denying");
+                deny("access denied by policy (invalid header)")
+            }
+        },
+    }
+}
+
+fn headers_from(
+    map: Map,
+    tokens: &UpstreamTokens,
+) -> Result<Vec<(HeaderName, HeaderValue)>, String> {
+    let mut headers = Vec::with_capacity(map.len());
+    for (key, value) in map {
+        let name = HeaderName::from_bytes(key.as_bytes())
+            .map_err(|_| format!("`{key}` is not a header name"))?;
+        if REFUSED_HEADERS.contains(&name.as_str()) || name.as_str().starts_with("proxy-") {
+            return Err(format!("`{key}` may not be set by a policy"));
+        }
+        let text = if value.is_unit() {
+            continue;
+        } else if let Some(secret) = value.clone().try_cast::<UpstreamSecret>() {
+            match secret {
+                UpstreamSecret::AccessToken => tokens.access_token.clone(),
+                UpstreamSecret::Bearer => format!("Bearer {}", tokens.access_token),
+                UpstreamSecret::IdToken => match &tokens.id_token {
+                    Some(t) => t.clone(),
+                    None => continue,
+                },
+            }
+        } else if value.is_array() {
+            let items = value.into_array().unwrap_or_default();
+            items
+                .iter()
+                .map(scalar_text)
+                .collect::<Result<Vec<_>, _>>()?
+                .join(",")
+        } else {
+            scalar_text(&value)?
+        };
+        let value = HeaderValue::from_str(&text)
+            .map_err(|_| format!("the value of `{key}` has characters a header cannot carry"))?;
+        headers.push((name, value));
+    }
+    Ok(headers)
+}
+
+fn scalar_text(value: &Dynamic) -> Result<String, String> {
+    if value.is_string() || value.is_int() || value.is_bool() || value.is_char() || value.is_float()
+    {
+        Ok(value.to_string())
+    } else {
+        Err(format!(
+            "a header value of type {} is not supported",
+            value.type_name()
+        ))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn tokens() -> UpstreamTokens {
+        UpstreamTokens {
+            access_token: "up-at".into(),
+            id_token: Some("up-id".into()),
+            ..Default::default()
+        }
+    }
+
+    fn run(source: &str, user: Dynamic) -> Decision {
+        let engine = PolicyEngine {
+            engine: sandboxed_engine(),
+            current: RwLock::new(Arc::new(
+                compile(&sandboxed_engine(), "t.rhai", source).unwrap(),
+            )),
+            path: None,
+            extra_identity_headers: vec![],
+        };
+        let policy = engine.current();
+        engine.authorize(&policy, user, Dynamic::from_map(Map::new()), &tokens())
+    }
+
+    fn user() -> Dynamic {
+        let mut m = Map::new();
+        m.insert("email".into(), "a@example.com".into());
+        m.insert("name".into(), "A".into());
+        m.insert("sub".into(), "s1".into());
+        m.insert(
+            "groups".into(),
+            Dynamic::from_array(vec!["eng".into(), "ops".into()]),
+        );
+        Dynamic::from_map(m)
+    }
+
+    #[test]
+    fn default_policy_reproduces_the_original_headers() {
+        let Decision::Allow { headers } = run(DEFAULT_POLICY, user()) else {
+            panic!()
+        };
+        let get = |n: &str| {
+            headers
+                .iter()
+                .find(|(k, _)| k == n)
+                .map(|(_, v)| v.to_str().unwrap().to_string())
+        };
+        assert_eq!(get("x-user-email").as_deref(), Some("a@example.com"));
+        assert_eq!(get("x-user-groups").as_deref(), Some("eng,ops"));
+        assert_eq!(get("authorization").as_deref(), Some("Bearer up-at"));
+    }
+
+    #[test]
+    fn compile_errors_carry_file_line_col() {
+        let err = compile(
+            &sandboxed_engine(),
+            "p.rhai",
+            "fn authorize(user, request) {\n  let x = ;\n}",
+        )
+        .unwrap_err();
+        assert!(err.to_string().starts_with("p.rhai:2:"), "{err}");
+        let err = compile(&sandboxed_engine(), "p.rhai", "fn other() { 1 }").unwrap_err();
+        assert!(matches!(err, PolicyError::NoAuthorize { .. }));
+    }
+
+    #[test]
+    fn errors_and_odd_results_deny() {
+        for source in [
+            "fn authorize(user, request) { throw \"no\" }",
+            "fn authorize(user, request) { 42 }",
+            "fn authorize(user, request) { user.missing.field }",
+            "fn authorize(user, request) { loop { } }",
+            "fn authorize(user, request) { let s = \"x\"; loop { s += s; } }",
+            "fn f(n) { f(n + 1) } fn authorize(user, request) { f(0) }",
+            "fn authorize(user, request) { allow(#{ \"Content-Length\": \"1\" }) }",
+            "fn authorize(user, request) { allow(#{ \"X-Bad\": \"a\\r\\nInjected: 1\" }) }",
+            "fn authorize(user, request) { allow(#{ \"bad header\": \"1\" }) }",
+            "fn authorize(user, request) { allow(#{ \"X-Map\": #{ a: 1 } }) }",
+            "fn authorize(user, request) { eval(\"allow()\") }",
+        ] {
+            let started = Instant::now();
+            let decision = run_lenient(source);
+            assert!(
+                matches!(decision, Decision::Deny { .. }),
+                "{source}: {decision:?}"
+            );
+            assert!(
+                started.elapsed() < Duration::from_secs(2),
+                "{source} took {:?}",
+                started.elapsed()
+            );
+        }
+    }
+
+    fn run_lenient(source: &str) -> Decision {
+        match compile(&sandboxed_engine(), "t.rhai", source) {
+            Ok(_) => run(source, user()),
+            // Refused at compile time (e.g. `eval`) is just as closed.
+            Err(e) => Decision::Deny {
+                status: StatusCode::FORBIDDEN,
+                reason: e.to_string(),
+            },
+        }
+    }
+
+    #[test]
+    fn deny_carries_status_and_reason() {
+        let d = run(
+            "fn authorize(user, request) { deny(401, \"who?\") }",
+            user(),
+        );
+        assert_eq!(
+            d,
+            Decision::Deny {
+                status: StatusCode::UNAUTHORIZED,
+                reason: "who?".into()
+            }
+        );
+        let d = run("fn authorize(user, request) { deny(200, \"odd\") }", user());
+        assert!(matches!(
+            d,
+            Decision::Deny {
+                status: StatusCode::FORBIDDEN,
+                ..
+            }
+        ));
+    }
+
+    #[test]
+    fn policies_declare_the_headers_clients_may_not_send() {
+        let p = compile(
+            &sandboxed_engine(),
+            "t.rhai",
+            "fn authorize(user, request) { allow(#{ \"X-Team\": 1, x_role: 2 }) }",
+        )
+        .unwrap();
+        assert!(p.may_set.contains("x-team"));
+        assert!(p.may_set.contains("x-role"));
+        assert!(!p.may_set.contains("content-type"));
+    }
+}

@@ -1,0 +1,377 @@
+//! Forwarder: the last service of the MCP stack. It streams the request to
+//! the downstream MCP server over a pooled hyper client and streams the
+//! answer back, event by event.
+
+use std::future::Future;
+use std::net::SocketAddr;
+use std::pin::Pin;
+use std::sync::Arc;
+use std::task::{Context, Poll};
+use std::time::Duration;
+
+use axum::body::{Body, Bytes};
+use axum::extract::ConnectInfo;
+use axum::http::{header, HeaderMap, HeaderValue, Method, Request, Response, Uri};
+use futures_util::StreamExt;
+use hyper_rustls::HttpsConnector;
+use hyper_util::client::legacy::connect::HttpConnector;
+use hyper_util::client::legacy::Client;
+use hyper_util::rt::TokioExecutor;
+use tower::Service;
+use url::Url;
+
+use crate::error::ProxyError;
+use crate::oauth::grants::Session;
+use crate::policy::layer::PolicyOutcome;
+use crate::policy::PolicyEngine;
+
+pub mod headers;
+pub mod sessions;
+pub mod sse;
+
+use sessions::{Binding, SessionBindings};
+
+const MCP_SESSION_ID: &str = "mcp-session-id";
+const SESSION_KIND: &str = "mcp";
+const LEGACY_KIND: &str = "sse";
+/// The proxy's message endpoint for legacy SSE clients.
+pub const LEGACY_MESSAGE_PATH: &str = "/sse/message";
+
+pub type HttpClient = Client<HttpsConnector<HttpConnector>, Body>;
+
+/// A pooled client for http and https downstreams.
+pub fn http_client(connect_timeout: Duration) -> HttpClient {
+    let mut http = HttpConnector::new();
+    http.set_connect_timeout(Some(connect_timeout));
+    http.set_nodelay(true);
+    http.enforce_http(false);
+    let https = hyper_rustls::HttpsConnectorBuilder::new()
+        .with_webpki_roots()
+        .https_or_http()
+        .enable_http1()
+        .enable_http2()
+        .wrap_connector(http);
+    Client::builder(TokioExecutor::new())
+        .pool_idle_timeout(Duration::from_secs(90))
+        .pool_max_idle_per_host(1024)
+        .build(https)
+}
+
+/// Which MCP route a forwarder serves.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Route {
+    /// Streamable HTTP: POST, GET and DELETE /mcp.
+    Mcp,
+    /// Legacy HTTP+SSE: GET /sse.
+    SseStream,
+    /// Legacy HTTP+SSE: POST to the message endpoint announced on /sse.
+    SseMessage,
+}
+
+/// Everything forwarders share.
+pub struct ForwardContext {
+    pub client: HttpClient,
+    pub policy: Arc<PolicyEngine>,
+    pub sessions: Arc<SessionBindings>,
+    pub public_url: String,
+    pub public_host: String,
+    pub public_proto: String,
+    pub allowed_origins: Vec<String>,
+    pub downstream_url: Url,
+    pub downstream_sse_url: Option<Url>,
+    pub response_timeout: Duration,
+    pub sse_idle_timeout: Duration,
+    pub own_cookie_prefixes: Vec<&'static str>,
+}
+
+#[derive(Clone)]
+pub struct Forwarder {
+    context: Arc<ForwardContext>,
+    route: Route,
+}
+
+impl Forwarder {
+    pub fn new(context: Arc<ForwardContext>, route: Route) -> Self {
+        Forwarder { context, route }
+    }
+}
+
+impl Service<Request<Body>> for Forwarder {
+    type Response = Response<Body>;
+    type Error = ProxyError;
+    type Future = Pin<Box<dyn Future<Output = Result<Response<Body>, ProxyError>> + Send>>;
+
+    fn poll_ready(&mut self, _cx: &mut Context<'_>) -> Poll<Result<(), ProxyError>> {
+        Poll::Ready(Ok(()))
+    }
+
+    fn call(&mut self, request: Request<Body>) -> Self::Future {
+        let context = self.context.clone();
+        let route = self.route;
+        Box::pin(async move { forward(&context, route, request).await })
+    }
+}
+
+/// MCP requires servers to check `Origin` (DNS rebinding): a browser page
+/// from another origin may not drive the MCP server.
+pub fn check_origin(
+    headers: &HeaderMap,
+    public_url: &str,
+    allowed: &[String],
+) -> Result<(), ProxyError> {
+    let Some(origin) = headers.get(header::ORIGIN) else {
+        return Ok(());
+    };
+    let origin = origin.to_str().unwrap_or_default().trim_end_matches('/');
+    if origin == public_url || allowed.iter().any(|a| a == origin) {
+        Ok(())
+    } else {
+        Err(ProxyError::Forbidden(format!(
+            "origin {origin} is not allowed (add it to server.allowed_origins)"
+        )))
+    }
+}
+
+async fn forward(
+    context: &ForwardContext,
+    route: Route,
+    request: Request<Body>,
+) -> Result<Response<Body>, ProxyError> {
+    check_origin(
+        request.headers(),
+        &context.public_url,
+        &context.allowed_origins,
+    )?;
+    let allowed = match route {
+        Route::Mcp => matches!(
+            request.method(),
+            &Method::POST | &Method::GET | &Method::DELETE
+        ),
+        Route::SseStream => request.method() == Method::GET,
+        Route::SseMessage => request.method() == Method::POST,
+    };
+    if !allowed {
+        return Err(ProxyError::MethodNotAllowed);
+    }
+    let session = request
+        .extensions()
+        .get::<Arc<Session>>()
+        .cloned()
+        .ok_or(ProxyError::Forbidden("no authenticated session".into()))?;
+    let outcome = request
+        .extensions()
+        .get::<PolicyOutcome>()
+        .cloned()
+        .ok_or(ProxyError::Forbidden("no policy decision".into()))?;
+
+    let presented_session = request
+        .headers()
+        .get(MCP_SESSION_ID)
+        .and_then(|v| v.to_str().ok())
+        .map(str::to_string);
+    let target = match route {
+        Route::Mcp => {
+            if let Some(id) = &presented_session {
+                let owner = context.sessions.get(SESSION_KIND, id).await?;
+                if owner.is_none_or(|b| b.sub != session.sub) {
+                    return Err(ProxyError::SessionNotFound);
+                }
+            }
+            with_query(&context.downstream_url, request.uri())
+        }
+        Route::SseStream => {
+            let sse = context
+                .downstream_sse_url
+                .as_ref()
+                .ok_or(ProxyError::NotConfigured(
+                    "legacy SSE is not enabled here (downstream.sse_url is not set)",
+                ))?;
+            with_query(sse, request.uri())
+        }
+        Route::SseMessage => {
+            let sid = request
+                .uri()
+                .query()
+                .and_then(|q| {
+                    url::form_urlencoded::parse(q.as_bytes())
+                        .find(|(k, _)| k == "sid")
+                        .map(|(_, v)| v.into_owned())
+                })
+                .ok_or_else(|| {
+                    ProxyError::BadRequest("the message endpoint needs its sid".into())
+                })?;
+            let binding = context.sessions.get(LEGACY_KIND, &sid).await?;
+            match binding {
+                Some(Binding {
+                    sub,
+                    endpoint: Some(endpoint),
+                }) if sub == session.sub => endpoint
+                    .parse::<Uri>()
+                    .map_err(|_| ProxyError::SessionNotFound)?,
+                _ => return Err(ProxyError::SessionNotFound),
+            }
+        }
+    };
+
+    let client_ip = request
+        .extensions()
+        .get::<ConnectInfo<SocketAddr>>()
+        .map(|c| c.0.ip());
+    let is_delete = request.method() == Method::DELETE;
+    let (parts, body) = request.into_parts();
+    let headers = headers::downstream_request_headers(
+        &parts.headers,
+        |name| context.policy.is_identity_header(&outcome.policy, name),
+        &outcome.headers,
+        &headers::Forwarding {
+            client_ip,
+            public_host: &context.public_host,
+            public_proto: &context.public_proto,
+        },
+        &context.own_cookie_prefixes,
+    );
+    let mut outgoing = Request::builder()
+        .method(parts.method.clone())
+        .uri(target.clone())
+        .version(axum::http::Version::HTTP_11)
+        .body(body)
+        .map_err(|e| ProxyError::BadRequest(e.to_string()))?;
+    *outgoing.headers_mut() = headers;
+
+    let response = tokio::time::timeout(context.response_timeout, context.client.request(outgoing))
+        .await
+        .map_err(|_| ProxyError::DownstreamTimeout(context.response_timeout))?
+        .map_err(|e| ProxyError::DownstreamUnreachable(error_chain(&e)))?;
+
+    let (mut parts, body) = response.into_parts();
+    parts.headers = headers::client_response_headers(&parts.headers);
+    if route == Route::Mcp && parts.status.is_success() {
+        if let Some(created) = parts
+            .headers
+            .get(MCP_SESSION_ID)
+            .and_then(|v| v.to_str().ok())
+        {
+            if presented_session.as_deref() != Some(created) {
+                context
+                    .sessions
+                    .bind(
+                        SESSION_KIND,
+                        created,
+                        Binding {
+                            sub: session.sub.clone(),
+                            endpoint: None,
+                        },
+                    )
+                    .await?;
+            }
+        }
+        if is_delete {
+            if let Some(id) = &presented_session {
+                context.sessions.unbind(SESSION_KIND, id).await;
+            }
+        }
+    }
+    let is_event_stream = parts
+        .headers
+        .get(header::CONTENT_TYPE)
+        .and_then(|v| v.to_str().ok())
+        .is_some_and(|ct| ct.starts_with("text/event-stream"));
+    let body = Body::new(body);
+    let body = if is_event_stream {
+        // Proxies and browsers must not buffer or transform the stream.
+        parts.headers.insert(
+            header::CACHE_CONTROL,
+            HeaderValue::from_static("no-cache, no-transform"),
+        );
+        parts
+            .headers
+            .insert("x-accel-buffering", HeaderValue::from_static("no"));
+        let timed = Body::new(sse::IdleTimeout::new(body, context.sse_idle_timeout));
+        if route == Route::SseStream && parts.status.is_success() {
+            rewrite_endpoint(
+                context.sessions.clone(),
+                timed,
+                &target,
+                session.sub.clone(),
+            )
+        } else {
+            timed
+        }
+    } else {
+        body
+    };
+    Ok(Response::from_parts(parts, body))
+}
+
+/// The downstream URL with the client's query string, if any.
+fn with_query(base: &Url, client_uri: &Uri) -> Uri {
+    let mut url = base.clone();
+    if let Some(q) = client_uri.query() {
+        let merged = match base.query() {
+            Some(existing) => format!("{existing}&{q}"),
+            None => q.to_string(),
+        };
+        url.set_query(Some(&merged));
+    }
+    url.as_str()
+        .parse()
+        .unwrap_or_else(|_| Uri::from_static("/"))
+}
+
+/// Rewrites the legacy `endpoint` event to the proxy's message endpoint and
+/// remembers where (and for whom) the downstream wants the messages.
+fn rewrite_endpoint(
+    bindings: Arc<SessionBindings>,
+    body: Body,
+    stream_url: &Uri,
+    sub: String,
+) -> Body {
+    let base = Url::parse(&stream_url.to_string()).ok();
+    let mut rewriter = sse::EndpointRewriter::default();
+    let stream = body.into_data_stream().then(move |chunk| {
+        let bindings = bindings.clone();
+        let base = base.clone();
+        let sub = sub.clone();
+        let step = chunk.map(|bytes| rewriter.feed(&bytes));
+        async move {
+            let step = step?;
+            let mut out = step.before;
+            if let Some(data) = step.endpoint {
+                let endpoint = base
+                    .as_ref()
+                    .and_then(|b| b.join(&data).ok())
+                    .map(|u| u.to_string())
+                    .unwrap_or(data);
+                let sid = crate::crypto::random_token();
+                bindings
+                    .bind(
+                        LEGACY_KIND,
+                        &sid,
+                        Binding {
+                            sub,
+                            endpoint: Some(endpoint),
+                        },
+                    )
+                    .await
+                    .map_err(axum::Error::new)?;
+                out.extend(sse::endpoint_event(&format!(
+                    "{LEGACY_MESSAGE_PATH}?sid={sid}"
+                )));
+                out.extend(step.after);
+            }
+            Ok::<Bytes, axum::Error>(Bytes::from(out))
+        }
+    });
+    Body::from_stream(stream)
+}
+
+fn error_chain(e: &dyn std::error::Error) -> String {
+    let mut text = e.to_string();
+    let mut source = e.source();
+    while let Some(s) = source {
+        text.push_str(": ");
+        text.push_str(&s.to_string());
+        source = s.source();
+    }
+    text
+}

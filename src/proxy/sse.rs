@@ -1,0 +1,193 @@
+//! Streaming helpers: an idle timeout for event streams (never a total one),
+//! and the legacy HTTP+SSE `endpoint` event rewritten to a same-origin
+//! proxy URL.
+
+use std::future::Future;
+use std::pin::Pin;
+use std::task::{Context, Poll};
+use std::time::Duration;
+
+use axum::body::{Body, Bytes};
+use http_body::{Body as HttpBody, Frame, SizeHint};
+use tokio::time::{Instant, Sleep};
+
+type BoxError = Box<dyn std::error::Error + Send + Sync>;
+
+/// A body that ends with an error when no frame arrives for `idle`.
+pub struct IdleTimeout {
+    inner: Body,
+    idle: Duration,
+    sleep: Pin<Box<Sleep>>,
+}
+
+impl IdleTimeout {
+    pub fn new(inner: Body, idle: Duration) -> Self {
+        IdleTimeout {
+            inner,
+            idle,
+            sleep: Box::pin(tokio::time::sleep(idle)),
+        }
+    }
+}
+
+#[derive(Debug, thiserror::Error)]
+#[error("the downstream stream was idle for {0:?}")]
+pub struct IdleTimeoutError(Duration);
+
+impl HttpBody for IdleTimeout {
+    type Data = Bytes;
+    type Error = BoxError;
+
+    fn poll_frame(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<Frame<Bytes>, BoxError>>> {
+        let this = self.get_mut();
+        match Pin::new(&mut this.inner).poll_frame(cx) {
+            Poll::Ready(Some(Ok(frame))) => {
+                this.sleep.as_mut().reset(Instant::now() + this.idle);
+                Poll::Ready(Some(Ok(frame)))
+            }
+            Poll::Ready(Some(Err(e))) => Poll::Ready(Some(Err(e.into()))),
+            Poll::Ready(None) => Poll::Ready(None),
+            Poll::Pending => match this.sleep.as_mut().poll(cx) {
+                Poll::Ready(()) => {
+                    tracing::info!(idle = ?this.idle, "closing an idle event stream");
+                    Poll::Ready(Some(Err(Box::new(IdleTimeoutError(this.idle)))))
+                }
+                Poll::Pending => Poll::Pending,
+            },
+        }
+    }
+
+    fn is_end_stream(&self) -> bool {
+        self.inner.is_end_stream()
+    }
+
+    fn size_hint(&self) -> SizeHint {
+        self.inner.size_hint()
+    }
+}
+
+/// Finds the first `endpoint` event of a legacy SSE stream and rewrites its
+/// data; everything after it passes through untouched.
+#[derive(Default)]
+pub struct EndpointRewriter {
+    pending: Vec<u8>,
+    done: bool,
+}
+
+/// One step of the rewriter: bytes to send now, and the endpoint found.
+pub struct Rewritten {
+    pub before: Vec<u8>,
+    pub endpoint: Option<String>,
+    pub after: Vec<u8>,
+}
+
+impl EndpointRewriter {
+    pub fn is_done(&self) -> bool {
+        self.done
+    }
+
+    /// Feeds downstream bytes. Complete events before the endpoint event go
+    /// out unchanged in `before`; the endpoint event itself is returned as
+    /// its data for the caller to replace; the rest is in `after`.
+    pub fn feed(&mut self, chunk: &[u8]) -> Rewritten {
+        if self.done {
+            return Rewritten {
+                before: chunk.to_vec(),
+                endpoint: None,
+                after: Vec::new(),
+            };
+        }
+        self.pending.extend_from_slice(chunk);
+        let mut before = Vec::new();
+        while let Some((end, sep_len)) = event_boundary(&self.pending) {
+            let event: Vec<u8> = self.pending.drain(..end + sep_len).collect();
+            let text = String::from_utf8_lossy(&event[..end]).into_owned();
+            if let Some(data) = endpoint_data(&text) {
+                self.done = true;
+                let after = std::mem::take(&mut self.pending);
+                return Rewritten {
+                    before,
+                    endpoint: Some(data),
+                    after,
+                };
+            }
+            before.extend_from_slice(&event);
+        }
+        Rewritten {
+            before,
+            endpoint: None,
+            after: Vec::new(),
+        }
+    }
+}
+
+fn event_boundary(buf: &[u8]) -> Option<(usize, usize)> {
+    let lf = buf.windows(2).position(|w| w == b"\n\n").map(|p| (p, 2));
+    let crlf = buf
+        .windows(4)
+        .position(|w| w == b"\r\n\r\n")
+        .map(|p| (p, 4));
+    match (lf, crlf) {
+        (Some(a), Some(b)) => Some(if a.0 <= b.0 { a } else { b }),
+        (a, b) => a.or(b),
+    }
+}
+
+fn endpoint_data(event: &str) -> Option<String> {
+    let mut is_endpoint = false;
+    let mut data = Vec::new();
+    for line in event.lines() {
+        let (field, value) = line.split_once(':').unwrap_or((line, ""));
+        let value = value.strip_prefix(' ').unwrap_or(value);
+        match field {
+            "event" => is_endpoint = value.trim() == "endpoint",
+            "data" => data.push(value.to_string()),
+            _ => {}
+        }
+    }
+    (is_endpoint && !data.is_empty()).then(|| data.join("\n"))
+}
+
+/// The rewritten `endpoint` event.
+pub fn endpoint_event(url: &str) -> Vec<u8> {
+    format!("event: endpoint\ndata: {url}\n\n").into_bytes()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn endpoint_event_is_found_across_chunks() {
+        let mut r = EndpointRewriter::default();
+        let a = r.feed(b": comment\n\nevent: endpo");
+        assert_eq!(a.before, b": comment\n\n");
+        assert!(a.endpoint.is_none());
+        let b = r.feed(b"int\r\ndata: /messages?sessionId=abc\r\n\r\nevent: message\ndata: {}\n\n");
+        assert_eq!(b.endpoint.as_deref(), Some("/messages?sessionId=abc"));
+        assert_eq!(b.after, b"event: message\ndata: {}\n\n");
+        assert!(r.is_done());
+        let c = r.feed(b"data: x\n\n");
+        assert_eq!(c.before, b"data: x\n\n");
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn idle_streams_end_with_an_error() {
+        use http_body_util::BodyExt;
+        let (_tx, rx) =
+            tokio::sync::mpsc::channel::<Result<Frame<Bytes>, std::convert::Infallible>>(1);
+        let body = Body::new(http_body_util::StreamBody::new(tokio_stream_from(rx)));
+        let mut idle = IdleTimeout::new(body, Duration::from_secs(5));
+        let frame = idle.frame().await.unwrap();
+        assert!(frame.is_err());
+    }
+
+    fn tokio_stream_from<T: Send + 'static>(
+        mut rx: tokio::sync::mpsc::Receiver<T>,
+    ) -> impl futures_util::Stream<Item = T> + Send {
+        futures_util::stream::poll_fn(move |cx| rx.poll_recv(cx))
+    }
+}
