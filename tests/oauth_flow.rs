@@ -694,7 +694,11 @@ async fn failed_token_exchange_says_so() {
 async fn userinfo_claims_are_merged_when_configured() {
     let provider = Provider::start().await;
     let dir = std::sync::Arc::new(tempfile::tempdir().unwrap());
-    let p = TestProxy::start_on(provider, dir, "userinfo = true", "").await;
+    let opts = common::Options {
+        upstream_extra: "userinfo = true".into(),
+        ..Default::default()
+    };
+    let p = TestProxy::start_on(provider, dir, &opts).await;
     let client = p.public_client().await;
     let t = p.tokens_for(&client, &[]).await;
     let s = p

@@ -99,7 +99,17 @@ pub struct Provider {
     state: Arc<Mutex<ProviderState>>,
 }
 
-fn alice() -> Map<String, Value> {
+pub fn bob() -> Value {
+    json!({
+        "sub": "bob-sub-456",
+        "email": "bob@example.com",
+        "email_verified": true,
+        "name": "Bob Example",
+        "groups": ["sales"],
+    })
+}
+
+pub fn alice() -> Map<String, Value> {
     json!({
         "sub": "alice-sub-123",
         "email": "alice@example.com",
@@ -348,6 +358,8 @@ fn tamper_signature(jwt: &str) -> String {
     format!("{rest}.{}", URL_SAFE_NO_PAD.encode(bytes))
 }
 
+pub mod downstream;
+
 // ---------------------------------------------------------------- proxy
 
 pub struct TestProxy {
@@ -358,19 +370,38 @@ pub struct TestProxy {
     pub dir: Arc<tempfile::TempDir>,
 }
 
-pub fn config_toml(
-    port: u16,
-    issuer: &str,
-    db: &std::path::Path,
-    upstream_extra: &str,
-    extra: &str,
-) -> String {
+/// Knobs of a test proxy's configuration.
+#[derive(Default, Clone)]
+pub struct Options {
+    /// Lines inside [server].
+    pub server_extra: String,
+    /// Lines inside [upstream].
+    pub upstream_extra: String,
+    /// Lines inside [downstream] (besides url).
+    pub downstream_extra: String,
+    /// Tables appended at the end.
+    pub extra: String,
+    pub downstream_url: Option<String>,
+}
+
+pub fn config_toml(port: u16, issuer: &str, db: &std::path::Path, opts: &Options) -> String {
+    let downstream_url = opts
+        .downstream_url
+        .clone()
+        .unwrap_or_else(|| "http://127.0.0.1:9/mcp".into());
+    let (server_extra, upstream_extra, downstream_extra, extra) = (
+        &opts.server_extra,
+        &opts.upstream_extra,
+        &opts.downstream_extra,
+        &opts.extra,
+    );
     format!(
         r#"
 [server]
 listen = "127.0.0.1:{port}"
 public_url = "http://127.0.0.1:{port}"
 shutdown_grace = "1s"
+{server_extra}
 [upstream]
 issuer = "{issuer}"
 client_id = "{UPSTREAM_CLIENT_ID}"
@@ -378,7 +409,8 @@ client_secret = "{UPSTREAM_CLIENT_SECRET}"
 scopes = ["openid", "email", "profile", "groups"]
 {upstream_extra}
 [downstream]
-url = "http://127.0.0.1:9/mcp"
+url = "{downstream_url}"
+{downstream_extra}
 [store]
 path = "{db}"
 [secrets]
@@ -408,27 +440,30 @@ impl TestProxy {
         init_logs();
         let provider = Provider::start().await;
         let dir = Arc::new(tempfile::tempdir().unwrap());
-        Self::start_on(provider, dir, "", extra).await
+        let opts = Options {
+            extra: extra.to_string(),
+            ..Default::default()
+        };
+        Self::start_on(provider, dir, &opts).await
     }
 
-    /// `upstream_extra` goes into the [upstream] table, `extra` at the end.
+    pub async fn start_with_options(opts: &Options) -> TestProxy {
+        init_logs();
+        let provider = Provider::start().await;
+        let dir = Arc::new(tempfile::tempdir().unwrap());
+        Self::start_on(provider, dir, opts).await
+    }
+
     pub async fn start_on(
         provider: Provider,
         dir: Arc<tempfile::TempDir>,
-        upstream_extra: &str,
-        extra: &str,
+        opts: &Options,
     ) -> TestProxy {
         init_logs();
         let probe = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
         let port = probe.local_addr().unwrap().port();
         drop(probe);
-        let toml = config_toml(
-            port,
-            &provider.issuer,
-            &dir.path().join("proxy.db"),
-            upstream_extra,
-            extra,
-        );
+        let toml = config_toml(port, &provider.issuer, &dir.path().join("proxy.db"), opts);
         let config: Config = figment::Figment::from(figment::providers::Serialized::defaults(
             toml::from_str::<toml::Value>(&toml).unwrap(),
         ))
