@@ -362,12 +362,26 @@ pub mod downstream;
 
 // ---------------------------------------------------------------- proxy
 
-pub struct TestProxy {
+/// A proxy reached over HTTP (in process or a child process) and its
+/// provider: the client-side helpers.
+pub struct Endpoint {
     pub url: String,
-    pub running: Running,
     pub provider: Provider,
     pub http: reqwest::Client,
+}
+
+/// A proxy running in this process.
+pub struct TestProxy {
+    pub endpoint: Endpoint,
+    pub running: Running,
     pub dir: Arc<tempfile::TempDir>,
+}
+
+impl std::ops::Deref for TestProxy {
+    type Target = Endpoint;
+    fn deref(&self) -> &Endpoint {
+        &self.endpoint
+    }
 }
 
 /// Knobs of a test proxy's configuration.
@@ -474,10 +488,12 @@ impl TestProxy {
         let app = AppState::new(settings, store).unwrap();
         let running = server::start(app).await.unwrap();
         TestProxy {
-            url: format!("http://127.0.0.1:{port}"),
+            endpoint: Endpoint {
+                url: format!("http://127.0.0.1:{port}"),
+                provider,
+                http: http_client(),
+            },
             running,
-            provider,
-            http: http_client(),
             dir,
         }
     }
@@ -490,6 +506,12 @@ impl TestProxy {
         &self.running.app
     }
 
+    pub async fn access_token_valid(&self, token: &str) -> bool {
+        self.app().grants.validate_access_token(token).await.is_ok()
+    }
+}
+
+impl Endpoint {
     pub async fn register(&self, body: Value) -> (StatusCode, Value) {
         let r = self
             .http
@@ -654,10 +676,6 @@ impl TestProxy {
             )
             .await;
         (s, b)
-    }
-
-    pub async fn access_token_valid(&self, token: &str) -> bool {
-        self.app().grants.validate_access_token(token).await.is_ok()
     }
 }
 
