@@ -57,6 +57,7 @@ die() {
 # ---------------------------------------------------------------- processes
 pids=()
 names=()
+last_pid=""
 stopping=0
 stop_all() {
   [[ $stopping -eq 1 ]] && return
@@ -88,7 +89,8 @@ start() {
   local name="$1" logfile="$2"
   shift 2
   "$@" >"$logfile" 2>&1 &
-  pids+=("$!")
+  last_pid=$!
+  pids+=("$last_pid")
   names+=("$name")
 }
 
@@ -130,7 +132,7 @@ npm_install() {
   sum="$(cd "$dir" && "$NODE" -e 'const c=require("crypto"),f=require("fs");process.stdout.write(c.createHash("sha256").update(f.readFileSync("package-lock.json")).digest("hex"))')"
   if [[ ! -f "$stamp" || "$(cat "$stamp")" != "$sum" ]]; then
     say "installing npm dependencies in ${dir#"$REPO_ROOT"/} (first run only)"
-    (cd "$dir" && npm ci --no-audit --no-fund --loglevel=error) || die "npm ci failed in $dir"
+    (cd "$dir" && npm ci --no-audit --no-fund --loglevel=error >&2) || die "npm ci failed in $dir"
     echo "$sum" >"$stamp"
   fi
 }
@@ -169,17 +171,17 @@ start provider "$DEMO_DIR/provider.log" "$NODE" tests/e2e/provider.mjs \
   --client-id "$UPSTREAM_CLIENT_ID" \
   --client-secret "$UPSTREAM_CLIENT_SECRET" \
   --redirect-uri "$PROXY_URL/callback"
-wait_http provider "http://localhost:$PROVIDER_PORT/.well-known/openid-configuration" "${pids[-1]}" "$DEMO_DIR/provider.log"
+wait_http provider "http://localhost:$PROVIDER_PORT/.well-known/openid-configuration" "$last_pid" "$DEMO_DIR/provider.log"
 
 say "starting the whoami MCP server on http://127.0.0.1:$WHOAMI_PORT"
 start whoami "$DEMO_DIR/whoami.log" "$NODE" examples/whoami-server/server.mjs \
   --port "$WHOAMI_PORT" \
   --log-requests "$DEMO_DIR/whoami-requests.jsonl"
-wait_http whoami "http://127.0.0.1:$WHOAMI_PORT/healthz" "${pids[-1]}" "$DEMO_DIR/whoami.log"
+wait_http whoami "http://127.0.0.1:$WHOAMI_PORT/healthz" "$last_pid" "$DEMO_DIR/whoami.log"
 
 say "starting the proxy on $PROXY_URL"
 start proxy "$DEMO_DIR/proxy.log" "$PROXY_BIN" serve --config "$CONFIG"
-wait_http proxy "$PROXY_URL/.well-known/oauth-authorization-server" "${pids[-1]}" "$DEMO_DIR/proxy.log"
+wait_http proxy "$PROXY_URL/.well-known/oauth-authorization-server" "$last_pid" "$DEMO_DIR/proxy.log"
 
 # ---------------------------------------------------------------- check mode
 if [[ $CHECK -eq 1 ]]; then

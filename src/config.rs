@@ -8,7 +8,7 @@ use std::fmt;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
-use figment::providers::{Env, Format, Toml};
+use figment::providers::{Format, Toml};
 use figment::Figment;
 use serde::{Deserialize, Deserializer, Serialize, Serializer};
 use url::Url;
@@ -117,7 +117,7 @@ pub struct UpstreamConfig {
     #[serde(default = "default_scopes")]
     pub scopes: Vec<String>,
     /// Merge the provider's userinfo claims into the id_token's.
-    #[serde(default)]
+    #[serde(default, deserialize_with = "lenient_bool")]
     pub userinfo: bool,
     #[serde(default = "default_upstream_timeout")]
     pub timeout: DurationStr,
@@ -156,7 +156,10 @@ pub struct DownstreamConfig {
     #[serde(default = "default_sse_idle_timeout")]
     pub sse_idle_timeout: DurationStr,
     /// The largest JSON-RPC request body accepted (the policy reads it).
-    #[serde(default = "default_max_request_bytes")]
+    #[serde(
+        default = "default_max_request_bytes",
+        deserialize_with = "lenient_number"
+    )]
     pub max_request_bytes: usize,
 }
 
@@ -177,7 +180,10 @@ impl Default for DownstreamConfig {
 #[serde(deny_unknown_fields)]
 pub struct AuthConfig {
     /// How many validated tokens are kept in memory.
-    #[serde(default = "default_cache_capacity")]
+    #[serde(
+        default = "default_cache_capacity",
+        deserialize_with = "lenient_number"
+    )]
     pub cache_capacity: u64,
     /// The longest a validated token is trusted without asking the store
     /// again (revocations from other replicas arrive within this).
@@ -273,7 +279,10 @@ pub struct RegistrationConfig {
     /// Private-use URI schemes accepted in redirect URIs, e.g. "cursor".
     #[serde(default)]
     pub allowed_schemes: Vec<String>,
-    #[serde(default = "default_max_redirect_uris")]
+    #[serde(
+        default = "default_max_redirect_uris",
+        deserialize_with = "lenient_number"
+    )]
     pub max_redirect_uris: usize,
 }
 
@@ -478,6 +487,28 @@ fn lenient_opt_string<'de, D: Deserializer<'de>>(d: D) -> Result<Option<String>,
     lenient_string(d).map(Some)
 }
 
+/// A number written as a number (TOML) or as text (environment).
+fn lenient_number<'de, D: Deserializer<'de>, N>(d: D) -> Result<N, D::Error>
+where
+    N: std::str::FromStr + TryFrom<u64>,
+{
+    let text = lenient_string(d)?;
+    text.trim()
+        .parse::<N>()
+        .map_err(|_| serde::de::Error::custom(format!("`{text}` is not a whole number")))
+}
+
+fn lenient_bool<'de, D: Deserializer<'de>>(d: D) -> Result<bool, D::Error> {
+    let text = lenient_string(d)?;
+    match text.trim().to_ascii_lowercase().as_str() {
+        "true" | "yes" | "on" | "1" => Ok(true),
+        "false" | "no" | "off" | "0" => Ok(false),
+        _ => Err(serde::de::Error::custom(format!(
+            "`{text}` is not true or false"
+        ))),
+    }
+}
+
 /// Settings derived and checked once at startup, in the form the code uses.
 #[derive(Debug, Clone)]
 pub struct Settings {
@@ -517,15 +548,86 @@ pub fn figment(path: Option<&Path>) -> Figment {
     if let Some(path) = path {
         figment = figment.merge(Toml::file_exact(path));
     }
-    let legacy = Env::raw().filter_map(|name| {
-        LEGACY_VARIABLES
-            .iter()
-            .find(|(legacy, _)| name == *legacy)
-            .map(|(_, key)| (*key).into())
-    });
-    figment
-        .merge(legacy)
-        .merge(Env::prefixed(ENV_PREFIX).split("__"))
+    figment.merge(EnvProvider::Legacy).merge(EnvProvider::Ours)
+}
+
+/// Environment variables as text, exactly as set. (figment's own `Env`
+/// parses values, so a key of 64 digits would become a number.) A value
+/// written as `[a, b]` is a list.
+#[derive(Debug, Clone, Copy)]
+enum EnvProvider {
+    /// The original worker's five variables.
+    Legacy,
+    /// `MCP_PROXY_SECTION__KEY`.
+    Ours,
+}
+
+impl figment::Provider for EnvProvider {
+    fn metadata(&self) -> figment::Metadata {
+        match self {
+            EnvProvider::Legacy => {
+                figment::Metadata::named("the original worker's environment variables")
+            }
+            EnvProvider::Ours => figment::Metadata::named("MCP_PROXY_* environment variables")
+                .interpolater(|_profile: &figment::Profile, keys: &[&str]| {
+                    format!("{ENV_PREFIX}{}", keys.join("__").to_ascii_uppercase())
+                }),
+        }
+    }
+
+    fn data(
+        &self,
+    ) -> Result<figment::value::Map<figment::Profile, figment::value::Dict>, figment::Error> {
+        use figment::value::{Dict, Value};
+        let mut dict = Dict::new();
+        for (name, text) in std::env::vars() {
+            let key = match self {
+                EnvProvider::Legacy => {
+                    match LEGACY_VARIABLES.iter().find(|(legacy, _)| *legacy == name) {
+                        Some((_, key)) => key.to_string(),
+                        None => continue,
+                    }
+                }
+                EnvProvider::Ours => match name.strip_prefix(ENV_PREFIX) {
+                    Some(rest) if !rest.is_empty() && rest != "CONFIG" => {
+                        rest.to_ascii_lowercase().replace("__", ".")
+                    }
+                    _ => continue,
+                },
+            };
+            let trimmed = text.trim();
+            let value = if trimmed.starts_with('[') && trimmed.ends_with(']') {
+                let items = trimmed[1..trimmed.len() - 1]
+                    .split(',')
+                    .map(|item| item.trim().trim_matches('"').to_string())
+                    .filter(|item| !item.is_empty())
+                    .map(Value::from)
+                    .collect::<Vec<_>>();
+                Value::from(items)
+            } else {
+                Value::from(text)
+            };
+            if let Some(nested) = figment::util::nest(&key, value).into_dict() {
+                dict = merge_dicts(dict, nested);
+            }
+        }
+        Ok(figment::Profile::Default.collect(dict))
+    }
+}
+
+fn merge_dicts(
+    mut base: figment::value::Dict,
+    other: figment::value::Dict,
+) -> figment::value::Dict {
+    use figment::value::Value;
+    for (k, v) in other {
+        let merged = match (base.remove(&k), v) {
+            (Some(Value::Dict(_, a)), Value::Dict(_, b)) => Value::from(merge_dicts(a, b)),
+            (_, v) => v,
+        };
+        base.insert(k, merged);
+    }
+    base
 }
 
 /// One line per problem: what is wrong, which key, which source.
@@ -538,11 +640,20 @@ fn describe_figment_error(error: figment::Error) -> String {
             path.remove(0);
         }
         let key = path.join(".");
+        let keys: Vec<&str> = path.iter().map(String::as_str).collect();
         let source = e
             .metadata
             .as_ref()
             .map(|m| match &m.source {
                 Some(src) => format!("{} ({src})", m.name),
+                // Environment values: name the variable itself.
+                None if m.name.contains("environment") && !keys.is_empty() => {
+                    format!(
+                        "{} ({})",
+                        m.name,
+                        m.interpolate(&figment::Profile::Default, &keys)
+                    )
+                }
                 None => m.name.to_string(),
             })
             .unwrap_or_else(|| "defaults".into());
@@ -917,6 +1028,25 @@ url = "http://127.0.0.1:3000/mcp"
         )
         .unwrap();
         assert_eq!(cfg.downstream.url.as_deref(), Some("http://new/mcp"));
+    }
+
+    #[test]
+    fn env_values_are_taken_as_written() {
+        let digits = "1".repeat(64);
+        let cfg = load_with(
+            MINIMAL,
+            &[
+                ("MCP_PROXY_SECRETS__ENCRYPTION_KEY", &digits),
+                ("MCP_PROXY_UPSTREAM__SCOPES", "[openid, email]"),
+                ("MCP_PROXY_UPSTREAM__USERINFO", "true"),
+                ("MCP_PROXY_DOWNSTREAM__MAX_REQUEST_BYTES", "2048"),
+            ],
+        )
+        .unwrap();
+        assert_eq!(cfg.upstream.scopes, vec!["openid", "email"]);
+        assert!(cfg.upstream.userinfo);
+        assert_eq!(cfg.downstream.max_request_bytes, 2048);
+        assert_eq!(cfg.validate().unwrap().encryption_key, [0x11; 32]);
     }
 
     #[test]

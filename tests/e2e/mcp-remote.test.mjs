@@ -186,6 +186,8 @@ describe('mcp-remote (stdio bridge) through the proxy', { skip }, () => {
   const remotes = [];
 
   before(async () => {
+    // First, so a missing Chromium (a failure when CI is set) fails at once.
+    chromium = await launchChromium();
     dir = fs.mkdtempSync(path.join(os.tmpdir(), 'mcp-remote-e2e-'));
     removeOnExit(dir);
     whoami = await startWhoami({ logFile: path.join(dir, 'whoami-requests.jsonl') });
@@ -199,7 +201,6 @@ describe('mcp-remote (stdio bridge) through the proxy', { skip }, () => {
       downstreamUrl: whoami.mcpUrl,
       config: { downstream: { sse_url: whoami.sseUrl } },
     });
-    chromium = await launchChromium();
     browserScript = path.join(dir, 'browser.sh');
     fs.writeFileSync(browserScript, '#!/bin/sh\n# $BROWSER for xdg-open: hand the URL to the test.\nprintf \'%s\\n\' "$1" >> "$E2E_BROWSER_FILE"\n', { mode: 0o755 });
   });

@@ -83,6 +83,8 @@ describe('MCP TypeScript SDK client through the proxy', { skip }, () => {
   let whoami;
   let provider;
   let proxy;
+  let shortProxyPort; // a second proxy whose access tokens live 3 s (refresh test)
+  let shortProxy;
   let chromium;
   let callback;
   const contexts = {};
@@ -90,11 +92,14 @@ describe('MCP TypeScript SDK client through the proxy', { skip }, () => {
   let failed = false;
 
   before(async () => {
+    // First, so a missing Chromium (a failure when CI is set) fails at once.
+    chromium = await launchChromium();
     dir = fs.mkdtempSync(path.join(os.tmpdir(), 'mcp-sdk-e2e-'));
     removeOnExit(dir);
     whoami = await startWhoami({ logFile: path.join(dir, 'whoami-requests.jsonl') });
     const proxyPort = await freePort();
-    provider = await startProvider({ port: 0, redirectUris: [`http://localhost:${proxyPort}/callback`] });
+    shortProxyPort = await freePort();
+    provider = await startProvider({ port: 0, redirectUris: [`http://localhost:${proxyPort}/callback`, `http://localhost:${shortProxyPort}/callback`] });
     proxy = await startProxy({
       port: proxyPort,
       issuer: provider.issuer,
@@ -103,7 +108,6 @@ describe('MCP TypeScript SDK client through the proxy', { skip }, () => {
       downstreamUrl: whoami.mcpUrl,
       config: { downstream: { sse_url: whoami.sseUrl } },
     });
-    chromium = await launchChromium();
     callback = await startCallbackServer();
   });
 
@@ -113,10 +117,12 @@ describe('MCP TypeScript SDK client through the proxy', { skip }, () => {
     await callback?.close();
     if ((failed || process.env.E2E_VERBOSE === '1') && proxy) {
       console.error(`--- proxy logs ---\n${proxy.logs()}`);
+      if (shortProxy) console.error(`--- short-token proxy logs ---\n${shortProxy.logs()}`);
       console.error(`--- whoami logs ---\n${whoami?.logs()}`);
       console.error(`--- requests that reached whoami ---\n${whoami?.requests().map(describeRequest).join('\n')}`);
     }
     await proxy?.close();
+    await shortProxy?.close();
     await provider?.close();
     await whoami?.close();
   });
@@ -141,7 +147,7 @@ describe('MCP TypeScript SDK client through the proxy', { skip }, () => {
    * redirectToAuthorization (Chromium: consent + login) → code at the loopback
    * redirect URI → finishAuth(code) → connect again with the token.
    */
-  async function loginAndConnect({ user, kind = 'streamable-http', headers, clientName }) {
+  async function loginAndConnect({ user, kind = 'streamable-http', headers, clientName, via = proxy }) {
     const context = await browserContext(user.name);
     const cb = new URL(callback.redirectUri);
     const drives = [];
@@ -158,7 +164,7 @@ describe('MCP TypeScript SDK client through the proxy', { skip }, () => {
         );
       },
     });
-    const serverUrl = new URL(kind === 'sse' ? `${proxy.url}/sse` : `${proxy.url}/mcp`);
+    const serverUrl = new URL(kind === 'sse' ? `${via.url}/sse` : `${via.url}/mcp`);
     const makeTransport = () =>
       kind === 'sse'
         ? new SSEClientTransport(serverUrl, { authProvider: oauth, requestInit: headers ? { headers } : undefined })
@@ -176,7 +182,7 @@ describe('MCP TypeScript SDK client through the proxy', { skip }, () => {
     const response = await callback.next(5000);
     assert.ok(response.code, `authorization response has a code: ${response.url}`);
     assert.equal(response.state, oauth.states.at(-1), 'state comes back unchanged');
-    assert.equal(response.iss, proxy.url, 'RFC 9207 iss is the proxy issuer');
+    assert.equal(response.iss, via.url, 'RFC 9207 iss is the proxy issuer');
     await t1.finishAuth(response.code);
     await first.close().catch(() => {});
     assert.ok(oauth.tokens()?.access_token, 'the SDK holds an access token');
@@ -426,6 +432,32 @@ describe('MCP TypeScript SDK client through the proxy', { skip }, () => {
     assert.ok(entries.some((e) => e.method === 'GET' && e.path === '/sse'), 'GET /sse reached the downstream');
     const posts = entries.filter((e) => e.method === 'POST' && e.path.startsWith('/messages'));
     assert.ok(posts.length >= 3, `the client's messages reached the downstream message endpoint through the proxy (${posts.length})`);
+    await s.client.close();
+  });
+
+  step('an expired access token: the SDK refreshes it by itself (no browser) and the session goes on', async () => {
+    shortProxy = await startProxy({
+      port: shortProxyPort,
+      issuer: provider.issuer,
+      clientId: provider.client.clientId,
+      clientSecret: provider.client.clientSecret,
+      downstreamUrl: whoami.mcpUrl,
+      config: { downstream: { sse_url: whoami.sseUrl }, tokens: { access_ttl: '3s' } },
+    });
+    const s = await loginAndConnect({ user: USERS.bob, via: shortProxy, clientName: 'SDK e2e refresh (bob)' });
+    sessions.bobRefresh = s;
+    assert.ok(s.oauth.tokens().refresh_token, 'a refresh token was issued');
+    assert.ok(s.oauth.tokens().expires_in <= 3, `expires_in ${s.oauth.tokens().expires_in}`);
+    assertIdentity(await whoamiOf(s.client), USERS.bob, 'bob before expiry');
+    const first = s.oauth.tokens().access_token;
+    await sleep(4000);
+    const who = await whoamiOf(s.client);
+    assertIdentity(who, USERS.bob, 'bob after refresh');
+    assert.notEqual(s.oauth.tokens().access_token, first, 'the SDK holds a new access token');
+    assert.equal(s.oauth.authorizationUrls.length, 1, 'no second browser login');
+    assert.equal(who.session_id, s.transport.sessionId, 'the same MCP session continues');
+    assertCleanRequestLog({ mcpTokenHashes: [...mcpTokenHashes(), sha256(first)] });
+    await s.transport.terminateSession().catch(() => {});
     await s.client.close();
   });
 });

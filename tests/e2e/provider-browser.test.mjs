@@ -7,6 +7,10 @@ import { after, before, test } from 'node:test';
 import { startProvider } from './provider.mjs';
 import { buildAuthorizeUrl, findChromium, launchChromium, makePkce } from './lib/index.mjs';
 
+// In CI a missing browser is a failure, not a skip.
+if (!findChromium() && process.env.CI) {
+  throw new Error('CI is set but no Chromium is installed (.ci/run installs the Debian package)');
+}
 const skip = findChromium() ? false : 'no Chromium installed (apt-get install chromium, or set CHROMIUM_PATH)';
 let site;
 let sitePort;

