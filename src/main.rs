@@ -94,7 +94,9 @@ fn init_logging(config: &Config) {
     };
     let builder = tracing_subscriber::fmt()
         .with_env_filter(filter)
-        .with_writer(std::io::stderr);
+        .with_writer(std::io::stderr)
+        // Colours only for a terminal, never into a log file.
+        .with_ansi(std::io::stderr().is_terminal());
     if json {
         builder
             .json()
