@@ -20,5 +20,7 @@ for config in config/*.toml; do
   MCP_PROXY_SECRETS__ENCRYPTION_KEY=${MCP_PROXY_SECRETS__ENCRYPTION_KEY:-0000000000000000000000000000000000000000000000000000000000000000} \
     ./target/debug/mcp-oauth-proxy check --config "$config" >/dev/null
 done
+echo "=== policy test (every shipped policy) ==="
+./target/debug/mcp-oauth-proxy policy test policies
 echo "=== end-to-end ==="
 bash tests/e2e/run.sh

@@ -226,7 +226,7 @@ impl Default for StoreConfig {
     }
 }
 
-#[derive(Debug, Clone, Default, Deserialize, Serialize)]
+#[derive(Debug, Clone, Deserialize, Serialize)]
 #[serde(deny_unknown_fields)]
 pub struct PolicyConfig {
     /// The Rhai policy; without it, the built-in default policy (the
@@ -237,6 +237,20 @@ pub struct PolicyConfig {
     /// one of them are removed before forwarding.
     #[serde(default)]
     pub identity_headers: Vec<String>,
+    /// How often the policy file is checked for changes (SIGHUP reloads at
+    /// once).
+    #[serde(default = "default_policy_watch_interval")]
+    pub watch_interval: DurationStr,
+}
+
+impl Default for PolicyConfig {
+    fn default() -> Self {
+        PolicyConfig {
+            path: None,
+            identity_headers: Vec::new(),
+            watch_interval: default_policy_watch_interval(),
+        }
+    }
 }
 
 #[derive(Debug, Clone, Default, Deserialize, Serialize)]
@@ -358,6 +372,9 @@ fn default_store_path() -> PathBuf {
 }
 fn default_purge_interval() -> DurationStr {
     DurationStr(Duration::from_secs(600))
+}
+fn default_policy_watch_interval() -> DurationStr {
+    DurationStr(Duration::from_secs(1))
 }
 fn default_connect_timeout() -> DurationStr {
     DurationStr(Duration::from_secs(5))
@@ -779,6 +796,7 @@ impl Config {
                 self.downstream.sse_idle_timeout,
             ),
             ("auth.cache_ttl", self.auth.cache_ttl),
+            ("policy.watch_interval", self.policy.watch_interval),
         ] {
             if value.0.is_zero() {
                 return Err(ConfigError::invalid(key, "must be longer than zero"));

@@ -33,6 +33,20 @@ enum Command {
         #[arg(long, short, env = "MCP_PROXY_CONFIG")]
         config: Option<PathBuf>,
     },
+    /// Work with policies.
+    Policy {
+        #[command(subcommand)]
+        command: PolicyCommand,
+    },
+}
+
+#[derive(Subcommand)]
+enum PolicyCommand {
+    /// Run the cases in NAME.test.toml beside each NAME.rhai.
+    Test {
+        /// Policy files or directories of them (default: policies).
+        paths: Vec<PathBuf>,
+    },
 }
 
 fn main() -> ExitCode {
@@ -40,6 +54,38 @@ fn main() -> ExitCode {
     match cli.command {
         Command::Check { config } => check(config),
         Command::Serve { config } => serve(config),
+        Command::Policy {
+            command: PolicyCommand::Test { paths },
+        } => policy_test(paths),
+    }
+}
+
+fn policy_test(paths: Vec<PathBuf>) -> ExitCode {
+    use mcp_oauth_proxy::policy::cases;
+    let paths = if paths.is_empty() {
+        vec![PathBuf::from("policies")]
+    } else {
+        paths
+    };
+    let policies = match cases::policies_in(&paths) {
+        Ok(p) => p,
+        Err(e) => {
+            eprintln!("policy test: {e}");
+            return ExitCode::FAILURE;
+        }
+    };
+    let mut total = cases::Outcome::default();
+    let mut stdout = std::io::stdout();
+    for policy in policies {
+        let outcome = cases::run_policy(&policy, &mut stdout);
+        total.passed += outcome.passed;
+        total.failed += outcome.failed;
+    }
+    println!("{} passed, {} failed", total.passed, total.failed);
+    if total.failed == 0 {
+        ExitCode::SUCCESS
+    } else {
+        ExitCode::FAILURE
     }
 }
 

@@ -19,6 +19,7 @@ use crate::crypto;
 use crate::error::{found, redirect_with_params, AppError, PageError, RedirectError};
 use crate::now_unix;
 use crate::oauth::{client_auth, cookie, pages, redirect_uri, validate_resource, Params};
+use crate::policy::{user_value, Decision, UserFacts};
 use crate::server::AppState;
 use crate::store::{
     decode, encode, ClientRecord, ConsentRecord, GrantSecrets, Namespace, PendingAuthorization,
@@ -378,6 +379,7 @@ pub async fn callback(
         claims: identity.claims,
         upstream: identity.tokens,
     };
+    login_policy(&app, &pending, &secrets).await?;
     let client_code = app
         .grants
         .create_with_code(&pending, &secrets)
@@ -405,6 +407,46 @@ pub async fn callback(
         )
     })?;
     Ok(found(&location))
+}
+
+/// The policy's `login(user)`, once per sign-in: a denial ends it here,
+/// before any code or token exists.
+async fn login_policy(
+    app: &AppState,
+    pending: &PendingAuthorization,
+    secrets: &GrantSecrets,
+) -> Result<(), PageError> {
+    let policy = app.policy.current();
+    if !policy.has_login {
+        return Ok(());
+    }
+    let client: Option<ClientRecord> = app
+        .records
+        .get(Namespace::Client, &pending.client_id)
+        .await?;
+    let sub = secrets
+        .claims
+        .get("sub")
+        .and_then(serde_json::Value::as_str)
+        .unwrap_or_default();
+    let user = user_value(&UserFacts {
+        sub,
+        email: secrets
+            .claims
+            .get("email")
+            .and_then(serde_json::Value::as_str),
+        claims: &secrets.claims,
+        issuer: app.upstream.issuer(),
+        client_id: &pending.client_id,
+        client_name: client.as_ref().and_then(|c| c.client_name.as_deref()),
+    });
+    match app.policy.login(&policy, user) {
+        Decision::Allow { .. } => Ok(()),
+        Decision::Deny { status, reason } => {
+            tracing::info!(sub, client_id = %pending.client_id, %reason, "login denied by policy");
+            Err(PageError::new(status, "Sign-in not allowed", reason))
+        }
+    }
 }
 
 fn upstream_page(e: UpstreamError) -> PageError {

@@ -129,58 +129,19 @@ pub fn script_user(session: &Session, issuer: &str) -> Dynamic {
     session
         .script_user
         .get_or_init(|| {
-            let claims = &session.claims;
-            let text = |key: &str| {
-                claims
-                    .get(key)
-                    .and_then(Value::as_str)
-                    .unwrap_or_default()
-                    .to_string()
-            };
-            let groups: rhai::Array = match claims.get("groups") {
-                Some(Value::Array(items)) => items
-                    .iter()
-                    .filter_map(|g| match g {
-                        Value::String(s) => Some(Dynamic::from(s.clone())),
-                        Value::Number(n) => Some(Dynamic::from(n.to_string())),
-                        _ => None,
-                    })
-                    .collect(),
-                Some(Value::String(s)) => s
-                    .split([',', ' '])
-                    .filter(|g| !g.is_empty())
-                    .map(|g| Dynamic::from(g.to_string()))
-                    .collect(),
-                _ => rhai::Array::new(),
-            };
-            let name = [text("name"), text("preferred_username"), text("email")]
-                .into_iter()
-                .find(|n| !n.is_empty())
-                .unwrap_or_default();
-            let mut user = Map::new();
-            user.insert("sub".into(), session.sub.clone().into());
-            user.insert(
-                "email".into(),
-                session.email.clone().unwrap_or_default().into(),
-            );
-            user.insert("name".into(), name.into());
-            user.insert("groups".into(), Dynamic::from_array(groups));
-            user.insert(
-                "claims".into(),
-                rhai::serde::to_dynamic(claims).unwrap_or_else(|_| Dynamic::from_map(Map::new())),
-            );
-            user.insert("issuer".into(), issuer.to_string().into());
-            user.insert("client_id".into(), session.client_id.clone().into());
-            user.insert(
-                "client_name".into(),
-                session.client_name.clone().unwrap_or_default().into(),
-            );
-            Dynamic::from_map(user)
+            super::user_value(&super::UserFacts {
+                sub: &session.sub,
+                email: session.email.as_deref(),
+                claims: &session.claims,
+                issuer,
+                client_id: &session.client_id,
+                client_name: session.client_name.as_deref(),
+            })
         })
         .clone()
 }
 
-fn script_request(
+pub fn script_request(
     method: &Method,
     path: &str,
     headers: &HeaderMap,

@@ -17,6 +17,8 @@ use rhai::{CallFnOptions, Dynamic, Engine, EvalAltResult, Map, Position, Scope, 
 
 use crate::store::UpstreamTokens;
 
+pub mod cases;
+pub mod filter;
 pub mod layer;
 
 /// The policy that runs when `policy.path` is not set.
@@ -119,6 +121,18 @@ pub struct PolicyEngine {
     current: RwLock<Arc<CompiledPolicy>>,
     path: Option<PathBuf>,
     extra_identity_headers: Vec<String>,
+    /// What the file looked like when last read (modified time, length).
+    fingerprint: std::sync::Mutex<Option<(std::time::SystemTime, u64)>>,
+    pub reloads: ReloadCounters,
+}
+
+/// Reload outcomes, for metrics and readiness.
+#[derive(Default)]
+pub struct ReloadCounters {
+    pub succeeded: std::sync::atomic::AtomicU64,
+    pub failed: std::sync::atomic::AtomicU64,
+    /// The last failure, while the previous version keeps serving.
+    pub last_error: std::sync::Mutex<Option<String>>,
 }
 
 thread_local! {
@@ -161,6 +175,7 @@ pub fn sandboxed_engine() -> Engine {
 }
 
 fn register_api(engine: &mut Engine) {
+    register_helpers(engine);
     engine
         .register_type_with_name::<ScriptDecision>("Decision")
         .register_fn("to_string", |d: &mut ScriptDecision| format!("{d:?}"))
@@ -196,12 +211,105 @@ impl PolicyEngine {
         Ok(PolicyEngine {
             engine,
             current: RwLock::new(Arc::new(compiled)),
+            fingerprint: std::sync::Mutex::new(path.and_then(file_fingerprint)),
             path: path.map(Path::to_path_buf),
             extra_identity_headers: extra_identity_headers
                 .iter()
                 .map(|h| normalise_header(h))
                 .collect(),
+            reloads: ReloadCounters::default(),
         })
+    }
+
+    /// Reads and compiles the policy file again; on success the new version
+    /// replaces the old one atomically, on failure the old one keeps serving.
+    pub fn reload(&self) -> Result<(), PolicyError> {
+        use std::sync::atomic::Ordering;
+        let Some(path) = &self.path else {
+            return Ok(());
+        };
+        let fingerprint = file_fingerprint(path);
+        match compile_file(&self.engine, path) {
+            Ok(compiled) => {
+                match self.current.write() {
+                    Ok(mut guard) => *guard = Arc::new(compiled),
+                    Err(poisoned) => *poisoned.into_inner() = Arc::new(compiled),
+                }
+                self.reloads.succeeded.fetch_add(1, Ordering::Relaxed);
+                if let Ok(mut e) = self.reloads.last_error.lock() {
+                    *e = None;
+                }
+                tracing::info!(target: "policy", path = %path.display(), "policy reloaded");
+                Ok(())
+            }
+            Err(e) => {
+                self.reloads.failed.fetch_add(1, Ordering::Relaxed);
+                if let Ok(mut last) = self.reloads.last_error.lock() {
+                    *last = Some(e.to_string());
+                }
+                tracing::error!(target: "policy", error = %e, "policy reload failed; the previous version keeps serving");
+                Err(e)
+            }
+        }
+        .inspect(|_| self.remember(fingerprint))
+        .inspect_err(|_| self.remember(fingerprint))
+    }
+
+    fn remember(&self, fingerprint: Option<(std::time::SystemTime, u64)>) {
+        if let Ok(mut f) = self.fingerprint.lock() {
+            *f = fingerprint;
+        }
+    }
+
+    /// Reloads when the file changed since it was last read.
+    pub fn reload_if_changed(&self) {
+        let Some(path) = &self.path else { return };
+        let now = file_fingerprint(path);
+        let before = self.fingerprint.lock().ok().and_then(|f| *f);
+        if now.is_some() && now != before {
+            let _ = self.reload();
+        }
+    }
+
+    /// Watches the policy file (polling survives editors' atomic renames and
+    /// Kubernetes' ConfigMap symlink swaps) and reloads on SIGHUP. Compiling
+    /// happens on a blocking thread, never on the request path.
+    pub fn spawn_watcher(self: &Arc<Self>, interval: Duration) {
+        if self.path.is_none() {
+            return;
+        }
+        let engine = Arc::downgrade(self);
+        tokio::spawn(async move {
+            let mut ticker = tokio::time::interval(interval);
+            ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+            #[cfg(unix)]
+            let mut hangup =
+                tokio::signal::unix::signal(tokio::signal::unix::SignalKind::hangup()).ok();
+            loop {
+                #[cfg(unix)]
+                let forced = tokio::select! {
+                    _ = ticker.tick() => false,
+                    Some(()) = async { match hangup.as_mut() { Some(h) => h.recv().await, None => std::future::pending().await } } => true,
+                };
+                #[cfg(not(unix))]
+                let forced = {
+                    ticker.tick().await;
+                    false
+                };
+                let Some(engine) = engine.upgrade() else {
+                    return;
+                };
+                let _ = tokio::task::spawn_blocking(move || {
+                    if forced {
+                        tracing::info!(target: "policy", "SIGHUP: reloading the policy");
+                        let _ = engine.reload();
+                    } else {
+                        engine.reload_if_changed();
+                    }
+                })
+                .await;
+            }
+        });
     }
 
     pub fn current(&self) -> Arc<CompiledPolicy> {
@@ -246,6 +354,26 @@ impl PolicyEngine {
         };
         tracing::trace!(target: "policy", elapsed_us = started.elapsed().as_micros() as u64, "policy evaluated");
         decision
+    }
+
+    /// Runs `login(user)` when the policy defines it: a denial ends the
+    /// login before any token exists.
+    pub fn login(&self, policy: &CompiledPolicy, user: Dynamic) -> Decision {
+        if !policy.has_login {
+            return Decision::Allow {
+                headers: Vec::new(),
+            };
+        }
+        match self.call(policy, "login", (user,)) {
+            Ok(value) => interpret(value, &UpstreamTokens::default()),
+            Err(e) => {
+                tracing::warn!(target: "policy", policy = %policy.name, error = %e, "login policy failed; denying");
+                Decision::Deny {
+                    status: StatusCode::FORBIDDEN,
+                    reason: "sign-in denied by policy (policy error)".into(),
+                }
+            }
+        }
     }
 
     fn call(
@@ -362,6 +490,149 @@ fn header_like_literals(source: &str) -> HashSet<String> {
     names
 }
 
+/// Logging, time, regex and claim helpers (policies/README.md documents them).
+fn register_helpers(engine: &mut Engine) {
+    use rhai::NativeCallContext;
+    engine
+        .register_fn("log_info", |ctx: NativeCallContext, message: &str| {
+            tracing::info!(target: "policy", script = ctx.call_source().unwrap_or_default(), "{message}")
+        })
+        .register_fn("log_warn", |ctx: NativeCallContext, message: &str| {
+            tracing::warn!(target: "policy", script = ctx.call_source().unwrap_or_default(), "{message}")
+        })
+        .register_fn("log_debug", |ctx: NativeCallContext, message: &str| {
+            tracing::debug!(target: "policy", script = ctx.call_source().unwrap_or_default(), "{message}")
+        })
+        .register_fn("now", crate::now_unix)
+        .register_fn("utc_hour", || crate::now_unix().rem_euclid(86_400) / 3600)
+        // 0 = Monday … 6 = Sunday (1970-01-01 was a Thursday).
+        .register_fn("utc_weekday", || (crate::now_unix().div_euclid(86_400) + 3).rem_euclid(7))
+        .register_fn("matches", |text: &str, pattern: &str| -> Result<bool, Box<EvalAltResult>> {
+            cached_regex(pattern).map(|re| re.is_match(text))
+        })
+        .register_fn("email_domain", |email: &str| {
+            email.rsplit_once('@').map(|(_, d)| d.to_ascii_lowercase()).unwrap_or_default()
+        })
+        .register_fn("claim", |user: rhai::Map, path: &str, default: Dynamic| claim(&user, path, default))
+        .register_fn("claim", |user: rhai::Map, path: &str| claim(&user, path, Dynamic::UNIT));
+}
+
+/// `user.claims` at a dotted path ("realm_access.roles"), or `default`.
+fn claim(user: &rhai::Map, path: &str, default: Dynamic) -> Dynamic {
+    let mut current = match user.get("claims") {
+        Some(c) => c.clone(),
+        None => return default,
+    };
+    for part in path.split('.') {
+        let next = current
+            .read_lock::<rhai::Map>()
+            .and_then(|m| m.get(part).cloned());
+        match next {
+            Some(v) => current = v,
+            None => return default,
+        }
+    }
+    if current.is_unit() {
+        default
+    } else {
+        current
+    }
+}
+
+/// Patterns compile once; a policy naming many distinct patterns is bounded.
+fn cached_regex(pattern: &str) -> Result<Arc<regex::Regex>, Box<EvalAltResult>> {
+    static CACHE: std::sync::OnceLock<
+        std::sync::Mutex<std::collections::HashMap<String, Arc<regex::Regex>>>,
+    > = std::sync::OnceLock::new();
+    let cache = CACHE.get_or_init(Default::default);
+    if let Some(re) = cache.lock().ok().and_then(|c| c.get(pattern).cloned()) {
+        return Ok(re);
+    }
+    let re = regex::RegexBuilder::new(pattern)
+        .size_limit(1 << 20)
+        .build()
+        .map(Arc::new)
+        .map_err(|e| {
+            Box::new(EvalAltResult::from(format!(
+                "invalid regex `{pattern}`: {e}"
+            )))
+        })?;
+    if let Ok(mut c) = cache.lock() {
+        if c.len() < 1024 {
+            c.insert(pattern.to_string(), re.clone());
+        }
+    }
+    Ok(re)
+}
+
+fn file_fingerprint(path: &Path) -> Option<(std::time::SystemTime, u64)> {
+    let meta = std::fs::metadata(path).ok()?;
+    Some((meta.modified().ok()?, meta.len()))
+}
+
+/// The policy's view of a user.
+pub struct UserFacts<'a> {
+    pub sub: &'a str,
+    pub email: Option<&'a str>,
+    pub claims: &'a serde_json::Map<String, serde_json::Value>,
+    pub issuer: &'a str,
+    pub client_id: &'a str,
+    pub client_name: Option<&'a str>,
+}
+
+/// Builds the script's `user` map. Claims are data: strings stay strings,
+/// whatever they contain.
+pub fn user_value(facts: &UserFacts<'_>) -> Dynamic {
+    use serde_json::Value;
+    let claims = facts.claims;
+    let text = |key: &str| {
+        claims
+            .get(key)
+            .and_then(Value::as_str)
+            .unwrap_or_default()
+            .to_string()
+    };
+    let groups: rhai::Array = match claims.get("groups") {
+        Some(Value::Array(items)) => items
+            .iter()
+            .filter_map(|g| match g {
+                Value::String(s) => Some(Dynamic::from(s.clone())),
+                Value::Number(n) => Some(Dynamic::from(n.to_string())),
+                _ => None,
+            })
+            .collect(),
+        Some(Value::String(s)) => s
+            .split([',', ' '])
+            .filter(|g| !g.is_empty())
+            .map(|g| Dynamic::from(g.to_string()))
+            .collect(),
+        _ => rhai::Array::new(),
+    };
+    let name = [text("name"), text("preferred_username"), text("email")]
+        .into_iter()
+        .find(|n| !n.is_empty())
+        .unwrap_or_default();
+    let mut user = rhai::Map::new();
+    user.insert("sub".into(), facts.sub.to_string().into());
+    user.insert(
+        "email".into(),
+        facts.email.unwrap_or_default().to_string().into(),
+    );
+    user.insert("name".into(), name.into());
+    user.insert("groups".into(), Dynamic::from_array(groups));
+    user.insert(
+        "claims".into(),
+        rhai::serde::to_dynamic(claims).unwrap_or_else(|_| Dynamic::from_map(rhai::Map::new())),
+    );
+    user.insert("issuer".into(), facts.issuer.to_string().into());
+    user.insert("client_id".into(), facts.client_id.to_string().into());
+    user.insert(
+        "client_name".into(),
+        facts.client_name.unwrap_or_default().to_string().into(),
+    );
+    Dynamic::from_map(user)
+}
+
 /// Turns what a script returned into a checked decision.
 fn interpret(value: Dynamic, tokens: &UpstreamTokens) -> Decision {
     let deny = |reason: &str| Decision::Deny {
@@ -462,6 +733,8 @@ mod tests {
             )),
             path: None,
             extra_identity_headers: vec![],
+            fingerprint: std::sync::Mutex::new(None),
+            reloads: ReloadCounters::default(),
         };
         let policy = engine.current();
         engine.authorize(&policy, user, Dynamic::from_map(Map::new()), &tokens())

@@ -69,11 +69,78 @@ impl HttpBody for IdleTimeout {
     }
 }
 
+/// Cuts an event stream into complete events (each with its blank-line
+/// terminator), holding back only the unfinished tail.
+#[derive(Default)]
+pub struct EventSplitter {
+    pending: Vec<u8>,
+}
+
+impl EventSplitter {
+    pub fn feed(&mut self, chunk: &[u8]) -> Vec<Vec<u8>> {
+        self.pending.extend_from_slice(chunk);
+        let mut events = Vec::new();
+        while let Some((end, sep_len)) = event_boundary(&self.pending) {
+            events.push(self.pending.drain(..end + sep_len).collect());
+        }
+        events
+    }
+
+    /// Whatever is left when the stream ends.
+    pub fn take_rest(&mut self) -> Vec<u8> {
+        std::mem::take(&mut self.pending)
+    }
+}
+
+/// The fields of one event.
+#[derive(Debug, Default, PartialEq)]
+pub struct Event {
+    pub event: Option<String>,
+    pub id: Option<String>,
+    pub data: Option<String>,
+}
+
+pub fn parse_event(raw: &[u8]) -> Event {
+    let text = String::from_utf8_lossy(raw);
+    let mut event = Event::default();
+    let mut data: Vec<&str> = Vec::new();
+    for line in text.lines() {
+        let (field, value) = line.split_once(':').unwrap_or((line, ""));
+        let value = value.strip_prefix(' ').unwrap_or(value);
+        match field {
+            "event" => event.event = Some(value.to_string()),
+            "id" => event.id = Some(value.to_string()),
+            "data" => data.push(value),
+            _ => {}
+        }
+    }
+    if !data.is_empty() {
+        event.data = Some(data.join("\n"));
+    }
+    event
+}
+
+/// Serialises an event whose data is one line (JSON).
+pub fn render_event(event: &Event) -> Vec<u8> {
+    let mut out = String::new();
+    if let Some(e) = &event.event {
+        out.push_str(&format!("event: {e}\n"));
+    }
+    if let Some(id) = &event.id {
+        out.push_str(&format!("id: {id}\n"));
+    }
+    for line in event.data.as_deref().unwrap_or_default().split('\n') {
+        out.push_str(&format!("data: {line}\n"));
+    }
+    out.push('\n');
+    out.into_bytes()
+}
+
 /// Finds the first `endpoint` event of a legacy SSE stream and rewrites its
 /// data; everything after it passes through untouched.
 #[derive(Default)]
 pub struct EndpointRewriter {
-    pending: Vec<u8>,
+    splitter: EventSplitter,
     done: bool,
 }
 
@@ -100,21 +167,23 @@ impl EndpointRewriter {
                 after: Vec::new(),
             };
         }
-        self.pending.extend_from_slice(chunk);
         let mut before = Vec::new();
-        while let Some((end, sep_len)) = event_boundary(&self.pending) {
-            let event: Vec<u8> = self.pending.drain(..end + sep_len).collect();
-            let text = String::from_utf8_lossy(&event[..end]).into_owned();
-            if let Some(data) = endpoint_data(&text) {
-                self.done = true;
-                let after = std::mem::take(&mut self.pending);
-                return Rewritten {
-                    before,
-                    endpoint: Some(data),
-                    after,
-                };
+        let mut events = self.splitter.feed(chunk).into_iter();
+        while let Some(raw) = events.next() {
+            let event = parse_event(&raw);
+            if event.event.as_deref().map(str::trim) == Some("endpoint") {
+                if let Some(data) = event.data {
+                    self.done = true;
+                    let mut after: Vec<u8> = events.flatten().collect();
+                    after.extend(self.splitter.take_rest());
+                    return Rewritten {
+                        before,
+                        endpoint: Some(data),
+                        after,
+                    };
+                }
             }
-            before.extend_from_slice(&event);
+            before.extend_from_slice(&raw);
         }
         Rewritten {
             before,
@@ -134,21 +203,6 @@ fn event_boundary(buf: &[u8]) -> Option<(usize, usize)> {
         (Some(a), Some(b)) => Some(if a.0 <= b.0 { a } else { b }),
         (a, b) => a.or(b),
     }
-}
-
-fn endpoint_data(event: &str) -> Option<String> {
-    let mut is_endpoint = false;
-    let mut data = Vec::new();
-    for line in event.lines() {
-        let (field, value) = line.split_once(':').unwrap_or((line, ""));
-        let value = value.strip_prefix(' ').unwrap_or(value);
-        match field {
-            "event" => is_endpoint = value.trim() == "endpoint",
-            "data" => data.push(value.to_string()),
-            _ => {}
-        }
-    }
-    (is_endpoint && !data.is_empty()).then(|| data.join("\n"))
 }
 
 /// The rewritten `endpoint` event.

@@ -169,6 +169,8 @@ pub async fn start(app: AppState) -> Result<Running, StartError> {
         app.records.store.clone(),
         app.settings.config.store.purge_interval.0,
     );
+    app.policy
+        .spawn_watcher(app.settings.config.policy.watch_interval.0);
     // Discover the provider now so the first login does not wait for it; a
     // failure is retried on first use.
     let early = app.clone();

@@ -14,6 +14,7 @@ use tower_http::trace::TraceLayer;
 
 use crate::auth::AuthenticateLayer;
 use crate::oauth::{authorize, metadata, register, token};
+use crate::policy::filter::FilterListsLayer;
 use crate::policy::layer::EnforcePolicyLayer;
 use crate::proxy::{Forwarder, Route, LEGACY_MESSAGE_PATH};
 use crate::server::rescue::RescueLayer;
@@ -131,6 +132,11 @@ fn mcp_stack(
             app.policy.clone(),
             app.upstream.issuer(),
             app.settings.config.downstream.max_request_bytes,
+        ))
+        // What they may see: list answers lose what the policy would deny.
+        .layer(FilterListsLayer::new(
+            app.policy.clone(),
+            app.upstream.issuer(),
         ))
         .service(Forwarder::new(app.forward.clone(), route))
 }

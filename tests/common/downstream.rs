@@ -146,6 +146,33 @@ async fn mcp(
                     let result = json!({"jsonrpc":"2.0","id":id,"result":{"protocolVersion":"2025-06-18","capabilities":{"tools":{}},"serverInfo":{"name":"double","version":"1"}}});
                     ([("mcp-session-id", format!("session-{n}"))], axum::Json(result)).into_response()
                 }
+                Some(list @ ("tools/list" | "resources/list" | "prompts/list")) => {
+                    let result = match list {
+                        "tools/list" => json!({"tools": [
+                            {"name": "whoami", "inputSchema": {"type": "object"}},
+                            {"name": "deploy", "inputSchema": {"type": "object"}},
+                            {"name": "run_sql", "inputSchema": {"type": "object"}},
+                        ]}),
+                        "resources/list" => json!({"resources": [
+                            {"uri": "file:///docs/readme.md", "name": "readme"},
+                            {"uri": "secret://db-password", "name": "db password"},
+                        ]}),
+                        _ => json!({"prompts": [
+                            {"name": "greeting"},
+                            {"name": "incident_report"},
+                        ]}),
+                    };
+                    let answer = json!({"jsonrpc": "2.0", "id": id, "result": result});
+                    if headers.contains_key("x-answer-sse") {
+                        let event = format!("event: message\nid: 7\ndata: {answer}\n\n");
+                        Response::builder()
+                            .header("content-type", "text/event-stream")
+                            .body(Body::from(format!(": keep-alive\n\n{event}")))
+                            .unwrap()
+                    } else {
+                        axum::Json(answer).into_response()
+                    }
+                }
                 Some("tools/call") if message["params"]["name"] == "stream" => event_stream(
                     state.clone(),
                     "event: message\ndata: {\"jsonrpc\":\"2.0\",\"method\":\"notifications/progress\",\"params\":{\"progress\":1}}\n\n".to_string(),
