@@ -67,6 +67,33 @@ pub struct Config {
     pub consent: ConsentConfig,
     #[serde(default)]
     pub log: LogConfig,
+    #[serde(default)]
+    pub metrics: MetricsConfig,
+}
+
+#[derive(Debug, Clone, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct MetricsConfig {
+    /// Record request metrics (served on `server.admin_listen`).
+    #[serde(default = "default_true", deserialize_with = "lenient_bool")]
+    pub enabled: bool,
+    /// MCP tool names that may appear as metric labels; others count as
+    /// "other".
+    #[serde(default)]
+    pub tools: Vec<String>,
+}
+
+impl Default for MetricsConfig {
+    fn default() -> Self {
+        MetricsConfig {
+            enabled: true,
+            tools: Vec::new(),
+        }
+    }
+}
+
+fn default_true() -> bool {
+    true
 }
 
 #[derive(Debug, Clone, Deserialize, Serialize)]
@@ -344,6 +371,9 @@ pub struct LogConfig {
     /// A tracing env-filter directive; `RUST_LOG` overrides it.
     #[serde(default = "default_log_level")]
     pub level: String,
+    /// One audit event per MCP request (who, what, decision, status).
+    #[serde(default = "default_true", deserialize_with = "lenient_bool")]
+    pub audit: bool,
 }
 
 impl Default for LogConfig {
@@ -351,6 +381,7 @@ impl Default for LogConfig {
         LogConfig {
             format: LogFormat::default(),
             level: default_log_level(),
+            audit: true,
         }
     }
 }
@@ -752,6 +783,14 @@ impl Config {
         for origin in &self.server.allowed_origins {
             let url = parse_http_url("server.allowed_origins", origin)?;
             allowed_origins.push(url.origin().ascii_serialization());
+        }
+        if let Some(admin) = &self.server.admin_listen {
+            if admin.parse::<std::net::SocketAddr>().is_err() {
+                return Err(ConfigError::invalid(
+                    "server.admin_listen",
+                    format!("`{admin}` is not an address such as 127.0.0.1:9787"),
+                ));
+            }
         }
         if self.downstream.max_request_bytes < 1024 {
             return Err(ConfigError::invalid(

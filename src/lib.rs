@@ -7,6 +7,7 @@ pub mod auth;
 pub mod config;
 pub mod crypto;
 pub mod error;
+pub mod metrics;
 pub mod oauth;
 pub mod policy;
 pub mod proxy;

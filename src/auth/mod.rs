@@ -22,6 +22,8 @@ use tower::{Layer, Service};
 
 use crate::crypto;
 use crate::error::ProxyError;
+use crate::metrics::audit::AuditSlot;
+use crate::metrics::Metrics;
 use crate::now_unix;
 use crate::oauth::grants::{GrantError, Grants, Revocation, Session};
 
@@ -57,6 +59,7 @@ impl Expiry<String, Entry> for EntryExpiry {
 /// Validated tokens by hash, bounded, each entry living at most as long as
 /// its token.
 pub struct TokenCache {
+    metrics: Arc<Metrics>,
     tokens: Cache<String, Entry>,
     /// Grants revoked recently: a cached session of one of them is refused
     /// at once, without waiting for its entry to expire.
@@ -70,13 +73,29 @@ impl TokenCache {
         capacity: u64,
         max_ttl: Duration,
         negative_ttl: Duration,
+        metrics: Arc<Metrics>,
     ) -> Arc<Self> {
+        let evictions = metrics.clone();
         let cache = Arc::new(TokenCache {
+            metrics,
             tokens: Cache::builder()
                 .max_capacity(capacity)
                 .expire_after(EntryExpiry {
                     max_ttl,
                     negative_ttl,
+                })
+                .eviction_listener(move |_key, _value, cause| {
+                    use moka::notification::RemovalCause;
+                    let cause = match cause {
+                        RemovalCause::Expired => "expired",
+                        RemovalCause::Explicit => "explicit",
+                        RemovalCause::Replaced => "replaced",
+                        RemovalCause::Size => "size",
+                    };
+                    evictions
+                        .token_cache_evictions
+                        .with_label_values(&[cause])
+                        .inc();
                 })
                 .build(),
             revoked_grants: Cache::builder()
@@ -120,8 +139,23 @@ impl TokenCache {
     pub async fn lookup(&self, token: &str) -> Result<Option<Arc<Session>>, ProxyError> {
         let hash = crypto::token_hash(token);
         let entry = match self.tokens.get(&hash).await {
-            Some(entry) => entry,
+            Some(entry) => {
+                let result = if matches!(entry, Entry::Valid(_)) {
+                    "hit"
+                } else {
+                    "negative_hit"
+                };
+                self.metrics
+                    .token_cache_requests
+                    .with_label_values(&[result])
+                    .inc();
+                entry
+            }
             None => {
+                self.metrics
+                    .token_cache_requests
+                    .with_label_values(&["miss"])
+                    .inc();
                 let entry = match self.grants.validate_access_token(token).await {
                     Ok(session) => Entry::Valid(Arc::new(session)),
                     Err(GrantError::Store(e)) => {
@@ -147,6 +181,15 @@ impl TokenCache {
 
     pub fn entry_count(&self) -> u64 {
         self.tokens.entry_count()
+    }
+
+    /// Refreshes the size gauge (called when metrics are scraped).
+    pub async fn report_size(&self) {
+        // moka counts lazily; settle pending work so the gauge is exact.
+        self.tokens.run_pending_tasks().await;
+        self.metrics
+            .token_cache_entries
+            .set(self.tokens.entry_count() as i64);
     }
 }
 
@@ -252,6 +295,13 @@ where
                         "the access token was issued for another resource",
                     ));
                 }
+            }
+            if let Some(slot) = request.extensions().get::<AuditSlot>() {
+                slot.update(|facts| {
+                    facts.sub = Some(session.sub.clone());
+                    facts.email = session.email.clone();
+                    facts.client_id = Some(session.client_id.clone());
+                });
             }
             request.extensions_mut().insert(session);
             inner.call(request).await

@@ -37,10 +37,30 @@ pub async fn authorize(
     headers: HeaderMap,
     RawQuery(query): RawQuery,
 ) -> Result<Response, AppError> {
+    let result = authorize_inner(&app, &headers, query).await;
+    let outcome = match &result {
+        Ok(r) if r.status() == StatusCode::OK => "consent_required",
+        Ok(_) => "consent_remembered",
+        Err(AppError::Redirect(_)) => "error_redirect",
+        Err(_) => "rejected",
+    };
+    app.metrics
+        .authorizations
+        .with_label_values(&[outcome])
+        .inc();
+    result
+}
+
+async fn authorize_inner(
+    app: &AppState,
+    headers: &HeaderMap,
+    query: Option<String>,
+) -> Result<Response, AppError> {
+    let app = app.clone();
     let params = Params::parse(query.as_deref().unwrap_or_default());
     let (client, redirect_uri) = trusted_client_and_redirect(&app, &params).await?;
     let pending = validate_request(&app, &params, &client, &redirect_uri)?;
-    let (browser_id, set_cookie) = browser_identity(&app, &headers);
+    let (browser_id, set_cookie) = browser_identity(&app, headers);
     let pending = PendingAuthorization {
         browser_id,
         ..pending
@@ -222,6 +242,25 @@ pub async fn consent(
     headers: HeaderMap,
     Form(form): Form<ConsentForm>,
 ) -> Result<Response, AppError> {
+    let decision = match form.decision.as_str() {
+        "approve" => "approve",
+        "deny" => "deny",
+        _ => "invalid",
+    };
+    let result = consent_inner(app.clone(), headers, form).await;
+    let label = match &result {
+        Err(AppError::Page(_)) => "invalid",
+        _ => decision,
+    };
+    app.metrics.consents.with_label_values(&[label]).inc();
+    result
+}
+
+async fn consent_inner(
+    app: AppState,
+    headers: HeaderMap,
+    form: ConsentForm,
+) -> Result<Response, AppError> {
     let browser_id = signed_browser_id(&app, &headers).ok_or_else(|| {
         PageError::new(
             StatusCode::FORBIDDEN,
@@ -325,6 +364,34 @@ pub struct CallbackQuery {
 pub async fn callback(
     State(app): State<AppState>,
     headers: HeaderMap,
+    query: axum::extract::Query<CallbackQuery>,
+) -> Result<Response, AppError> {
+    let result = callback_inner(app.clone(), headers, query).await;
+    let outcome = match &result {
+        Ok(_) => "success",
+        Err(AppError::Redirect(_)) => "provider_error",
+        Err(AppError::Page(page)) => match page.title.as_str() {
+            INVALID_STATE_TITLE | OTHER_BROWSER_TITLE => "invalid_state",
+            TOKEN_EXCHANGE_TITLE => "token_exchange_failed",
+            UNVERIFIED_TITLE => "id_token_invalid",
+            LOGIN_DENIED_TITLE => "login_denied",
+            _ => "error",
+        },
+        Err(_) => "error",
+    };
+    app.metrics.callbacks.with_label_values(&[outcome]).inc();
+    result
+}
+
+const INVALID_STATE_TITLE: &str = "Invalid or expired state";
+const OTHER_BROWSER_TITLE: &str = "Sign-in started elsewhere";
+const TOKEN_EXCHANGE_TITLE: &str = "Token exchange failed";
+const UNVERIFIED_TITLE: &str = "Login could not be verified";
+const LOGIN_DENIED_TITLE: &str = "Sign-in not allowed";
+
+async fn callback_inner(
+    app: AppState,
+    headers: HeaderMap,
     axum::extract::Query(query): axum::extract::Query<CallbackQuery>,
 ) -> Result<Response, AppError> {
     let state = query
@@ -338,7 +405,7 @@ pub async fn callback(
     if !same_browser {
         return Err(PageError::new(
             StatusCode::FORBIDDEN,
-            "Sign-in started elsewhere",
+            OTHER_BROWSER_TITLE,
             "This sign-in was started in another browser, or your browser dropped the sign-in cookie. Start again from your application.",
         )
         .into());
@@ -444,7 +511,7 @@ async fn login_policy(
         Decision::Allow { .. } => Ok(()),
         Decision::Deny { status, reason } => {
             tracing::info!(sub, client_id = %pending.client_id, %reason, "login denied by policy");
-            Err(PageError::new(status, "Sign-in not allowed", reason))
+            Err(PageError::new(status, LOGIN_DENIED_TITLE, reason))
         }
     }
 }
@@ -454,12 +521,12 @@ fn upstream_page(e: UpstreamError) -> PageError {
     match e {
         UpstreamError::TokenExchange(_) => PageError::new(
             StatusCode::BAD_GATEWAY,
-            "Token exchange failed",
+            TOKEN_EXCHANGE_TITLE,
             "The identity provider did not accept this proxy's code exchange. Administrators: check upstream.client_id, upstream.client_secret and that the provider allows the redirect URL <public_url>/callback.",
         ),
         UpstreamError::IdToken(_) => PageError::new(
             StatusCode::BAD_GATEWAY,
-            "Login could not be verified",
+            UNVERIFIED_TITLE,
             "The identity provider's answer did not pass verification (issuer, audience, signature, expiry or nonce). Administrators: see the proxy's log.",
         ),
         UpstreamError::Discovery { .. } => PageError::new(
@@ -477,7 +544,7 @@ fn upstream_page(e: UpstreamError) -> PageError {
 
 fn expired_state() -> PageError {
     PageError::bad_request(
-        "Invalid or expired state",
+        INVALID_STATE_TITLE,
         "This sign-in link has expired (after 10 minutes) or was already used. Start again from your application.",
     )
 }

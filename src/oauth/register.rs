@@ -39,6 +39,19 @@ const AUTH_METHODS: [&str; 3] = ["none", "client_secret_post", "client_secret_ba
 const GRANT_TYPES: [&str; 2] = ["authorization_code", "refresh_token"];
 
 pub async fn register(State(app): State<AppState>, body: Bytes) -> Result<Response, OAuthError> {
+    let result = register_inner(&app, body).await;
+    let outcome = match &result {
+        Ok(_) => "success",
+        Err(e) => e.code,
+    };
+    app.metrics
+        .registrations
+        .with_label_values(&[outcome])
+        .inc();
+    result
+}
+
+async fn register_inner(app: &AppState, body: Bytes) -> Result<Response, OAuthError> {
     if body.len() > MAX_REGISTRATION_BYTES {
         return Err(OAuthError::invalid_client_metadata(format!(
             "registration request larger than {MAX_REGISTRATION_BYTES} bytes"

@@ -60,6 +60,29 @@ pub async fn token(
     headers: HeaderMap,
     body: Bytes,
 ) -> Result<Response, OAuthError> {
+    let grant_type =
+        match Params::parse(std::str::from_utf8(&body).unwrap_or_default()).get("grant_type") {
+            Some("authorization_code") => "authorization_code",
+            Some("refresh_token") => "refresh_token",
+            _ => "other",
+        };
+    let result = token_inner(app.clone(), headers, body).await;
+    let outcome = match &result {
+        Ok(_) => "success",
+        Err(e) => e.code,
+    };
+    app.metrics
+        .token_grants
+        .with_label_values(&[grant_type, outcome])
+        .inc();
+    result
+}
+
+async fn token_inner(
+    app: AppState,
+    headers: HeaderMap,
+    body: Bytes,
+) -> Result<Response, OAuthError> {
     let params = form(&headers, &body)?;
     let grant_type = params
         .get("grant_type")
@@ -146,6 +169,20 @@ fn no_store(mut response: Response) -> Response {
 /// POST /revoke (RFC 7009): 200 whether or not the token was known.
 pub async fn revoke(
     State(app): State<AppState>,
+    headers: HeaderMap,
+    body: Bytes,
+) -> Result<Response, OAuthError> {
+    let result = revoke_inner(app.clone(), headers, body).await;
+    let outcome = match &result {
+        Ok(_) => "success",
+        Err(e) => e.code,
+    };
+    app.metrics.revocations.with_label_values(&[outcome]).inc();
+    result
+}
+
+async fn revoke_inner(
+    app: AppState,
     headers: HeaderMap,
     body: Bytes,
 ) -> Result<Response, OAuthError> {

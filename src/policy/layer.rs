@@ -20,6 +20,8 @@ use tower::{Layer, Service};
 
 use super::{CompiledPolicy, Decision, PolicyEngine};
 use crate::error::ProxyError;
+use crate::metrics::audit::AuditSlot;
+use crate::metrics::Metrics;
 use crate::oauth::grants::Session;
 
 /// The policy's verdict, for the forwarder.
@@ -188,14 +190,21 @@ pub struct EnforcePolicyLayer {
     engine: Arc<PolicyEngine>,
     issuer: Arc<str>,
     max_body: usize,
+    metrics: Option<Arc<Metrics>>,
 }
 
 impl EnforcePolicyLayer {
-    pub fn new(engine: Arc<PolicyEngine>, issuer: &str, max_body: usize) -> Self {
+    pub fn new(
+        engine: Arc<PolicyEngine>,
+        issuer: &str,
+        max_body: usize,
+        metrics: Option<Arc<Metrics>>,
+    ) -> Self {
         EnforcePolicyLayer {
             engine,
             issuer: issuer.into(),
             max_body,
+            metrics,
         }
     }
 }
@@ -275,12 +284,40 @@ where
             } else {
                 calls.iter().map(Some).collect()
             };
+            let audit = parts.extensions.get::<AuditSlot>().cloned();
+            if let (Some(slot), Some(first)) = (&audit, calls.first()) {
+                slot.update(|facts| {
+                    facts.mcp_method = first.method.clone();
+                    facts.tool = first.tool().map(str::to_string);
+                });
+            }
             for call in evaluations {
                 let request_view = script_request(&parts.method, &path, &parts.headers, call);
-                match layer
-                    .engine
-                    .authorize(&policy, user.clone(), request_view, &session.upstream)
-                {
+                let started = std::time::Instant::now();
+                let decision =
+                    layer
+                        .engine
+                        .authorize(&policy, user.clone(), request_view, &session.upstream);
+                if let Some(metrics) = &layer.metrics {
+                    metrics
+                        .policy_duration
+                        .observe(started.elapsed().as_secs_f64());
+                    let label = if matches!(decision, Decision::Allow { .. }) {
+                        "allow"
+                    } else {
+                        "deny"
+                    };
+                    metrics.policy_decisions.with_label_values(&[label]).inc();
+                }
+                if let Some(slot) = &audit {
+                    let label = if matches!(decision, Decision::Allow { .. }) {
+                        "allow"
+                    } else {
+                        "deny"
+                    };
+                    slot.update(|facts| facts.decision = Some(label));
+                }
+                match decision {
                     Decision::Allow { headers: h } => headers = h,
                     Decision::Deny { status, reason } => {
                         tracing::info!(

@@ -124,6 +124,7 @@ pub struct PolicyEngine {
     /// What the file looked like when last read (modified time, length).
     fingerprint: std::sync::Mutex<Option<(std::time::SystemTime, u64)>>,
     pub reloads: ReloadCounters,
+    metrics: Option<Arc<crate::metrics::Metrics>>,
 }
 
 /// Reload outcomes, for metrics and readiness.
@@ -218,7 +219,14 @@ impl PolicyEngine {
                 .map(|h| normalise_header(h))
                 .collect(),
             reloads: ReloadCounters::default(),
+            metrics: None,
         })
+    }
+
+    /// Counts reloads in the metrics too.
+    pub fn with_metrics(mut self, metrics: Arc<crate::metrics::Metrics>) -> Self {
+        self.metrics = Some(metrics);
+        self
     }
 
     /// Reads and compiles the policy file again; on success the new version
@@ -236,6 +244,9 @@ impl PolicyEngine {
                     Err(poisoned) => *poisoned.into_inner() = Arc::new(compiled),
                 }
                 self.reloads.succeeded.fetch_add(1, Ordering::Relaxed);
+                if let Some(m) = &self.metrics {
+                    m.policy_reloads.with_label_values(&["success"]).inc();
+                }
                 if let Ok(mut e) = self.reloads.last_error.lock() {
                     *e = None;
                 }
@@ -244,6 +255,9 @@ impl PolicyEngine {
             }
             Err(e) => {
                 self.reloads.failed.fetch_add(1, Ordering::Relaxed);
+                if let Some(m) = &self.metrics {
+                    m.policy_reloads.with_label_values(&["failure"]).inc();
+                }
                 if let Ok(mut last) = self.reloads.last_error.lock() {
                     *last = Some(e.to_string());
                 }
@@ -735,6 +749,7 @@ mod tests {
             extra_identity_headers: vec![],
             fingerprint: std::sync::Mutex::new(None),
             reloads: ReloadCounters::default(),
+            metrics: None,
         };
         let policy = engine.current();
         engine.authorize(&policy, user, Dynamic::from_map(Map::new()), &tokens())

@@ -21,6 +21,7 @@ use tower::Service;
 use url::Url;
 
 use crate::error::ProxyError;
+use crate::metrics::{status_class, Metrics};
 use crate::oauth::grants::Session;
 use crate::policy::layer::PolicyOutcome;
 use crate::policy::PolicyEngine;
@@ -82,12 +83,24 @@ pub struct ForwardContext {
     pub response_timeout: Duration,
     pub sse_idle_timeout: Duration,
     pub own_cookie_prefixes: Vec<&'static str>,
+    pub metrics: Option<Arc<Metrics>>,
 }
 
 #[derive(Clone)]
 pub struct Forwarder {
     context: Arc<ForwardContext>,
     route: Route,
+}
+
+impl Route {
+    /// The route as a metric label.
+    pub fn label(self) -> &'static str {
+        match self {
+            Route::Mcp => "/mcp",
+            Route::SseStream => "/sse",
+            Route::SseMessage => LEGACY_MESSAGE_PATH,
+        }
+    }
 }
 
 impl Forwarder {
@@ -238,10 +251,36 @@ async fn forward(
         .map_err(|e| ProxyError::BadRequest(e.to_string()))?;
     *outgoing.headers_mut() = headers;
 
-    let response = tokio::time::timeout(context.response_timeout, context.client.request(outgoing))
-        .await
-        .map_err(|_| ProxyError::DownstreamTimeout(context.response_timeout))?
-        .map_err(|e| ProxyError::DownstreamUnreachable(error_chain(&e)))?;
+    let started = std::time::Instant::now();
+    let response = match tokio::time::timeout(
+        context.response_timeout,
+        context.client.request(outgoing),
+    )
+    .await
+    {
+        Ok(Ok(response)) => response,
+        Ok(Err(e)) => {
+            if let Some(m) = &context.metrics {
+                m.downstream_connect_errors.inc();
+            }
+            return Err(ProxyError::DownstreamUnreachable(error_chain(&e)));
+        }
+        Err(_) => {
+            if let Some(m) = &context.metrics {
+                m.downstream_timeouts.inc();
+            }
+            return Err(ProxyError::DownstreamTimeout(context.response_timeout));
+        }
+    };
+    let route_label = route.label();
+    if let Some(m) = &context.metrics {
+        m.downstream_requests
+            .with_label_values(&[route_label, status_class(response.status().as_u16())])
+            .inc();
+        m.downstream_duration
+            .with_label_values(&[route_label])
+            .observe(started.elapsed().as_secs_f64());
+    }
 
     let (mut parts, body) = response.into_parts();
     parts.headers = headers::client_response_headers(&parts.headers);
@@ -287,6 +326,10 @@ async fn forward(
             .headers
             .insert("x-accel-buffering", HeaderValue::from_static("no"));
         let timed = Body::new(sse::IdleTimeout::new(body, context.sse_idle_timeout));
+        let timed = match &context.metrics {
+            Some(m) => Body::new(sse::Counted::new(timed, m.clone(), route_label)),
+            None => timed,
+        };
         if route == Route::SseStream && parts.status.is_success() {
             rewrite_endpoint(
                 context.sessions.clone(),

@@ -210,6 +210,73 @@ pub fn endpoint_event(url: &str) -> Vec<u8> {
     format!("event: endpoint\ndata: {url}\n\n").into_bytes()
 }
 
+/// Counts an open event stream (a gauge, down again when the client or the
+/// downstream ends it) and the events it carries.
+pub struct Counted {
+    inner: Body,
+    metrics: std::sync::Arc<crate::metrics::Metrics>,
+    route: &'static str,
+}
+
+impl Counted {
+    pub fn new(
+        inner: Body,
+        metrics: std::sync::Arc<crate::metrics::Metrics>,
+        route: &'static str,
+    ) -> Self {
+        metrics.sse_streams_open.with_label_values(&[route]).inc();
+        Counted {
+            inner,
+            metrics,
+            route,
+        }
+    }
+}
+
+impl Drop for Counted {
+    fn drop(&mut self) {
+        self.metrics
+            .sse_streams_open
+            .with_label_values(&[self.route])
+            .dec();
+    }
+}
+
+impl HttpBody for Counted {
+    type Data = Bytes;
+    type Error = axum::Error;
+
+    fn poll_frame(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<Frame<Bytes>, axum::Error>>> {
+        let this = self.get_mut();
+        let polled = Pin::new(&mut this.inner).poll_frame(cx);
+        if let Poll::Ready(Some(Ok(frame))) = &polled {
+            if let Some(data) = frame.data_ref() {
+                // Each event ends with a blank line.
+                let events = data.windows(2).filter(|w| w == b"\n\n").count()
+                    + data.windows(4).filter(|w| w == b"\r\n\r\n").count();
+                if events > 0 {
+                    this.metrics
+                        .sse_events
+                        .with_label_values(&[this.route])
+                        .inc_by(events as u64);
+                }
+            }
+        }
+        polled
+    }
+
+    fn is_end_stream(&self) -> bool {
+        self.inner.is_end_stream()
+    }
+
+    fn size_hint(&self) -> SizeHint {
+        self.inner.size_hint()
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

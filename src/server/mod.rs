@@ -10,13 +10,16 @@ use tokio::sync::watch;
 use crate::auth::TokenCache;
 use crate::config::Settings;
 use crate::crypto::Keys;
+use crate::metrics::Metrics;
 use crate::oauth::grants::{Grants, Lifetimes};
 use crate::policy::PolicyEngine;
 use crate::proxy::sessions::SessionBindings;
 use crate::proxy::ForwardContext;
+use crate::store::InstrumentedStore;
 use crate::store::{sqlite::SqliteStore, Records, SharedStore};
 use crate::upstream::Upstream;
 
+pub mod admin;
 pub mod rescue;
 pub mod stack;
 
@@ -33,6 +36,7 @@ pub struct AppInner {
     pub policy: Arc<PolicyEngine>,
     pub token_cache: Arc<TokenCache>,
     pub forward: Arc<ForwardContext>,
+    pub metrics: Arc<Metrics>,
 }
 
 impl Deref for AppState {
@@ -60,6 +64,12 @@ pub enum StartError {
 impl AppState {
     pub fn new(settings: Settings, store: SharedStore) -> Result<Self, StartError> {
         let keys = Keys::new(settings.encryption_key);
+        let metrics = Metrics::new(&settings.config.metrics.tools);
+        let store = if settings.config.metrics.enabled {
+            InstrumentedStore::wrap(store, metrics.clone())
+        } else {
+            store
+        };
         let records = Records::new(store);
         let tokens = &settings.config.tokens;
         let grants = Grants::new(
@@ -71,17 +81,21 @@ impl AppState {
                 code: tokens.code_ttl.0,
             },
         );
-        let upstream = Upstream::new(&settings)?;
+        let upstream = Upstream::new(&settings, metrics.clone())?;
         let config = &settings.config;
-        let policy = Arc::new(PolicyEngine::new(
-            config.policy.path.as_deref(),
-            &config.policy.identity_headers,
-        )?);
+        let policy = Arc::new(
+            PolicyEngine::new(
+                config.policy.path.as_deref(),
+                &config.policy.identity_headers,
+            )?
+            .with_metrics(metrics.clone()),
+        );
         let token_cache = TokenCache::new(
             grants.clone(),
             config.auth.cache_capacity,
             config.auth.cache_ttl.0,
             config.auth.negative_cache_ttl.0,
+            metrics.clone(),
         );
         let public = url::Url::parse(&settings.public_url).map_err(|e| StartError::Listen {
             addr: settings.public_url.clone(),
@@ -103,6 +117,7 @@ impl AppState {
             response_timeout: config.downstream.response_timeout.0,
             sse_idle_timeout: config.downstream.sse_idle_timeout.0,
             own_cookie_prefixes: vec!["__Host-mcp-", "mcp-browser="],
+            metrics: config.metrics.enabled.then(|| metrics.clone()),
         });
         Ok(AppState(Arc::new(AppInner {
             settings,
@@ -113,6 +128,7 @@ impl AppState {
             policy,
             token_cache,
             forward,
+            metrics,
         })))
     }
 
@@ -125,6 +141,8 @@ impl AppState {
 /// A server started in the background (the CLI and the tests use it).
 pub struct Running {
     pub addr: SocketAddr,
+    /// The admin listener, when `server.admin_listen` is set.
+    pub admin_addr: Option<SocketAddr>,
     pub app: AppState,
     shutdown: watch::Sender<bool>,
     task: tokio::task::JoinHandle<std::io::Result<()>>,
@@ -180,6 +198,38 @@ pub async fn start(app: AppState) -> Result<Running, StartError> {
         }
     });
     let (shutdown, mut signal) = watch::channel(false);
+    let admin_addr = match &app.settings.config.server.admin_listen {
+        Some(admin) => {
+            let admin_listener =
+                TcpListener::bind(admin)
+                    .await
+                    .map_err(|source| StartError::Listen {
+                        addr: admin.clone(),
+                        source,
+                    })?;
+            let admin_addr = admin_listener
+                .local_addr()
+                .map_err(|source| StartError::Listen {
+                    addr: admin.clone(),
+                    source,
+                })?;
+            let admin_router = admin::router(app.clone());
+            let mut admin_signal = signal.clone();
+            tokio::spawn(async move {
+                let served = axum::serve(admin_listener, admin_router)
+                    .with_graceful_shutdown(async move {
+                        let _ = admin_signal.wait_for(|s| *s).await;
+                    })
+                    .await;
+                if let Err(e) = served {
+                    tracing::error!(error = %e, "the admin listener failed");
+                }
+            });
+            tracing::info!(%admin_addr, "admin listener (metrics, health)");
+            Some(admin_addr)
+        }
+        None => None,
+    };
     let grace = app.settings.config.server.shutdown_grace.0;
     let router = stack::router(app.clone());
     let task = tokio::spawn(async move {
@@ -205,6 +255,7 @@ pub async fn start(app: AppState) -> Result<Running, StartError> {
     tracing::info!(%addr, public_url = %app.settings.public_url, "listening");
     Ok(Running {
         addr,
+        admin_addr,
         app,
         shutdown,
         task,

@@ -13,6 +13,8 @@ use tower_http::request_id::{MakeRequestUuid, PropagateRequestIdLayer, SetReques
 use tower_http::trace::TraceLayer;
 
 use crate::auth::AuthenticateLayer;
+use crate::metrics::audit::AuditLayer;
+use crate::metrics::layer::RecordHttpLayer;
 use crate::oauth::{authorize, metadata, register, token};
 use crate::policy::filter::FilterListsLayer;
 use crate::policy::layer::EnforcePolicyLayer;
@@ -82,6 +84,12 @@ pub fn router(app: AppState) -> Router {
         )
         .layer(mcp_cors(&app));
 
+    let record_http = app
+        .settings
+        .config
+        .metrics
+        .enabled
+        .then(|| RecordHttpLayer::new(app.metrics.clone()));
     Router::new()
         .merge(client_facing)
         .merge(browser_facing)
@@ -89,6 +97,9 @@ pub fn router(app: AppState) -> Router {
         .merge(mcp_facing)
         // Echo the request id on the response (innermost: sees the id set below).
         .layer(PropagateRequestIdLayer::new(REQUEST_ID.clone()))
+        // Count and time every request by its route template; runs after
+        // routing, so the raw path never becomes a label.
+        .layer(tower::util::option_layer(record_http))
         // One span per request, with method and path only: queries carry
         // codes and state, which must never reach a log.
         .layer(TraceLayer::new_for_http().make_span_with(|request: &Request<_>| {
@@ -117,7 +128,19 @@ fn mcp_stack(
 > + Clone
        + Send
        + 'static {
+    let metrics = app
+        .settings
+        .config
+        .metrics
+        .enabled
+        .then(|| app.metrics.clone());
     tower::ServiceBuilder::new()
+        // One audit event and the MCP counters per request, written when the
+        // answer (errors included) is known.
+        .layer(AuditLayer::new(
+            metrics.clone(),
+            app.settings.config.log.audit,
+        ))
         // Typed errors from the layers below become JSON-RPC responses here,
         // and only here.
         .layer(RescueLayer)
@@ -132,6 +155,7 @@ fn mcp_stack(
             app.policy.clone(),
             app.upstream.issuer(),
             app.settings.config.downstream.max_request_bytes,
+            metrics,
         ))
         // What they may see: list answers lose what the policy would deny.
         .layer(FilterListsLayer::new(

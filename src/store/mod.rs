@@ -132,6 +132,80 @@ pub fn spawn_purge(store: SharedStore, interval: Duration) -> tokio::task::JoinH
     })
 }
 
+/// A store that times every operation into the metrics.
+pub struct InstrumentedStore {
+    inner: SharedStore,
+    metrics: Arc<crate::metrics::Metrics>,
+}
+
+impl InstrumentedStore {
+    pub fn wrap(inner: SharedStore, metrics: Arc<crate::metrics::Metrics>) -> SharedStore {
+        Arc::new(InstrumentedStore { inner, metrics })
+    }
+
+    async fn timed<T>(
+        &self,
+        operation: &'static str,
+        f: impl std::future::Future<Output = StoreResult<T>>,
+    ) -> StoreResult<T> {
+        let started = std::time::Instant::now();
+        let result = f.await;
+        self.metrics
+            .observe_store(operation, started.elapsed(), result.is_ok());
+        result
+    }
+}
+
+#[async_trait]
+impl Store for InstrumentedStore {
+    async fn put(&self, ns: Namespace, key: &str, value: &[u8], ttl: Duration) -> StoreResult<()> {
+        self.timed("put", self.inner.put(ns, key, value, ttl)).await
+    }
+    async fn insert_new(
+        &self,
+        ns: Namespace,
+        key: &str,
+        value: &[u8],
+        ttl: Duration,
+    ) -> StoreResult<bool> {
+        self.timed("insert_new", self.inner.insert_new(ns, key, value, ttl))
+            .await
+    }
+    async fn get(&self, ns: Namespace, key: &str) -> StoreResult<Option<Vec<u8>>> {
+        self.timed("get", self.inner.get(ns, key)).await
+    }
+    async fn take(&self, ns: Namespace, key: &str) -> StoreResult<Option<Vec<u8>>> {
+        self.timed("take", self.inner.take(ns, key)).await
+    }
+    async fn compare_and_swap(
+        &self,
+        ns: Namespace,
+        key: &str,
+        expected: &[u8],
+        new: Option<&[u8]>,
+        ttl: Duration,
+    ) -> StoreResult<bool> {
+        self.timed(
+            "compare_and_swap",
+            self.inner.compare_and_swap(ns, key, expected, new, ttl),
+        )
+        .await
+    }
+    async fn delete(&self, ns: Namespace, key: &str) -> StoreResult<bool> {
+        self.timed("delete", self.inner.delete(ns, key)).await
+    }
+    async fn list(&self, ns: Namespace) -> StoreResult<Vec<(String, Vec<u8>)>> {
+        self.timed("list", self.inner.list(ns)).await
+    }
+    async fn purge_expired(&self) -> StoreResult<u64> {
+        self.timed("purge_expired", self.inner.purge_expired())
+            .await
+    }
+    async fn ping(&self) -> StoreResult<()> {
+        self.timed("ping", self.inner.ping()).await
+    }
+}
+
 #[cfg(test)]
 pub(crate) mod conformance {
     //! The behaviour every backend must show; each backend's tests call these.

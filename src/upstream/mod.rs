@@ -19,6 +19,7 @@ use serde_json::{Map, Value};
 use tokio::sync::{Mutex, RwLock};
 
 use crate::config::Settings;
+use crate::metrics::Metrics;
 use crate::store::UpstreamTokens;
 
 type DiscoveredClient = CoreClient<
@@ -62,6 +63,7 @@ pub struct UpstreamIdentity {
 }
 
 pub struct Upstream {
+    metrics: Arc<Metrics>,
     issuer: String,
     client_id: String,
     client_secret: Option<String>,
@@ -74,7 +76,7 @@ pub struct Upstream {
 }
 
 impl Upstream {
-    pub fn new(settings: &Settings) -> Result<Self, UpstreamError> {
+    pub fn new(settings: &Settings, metrics: Arc<Metrics>) -> Result<Self, UpstreamError> {
         let http = reqwest::ClientBuilder::new()
             .redirect(reqwest::redirect::Policy::none())
             .timeout(settings.config.upstream.timeout.0)
@@ -82,6 +84,7 @@ impl Upstream {
             .build()
             .map_err(|e| UpstreamError::Configuration(e.to_string()))?;
         Ok(Upstream {
+            metrics,
             issuer: settings.issuer_url.clone(),
             client_id: settings.upstream_client_id.clone(),
             client_secret: settings
@@ -99,6 +102,20 @@ impl Upstream {
 
     pub fn issuer(&self) -> &str {
         &self.issuer
+    }
+
+    fn observe(&self, operation: &'static str, started: Instant, ok: bool) {
+        let result = if ok { "success" } else { "error" };
+        self.metrics
+            .upstream_duration
+            .with_label_values(&[operation, result])
+            .observe(started.elapsed().as_secs_f64());
+        if !ok {
+            self.metrics
+                .upstream_errors
+                .with_label_values(&[operation])
+                .inc();
+        }
     }
 
     /// True once discovery succeeded (readiness).
@@ -129,9 +146,10 @@ impl Upstream {
         };
         let issuer =
             IssuerUrl::new(self.issuer.clone()).map_err(|e| discovery_error(e.to_string()))?;
-        let metadata = CoreProviderMetadata::discover_async(issuer, &self.http)
-            .await
-            .map_err(|e| discovery_error(error_chain(&e)))?;
+        let started = Instant::now();
+        let metadata = CoreProviderMetadata::discover_async(issuer, &self.http).await;
+        self.observe("discovery", started, metadata.is_ok());
+        let metadata = metadata.map_err(|e| discovery_error(error_chain(&e)))?;
         let redirect = RedirectUrl::new(self.redirect_url.clone())
             .map_err(|e| UpstreamError::Configuration(e.to_string()))?;
         let client = Arc::new(
@@ -179,13 +197,15 @@ impl Upstream {
         nonce: &str,
     ) -> Result<UpstreamIdentity, UpstreamError> {
         let client = self.client().await?;
+        let started = Instant::now();
         let response = client
             .exchange_code(AuthorizationCode::new(code.to_string()))
             .map_err(|e| UpstreamError::Configuration(e.to_string()))?
             .set_pkce_verifier(PkceCodeVerifier::new(pkce_verifier.to_string()))
             .request_async(&self.http)
-            .await
-            .map_err(|e| UpstreamError::TokenExchange(error_chain(&e)))?;
+            .await;
+        self.observe("token", started, response.is_ok());
+        let response = response.map_err(|e| UpstreamError::TokenExchange(error_chain(&e)))?;
         let id_token = response.id_token().ok_or_else(|| {
             UpstreamError::IdToken(
                 "the token response has no id_token (is the `openid` scope granted?)".into(),
@@ -244,14 +264,20 @@ impl Upstream {
             })?
             .url()
             .clone();
+        let started = Instant::now();
         let response = self
             .http
             .get(url)
             .bearer_auth(access_token)
             .header("accept", "application/json")
             .send()
-            .await
-            .map_err(|e| UpstreamError::Userinfo(error_chain(&e)))?;
+            .await;
+        self.observe(
+            "userinfo",
+            started,
+            response.as_ref().is_ok_and(|r| r.status().is_success()),
+        );
+        let response = response.map_err(|e| UpstreamError::Userinfo(error_chain(&e)))?;
         if !response.status().is_success() {
             return Err(UpstreamError::Userinfo(format!(
                 "status {}",
