@@ -236,8 +236,14 @@ impl Default for AuthConfig {
 pub struct StoreConfig {
     #[serde(default = "default_store_path")]
     pub path: PathBuf,
+    /// Several replicas share this Redis (`redis://host:6379/0`); without
+    /// it, the SQLite file at `store.path` is used.
     #[serde(default)]
     pub redis_url: Option<Secret>,
+    /// Prefix of every Redis key and channel, so deployments can share one
+    /// Redis.
+    #[serde(default = "default_redis_prefix")]
+    pub redis_prefix: String,
     /// How often expired records are removed.
     #[serde(default = "default_purge_interval")]
     pub purge_interval: DurationStr,
@@ -248,6 +254,7 @@ impl Default for StoreConfig {
         StoreConfig {
             path: default_store_path(),
             redis_url: None,
+            redis_prefix: default_redis_prefix(),
             purge_interval: default_purge_interval(),
         }
     }
@@ -400,6 +407,9 @@ fn default_upstream_timeout() -> DurationStr {
 }
 fn default_store_path() -> PathBuf {
     PathBuf::from("mcp-oauth-proxy.db")
+}
+fn default_redis_prefix() -> String {
+    "mcp-oauth-proxy:".into()
 }
 fn default_purge_interval() -> DurationStr {
     DurationStr(Duration::from_secs(600))

@@ -91,7 +91,16 @@ impl OAuthError {
 
 impl From<StoreError> for OAuthError {
     fn from(e: StoreError) -> Self {
-        OAuthError::server_error("store operation failed", &e)
+        match e {
+            // A store that does not answer is temporary: clients retry.
+            StoreError::Backend(_) => {
+                tracing::error!(error = %e, "the store is unavailable");
+                OAuthError::temporarily_unavailable(
+                    "the authorization store is unavailable; try again shortly",
+                )
+            }
+            StoreError::Corrupt(_) => OAuthError::server_error("store operation failed", &e),
+        }
     }
 }
 
@@ -128,7 +137,17 @@ impl PageError {
 
 impl From<StoreError> for PageError {
     fn from(e: StoreError) -> Self {
-        PageError::internal("store operation failed", &e)
+        match e {
+            StoreError::Backend(_) => {
+                tracing::error!(error = %e, "the store is unavailable");
+                PageError::new(
+                    StatusCode::SERVICE_UNAVAILABLE,
+                    "Sign-in temporarily unavailable",
+                    "The sign-in service cannot reach its storage right now. Try again in a moment.",
+                )
+            }
+            StoreError::Corrupt(_) => PageError::internal("store operation failed", &e),
+        }
     }
 }
 

@@ -5,6 +5,7 @@ use std::path::PathBuf;
 use std::process::ExitCode;
 
 use clap::{Parser, Subcommand};
+use mcp_oauth_proxy::cli;
 use mcp_oauth_proxy::config::{self, Config, LogFormat};
 use mcp_oauth_proxy::policy::PolicyEngine;
 use mcp_oauth_proxy::server::{self, AppState};
@@ -38,6 +39,16 @@ enum Command {
         #[command(subcommand)]
         command: PolicyCommand,
     },
+    /// List and revoke grants (who authorized which client) in the store.
+    Grants {
+        #[command(subcommand)]
+        command: cli::GrantsCommand,
+    },
+    /// List and delete registered clients in the store.
+    Clients {
+        #[command(subcommand)]
+        command: cli::ClientsCommand,
+    },
 }
 
 #[derive(Subcommand)]
@@ -57,6 +68,8 @@ fn main() -> ExitCode {
         Command::Policy {
             command: PolicyCommand::Test { paths },
         } => policy_test(paths),
+        Command::Grants { command } => cli::grants_main(command),
+        Command::Clients { command } => cli::clients_main(command),
     }
 }
 

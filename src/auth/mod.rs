@@ -8,8 +8,11 @@
 //! The cache remembers facts about a token; expiry and audience are checked
 //! on every request. A revocation evicts at once.
 
+pub mod revocations;
+
 use std::future::Future;
 use std::pin::Pin;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::task::{Context, Poll};
 use std::time::{Duration, Instant};
@@ -29,7 +32,8 @@ use crate::oauth::grants::{GrantError, Grants, Revocation, Session};
 
 #[derive(Clone)]
 enum Entry {
-    Valid(Arc<Session>),
+    /// A validated session, and when it was validated.
+    Valid(Arc<Session>, Instant),
     Unknown,
 }
 
@@ -47,7 +51,7 @@ impl Expiry<String, Entry> for EntryExpiry {
     ) -> Option<Duration> {
         Some(match value {
             // Never outlive the token.
-            Entry::Valid(session) => {
+            Entry::Valid(session, _) => {
                 let left = Duration::from_secs((session.expires_at - now_unix()).max(0) as u64);
                 left.min(self.max_ttl)
             }
@@ -65,7 +69,12 @@ pub struct TokenCache {
     /// at once, without waiting for its entry to expire.
     revoked_grants: Cache<String, ()>,
     grants: Grants,
+    /// Set while revocations from other replicas cannot be heard.
+    degraded: AtomicBool,
 }
+
+/// How long a cached session is trusted while the revocation feed is down.
+pub const DEGRADED_TTL: Duration = Duration::from_secs(1);
 
 impl TokenCache {
     pub fn new(
@@ -103,6 +112,7 @@ impl TokenCache {
                 .time_to_live(max_ttl)
                 .build(),
             grants,
+            degraded: AtomicBool::new(false),
         });
         cache.clone().spawn_eviction();
         cache
@@ -140,7 +150,7 @@ impl TokenCache {
         let hash = crypto::token_hash(token);
         let entry = match self.tokens.get(&hash).await {
             Some(entry) => {
-                let result = if matches!(entry, Entry::Valid(_)) {
+                let result = if matches!(entry, Entry::Valid(..)) {
                     "hit"
                 } else {
                     "negative_hit"
@@ -157,7 +167,7 @@ impl TokenCache {
                     .with_label_values(&["miss"])
                     .inc();
                 let entry = match self.grants.validate_access_token(token).await {
-                    Ok(session) => Entry::Valid(Arc::new(session)),
+                    Ok(session) => Entry::Valid(Arc::new(session), Instant::now()),
                     Err(GrantError::Store(e)) => {
                         return Err(ProxyError::StoreUnavailable(e.to_string()))
                     }
@@ -167,8 +177,32 @@ impl TokenCache {
                 entry
             }
         };
+        // Without the revocation feed, trust a cached session only briefly:
+        // ask the store again, but keep serving it if the store is down too.
+        let entry = match entry {
+            Entry::Valid(session, validated)
+                if self.degraded.load(Ordering::Relaxed) && validated.elapsed() > DEGRADED_TTL =>
+            {
+                match self.grants.validate_access_token(token).await {
+                    Ok(fresh) => {
+                        let entry = Entry::Valid(Arc::new(fresh), Instant::now());
+                        self.tokens.insert(hash.clone(), entry.clone()).await;
+                        entry
+                    }
+                    Err(GrantError::Store(e)) => {
+                        tracing::warn!(error = %e, "store unreachable; serving a cached session");
+                        Entry::Valid(session, validated)
+                    }
+                    Err(_) => {
+                        self.tokens.insert(hash.clone(), Entry::Unknown).await;
+                        Entry::Unknown
+                    }
+                }
+            }
+            other => other,
+        };
         match entry {
-            Entry::Valid(session) if session.expires_at > now_unix() => {
+            Entry::Valid(session, _) if session.expires_at > now_unix() => {
                 if self.revoked_grants.contains_key(&session.grant_id) {
                     self.tokens.invalidate(&hash).await;
                     return Ok(None);
@@ -176,6 +210,18 @@ impl TokenCache {
                 Ok(Some(session))
             }
             _ => Ok(None),
+        }
+    }
+
+    /// Whether revocations from other replicas may be missed (the feed is
+    /// down); cached sessions are then re-checked every `DEGRADED_TTL`.
+    pub fn set_degraded(&self, degraded: bool) {
+        if self.degraded.swap(degraded, Ordering::Relaxed) != degraded {
+            if degraded {
+                tracing::warn!("revocation feed down: cached sessions are re-checked every second");
+            } else {
+                tracing::info!("revocation feed up");
+            }
         }
     }
 

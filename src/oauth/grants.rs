@@ -19,7 +19,7 @@ use crate::store::{
 };
 
 /// A revocation, announced so token caches can drop what they hold.
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 pub enum Revocation {
     /// Every token of this grant.
     Grant(String),

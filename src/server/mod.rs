@@ -16,7 +16,7 @@ use crate::policy::PolicyEngine;
 use crate::proxy::sessions::SessionBindings;
 use crate::proxy::ForwardContext;
 use crate::store::InstrumentedStore;
-use crate::store::{sqlite::SqliteStore, Records, SharedStore};
+use crate::store::{redis::RedisStore, sqlite::SqliteStore, Records, SharedStore};
 use crate::upstream::Upstream;
 
 pub mod admin;
@@ -48,7 +48,7 @@ impl Deref for AppState {
 
 #[derive(Debug, thiserror::Error)]
 pub enum StartError {
-    #[error("store.path: cannot open the SQLite store: {0}")]
+    #[error("store: {0}")]
     Store(#[from] crate::store::StoreError),
     #[error("upstream: {0}")]
     Upstream(#[from] crate::upstream::UpstreamError),
@@ -97,6 +97,15 @@ impl AppState {
             config.auth.negative_cache_ttl.0,
             metrics.clone(),
         );
+        if let Some(url) = &config.store.redis_url {
+            // Several replicas: hear each other's revocations.
+            crate::auth::revocations::spawn(
+                crate::store::redis::client(url.expose())?,
+                &config.store.redis_prefix,
+                &grants,
+                token_cache.clone(),
+            );
+        }
         let public = url::Url::parse(&settings.public_url).map_err(|e| StartError::Listen {
             addr: settings.public_url.clone(),
             source: std::io::Error::other(e),
@@ -132,9 +141,14 @@ impl AppState {
         })))
     }
 
-    /// Opens the store the configuration names.
+    /// Opens the store the configuration names: Redis when
+    /// `store.redis_url` is set, else the SQLite file.
     pub fn open_store(settings: &Settings) -> Result<SharedStore, StartError> {
-        Ok(Arc::new(SqliteStore::open(&settings.config.store.path)?))
+        let store = &settings.config.store;
+        Ok(match &store.redis_url {
+            Some(url) => Arc::new(RedisStore::open(url.expose(), &store.redis_prefix)?),
+            None => Arc::new(SqliteStore::open(&store.path)?),
+        })
     }
 }
 

@@ -10,6 +10,7 @@ use std::time::Duration;
 use async_trait::async_trait;
 
 pub mod records;
+pub mod redis;
 pub mod sqlite;
 
 pub use records::*;
