@@ -213,6 +213,11 @@ impl TokenCache {
         }
     }
 
+    /// Drops every cached session; the next request asks the store.
+    pub fn forget_all(&self) {
+        self.tokens.invalidate_all();
+    }
+
     /// Whether revocations from other replicas may be missed (the feed is
     /// down); cached sessions are then re-checked every `DEGRADED_TTL`.
     pub fn set_degraded(&self, degraded: bool) {

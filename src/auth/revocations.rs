@@ -79,6 +79,10 @@ fn spawn_subscriber(client: redis::Client, channel: String, cache: Arc<TokenCach
                     } else {
                         backoff = Duration::from_millis(200);
                         if let Some(c) = cache.upgrade() {
+                            // Revocations published while we were deaf are
+                            // lost: forget every cached session, then trust
+                            // the feed again.
+                            c.forget_all();
                             c.set_degraded(false);
                         }
                         let mut messages = pubsub.on_message();

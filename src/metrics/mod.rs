@@ -17,8 +17,8 @@ pub mod layer;
 const NAMESPACE: &str = "mcp_oauth_proxy";
 
 /// Latency buckets from 0.5 ms to 30 s.
-const LATENCY_BUCKETS: [f64; 14] = [
-    0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 10.0, 30.0,
+const LATENCY_BUCKETS: [f64; 15] = [
+    0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0,
 ];
 /// Policy evaluation: microseconds to milliseconds.
 const POLICY_BUCKETS: [f64; 10] = [
@@ -144,7 +144,7 @@ impl Metrics {
         )
         .unwrap_or_else(|e| unreachable!("{e}"));
         let _ = r.register(Box::new(sse_streams_open.clone()));
-        Arc::new(Metrics {
+        let metrics = Arc::new(Metrics {
             tools: tools.to_vec(),
             http_requests: counter(
                 r,
@@ -277,7 +277,90 @@ impl Metrics {
                 &["operation"],
             ),
             registry,
-        })
+        });
+        metrics.zero_fixed_series();
+        metrics
+    }
+
+    /// Creates every series whose labels come from a small fixed set, at 0,
+    /// so the first event shows in `rate()` and alerts see "0", not "no data".
+    fn zero_fixed_series(&self) {
+        for result in [
+            "success",
+            "invalid_redirect_uri",
+            "invalid_client_metadata",
+            "temporarily_unavailable",
+            "server_error",
+        ] {
+            self.registrations.with_label_values(&[result]);
+        }
+        for result in [
+            "consent_required",
+            "consent_remembered",
+            "rejected",
+            "error_redirect",
+        ] {
+            self.authorizations.with_label_values(&[result]);
+        }
+        for decision in ["approve", "deny", "invalid"] {
+            self.consents.with_label_values(&[decision]);
+        }
+        for result in [
+            "success",
+            "invalid_state",
+            "provider_error",
+            "token_exchange_failed",
+            "id_token_invalid",
+            "login_denied",
+            "error",
+        ] {
+            self.callbacks.with_label_values(&[result]);
+        }
+        for grant_type in ["authorization_code", "refresh_token"] {
+            for result in [
+                "success",
+                "invalid_grant",
+                "invalid_client",
+                "invalid_request",
+                "temporarily_unavailable",
+            ] {
+                self.token_grants.with_label_values(&[grant_type, result]);
+            }
+        }
+        for result in ["success", "invalid_client", "invalid_request"] {
+            self.revocations.with_label_values(&[result]);
+        }
+        for operation in ["discovery", "token", "userinfo"] {
+            self.upstream_errors.with_label_values(&[operation]);
+        }
+        for result in ["hit", "miss", "negative_hit"] {
+            self.token_cache_requests.with_label_values(&[result]);
+        }
+        for cause in ["expired", "explicit", "replaced", "size"] {
+            self.token_cache_evictions.with_label_values(&[cause]);
+        }
+        for decision in ["allow", "deny"] {
+            self.policy_decisions.with_label_values(&[decision]);
+        }
+        for result in ["success", "failure"] {
+            self.policy_reloads.with_label_values(&[result]);
+        }
+        for operation in [
+            "get",
+            "put",
+            "insert_new",
+            "take",
+            "compare_and_swap",
+            "delete",
+            "list",
+            "purge_expired",
+            "ping",
+        ] {
+            self.store_errors.with_label_values(&[operation]);
+        }
+        for route in ["/mcp", "/sse", "/sse/message"] {
+            self.sse_streams_open.with_label_values(&[route]);
+        }
     }
 
     /// The Prometheus text exposition of every metric.

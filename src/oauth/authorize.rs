@@ -419,7 +419,11 @@ async fn callback_inner(
         issuer: app.settings.public_url.clone(),
     };
     if let Some(error) = query.error.as_deref() {
-        tracing::info!(error, description = ?query.error_description, "the provider ended the login with an error");
+        tracing::info!(
+            error,
+            description = query.error_description.as_deref().unwrap_or_default(),
+            "the provider ended the login with an error"
+        );
         let code = match error {
             "access_denied" => "access_denied",
             "temporarily_unavailable" => "temporarily_unavailable",

@@ -323,7 +323,7 @@ where
                         tracing::info!(
                             sub = %session.sub,
                             method = call.and_then(|c| c.method.as_deref()).unwrap_or_default(),
-                            target = call.and_then(|c| c.target.as_deref()).unwrap_or_default(),
+                            item = call.and_then(|c| c.target.as_deref()).unwrap_or_default(),
                             %reason,
                             "policy denied the request"
                         );
