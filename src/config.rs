@@ -148,6 +148,10 @@ pub struct UpstreamConfig {
     pub userinfo: bool,
     #[serde(default = "default_upstream_timeout")]
     pub timeout: DurationStr,
+    /// When a client refreshes and the provider's access token expires
+    /// within this, the proxy renews it with the provider's refresh token.
+    #[serde(default = "default_refresh_before")]
+    pub refresh_before: DurationStr,
 }
 
 impl Default for UpstreamConfig {
@@ -162,6 +166,7 @@ impl Default for UpstreamConfig {
             scopes: default_scopes(),
             userinfo: false,
             timeout: default_upstream_timeout(),
+            refresh_before: default_refresh_before(),
         }
     }
 }
@@ -404,6 +409,9 @@ fn default_scopes() -> Vec<String> {
 }
 fn default_upstream_timeout() -> DurationStr {
     DurationStr(Duration::from_secs(10))
+}
+fn default_refresh_before() -> DurationStr {
+    DurationStr(Duration::from_secs(60))
 }
 fn default_store_path() -> PathBuf {
     PathBuf::from("mcp-oauth-proxy.db")

@@ -330,7 +330,7 @@ impl Metrics {
         for result in ["success", "invalid_client", "invalid_request"] {
             self.revocations.with_label_values(&[result]);
         }
-        for operation in ["discovery", "token", "userinfo"] {
+        for operation in ["discovery", "token", "refresh", "userinfo"] {
             self.upstream_errors.with_label_values(&[operation]);
         }
         for result in ["hit", "miss", "negative_hit"] {

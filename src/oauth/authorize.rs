@@ -21,6 +21,7 @@ use crate::now_unix;
 use crate::oauth::{client_auth, cookie, pages, redirect_uri, validate_resource, Params};
 use crate::policy::{user_value, Decision, UserFacts};
 use crate::server::AppState;
+use crate::store::StoreError;
 use crate::store::{
     decode, encode, ClientRecord, ConsentRecord, GrantSecrets, Namespace, PendingAuthorization,
     UpstreamLeg,
@@ -450,7 +451,12 @@ async fn callback_inner(
         claims: identity.claims,
         upstream: identity.tokens,
     };
-    login_policy(&app, &pending, &secrets).await?;
+    if let Err((status, reason)) = login_allowed(&app, &pending.client_id, &secrets.claims)
+        .await
+        .map_err(PageError::from)?
+    {
+        return Err(PageError::new(status, LOGIN_DENIED_TITLE, reason).into());
+    }
     let client_code = app
         .grants
         .create_with_code(&pending, &secrets)
@@ -480,44 +486,38 @@ async fn callback_inner(
     Ok(found(&location))
 }
 
-/// The policy's `login(user)`, once per sign-in: a denial ends it here,
-/// before any code or token exists.
-async fn login_policy(
+/// The policy's `login(user)`, once per sign-in (and again when the
+/// provider's tokens are renewed): a denial ends it there, before any code
+/// or token exists. Returns the denial's status and reason.
+pub(crate) async fn login_allowed(
     app: &AppState,
-    pending: &PendingAuthorization,
-    secrets: &GrantSecrets,
-) -> Result<(), PageError> {
+    client_id: &str,
+    claims: &serde_json::Map<String, serde_json::Value>,
+) -> Result<Result<(), (StatusCode, String)>, StoreError> {
     let policy = app.policy.current();
     if !policy.has_login {
-        return Ok(());
+        return Ok(Ok(()));
     }
-    let client: Option<ClientRecord> = app
-        .records
-        .get(Namespace::Client, &pending.client_id)
-        .await?;
-    let sub = secrets
-        .claims
+    let client: Option<ClientRecord> = app.records.get(Namespace::Client, client_id).await?;
+    let sub = claims
         .get("sub")
         .and_then(serde_json::Value::as_str)
         .unwrap_or_default();
     let user = user_value(&UserFacts {
         sub,
-        email: secrets
-            .claims
-            .get("email")
-            .and_then(serde_json::Value::as_str),
-        claims: &secrets.claims,
+        email: claims.get("email").and_then(serde_json::Value::as_str),
+        claims,
         issuer: app.upstream.issuer(),
-        client_id: &pending.client_id,
+        client_id,
         client_name: client.as_ref().and_then(|c| c.client_name.as_deref()),
     });
-    match app.policy.login(&policy, user) {
+    Ok(match app.policy.login(&policy, user) {
         Decision::Allow { .. } => Ok(()),
         Decision::Deny { status, reason } => {
-            tracing::info!(sub, client_id = %pending.client_id, %reason, "login denied by policy");
-            Err(PageError::new(status, LOGIN_DENIED_TITLE, reason))
+            tracing::info!(sub, client_id, %reason, "login denied by policy");
+            Err((status, reason))
         }
-    }
+    })
 }
 
 fn upstream_page(e: UpstreamError) -> PageError {

@@ -61,6 +61,18 @@ pub enum GrantError {
     Sealed(#[from] crypto::OpenError),
 }
 
+/// A refresh checked and opened, not yet applied.
+pub struct PreparedRefresh {
+    pub grant: GrantRecord,
+    grant_bytes: Vec<u8>,
+    grant_key: [u8; 32],
+    presented_hash: String,
+    /// The grant's identity and provider tokens as stored.
+    pub secrets: GrantSecrets,
+    scope: Option<String>,
+    resource: Option<String>,
+}
+
 /// Tokens handed to a client.
 #[derive(Debug)]
 pub struct IssuedTokens {
@@ -265,15 +277,16 @@ impl Grants {
         Ok(issued)
     }
 
-    /// Rotates a refresh token. The previous token stays usable until the
-    /// newest one is first used; any older one revokes the grant.
-    pub async fn refresh(
+    /// Checks a refresh token and opens its grant, without changing
+    /// anything yet: the caller may renew the provider's tokens in between.
+    /// A rotated-out token revokes the grant here.
+    pub async fn prepare_refresh(
         &self,
         refresh_token: &str,
         client_id: &str,
         scope: Option<&str>,
         resource: Option<String>,
-    ) -> Result<IssuedTokens, GrantError> {
+    ) -> Result<PreparedRefresh, GrantError> {
         let presented_hash = crypto::token_hash(refresh_token);
         let record: TokenRecord = self
             .records
@@ -315,7 +328,41 @@ impl Grants {
         let grant_key = self
             .keys
             .unwrap_grant_key(refresh_token, &record.wrapped_key)?;
+        let secrets: GrantSecrets = decode(&crypto::open(
+            &grant_key,
+            grant.grant_id.as_bytes(),
+            &grant.sealed,
+        )?)?;
         let scope = scope.map(str::to_string).or_else(|| grant.scope.clone());
+        Ok(PreparedRefresh {
+            grant,
+            grant_bytes,
+            grant_key,
+            presented_hash,
+            secrets,
+            scope,
+            resource,
+        })
+    }
+
+    /// Rotates the refresh token: new tokens, and the grant updated in one
+    /// compare-and-swap (with renewed `secrets` when the provider's tokens
+    /// were refreshed). The previous token stays usable until the newest is
+    /// first used; any older one revokes the grant (see `prepare_refresh`).
+    pub async fn complete_refresh(
+        &self,
+        prepared: PreparedRefresh,
+        renewed: Option<GrantSecrets>,
+    ) -> Result<IssuedTokens, GrantError> {
+        let PreparedRefresh {
+            grant,
+            grant_bytes,
+            grant_key,
+            presented_hash,
+            scope,
+            resource,
+            ..
+        } = prepared;
         let issued = self
             .issue(
                 &grant.grant_id,
@@ -331,6 +378,14 @@ impl Grants {
         // Using the newest token retires the one before it; using the one
         // before (its successor's response was lost) keeps it as previous.
         updated.refresh_previous = Some(presented_hash);
+        if let Some(secrets) = &renewed {
+            updated.sealed = crypto::seal(&grant_key, grant.grant_id.as_bytes(), &encode(secrets)?);
+            updated.email = secrets
+                .claims
+                .get("email")
+                .and_then(Value::as_str)
+                .map(str::to_string);
+        }
         if !self
             .records
             .swap(
@@ -349,6 +404,41 @@ impl Grants {
             ));
         }
         Ok(issued)
+    }
+
+    /// Both steps, for callers that never renew the provider's tokens.
+    pub async fn refresh(
+        &self,
+        refresh_token: &str,
+        client_id: &str,
+        scope: Option<&str>,
+        resource: Option<String>,
+    ) -> Result<IssuedTokens, GrantError> {
+        let prepared = self
+            .prepare_refresh(refresh_token, client_id, scope, resource)
+            .await?;
+        self.complete_refresh(prepared, None).await
+    }
+
+    /// Only one renewal of a grant's provider tokens at a time, across
+    /// replicas; true when this caller holds the lock.
+    pub async fn lock_renewal(&self, grant_id: &str) -> Result<bool, StoreError> {
+        self.records
+            .store
+            .insert_new(
+                Namespace::Pending,
+                &format!("renewal:{grant_id}"),
+                b"1",
+                Duration::from_secs(30),
+            )
+            .await
+    }
+
+    pub async fn unlock_renewal(&self, grant_id: &str) {
+        let _ = self
+            .records
+            .delete(Namespace::Pending, &format!("renewal:{grant_id}"))
+            .await;
     }
 
     async fn issue(

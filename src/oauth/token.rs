@@ -9,9 +9,13 @@ use axum::Json;
 use serde_json::json;
 
 use crate::error::OAuthError;
-use crate::oauth::grants::{CodeRedemption, GrantError, IssuedTokens};
+use crate::now_unix;
+use crate::oauth::authorize::login_allowed;
+use crate::oauth::grants::{CodeRedemption, GrantError, IssuedTokens, PreparedRefresh};
 use crate::oauth::{client_auth, validate_resource, Params};
 use crate::server::AppState;
+use crate::store::GrantSecrets;
+use crate::upstream::RefreshError;
 
 /// The largest token or revocation request body accepted.
 pub const MAX_FORM_BYTES: usize = 8 * 1024;
@@ -135,13 +139,98 @@ async fn token_inner(
             .get("refresh_token")
             .ok_or_else(|| OAuthError::invalid_request("refresh_token is required"))?;
         let scope = params.get("scope");
-        app.grants
-            .refresh(refresh_token, &client.client_id, scope, resource)
+        let prepared = app
+            .grants
+            .prepare_refresh(refresh_token, &client.client_id, scope, resource)
             .await
-            .map_err(grant_error)?
+            .map_err(grant_error)?;
+        let grant_id = prepared.grant.grant_id.clone();
+        let (renewed, locked) = renew_upstream(&app, &prepared).await?;
+        let issued = app
+            .grants
+            .complete_refresh(prepared, renewed)
+            .await
+            .map_err(grant_error);
+        if locked {
+            app.grants.unlock_renewal(&grant_id).await;
+        }
+        issued?
     };
     tracing::info!(client_id = %client.client_id, grant_type, "tokens issued");
     Ok(token_response(&issued))
+}
+
+/// Renews the provider's tokens when they are about to expire, so people
+/// stay signed in for the refresh token's lifetime; the claims are read
+/// again and the login policy runs again. A provider that refuses ends the
+/// grant. Returns the renewed secrets and whether the renewal lock is held.
+async fn renew_upstream(
+    app: &AppState,
+    prepared: &PreparedRefresh,
+) -> Result<(Option<GrantSecrets>, bool), OAuthError> {
+    let upstream = &prepared.secrets.upstream;
+    let margin = app.settings.config.upstream.refresh_before.secs();
+    let due = upstream.refresh_token.is_some()
+        && upstream
+            .expires_at
+            .is_some_and(|at| at - now_unix() <= margin);
+    if !due {
+        return Ok((None, false));
+    }
+    let grant_id = &prepared.grant.grant_id;
+    if !app.grants.lock_renewal(grant_id).await? {
+        return Err(OAuthError::invalid_grant(
+            "the sign-in is being renewed by another request; retry",
+        ));
+    }
+    let revoke_with = |reason: &'static str| async move {
+        if let Err(e) = app.grants.revoke_grant(grant_id).await {
+            tracing::error!(error = %e, "could not revoke a grant the provider ended");
+        }
+        app.grants.unlock_renewal(grant_id).await;
+        OAuthError::invalid_grant(reason)
+    };
+    match app
+        .upstream
+        .refresh(upstream, &prepared.secrets.claims)
+        .await
+    {
+        Ok(identity) => match login_allowed(app, &prepared.grant.client_id, &identity.claims).await
+        {
+            Ok(Ok(())) => {
+                tracing::info!(grant_id, "provider tokens renewed");
+                Ok((
+                    Some(GrantSecrets {
+                        claims: identity.claims,
+                        upstream: identity.tokens,
+                    }),
+                    true,
+                ))
+            }
+            Ok(Err((_, reason))) => {
+                tracing::info!(grant_id, %reason, "login policy denied on renewal; grant revoked");
+                Err(
+                    revoke_with("the login policy no longer allows this sign-in; sign in again")
+                        .await,
+                )
+            }
+            Err(e) => {
+                app.grants.unlock_renewal(grant_id).await;
+                Err(OAuthError::from(e))
+            }
+        },
+        Err(RefreshError::Refused(message)) => {
+            tracing::info!(grant_id, %message, "the provider refused to renew; grant revoked");
+            Err(revoke_with("the identity provider ended this sign-in; sign in again").await)
+        }
+        Err(RefreshError::Unavailable(message)) => {
+            tracing::warn!(grant_id, %message, "the provider could not renew the sign-in");
+            app.grants.unlock_renewal(grant_id).await;
+            Err(OAuthError::temporarily_unavailable(
+                "the identity provider could not be reached to renew the sign-in; try again shortly",
+            ))
+        }
+    }
 }
 
 fn token_response(issued: &IssuedTokens) -> Response {

@@ -9,11 +9,14 @@ use std::time::{Duration, Instant};
 
 use base64::engine::general_purpose::URL_SAFE_NO_PAD;
 use base64::Engine;
-use openidconnect::core::{CoreAuthenticationFlow, CoreClient, CoreProviderMetadata};
+use openidconnect::core::{
+    CoreAuthenticationFlow, CoreClient, CoreErrorResponseType, CoreProviderMetadata,
+};
 use openidconnect::{
     reqwest, AuthorizationCode, ClaimsVerificationError, ClientId, ClientSecret, CsrfToken,
     EndpointMaybeSet, EndpointNotSet, EndpointSet, IssuerUrl, Nonce, OAuth2TokenResponse,
-    PkceCodeChallenge, PkceCodeVerifier, RedirectUrl, Scope, TokenResponse,
+    PkceCodeChallenge, PkceCodeVerifier, RedirectUrl, RefreshToken, RequestTokenError, Scope,
+    TokenResponse,
 };
 use serde_json::{Map, Value};
 use tokio::sync::{Mutex, RwLock};
@@ -46,6 +49,17 @@ pub enum UpstreamError {
     Userinfo(String),
     #[error("the provider is misconfigured: {0}")]
     Configuration(String),
+}
+
+/// Why the provider's tokens could not be renewed.
+#[derive(Debug, thiserror::Error)]
+pub enum RefreshError {
+    /// The provider said no (`invalid_grant`): the sign-in is over.
+    #[error("the provider refused to renew the sign-in: {0}")]
+    Refused(String),
+    /// The provider could not be asked; try again later.
+    #[error("the provider could not renew the sign-in now: {0}")]
+    Unavailable(String),
 }
 
 /// Where to send the browser, and what to remember until it comes back.
@@ -245,6 +259,95 @@ impl Upstream {
                 id_token: Some(id_token_text),
                 refresh_token: response.refresh_token().map(|t| t.secret().clone()),
                 expires_at,
+            },
+        })
+    }
+
+    /// Renews the provider's tokens with its refresh token, re-reading the
+    /// claims (from a new id_token, or userinfo when configured). The
+    /// subject must not change.
+    pub async fn refresh(
+        &self,
+        current: &UpstreamTokens,
+        claims: &Map<String, Value>,
+    ) -> Result<UpstreamIdentity, RefreshError> {
+        let refresh_token = current
+            .refresh_token
+            .as_deref()
+            .ok_or_else(|| RefreshError::Refused("the provider issued no refresh token".into()))?;
+        let client = self
+            .client()
+            .await
+            .map_err(|e| RefreshError::Unavailable(e.to_string()))?;
+        let started = Instant::now();
+        let token = RefreshToken::new(refresh_token.to_string());
+        let response = client
+            .exchange_refresh_token(&token)
+            .map_err(|e| RefreshError::Unavailable(e.to_string()))?
+            .request_async(&self.http)
+            .await;
+        self.observe("refresh", started, response.is_ok());
+        let response = response.map_err(|e| match &e {
+            RequestTokenError::ServerResponse(r)
+                if *r.error() == CoreErrorResponseType::InvalidGrant =>
+            {
+                RefreshError::Refused(error_chain(&e))
+            }
+            _ => RefreshError::Unavailable(error_chain(&e)),
+        })?;
+        let subject = claims
+            .get("sub")
+            .and_then(Value::as_str)
+            .unwrap_or_default()
+            .to_string();
+        let mut renewed = claims.clone();
+        let id_token_text = match response.id_token() {
+            Some(id_token) => {
+                // No nonce on a refresh (OIDC Core §12.2); everything else is checked.
+                let verifier = client.id_token_verifier();
+                let verified = id_token
+                    .claims(&verifier, |_: Option<&Nonce>| Ok(()))
+                    .map(|c| c.subject().to_string())
+                    .map_err(|e| {
+                        RefreshError::Unavailable(format!(
+                            "the renewed id_token was not accepted: {e}"
+                        ))
+                    })?;
+                if verified != subject {
+                    return Err(RefreshError::Refused(
+                        "the renewed id_token names another subject".into(),
+                    ));
+                }
+                let text = id_token.to_string();
+                renewed =
+                    jwt_payload(&text).map_err(|e| RefreshError::Unavailable(e.to_string()))?;
+                Some(text)
+            }
+            None => current.id_token.clone(),
+        };
+        let access_token = response.access_token().secret().clone();
+        if self.userinfo {
+            let info = self
+                .userinfo(&client, &access_token, &subject)
+                .await
+                .map_err(|e| RefreshError::Unavailable(e.to_string()))?;
+            for (k, v) in info {
+                renewed.insert(k, v);
+            }
+        }
+        Ok(UpstreamIdentity {
+            claims: renewed,
+            tokens: UpstreamTokens {
+                access_token,
+                id_token: id_token_text,
+                // Providers that do not rotate send no new refresh token.
+                refresh_token: response
+                    .refresh_token()
+                    .map(|t| t.secret().clone())
+                    .or_else(|| current.refresh_token.clone()),
+                expires_at: response
+                    .expires_in()
+                    .map(|d| crate::now_unix() + d.as_secs() as i64),
             },
         })
     }

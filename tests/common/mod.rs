@@ -74,6 +74,10 @@ pub enum Tamper {
     BadSignature,
     TokenEndpointError,
     NoIdToken,
+    /// Refresh requests get `invalid_grant`.
+    RefuseRefresh,
+    /// Refresh requests get a 500.
+    BrokenRefresh,
 }
 
 #[derive(Default)]
@@ -84,6 +88,11 @@ struct ProviderState {
     codes: HashMap<String, IssuedCode>,
     /// Every upstream token handed out, for leak checks.
     issued_tokens: Vec<String>,
+    /// Live refresh tokens (rotated on use).
+    refresh_tokens: std::collections::HashSet<String>,
+    /// `expires_in` of access tokens.
+    access_ttl: i64,
+    refreshes: usize,
     authorize_params: Vec<HashMap<String, String>>,
 }
 
@@ -129,6 +138,7 @@ impl Provider {
         let state = Arc::new(Mutex::new(ProviderState {
             issuer: issuer.clone(),
             user: alice(),
+            access_ttl: 3600,
             ..Default::default()
         }));
         let app = Router::new()
@@ -148,6 +158,15 @@ impl Provider {
 
     pub fn tamper(&self, tamper: Tamper) {
         self.state.lock().unwrap().tamper = tamper;
+    }
+
+    pub fn set_access_ttl(&self, seconds: i64) {
+        self.state.lock().unwrap().access_ttl = seconds;
+    }
+
+    /// How many refresh_token grants the provider answered successfully.
+    pub fn refreshes(&self) -> usize {
+        self.state.lock().unwrap().refreshes
     }
 
     pub fn issued_tokens(&self) -> Vec<String> {
@@ -254,6 +273,9 @@ async fn provider_token(
             .into_response();
     }
     let mut st = s.lock().unwrap();
+    if form.get("grant_type").map(String::as_str) == Some("refresh_token") {
+        return provider_refresh(&mut st, &form);
+    }
     if st.tamper == Tamper::TokenEndpointError {
         return (
             StatusCode::BAD_REQUEST,
@@ -315,10 +337,11 @@ async fn provider_token(
         refresh_token.clone(),
         id_token.clone(),
     ]);
+    st.refresh_tokens.insert(refresh_token.clone());
     let mut body = json!({
         "access_token": access_token,
         "token_type": "Bearer",
-        "expires_in": 3600,
+        "expires_in": st.access_ttl,
         "refresh_token": refresh_token,
         "id_token": id_token,
     });
@@ -326,6 +349,59 @@ async fn provider_token(
         body.as_object_mut().unwrap().remove("id_token");
     }
     Json(body).into_response()
+}
+
+/// The refresh_token grant: rotates the refresh token, re-issues an
+/// id_token with the user's current claims (no nonce, as on a refresh).
+fn provider_refresh(st: &mut ProviderState, form: &HashMap<String, String>) -> Response {
+    match st.tamper {
+        Tamper::RefuseRefresh => {
+            return (
+                StatusCode::BAD_REQUEST,
+                Json(json!({"error": "invalid_grant"})),
+            )
+                .into_response()
+        }
+        Tamper::BrokenRefresh => {
+            return (StatusCode::INTERNAL_SERVER_ERROR, "boom").into_response()
+        }
+        _ => {}
+    }
+    let presented = form.get("refresh_token").cloned().unwrap_or_default();
+    if !st.refresh_tokens.remove(&presented) {
+        return (
+            StatusCode::BAD_REQUEST,
+            Json(json!({"error": "invalid_grant"})),
+        )
+            .into_response();
+    }
+    let now = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_secs() as i64;
+    let mut claims = st.user.clone();
+    claims.insert("iss".into(), json!(st.issuer));
+    claims.insert("aud".into(), json!(UPSTREAM_CLIENT_ID));
+    claims.insert("iat".into(), json!(now));
+    claims.insert("exp".into(), json!(now + 300));
+    let id_token = sign_jwt(&Value::Object(claims));
+    let access_token = format!("upstream-access-{}", rand_hex());
+    let refresh_token = format!("upstream-refresh-{}", rand_hex());
+    st.issued_tokens.extend([
+        access_token.clone(),
+        refresh_token.clone(),
+        id_token.clone(),
+    ]);
+    st.refresh_tokens.insert(refresh_token.clone());
+    st.refreshes += 1;
+    Json(json!({
+        "access_token": access_token,
+        "token_type": "Bearer",
+        "expires_in": st.access_ttl,
+        "refresh_token": refresh_token,
+        "id_token": id_token,
+    }))
+    .into_response()
 }
 
 async fn userinfo(State(s): PState) -> Json<Value> {
