@@ -796,6 +796,24 @@ async fn invariant_4_refresh_rotates_and_reuse_of_a_rotated_token_revokes() {
     );
     // The response carrying r1 may have been lost: r0 still works while r1
     // is unused.
+    // An immediate duplicate is refused without harm (parallel retries)...
+    let (status, body) = p.refresh(&client, &r0).await;
+    assert_eq!(
+        (status, body["error"].as_str()),
+        (
+            StatusCode::SERVICE_UNAVAILABLE,
+            Some("temporarily_unavailable")
+        )
+    );
+    assert!(
+        p.access_token_valid(t1["access_token"].as_str().unwrap())
+            .await
+    );
+    // ...and after the cool-down it is a lost-response retry, which works.
+    tokio::time::sleep(
+        mcp_oauth_proxy::oauth::grants::REFRESH_COOLDOWN + std::time::Duration::from_millis(100),
+    )
+    .await;
     let (status, t2) = p.refresh(&client, &r0).await;
     assert_eq!(status, StatusCode::OK, "{t2}");
     let r2 = t2["refresh_token"].as_str().unwrap().to_string();

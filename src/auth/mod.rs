@@ -166,15 +166,18 @@ impl TokenCache {
                     .token_cache_requests
                     .with_label_values(&["miss"])
                     .inc();
-                let entry = match self.grants.validate_access_token(token).await {
-                    Ok(session) => Entry::Valid(Arc::new(session), Instant::now()),
-                    Err(GrantError::Store(e)) => {
-                        return Err(ProxyError::StoreUnavailable(e.to_string()))
-                    }
-                    Err(_) => Entry::Unknown,
-                };
-                self.tokens.insert(hash.clone(), entry.clone()).await;
-                entry
+                // Single flight: concurrent misses for one token wait for one
+                // store lookup instead of each running their own.
+                self.tokens
+                    .try_get_with(hash.clone(), async {
+                        match self.grants.validate_access_token(token).await {
+                            Ok(session) => Ok(Entry::Valid(Arc::new(session), Instant::now())),
+                            Err(GrantError::Store(e)) => Err(e.to_string()),
+                            Err(_) => Ok(Entry::Unknown),
+                        }
+                    })
+                    .await
+                    .map_err(|e: Arc<String>| ProxyError::StoreUnavailable(e.to_string()))?
             }
         };
         // Without the revocation feed, trust a cached session only briefly:

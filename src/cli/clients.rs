@@ -3,11 +3,10 @@
 use std::collections::{HashMap, HashSet};
 
 use serde::Serialize;
-use serde_json::json;
 
 use super::grants::{self, dedup, Filter};
 use super::table::{iso8601, opt, Table};
-use super::{plural, Admin, CliError, Report};
+use super::{plural, to_json, Admin, CliError, Report};
 use crate::store::{decode, ClientRecord, ConsentRecord, Namespace};
 
 /// One client as the commands show it; the field names are the JSON
@@ -22,6 +21,15 @@ pub struct ClientRow {
     pub registered_at: Option<String>,
     pub last_used_at: Option<String>,
     pub grants: usize,
+}
+
+/// `clients delete --json`; the field names are the interface.
+#[derive(Serialize)]
+struct DeleteResult<'a> {
+    deleted: &'a [String],
+    not_found: &'a [String],
+    revoked_grants: &'a [String],
+    removed_consents: usize,
 }
 
 pub async fn list(admin: &Admin) -> Result<Report, CliError> {
@@ -82,7 +90,7 @@ pub async fn list(admin: &Admin) -> Result<Report, CliError> {
     };
     Ok(Report {
         text,
-        json: json!(rows),
+        json: to_json(&rows),
         warnings,
         ..Report::default()
     })
@@ -139,11 +147,11 @@ pub async fn delete(admin: &Admin, client_ids: &[String]) -> Result<Report, CliE
     }
     Ok(Report {
         text,
-        json: json!({
-            "deleted": deleted,
-            "not_found": not_found,
-            "revoked_grants": revoked,
-            "removed_consents": removed_consents,
+        json: to_json(&DeleteResult {
+            deleted: &deleted,
+            not_found: &not_found,
+            revoked_grants: &revoked,
+            removed_consents,
         }),
         errors,
         warnings,

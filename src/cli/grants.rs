@@ -3,10 +3,9 @@
 use std::collections::HashMap;
 
 use serde::Serialize;
-use serde_json::json;
 
 use super::table::{iso8601, opt, Table};
-use super::{plural, Admin, CliError, Report};
+use super::{plural, to_json, Admin, CliError, Report};
 use crate::store::{decode, ClientRecord, GrantRecord, Namespace, Records, StoreResult};
 
 /// Which grants: all of them, narrowed by user and client.
@@ -40,6 +39,14 @@ impl Filter {
     fn is_everything(&self) -> bool {
         self.user.is_none() && self.client.is_none()
     }
+}
+
+/// `grants revoke --json`; the field names are the interface.
+#[derive(Serialize)]
+struct RevokeResult<'a> {
+    count: usize,
+    revoked: &'a [&'a str],
+    not_found: &'a [String],
 }
 
 pub enum Selector {
@@ -161,7 +168,7 @@ pub async fn list(admin: &Admin, filter: &Filter) -> Result<Report, CliError> {
     };
     Ok(Report {
         text,
-        json: json!(rows),
+        json: to_json(&rows),
         warnings,
         ..Report::default()
     })
@@ -210,10 +217,10 @@ pub async fn revoke(admin: &Admin, selector: Selector) -> Result<Report, CliErro
     let ids: Vec<&str> = revoked.iter().map(|r| r.grant_id.as_str()).collect();
     Ok(Report {
         text,
-        json: json!({
-            "count": revoked.len(),
-            "revoked": ids,
-            "not_found": not_found,
+        json: to_json(&RevokeResult {
+            count: revoked.len(),
+            revoked: &ids,
+            not_found: &not_found,
         }),
         errors,
         warnings,
@@ -233,6 +240,7 @@ fn unreadable(id: &str) -> GrantRecord {
         created_at: 0,
         refresh_current: None,
         refresh_previous: None,
+        rotated_at: 0,
         sealed: Vec::new(),
     }
 }

@@ -11,7 +11,6 @@ use std::path::PathBuf;
 use std::process::ExitCode;
 
 use clap::{ArgGroup, Args, Subcommand};
-use serde_json::Value;
 
 use crate::config::{self, Settings};
 use crate::crypto::Keys;
@@ -98,10 +97,10 @@ pub enum GrantsCommand {
 #[derive(Debug, Clone, Args)]
 pub struct GrantsListArgs {
     /// Only this user's grants: an email (any case) or a sub (exact).
-    #[arg(long, value_name = "EMAIL|SUB")]
+    #[arg(long, value_name = "EMAIL|SUB", allow_hyphen_values = true)]
     pub user: Option<String>,
     /// Only the grants of this client.
-    #[arg(long, value_name = "CLIENT_ID")]
+    #[arg(long, value_name = "CLIENT_ID", allow_hyphen_values = true)]
     pub client: Option<String>,
     #[command(flatten)]
     pub common: Common,
@@ -115,14 +114,14 @@ pub struct GrantsListArgs {
                       mcp-oauth-proxy grants revoke [OPTIONS] --client <CLIENT_ID>",
 )]
 pub struct GrantsRevokeArgs {
-    /// Grant ids (from `grants list`).
+    /// Grant ids (from `grants list`); put ids that start with "-" after "--".
     #[arg(value_name = "GRANT_ID", conflicts_with_all = ["user", "client"])]
     pub grant_ids: Vec<String>,
     /// Every grant of this user: an email (any case) or a sub (exact).
-    #[arg(long, value_name = "EMAIL|SUB")]
+    #[arg(long, value_name = "EMAIL|SUB", allow_hyphen_values = true)]
     pub user: Option<String>,
     /// Every grant of this client (with --user: that user's grants of it).
-    #[arg(long, value_name = "CLIENT_ID")]
+    #[arg(long, value_name = "CLIENT_ID", allow_hyphen_values = true)]
     pub client: Option<String>,
     #[command(flatten)]
     pub common: Common,
@@ -146,7 +145,7 @@ pub struct ClientsListArgs {
 
 #[derive(Debug, Clone, Args)]
 pub struct ClientsDeleteArgs {
-    /// Client ids (from `clients list`).
+    /// Client ids (from `clients list`); put ids that start with "-" after "--".
     #[arg(value_name = "CLIENT_ID", required = true)]
     pub client_ids: Vec<String>,
     #[command(flatten)]
@@ -182,7 +181,8 @@ impl Admin {
 #[derive(Debug, Default)]
 pub struct Report {
     pub text: String,
-    pub json: Value,
+    /// The `--json` output: pretty JSON, fields in declaration order.
+    pub json: String,
     /// Printed on stderr; the exit status is 1 when there is any.
     pub errors: Vec<String>,
     /// Printed on stderr.
@@ -314,7 +314,7 @@ async fn announce(settings: &Settings, grant_ids: &[String]) -> Result<(), Strin
     let Some(url) = &config.redis_url else {
         return Ok(());
     };
-    if true || grant_ids.is_empty() {
+    if grant_ids.is_empty() {
         return Ok(());
     }
     let client = crate::store::redis::client(url.expose()).map_err(|e| e.to_string())?;
@@ -339,9 +339,7 @@ async fn announce(settings: &Settings, grant_ids: &[String]) -> Result<(), Strin
 fn print_report(report: &Report, json: bool) -> ExitCode {
     let mut out = std::io::stdout().lock();
     let written = if json {
-        serde_json::to_writer_pretty(&mut out, &report.json)
-            .map_err(std::io::Error::from)
-            .and_then(|()| writeln!(out))
+        writeln!(out, "{}", report.json)
     } else {
         out.write_all(report.text.as_bytes())
     }
@@ -362,6 +360,11 @@ fn print_report(report: &Report, json: bool) -> ExitCode {
         _ if !report.errors.is_empty() => ExitCode::FAILURE,
         _ => ExitCode::SUCCESS,
     }
+}
+
+/// Pretty JSON of a value made of strings, numbers, lists and structs.
+fn to_json<T: serde::Serialize>(value: &T) -> String {
+    serde_json::to_string_pretty(value).unwrap_or_else(|e| format!("{{\"error\": \"{e}\"}}"))
 }
 
 /// "1 grant", "2 grants".

@@ -53,12 +53,26 @@ pub enum GrantError {
     Replay(&'static str),
     #[error("{0}")]
     Scope(&'static str),
+    /// A concurrent request is refreshing the same grant: retry shortly.
+    #[error("{0}")]
+    Busy(&'static str),
     #[error("{0}")]
     Target(&'static str),
     #[error(transparent)]
     Store(#[from] StoreError),
     #[error("grant data could not be opened: {0}")]
     Sealed(#[from] crypto::OpenError),
+}
+
+/// How long after a rotation the rotated-out token is refused as a
+/// duplicate rather than accepted as a lost-response retry.
+pub const REFRESH_COOLDOWN: Duration = Duration::from_secs(2);
+
+fn now_millis() -> i64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_millis() as i64)
+        .unwrap_or(0)
 }
 
 /// A refresh checked and opened, not yet applied.
@@ -155,6 +169,7 @@ impl Grants {
             created_at: now_unix(),
             refresh_current: None,
             refresh_previous: None,
+            rotated_at: 0,
             sealed: crypto::seal(&grant_key, grant_id.as_bytes(), &encode(secrets)?),
         };
         // Until the code is redeemed the grant lives as long as the code.
@@ -313,6 +328,17 @@ impl Grants {
                 "refresh token was already rotated; the authorization is revoked",
             ));
         }
+        // The previous token recovers from a lost response, but a duplicate
+        // of the request that just rotated it (parallel retries, two
+        // replicas) is not a lost response: it waits out a short cool-down.
+        if is_previous
+            && !is_current
+            && now_millis() - grant.rotated_at < REFRESH_COOLDOWN.as_millis() as i64
+        {
+            return Err(GrantError::Busy(
+                "this refresh token was just used; retry in a moment",
+            ));
+        }
         if let Some(asked) = scope {
             if !super::scope_is_subset(asked, grant.scope.as_deref()) {
                 return Err(GrantError::Scope("scope exceeds what was granted"));
@@ -378,6 +404,7 @@ impl Grants {
         // Using the newest token retires the one before it; using the one
         // before (its successor's response was lost) keeps it as previous.
         updated.refresh_previous = Some(presented_hash);
+        updated.rotated_at = now_millis();
         if let Some(secrets) = &renewed {
             updated.sealed = crypto::seal(&grant_key, grant.grant_id.as_bytes(), &encode(secrets)?);
             updated.email = secrets
@@ -399,8 +426,8 @@ impl Grants {
         {
             // A concurrent refresh won; this one leaves the grant as it is.
             self.forget_issued(&issued).await;
-            return Err(GrantError::Invalid(
-                "refresh token was used concurrently; retry",
+            return Err(GrantError::Busy(
+                "refresh token was used concurrently; retry in a moment",
             ));
         }
         Ok(issued)

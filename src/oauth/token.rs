@@ -52,6 +52,7 @@ fn grant_error(e: GrantError) -> OAuthError {
             OAuthError::invalid_grant(m)
         }
         GrantError::Scope(m) => OAuthError::invalid_scope(m),
+        GrantError::Busy(m) => OAuthError::temporarily_unavailable(m),
         GrantError::Target(m) => OAuthError::invalid_target(m),
         GrantError::Store(e) => OAuthError::from(e),
         GrantError::Sealed(e) => OAuthError::server_error("grant data could not be opened", &e),
@@ -179,8 +180,8 @@ async fn renew_upstream(
     }
     let grant_id = &prepared.grant.grant_id;
     if !app.grants.lock_renewal(grant_id).await? {
-        return Err(OAuthError::invalid_grant(
-            "the sign-in is being renewed by another request; retry",
+        return Err(OAuthError::temporarily_unavailable(
+            "the sign-in is being renewed by another request; retry in a moment",
         ));
     }
     let revoke_with = |reason: &'static str| async move {

@@ -9,7 +9,9 @@ use axum::http::{header, HeaderName, Method, Request};
 use axum::routing::{get, post};
 use axum::Router;
 use tower_http::cors::{Any, CorsLayer};
-use tower_http::request_id::{MakeRequestUuid, PropagateRequestIdLayer, SetRequestIdLayer};
+use tower_http::request_id::{
+    MakeRequestId, PropagateRequestIdLayer, RequestId, SetRequestIdLayer,
+};
 use tower_http::trace::TraceLayer;
 
 use crate::auth::AuthenticateLayer;
@@ -111,7 +113,7 @@ pub fn router(app: AppState) -> Router {
             tracing::info_span!("request", method = %request.method(), path = %request.uri().path(), request_id)
         }))
         // Outermost: every request gets an id before anything logs.
-        .layer(SetRequestIdLayer::new(REQUEST_ID.clone(), MakeRequestUuid))
+        .layer(SetRequestIdLayer::new(REQUEST_ID.clone(), SequentialRequestId::new()))
 }
 
 /// One MCP route: rescue ← authenticate ← policy ← forwarder (outermost
@@ -190,4 +192,32 @@ fn mcp_cors(app: &AppState) -> CorsLayer {
             header::WWW_AUTHENTICATE,
         ])
         .max_age(Duration::from_secs(86400))
+}
+
+/// Request ids: a random per-process prefix and a counter. Unique across
+/// replicas without a system call per request (a UUID costs a `getrandom`).
+#[derive(Clone)]
+struct SequentialRequestId {
+    prefix: std::sync::Arc<str>,
+    counter: std::sync::Arc<std::sync::atomic::AtomicU64>,
+}
+
+impl SequentialRequestId {
+    fn new() -> Self {
+        SequentialRequestId {
+            prefix: crate::crypto::random_id().into(),
+            counter: Default::default(),
+        }
+    }
+}
+
+impl MakeRequestId for SequentialRequestId {
+    fn make_request_id<B>(&mut self, _request: &Request<B>) -> Option<RequestId> {
+        let n = self
+            .counter
+            .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        axum::http::HeaderValue::from_str(&format!("{}-{n}", self.prefix))
+            .ok()
+            .map(RequestId::new)
+    }
 }

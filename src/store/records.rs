@@ -101,6 +101,9 @@ pub struct GrantRecord {
     pub refresh_current: Option<String>,
     /// Hash of the one before it, usable until the newest is first used.
     pub refresh_previous: Option<String>,
+    /// When the refresh token last rotated (Unix milliseconds).
+    #[serde(default)]
+    pub rotated_at: i64,
     #[serde(with = "b64")]
     pub sealed: Vec<u8>,
 }

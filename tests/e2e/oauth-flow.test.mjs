@@ -287,7 +287,12 @@ describe('OAuth 2.1 authorization server', () => {
     const refresh = (rt) => token({ grant_type: 'refresh_token', refresh_token: rt, client_id: client.client_id });
     const h2 = await refresh(t1.refresh_token);
     assert.equal(h2.status, 200, h2.body);
-    // The response carrying t2 may have been lost: t1 still works while t2 is unused.
+    // An immediate duplicate (a parallel retry) is refused without harm...
+    const dup = await refresh(t1.refresh_token);
+    assert.equal(dup.status, 503, `an immediate duplicate: ${dup.body}`);
+    // ...and after the 2 s cool-down a lost response is recovered from:
+    // t1 still works while t2 is unused.
+    await new Promise((r) => setTimeout(r, 2200));
     const h2b = await refresh(t1.refresh_token);
     assert.equal(h2b.status, 200, `previous token before the new one is used: ${h2b.body}`);
     // Using the newest retires the one before it.
