@@ -11,19 +11,36 @@ use futures_util::StreamExt;
 use super::TokenCache;
 use crate::oauth::grants::{Grants, Revocation};
 
-fn channel(prefix: &str) -> String {
+/// The pub/sub channel of a deployment.
+pub fn channel(prefix: &str) -> String {
     format!("{prefix}revocations")
+}
+
+/// Publishes one revocation to every replica (also used by the CLI).
+pub async fn publish(
+    connection: &mut redis::aio::MultiplexedConnection,
+    prefix: &str,
+    revocation: &Revocation,
+) -> redis::RedisResult<()> {
+    let message = serde_json::to_string(revocation).map_err(|e| {
+        redis::RedisError::from((redis::ErrorKind::Client, "serialise", e.to_string()))
+    })?;
+    let _: i64 = redis::cmd("PUBLISH")
+        .arg(channel(prefix))
+        .arg(message)
+        .query_async(connection)
+        .await?;
+    Ok(())
 }
 
 /// Starts the publisher and the subscriber.
 pub fn spawn(client: redis::Client, prefix: &str, grants: &Grants, cache: Arc<TokenCache>) {
-    let channel = channel(prefix);
     cache.set_degraded(true);
-    spawn_publisher(client.clone(), channel.clone(), grants);
-    spawn_subscriber(client, channel, cache);
+    spawn_publisher(client.clone(), prefix.to_string(), grants);
+    spawn_subscriber(client, channel(prefix), cache);
 }
 
-fn spawn_publisher(client: redis::Client, channel: String, grants: &Grants) {
+fn spawn_publisher(client: redis::Client, prefix: String, grants: &Grants) {
     let mut local = grants.subscribe_revocations();
     tokio::spawn(async move {
         let mut connection: Option<redis::aio::MultiplexedConnection> = None;
@@ -36,9 +53,6 @@ fn spawn_publisher(client: redis::Client, channel: String, grants: &Grants) {
                 }
                 Err(tokio::sync::broadcast::error::RecvError::Closed) => return,
             };
-            let Ok(message) = serde_json::to_string(&revocation) else {
-                continue;
-            };
             // Two attempts: the second on a fresh connection.
             for _ in 0..2 {
                 if connection.is_none() {
@@ -47,12 +61,7 @@ fn spawn_publisher(client: redis::Client, channel: String, grants: &Grants) {
                 let Some(conn) = connection.as_mut() else {
                     break;
                 };
-                let published: redis::RedisResult<i64> = redis::cmd("PUBLISH")
-                    .arg(&channel)
-                    .arg(&message)
-                    .query_async(conn)
-                    .await;
-                match published {
+                match publish(conn, &prefix, &revocation).await {
                     Ok(_) => break,
                     Err(e) => {
                         tracing::warn!(error = %e, "could not publish a revocation; retrying");

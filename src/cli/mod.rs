@@ -307,8 +307,7 @@ async fn open_store(settings: &Settings) -> Result<SharedStore, String> {
 }
 
 /// With Redis, replicas tell each other about revocations so their token
-/// caches drop the grant at once; tell them about these too. (The message is
-/// the one `auth::revocations` publishes for a replica's own revocations.)
+/// caches drop the grant at once; tell them about these too.
 async fn announce(settings: &Settings, grant_ids: &[String]) -> Result<(), String> {
     let config = &settings.config.store;
     let Some(url) = &config.redis_url else {
@@ -322,14 +321,9 @@ async fn announce(settings: &Settings, grant_ids: &[String]) -> Result<(), Strin
         .get_multiplexed_async_connection()
         .await
         .map_err(|e| e.to_string())?;
-    let channel = format!("{}revocations", config.redis_prefix);
     for id in grant_ids {
-        let message =
-            serde_json::to_string(&Revocation::Grant(id.clone())).map_err(|e| e.to_string())?;
-        let _: i64 = redis::cmd("PUBLISH")
-            .arg(&channel)
-            .arg(&message)
-            .query_async(&mut connection)
+        let revocation = Revocation::Grant(id.clone());
+        crate::auth::revocations::publish(&mut connection, &config.redis_prefix, &revocation)
             .await
             .map_err(|e| e.to_string())?;
     }
