@@ -645,3 +645,70 @@ async fn http2_clients_are_served() {
     assert_eq!(r.version(), reqwest::Version::HTTP_2);
     assert_eq!(r.status(), 200);
 }
+
+#[tokio::test]
+async fn graceful_shutdown_lets_open_streams_run_until_the_grace_period_ends() {
+    // The test configuration sets server.shutdown_grace = "1s".
+    let s = setup().await;
+    let token = s.token().await;
+    let mut r = s
+        .post(Some(&token), call("tools/call", json!({"name": "stream"})))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 200);
+    let first = r.chunk().await.unwrap().unwrap();
+    assert!(String::from_utf8_lossy(&first).contains("notifications/progress"));
+
+    let stop = s.proxy.running.shutdown_handle();
+    stop.send(true).unwrap();
+    let stopped_at = std::time::Instant::now();
+    // New connections are no longer accepted...
+    let mut refused = false;
+    for _ in 0..40 {
+        let fresh = reqwest::Client::builder()
+            .pool_max_idle_per_host(0)
+            .build()
+            .unwrap();
+        if fresh
+            .get(format!(
+                "{}/.well-known/oauth-authorization-server",
+                s.proxy.url
+            ))
+            .send()
+            .await
+            .is_err()
+        {
+            refused = true;
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(25)).await;
+    }
+    assert!(
+        refused,
+        "the proxy kept accepting connections after shutdown"
+    );
+    // ...while the open stream still delivers what the downstream sends.
+    s.downstream.state.release.notify_waiters();
+    let second = tokio::time::timeout(Duration::from_secs(2), r.chunk())
+        .await
+        .unwrap()
+        .unwrap()
+        .unwrap();
+    assert!(String::from_utf8_lossy(&second).contains("\"result\""));
+    // The grace period over, the stream is closed.
+    let end = tokio::time::timeout(Duration::from_secs(5), async {
+        loop {
+            match r.chunk().await {
+                Ok(Some(_)) => continue,
+                _ => break,
+            }
+        }
+    })
+    .await;
+    assert!(end.is_ok(), "the stream outlived the grace period");
+    assert!(
+        stopped_at.elapsed() >= Duration::from_millis(900),
+        "closed before the grace period ended"
+    );
+}

@@ -211,7 +211,7 @@ pub async fn start(app: AppState) -> Result<Running, StartError> {
             tracing::warn!(error = %e, "OpenID provider discovery failed; it is retried at the first login");
         }
     });
-    let (shutdown, mut signal) = watch::channel(false);
+    let (shutdown, signal) = watch::channel(false);
     let admin_addr = match &app.settings.config.server.admin_listen {
         Some(admin) => {
             let admin_listener =
@@ -246,26 +246,7 @@ pub async fn start(app: AppState) -> Result<Running, StartError> {
     };
     let grace = app.settings.config.server.shutdown_grace.0;
     let router = stack::router(app.clone());
-    let task = tokio::spawn(async move {
-        let mut stop = signal.clone();
-        let serve = axum::serve(
-            listener,
-            router.into_make_service_with_connect_info::<SocketAddr>(),
-        )
-        .with_graceful_shutdown(async move {
-            let _ = signal.wait_for(|s| *s).await;
-        });
-        tokio::select! {
-            result = serve => result,
-            _ = async {
-                let _ = stop.wait_for(|s| *s).await;
-                tokio::time::sleep(grace).await;
-            } => {
-                tracing::warn!(grace = ?grace, "shutdown grace period over; closing remaining connections");
-                Ok(())
-            }
-        }
-    });
+    let task = tokio::spawn(serve_connections(listener, router, signal, grace));
     tracing::info!(%addr, public_url = %app.settings.public_url, "listening");
     Ok(Running {
         addr,
@@ -274,6 +255,67 @@ pub async fn start(app: AppState) -> Result<Running, StartError> {
         shutdown,
         task,
     })
+}
+
+/// Accepts connections (HTTP/1.1 and HTTP/2) until shutdown, then lets open
+/// requests and streams finish for up to `grace` and closes what is left.
+async fn serve_connections(
+    listener: TcpListener,
+    router: axum::Router,
+    mut shutdown: watch::Receiver<bool>,
+    grace: std::time::Duration,
+) -> std::io::Result<()> {
+    use hyper_util::rt::{TokioExecutor, TokioIo};
+    use hyper_util::server::conn::auto::Builder;
+    use tower::ServiceExt;
+
+    let builder = Builder::new(TokioExecutor::new());
+    let graceful = hyper_util::server::graceful::GracefulShutdown::new();
+    let mut connections = tokio::task::JoinSet::new();
+    let stop = async move {
+        let _ = shutdown.wait_for(|stop| *stop).await;
+    };
+    tokio::pin!(stop);
+    loop {
+        tokio::select! {
+            accepted = listener.accept() => {
+                let (stream, remote) = match accepted {
+                    Ok(a) => a,
+                    Err(e) => {
+                        // Out of file descriptors and the like: pause, go on.
+                        tracing::warn!(error = %e, "accept failed");
+                        tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+                        continue;
+                    }
+                };
+                let _ = stream.set_nodelay(true);
+                let service = router.clone().map_request(move |mut request: axum::http::Request<hyper::body::Incoming>| {
+                    request.extensions_mut().insert(axum::extract::ConnectInfo(remote));
+                    request
+                });
+                let connection = builder
+                    .serve_connection_with_upgrades(TokioIo::new(stream), hyper_util::service::TowerToHyperService::new(service))
+                    .into_owned();
+                let connection = graceful.watch(connection);
+                connections.spawn(async move {
+                    let _ = connection.await;
+                });
+            }
+            // Reap finished connections so the set does not grow.
+            Some(_) = connections.join_next(), if !connections.is_empty() => {}
+            _ = &mut stop => break,
+        }
+    }
+    drop(listener);
+    tokio::select! {
+        _ = graceful.shutdown() => {}
+        _ = tokio::time::sleep(grace) => {
+            tracing::warn!(grace = ?grace, open = connections.len(), "shutdown grace period over; closing remaining connections");
+        }
+    }
+    connections.abort_all();
+    while connections.join_next().await.is_some() {}
+    Ok(())
 }
 
 /// Resolves on SIGINT or SIGTERM.

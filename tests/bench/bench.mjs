@@ -67,6 +67,12 @@ const cfg = {
   outDir: env.BENCH_OUT || path.join(BENCH_DIR, 'results'),
   profile: env.BENCH_PROFILE === '1',
   only: env.BENCH_ONLY || 'all', // all | http | sse
+  // A policy file (relative to the repository), e.g. policies/per-tool.rhai.
+  policy: env.BENCH_POLICY ? path.resolve(REPO_ROOT, env.BENCH_POLICY) : null,
+  observe: (env.BENCH_OBSERVE || 'on') !== 'off',
+  get logLevel() {
+    return this.observe ? 'warn,audit=info' : 'warn';
+  },
 };
 if (!['all', 'http', 'sse'].includes(cfg.only)) throw new Error(`BENCH_ONLY must be all, http or sse, not ${cfg.only}`);
 
@@ -287,12 +293,18 @@ async function startOurProxy({ name, port, shared, downstreamUrl }) {
     downstream: { url: downstreamUrl },
     store: { path: path.join(shared.dir, 'proxy.db') },
     secrets: { encryption_key: shared.encryptionKey },
-    log: { level: 'warn', format: 'json' },
+    // Observability as deployed: metrics on, one audit line per MCP request
+    // (BENCH_OBSERVE=off turns both off, for the overhead comparison).
+    metrics: { enabled: cfg.observe },
+    log: { level: cfg.logLevel, format: 'json', audit: cfg.observe },
   };
+  if (cfg.policy) config.policy = { path: cfg.policy };
   const file = path.join(shared.dir, `${name}.toml`);
   fs.writeFileSync(file, toToml(config), { mode: 0o600 });
-  const [cmd, args] = pinned(cfg.bin, ['serve', '--config', file]);
-  const proc = spawnTracked(cmd, args, { name, env: { RUST_LOG: 'warn' }, cwd: shared.dir });
+  // The log goes to a file, as in production, not into this process's memory.
+  const logFile = path.join(shared.dir, `${name}.log`);
+  const [cmd, args] = pinned('sh', ['-c', 'exec "$0" serve --config "$1" 2>>"$2"', cfg.bin, file, logFile]);
+  const proc = spawnTracked(cmd, args, { name, env: { RUST_LOG: cfg.logLevel }, cwd: shared.dir });
   const deadline = Date.now() + 30000;
   for (;;) {
     if (proc.child.exitCode !== null || proc.child.signalCode !== null) {
