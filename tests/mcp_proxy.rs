@@ -698,12 +698,7 @@ async fn graceful_shutdown_lets_open_streams_run_until_the_grace_period_ends() {
     assert!(String::from_utf8_lossy(&second).contains("\"result\""));
     // The grace period over, the stream is closed.
     let end = tokio::time::timeout(Duration::from_secs(5), async {
-        loop {
-            match r.chunk().await {
-                Ok(Some(_)) => continue,
-                _ => break,
-            }
-        }
+        while let Ok(Some(_)) = r.chunk().await {}
     })
     .await;
     assert!(end.is_ok(), "the stream outlived the grace period");
