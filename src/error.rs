@@ -228,6 +228,18 @@ pub fn redirect_with_params(uri: &str, params: &[(&str, &str)]) -> Option<String
     Some(url.to_string())
 }
 
+/// An error and its sources on one line, for logs and messages.
+pub fn error_chain(e: &dyn std::error::Error) -> String {
+    let mut text = e.to_string();
+    let mut source = e.source();
+    while let Some(s) = source {
+        text.push_str(": ");
+        text.push_str(&s.to_string());
+        source = s.source();
+    }
+    text
+}
+
 /// A 302 redirect that caches nowhere.
 pub fn found(location: &str) -> Response {
     match HeaderValue::from_str(location) {

@@ -20,6 +20,7 @@ use hyper_util::rt::TokioExecutor;
 use tower::Service;
 use url::Url;
 
+use crate::error::error_chain;
 use crate::error::ProxyError;
 use crate::metrics::{status_class, Metrics};
 use crate::oauth::grants::Session;
@@ -406,15 +407,4 @@ fn rewrite_endpoint(
         }
     });
     Body::from_stream(stream)
-}
-
-fn error_chain(e: &dyn std::error::Error) -> String {
-    let mut text = e.to_string();
-    let mut source = e.source();
-    while let Some(s) = source {
-        text.push_str(": ");
-        text.push_str(&s.to_string());
-        source = s.source();
-    }
-    text
 }

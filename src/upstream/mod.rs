@@ -22,6 +22,7 @@ use serde_json::{Map, Value};
 use tokio::sync::{Mutex, RwLock};
 
 use crate::config::Settings;
+use crate::error::error_chain;
 use crate::metrics::Metrics;
 use crate::store::UpstreamTokens;
 
@@ -413,16 +414,4 @@ fn jwt_payload(jwt: &str) -> Result<Map<String, Value>, UpstreamError> {
         .decode(payload.trim_end_matches('='))
         .map_err(|e| UpstreamError::IdToken(e.to_string()))?;
     serde_json::from_slice(&bytes).map_err(|e| UpstreamError::IdToken(e.to_string()))
-}
-
-/// An error and its sources on one line, for logs.
-fn error_chain(e: &dyn std::error::Error) -> String {
-    let mut text = e.to_string();
-    let mut source = e.source();
-    while let Some(s) = source {
-        text.push_str(": ");
-        text.push_str(&s.to_string());
-        source = s.source();
-    }
-    text
 }
