@@ -142,7 +142,15 @@ fn check(path: Option<PathBuf>) -> ExitCode {
     }
 }
 
-fn init_logging(config: &Config) {
+/// Logs go to stderr from a background thread: a request never waits for a
+/// write(2). Nothing is dropped (the queue applies back-pressure when full);
+/// the returned guard flushes what is queued when the process ends.
+fn init_logging(config: &Config) -> tracing_appender::non_blocking::WorkerGuard {
+    let (writer, guard) = tracing_appender::non_blocking::NonBlockingBuilder::default()
+        .lossy(false)
+        .buffered_lines_limit(64 * 1024)
+        .thread_name("log-writer")
+        .finish(std::io::stderr());
     let filter = tracing_subscriber::EnvFilter::try_from_default_env()
         .or_else(|_| tracing_subscriber::EnvFilter::try_new(&config.log.level))
         .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
@@ -153,7 +161,7 @@ fn init_logging(config: &Config) {
     };
     let builder = tracing_subscriber::fmt()
         .with_env_filter(filter)
-        .with_writer(std::io::stderr)
+        .with_writer(writer)
         // Colours only for a terminal, never into a log file.
         .with_ansi(std::io::stderr().is_terminal());
     if json {
@@ -165,6 +173,7 @@ fn init_logging(config: &Config) {
     } else {
         builder.init();
     }
+    guard
 }
 
 fn serve(path: Option<PathBuf>) -> ExitCode {
@@ -175,7 +184,7 @@ fn serve(path: Option<PathBuf>) -> ExitCode {
             return ExitCode::FAILURE;
         }
     };
-    init_logging(&config);
+    let _log_guard = init_logging(&config);
     let settings = match config.validate() {
         Ok(s) => s,
         Err(e) => {

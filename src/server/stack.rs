@@ -111,13 +111,15 @@ pub fn router(app: AppState) -> Router {
                 .and_then(|v| v.to_str().ok())
                 .unwrap_or_default();
             tracing::info_span!("request", method = %request.method(), path = %request.uri().path(), request_id)
-        }))
+        })
+        // A 5xx is already logged, with its cause, where it arose.
+        .on_failure(tower_http::trace::DefaultOnFailure::new().level(tracing::Level::WARN)))
         // Outermost: every request gets an id before anything logs.
         .layer(SetRequestIdLayer::new(REQUEST_ID.clone(), SequentialRequestId::new()))
 }
 
-/// One MCP route: rescue ← authenticate ← policy ← forwarder (outermost
-/// first).
+/// One MCP route, outermost first: audit ← rescue ← authenticate ←
+/// policy ← list filter ← forwarder.
 fn mcp_stack(
     app: &AppState,
     resource_path: &'static str,
