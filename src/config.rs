@@ -337,6 +337,12 @@ pub struct RegistrationConfig {
         deserialize_with = "lenient_number"
     )]
     pub max_redirect_uris: usize,
+    /// Accept https URLs as client ids (Client ID Metadata Documents).
+    #[serde(default = "default_true", deserialize_with = "lenient_bool")]
+    pub client_metadata_documents: bool,
+    /// Development only: also fetch http:// documents and private addresses.
+    #[serde(default, deserialize_with = "lenient_bool")]
+    pub insecure_metadata_documents: bool,
 }
 
 impl Default for RegistrationConfig {
@@ -345,6 +351,8 @@ impl Default for RegistrationConfig {
             client_ttl: default_client_ttl(),
             allowed_schemes: Vec::new(),
             max_redirect_uris: default_max_redirect_uris(),
+            client_metadata_documents: true,
+            insecure_metadata_documents: false,
         }
     }
 }

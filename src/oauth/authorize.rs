@@ -18,7 +18,7 @@ use sha2::{Digest, Sha256};
 use crate::crypto;
 use crate::error::{found, redirect_with_params, AppError, PageError, RedirectError};
 use crate::now_unix;
-use crate::oauth::{client_auth, cookie, pages, redirect_uri, validate_resource, Params};
+use crate::oauth::{cimd, client_auth, cookie, pages, redirect_uri, validate_resource, Params};
 use crate::policy::{user_value, Decision, UserFacts};
 use crate::server::AppState;
 use crate::store::StoreError;
@@ -120,7 +120,16 @@ async fn trusted_client_and_redirect(
             "The application did not say who it is (client_id is missing).",
         )
     })?;
-    let client: ClientRecord = app.records.get(Namespace::Client, client_id).await?.ok_or_else(|| {
+    let found = cimd::find_client(app, client_id)
+        .await
+        .map_err(|e| match e {
+            cimd::CimdError::Store(e) => PageError::from(e),
+            other => {
+                tracing::info!(client_id, error = %other, "client metadata document refused");
+                PageError::bad_request("Unknown application", other.to_string())
+            }
+        })?;
+    let client: ClientRecord = found.ok_or_else(|| {
         PageError::bad_request(
             "Unknown application",
             "This application is not registered here, or its registration expired. Remove the server from the application and add it again.",

@@ -47,10 +47,12 @@ pub async fn authenticate(
             e
         }
     };
-    let client: ClientRecord = app
-        .records
-        .get(Namespace::Client, &client_id)
-        .await?
+    let client: ClientRecord = crate::oauth::cimd::find_client(app, &client_id)
+        .await
+        .map_err(|e| match e {
+            crate::oauth::cimd::CimdError::Store(e) => OAuthError::from(e),
+            other => challenge(OAuthError::invalid_client(other.to_string())),
+        })?
         .ok_or_else(|| challenge(OAuthError::invalid_client("unknown client; register again")))?;
     let presented = basic.as_ref().map(|(_, s)| s.as_str()).or(form_secret);
     if client.is_public() {
@@ -77,7 +79,12 @@ pub async fn authenticate(
 /// Keeps a used client registered for another `registration.client_ttl`.
 pub async fn touch(app: &AppState, client: &ClientRecord) {
     let now = now_unix();
-    if now - client.last_used_at < TOUCH_INTERVAL_SECS {
+    // A metadata document's record lives as long as its cache lifetime.
+    if now - client.last_used_at < TOUCH_INTERVAL_SECS
+        || client
+            .metadata
+            .contains_key(crate::oauth::cimd::FROM_DOCUMENT)
+    {
         return;
     }
     let mut updated = client.clone();

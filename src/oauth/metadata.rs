@@ -10,8 +10,9 @@ use serde_json::{json, Value};
 
 use crate::server::AppState;
 
-pub fn authorization_server_document(public_url: &str) -> Value {
+pub fn authorization_server_document(public_url: &str, client_metadata_documents: bool) -> Value {
     json!({
+        "client_id_metadata_document_supported": client_metadata_documents,
         "issuer": public_url,
         "authorization_endpoint": format!("{public_url}/authorize"),
         "token_endpoint": format!("{public_url}/token"),
@@ -46,7 +47,10 @@ fn cacheable_json(body: Value) -> Response {
 }
 
 pub async fn authorization_server(State(app): State<AppState>) -> Response {
-    cacheable_json(authorization_server_document(&app.settings.public_url))
+    cacheable_json(authorization_server_document(
+        &app.settings.public_url,
+        app.settings.config.registration.client_metadata_documents,
+    ))
 }
 
 pub async fn protected_resource_root(State(app): State<AppState>) -> Response {

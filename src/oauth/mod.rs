@@ -1,6 +1,7 @@
 //! The OAuth 2.1 authorization server MCP clients talk to.
 
 pub mod authorize;
+pub mod cimd;
 pub mod client_auth;
 pub mod grants;
 pub mod metadata;
