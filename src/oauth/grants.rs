@@ -28,7 +28,7 @@ pub enum Revocation {
 }
 
 /// What an access token stands for, once validated.
-#[derive(Debug, Clone)]
+#[derive(Debug)]
 pub struct Session {
     pub grant_id: String,
     pub token_hash: String,
@@ -43,6 +43,9 @@ pub struct Session {
     pub client_name: Option<String>,
     /// The policy's view of this user, built once per cached session.
     pub script_user: std::sync::OnceLock<rhai::Dynamic>,
+    /// For policies that decide on the user alone: (policy version,
+    /// decision), so the script runs once per session and version.
+    pub policy_decision: std::sync::Mutex<Option<(u64, crate::policy::Decision)>>,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -605,6 +608,7 @@ impl Grants {
         Ok(Session {
             client_name,
             script_user: std::sync::OnceLock::new(),
+            policy_decision: std::sync::Mutex::new(None),
             grant_id: grant.grant_id,
             token_hash,
             client_id: record.client_id,

@@ -15,7 +15,7 @@ use http_body_util::{BodyExt, Limited};
 use serde_json::Value;
 use tower::{Layer, Service};
 
-use super::layer::{script_request, script_user, McpCall, PolicyOutcome};
+use super::layer::{decide, script_request, script_user, McpCall, PolicyOutcome};
 use super::{Decision, PolicyEngine};
 use crate::error::ProxyError;
 use crate::oauth::grants::Session;
@@ -78,13 +78,13 @@ impl Visibility {
             id: None,
             target: Some(target.to_string()),
         };
-        let request = script_request(&self.method, &self.path, &self.headers, Some(&call));
         matches!(
-            self.engine.authorize(
+            decide(
+                &self.engine,
                 &self.outcome.policy,
-                self.user.clone(),
-                request,
-                &self.session.upstream
+                &self.session,
+                &self.user,
+                || { script_request(&self.method, &self.path, &self.headers, Some(&call)) }
             ),
             Decision::Allow { .. }
         )

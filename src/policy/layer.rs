@@ -126,6 +126,33 @@ fn check_routing_headers(headers: &HeaderMap, calls: &[McpCall]) -> Result<(), P
     Ok(())
 }
 
+/// Runs `authorize` for a session: once per session and policy version when
+/// the policy decides on the user alone, otherwise per request (the request
+/// view is built only then).
+pub fn decide(
+    engine: &PolicyEngine,
+    policy: &CompiledPolicy,
+    session: &Session,
+    user: &Dynamic,
+    request: impl FnOnce() -> Dynamic,
+) -> Decision {
+    if !policy.per_user_only {
+        return engine.authorize(policy, user.clone(), request(), &session.upstream);
+    }
+    if let Ok(cached) = session.policy_decision.lock() {
+        if let Some((version, decision)) = cached.as_ref() {
+            if *version == policy.version {
+                return decision.clone();
+            }
+        }
+    }
+    let decision = engine.authorize(policy, user.clone(), request(), &session.upstream);
+    if let Ok(mut cached) = session.policy_decision.lock() {
+        *cached = Some((policy.version, decision.clone()));
+    }
+    decision
+}
+
 /// The script's `user`: built once per session.
 pub fn script_user(session: &Session, issuer: &str) -> Dynamic {
     session
@@ -292,12 +319,10 @@ where
                 });
             }
             for call in evaluations {
-                let request_view = script_request(&parts.method, &path, &parts.headers, call);
                 let started = std::time::Instant::now();
-                let decision =
-                    layer
-                        .engine
-                        .authorize(&policy, user.clone(), request_view, &session.upstream);
+                let decision = decide(&layer.engine, &policy, &session, &user, || {
+                    script_request(&parts.method, &path, &parts.headers, call)
+                });
                 if let Some(metrics) = &layer.metrics {
                     metrics
                         .policy_duration

@@ -105,6 +105,12 @@ pub struct CompiledPolicy {
     /// these names never reach the downstream.
     may_set: HashSet<String>,
     pub has_login: bool,
+    /// Distinguishes versions of the policy (each compile gets a new one).
+    pub version: u64,
+    /// The decision depends on the user alone: `authorize` never reads its
+    /// `request` argument and calls nothing time-dependent or side-effecting,
+    /// so it can be computed once per session.
+    pub per_user_only: bool,
 }
 
 impl std::fmt::Debug for CompiledPolicy {
@@ -437,12 +443,54 @@ pub fn compile(engine: &Engine, name: &str, source: &str) -> Result<CompiledPoli
     let has_login = ast
         .iter_functions()
         .any(|f| f.name == "login" && f.params.len() == 1);
+    let request_param = ast
+        .iter_functions()
+        .find(|f| f.name == "authorize" && f.params.len() == 2)
+        .map(|f| f.params[1].to_string())
+        .unwrap_or_default();
+    static VERSIONS: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(1);
     Ok(CompiledPolicy {
+        version: VERSIONS.fetch_add(1, std::sync::atomic::Ordering::Relaxed),
+        per_user_only: depends_on_user_only(source, &request_param),
         name: name.to_string(),
         may_set: header_like_literals(source),
         ast,
         has_login,
     })
+}
+
+/// Conservatively true only when the request parameter's name appears in
+/// the source exactly once (its declaration) and nothing time-dependent or
+/// side-effecting is called. Any doubt (the name used elsewhere, in a string,
+/// by another function) keeps evaluating per request.
+fn depends_on_user_only(source: &str, request_param: &str) -> bool {
+    if request_param.is_empty() {
+        return false;
+    }
+    let is_word = |b: u8| b.is_ascii_alphanumeric() || b == b'_';
+    let bytes = source.as_bytes();
+    let mut uses = 0;
+    let mut start = 0;
+    while let Some(found) = source[start..].find(request_param) {
+        let at = start + found;
+        let end = at + request_param.len();
+        let bounded =
+            (at == 0 || !is_word(bytes[at - 1])) && (end == bytes.len() || !is_word(bytes[end]));
+        if bounded {
+            uses += 1;
+        }
+        start = end;
+    }
+    const IMPURE: [&str; 7] = [
+        "now(",
+        "utc_hour(",
+        "utc_weekday(",
+        "log_",
+        "print(",
+        "debug(",
+        "timestamp(",
+    ];
+    uses == 1 && !IMPURE.iter().any(|f| source.contains(f))
 }
 
 fn location(name: &str, pos: Position) -> String {
@@ -857,6 +905,27 @@ mod tests {
                 ..
             }
         ));
+    }
+
+    #[test]
+    fn only_request_independent_pure_policies_are_per_user() {
+        let engine = sandboxed_engine();
+        let per_user = |src: &str| compile(&engine, "t.rhai", src).unwrap().per_user_only;
+        assert!(per_user(DEFAULT_POLICY));
+        assert!(!per_user(include_str!("../../policies/per-tool.rhai")));
+        assert!(!per_user(
+            "fn authorize(u, r) { if r.mcp.tool == \"x\" { return deny(\"no\"); } allow() }"
+        ));
+        assert!(!per_user(
+            "fn authorize(u, request) { log_info(\"hi\"); allow() }"
+        ));
+        assert!(!per_user(
+            "fn authorize(u, request) { if utc_hour() > 18 { return deny(\"late\"); } allow() }"
+        ));
+        assert!(!per_user(
+            "fn h(request) { request.path } fn authorize(u, request) { allow() }"
+        ));
+        assert!(per_user("fn authorize(user, req) { let requests = 1; allow(#{ \"X-User-Email\": user.email }) }"));
     }
 
     #[test]
