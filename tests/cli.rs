@@ -15,47 +15,6 @@ use common::*;
 use mcp_oauth_proxy::crypto::token_hash;
 use serde_json::{json, Value};
 
-/// The proxy as a child process, killed when dropped (also when a test
-/// fails half-way).
-struct ProxyProcess(Child);
-
-impl Drop for ProxyProcess {
-    fn drop(&mut self) {
-        let _ = self.0.kill();
-        let _ = self.0.wait();
-    }
-}
-
-fn spawn_proxy(config: &Path) -> ProxyProcess {
-    ProxyProcess(
-        Command::new(env!("CARGO_BIN_EXE_mcp-oauth-proxy"))
-            .args(["serve", "--config"])
-            .arg(config)
-            .env("RUST_LOG", "warn")
-            .stdout(Stdio::null())
-            .stderr(Stdio::inherit())
-            .spawn()
-            .expect("the proxy binary starts"),
-    )
-}
-
-async fn wait_ready(url: &str) {
-    let http = http_client();
-    for _ in 0..100 {
-        if let Ok(r) = http
-            .get(format!("{url}/.well-known/oauth-authorization-server"))
-            .send()
-            .await
-        {
-            if r.status() == 200 {
-                return;
-            }
-        }
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
-    panic!("the proxy did not become ready");
-}
-
 struct Run {
     code: i32,
     stdout: String,

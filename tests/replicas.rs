@@ -81,24 +81,9 @@ impl Drop for RedisServer {
     }
 }
 
-fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port()
-}
-
 struct Replica {
-    child: Child,
+    _process: ProxyProcess,
     endpoint: Endpoint,
-}
-
-impl Drop for Replica {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
 }
 
 struct Cluster {
@@ -140,21 +125,17 @@ async fn cluster(redis: &RedisServer) -> Cluster {
         );
         let config = dir.path().join(format!("{name}.toml"));
         std::fs::write(&config, toml).unwrap();
-        let child = Command::new(env!("CARGO_BIN_EXE_mcp-oauth-proxy"))
-            .args(["serve", "--config"])
-            .arg(&config)
-            .env("RUST_LOG", "warn")
-            .stdout(Stdio::null())
-            .stderr(Stdio::inherit())
-            .spawn()
-            .unwrap();
+        let process = spawn_proxy(&config);
         let endpoint = Endpoint {
             url: format!("http://127.0.0.1:{port}"),
             provider: provider.clone(),
             http: http_client(),
         };
         wait_ready(&endpoint.url).await;
-        replicas.push(Replica { child, endpoint });
+        replicas.push(Replica {
+            _process: process,
+            endpoint,
+        });
     }
     let b = replicas.pop().unwrap();
     let a = replicas.pop().unwrap();
@@ -169,23 +150,6 @@ async fn cluster(redis: &RedisServer) -> Cluster {
 fn rand_suffix() -> String {
     use rand::Rng;
     format!("{:08x}", rand::thread_rng().gen::<u32>())
-}
-
-async fn wait_ready(url: &str) {
-    let http = http_client();
-    for _ in 0..100 {
-        if let Ok(r) = http
-            .get(format!("{url}/.well-known/oauth-authorization-server"))
-            .send()
-            .await
-        {
-            if r.status() == 200 {
-                return;
-            }
-        }
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
-    panic!("the proxy did not become ready");
 }
 
 async fn mcp(endpoint: &Endpoint, token: &str) -> u16 {

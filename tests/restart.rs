@@ -4,40 +4,11 @@
 
 mod common;
 
-use std::process::{Child, Command, Stdio};
-use std::time::Duration;
+use std::process::Command;
 
 use common::downstream::Downstream;
 use common::*;
 use serde_json::json;
-
-fn spawn_proxy(config: &std::path::Path) -> Child {
-    Command::new(env!("CARGO_BIN_EXE_mcp-oauth-proxy"))
-        .args(["serve", "--config"])
-        .arg(config)
-        .env("RUST_LOG", "warn")
-        .stdout(Stdio::null())
-        .stderr(Stdio::inherit())
-        .spawn()
-        .expect("the proxy binary starts")
-}
-
-async fn wait_ready(url: &str) {
-    let http = http_client();
-    for _ in 0..100 {
-        if let Ok(r) = http
-            .get(format!("{url}/.well-known/oauth-authorization-server"))
-            .send()
-            .await
-        {
-            if r.status() == 200 {
-                return;
-            }
-        }
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
-    panic!("the proxy did not become ready");
-}
 
 #[tokio::test]
 async fn tokens_and_registrations_survive_sigkill() {
@@ -65,15 +36,14 @@ async fn tokens_and_registrations_survive_sigkill() {
         provider: provider.clone(),
         http: http_client(),
     };
-    let mut child = spawn_proxy(&config);
+    let proxy = spawn_proxy(&config);
     wait_ready(&endpoint.url).await;
     let client = endpoint.public_client().await;
     let tokens = endpoint.tokens_for(&client, &[]).await;
 
-    // No graceful anything: SIGKILL.
-    child.kill().unwrap();
-    child.wait().unwrap();
-    let mut child = spawn_proxy(&config);
+    // No graceful anything: dropping the handle sends SIGKILL.
+    drop(proxy);
+    let _proxy = spawn_proxy(&config);
     wait_ready(&endpoint.url).await;
 
     let r = endpoint
@@ -98,8 +68,6 @@ async fn tokens_and_registrations_survive_sigkill() {
         .get(&endpoint.authorize_url(&client, &Pkce::new(), "after-restart", &[]))
         .await;
     assert_eq!(page.status, 200, "{}", page.body);
-    child.kill().unwrap();
-    child.wait().unwrap();
 }
 
 #[test]

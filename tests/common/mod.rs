@@ -436,6 +436,59 @@ fn tamper_signature(jwt: &str) -> String {
 
 pub mod downstream;
 
+// ---------------------------------------------------------------- proxy processes
+
+/// The proxy binary as a child process, killed (SIGKILL) when dropped, also
+/// when a test fails half-way.
+pub struct ProxyProcess(pub std::process::Child);
+
+impl Drop for ProxyProcess {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+/// Starts `mcp-oauth-proxy serve --config <config>`.
+pub fn spawn_proxy(config: &std::path::Path) -> ProxyProcess {
+    ProxyProcess(
+        std::process::Command::new(env!("CARGO_BIN_EXE_mcp-oauth-proxy"))
+            .args(["serve", "--config"])
+            .arg(config)
+            .env("RUST_LOG", "warn")
+            .stdout(std::process::Stdio::null())
+            .stderr(std::process::Stdio::inherit())
+            .spawn()
+            .expect("the proxy binary starts"),
+    )
+}
+
+/// Waits until the proxy at `url` answers its metadata.
+pub async fn wait_ready(url: &str) {
+    let http = http_client();
+    for _ in 0..100 {
+        if let Ok(r) = http
+            .get(format!("{url}/.well-known/oauth-authorization-server"))
+            .send()
+            .await
+        {
+            if r.status() == 200 {
+                return;
+            }
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+    }
+    panic!("the proxy did not become ready");
+}
+
+pub fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
+}
+
 // ---------------------------------------------------------------- proxy
 
 /// A proxy reached over HTTP (in process or a child process) and its
