@@ -328,23 +328,6 @@ impl ProxyError {
             _ => -32000,
         }
     }
-
-    /// A short, stable label for logs and metrics.
-    pub fn kind(&self) -> &'static str {
-        match self {
-            ProxyError::Unauthorized { .. } => "unauthorized",
-            ProxyError::Forbidden(_) => "forbidden",
-            ProxyError::PolicyDenied { .. } => "policy_denied",
-            ProxyError::BadRequest(_) => "bad_request",
-            ProxyError::SessionNotFound => "session_not_found",
-            ProxyError::PayloadTooLarge(_) => "payload_too_large",
-            ProxyError::MethodNotAllowed => "method_not_allowed",
-            ProxyError::DownstreamUnreachable(_) => "downstream_unreachable",
-            ProxyError::DownstreamTimeout(_) => "downstream_timeout",
-            ProxyError::StoreUnavailable(_) => "store_unavailable",
-            ProxyError::NotConfigured(_) => "not_configured",
-        }
-    }
 }
 
 impl IntoResponse for ProxyError {

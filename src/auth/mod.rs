@@ -233,10 +233,6 @@ impl TokenCache {
         }
     }
 
-    pub fn entry_count(&self) -> u64 {
-        self.tokens.entry_count()
-    }
-
     /// Refreshes the size gauge (called when metrics are scraped).
     pub async fn report_size(&self) {
         // moka counts lazily; settle pending work so the gauge is exact.

@@ -69,11 +69,8 @@ where
     }
 
     fn call(&mut self, request: Request<Body>) -> Self::Future {
-        let route = request
-            .extensions()
-            .get::<MatchedPath>()
-            .map(|p| p.as_str().to_string())
-            .unwrap_or_else(|| "unmatched".to_string());
+        // MatchedPath shares its text; no allocation per request.
+        let route = request.extensions().get::<MatchedPath>().cloned();
         let method = method_label(request.method());
         let metrics = self.metrics.clone();
         let started = Instant::now();
@@ -82,13 +79,14 @@ where
             let result = future.await;
             if let Ok(response) = &result {
                 let status = status_class(response.status().as_u16());
+                let route = route.as_ref().map_or("unmatched", MatchedPath::as_str);
                 metrics
                     .http_requests
-                    .with_label_values(&[&route, method, status])
+                    .with_label_values(&[route, method, status])
                     .inc();
                 metrics
                     .http_duration
-                    .with_label_values(&[&route, method])
+                    .with_label_values(&[route, method])
                     .observe(started.elapsed().as_secs_f64());
             }
             result

@@ -323,23 +323,18 @@ where
                 let decision = decide(&layer.engine, &policy, &session, &user, || {
                     script_request(&parts.method, &path, &parts.headers, call)
                 });
+                let label = if matches!(decision, Decision::Allow { .. }) {
+                    "allow"
+                } else {
+                    "deny"
+                };
                 if let Some(metrics) = &layer.metrics {
                     metrics
                         .policy_duration
                         .observe(started.elapsed().as_secs_f64());
-                    let label = if matches!(decision, Decision::Allow { .. }) {
-                        "allow"
-                    } else {
-                        "deny"
-                    };
                     metrics.policy_decisions.with_label_values(&[label]).inc();
                 }
                 if let Some(slot) = &audit {
-                    let label = if matches!(decision, Decision::Allow { .. }) {
-                        "allow"
-                    } else {
-                        "deny"
-                    };
                     slot.update(|facts| facts.decision = Some(label));
                 }
                 match decision {

@@ -339,10 +339,6 @@ impl PolicyEngine {
         }
     }
 
-    pub fn path(&self) -> Option<&Path> {
-        self.path.as_deref()
-    }
-
     /// Whether a client header must be removed because a policy may set it.
     pub fn is_identity_header(&self, policy: &CompiledPolicy, name: &str) -> bool {
         let n = normalise_header(name);

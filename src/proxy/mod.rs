@@ -11,7 +11,7 @@ use std::time::Duration;
 
 use axum::body::{Body, Bytes};
 use axum::extract::ConnectInfo;
-use axum::http::{header, HeaderMap, HeaderValue, Method, Request, Response, Uri};
+use axum::http::{header, HeaderValue, Method, Request, Response, Uri};
 use futures_util::StreamExt;
 use hyper_rustls::HttpsConnector;
 use hyper_util::client::legacy::connect::HttpConnector;
@@ -28,6 +28,7 @@ use crate::policy::layer::PolicyOutcome;
 use crate::policy::PolicyEngine;
 
 pub mod headers;
+pub mod origin;
 pub mod sessions;
 pub mod sse;
 
@@ -70,17 +71,49 @@ pub enum Route {
     SseMessage,
 }
 
+/// A downstream endpoint, parsed once.
+pub struct DownstreamTarget {
+    url: Url,
+    uri: Uri,
+}
+
+impl DownstreamTarget {
+    pub fn new(url: &Url) -> Result<Self, String> {
+        let uri = url
+            .as_str()
+            .parse::<Uri>()
+            .map_err(|e| format!("{url} is not a request URI: {e}"))?;
+        Ok(DownstreamTarget {
+            url: url.clone(),
+            uri,
+        })
+    }
+
+    /// The target of one request: the client's query string, if any, joins
+    /// the configured one.
+    fn for_request(&self, client: &Uri) -> Uri {
+        let Some(query) = client.query() else {
+            return self.uri.clone();
+        };
+        let mut url = self.url.clone();
+        let merged = match self.url.query() {
+            Some(existing) => format!("{existing}&{query}"),
+            None => query.to_string(),
+        };
+        url.set_query(Some(&merged));
+        url.as_str().parse().unwrap_or_else(|_| self.uri.clone())
+    }
+}
+
 /// Everything forwarders share.
 pub struct ForwardContext {
     pub client: HttpClient,
     pub policy: Arc<PolicyEngine>,
     pub sessions: Arc<SessionBindings>,
-    pub public_url: String,
     pub public_host: String,
     pub public_proto: String,
-    pub allowed_origins: Vec<String>,
-    pub downstream_url: Url,
-    pub downstream_sse_url: Option<Url>,
+    pub downstream: DownstreamTarget,
+    pub downstream_sse: Option<DownstreamTarget>,
     pub response_timeout: Duration,
     pub sse_idle_timeout: Duration,
     pub own_cookie_prefixes: Vec<&'static str>,
@@ -126,36 +159,11 @@ impl Service<Request<Body>> for Forwarder {
     }
 }
 
-/// MCP requires servers to check `Origin` (DNS rebinding): a browser page
-/// from another origin may not drive the MCP server.
-pub fn check_origin(
-    headers: &HeaderMap,
-    public_url: &str,
-    allowed: &[String],
-) -> Result<(), ProxyError> {
-    let Some(origin) = headers.get(header::ORIGIN) else {
-        return Ok(());
-    };
-    let origin = origin.to_str().unwrap_or_default().trim_end_matches('/');
-    if origin == public_url || allowed.iter().any(|a| a == origin) {
-        Ok(())
-    } else {
-        Err(ProxyError::Forbidden(format!(
-            "origin {origin} is not allowed (add it to server.allowed_origins)"
-        )))
-    }
-}
-
 async fn forward(
     context: &ForwardContext,
     route: Route,
     request: Request<Body>,
 ) -> Result<Response<Body>, ProxyError> {
-    check_origin(
-        request.headers(),
-        &context.public_url,
-        &context.allowed_origins,
-    )?;
     let allowed = match route {
         Route::Mcp => matches!(
             request.method(),
@@ -191,16 +199,16 @@ async fn forward(
                     return Err(ProxyError::SessionNotFound);
                 }
             }
-            with_query(&context.downstream_url, request.uri())
+            context.downstream.for_request(request.uri())
         }
         Route::SseStream => {
             let sse = context
-                .downstream_sse_url
+                .downstream_sse
                 .as_ref()
                 .ok_or(ProxyError::NotConfigured(
                     "legacy SSE is not enabled here (downstream.sse_url is not set)",
                 ))?;
-            with_query(sse, request.uri())
+            sse.for_request(request.uri())
         }
         Route::SseMessage => {
             let sid = request
@@ -345,21 +353,6 @@ async fn forward(
         body
     };
     Ok(Response::from_parts(parts, body))
-}
-
-/// The downstream URL with the client's query string, if any.
-fn with_query(base: &Url, client_uri: &Uri) -> Uri {
-    let mut url = base.clone();
-    if let Some(q) = client_uri.query() {
-        let merged = match base.query() {
-            Some(existing) => format!("{existing}&{q}"),
-            None => q.to_string(),
-        };
-        url.set_query(Some(&merged));
-    }
-    url.as_str()
-        .parse()
-        .unwrap_or_else(|_| Uri::from_static("/"))
 }
 
 /// Rewrites the legacy `endpoint` event to the proxy's message endpoint and

@@ -14,7 +14,7 @@ use crate::metrics::Metrics;
 use crate::oauth::grants::{Grants, Lifetimes};
 use crate::policy::PolicyEngine;
 use crate::proxy::sessions::SessionBindings;
-use crate::proxy::ForwardContext;
+use crate::proxy::{DownstreamTarget, ForwardContext};
 use crate::store::InstrumentedStore;
 use crate::store::{redis::RedisStore, sqlite::SqliteStore, Records, SharedStore};
 use crate::upstream::Upstream;
@@ -52,6 +52,8 @@ pub enum StartError {
     Store(#[from] crate::store::StoreError),
     #[error("upstream: {0}")]
     Upstream(#[from] crate::upstream::UpstreamError),
+    #[error("downstream: {0}")]
+    Downstream(String),
     #[error("policy.path: {0}")]
     Policy(#[from] crate::policy::PolicyError),
     #[error("server.listen: cannot listen on {addr}: {source}")]
@@ -114,15 +116,19 @@ impl AppState {
             client: crate::proxy::http_client(config.downstream.connect_timeout.0),
             policy: policy.clone(),
             sessions: Arc::new(SessionBindings::new(records.clone())),
-            public_url: settings.public_url.clone(),
             public_host: match public.port() {
                 Some(port) => format!("{}:{port}", public.host_str().unwrap_or_default()),
                 None => public.host_str().unwrap_or_default().to_string(),
             },
             public_proto: public.scheme().to_string(),
-            allowed_origins: settings.allowed_origins.clone(),
-            downstream_url: settings.downstream_url.clone(),
-            downstream_sse_url: settings.downstream_sse_url.clone(),
+            downstream: DownstreamTarget::new(&settings.downstream_url)
+                .map_err(StartError::Downstream)?,
+            downstream_sse: settings
+                .downstream_sse_url
+                .as_ref()
+                .map(DownstreamTarget::new)
+                .transpose()
+                .map_err(StartError::Downstream)?,
             response_timeout: config.downstream.response_timeout.0,
             sse_idle_timeout: config.downstream.sse_idle_timeout.0,
             own_cookie_prefixes: vec!["__Host-mcp-", "mcp-browser="],

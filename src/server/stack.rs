@@ -20,6 +20,7 @@ use crate::metrics::layer::RecordHttpLayer;
 use crate::oauth::{authorize, metadata, register, token};
 use crate::policy::filter::FilterListsLayer;
 use crate::policy::layer::EnforcePolicyLayer;
+use crate::proxy::origin::CheckOriginLayer;
 use crate::proxy::{Forwarder, Route, LEGACY_MESSAGE_PATH};
 use crate::server::rescue::RescueLayer;
 use crate::server::AppState;
@@ -118,8 +119,8 @@ pub fn router(app: AppState) -> Router {
         .layer(SetRequestIdLayer::new(REQUEST_ID.clone(), SequentialRequestId::new()))
 }
 
-/// One MCP route, outermost first: audit ← rescue ← authenticate ←
-/// policy ← list filter ← forwarder.
+/// One MCP route, outermost first: audit ← rescue ← origin ← authenticate
+/// ← policy ← list filter ← forwarder.
 fn mcp_stack(
     app: &AppState,
     resource_path: &'static str,
@@ -148,6 +149,11 @@ fn mcp_stack(
         // Typed errors from the layers below become JSON-RPC responses here,
         // and only here.
         .layer(RescueLayer)
+        // Foreign browser origins are refused before any work is done.
+        .layer(CheckOriginLayer::new(
+            &app.settings.public_url,
+            &app.settings.allowed_origins,
+        ))
         // Who is calling: the bearer token, from the Authorization header only.
         .layer(AuthenticateLayer::new(
             app.token_cache.clone(),

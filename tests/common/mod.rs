@@ -3,7 +3,6 @@
 #![allow(dead_code)]
 
 use std::collections::HashMap;
-use std::net::SocketAddr;
 use std::sync::{Arc, Mutex, OnceLock};
 
 use axum::extract::{Query, State};
@@ -625,10 +624,6 @@ impl TestProxy {
             running,
             dir,
         }
-    }
-
-    pub fn addr(&self) -> SocketAddr {
-        self.running.addr
     }
 
     pub fn app(&self) -> &AppState {
