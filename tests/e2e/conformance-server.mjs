@@ -45,13 +45,8 @@ import { startProvider } from './provider.mjs';
 import {
   Browser,
   E2E_DIR,
-  buildAuthorizeUrl,
-  describeHops,
+  accessTokenFor,
   freePort,
-  loginThroughBrowserless,
-  makePkce,
-  postForm,
-  randomToken,
   removeOnExit,
   sleep,
   spawnTracked,
@@ -216,55 +211,20 @@ function dnsDetails(s) {
 
 // ---------------------------------------------------------------- proxy + token
 
-async function registerClient(registrationEndpoint, redirectUri) {
-  const res = await fetch(registrationEndpoint, {
-    method: 'POST',
-    headers: { 'content-type': 'application/json', accept: 'application/json' },
-    body: JSON.stringify({
-      client_name: 'MCP conformance suite (server scenarios)',
-      redirect_uris: [redirectUri],
-      grant_types: ['authorization_code', 'refresh_token'],
-      response_types: ['code'],
-      token_endpoint_auth_method: 'none',
-    }),
-  });
-  const text = await res.text();
-  if (res.status !== 201) throw new Error(`POST ${registrationEndpoint} answered ${res.status}, expected 201: ${text}`);
-  return JSON.parse(text);
-}
-
-/** An access token for the proxy's /mcp resource: DCR, consent + provider login, code exchange. */
+/** An access token for the proxy's /mcp resource (as a client gets one). */
 async function getToken(proxy) {
-  const meta = await (await fetch(`${proxy.url}/.well-known/oauth-authorization-server`)).json();
-  const prm = await (await fetch(`${proxy.url}/.well-known/oauth-protected-resource/mcp`)).json();
-  if (!meta.registration_endpoint) throw new Error('the proxy metadata has no registration_endpoint');
   // A loopback redirect URI nothing listens on: the login chain stops there.
   const redirectUri = `http://127.0.0.1:${await freePort()}/callback`;
-  const client = await registerClient(meta.registration_endpoint, redirectUri);
-  const pkce = makePkce();
-  const state = randomToken(16);
-  const authorizeUrl = buildAuthorizeUrl(meta.authorization_endpoint, {
-    clientId: client.client_id,
+  return accessTokenFor(proxy.url, {
+    user: USER,
+    password: PASSWORD,
     redirectUri,
-    state,
-    codeChallenge: pkce.challenge,
-    resource: prm.resource,
+    clientName: 'MCP conformance suite (server scenarios)',
+    browser: new Browser({ log: verbose }),
   });
-  const flow = await loginThroughBrowserless({ authorizeUrl, user: USER, password: PASSWORD, browser: new Browser({ log: verbose }) });
-  if (!flow.code || flow.state !== state) {
-    throw new Error(`no code from the authorization flow (error ${flow.error}: ${flow.errorDescription})\n${describeHops(flow.hops)}`);
-  }
-  const hop = await postForm(meta.token_endpoint, {
-    grant_type: 'authorization_code',
-    code: flow.code,
-    redirect_uri: redirectUri,
-    client_id: client.client_id,
-    code_verifier: pkce.verifier,
-    resource: prm.resource,
-  });
-  if (hop.status !== 200 || typeof hop.json?.access_token !== 'string') throw new Error(`token endpoint answered ${hop.status}: ${hop.body}`);
-  return { accessToken: hop.json.access_token, resource: prm.resource };
 }
+
+
 
 /** Does this proxy serve /mcp yet? Without a bearer it must answer 401 + WWW-Authenticate resource_metadata. */
 async function probeMcp(proxy) {

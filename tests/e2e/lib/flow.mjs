@@ -188,3 +188,56 @@ export function decodeJwt(jwt) {
     payload: JSON.parse(Buffer.from(p, 'base64url').toString('utf8')),
   };
 }
+
+/** Registers a public client (token_endpoint_auth_method none) by DCR. */
+export async function registerPublicClient(registrationEndpoint, redirectUri, clientName) {
+  const res = await fetch(registrationEndpoint, {
+    method: 'POST',
+    headers: { 'content-type': 'application/json', accept: 'application/json' },
+    body: JSON.stringify({
+      client_name: clientName,
+      redirect_uris: [redirectUri],
+      grant_types: ['authorization_code', 'refresh_token'],
+      response_types: ['code'],
+      token_endpoint_auth_method: 'none',
+    }),
+  });
+  const text = await res.text();
+  if (res.status !== 201) throw new Error(`POST ${registrationEndpoint} answered ${res.status}, expected 201: ${text}`);
+  return JSON.parse(text);
+}
+
+/**
+ * An access token for the proxy's /mcp resource, obtained as a client does:
+ * metadata, DCR, consent + provider login (browserless), code exchange.
+ * `redirectUri` should be a loopback URI nothing listens on.
+ */
+export async function accessTokenFor(publicUrl, { user, password, redirectUri, clientName, browser = new Browser() }) {
+  const meta = await (await fetch(`${publicUrl}/.well-known/oauth-authorization-server`)).json();
+  const prm = await (await fetch(`${publicUrl}/.well-known/oauth-protected-resource/mcp`)).json();
+  if (!meta.registration_endpoint) throw new Error('the proxy metadata has no registration_endpoint');
+  const client = await registerPublicClient(meta.registration_endpoint, redirectUri, clientName);
+  const pkce = makePkce();
+  const state = randomToken(16);
+  const authorizeUrl = buildAuthorizeUrl(meta.authorization_endpoint, {
+    clientId: client.client_id,
+    redirectUri,
+    state,
+    codeChallenge: pkce.challenge,
+    resource: prm.resource,
+  });
+  const flow = await loginThroughBrowserless({ authorizeUrl, user, password, browser });
+  if (!flow.code || flow.state !== state) {
+    throw new Error(`no code from the authorization flow (error ${flow.error}: ${flow.errorDescription})\n${describeHops(flow.hops)}`);
+  }
+  const hop = await postForm(meta.token_endpoint, {
+    grant_type: 'authorization_code',
+    code: flow.code,
+    redirect_uri: redirectUri,
+    client_id: client.client_id,
+    code_verifier: pkce.verifier,
+    resource: prm.resource,
+  });
+  if (hop.status !== 200 || typeof hop.json?.access_token !== 'string') throw new Error(`token endpoint answered ${hop.status}: ${hop.body}`);
+  return { accessToken: hop.json.access_token, resource: prm.resource, clientId: client.client_id };
+}
