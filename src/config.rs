@@ -152,6 +152,13 @@ pub struct UpstreamConfig {
     /// within this, the proxy renews it with the provider's refresh token.
     #[serde(default = "default_refresh_before")]
     pub refresh_before: DurationStr,
+    /// A client refresh asks the provider again (claims re-read, login
+    /// policy re-run) once the provider last confirmed the person this long
+    /// ago; access tokens never outlive that confirmation by more than this.
+    /// Unset: `tokens.access_ttl`. Only for providers that issue a refresh
+    /// token; without one, `tokens.max_grant_age` bounds the sign-in.
+    #[serde(default)]
+    pub revalidate_after: Option<DurationStr>,
 }
 
 impl Default for UpstreamConfig {
@@ -167,6 +174,7 @@ impl Default for UpstreamConfig {
             userinfo: false,
             timeout: default_upstream_timeout(),
             refresh_before: default_refresh_before(),
+            revalidate_after: None,
         }
     }
 }
@@ -224,6 +232,11 @@ pub struct AuthConfig {
     /// How long an unknown token is remembered as unknown.
     #[serde(default = "default_negative_cache_ttl")]
     pub negative_cache_ttl: DurationStr,
+    /// How often an open event stream asks the store whether its token is
+    /// still live: the bound on ending streams after a revocation this
+    /// process did not hear of (the CLI on a SQLite store).
+    #[serde(default = "default_stream_recheck_interval")]
+    pub stream_recheck_interval: DurationStr,
 }
 
 impl Default for AuthConfig {
@@ -232,6 +245,7 @@ impl Default for AuthConfig {
             cache_capacity: default_cache_capacity(),
             cache_ttl: default_cache_ttl(),
             negative_cache_ttl: default_negative_cache_ttl(),
+            stream_recheck_interval: default_stream_recheck_interval(),
         }
     }
 }
@@ -310,6 +324,10 @@ pub struct TokensConfig {
     pub refresh_ttl: DurationStr,
     #[serde(default = "default_code_ttl")]
     pub code_ttl: DurationStr,
+    /// The longest a sign-in lasts when the provider issued no refresh
+    /// token (so it cannot be asked again): then the person logs in anew.
+    #[serde(default = "default_max_grant_age")]
+    pub max_grant_age: DurationStr,
 }
 
 impl Default for TokensConfig {
@@ -318,6 +336,7 @@ impl Default for TokensConfig {
             access_ttl: default_access_ttl(),
             refresh_ttl: default_refresh_ttl(),
             code_ttl: default_code_ttl(),
+            max_grant_age: default_max_grant_age(),
         }
     }
 }
@@ -459,6 +478,12 @@ fn default_access_ttl() -> DurationStr {
 }
 fn default_refresh_ttl() -> DurationStr {
     DurationStr(Duration::from_secs(30 * 86400))
+}
+fn default_max_grant_age() -> DurationStr {
+    DurationStr(Duration::from_secs(24 * 3600))
+}
+fn default_stream_recheck_interval() -> DurationStr {
+    DurationStr(Duration::from_secs(5))
 }
 fn default_code_ttl() -> DurationStr {
     DurationStr(Duration::from_secs(300))
@@ -846,6 +871,17 @@ impl Config {
             ("tokens.access_ttl", self.tokens.access_ttl),
             ("tokens.refresh_ttl", self.tokens.refresh_ttl),
             ("tokens.code_ttl", self.tokens.code_ttl),
+            ("tokens.max_grant_age", self.tokens.max_grant_age),
+            (
+                "upstream.revalidate_after",
+                self.upstream
+                    .revalidate_after
+                    .unwrap_or(self.tokens.access_ttl),
+            ),
+            (
+                "auth.stream_recheck_interval",
+                self.auth.stream_recheck_interval,
+            ),
             ("registration.client_ttl", self.registration.client_ttl),
             ("store.purge_interval", self.store.purge_interval),
             (

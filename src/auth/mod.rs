@@ -28,7 +28,7 @@ use crate::error::ProxyError;
 use crate::metrics::audit::AuditSlot;
 use crate::metrics::Metrics;
 use crate::now_unix;
-use crate::oauth::grants::{GrantError, Grants, Revocation, Session};
+use crate::oauth::grants::{GrantError, Grants, Revocation, Session, SessionEnd, SessionWatch};
 
 #[derive(Clone)]
 enum Entry {
@@ -71,6 +71,12 @@ pub struct TokenCache {
     grants: Grants,
     /// Set while revocations from other replicas cannot be heard.
     degraded: AtomicBool,
+    /// Every revocation this process hears (its own and, with Redis, the
+    /// other replicas'), for open event streams; `None` means "some may have
+    /// been missed: check the store".
+    heard: tokio::sync::broadcast::Sender<Option<Revocation>>,
+    /// How often an open event stream asks the store about its token.
+    stream_recheck: Duration,
 }
 
 /// How long a cached session is trusted while the revocation feed is down.
@@ -82,6 +88,7 @@ impl TokenCache {
         capacity: u64,
         max_ttl: Duration,
         negative_ttl: Duration,
+        stream_recheck: Duration,
         metrics: Arc<Metrics>,
     ) -> Arc<Self> {
         let evictions = metrics.clone();
@@ -113,6 +120,8 @@ impl TokenCache {
                 .build(),
             grants,
             degraded: AtomicBool::new(false),
+            heard: tokio::sync::broadcast::channel(1024).0,
+            stream_recheck,
         });
         cache.clone().spawn_eviction();
         cache
@@ -128,9 +137,7 @@ impl TokenCache {
                 match event {
                     Ok(revocation) => cache.evict(revocation).await,
                     // Missed some: forget everything rather than trust stale entries.
-                    Err(tokio::sync::broadcast::error::RecvError::Lagged(_)) => {
-                        cache.tokens.invalidate_all()
-                    }
+                    Err(tokio::sync::broadcast::error::RecvError::Lagged(_)) => cache.forget_all(),
                     Err(tokio::sync::broadcast::error::RecvError::Closed) => return,
                 }
             }
@@ -139,9 +146,75 @@ impl TokenCache {
 
     /// Drops what a revocation makes invalid.
     pub async fn evict(&self, revocation: Revocation) {
+        let _ = self.heard.send(Some(revocation.clone()));
         match revocation {
             Revocation::Grant(grant_id) => self.revoked_grants.insert(grant_id, ()).await,
             Revocation::AccessToken(hash) => self.tokens.invalidate(&hash).await,
+        }
+    }
+
+    /// Watches sessions for open event streams (see `until_session_ends`).
+    pub fn session_watch(self: &Arc<Self>) -> SessionWatch {
+        let cache = self.clone();
+        SessionWatch::new(move |session| Box::pin(cache.clone().until_session_ends(session)))
+    }
+
+    /// Resolves when a session ends: at its expiry, at once when a
+    /// revocation of its token or grant is heard, and otherwise within
+    /// `auth.stream_recheck_interval` of a revocation this process did not
+    /// hear (another process on the same SQLite file, e.g. the CLI).
+    pub async fn until_session_ends(self: Arc<Self>, session: Arc<Session>) -> SessionEnd {
+        let mut heard = self.heard.subscribe();
+        let left = Duration::from_secs((session.expires_at - now_unix()).max(0) as u64);
+        let expiry = tokio::time::sleep(left);
+        tokio::pin!(expiry);
+        let mut recheck = tokio::time::interval_at(
+            tokio::time::Instant::now() + self.stream_recheck,
+            self.stream_recheck,
+        );
+        recheck.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        let mut hearing = true;
+        // Checked once here too: a revocation may have landed between
+        // authentication and this subscription.
+        let mut check_store = true;
+        loop {
+            if check_store && !self.still_live(&session).await {
+                return SessionEnd::Revoked;
+            }
+            check_store = false;
+            tokio::select! {
+                _ = &mut expiry => return SessionEnd::Expired,
+                event = heard.recv(), if hearing => match event {
+                    Ok(Some(Revocation::Grant(id))) if id == session.grant_id => {
+                        return SessionEnd::Revoked
+                    }
+                    Ok(Some(Revocation::AccessToken(hash))) if hash == session.token_hash => {
+                        return SessionEnd::Revoked
+                    }
+                    Ok(Some(_)) => {}
+                    Ok(None) | Err(tokio::sync::broadcast::error::RecvError::Lagged(_)) => {
+                        check_store = true
+                    }
+                    Err(tokio::sync::broadcast::error::RecvError::Closed) => hearing = false,
+                },
+                _ = recheck.tick() => check_store = true,
+            }
+        }
+    }
+
+    /// Whether the store still holds the session's token and grant; a store
+    /// that cannot answer leaves the stream to its expiry.
+    async fn still_live(&self, session: &Session) -> bool {
+        match self
+            .grants
+            .is_live(&session.token_hash, &session.grant_id)
+            .await
+        {
+            Ok(live) => live,
+            Err(e) => {
+                tracing::warn!(error = %e, "store unreachable; an open stream keeps its token until expiry");
+                true
+            }
         }
     }
 
@@ -219,6 +292,7 @@ impl TokenCache {
     /// Drops every cached session; the next request asks the store.
     pub fn forget_all(&self) {
         self.tokens.invalidate_all();
+        let _ = self.heard.send(None);
     }
 
     /// Whether revocations from other replicas may be missed (the feed is
@@ -261,6 +335,7 @@ pub fn bearer_token<B>(request: &Request<B>) -> Option<&str> {
 #[derive(Clone)]
 pub struct AuthenticateLayer {
     cache: Arc<TokenCache>,
+    watch: SessionWatch,
     public_url: Arc<str>,
     /// The route's resource path ("/mcp" or "/sse").
     resource_path: &'static str,
@@ -269,6 +344,7 @@ pub struct AuthenticateLayer {
 impl AuthenticateLayer {
     pub fn new(cache: Arc<TokenCache>, public_url: &str, resource_path: &'static str) -> Self {
         AuthenticateLayer {
+            watch: cache.session_watch(),
             cache,
             public_url: public_url.into(),
             resource_path,
@@ -354,6 +430,7 @@ where
                 });
             }
             request.extensions_mut().insert(session);
+            request.extensions_mut().insert(layer.watch.clone());
             inner.call(request).await
         })
     }

@@ -241,6 +241,7 @@ fn unreadable(id: &str) -> GrantRecord {
         refresh_current: None,
         refresh_previous: None,
         rotated_at: 0,
+        validated_at: 0,
         sealed: Vec::new(),
     }
 }

@@ -171,6 +171,13 @@ impl Admin {
                 access: tokens.access_ttl.0,
                 refresh: tokens.refresh_ttl.0,
                 code: tokens.code_ttl.0,
+                max_grant_age: tokens.max_grant_age.0,
+                revalidate_after: settings
+                    .config
+                    .upstream
+                    .revalidate_after
+                    .unwrap_or(tokens.access_ttl)
+                    .0,
             },
         );
         Admin { records, grants }

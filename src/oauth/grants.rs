@@ -6,8 +6,10 @@
 //! configured secret. Revoking a grant deletes it; every token on it then
 //! fails, wherever it is presented.
 
+use std::sync::Arc;
 use std::time::Duration;
 
+use futures_util::future::BoxFuture;
 use serde_json::{Map, Value};
 use tokio::sync::broadcast;
 
@@ -48,6 +50,51 @@ pub struct Session {
     pub policy_decision: std::sync::Mutex<Option<(u64, crate::policy::Decision)>>,
 }
 
+/// Why a session ended while an event stream was open on it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum SessionEnd {
+    /// Its access token expired (or reached the grant's deadline).
+    Expired,
+    /// Its access token or grant was revoked.
+    Revoked,
+}
+
+impl SessionEnd {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            SessionEnd::Expired => "expired",
+            SessionEnd::Revoked => "revoked",
+        }
+    }
+}
+
+/// Waits for the end of a session: Authenticate puts one in the request
+/// extensions, and the Forwarder ends an open event stream when it fires,
+/// so a stream never outlives its token.
+#[derive(Clone)]
+pub struct SessionWatch(Arc<WatchFn>);
+
+type WatchFn = dyn Fn(Arc<Session>) -> BoxFuture<'static, SessionEnd> + Send + Sync;
+
+impl SessionWatch {
+    pub fn new(
+        watch: impl Fn(Arc<Session>) -> BoxFuture<'static, SessionEnd> + Send + Sync + 'static,
+    ) -> Self {
+        SessionWatch(Arc::new(watch))
+    }
+
+    /// Resolves when `session` ends.
+    pub fn until_end(&self, session: Arc<Session>) -> BoxFuture<'static, SessionEnd> {
+        (self.0)(session)
+    }
+}
+
+impl std::fmt::Debug for SessionWatch {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("SessionWatch")
+    }
+}
+
 #[derive(Debug, thiserror::Error)]
 pub enum GrantError {
     #[error("{0}")]
@@ -86,6 +133,9 @@ pub struct PreparedRefresh {
     presented_hash: String,
     /// The grant's identity and provider tokens as stored.
     pub secrets: GrantSecrets,
+    /// When access ends unless the provider confirms the person again
+    /// (Unix seconds); see `Grants::access_deadline`.
+    pub access_deadline: i64,
     scope: Option<String>,
     resource: Option<String>,
 }
@@ -103,6 +153,12 @@ pub struct Lifetimes {
     pub access: Duration,
     pub refresh: Duration,
     pub code: Duration,
+    /// The absolute lifetime of a grant whose provider issued no refresh
+    /// token (`tokens.max_grant_age`).
+    pub max_grant_age: Duration,
+    /// How long the provider's last confirmation of a person carries access
+    /// (`upstream.revalidate_after`).
+    pub revalidate_after: Duration,
 }
 
 #[derive(Clone)]
@@ -112,7 +168,37 @@ pub struct Grants {
     access_ttl: Duration,
     refresh_ttl: Duration,
     code_ttl: Duration,
+    max_grant_age: Duration,
+    revalidate_after: Duration,
     revoked: broadcast::Sender<Revocation>,
+}
+
+/// The bounds of the tokens issued on one grant (Unix seconds).
+#[derive(Debug, Clone, Copy)]
+struct TokenLimits {
+    /// No access token lives past this.
+    access_until: i64,
+    /// No token, and not the grant itself, lives past this.
+    grant_end: Option<i64>,
+}
+
+impl TokenLimits {
+    fn access_expiry(&self, now: i64, ttl: Duration) -> i64 {
+        (now + ttl.as_secs() as i64).min(self.access_until)
+    }
+
+    fn refresh_expiry(&self, now: i64, ttl: Duration) -> i64 {
+        let natural = now + ttl.as_secs() as i64;
+        self.grant_end.map_or(natural, |end| natural.min(end))
+    }
+
+    /// A store TTL of `ttl` from now, cut at the grant's end.
+    fn ttl(&self, ttl: Duration) -> Duration {
+        match self.grant_end {
+            Some(end) => ttl.min(ttl_until(end)),
+            None => ttl,
+        }
+    }
 }
 
 /// A code redemption's inputs, checked against the code.
@@ -134,8 +220,28 @@ impl Grants {
             access_ttl: lifetimes.access,
             refresh_ttl: lifetimes.refresh,
             code_ttl: lifetimes.code,
+            max_grant_age: lifetimes.max_grant_age,
+            revalidate_after: lifetimes.revalidate_after,
             revoked,
         }
+    }
+
+    /// When a grant ends for good, whatever the client does: a provider
+    /// that issued no refresh token cannot be asked again, so the sign-in
+    /// lasts `max_grant_age` from the login. `None` while the provider can
+    /// be asked (access then ends with `access_deadline` unless it says yes).
+    pub fn grant_end(&self, grant: &GrantRecord, upstream: &UpstreamTokens) -> Option<i64> {
+        upstream
+            .refresh_token
+            .is_none()
+            .then(|| grant.created_at + self.max_grant_age.as_secs() as i64)
+    }
+
+    /// When access on a grant ends unless the provider confirms the person
+    /// again: no token issued on it lives past this.
+    pub fn access_deadline(&self, grant: &GrantRecord, upstream: &UpstreamTokens) -> i64 {
+        self.grant_end(grant, upstream)
+            .unwrap_or_else(|| grant.confirmed_at() + self.revalidate_after.as_secs() as i64)
     }
 
     /// Revocations as they happen, for caches to evict.
@@ -173,6 +279,7 @@ impl Grants {
             refresh_current: None,
             refresh_previous: None,
             rotated_at: 0,
+            validated_at: now_unix(),
             sealed: crypto::seal(&grant_key, grant_id.as_bytes(), &encode(secrets)?),
         };
         // Until the code is redeemed the grant lives as long as the code.
@@ -202,8 +309,9 @@ impl Grants {
         Ok(code)
     }
 
-    /// Redeems a code once. A second redemption, or a race lost to another
-    /// redemption, revokes the grant (invariant 4).
+    /// Redeems a code once. A second redemption by the code's client with
+    /// the right verifier, or a race lost to another redemption, revokes
+    /// the grant (invariant 4); any other replay is only refused.
     pub async fn redeem_code(&self, r: CodeRedemption<'_>) -> Result<IssuedTokens, GrantError> {
         let code_hash = crypto::token_hash(r.code);
         let (record, bytes) = self
@@ -211,12 +319,9 @@ impl Grants {
             .get_versioned::<CodeRecord>(Namespace::Code, &code_hash)
             .await?
             .ok_or(GrantError::Invalid("invalid or expired authorization code"))?;
-        if record.used {
-            self.revoke_grant(&record.grant_id).await?;
-            return Err(GrantError::Replay(
-                "authorization code was already used; the tokens issued with it are revoked",
-            ));
-        }
+        // A replay revokes the grant only when it comes from the client the
+        // code was issued to, with the right verifier: someone who merely
+        // saw the code must not be able to end the victim's sign-in.
         if record.client_id != r.client_id {
             return Err(GrantError::Invalid(
                 "authorization code was issued to another client",
@@ -230,6 +335,12 @@ impl Grants {
         if !crypto::pkce_s256_matches(r.code_verifier, &record.code_challenge) {
             return Err(GrantError::Invalid(
                 "code_verifier does not match the code_challenge",
+            ));
+        }
+        if record.used {
+            self.revoke_grant(&record.grant_id).await?;
+            return Err(GrantError::Replay(
+                "authorization code was already used; the tokens issued with it are revoked",
             ));
         }
         let resource = match (&record.resource, r.resource) {
@@ -256,6 +367,22 @@ impl Grants {
             ));
         }
         let grant_key = self.keys.unwrap_grant_key(r.code, &record.wrapped_key)?;
+        let (grant, grant_bytes) = self
+            .records
+            .get_versioned::<GrantRecord>(Namespace::Grant, &record.grant_id)
+            .await?
+            .ok_or(GrantError::Invalid(
+                "the authorization was revoked; sign in again",
+            ))?;
+        let secrets: GrantSecrets = decode(&crypto::open(
+            &grant_key,
+            grant.grant_id.as_bytes(),
+            &grant.sealed,
+        )?)?;
+        let limits = TokenLimits {
+            access_until: self.access_deadline(&grant, &secrets.upstream),
+            grant_end: self.grant_end(&grant, &secrets.upstream),
+        };
         let issued = self
             .issue(
                 &record.grant_id,
@@ -264,34 +391,29 @@ impl Grants {
                 resource.clone(),
                 record.scope.clone(),
                 r.issue_refresh,
+                limits,
             )
             .await?;
         // Bind the refresh token and resource to the grant. If a replay
         // revoked the grant meanwhile, the tokens just issued are already
         // dead, exactly as if the replay had come a moment later.
-        let grant_ttl = if r.issue_refresh {
+        let grant_ttl = limits.ttl(if r.issue_refresh {
             self.refresh_ttl
         } else {
             self.access_ttl
-        };
-        if let Some((grant, grant_bytes)) = self
-            .records
-            .get_versioned::<GrantRecord>(Namespace::Grant, &record.grant_id)
-            .await?
-        {
-            let mut updated = grant.clone();
-            updated.resource = resource;
-            updated.refresh_current = issued.refresh_token.as_deref().map(crypto::token_hash);
-            self.records
-                .swap(
-                    Namespace::Grant,
-                    &grant.grant_id,
-                    &grant_bytes,
-                    &updated,
-                    grant_ttl,
-                )
-                .await?;
-        }
+        });
+        let mut updated = grant.clone();
+        updated.resource = resource;
+        updated.refresh_current = issued.refresh_token.as_deref().map(crypto::token_hash);
+        self.records
+            .swap(
+                Namespace::Grant,
+                &grant.grant_id,
+                &grant_bytes,
+                &updated,
+                grant_ttl,
+            )
+            .await?;
         Ok(issued)
     }
 
@@ -362,6 +484,16 @@ impl Grants {
             grant.grant_id.as_bytes(),
             &grant.sealed,
         )?)?;
+        if self
+            .grant_end(&grant, &secrets.upstream)
+            .is_some_and(|end| end <= now_unix())
+        {
+            self.revoke_grant(&grant.grant_id).await?;
+            return Err(GrantError::Invalid(
+                "the sign-in reached its maximum age (tokens.max_grant_age); sign in again",
+            ));
+        }
+        let access_deadline = self.access_deadline(&grant, &secrets.upstream);
         let scope = scope.map(str::to_string).or_else(|| grant.scope.clone());
         Ok(PreparedRefresh {
             grant,
@@ -369,6 +501,7 @@ impl Grants {
             grant_key,
             presented_hash,
             secrets,
+            access_deadline,
             scope,
             resource,
         })
@@ -388,10 +521,22 @@ impl Grants {
             grant_bytes,
             grant_key,
             presented_hash,
+            secrets,
             scope,
             resource,
             ..
         } = prepared;
+        let mut updated = grant.clone();
+        // A renewal is the provider saying yes again: access may run for
+        // another `revalidate_after` from now.
+        if renewed.is_some() {
+            updated.validated_at = now_unix();
+        }
+        let upstream = &renewed.as_ref().unwrap_or(&secrets).upstream;
+        let limits = TokenLimits {
+            access_until: self.access_deadline(&updated, upstream),
+            grant_end: self.grant_end(&updated, upstream),
+        };
         let issued = self
             .issue(
                 &grant.grant_id,
@@ -400,9 +545,9 @@ impl Grants {
                 resource,
                 scope,
                 true,
+                limits,
             )
             .await?;
-        let mut updated = grant.clone();
         updated.refresh_current = issued.refresh_token.as_deref().map(crypto::token_hash);
         // Using the newest token retires the one before it; using the one
         // before (its successor's response was lost) keeps it as previous.
@@ -423,7 +568,7 @@ impl Grants {
                 &grant.grant_id,
                 &grant_bytes,
                 &updated,
-                self.refresh_ttl,
+                limits.ttl(self.refresh_ttl),
             )
             .await?
         {
@@ -471,6 +616,7 @@ impl Grants {
             .await;
     }
 
+    #[allow(clippy::too_many_arguments)]
     async fn issue(
         &self,
         grant_id: &str,
@@ -479,15 +625,20 @@ impl Grants {
         resource: Option<String>,
         scope: Option<String>,
         with_refresh: bool,
+        limits: TokenLimits,
     ) -> Result<IssuedTokens, GrantError> {
         let now = now_unix();
+        let access_expires_at = limits.access_expiry(now, self.access_ttl);
+        if access_expires_at <= now {
+            return Err(GrantError::Invalid("the sign-in has ended; sign in again"));
+        }
         let access_token = crypto::random_token();
         let access = TokenRecord {
             grant_id: grant_id.to_string(),
             client_id: client_id.to_string(),
             resource: resource.clone(),
             scope: scope.clone(),
-            expires_at: now + self.access_ttl.as_secs() as i64,
+            expires_at: access_expires_at,
             wrapped_key: self.keys.wrap_grant_key(&access_token, grant_key),
         };
         self.records
@@ -495,13 +646,13 @@ impl Grants {
                 Namespace::AccessToken,
                 &crypto::token_hash(&access_token),
                 &access,
-                self.access_ttl,
+                ttl_until(access_expires_at),
             )
             .await?;
         let refresh_token = if with_refresh {
             let token = crypto::random_token();
             let refresh = TokenRecord {
-                expires_at: now + self.refresh_ttl.as_secs() as i64,
+                expires_at: limits.refresh_expiry(now, self.refresh_ttl),
                 wrapped_key: self.keys.wrap_grant_key(&token, grant_key),
                 ..access.clone()
             };
@@ -510,7 +661,7 @@ impl Grants {
                     Namespace::RefreshToken,
                     &crypto::token_hash(&token),
                     &refresh,
-                    self.refresh_ttl,
+                    ttl_until(refresh.expires_at),
                 )
                 .await?;
             Some(token)
@@ -520,7 +671,7 @@ impl Grants {
         Ok(IssuedTokens {
             access_token,
             refresh_token,
-            expires_in: self.access_ttl.as_secs() as i64,
+            expires_in: access_expires_at - now,
             scope,
         })
     }
@@ -577,6 +728,23 @@ impl Grants {
         Ok(())
     }
 
+    /// Whether an access token and its grant are still stored: the cheap
+    /// check an open event stream repeats (no decryption).
+    pub async fn is_live(&self, token_hash: &str, grant_id: &str) -> Result<bool, StoreError> {
+        Ok(self
+            .records
+            .store
+            .get(Namespace::AccessToken, token_hash)
+            .await?
+            .is_some()
+            && self
+                .records
+                .store
+                .get(Namespace::Grant, grant_id)
+                .await?
+                .is_some())
+    }
+
     /// Validates an access token presented as a bearer: issued here, live,
     /// on a live grant. Audience and policy are the caller's checks.
     pub async fn validate_access_token(&self, token: &str) -> Result<Session, GrantError> {
@@ -600,6 +768,16 @@ impl Grants {
             grant.grant_id.as_bytes(),
             &grant.sealed,
         )?)?;
+        // Tokens issued before the grant's deadline existed (older
+        // releases, or a shorter bound configured since) end with it too.
+        let expires_at = record
+            .expires_at
+            .min(self.access_deadline(&grant, &secrets.upstream));
+        if expires_at <= now_unix() {
+            return Err(GrantError::Invalid(
+                "the sign-in must be confirmed by the identity provider again",
+            ));
+        }
         let client_name = self
             .records
             .get::<crate::store::ClientRecord>(Namespace::Client, &record.client_id)
@@ -618,7 +796,7 @@ impl Grants {
             upstream: secrets.upstream,
             resource: record.resource,
             scope: record.scope,
-            expires_at: record.expires_at,
+            expires_at,
         })
     }
 }

@@ -161,20 +161,28 @@ async fn token_inner(
     Ok(token_response(&issued))
 }
 
-/// Renews the provider's tokens when they are about to expire, so people
-/// stay signed in for the refresh token's lifetime; the claims are read
-/// again and the login policy runs again. A provider that refuses ends the
-/// grant. Returns the renewed secrets and whether the renewal lock is held.
+/// Renews the provider's tokens when they are about to expire or the
+/// person is due to be confirmed again, so people stay signed in for the
+/// refresh token's lifetime only while the provider agrees; the claims are
+/// read again and the login policy runs again. A provider that refuses ends
+/// the grant; one that cannot be reached gets no new tokens issued (fail
+/// closed: access ends with the tokens in hand). Returns the renewed secrets
+/// and whether the renewal lock is held.
 async fn renew_upstream(
     app: &AppState,
     prepared: &PreparedRefresh,
 ) -> Result<(Option<GrantSecrets>, bool), OAuthError> {
     let upstream = &prepared.secrets.upstream;
     let margin = app.settings.config.upstream.refresh_before.secs();
+    let now = now_unix();
+    // Renew when the provider's token is about to expire, and in any case
+    // before the provider's last confirmation of the person runs out
+    // (`upstream.revalidate_after`): a refresh never extends access on
+    // stale claims. Without a provider refresh token the grant simply ends
+    // at `tokens.max_grant_age` (see `Grants::grant_end`).
     let due = upstream.refresh_token.is_some()
-        && upstream
-            .expires_at
-            .is_some_and(|at| at - now_unix() <= margin);
+        && (upstream.expires_at.is_some_and(|at| at - now <= margin)
+            || prepared.access_deadline - now <= margin);
     if !due {
         return Ok((None, false));
     }

@@ -23,7 +23,7 @@ use url::Url;
 use crate::error::error_chain;
 use crate::error::ProxyError;
 use crate::metrics::{status_class, Metrics};
-use crate::oauth::grants::Session;
+use crate::oauth::grants::{Session, SessionWatch};
 use crate::policy::layer::PolicyOutcome;
 use crate::policy::PolicyEngine;
 
@@ -240,6 +240,7 @@ async fn forward(
         .get::<ConnectInfo<SocketAddr>>()
         .map(|c| c.0.ip());
     let is_delete = request.method() == Method::DELETE;
+    let session_watch = request.extensions().get::<SessionWatch>().cloned();
     let (parts, body) = request.into_parts();
     let headers = headers::downstream_request_headers(
         &parts.headers,
@@ -339,7 +340,7 @@ async fn forward(
             Some(m) => Body::new(sse::Counted::new(timed, m.clone(), route_label)),
             None => timed,
         };
-        if route == Route::SseStream && parts.status.is_success() {
+        let stream = if route == Route::SseStream && parts.status.is_success() {
             rewrite_endpoint(
                 context.sessions.clone(),
                 timed,
@@ -348,6 +349,14 @@ async fn forward(
             )
         } else {
             timed
+        };
+        // A stream never outlives its token (invariant 11).
+        match session_watch {
+            Some(watch) => Body::new(sse::EndsWithSession::new(
+                stream,
+                watch.until_end(session.clone()),
+            )),
+            None => stream,
         }
     } else {
         body

@@ -1,6 +1,6 @@
 //! Streaming helpers: an idle timeout for event streams (never a total one),
-//! and the legacy HTTP+SSE `endpoint` event rewritten to a same-origin
-//! proxy URL.
+//! an end when the stream's session ends, and the legacy HTTP+SSE
+//! `endpoint` event rewritten to a same-origin proxy URL.
 
 use std::future::Future;
 use std::pin::Pin;
@@ -8,8 +8,11 @@ use std::task::{Context, Poll};
 use std::time::Duration;
 
 use axum::body::{Body, Bytes};
+use futures_util::future::BoxFuture;
 use http_body::{Body as HttpBody, Frame, SizeHint};
 use tokio::time::{Instant, Sleep};
+
+use crate::oauth::grants::SessionEnd;
 
 type BoxError = Box<dyn std::error::Error + Send + Sync>;
 
@@ -66,6 +69,59 @@ impl HttpBody for IdleTimeout {
 
     fn size_hint(&self) -> SizeHint {
         self.inner.size_hint()
+    }
+}
+
+/// An event stream that ends, cleanly, when its session ends (token expired
+/// or revoked): the client sees the stream close, and the downstream body
+/// (with its connection) is dropped at once.
+pub struct EndsWithSession {
+    inner: Option<Body>,
+    end: BoxFuture<'static, SessionEnd>,
+}
+
+impl EndsWithSession {
+    pub fn new(inner: Body, end: BoxFuture<'static, SessionEnd>) -> Self {
+        EndsWithSession {
+            inner: Some(inner),
+            end,
+        }
+    }
+}
+
+impl HttpBody for EndsWithSession {
+    type Data = Bytes;
+    type Error = axum::Error;
+
+    fn poll_frame(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<Frame<Bytes>, axum::Error>>> {
+        let this = self.get_mut();
+        let Some(inner) = this.inner.as_mut() else {
+            return Poll::Ready(None);
+        };
+        // The end is looked at first: no frame passes once the session is over.
+        if let Poll::Ready(reason) = this.end.as_mut().poll(cx) {
+            tracing::info!(
+                reason = reason.as_str(),
+                "ending an event stream: its access token {}",
+                reason.as_str()
+            );
+            this.inner = None;
+            return Poll::Ready(None);
+        }
+        Pin::new(inner).poll_frame(cx)
+    }
+
+    fn is_end_stream(&self) -> bool {
+        self.inner.as_ref().is_none_or(HttpBody::is_end_stream)
+    }
+
+    fn size_hint(&self) -> SizeHint {
+        self.inner
+            .as_ref()
+            .map_or_else(|| SizeHint::with_exact(0), HttpBody::size_hint)
     }
 }
 
@@ -304,6 +360,51 @@ mod tests {
         let mut idle = IdleTimeout::new(body, Duration::from_secs(5));
         let frame = idle.frame().await.unwrap();
         assert!(frame.is_err());
+    }
+
+    /// Drops with the body it sits in.
+    struct DropFlag(std::sync::Arc<std::sync::atomic::AtomicBool>);
+    impl Drop for DropFlag {
+        fn drop(&mut self) {
+            self.0.store(true, std::sync::atomic::Ordering::SeqCst);
+        }
+    }
+
+    #[tokio::test]
+    async fn invariant_11_a_stream_ends_cleanly_and_drops_the_downstream_when_its_session_ends() {
+        use http_body_util::BodyExt;
+        let dropped = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+        let flag = DropFlag(dropped.clone());
+        let (tx, rx) =
+            tokio::sync::mpsc::channel::<Result<Frame<Bytes>, std::convert::Infallible>>(4);
+        let downstream = futures_util::StreamExt::map(tokio_stream_from(rx), move |frame| {
+            let _held = &flag;
+            frame
+        });
+        let (end_tx, end_rx) = tokio::sync::oneshot::channel::<()>();
+        let end = Box::pin(async move {
+            let _ = end_rx.await;
+            SessionEnd::Revoked
+        });
+        let mut body =
+            EndsWithSession::new(Body::new(http_body_util::StreamBody::new(downstream)), end);
+        tx.send(Ok(Frame::data(Bytes::from_static(b"data: 1\n\n"))))
+            .await
+            .unwrap();
+        let first = body.frame().await.unwrap().unwrap();
+        assert_eq!(first.into_data().unwrap(), "data: 1\n\n");
+        end_tx.send(()).unwrap();
+        // Frames still queued downstream are not delivered after the end.
+        tx.send(Ok(Frame::data(Bytes::from_static(b"data: 2\n\n"))))
+            .await
+            .unwrap();
+        assert!(
+            body.frame().await.is_none(),
+            "the stream ends without an error"
+        );
+        assert!(body.is_end_stream());
+        assert!(dropped.load(std::sync::atomic::Ordering::SeqCst));
+        assert!(tx.is_closed(), "the downstream body was dropped");
     }
 
     fn tokio_stream_from<T: Send + 'static>(

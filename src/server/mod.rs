@@ -81,6 +81,13 @@ impl AppState {
                 access: tokens.access_ttl.0,
                 refresh: tokens.refresh_ttl.0,
                 code: tokens.code_ttl.0,
+                max_grant_age: tokens.max_grant_age.0,
+                revalidate_after: settings
+                    .config
+                    .upstream
+                    .revalidate_after
+                    .unwrap_or(tokens.access_ttl)
+                    .0,
             },
         );
         let upstream = Upstream::new(&settings, metrics.clone())?;
@@ -97,6 +104,7 @@ impl AppState {
             config.auth.cache_capacity,
             config.auth.cache_ttl.0,
             config.auth.negative_cache_ttl.0,
+            config.auth.stream_recheck_interval.0,
             metrics.clone(),
         );
         if let Some(url) = &config.store.redis_url {

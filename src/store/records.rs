@@ -104,8 +104,24 @@ pub struct GrantRecord {
     /// When the refresh token last rotated (Unix milliseconds).
     #[serde(default)]
     pub rotated_at: i64,
+    /// When the provider last confirmed the person (Unix seconds): the
+    /// login, or the last renewal of the provider's tokens. Records written
+    /// before this field existed read 0, taken as `created_at`.
+    #[serde(default)]
+    pub validated_at: i64,
     #[serde(with = "b64")]
     pub sealed: Vec<u8>,
+}
+
+impl GrantRecord {
+    /// When the provider last said yes to this person.
+    pub fn confirmed_at(&self) -> i64 {
+        if self.validated_at > 0 {
+            self.validated_at
+        } else {
+            self.created_at
+        }
+    }
 }
 
 /// The confidential part of a grant.
