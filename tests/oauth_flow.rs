@@ -744,6 +744,76 @@ async fn invariant_4_codes_are_single_use_and_replay_revokes_the_grant() {
     );
 }
 
+fn as_pairs(v: &[(String, String)]) -> Vec<(&str, &str)> {
+    v.iter().map(|(k, v)| (k.as_str(), v.as_str())).collect()
+}
+
+#[tokio::test]
+async fn invariant_4_a_code_replay_without_the_clients_verifier_revokes_nothing() {
+    let p = TestProxy::start().await;
+    let client = p.public_client().await;
+    let other = p.public_client().await;
+    let pkce = Pkce::new();
+    let q = p.login(&mut Browser::new(), &client, &pkce, &[]).await;
+    let exchange = |verifier: &str| {
+        vec![
+            ("grant_type".to_string(), "authorization_code".to_string()),
+            ("code".into(), q["code"].clone()),
+            ("redirect_uri".into(), client.redirect_uri.clone()),
+            ("code_verifier".into(), verifier.to_string()),
+        ]
+    };
+    let (status, first, _) = p.token(&client, &as_pairs(&exchange(&pkce.verifier))).await;
+    assert_eq!(status, StatusCode::OK, "{first}");
+    let access = first["access_token"].as_str().unwrap();
+
+    // Someone who saw the code (a log, a referrer) but has not the
+    // client's verifier, or is another client: refused, nothing revoked.
+    let wrong_verifier = Pkce::new().verifier;
+    let (status, body, _) = p
+        .token(&client, &as_pairs(&exchange(&wrong_verifier)))
+        .await;
+    assert_eq!(
+        (status, body["error"].as_str()),
+        (StatusCode::BAD_REQUEST, Some("invalid_grant"))
+    );
+    let (status, body, _) = p.token(&other, &as_pairs(&exchange(&pkce.verifier))).await;
+    assert_eq!(
+        (status, body["error"].as_str()),
+        (StatusCode::BAD_REQUEST, Some("invalid_grant"))
+    );
+    assert!(p.access_token_valid(access).await);
+    let (status, body) = p
+        .refresh(&client, first["refresh_token"].as_str().unwrap())
+        .await;
+    assert_eq!(status, StatusCode::OK, "{body}");
+}
+
+#[tokio::test]
+async fn invariant_4_a_rotated_refresh_token_from_another_client_revokes_nothing() {
+    let p = TestProxy::start().await;
+    let client = p.public_client().await;
+    let other = p.public_client().await;
+    let t0 = p.tokens_for(&client, &[]).await;
+    let r0 = t0["refresh_token"].as_str().unwrap().to_string();
+    let (_, t1) = p.refresh(&client, &r0).await;
+    let (status, t2) = p
+        .refresh(&client, t1["refresh_token"].as_str().unwrap())
+        .await;
+    assert_eq!(status, StatusCode::OK, "{t2}");
+    // r0 is rotated out; presented by another client it proves nothing
+    // about the grant's client, so the grant lives on.
+    let (status, body) = p.refresh(&other, &r0).await;
+    assert_eq!(
+        (status, body["error"].as_str()),
+        (StatusCode::BAD_REQUEST, Some("invalid_grant"))
+    );
+    assert!(
+        p.access_token_valid(t2["access_token"].as_str().unwrap())
+            .await
+    );
+}
+
 #[tokio::test]
 async fn invariant_4_racing_redemptions_of_one_code_have_one_winner() {
     let p = TestProxy::start().await;

@@ -352,6 +352,22 @@ impl Grants {
             (Some(bound), _) => Some(bound.clone()),
             (None, asked) => asked,
         };
+        // Read before the code is spent, so that the winner of a race is
+        // not refused by the losers' revocation (its tokens are dead then
+        // anyway, exactly as if the replay had come a moment later).
+        let grant_key = self.keys.unwrap_grant_key(r.code, &record.wrapped_key)?;
+        let (grant, grant_bytes) = self
+            .records
+            .get_versioned::<GrantRecord>(Namespace::Grant, &record.grant_id)
+            .await?
+            .ok_or(GrantError::Invalid(
+                "the authorization was revoked; sign in again",
+            ))?;
+        let secrets: GrantSecrets = decode(&crypto::open(
+            &grant_key,
+            grant.grant_id.as_bytes(),
+            &grant.sealed,
+        )?)?;
         let mut used = record.clone();
         used.used = true;
         let ttl = ttl_until(record.expires_at);
@@ -366,19 +382,6 @@ impl Grants {
                 "authorization code was already used; the tokens issued with it are revoked",
             ));
         }
-        let grant_key = self.keys.unwrap_grant_key(r.code, &record.wrapped_key)?;
-        let (grant, grant_bytes) = self
-            .records
-            .get_versioned::<GrantRecord>(Namespace::Grant, &record.grant_id)
-            .await?
-            .ok_or(GrantError::Invalid(
-                "the authorization was revoked; sign in again",
-            ))?;
-        let secrets: GrantSecrets = decode(&crypto::open(
-            &grant_key,
-            grant.grant_id.as_bytes(),
-            &grant.sealed,
-        )?)?;
         let limits = TokenLimits {
             access_until: self.access_deadline(&grant, &secrets.upstream),
             grant_end: self.grant_end(&grant, &secrets.upstream),

@@ -91,6 +91,9 @@ struct ProviderState {
     refresh_tokens: std::collections::HashSet<String>,
     /// `expires_in` of access tokens.
     access_ttl: i64,
+    /// Issue no refresh token at login (as Google without offline access,
+    /// or Cloudflare Access, do).
+    no_refresh_token: bool,
     refreshes: usize,
     authorize_params: Vec<HashMap<String, String>>,
 }
@@ -161,6 +164,11 @@ impl Provider {
 
     pub fn set_access_ttl(&self, seconds: i64) {
         self.state.lock().unwrap().access_ttl = seconds;
+    }
+
+    /// Whether logins get a provider refresh token (they do by default).
+    pub fn issue_refresh_tokens(&self, issue: bool) {
+        self.state.lock().unwrap().no_refresh_token = !issue;
     }
 
     /// How many refresh_token grants the provider answered successfully.
@@ -346,6 +354,9 @@ async fn provider_token(
     });
     if st.tamper == Tamper::NoIdToken {
         body.as_object_mut().unwrap().remove("id_token");
+    }
+    if st.no_refresh_token {
+        body.as_object_mut().unwrap().remove("refresh_token");
     }
     Json(body).into_response()
 }
