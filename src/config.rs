@@ -1217,6 +1217,34 @@ url = "http://127.0.0.1:3000/mcp"
     }
 
     #[test]
+    fn invariant_11_access_bounds_default_and_name_their_keys() {
+        let cfg = load_with(MINIMAL, &[("MCP_PROXY_SECRETS__ENCRYPTION_KEY", KEY)]).unwrap();
+        let settings = cfg.validate().unwrap();
+        assert_eq!(settings.config.tokens.max_grant_age.secs(), 24 * 3600);
+        assert_eq!(settings.config.upstream.revalidate_after, None);
+        assert_eq!(settings.config.auth.stream_recheck_interval.secs(), 5);
+        for (key, env) in [
+            ("tokens.max_grant_age", "MCP_PROXY_TOKENS__MAX_GRANT_AGE"),
+            (
+                "upstream.revalidate_after",
+                "MCP_PROXY_UPSTREAM__REVALIDATE_AFTER",
+            ),
+            (
+                "auth.stream_recheck_interval",
+                "MCP_PROXY_AUTH__STREAM_RECHECK_INTERVAL",
+            ),
+        ] {
+            let cfg = load_with(
+                MINIMAL,
+                &[("MCP_PROXY_SECRETS__ENCRYPTION_KEY", KEY), (env, "0s")],
+            )
+            .unwrap();
+            let err = cfg.validate().unwrap_err().to_string();
+            assert!(err.starts_with(key), "{err}");
+        }
+    }
+
+    #[test]
     fn bad_duration_names_the_key() {
         let err = load_with(
             &format!("{MINIMAL}\n[tokens]\naccess_ttl = \"forever\"\n"),
