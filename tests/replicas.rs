@@ -383,30 +383,28 @@ async fn invariant_11_a_stream_on_one_replica_ends_within_a_second_of_revoke_on_
     let client = c.a.endpoint.public_client().await;
     let tokens = c.a.endpoint.tokens_for(&client, &[]).await;
     let access = tokens["access_token"].as_str().unwrap();
-    let mut stream = c
-        .b
-        .endpoint
-        .http
-        .get(format!("{}/mcp", c.b.endpoint.url))
-        .bearer_auth(access)
-        .header("accept", "text/event-stream")
-        .send()
-        .await
-        .unwrap();
+    let mut stream =
+        c.b.endpoint
+            .http
+            .get(format!("{}/mcp", c.b.endpoint.url))
+            .bearer_auth(access)
+            .header("accept", "text/event-stream")
+            .send()
+            .await
+            .unwrap();
     assert_eq!(stream.status(), 200);
     stream.chunk().await.unwrap().expect("the first event");
-    let r = c
-        .a
-        .endpoint
-        .http
-        .post(format!("{}/revoke", c.a.endpoint.url))
-        .form(&[
-            ("token", tokens["refresh_token"].as_str().unwrap()),
-            ("client_id", &client.client_id),
-        ])
-        .send()
-        .await
-        .unwrap();
+    let r =
+        c.a.endpoint
+            .http
+            .post(format!("{}/revoke", c.a.endpoint.url))
+            .form(&[
+                ("token", tokens["refresh_token"].as_str().unwrap()),
+                ("client_id", &client.client_id),
+            ])
+            .send()
+            .await
+            .unwrap();
     assert_eq!(r.status(), 200);
     // Faster than b's own store re-check (auth.stream_recheck_interval,
     // 5 s): the revocation feed ends it.
@@ -414,5 +412,8 @@ async fn invariant_11_a_stream_on_one_replica_ends_within_a_second_of_revoke_on_
         while stream.chunk().await.expect("a clean end").is_some() {}
     })
     .await;
-    assert!(ended.is_ok(), "the stream on b outlived the revocation on a");
+    assert!(
+        ended.is_ok(),
+        "the stream on b outlived the revocation on a"
+    );
 }
