@@ -12,6 +12,41 @@ use ipnet::IpNet;
 
 pub const X_FORWARDED_FOR: &str = "x-forwarded-for";
 
+/// Client headers that tell a server where the request came from or what it
+/// originally asked for. Frameworks and proxies behind us believe them
+/// (client address, scheme, host, path rewrites, method overrides), so a
+/// client never chooses them; the proxy writes its own X-Forwarded-For,
+/// -Proto, -Host and Via.
+const FORWARDING: [&str; 16] = [
+    "forwarded",
+    "via",
+    "x-forwarded",
+    "x-rewrite-url",
+    "x-real-ip",
+    "x-client-ip",
+    "client-ip",
+    "true-client-ip",
+    "cf-connecting-ip",
+    "cf-connecting-ipv6",
+    "fastly-client-ip",
+    "x-cluster-client-ip",
+    "x-proxyuser-ip",
+    "x-host",
+    "x-http-method-override",
+    "x-method-override",
+];
+
+/// Prefixes of the same family (`X-Forwarded-Uri`, `X-Original-URL`,
+/// `X-Envoy-External-Address`, `X-HTTP-Method`, ...).
+const FORWARDING_PREFIXES: [&str; 4] = ["x-forwarded-", "x-original-", "x-envoy-", "x-http-method"];
+
+/// Whether a client header is one the proxy writes itself (or removes)
+/// because it speaks about the connection.
+pub fn is_forwarding_header(name: &str) -> bool {
+    let n = name.to_ascii_lowercase().replace('_', "-");
+    FORWARDING.contains(&n.as_str()) || FORWARDING_PREFIXES.iter().any(|p| n.starts_with(p))
+}
+
 /// The networks whose `X-Forwarded-For` is believed (default: none).
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct TrustedProxies(Vec<IpNet>);

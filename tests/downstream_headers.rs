@@ -343,3 +343,24 @@ async fn a_downstream_session_id_that_is_not_one_visible_ascii_value_is_502() {
         assert_eq!(body["jsonrpc"], "2.0");
     }
 }
+
+#[tokio::test]
+async fn the_audit_event_names_the_client_behind_a_trusted_load_balancer() {
+    let s = setup_with("trusted_proxies = [\"127.0.0.1\"]", "").await;
+    let marker = format!("audit-client-{}", std::process::id());
+    let r = s
+        .post("tools/call")
+        .header("x-request-id", &marker)
+        .header("x-forwarded-for", "6.6.6.6, 198.51.100.7")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 200);
+    let events: Vec<Value> = captured_logs()
+        .lines()
+        .filter_map(|l| serde_json::from_str::<Value>(l).ok())
+        .filter(|v| v["fields"]["audit"] == true && v["fields"]["request_id"] == marker.as_str())
+        .collect();
+    assert_eq!(events.len(), 1, "{events:?}");
+    assert_eq!(events[0]["fields"]["client_address"], "198.51.100.7");
+}

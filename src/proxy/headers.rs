@@ -11,7 +11,7 @@ use std::net::IpAddr;
 
 use axum::http::{header, HeaderMap, HeaderName, HeaderValue};
 
-use crate::client_address::{TrustedProxies, X_FORWARDED_FOR};
+use crate::client_address::{is_forwarding_header, TrustedProxies, X_FORWARDED_FOR};
 use crate::config::is_own_cookie;
 
 /// RFC 9110 §7.6.1 hop-by-hop headers, plus the non-standard ones proxies
@@ -28,47 +28,12 @@ const HOP_BY_HOP: [&str; 9] = [
     "upgrade",
 ];
 
-/// Client headers that tell a server where the request came from or what it
-/// originally asked for. Frameworks and proxies behind us believe them
-/// (client address, scheme, host, path rewrites, method overrides), so a
-/// client never chooses them; the proxy writes its own X-Forwarded-For,
-/// -Proto, -Host and Via.
-const FORWARDING: [&str; 16] = [
-    "forwarded",
-    "via",
-    "x-forwarded",
-    "x-rewrite-url",
-    "x-real-ip",
-    "x-client-ip",
-    "client-ip",
-    "true-client-ip",
-    "cf-connecting-ip",
-    "cf-connecting-ipv6",
-    "fastly-client-ip",
-    "x-cluster-client-ip",
-    "x-proxyuser-ip",
-    "x-host",
-    "x-http-method-override",
-    "x-method-override",
-];
-
-/// Prefixes of the same family (`X-Forwarded-Uri`, `X-Original-URL`,
-/// `X-Envoy-External-Address`, `X-HTTP-Method`, ...).
-const FORWARDING_PREFIXES: [&str; 4] = ["x-forwarded-", "x-original-", "x-envoy-", "x-http-method"];
-
 /// The proxy's own `Via` entry (RFC 9110 §7.6.3; a pseudonym, no version).
 const VIA: &str = "1.1 mcp-oauth-proxy";
 
 /// A header name as a lenient server may read it: lowercase, `_` as `-`.
 fn normalise(name: &str) -> String {
     name.to_ascii_lowercase().replace('_', "-")
-}
-
-/// Whether a client header is one the proxy writes itself (or removes)
-/// because it speaks about the connection.
-pub fn is_forwarding_header(name: &str) -> bool {
-    let n = normalise(name);
-    FORWARDING.contains(&n.as_str()) || FORWARDING_PREFIXES.iter().any(|p| n.starts_with(p))
 }
 
 /// Names listed in `Connection` headers, normalised.

@@ -143,10 +143,10 @@ fn mcp_stack(
     tower::ServiceBuilder::new()
         // One audit event and the MCP counters per request, written when the
         // answer (errors included) is known.
-        .layer(AuditLayer::new(
-            metrics.clone(),
-            app.settings.config.log.audit,
-        ))
+        .layer(
+            AuditLayer::new(metrics.clone(), app.settings.config.log.audit)
+                .with_trusted_proxies(app.settings.trusted_proxies.clone()),
+        )
         // Typed errors from the layers below become JSON-RPC responses here,
         // and only here.
         .layer(RescueLayer)
