@@ -364,3 +364,21 @@ async fn the_audit_event_names_the_client_behind_a_trusted_load_balancer() {
     assert_eq!(events.len(), 1, "{events:?}");
     assert_eq!(events[0]["fields"]["client_address"], "198.51.100.7");
 }
+
+#[tokio::test]
+async fn a_session_id_reaches_the_downstream_only_where_its_owner_is_checked() {
+    let s = setup().await;
+    let r = s
+        .proxy
+        .http
+        .get(format!("{}/sse", s.proxy.url))
+        .bearer_auth(&s.token)
+        .header("mcp-session-id", "someone-elses")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 200);
+    let seen = s.downstream.last();
+    assert_eq!(seen.uri.path(), "/sse");
+    assert!(seen.headers.get("mcp-session-id").is_none());
+}

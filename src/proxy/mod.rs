@@ -34,7 +34,7 @@ pub mod sessions;
 pub mod sse;
 pub mod unambiguous;
 
-use sessions::{Binding, SessionBindings};
+use sessions::{Binding, SessionBindings, MCP_SESSION_ID};
 const SESSION_KIND: &str = "mcp";
 const LEGACY_KIND: &str = "sse";
 /// The proxy's message endpoint for legacy SSE clients.
@@ -252,7 +252,7 @@ async fn forward(
         .map(|c| c.0.ip());
     let is_delete = request.method() == Method::DELETE;
     let (parts, body) = request.into_parts();
-    let headers = headers::downstream_request_headers(
+    let mut headers = headers::downstream_request_headers(
         &parts.headers,
         |name| context.policy.is_identity_header(&outcome.policy, name),
         &outcome.headers,
@@ -264,6 +264,11 @@ async fn forward(
         },
         &context.pass_cookies,
     );
+    if route != Route::Mcp {
+        // Ownership is checked on /mcp only; elsewhere a session id would
+        // reach a downstream that serves both transports unchecked.
+        headers.remove(MCP_SESSION_ID);
+    }
     let mut outgoing = Request::builder()
         .method(parts.method.clone())
         .uri(target.clone())
