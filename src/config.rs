@@ -114,6 +114,11 @@ pub struct ServerConfig {
     /// (e.g. "http://localhost:6274" for MCP Inspector).
     #[serde(default)]
     pub allowed_origins: Vec<String>,
+    /// Load balancers in front of the proxy (CIDRs or addresses) whose
+    /// `X-Forwarded-For` is kept and appended to; every other peer's is
+    /// replaced by the peer's own address.
+    #[serde(default)]
+    pub trusted_proxies: Vec<String>,
 }
 
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize, Serialize)]
@@ -201,6 +206,10 @@ pub struct DownstreamConfig {
         deserialize_with = "lenient_number"
     )]
     pub max_request_bytes: usize,
+    /// Names of client cookies the downstream receives, and may set; every
+    /// other cookie stays between the client and the proxy.
+    #[serde(default)]
+    pub pass_cookies: Vec<String>,
 }
 
 impl Default for DownstreamConfig {
@@ -212,6 +221,7 @@ impl Default for DownstreamConfig {
             response_timeout: default_response_timeout(),
             sse_idle_timeout: default_sse_idle_timeout(),
             max_request_bytes: default_max_request_bytes(),
+            pass_cookies: Vec::new(),
         }
     }
 }
@@ -622,6 +632,8 @@ pub struct Settings {
     pub downstream_sse_url: Option<Url>,
     /// `server.allowed_origins`, as origins ("scheme://host[:port]").
     pub allowed_origins: Vec<String>,
+    /// `server.trusted_proxies`, parsed.
+    pub trusted_proxies: crate::client_address::TrustedProxies,
     /// Cookies use the `__Host-` prefix and `Secure` unless the public URL is
     /// plain http on a non-loopback host, where browsers would drop them.
     pub secure_cookies: bool,
@@ -843,6 +855,13 @@ impl Config {
                 ));
             }
         }
+        let trusted_proxies =
+            crate::client_address::TrustedProxies::parse(&self.server.trusted_proxies)
+                .map_err(|m| ConfigError::invalid("server.trusted_proxies", m))?;
+        for name in &self.downstream.pass_cookies {
+            check_passable_cookie_name(name)
+                .map_err(|m| ConfigError::invalid("downstream.pass_cookies", m))?;
+        }
         if self.downstream.max_request_bytes < 1024 {
             return Err(ConfigError::invalid(
                 "downstream.max_request_bytes",
@@ -917,6 +936,7 @@ impl Config {
             downstream_url,
             downstream_sse_url,
             allowed_origins,
+            trusted_proxies,
             secure_cookies,
             config: self,
         })
@@ -1017,6 +1037,33 @@ fn read_secret_file(key: &'static str, path: &Path) -> Result<String, ConfigErro
     std::fs::read_to_string(path)
         .map(|s| s.trim().to_string())
         .map_err(|e| ConfigError::invalid(key, format!("cannot read {}: {e}", path.display())))
+}
+
+/// Whether a cookie is one of the proxy's own sign-in cookies
+/// (`__Host-mcp-*`, `mcp-*`). Browsers match the `__Host-`/`__Secure-`
+/// prefixes ignoring case, so this does too.
+pub fn is_own_cookie(name: &str) -> bool {
+    let lower = name.trim().to_ascii_lowercase();
+    let bare = lower
+        .strip_prefix("__host-")
+        .or_else(|| lower.strip_prefix("__secure-"))
+        .unwrap_or(&lower);
+    bare.starts_with("mcp-")
+}
+
+/// A `downstream.pass_cookies` entry: an RFC 6265 cookie name that is not
+/// one of the proxy's own.
+fn check_passable_cookie_name(name: &str) -> Result<(), String> {
+    let is_token_char = |b: u8| b.is_ascii_graphic() && !b"()<>@,;:\\\"/[]?={}".contains(&b);
+    if name.is_empty() || !name.bytes().all(is_token_char) {
+        return Err(format!("`{name}` is not a cookie name"));
+    }
+    if is_own_cookie(name) {
+        return Err(format!(
+            "`{name}` is (or looks like) the proxy's own sign-in cookie, which never reaches the downstream"
+        ));
+    }
+    Ok(())
 }
 
 pub fn is_loopback_host(host: &str) -> bool {

@@ -290,6 +290,8 @@ pub enum ProxyError {
     MethodNotAllowed,
     #[error("Failed to connect to downstream MCP server: {0}")]
     DownstreamUnreachable(String),
+    #[error("the downstream MCP server sent an invalid answer: {0}")]
+    BadDownstreamAnswer(String),
     #[error("downstream MCP server did not answer within {0:?}")]
     DownstreamTimeout(std::time::Duration),
     #[error("the authorization store is unavailable: {0}")]
@@ -308,7 +310,9 @@ impl ProxyError {
             ProxyError::SessionNotFound => StatusCode::NOT_FOUND,
             ProxyError::PayloadTooLarge(_) => StatusCode::PAYLOAD_TOO_LARGE,
             ProxyError::MethodNotAllowed => StatusCode::METHOD_NOT_ALLOWED,
-            ProxyError::DownstreamUnreachable(_) => StatusCode::BAD_GATEWAY,
+            ProxyError::DownstreamUnreachable(_) | ProxyError::BadDownstreamAnswer(_) => {
+                StatusCode::BAD_GATEWAY
+            }
             ProxyError::DownstreamTimeout(_) => StatusCode::GATEWAY_TIMEOUT,
             ProxyError::StoreUnavailable(_) => StatusCode::SERVICE_UNAVAILABLE,
             ProxyError::NotConfigured(_) => StatusCode::NOT_FOUND,
@@ -339,6 +343,7 @@ impl IntoResponse for ProxyError {
         };
         match &self {
             ProxyError::DownstreamUnreachable(_)
+            | ProxyError::BadDownstreamAnswer(_)
             | ProxyError::DownstreamTimeout(_)
             | ProxyError::StoreUnavailable(_) => {
                 tracing::warn!(error = %self, "MCP request failed")

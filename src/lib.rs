@@ -5,6 +5,7 @@
 
 pub mod auth;
 pub mod cli;
+pub mod client_address;
 pub mod config;
 pub mod crypto;
 pub mod error;

@@ -167,7 +167,8 @@ async fn invariant_6_client_identity_headers_never_reach_the_downstream() {
 async fn invariant_7_tokens_only_from_the_authorization_header_and_only_ours() {
     let s = setup().await;
     let token = s.token().await;
-    // In the query string: not accepted.
+    // In the query string: not accepted, and said so (RFC 6750 §3.1
+    // invalid_request) rather than sending the client to log in again.
     let r = s
         .proxy
         .http
@@ -176,7 +177,8 @@ async fn invariant_7_tokens_only_from_the_authorization_header_and_only_ours() {
         .send()
         .await
         .unwrap();
-    assert_eq!(r.status(), 401);
+    assert_eq!(r.status(), 400);
+    assert!(s.downstream.requests().is_empty());
     // The provider's own tokens are not ours.
     for upstream in s.proxy.provider.issued_tokens() {
         let r = s

@@ -14,6 +14,7 @@ use axum::http::{Request, Response};
 use tower::{Layer, Service};
 
 use super::Metrics;
+use crate::client_address::{self, TrustedProxies};
 
 /// What the MCP stack learned about one request.
 #[derive(Debug, Default, Clone)]
@@ -46,11 +47,23 @@ impl AuditSlot {
 pub struct AuditLayer {
     metrics: Option<Arc<Metrics>>,
     log: bool,
+    trusted_proxies: Arc<TrustedProxies>,
 }
 
 impl AuditLayer {
     pub fn new(metrics: Option<Arc<Metrics>>, log: bool) -> Self {
-        AuditLayer { metrics, log }
+        AuditLayer {
+            metrics,
+            log,
+            trusted_proxies: Default::default(),
+        }
+    }
+
+    /// Records the client behind these load balancers rather than the
+    /// balancer itself (`server.trusted_proxies`).
+    pub fn with_trusted_proxies(mut self, trusted: TrustedProxies) -> Self {
+        self.trusted_proxies = Arc::new(trusted);
+        self
     }
 }
 
@@ -95,6 +108,9 @@ where
             .and_then(|v| v.to_str().ok())
             .unwrap_or_default()
             .to_string();
+        let client_address = client_address::of_request(&request, &self.layer.trusted_proxies)
+            .map(|ip| ip.to_string())
+            .unwrap_or_default();
         let layer = self.layer.clone();
         let started = Instant::now();
         let future = self.inner.call(request);
@@ -123,6 +139,7 @@ where
                         target: "audit",
                         audit = true,
                         request_id = %request_id,
+                        client_address = %client_address,
                         sub = facts.sub.as_deref().unwrap_or_default(),
                         email = facts.email.as_deref().unwrap_or_default(),
                         client_id = facts.client_id.as_deref().unwrap_or_default(),

@@ -178,8 +178,13 @@ pub fn script_request(
 ) -> Dynamic {
     let mut header_map = Map::new();
     for (name, value) in headers {
-        // Credentials are not the policy's business.
-        if name == axum::http::header::AUTHORIZATION || name == axum::http::header::COOKIE {
+        // Credentials are not the policy's business, and what a client
+        // claims about its connection (X-Forwarded-For, X-Real-IP, ...) is
+        // not evidence: a policy must not allow on it.
+        if name == axum::http::header::AUTHORIZATION
+            || name == axum::http::header::COOKIE
+            || crate::client_address::is_forwarding_header(name.as_str())
+        {
             continue;
         }
         if let Ok(v) = value.to_str() {
@@ -400,5 +405,30 @@ mod tests {
         h.remove("mcp-name");
         h.insert("mcp-method", "tools/list".parse().unwrap());
         assert!(check_routing_headers(&h, &calls).is_err());
+    }
+
+    #[test]
+    fn invariant_6_the_policy_never_sees_what_a_client_claims_about_its_connection() {
+        let mut h = HeaderMap::new();
+        for (name, value) in [
+            ("x-forwarded-for", "10.0.0.1"),
+            ("x_forwarded_for", "10.0.0.1"),
+            ("x-real-ip", "10.0.0.1"),
+            ("forwarded", "for=10.0.0.1"),
+            ("true-client-ip", "10.0.0.1"),
+            ("x-original-url", "/admin"),
+            ("authorization", "Bearer t"),
+            ("cookie", "a=1"),
+            ("x-custom", "seen"),
+        ] {
+            h.append(
+                axum::http::HeaderName::from_bytes(name.as_bytes()).unwrap(),
+                value.parse().unwrap(),
+            );
+        }
+        let view = script_request(&Method::POST, "/mcp", &h, None).cast::<Map>();
+        let headers = view["headers"].clone().cast::<Map>();
+        let names: Vec<&str> = headers.keys().map(|k| k.as_str()).collect();
+        assert_eq!(names, vec!["x-custom"]);
     }
 }

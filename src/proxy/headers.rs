@@ -3,9 +3,16 @@
 //! Identity headers are set by the policy or stripped, never merged: the
 //! client's Authorization header and every client header that normalises
 //! (case-folded, `_`→`-`) to a header the policy may set are removed, and so
-//! are hop-by-hop headers and those named in `Connection`.
+//! are hop-by-hop headers and those named in `Connection`. Headers that claim
+//! something about the connection (`Forwarded`, `X-Forwarded-*`, `X-Real-IP`,
+//! ...) are the proxy's to write, and cookies pass only by name.
+
+use std::net::IpAddr;
 
 use axum::http::{header, HeaderMap, HeaderName, HeaderValue};
+
+use crate::client_address::{is_forwarding_header, TrustedProxies, X_FORWARDED_FOR};
+use crate::config::is_own_cookie;
 
 /// RFC 9110 §7.6.1 hop-by-hop headers, plus the non-standard ones proxies
 /// still meet.
@@ -21,76 +28,100 @@ const HOP_BY_HOP: [&str; 9] = [
     "upgrade",
 ];
 
-/// Client-supplied forwarding headers: the proxy sets its own.
-const FORWARDING: [&str; 5] = [
-    "forwarded",
-    "x-forwarded-for",
-    "x-forwarded-host",
-    "x-forwarded-proto",
-    "x-real-ip",
-];
+/// The proxy's own `Via` entry (RFC 9110 §7.6.3; a pseudonym, no version).
+const VIA: &str = "1.1 mcp-oauth-proxy";
 
-/// Names listed in `Connection` headers (lowercase).
+/// A header name as a lenient server may read it: lowercase, `_` as `-`.
+fn normalise(name: &str) -> String {
+    name.to_ascii_lowercase().replace('_', "-")
+}
+
+/// Names listed in `Connection` headers, normalised.
 fn connection_named(headers: &HeaderMap) -> Vec<String> {
     headers
         .get_all(header::CONNECTION)
         .iter()
         .filter_map(|v| v.to_str().ok())
         .flat_map(|v| v.split(','))
-        .map(|t| t.trim().to_ascii_lowercase())
+        .map(|t| normalise(t.trim()))
         .filter(|t| !t.is_empty())
         .collect()
 }
 
 fn is_hop_by_hop(name: &HeaderName, connection: &[String]) -> bool {
-    HOP_BY_HOP.contains(&name.as_str()) || connection.iter().any(|c| c == name.as_str())
+    let n = normalise(name.as_str());
+    HOP_BY_HOP.contains(&n.as_str()) || connection.contains(&n)
 }
 
 /// What the proxy adds about the client connection.
 pub struct Forwarding<'a> {
-    pub client_ip: Option<std::net::IpAddr>,
+    /// The TCP peer (a load balancer, or the client itself).
+    pub peer: Option<IpAddr>,
+    /// Peers whose `X-Forwarded-For` and `Via` are kept and appended to.
+    pub trusted_proxies: &'a TrustedProxies,
     pub public_host: &'a str,
     pub public_proto: &'a str,
 }
 
-/// The headers sent downstream: the client's, cleaned, plus the policy's.
+impl Forwarding<'_> {
+    fn peer_is_trusted(&self) -> bool {
+        self.peer.is_some_and(|p| self.trusted_proxies.contains(p))
+    }
+}
+
+/// The headers sent downstream: the client's, cleaned, plus the policy's,
+/// plus the proxy's forwarding headers.
 pub fn downstream_request_headers(
     incoming: &HeaderMap,
     is_identity_header: impl Fn(&str) -> bool,
     policy_headers: &[(HeaderName, HeaderValue)],
     forwarding: &Forwarding<'_>,
-    own_cookie_prefixes: &[&str],
+    pass_cookies: &[String],
 ) -> HeaderMap {
     let connection = connection_named(incoming);
-    let mut out = HeaderMap::with_capacity(incoming.len() + policy_headers.len() + 3);
+    let mut out = HeaderMap::with_capacity(incoming.len() + policy_headers.len() + 4);
     for (name, value) in incoming {
         let n = name.as_str();
-        if is_hop_by_hop(name, &connection)
+        if n.contains('_')
+            || is_hop_by_hop(name, &connection)
             || name == header::HOST
             || name == header::AUTHORIZATION
+            || name == header::COOKIE
             // The downstream answers uncompressed, so events are never held
             // back in a compressor's buffer.
             || name == header::ACCEPT_ENCODING
-            || FORWARDING.contains(&n)
+            || is_forwarding_header(n)
             || is_identity_header(n)
         {
             continue;
         }
-        if name == header::COOKIE {
-            if let Some(kept) = without_own_cookies(value, own_cookie_prefixes) {
-                out.append(name.clone(), kept);
-            }
-            continue;
-        }
         out.append(name.clone(), value.clone());
+    }
+    if let Some(cookies) = passed_cookies(incoming, pass_cookies) {
+        out.insert(header::COOKIE, cookies);
     }
     for (name, value) in policy_headers {
         out.insert(name.clone(), value.clone());
     }
-    if let Some(ip) = forwarding.client_ip {
-        if let Ok(v) = HeaderValue::from_str(&ip.to_string()) {
-            out.insert(HeaderName::from_static("x-forwarded-for"), v);
+    let trusted = forwarding.peer_is_trusted();
+    if let Some(peer) = forwarding.peer {
+        let peer = peer.to_canonical().to_string();
+        let chain = if trusted {
+            appended(incoming, X_FORWARDED_FOR, &peer)
+        } else {
+            peer
+        };
+        if let Ok(v) = HeaderValue::from_str(&chain) {
+            out.insert(HeaderName::from_static(X_FORWARDED_FOR), v);
         }
+    }
+    let via = if trusted {
+        appended(incoming, header::VIA.as_str(), VIA)
+    } else {
+        VIA.to_string()
+    };
+    if let Ok(v) = HeaderValue::from_str(&via) {
+        out.insert(header::VIA, v);
     }
     if let Ok(v) = HeaderValue::from_str(forwarding.public_host) {
         out.insert(HeaderName::from_static("x-forwarded-host"), v);
@@ -101,13 +132,35 @@ pub fn downstream_request_headers(
     out
 }
 
-/// The proxy's own sign-in cookies are not the downstream's business.
-fn without_own_cookies(value: &HeaderValue, prefixes: &[&str]) -> Option<HeaderValue> {
-    let text = value.to_str().ok()?;
-    let kept: Vec<&str> = text
-        .split(';')
+/// The values of a list header (all its lines), with `last` appended.
+fn appended(headers: &HeaderMap, name: &str, last: &str) -> String {
+    let mut items: Vec<&str> = headers
+        .get_all(name)
+        .iter()
+        .filter_map(|v| v.to_str().ok())
         .map(str::trim)
-        .filter(|pair| !pair.is_empty() && !prefixes.iter().any(|p| pair.starts_with(p)))
+        .filter(|v| !v.is_empty())
+        .collect();
+    items.push(last);
+    items.join(", ")
+}
+
+/// The client's cookies the operator lets through (`downstream.pass_cookies`),
+/// as one `Cookie` header; the proxy's own never pass.
+fn passed_cookies(incoming: &HeaderMap, pass: &[String]) -> Option<HeaderValue> {
+    if pass.is_empty() {
+        return None;
+    }
+    let kept: Vec<&str> = incoming
+        .get_all(header::COOKIE)
+        .iter()
+        .filter_map(|v| v.to_str().ok())
+        .flat_map(|v| v.split(';'))
+        .map(str::trim)
+        .filter(|pair| {
+            let name = pair.split_once('=').map_or(*pair, |(n, _)| n).trim();
+            !pair.is_empty() && pass.iter().any(|p| p == name) && !is_own_cookie(name)
+        })
         .collect();
     if kept.is_empty() {
         None
@@ -116,14 +169,41 @@ fn without_own_cookies(value: &HeaderValue, prefixes: &[&str]) -> Option<HeaderV
     }
 }
 
-/// The downstream's response headers, minus hop-by-hop ones.
-pub fn client_response_headers(incoming: &HeaderMap) -> HeaderMap {
+/// Response headers that speak for the proxy's origin rather than the
+/// downstream's answer: CORS is the proxy's decision, and a downstream must
+/// not wipe the origin's storage.
+fn is_origin_wide(name: &HeaderName) -> bool {
+    let n = name.as_str();
+    n.starts_with("access-control-") || n == "clear-site-data" || n == "set-cookie2"
+}
+
+/// Whether a downstream `Set-Cookie` may reach the client: only for a cookie
+/// the operator passes, and never one named like the proxy's own.
+fn may_set_cookie(value: &HeaderValue, pass: &[String]) -> bool {
+    let Ok(text) = value.to_str() else {
+        return false;
+    };
+    let pair = text.split(';').next().unwrap_or_default();
+    let Some((name, _)) = pair.split_once('=') else {
+        return false;
+    };
+    let name = name.trim();
+    pass.iter().any(|p| p == name) && !is_own_cookie(name)
+}
+
+/// The downstream's response headers, minus hop-by-hop ones, minus those that
+/// would act on the proxy's origin.
+pub fn client_response_headers(incoming: &HeaderMap, pass_cookies: &[String]) -> HeaderMap {
     let connection = connection_named(incoming);
     let mut out = HeaderMap::with_capacity(incoming.len());
     for (name, value) in incoming {
-        if !is_hop_by_hop(name, &connection) {
-            out.append(name.clone(), value.clone());
+        if is_hop_by_hop(name, &connection) || is_origin_wide(name) {
+            continue;
         }
+        if name == header::SET_COOKIE && !may_set_cookie(value, pass_cookies) {
+            continue;
+        }
+        out.append(name.clone(), value.clone());
     }
     out
 }
@@ -131,10 +211,34 @@ pub fn client_response_headers(incoming: &HeaderMap) -> HeaderMap {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use proptest::prelude::*;
 
     fn identity(n: &str) -> bool {
-        let n = n.replace('_', "-");
-        n.starts_with("x-user-") || n == "x-team"
+        let n = normalise(n);
+        n == "authorization" || n.starts_with("x-user-") || n == "x-team"
+    }
+
+    fn no_trust() -> &'static TrustedProxies {
+        static NONE: std::sync::OnceLock<TrustedProxies> = std::sync::OnceLock::new();
+        NONE.get_or_init(TrustedProxies::default)
+    }
+
+    fn forwarding<'a>(peer: &str, trusted: &'a TrustedProxies) -> Forwarding<'a> {
+        Forwarding {
+            peer: Some(peer.parse().unwrap()),
+            trusted_proxies: trusted,
+            public_host: "mcp.example.com",
+            public_proto: "https",
+        }
+    }
+
+    fn downstream(h: &HeaderMap, pass: &[&str], fw: &Forwarding<'_>) -> HeaderMap {
+        let pass: Vec<String> = pass.iter().map(|s| s.to_string()).collect();
+        let policy = vec![(
+            HeaderName::from_static("x-user-email"),
+            HeaderValue::from_static("alice@example.com"),
+        )];
+        downstream_request_headers(h, identity, &policy, fw, &pass)
     }
 
     #[test]
@@ -156,22 +260,7 @@ mod tests {
         h.insert("mcp-protocol-version", "2025-06-18".parse().unwrap());
         h.insert("last-event-id", "7".parse().unwrap());
         h.insert("content-type", "application/json".parse().unwrap());
-        h.insert("cookie", "__Host-mcp-browser=x; theirs=1".parse().unwrap());
-        let policy = vec![(
-            HeaderName::from_static("x-user-email"),
-            HeaderValue::from_static("alice@example.com"),
-        )];
-        let out = downstream_request_headers(
-            &h,
-            identity,
-            &policy,
-            &Forwarding {
-                client_ip: Some("127.0.0.1".parse().unwrap()),
-                public_host: "mcp.example.com",
-                public_proto: "https",
-            },
-            &["__Host-mcp-", "mcp-browser"],
-        );
+        let out = downstream(&h, &[], &forwarding("127.0.0.1", no_trust()));
         assert_eq!(
             out.get_all("x-user-email").iter().collect::<Vec<_>>(),
             vec!["alice@example.com"]
@@ -199,18 +288,335 @@ mod tests {
             assert_eq!(out.get(kept), h.get(kept), "{kept}");
         }
         assert_eq!(out["x-forwarded-for"], "127.0.0.1");
-        assert_eq!(out["cookie"], "theirs=1");
     }
 
     #[test]
-    fn response_hop_by_hop_headers_are_removed() {
+    fn invariant_6_client_forwarding_headers_are_replaced_by_the_proxys_own() {
+        let mut h = HeaderMap::new();
+        for (name, value) in [
+            ("forwarded", "for=6.6.6.6;host=evil.example;proto=http"),
+            ("x-forwarded-for", "6.6.6.6"),
+            ("X_Forwarded_For", "6.6.6.6"),
+            ("x-forwarded-host", "evil.example"),
+            ("x-forwarded-proto", "http"),
+            ("x-forwarded-uri", "/admin"),
+            ("x-forwarded-port", "8443"),
+            ("x-forwarded-prefix", "/admin"),
+            ("x-forwarded-server", "evil"),
+            ("x-forwarded", "for=6.6.6.6"),
+            ("x-original-url", "/admin"),
+            ("x-original-uri", "/admin"),
+            ("x-original-host", "evil.example"),
+            ("x-rewrite-url", "/admin"),
+            ("x-real-ip", "6.6.6.6"),
+            ("x_real_ip", "6.6.6.6"),
+            ("x-client-ip", "6.6.6.6"),
+            ("client-ip", "6.6.6.6"),
+            ("true-client-ip", "6.6.6.6"),
+            ("cf-connecting-ip", "6.6.6.6"),
+            ("fastly-client-ip", "6.6.6.6"),
+            ("x-cluster-client-ip", "6.6.6.6"),
+            ("x-envoy-external-address", "6.6.6.6"),
+            ("x-http-method-override", "DELETE"),
+            ("x-http-method", "DELETE"),
+            ("x-method-override", "DELETE"),
+            ("x-host", "evil.example"),
+            ("via", "1.1 evil"),
+        ] {
+            h.append(
+                HeaderName::from_bytes(name.as_bytes()).unwrap(),
+                value.parse().unwrap(),
+            );
+        }
+        let out = downstream(&h, &[], &forwarding("203.0.113.9", no_trust()));
+        let names: Vec<&str> = out.keys().map(HeaderName::as_str).collect();
+        let mut names = names;
+        names.sort();
+        assert_eq!(
+            names,
+            vec![
+                "via",
+                "x-forwarded-for",
+                "x-forwarded-host",
+                "x-forwarded-proto",
+                "x-user-email"
+            ]
+        );
+        assert_eq!(out["x-forwarded-for"], "203.0.113.9");
+        assert_eq!(out["x-forwarded-host"], "mcp.example.com");
+        assert_eq!(out["x-forwarded-proto"], "https");
+        assert_eq!(out["via"], "1.1 mcp-oauth-proxy");
+    }
+
+    #[test]
+    fn invariant_6_a_trusted_load_balancers_forwarded_for_is_appended_to() {
+        let lb = TrustedProxies::parse(&["10.0.0.0/8".to_string()]).unwrap();
+        let mut h = HeaderMap::new();
+        h.append("x-forwarded-for", "198.51.100.7".parse().unwrap());
+        h.append("x-forwarded-for", "10.9.9.9".parse().unwrap());
+        h.append("via", "1.1 lb".parse().unwrap());
+        h.append("x-real-ip", "198.51.100.7".parse().unwrap());
+        let out = downstream(&h, &[], &forwarding("10.1.2.3", &lb));
+        assert_eq!(out["x-forwarded-for"], "198.51.100.7, 10.9.9.9, 10.1.2.3");
+        assert_eq!(out["via"], "1.1 lb, 1.1 mcp-oauth-proxy");
+        assert!(out.get("x-real-ip").is_none());
+        // The same headers from a peer outside the trusted list are dropped.
+        let out = downstream(&h, &[], &forwarding("203.0.113.9", &lb));
+        assert_eq!(out["x-forwarded-for"], "203.0.113.9");
+        assert_eq!(out["via"], "1.1 mcp-oauth-proxy");
+    }
+
+    #[test]
+    fn client_cookies_reach_the_downstream_only_by_name_and_never_the_proxys_own() {
+        let mut h = HeaderMap::new();
+        h.append(
+            "cookie",
+            "__Host-mcp-browser=x; theirs=1; other=2".parse().unwrap(),
+        );
+        h.append(
+            "cookie",
+            "mcp-browser=y; __host-MCP-csrf=z; app=3".parse().unwrap(),
+        );
+        let out = downstream(&h, &[], &forwarding("127.0.0.1", no_trust()));
+        assert!(out.get("cookie").is_none(), "no cookie passes by default");
+        let out = downstream(
+            &h,
+            &["theirs", "app", "mcp-browser", "__Host-mcp-browser"],
+            &forwarding("127.0.0.1", no_trust()),
+        );
+        assert_eq!(
+            out.get_all("cookie").iter().collect::<Vec<_>>(),
+            vec!["theirs=1; app=3"]
+        );
+    }
+
+    #[test]
+    fn a_downstream_cannot_set_the_proxys_cookies_or_speak_for_its_origin() {
         let mut h = HeaderMap::new();
         h.insert("connection", "close, x-hop".parse().unwrap());
         h.insert("x-hop", "1".parse().unwrap());
         h.insert("transfer-encoding", "chunked".parse().unwrap());
         h.insert("mcp-session-id", "s".parse().unwrap());
-        let out = client_response_headers(&h);
+        for cookie in [
+            "__Host-mcp-browser=evil; Path=/; Secure",
+            "__host-mcp-browser=evil; Path=/; Secure",
+            "mcp-browser=evil",
+            "unlisted=1",
+            "app=1; Path=/",
+        ] {
+            h.append("set-cookie", cookie.parse().unwrap());
+        }
+        h.insert("clear-site-data", "\"cookies\"".parse().unwrap());
+        h.insert("access-control-allow-origin", "*".parse().unwrap());
+        h.insert("access-control-allow-credentials", "true".parse().unwrap());
+        let pass = vec!["app".to_string(), "mcp-browser".to_string()];
+        let out = client_response_headers(&h, &pass);
         assert!(out.get("x-hop").is_none() && out.get("transfer-encoding").is_none());
         assert_eq!(out["mcp-session-id"], "s");
+        assert_eq!(
+            out.get_all("set-cookie").iter().collect::<Vec<_>>(),
+            vec!["app=1; Path=/"]
+        );
+        assert!(out.get("clear-site-data").is_none());
+        assert!(out
+            .keys()
+            .all(|k| !k.as_str().starts_with("access-control-")));
+        assert!(client_response_headers(&h, &[]).get("set-cookie").is_none());
+    }
+
+    // ---- property test ----
+
+    /// Header names the policy in these tests may set.
+    const POLICY_MAY_SET: [&str; 4] = ["authorization", "x-user-email", "x-user-sub", "x-team"];
+    /// Headers a client may send that must pass unchanged.
+    const PASSING: [&str; 9] = [
+        "content-type",
+        "accept",
+        "user-agent",
+        "mcp-session-id",
+        "mcp-protocol-version",
+        "last-event-id",
+        "mcp-method",
+        "x-request-id",
+        "x-custom",
+    ];
+    const CONNECTION_LISTABLE: [&str; 4] = ["x-hop-a", "x-hop-b", "x-custom", "accept"];
+    const FORBIDDEN_EXAMPLES: [&str; 22] = [
+        "host",
+        "accept-encoding",
+        "forwarded",
+        "via",
+        "x-forwarded-for",
+        "x-forwarded-host",
+        "x-forwarded-proto",
+        "x-forwarded-uri",
+        "x-forwarded-port",
+        "x-forwarded-prefix",
+        "x-original-url",
+        "x-rewrite-url",
+        "x-real-ip",
+        "x-client-ip",
+        "true-client-ip",
+        "cf-connecting-ip",
+        "x-cluster-client-ip",
+        "x-http-method-override",
+        "x-user-role",
+        "keep-alive",
+        "te",
+        "proxy-authorization",
+    ];
+    const COOKIE_NAMES: [&str; 6] = [
+        "__Host-mcp-browser",
+        "mcp-browser",
+        "__host-MCP-csrf",
+        "theirs",
+        "app",
+        "other",
+    ];
+
+    /// A name as a client may spell it: any case, `-` or `_`.
+    fn spelling(base: &'static str) -> impl Strategy<Value = String> {
+        proptest::collection::vec((any::<bool>(), any::<bool>()), base.len()).prop_map(
+            move |flips| {
+                base.chars()
+                    .zip(flips)
+                    .map(|(c, (upper, underscore))| match c {
+                        '-' if underscore => '_',
+                        c if upper => c.to_ascii_uppercase(),
+                        c => c,
+                    })
+                    .collect()
+            },
+        )
+    }
+
+    fn one_of(names: &'static [&'static str]) -> impl Strategy<Value = &'static str> {
+        proptest::sample::select(names)
+    }
+
+    fn client_header() -> impl Strategy<Value = (String, String)> {
+        let value = "[a-zA-Z0-9 =/.,-]{0,12}";
+        prop_oneof![
+            (one_of(&POLICY_MAY_SET).prop_flat_map(spelling), value).boxed(),
+            (one_of(&PASSING).prop_flat_map(spelling), value).boxed(),
+            (one_of(&PASSING).prop_map(String::from), value).boxed(),
+            (one_of(&FORBIDDEN_EXAMPLES).prop_flat_map(spelling), value).boxed(),
+            (one_of(&CONNECTION_LISTABLE).prop_flat_map(spelling), value).boxed(),
+            (
+                Just("connection".to_string()),
+                proptest::sample::subsequence(CONNECTION_LISTABLE.to_vec(), 0..=4)
+                    .prop_map(|names| names.join(", "))
+            )
+                .boxed(),
+            (
+                Just("cookie".to_string()),
+                proptest::sample::subsequence(COOKIE_NAMES.to_vec(), 1..=6).prop_map(|names| {
+                    names
+                        .iter()
+                        .map(|n| format!("{n}=v"))
+                        .collect::<Vec<_>>()
+                        .join("; ")
+                })
+            )
+                .boxed(),
+            (
+                Just("authorization".to_string()),
+                prop_oneof![
+                    Just("Bearer junk".to_string()),
+                    Just("Basic Zm9v".to_string())
+                ]
+            )
+                .boxed(),
+        ]
+    }
+
+    proptest! {
+        #[test]
+        fn invariant_6_the_downstream_gets_no_forbidden_header_exactly_the_policys_and_every_passing_one_unchanged(
+            sent in proptest::collection::vec(client_header(), 0..24),
+            policy_names in proptest::sample::subsequence(POLICY_MAY_SET.to_vec(), 0..=4),
+            pass in proptest::sample::subsequence(vec!["theirs", "app"], 0..=2),
+        ) {
+            let mut incoming = HeaderMap::new();
+            for (name, value) in &sent {
+                incoming.append(
+                    HeaderName::from_bytes(name.as_bytes()).unwrap(),
+                    HeaderValue::from_str(value).unwrap(),
+                );
+            }
+            let policy: Vec<(HeaderName, HeaderValue)> = policy_names
+                .iter()
+                .map(|n| (HeaderName::from_static(n), HeaderValue::from_static("from-policy")))
+                .collect();
+            let pass: Vec<String> = pass.iter().map(|s| s.to_string()).collect();
+            let out = downstream_request_headers(
+                &incoming,
+                identity,
+                &policy,
+                &forwarding("192.0.2.1", no_trust()),
+                &pass,
+            );
+            let listed = connection_named(&incoming);
+            let proxys_own = ["x-forwarded-for", "x-forwarded-host", "x-forwarded-proto", "via"];
+
+            for name in out.keys() {
+                let n = name.as_str();
+                prop_assert!(!n.contains('_'), "{n} reached the downstream");
+                prop_assert!(!HOP_BY_HOP.contains(&n) && !listed.contains(&n.to_string()), "{n} is hop-by-hop");
+                prop_assert!(n != "host" && n != "accept-encoding", "{n}");
+                prop_assert!(
+                    !FORBIDDEN_EXAMPLES.contains(&n) || proxys_own.contains(&n),
+                    "{n} reached the downstream"
+                );
+            }
+            // Identity headers: exactly what the policy set, once.
+            for n in POLICY_MAY_SET {
+                let values: Vec<_> = out.get_all(n).iter().collect();
+                if policy_names.contains(&n) {
+                    prop_assert_eq!(values, vec!["from-policy"]);
+                } else {
+                    prop_assert!(values.is_empty(), "client's {} reached the downstream", n);
+                }
+            }
+            // Forwarding headers: the proxy's.
+            prop_assert_eq!(&out["x-forwarded-for"], "192.0.2.1");
+            prop_assert_eq!(&out["x-forwarded-host"], "mcp.example.com");
+            prop_assert_eq!(&out["x-forwarded-proto"], "https");
+            prop_assert_eq!(&out["via"], VIA);
+            // Cookies: only the passed names, never the proxy's.
+            for cookie in out.get_all("cookie") {
+                for pair in cookie.to_str().unwrap().split("; ") {
+                    let name = pair.split('=').next().unwrap();
+                    prop_assert!(pass.iter().any(|p| p == name), "cookie {} passed", name);
+                }
+            }
+            let expected_cookies: Vec<&str> = sent
+                .iter()
+                .filter(|(n, _)| n == "cookie")
+                .flat_map(|(_, v)| v.split("; "))
+                .filter(|pair| pass.iter().any(|p| pair.split('=').next() == Some(p.as_str())))
+                .collect();
+            let got_cookies: Vec<String> = out
+                .get_all("cookie")
+                .iter()
+                .flat_map(|v| v.to_str().unwrap().split("; ").map(String::from).collect::<Vec<_>>())
+                .collect();
+            prop_assert_eq!(got_cookies, expected_cookies);
+            // Everything else the client sent under its proper name arrives,
+            // values and order unchanged.
+            for n in PASSING {
+                if listed.contains(&n.to_string()) {
+                    prop_assert!(out.get(n).is_none(), "{n} was named in Connection");
+                    continue;
+                }
+                let expected: Vec<&str> = sent
+                    .iter()
+                    .filter(|(name, _)| name.to_ascii_lowercase() == n)
+                    .map(|(_, v)| v.as_str())
+                    .collect();
+                let got: Vec<&str> = out.get_all(n).iter().map(|v| v.to_str().unwrap()).collect();
+                prop_assert_eq!(got, expected, "{}", n);
+            }
+        }
     }
 }

@@ -20,6 +20,7 @@ use hyper_util::rt::TokioExecutor;
 use tower::Service;
 use url::Url;
 
+use crate::client_address::TrustedProxies;
 use crate::error::error_chain;
 use crate::error::ProxyError;
 use crate::metrics::{status_class, Metrics};
@@ -31,10 +32,9 @@ pub mod headers;
 pub mod origin;
 pub mod sessions;
 pub mod sse;
+pub mod unambiguous;
 
-use sessions::{Binding, SessionBindings};
-
-const MCP_SESSION_ID: &str = "mcp-session-id";
+use sessions::{Binding, SessionBindings, MCP_SESSION_ID};
 const SESSION_KIND: &str = "mcp";
 const LEGACY_KIND: &str = "sse";
 /// The proxy's message endpoint for legacy SSE clients.
@@ -116,7 +116,10 @@ pub struct ForwardContext {
     pub downstream_sse: Option<DownstreamTarget>,
     pub response_timeout: Duration,
     pub sse_idle_timeout: Duration,
-    pub own_cookie_prefixes: Vec<&'static str>,
+    /// `downstream.pass_cookies`: the only cookies that cross, both ways.
+    pub pass_cookies: Vec<String>,
+    /// `server.trusted_proxies`: peers whose X-Forwarded-For is kept.
+    pub trusted_proxies: TrustedProxies,
     pub metrics: Option<Arc<Metrics>>,
 }
 
@@ -186,11 +189,7 @@ async fn forward(
         .cloned()
         .ok_or(ProxyError::Forbidden("no policy decision".into()))?;
 
-    let presented_session = request
-        .headers()
-        .get(MCP_SESSION_ID)
-        .and_then(|v| v.to_str().ok())
-        .map(str::to_string);
+    let presented_session = sessions::presented_session_id(request.headers())?.map(str::to_string);
     let target = match route {
         Route::Mcp => {
             if let Some(id) = &presented_session {
@@ -211,17 +210,29 @@ async fn forward(
             sse.for_request(request.uri())
         }
         Route::SseMessage => {
-            let sid = request
+            let sids: Vec<String> = request
                 .uri()
                 .query()
-                .and_then(|q| {
+                .map(|q| {
                     url::form_urlencoded::parse(q.as_bytes())
-                        .find(|(k, _)| k == "sid")
+                        .filter(|(k, _)| k == "sid")
                         .map(|(_, v)| v.into_owned())
+                        .collect()
                 })
-                .ok_or_else(|| {
-                    ProxyError::BadRequest("the message endpoint needs its sid".into())
-                })?;
+                .unwrap_or_default();
+            let sid = match <[String; 1]>::try_from(sids) {
+                Ok([sid]) => sid,
+                Err(sids) if sids.is_empty() => {
+                    return Err(ProxyError::BadRequest(
+                        "the message endpoint needs its sid".into(),
+                    ))
+                }
+                Err(_) => {
+                    return Err(ProxyError::BadRequest(
+                        "the message endpoint takes one sid".into(),
+                    ))
+                }
+            };
             let binding = context.sessions.get(LEGACY_KIND, &sid).await?;
             match binding {
                 Some(Binding {
@@ -235,24 +246,30 @@ async fn forward(
         }
     };
 
-    let client_ip = request
+    let peer = request
         .extensions()
         .get::<ConnectInfo<SocketAddr>>()
         .map(|c| c.0.ip());
     let is_delete = request.method() == Method::DELETE;
     let session_watch = request.extensions().get::<SessionWatch>().cloned();
     let (parts, body) = request.into_parts();
-    let headers = headers::downstream_request_headers(
+    let mut headers = headers::downstream_request_headers(
         &parts.headers,
         |name| context.policy.is_identity_header(&outcome.policy, name),
         &outcome.headers,
         &headers::Forwarding {
-            client_ip,
+            peer,
+            trusted_proxies: &context.trusted_proxies,
             public_host: &context.public_host,
             public_proto: &context.public_proto,
         },
-        &context.own_cookie_prefixes,
+        &context.pass_cookies,
     );
+    if route != Route::Mcp {
+        // Ownership is checked on /mcp only; elsewhere a session id would
+        // reach a downstream that serves both transports unchecked.
+        headers.remove(MCP_SESSION_ID);
+    }
     let mut outgoing = Request::builder()
         .method(parts.method.clone())
         .uri(target.clone())
@@ -293,13 +310,14 @@ async fn forward(
     }
 
     let (mut parts, body) = response.into_parts();
-    parts.headers = headers::client_response_headers(&parts.headers);
+    parts.headers = headers::client_response_headers(&parts.headers, &context.pass_cookies);
+    if route == Route::Mcp {
+        // A session id the client could not send back unambiguously is the
+        // downstream's fault; nothing of it reaches the client.
+        sessions::created_session_id(&parts.headers)?;
+    }
     if route == Route::Mcp && parts.status.is_success() {
-        if let Some(created) = parts
-            .headers
-            .get(MCP_SESSION_ID)
-            .and_then(|v| v.to_str().ok())
-        {
+        if let Some(created) = sessions::created_session_id(&parts.headers)? {
             if presented_session.as_deref() != Some(created) {
                 context
                     .sessions

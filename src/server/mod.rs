@@ -139,7 +139,8 @@ impl AppState {
                 .map_err(StartError::Downstream)?,
             response_timeout: config.downstream.response_timeout.0,
             sse_idle_timeout: config.downstream.sse_idle_timeout.0,
-            own_cookie_prefixes: vec!["__Host-mcp-", "mcp-browser="],
+            pass_cookies: config.downstream.pass_cookies.clone(),
+            trusted_proxies: settings.trusted_proxies.clone(),
             metrics: config.metrics.enabled.then(|| metrics.clone()),
         });
         Ok(AppState(Arc::new(AppInner {

@@ -21,6 +21,7 @@ use crate::oauth::{authorize, metadata, register, token};
 use crate::policy::filter::FilterListsLayer;
 use crate::policy::layer::EnforcePolicyLayer;
 use crate::proxy::origin::CheckOriginLayer;
+use crate::proxy::unambiguous::UnambiguousHeadersLayer;
 use crate::proxy::{Forwarder, Route, LEGACY_MESSAGE_PATH};
 use crate::server::rescue::RescueLayer;
 use crate::server::AppState;
@@ -120,7 +121,7 @@ pub fn router(app: AppState) -> Router {
 }
 
 /// One MCP route, outermost first: audit ← rescue ← origin ← authenticate
-/// ← policy ← list filter ← forwarder.
+/// ← unambiguous headers ← policy ← list filter ← forwarder.
 fn mcp_stack(
     app: &AppState,
     resource_path: &'static str,
@@ -142,10 +143,10 @@ fn mcp_stack(
     tower::ServiceBuilder::new()
         // One audit event and the MCP counters per request, written when the
         // answer (errors included) is known.
-        .layer(AuditLayer::new(
-            metrics.clone(),
-            app.settings.config.log.audit,
-        ))
+        .layer(
+            AuditLayer::new(metrics.clone(), app.settings.config.log.audit)
+                .with_trusted_proxies(app.settings.trusted_proxies.clone()),
+        )
         // Typed errors from the layers below become JSON-RPC responses here,
         // and only here.
         .layer(RescueLayer)
@@ -160,6 +161,9 @@ fn mcp_stack(
             &app.settings.public_url,
             resource_path,
         ))
+        // Headers the layers below read must mean one thing, or the policy
+        // could judge one value while the downstream acts on another.
+        .layer(UnambiguousHeadersLayer)
         // May they, and with which identity headers: the operator's policy.
         .layer(EnforcePolicyLayer::new(
             app.policy.clone(),

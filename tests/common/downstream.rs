@@ -117,7 +117,29 @@ fn event_stream(state: Arc<DownstreamState>, first: String, second: Option<Strin
         .unwrap()
 }
 
-async fn mcp(
+/// A request header that makes the double add a response header
+/// (`x-test-answer-header: name: value`, repeatable): for answers a
+/// misbehaving downstream would send.
+pub const ANSWER_HEADER: &str = "x-test-answer-header";
+
+async fn mcp(state: S, method: Method, uri: Uri, headers: HeaderMap, body: Bytes) -> Response {
+    let extra: Vec<(String, String)> = headers
+        .get_all(ANSWER_HEADER)
+        .iter()
+        .filter_map(|v| v.to_str().ok()?.split_once(": "))
+        .map(|(n, v)| (n.to_string(), v.to_string()))
+        .collect();
+    let mut response = mcp_answer(state, method, uri, headers, body).await;
+    for (name, value) in extra {
+        response.headers_mut().append(
+            axum::http::HeaderName::from_bytes(name.as_bytes()).unwrap(),
+            axum::http::HeaderValue::from_str(&value).unwrap(),
+        );
+    }
+    response
+}
+
+async fn mcp_answer(
     State(state): S,
     method: Method,
     uri: Uri,

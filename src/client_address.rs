@@ -1,0 +1,200 @@
+//! The client's address: the TCP peer, unless that peer is a load balancer
+//! the operator trusts (`server.trusted_proxies`), in which case the address
+//! its `X-Forwarded-For` names. Logs, audit, rate limits and the headers sent
+//! downstream all use [`client_address`], so a client cannot choose the
+//! address it is counted under by sending a header.
+
+use std::net::{IpAddr, SocketAddr};
+
+use axum::extract::ConnectInfo;
+use axum::http::{HeaderMap, Request};
+use ipnet::IpNet;
+
+pub const X_FORWARDED_FOR: &str = "x-forwarded-for";
+
+/// Client headers that tell a server where the request came from or what it
+/// originally asked for. Frameworks and proxies behind us believe them
+/// (client address, scheme, host, path rewrites, method overrides), so a
+/// client never chooses them; the proxy writes its own X-Forwarded-For,
+/// -Proto, -Host and Via.
+const FORWARDING: [&str; 16] = [
+    "forwarded",
+    "via",
+    "x-forwarded",
+    "x-rewrite-url",
+    "x-real-ip",
+    "x-client-ip",
+    "client-ip",
+    "true-client-ip",
+    "cf-connecting-ip",
+    "cf-connecting-ipv6",
+    "fastly-client-ip",
+    "x-cluster-client-ip",
+    "x-proxyuser-ip",
+    "x-host",
+    "x-http-method-override",
+    "x-method-override",
+];
+
+/// Prefixes of the same family (`X-Forwarded-Uri`, `X-Original-URL`,
+/// `X-Envoy-External-Address`, `X-HTTP-Method`, ...).
+const FORWARDING_PREFIXES: [&str; 4] = ["x-forwarded-", "x-original-", "x-envoy-", "x-http-method"];
+
+/// Whether a client header is one the proxy writes itself (or removes)
+/// because it speaks about the connection.
+pub fn is_forwarding_header(name: &str) -> bool {
+    let n = name.to_ascii_lowercase().replace('_', "-");
+    FORWARDING.contains(&n.as_str()) || FORWARDING_PREFIXES.iter().any(|p| n.starts_with(p))
+}
+
+/// The networks whose `X-Forwarded-For` is believed (default: none).
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct TrustedProxies(Vec<IpNet>);
+
+impl TrustedProxies {
+    /// Parses CIDRs ("10.0.0.0/8", "fd00::/8") or single addresses.
+    pub fn parse(entries: &[String]) -> Result<Self, String> {
+        entries
+            .iter()
+            .map(|entry| {
+                let text = entry.trim();
+                text.parse::<IpNet>()
+                    .or_else(|_| text.parse::<IpAddr>().map(IpNet::from))
+                    .map(|net| net.trunc())
+                    .map_err(|_| {
+                        format!("`{entry}` is not a CIDR such as 10.0.0.0/8 or an IP address")
+                    })
+            })
+            .collect::<Result<Vec<_>, _>>()
+            .map(TrustedProxies)
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.0.is_empty()
+    }
+
+    pub fn contains(&self, ip: IpAddr) -> bool {
+        let ip = ip.to_canonical();
+        self.0.iter().any(|net| net.contains(&ip))
+    }
+}
+
+/// The addresses in the request's `X-Forwarded-For` headers, in order
+/// (several headers form one list). `None` for an entry that is not an IP
+/// address (ports, `unknown`, obfuscated identifiers).
+fn forwarded_for_chain(headers: &HeaderMap) -> Vec<Option<IpAddr>> {
+    headers
+        .get_all(X_FORWARDED_FOR)
+        .iter()
+        .flat_map(|value| value.to_str().unwrap_or("garbage").split(','))
+        .map(|entry| entry.trim().parse::<IpAddr>().ok())
+        .collect()
+}
+
+/// The client's address. Without a trusted peer it is the peer itself; behind
+/// trusted proxies it is the rightmost `X-Forwarded-For` entry that is not a
+/// trusted proxy: everything left of it was written by the client and may be
+/// made up.
+pub fn client_address(peer: IpAddr, headers: &HeaderMap, trusted: &TrustedProxies) -> IpAddr {
+    let mut client = peer.to_canonical();
+    if !trusted.contains(client) {
+        return client;
+    }
+    for hop in forwarded_for_chain(headers).into_iter().rev() {
+        match hop {
+            Some(ip) => {
+                client = ip.to_canonical();
+                if !trusted.contains(client) {
+                    break;
+                }
+            }
+            // A trusted proxy would not write this; the client did. The last
+            // address a trusted hop vouched for is the best we know.
+            None => break,
+        }
+    }
+    client
+}
+
+/// [`client_address`] of a request accepted by our listener (which records
+/// the peer as `ConnectInfo`); `None` for requests built in-process.
+pub fn of_request<B>(request: &Request<B>, trusted: &TrustedProxies) -> Option<IpAddr> {
+    let peer = request
+        .extensions()
+        .get::<ConnectInfo<SocketAddr>>()?
+        .0
+        .ip();
+    Some(client_address(peer, request.headers(), trusted))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn trusted(cidrs: &[&str]) -> TrustedProxies {
+        TrustedProxies::parse(&cidrs.iter().map(|s| s.to_string()).collect::<Vec<_>>()).unwrap()
+    }
+
+    fn xff(values: &[&str]) -> HeaderMap {
+        let mut h = HeaderMap::new();
+        for v in values {
+            h.append(X_FORWARDED_FOR, v.parse().unwrap());
+        }
+        h
+    }
+
+    fn ip(s: &str) -> IpAddr {
+        s.parse().unwrap()
+    }
+
+    #[test]
+    fn invariant_6_an_untrusted_peer_cannot_choose_its_address() {
+        let none = TrustedProxies::default();
+        let h = xff(&["1.2.3.4"]);
+        assert_eq!(
+            client_address(ip("203.0.113.9"), &h, &none),
+            ip("203.0.113.9")
+        );
+        // A trusted list that does not contain the peer changes nothing.
+        let lb = trusted(&["10.0.0.0/8"]);
+        assert_eq!(
+            client_address(ip("203.0.113.9"), &h, &lb),
+            ip("203.0.113.9")
+        );
+    }
+
+    #[test]
+    fn behind_a_trusted_load_balancer_the_rightmost_untrusted_hop_is_the_client() {
+        let lb = trusted(&["10.0.0.0/8", "fd00::/8"]);
+        // The client prepended a lie; the balancer appended the truth.
+        let h = xff(&["6.6.6.6", "198.51.100.7"]);
+        assert_eq!(client_address(ip("10.1.2.3"), &h, &lb), ip("198.51.100.7"));
+        // Two trusted hops, and the list split over two headers.
+        let h = xff(&["6.6.6.6, 198.51.100.7", "10.9.9.9"]);
+        assert_eq!(client_address(ip("10.1.2.3"), &h, &lb), ip("198.51.100.7"));
+        // IPv4-mapped IPv6 peers count as their IPv4 address.
+        assert_eq!(
+            client_address(ip("::ffff:10.1.2.3"), &xff(&["198.51.100.7"]), &lb),
+            ip("198.51.100.7")
+        );
+        // Garbage stops the walk at the last vouched-for address.
+        let h = xff(&["198.51.100.7", "unknown", "10.9.9.9"]);
+        assert_eq!(client_address(ip("10.1.2.3"), &h, &lb), ip("10.9.9.9"));
+        // No header: the balancer itself.
+        assert_eq!(
+            client_address(ip("10.1.2.3"), &HeaderMap::new(), &lb),
+            ip("10.1.2.3")
+        );
+    }
+
+    #[test]
+    fn trusted_proxies_accept_cidrs_and_addresses_and_name_what_is_wrong() {
+        let t = trusted(&["192.168.1.7", "2001:db8::/32", "10.0.0.1/8"]);
+        assert!(t.contains(ip("192.168.1.7")) && !t.contains(ip("192.168.1.8")));
+        assert!(t.contains(ip("2001:db8::1")));
+        assert!(t.contains(ip("10.200.0.1")));
+        let e = TrustedProxies::parse(&["10.0.0.0/33".into()]).unwrap_err();
+        assert!(e.contains("10.0.0.0/33"), "{e}");
+        assert!(TrustedProxies::parse(&["lb.internal".into()]).is_err());
+    }
+}

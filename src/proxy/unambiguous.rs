@@ -1,0 +1,133 @@
+//! UnambiguousHeaders: a header the proxy or the policy reads must mean one
+//! thing. With two values, the proxy could check the first while the
+//! downstream acts on the last (or on both joined), so the request is
+//! refused (400) before the policy sees it and nothing is forwarded.
+
+use std::future::Future;
+use std::pin::Pin;
+use std::task::{Context, Poll};
+
+use axum::body::Body;
+use axum::http::{HeaderMap, Request, Response};
+use tower::{Layer, Service};
+
+use super::sessions::presented_session_id;
+use crate::error::ProxyError;
+
+/// Headers read on the request path (besides `Authorization`, which
+/// Authenticate checks): by the session binding, the policy, the routing
+/// check and the body parser.
+pub const INTERPRETED: [&str; 5] = [
+    "mcp-protocol-version",
+    "last-event-id",
+    "mcp-method",
+    "mcp-name",
+    "content-type",
+];
+
+/// Refuses a request whose interpreted headers carry more than one value,
+/// or whose `Mcp-Session-Id` is not exactly one visible-ASCII value.
+pub fn check_unambiguous(headers: &HeaderMap) -> Result<(), ProxyError> {
+    presented_session_id(headers)?;
+    for name in INTERPRETED {
+        if headers.get_all(name).iter().nth(1).is_some() {
+            return Err(ProxyError::BadRequest(format!(
+                "the {name} header appears more than once"
+            )));
+        }
+    }
+    Ok(())
+}
+
+#[derive(Clone, Copy, Default)]
+pub struct UnambiguousHeadersLayer;
+
+impl<S> Layer<S> for UnambiguousHeadersLayer {
+    type Service = UnambiguousHeaders<S>;
+    fn layer(&self, inner: S) -> UnambiguousHeaders<S> {
+        UnambiguousHeaders { inner }
+    }
+}
+
+#[derive(Clone)]
+pub struct UnambiguousHeaders<S> {
+    inner: S,
+}
+
+impl<S> Service<Request<Body>> for UnambiguousHeaders<S>
+where
+    S: Service<Request<Body>, Response = Response<Body>, Error = ProxyError>,
+    S::Future: Send + 'static,
+{
+    type Response = Response<Body>;
+    type Error = ProxyError;
+    type Future = Pin<Box<dyn Future<Output = Result<Response<Body>, ProxyError>> + Send>>;
+
+    fn poll_ready(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), ProxyError>> {
+        self.inner.poll_ready(cx)
+    }
+
+    fn call(&mut self, request: Request<Body>) -> Self::Future {
+        if let Err(refused) = check_unambiguous(request.headers()) {
+            return Box::pin(std::future::ready(Err(refused)));
+        }
+        Box::pin(self.inner.call(request))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::sync::atomic::{AtomicUsize, Ordering};
+    use std::sync::Arc;
+    use tower::ServiceExt;
+
+    async fn reaches_inner(headers: &[(&str, &str)]) -> Result<(), ProxyError> {
+        let reached = Arc::new(AtomicUsize::new(0));
+        let seen = reached.clone();
+        let inner = tower::service_fn(move |_req: Request<Body>| {
+            seen.fetch_add(1, Ordering::SeqCst);
+            async { Ok::<_, ProxyError>(Response::new(Body::empty())) }
+        });
+        let mut request = Request::new(Body::empty());
+        for (name, value) in headers {
+            request.headers_mut().append(
+                axum::http::HeaderName::from_bytes(name.as_bytes()).unwrap(),
+                value.parse().unwrap(),
+            );
+        }
+        let result = UnambiguousHeadersLayer.layer(inner).oneshot(request).await;
+        assert_eq!(reached.load(Ordering::SeqCst), usize::from(result.is_ok()));
+        result.map(|_| ())
+    }
+
+    #[tokio::test]
+    async fn invariant_10_a_header_the_proxy_reads_twice_is_refused_before_anything_runs() {
+        assert!(reaches_inner(&[
+            ("mcp-session-id", "s-1"),
+            ("mcp-protocol-version", "2025-06-18"),
+            ("last-event-id", "7"),
+            ("content-type", "application/json"),
+            ("accept", "application/json"),
+            ("accept", "text/event-stream"),
+        ])
+        .await
+        .is_ok());
+        for twice in [
+            "mcp-session-id",
+            "mcp-protocol-version",
+            "last-event-id",
+            "mcp-method",
+            "mcp-name",
+            "content-type",
+        ] {
+            let refused = reaches_inner(&[(twice, "a"), (twice, "b")]).await;
+            assert!(
+                matches!(&refused, Err(ProxyError::BadRequest(m)) if m.contains(twice) || m.contains("Mcp-Session-Id")),
+                "{twice}: {refused:?}"
+            );
+        }
+        let refused = reaches_inner(&[("mcp-session-id", "has space")]).await;
+        assert!(matches!(refused, Err(ProxyError::BadRequest(_))));
+    }
+}
