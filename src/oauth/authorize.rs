@@ -60,21 +60,30 @@ async fn authorize_inner(
     let app = app.clone();
     let params = Params::parse(query.as_deref().unwrap_or_default());
     let (client, redirect_uri) = trusted_client_and_redirect(&app, &params).await?;
-    let pending = validate_request(&app, &params, &client, &redirect_uri)?;
     let (browser_id, set_cookie) = browser_identity(&app, headers);
-    let pending = PendingAuthorization {
-        browser_id,
-        ..pending
-    };
-    client_auth::touch(&app, &client).await;
-
-    let consent_key = consent_key(&pending.browser_id, &client.client_id, &redirect_uri);
+    let consent_key = consent_key(&browser_id, &client.client_id, &redirect_uri);
     let approved = app
         .records
         .get::<ConsentRecord>(Namespace::Consent, &consent_key)
         .await
         .map_err(PageError::from)?
         .is_some();
+    // Anyone can register a redirect URI, so until this person has approved
+    // this client and URI an error is a page here: redirecting it would make
+    // the proxy an open redirector (RFC 9700 §4.11.2, DESIGN invariant 12).
+    let pending = validate_request(&app, &params, &client, &redirect_uri).map_err(|e| {
+        if approved {
+            AppError::from(e)
+        } else {
+            AppError::from(unapproved_client_error(e))
+        }
+    })?;
+    let pending = PendingAuthorization {
+        browser_id,
+        ..pending
+    };
+    client_auth::touch(&app, &client).await;
+
     let mut response = if approved {
         go_upstream(&app, pending).await?
     } else {
@@ -320,8 +329,13 @@ async fn consent_inner(
             go_upstream(&app, pending).await
         }
         "deny" => {
+            // Not approved: the registered URI is still untrusted (invariant 12).
             tracing::info!(client_id = %pending.client_id, "consent denied");
-            Err(redirect_error("access_denied", "the user denied the request").into())
+            Err(unapproved_client_error(redirect_error(
+                "access_denied",
+                "the user denied the request",
+            ))
+            .into())
         }
         _ => Err(PageError::bad_request(
             "Invalid consent form",
@@ -329,6 +343,26 @@ async fn consent_inner(
         )
         .into()),
     }
+}
+
+/// The page shown instead of redirecting an error to a redirect URI the
+/// person has not approved.
+fn unapproved_client_error(e: RedirectError) -> PageError {
+    tracing::info!(code = e.code, description = %e.description, "authorization request refused before consent");
+    if e.code == "access_denied" {
+        return PageError::new(
+            StatusCode::FORBIDDEN,
+            "Access denied",
+            "You did not allow the application to use your access. You can close this window.",
+        );
+    }
+    PageError::bad_request(
+        "Invalid authorization request",
+        format!(
+            "The application sent a request this server cannot accept ({}: {}). Nothing was shared with it; you can close this window.",
+            e.code, e.description
+        ),
+    )
 }
 
 /// Sends the browser to the provider, remembering the flow under its state.
