@@ -797,6 +797,33 @@ async fn failed_token_exchange_says_so() {
 }
 
 #[tokio::test]
+async fn discovery_naming_a_plain_http_endpoint_is_refused_on_the_login_page() {
+    init_logs();
+    let provider = Provider::start().await;
+    provider.tamper(Tamper::PlainHttpTokenEndpoint);
+    let dir = std::sync::Arc::new(tempfile::tempdir().unwrap());
+    let p = TestProxy::start_on(provider, dir, &Options::default()).await;
+    let client = p.public_client().await;
+    let mut browser = Browser::new();
+    let r = browser
+        .get(&p.authorize_url(&client, &Pkce::new(), "s", &[]))
+        .await;
+    let r = browser
+        .post_form(
+            &format!("{}/consent", p.url),
+            &with_decision(r.form_fields(), "approve"),
+        )
+        .await;
+    assert_eq!(r.status, StatusCode::BAD_GATEWAY, "{}", r.body);
+    assert!(r.headers.get("location").is_none());
+    assert!(r.body.contains("token_endpoint"), "{}", r.body);
+    assert!(
+        captured_logs().contains("http://idp.example.com/token"),
+        "the log names the endpoint's URL"
+    );
+}
+
+#[tokio::test]
 async fn userinfo_claims_are_merged_when_configured() {
     let provider = Provider::start().await;
     let dir = std::sync::Arc::new(tempfile::tempdir().unwrap());

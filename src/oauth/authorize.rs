@@ -372,6 +372,8 @@ async fn go_upstream(
 ) -> Result<Response, AppError> {
     let start = match app.upstream.start().await {
         Ok(start) => start,
+        // Not a passing outage: the person and the administrator need to know.
+        Err(e @ UpstreamError::InsecureEndpoint { .. }) => return Err(upstream_page(e).into()),
         Err(e) => {
             tracing::error!(error = %e, "cannot start the provider login");
             return Err(RedirectError {
@@ -580,6 +582,11 @@ fn upstream_page(e: UpstreamError) -> PageError {
             StatusCode::BAD_GATEWAY,
             "Identity provider unreachable",
             "The proxy could not reach the identity provider. Try again later.",
+        ),
+        UpstreamError::InsecureEndpoint { endpoint, .. } => PageError::new(
+            StatusCode::BAD_GATEWAY,
+            "Identity provider not secure",
+            format!("The identity provider's {endpoint} is not an https address, so this proxy will not sign you in through it. Administrators: see the proxy's log and upstream.issuer."),
         ),
         UpstreamError::Userinfo(_) | UpstreamError::Configuration(_) => PageError::new(
             StatusCode::BAD_GATEWAY,
