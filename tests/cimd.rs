@@ -171,11 +171,7 @@ async fn without_the_development_switch_only_public_https_documents_are_fetched(
 
 #[tokio::test]
 async fn fetch_failures_tell_the_caller_nothing_about_the_internal_network() {
-    let origin = document_server(vec![(
-        "/broken.json",
-        json!({"not": "served as 200"}),
-    )])
-    .await;
+    let origin = document_server(vec![("/broken.json", json!({"not": "served as 200"}))]).await;
     let closed_port = free_port();
     let p = TestProxy::start_with_options(&insecure()).await;
     let public = TestProxy::start().await;
@@ -198,9 +194,15 @@ async fn fetch_failures_tell_the_caller_nothing_about_the_internal_network() {
             .await;
         assert_eq!(page.status, 400, "{client_id}");
         let (_, token_error, _) = proxy
-            .token(&client, &[("grant_type", "refresh_token"), ("refresh_token", "x")])
+            .token(
+                &client,
+                &[("grant_type", "refresh_token"), ("refresh_token", "x")],
+            )
             .await;
-        let description = token_error["error_description"].as_str().unwrap().to_string();
+        let description = token_error["error_description"]
+            .as_str()
+            .unwrap()
+            .to_string();
         for text in [page.body.as_str(), description.as_str()] {
             assert!(text.contains("could not be fetched"), "{client_id}: {text}");
             for detail in [
@@ -215,7 +217,10 @@ async fn fetch_failures_tell_the_caller_nothing_about_the_internal_network() {
                 &closed_port.to_string(),
             ] {
                 // The client_id itself is not echoed on the page either.
-                assert!(!text.to_lowercase().contains(detail), "{client_id}: `{detail}` in {text}");
+                assert!(
+                    !text.to_lowercase().contains(detail),
+                    "{client_id}: `{detail}` in {text}"
+                );
             }
         }
     }

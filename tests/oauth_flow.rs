@@ -217,8 +217,9 @@ async fn registration_errors_are_rfc7591_json() {
 #[tokio::test]
 async fn registration_refuses_bodies_a_cross_site_form_can_send() {
     let p = TestProxy::start().await;
-    let body = json!({"redirect_uris": ["https://evil.example/cb"], "token_endpoint_auth_method": "none"})
-        .to_string();
+    let body =
+        json!({"redirect_uris": ["https://evil.example/cb"], "token_endpoint_auth_method": "none"})
+            .to_string();
     for content_type in [
         Some("text/plain"),
         Some("text/plain; charset=utf-8"),
@@ -227,7 +228,10 @@ async fn registration_refuses_bodies_a_cross_site_form_can_send() {
         Some("application/jsonx"),
         None,
     ] {
-        let mut request = p.http.post(format!("{}/register", p.url)).body(body.clone());
+        let mut request = p
+            .http
+            .post(format!("{}/register", p.url))
+            .body(body.clone());
         if let Some(content_type) = content_type {
             request = request.header("content-type", content_type);
         }
@@ -602,6 +606,12 @@ async fn invariant_12_denied_consent_is_a_page_not_a_redirect() {
     assert!(r.headers.get("location").is_none());
     assert!(r.header("content-type").unwrap().starts_with("text/html"));
     assert!(r.body.contains("Access denied"), "{}", r.body);
+    // Still counted as the person's answer, not as a broken form.
+    let metrics = p.app().metrics.render();
+    assert!(
+        metrics.contains("mcp_oauth_proxy_consents_total{decision=\"deny\"} 1"),
+        "{metrics}"
+    );
 }
 
 /// Approves `client` in `browser`, leaving the flow at the provider.
@@ -646,7 +656,12 @@ async fn invariant_12_errors_before_consent_are_pages_never_redirects() {
         valid.replace("code_challenge_method=S256", "code_challenge_method=plain"),
         valid.replace("&code_challenge=", "&ignored="),
         valid.replace("&code_challenge=", "&code_challenge=short&x="),
-        p.authorize_url(&client, &pkce, "s", &[("resource", "https://other.example/mcp")]),
+        p.authorize_url(
+            &client,
+            &pkce,
+            "s",
+            &[("resource", "https://other.example/mcp")],
+        ),
         format!("{valid}&scope=a&scope=b"),
     ];
     let mut browser = Browser::new();

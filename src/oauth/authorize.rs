@@ -268,6 +268,7 @@ pub async fn consent(
     };
     let result = consent_inner(app.clone(), headers, form).await;
     let label = match &result {
+        Err(AppError::Page(page)) if page.title == ACCESS_DENIED_TITLE => "deny",
         Err(AppError::Page(_)) => "invalid",
         _ => decision,
     };
@@ -352,7 +353,7 @@ fn unapproved_client_error(e: RedirectError) -> PageError {
     if e.code == "access_denied" {
         return PageError::new(
             StatusCode::FORBIDDEN,
-            "Access denied",
+            ACCESS_DENIED_TITLE,
             "You did not allow the application to use your access. You can close this window.",
         );
     }
@@ -429,6 +430,7 @@ pub async fn callback(
     result
 }
 
+const ACCESS_DENIED_TITLE: &str = "Access denied";
 const INVALID_STATE_TITLE: &str = "Invalid or expired state";
 const OTHER_BROWSER_TITLE: &str = "Sign-in started elsewhere";
 const TOKEN_EXCHANGE_TITLE: &str = "Token exchange failed";

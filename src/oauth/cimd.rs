@@ -151,13 +151,19 @@ enum FetchFailure {
 
 /// Names to addresses: the system resolver, or a stand-in in tests.
 pub trait Lookup: Send + Sync {
-    fn lookup(&self, host: &str) -> Pin<Box<dyn Future<Output = std::io::Result<Vec<IpAddr>>> + Send>>;
+    fn lookup(
+        &self,
+        host: &str,
+    ) -> Pin<Box<dyn Future<Output = std::io::Result<Vec<IpAddr>>> + Send>>;
 }
 
 struct SystemLookup;
 
 impl Lookup for SystemLookup {
-    fn lookup(&self, host: &str) -> Pin<Box<dyn Future<Output = std::io::Result<Vec<IpAddr>>> + Send>> {
+    fn lookup(
+        &self,
+        host: &str,
+    ) -> Pin<Box<dyn Future<Output = std::io::Result<Vec<IpAddr>>> + Send>> {
         let host = host.to_string();
         Box::pin(async move {
             Ok(tokio::net::lookup_host((host.as_str(), 0))
@@ -223,29 +229,29 @@ pub fn is_public(ip: &IpAddr) -> bool {
 
 /// IPv4 prefixes that are never fetched from.
 const NON_PUBLIC_V4: [(Ipv4Addr, u8); 22] = [
-    (Ipv4Addr::new(0, 0, 0, 0), 8),         // "this network", RFC 791
-    (Ipv4Addr::new(10, 0, 0, 0), 8),        // private, RFC 1918
-    (Ipv4Addr::new(100, 64, 0, 0), 10),     // shared address space, RFC 6598
-    (Ipv4Addr::new(127, 0, 0, 0), 8),       // loopback, RFC 1122
-    (Ipv4Addr::new(169, 254, 0, 0), 16),    // link local, RFC 3927
-    (Ipv4Addr::new(172, 16, 0, 0), 12),     // private, RFC 1918
-    (Ipv4Addr::new(192, 0, 0, 0), 24),      // IETF protocol assignments, RFC 6890
-    (Ipv4Addr::new(192, 0, 2, 0), 24),      // TEST-NET-1, RFC 5737
-    (Ipv4Addr::new(192, 31, 196, 0), 24),   // AS112-v4, RFC 7535
-    (Ipv4Addr::new(192, 52, 193, 0), 24),   // AMT, RFC 7450
-    (Ipv4Addr::new(192, 88, 99, 0), 24),    // 6to4 relay anycast, RFC 7526
-    (Ipv4Addr::new(192, 168, 0, 0), 16),    // private, RFC 1918
-    (Ipv4Addr::new(192, 175, 48, 0), 24),   // AS112 direct delegation, RFC 7534
-    (Ipv4Addr::new(198, 18, 0, 0), 15),     // benchmarking, RFC 2544
-    (Ipv4Addr::new(198, 51, 100, 0), 24),   // TEST-NET-2, RFC 5737
-    (Ipv4Addr::new(203, 0, 113, 0), 24),    // TEST-NET-3, RFC 5737
-    (Ipv4Addr::new(224, 0, 0, 0), 4),       // multicast, RFC 5771
-    (Ipv4Addr::new(240, 0, 0, 0), 4),       // reserved, RFC 1112
+    (Ipv4Addr::new(0, 0, 0, 0), 8),          // "this network", RFC 791
+    (Ipv4Addr::new(10, 0, 0, 0), 8),         // private, RFC 1918
+    (Ipv4Addr::new(100, 64, 0, 0), 10),      // shared address space, RFC 6598
+    (Ipv4Addr::new(127, 0, 0, 0), 8),        // loopback, RFC 1122
+    (Ipv4Addr::new(169, 254, 0, 0), 16),     // link local, RFC 3927
+    (Ipv4Addr::new(172, 16, 0, 0), 12),      // private, RFC 1918
+    (Ipv4Addr::new(192, 0, 0, 0), 24),       // IETF protocol assignments, RFC 6890
+    (Ipv4Addr::new(192, 0, 2, 0), 24),       // TEST-NET-1, RFC 5737
+    (Ipv4Addr::new(192, 31, 196, 0), 24),    // AS112-v4, RFC 7535
+    (Ipv4Addr::new(192, 52, 193, 0), 24),    // AMT, RFC 7450
+    (Ipv4Addr::new(192, 88, 99, 0), 24),     // 6to4 relay anycast, RFC 7526
+    (Ipv4Addr::new(192, 168, 0, 0), 16),     // private, RFC 1918
+    (Ipv4Addr::new(192, 175, 48, 0), 24),    // AS112 direct delegation, RFC 7534
+    (Ipv4Addr::new(198, 18, 0, 0), 15),      // benchmarking, RFC 2544
+    (Ipv4Addr::new(198, 51, 100, 0), 24),    // TEST-NET-2, RFC 5737
+    (Ipv4Addr::new(203, 0, 113, 0), 24),     // TEST-NET-3, RFC 5737
+    (Ipv4Addr::new(224, 0, 0, 0), 4),        // multicast, RFC 5771
+    (Ipv4Addr::new(240, 0, 0, 0), 4),        // reserved, RFC 1112
     (Ipv4Addr::new(255, 255, 255, 255), 32), // limited broadcast, RFC 919
     // Inside the above, listed for the registry's sake.
-    (Ipv4Addr::new(192, 0, 0, 0), 29),      // IPv4 service continuity, RFC 7335
-    (Ipv4Addr::new(192, 0, 0, 170), 31),    // NAT64/DNS64 discovery, RFC 7050
-    (Ipv4Addr::new(192, 0, 0, 8), 32),      // IPv4 dummy address, RFC 7600
+    (Ipv4Addr::new(192, 0, 0, 0), 29), // IPv4 service continuity, RFC 7335
+    (Ipv4Addr::new(192, 0, 0, 170), 31), // NAT64/DNS64 discovery, RFC 7050
+    (Ipv4Addr::new(192, 0, 0, 8), 32), // IPv4 dummy address, RFC 7600
 ];
 
 /// IPv6 prefixes inside 2000::/3 that are never fetched from.
@@ -450,18 +456,12 @@ mod tests {
             IpAddr::V4(v4) => {
                 let host = u32::MAX.checked_shr(len).unwrap_or(0);
                 let first = u32::from(v4) & !host;
-                (
-                    IpAddr::V4(first.into()),
-                    IpAddr::V4((first | host).into()),
-                )
+                (IpAddr::V4(first.into()), IpAddr::V4((first | host).into()))
             }
             IpAddr::V6(v6) => {
                 let host = u128::MAX.checked_shr(len).unwrap_or(0);
                 let first = u128::from(v6) & !host;
-                (
-                    IpAddr::V6(first.into()),
-                    IpAddr::V6((first | host).into()),
-                )
+                (IpAddr::V6(first.into()), IpAddr::V6((first | host).into()))
             }
         }
     }
@@ -488,18 +488,18 @@ mod tests {
     #[test]
     fn addresses_that_embed_a_private_ipv4_address_are_never_fetched() {
         for ip in [
-            "::ffff:127.0.0.1",      // IPv4-mapped
-            "::ffff:93.184.216.34",  // mapped, even when public: use the IPv4 address
-            "::127.0.0.1",           // IPv4-compatible
+            "::ffff:127.0.0.1",     // IPv4-mapped
+            "::ffff:93.184.216.34", // mapped, even when public: use the IPv4 address
+            "::127.0.0.1",          // IPv4-compatible
             "::169.254.169.254",
-            "64:ff9b::7f00:1",       // NAT64 of 127.0.0.1
-            "64:ff9b::a9fe:a9fe",    // NAT64 of 169.254.169.254
-            "64:ff9b::a00:1",        // NAT64 of 10.0.0.1
-            "64:ff9b::c0a8:101",     // NAT64 of 192.168.1.1
-            "2002:7f00:1::1",        // 6to4 of 127.0.0.1
-            "2002:a9fe:a9fe::",      // 6to4 of 169.254.169.254
+            "64:ff9b::7f00:1",                      // NAT64 of 127.0.0.1
+            "64:ff9b::a9fe:a9fe",                   // NAT64 of 169.254.169.254
+            "64:ff9b::a00:1",                       // NAT64 of 10.0.0.1
+            "64:ff9b::c0a8:101",                    // NAT64 of 192.168.1.1
+            "2002:7f00:1::1",                       // 6to4 of 127.0.0.1
+            "2002:a9fe:a9fe::",                     // 6to4 of 169.254.169.254
             "2001:0:4136:e378:8000:63bf:3fff:fdd2", // Teredo
-            "2001:0:0:0:0:0:f5ff:fffe", // Teredo, client 10.0.0.1 obfuscated
+            "2001:0:0:0:0:0:f5ff:fffe",             // Teredo, client 10.0.0.1 obfuscated
         ] {
             assert!(!is_public(&ip.parse().unwrap()), "{ip}");
         }
@@ -585,7 +585,10 @@ mod tests {
         for answer in [
             vec!["127.0.0.1".parse().unwrap()],
             // One public answer does not carry a private one through.
-            vec!["93.184.216.34".parse().unwrap(), "127.0.0.1".parse().unwrap()],
+            vec![
+                "93.184.216.34".parse().unwrap(),
+                "127.0.0.1".parse().unwrap(),
+            ],
         ] {
             let lookup = Arc::new(StubLookup {
                 answer,
@@ -597,7 +600,10 @@ mod tests {
             };
             let url = Url::parse(&format!("http://rebinding.example:{port}/c.json")).unwrap();
             let result = fetch(&url, resolver, Duration::from_secs(2)).await;
-            assert!(matches!(result, Err(FetchFailure::Request(_))), "{result:?}");
+            assert!(
+                matches!(result, Err(FetchFailure::Request(_))),
+                "{result:?}"
+            );
             assert_eq!(lookup.asked.load(std::sync::atomic::Ordering::SeqCst), 1);
         }
         assert_eq!(connections.load(std::sync::atomic::Ordering::SeqCst), 0);

@@ -158,9 +158,10 @@ const LOOPBACK_ORIGINS: [&str; 2] = ["http://127.0.0.1", "http://[::1]"];
 
 fn loopback_port_variant(registered: &str, requested: &str) -> bool {
     LOOPBACK_ORIGINS.iter().any(|origin| {
-        let (Some(registered), Some(requested)) =
-            (registered.strip_prefix(origin), requested.strip_prefix(origin))
-        else {
+        let (Some(registered), Some(requested)) = (
+            registered.strip_prefix(origin),
+            requested.strip_prefix(origin),
+        ) else {
             return false;
         };
         match (without_port(registered), without_port(requested)) {
@@ -179,8 +180,7 @@ fn without_port(after_host: &str) -> Option<&str> {
         Some(after_colon) => {
             let digits = after_colon.bytes().take_while(u8::is_ascii_digit).count();
             let (port, rest) = after_colon.split_at(digits);
-            let canonical = !port.starts_with('0')
-                && port.parse::<u16>().is_ok_and(|p| p != 0);
+            let canonical = !port.starts_with('0') && port.parse::<u16>().is_ok_and(|p| p != 0);
             if !canonical {
                 return None;
             }
@@ -488,10 +488,7 @@ mod tests {
                 Variant::PercentEncode(i) => {
                     let i = i % uri.len();
                     let c = uri.as_bytes()[i];
-                    (
-                        format!("{}%{c:02X}{}", &uri[..i], &uri[i + 1..]),
-                        false,
-                    )
+                    (format!("{}%{c:02X}{}", &uri[..i], &uri[i + 1..]), false)
                 }
                 Variant::TrailingSlash => (format!("{uri}/"), false),
                 Variant::TrailingDotOnHost => {

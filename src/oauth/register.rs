@@ -453,7 +453,10 @@ mod tests {
             "client_name": "Café ☕ 日本語 — Claude (beta)",
         }))
         .unwrap();
-        assert_eq!(c.client_name.as_deref(), Some("Café ☕ 日本語 — Claude (beta)"));
+        assert_eq!(
+            c.client_name.as_deref(),
+            Some("Café ☕ 日本語 — Claude (beta)")
+        );
     }
 
     #[test]
@@ -475,8 +478,8 @@ mod tests {
             ("policy_uri", "https://a..example.com/p"),
             ("client_uri", "https://app.example.com/\u{202e}"),
         ] {
-            let err = parse(json!({"redirect_uris": ["https://a.example/cb"], key: uri}))
-                .unwrap_err();
+            let err =
+                parse(json!({"redirect_uris": ["https://a.example/cb"], key: uri})).unwrap_err();
             assert_eq!(err.code, "invalid_client_metadata", "{key} {uri}");
         }
         assert!(parse(json!({

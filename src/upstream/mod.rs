@@ -431,9 +431,7 @@ fn check_endpoints_are_https(metadata: &CoreProviderMetadata) -> Result<(), Upst
     ];
     for (endpoint, url) in endpoints {
         let Some(url) = url else { continue };
-        let loopback = url
-            .host_str()
-            .is_some_and(crate::config::is_loopback_host);
+        let loopback = url.host_str().is_some_and(crate::config::is_loopback_host);
         if url.scheme() != "https" && !(url.scheme() == "http" && loopback) {
             return Err(UpstreamError::InsecureEndpoint {
                 endpoint,
@@ -496,8 +494,8 @@ mod tests {
             assert!(text.contains(endpoint), "{text}");
             assert!(text.contains("http://idp.example.com/x"), "{text}");
         }
-        let err = check_endpoints_are_https(&metadata("http://idp.example.com", json!({})))
-            .unwrap_err();
+        let err =
+            check_endpoints_are_https(&metadata("http://idp.example.com", json!({}))).unwrap_err();
         assert!(err.to_string().contains("issuer"), "{err}");
         for ok in [
             "https://idp.example.com",
@@ -505,7 +503,10 @@ mod tests {
             "http://localhost:8080",
             "http://[::1]:8080",
         ] {
-            assert!(check_endpoints_are_https(&metadata(ok, json!({}))).is_ok(), "{ok}");
+            assert!(
+                check_endpoints_are_https(&metadata(ok, json!({}))).is_ok(),
+                "{ok}"
+            );
         }
         // Loopback means the endpoint's own host, not the issuer's.
         let m = metadata(
