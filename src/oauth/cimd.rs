@@ -112,7 +112,7 @@ pub fn check_url(client_id: &str, insecure: bool) -> Result<Url, CimdError> {
         _ => return Err(bad("must use https")),
     }
     let host = url.host().ok_or_else(|| bad("has no host"))?;
-    crate::oauth::redirect_uri::check_host(&host).map_err(|why| CimdError::Url(why))?;
+    crate::oauth::redirect_uri::check_host(&host).map_err(CimdError::Url)?;
     // The HTTP client connects to an IP literal without asking the resolver.
     let literal = match host {
         Host::Ipv4(v4) => Some(IpAddr::V4(v4)),
