@@ -971,7 +971,14 @@ impl Config {
                 "is not set (the OpenID provider's issuer URL; or set upstream.provider = \"cloudflare-access\" with upstream.team_domain)",
             )
         })?;
-        parse_http_url("upstream.issuer", issuer)?;
+        let url = parse_http_url("upstream.issuer", issuer)?;
+        // Codes, tokens and signing keys travel to the provider's endpoints.
+        if url.scheme() != "https" && !is_loopback_host(url.host_str().unwrap_or_default()) {
+            return Err(ConfigError::invalid(
+                "upstream.issuer",
+                format!("`{issuer}` must be an https URL (http is accepted only for a provider on a loopback address)"),
+            ));
+        }
         Ok(issuer.trim_end_matches('/').to_string())
     }
 }
@@ -1124,6 +1131,23 @@ url = "http://127.0.0.1:3000/mcp"
         assert_eq!(settings.config.tokens.access_ttl.secs(), 3600);
         assert_eq!(settings.config.tokens.refresh_ttl.secs(), 30 * 86400);
         assert!(settings.secure_cookies);
+    }
+
+    #[test]
+    fn an_http_issuer_is_refused_unless_on_loopback() {
+        let toml = MINIMAL.replace("https://idp.example.com", "http://idp.example.com");
+        let err = load_with(&toml, &[("MCP_PROXY_SECRETS__ENCRYPTION_KEY", KEY)])
+            .unwrap()
+            .validate()
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains("upstream.issuer"), "{err}");
+        assert!(err.contains("https"), "{err}");
+        for loopback in ["http://127.0.0.1:9000", "http://localhost:9000/realms/x"] {
+            let toml = MINIMAL.replace("https://idp.example.com", loopback);
+            let cfg = load_with(&toml, &[("MCP_PROXY_SECRETS__ENCRYPTION_KEY", KEY)]).unwrap();
+            assert!(cfg.validate().is_ok(), "{loopback}");
+        }
     }
 
     #[test]

@@ -168,3 +168,60 @@ async fn without_the_development_switch_only_public_https_documents_are_fetched(
     assert_eq!(page.status, 400);
     assert!(page.body.contains("non-public address"), "{}", page.body);
 }
+
+#[tokio::test]
+async fn fetch_failures_tell_the_caller_nothing_about_the_internal_network() {
+    let origin = document_server(vec![("/broken.json", json!({"not": "served as 200"}))]).await;
+    let closed_port = free_port();
+    let p = TestProxy::start_with_options(&insecure()).await;
+    let public = TestProxy::start().await;
+    let cases = [
+        // A closed port, a port that answers 404: one and the same answer.
+        (&p, format!("http://127.0.0.1:{closed_port}/c.json")),
+        (&p, format!("{origin}/missing.json")),
+        // Without the development switch a name resolving to loopback is
+        // refused, without saying what it resolved to.
+        (&public, format!("https://localhost:{closed_port}/c.json")),
+    ];
+    for (proxy, client_id) in cases {
+        let client = Client {
+            client_id: client_id.clone(),
+            client_secret: None,
+            redirect_uri: "http://127.0.0.1:1/cb".into(),
+        };
+        let page = Browser::new()
+            .get(&proxy.authorize_url(&client, &Pkce::new(), "s", &[]))
+            .await;
+        assert_eq!(page.status, 400, "{client_id}");
+        let (_, token_error, _) = proxy
+            .token(
+                &client,
+                &[("grant_type", "refresh_token"), ("refresh_token", "x")],
+            )
+            .await;
+        let description = token_error["error_description"]
+            .as_str()
+            .unwrap()
+            .to_string();
+        for text in [page.body.as_str(), description.as_str()] {
+            assert!(text.contains("could not be fetched"), "{client_id}: {text}");
+            for detail in [
+                "refused",
+                "tcp",
+                "connect",
+                "404",
+                "status",
+                "127.0.0.1",
+                "::1",
+                "error sending",
+                &closed_port.to_string(),
+            ] {
+                // The client_id itself is not echoed on the page either.
+                assert!(
+                    !text.to_lowercase().contains(detail),
+                    "{client_id}: `{detail}` in {text}"
+                );
+            }
+        }
+    }
+}

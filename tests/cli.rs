@@ -204,18 +204,42 @@ async fn administration_commands_list_and_revoke_for_real() {
         }),
     )
     .await;
-    // Anyone may register: a name meant to take over the operator's terminal.
+    // A name meant to take over the operator's terminal: registration
+    // refuses it now, but a record stored by an older release may hold one.
     // (A second later, so that it lists first.)
     tokio::time::sleep(Duration::from_millis(1100)).await;
-    let hostile = register(
-        &endpoint,
-        json!({
-            "client_name": "Evil\u{1b}[2J\u{1b}[31m\nClient\u{202e}",
-            "redirect_uris": ["http://127.0.0.1:5555/cb"],
-            "token_endpoint_auth_method": "none",
-        }),
-    )
-    .await;
+    let hostile_request = json!({
+        "client_name": "Evil\u{1b}[2J\u{1b}[31m\nClient\u{202e}",
+        "redirect_uris": ["http://127.0.0.1:5555/cb"],
+        "token_endpoint_auth_method": "none",
+    });
+    let (status, refused) = endpoint.register(hostile_request.clone()).await;
+    assert_eq!(status, 400, "{refused}");
+    assert_eq!(refused["error"], "invalid_client_metadata");
+    let hostile = {
+        let mut request = hostile_request.as_object().unwrap().clone();
+        request.insert("client_name".into(), "Evil".into());
+        let mut record =
+            mcp_oauth_proxy::oauth::register::parse_registration(&request, &[], 10).unwrap();
+        record.client_name = hostile_request["client_name"].as_str().map(str::to_string);
+        let store = mcp_oauth_proxy::store::sqlite::SqliteStore::open(&dir.path().join("proxy.db"))
+            .unwrap();
+        let records = mcp_oauth_proxy::store::Records::new(std::sync::Arc::new(store));
+        records
+            .put(
+                mcp_oauth_proxy::store::Namespace::Client,
+                &record.client_id.clone(),
+                &record,
+                Duration::from_secs(3600),
+            )
+            .await
+            .unwrap();
+        Client {
+            client_id: record.client_id,
+            client_secret: None,
+            redirect_uri: "http://127.0.0.1:5555/cb".into(),
+        }
+    };
     let carol = json!({"sub": "carol-sub-789", "name": "Carol, no email"});
     let alice_alpha = sign_in(&endpoint, Value::Object(alice()), &alpha).await;
     let bob_alpha = sign_in(&endpoint, bob(), &alpha).await;

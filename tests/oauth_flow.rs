@@ -215,6 +215,44 @@ async fn registration_errors_are_rfc7591_json() {
 }
 
 #[tokio::test]
+async fn registration_refuses_bodies_a_cross_site_form_can_send() {
+    let p = TestProxy::start().await;
+    let body =
+        json!({"redirect_uris": ["https://evil.example/cb"], "token_endpoint_auth_method": "none"})
+            .to_string();
+    for content_type in [
+        Some("text/plain"),
+        Some("text/plain; charset=utf-8"),
+        Some("application/x-www-form-urlencoded"),
+        Some("multipart/form-data; boundary=x"),
+        Some("application/jsonx"),
+        None,
+    ] {
+        let mut request = p
+            .http
+            .post(format!("{}/register", p.url))
+            .body(body.clone());
+        if let Some(content_type) = content_type {
+            request = request.header("content-type", content_type);
+        }
+        let r = request.send().await.unwrap();
+        assert_eq!(r.status(), 415, "{content_type:?}");
+        assert_eq!(r.headers()["cache-control"], "no-store");
+        let error: Value = r.json().await.unwrap();
+        assert_eq!(error["error"], "invalid_request", "{content_type:?}");
+    }
+    let r = p
+        .http
+        .post(format!("{}/register", p.url))
+        .header("content-type", "Application/JSON; charset=utf-8")
+        .body(body)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 201);
+}
+
+#[tokio::test]
 async fn invariant_9_registration_is_bounded() {
     let p = TestProxy::start().await;
     let many: Vec<String> = (0..11)
@@ -296,6 +334,9 @@ async fn invariant_2_pkce_s256_is_mandatory() {
     let p = TestProxy::start().await;
     let client = p.public_client().await;
     let mut browser = Browser::new();
+    // Once approved, PKCE errors go back to the client (before: pages, see
+    // invariant_12_errors_before_consent_are_pages_never_redirects).
+    approve(&p, &mut browser, &client).await;
     let base = format!(
         "{}/authorize?response_type=code&client_id={}&redirect_uri={}&state=s1",
         p.url,
@@ -536,9 +577,21 @@ async fn consent_is_remembered_per_browser_and_client() {
 }
 
 #[tokio::test]
-async fn denied_consent_returns_access_denied_to_the_client() {
+async fn invariant_12_denied_consent_is_a_page_not_a_redirect() {
     let p = TestProxy::start().await;
-    let client = p.public_client().await;
+    let (status, body) = p
+        .register(json!({
+            "client_name": "Phish",
+            "redirect_uris": ["https://evil.example/phish"],
+            "token_endpoint_auth_method": "none",
+        }))
+        .await;
+    assert_eq!(status, StatusCode::CREATED, "{body}");
+    let client = Client {
+        client_id: body["client_id"].as_str().unwrap().to_string(),
+        client_secret: None,
+        redirect_uri: "https://evil.example/phish".into(),
+    };
     let mut browser = Browser::new();
     let r = browser
         .get(&p.authorize_url(&client, &Pkce::new(), "st", &[]))
@@ -549,21 +602,85 @@ async fn denied_consent_returns_access_denied_to_the_client() {
             &with_decision(r.form_fields(), "deny"),
         )
         .await;
-    assert_eq!(r.status, StatusCode::FOUND);
-    let loc = r.location();
-    assert!(loc.starts_with(&client.redirect_uri));
-    let q = query_of(&loc);
-    assert_eq!(q["error"], "access_denied");
-    assert_eq!(q["state"], "st");
-    assert_eq!(q["iss"], p.url);
+    assert_eq!(r.status, StatusCode::FORBIDDEN, "{}", r.body);
+    assert!(r.headers.get("location").is_none());
+    assert!(r.header("content-type").unwrap().starts_with("text/html"));
+    assert!(r.body.contains("Access denied"), "{}", r.body);
+    // Still counted as the person's answer, not as a broken form.
+    let metrics = p.app().metrics.render();
+    assert!(
+        metrics.contains("mcp_oauth_proxy_consents_total{decision=\"deny\"} 1"),
+        "{metrics}"
+    );
+}
+
+/// Approves `client` in `browser`, leaving the flow at the provider.
+async fn approve(p: &TestProxy, browser: &mut Browser, client: &Client) {
+    let r = browser
+        .get(&p.authorize_url(client, &Pkce::new(), "s", &[]))
+        .await;
+    assert_eq!(r.status, StatusCode::OK, "{}", r.body);
+    let r = browser
+        .post_form(
+            &format!("{}/consent", p.url),
+            &with_decision(r.form_fields(), "approve"),
+        )
+        .await;
+    assert_eq!(r.status, StatusCode::FOUND, "{}", r.body);
 }
 
 #[tokio::test]
-async fn errors_after_the_client_is_trusted_go_back_to_it() {
+async fn invariant_12_errors_before_consent_are_pages_never_redirects() {
+    let p = TestProxy::start().await;
+    let (status, body) = p
+        .register(json!({
+            "client_name": "Phish",
+            "redirect_uris": ["https://evil.example/phish"],
+            "token_endpoint_auth_method": "none",
+        }))
+        .await;
+    assert_eq!(status, StatusCode::CREATED, "{body}");
+    let id = body["client_id"].as_str().unwrap();
+    let client = Client {
+        client_id: id.to_string(),
+        client_secret: None,
+        redirect_uri: "https://evil.example/phish".into(),
+    };
+    let pkce = Pkce::new();
+    let valid = p.authorize_url(&client, &pkce, "s", &[]);
+    let cases = [
+        // The report's example: no redirect_uri, an implicit-flow request.
+        format!("{}/authorize?client_id={id}&response_type=token", p.url),
+        format!("{}/authorize?client_id={id}", p.url),
+        valid.replace("response_type=code", "response_type=token"),
+        valid.replace("code_challenge_method=S256", "code_challenge_method=plain"),
+        valid.replace("&code_challenge=", "&ignored="),
+        valid.replace("&code_challenge=", "&code_challenge=short&x="),
+        p.authorize_url(
+            &client,
+            &pkce,
+            "s",
+            &[("resource", "https://other.example/mcp")],
+        ),
+        format!("{valid}&scope=a&scope=b"),
+    ];
+    let mut browser = Browser::new();
+    for url in cases {
+        let r = browser.get(&url).await;
+        assert_eq!(r.status, StatusCode::BAD_REQUEST, "{url}: {}", r.body);
+        assert!(r.headers.get("location").is_none(), "{url}");
+        assert!(r.header("content-type").unwrap().starts_with("text/html"));
+        assert!(!r.body.contains("evil.example/phish?"), "{url}");
+    }
+}
+
+#[tokio::test]
+async fn errors_after_the_client_is_approved_go_back_to_it() {
     let p = TestProxy::start().await;
     let client = p.public_client().await;
     let pkce = Pkce::new();
     let mut browser = Browser::new();
+    approve(&p, &mut browser, &client).await;
     let r = browser
         .get(&p.authorize_url(
             &client,
@@ -585,6 +702,10 @@ async fn errors_after_the_client_is_trusted_go_back_to_it() {
     );
     let q = query_of(&browser.get(&url).await.location());
     assert_eq!(q["error"], "invalid_request");
+    // Another browser has approved nothing: a page.
+    let r = Browser::new().get(&url).await;
+    assert_eq!(r.status, StatusCode::BAD_REQUEST);
+    assert!(r.headers.get("location").is_none());
 }
 
 #[tokio::test]
@@ -688,6 +809,33 @@ async fn failed_token_exchange_says_so() {
     let page = login_with_tamper(Tamper::TokenEndpointError).await;
     assert_eq!(page.status, StatusCode::BAD_GATEWAY);
     assert!(page.body.contains("Token exchange failed"));
+}
+
+#[tokio::test]
+async fn discovery_naming_a_plain_http_endpoint_is_refused_on_the_login_page() {
+    init_logs();
+    let provider = Provider::start().await;
+    provider.tamper(Tamper::PlainHttpTokenEndpoint);
+    let dir = std::sync::Arc::new(tempfile::tempdir().unwrap());
+    let p = TestProxy::start_on(provider, dir, &Options::default()).await;
+    let client = p.public_client().await;
+    let mut browser = Browser::new();
+    let r = browser
+        .get(&p.authorize_url(&client, &Pkce::new(), "s", &[]))
+        .await;
+    let r = browser
+        .post_form(
+            &format!("{}/consent", p.url),
+            &with_decision(r.form_fields(), "approve"),
+        )
+        .await;
+    assert_eq!(r.status, StatusCode::BAD_GATEWAY, "{}", r.body);
+    assert!(r.headers.get("location").is_none());
+    assert!(r.body.contains("token_endpoint"), "{}", r.body);
+    assert!(
+        captured_logs().contains("http://idp.example.com/token"),
+        "the log names the endpoint's URL"
+    );
 }
 
 #[tokio::test]

@@ -60,21 +60,30 @@ async fn authorize_inner(
     let app = app.clone();
     let params = Params::parse(query.as_deref().unwrap_or_default());
     let (client, redirect_uri) = trusted_client_and_redirect(&app, &params).await?;
-    let pending = validate_request(&app, &params, &client, &redirect_uri)?;
     let (browser_id, set_cookie) = browser_identity(&app, headers);
-    let pending = PendingAuthorization {
-        browser_id,
-        ..pending
-    };
-    client_auth::touch(&app, &client).await;
-
-    let consent_key = consent_key(&pending.browser_id, &client.client_id, &redirect_uri);
+    let consent_key = consent_key(&browser_id, &client.client_id, &redirect_uri);
     let approved = app
         .records
         .get::<ConsentRecord>(Namespace::Consent, &consent_key)
         .await
         .map_err(PageError::from)?
         .is_some();
+    // Anyone can register a redirect URI, so until this person has approved
+    // this client and URI an error is a page here: redirecting it would make
+    // the proxy an open redirector (RFC 9700 §4.11.2, DESIGN invariant 12).
+    let pending = validate_request(&app, &params, &client, &redirect_uri).map_err(|e| {
+        if approved {
+            AppError::from(e)
+        } else {
+            AppError::from(unapproved_client_error(e))
+        }
+    })?;
+    let pending = PendingAuthorization {
+        browser_id,
+        ..pending
+    };
+    client_auth::touch(&app, &client).await;
+
     let mut response = if approved {
         go_upstream(&app, pending).await?
     } else {
@@ -259,6 +268,7 @@ pub async fn consent(
     };
     let result = consent_inner(app.clone(), headers, form).await;
     let label = match &result {
+        Err(AppError::Page(page)) if page.title == ACCESS_DENIED_TITLE => "deny",
         Err(AppError::Page(_)) => "invalid",
         _ => decision,
     };
@@ -320,8 +330,13 @@ async fn consent_inner(
             go_upstream(&app, pending).await
         }
         "deny" => {
+            // Not approved: the registered URI is still untrusted (invariant 12).
             tracing::info!(client_id = %pending.client_id, "consent denied");
-            Err(redirect_error("access_denied", "the user denied the request").into())
+            Err(unapproved_client_error(redirect_error(
+                "access_denied",
+                "the user denied the request",
+            ))
+            .into())
         }
         _ => Err(PageError::bad_request(
             "Invalid consent form",
@@ -331,6 +346,26 @@ async fn consent_inner(
     }
 }
 
+/// The page shown instead of redirecting an error to a redirect URI the
+/// person has not approved.
+fn unapproved_client_error(e: RedirectError) -> PageError {
+    tracing::info!(code = e.code, description = %e.description, "authorization request refused before consent");
+    if e.code == "access_denied" {
+        return PageError::new(
+            StatusCode::FORBIDDEN,
+            ACCESS_DENIED_TITLE,
+            "You did not allow the application to use your access. You can close this window.",
+        );
+    }
+    PageError::bad_request(
+        "Invalid authorization request",
+        format!(
+            "The application sent a request this server cannot accept ({}: {}). Nothing was shared with it; you can close this window.",
+            e.code, e.description
+        ),
+    )
+}
+
 /// Sends the browser to the provider, remembering the flow under its state.
 async fn go_upstream(
     app: &AppState,
@@ -338,6 +373,8 @@ async fn go_upstream(
 ) -> Result<Response, AppError> {
     let start = match app.upstream.start().await {
         Ok(start) => start,
+        // Not a passing outage: the person and the administrator need to know.
+        Err(e @ UpstreamError::InsecureEndpoint { .. }) => return Err(upstream_page(e).into()),
         Err(e) => {
             tracing::error!(error = %e, "cannot start the provider login");
             return Err(RedirectError {
@@ -393,6 +430,7 @@ pub async fn callback(
     result
 }
 
+const ACCESS_DENIED_TITLE: &str = "Access denied";
 const INVALID_STATE_TITLE: &str = "Invalid or expired state";
 const OTHER_BROWSER_TITLE: &str = "Sign-in started elsewhere";
 const TOKEN_EXCHANGE_TITLE: &str = "Token exchange failed";
@@ -546,6 +584,11 @@ fn upstream_page(e: UpstreamError) -> PageError {
             StatusCode::BAD_GATEWAY,
             "Identity provider unreachable",
             "The proxy could not reach the identity provider. Try again later.",
+        ),
+        UpstreamError::InsecureEndpoint { endpoint, .. } => PageError::new(
+            StatusCode::BAD_GATEWAY,
+            "Identity provider not secure",
+            format!("The identity provider's {endpoint} is not an https address, so this proxy will not sign you in through it. Administrators: see the proxy's log and upstream.issuer."),
         ),
         UpstreamError::Userinfo(_) | UpstreamError::Configuration(_) => PageError::new(
             StatusCode::BAD_GATEWAY,

@@ -55,7 +55,9 @@ pub struct ConsentPage<'a> {
     pub resource: Option<&'a str>,
 }
 
-/// One `<form method="post">`: hidden inputs and a `decision` button.
+/// One `<form method="post">`: hidden inputs and a `decision` button. What
+/// the client chose is isolated in `<bdi>` so no text of its own can reorder
+/// the sentence around it (registration refuses bidi controls too).
 pub fn consent_page(page: &ConsentPage<'_>) -> String {
     let resource = page
         .resource
@@ -67,10 +69,10 @@ pub fn consent_page(page: &ConsentPage<'_>) -> String {
         })
         .unwrap_or_default();
     let body = format!(
-        "<h1>Allow {name} to use your MCP server access?</h1>\
-<p><strong>{name}</strong> (client <code>{id}</code>) is asking to act for you. \
-After you sign in, it will be sent back to <strong>{host}</strong>.</p>\
-<p class=\"muted\">Redirect address: <code>{uri}</code></p>{resource}\
+        "<h1>Allow <bdi>{name}</bdi> to use your MCP server access?</h1>\
+<p><strong><bdi>{name}</bdi></strong> (client <code><bdi>{id}</bdi></code>) is asking to act for you. \
+After you sign in, it will be sent back to <strong><bdi>{host}</bdi></strong>.</p>\
+<p class=\"muted\">Redirect address: <code><bdi>{uri}</bdi></code></p>{resource}\
 <p class=\"muted\">Only allow applications you started yourself and trust.</p>\
 <form method=\"post\" action=\"/consent\">\
 <input type=\"hidden\" name=\"request\" value=\"{request}\">\

@@ -50,6 +50,8 @@ pub enum UpstreamError {
     Userinfo(String),
     #[error("the provider is misconfigured: {0}")]
     Configuration(String),
+    #[error("the provider's {endpoint} `{url}` is not https; only a provider on a loopback address may use http (check upstream.issuer and the provider's discovery document)")]
+    InsecureEndpoint { endpoint: &'static str, url: String },
 }
 
 /// Why the provider's tokens could not be renewed.
@@ -165,6 +167,7 @@ impl Upstream {
         let metadata = CoreProviderMetadata::discover_async(issuer, &self.http).await;
         self.observe("discovery", started, metadata.is_ok());
         let metadata = metadata.map_err(|e| discovery_error(error_chain(&e)))?;
+        check_endpoints_are_https(&metadata)?;
         let redirect = RedirectUrl::new(self.redirect_url.clone())
             .map_err(|e| UpstreamError::Configuration(e.to_string()))?;
         let client = Arc::new(
@@ -404,6 +407,41 @@ impl Upstream {
     }
 }
 
+/// Every URL discovery names (the issuer, where the browser is sent, where
+/// codes, tokens and keys travel) must be https, unless the provider runs on
+/// a loopback address (development, tests): over plain http anyone on the
+/// path could read the codes and tokens or swap the signing keys.
+fn check_endpoints_are_https(metadata: &CoreProviderMetadata) -> Result<(), UpstreamError> {
+    let endpoints = [
+        ("issuer", Some(metadata.issuer().url())),
+        (
+            "authorization_endpoint",
+            Some(metadata.authorization_endpoint().url()),
+        ),
+        ("token_endpoint", metadata.token_endpoint().map(|u| u.url())),
+        (
+            "userinfo_endpoint",
+            metadata.userinfo_endpoint().map(|u| u.url()),
+        ),
+        ("jwks_uri", Some(metadata.jwks_uri().url())),
+        (
+            "registration_endpoint",
+            metadata.registration_endpoint().map(|u| u.url()),
+        ),
+    ];
+    for (endpoint, url) in endpoints {
+        let Some(url) = url else { continue };
+        let loopback = url.host_str().is_some_and(crate::config::is_loopback_host);
+        if url.scheme() != "https" && !(url.scheme() == "http" && loopback) {
+            return Err(UpstreamError::InsecureEndpoint {
+                endpoint,
+                url: url.to_string(),
+            });
+        }
+    }
+    Ok(())
+}
+
 /// The claims of an already verified JWT, as a map.
 fn jwt_payload(jwt: &str) -> Result<Map<String, Value>, UpstreamError> {
     let payload = jwt
@@ -414,4 +452,67 @@ fn jwt_payload(jwt: &str) -> Result<Map<String, Value>, UpstreamError> {
         .decode(payload.trim_end_matches('='))
         .map_err(|e| UpstreamError::IdToken(e.to_string()))?;
     serde_json::from_slice(&bytes).map_err(|e| UpstreamError::IdToken(e.to_string()))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use serde_json::json;
+
+    fn metadata(issuer: &str, overrides: Value) -> CoreProviderMetadata {
+        let mut document = json!({
+            "issuer": issuer,
+            "authorization_endpoint": format!("{issuer}/authorize"),
+            "token_endpoint": format!("{issuer}/token"),
+            "userinfo_endpoint": format!("{issuer}/userinfo"),
+            "jwks_uri": format!("{issuer}/jwks"),
+            "response_types_supported": ["code"],
+            "subject_types_supported": ["public"],
+            "id_token_signing_alg_values_supported": ["RS256"],
+        });
+        for (k, v) in overrides.as_object().unwrap() {
+            document[k] = v.clone();
+        }
+        serde_json::from_value(document).unwrap()
+    }
+
+    #[test]
+    fn discovered_endpoints_must_be_https_except_on_loopback() {
+        for endpoint in [
+            "authorization_endpoint",
+            "token_endpoint",
+            "userinfo_endpoint",
+            "jwks_uri",
+            "registration_endpoint",
+        ] {
+            let m = metadata(
+                "https://idp.example.com",
+                json!({ endpoint: "http://idp.example.com/x" }),
+            );
+            let err = check_endpoints_are_https(&m).unwrap_err();
+            let text = err.to_string();
+            assert!(text.contains(endpoint), "{text}");
+            assert!(text.contains("http://idp.example.com/x"), "{text}");
+        }
+        let err =
+            check_endpoints_are_https(&metadata("http://idp.example.com", json!({}))).unwrap_err();
+        assert!(err.to_string().contains("issuer"), "{err}");
+        for ok in [
+            "https://idp.example.com",
+            "http://127.0.0.1:8080",
+            "http://localhost:8080",
+            "http://[::1]:8080",
+        ] {
+            assert!(
+                check_endpoints_are_https(&metadata(ok, json!({}))).is_ok(),
+                "{ok}"
+            );
+        }
+        // Loopback means the endpoint's own host, not the issuer's.
+        let m = metadata(
+            "http://127.0.0.1:8080",
+            json!({"token_endpoint": "http://10.0.0.5/token"}),
+        );
+        assert!(check_endpoints_are_https(&m).is_err());
+    }
 }

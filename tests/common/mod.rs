@@ -77,6 +77,8 @@ pub enum Tamper {
     RefuseRefresh,
     /// Refresh requests get a 500.
     BrokenRefresh,
+    /// Discovery names a plain-http token endpoint on a non-loopback host.
+    PlainHttpTokenEndpoint,
 }
 
 #[derive(Default)]
@@ -194,11 +196,19 @@ impl Provider {
 type PState = State<Arc<Mutex<ProviderState>>>;
 
 async fn discovery(State(s): PState) -> Json<Value> {
-    let issuer = s.lock().unwrap().issuer.clone();
+    let (issuer, tamper) = {
+        let st = s.lock().unwrap();
+        (st.issuer.clone(), st.tamper)
+    };
+    let token_endpoint = if tamper == Tamper::PlainHttpTokenEndpoint {
+        "http://idp.example.com/token".to_string()
+    } else {
+        format!("{issuer}/token")
+    };
     Json(json!({
         "issuer": issuer,
         "authorization_endpoint": format!("{issuer}/authorize"),
-        "token_endpoint": format!("{issuer}/token"),
+        "token_endpoint": token_endpoint,
         "userinfo_endpoint": format!("{issuer}/userinfo"),
         "jwks_uri": format!("{issuer}/jwks"),
         "response_types_supported": ["code"],

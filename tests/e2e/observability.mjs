@@ -593,8 +593,12 @@ fn authorize(user, request) {
     bobToken = tb.json?.access_token;
 
     // Consent denied, and a forged consent form.
-    const denied = await login({ browser: new Browser(), user: alice, client: publicClient, decision: 'deny' });
-    if (denied.error !== 'access_denied') check('consent deny → access_denied', false, `${denied.error}`);
+    // Before approval a denial is a page, never a redirect (invariant 12).
+    const denied = await login({ browser: new Browser(), user: alice, client: publicClient, decision: 'deny' }).then(
+      (r) => ({ redirected: r.final }),
+      (e) => { collectHops(e.hops ?? []); return { page: e.hop?.status }; },
+    );
+    if (denied.page !== 403) check('consent deny → a 403 page', false, JSON.stringify(denied));
     const forged = await http(`${publicUrl}/consent`, { method: 'POST', form: { request: 'forged', csrf: 'forged', decision: 'approve' }, headers: { origin: publicUrl } });
     if (forged.status < 400) check('forged consent refused', false, `${forged.status}`);
 
