@@ -40,7 +40,7 @@ use tokio::time::Instant;
 use tower::{Layer, Service, ServiceBuilder, ServiceExt};
 
 use super::body_deadline::BodyDeadlineLayer;
-use super::framing::CheckFramingLayer;
+use super::framing::{CheckFramingLayer, RawHeads, ScanHeads};
 use super::rescue::RescueLayer;
 use crate::config::ServerConfig;
 
@@ -195,11 +195,12 @@ async fn serve_one(
     mut closing: watch::Receiver<bool>,
 ) {
     let activity = Arc::new(Activity::new());
+    let raw_heads = Arc::new(RawHeads::default());
     let service = ServiceBuilder::new()
         .layer(TrackActivityLayer(activity.clone()))
         // A request the router must not see is answered here, and only here.
         .layer(RescueLayer)
-        .layer(CheckFramingLayer)
+        .layer(CheckFramingLayer::new(raw_heads.clone()))
         .layer(BodyDeadlineLayer::new(limits.body_timeout))
         .service(router.map_request(move |mut request: Request<_>| {
             request
@@ -208,7 +209,7 @@ async fn serve_one(
             request
         }));
     let connection = builder.serve_connection_with_upgrades(
-        TokioIo::new(stream),
+        TokioIo::new(ScanHeads::new(stream, raw_heads)),
         hyper_util::service::TowerToHyperService::new(service),
     );
     tokio::pin!(connection);
@@ -293,6 +294,9 @@ impl Activity {
     /// Resolves once no request has been in progress for `idle` (or, before
     /// the first request, for `first_request`).
     async fn idle_expired(&self, first_request: Duration, idle: Duration) {
+        // The limit in force can shrink when the first request arrives, so
+        // never sleep longer than the shorter one before looking again.
+        let recheck = first_request.min(idle);
         loop {
             let limit = if self.served_any.load(Ordering::Acquire) {
                 idle
@@ -302,7 +306,7 @@ impl Activity {
             if self.in_flight.load(Ordering::Acquire) > 0 {
                 // Busy: look again later; a request that ends meanwhile
                 // starts the idle clock then.
-                tokio::time::sleep(limit).await;
+                tokio::time::sleep(recheck).await;
                 continue;
             }
             let idle_since = self.idle_since_ms.load(Ordering::Acquire);
@@ -310,7 +314,7 @@ impl Activity {
             if idle_for >= limit {
                 return;
             }
-            tokio::time::sleep(limit - idle_for).await;
+            tokio::time::sleep((limit - idle_for).min(recheck)).await;
         }
     }
 }
@@ -420,6 +424,26 @@ mod tests {
             .idle_expired(Duration::from_secs(2), Duration::from_secs(60))
             .await;
         assert_eq!(started.elapsed().as_secs(), 2);
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn the_idle_limit_takes_over_after_the_first_request_even_when_shorter() {
+        let activity = Arc::new(Activity::new());
+        let watcher = activity.clone();
+        let started = tokio::time::Instant::now();
+        let expired = tokio::spawn(async move {
+            watcher
+                .idle_expired(Duration::from_secs(30), Duration::from_secs(1))
+                .await;
+        });
+        tokio::time::sleep(Duration::from_millis(100)).await;
+        drop(InFlight::begin(activity.clone()));
+        expired.await.unwrap();
+        assert!(
+            started.elapsed() < Duration::from_secs(3),
+            "{:?}",
+            started.elapsed()
+        );
     }
 
     #[tokio::test(start_paused = true)]
