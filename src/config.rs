@@ -1302,6 +1302,42 @@ url = "http://127.0.0.1:3000/mcp"
     }
 
     #[test]
+    fn invariant_9_connection_limits_default_and_bad_values_name_their_key() {
+        let cfg = load_with(MINIMAL, &[("MCP_PROXY_SECRETS__ENCRYPTION_KEY", KEY)]).unwrap();
+        let server = &cfg.validate().unwrap().config.server;
+        assert_eq!(server.header_timeout.secs(), 10);
+        assert_eq!(server.idle_timeout.secs(), 60);
+        assert_eq!(server.body_timeout.secs(), 30);
+        assert_eq!(server.max_connections, 10_000);
+        for (line, key) in [
+            ("header_timeout = \"0s\"", "server.header_timeout"),
+            ("idle_timeout = \"0s\"", "server.idle_timeout"),
+            ("body_timeout = \"0s\"", "server.body_timeout"),
+            ("max_connections = 0", "server.max_connections"),
+            ("max_header_bytes = 100", "server.max_header_bytes"),
+            ("max_headers = 0", "server.max_headers"),
+            (
+                "max_concurrent_streams = 0",
+                "server.max_concurrent_streams",
+            ),
+        ] {
+            let toml = MINIMAL.replace("[upstream]", &format!("{line}\n[upstream]"));
+            let cfg = load_with(&toml, &[("MCP_PROXY_SECRETS__ENCRYPTION_KEY", KEY)]).unwrap();
+            let err = cfg.validate().unwrap_err().to_string();
+            assert!(err.starts_with(key), "{line}: {err}");
+        }
+        let cfg = load_with(
+            MINIMAL,
+            &[
+                ("MCP_PROXY_SECRETS__ENCRYPTION_KEY", KEY),
+                ("MCP_PROXY_SERVER__MAX_CONNECTIONS", "250"),
+            ],
+        )
+        .unwrap();
+        assert_eq!(cfg.server.max_connections, 250);
+    }
+
+    #[test]
     fn plain_http_on_a_real_host_disables_secure_cookies() {
         let toml = MINIMAL.replace("https://mcp.example.com/", "http://mcp.internal:8080");
         let cfg = load_with(&toml, &[("MCP_PROXY_SECRETS__ENCRYPTION_KEY", KEY)]).unwrap();

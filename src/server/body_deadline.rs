@@ -146,8 +146,7 @@ mod tests {
         let error = DeadlineBody::new(trickle(), Duration::from_secs(5))
             .collect()
             .await
-            .err()
-            .expect("the deadline ends the body");
+            .expect_err("the deadline ends the body");
         assert!(BodyTimeout::in_chain(error.as_ref()).is_some(), "{error}");
         assert_eq!(started.elapsed().as_secs(), 5);
     }
