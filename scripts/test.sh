@@ -24,3 +24,5 @@ echo "=== policy test (every shipped policy) ==="
 ./target/debug/mcp-oauth-proxy policy test policies
 echo "=== end-to-end ==="
 bash tests/e2e/run.sh
+echo "=== soak (1,000 aborted event streams and 300 slowloris sockets against the binary) ==="
+cargo test --quiet --test soak -- --ignored --nocapture

@@ -119,6 +119,104 @@ pub struct ServerConfig {
     /// replaced by the peer's own address.
     #[serde(default)]
     pub trusted_proxies: Vec<String>,
+    // Bounds on what one client may hold (DESIGN.md invariant 9); each
+    // listener applies them with its own connection budget.
+    /// Time a client has to send a request's headers; on a new connection,
+    /// to send its first request.
+    #[serde(default = "default_header_timeout")]
+    pub header_timeout: DurationStr,
+    /// A connection with no request or stream in progress for this long is
+    /// closed. Open streams (SSE) are not idle; they have
+    /// `downstream.sse_idle_timeout`.
+    #[serde(default = "default_idle_timeout")]
+    pub idle_timeout: DurationStr,
+    /// Time a client has to send a request's whole body, counted from the
+    /// end of its headers.
+    #[serde(default = "default_body_timeout")]
+    pub body_timeout: DurationStr,
+    /// Open connections per listener; beyond it new ones are refused.
+    #[serde(
+        default = "default_max_connections",
+        deserialize_with = "lenient_number"
+    )]
+    pub max_connections: usize,
+    /// The largest request head (HTTP/1.1) or header list (HTTP/2), in bytes.
+    #[serde(
+        default = "default_max_header_bytes",
+        deserialize_with = "lenient_number"
+    )]
+    pub max_header_bytes: usize,
+    /// The most header fields in one HTTP/1.1 request.
+    #[serde(default = "default_max_headers", deserialize_with = "lenient_number")]
+    pub max_headers: usize,
+    /// The most concurrent requests (streams) on one HTTP/2 connection.
+    #[serde(
+        default = "default_max_concurrent_streams",
+        deserialize_with = "lenient_number"
+    )]
+    pub max_concurrent_streams: u32,
+}
+
+fn default_header_timeout() -> DurationStr {
+    DurationStr(Duration::from_secs(10))
+}
+fn default_idle_timeout() -> DurationStr {
+    DurationStr(Duration::from_secs(60))
+}
+fn default_body_timeout() -> DurationStr {
+    DurationStr(Duration::from_secs(30))
+}
+fn default_max_connections() -> usize {
+    10_000
+}
+fn default_max_header_bytes() -> usize {
+    64 * 1024
+}
+fn default_max_headers() -> usize {
+    100
+}
+fn default_max_concurrent_streams() -> u32 {
+    100
+}
+
+impl ServerConfig {
+    fn validate_limits(&self) -> Result<(), ConfigError> {
+        for (key, value) in [
+            ("server.header_timeout", self.header_timeout),
+            ("server.idle_timeout", self.idle_timeout),
+            ("server.body_timeout", self.body_timeout),
+        ] {
+            if value.0.is_zero() {
+                return Err(ConfigError::invalid(key, "must be longer than zero"));
+            }
+        }
+        if self.max_connections == 0 {
+            return Err(ConfigError::invalid(
+                "server.max_connections",
+                "must be at least 1",
+            ));
+        }
+        // hyper's read buffer cannot be smaller than 8 KiB.
+        if !(8 * 1024..=1024 * 1024).contains(&self.max_header_bytes) {
+            return Err(ConfigError::invalid(
+                "server.max_header_bytes",
+                "must be between 8192 and 1048576",
+            ));
+        }
+        if !(1..=1000).contains(&self.max_headers) {
+            return Err(ConfigError::invalid(
+                "server.max_headers",
+                "must be between 1 and 1000",
+            ));
+        }
+        if self.max_concurrent_streams == 0 {
+            return Err(ConfigError::invalid(
+                "server.max_concurrent_streams",
+                "must be at least 1",
+            ));
+        }
+        Ok(())
+    }
 }
 
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize, Serialize)]
@@ -862,6 +960,7 @@ impl Config {
             check_passable_cookie_name(name)
                 .map_err(|m| ConfigError::invalid("downstream.pass_cookies", m))?;
         }
+        self.server.validate_limits()?;
         if self.downstream.max_request_bytes < 1024 {
             return Err(ConfigError::invalid(
                 "downstream.max_request_bytes",
@@ -1335,6 +1434,42 @@ url = "http://127.0.0.1:3000/mcp"
         assert!(!text.contains(KEY), "{text}");
         assert!(text.contains("[redacted]"), "{text}");
         assert!(text.contains("https://idp.example.com"), "{text}");
+    }
+
+    #[test]
+    fn invariant_9_connection_limits_default_and_bad_values_name_their_key() {
+        let cfg = load_with(MINIMAL, &[("MCP_PROXY_SECRETS__ENCRYPTION_KEY", KEY)]).unwrap();
+        let server = &cfg.validate().unwrap().config.server;
+        assert_eq!(server.header_timeout.secs(), 10);
+        assert_eq!(server.idle_timeout.secs(), 60);
+        assert_eq!(server.body_timeout.secs(), 30);
+        assert_eq!(server.max_connections, 10_000);
+        for (line, key) in [
+            ("header_timeout = \"0s\"", "server.header_timeout"),
+            ("idle_timeout = \"0s\"", "server.idle_timeout"),
+            ("body_timeout = \"0s\"", "server.body_timeout"),
+            ("max_connections = 0", "server.max_connections"),
+            ("max_header_bytes = 100", "server.max_header_bytes"),
+            ("max_headers = 0", "server.max_headers"),
+            (
+                "max_concurrent_streams = 0",
+                "server.max_concurrent_streams",
+            ),
+        ] {
+            let toml = MINIMAL.replace("[upstream]", &format!("{line}\n[upstream]"));
+            let cfg = load_with(&toml, &[("MCP_PROXY_SECRETS__ENCRYPTION_KEY", KEY)]).unwrap();
+            let err = cfg.validate().unwrap_err().to_string();
+            assert!(err.starts_with(key), "{line}: {err}");
+        }
+        let cfg = load_with(
+            MINIMAL,
+            &[
+                ("MCP_PROXY_SECRETS__ENCRYPTION_KEY", KEY),
+                ("MCP_PROXY_SERVER__MAX_CONNECTIONS", "250"),
+            ],
+        )
+        .unwrap();
+        assert_eq!(cfg.server.max_connections, 250);
     }
 
     #[test]

@@ -298,6 +298,8 @@ pub enum ProxyError {
     StoreUnavailable(String),
     #[error("{0}")]
     NotConfigured(&'static str),
+    #[error(transparent)]
+    BodyTimeout(#[from] BodyTimeout),
 }
 
 impl ProxyError {
@@ -316,6 +318,7 @@ impl ProxyError {
             ProxyError::DownstreamTimeout(_) => StatusCode::GATEWAY_TIMEOUT,
             ProxyError::StoreUnavailable(_) => StatusCode::SERVICE_UNAVAILABLE,
             ProxyError::NotConfigured(_) => StatusCode::NOT_FOUND,
+            ProxyError::BodyTimeout(_) => StatusCode::REQUEST_TIMEOUT,
         }
     }
 
@@ -325,7 +328,8 @@ impl ProxyError {
         match self {
             ProxyError::BadRequest(_)
             | ProxyError::PayloadTooLarge(_)
-            | ProxyError::MethodNotAllowed => -32600,
+            | ProxyError::MethodNotAllowed
+            | ProxyError::BodyTimeout(_) => -32600,
             ProxyError::Unauthorized { .. } => -32001,
             ProxyError::SessionNotFound => -32002,
             ProxyError::Forbidden(_) | ProxyError::PolicyDenied { .. } => -32003,
@@ -378,6 +382,39 @@ impl IntoResponse for ProxyError {
                 .headers_mut()
                 .insert(header::ALLOW, HeaderValue::from_static("GET, POST, DELETE"));
         }
+        response
+    }
+}
+
+/// A request body that did not arrive in time (`server.body_timeout`).
+#[derive(Debug, Clone, Copy, thiserror::Error)]
+#[error("the request body did not arrive within {0:?} (server.body_timeout)")]
+pub struct BodyTimeout(pub std::time::Duration);
+
+impl BodyTimeout {
+    /// Finds a body timeout among the causes of a body read error.
+    pub fn in_chain(error: &(dyn std::error::Error + 'static)) -> Option<BodyTimeout> {
+        std::iter::successors(Some(error), |e| e.source())
+            .find_map(|e| e.downcast_ref::<BodyTimeout>())
+            .copied()
+    }
+}
+
+/// A request whose length another parser could read differently (request
+/// smuggling): refused with 400 and the connection closed, before any
+/// handler or the downstream sees it.
+#[derive(Debug, Clone, thiserror::Error)]
+#[error("ambiguous request framing: {0}")]
+pub struct FramingError(pub &'static str);
+
+impl IntoResponse for FramingError {
+    fn into_response(self) -> Response {
+        tracing::info!(reason = self.0, "request refused: ambiguous framing");
+        let mut response = (StatusCode::BAD_REQUEST, format!("{self}\n")).into_response();
+        // The bytes after this request cannot be trusted to start the next one.
+        response
+            .headers_mut()
+            .insert(header::CONNECTION, HeaderValue::from_static("close"));
         response
     }
 }

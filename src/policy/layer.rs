@@ -19,7 +19,7 @@ use serde_json::Value;
 use tower::{Layer, Service};
 
 use super::{CompiledPolicy, Decision, PolicyEngine};
-use crate::error::ProxyError;
+use crate::error::{BodyTimeout, ProxyError};
 use crate::metrics::audit::AuditSlot;
 use crate::metrics::Metrics;
 use crate::oauth::grants::Session;
@@ -294,6 +294,8 @@ where
                             .is_some()
                         {
                             ProxyError::PayloadTooLarge(layer.max_body)
+                        } else if let Some(timeout) = BodyTimeout::in_chain(e.as_ref()) {
+                            ProxyError::BodyTimeout(timeout)
                         } else {
                             ProxyError::BadRequest(format!(
                                 "the request body could not be read: {e}"

@@ -20,6 +20,9 @@ use crate::store::{redis::RedisStore, sqlite::SqliteStore, Records, SharedStore}
 use crate::upstream::Upstream;
 
 pub mod admin;
+pub mod body_deadline;
+pub mod connection;
+pub mod framing;
 pub mod rescue;
 pub mod stack;
 
@@ -243,13 +246,12 @@ pub async fn start(app: AppState) -> Result<Running, StartError> {
                     source,
                 })?;
             let admin_router = admin::router(app.clone());
-            let mut admin_signal = signal.clone();
+            let limits = connection::Limits::from_config(&app.settings.config.server);
+            let admin_signal = signal.clone();
             tokio::spawn(async move {
-                let served = axum::serve(admin_listener, admin_router)
-                    .with_graceful_shutdown(async move {
-                        let _ = admin_signal.wait_for(|s| *s).await;
-                    })
-                    .await;
+                let served =
+                    connection::serve(admin_listener, admin_router, admin_signal, limits, "admin")
+                        .await;
                 if let Err(e) = served {
                     tracing::error!(error = %e, "the admin listener failed");
                 }
@@ -259,9 +261,11 @@ pub async fn start(app: AppState) -> Result<Running, StartError> {
         }
         None => None,
     };
-    let grace = app.settings.config.server.shutdown_grace.0;
+    let limits = connection::Limits::from_config(&app.settings.config.server);
     let router = stack::router(app.clone());
-    let task = tokio::spawn(serve_connections(listener, router, signal, grace));
+    let task = tokio::spawn(connection::serve(
+        listener, router, signal, limits, "public",
+    ));
     tracing::info!(%addr, public_url = %app.settings.public_url, "listening");
     Ok(Running {
         addr,
@@ -270,67 +274,6 @@ pub async fn start(app: AppState) -> Result<Running, StartError> {
         shutdown,
         task,
     })
-}
-
-/// Accepts connections (HTTP/1.1 and HTTP/2) until shutdown, then lets open
-/// requests and streams finish for up to `grace` and closes what is left.
-async fn serve_connections(
-    listener: TcpListener,
-    router: axum::Router,
-    mut shutdown: watch::Receiver<bool>,
-    grace: std::time::Duration,
-) -> std::io::Result<()> {
-    use hyper_util::rt::{TokioExecutor, TokioIo};
-    use hyper_util::server::conn::auto::Builder;
-    use tower::ServiceExt;
-
-    let builder = Builder::new(TokioExecutor::new());
-    let graceful = hyper_util::server::graceful::GracefulShutdown::new();
-    let mut connections = tokio::task::JoinSet::new();
-    let stop = async move {
-        let _ = shutdown.wait_for(|stop| *stop).await;
-    };
-    tokio::pin!(stop);
-    loop {
-        tokio::select! {
-            accepted = listener.accept() => {
-                let (stream, remote) = match accepted {
-                    Ok(a) => a,
-                    Err(e) => {
-                        // Out of file descriptors and the like: pause, go on.
-                        tracing::warn!(error = %e, "accept failed");
-                        tokio::time::sleep(std::time::Duration::from_millis(50)).await;
-                        continue;
-                    }
-                };
-                let _ = stream.set_nodelay(true);
-                let service = router.clone().map_request(move |mut request: axum::http::Request<hyper::body::Incoming>| {
-                    request.extensions_mut().insert(axum::extract::ConnectInfo(remote));
-                    request
-                });
-                let connection = builder
-                    .serve_connection_with_upgrades(TokioIo::new(stream), hyper_util::service::TowerToHyperService::new(service))
-                    .into_owned();
-                let connection = graceful.watch(connection);
-                connections.spawn(async move {
-                    let _ = connection.await;
-                });
-            }
-            // Reap finished connections so the set does not grow.
-            Some(_) = connections.join_next(), if !connections.is_empty() => {}
-            _ = &mut stop => break,
-        }
-    }
-    drop(listener);
-    tokio::select! {
-        _ = graceful.shutdown() => {}
-        _ = tokio::time::sleep(grace) => {
-            tracing::warn!(grace = ?grace, open = connections.len(), "shutdown grace period over; closing remaining connections");
-        }
-    }
-    connections.abort_all();
-    while connections.join_next().await.is_some() {}
-    Ok(())
 }
 
 /// Resolves on SIGINT or SIGTERM.

@@ -1,6 +1,7 @@
-//! Rescue: the one place where a typed `ProxyError` from the MCP stack
-//! becomes the response its reader needs (a JSON-RPC error with the right
-//! status, and `WWW-Authenticate` on 401).
+//! Rescue: the one place where a typed error becomes the response its reader
+//! needs: a `ProxyError` from the MCP stack a JSON-RPC error with the right
+//! status (and `WWW-Authenticate` on 401), a `FramingError` from the
+//! connection a 400 that closes the connection.
 
 use std::convert::Infallible;
 use std::future::Future;
@@ -11,8 +12,6 @@ use axum::body::Body;
 use axum::http::{Request, Response};
 use axum::response::IntoResponse;
 use tower::{Layer, Service};
-
-use crate::error::ProxyError;
 
 #[derive(Clone, Copy, Default)]
 pub struct RescueLayer;
@@ -29,9 +28,10 @@ pub struct Rescue<S> {
     inner: S,
 }
 
-impl<S> Service<Request<Body>> for Rescue<S>
+impl<S, B> Service<Request<B>> for Rescue<S>
 where
-    S: Service<Request<Body>, Response = Response<Body>, Error = ProxyError>,
+    S: Service<Request<B>, Response = Response<Body>>,
+    S::Error: IntoResponse,
     S::Future: Send + 'static,
 {
     type Response = Response<Body>;
@@ -47,7 +47,7 @@ where
         }
     }
 
-    fn call(&mut self, request: Request<Body>) -> Self::Future {
+    fn call(&mut self, request: Request<B>) -> Self::Future {
         let future = self.inner.call(request);
         Box::pin(async move {
             Ok(match future.await {
@@ -61,6 +61,7 @@ where
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::error::ProxyError;
     use axum::http::StatusCode;
     use tower::ServiceExt;
 

@@ -1,0 +1,467 @@
+//! Connections: accepted under a budget and served with time limits, so no
+//! client can hold a socket, a connection or a request longer than the
+//! configuration allows (DESIGN.md invariant 9). Both listeners, public and
+//! admin, are served here, each with its own budget.
+//!
+//! What bounds what:
+//! - `server.max_connections`: connections beyond it are answered 503 and
+//!   closed at once; the ones already open carry on.
+//! - `server.header_timeout`: a new connection must bring its first request,
+//!   and every HTTP/1.1 request its complete head, within it (hyper's header
+//!   timer; our own watch covers the protocol sniffing and HTTP/2 that
+//!   hyper's timer does not).
+//! - `server.idle_timeout`: a connection with no request in progress is
+//!   closed after it. A request is in progress until its response body has
+//!   been sent, so open event streams never count as idle.
+//! - `server.body_timeout`: the request body must arrive within it
+//!   (`body_deadline`).
+//! - HTTP/1.1 head size and header count, HTTP/2 header list size, streams
+//!   per connection, pending and locally reset streams, and pings that
+//!   close connections whose peer is gone.
+
+use std::convert::Infallible;
+use std::future::Future;
+use std::net::SocketAddr;
+use std::pin::Pin;
+use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
+use std::sync::Arc;
+use std::task::{Context, Poll};
+use std::time::Duration;
+
+use axum::body::Body;
+use axum::http::{Request, Response};
+use bytes::Bytes;
+use http_body::Frame;
+use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
+use hyper_util::server::conn::auto::Builder;
+use tokio::net::{TcpListener, TcpStream};
+use tokio::sync::{watch, Semaphore};
+use tokio::time::Instant;
+use tower::{Layer, Service, ServiceBuilder, ServiceExt};
+
+use super::body_deadline::BodyDeadlineLayer;
+use super::framing::{CheckFramingLayer, RawHeads, ScanHeads};
+use super::rescue::RescueLayer;
+use crate::config::ServerConfig;
+
+/// HTTP/2 pings on every connection this often; a peer that does not answer
+/// within `H2_PING_TIMEOUT` is gone, and its connection (with any stream it
+/// held open) is closed.
+const H2_PING_INTERVAL: Duration = Duration::from_secs(30);
+const H2_PING_TIMEOUT: Duration = Duration::from_secs(20);
+/// Streams a client may open and reset before the server accepts them, and
+/// streams the server may reset for protocol errors, per connection, before
+/// the connection is closed (HTTP/2 "rapid reset" and "made you reset").
+const H2_MAX_PENDING_RESETS: usize = 20;
+const H2_MAX_LOCAL_ERROR_RESETS: usize = 100;
+/// After a connection is asked to close (idle, shutdown), how long it may
+/// take to finish what it is writing.
+const CLOSE_GRACE: Duration = Duration::from_secs(5);
+/// A refusal is logged at most this often, so a flood does not become a
+/// flood of log lines.
+const REFUSAL_LOG_INTERVAL: Duration = Duration::from_secs(10);
+/// The answer to a connection over the budget (HTTP/1.1 clients read it;
+/// others see the connection close).
+const OVER_CAPACITY: &[u8] = b"HTTP/1.1 503 Service Unavailable\r\ncontent-type: text/plain\r\ncontent-length: 46\r\nretry-after: 1\r\nconnection: close\r\n\r\nThe server is at its connection limit; retry.\n";
+
+/// The limits of one listener, from `server.*`.
+#[derive(Debug, Clone)]
+pub struct Limits {
+    pub header_timeout: Duration,
+    pub idle_timeout: Duration,
+    pub body_timeout: Duration,
+    pub max_connections: usize,
+    pub max_header_bytes: usize,
+    pub max_headers: usize,
+    pub max_concurrent_streams: u32,
+    /// After a shutdown signal, how long open requests and streams may run.
+    pub shutdown_grace: Duration,
+}
+
+impl Limits {
+    pub fn from_config(server: &ServerConfig) -> Self {
+        Limits {
+            header_timeout: server.header_timeout.0,
+            idle_timeout: server.idle_timeout.0,
+            body_timeout: server.body_timeout.0,
+            max_connections: server.max_connections,
+            max_header_bytes: server.max_header_bytes,
+            max_headers: server.max_headers,
+            max_concurrent_streams: server.max_concurrent_streams,
+            shutdown_grace: server.shutdown_grace.0,
+        }
+    }
+
+    fn builder(&self) -> Builder<TokioExecutor> {
+        let mut builder = Builder::new(TokioExecutor::new());
+        builder
+            .http1()
+            .timer(TokioTimer::new())
+            .header_read_timeout(self.header_timeout)
+            .max_headers(self.max_headers)
+            // The read buffer holds the request head; a head that does not
+            // fit is refused with 431.
+            .max_buf_size(self.max_header_bytes);
+        builder
+            .http2()
+            .timer(TokioTimer::new())
+            .max_header_list_size(u32::try_from(self.max_header_bytes).unwrap_or(u32::MAX))
+            .max_concurrent_streams(self.max_concurrent_streams)
+            .max_pending_accept_reset_streams(H2_MAX_PENDING_RESETS)
+            .max_local_error_reset_streams(H2_MAX_LOCAL_ERROR_RESETS)
+            .keep_alive_interval(H2_PING_INTERVAL)
+            .keep_alive_timeout(H2_PING_TIMEOUT);
+        builder
+    }
+}
+
+/// Accepts connections (HTTP/1.1 and HTTP/2) on `listener` until shutdown,
+/// then lets open requests and streams finish for up to the grace period and
+/// closes what is left. `name` says which listener in logs.
+pub async fn serve(
+    listener: TcpListener,
+    router: axum::Router,
+    mut shutdown: watch::Receiver<bool>,
+    limits: Limits,
+    name: &'static str,
+) -> std::io::Result<()> {
+    let limits = Arc::new(limits);
+    let builder = Arc::new(limits.builder());
+    let budget = Arc::new(Semaphore::new(limits.max_connections));
+    let mut refusals = Refusals::default();
+    let mut connections = tokio::task::JoinSet::new();
+    let stop = async move {
+        let _ = shutdown.wait_for(|stop| *stop).await;
+    };
+    tokio::pin!(stop);
+    let (closing, close_signal) = watch::channel(false);
+    loop {
+        tokio::select! {
+            accepted = listener.accept() => {
+                let (stream, remote) = match accepted {
+                    Ok(a) => a,
+                    Err(e) => {
+                        // Out of file descriptors and the like: pause, go on.
+                        tracing::warn!(listener = name, error = %e, "accept failed");
+                        tokio::time::sleep(Duration::from_millis(50)).await;
+                        continue;
+                    }
+                };
+                let Ok(permit) = budget.clone().try_acquire_owned() else {
+                    refusals.refuse(stream, name, limits.max_connections);
+                    continue;
+                };
+                let _ = stream.set_nodelay(true);
+                let served = serve_one(
+                    stream,
+                    remote,
+                    router.clone(),
+                    builder.clone(),
+                    limits.clone(),
+                    close_signal.clone(),
+                );
+                connections.spawn(async move {
+                    served.await;
+                    drop(permit);
+                });
+            }
+            // Reap finished connections so the set does not grow.
+            Some(_) = connections.join_next(), if !connections.is_empty() => {}
+            _ = &mut stop => break,
+        }
+    }
+    drop(listener);
+    let _ = closing.send(true);
+    let drained = async { while connections.join_next().await.is_some() {} };
+    if tokio::time::timeout(limits.shutdown_grace, drained)
+        .await
+        .is_err()
+    {
+        tracing::warn!(listener = name, grace = ?limits.shutdown_grace, open = connections.len(), "shutdown grace period over; closing remaining connections");
+    }
+    connections.abort_all();
+    while connections.join_next().await.is_some() {}
+    Ok(())
+}
+
+/// Serves one connection until it ends, is idle too long, or the server
+/// shuts down.
+async fn serve_one(
+    stream: TcpStream,
+    remote: SocketAddr,
+    router: axum::Router,
+    builder: Arc<Builder<TokioExecutor>>,
+    limits: Arc<Limits>,
+    mut closing: watch::Receiver<bool>,
+) {
+    let activity = Arc::new(Activity::new());
+    let raw_heads = Arc::new(RawHeads::default());
+    let service = ServiceBuilder::new()
+        .layer(TrackActivityLayer(activity.clone()))
+        // A request the router must not see is answered here, and only here.
+        .layer(RescueLayer)
+        .layer(CheckFramingLayer::new(raw_heads.clone()))
+        .layer(BodyDeadlineLayer::new(limits.body_timeout))
+        .service(router.map_request(move |mut request: Request<_>| {
+            request
+                .extensions_mut()
+                .insert(axum::extract::ConnectInfo(remote));
+            request
+        }));
+    let connection = builder.serve_connection_with_upgrades(
+        TokioIo::new(ScanHeads::new(stream, raw_heads)),
+        hyper_util::service::TowerToHyperService::new(service),
+    );
+    tokio::pin!(connection);
+    let idle = activity.idle_expired(limits.header_timeout, limits.idle_timeout);
+    tokio::pin!(idle);
+    let close = async {
+        tokio::select! {
+            _ = &mut idle => {}
+            _ = closing.wait_for(|c| *c) => {}
+        }
+    };
+    tokio::select! {
+        _ = connection.as_mut() => return,
+        _ = close => {}
+    }
+    // Idle or shutting down: HTTP/1.1 closes once the response in progress
+    // is written, HTTP/2 sends GOAWAY and lets open streams finish. At
+    // shutdown the server's grace period bounds the wait; an idle
+    // connection has nothing to finish, so a short bound is enough.
+    connection.as_mut().graceful_shutdown();
+    if *closing.borrow() {
+        let _ = connection.await;
+    } else {
+        let _ = tokio::time::timeout(CLOSE_GRACE, connection).await;
+    }
+}
+
+/// Logs refusals, at most one line per interval with the count since.
+#[derive(Default)]
+struct Refusals {
+    last_logged: Option<Instant>,
+    unlogged: u64,
+}
+
+impl Refusals {
+    fn refuse(&mut self, stream: TcpStream, listener: &'static str, limit: usize) {
+        // Best effort: the socket is new, its send buffer empty, so this
+        // does not block; the client may not even speak HTTP/1.1.
+        let _ = stream.try_write(OVER_CAPACITY);
+        drop(stream);
+        self.unlogged += 1;
+        if self
+            .last_logged
+            .is_none_or(|t| t.elapsed() >= REFUSAL_LOG_INTERVAL)
+        {
+            tracing::warn!(
+                listener,
+                refused = self.unlogged,
+                limit,
+                "connection refused: server.max_connections reached"
+            );
+            self.last_logged = Some(Instant::now());
+            self.unlogged = 0;
+        }
+    }
+}
+
+/// What one connection is doing: how many requests are in progress, and
+/// since when none is.
+struct Activity {
+    started: Instant,
+    in_flight: AtomicUsize,
+    /// Milliseconds after `started` when the last request finished.
+    idle_since_ms: AtomicU64,
+    served_any: AtomicBool,
+}
+
+impl Activity {
+    fn new() -> Self {
+        Activity {
+            started: Instant::now(),
+            in_flight: AtomicUsize::new(0),
+            idle_since_ms: AtomicU64::new(0),
+            served_any: AtomicBool::new(false),
+        }
+    }
+
+    fn now_ms(&self) -> u64 {
+        u64::try_from(self.started.elapsed().as_millis()).unwrap_or(u64::MAX)
+    }
+
+    /// Resolves once no request has been in progress for `idle` (or, before
+    /// the first request, for `first_request`).
+    async fn idle_expired(&self, first_request: Duration, idle: Duration) {
+        // The limit in force can shrink when the first request arrives, so
+        // never sleep longer than the shorter one before looking again.
+        let recheck = first_request.min(idle);
+        loop {
+            let limit = if self.served_any.load(Ordering::Acquire) {
+                idle
+            } else {
+                first_request
+            };
+            if self.in_flight.load(Ordering::Acquire) > 0 {
+                // Busy: look again later; a request that ends meanwhile
+                // starts the idle clock then.
+                tokio::time::sleep(recheck).await;
+                continue;
+            }
+            let idle_since = self.idle_since_ms.load(Ordering::Acquire);
+            let idle_for = Duration::from_millis(self.now_ms().saturating_sub(idle_since));
+            if idle_for >= limit {
+                return;
+            }
+            tokio::time::sleep((limit - idle_for).min(recheck)).await;
+        }
+    }
+}
+
+/// Counts a request in progress from its arrival until its response body is
+/// finished or dropped.
+struct InFlight(Arc<Activity>);
+
+impl InFlight {
+    fn begin(activity: Arc<Activity>) -> Self {
+        activity.served_any.store(true, Ordering::Release);
+        activity.in_flight.fetch_add(1, Ordering::AcqRel);
+        InFlight(activity)
+    }
+}
+
+impl Drop for InFlight {
+    fn drop(&mut self) {
+        let activity = &self.0;
+        activity
+            .idle_since_ms
+            .store(activity.now_ms(), Ordering::Release);
+        activity.in_flight.fetch_sub(1, Ordering::AcqRel);
+    }
+}
+
+#[derive(Clone)]
+struct TrackActivityLayer(Arc<Activity>);
+
+impl<S> Layer<S> for TrackActivityLayer {
+    type Service = TrackActivity<S>;
+    fn layer(&self, inner: S) -> TrackActivity<S> {
+        TrackActivity {
+            inner,
+            activity: self.0.clone(),
+        }
+    }
+}
+
+#[derive(Clone)]
+struct TrackActivity<S> {
+    inner: S,
+    activity: Arc<Activity>,
+}
+
+impl<S, B> Service<Request<B>> for TrackActivity<S>
+where
+    S: Service<Request<B>, Response = Response<Body>, Error = Infallible>,
+    S::Future: Send + 'static,
+{
+    type Response = Response<TrackedBody>;
+    type Error = Infallible;
+    type Future = Pin<Box<dyn Future<Output = Result<Response<TrackedBody>, Infallible>> + Send>>;
+
+    fn poll_ready(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), Infallible>> {
+        self.inner.poll_ready(cx)
+    }
+
+    fn call(&mut self, request: Request<B>) -> Self::Future {
+        let in_flight = InFlight::begin(self.activity.clone());
+        let future = self.inner.call(request);
+        Box::pin(async move {
+            let response = future.await?;
+            Ok(response.map(|body| TrackedBody {
+                inner: body,
+                _in_flight: in_flight,
+            }))
+        })
+    }
+}
+
+/// A response body that keeps its request counted as in progress.
+struct TrackedBody {
+    inner: Body,
+    _in_flight: InFlight,
+}
+
+impl http_body::Body for TrackedBody {
+    type Data = Bytes;
+    type Error = axum::Error;
+
+    fn poll_frame(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<Frame<Bytes>, axum::Error>>> {
+        Pin::new(&mut self.inner).poll_frame(cx)
+    }
+
+    fn is_end_stream(&self) -> bool {
+        self.inner.is_end_stream()
+    }
+
+    fn size_hint(&self) -> http_body::SizeHint {
+        self.inner.size_hint()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[tokio::test(start_paused = true)]
+    async fn a_connection_without_requests_expires_after_the_first_request_limit() {
+        let activity = Activity::new();
+        let started = tokio::time::Instant::now();
+        activity
+            .idle_expired(Duration::from_secs(2), Duration::from_secs(60))
+            .await;
+        assert_eq!(started.elapsed().as_secs(), 2);
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn the_idle_limit_takes_over_after_the_first_request_even_when_shorter() {
+        let activity = Arc::new(Activity::new());
+        let watcher = activity.clone();
+        let started = tokio::time::Instant::now();
+        let expired = tokio::spawn(async move {
+            watcher
+                .idle_expired(Duration::from_secs(30), Duration::from_secs(1))
+                .await;
+        });
+        tokio::time::sleep(Duration::from_millis(100)).await;
+        drop(InFlight::begin(activity.clone()));
+        expired.await.unwrap();
+        assert!(
+            started.elapsed() < Duration::from_secs(3),
+            "{:?}",
+            started.elapsed()
+        );
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_request_in_progress_is_never_idle() {
+        let activity = Arc::new(Activity::new());
+        let in_flight = InFlight::begin(activity.clone());
+        let watcher = activity.clone();
+        let expired = tokio::spawn(async move {
+            watcher
+                .idle_expired(Duration::from_secs(1), Duration::from_secs(5))
+                .await;
+        });
+        tokio::time::sleep(Duration::from_secs(30)).await;
+        assert!(!expired.is_finished());
+        drop(in_flight);
+        tokio::time::timeout(Duration::from_secs(10), expired)
+            .await
+            .expect("idle once the request ends")
+            .unwrap();
+    }
+}
