@@ -1,6 +1,8 @@
-//! Rescue: the one place where a typed `ProxyError` from the MCP stack
-//! becomes the response its reader needs (a JSON-RPC error with the right
-//! status, and `WWW-Authenticate` on 401).
+//! Rescue: the one place where a typed error from the layers below becomes
+//! the response its reader needs: a `ProxyError` from the MCP stack a
+//! JSON-RPC error with the right status (and `WWW-Authenticate` on 401); an
+//! `OAuthError` or `PageError` from a layer in front of an OAuth route its
+//! JSON or HTML form.
 
 use std::convert::Infallible;
 use std::future::Future;
@@ -11,8 +13,6 @@ use axum::body::Body;
 use axum::http::{Request, Response};
 use axum::response::IntoResponse;
 use tower::{Layer, Service};
-
-use crate::error::ProxyError;
 
 #[derive(Clone, Copy, Default)]
 pub struct RescueLayer;
@@ -31,7 +31,8 @@ pub struct Rescue<S> {
 
 impl<S> Service<Request<Body>> for Rescue<S>
 where
-    S: Service<Request<Body>, Response = Response<Body>, Error = ProxyError>,
+    S: Service<Request<Body>, Response = Response<Body>>,
+    S::Error: IntoResponse,
     S::Future: Send + 'static,
 {
     type Response = Response<Body>;
@@ -61,6 +62,7 @@ where
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::error::ProxyError;
     use axum::http::StatusCode;
     use tower::ServiceExt;
 
