@@ -1430,4 +1430,66 @@ url = "http://127.0.0.1:3000/mcp"
         let cfg = load_with(&toml, &[("MCP_PROXY_SECRETS__ENCRYPTION_KEY", KEY)]).unwrap();
         assert!(!cfg.validate().unwrap().secure_cookies);
     }
+
+    #[test]
+    fn rate_limits_are_on_by_default_and_each_can_be_switched_off() {
+        let cfg = load_with(MINIMAL, &[("MCP_PROXY_SECRETS__ENCRYPTION_KEY", KEY)]).unwrap();
+        for group in LimitGroup::ALL {
+            let rate = cfg.limits.rate(group).unwrap();
+            assert!(rate.is_some(), "{} is on by default", group.name());
+        }
+        let cfg = load_with(
+            &format!("{MINIMAL}\n[limits.token]\nenabled = false\n"),
+            &[
+                ("MCP_PROXY_SECRETS__ENCRYPTION_KEY", KEY),
+                ("MCP_PROXY_LIMITS__MCP_USER__ENABLED", "false"),
+                ("MCP_PROXY_LIMITS__REGISTER__REQUESTS", "7"),
+            ],
+        )
+        .unwrap();
+        assert_eq!(cfg.limits.rate(LimitGroup::Token).unwrap(), None);
+        assert_eq!(cfg.limits.rate(LimitGroup::McpUser).unwrap(), None);
+        let register = cfg.limits.rate(LimitGroup::Register).unwrap().unwrap();
+        // A burst left out follows a changed rate.
+        assert_eq!((register.requests.get(), register.burst.get()), (7, 7));
+        assert_eq!(register.period, Duration::from_secs(60));
+        let cfg = load_with(
+            &format!("{MINIMAL}\n[limits]\nenabled = false\n"),
+            &[("MCP_PROXY_SECRETS__ENCRYPTION_KEY", KEY)],
+        )
+        .unwrap();
+        for group in LimitGroup::ALL {
+            assert_eq!(cfg.limits.rate(group).unwrap(), None);
+        }
+    }
+
+    #[test]
+    fn a_bad_rate_limit_names_its_key() {
+        for (table, key) in [
+            ("[limits.token]\nrequests = 0\n", "limits.token.requests"),
+            (
+                "[limits.mcp_client]\nburst = 0\n",
+                "limits.mcp_client.burst",
+            ),
+            (
+                "[limits.browser]\nperiod = \"0s\"\n",
+                "limits.browser.period",
+            ),
+        ] {
+            let cfg = load_with(
+                &format!("{MINIMAL}\n{table}"),
+                &[("MCP_PROXY_SECRETS__ENCRYPTION_KEY", KEY)],
+            )
+            .unwrap();
+            let err = cfg.validate().unwrap_err().to_string();
+            assert!(err.starts_with(key), "{err}");
+        }
+        let err = load_with(
+            &format!("{MINIMAL}\n[limits.token]\nrate = 5\n"),
+            &[("MCP_PROXY_SECRETS__ENCRYPTION_KEY", KEY)],
+        )
+        .unwrap_err()
+        .to_string();
+        assert!(err.contains("limits.token"), "{err}");
+    }
 }

@@ -120,9 +120,18 @@ impl<K: Hash + Eq + Clone + Send + Sync + 'static> Limiter<K> {
     /// A limiter for `rate`; keys whose budget is full again are dropped
     /// every `HOUSEKEEPING_INTERVAL` while it lives (when a runtime runs).
     pub fn new(group: LimitGroup, rate: Rate, metrics: Option<Arc<Metrics>>) -> Arc<Self> {
+        Self::with_housekeeping(group, rate, metrics, HOUSEKEEPING_INTERVAL)
+    }
+
+    fn with_housekeeping(
+        group: LimitGroup,
+        rate: Rate,
+        metrics: Option<Arc<Metrics>>,
+        every: Duration,
+    ) -> Arc<Self> {
         let limiter = Arc::new(Self::unattended(group, rate, metrics));
         if let Ok(runtime) = tokio::runtime::Handle::try_current() {
-            runtime.spawn(housekeeping(Arc::downgrade(&limiter)));
+            runtime.spawn(housekeeping(Arc::downgrade(&limiter), every));
         }
         limiter
     }
@@ -167,8 +176,11 @@ impl<K: Hash + Eq + Clone + Send + Sync + 'static> Limiter<K> {
     }
 }
 
-async fn housekeeping<K: Hash + Eq + Clone + Send + Sync + 'static>(limiter: Weak<Limiter<K>>) {
-    let mut tick = tokio::time::interval(HOUSEKEEPING_INTERVAL);
+async fn housekeeping<K: Hash + Eq + Clone + Send + Sync + 'static>(
+    limiter: Weak<Limiter<K>>,
+    every: Duration,
+) {
+    let mut tick = tokio::time::interval(every);
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     tick.tick().await;
     loop {
@@ -326,5 +338,202 @@ impl Absorbs<Infallible> for PageError {
 impl Absorbs<ProxyError> for ProxyError {
     fn absorb(error: ProxyError) -> Self {
         error
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use axum::http::StatusCode;
+    use proptest::prelude::*;
+    use tower::ServiceExt;
+
+    fn rate(requests: u32, period: Duration, burst: u32) -> Rate {
+        Rate {
+            requests: NonZeroU32::new(requests).unwrap(),
+            period,
+            burst: NonZeroU32::new(burst).unwrap(),
+        }
+    }
+
+    #[test]
+    fn invariant_9_rate_limit_state_forgets_idle_keys_so_random_callers_cannot_grow_it() {
+        let period = Duration::from_millis(200);
+        let limiter: Limiter<u64> =
+            Limiter::unattended(LimitGroup::McpUser, rate(2, period, 2), None);
+        // A caller per request, as from random addresses or users.
+        for key in 0..20_000u64 {
+            assert!(limiter.check(&key).is_ok());
+        }
+        assert_eq!(limiter.tracked_keys(), 20_000);
+        // A key that is still spending its budget is kept...
+        assert!(limiter.check(&7).is_ok());
+        assert!(limiter.check(&7).is_err());
+        limiter.forget_idle();
+        assert_eq!(limiter.tracked_keys(), 20_000);
+        // ...and once every budget is full again, nothing is.
+        std::thread::sleep(period + Duration::from_millis(50));
+        limiter.forget_idle();
+        assert_eq!(limiter.tracked_keys(), 0);
+        // Forgetting changed no answer: a forgotten key has its full burst.
+        assert!(limiter.check(&7).is_ok());
+        assert!(limiter.check(&7).is_ok());
+        assert!(limiter.check(&7).is_err());
+    }
+
+    #[tokio::test]
+    async fn idle_keys_are_forgotten_in_the_background_and_the_task_ends_with_the_limiter() {
+        let every = Duration::from_millis(50);
+        let period = Duration::from_millis(100);
+        let limiter: Arc<Limiter<u64>> =
+            Limiter::with_housekeeping(LimitGroup::McpUser, rate(1, period, 1), None, every);
+        for key in 0..100u64 {
+            limiter.check(&key).unwrap();
+        }
+        assert_eq!(limiter.tracked_keys(), 100);
+        tokio::time::sleep(period + every * 3).await;
+        assert_eq!(limiter.tracked_keys(), 0);
+        let weak = Arc::downgrade(&limiter);
+        drop(limiter);
+        tokio::time::sleep(every * 3).await;
+        assert!(weak.upgrade().is_none());
+    }
+
+    #[test]
+    fn invariant_9_rate_limit_counts_an_ipv6_host_by_its_64_prefix() {
+        let a: IpAddr = "2001:db8:1:2:aaaa::1".parse().unwrap();
+        let b: IpAddr = "2001:db8:1:2:ffff:1:2:3".parse().unwrap();
+        let elsewhere: IpAddr = "2001:db8:1:3::1".parse().unwrap();
+        assert_eq!(RateKey::address(a), RateKey::address(b));
+        assert_ne!(RateKey::address(a), RateKey::address(elsewhere));
+        // An IPv4 client seen through a dual-stack socket is that IPv4 client.
+        let mapped: IpAddr = "::ffff:192.0.2.7".parse().unwrap();
+        let v4: IpAddr = "192.0.2.7".parse().unwrap();
+        assert_eq!(RateKey::address(mapped), RateKey::address(v4));
+        assert_ne!(
+            RateKey::address("192.0.2.8".parse().unwrap()),
+            RateKey::address(v4)
+        );
+    }
+
+    #[test]
+    fn the_client_address_is_the_connection_peer() {
+        let mut request = Request::new(Body::empty());
+        assert_eq!(client_address(&request), None);
+        assert_eq!(by_address(&request), RateKey::Unknown);
+        let peer: SocketAddr = "198.51.100.4:51234".parse().unwrap();
+        request.extensions_mut().insert(ConnectInfo(peer));
+        assert_eq!(client_address(&request), Some(peer.ip()));
+        assert_eq!(by_address(&request), RateKey::Address(peer.ip()));
+    }
+
+    fn limits_with(group: LimitGroup, requests: u32) -> RateLimits {
+        let mut config = LimitsConfig::default();
+        let table = crate::config::RateLimitConfig {
+            requests: Some(requests),
+            period: Some(crate::config::DurationStr(Duration::from_secs(3600))),
+            ..Default::default()
+        };
+        match group {
+            LimitGroup::Register => config.register = table,
+            _ => config.mcp_user = table,
+        }
+        RateLimits::new(&config, Some(Metrics::new(&[])))
+    }
+
+    #[tokio::test]
+    async fn a_refusal_is_the_routes_typed_error_and_never_reaches_the_service() {
+        let calls = Arc::new(std::sync::atomic::AtomicUsize::new(0));
+        let counted = calls.clone();
+        let stub = tower::service_fn(move |_req: Request<Body>| {
+            counted.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+            async { Ok::<_, Infallible>(Response::new(Body::empty())) }
+        });
+        let limits = limits_with(LimitGroup::Register, 1);
+        let service = limits
+            .layer::<OAuthError>(LimitGroup::Register, by_address)
+            .layer(stub);
+        let response = service
+            .clone()
+            .oneshot(Request::new(Body::empty()))
+            .await
+            .unwrap();
+        assert_eq!(response.status(), StatusCode::OK);
+        let refused = service
+            .oneshot(Request::new(Body::empty()))
+            .await
+            .unwrap_err();
+        assert_eq!(refused.status, StatusCode::TOO_MANY_REQUESTS);
+        assert_eq!(refused.code, "temporarily_unavailable");
+        assert_eq!(refused.retry_after, Some(3600));
+        assert_eq!(calls.load(std::sync::atomic::Ordering::SeqCst), 1);
+    }
+
+    #[tokio::test]
+    async fn a_refused_mcp_request_is_audited_as_rate_limited() {
+        let stub = tower::service_fn(|_req: Request<Body>| async {
+            Ok::<_, ProxyError>(Response::new(Body::empty()))
+        });
+        let limits = limits_with(LimitGroup::McpUser, 1);
+        let service = limits
+            .layer::<ProxyError>(LimitGroup::McpUser, by_user)
+            .layer(stub);
+        let _ = service.clone().oneshot(Request::new(Body::empty())).await;
+        let slot = AuditSlot::default();
+        let mut request = Request::new(Body::empty());
+        request.extensions_mut().insert(slot.clone());
+        let refused = service.oneshot(request).await.unwrap_err();
+        assert!(matches!(refused, ProxyError::RateLimited(_)), "{refused}");
+        let mut decision = None;
+        slot.update(|facts| decision = facts.decision);
+        assert_eq!(decision, Some("rate_limited"));
+    }
+
+    #[tokio::test]
+    async fn a_switched_off_group_passes_everything() {
+        let mut config = LimitsConfig::default();
+        config.register.enabled = Some(false);
+        config.register.requests = Some(1);
+        let limits = RateLimits::new(&config, None);
+        let stub = tower::service_fn(|_req: Request<Body>| async {
+            Ok::<_, Infallible>(Response::new(Body::empty()))
+        });
+        let service = limits
+            .layer::<OAuthError>(LimitGroup::Register, by_address)
+            .layer(stub);
+        for _ in 0..100 {
+            let response = service
+                .clone()
+                .oneshot(Request::new(Body::empty()))
+                .await
+                .unwrap();
+            assert_eq!(response.status(), StatusCode::OK);
+        }
+    }
+
+    proptest! {
+        /// `Retry-After` never invites a retry before the budget is back,
+        /// nor asks for a second more than needed, nor says 0.
+        #[test]
+        fn retry_after_is_the_wait_rounded_up_to_a_whole_second(nanos in 0u64..10_000_000_000_000) {
+            let wait = Duration::from_nanos(nanos);
+            let seconds = RateLimited { limit: "token", retry_after: wait }.retry_after_secs();
+            prop_assert!(seconds >= 1);
+            prop_assert!(Duration::from_secs(seconds) >= wait);
+            prop_assert!(Duration::from_secs(seconds) < wait + Duration::from_secs(1) || seconds == 1);
+        }
+
+        /// Any accepted rate lets exactly `burst` requests through at once.
+        #[test]
+        fn a_fresh_key_gets_exactly_its_burst(requests in 1u32..100_000, burst in 1u32..200, period_ms in 1u64..86_400_000) {
+            let limiter: Limiter<u8> = Limiter::unattended(
+                LimitGroup::Token,
+                rate(requests, Duration::from_millis(period_ms), burst),
+                None,
+            );
+            let allowed = (0..burst + 1).filter(|_| limiter.check(&1).is_ok()).count() as u32;
+            // A fast refill may hand back one more while the loop runs.
+            prop_assert!(allowed == burst || (allowed == burst + 1 && period_ms / u64::from(requests) < 5));
+        }
     }
 }
