@@ -69,6 +69,8 @@ pub struct Config {
     pub log: LogConfig,
     #[serde(default)]
     pub metrics: MetricsConfig,
+    #[serde(default)]
+    pub limits: LimitsConfig,
 }
 
 #[derive(Debug, Clone, Deserialize, Serialize)]
@@ -531,6 +533,223 @@ impl Default for LogConfig {
             audit: true,
         }
     }
+}
+
+/// Request rates, counted per replica. Each group may be tuned or switched
+/// off on its own; a key left out keeps that group's default (see
+/// `crate::rate_limit::LimitGroup::default_rate`).
+#[derive(Debug, Clone, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct LimitsConfig {
+    /// Switches every limit off at once (benchmarks, a trusted network).
+    #[serde(default = "default_true", deserialize_with = "lenient_bool")]
+    pub enabled: bool,
+    /// `/register`, per client address.
+    #[serde(default)]
+    pub register: RateLimitConfig,
+    /// `/token` and `/revoke`, per client address.
+    #[serde(default)]
+    pub token: RateLimitConfig,
+    /// `/authorize`, `/consent` and `/callback`, per client address.
+    #[serde(default)]
+    pub browser: RateLimitConfig,
+    /// `/mcp`, `/sse` and its message endpoint, per client address, before
+    /// the token is looked up.
+    #[serde(default)]
+    pub mcp_address: RateLimitConfig,
+    /// `/mcp`, `/sse` and its message endpoint, per user (`sub`).
+    #[serde(default)]
+    pub mcp_user: RateLimitConfig,
+    /// `/mcp`, `/sse` and its message endpoint, per OAuth client id.
+    #[serde(default)]
+    pub mcp_client: RateLimitConfig,
+}
+
+impl Default for LimitsConfig {
+    fn default() -> Self {
+        LimitsConfig {
+            enabled: true,
+            register: RateLimitConfig::default(),
+            token: RateLimitConfig::default(),
+            browser: RateLimitConfig::default(),
+            mcp_address: RateLimitConfig::default(),
+            mcp_user: RateLimitConfig::default(),
+            mcp_client: RateLimitConfig::default(),
+        }
+    }
+}
+
+/// `requests` per `period`, with bursts of up to `burst` at once.
+#[derive(Debug, Clone, Default, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct RateLimitConfig {
+    #[serde(default, deserialize_with = "lenient_opt_bool")]
+    pub enabled: Option<bool>,
+    #[serde(default, deserialize_with = "lenient_opt_number")]
+    pub requests: Option<u32>,
+    #[serde(default)]
+    pub period: Option<DurationStr>,
+    #[serde(default, deserialize_with = "lenient_opt_number")]
+    pub burst: Option<u32>,
+}
+
+/// The rate-limited route groups, each with its own `[limits.<name>]` table.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum LimitGroup {
+    Register,
+    Token,
+    Browser,
+    McpAddress,
+    McpUser,
+    McpClient,
+}
+
+impl LimitGroup {
+    pub const ALL: [LimitGroup; 6] = [
+        LimitGroup::Register,
+        LimitGroup::Token,
+        LimitGroup::Browser,
+        LimitGroup::McpAddress,
+        LimitGroup::McpUser,
+        LimitGroup::McpClient,
+    ];
+
+    /// The table name under `[limits]`, also the metric label value.
+    pub fn name(self) -> &'static str {
+        match self {
+            LimitGroup::Register => "register",
+            LimitGroup::Token => "token",
+            LimitGroup::Browser => "browser",
+            LimitGroup::McpAddress => "mcp_address",
+            LimitGroup::McpUser => "mcp_user",
+            LimitGroup::McpClient => "mcp_client",
+        }
+    }
+
+    /// `(requests, period, burst)` when the table leaves a key out: enough
+    /// for real clients (a person signing in, an agent calling tools in a
+    /// loop, the MCP conformance suite), far below what a script can send.
+    pub fn default_rate(self) -> (u32, Duration, u32) {
+        let minute = Duration::from_secs(60);
+        match self {
+            LimitGroup::Register => (30, minute, 30),
+            LimitGroup::Token => (120, minute, 60),
+            LimitGroup::Browser => (120, minute, 60),
+            LimitGroup::McpAddress => (6000, minute, 1000),
+            LimitGroup::McpUser => (3000, minute, 500),
+            LimitGroup::McpClient => (15000, minute, 2500),
+        }
+    }
+
+    fn keys(self) -> (&'static str, &'static str, &'static str) {
+        match self {
+            LimitGroup::Register => (
+                "limits.register.requests",
+                "limits.register.period",
+                "limits.register.burst",
+            ),
+            LimitGroup::Token => (
+                "limits.token.requests",
+                "limits.token.period",
+                "limits.token.burst",
+            ),
+            LimitGroup::Browser => (
+                "limits.browser.requests",
+                "limits.browser.period",
+                "limits.browser.burst",
+            ),
+            LimitGroup::McpAddress => (
+                "limits.mcp_address.requests",
+                "limits.mcp_address.period",
+                "limits.mcp_address.burst",
+            ),
+            LimitGroup::McpUser => (
+                "limits.mcp_user.requests",
+                "limits.mcp_user.period",
+                "limits.mcp_user.burst",
+            ),
+            LimitGroup::McpClient => (
+                "limits.mcp_client.requests",
+                "limits.mcp_client.period",
+                "limits.mcp_client.burst",
+            ),
+        }
+    }
+}
+
+/// A checked rate: `requests` per `period`, up to `burst` at once.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Rate {
+    pub requests: std::num::NonZeroU32,
+    pub period: Duration,
+    pub burst: std::num::NonZeroU32,
+}
+
+impl LimitsConfig {
+    fn group(&self, group: LimitGroup) -> &RateLimitConfig {
+        match group {
+            LimitGroup::Register => &self.register,
+            LimitGroup::Token => &self.token,
+            LimitGroup::Browser => &self.browser,
+            LimitGroup::McpAddress => &self.mcp_address,
+            LimitGroup::McpUser => &self.mcp_user,
+            LimitGroup::McpClient => &self.mcp_client,
+        }
+    }
+
+    /// The rate of `group`, or `None` when it is switched off. Errors name
+    /// the key at fault.
+    pub fn rate(&self, group: LimitGroup) -> Result<Option<Rate>, ConfigError> {
+        let table = self.group(group);
+        if !self.enabled || table.enabled == Some(false) {
+            return Ok(None);
+        }
+        let (requests_key, period_key, burst_key) = group.keys();
+        let (default_requests, default_period, default_burst) = group.default_rate();
+        let requests = table.requests.unwrap_or(default_requests);
+        let requests = std::num::NonZeroU32::new(requests).ok_or_else(|| {
+            ConfigError::invalid(
+                requests_key,
+                "must be at least 1 (to switch the limit off, set enabled = false)",
+            )
+        })?;
+        let period = table.period.map(|p| p.0).unwrap_or(default_period);
+        if period.is_zero() {
+            return Err(ConfigError::invalid(period_key, "must be longer than zero"));
+        }
+        if period / requests.get() < Duration::from_nanos(1) {
+            return Err(ConfigError::invalid(
+                period_key,
+                format!("is too short for {} requests", requests.get()),
+            ));
+        }
+        // A burst left out follows a changed `requests`, so that changing
+        // the rate alone is enough.
+        let burst = match (table.burst, table.requests) {
+            (Some(burst), _) => burst,
+            (None, Some(_)) => requests.get(),
+            (None, None) => default_burst,
+        };
+        let burst = std::num::NonZeroU32::new(burst).ok_or_else(|| {
+            ConfigError::invalid(
+                burst_key,
+                "must be at least 1 (to switch the limit off, set enabled = false)",
+            )
+        })?;
+        Ok(Some(Rate {
+            requests,
+            period,
+            burst,
+        }))
+    }
+}
+
+fn lenient_opt_bool<'de, D: Deserializer<'de>>(d: D) -> Result<Option<bool>, D::Error> {
+    lenient_bool(d).map(Some)
+}
+
+fn lenient_opt_number<'de, D: Deserializer<'de>>(d: D) -> Result<Option<u32>, D::Error> {
+    lenient_number(d).map(Some)
 }
 
 fn default_listen() -> String {
@@ -1021,6 +1240,9 @@ impl Config {
                 return Err(ConfigError::invalid(key, "must be longer than zero"));
             }
         }
+        for group in LimitGroup::ALL {
+            self.limits.rate(group)?;
+        }
         let secure_cookies = {
             let url = Url::parse(&public_url)
                 .map_err(|e| ConfigError::invalid("server.public_url", e.to_string()))?;
@@ -1477,5 +1699,67 @@ url = "http://127.0.0.1:3000/mcp"
         let toml = MINIMAL.replace("https://mcp.example.com/", "http://mcp.internal:8080");
         let cfg = load_with(&toml, &[("MCP_PROXY_SECRETS__ENCRYPTION_KEY", KEY)]).unwrap();
         assert!(!cfg.validate().unwrap().secure_cookies);
+    }
+
+    #[test]
+    fn rate_limits_are_on_by_default_and_each_can_be_switched_off() {
+        let cfg = load_with(MINIMAL, &[("MCP_PROXY_SECRETS__ENCRYPTION_KEY", KEY)]).unwrap();
+        for group in LimitGroup::ALL {
+            let rate = cfg.limits.rate(group).unwrap();
+            assert!(rate.is_some(), "{} is on by default", group.name());
+        }
+        let cfg = load_with(
+            &format!("{MINIMAL}\n[limits.token]\nenabled = false\n"),
+            &[
+                ("MCP_PROXY_SECRETS__ENCRYPTION_KEY", KEY),
+                ("MCP_PROXY_LIMITS__MCP_USER__ENABLED", "false"),
+                ("MCP_PROXY_LIMITS__REGISTER__REQUESTS", "7"),
+            ],
+        )
+        .unwrap();
+        assert_eq!(cfg.limits.rate(LimitGroup::Token).unwrap(), None);
+        assert_eq!(cfg.limits.rate(LimitGroup::McpUser).unwrap(), None);
+        let register = cfg.limits.rate(LimitGroup::Register).unwrap().unwrap();
+        // A burst left out follows a changed rate.
+        assert_eq!((register.requests.get(), register.burst.get()), (7, 7));
+        assert_eq!(register.period, Duration::from_secs(60));
+        let cfg = load_with(
+            &format!("{MINIMAL}\n[limits]\nenabled = false\n"),
+            &[("MCP_PROXY_SECRETS__ENCRYPTION_KEY", KEY)],
+        )
+        .unwrap();
+        for group in LimitGroup::ALL {
+            assert_eq!(cfg.limits.rate(group).unwrap(), None);
+        }
+    }
+
+    #[test]
+    fn a_bad_rate_limit_names_its_key() {
+        for (table, key) in [
+            ("[limits.token]\nrequests = 0\n", "limits.token.requests"),
+            (
+                "[limits.mcp_client]\nburst = 0\n",
+                "limits.mcp_client.burst",
+            ),
+            (
+                "[limits.browser]\nperiod = \"0s\"\n",
+                "limits.browser.period",
+            ),
+        ] {
+            let cfg = load_with(
+                &format!("{MINIMAL}\n{table}"),
+                &[("MCP_PROXY_SECRETS__ENCRYPTION_KEY", KEY)],
+            )
+            .unwrap();
+            let err = cfg.validate().unwrap_err().to_string();
+            assert!(err.starts_with(key), "{err}");
+        }
+        let err = load_with(
+            &format!("{MINIMAL}\n[limits.token]\nrate = 5\n"),
+            &[("MCP_PROXY_SECRETS__ENCRYPTION_KEY", KEY)],
+        )
+        .unwrap_err()
+        .to_string();
+        assert!(err.contains("limits.token"), "{err}");
     }
 }

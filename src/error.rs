@@ -30,6 +30,8 @@ pub struct OAuthError {
     pub description: String,
     /// Set for `invalid_client` when the client tried HTTP Basic.
     pub basic_challenge: bool,
+    /// Seconds for a `Retry-After` header (rate limits).
+    pub retry_after: Option<u64>,
 }
 
 impl OAuthError {
@@ -39,6 +41,7 @@ impl OAuthError {
             code,
             description: description.into(),
             basic_challenge: false,
+            retry_after: None,
         }
     }
     pub fn invalid_request(d: impl Into<String>) -> Self {
@@ -83,9 +86,26 @@ impl OAuthError {
             d,
         )
     }
+    /// Too many requests from one address: a 429 that clients retry, as
+    /// they would `temporarily_unavailable`.
+    pub fn rate_limited(limited: RateLimited) -> Self {
+        let mut error = Self::new(
+            StatusCode::TOO_MANY_REQUESTS,
+            "temporarily_unavailable",
+            limited.to_string(),
+        );
+        error.retry_after = Some(limited.retry_after_secs());
+        error
+    }
     pub fn with_basic_challenge(mut self) -> Self {
         self.basic_challenge = true;
         self
+    }
+}
+
+impl From<RateLimited> for OAuthError {
+    fn from(limited: RateLimited) -> Self {
+        OAuthError::rate_limited(limited)
     }
 }
 
@@ -112,6 +132,8 @@ pub struct PageError {
     pub status: StatusCode,
     pub title: String,
     pub message: String,
+    /// Seconds for a `Retry-After` header (rate limits).
+    pub retry_after: Option<u64>,
 }
 
 impl PageError {
@@ -120,6 +142,7 @@ impl PageError {
             status,
             title: title.into(),
             message: message.into(),
+            retry_after: None,
         }
     }
     pub fn bad_request(title: impl Into<String>, message: impl Into<String>) -> Self {
@@ -132,6 +155,22 @@ impl PageError {
             "Something went wrong",
             "The sign-in service could not complete your request. Try again; if it keeps failing, tell the administrator (details are in the proxy's log).",
         )
+    }
+}
+
+impl From<RateLimited> for PageError {
+    fn from(limited: RateLimited) -> Self {
+        let seconds = limited.retry_after_secs();
+        let mut page = PageError::new(
+            StatusCode::TOO_MANY_REQUESTS,
+            "Too many requests",
+            format!(
+                "Too many sign-in requests came from your network. Wait {seconds} second{} and try again.",
+                if seconds == 1 { "" } else { "s" }
+            ),
+        );
+        page.retry_after = Some(seconds);
+        page
     }
 }
 
@@ -179,6 +218,9 @@ impl IntoResponse for OAuthError {
         let headers = response.headers_mut();
         headers.insert(header::CACHE_CONTROL, HeaderValue::from_static("no-store"));
         headers.insert(header::PRAGMA, HeaderValue::from_static("no-cache"));
+        if let Some(seconds) = self.retry_after {
+            headers.insert(header::RETRY_AFTER, HeaderValue::from(seconds));
+        }
         if self.basic_challenge {
             headers.insert(
                 header::WWW_AUTHENTICATE,
@@ -191,7 +233,14 @@ impl IntoResponse for OAuthError {
 
 impl IntoResponse for PageError {
     fn into_response(self) -> Response {
-        pages::html_response(self.status, pages::error_page(&self.title, &self.message))
+        let mut response =
+            pages::html_response(self.status, pages::error_page(&self.title, &self.message));
+        if let Some(seconds) = self.retry_after {
+            response
+                .headers_mut()
+                .insert(header::RETRY_AFTER, HeaderValue::from(seconds));
+        }
+        response
     }
 }
 
@@ -300,6 +349,33 @@ pub enum ProxyError {
     NotConfigured(&'static str),
     #[error(transparent)]
     BodyTimeout(#[from] BodyTimeout),
+    #[error(transparent)]
+    RateLimited(#[from] RateLimited),
+}
+
+/// A caller went past one of the `[limits]`: answered 429 with
+/// `Retry-After`, in the form of the route it called.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
+#[error("too many requests (limits.{limit}); retry after {} s", self.retry_after_secs())]
+pub struct RateLimited {
+    /// The `[limits]` table that refused the request.
+    pub limit: &'static str,
+    /// When the next request would be allowed.
+    pub retry_after: std::time::Duration,
+}
+
+impl RateLimited {
+    /// Whole seconds, rounded up and at least 1 (`Retry-After` has no
+    /// fractions, and 0 would invite an immediate retry).
+    pub fn retry_after_secs(&self) -> u64 {
+        let whole = self.retry_after.as_secs();
+        let seconds = if self.retry_after.subsec_nanos() > 0 {
+            whole + 1
+        } else {
+            whole
+        };
+        seconds.max(1)
+    }
 }
 
 impl ProxyError {
@@ -319,6 +395,7 @@ impl ProxyError {
             ProxyError::StoreUnavailable(_) => StatusCode::SERVICE_UNAVAILABLE,
             ProxyError::NotConfigured(_) => StatusCode::NOT_FOUND,
             ProxyError::BodyTimeout(_) => StatusCode::REQUEST_TIMEOUT,
+            ProxyError::RateLimited(_) => StatusCode::TOO_MANY_REQUESTS,
         }
     }
 
@@ -376,6 +453,12 @@ impl IntoResponse for ProxyError {
                     .headers_mut()
                     .insert(header::WWW_AUTHENTICATE, value);
             }
+        }
+        if let ProxyError::RateLimited(limited) = &self {
+            response.headers_mut().insert(
+                header::RETRY_AFTER,
+                HeaderValue::from(limited.retry_after_secs()),
+            );
         }
         if status == StatusCode::METHOD_NOT_ALLOWED {
             response

@@ -13,6 +13,7 @@ pub mod metrics;
 pub mod oauth;
 pub mod policy;
 pub mod proxy;
+pub mod rate_limit;
 pub mod server;
 pub mod store;
 pub mod upstream;

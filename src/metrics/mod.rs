@@ -74,6 +74,7 @@ pub struct Metrics {
     pub mcp_requests: IntCounterVec,
     pub store_duration: HistogramVec,
     pub store_errors: IntCounterVec,
+    pub rate_limited: IntCounterVec,
 }
 
 fn counter(registry: &Registry, name: &str, help: &str, labels: &[&str]) -> IntCounterVec {
@@ -276,6 +277,12 @@ impl Metrics {
                 "Failed store operations",
                 &["operation"],
             ),
+            rate_limited: counter(
+                r,
+                "rate_limited_total",
+                "Requests refused with 429 by a [limits] table",
+                &["limit"],
+            ),
             registry,
         });
         metrics.zero_fixed_series();
@@ -360,6 +367,9 @@ impl Metrics {
         }
         for route in ["/mcp", "/sse", "/sse/message"] {
             self.sse_streams_open.with_label_values(&[route]);
+        }
+        for group in crate::config::LimitGroup::ALL {
+            self.rate_limited.with_label_values(&[group.name()]);
         }
     }
 

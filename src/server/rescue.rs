@@ -1,7 +1,8 @@
 //! Rescue: the one place where a typed error becomes the response its reader
 //! needs: a `ProxyError` from the MCP stack a JSON-RPC error with the right
-//! status (and `WWW-Authenticate` on 401), a `FramingError` from the
-//! connection a 400 that closes the connection.
+//! status (and `WWW-Authenticate` on 401); an `OAuthError` or `PageError`
+//! from a layer in front of an OAuth route its JSON or HTML form; a
+//! `FramingError` from the connection a 400 that closes the connection.
 
 use std::convert::Infallible;
 use std::future::Future;

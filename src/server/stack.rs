@@ -15,6 +15,8 @@ use tower_http::request_id::{
 use tower_http::trace::TraceLayer;
 
 use crate::auth::AuthenticateLayer;
+use crate::config::LimitGroup;
+use crate::error::{OAuthError, PageError, ProxyError};
 use crate::metrics::audit::AuditLayer;
 use crate::metrics::layer::RecordHttpLayer;
 use crate::oauth::{authorize, metadata, register, token};
@@ -23,12 +25,34 @@ use crate::policy::layer::EnforcePolicyLayer;
 use crate::proxy::origin::CheckOriginLayer;
 use crate::proxy::unambiguous::UnambiguousHeadersLayer;
 use crate::proxy::{Forwarder, Route, LEGACY_MESSAGE_PATH};
+use crate::rate_limit::{by_address, by_client, by_user, RateLimits};
 use crate::server::rescue::RescueLayer;
 use crate::server::AppState;
 
 static REQUEST_ID: HeaderName = HeaderName::from_static("x-request-id");
 
 pub fn router(app: AppState) -> Router {
+    let limits = RateLimits::new(
+        &app.settings.config.limits,
+        app.settings
+            .config
+            .metrics
+            .enabled
+            .then(|| app.metrics.clone()),
+    );
+    // Per client address, first on each OAuth route: refused before a
+    // body is read or the store is asked. Rescue renders the refusal in
+    // the route's own form (OAuth JSON for clients, a page for people).
+    let oauth_limit = |group| {
+        tower::ServiceBuilder::new()
+            .layer(RescueLayer)
+            .layer(limits.layer::<OAuthError>(group, by_address))
+    };
+    let page_limit = |group| {
+        tower::ServiceBuilder::new()
+            .layer(RescueLayer)
+            .layer(limits.layer::<PageError>(group, by_address))
+    };
     // Browser-based MCP clients call these from other origins; they carry
     // no cookies, so a wildcard origin exposes nothing.
     let cors = CorsLayer::new()
@@ -59,32 +83,46 @@ pub fn router(app: AppState) -> Router {
         )
         .route(
             "/register",
-            post(register::register).layer(DefaultBodyLimit::max(register::MAX_REGISTRATION_BYTES)),
+            post(register::register)
+                .layer(DefaultBodyLimit::max(register::MAX_REGISTRATION_BYTES))
+                .layer(oauth_limit(LimitGroup::Register)),
         )
         .route(
             "/token",
-            post(token::token).layer(DefaultBodyLimit::max(token::MAX_FORM_BYTES)),
+            post(token::token)
+                .layer(DefaultBodyLimit::max(token::MAX_FORM_BYTES))
+                .layer(oauth_limit(LimitGroup::Token)),
         )
         .route(
             "/revoke",
-            post(token::revoke).layer(DefaultBodyLimit::max(token::MAX_FORM_BYTES)),
+            post(token::revoke)
+                .layer(DefaultBodyLimit::max(token::MAX_FORM_BYTES))
+                .layer(oauth_limit(LimitGroup::Token)),
         )
         .layer(cors);
     // Pages for a person: no CORS, ever.
     let browser_facing = Router::new()
-        .route("/authorize", get(authorize::authorize))
+        .route(
+            "/authorize",
+            get(authorize::authorize).layer(page_limit(LimitGroup::Browser)),
+        )
         .route(
             "/consent",
-            post(authorize::consent).layer(DefaultBodyLimit::max(token::MAX_FORM_BYTES)),
+            post(authorize::consent)
+                .layer(DefaultBodyLimit::max(token::MAX_FORM_BYTES))
+                .layer(page_limit(LimitGroup::Browser)),
         )
-        .route("/callback", get(authorize::callback));
+        .route(
+            "/callback",
+            get(authorize::callback).layer(page_limit(LimitGroup::Browser)),
+        );
 
     let mcp_facing = Router::new()
-        .route_service("/mcp", mcp_stack(&app, "/mcp", Route::Mcp))
-        .route_service("/sse", mcp_stack(&app, "/sse", Route::SseStream))
+        .route_service("/mcp", mcp_stack(&app, &limits, "/mcp", Route::Mcp))
+        .route_service("/sse", mcp_stack(&app, &limits, "/sse", Route::SseStream))
         .route_service(
             LEGACY_MESSAGE_PATH,
-            mcp_stack(&app, "/sse", Route::SseMessage),
+            mcp_stack(&app, &limits, "/sse", Route::SseMessage),
         )
         .layer(mcp_cors(&app));
 
@@ -120,10 +158,12 @@ pub fn router(app: AppState) -> Router {
         .layer(SetRequestIdLayer::new(REQUEST_ID.clone(), SequentialRequestId::new()))
 }
 
-/// One MCP route, outermost first: audit ← rescue ← origin ← authenticate
-/// ← unambiguous headers ← policy ← list filter ← forwarder.
+/// One MCP route, outermost first: audit ← rescue ← address limit ← origin
+/// ← authenticate ← user and client limits ← unambiguous headers ← policy
+/// ← list filter ← forwarder.
 fn mcp_stack(
     app: &AppState,
+    limits: &RateLimits,
     resource_path: &'static str,
     route: Route,
 ) -> impl tower::Service<
@@ -150,6 +190,9 @@ fn mcp_stack(
         // Typed errors from the layers below become JSON-RPC responses here,
         // and only here.
         .layer(RescueLayer)
+        // Per client address, before the token is looked up: a flood of
+        // made-up tokens costs a map lookup, not a store query each.
+        .layer(limits.layer::<ProxyError>(LimitGroup::McpAddress, by_address))
         // Foreign browser origins are refused before any work is done.
         .layer(CheckOriginLayer::new(
             &app.settings.public_url,
@@ -161,6 +204,10 @@ fn mcp_stack(
             &app.settings.public_url,
             resource_path,
         ))
+        // Per user and per client: needs the session Authenticate found,
+        // and spares the policy the requests that would be refused anyway.
+        .layer(limits.layer::<ProxyError>(LimitGroup::McpUser, by_user))
+        .layer(limits.layer::<ProxyError>(LimitGroup::McpClient, by_client))
         // Headers the layers below read must mean one thing, or the policy
         // could judge one value while the downstream acts on another.
         .layer(UnambiguousHeadersLayer)

@@ -291,6 +291,12 @@ async function startOurProxy({ name, port, shared, downstreamUrl }) {
     // (BENCH_OBSERVE=off turns both off, for the overhead comparison).
     metrics: { enabled: cfg.observe },
     log: { level: cfg.logLevel, format: 'json', audit: cfg.observe },
+    // One user on one client from one address, far above any default: the
+    // limiters still run on every request (their cost is measured), and
+    // never refuse one.
+    limits: Object.fromEntries(
+      ['mcp_address', 'mcp_user', 'mcp_client'].map((group) => [group, { requests: 10000000, period: '1s', burst: 10000000 }]),
+    ),
   };
   if (cfg.policy) config.policy = { path: cfg.policy };
   const file = path.join(shared.dir, `${name}.toml`);
