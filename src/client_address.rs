@@ -116,6 +116,26 @@ pub fn client_address(peer: IpAddr, headers: &HeaderMap, trusted: &TrustedProxie
     client
 }
 
+/// The client address of a request, resolved once at the edge of the stack
+/// (`server::stack`) so that audit and rate limits agree on it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct ClientAddress(pub IpAddr);
+
+impl ClientAddress {
+    /// The resolved address, else the TCP peer (requests that did not pass
+    /// the resolving layer, e.g. in unit tests), else `None` (built
+    /// in-process).
+    pub fn of<B>(request: &Request<B>) -> Option<IpAddr> {
+        match request.extensions().get::<ClientAddress>() {
+            Some(ClientAddress(ip)) => Some(*ip),
+            None => request
+                .extensions()
+                .get::<ConnectInfo<SocketAddr>>()
+                .map(|ConnectInfo(peer)| peer.ip().to_canonical()),
+        }
+    }
+}
+
 /// [`client_address`] of a request accepted by our listener (which records
 /// the peer as `ConnectInfo`); `None` for requests built in-process.
 pub fn of_request<B>(request: &Request<B>, trusted: &TrustedProxies) -> Option<IpAddr> {

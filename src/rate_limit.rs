@@ -17,14 +17,13 @@
 use std::convert::Infallible;
 use std::hash::Hash;
 use std::marker::PhantomData;
-use std::net::{IpAddr, Ipv6Addr, SocketAddr};
+use std::net::{IpAddr, Ipv6Addr};
 use std::num::NonZeroU32;
 use std::sync::{Arc, Weak};
 use std::task::{Context, Poll};
 use std::time::Duration;
 
 use axum::body::Body;
-use axum::extract::ConnectInfo;
 use axum::http::{Request, Response};
 use futures_util::future::{Either, MapErr, Ready, TryFutureExt};
 use governor::clock::{Clock, DefaultClock};
@@ -68,14 +67,11 @@ impl RateKey {
 }
 
 /// The address a request came from: the one function every per-address
-/// limit asks. Today the TCP peer (`ConnectInfo`, set for each connection
-/// in `server::serve_connections`); behind a reverse proxy that is the
-/// proxy's address, until this asks the trusted `X-Forwarded-For` instead.
+/// limit asks. The client behind trusted load balancers
+/// (`server.trusted_proxies`), as resolved once per request in
+/// `server::stack`; else the TCP peer.
 pub fn client_address<B>(request: &Request<B>) -> Option<IpAddr> {
-    request
-        .extensions()
-        .get::<ConnectInfo<SocketAddr>>()
-        .map(|ConnectInfo(peer)| peer.ip())
+    crate::client_address::ClientAddress::of(request)
 }
 
 /// How a layer finds the key of a request.
@@ -344,6 +340,8 @@ impl Absorbs<ProxyError> for ProxyError {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use axum::extract::ConnectInfo;
+    use std::net::SocketAddr;
     use axum::http::StatusCode;
     use proptest::prelude::*;
     use tower::ServiceExt;

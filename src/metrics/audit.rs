@@ -14,7 +14,7 @@ use axum::http::{Request, Response};
 use tower::{Layer, Service};
 
 use super::Metrics;
-use crate::client_address::{self, TrustedProxies};
+use crate::client_address::ClientAddress;
 
 /// What the MCP stack learned about one request.
 #[derive(Debug, Default, Clone)]
@@ -47,7 +47,6 @@ impl AuditSlot {
 pub struct AuditLayer {
     metrics: Option<Arc<Metrics>>,
     log: bool,
-    trusted_proxies: Arc<TrustedProxies>,
 }
 
 impl AuditLayer {
@@ -55,15 +54,7 @@ impl AuditLayer {
         AuditLayer {
             metrics,
             log,
-            trusted_proxies: Default::default(),
         }
-    }
-
-    /// Records the client behind these load balancers rather than the
-    /// balancer itself (`server.trusted_proxies`).
-    pub fn with_trusted_proxies(mut self, trusted: TrustedProxies) -> Self {
-        self.trusted_proxies = Arc::new(trusted);
-        self
     }
 }
 
@@ -108,7 +99,7 @@ where
             .and_then(|v| v.to_str().ok())
             .unwrap_or_default()
             .to_string();
-        let client_address = client_address::of_request(&request, &self.layer.trusted_proxies)
+        let client_address = ClientAddress::of(&request)
             .map(|ip| ip.to_string())
             .unwrap_or_default();
         let layer = self.layer.clone();

@@ -15,6 +15,7 @@ use tower_http::request_id::{
 use tower_http::trace::TraceLayer;
 
 use crate::auth::AuthenticateLayer;
+use crate::client_address::{self, ClientAddress};
 use crate::config::LimitGroup;
 use crate::error::{OAuthError, PageError, ProxyError};
 use crate::metrics::audit::AuditLayer;
@@ -132,11 +133,22 @@ pub fn router(app: AppState) -> Router {
         .metrics
         .enabled
         .then(|| RecordHttpLayer::new(app.metrics.clone()));
+    let trusted_proxies = app.settings.trusted_proxies.clone();
     Router::new()
         .merge(client_facing)
         .merge(browser_facing)
         .with_state(app)
         .merge(mcp_facing)
+        // Who is calling, honouring `server.trusted_proxies`: resolved once,
+        // before any rate limit or the audit asks.
+        .layer(tower::util::MapRequestLayer::new(
+            move |mut request: Request<axum::body::Body>| {
+                if let Some(ip) = client_address::of_request(&request, &trusted_proxies) {
+                    request.extensions_mut().insert(ClientAddress(ip));
+                }
+                request
+            },
+        ))
         // Echo the request id on the response (innermost: sees the id set below).
         .layer(PropagateRequestIdLayer::new(REQUEST_ID.clone()))
         // Count and time every request by its route template; runs after
@@ -183,10 +195,10 @@ fn mcp_stack(
     tower::ServiceBuilder::new()
         // One audit event and the MCP counters per request, written when the
         // answer (errors included) is known.
-        .layer(
-            AuditLayer::new(metrics.clone(), app.settings.config.log.audit)
-                .with_trusted_proxies(app.settings.trusted_proxies.clone()),
-        )
+        .layer(AuditLayer::new(
+            metrics.clone(),
+            app.settings.config.log.audit,
+        ))
         // Typed errors from the layers below become JSON-RPC responses here,
         // and only here.
         .layer(RescueLayer)
