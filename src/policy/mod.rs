@@ -19,7 +19,11 @@ use crate::store::UpstreamTokens;
 
 pub mod cases;
 pub mod filter;
+pub mod header_rules;
+pub mod helpers;
 pub mod layer;
+
+use header_rules::{HeaderNameRules, HeaderRefusal, PolicyValue};
 
 /// The policy that runs when `policy.path` is not set.
 pub const DEFAULT_POLICY: &str = include_str!("../../policies/default.rhai");
@@ -36,28 +40,6 @@ const MAX_MAP_SIZE: usize = 10_000;
 const MAX_VARIABLES: usize = 1_000;
 /// A policy call that runs longer than this is stopped and denies.
 pub const DEADLINE: Duration = Duration::from_millis(50);
-
-/// Headers a policy may never set: framing, hop-by-hop, routing and MCP's own.
-const REFUSED_HEADERS: [&str; 18] = [
-    "content-length",
-    "transfer-encoding",
-    "content-type",
-    "content-encoding",
-    "connection",
-    "keep-alive",
-    "proxy-connection",
-    "proxy-authorization",
-    "proxy-authenticate",
-    "te",
-    "trailer",
-    "upgrade",
-    "host",
-    "mcp-session-id",
-    "mcp-protocol-version",
-    "last-event-id",
-    "mcp-method",
-    "mcp-name",
-];
 
 #[derive(Debug, thiserror::Error, Clone)]
 pub enum PolicyError {
@@ -131,6 +113,8 @@ pub struct PolicyEngine {
     fingerprint: std::sync::Mutex<Option<(std::time::SystemTime, u64)>>,
     pub reloads: ReloadCounters,
     metrics: Option<Arc<crate::metrics::Metrics>>,
+    /// `policy.max_header_bytes`: the longest value a policy may set.
+    max_header_bytes: usize,
 }
 
 /// Reload outcomes, for metrics and readiness.
@@ -226,7 +210,21 @@ impl PolicyEngine {
                 .collect(),
             reloads: ReloadCounters::default(),
             metrics: None,
+            max_header_bytes: header_rules::DEFAULT_MAX_HEADER_BYTES,
         })
+    }
+
+    /// Bounds each header value a policy sets (`policy.max_header_bytes`).
+    pub fn with_max_header_bytes(mut self, limit: usize) -> Self {
+        self.max_header_bytes = limit;
+        self
+    }
+
+    fn header_name_rules<'a>(&'a self, policy: &'a CompiledPolicy) -> HeaderNameRules<'a> {
+        HeaderNameRules {
+            declared: &policy.may_set,
+            configured: &self.extra_identity_headers,
+        }
     }
 
     /// Counts reloads in the metrics too.
@@ -359,7 +357,12 @@ impl PolicyEngine {
         let started = Instant::now();
         let result = self.call(policy, "authorize", (user, request));
         let decision = match result {
-            Ok(value) => interpret(value, tokens),
+            Ok(value) => interpret(
+                value,
+                tokens,
+                &self.header_name_rules(policy),
+                self.max_header_bytes,
+            ),
             Err(e) => {
                 tracing::warn!(target: "policy", policy = %policy.name, error = %e, "policy failed; denying");
                 Decision::Deny {
@@ -381,7 +384,12 @@ impl PolicyEngine {
             };
         }
         match self.call(policy, "login", (user,)) {
-            Ok(value) => interpret(value, &UpstreamTokens::default()),
+            Ok(value) => interpret(
+                value,
+                &UpstreamTokens::default(),
+                &self.header_name_rules(policy),
+                self.max_header_bytes,
+            ),
             Err(e) => {
                 tracing::warn!(target: "policy", policy = %policy.name, error = %e, "login policy failed; denying");
                 Decision::Deny {
@@ -507,7 +515,7 @@ fn header_like_literals(source: &str) -> HashSet<String> {
         if !n.is_empty()
             && n.len() <= 64
             && n.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'-')
-            && !REFUSED_HEADERS.contains(&n.as_str())
+            && !header_rules::is_reserved(&n)
             && !matches!(
                 n.as_str(),
                 "accept" | "user-agent" | "origin" | "x-request-id"
@@ -548,7 +556,8 @@ fn header_like_literals(source: &str) -> HashSet<String> {
     names
 }
 
-/// Logging, time, regex and claim helpers (policies/README.md documents them).
+/// Logging, time, regex, claim, email and URI helpers (policies/README.md
+/// documents them).
 fn register_helpers(engine: &mut Engine) {
     use rhai::NativeCallContext;
     engine
@@ -568,8 +577,15 @@ fn register_helpers(engine: &mut Engine) {
         .register_fn("matches", |text: &str, pattern: &str| -> Result<bool, Box<EvalAltResult>> {
             cached_regex(pattern).map(|re| re.is_match(text))
         })
-        .register_fn("email_domain", |email: &str| {
-            email.rsplit_once('@').map(|(_, d)| d.to_ascii_lowercase()).unwrap_or_default()
+        .register_fn("email_domain", helpers::email_domain)
+        .register_fn("in_any_group", |user: &mut rhai::Map, groups: rhai::Array| {
+            helpers::in_any_group(user, &groups)
+        })
+        .register_fn("uri_normalise", |uri: &str| -> Dynamic {
+            helpers::normalise_uri(uri).map(Dynamic::from).unwrap_or(Dynamic::UNIT)
+        })
+        .register_fn("uri_within", |uri: &str, prefix: &str| -> Result<bool, Box<EvalAltResult>> {
+            helpers::uri_within(uri, prefix).map_err(|e| e.into())
         })
         .register_fn("claim", |user: rhai::Map, path: &str, default: Dynamic| claim(&user, path, default))
         .register_fn("claim", |user: rhai::Map, path: &str| claim(&user, path, Dynamic::UNIT));
@@ -692,14 +708,19 @@ pub fn user_value(facts: &UserFacts<'_>) -> Dynamic {
 }
 
 /// Turns what a script returned into a checked decision.
-fn interpret(value: Dynamic, tokens: &UpstreamTokens) -> Decision {
-    let deny = |reason: &str| Decision::Deny {
+fn interpret(
+    value: Dynamic,
+    tokens: &UpstreamTokens,
+    names: &HeaderNameRules<'_>,
+    max_header_bytes: usize,
+) -> Decision {
+    let deny = |reason: String| Decision::Deny {
         status: StatusCode::FORBIDDEN,
-        reason: reason.to_string(),
+        reason,
     };
     let Some(decision) = value.try_cast::<ScriptDecision>() else {
         tracing::warn!(target: "policy", "authorize() must return allow(...) or deny(...); denying");
-        return deny("access denied by policy (no decision)");
+        return deny("access denied by policy (no decision)".into());
     };
     match decision {
         ScriptDecision::Deny(status, reason) => {
@@ -710,64 +731,74 @@ fn interpret(value: Dynamic, tokens: &UpstreamTokens) -> Decision {
                 .unwrap_or(StatusCode::FORBIDDEN);
             Decision::Deny { status, reason }
         }
-        ScriptDecision::Allow(map) => match headers_from(map, tokens) {
+        ScriptDecision::Allow(map) => match headers_from(map, tokens, names, max_header_bytes) {
             Ok(headers) => Decision::Allow { headers },
             Err(problem) => {
-                tracing::warn!(target: "policy", %problem, "policy returned a bad header; denying");
-                deny("access denied by policy (invalid header)")
+                tracing::warn!(target: "policy", %problem, "the policy set a header the proxy refuses; denying");
+                // The reason names the header, never its value.
+                deny(format!("access denied by policy: {problem}"))
             }
         },
     }
 }
 
+/// Every header of an `allow(...)`, checked by the rules in `header_rules`;
+/// the first refusal refuses them all.
 fn headers_from(
     map: Map,
     tokens: &UpstreamTokens,
-) -> Result<Vec<(HeaderName, HeaderValue)>, String> {
+    names: &HeaderNameRules<'_>,
+    max_header_bytes: usize,
+) -> Result<Vec<(HeaderName, HeaderValue)>, HeaderRefusal> {
     let mut headers = Vec::with_capacity(map.len());
+    let mut seen = HashSet::with_capacity(map.len());
     for (key, value) in map {
-        let name = HeaderName::from_bytes(key.as_bytes())
-            .map_err(|_| format!("`{key}` is not a header name"))?;
-        if REFUSED_HEADERS.contains(&name.as_str()) || name.as_str().starts_with("proxy-") {
-            return Err(format!("`{key}` may not be set by a policy"));
-        }
-        let text = if value.is_unit() {
+        let name = names.check(&key, &mut seen)?;
+        if value.is_unit() {
             continue;
-        } else if let Some(secret) = value.clone().try_cast::<UpstreamSecret>() {
-            match secret {
+        }
+        let value = if let Some(secret) = value.clone().try_cast::<UpstreamSecret>() {
+            let token = match secret {
                 UpstreamSecret::AccessToken => tokens.access_token.clone(),
                 UpstreamSecret::Bearer => format!("Bearer {}", tokens.access_token),
                 UpstreamSecret::IdToken => match &tokens.id_token {
                     Some(t) => t.clone(),
                     None => continue,
                 },
-            }
+            };
+            header_rules::token_header_value(&key, &token)?
         } else if value.is_array() {
-            let items = value.into_array().unwrap_or_default();
-            items
+            let items = value
+                .into_array()
+                .unwrap_or_default()
                 .iter()
-                .map(scalar_text)
-                .collect::<Result<Vec<_>, _>>()?
-                .join(",")
+                .enumerate()
+                .map(|(index, item)| scalar_text(&key, Some(index), item))
+                .collect::<Result<Vec<_>, _>>()?;
+            header_rules::identity_header_value(&key, PolicyValue::List(&items), max_header_bytes)?
         } else {
-            scalar_text(&value)?
+            let text = scalar_text(&key, None, &value)?;
+            header_rules::identity_header_value(&key, PolicyValue::One(&text), max_header_bytes)?
         };
-        let value = HeaderValue::from_str(&text)
-            .map_err(|_| format!("the value of `{key}` has characters a header cannot carry"))?;
         headers.push((name, value));
     }
     Ok(headers)
 }
 
-fn scalar_text(value: &Dynamic) -> Result<String, String> {
+fn scalar_text(
+    header: &str,
+    item: Option<usize>,
+    value: &Dynamic,
+) -> Result<String, HeaderRefusal> {
     if value.is_string() || value.is_int() || value.is_bool() || value.is_char() || value.is_float()
     {
         Ok(value.to_string())
     } else {
-        Err(format!(
-            "a header value of type {} is not supported",
-            value.type_name()
-        ))
+        Err(HeaderRefusal::UnsupportedType {
+            header: header.to_string(),
+            item,
+            type_name: value.type_name().to_string(),
+        })
     }
 }
 
@@ -794,6 +825,7 @@ mod tests {
             fingerprint: std::sync::Mutex::new(None),
             reloads: ReloadCounters::default(),
             metrics: None,
+            max_header_bytes: header_rules::DEFAULT_MAX_HEADER_BYTES,
         };
         let policy = engine.current();
         engine.authorize(&policy, user, Dynamic::from_map(Map::new()), &tokens())
