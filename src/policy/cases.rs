@@ -475,4 +475,20 @@ expect = { decision = "allow" }
         assert_eq!(run_policy(&p, &mut out).failed, 1);
         assert!(String::from_utf8(out).unwrap().contains("no test cases"));
     }
+
+    /// The shipped policies' cases (resource URIs in every spelling, exact
+    /// groups, verified addresses, encoded identity values) run with
+    /// `cargo test`, not only with `scripts/test.sh`.
+    #[test]
+    fn every_shipped_policy_passes_its_cases() {
+        let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("policies");
+        let policies = policies_in(&[dir]).unwrap();
+        assert!(policies.len() >= 6, "{policies:?}");
+        for policy in policies {
+            let mut out = Vec::new();
+            let outcome = run_policy(&policy, &mut out);
+            assert_eq!(outcome.failed, 0, "{}", String::from_utf8_lossy(&out));
+            assert!(outcome.passed > 0, "{}", policy.display());
+        }
+    }
 }

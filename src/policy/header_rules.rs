@@ -102,6 +102,21 @@ fn item_suffix(item: Option<usize>) -> String {
     item.map(|i| format!(" (item {i})")).unwrap_or_default()
 }
 
+/// The rules a name can be checked against without running the policy: a
+/// valid name, no `_`, not reserved. `compile` applies them to the keys of
+/// `allow(#{ ... })` literals; every decision applies them again.
+pub fn check_fixed_name(key: &str) -> Result<HeaderName, HeaderRefusal> {
+    let name = HeaderName::from_bytes(key.as_bytes())
+        .map_err(|_| HeaderRefusal::NotAName(key.to_string()))?;
+    if name.as_str().contains('_') {
+        return Err(HeaderRefusal::Underscore(key.to_string()));
+    }
+    if is_reserved(name.as_str()) {
+        return Err(HeaderRefusal::Reserved(key.to_string()));
+    }
+    Ok(name)
+}
+
 /// Which names a policy may set.
 pub struct HeaderNameRules<'a> {
     /// Names quoted in the policy's source (normalised).
@@ -118,15 +133,8 @@ impl HeaderNameRules<'_> {
         key: &str,
         seen: &mut HashSet<HeaderName>,
     ) -> Result<HeaderName, HeaderRefusal> {
-        let name = HeaderName::from_bytes(key.as_bytes())
-            .map_err(|_| HeaderRefusal::NotAName(key.to_string()))?;
+        let name = check_fixed_name(key)?;
         let lower = name.as_str();
-        if lower.contains('_') {
-            return Err(HeaderRefusal::Underscore(key.to_string()));
-        }
-        if is_reserved(lower) {
-            return Err(HeaderRefusal::Reserved(key.to_string()));
-        }
         // Client headers are stripped for exactly these names (invariant 6);
         // any other name could arrive twice, once from the client.
         let declared = lower == "authorization"

@@ -444,6 +444,7 @@ pub fn compile(engine: &Engine, name: &str, source: &str) -> Result<CompiledPoli
             name: name.to_string(),
         });
     }
+    check_allow_literals(&ast, name)?;
     let has_login = ast
         .iter_functions()
         .any(|f| f.name == "login" && f.params.len() == 1);
@@ -461,6 +462,55 @@ pub fn compile(engine: &Engine, name: &str, source: &str) -> Result<CompiledPoli
         ast,
         has_login,
     })
+}
+
+/// Refuses, at compile time, a header name written in an `allow(#{ ... })`
+/// literal that no decision could send (reserved, `_`, not a name, or twice),
+/// so `check` and the reload log point at the line. Names in maps built
+/// elsewhere are refused when the policy runs.
+fn check_allow_literals(ast: &AST, name: &str) -> Result<(), PolicyError> {
+    use rhai::{ASTNode, Expr, Stmt};
+    let mut problem = None;
+    ast.walk(&mut |path: &[ASTNode]| {
+        let call = match path.last() {
+            Some(ASTNode::Expr(Expr::FnCall(call, _))) => call,
+            Some(ASTNode::Stmt(Stmt::FnCall(call, _))) => call,
+            _ => return true,
+        };
+        if call.name != "allow" {
+            return true;
+        }
+        let keys: Vec<(String, Position)> = match call.args.first() {
+            Some(Expr::Map(map, _)) => map
+                .0
+                .iter()
+                .map(|(key, _)| (key.name.to_string(), key.pos))
+                .collect(),
+            Some(Expr::DynamicConstant(value, pos)) => value
+                .read_lock::<Map>()
+                .map(|m| m.keys().map(|k| (k.to_string(), *pos)).collect())
+                .unwrap_or_default(),
+            _ => return true,
+        };
+        let mut seen = HashSet::new();
+        for (key, pos) in keys {
+            let refusal = match header_rules::check_fixed_name(&key) {
+                Ok(header) if !seen.insert(header.clone()) => HeaderRefusal::Duplicate(key),
+                Ok(_) => continue,
+                Err(refusal) => refusal,
+            };
+            problem = Some((refusal, pos));
+            return false;
+        }
+        true
+    });
+    match problem {
+        Some((refusal, pos)) => Err(PolicyError::Compile {
+            location: location(name, pos),
+            message: refusal.to_string(),
+        }),
+        None => Ok(()),
+    }
 }
 
 /// Conservatively true only when the request parameter's name appears in
@@ -859,6 +909,137 @@ mod tests {
         assert_eq!(get("authorization").as_deref(), Some("Bearer up-at"));
     }
 
+    fn user_with(name: &str, groups: &[&str]) -> Dynamic {
+        let mut m = user().cast::<Map>();
+        m.insert("name".into(), name.into());
+        m.insert(
+            "groups".into(),
+            Dynamic::from_array(
+                groups
+                    .iter()
+                    .map(|g| Dynamic::from(g.to_string()))
+                    .collect(),
+            ),
+        );
+        Dynamic::from_map(m)
+    }
+
+    fn header(decision: &Decision, name: &str) -> Option<String> {
+        let Decision::Allow { headers } = decision else {
+            panic!("expected allow, got {decision:?}")
+        };
+        headers
+            .iter()
+            .find(|(k, _)| k == name)
+            .map(|(_, v)| v.to_str().unwrap().to_string())
+    }
+
+    #[test]
+    fn a_group_containing_a_comma_reaches_the_downstream_as_one_group() {
+        let decision = run(DEFAULT_POLICY, user_with("A", &["eng,admins", "users"]));
+        let groups = header(&decision, "x-user-groups").unwrap();
+        assert_eq!(groups, "eng%2Cadmins,users");
+        assert_eq!(groups.split(',').count(), 2);
+    }
+
+    #[test]
+    fn non_ascii_identities_are_sent_percent_encoded_not_refused() {
+        let decision = run(DEFAULT_POLICY, user_with("José", &["équipe"]));
+        assert_eq!(
+            header(&decision, "x-user-name").as_deref(),
+            Some("Jos%C3%A9")
+        );
+        assert_eq!(
+            header(&decision, "x-user-groups").as_deref(),
+            Some("%C3%A9quipe")
+        );
+    }
+
+    #[test]
+    fn a_control_character_in_any_identity_value_denies_naming_the_header() {
+        for (name, groups, header) in [
+            ("A\r\nX-User-Groups: admins", vec!["eng"], "X-User-Name"),
+            ("A", vec!["eng", "admins\0"], "X-User-Groups"),
+            ("A\tB", vec![], "X-User-Name"),
+        ] {
+            let decision = run(DEFAULT_POLICY, user_with(name, &groups));
+            let Decision::Deny { status, reason } = decision else {
+                panic!("{name:?} {groups:?}: {decision:?}")
+            };
+            assert_eq!(status, StatusCode::FORBIDDEN);
+            assert!(reason.contains(header), "{reason}");
+            assert!(
+                !reason.contains("admins"),
+                "the reason must not echo the value: {reason}"
+            );
+        }
+    }
+
+    #[test]
+    fn a_policy_may_not_set_framing_routing_underscore_duplicate_or_undeclared_headers() {
+        // Maps built at run time escape the compile-time check; the decision
+        // refuses them.
+        for set in [
+            "h[\"Transfer_Encoding\"] = \"chunked\";",
+            "h[\"Content_Length\"] = \"0\";",
+            "h.x_user_email = \"root@example.com\";",
+            "h[\"Expect\"] = \"100-continue\";",
+            "h[\"Forwarded\"] = \"for=1.2.3.4\";",
+            "h[\"Origin\"] = \"https://evil.example\";",
+            "h[\"Sec-Fetch-Site\"] = \"same-origin\";",
+            "h[\"X-User-Email\"] = \"a\"; h[\"x-user-email\"] = \"b\";",
+            "h[\"X-\" + \"Team\"] = \"x\";",
+        ] {
+            let source = format!("fn authorize(user, request) {{ let h = #{{}}; {set} allow(h) }}");
+            let decision = run(&source, user());
+            assert!(
+                matches!(decision, Decision::Deny { ref reason, .. } if reason.starts_with("access denied by policy: ")),
+                "{source}: {decision:?}"
+            );
+        }
+        let decision = run(
+            "fn authorize(user, request) { let h = #{}; h[\"X-User-\" + \"Team\"] = \"x\"; allow(h) }",
+            user(),
+        );
+        assert_eq!(header(&decision, "x-user-team").as_deref(), Some("x"));
+    }
+
+    #[test]
+    fn long_identity_values_are_bounded_by_the_configured_limit() {
+        let many: Vec<String> = (0..2_000).map(|i| format!("group-{i}")).collect();
+        let many: Vec<&str> = many.iter().map(String::as_str).collect();
+        let decision = run(DEFAULT_POLICY, user_with("A", &many));
+        assert!(
+            matches!(decision, Decision::Deny { ref reason, .. } if reason.contains("policy.max_header_bytes")),
+            "{decision:?}"
+        );
+    }
+
+    #[test]
+    fn a_reserved_header_in_an_allow_literal_is_refused_at_compile_time() {
+        for (source, line, named) in [
+            ("fn authorize(user, request) {\n  allow(#{\n    \"Host\": \"evil\" })\n}", 2, "Host"),
+            ("fn authorize(user, request) {\n  allow(#{ \"X-User-Email\": user.email,\n \"Transfer-Encoding\": \"chunked\" })\n}", 3, "Transfer-Encoding"),
+            ("fn authorize(user, request) {\n  allow(#{ x_user_email: user.email })\n}", 2, "x_user_email"),
+            ("fn login(user) { allow(#{ \"Mcp-Session-Id\": \"x\" }) }\nfn authorize(user, request) { allow() }", 1, "Mcp-Session-Id"),
+            ("fn authorize(user, request) {\n  allow(#{ \"X-User-A\": 1, \"x-user-a\": 2 })\n}", 2, "x-user-a"),
+        ] {
+            let Err(err) = compile(&sandboxed_engine(), "p.rhai", source) else {
+                panic!("{source} compiled");
+            };
+            let text = err.to_string();
+            assert!(text.starts_with(&format!("p.rhai:{line}:")), "{source}: {text}");
+            assert!(text.contains(named), "{text}");
+        }
+        // Reading such a header is fine; only setting it is refused.
+        assert!(compile(
+            &sandboxed_engine(),
+            "p.rhai",
+            "fn authorize(user, request) { if request.headers[\"host\"] == () { return deny(\"no host\"); } allow(#{ \"X-User-Email\": user.email }) }",
+        )
+        .is_ok());
+    }
+
     #[test]
     fn compile_errors_carry_file_line_col() {
         let err = compile(
@@ -961,7 +1142,7 @@ mod tests {
         let p = compile(
             &sandboxed_engine(),
             "t.rhai",
-            "fn authorize(user, request) { allow(#{ \"X-Team\": 1, x_role: 2 }) }",
+            "fn authorize(user, request) { let h = #{ \"X-Team\": 1, x_role: 2 }; allow(h) }",
         )
         .unwrap();
         assert!(p.may_set.contains("x-team"));
