@@ -353,10 +353,10 @@ async fn claims_that_look_like_script_code_are_data() {
     let seen = s.downstream.last().headers;
     assert_eq!(seen["x-user-sub"], "x\"); deny(403, \"pwned\"); (\"");
     assert_eq!(seen["x-user-name"], "${user.sub} `#{}`");
-    // Quotes inside a list item are encoded (policies/README.md).
+    // Commas and quotes inside a list item are encoded (policies/README.md).
     assert_eq!(
         seen["x-user-groups"],
-        "} fn authorize(user, request) { deny(1, %22%22) } {"
+        "} fn authorize(user%2C request) { deny(1%2C %22%22) } {"
     );
 }
 
