@@ -976,7 +976,7 @@ mod tests {
     }
 
     #[test]
-    fn a_policy_may_not_set_framing_routing_underscore_duplicate_or_undeclared_headers() {
+    fn invariant_6_a_policy_sets_only_unreserved_headers_the_proxy_strips_from_clients_once() {
         // Maps built at run time escape the compile-time check; the decision
         // refuses them.
         for set in [
@@ -1005,7 +1005,7 @@ mod tests {
     }
 
     #[test]
-    fn long_identity_values_are_bounded_by_the_configured_limit() {
+    fn invariant_9_identity_header_values_are_bounded_by_policy_max_header_bytes() {
         let many: Vec<String> = (0..2_000).map(|i| format!("group-{i}")).collect();
         let many: Vec<&str> = many.iter().map(String::as_str).collect();
         let decision = run(DEFAULT_POLICY, user_with("A", &many));
