@@ -404,6 +404,10 @@ pub struct PolicyConfig {
     /// once).
     #[serde(default = "default_policy_watch_interval")]
     pub watch_interval: DurationStr,
+    /// The longest header value a policy may set, in bytes after encoding;
+    /// a longer one denies the request.
+    #[serde(default = "default_policy_max_header_bytes")]
+    pub max_header_bytes: usize,
 }
 
 impl Default for PolicyConfig {
@@ -412,6 +416,7 @@ impl Default for PolicyConfig {
             path: None,
             identity_headers: Vec::new(),
             watch_interval: default_policy_watch_interval(),
+            max_header_bytes: default_policy_max_header_bytes(),
         }
     }
 }
@@ -776,6 +781,10 @@ fn default_redis_prefix() -> String {
 fn default_purge_interval() -> DurationStr {
     DurationStr(Duration::from_secs(600))
 }
+fn default_policy_max_header_bytes() -> usize {
+    crate::policy::header_rules::DEFAULT_MAX_HEADER_BYTES
+}
+
 fn default_policy_watch_interval() -> DurationStr {
     DurationStr(Duration::from_secs(1))
 }
@@ -1186,6 +1195,12 @@ impl Config {
                 "must be at least 1024",
             ));
         }
+        if !(256..=65_536).contains(&self.policy.max_header_bytes) {
+            return Err(ConfigError::invalid(
+                "policy.max_header_bytes",
+                "must be between 256 and 65536",
+            ));
+        }
         for name in &self.policy.identity_headers {
             if http::HeaderName::from_bytes(name.as_bytes()).is_err() {
                 return Err(ConfigError::invalid(
@@ -1495,6 +1510,20 @@ url = "http://127.0.0.1:3000/mcp"
             .unwrap_err()
             .to_string();
         assert!(err.contains("public_url"), "{err}");
+    }
+
+    #[test]
+    fn policy_max_header_bytes_defaults_and_is_bounded_by_name() {
+        let with_key = [("MCP_PROXY_SECRETS__ENCRYPTION_KEY", KEY)];
+        let cfg = load_with(MINIMAL, &with_key).unwrap();
+        assert_eq!(cfg.policy.max_header_bytes, 8192);
+        let cfg = load_with(
+            &format!("{MINIMAL}[policy]\nmax_header_bytes = 10\n"),
+            &with_key,
+        )
+        .unwrap();
+        let err = cfg.validate().unwrap_err().to_string();
+        assert!(err.starts_with("policy.max_header_bytes:"), "{err}");
     }
 
     #[test]

@@ -353,8 +353,49 @@ async fn claims_that_look_like_script_code_are_data() {
     let seen = s.downstream.last().headers;
     assert_eq!(seen["x-user-sub"], "x\"); deny(403, \"pwned\"); (\"");
     assert_eq!(seen["x-user-name"], "${user.sub} `#{}`");
+    // Commas and quotes inside a list item are encoded (policies/README.md).
     assert_eq!(
         seen["x-user-groups"],
-        "} fn authorize(user, request) { deny(1, \"\") } {"
+        "} fn authorize(user%2C request) { deny(1%2C %22%22) } {"
+    );
+}
+
+#[tokio::test]
+async fn a_group_named_with_a_comma_never_reaches_the_downstream_as_two_groups() {
+    let s = setup(include_str!("../policies/default.rhai")).await;
+    let mut person = user("carol", &["eng,admins", "users"]);
+    person["name"] = json!("Carol Müller");
+    let token = s.token_for(person).await;
+    let (status, _) = s.rpc(&token, "ping", json!({}), false).await;
+    assert_eq!(status, 200);
+    let headers = s.downstream.last().headers;
+    let groups: Vec<&str> = headers
+        .get_all("x-user-groups")
+        .iter()
+        .map(|v| v.to_str().unwrap())
+        .collect();
+    assert_eq!(groups, vec!["eng%2Cadmins,users"]);
+    let split: Vec<&str> = groups[0].split(',').map(str::trim).collect();
+    assert_eq!(split.len(), 2, "{split:?}");
+    assert!(!split.contains(&"admins"), "{split:?}");
+    assert_eq!(headers["x-user-name"], "Carol M%C3%BCller");
+
+    // A claim that would break the header line denies: no half-set identity.
+    let mut mallory = user("mallory", &["users"]);
+    mallory["name"] = json!("Mallory\r\nX-User-Groups: admins");
+    let token = s.token_for(mallory).await;
+    let before = s.downstream.requests().len();
+    let (status, body) = s.rpc(&token, "ping", json!({}), false).await;
+    assert_eq!(status, 403);
+    assert!(
+        body["error"]["message"]
+            .as_str()
+            .is_some_and(|m| m.contains("X-User-Name")),
+        "{body}"
+    );
+    assert_eq!(
+        s.downstream.requests().len(),
+        before,
+        "a denied request reached the downstream"
     );
 }

@@ -44,6 +44,25 @@ function headerValue(headers, name) {
 }
 
 /**
+ * An identity header's text. The proxy percent-encodes `%`, non-ASCII
+ * characters, spaces at either end and, inside list items, `,` and `"`
+ * (UTF-8, RFC 3986), so decoding gives back exactly what the provider sent.
+ */
+export function decodeIdentityValue(text) {
+  try {
+    return decodeURIComponent(text);
+  } catch {
+    return text; // not from the proxy: shown as it arrived
+  }
+}
+
+/** A list header (X-User-Groups): split on `,` first, then decode each item. */
+export function decodeIdentityList(text) {
+  if (!text) return [];
+  return text.split(',').map((item) => item.trim()).filter(Boolean).map(decodeIdentityValue);
+}
+
+/**
  * Who the proxy says the caller is, from one request's headers.
  * The bearer token is never returned, only whether one came and its SHA-256.
  */
@@ -54,14 +73,19 @@ export function identityFromHeaders(headers) {
   const otherUserHeaders = {};
   for (const name of Object.keys(headers ?? {}).sort()) {
     if (name.startsWith('x-user-') && !['x-user-email', 'x-user-name', 'x-user-sub', 'x-user-groups'].includes(name)) {
-      otherUserHeaders[name] = headerValue(headers, name);
+      const value = headerValue(headers, name);
+      otherUserHeaders[name] = value === null ? null : decodeIdentityValue(value);
     }
   }
+  const decoded = (name) => {
+    const value = headerValue(headers, name);
+    return value === null ? null : decodeIdentityValue(value);
+  };
   return {
-    email: headerValue(headers, 'x-user-email'),
-    name: headerValue(headers, 'x-user-name'),
-    sub: headerValue(headers, 'x-user-sub'),
-    groups: groups ? groups.split(',').map((g) => g.trim()).filter(Boolean) : [],
+    email: decoded('x-user-email'),
+    name: decoded('x-user-name'),
+    sub: decoded('x-user-sub'),
+    groups: decodeIdentityList(groups),
     authorization: {
       present: authorization !== null,
       bearer: bearer !== undefined,

@@ -62,6 +62,11 @@ struct UserSpec {
     groups: Option<Vec<String>>,
     #[serde(default)]
     claims: Map<String, Value>,
+    /// Claims the defaults set that this case's user does not have.
+    #[serde(default)]
+    unset_claims: Vec<String>,
+    /// The provider's issuer (default `https://idp.example.com`).
+    issuer: Option<String>,
     client_id: Option<String>,
     client_name: Option<String>,
 }
@@ -71,12 +76,17 @@ impl UserSpec {
     fn over(self, defaults: &UserSpec) -> UserSpec {
         let mut claims = defaults.claims.clone();
         claims.extend(self.claims);
+        for name in &self.unset_claims {
+            claims.remove(name);
+        }
         UserSpec {
             sub: self.sub.or_else(|| defaults.sub.clone()),
             email: self.email.or_else(|| defaults.email.clone()),
             name: self.name.or_else(|| defaults.name.clone()),
             groups: self.groups.or_else(|| defaults.groups.clone()),
             claims,
+            unset_claims: self.unset_claims,
+            issuer: self.issuer.or_else(|| defaults.issuer.clone()),
             client_id: self.client_id.or_else(|| defaults.client_id.clone()),
             client_name: self.client_name.or_else(|| defaults.client_name.clone()),
         }
@@ -228,7 +238,7 @@ fn run_case(engine: &PolicyEngine, case: Case, defaults: &Defaults) -> Vec<Strin
         sub: &sub,
         email: user.email.as_deref(),
         claims: &claims,
-        issuer: "https://idp.example.com",
+        issuer: user.issuer.as_deref().unwrap_or("https://idp.example.com"),
         client_id: user.client_id.as_deref().unwrap_or("test-client"),
         client_name: user.client_name.as_deref(),
     });
@@ -464,5 +474,21 @@ expect = { decision = "allow" }
         let mut out = Vec::new();
         assert_eq!(run_policy(&p, &mut out).failed, 1);
         assert!(String::from_utf8(out).unwrap().contains("no test cases"));
+    }
+
+    /// The shipped policies' cases (resource URIs in every spelling, exact
+    /// groups, verified addresses, encoded identity values) run with
+    /// `cargo test`, not only with `scripts/test.sh`.
+    #[test]
+    fn every_shipped_policy_passes_its_cases() {
+        let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("policies");
+        let policies = policies_in(&[dir]).unwrap();
+        assert!(policies.len() >= 6, "{policies:?}");
+        for policy in policies {
+            let mut out = Vec::new();
+            let outcome = run_policy(&policy, &mut out);
+            assert_eq!(outcome.failed, 0, "{}", String::from_utf8_lossy(&out));
+            assert!(outcome.passed > 0, "{}", policy.display());
+        }
     }
 }

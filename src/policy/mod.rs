@@ -19,7 +19,11 @@ use crate::store::UpstreamTokens;
 
 pub mod cases;
 pub mod filter;
+pub mod header_rules;
+pub mod helpers;
 pub mod layer;
+
+use header_rules::{HeaderNameRules, HeaderRefusal, PolicyValue};
 
 /// The policy that runs when `policy.path` is not set.
 pub const DEFAULT_POLICY: &str = include_str!("../../policies/default.rhai");
@@ -36,28 +40,6 @@ const MAX_MAP_SIZE: usize = 10_000;
 const MAX_VARIABLES: usize = 1_000;
 /// A policy call that runs longer than this is stopped and denies.
 pub const DEADLINE: Duration = Duration::from_millis(50);
-
-/// Headers a policy may never set: framing, hop-by-hop, routing and MCP's own.
-const REFUSED_HEADERS: [&str; 18] = [
-    "content-length",
-    "transfer-encoding",
-    "content-type",
-    "content-encoding",
-    "connection",
-    "keep-alive",
-    "proxy-connection",
-    "proxy-authorization",
-    "proxy-authenticate",
-    "te",
-    "trailer",
-    "upgrade",
-    "host",
-    "mcp-session-id",
-    "mcp-protocol-version",
-    "last-event-id",
-    "mcp-method",
-    "mcp-name",
-];
 
 #[derive(Debug, thiserror::Error, Clone)]
 pub enum PolicyError {
@@ -131,6 +113,8 @@ pub struct PolicyEngine {
     fingerprint: std::sync::Mutex<Option<(std::time::SystemTime, u64)>>,
     pub reloads: ReloadCounters,
     metrics: Option<Arc<crate::metrics::Metrics>>,
+    /// `policy.max_header_bytes`: the longest value a policy may set.
+    max_header_bytes: usize,
 }
 
 /// Reload outcomes, for metrics and readiness.
@@ -226,7 +210,21 @@ impl PolicyEngine {
                 .collect(),
             reloads: ReloadCounters::default(),
             metrics: None,
+            max_header_bytes: header_rules::DEFAULT_MAX_HEADER_BYTES,
         })
+    }
+
+    /// Bounds each header value a policy sets (`policy.max_header_bytes`).
+    pub fn with_max_header_bytes(mut self, limit: usize) -> Self {
+        self.max_header_bytes = limit;
+        self
+    }
+
+    fn header_name_rules<'a>(&'a self, policy: &'a CompiledPolicy) -> HeaderNameRules<'a> {
+        HeaderNameRules {
+            declared: &policy.may_set,
+            configured: &self.extra_identity_headers,
+        }
     }
 
     /// Counts reloads in the metrics too.
@@ -359,7 +357,12 @@ impl PolicyEngine {
         let started = Instant::now();
         let result = self.call(policy, "authorize", (user, request));
         let decision = match result {
-            Ok(value) => interpret(value, tokens),
+            Ok(value) => interpret(
+                value,
+                tokens,
+                &self.header_name_rules(policy),
+                self.max_header_bytes,
+            ),
             Err(e) => {
                 tracing::warn!(target: "policy", policy = %policy.name, error = %e, "policy failed; denying");
                 Decision::Deny {
@@ -381,7 +384,12 @@ impl PolicyEngine {
             };
         }
         match self.call(policy, "login", (user,)) {
-            Ok(value) => interpret(value, &UpstreamTokens::default()),
+            Ok(value) => interpret(
+                value,
+                &UpstreamTokens::default(),
+                &self.header_name_rules(policy),
+                self.max_header_bytes,
+            ),
             Err(e) => {
                 tracing::warn!(target: "policy", policy = %policy.name, error = %e, "login policy failed; denying");
                 Decision::Deny {
@@ -436,6 +444,7 @@ pub fn compile(engine: &Engine, name: &str, source: &str) -> Result<CompiledPoli
             name: name.to_string(),
         });
     }
+    check_allow_literals(&ast, name)?;
     let has_login = ast
         .iter_functions()
         .any(|f| f.name == "login" && f.params.len() == 1);
@@ -453,6 +462,55 @@ pub fn compile(engine: &Engine, name: &str, source: &str) -> Result<CompiledPoli
         ast,
         has_login,
     })
+}
+
+/// Refuses, at compile time, a header name written in an `allow(#{ ... })`
+/// literal that no decision could send (reserved, `_`, not a name, or twice),
+/// so `check` and the reload log point at the line. Names in maps built
+/// elsewhere are refused when the policy runs.
+fn check_allow_literals(ast: &AST, name: &str) -> Result<(), PolicyError> {
+    use rhai::{ASTNode, Expr, Stmt};
+    let mut problem = None;
+    ast.walk(&mut |path: &[ASTNode]| {
+        let call = match path.last() {
+            Some(ASTNode::Expr(Expr::FnCall(call, _))) => call,
+            Some(ASTNode::Stmt(Stmt::FnCall(call, _))) => call,
+            _ => return true,
+        };
+        if call.name != "allow" {
+            return true;
+        }
+        let keys: Vec<(String, Position)> = match call.args.first() {
+            Some(Expr::Map(map, _)) => map
+                .0
+                .iter()
+                .map(|(key, _)| (key.name.to_string(), key.pos))
+                .collect(),
+            Some(Expr::DynamicConstant(value, pos)) => value
+                .read_lock::<Map>()
+                .map(|m| m.keys().map(|k| (k.to_string(), *pos)).collect())
+                .unwrap_or_default(),
+            _ => return true,
+        };
+        let mut seen = HashSet::new();
+        for (key, pos) in keys {
+            let refusal = match header_rules::check_fixed_name(&key) {
+                Ok(header) if !seen.insert(header.clone()) => HeaderRefusal::Duplicate(key),
+                Ok(_) => continue,
+                Err(refusal) => refusal,
+            };
+            problem = Some((refusal, pos));
+            return false;
+        }
+        true
+    });
+    match problem {
+        Some((refusal, pos)) => Err(PolicyError::Compile {
+            location: location(name, pos),
+            message: refusal.to_string(),
+        }),
+        None => Ok(()),
+    }
 }
 
 /// Conservatively true only when the request parameter's name appears in
@@ -507,7 +565,7 @@ fn header_like_literals(source: &str) -> HashSet<String> {
         if !n.is_empty()
             && n.len() <= 64
             && n.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'-')
-            && !REFUSED_HEADERS.contains(&n.as_str())
+            && !header_rules::is_reserved(&n)
             && !matches!(
                 n.as_str(),
                 "accept" | "user-agent" | "origin" | "x-request-id"
@@ -548,7 +606,8 @@ fn header_like_literals(source: &str) -> HashSet<String> {
     names
 }
 
-/// Logging, time, regex and claim helpers (policies/README.md documents them).
+/// Logging, time, regex, claim, email and URI helpers (policies/README.md
+/// documents them).
 fn register_helpers(engine: &mut Engine) {
     use rhai::NativeCallContext;
     engine
@@ -568,8 +627,15 @@ fn register_helpers(engine: &mut Engine) {
         .register_fn("matches", |text: &str, pattern: &str| -> Result<bool, Box<EvalAltResult>> {
             cached_regex(pattern).map(|re| re.is_match(text))
         })
-        .register_fn("email_domain", |email: &str| {
-            email.rsplit_once('@').map(|(_, d)| d.to_ascii_lowercase()).unwrap_or_default()
+        .register_fn("email_domain", helpers::email_domain)
+        .register_fn("in_any_group", |user: &mut rhai::Map, groups: rhai::Array| {
+            helpers::in_any_group(user, &groups)
+        })
+        .register_fn("uri_normalise", |uri: &str| -> Dynamic {
+            helpers::normalise_uri(uri).map(Dynamic::from).unwrap_or(Dynamic::UNIT)
+        })
+        .register_fn("uri_within", |uri: &str, prefix: &str| -> Result<bool, Box<EvalAltResult>> {
+            helpers::uri_within(uri, prefix).map_err(|e| e.into())
         })
         .register_fn("claim", |user: rhai::Map, path: &str, default: Dynamic| claim(&user, path, default))
         .register_fn("claim", |user: rhai::Map, path: &str| claim(&user, path, Dynamic::UNIT));
@@ -692,14 +758,19 @@ pub fn user_value(facts: &UserFacts<'_>) -> Dynamic {
 }
 
 /// Turns what a script returned into a checked decision.
-fn interpret(value: Dynamic, tokens: &UpstreamTokens) -> Decision {
-    let deny = |reason: &str| Decision::Deny {
+fn interpret(
+    value: Dynamic,
+    tokens: &UpstreamTokens,
+    names: &HeaderNameRules<'_>,
+    max_header_bytes: usize,
+) -> Decision {
+    let deny = |reason: String| Decision::Deny {
         status: StatusCode::FORBIDDEN,
-        reason: reason.to_string(),
+        reason,
     };
     let Some(decision) = value.try_cast::<ScriptDecision>() else {
         tracing::warn!(target: "policy", "authorize() must return allow(...) or deny(...); denying");
-        return deny("access denied by policy (no decision)");
+        return deny("access denied by policy (no decision)".into());
     };
     match decision {
         ScriptDecision::Deny(status, reason) => {
@@ -710,64 +781,74 @@ fn interpret(value: Dynamic, tokens: &UpstreamTokens) -> Decision {
                 .unwrap_or(StatusCode::FORBIDDEN);
             Decision::Deny { status, reason }
         }
-        ScriptDecision::Allow(map) => match headers_from(map, tokens) {
+        ScriptDecision::Allow(map) => match headers_from(map, tokens, names, max_header_bytes) {
             Ok(headers) => Decision::Allow { headers },
             Err(problem) => {
-                tracing::warn!(target: "policy", %problem, "policy returned a bad header; denying");
-                deny("access denied by policy (invalid header)")
+                tracing::warn!(target: "policy", %problem, "the policy set a header the proxy refuses; denying");
+                // The reason names the header, never its value.
+                deny(format!("access denied by policy: {problem}"))
             }
         },
     }
 }
 
+/// Every header of an `allow(...)`, checked by the rules in `header_rules`;
+/// the first refusal refuses them all.
 fn headers_from(
     map: Map,
     tokens: &UpstreamTokens,
-) -> Result<Vec<(HeaderName, HeaderValue)>, String> {
+    names: &HeaderNameRules<'_>,
+    max_header_bytes: usize,
+) -> Result<Vec<(HeaderName, HeaderValue)>, HeaderRefusal> {
     let mut headers = Vec::with_capacity(map.len());
+    let mut seen = HashSet::with_capacity(map.len());
     for (key, value) in map {
-        let name = HeaderName::from_bytes(key.as_bytes())
-            .map_err(|_| format!("`{key}` is not a header name"))?;
-        if REFUSED_HEADERS.contains(&name.as_str()) || name.as_str().starts_with("proxy-") {
-            return Err(format!("`{key}` may not be set by a policy"));
-        }
-        let text = if value.is_unit() {
+        let name = names.check(&key, &mut seen)?;
+        if value.is_unit() {
             continue;
-        } else if let Some(secret) = value.clone().try_cast::<UpstreamSecret>() {
-            match secret {
+        }
+        let value = if let Some(secret) = value.clone().try_cast::<UpstreamSecret>() {
+            let token = match secret {
                 UpstreamSecret::AccessToken => tokens.access_token.clone(),
                 UpstreamSecret::Bearer => format!("Bearer {}", tokens.access_token),
                 UpstreamSecret::IdToken => match &tokens.id_token {
                     Some(t) => t.clone(),
                     None => continue,
                 },
-            }
+            };
+            header_rules::token_header_value(&key, &token)?
         } else if value.is_array() {
-            let items = value.into_array().unwrap_or_default();
-            items
+            let items = value
+                .into_array()
+                .unwrap_or_default()
                 .iter()
-                .map(scalar_text)
-                .collect::<Result<Vec<_>, _>>()?
-                .join(",")
+                .enumerate()
+                .map(|(index, item)| scalar_text(&key, Some(index), item))
+                .collect::<Result<Vec<_>, _>>()?;
+            header_rules::identity_header_value(&key, PolicyValue::List(&items), max_header_bytes)?
         } else {
-            scalar_text(&value)?
+            let text = scalar_text(&key, None, &value)?;
+            header_rules::identity_header_value(&key, PolicyValue::One(&text), max_header_bytes)?
         };
-        let value = HeaderValue::from_str(&text)
-            .map_err(|_| format!("the value of `{key}` has characters a header cannot carry"))?;
         headers.push((name, value));
     }
     Ok(headers)
 }
 
-fn scalar_text(value: &Dynamic) -> Result<String, String> {
+fn scalar_text(
+    header: &str,
+    item: Option<usize>,
+    value: &Dynamic,
+) -> Result<String, HeaderRefusal> {
     if value.is_string() || value.is_int() || value.is_bool() || value.is_char() || value.is_float()
     {
         Ok(value.to_string())
     } else {
-        Err(format!(
-            "a header value of type {} is not supported",
-            value.type_name()
-        ))
+        Err(HeaderRefusal::UnsupportedType {
+            header: header.to_string(),
+            item,
+            type_name: value.type_name().to_string(),
+        })
     }
 }
 
@@ -794,6 +875,7 @@ mod tests {
             fingerprint: std::sync::Mutex::new(None),
             reloads: ReloadCounters::default(),
             metrics: None,
+            max_header_bytes: header_rules::DEFAULT_MAX_HEADER_BYTES,
         };
         let policy = engine.current();
         engine.authorize(&policy, user, Dynamic::from_map(Map::new()), &tokens())
@@ -825,6 +907,137 @@ mod tests {
         assert_eq!(get("x-user-email").as_deref(), Some("a@example.com"));
         assert_eq!(get("x-user-groups").as_deref(), Some("eng,ops"));
         assert_eq!(get("authorization").as_deref(), Some("Bearer up-at"));
+    }
+
+    fn user_with(name: &str, groups: &[&str]) -> Dynamic {
+        let mut m = user().cast::<Map>();
+        m.insert("name".into(), name.into());
+        m.insert(
+            "groups".into(),
+            Dynamic::from_array(
+                groups
+                    .iter()
+                    .map(|g| Dynamic::from(g.to_string()))
+                    .collect(),
+            ),
+        );
+        Dynamic::from_map(m)
+    }
+
+    fn header(decision: &Decision, name: &str) -> Option<String> {
+        let Decision::Allow { headers } = decision else {
+            panic!("expected allow, got {decision:?}")
+        };
+        headers
+            .iter()
+            .find(|(k, _)| k == name)
+            .map(|(_, v)| v.to_str().unwrap().to_string())
+    }
+
+    #[test]
+    fn a_group_containing_a_comma_reaches_the_downstream_as_one_group() {
+        let decision = run(DEFAULT_POLICY, user_with("A", &["eng,admins", "users"]));
+        let groups = header(&decision, "x-user-groups").unwrap();
+        assert_eq!(groups, "eng%2Cadmins,users");
+        assert_eq!(groups.split(',').count(), 2);
+    }
+
+    #[test]
+    fn non_ascii_identities_are_sent_percent_encoded_not_refused() {
+        let decision = run(DEFAULT_POLICY, user_with("José", &["équipe"]));
+        assert_eq!(
+            header(&decision, "x-user-name").as_deref(),
+            Some("Jos%C3%A9")
+        );
+        assert_eq!(
+            header(&decision, "x-user-groups").as_deref(),
+            Some("%C3%A9quipe")
+        );
+    }
+
+    #[test]
+    fn a_control_character_in_any_identity_value_denies_naming_the_header() {
+        for (name, groups, header) in [
+            ("A\r\nX-User-Groups: admins", vec!["eng"], "X-User-Name"),
+            ("A", vec!["eng", "admins\0"], "X-User-Groups"),
+            ("A\tB", vec![], "X-User-Name"),
+        ] {
+            let decision = run(DEFAULT_POLICY, user_with(name, &groups));
+            let Decision::Deny { status, reason } = decision else {
+                panic!("{name:?} {groups:?}: {decision:?}")
+            };
+            assert_eq!(status, StatusCode::FORBIDDEN);
+            assert!(reason.contains(header), "{reason}");
+            assert!(
+                !reason.contains("admins"),
+                "the reason must not echo the value: {reason}"
+            );
+        }
+    }
+
+    #[test]
+    fn invariant_6_a_policy_sets_only_unreserved_headers_the_proxy_strips_from_clients_once() {
+        // Maps built at run time escape the compile-time check; the decision
+        // refuses them.
+        for set in [
+            "h[\"Transfer_Encoding\"] = \"chunked\";",
+            "h[\"Content_Length\"] = \"0\";",
+            "h.x_user_email = \"root@example.com\";",
+            "h[\"Expect\"] = \"100-continue\";",
+            "h[\"Forwarded\"] = \"for=1.2.3.4\";",
+            "h[\"Origin\"] = \"https://evil.example\";",
+            "h[\"Sec-Fetch-Site\"] = \"same-origin\";",
+            "h[\"X-User-Email\"] = \"a\"; h[\"x-user-email\"] = \"b\";",
+            "h[\"X-\" + \"Team\"] = \"x\";",
+        ] {
+            let source = format!("fn authorize(user, request) {{ let h = #{{}}; {set} allow(h) }}");
+            let decision = run(&source, user());
+            assert!(
+                matches!(decision, Decision::Deny { ref reason, .. } if reason.starts_with("access denied by policy: ")),
+                "{source}: {decision:?}"
+            );
+        }
+        let decision = run(
+            "fn authorize(user, request) { let h = #{}; h[\"X-User-\" + \"Team\"] = \"x\"; allow(h) }",
+            user(),
+        );
+        assert_eq!(header(&decision, "x-user-team").as_deref(), Some("x"));
+    }
+
+    #[test]
+    fn invariant_9_identity_header_values_are_bounded_by_policy_max_header_bytes() {
+        let many: Vec<String> = (0..2_000).map(|i| format!("group-{i}")).collect();
+        let many: Vec<&str> = many.iter().map(String::as_str).collect();
+        let decision = run(DEFAULT_POLICY, user_with("A", &many));
+        assert!(
+            matches!(decision, Decision::Deny { ref reason, .. } if reason.contains("policy.max_header_bytes")),
+            "{decision:?}"
+        );
+    }
+
+    #[test]
+    fn a_reserved_header_in_an_allow_literal_is_refused_at_compile_time() {
+        for (source, line, named) in [
+            ("fn authorize(user, request) {\n  allow(#{\n    \"Host\": \"evil\" })\n}", 2, "Host"),
+            ("fn authorize(user, request) {\n  allow(#{ \"X-User-Email\": user.email,\n \"Transfer-Encoding\": \"chunked\" })\n}", 3, "Transfer-Encoding"),
+            ("fn authorize(user, request) {\n  allow(#{ x_user_email: user.email })\n}", 2, "x_user_email"),
+            ("fn login(user) { allow(#{ \"Mcp-Session-Id\": \"x\" }) }\nfn authorize(user, request) { allow() }", 1, "Mcp-Session-Id"),
+            ("fn authorize(user, request) {\n  allow(#{ \"X-User-A\": 1, \"x-user-a\": 2 })\n}", 2, "x-user-a"),
+        ] {
+            let Err(err) = compile(&sandboxed_engine(), "p.rhai", source) else {
+                panic!("{source} compiled");
+            };
+            let text = err.to_string();
+            assert!(text.starts_with(&format!("p.rhai:{line}:")), "{source}: {text}");
+            assert!(text.contains(named), "{text}");
+        }
+        // Reading such a header is fine; only setting it is refused.
+        assert!(compile(
+            &sandboxed_engine(),
+            "p.rhai",
+            "fn authorize(user, request) { if request.headers[\"host\"] == () { return deny(\"no host\"); } allow(#{ \"X-User-Email\": user.email }) }",
+        )
+        .is_ok());
     }
 
     #[test]
@@ -929,7 +1142,7 @@ mod tests {
         let p = compile(
             &sandboxed_engine(),
             "t.rhai",
-            "fn authorize(user, request) { allow(#{ \"X-Team\": 1, x_role: 2 }) }",
+            "fn authorize(user, request) { let h = #{ \"X-Team\": 1, x_role: 2 }; allow(h) }",
         )
         .unwrap();
         assert!(p.may_set.contains("x-team"));

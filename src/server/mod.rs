@@ -100,7 +100,8 @@ impl AppState {
                 config.policy.path.as_deref(),
                 &config.policy.identity_headers,
             )?
-            .with_metrics(metrics.clone()),
+            .with_metrics(metrics.clone())
+            .with_max_header_bytes(config.policy.max_header_bytes),
         );
         let token_cache = TokenCache::new(
             grants.clone(),
