@@ -19,6 +19,7 @@ use crate::store::UpstreamTokens;
 
 pub mod cases;
 pub mod filter;
+pub mod jsonrpc;
 pub mod layer;
 
 /// The policy that runs when `policy.path` is not set.
