@@ -290,6 +290,9 @@ pub enum ProxyError {
     MethodNotAllowed,
     #[error("Failed to connect to downstream MCP server: {0}")]
     DownstreamUnreachable(String),
+    /// The downstream answered something the proxy will not pass on.
+    #[error("the downstream MCP server's answer was refused: {0}")]
+    DownstreamAnswer(String),
     #[error("downstream MCP server did not answer within {0:?}")]
     DownstreamTimeout(std::time::Duration),
     #[error("the authorization store is unavailable: {0}")]
@@ -334,7 +337,9 @@ impl ProxyError {
             ProxyError::SessionNotFound => StatusCode::NOT_FOUND,
             ProxyError::PayloadTooLarge(_) => StatusCode::PAYLOAD_TOO_LARGE,
             ProxyError::MethodNotAllowed => StatusCode::METHOD_NOT_ALLOWED,
-            ProxyError::DownstreamUnreachable(_) => StatusCode::BAD_GATEWAY,
+            ProxyError::DownstreamUnreachable(_) | ProxyError::DownstreamAnswer(_) => {
+                StatusCode::BAD_GATEWAY
+            }
             ProxyError::DownstreamTimeout(_) => StatusCode::GATEWAY_TIMEOUT,
             ProxyError::StoreUnavailable(_) => StatusCode::SERVICE_UNAVAILABLE,
             ProxyError::NotConfigured(_) => StatusCode::NOT_FOUND,
@@ -366,6 +371,7 @@ impl IntoResponse for ProxyError {
         };
         match &self {
             ProxyError::DownstreamUnreachable(_)
+            | ProxyError::DownstreamAnswer(_)
             | ProxyError::DownstreamTimeout(_)
             | ProxyError::StoreUnavailable(_) => {
                 tracing::warn!(error = %self, "MCP request failed")

@@ -213,3 +213,58 @@ async fn a_large_allowed_batch_does_not_hold_up_an_unauthenticated_metadata_get(
     assert_eq!(total, 1024);
     assert!(at_answer < total, "the GET was answered only after the whole batch was evaluated");
 }
+
+/// Hides every tool but `whoami` from lists.
+const LIST_ONLY_WHOAMI: &str = r#"fn authorize(user, request) {
+    if request.mcp.method == "tools/call" && request.mcp.tool != "whoami" { return deny(403, "only whoami"); }
+    allow()
+}"#;
+
+async fn list_tools(s: &Setup, extra_headers: &[(&str, &str)]) -> reqwest::Response {
+    let mut request = s
+        .proxy
+        .http
+        .post(format!("{}/mcp", s.proxy.url))
+        .bearer_auth(&s.token)
+        .header("accept", "application/json, text/event-stream")
+        .json(&json!({"jsonrpc": "2.0", "id": 3, "method": "tools/list"}));
+    for (name, value) in extra_headers {
+        request = request.header(*name, *value);
+    }
+    request.send().await.unwrap()
+}
+
+/// A client reads an event stream's lines ending in CR as lines; the list
+/// filter must read them the same way, or a hidden tool slips through.
+#[tokio::test]
+async fn a_list_answer_with_cr_line_ends_is_still_filtered() {
+    let (opts, _dir) = policy_options(LIST_ONLY_WHOAMI, "");
+    let s = setup_with(opts).await;
+    let r = list_tools(&s, &[("x-answer-sse", "1"), ("x-answer-cr", "1")]).await;
+    assert_eq!(r.status(), 200);
+    let text = r.text().await.unwrap();
+    assert!(text.contains("whoami"), "{text:?}");
+    assert!(!text.contains("deploy") && !text.contains("run_sql"), "{text:?}");
+}
+
+/// Each listed item costs a policy run: a list longer than the proxy filters
+/// is refused (502 as JSON; the stream ends as an event stream), never
+/// passed unfiltered.
+#[tokio::test]
+async fn invariant_9_list_answers_longer_than_the_filter_bound_are_refused() {
+    let (opts, _dir) = policy_options(LIST_ONLY_WHOAMI, "");
+    let s = setup_with(opts).await;
+    let too_many = (mcp_oauth_proxy::policy::filter::MAX_LIST_ITEMS + 1).to_string();
+    let r = list_tools(&s, &[("x-answer-items", &too_many)]).await;
+    assert_eq!(r.status(), 502);
+    let body: Value = r.json().await.unwrap();
+    assert!(body["error"]["message"].as_str().unwrap().contains("nextCursor"), "{body}");
+    let r = list_tools(&s, &[("x-answer-items", &too_many), ("x-answer-sse", "1")]).await;
+    let text = r.text().await.unwrap_or_default();
+    assert!(!text.contains("tool_1"), "an unfiltered list passed");
+    // A long list within the bound is filtered as usual.
+    let r = list_tools(&s, &[("x-answer-items", "2000")]).await;
+    assert_eq!(r.status(), 200);
+    let body: Value = r.json().await.unwrap();
+    assert_eq!(body["result"]["tools"], json!([]));
+}
