@@ -108,7 +108,10 @@ async fn invariant_10_messages_another_parser_reads_differently_never_reach_the_
     assert!(s.downstream.requests().is_empty());
     // What the policy allows, spelt plainly, still goes through.
     let (status, _) = s
-        .post_raw(br#"{"jsonrpc":"2.0","id":1,"method":"tools/call","params":{"name":"whoami"}}"#.to_vec())
+        .post_raw(
+            br#"{"jsonrpc":"2.0","id":1,"method":"tools/call","params":{"name":"whoami"}}"#
+                .to_vec(),
+        )
         .await;
     assert_eq!(status, 200);
     assert_eq!(s.downstream.requests().len(), 1);
@@ -129,7 +132,10 @@ async fn invariant_9_batches_larger_than_max_batch_size_are_refused_and_forward_
         assert_eq!(status, 400, "{answer}");
         assert_eq!(answer["error"]["code"], -32600);
         let message = answer["error"]["message"].as_str().unwrap();
-        assert!(message.contains("downstream.max_batch_size (16)") || message.contains("limited to 16"), "{message}");
+        assert!(
+            message.contains("downstream.max_batch_size (16)") || message.contains("limited to 16"),
+            "{message}"
+        );
     }
     assert!(s.downstream.requests().is_empty());
     let (status, _) = s.post_raw(batch(16, "ping")).await;
@@ -190,7 +196,10 @@ async fn a_large_allowed_batch_does_not_hold_up_an_unauthenticated_metadata_get(
             // Wait until the batch is being evaluated.
             let waiting = Instant::now();
             while decisions() < before + 20 {
-                assert!(waiting.elapsed() < Duration::from_secs(60), "the batch never ran");
+                assert!(
+                    waiting.elapsed() < Duration::from_secs(60),
+                    "the batch never ran"
+                );
                 tokio::time::sleep(Duration::from_millis(1)).await;
             }
             let asked = Instant::now();
@@ -202,16 +211,27 @@ async fn a_large_allowed_batch_does_not_hold_up_an_unauthenticated_metadata_get(
             let metadata_wait = asked.elapsed();
             let at_answer = decisions() - before;
             let batch_status = batch.await.unwrap();
-            (r.status().as_u16(), metadata_wait, at_answer, decisions() - before, batch_status)
+            (
+                r.status().as_u16(),
+                metadata_wait,
+                at_answer,
+                decisions() - before,
+                batch_status,
+            )
         });
         let _ = done_tx.send(measured);
     });
     let (metadata_status, metadata_wait, at_answer, total, batch_status) = done_rx.await.unwrap();
-    eprintln!("metadata GET waited {metadata_wait:?}, answered after {at_answer} of {total} policy runs");
+    eprintln!(
+        "metadata GET waited {metadata_wait:?}, answered after {at_answer} of {total} policy runs"
+    );
     assert_eq!(metadata_status, 200);
     assert!((200..300).contains(&batch_status), "{batch_status}");
     assert_eq!(total, 1024);
-    assert!(at_answer < total, "the GET was answered only after the whole batch was evaluated");
+    assert!(
+        at_answer < total,
+        "the GET was answered only after the whole batch was evaluated"
+    );
 }
 
 /// Hides every tool but `whoami` from lists.
@@ -244,7 +264,10 @@ async fn a_list_answer_with_cr_line_ends_is_still_filtered() {
     assert_eq!(r.status(), 200);
     let text = r.text().await.unwrap();
     assert!(text.contains("whoami"), "{text:?}");
-    assert!(!text.contains("deploy") && !text.contains("run_sql"), "{text:?}");
+    assert!(
+        !text.contains("deploy") && !text.contains("run_sql"),
+        "{text:?}"
+    );
 }
 
 /// Each listed item costs a policy run: a list longer than the proxy filters
@@ -258,7 +281,13 @@ async fn invariant_9_list_answers_longer_than_the_filter_bound_are_refused() {
     let r = list_tools(&s, &[("x-answer-items", &too_many)]).await;
     assert_eq!(r.status(), 502);
     let body: Value = r.json().await.unwrap();
-    assert!(body["error"]["message"].as_str().unwrap().contains("nextCursor"), "{body}");
+    assert!(
+        body["error"]["message"]
+            .as_str()
+            .unwrap()
+            .contains("nextCursor"),
+        "{body}"
+    );
     let r = list_tools(&s, &[("x-answer-items", &too_many), ("x-answer-sse", "1")]).await;
     let text = r.text().await.unwrap_or_default();
     assert!(!text.contains("tool_1"), "an unfiltered list passed");

@@ -252,7 +252,9 @@ async fn off_the_runtime<T: Send + 'static>(
 ) -> Result<T, ProxyError> {
     tokio::task::spawn_blocking(work)
         .await
-        .map_err(|e| ProxyError::DownstreamAnswer(format!("filtering the list answer failed: {e}")))?
+        .map_err(|e| {
+            ProxyError::DownstreamAnswer(format!("filtering the list answer failed: {e}"))
+        })?
         .map_err(|e| ProxyError::DownstreamAnswer(e.to_string()))
 }
 

@@ -439,10 +439,16 @@ mod tests {
         let calls = read(r#"{"jsonrpc":"2.0","id":7,"method":"tools/call","params":{"name":"whoami","arguments":{"Name":1,"x":[{"a":1}]}}}"#).unwrap();
         assert_eq!(calls[0].tool(), Some("whoami"));
         assert_eq!(calls[0].id, Some(Value::from(7)));
-        let calls = read(r#"{"params":{"uri":"file:///a"},"method":"resources/read","id":"x","jsonrpc":"2.0"}"#).unwrap();
+        let calls = read(
+            r#"{"params":{"uri":"file:///a"},"method":"resources/read","id":"x","jsonrpc":"2.0"}"#,
+        )
+        .unwrap();
         assert_eq!(calls[0].resource(), Some("file:///a"));
         // Escapes are decoded before anything is compared.
-        let calls = read(r#"{"jsonrpc":"2.0","id":1,"method":"tools\/call","params":{"n\u0061me":"deploy"}}"#).unwrap();
+        let calls = read(
+            r#"{"jsonrpc":"2.0","id":1,"method":"tools\/call","params":{"n\u0061me":"deploy"}}"#,
+        )
+        .unwrap();
         assert_eq!(calls[0].tool(), Some("deploy"));
         // Client responses and notifications have no method or no id.
         assert!(read(r#"{"jsonrpc":"2.0","id":1,"result":{}}"#).is_ok());
@@ -540,7 +546,10 @@ mod tests {
         let batch = |n: usize| format!("[{}]", vec![one; n].join(","));
         assert_eq!(read_messages(batch(16).as_bytes(), 16).unwrap().len(), 16);
         let refused = read_messages(batch(100_000).as_bytes(), 16).unwrap_err();
-        assert!(matches!(refused, MessageError::BatchTooLarge { size: 17, max: 16 }), "{refused:?}");
+        assert!(
+            matches!(refused, MessageError::BatchTooLarge { size: 17, max: 16 }),
+            "{refused:?}"
+        );
         assert_eq!(refused.rpc_code(), -32600);
         assert!(refused.to_string().contains("downstream.max_batch_size"));
         // 0: no batches at all; 1: a batch of one message.
@@ -620,11 +629,10 @@ mod tests {
 
     fn same_ignoring_case(a: &str, b: &str) -> bool {
         let fold_eq = |x: char, y: char| {
-            x == y
-                || x.to_lowercase().eq(y.to_lowercase())
-                || x.to_uppercase().eq(y.to_uppercase())
+            x == y || x.to_lowercase().eq(y.to_lowercase()) || x.to_uppercase().eq(y.to_uppercase())
         };
-        a.chars().count() == b.chars().count() && a.chars().zip(b.chars()).all(|(x, y)| fold_eq(x, y))
+        a.chars().count() == b.chars().count()
+            && a.chars().zip(b.chars()).all(|(x, y)| fold_eq(x, y))
     }
 
     fn field<'t>(object: &'t Tree, name: &str, reading: Reading) -> Option<&'t Tree> {
@@ -639,7 +647,10 @@ mod tests {
     }
 
     /// (method, id, target) as a downstream reading this way would see them.
-    fn downstream_view(message: &Tree, reading: Reading) -> (Option<String>, Option<Value>, Option<String>) {
+    fn downstream_view(
+        message: &Tree,
+        reading: Reading,
+    ) -> (Option<String>, Option<Value>, Option<String>) {
         let text = |t: Option<&Tree>| match t {
             Some(Tree::Text(s)) => Some(s.clone()),
             _ => None,
@@ -666,9 +677,30 @@ mod tests {
 
         /// Keys that differ from protocol fields only by case or folding.
         const KEYS: [&str; 24] = [
-            "jsonrpc", "id", "ID", "Id", "method", "METHOD", "Method", "params", "PARAMS",
-            "param\u{17f}", "name", "NAME", "Name", "uri", "URI", "Uri", "arguments",
-            "ARGUMENTS", "key", "\u{212a}ey", "KEY", "x", "s", "\u{17f}",
+            "jsonrpc",
+            "id",
+            "ID",
+            "Id",
+            "method",
+            "METHOD",
+            "Method",
+            "params",
+            "PARAMS",
+            "param\u{17f}",
+            "name",
+            "NAME",
+            "Name",
+            "uri",
+            "URI",
+            "Uri",
+            "arguments",
+            "ARGUMENTS",
+            "key",
+            "\u{212a}ey",
+            "KEY",
+            "x",
+            "s",
+            "\u{17f}",
         ];
 
         pub fn key() -> impl Strategy<Value = String> {
@@ -681,8 +713,18 @@ mod tests {
                 any::<bool>().prop_map(Tree::Bool),
                 (-3i128..1_000).prop_map(Tree::Int),
                 Just(Tree::Float(1.5)),
-                prop::sample::select(&["whoami", "deploy", "tools/call", "ping", "file:///a", "ſ", "\u{212a}"][..])
-                    .prop_map(|s| Tree::Text(s.to_string())),
+                prop::sample::select(
+                    &[
+                        "whoami",
+                        "deploy",
+                        "tools/call",
+                        "ping",
+                        "file:///a",
+                        "ſ",
+                        "\u{212a}"
+                    ][..]
+                )
+                .prop_map(|s| Tree::Text(s.to_string())),
             ]
         }
 
@@ -696,7 +738,15 @@ mod tests {
         }
 
         fn method() -> impl Strategy<Value = &'static str> {
-            prop::sample::select(&["tools/call", "prompts/get", "resources/read", "ping", "tools/list"][..])
+            prop::sample::select(
+                &[
+                    "tools/call",
+                    "prompts/get",
+                    "resources/read",
+                    "ping",
+                    "tools/list",
+                ][..],
+            )
         }
 
         fn id() -> impl Strategy<Value = Tree> {
@@ -722,28 +772,65 @@ mod tests {
                 any::<prop::sample::Index>(),
                 prop::collection::vec(prop::bool::weighted(0.1), 3),
             )
-                .prop_map(|(method, id, target, arguments, extra_envelope, extra_params, at, at_params, respell)| {
-                    // Sometimes a protocol field itself is spelt another way.
-                    let spell = |plain: &str, other: &str, yes: bool| if yes { other.to_string() } else { plain.to_string() };
-                    let target_key = if method.starts_with("resources/") { "uri" } else { "name" };
-                    let mut params = vec![
-                        (spell(target_key, &target_key.to_uppercase(), respell[0]), Tree::Text(target.to_string())),
-                        ("arguments".to_string(), arguments),
-                    ];
-                    for (i, entry) in extra_params.into_iter().enumerate() {
-                        params.insert(at_params.index(params.len() + 1 + i) % (params.len() + 1), entry);
-                    }
-                    let mut envelope = vec![
-                        ("jsonrpc".to_string(), Tree::Text("2.0".into())),
-                        ("id".to_string(), id),
-                        (spell("method", "Method", respell[1]), Tree::Text(method.to_string())),
-                        (spell("params", "param\u{17f}", respell[2]), Tree::Object(params)),
-                    ];
-                    for (i, entry) in extra_envelope.into_iter().enumerate() {
-                        envelope.insert(at.index(envelope.len() + 1 + i) % (envelope.len() + 1), entry);
-                    }
-                    Tree::Object(envelope)
-                })
+                .prop_map(
+                    |(
+                        method,
+                        id,
+                        target,
+                        arguments,
+                        extra_envelope,
+                        extra_params,
+                        at,
+                        at_params,
+                        respell,
+                    )| {
+                        // Sometimes a protocol field itself is spelt another way.
+                        let spell = |plain: &str, other: &str, yes: bool| {
+                            if yes {
+                                other.to_string()
+                            } else {
+                                plain.to_string()
+                            }
+                        };
+                        let target_key = if method.starts_with("resources/") {
+                            "uri"
+                        } else {
+                            "name"
+                        };
+                        let mut params = vec![
+                            (
+                                spell(target_key, &target_key.to_uppercase(), respell[0]),
+                                Tree::Text(target.to_string()),
+                            ),
+                            ("arguments".to_string(), arguments),
+                        ];
+                        for (i, entry) in extra_params.into_iter().enumerate() {
+                            params.insert(
+                                at_params.index(params.len() + 1 + i) % (params.len() + 1),
+                                entry,
+                            );
+                        }
+                        let mut envelope = vec![
+                            ("jsonrpc".to_string(), Tree::Text("2.0".into())),
+                            ("id".to_string(), id),
+                            (
+                                spell("method", "Method", respell[1]),
+                                Tree::Text(method.to_string()),
+                            ),
+                            (
+                                spell("params", "param\u{17f}", respell[2]),
+                                Tree::Object(params),
+                            ),
+                        ];
+                        for (i, entry) in extra_envelope.into_iter().enumerate() {
+                            envelope.insert(
+                                at.index(envelope.len() + 1 + i) % (envelope.len() + 1),
+                                entry,
+                            );
+                        }
+                        Tree::Object(envelope)
+                    },
+                )
         }
 
         /// Writes JSON, escaping key characters as `\uXXXX` where `escape`
@@ -774,7 +861,11 @@ mod tests {
                         out.push('"');
                         for c in k.chars() {
                             *counter += 1;
-                            if escape.get(*counter % escape.len().max(1)).copied().unwrap_or(false) {
+                            if escape
+                                .get(*counter % escape.len().max(1))
+                                .copied()
+                                .unwrap_or(false)
+                            {
                                 let mut units = [0u16; 2];
                                 for unit in c.encode_utf16(&mut units) {
                                     out.push_str(&format!("\\u{unit:04x}"));

@@ -69,23 +69,38 @@ pub fn parse_calls(body: &[u8], max_batch_size: usize) -> Result<Vec<McpCall>, P
 
 /// MCP 2026-07-28 routing headers must match the body they describe.
 fn check_routing_headers(headers: &HeaderMap, calls: &[McpCall]) -> Result<(), ProxyError> {
-    let header = |name: &str| headers.get(name).and_then(|v| v.to_str().ok());
+    // Compared as bytes, and only one of each: a value this check could not
+    // read, or a second one, might be what the downstream routes on.
+    let header = |name: &str| -> Result<Option<&[u8]>, ProxyError> {
+        let mut values = headers.get_all(name).iter();
+        let first = values.next().map(HeaderValue::as_bytes);
+        if values.next().is_some() {
+            return Err(ProxyError::BadRequest(format!(
+                "more than one {name} header"
+            )));
+        }
+        Ok(first)
+    };
+    let (method, name) = (header("mcp-method")?, header("mcp-name")?);
+    let shown = |v: &[u8]| String::from_utf8_lossy(v).into_owned();
     if let [call] = calls {
-        if let Some(method) = header("mcp-method") {
-            if call.method.as_deref() != Some(method) {
+        if let Some(method) = method {
+            if call.method.as_deref().map(str::as_bytes) != Some(method) {
                 return Err(ProxyError::BadRequest(format!(
-                    "the Mcp-Method header ({method}) disagrees with the body's method"
+                    "the Mcp-Method header ({}) disagrees with the body's method",
+                    shown(method)
                 )));
             }
         }
-        if let Some(name) = header("mcp-name") {
-            if call.target.as_deref() != Some(name) {
+        if let Some(name) = name {
+            if call.target.as_deref().map(str::as_bytes) != Some(name) {
                 return Err(ProxyError::BadRequest(format!(
-                    "the Mcp-Name header ({name}) disagrees with the body"
+                    "the Mcp-Name header ({}) disagrees with the body",
+                    shown(name)
                 )));
             }
         }
-    } else if header("mcp-method").is_some() || header("mcp-name").is_some() {
+    } else if method.is_some() || name.is_some() {
         return Err(ProxyError::BadRequest(
             "Mcp-Method / Mcp-Name cannot describe a batch".into(),
         ));
@@ -144,7 +159,7 @@ pub fn script_request(
     headers: &HeaderMap,
     call: Option<&McpCall>,
 ) -> Dynamic {
-    RequestView::new(method, path, headers).for_call(call)
+    RequestView::new(method, path, headers).into_call(call)
 }
 
 /// The script's `request`, built once per HTTP request: the headers are
@@ -184,7 +199,13 @@ impl RequestView {
         RequestView { base }
     }
 
+    /// The view for one call of several (the base is copied).
     pub fn for_call(&self, call: Option<&McpCall>) -> Dynamic {
+        self.clone().into_call(call)
+    }
+
+    /// The view for the last (or only) call: nothing is copied.
+    pub fn into_call(self, call: Option<&McpCall>) -> Dynamic {
         let mut mcp = Map::new();
         mcp.insert(
             "method".into(),
@@ -199,7 +220,7 @@ impl RequestView {
             "prompt".into(),
             optional_text(call.and_then(McpCall::prompt)),
         );
-        let mut request = self.base.clone();
+        let mut request = self.base;
         request.insert("mcp".into(), Dynamic::from_map(mcp));
         Dynamic::from_map(request)
     }
@@ -225,18 +246,27 @@ struct Evaluation {
 impl Evaluation {
     /// Runs the policy for the request (no calls: once, without an `mcp`
     /// part) or for each call; the first denial refuses the whole request.
-    fn run(&self, calls: &[McpCall]) -> Result<Vec<(HeaderName, HeaderValue)>, ProxyError> {
+    fn run(self, calls: &[McpCall]) -> Result<Vec<(HeaderName, HeaderValue)>, ProxyError> {
         let mut headers = Vec::new();
-        let evaluations: Box<dyn Iterator<Item = Option<&McpCall>>> = if calls.is_empty() {
-            Box::new(std::iter::once(None))
+        let evaluations: Vec<Option<&McpCall>> = if calls.is_empty() {
+            vec![None]
         } else {
-            Box::new(calls.iter().map(Some))
+            calls.iter().map(Some).collect()
         };
-        for call in evaluations {
+        let last = evaluations.len() - 1;
+        let mut view = Some(self.view);
+        for (i, call) in evaluations.into_iter().enumerate() {
             let started = std::time::Instant::now();
-            let decision = decide(&self.engine, &self.policy, &self.session, &self.user, || {
-                self.view.for_call(call)
-            });
+            let decision = decide(
+                &self.engine,
+                &self.policy,
+                &self.session,
+                &self.user,
+                || {
+                    let view = if i == last { view.take() } else { view.clone() };
+                    view.map_or(Dynamic::UNIT, |v| v.into_call(call))
+                },
+            );
             let label = if matches!(decision, Decision::Allow { .. }) {
                 "allow"
             } else {
@@ -448,5 +478,29 @@ mod tests {
         h.remove("mcp-name");
         h.insert("mcp-method", "tools/list".parse().unwrap());
         assert!(check_routing_headers(&h, &calls).is_err());
+    }
+
+    #[test]
+    fn invariant_10_routing_headers_are_read_one_way_only() {
+        let calls = parse_calls(
+            br#"{"jsonrpc":"2.0","id":1,"method":"tools/call","params":{"name":"whoami"}}"#,
+            16,
+        )
+        .unwrap();
+        // A second value, which a downstream may read instead of the first.
+        let mut h = HeaderMap::new();
+        h.append("mcp-name", "whoami".parse().unwrap());
+        h.append("mcp-name", "deploy".parse().unwrap());
+        assert!(check_routing_headers(&h, &calls).is_err());
+        // A value that is not visible ASCII is still compared.
+        let mut h = HeaderMap::new();
+        h.insert("mcp-name", HeaderValue::from_bytes(b"d\xe9ploy").unwrap());
+        assert!(check_routing_headers(&h, &calls).is_err());
+        let batch = parse_calls(
+            br#"[{"jsonrpc":"2.0","id":1,"method":"ping"},{"jsonrpc":"2.0","id":2,"method":"ping"}]"#,
+            16,
+        )
+        .unwrap();
+        assert!(check_routing_headers(&h, &batch).is_err());
     }
 }

@@ -387,7 +387,10 @@ mod tests {
         // A CR that ended an event, then its LF in the next chunk.
         let mut splitter = EventSplitter::default();
         assert_eq!(splitter.feed(b"data: e\n\r").unwrap().len(), 1);
-        assert_eq!(splitter.feed(b"\ndata: f\n\n").unwrap(), [b"\n".to_vec(), b"data: f\n\n".to_vec()]);
+        assert_eq!(
+            splitter.feed(b"\ndata: f\n\n").unwrap(),
+            [b"\n".to_vec(), b"data: f\n\n".to_vec()]
+        );
     }
 
     #[test]
@@ -436,7 +439,11 @@ mod tests {
                 .prop_map(|(event, id, data, comment)| {
                     let data = data.map(|lines| lines.join("\n"));
                     let blank = event.is_none() && id.is_none() && data.is_none();
-                    let comment = if blank { Some(comment.unwrap_or_default()) } else { comment };
+                    let comment = if blank {
+                        Some(comment.unwrap_or_default())
+                    } else {
+                        comment
+                    };
                     (Event { event, id, data }, comment)
                 })
         }
