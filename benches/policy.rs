@@ -4,13 +4,17 @@
 //! per-tool policy ≤ 15 µs. Each measurement is one `authorize(user,
 //! request)` as the request path runs it: the user map is built once per
 //! session (cached), the request map once per request.
+//!
+//! Issue 9 adds: a 16-message batch with the request view built once versus
+//! once per message, and what moving one policy run to a blocking thread
+//! costs (why a single call runs inline and only batches move).
 
 use std::hint::black_box;
 use std::path::Path;
 
 use axum::http::{HeaderMap, Method};
 use criterion::{criterion_group, criterion_main, Criterion};
-use mcp_oauth_proxy::policy::layer::{script_request, McpCall};
+use mcp_oauth_proxy::policy::layer::{script_request, McpCall, RequestView};
 use mcp_oauth_proxy::policy::{user_value, PolicyEngine, UserFacts};
 use mcp_oauth_proxy::store::UpstreamTokens;
 use serde_json::json;
@@ -62,6 +66,61 @@ fn bench(c: &mut Criterion) {
             })
         });
     }
+
+    let engine = std::sync::Arc::new(
+        PolicyEngine::new(Some(Path::new("policies/per-tool.rhai")), &[])
+            .expect("the policy compiles"),
+    );
+    let policy = engine.current();
+    let batch: Vec<McpCall> = (0..16).map(|_| call.clone()).collect();
+    c.bench_function("batch16/view-per-message", |b| {
+        b.iter(|| {
+            for call in &batch {
+                let request = script_request(&Method::POST, "/mcp", &headers, Some(call));
+                black_box(engine.authorize(&policy, user.clone(), request, &tokens));
+            }
+        })
+    });
+    c.bench_function("batch16/view-once", |b| {
+        b.iter(|| {
+            let view = RequestView::new(&Method::POST, "/mcp", &headers);
+            for call in &batch {
+                let request = view.for_call(Some(call));
+                black_box(engine.authorize(&policy, user.clone(), request, &tokens));
+            }
+        })
+    });
+
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .build()
+        .expect("a runtime");
+    c.bench_function("dispatch/inline", |b| {
+        b.iter(|| {
+            runtime.block_on(async {
+                let request = script_request(&Method::POST, "/mcp", &headers, Some(&call));
+                black_box(engine.authorize(&policy, user.clone(), request, &tokens))
+            })
+        })
+    });
+    c.bench_function("dispatch/spawn_blocking", |b| {
+        b.iter(|| {
+            runtime.block_on(async {
+                let (engine, policy, user, tokens, call) = (
+                    engine.clone(),
+                    policy.clone(),
+                    user.clone(),
+                    tokens.clone(),
+                    call.clone(),
+                );
+                let view = RequestView::new(&Method::POST, "/mcp", &headers);
+                tokio::task::spawn_blocking(move || {
+                    black_box(engine.authorize(&policy, user, view.into_call(Some(&call)), &tokens))
+                })
+                .await
+            })
+        })
+    });
 }
 
 criterion_group!(benches, bench);

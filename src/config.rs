@@ -310,6 +310,14 @@ pub struct DownstreamConfig {
     /// other cookie stays between the client and the proxy.
     #[serde(default)]
     pub pass_cookies: Vec<String>,
+    /// The most messages one JSON-RPC batch may hold (each runs the policy);
+    /// 0 refuses batches (MCP 2025-06-18 and later have none), 1 allows a
+    /// batch of one message.
+    #[serde(
+        default = "default_max_batch_size",
+        deserialize_with = "lenient_number"
+    )]
+    pub max_batch_size: usize,
 }
 
 impl Default for DownstreamConfig {
@@ -322,6 +330,7 @@ impl Default for DownstreamConfig {
             sse_idle_timeout: default_sse_idle_timeout(),
             max_request_bytes: default_max_request_bytes(),
             pass_cookies: Vec::new(),
+            max_batch_size: default_max_batch_size(),
         }
     }
 }
@@ -800,6 +809,11 @@ fn default_sse_idle_timeout() -> DurationStr {
 fn default_max_request_bytes() -> usize {
     4 * 1024 * 1024
 }
+fn default_max_batch_size() -> usize {
+    16
+}
+/// Past this, one request's policy runs take too long to be a batch.
+const MAX_BATCH_SIZE_LIMIT: usize = 1024;
 fn default_cache_capacity() -> u64 {
     100_000
 }
@@ -1199,6 +1213,12 @@ impl Config {
             return Err(ConfigError::invalid(
                 "policy.max_header_bytes",
                 "must be between 256 and 65536",
+            ));
+        }
+        if self.downstream.max_batch_size > MAX_BATCH_SIZE_LIMIT {
+            return Err(ConfigError::invalid(
+                "downstream.max_batch_size",
+                format!("must be at most {MAX_BATCH_SIZE_LIMIT} (0 refuses batches)"),
             ));
         }
         for name in &self.policy.identity_headers {

@@ -351,6 +351,9 @@ pub enum ProxyError {
     BodyTimeout(#[from] BodyTimeout),
     #[error(transparent)]
     RateLimited(#[from] RateLimited),
+    /// A body the policy cannot read one way only (invariant 10).
+    #[error(transparent)]
+    Message(#[from] MessageError),
 }
 
 /// A caller went past one of the `[limits]`: answered 429 with
@@ -378,13 +381,36 @@ impl RateLimited {
     }
 }
 
+/// Why a JSON-RPC request body was refused before the policy ran.
+#[derive(Debug, thiserror::Error)]
+pub enum MessageError {
+    /// Not one well-formed JSON text: -32700.
+    #[error("parse error: {0}")]
+    Parse(String),
+    /// JSON that is not a JSON-RPC request, or that readers could read
+    /// differently: -32600.
+    #[error("invalid request: {0}")]
+    Invalid(String),
+    #[error("JSON-RPC batches are limited to {max} messages (downstream.max_batch_size); this one has at least {size}")]
+    BatchTooLarge { size: usize, max: usize },
+}
+
+impl MessageError {
+    pub fn rpc_code(&self) -> i64 {
+        match self {
+            MessageError::Parse(_) => -32700,
+            MessageError::Invalid(_) | MessageError::BatchTooLarge { .. } => -32600,
+        }
+    }
+}
+
 impl ProxyError {
     fn status(&self) -> StatusCode {
         match self {
             ProxyError::Unauthorized { .. } => StatusCode::UNAUTHORIZED,
             ProxyError::Forbidden(_) => StatusCode::FORBIDDEN,
             ProxyError::PolicyDenied { status, .. } => *status,
-            ProxyError::BadRequest(_) => StatusCode::BAD_REQUEST,
+            ProxyError::BadRequest(_) | ProxyError::Message(_) => StatusCode::BAD_REQUEST,
             ProxyError::SessionNotFound => StatusCode::NOT_FOUND,
             ProxyError::PayloadTooLarge(_) => StatusCode::PAYLOAD_TOO_LARGE,
             ProxyError::MethodNotAllowed => StatusCode::METHOD_NOT_ALLOWED,
@@ -409,6 +435,7 @@ impl ProxyError {
             | ProxyError::BodyTimeout(_) => -32600,
             ProxyError::Unauthorized { .. } => -32001,
             ProxyError::SessionNotFound => -32002,
+            ProxyError::Message(e) => e.rpc_code(),
             ProxyError::Forbidden(_) | ProxyError::PolicyDenied { .. } => -32003,
             _ => -32000,
         }

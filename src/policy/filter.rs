@@ -9,21 +9,30 @@ use std::sync::Arc;
 use std::task::{Context, Poll};
 
 use axum::body::{Body, Bytes};
-use axum::http::{header, HeaderMap, Method, Request, Response};
+use axum::http::{header, Request, Response};
 use futures_util::StreamExt;
 use http_body_util::{BodyExt, Limited};
 use serde_json::Value;
 use tower::{Layer, Service};
 
-use super::layer::{decide, script_request, script_user, McpCall, PolicyOutcome};
+use super::layer::{decide, script_user, McpCall, PolicyOutcome, RequestView};
 use super::{Decision, PolicyEngine};
 use crate::error::ProxyError;
 use crate::oauth::grants::Session;
 use crate::proxy::sse::{parse_event, render_event, EventSplitter};
 
 /// The largest list answer filtered in one piece (JSON answers are read
-/// whole to filter them).
-const MAX_LIST_BYTES: usize = 16 * 1024 * 1024;
+/// whole to filter them; an event stream's events are bounded alike).
+const MAX_LIST_BYTES: usize = crate::proxy::sse::MAX_EVENT_BYTES;
+/// The most items one list answer may carry: each costs a policy run. A
+/// longer list (MCP pages lists with `nextCursor`) is refused, never passed
+/// unfiltered.
+pub const MAX_LIST_ITEMS: usize = 10_000;
+
+/// A list answer the proxy will not filter, so will not pass.
+#[derive(Debug, thiserror::Error)]
+#[error("the downstream's list answer has more than {MAX_LIST_ITEMS} items; it should page them with nextCursor")]
+pub struct ListTooLong;
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 enum ListKind {
@@ -64,9 +73,7 @@ struct Visibility {
     outcome: PolicyOutcome,
     session: Arc<Session>,
     user: rhai::Dynamic,
-    method: Method,
-    path: String,
-    headers: HeaderMap,
+    view: RequestView,
     kind: ListKind,
 }
 
@@ -84,22 +91,22 @@ impl Visibility {
                 &self.outcome.policy,
                 &self.session,
                 &self.user,
-                || { script_request(&self.method, &self.path, &self.headers, Some(&call)) }
+                || self.view.for_call(Some(&call))
             ),
             Decision::Allow { .. }
         )
     }
 
     /// Filters one JSON-RPC message (or a batch); true if anything changed.
-    fn filter(&self, message: &mut Value) -> bool {
+    fn filter(&self, message: &mut Value) -> Result<bool, ListTooLong> {
         match message {
             Value::Array(items) => {
                 // Every message of a batch is filtered: no short circuit.
                 let mut changed = false;
                 for message in items {
-                    changed |= self.filter(message);
+                    changed |= self.filter(message)?;
                 }
-                changed
+                Ok(changed)
             }
             Value::Object(object) => {
                 let Some(list) = object
@@ -107,18 +114,54 @@ impl Visibility {
                     .and_then(|r| r.get_mut(self.kind.field()))
                     .and_then(Value::as_array_mut)
                 else {
-                    return false;
+                    return Ok(false);
                 };
+                if list.len() > MAX_LIST_ITEMS {
+                    return Err(ListTooLong);
+                }
                 let (key, _) = self.kind.item_key();
                 let before = list.len();
                 list.retain(|item| match item.get(key).and_then(Value::as_str) {
                     Some(target) => self.allows(target),
                     None => true,
                 });
-                list.len() != before
+                Ok(list.len() != before)
             }
-            _ => false,
+            _ => Ok(false),
         }
+    }
+
+    /// One JSON text filtered: `None` when it passes unchanged (not JSON,
+    /// or nothing to remove).
+    fn filter_text(&self, text: &[u8]) -> Result<Option<Vec<u8>>, ListTooLong> {
+        let Ok(mut message) = serde_json::from_slice::<Value>(text) else {
+            return Ok(None);
+        };
+        if !self.filter(&mut message)? {
+            return Ok(None);
+        }
+        Ok(serde_json::to_vec(&message).ok())
+    }
+
+    /// Filters the events of a stream chunk; events without data pass as
+    /// they came.
+    fn filter_events(&self, raws: Vec<Vec<u8>>) -> Result<Vec<u8>, ListTooLong> {
+        let mut out = Vec::with_capacity(raws.iter().map(Vec::len).sum());
+        for raw in raws {
+            let mut event = parse_event(&raw);
+            let filtered = match event.data.as_deref() {
+                Some(data) => self.filter_text(data.as_bytes())?,
+                None => None,
+            };
+            match filtered.map(String::from_utf8) {
+                Some(Ok(data)) => {
+                    event.data = Some(data);
+                    out.extend(render_event(&event));
+                }
+                _ => out.extend(raw),
+            }
+        }
+        Ok(out)
     }
 }
 
@@ -185,9 +228,7 @@ where
                 user: script_user(&session, &self.layer.issuer),
                 session,
                 outcome,
-                method: request.method().clone(),
-                path: request.uri().path().to_string(),
-                headers: request.headers().clone(),
+                view: RequestView::new(request.method(), request.uri().path(), request.headers()),
                 kind,
             })
         });
@@ -201,6 +242,20 @@ where
             }
         })
     }
+}
+
+/// Filtering runs the policy once per listed item and parses up to
+/// MAX_LIST_BYTES: it happens on a blocking thread, never on a runtime
+/// worker other connections need.
+async fn off_the_runtime<T: Send + 'static>(
+    work: impl FnOnce() -> Result<T, ListTooLong> + Send + 'static,
+) -> Result<T, ProxyError> {
+    tokio::task::spawn_blocking(work)
+        .await
+        .map_err(|e| {
+            ProxyError::BadDownstreamAnswer(format!("filtering the list answer failed: {e}"))
+        })?
+        .map_err(|e| ProxyError::BadDownstreamAnswer(e.to_string()))
 }
 
 async fn filter_response(
@@ -219,43 +274,46 @@ async fn filter_response(
             .collect()
             .await
             .map_err(|e| {
-                ProxyError::DownstreamUnreachable(format!("reading the list answer failed: {e}"))
+                ProxyError::BadDownstreamAnswer(format!("reading the list answer failed: {e}"))
             })?
             .to_bytes();
-        let filtered = serde_json::from_slice::<Value>(&bytes)
-            .ok()
-            .and_then(|mut message| visibility.filter(&mut message).then_some(message));
+        let filtered = off_the_runtime({
+            let bytes = bytes.clone();
+            move || visibility.filter_text(&bytes)
+        })
+        .await?;
         let body = match filtered {
-            Some(message) => {
+            Some(filtered) => {
                 parts.headers.remove(header::CONTENT_LENGTH);
-                Body::from(serde_json::to_vec(&message).unwrap_or_else(|_| bytes.to_vec()))
+                Body::from(filtered)
             }
             None => Body::from(bytes),
         };
         Ok(Response::from_parts(parts, body))
     } else if content_type.starts_with("text/event-stream") {
-        // Event by event: an event is held only until its end arrives.
+        // Event by event: an event is held only until its end arrives (and
+        // at most MAX_EVENT_BYTES). An unfinished last event is dropped, as
+        // a client would drop it, rather than passed unfiltered.
         let mut splitter = EventSplitter::default();
-        let stream = body.into_data_stream().map(move |chunk| {
-            let chunk = chunk?;
-            let mut out = Vec::with_capacity(chunk.len());
-            for raw in splitter.feed(&chunk) {
-                let mut event = parse_event(&raw);
-                let filtered = event
-                    .data
-                    .as_deref()
-                    .and_then(|d| serde_json::from_str::<Value>(d).ok())
-                    .and_then(|mut message| visibility.filter(&mut message).then_some(message));
-                match filtered {
-                    Some(message) => {
-                        event.data = Some(message.to_string());
-                        out.extend(render_event(&event));
+        let stream = body
+            .into_data_stream()
+            .map(move |chunk| {
+                let chunk = chunk?;
+                splitter.feed(&chunk).map_err(axum::Error::new)
+            })
+            .then(move |raws| {
+                let visibility = visibility.clone();
+                async move {
+                    let raws = raws?;
+                    if raws.is_empty() {
+                        return Ok(Bytes::new());
                     }
-                    None => out.extend(raw),
+                    off_the_runtime(move || visibility.filter_events(raws))
+                        .await
+                        .map(Bytes::from)
+                        .map_err(axum::Error::new)
                 }
-            }
-            Ok::<Bytes, axum::Error>(Bytes::from(out))
-        });
+            });
         parts.headers.remove(header::CONTENT_LENGTH);
         Ok(Response::from_parts(parts, Body::from_stream(stream)))
     } else {

@@ -14,7 +14,6 @@ use axum::body::{Body, Bytes};
 use axum::http::{HeaderMap, HeaderName, HeaderValue, Method, Request, Response};
 use http_body_util::{BodyExt, Limited};
 use rhai::{Dynamic, Map};
-use serde::Deserialize;
 use serde_json::Value;
 use tower::{Layer, Service};
 
@@ -40,28 +39,7 @@ pub struct McpCall {
     pub target: Option<String>,
 }
 
-#[derive(Deserialize)]
-struct RawMessage {
-    method: Option<String>,
-    id: Option<Value>,
-    params: Option<Value>,
-}
-
 impl McpCall {
-    fn from_raw(raw: RawMessage) -> McpCall {
-        let key = match raw.method.as_deref() {
-            Some("tools/call" | "prompts/get") => Some("name"),
-            Some("resources/read" | "resources/subscribe" | "resources/unsubscribe") => Some("uri"),
-            _ => None,
-        };
-        let target = key.and_then(|k| raw.params.as_ref()?.get(k)?.as_str().map(str::to_string));
-        McpCall {
-            method: raw.method,
-            id: raw.id,
-            target,
-        }
-    }
-
     pub fn tool(&self) -> Option<&str> {
         (self.method.as_deref() == Some("tools/call"))
             .then_some(self.target.as_deref())
@@ -82,43 +60,47 @@ impl McpCall {
     }
 }
 
-/// The JSON-RPC messages of a POST body: one, or a batch.
-pub fn parse_calls(body: &[u8]) -> Result<Vec<McpCall>, ProxyError> {
-    let bad =
-        |e: serde_json::Error| ProxyError::BadRequest(format!("the body is not JSON-RPC: {e}"));
-    let trimmed = body.trim_ascii_start();
-    if trimmed.first() == Some(&b'[') {
-        let batch: Vec<RawMessage> = serde_json::from_slice(body).map_err(bad)?;
-        if batch.is_empty() {
-            return Err(ProxyError::BadRequest("an empty JSON-RPC batch".into()));
-        }
-        Ok(batch.into_iter().map(McpCall::from_raw).collect())
-    } else {
-        Ok(vec![McpCall::from_raw(
-            serde_json::from_slice(body).map_err(bad)?,
-        )])
-    }
+/// The JSON-RPC messages of a POST body (one, or a batch of at most
+/// `max_batch_size`), read by the strict reader: what the policy sees is what
+/// the downstream will execute.
+pub fn parse_calls(body: &[u8], max_batch_size: usize) -> Result<Vec<McpCall>, ProxyError> {
+    Ok(super::jsonrpc::read_messages(body, max_batch_size)?)
 }
 
 /// MCP 2026-07-28 routing headers must match the body they describe.
 fn check_routing_headers(headers: &HeaderMap, calls: &[McpCall]) -> Result<(), ProxyError> {
-    let header = |name: &str| headers.get(name).and_then(|v| v.to_str().ok());
+    // Compared as bytes, and only one of each: a value this check could not
+    // read, or a second one, might be what the downstream routes on.
+    let header = |name: &str| -> Result<Option<&[u8]>, ProxyError> {
+        let mut values = headers.get_all(name).iter();
+        let first = values.next().map(HeaderValue::as_bytes);
+        if values.next().is_some() {
+            return Err(ProxyError::BadRequest(format!(
+                "more than one {name} header"
+            )));
+        }
+        Ok(first)
+    };
+    let (method, name) = (header("mcp-method")?, header("mcp-name")?);
+    let shown = |v: &[u8]| String::from_utf8_lossy(v).into_owned();
     if let [call] = calls {
-        if let Some(method) = header("mcp-method") {
-            if call.method.as_deref() != Some(method) {
+        if let Some(method) = method {
+            if call.method.as_deref().map(str::as_bytes) != Some(method) {
                 return Err(ProxyError::BadRequest(format!(
-                    "the Mcp-Method header ({method}) disagrees with the body's method"
+                    "the Mcp-Method header ({}) disagrees with the body's method",
+                    shown(method)
                 )));
             }
         }
-        if let Some(name) = header("mcp-name") {
-            if call.target.as_deref() != Some(name) {
+        if let Some(name) = name {
+            if call.target.as_deref().map(str::as_bytes) != Some(name) {
                 return Err(ProxyError::BadRequest(format!(
-                    "the Mcp-Name header ({name}) disagrees with the body"
+                    "the Mcp-Name header ({}) disagrees with the body",
+                    shown(name)
                 )));
             }
         }
-    } else if header("mcp-method").is_some() || header("mcp-name").is_some() {
+    } else if method.is_some() || name.is_some() {
         return Err(ProxyError::BadRequest(
             "Mcp-Method / Mcp-Name cannot describe a batch".into(),
         ));
@@ -170,51 +152,160 @@ pub fn script_user(session: &Session, issuer: &str) -> Dynamic {
         .clone()
 }
 
+/// The script's `request` for one call (tests, benchmarks, `policy test`).
 pub fn script_request(
     method: &Method,
     path: &str,
     headers: &HeaderMap,
     call: Option<&McpCall>,
 ) -> Dynamic {
-    let mut header_map = Map::new();
-    for (name, value) in headers {
-        // Credentials are not the policy's business, and what a client
-        // claims about its connection (X-Forwarded-For, X-Real-IP, ...) is
-        // not evidence: a policy must not allow on it.
-        if name == axum::http::header::AUTHORIZATION
-            || name == axum::http::header::COOKIE
-            || crate::client_address::is_forwarding_header(name.as_str())
-        {
-            continue;
+    RequestView::new(method, path, headers).into_call(call)
+}
+
+/// The script's `request`, built once per HTTP request: the headers are
+/// read once, and each message of a batch adds only its own `mcp` part.
+#[derive(Clone)]
+pub struct RequestView {
+    base: Map,
+}
+
+impl RequestView {
+    pub fn new(method: &Method, path: &str, headers: &HeaderMap) -> Self {
+        let mut header_map = Map::new();
+        for (name, value) in headers {
+            // Credentials are not the policy's business, and what a client
+            // claims about its connection (X-Forwarded-For, X-Real-IP, ...)
+            // is not evidence: a policy must not allow on it.
+            if name == axum::http::header::AUTHORIZATION
+                || name == axum::http::header::COOKIE
+                || crate::client_address::is_forwarding_header(name.as_str())
+            {
+                continue;
+            }
+            if let Ok(v) = value.to_str() {
+                header_map.insert(name.as_str().into(), v.to_string().into());
+            }
         }
-        if let Ok(v) = value.to_str() {
-            header_map.insert(name.as_str().into(), v.to_string().into());
-        }
+        let mut base = Map::new();
+        base.insert("method".into(), method.as_str().to_string().into());
+        base.insert("path".into(), path.to_string().into());
+        base.insert(
+            "protocol_version".into(),
+            optional_text(
+                headers
+                    .get("mcp-protocol-version")
+                    .and_then(|v| v.to_str().ok()),
+            ),
+        );
+        base.insert(
+            "headers".into(),
+            Dynamic::from_map(header_map).into_read_only(),
+        );
+        RequestView { base }
     }
-    let opt = |v: Option<&str>| {
-        v.map(|s| Dynamic::from(s.to_string()))
-            .unwrap_or(Dynamic::UNIT)
-    };
-    let mut mcp = Map::new();
-    mcp.insert("method".into(), opt(call.and_then(|c| c.method.as_deref())));
-    mcp.insert("tool".into(), opt(call.and_then(McpCall::tool)));
-    mcp.insert("resource".into(), opt(call.and_then(McpCall::resource)));
-    mcp.insert("prompt".into(), opt(call.and_then(McpCall::prompt)));
-    let mut request = Map::new();
-    request.insert("method".into(), method.as_str().to_string().into());
-    request.insert("path".into(), path.to_string().into());
-    request.insert(
-        "protocol_version".into(),
-        opt(headers
-            .get("mcp-protocol-version")
-            .and_then(|v| v.to_str().ok())),
-    );
-    request.insert(
-        "headers".into(),
-        Dynamic::from_map(header_map).into_read_only(),
-    );
-    request.insert("mcp".into(), Dynamic::from_map(mcp));
-    Dynamic::from_map(request)
+
+    /// The view for one call of several (the base is copied).
+    pub fn for_call(&self, call: Option<&McpCall>) -> Dynamic {
+        self.clone().into_call(call)
+    }
+
+    /// The view for the last (or only) call: nothing is copied.
+    pub fn into_call(self, call: Option<&McpCall>) -> Dynamic {
+        let mut mcp = Map::new();
+        mcp.insert(
+            "method".into(),
+            optional_text(call.and_then(|c| c.method.as_deref())),
+        );
+        mcp.insert("tool".into(), optional_text(call.and_then(McpCall::tool)));
+        mcp.insert(
+            "resource".into(),
+            optional_text(call.and_then(McpCall::resource)),
+        );
+        mcp.insert(
+            "prompt".into(),
+            optional_text(call.and_then(McpCall::prompt)),
+        );
+        let mut request = self.base;
+        request.insert("mcp".into(), Dynamic::from_map(mcp));
+        Dynamic::from_map(request)
+    }
+}
+
+fn optional_text(v: Option<&str>) -> Dynamic {
+    v.map(|s| Dynamic::from(s.to_string()))
+        .unwrap_or(Dynamic::UNIT)
+}
+
+/// Everything one HTTP request's policy runs need, owned, so that a batch
+/// can be evaluated on a blocking thread.
+struct Evaluation {
+    engine: Arc<PolicyEngine>,
+    policy: Arc<CompiledPolicy>,
+    session: Arc<Session>,
+    user: Dynamic,
+    view: RequestView,
+    metrics: Option<Arc<Metrics>>,
+    audit: Option<AuditSlot>,
+}
+
+impl Evaluation {
+    /// Runs the policy for the request (no calls: once, without an `mcp`
+    /// part) or for each call; the first denial refuses the whole request.
+    fn run(self, calls: &[McpCall]) -> Result<Vec<(HeaderName, HeaderValue)>, ProxyError> {
+        let mut headers = Vec::new();
+        let evaluations: Vec<Option<&McpCall>> = if calls.is_empty() {
+            vec![None]
+        } else {
+            calls.iter().map(Some).collect()
+        };
+        let last = evaluations.len() - 1;
+        let mut view = Some(self.view);
+        for (i, call) in evaluations.into_iter().enumerate() {
+            let started = std::time::Instant::now();
+            let decision = decide(
+                &self.engine,
+                &self.policy,
+                &self.session,
+                &self.user,
+                || {
+                    let view = if i == last { view.take() } else { view.clone() };
+                    view.map_or(Dynamic::UNIT, |v| v.into_call(call))
+                },
+            );
+            let label = if matches!(decision, Decision::Allow { .. }) {
+                "allow"
+            } else {
+                "deny"
+            };
+            if let Some(metrics) = &self.metrics {
+                metrics
+                    .policy_duration
+                    .observe(started.elapsed().as_secs_f64());
+                metrics.policy_decisions.with_label_values(&[label]).inc();
+            }
+            if let Some(slot) = &self.audit {
+                slot.update(|facts| facts.decision = Some(label));
+            }
+            match decision {
+                Decision::Allow { headers: h } => headers = h,
+                Decision::Deny { status, reason } => {
+                    tracing::info!(
+                        sub = %self.session.sub,
+                        method = call.and_then(|c| c.method.as_deref()).unwrap_or_default(),
+                        item = call.and_then(|c| c.target.as_deref()).unwrap_or_default(),
+                        %reason,
+                        "policy denied the request"
+                    );
+                    return Err(ProxyError::PolicyDenied {
+                        status,
+                        reason,
+                        id: call.and_then(|c| c.id.clone()),
+                    });
+                }
+            }
+        }
+        Ok(headers)
+    }
 }
 
 #[derive(Clone)]
@@ -222,6 +313,7 @@ pub struct EnforcePolicyLayer {
     engine: Arc<PolicyEngine>,
     issuer: Arc<str>,
     max_body: usize,
+    max_batch_size: usize,
     metrics: Option<Arc<Metrics>>,
 }
 
@@ -230,12 +322,14 @@ impl EnforcePolicyLayer {
         engine: Arc<PolicyEngine>,
         issuer: &str,
         max_body: usize,
+        max_batch_size: usize,
         metrics: Option<Arc<Metrics>>,
     ) -> Self {
         EnforcePolicyLayer {
             engine,
             issuer: issuer.into(),
             max_body,
+            max_batch_size,
             metrics,
         }
     }
@@ -303,20 +397,11 @@ where
                         }
                     })?
                     .to_bytes();
-                let calls = parse_calls(&bytes)?;
+                let calls = parse_calls(&bytes, layer.max_batch_size)?;
                 check_routing_headers(&parts.headers, &calls)?;
                 (Body::from(bytes), calls)
             } else {
                 (body, Vec::new())
-            };
-            let policy = layer.engine.current();
-            let user = script_user(&session, &layer.issuer);
-            let path = parts.uri.path().to_string();
-            let mut headers = Vec::new();
-            let evaluations: Vec<Option<&McpCall>> = if calls.is_empty() {
-                vec![None]
-            } else {
-                calls.iter().map(Some).collect()
             };
             let audit = parts.extensions.get::<AuditSlot>().cloned();
             if let (Some(slot), Some(first)) = (&audit, calls.first()) {
@@ -325,43 +410,35 @@ where
                     facts.tool = first.tool().map(str::to_string);
                 });
             }
-            for call in evaluations {
-                let started = std::time::Instant::now();
-                let decision = decide(&layer.engine, &policy, &session, &user, || {
-                    script_request(&parts.method, &path, &parts.headers, call)
-                });
-                let label = if matches!(decision, Decision::Allow { .. }) {
-                    "allow"
-                } else {
-                    "deny"
-                };
-                if let Some(metrics) = &layer.metrics {
-                    metrics
-                        .policy_duration
-                        .observe(started.elapsed().as_secs_f64());
-                    metrics.policy_decisions.with_label_values(&[label]).inc();
-                }
-                if let Some(slot) = &audit {
-                    slot.update(|facts| facts.decision = Some(label));
-                }
-                match decision {
-                    Decision::Allow { headers: h } => headers = h,
-                    Decision::Deny { status, reason } => {
-                        tracing::info!(
-                            sub = %session.sub,
-                            method = call.and_then(|c| c.method.as_deref()).unwrap_or_default(),
-                            item = call.and_then(|c| c.target.as_deref()).unwrap_or_default(),
-                            %reason,
-                            "policy denied the request"
-                        );
-                        return Err(ProxyError::PolicyDenied {
-                            status,
-                            reason,
-                            id: call.and_then(|c| c.id.clone()),
-                        });
-                    }
-                }
-            }
+            let policy = layer.engine.current();
+            let evaluation = Evaluation {
+                engine: layer.engine.clone(),
+                policy: policy.clone(),
+                user: script_user(&session, &layer.issuer),
+                session,
+                view: RequestView::new(&parts.method, parts.uri.path(), &parts.headers),
+                metrics: layer.metrics.clone(),
+                audit,
+            };
+            let (headers, calls) = if calls.len() <= 1 {
+                // One call is a few microseconds of policy: a thread hop
+                // would cost more than it saves.
+                (evaluation.run(&calls)?, calls)
+            } else {
+                // A batch is up to max_batch_size policy runs: off the
+                // runtime's workers, so other connections keep being served.
+                let span = tracing::Span::current();
+                let (verdict, calls) = tokio::task::spawn_blocking(move || {
+                    let _entered = span.enter();
+                    (evaluation.run(&calls), calls)
+                })
+                .await
+                .map_err(|e| {
+                    tracing::error!(error = %e, "the policy evaluation of a batch failed");
+                    ProxyError::Forbidden("access denied by policy (policy error)".into())
+                })?;
+                (verdict?, calls)
+            };
             parts.extensions.insert(PolicyOutcome { headers, policy });
             if let [call] = calls.as_slice() {
                 parts.extensions.insert(call.clone());
@@ -377,22 +454,23 @@ mod tests {
 
     #[test]
     fn calls_name_their_target() {
-        let calls = parse_calls(br#"{"jsonrpc":"2.0","id":1,"method":"tools/call","params":{"name":"whoami","arguments":{}}}"#).unwrap();
+        let calls = parse_calls(br#"{"jsonrpc":"2.0","id":1,"method":"tools/call","params":{"name":"whoami","arguments":{}}}"#, 16).unwrap();
         assert_eq!(calls[0].tool(), Some("whoami"));
-        let calls = parse_calls(br#"[{"jsonrpc":"2.0","id":1,"method":"resources/read","params":{"uri":"file:///a"}},{"jsonrpc":"2.0","method":"notifications/initialized"}]"#).unwrap();
+        let calls = parse_calls(br#"[{"jsonrpc":"2.0","id":1,"method":"resources/read","params":{"uri":"file:///a"}},{"jsonrpc":"2.0","method":"notifications/initialized"}]"#, 16).unwrap();
         assert_eq!(calls[0].resource(), Some("file:///a"));
         assert_eq!(
             calls[1].method.as_deref(),
             Some("notifications/initialized")
         );
-        assert!(parse_calls(b"not json").is_err());
-        assert!(parse_calls(b"[]").is_err());
+        assert!(parse_calls(b"not json", 16).is_err());
+        assert!(parse_calls(b"[]", 16).is_err());
     }
 
     #[test]
     fn routing_headers_must_agree_with_the_body() {
         let calls = parse_calls(
             br#"{"jsonrpc":"2.0","id":1,"method":"tools/call","params":{"name":"whoami"}}"#,
+            16,
         )
         .unwrap();
         let mut h = HeaderMap::new();
@@ -432,5 +510,29 @@ mod tests {
         let headers = view["headers"].clone().cast::<Map>();
         let names: Vec<&str> = headers.keys().map(|k| k.as_str()).collect();
         assert_eq!(names, vec!["x-custom"]);
+    }
+
+    #[test]
+    fn invariant_10_routing_headers_are_read_one_way_only() {
+        let calls = parse_calls(
+            br#"{"jsonrpc":"2.0","id":1,"method":"tools/call","params":{"name":"whoami"}}"#,
+            16,
+        )
+        .unwrap();
+        // A second value, which a downstream may read instead of the first.
+        let mut h = HeaderMap::new();
+        h.append("mcp-name", "whoami".parse().unwrap());
+        h.append("mcp-name", "deploy".parse().unwrap());
+        assert!(check_routing_headers(&h, &calls).is_err());
+        // A value that is not visible ASCII is still compared.
+        let mut h = HeaderMap::new();
+        h.insert("mcp-name", HeaderValue::from_bytes(b"d\xe9ploy").unwrap());
+        assert!(check_routing_headers(&h, &calls).is_err());
+        let batch = parse_calls(
+            br#"[{"jsonrpc":"2.0","id":1,"method":"ping"},{"jsonrpc":"2.0","id":2,"method":"ping"}]"#,
+            16,
+        )
+        .unwrap();
+        assert!(check_routing_headers(&h, &batch).is_err());
     }
 }

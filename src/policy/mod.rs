@@ -21,6 +21,7 @@ pub mod cases;
 pub mod filter;
 pub mod header_rules;
 pub mod helpers;
+pub mod jsonrpc;
 pub mod layer;
 
 use header_rules::{HeaderNameRules, HeaderRefusal, PolicyValue};

@@ -396,7 +396,7 @@ fn rewrite_endpoint(
         let bindings = bindings.clone();
         let base = base.clone();
         let sub = sub.clone();
-        let step = chunk.map(|bytes| rewriter.feed(&bytes));
+        let step = chunk.and_then(|bytes| rewriter.feed(&bytes).map_err(axum::Error::new));
         async move {
             let step = step?;
             let mut out = step.before;

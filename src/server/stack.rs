@@ -228,6 +228,7 @@ fn mcp_stack(
             app.policy.clone(),
             app.upstream.issuer(),
             app.settings.config.downstream.max_request_bytes,
+            app.settings.config.downstream.max_batch_size,
             metrics,
         ))
         // What they may see: list answers lose what the policy would deny.

@@ -184,9 +184,21 @@ async fn mcp_answer(
                             {"name": "incident_report"},
                         ]}),
                     };
+                    // A test may ask for a list longer than any real one.
+                    let items: Option<usize> = headers
+                        .get("x-answer-items")
+                        .and_then(|v| v.to_str().ok()?.parse().ok());
+                    let result = match items {
+                        Some(n) => json!({"tools": (0..n).map(|i| json!({"name": format!("tool_{i}")})).collect::<Vec<_>>()}),
+                        None => result,
+                    };
                     let answer = json!({"jsonrpc": "2.0", "id": id, "result": result});
                     if headers.contains_key("x-answer-sse") {
-                        let event = format!("event: message\nid: 7\ndata: {answer}\n\n");
+                        let mut event = format!("event: message\nid: 7\ndata: {answer}\n\n");
+                        // SSE lines may also end with a lone CR.
+                        if headers.contains_key("x-answer-cr") {
+                            event = event.replace('\n', "\r");
+                        }
                         Response::builder()
                             .header("content-type", "text/event-stream")
                             .body(Body::from(format!(": keep-alive\n\n{event}")))
