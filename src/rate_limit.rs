@@ -341,9 +341,9 @@ impl Absorbs<ProxyError> for ProxyError {
 mod tests {
     use super::*;
     use axum::extract::ConnectInfo;
-    use std::net::SocketAddr;
     use axum::http::StatusCode;
     use proptest::prelude::*;
+    use std::net::SocketAddr;
     use tower::ServiceExt;
 
     fn rate(requests: u32, period: Duration, burst: u32) -> Rate {

@@ -364,3 +364,65 @@ async fn invariant_9_rate_limits_switched_off_never_answer_429() {
         assert_eq!(rate_limited_count(&proxy, "register"), 0);
     }
 }
+
+/// Behind a trusted load balancer every client has its own budget (the
+/// address comes from the balancer's `X-Forwarded-For`); from anyone else a
+/// forged `X-Forwarded-For` changes nothing: the peer is the key.
+#[tokio::test]
+async fn invariant_9_rate_limit_counts_the_client_behind_a_trusted_proxy_never_a_forged_one() {
+    let downstream = Downstream::start().await;
+    let proxy = TestProxy::start_with_options(&Options {
+        downstream_url: Some(downstream.mcp_url()),
+        server_extra: "trusted_proxies = [\"127.0.0.1/32\"]".into(),
+        extra: "[limits.mcp_address]\nrequests = 3\nperiod = \"1h\"\n".into(),
+        ..Default::default()
+    })
+    .await;
+    let call = |client: reqwest::Client, forwarded_for: &'static str| {
+        let url = format!("{}/mcp", proxy.url);
+        async move {
+            client
+                .post(url)
+                .header("x-forwarded-for", forwarded_for)
+                .bearer_auth("made-up")
+                .json(&json!({"jsonrpc": "2.0", "id": 1, "method": "ping"}))
+                .send()
+                .await
+                .unwrap()
+                .status()
+        }
+    };
+    // Through the trusted balancer (127.0.0.1): one budget per client.
+    for client in ["203.0.113.7", "203.0.113.8"] {
+        for _ in 0..3 {
+            assert_eq!(
+                call(proxy.http.clone(), client).await,
+                StatusCode::UNAUTHORIZED
+            );
+        }
+        assert_eq!(
+            call(proxy.http.clone(), client).await,
+            StatusCode::TOO_MANY_REQUESTS,
+            "{client} has used its own budget"
+        );
+    }
+    // From an untrusted peer (127.0.0.2) a new X-Forwarded-For per request
+    // does not buy a new budget.
+    let untrusted = client_from(OTHER_ADDRESS);
+    let statuses = [
+        call(untrusted.clone(), "198.51.100.1").await,
+        call(untrusted.clone(), "198.51.100.2").await,
+        call(untrusted.clone(), "198.51.100.3").await,
+        call(untrusted.clone(), "198.51.100.4").await,
+    ];
+    assert_eq!(
+        statuses,
+        [
+            StatusCode::UNAUTHORIZED,
+            StatusCode::UNAUTHORIZED,
+            StatusCode::UNAUTHORIZED,
+            StatusCode::TOO_MANY_REQUESTS
+        ]
+    );
+    drop(downstream);
+}

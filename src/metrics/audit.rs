@@ -51,10 +51,7 @@ pub struct AuditLayer {
 
 impl AuditLayer {
     pub fn new(metrics: Option<Arc<Metrics>>, log: bool) -> Self {
-        AuditLayer {
-            metrics,
-            log,
-        }
+        AuditLayer { metrics, log }
     }
 }
 
