@@ -113,7 +113,13 @@ async fn soak_sse_churn_and_slowloris_leave_fds_and_memory_at_baseline() {
     let opts = Options {
         downstream_url: Some(downstream.mcp_url()),
         server_extra: "header_timeout = \"2s\"\n".into(),
-        extra: "[log]\naudit = false\n".into(),
+        // The limiters run, but one user opening 1,000 streams is the point
+        // here, not a flood to refuse.
+        extra: "[log]\naudit = false\n\
+                [limits.mcp_address]\nrequests = 1000000\n\
+                [limits.mcp_user]\nrequests = 1000000\n\
+                [limits.mcp_client]\nrequests = 1000000\n"
+            .into(),
         ..Default::default()
     };
     let config = dir.path().join("proxy.toml");
