@@ -451,6 +451,13 @@ describe('MCP TypeScript SDK client through the proxy', { skip }, () => {
     assertIdentity(await whoamiOf(s.client), USERS.bob, 'bob before expiry');
     const first = s.oauth.tokens().access_token;
     await sleep(4000);
+    // The GET stream ends with its token (invariant 11) and the SDK
+    // reconnects it, refreshing on the 401. Let that refresh finish before
+    // the next call: two refreshes of one token at the same moment give the
+    // second a 503 "retry in a moment", which this SDK does not retry.
+    for (let waited = 0; s.oauth.tokens().access_token === first && waited < 5000; waited += 100) {
+      await sleep(100);
+    }
     const who = await whoamiOf(s.client);
     assertIdentity(who, USERS.bob, 'bob after refresh');
     assert.notEqual(s.oauth.tokens().access_token, first, 'the SDK holds a new access token');
