@@ -4,17 +4,20 @@
 #![forbid(unsafe_code)]
 
 pub mod auth;
+pub mod checkpoint;
 pub mod cli;
 pub mod client_address;
 pub mod config;
 pub mod crypto;
 pub mod error;
+pub mod grants;
 pub mod metrics;
 pub mod oauth;
 pub mod policy;
 pub mod proxy;
 pub mod rate_limit;
 pub mod server;
+pub mod session;
 pub mod store;
 pub mod upstream;
 

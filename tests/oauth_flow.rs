@@ -1029,7 +1029,7 @@ async fn invariant_4_refresh_rotates_and_reuse_of_a_rotated_token_revokes() {
     );
     // ...and after the cool-down it is a lost-response retry, which works.
     tokio::time::sleep(
-        mcp_oauth_proxy::oauth::grants::REFRESH_COOLDOWN + std::time::Duration::from_millis(100),
+        mcp_oauth_proxy::grants::REFRESH_COOLDOWN + std::time::Duration::from_millis(100),
     )
     .await;
     let (status, t2) = p.refresh(&client, &r0).await;

@@ -25,10 +25,11 @@ use tower::{Layer, Service};
 
 use crate::crypto;
 use crate::error::ProxyError;
+use crate::grants::{GrantError, Grants};
 use crate::metrics::audit::AuditSlot;
 use crate::metrics::Metrics;
 use crate::now_unix;
-use crate::oauth::grants::{GrantError, Grants, Revocation, Session, SessionEnd, SessionWatch};
+use crate::session::{Revocation, Session, SessionEnd, SessionWatch};
 
 #[derive(Clone)]
 enum Entry {

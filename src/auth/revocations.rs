@@ -9,7 +9,8 @@ use std::time::Duration;
 use futures_util::StreamExt;
 
 use super::TokenCache;
-use crate::oauth::grants::{Grants, Revocation};
+use crate::grants::Grants;
+use crate::session::Revocation;
 
 /// The pub/sub channel of a deployment.
 pub fn channel(prefix: &str) -> String {

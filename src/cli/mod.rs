@@ -14,8 +14,9 @@ use clap::{ArgGroup, Args, Subcommand};
 
 use crate::config::{self, Settings};
 use crate::crypto::Keys;
-use crate::oauth::grants::{Grants, Lifetimes, Revocation};
+use crate::grants::{Grants, Lifetimes};
 use crate::server::{AppState, StartError};
+use crate::session::Revocation;
 use crate::store::{Records, SharedStore, StoreError};
 
 pub mod clients;

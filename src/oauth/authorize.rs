@@ -509,7 +509,7 @@ async fn callback_inner(
         .create_with_code(&pending, &secrets)
         .await
         .map_err(|e| match e {
-            crate::oauth::grants::GrantError::Invalid(m) => {
+            crate::grants::GrantError::Invalid(m) => {
                 PageError::new(StatusCode::BAD_GATEWAY, "Login could not be completed", m)
             }
             other => PageError::internal("creating the grant failed", &other),

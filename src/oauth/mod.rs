@@ -3,7 +3,6 @@
 pub mod authorize;
 pub mod cimd;
 pub mod client_auth;
-pub mod grants;
 pub mod metadata;
 pub mod pages;
 pub mod redirect_uri;
@@ -78,17 +77,6 @@ pub fn validate_resource(public_url: &str, resource: &str) -> Result<String, Str
     }
 }
 
-/// Whether every scope in `requested` is in `granted` (space-separated).
-pub fn scope_is_subset(requested: &str, granted: Option<&str>) -> bool {
-    let granted: Vec<&str> = granted
-        .unwrap_or_default()
-        .split_ascii_whitespace()
-        .collect();
-    requested
-        .split_ascii_whitespace()
-        .all(|s| granted.contains(&s))
-}
-
 /// The value of one cookie from the request's `Cookie` headers.
 pub fn cookie<'a>(headers: &'a HeaderMap, name: &str) -> Option<&'a str> {
     headers
@@ -128,14 +116,6 @@ mod tests {
         assert!(validate_resource(base, "https://other.example.com/mcp").is_err());
         assert!(validate_resource(base, "https://mcp.example.com/mcp#x").is_err());
         assert!(validate_resource(base, "https://mcp.example.com/admin").is_err());
-    }
-
-    #[test]
-    fn scope_subsets() {
-        assert!(scope_is_subset("a", Some("a b")));
-        assert!(scope_is_subset("", None));
-        assert!(!scope_is_subset("c", Some("a b")));
-        assert!(!scope_is_subset("a", None));
     }
 
     #[test]

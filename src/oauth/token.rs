@@ -9,9 +9,9 @@ use axum::Json;
 use serde_json::json;
 
 use crate::error::OAuthError;
+use crate::grants::{CodeRedemption, GrantError, IssuedTokens, PreparedRefresh};
 use crate::now_unix;
 use crate::oauth::authorize::login_allowed;
-use crate::oauth::grants::{CodeRedemption, GrantError, IssuedTokens, PreparedRefresh};
 use crate::oauth::{client_auth, validate_resource, Params};
 use crate::server::AppState;
 use crate::store::GrantSecrets;

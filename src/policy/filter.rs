@@ -15,11 +15,11 @@ use http_body_util::{BodyExt, Limited};
 use serde_json::Value;
 use tower::{Layer, Service};
 
-use super::layer::{decide, script_user, McpCall, PolicyOutcome, RequestView};
-use super::{Decision, PolicyEngine};
+use super::layer::{decide, script_user, McpCall, RequestView};
+use super::{CompiledPolicy, Decision, PolicyEngine};
 use crate::error::ProxyError;
-use crate::oauth::grants::Session;
 use crate::proxy::sse::{parse_event, render_event, EventSplitter};
+use crate::session::Session;
 
 /// The largest list answer filtered in one piece (JSON answers are read
 /// whole to filter them; an event stream's events are bounded alike).
@@ -70,7 +70,7 @@ impl ListKind {
 /// Decides, item by item, what this user may see.
 struct Visibility {
     engine: Arc<PolicyEngine>,
-    outcome: PolicyOutcome,
+    policy: Arc<CompiledPolicy>,
     session: Arc<Session>,
     user: rhai::Dynamic,
     view: RequestView,
@@ -88,7 +88,7 @@ impl Visibility {
         matches!(
             decide(
                 &self.engine,
-                &self.outcome.policy,
+                &self.policy,
                 &self.session,
                 &self.user,
                 || self.view.for_call(Some(&call))
@@ -222,12 +222,12 @@ where
             .and_then(ListKind::of);
         let visibility = kind.and_then(|kind| {
             let session = request.extensions().get::<Arc<Session>>()?.clone();
-            let outcome = request.extensions().get::<PolicyOutcome>()?.clone();
+            let policy = request.extensions().get::<Arc<CompiledPolicy>>()?.clone();
             Some(Visibility {
                 engine: self.layer.engine.clone(),
                 user: script_user(&session, &self.layer.issuer),
                 session,
-                outcome,
+                policy,
                 view: RequestView::new(request.method(), request.uri().path(), request.headers()),
                 kind,
             })

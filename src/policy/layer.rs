@@ -7,7 +7,7 @@
 
 use std::future::Future;
 use std::pin::Pin;
-use std::sync::Arc;
+use std::sync::{Arc, Mutex, OnceLock};
 use std::task::{Context, Poll};
 
 use axum::body::{Body, Bytes};
@@ -21,13 +21,20 @@ use super::{CompiledPolicy, Decision, PolicyEngine};
 use crate::error::{BodyTimeout, ProxyError};
 use crate::metrics::audit::AuditSlot;
 use crate::metrics::Metrics;
-use crate::oauth::grants::Session;
+use crate::session::{PolicyOutcome, Session};
 
-/// The policy's verdict, for the forwarder.
-#[derive(Clone)]
-pub struct PolicyOutcome {
-    pub headers: Vec<(HeaderName, HeaderValue)>,
-    pub policy: Arc<CompiledPolicy>,
+/// What the policy keeps with a cached session: its view of the user,
+/// built once, and for policies that decide on the user alone the last
+/// (policy version, decision), so the script runs once per session and
+/// version.
+#[derive(Default)]
+struct SessionMemo {
+    user: OnceLock<Dynamic>,
+    decision: Mutex<Option<(u64, Decision)>>,
+}
+
+fn memo(session: &Session) -> Option<&SessionMemo> {
+    session.memo.get_or_init(SessionMemo::default)
 }
 
 /// What the proxy reads of one JSON-RPC message.
@@ -121,7 +128,10 @@ pub fn decide(
     if !policy.per_user_only {
         return engine.authorize(policy, user.clone(), request(), &session.upstream);
     }
-    if let Ok(cached) = session.policy_decision.lock() {
+    let Some(memo) = memo(session) else {
+        return engine.authorize(policy, user.clone(), request(), &session.upstream);
+    };
+    if let Ok(cached) = memo.decision.lock() {
         if let Some((version, decision)) = cached.as_ref() {
             if *version == policy.version {
                 return decision.clone();
@@ -129,7 +139,7 @@ pub fn decide(
         }
     }
     let decision = engine.authorize(policy, user.clone(), request(), &session.upstream);
-    if let Ok(mut cached) = session.policy_decision.lock() {
+    if let Ok(mut cached) = memo.decision.lock() {
         *cached = Some((policy.version, decision.clone()));
     }
     decision
@@ -137,19 +147,20 @@ pub fn decide(
 
 /// The script's `user`: built once per session.
 pub fn script_user(session: &Session, issuer: &str) -> Dynamic {
-    session
-        .script_user
-        .get_or_init(|| {
-            super::user_value(&super::UserFacts {
-                sub: &session.sub,
-                email: session.email.as_deref(),
-                claims: &session.claims,
-                issuer,
-                client_id: &session.client_id,
-                client_name: session.client_name.as_deref(),
-            })
+    let build = || {
+        super::user_value(&super::UserFacts {
+            sub: &session.sub,
+            email: session.email.as_deref(),
+            claims: &session.claims,
+            issuer,
+            client_id: &session.client_id,
+            client_name: session.client_name.as_deref(),
         })
-        .clone()
+    };
+    match memo(session) {
+        Some(memo) => memo.user.get_or_init(build).clone(),
+        None => build(),
+    }
 }
 
 /// The script's `request` for one call (tests, benchmarks, `policy test`).
@@ -439,7 +450,14 @@ where
                 })?;
                 (verdict?, calls)
             };
-            parts.extensions.insert(PolicyOutcome { headers, policy });
+            let strip_engine = layer.engine.clone();
+            let strip_policy = policy.clone();
+            parts.extensions.insert(PolicyOutcome {
+                headers,
+                strip: Arc::new(move |name| strip_engine.is_identity_header(&strip_policy, name)),
+            });
+            // List filtering decides with the same version of the policy.
+            parts.extensions.insert(policy);
             if let [call] = calls.as_slice() {
                 parts.extensions.insert(call.clone());
             }

@@ -24,9 +24,7 @@ use crate::client_address::TrustedProxies;
 use crate::error::error_chain;
 use crate::error::ProxyError;
 use crate::metrics::{status_class, Metrics};
-use crate::oauth::grants::{Session, SessionWatch};
-use crate::policy::layer::PolicyOutcome;
-use crate::policy::PolicyEngine;
+use crate::session::{PolicyOutcome, Session, SessionWatch};
 
 pub mod headers;
 pub mod origin;
@@ -108,7 +106,6 @@ impl DownstreamTarget {
 /// Everything forwarders share.
 pub struct ForwardContext {
     pub client: HttpClient,
-    pub policy: Arc<PolicyEngine>,
     pub sessions: Arc<SessionBindings>,
     pub public_host: String,
     pub public_proto: String,
@@ -255,7 +252,7 @@ async fn forward(
     let (parts, body) = request.into_parts();
     let mut headers = headers::downstream_request_headers(
         &parts.headers,
-        |name| context.policy.is_identity_header(&outcome.policy, name),
+        |name| (outcome.strip)(name),
         &outcome.headers,
         &headers::Forwarding {
             peer,

@@ -12,7 +12,7 @@ use futures_util::future::BoxFuture;
 use http_body::{Body as HttpBody, Frame, SizeHint};
 use tokio::time::{Instant, Sleep};
 
-use crate::oauth::grants::SessionEnd;
+use crate::session::SessionEnd;
 
 type BoxError = Box<dyn std::error::Error + Send + Sync>;
 

@@ -10,8 +10,8 @@ use tokio::sync::watch;
 use crate::auth::TokenCache;
 use crate::config::Settings;
 use crate::crypto::Keys;
+use crate::grants::{Grants, Lifetimes};
 use crate::metrics::Metrics;
-use crate::oauth::grants::{Grants, Lifetimes};
 use crate::policy::PolicyEngine;
 use crate::proxy::sessions::SessionBindings;
 use crate::proxy::{DownstreamTarget, ForwardContext};
@@ -126,7 +126,6 @@ impl AppState {
         })?;
         let forward = Arc::new(ForwardContext {
             client: crate::proxy::http_client(config.downstream.connect_timeout.0),
-            policy: policy.clone(),
             sessions: Arc::new(SessionBindings::new(records.clone())),
             public_host: match public.port() {
                 Some(port) => format!("{}:{port}", public.host_str().unwrap_or_default()),

@@ -6,6 +6,7 @@ use serde::{de::DeserializeOwned, Deserialize, Serialize};
 use serde_json::{Map, Value};
 
 use super::{Namespace, SharedStore, StoreError, StoreResult};
+pub use crate::session::UpstreamTokens;
 
 /// A registered MCP client (RFC 7591).
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
@@ -130,23 +131,6 @@ pub struct GrantSecrets {
     /// Every claim of the id_token, merged with userinfo when configured.
     pub claims: Map<String, Value>,
     pub upstream: UpstreamTokens,
-}
-
-#[derive(Clone, Serialize, Deserialize, PartialEq, Default)]
-pub struct UpstreamTokens {
-    pub access_token: String,
-    pub id_token: Option<String>,
-    pub refresh_token: Option<String>,
-    pub expires_at: Option<i64>,
-}
-
-impl std::fmt::Debug for UpstreamTokens {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("UpstreamTokens")
-            .field("access_token", &"[redacted]")
-            .field("expires_at", &self.expires_at)
-            .finish_non_exhaustive()
-    }
 }
 
 /// An access or refresh token, stored under its hash.

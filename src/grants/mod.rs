@@ -6,94 +6,18 @@
 //! configured secret. Revoking a grant deletes it; every token on it then
 //! fails, wherever it is presented.
 
-use std::sync::Arc;
 use std::time::Duration;
 
-use futures_util::future::BoxFuture;
-use serde_json::{Map, Value};
+use serde_json::Value;
 use tokio::sync::broadcast;
 
 use crate::crypto::{self, Keys};
 use crate::now_unix;
+use crate::session::{Memo, Revocation, Session};
 use crate::store::{
     decode, encode, ttl_until, CodeRecord, GrantRecord, GrantSecrets, Namespace,
     PendingAuthorization, Records, StoreError, TokenRecord, UpstreamTokens,
 };
-
-/// A revocation, announced so token caches can drop what they hold.
-#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
-pub enum Revocation {
-    /// Every token of this grant.
-    Grant(String),
-    /// One access token, by hash.
-    AccessToken(String),
-}
-
-/// What an access token stands for, once validated.
-#[derive(Debug)]
-pub struct Session {
-    pub grant_id: String,
-    pub token_hash: String,
-    pub client_id: String,
-    pub sub: String,
-    pub email: Option<String>,
-    pub claims: Map<String, Value>,
-    pub upstream: UpstreamTokens,
-    pub resource: Option<String>,
-    pub scope: Option<String>,
-    pub expires_at: i64,
-    pub client_name: Option<String>,
-    /// The policy's view of this user, built once per cached session.
-    pub script_user: std::sync::OnceLock<rhai::Dynamic>,
-    /// For policies that decide on the user alone: (policy version,
-    /// decision), so the script runs once per session and version.
-    pub policy_decision: std::sync::Mutex<Option<(u64, crate::policy::Decision)>>,
-}
-
-/// Why a session ended while an event stream was open on it.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum SessionEnd {
-    /// Its access token expired (or reached the grant's deadline).
-    Expired,
-    /// Its access token or grant was revoked.
-    Revoked,
-}
-
-impl SessionEnd {
-    pub fn as_str(self) -> &'static str {
-        match self {
-            SessionEnd::Expired => "expired",
-            SessionEnd::Revoked => "revoked",
-        }
-    }
-}
-
-/// Waits for the end of a session: Authenticate puts one in the request
-/// extensions, and the Forwarder ends an open event stream when it fires,
-/// so a stream never outlives its token.
-#[derive(Clone)]
-pub struct SessionWatch(Arc<WatchFn>);
-
-type WatchFn = dyn Fn(Arc<Session>) -> BoxFuture<'static, SessionEnd> + Send + Sync;
-
-impl SessionWatch {
-    pub fn new(
-        watch: impl Fn(Arc<Session>) -> BoxFuture<'static, SessionEnd> + Send + Sync + 'static,
-    ) -> Self {
-        SessionWatch(Arc::new(watch))
-    }
-
-    /// Resolves when `session` ends.
-    pub fn until_end(&self, session: Arc<Session>) -> BoxFuture<'static, SessionEnd> {
-        (self.0)(session)
-    }
-}
-
-impl std::fmt::Debug for SessionWatch {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.write_str("SessionWatch")
-    }
-}
 
 #[derive(Debug, thiserror::Error)]
 pub enum GrantError {
@@ -123,6 +47,17 @@ fn now_millis() -> i64 {
         .duration_since(std::time::UNIX_EPOCH)
         .map(|d| d.as_millis() as i64)
         .unwrap_or(0)
+}
+
+/// Whether every scope in `requested` is in `granted` (space-separated).
+pub fn scope_is_subset(requested: &str, granted: Option<&str>) -> bool {
+    let granted: Vec<&str> = granted
+        .unwrap_or_default()
+        .split_ascii_whitespace()
+        .collect();
+    requested
+        .split_ascii_whitespace()
+        .all(|s| granted.contains(&s))
 }
 
 /// A refresh checked and opened, not yet applied.
@@ -468,7 +403,7 @@ impl Grants {
             ));
         }
         if let Some(asked) = scope {
-            if !super::scope_is_subset(asked, grant.scope.as_deref()) {
+            if !scope_is_subset(asked, grant.scope.as_deref()) {
                 return Err(GrantError::Scope("scope exceeds what was granted"));
             }
         }
@@ -788,8 +723,7 @@ impl Grants {
             .and_then(|c| c.client_name);
         Ok(Session {
             client_name,
-            script_user: std::sync::OnceLock::new(),
-            policy_decision: std::sync::Mutex::new(None),
+            memo: Memo::default(),
             grant_id: grant.grant_id,
             token_hash,
             client_id: record.client_id,
@@ -801,5 +735,18 @@ impl Grants {
             scope: record.scope,
             expires_at,
         })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn scope_subsets() {
+        assert!(scope_is_subset("a", Some("a b")));
+        assert!(scope_is_subset("", None));
+        assert!(!scope_is_subset("c", Some("a b")));
+        assert!(!scope_is_subset("a", None));
     }
 }

@@ -1,0 +1,186 @@
+//! The one way a layer of the request path is written.
+//!
+//! A layer's logic is an async function of (its state, the inner service,
+//! the request): check and enrich the request, call the inner service or
+//! answer in its place, then look at the response if it needs to. That
+//! function is a [`Checkpoint`]; [`CheckpointLayer`] turns it into a tower
+//! layer, and the `Service` implementation — readiness, the clone-and-swap
+//! of the inner service, the boxed future — is written here once instead of
+//! once per layer. Bodies and errors stay generic: a checkpoint that refuses
+//! requires `S::Error: From<ItsError>`.
+//!
+//! ```
+//! use std::convert::Infallible;
+//! use http::{Request, Response, StatusCode};
+//! use mcp_oauth_proxy::checkpoint::{Checkpoint, CheckpointLayer};
+//! use tower::{Layer, Service, ServiceExt};
+//!
+//! /// Answers 404 for every path but `/mcp`.
+//! #[derive(Clone)]
+//! struct OnlyMcp;
+//!
+//! impl<S> Checkpoint<S, Request<String>> for OnlyMcp
+//! where
+//!     S: Service<Request<String>, Response = Response<String>, Error = Infallible> + Send + 'static,
+//!     S::Future: Send,
+//! {
+//!     async fn run(self, mut inner: S, request: Request<String>) -> Result<Response<String>, Infallible> {
+//!         if request.uri().path() != "/mcp" {
+//!             let mut refused = Response::new(String::new());
+//!             *refused.status_mut() = StatusCode::NOT_FOUND;
+//!             return Ok(refused);
+//!         }
+//!         inner.call(request).await
+//!     }
+//! }
+//!
+//! # tokio_test_block_on(async {
+//! let echo = tower::service_fn(|r: Request<String>| async move { Ok::<_, Infallible>(Response::new(r.into_body())) });
+//! let service = CheckpointLayer::new(OnlyMcp).layer(echo);
+//! let answer = service.oneshot(Request::get("/other").body(String::new()).unwrap()).await.unwrap();
+//! assert_eq!(answer.status(), StatusCode::NOT_FOUND);
+//! # });
+//! # fn tokio_test_block_on<F: std::future::Future>(f: F) -> F::Output {
+//! #     tokio::runtime::Builder::new_current_thread().build().unwrap().block_on(f)
+//! # }
+//! ```
+
+use std::future::Future;
+use std::task::{Context, Poll};
+
+use futures_util::future::BoxFuture;
+use tower::{Layer, Service};
+
+/// A layer's logic: given the ready inner service and a request, produce the
+/// response (by calling `inner`, or not). `self` is a clone of the layer's
+/// state, so the future owns everything it uses.
+pub trait Checkpoint<S, Request>: Clone + Send + Sync + 'static
+where
+    S: Service<Request>,
+{
+    /// Runs the checkpoint for one request; `inner` has been polled ready.
+    fn run(
+        self,
+        inner: S,
+        request: Request,
+    ) -> impl Future<Output = Result<S::Response, S::Error>> + Send + 'static;
+}
+
+/// The tower layer for a [`Checkpoint`].
+#[derive(Clone, Debug)]
+pub struct CheckpointLayer<C> {
+    checkpoint: C,
+}
+
+impl<C> CheckpointLayer<C> {
+    /// A layer that runs `checkpoint` in front of the service it wraps.
+    pub fn new(checkpoint: C) -> Self {
+        CheckpointLayer { checkpoint }
+    }
+}
+
+impl<C: Clone, S> Layer<S> for CheckpointLayer<C> {
+    type Service = CheckpointService<C, S>;
+
+    fn layer(&self, inner: S) -> Self::Service {
+        CheckpointService {
+            checkpoint: self.checkpoint.clone(),
+            inner,
+        }
+    }
+}
+
+/// A [`Checkpoint`] in front of an inner service.
+#[derive(Clone, Debug)]
+pub struct CheckpointService<C, S> {
+    checkpoint: C,
+    inner: S,
+}
+
+impl<C, S, Request> Service<Request> for CheckpointService<C, S>
+where
+    C: Checkpoint<S, Request>,
+    S: Service<Request> + Clone + Send + 'static,
+{
+    type Response = S::Response;
+    type Error = S::Error;
+    type Future = BoxFuture<'static, Result<S::Response, S::Error>>;
+
+    fn poll_ready(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), S::Error>> {
+        self.inner.poll_ready(cx)
+    }
+
+    fn call(&mut self, request: Request) -> Self::Future {
+        // The clone is not ready; the service that was polled ready goes
+        // with this request, and the clone waits for the next poll_ready.
+        let clone = self.inner.clone();
+        let ready = std::mem::replace(&mut self.inner, clone);
+        Box::pin(self.checkpoint.clone().run(ready, request))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::sync::atomic::{AtomicUsize, Ordering};
+    use std::sync::Arc;
+    use tower::ServiceExt;
+
+    /// Refuses odd numbers, doubles even ones on the way in and adds one to
+    /// the answer on the way out.
+    #[derive(Clone)]
+    struct Even;
+
+    #[derive(Debug, PartialEq)]
+    enum Refused {
+        Odd(u32),
+    }
+
+    impl<S> Checkpoint<S, u32> for Even
+    where
+        S: Service<u32, Response = u32, Error = Refused> + Send + 'static,
+        S::Future: Send,
+    {
+        async fn run(self, mut inner: S, request: u32) -> Result<u32, Refused> {
+            if request % 2 == 1 {
+                return Err(Refused::Odd(request));
+            }
+            Ok(inner.call(request * 2).await? + 1)
+        }
+    }
+
+    #[tokio::test]
+    async fn a_checkpoint_sees_the_request_and_the_response() {
+        let calls = Arc::new(AtomicUsize::new(0));
+        let counted = calls.clone();
+        let inner = tower::service_fn(move |n: u32| {
+            counted.fetch_add(1, Ordering::SeqCst);
+            async move { Ok::<_, Refused>(n) }
+        });
+        let service = CheckpointLayer::new(Even).layer(inner);
+        assert_eq!(service.clone().oneshot(4).await, Ok(9));
+        assert_eq!(service.oneshot(3).await, Err(Refused::Odd(3)));
+        assert_eq!(
+            calls.load(Ordering::SeqCst),
+            1,
+            "a refused request never reaches the inner service"
+        );
+    }
+
+    #[tokio::test]
+    async fn each_request_gets_the_service_that_was_polled_ready() {
+        // tower::buffer-like inner services hand out one permit per
+        // poll_ready; the checkpoint must not call a clone that was never
+        // polled. A limit of one in flight shows it.
+        let inner = tower::ServiceBuilder::new()
+            .concurrency_limit(1)
+            .service(tower::service_fn(
+                |n: u32| async move { Ok::<_, Refused>(n) },
+            ));
+        let mut service = CheckpointLayer::new(Even).layer(inner);
+        for n in [2, 4, 6] {
+            let answer = service.ready().await.map(|s| s.call(n));
+            assert_eq!(answer.expect("ready").await, Ok(n * 2 + 1));
+        }
+    }
+}

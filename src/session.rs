@@ -1,0 +1,190 @@
+//! The request path's shared data, on the ground floor so every layer can
+//! read it without importing another: who is calling (`Session`, made by
+//! `auth` from an access token), the provider's tokens, how a session ends
+//! (`SessionWatch`, `Revocation`), and what the policy decided for a request
+//! that goes on (`PolicyOutcome`).
+
+use std::any::Any;
+use std::sync::{Arc, OnceLock};
+
+use futures_util::future::BoxFuture;
+use http::{HeaderName, HeaderValue};
+use serde::{Deserialize, Serialize};
+use serde_json::{Map, Value};
+
+/// A revocation, announced so token caches can drop what they hold.
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+pub enum Revocation {
+    /// Every token of this grant.
+    Grant(String),
+    /// One access token, by hash.
+    AccessToken(String),
+}
+
+/// What an access token stands for, once validated.
+#[derive(Debug)]
+pub struct Session {
+    pub grant_id: String,
+    pub token_hash: String,
+    pub client_id: String,
+    pub sub: String,
+    pub email: Option<String>,
+    pub claims: Map<String, Value>,
+    pub upstream: UpstreamTokens,
+    pub resource: Option<String>,
+    pub scope: Option<String>,
+    pub expires_at: i64,
+    pub client_name: Option<String>,
+    /// What the policy keeps for this session while the token cache holds
+    /// it (its view of the user, a decision on the user alone).
+    pub memo: Memo,
+}
+
+/// Why a session ended while an event stream was open on it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum SessionEnd {
+    /// Its access token expired (or reached the grant's deadline).
+    Expired,
+    /// Its access token or grant was revoked.
+    Revoked,
+}
+
+impl SessionEnd {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            SessionEnd::Expired => "expired",
+            SessionEnd::Revoked => "revoked",
+        }
+    }
+}
+
+/// Waits for the end of a session: Authenticate puts one in the request
+/// extensions, and the Forwarder ends an open event stream when it fires,
+/// so a stream never outlives its token.
+#[derive(Clone)]
+pub struct SessionWatch(Arc<WatchFn>);
+
+type WatchFn = dyn Fn(Arc<Session>) -> BoxFuture<'static, SessionEnd> + Send + Sync;
+
+impl SessionWatch {
+    pub fn new(
+        watch: impl Fn(Arc<Session>) -> BoxFuture<'static, SessionEnd> + Send + Sync + 'static,
+    ) -> Self {
+        SessionWatch(Arc::new(watch))
+    }
+
+    /// Resolves when `session` ends.
+    pub fn until_end(&self, session: Arc<Session>) -> BoxFuture<'static, SessionEnd> {
+        (self.0)(session)
+    }
+}
+
+impl std::fmt::Debug for SessionWatch {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("SessionWatch")
+    }
+}
+
+/// The provider's tokens for one grant, sealed in the store and handed to
+/// the policy's `upstream_bearer()` and friends.
+#[derive(Clone, Serialize, Deserialize, PartialEq, Default)]
+pub struct UpstreamTokens {
+    pub access_token: String,
+    pub id_token: Option<String>,
+    pub refresh_token: Option<String>,
+    pub expires_at: Option<i64>,
+}
+
+impl std::fmt::Debug for UpstreamTokens {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("UpstreamTokens")
+            .field("access_token", &"[redacted]")
+            .field("expires_at", &self.expires_at)
+            .finish_non_exhaustive()
+    }
+}
+
+/// A value a higher layer computes once per session and keeps with it. The
+/// type is the owner's (the policy's), so this floor knows nothing of it;
+/// the first writer wins.
+#[derive(Default)]
+pub struct Memo(OnceLock<Box<dyn Any + Send + Sync>>);
+
+impl Memo {
+    /// The memo, computed by `init` on first use. `None` only if another
+    /// type was stored first, which would be a bug in its owner.
+    pub fn get_or_init<T: Any + Send + Sync>(&self, init: impl FnOnce() -> T) -> Option<&T> {
+        self.0.get_or_init(|| Box::new(init())).downcast_ref()
+    }
+}
+
+impl std::fmt::Debug for Memo {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(if self.0.get().is_some() {
+            "Memo(set)"
+        } else {
+            "Memo(empty)"
+        })
+    }
+}
+
+/// What the policy decided for a request it lets through: the identity
+/// headers to set downstream and which client headers to strip (every
+/// header a policy could set), so the forwarder needs no policy engine.
+#[derive(Clone)]
+pub struct PolicyOutcome {
+    /// Headers the policy set, checked and encoded.
+    pub headers: Vec<(HeaderName, HeaderValue)>,
+    /// Whether a client header must be removed before forwarding.
+    pub strip: Arc<dyn Fn(&str) -> bool + Send + Sync>,
+}
+
+impl std::fmt::Debug for PolicyOutcome {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("PolicyOutcome")
+            .field(
+                "headers",
+                &self.headers.iter().map(|(n, _)| n).collect::<Vec<_>>(),
+            )
+            .finish_non_exhaustive()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_memo_is_computed_once_and_keeps_its_type() {
+        let memo = Memo::default();
+        let mut runs = 0;
+        assert_eq!(
+            memo.get_or_init(|| {
+                runs += 1;
+                7u32
+            }),
+            Some(&7)
+        );
+        assert_eq!(
+            memo.get_or_init(|| {
+                runs += 1;
+                8u32
+            }),
+            Some(&7)
+        );
+        assert_eq!(runs, 1);
+        assert_eq!(memo.get_or_init(|| "other"), None);
+    }
+
+    #[test]
+    fn upstream_tokens_never_print_their_values() {
+        let tokens = UpstreamTokens {
+            access_token: "secret-access".into(),
+            id_token: Some("secret-id".into()),
+            refresh_token: Some("secret-refresh".into()),
+            expires_at: Some(1),
+        };
+        let printed = format!("{tokens:?}");
+        assert!(!printed.contains("secret"), "{printed}");
+    }
+}
