@@ -1,40 +1,64 @@
-//! Typed errors and the one place that turns them into responses, each in the
-//! form its reader needs: OAuth JSON for clients, an HTML page for a person
-//! in a browser, or a redirect back to the client with the error.
+//! The error types every layer shares, as plain data: what went wrong, the
+//! status it means and, for a failure inside the server, its cause. Nothing
+//! here renders or logs; `server::rescue` turns each error into the form its
+//! reader needs and logs it, once.
 
-use axum::http::{header, HeaderValue, StatusCode};
-use axum::response::{IntoResponse, Response};
-use serde_json::json;
+use axum::http::StatusCode;
 use url::Url;
-
-use crate::oauth::pages;
-use crate::store::StoreError;
 
 /// Any failure a handler reports.
 #[derive(Debug, thiserror::Error)]
 pub enum AppError {
+    /// For an OAuth client: RFC 6749 JSON.
     #[error(transparent)]
     OAuth(#[from] OAuthError),
+    /// For a person in a browser: an HTML page.
     #[error(transparent)]
     Page(#[from] PageError),
+    /// For the client, through the browser: a redirect to its redirect URI.
     #[error(transparent)]
     Redirect(#[from] RedirectError),
+}
+
+/// A failure inside the server that the reader is told of only in general
+/// terms; what the administrator needs is kept here and logged, at error
+/// level, when the error is rendered.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct InternalCause {
+    /// What the server was doing: the log message.
+    pub context: String,
+    /// What went wrong, as text: the log's `error` field.
+    pub error: String,
+}
+
+impl InternalCause {
+    fn new(context: &str, e: &dyn std::fmt::Display) -> Self {
+        InternalCause {
+            context: context.to_string(),
+            error: e.to_string(),
+        }
+    }
 }
 
 /// An RFC 6749 §5.2 error response.
 #[derive(Debug, thiserror::Error)]
 #[error("{code}: {description}")]
 pub struct OAuthError {
+    /// The HTTP status.
     pub status: StatusCode,
+    /// The `error` code.
     pub code: &'static str,
+    /// The `error_description`.
     pub description: String,
     /// Set for `invalid_client` when the client tried HTTP Basic.
     pub basic_challenge: bool,
     /// Seconds for a `Retry-After` header (rate limits).
     pub retry_after: Option<u64>,
+    internal: Option<InternalCause>,
 }
 
 impl OAuthError {
+    /// An error with this status, code and description.
     pub fn new(status: StatusCode, code: &'static str, description: impl Into<String>) -> Self {
         OAuthError {
             status,
@@ -42,43 +66,56 @@ impl OAuthError {
             description: description.into(),
             basic_challenge: false,
             retry_after: None,
+            internal: None,
         }
     }
+    /// 400 `invalid_request`.
     pub fn invalid_request(d: impl Into<String>) -> Self {
         Self::new(StatusCode::BAD_REQUEST, "invalid_request", d)
     }
+    /// 401 `invalid_client`.
     pub fn invalid_client(d: impl Into<String>) -> Self {
         Self::new(StatusCode::UNAUTHORIZED, "invalid_client", d)
     }
+    /// 400 `invalid_grant`.
     pub fn invalid_grant(d: impl Into<String>) -> Self {
         Self::new(StatusCode::BAD_REQUEST, "invalid_grant", d)
     }
+    /// 400 `invalid_scope`.
     pub fn invalid_scope(d: impl Into<String>) -> Self {
         Self::new(StatusCode::BAD_REQUEST, "invalid_scope", d)
     }
+    /// 400 `invalid_target` (RFC 8707).
     pub fn invalid_target(d: impl Into<String>) -> Self {
         Self::new(StatusCode::BAD_REQUEST, "invalid_target", d)
     }
+    /// 400 `unauthorized_client`.
     pub fn unauthorized_client(d: impl Into<String>) -> Self {
         Self::new(StatusCode::BAD_REQUEST, "unauthorized_client", d)
     }
+    /// 400 `unsupported_grant_type`.
     pub fn unsupported_grant_type(d: impl Into<String>) -> Self {
         Self::new(StatusCode::BAD_REQUEST, "unsupported_grant_type", d)
     }
+    /// 400 `invalid_client_metadata` (RFC 7591).
     pub fn invalid_client_metadata(d: impl Into<String>) -> Self {
         Self::new(StatusCode::BAD_REQUEST, "invalid_client_metadata", d)
     }
+    /// 400 `invalid_redirect_uri` (RFC 7591).
     pub fn invalid_redirect_uri(d: impl Into<String>) -> Self {
         Self::new(StatusCode::BAD_REQUEST, "invalid_redirect_uri", d)
     }
+    /// 500 `server_error`: the client learns only that it failed; `context`
+    /// and `e` go to the log when the error is rendered.
     pub fn server_error(context: &str, e: &dyn std::fmt::Display) -> Self {
-        tracing::error!(error = %e, "{context}");
         Self::new(
             StatusCode::INTERNAL_SERVER_ERROR,
             "server_error",
             "The authorization server could not complete the request; see its log",
         )
+        .caused_by(context, e)
     }
+    /// 503 `temporarily_unavailable`.
     pub fn temporarily_unavailable(d: impl Into<String>) -> Self {
         Self::new(
             StatusCode::SERVICE_UNAVAILABLE,
@@ -97,9 +134,19 @@ impl OAuthError {
         error.retry_after = Some(limited.retry_after_secs());
         error
     }
+    /// Asks for HTTP Basic again (`WWW-Authenticate: Basic`).
     pub fn with_basic_challenge(mut self) -> Self {
         self.basic_challenge = true;
         self
+    }
+    /// The same error, with an internal cause to log when it is rendered.
+    pub fn caused_by(mut self, context: &str, e: &dyn std::fmt::Display) -> Self {
+        self.internal = Some(InternalCause::new(context, e));
+        self
+    }
+    /// The internal cause to log, if there is one.
+    pub fn internal_cause(&self) -> Option<&InternalCause> {
+        self.internal.as_ref()
     }
 }
 
@@ -109,52 +156,55 @@ impl From<RateLimited> for OAuthError {
     }
 }
 
-impl From<StoreError> for OAuthError {
-    fn from(e: StoreError) -> Self {
-        match e {
-            // A store that does not answer is temporary: clients retry.
-            StoreError::Backend(_) => {
-                tracing::error!(error = %e, "the store is unavailable");
-                OAuthError::temporarily_unavailable(
-                    "the authorization store is unavailable; try again shortly",
-                )
-            }
-            StoreError::Corrupt(_) => OAuthError::server_error("store operation failed", &e),
-        }
-    }
-}
-
 /// A page for a person: used whenever redirecting back to the client would
 /// be unsafe (unknown client, untrusted redirect URI) or impossible.
 #[derive(Debug, thiserror::Error)]
 #[error("{title}: {message}")]
 pub struct PageError {
+    /// The HTTP status.
     pub status: StatusCode,
+    /// The page's title and heading.
     pub title: String,
+    /// What the person reads.
     pub message: String,
     /// Seconds for a `Retry-After` header (rate limits).
     pub retry_after: Option<u64>,
+    internal: Option<InternalCause>,
 }
 
 impl PageError {
+    /// A page with this status, title and message.
     pub fn new(status: StatusCode, title: impl Into<String>, message: impl Into<String>) -> Self {
         PageError {
             status,
             title: title.into(),
             message: message.into(),
             retry_after: None,
+            internal: None,
         }
     }
+    /// A 400 page.
     pub fn bad_request(title: impl Into<String>, message: impl Into<String>) -> Self {
         Self::new(StatusCode::BAD_REQUEST, title, message)
     }
+    /// A 500 page: the person learns only that it failed; `context` and `e`
+    /// go to the log when the page is rendered.
     pub fn internal(context: &str, e: &dyn std::fmt::Display) -> Self {
-        tracing::error!(error = %e, "{context}");
         Self::new(
             StatusCode::INTERNAL_SERVER_ERROR,
             "Something went wrong",
             "The sign-in service could not complete your request. Try again; if it keeps failing, tell the administrator (details are in the proxy's log).",
         )
+        .caused_by(context, e)
+    }
+    /// The same page, with an internal cause to log when it is rendered.
+    pub fn caused_by(mut self, context: &str, e: &dyn std::fmt::Display) -> Self {
+        self.internal = Some(InternalCause::new(context, e));
+        self
+    }
+    /// The internal cause to log, if there is one.
+    pub fn internal_cause(&self) -> Option<&InternalCause> {
+        self.internal.as_ref()
     }
 }
 
@@ -174,95 +224,20 @@ impl From<RateLimited> for PageError {
     }
 }
 
-impl From<StoreError> for PageError {
-    fn from(e: StoreError) -> Self {
-        match e {
-            StoreError::Backend(_) => {
-                tracing::error!(error = %e, "the store is unavailable");
-                PageError::new(
-                    StatusCode::SERVICE_UNAVAILABLE,
-                    "Sign-in temporarily unavailable",
-                    "The sign-in service cannot reach its storage right now. Try again in a moment.",
-                )
-            }
-            StoreError::Corrupt(_) => PageError::internal("store operation failed", &e),
-        }
-    }
-}
-
 /// An error returned to the client's (already validated) redirect URI.
 #[derive(Debug, thiserror::Error)]
 #[error("{code} for {redirect_uri}: {description}")]
 pub struct RedirectError {
+    /// The client's redirect URI, already checked against its registration.
     pub redirect_uri: String,
+    /// The `error` code.
     pub code: &'static str,
+    /// The `error_description`.
     pub description: String,
+    /// The client's `state`, returned as it came.
     pub state: Option<String>,
+    /// This server's issuer (`iss`, RFC 9207).
     pub issuer: String,
-}
-
-impl IntoResponse for AppError {
-    fn into_response(self) -> Response {
-        match self {
-            AppError::OAuth(e) => e.into_response(),
-            AppError::Page(e) => e.into_response(),
-            AppError::Redirect(e) => e.into_response(),
-        }
-    }
-}
-
-impl IntoResponse for OAuthError {
-    fn into_response(self) -> Response {
-        let body = json!({ "error": self.code, "error_description": self.description });
-        let mut response = (self.status, axum::Json(body)).into_response();
-        let headers = response.headers_mut();
-        headers.insert(header::CACHE_CONTROL, HeaderValue::from_static("no-store"));
-        headers.insert(header::PRAGMA, HeaderValue::from_static("no-cache"));
-        if let Some(seconds) = self.retry_after {
-            headers.insert(header::RETRY_AFTER, HeaderValue::from(seconds));
-        }
-        if self.basic_challenge {
-            headers.insert(
-                header::WWW_AUTHENTICATE,
-                HeaderValue::from_static("Basic realm=\"mcp-oauth-proxy\""),
-            );
-        }
-        response
-    }
-}
-
-impl IntoResponse for PageError {
-    fn into_response(self) -> Response {
-        let mut response =
-            pages::html_response(self.status, pages::error_page(&self.title, &self.message));
-        if let Some(seconds) = self.retry_after {
-            response
-                .headers_mut()
-                .insert(header::RETRY_AFTER, HeaderValue::from(seconds));
-        }
-        response
-    }
-}
-
-impl IntoResponse for RedirectError {
-    fn into_response(self) -> Response {
-        let mut params: Vec<(&str, &str)> = vec![
-            ("error", self.code),
-            ("error_description", &self.description),
-        ];
-        if let Some(state) = &self.state {
-            params.push(("state", state));
-        }
-        params.push(("iss", &self.issuer));
-        match redirect_with_params(&self.redirect_uri, &params) {
-            Some(location) => found(&location),
-            None => PageError::bad_request(
-                "Invalid redirect URI",
-                "The application's redirect address is not a valid URL.",
-            )
-            .into_response(),
-        }
-    }
 }
 
 /// `uri` with `params` appended to its query (keeping what it had).
@@ -289,25 +264,6 @@ pub fn error_chain(e: &dyn std::error::Error) -> String {
     text
 }
 
-/// A 302 redirect that caches nowhere.
-pub fn found(location: &str) -> Response {
-    match HeaderValue::from_str(location) {
-        Ok(value) => {
-            let mut response = StatusCode::FOUND.into_response();
-            response.headers_mut().insert(header::LOCATION, value);
-            response
-                .headers_mut()
-                .insert(header::CACHE_CONTROL, HeaderValue::from_static("no-store"));
-            response
-        }
-        Err(_) => PageError::bad_request(
-            "Invalid redirect",
-            "The redirect address contains invalid characters.",
-        )
-        .into_response(),
-    }
-}
-
 /// A failure on the MCP request path, shown to an MCP client as a JSON-RPC
 /// error with the right HTTP status.
 #[derive(Debug, thiserror::Error)]
@@ -319,36 +275,53 @@ pub enum ProxyError {
         resource_metadata: String,
         /// Whether a token was sent (then `error="invalid_token"`).
         token_sent: bool,
+        /// Why the token was not accepted.
         reason: &'static str,
     },
+    /// Refused before the policy ran (origin, ownership, policy failure).
     #[error("forbidden: {0}")]
     Forbidden(String),
+    /// The policy said no.
     #[error("{reason}")]
     PolicyDenied {
+        /// The status the policy chose.
         status: StatusCode,
+        /// The policy's reason, shown to the client.
         reason: String,
+        /// The JSON-RPC id of the call denied, when there was one.
         id: Option<serde_json::Value>,
     },
+    /// A request the proxy cannot accept.
     #[error("bad request: {0}")]
     BadRequest(String),
+    /// An `Mcp-Session-Id` the proxy does not know (or not for this user).
     #[error("session not found")]
     SessionNotFound,
+    /// A body over the size limit.
     #[error("request body larger than {0} bytes")]
     PayloadTooLarge(usize),
+    /// A method the MCP endpoints do not serve.
     #[error("method not allowed")]
     MethodNotAllowed,
+    /// The downstream MCP server could not be reached.
     #[error("Failed to connect to downstream MCP server: {0}")]
     DownstreamUnreachable(String),
+    /// The downstream MCP server answered something the proxy cannot pass on.
     #[error("the downstream MCP server sent an invalid answer: {0}")]
     BadDownstreamAnswer(String),
+    /// The downstream MCP server did not answer in time.
     #[error("downstream MCP server did not answer within {0:?}")]
     DownstreamTimeout(std::time::Duration),
+    /// The store did not answer.
     #[error("the authorization store is unavailable: {0}")]
     StoreUnavailable(String),
+    /// A route this configuration does not serve.
     #[error("{0}")]
     NotConfigured(&'static str),
+    /// The body did not arrive in time.
     #[error(transparent)]
     BodyTimeout(#[from] BodyTimeout),
+    /// One of the `[limits]` refused the request.
     #[error(transparent)]
     RateLimited(#[from] RateLimited),
     /// A body the policy cannot read one way only (invariant 10).
@@ -391,11 +364,18 @@ pub enum MessageError {
     /// differently: -32600.
     #[error("invalid request: {0}")]
     Invalid(String),
+    /// More messages in a batch than `downstream.max_batch_size`: -32600.
     #[error("JSON-RPC batches are limited to {max} messages (downstream.max_batch_size); this one has at least {size}")]
-    BatchTooLarge { size: usize, max: usize },
+    BatchTooLarge {
+        /// How many messages were counted before giving up.
+        size: usize,
+        /// The limit.
+        max: usize,
+    },
 }
 
 impl MessageError {
+    /// The JSON-RPC error code.
     pub fn rpc_code(&self) -> i64 {
         match self {
             MessageError::Parse(_) => -32700,
@@ -405,7 +385,8 @@ impl MessageError {
 }
 
 impl ProxyError {
-    fn status(&self) -> StatusCode {
+    /// The HTTP status this failure is answered with.
+    pub fn status(&self) -> StatusCode {
         match self {
             ProxyError::Unauthorized { .. } => StatusCode::UNAUTHORIZED,
             ProxyError::Forbidden(_) => StatusCode::FORBIDDEN,
@@ -427,7 +408,7 @@ impl ProxyError {
 
     /// JSON-RPC error codes: -32600 invalid request, -32001 auth, -32002
     /// session, -32003 denied, -32000 server-side failures.
-    fn rpc_code(&self) -> i64 {
+    pub fn rpc_code(&self) -> i64 {
         match self {
             ProxyError::BadRequest(_)
             | ProxyError::PayloadTooLarge(_)
@@ -439,60 +420,6 @@ impl ProxyError {
             ProxyError::Forbidden(_) | ProxyError::PolicyDenied { .. } => -32003,
             _ => -32000,
         }
-    }
-}
-
-impl IntoResponse for ProxyError {
-    fn into_response(self) -> Response {
-        let status = self.status();
-        let id = match &self {
-            ProxyError::PolicyDenied { id, .. } => id.clone().unwrap_or(serde_json::Value::Null),
-            _ => serde_json::Value::Null,
-        };
-        match &self {
-            ProxyError::DownstreamUnreachable(_)
-            | ProxyError::BadDownstreamAnswer(_)
-            | ProxyError::DownstreamTimeout(_)
-            | ProxyError::StoreUnavailable(_) => {
-                tracing::warn!(error = %self, "MCP request failed")
-            }
-            _ => tracing::debug!(error = %self, "MCP request refused"),
-        }
-        let body = json!({
-            "jsonrpc": "2.0",
-            "error": { "code": self.rpc_code(), "message": self.to_string() },
-            "id": id,
-        });
-        let mut response = (status, axum::Json(body)).into_response();
-        if let ProxyError::Unauthorized {
-            resource_metadata,
-            token_sent,
-            ..
-        } = &self
-        {
-            let challenge = if *token_sent {
-                format!("Bearer error=\"invalid_token\", resource_metadata=\"{resource_metadata}\"")
-            } else {
-                format!("Bearer resource_metadata=\"{resource_metadata}\"")
-            };
-            if let Ok(value) = HeaderValue::from_str(&challenge) {
-                response
-                    .headers_mut()
-                    .insert(header::WWW_AUTHENTICATE, value);
-            }
-        }
-        if let ProxyError::RateLimited(limited) = &self {
-            response.headers_mut().insert(
-                header::RETRY_AFTER,
-                HeaderValue::from(limited.retry_after_secs()),
-            );
-        }
-        if status == StatusCode::METHOD_NOT_ALLOWED {
-            response
-                .headers_mut()
-                .insert(header::ALLOW, HeaderValue::from_static("GET, POST, DELETE"));
-        }
-        response
     }
 }
 
@@ -516,15 +443,3 @@ impl BodyTimeout {
 #[derive(Debug, Clone, thiserror::Error)]
 #[error("ambiguous request framing: {0}")]
 pub struct FramingError(pub &'static str);
-
-impl IntoResponse for FramingError {
-    fn into_response(self) -> Response {
-        tracing::info!(reason = self.0, "request refused: ambiguous framing");
-        let mut response = (StatusCode::BAD_REQUEST, format!("{self}\n")).into_response();
-        // The bytes after this request cannot be trusted to start the next one.
-        response
-            .headers_mut()
-            .insert(header::CONNECTION, HeaderValue::from_static("close"));
-        response
-    }
-}

@@ -16,8 +16,9 @@ use serde::Deserialize;
 use sha2::{Digest, Sha256};
 
 use crate::crypto;
-use crate::error::{found, redirect_with_params, AppError, PageError, RedirectError};
+use crate::error::{redirect_with_params, AppError, PageError, RedirectError};
 use crate::now_unix;
+use crate::oauth::pages::found;
 use crate::oauth::{cimd, client_auth, cookie, pages, redirect_uri, validate_resource, Params};
 use crate::policy::{user_value, Decision, UserFacts};
 use crate::server::AppState;

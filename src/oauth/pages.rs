@@ -1,4 +1,5 @@
-//! The HTML a person sees: the consent page and error pages.
+//! What a person's browser receives: the consent page, error pages and
+//! redirects.
 //!
 //! Pages are small, self-contained, never framed and load nothing.
 
@@ -37,6 +38,7 @@ fn layout(title: &str, body: &str) -> String {
     )
 }
 
+/// An error page: `title` as heading, `message` below it, both escaped.
 pub fn error_page(title: &str, message: &str) -> String {
     layout(
         title,
@@ -114,6 +116,28 @@ pub fn html_response(status: StatusCode, html: String) -> Response {
         HeaderValue::from_static("nosniff"),
     );
     response
+}
+
+/// A 302 redirect that caches nowhere; a page instead when `location` cannot
+/// be a header value.
+pub fn found(location: &str) -> Response {
+    match HeaderValue::from_str(location) {
+        Ok(value) => {
+            let mut response = StatusCode::FOUND.into_response();
+            response.headers_mut().insert(header::LOCATION, value);
+            response
+                .headers_mut()
+                .insert(header::CACHE_CONTROL, HeaderValue::from_static("no-store"));
+            response
+        }
+        Err(_) => html_response(
+            StatusCode::BAD_REQUEST,
+            error_page(
+                "Invalid redirect",
+                "The redirect address contains invalid characters.",
+            ),
+        ),
+    }
 }
 
 #[cfg(test)]

@@ -8,6 +8,9 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use async_trait::async_trait;
+use axum::http::StatusCode;
+
+use crate::error::{OAuthError, PageError};
 
 pub mod records;
 pub mod redis;
@@ -64,6 +67,36 @@ pub enum StoreError {
 }
 
 pub type StoreResult<T> = Result<T, StoreError>;
+
+// A store that does not answer is temporary: clients retry, people try again.
+// A corrupt record is the server's own failure. Either way the cause is the
+// administrator's to read, in the log the error is rendered with.
+
+impl From<StoreError> for OAuthError {
+    fn from(e: StoreError) -> Self {
+        match e {
+            StoreError::Backend(_) => OAuthError::temporarily_unavailable(
+                "the authorization store is unavailable; try again shortly",
+            )
+            .caused_by("the store is unavailable", &e),
+            StoreError::Corrupt(_) => OAuthError::server_error("store operation failed", &e),
+        }
+    }
+}
+
+impl From<StoreError> for PageError {
+    fn from(e: StoreError) -> Self {
+        match e {
+            StoreError::Backend(_) => PageError::new(
+                StatusCode::SERVICE_UNAVAILABLE,
+                "Sign-in temporarily unavailable",
+                "The sign-in service cannot reach its storage right now. Try again in a moment.",
+            )
+            .caused_by("the store is unavailable", &e),
+            StoreError::Corrupt(_) => PageError::internal("store operation failed", &e),
+        }
+    }
+}
 
 /// A key-value store whose every record expires.
 ///
@@ -336,5 +369,46 @@ pub(crate) mod conformance {
             vec![("k1".into(), b"a".to_vec()), ("k2".into(), b"b".to_vec())]
         );
         store.ping().await.unwrap();
+    }
+}
+
+#[cfg(test)]
+mod error_tests {
+    use super::*;
+
+    #[test]
+    fn an_unreachable_store_is_temporary_and_its_cause_kept_for_the_log() {
+        let oauth = OAuthError::from(StoreError::Backend("connection refused".into()));
+        assert_eq!(oauth.status, StatusCode::SERVICE_UNAVAILABLE);
+        assert_eq!(oauth.code, "temporarily_unavailable");
+        let cause = oauth.internal_cause().unwrap();
+        assert_eq!(cause.context, "the store is unavailable");
+        assert_eq!(cause.error, "store backend error: connection refused");
+        assert!(!oauth.description.contains("connection refused"));
+
+        let page = PageError::from(StoreError::Backend("connection refused".into()));
+        assert_eq!(page.status, StatusCode::SERVICE_UNAVAILABLE);
+        assert_eq!(page.title, "Sign-in temporarily unavailable");
+        assert_eq!(
+            page.internal_cause().unwrap().context,
+            "the store is unavailable"
+        );
+    }
+
+    #[test]
+    fn a_corrupt_record_is_the_servers_failure() {
+        let oauth = OAuthError::from(StoreError::Corrupt("bad json".into()));
+        assert_eq!(oauth.status, StatusCode::INTERNAL_SERVER_ERROR);
+        assert_eq!(oauth.code, "server_error");
+        assert_eq!(
+            oauth.internal_cause().unwrap().error,
+            "stored record is corrupt: bad json"
+        );
+        let page = PageError::from(StoreError::Corrupt("bad json".into()));
+        assert_eq!(page.status, StatusCode::INTERNAL_SERVER_ERROR);
+        assert_eq!(
+            page.internal_cause().unwrap().context,
+            "store operation failed"
+        );
     }
 }

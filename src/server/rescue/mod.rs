@@ -1,8 +1,9 @@
 //! Rescue: the one place where a typed error becomes the response its reader
-//! needs: a `ProxyError` from the MCP stack a JSON-RPC error with the right
-//! status (and `WWW-Authenticate` on 401); an `OAuthError` or `PageError`
-//! from a layer in front of an OAuth route its JSON or HTML form; a
-//! `FramingError` from the connection a 400 that closes the connection.
+//! needs, and where it is logged. `Rescue` catches the error a layer returns:
+//! a `ProxyError` from the MCP stack, an `OAuthError` or `PageError` from a
+//! limit in front of an OAuth route, a `FramingError` from the connection.
+//! `render` holds each reader's form (OAuth JSON, HTML page, redirect,
+//! JSON-RPC error), which axum also uses for the errors handlers return.
 
 use std::convert::Infallible;
 use std::future::Future;
@@ -14,6 +15,9 @@ use axum::http::{Request, Response};
 use axum::response::IntoResponse;
 use tower::{Layer, Service};
 
+mod render;
+
+/// Wraps a service so that its errors become responses.
 #[derive(Clone, Copy, Default)]
 pub struct RescueLayer;
 
@@ -24,6 +28,8 @@ impl<S> Layer<S> for RescueLayer {
     }
 }
 
+/// A service whose errors are answered in their reader's form; it never
+/// fails itself.
 #[derive(Clone)]
 pub struct Rescue<S> {
     inner: S,
