@@ -167,17 +167,40 @@ mod tests {
         );
     }
 
+    /// An inner service that is ready only once polled, and forgets it
+    /// when called (like a buffer or a concurrency limit handing out one
+    /// permit per `poll_ready`); a clone starts unready.
+    #[derive(Default)]
+    struct Permit {
+        ready: bool,
+    }
+
+    impl Clone for Permit {
+        fn clone(&self) -> Self {
+            Permit { ready: false }
+        }
+    }
+
+    impl Service<u32> for Permit {
+        type Response = u32;
+        type Error = Refused;
+        type Future = std::future::Ready<Result<u32, Refused>>;
+
+        fn poll_ready(&mut self, _: &mut Context<'_>) -> Poll<Result<(), Refused>> {
+            self.ready = true;
+            Poll::Ready(Ok(()))
+        }
+
+        fn call(&mut self, n: u32) -> Self::Future {
+            assert!(self.ready, "called without poll_ready");
+            self.ready = false;
+            std::future::ready(Ok(n))
+        }
+    }
+
     #[tokio::test]
     async fn each_request_gets_the_service_that_was_polled_ready() {
-        // tower::buffer-like inner services hand out one permit per
-        // poll_ready; the checkpoint must not call a clone that was never
-        // polled. A limit of one in flight shows it.
-        let inner = tower::ServiceBuilder::new()
-            .concurrency_limit(1)
-            .service(tower::service_fn(
-                |n: u32| async move { Ok::<_, Refused>(n) },
-            ));
-        let mut service = CheckpointLayer::new(Even).layer(inner);
+        let mut service = CheckpointLayer::new(Even).layer(Permit::default());
         for n in [2, 4, 6] {
             let answer = service.ready().await.map(|s| s.call(n));
             assert_eq!(answer.expect("ready").await, Ok(n * 2 + 1));

@@ -125,8 +125,8 @@ where
 #[cfg(test)]
 mod tests {
     use super::*;
-    use bytes::Bytes;
     use http_body_util::{BodyExt, StreamBody};
+    use hyper::body::Bytes;
 
     /// A body that sends one byte per second, forever.
     fn trickle() -> impl Body<Data = Bytes, Error = std::convert::Infallible> {

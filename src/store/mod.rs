@@ -33,17 +33,6 @@ pub enum Namespace {
 }
 
 impl Namespace {
-    pub const ALL: [Namespace; 8] = [
-        Namespace::Client,
-        Namespace::Pending,
-        Namespace::Consent,
-        Namespace::Code,
-        Namespace::Grant,
-        Namespace::AccessToken,
-        Namespace::RefreshToken,
-        Namespace::McpSession,
-    ];
-
     pub fn as_str(self) -> &'static str {
         match self {
             Namespace::Client => "client",

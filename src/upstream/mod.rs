@@ -10,7 +10,7 @@ use std::time::{Duration, Instant};
 use base64::engine::general_purpose::URL_SAFE_NO_PAD;
 use base64::Engine;
 use openidconnect::core::{
-    CoreAuthenticationFlow, CoreClient, CoreErrorResponseType, CoreProviderMetadata,
+    CoreAuthenticationFlow, CoreClient, CoreErrorResponseType, CoreIdToken, CoreProviderMetadata,
 };
 use openidconnect::{
     reqwest, AuthorizationCode, ClaimsVerificationError, ClientId, ClientSecret, CsrfToken,
@@ -304,30 +304,9 @@ impl Upstream {
             .and_then(Value::as_str)
             .unwrap_or_default()
             .to_string();
-        let mut renewed = claims.clone();
-        let id_token_text = match response.id_token() {
-            Some(id_token) => {
-                // No nonce on a refresh (OIDC Core §12.2); everything else is checked.
-                let verifier = client.id_token_verifier();
-                let verified = id_token
-                    .claims(&verifier, |_: Option<&Nonce>| Ok(()))
-                    .map(|c| c.subject().to_string())
-                    .map_err(|e| {
-                        RefreshError::Unavailable(format!(
-                            "the renewed id_token was not accepted: {e}"
-                        ))
-                    })?;
-                if verified != subject {
-                    return Err(RefreshError::Refused(
-                        "the renewed id_token names another subject".into(),
-                    ));
-                }
-                let text = id_token.to_string();
-                renewed =
-                    jwt_payload(&text).map_err(|e| RefreshError::Unavailable(e.to_string()))?;
-                Some(text)
-            }
-            None => current.id_token.clone(),
+        let (mut renewed, id_token_text) = match response.id_token() {
+            Some(id_token) => renewed_id_token(&client, id_token, &subject)?,
+            None => (claims.clone(), current.id_token.clone()),
         };
         let access_token = response.access_token().secret().clone();
         if self.userinfo {
@@ -443,6 +422,30 @@ fn check_endpoints_are_https(metadata: &CoreProviderMetadata) -> Result<(), Upst
 }
 
 /// The claims of an already verified JWT, as a map.
+/// The claims a renewed id_token carries, once it is checked (no nonce on a
+/// refresh, OIDC Core §12.2; everything else is) and names the same subject.
+fn renewed_id_token(
+    client: &DiscoveredClient,
+    id_token: &CoreIdToken,
+    subject: &str,
+) -> Result<(Map<String, Value>, Option<String>), RefreshError> {
+    let verifier = client.id_token_verifier();
+    let verified = id_token
+        .claims(&verifier, |_: Option<&Nonce>| Ok(()))
+        .map(|c| c.subject().to_string())
+        .map_err(|e| {
+            RefreshError::Unavailable(format!("the renewed id_token was not accepted: {e}"))
+        })?;
+    if verified != subject {
+        return Err(RefreshError::Refused(
+            "the renewed id_token names another subject".into(),
+        ));
+    }
+    let text = id_token.to_string();
+    let claims = jwt_payload(&text).map_err(|e| RefreshError::Unavailable(e.to_string()))?;
+    Ok((claims, Some(text)))
+}
+
 fn jwt_payload(jwt: &str) -> Result<Map<String, Value>, UpstreamError> {
     let payload = jwt
         .split('.')
