@@ -12,7 +12,11 @@ use prometheus::{
 };
 
 pub mod audit;
+pub mod labels;
 pub mod layer;
+
+pub use labels::status_class;
+use labels::*;
 
 const NAMESPACE: &str = "mcp_oauth_proxy";
 
@@ -25,28 +29,13 @@ const POLICY_BUCKETS: [f64; 10] = [
     0.000_002, 0.000_005, 0.000_01, 0.000_025, 0.000_05, 0.000_1, 0.000_5, 0.001, 0.01, 0.05,
 ];
 
-/// The MCP methods counted by name; anything else is "other".
-const MCP_METHODS: [&str; 16] = [
-    "initialize",
-    "ping",
-    "tools/list",
-    "tools/call",
-    "resources/list",
-    "resources/read",
-    "resources/templates/list",
-    "resources/subscribe",
-    "resources/unsubscribe",
-    "prompts/list",
-    "prompts/get",
-    "completion/complete",
-    "logging/setLevel",
-    "tasks/get",
-    "tasks/list",
-    "tasks/cancel",
-];
-
+/// The metric values one process records; `None` where metrics are off
+/// (`metrics.enabled = false`), decided once when the app starts.
 pub struct Metrics {
     registry: Registry,
+    /// `metrics.enabled`: when false every recorder below is a no-op (the
+    /// one way metrics are turned off; callers never check).
+    enabled: bool,
     /// MCP tool names that may appear as label values.
     tools: Vec<String>,
     pub http_requests: IntCounterVec,
@@ -103,7 +92,29 @@ fn histogram(
 }
 
 impl Metrics {
+    /// The metrics `[metrics]` asks for: recording, or not.
+    pub fn from_config(config: &crate::config::MetricsConfig) -> Arc<Metrics> {
+        Self::build(&config.tools, config.enabled)
+    }
+
+    /// Recording metrics, with `tools` allowed as label values.
     pub fn new(tools: &[String]) -> Arc<Metrics> {
+        Self::build(tools, true)
+    }
+
+    /// Metrics that record nothing (`metrics.enabled = false`).
+    pub fn disabled() -> Arc<Metrics> {
+        Self::build(&[], false)
+    }
+
+    /// Whether recorders record.
+    pub fn enabled(&self) -> bool {
+        self.enabled
+    }
+
+    // Long because it declares every metric, one field each; splitting it
+    // would only scatter the list.
+    fn build(tools: &[String], enabled: bool) -> Arc<Metrics> {
         let registry = Registry::new();
         #[cfg(target_os = "linux")]
         let _ = registry.register(Box::new(
@@ -146,6 +157,7 @@ impl Metrics {
         .unwrap_or_else(|e| unreachable!("{e}"));
         let _ = r.register(Box::new(sse_streams_open.clone()));
         let metrics = Arc::new(Metrics {
+            enabled,
             tools: tools.to_vec(),
             http_requests: counter(
                 r,
@@ -292,85 +304,68 @@ impl Metrics {
     /// Creates every series whose labels come from a small fixed set, at 0,
     /// so the first event shows in `rate()` and alerts see "0", not "no data".
     fn zero_fixed_series(&self) {
-        for result in [
-            "success",
-            "invalid_redirect_uri",
-            "invalid_client_metadata",
-            "temporarily_unavailable",
-            "server_error",
-        ] {
-            self.registrations.with_label_values(&[result]);
-        }
-        for result in [
-            "consent_required",
-            "consent_remembered",
-            "rejected",
-            "error_redirect",
-        ] {
-            self.authorizations.with_label_values(&[result]);
-        }
-        for decision in ["approve", "deny", "invalid"] {
-            self.consents.with_label_values(&[decision]);
-        }
-        for result in [
-            "success",
-            "invalid_state",
-            "provider_error",
-            "token_exchange_failed",
-            "id_token_invalid",
-            "login_denied",
-            "error",
-        ] {
-            self.callbacks.with_label_values(&[result]);
-        }
-        for grant_type in ["authorization_code", "refresh_token"] {
-            for result in [
-                "success",
-                "invalid_grant",
-                "invalid_client",
-                "invalid_request",
-                "temporarily_unavailable",
-            ] {
-                self.token_grants.with_label_values(&[grant_type, result]);
+        fn zero(vec: &IntCounterVec, values: impl IntoIterator<Item = &'static str>) {
+            for value in values {
+                vec.with_label_values(&[value]);
             }
         }
-        for result in ["success", "invalid_client", "invalid_request"] {
-            self.revocations.with_label_values(&[result]);
+        zero(
+            &self.registrations,
+            RegistrationResult::ALL.iter().map(|v| v.as_str()),
+        );
+        zero(
+            &self.authorizations,
+            AuthorizationResult::ALL.iter().map(|v| v.as_str()),
+        );
+        zero(
+            &self.consents,
+            ConsentDecision::ALL.iter().map(|v| v.as_str()),
+        );
+        zero(
+            &self.callbacks,
+            CallbackResult::ALL.iter().map(|v| v.as_str()),
+        );
+        for grant_type in GrantType::ALL {
+            for result in TokenResult::ALL {
+                self.token_grants
+                    .with_label_values(&[grant_type.as_str(), result.as_str()]);
+            }
         }
-        for operation in ["discovery", "token", "refresh", "userinfo"] {
-            self.upstream_errors.with_label_values(&[operation]);
+        zero(
+            &self.revocations,
+            RevocationResult::ALL.iter().map(|v| v.as_str()),
+        );
+        zero(
+            &self.upstream_errors,
+            UpstreamOperation::ALL.iter().map(|v| v.as_str()),
+        );
+        zero(
+            &self.token_cache_requests,
+            CacheResult::ALL.iter().map(|v| v.as_str()),
+        );
+        zero(
+            &self.token_cache_evictions,
+            EvictionCause::ALL.iter().map(|v| v.as_str()),
+        );
+        zero(
+            &self.policy_decisions,
+            PolicyVerdict::ALL.iter().map(|v| v.as_str()),
+        );
+        zero(
+            &self.policy_reloads,
+            ReloadResult::ALL.iter().map(|v| v.as_str()),
+        );
+        zero(
+            &self.store_errors,
+            StoreOperation::ALL.iter().map(|v| v.as_str()),
+        );
+        for route in McpRoute::ALL {
+            self.sse_streams_open.with_label_values(&[route.as_str()]);
         }
-        for result in ["hit", "miss", "negative_hit"] {
-            self.token_cache_requests.with_label_values(&[result]);
-        }
-        for cause in ["expired", "explicit", "replaced", "size"] {
-            self.token_cache_evictions.with_label_values(&[cause]);
-        }
-        for decision in ["allow", "deny"] {
-            self.policy_decisions.with_label_values(&[decision]);
-        }
-        for result in ["success", "failure"] {
-            self.policy_reloads.with_label_values(&[result]);
-        }
-        for operation in [
-            "get",
-            "put",
-            "insert_new",
-            "take",
-            "compare_and_swap",
-            "delete",
-            "list",
-            "purge_expired",
-            "ping",
-        ] {
-            self.store_errors.with_label_values(&[operation]);
-        }
-        for route in ["/mcp", "/sse", "/sse/message"] {
-            self.sse_streams_open.with_label_values(&[route]);
-        }
-        for group in crate::config::LimitGroup::ALL {
-            self.rate_limited.with_label_values(&[group.name()]);
-        }
+        zero(
+            &self.rate_limited,
+            crate::config::LimitGroup::ALL.iter().map(|g| g.name()),
+        );
     }
 
     /// The Prometheus text exposition of every metric.
@@ -385,15 +380,7 @@ impl Metrics {
 
     /// An MCP method as a label value.
     pub fn mcp_method_label(method: Option<&str>) -> &'static str {
-        match method {
-            None => "none",
-            Some(m) if m.starts_with("notifications/") => "notification",
-            Some(m) => MCP_METHODS
-                .iter()
-                .find(|known| **known == m)
-                .copied()
-                .unwrap_or("other"),
-        }
+        labels::mcp_method(method)
     }
 
     /// A tool name as a label value: only names listed in `metrics.tools`.
@@ -409,7 +396,12 @@ impl Metrics {
         }
     }
 
-    pub fn observe_store(&self, operation: &'static str, elapsed: Duration, ok: bool) {
+    /// A store operation's time, and its failure.
+    pub fn observe_store(&self, operation: StoreOperation, elapsed: Duration, ok: bool) {
+        if !self.enabled {
+            return;
+        }
+        let operation = operation.as_str();
         self.store_duration
             .with_label_values(&[operation])
             .observe(elapsed.as_secs_f64());
@@ -417,16 +409,157 @@ impl Metrics {
             self.store_errors.with_label_values(&[operation]).inc();
         }
     }
-}
 
-/// "2xx" … "5xx".
-pub fn status_class(status: u16) -> &'static str {
-    match status {
-        100..=199 => "1xx",
-        200..=299 => "2xx",
-        300..=399 => "3xx",
-        400..=499 => "4xx",
-        _ => "5xx",
+    /// A call to the identity provider: its time, and its failure.
+    pub fn observe_upstream(&self, operation: UpstreamOperation, elapsed: Duration, ok: bool) {
+        if !self.enabled {
+            return;
+        }
+        let result = if ok { "success" } else { "error" };
+        self.upstream_duration
+            .with_label_values(&[operation.as_str(), result])
+            .observe(elapsed.as_secs_f64());
+        if !ok {
+            self.upstream_errors
+                .with_label_values(&[operation.as_str()])
+                .inc();
+        }
+    }
+
+    fn count(&self, vec: &IntCounterVec, labels: &[&str]) {
+        if self.enabled {
+            vec.with_label_values(labels).inc();
+        }
+    }
+
+    /// A dynamic client registration's result.
+    pub fn registration(&self, result: RegistrationResult) {
+        self.count(&self.registrations, &[result.as_str()]);
+    }
+
+    /// An authorization request's outcome.
+    pub fn authorization(&self, result: AuthorizationResult) {
+        self.count(&self.authorizations, &[result.as_str()]);
+    }
+
+    /// A consent form's answer.
+    pub fn consent(&self, decision: ConsentDecision) {
+        self.count(&self.consents, &[decision.as_str()]);
+    }
+
+    /// A return from the identity provider.
+    pub fn callback(&self, result: CallbackResult) {
+        self.count(&self.callbacks, &[result.as_str()]);
+    }
+
+    /// A token endpoint request.
+    pub fn token_grant(&self, grant_type: GrantType, result: TokenResult) {
+        self.count(&self.token_grants, &[grant_type.as_str(), result.as_str()]);
+    }
+
+    /// A revocation request.
+    pub fn revocation(&self, result: RevocationResult) {
+        self.count(&self.revocations, &[result.as_str()]);
+    }
+
+    /// A token cache lookup.
+    pub fn token_cache_request(&self, result: CacheResult) {
+        self.count(&self.token_cache_requests, &[result.as_str()]);
+    }
+
+    /// A token cache entry removed, and the entries left.
+    pub fn token_cache_eviction(&self, cause: EvictionCause, entries: u64) {
+        if self.enabled {
+            self.count(&self.token_cache_evictions, &[cause.as_str()]);
+            self.token_cache_entries.set(entries as i64);
+        }
+    }
+
+    /// The token cache's size after an insert.
+    pub fn token_cache_size(&self, entries: u64) {
+        if self.enabled {
+            self.token_cache_entries.set(entries as i64);
+        }
+    }
+
+    /// A policy decision on an MCP request and the time it took.
+    pub fn policy_decision(&self, verdict: PolicyVerdict, elapsed: Duration) {
+        if self.enabled {
+            self.policy_duration.observe(elapsed.as_secs_f64());
+            self.count(&self.policy_decisions, &[verdict.as_str()]);
+        }
+    }
+
+    /// A policy reload's result.
+    pub fn policy_reload(&self, result: ReloadResult) {
+        self.count(&self.policy_reloads, &[result.as_str()]);
+    }
+
+    /// A request refused by a `[limits]` table.
+    pub fn rate_limited(&self, group: &str) {
+        self.count(&self.rate_limited, &[group]);
+    }
+
+    /// An HTTP request by route template, method and status.
+    pub fn http_request(&self, route: &str, method: &str, status: u16, elapsed: Duration) {
+        if self.enabled {
+            self.count(&self.http_requests, &[route, method, status_class(status)]);
+            self.http_duration
+                .with_label_values(&[route, method])
+                .observe(elapsed.as_secs_f64());
+        }
+    }
+
+    /// One MCP request, as the audit saw it.
+    pub fn mcp_request(&self, method: Option<&str>, tool: Option<&str>, decision: &str) {
+        if self.enabled {
+            let tool = self.tool_label(tool);
+            self.count(
+                &self.mcp_requests,
+                &[Self::mcp_method_label(method), tool, decision],
+            );
+        }
+    }
+
+    /// A downstream answer (its headers) on a route.
+    pub fn downstream_response(&self, route: McpRoute, status: u16, elapsed: Duration) {
+        if self.enabled {
+            self.count(
+                &self.downstream_requests,
+                &[route.as_str(), status_class(status)],
+            );
+            self.downstream_duration
+                .with_label_values(&[route.as_str()])
+                .observe(elapsed.as_secs_f64());
+        }
+    }
+
+    /// The downstream could not be reached.
+    pub fn downstream_connect_error(&self) {
+        if self.enabled {
+            self.downstream_connect_errors.inc();
+        }
+    }
+
+    /// The downstream took too long.
+    pub fn downstream_timeout(&self) {
+        if self.enabled {
+            self.downstream_timeouts.inc();
+        }
+    }
+
+    /// An event stream opened (+1) or closed (-1) on a route.
+    pub fn sse_stream(&self, route: McpRoute, delta: i64) {
+        if self.enabled {
+            self.sse_streams_open
+                .with_label_values(&[route.as_str()])
+                .add(delta);
+        }
+    }
+
+    /// An event forwarded on a route's stream.
+    pub fn sse_event(&self, route: McpRoute) {
+        self.count(&self.sse_events, &[route.as_str()]);
     }
 }
 

@@ -155,6 +155,8 @@ pub fn spawn_purge(store: SharedStore, interval: Duration) -> tokio::task::JoinH
     })
 }
 
+use crate::metrics::labels::StoreOperation;
+
 /// A store that times every operation into the metrics.
 pub struct InstrumentedStore {
     inner: SharedStore,
@@ -168,9 +170,12 @@ impl InstrumentedStore {
 
     async fn timed<T>(
         &self,
-        operation: &'static str,
+        operation: StoreOperation,
         f: impl std::future::Future<Output = StoreResult<T>>,
     ) -> StoreResult<T> {
+        if !self.metrics.enabled() {
+            return f.await;
+        }
         let started = std::time::Instant::now();
         let result = f.await;
         self.metrics
@@ -182,7 +187,8 @@ impl InstrumentedStore {
 #[async_trait]
 impl Store for InstrumentedStore {
     async fn put(&self, ns: Namespace, key: &str, value: &[u8], ttl: Duration) -> StoreResult<()> {
-        self.timed("put", self.inner.put(ns, key, value, ttl)).await
+        self.timed(StoreOperation::Put, self.inner.put(ns, key, value, ttl))
+            .await
     }
     async fn insert_new(
         &self,
@@ -191,14 +197,19 @@ impl Store for InstrumentedStore {
         value: &[u8],
         ttl: Duration,
     ) -> StoreResult<bool> {
-        self.timed("insert_new", self.inner.insert_new(ns, key, value, ttl))
-            .await
+        self.timed(
+            StoreOperation::InsertNew,
+            self.inner.insert_new(ns, key, value, ttl),
+        )
+        .await
     }
     async fn get(&self, ns: Namespace, key: &str) -> StoreResult<Option<Vec<u8>>> {
-        self.timed("get", self.inner.get(ns, key)).await
+        self.timed(StoreOperation::Get, self.inner.get(ns, key))
+            .await
     }
     async fn take(&self, ns: Namespace, key: &str) -> StoreResult<Option<Vec<u8>>> {
-        self.timed("take", self.inner.take(ns, key)).await
+        self.timed(StoreOperation::Take, self.inner.take(ns, key))
+            .await
     }
     async fn compare_and_swap(
         &self,
@@ -209,23 +220,24 @@ impl Store for InstrumentedStore {
         ttl: Duration,
     ) -> StoreResult<bool> {
         self.timed(
-            "compare_and_swap",
+            StoreOperation::CompareAndSwap,
             self.inner.compare_and_swap(ns, key, expected, new, ttl),
         )
         .await
     }
     async fn delete(&self, ns: Namespace, key: &str) -> StoreResult<bool> {
-        self.timed("delete", self.inner.delete(ns, key)).await
+        self.timed(StoreOperation::Delete, self.inner.delete(ns, key))
+            .await
     }
     async fn list(&self, ns: Namespace) -> StoreResult<Vec<(String, Vec<u8>)>> {
-        self.timed("list", self.inner.list(ns)).await
+        self.timed(StoreOperation::List, self.inner.list(ns)).await
     }
     async fn purge_expired(&self) -> StoreResult<u64> {
-        self.timed("purge_expired", self.inner.purge_expired())
+        self.timed(StoreOperation::PurgeExpired, self.inner.purge_expired())
             .await
     }
     async fn ping(&self) -> StoreResult<()> {
-        self.timed("ping", self.inner.ping()).await
+        self.timed(StoreOperation::Ping, self.inner.ping()).await
     }
 }
 

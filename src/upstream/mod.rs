@@ -23,6 +23,7 @@ use tokio::sync::{Mutex, RwLock};
 
 use crate::config::Settings;
 use crate::error::error_chain;
+use crate::metrics::labels::UpstreamOperation;
 use crate::metrics::Metrics;
 use crate::store::UpstreamTokens;
 
@@ -121,18 +122,9 @@ impl Upstream {
         &self.issuer
     }
 
-    fn observe(&self, operation: &'static str, started: Instant, ok: bool) {
-        let result = if ok { "success" } else { "error" };
+    fn observe(&self, operation: UpstreamOperation, started: Instant, ok: bool) {
         self.metrics
-            .upstream_duration
-            .with_label_values(&[operation, result])
-            .observe(started.elapsed().as_secs_f64());
-        if !ok {
-            self.metrics
-                .upstream_errors
-                .with_label_values(&[operation])
-                .inc();
-        }
+            .observe_upstream(operation, started.elapsed(), ok);
     }
 
     /// True once discovery succeeded (readiness).
@@ -165,7 +157,7 @@ impl Upstream {
             IssuerUrl::new(self.issuer.clone()).map_err(|e| discovery_error(e.to_string()))?;
         let started = Instant::now();
         let metadata = CoreProviderMetadata::discover_async(issuer, &self.http).await;
-        self.observe("discovery", started, metadata.is_ok());
+        self.observe(UpstreamOperation::Discovery, started, metadata.is_ok());
         let metadata = metadata.map_err(|e| discovery_error(error_chain(&e)))?;
         check_endpoints_are_https(&metadata)?;
         let redirect = RedirectUrl::new(self.redirect_url.clone())
@@ -222,7 +214,7 @@ impl Upstream {
             .set_pkce_verifier(PkceCodeVerifier::new(pkce_verifier.to_string()))
             .request_async(&self.http)
             .await;
-        self.observe("token", started, response.is_ok());
+        self.observe(UpstreamOperation::Token, started, response.is_ok());
         let response = response.map_err(|e| UpstreamError::TokenExchange(error_chain(&e)))?;
         let id_token = response.id_token().ok_or_else(|| {
             UpstreamError::IdToken(
@@ -290,7 +282,7 @@ impl Upstream {
             .map_err(|e| RefreshError::Unavailable(e.to_string()))?
             .request_async(&self.http)
             .await;
-        self.observe("refresh", started, response.is_ok());
+        self.observe(UpstreamOperation::Refresh, started, response.is_ok());
         let response = response.map_err(|e| match &e {
             RequestTokenError::ServerResponse(r)
                 if *r.error() == CoreErrorResponseType::InvalidGrant =>
@@ -359,7 +351,7 @@ impl Upstream {
             .send()
             .await;
         self.observe(
-            "userinfo",
+            UpstreamOperation::Userinfo,
             started,
             response.as_ref().is_ok_and(|r| r.status().is_success()),
         );
