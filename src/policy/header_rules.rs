@@ -65,6 +65,11 @@ pub fn is_reserved(name: &str) -> bool {
     RESERVED_HEADERS.contains(&name) || name.starts_with("proxy-") || name.starts_with("sec-")
 }
 
+/// Normalises a header name the way invariant 6 compares them.
+pub fn normalise_header(name: &str) -> String {
+    name.trim().to_ascii_lowercase().replace('_', "-")
+}
+
 /// Why the proxy refused a header a policy set.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 pub enum HeaderRefusal {
