@@ -14,8 +14,9 @@ use super::layer::{script_request, McpCall};
 use super::{user_value, Decision, PolicyEngine, UserFacts};
 use crate::store::UpstreamTokens;
 
-/// What `upstream_access_token()` and `upstream_id_token()` stand for in cases.
+/// What `upstream_access_token()` stands for in cases.
 pub const TEST_ACCESS_TOKEN: &str = "UPSTREAM_ACCESS_TOKEN";
+/// What `upstream_id_token()` stands for in cases.
 pub const TEST_ID_TOKEN: &str = "UPSTREAM_ID_TOKEN";
 
 #[derive(Debug, Deserialize, Default)]
@@ -128,7 +129,9 @@ struct Expect {
 /// Totals of a run.
 #[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
 pub struct Outcome {
+    /// Cases whose decision and headers were as expected.
     pub passed: usize,
+    /// Cases that differed, or could not run.
     pub failed: usize,
 }
 
@@ -160,6 +163,7 @@ pub fn policies_in(paths: &[PathBuf]) -> Result<Vec<PathBuf>, String> {
     Ok(found)
 }
 
+/// Where a policy's cases live: `name.test.toml` beside `name.rhai`.
 pub fn cases_path(policy: &Path) -> PathBuf {
     policy.with_extension("test.toml")
 }

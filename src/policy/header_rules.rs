@@ -65,35 +65,60 @@ pub fn is_reserved(name: &str) -> bool {
     RESERVED_HEADERS.contains(&name) || name.starts_with("proxy-") || name.starts_with("sec-")
 }
 
+/// Normalises a header name the way invariant 6 compares them.
+pub fn normalise_header(name: &str) -> String {
+    name.trim().to_ascii_lowercase().replace('_', "-")
+}
+
 /// Why the proxy refused a header a policy set.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 pub enum HeaderRefusal {
+    /// Not a valid header name.
     #[error("`{0}` is not a header name")]
     NotAName(String),
+    /// A header only the proxy or the transport may set.
     #[error(
         "`{0}` may not be set by a policy (framing, hop-by-hop, routing or MCP transport header)"
     )]
     Reserved(String),
+    /// A name with `_`, which some servers read as `-`.
     #[error("`{0}` contains `_`; write `-` (servers fold `_` into `-`, so the name could pass for another header)")]
     Underscore(String),
+    /// The same name twice in one decision.
     #[error("`{0}` is set twice (header names ignore case)")]
     Duplicate(String),
+    /// A name the proxy does not strip from clients, so it could arrive twice.
     #[error("`{0}` is not an identity header: a name the script builds at run time must start with `X-User-` or be listed in policy.identity_headers")]
     Undeclared(String),
+    /// A value with a control character.
     #[error("the value of `{header}`{} contains a control character (CR, LF, NUL, TAB, …)", item_suffix(*.item))]
-    ControlCharacter { header: String, item: Option<usize> },
+    ControlCharacter {
+        /// The header, as the script named it.
+        header: String,
+        /// The list item, when the value is an array.
+        item: Option<usize>,
+    },
+    /// A value longer than `policy.max_header_bytes` once encoded.
     #[error("the value of `{header}` is {length} bytes once encoded; the limit is {limit} (policy.max_header_bytes)")]
     TooLong {
+        /// The header, as the script named it.
         header: String,
+        /// Its encoded length in bytes.
         length: usize,
+        /// `policy.max_header_bytes`.
         limit: usize,
     },
+    /// A value (or list item) that is not a scalar.
     #[error("the value of `{header}`{} has type {type_name}; use a string, number, boolean, array of those, () or an upstream_*() token", item_suffix(*.item))]
     UnsupportedType {
+        /// The header, as the script named it.
         header: String,
+        /// The list item, when the value is an array.
         item: Option<usize>,
+        /// Rhai's name for the value's type.
         type_name: String,
     },
+    /// A provider token that is not a valid header value.
     #[error("the provider's token for `{0}` has characters a header cannot carry")]
     BadToken(String),
 }
@@ -161,7 +186,9 @@ const ITEM_SET: &AsciiSet = &VALUE_SET.add(b',').add(b'"');
 /// A policy's value before encoding.
 #[derive(Debug, Clone, Copy)]
 pub enum PolicyValue<'a> {
+    /// A scalar, sent as it is (encoded).
     One(&'a str),
+    /// An array, sent as a comma-separated list of encoded items.
     List(&'a [String]),
 }
 

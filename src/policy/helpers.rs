@@ -11,16 +11,22 @@ const MAX_URI_BYTES: usize = 4096;
 /// Why a URI has no normal form the proxy can vouch for.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 pub enum UriRefusal {
+    /// Empty, or longer than the proxy reads.
     #[error("is empty or longer than {MAX_URI_BYTES} bytes")]
     Length,
+    /// A character no URI may contain as it is.
     #[error("contains a space, a control character or a backslash")]
     Character,
+    /// A malformed percent-escape.
     #[error("has a `%` that is not followed by two hex digits")]
     BadEscape,
+    /// An escape servers disagree on decoding.
     #[error("encodes `/`, `\\`, `%` or a control character, which servers decode differently")]
     EncodedSeparator,
+    /// Not an absolute URI; the parser's reason.
     #[error("is not an absolute URI ({0})")]
     Parse(String),
+    /// Dot-segments in a path without hierarchy.
     #[error("has `.` or `..` segments in a path the proxy cannot resolve")]
     OpaqueDotSegment,
 }

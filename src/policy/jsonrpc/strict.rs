@@ -1,0 +1,105 @@
+//! The rules every object obeys, at any depth: no two keys that fold to
+//! the same name, no key that folds to a protocol field without being that
+//! field. `Checked` reads a value it does not keep and applies them.
+
+use std::collections::HashSet;
+use std::fmt;
+
+use serde::de::{self, DeserializeSeed, Deserializer, MapAccess, SeqAccess, Visitor};
+
+/// Case folding as Go's `encoding/json` compares field names (every rune
+/// mapped to the smallest rune of its simple-fold orbit), approximated from
+/// above: characters Go folds together fold together here too. Folding a
+/// few more (`ß` and `ss`) only refuses a little more.
+pub fn fold_key(key: &str) -> String {
+    if key.is_ascii() {
+        return key.to_ascii_lowercase();
+    }
+    key.chars()
+        .flat_map(char::to_lowercase)
+        .flat_map(char::to_uppercase)
+        .flat_map(char::to_lowercase)
+        .collect()
+}
+
+/// The keys of one object seen so far.
+pub(super) struct Keys<'f> {
+    folded: HashSet<String>,
+    protocol: &'f [&'static str],
+}
+
+impl<'f> Keys<'f> {
+    pub(super) fn new(protocol: &'f [&'static str]) -> Self {
+        Keys {
+            folded: HashSet::new(),
+            protocol,
+        }
+    }
+
+    pub(super) fn admit<E: de::Error>(&mut self, key: &str) -> Result<(), E> {
+        let folded = fold_key(key);
+        if let Some(field) = self.protocol.iter().find(|f| **f == folded) {
+            if key != *field {
+                return Err(E::custom(format_args!(
+                    "the key `{}` could be read as `{field}`",
+                    key.escape_debug()
+                )));
+            }
+        }
+        if !self.folded.insert(folded) {
+            return Err(E::custom(format_args!(
+                "the key `{}` appears twice in one object (ignoring case)",
+                key.escape_debug()
+            )));
+        }
+        Ok(())
+    }
+}
+/// Any other value: read in full (so strings are checked for UTF-8 and
+/// surrogates, numbers for range) and every object's keys checked, but
+/// nothing is kept.
+pub(crate) struct Checked;
+
+impl<'de> DeserializeSeed<'de> for Checked {
+    type Value = ();
+    fn deserialize<D: Deserializer<'de>>(self, d: D) -> Result<(), D::Error> {
+        d.deserialize_any(self)
+    }
+}
+
+impl<'de> Visitor<'de> for Checked {
+    type Value = ();
+    fn expecting(&self, f: &mut fmt::Formatter) -> fmt::Result {
+        f.write_str("a JSON value")
+    }
+    fn visit_bool<E: de::Error>(self, _: bool) -> Result<(), E> {
+        Ok(())
+    }
+    fn visit_i64<E: de::Error>(self, _: i64) -> Result<(), E> {
+        Ok(())
+    }
+    fn visit_u64<E: de::Error>(self, _: u64) -> Result<(), E> {
+        Ok(())
+    }
+    fn visit_f64<E: de::Error>(self, _: f64) -> Result<(), E> {
+        Ok(())
+    }
+    fn visit_str<E: de::Error>(self, _: &str) -> Result<(), E> {
+        Ok(())
+    }
+    fn visit_unit<E: de::Error>(self) -> Result<(), E> {
+        Ok(())
+    }
+    fn visit_seq<A: SeqAccess<'de>>(self, mut seq: A) -> Result<(), A::Error> {
+        while seq.next_element_seed(Checked)?.is_some() {}
+        Ok(())
+    }
+    fn visit_map<A: MapAccess<'de>>(self, mut map: A) -> Result<(), A::Error> {
+        let mut keys = Keys::new(&[]);
+        while let Some(key) = map.next_key::<String>()? {
+            keys.admit::<A::Error>(&key)?;
+            map.next_value_seed(Checked)?;
+        }
+        Ok(())
+    }
+}

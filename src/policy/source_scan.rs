@@ -1,0 +1,145 @@
+//! Two scans of a policy's source text, made when it compiles. Both err on
+//! the safe side: a scan that is unsure keeps evaluating per request, or
+//! strips one client header more.
+
+use std::collections::HashSet;
+
+use super::header_rules::{self, normalise_header};
+
+/// Calls that make a decision depend on more than the user: time, or a
+/// side effect (a log line) that must happen per request.
+const IMPURE: [&str; 7] = [
+    "now(",
+    "utc_hour(",
+    "utc_weekday(",
+    "log_",
+    "print(",
+    "debug(",
+    "timestamp(",
+];
+
+/// Conservatively true only when the request parameter's name appears in
+/// the source exactly once (its declaration) and nothing time-dependent or
+/// side-effecting is called. Any doubt (the name used elsewhere, in a string,
+/// by another function) keeps evaluating per request.
+pub(crate) fn depends_on_user_only(source: &str, request_param: &str) -> bool {
+    if request_param.is_empty() {
+        return false;
+    }
+    let is_word = |b: u8| b.is_ascii_alphanumeric() || b == b'_';
+    let bytes = source.as_bytes();
+    let mut uses = 0;
+    let mut start = 0;
+    while let Some(found) = source[start..].find(request_param) {
+        let at = start + found;
+        let end = at + request_param.len();
+        let bounded =
+            (at == 0 || !is_word(bytes[at - 1])) && (end == bytes.len() || !is_word(bytes[end]));
+        if bounded {
+            uses += 1;
+        }
+        start = end;
+    }
+    uses == 1 && !IMPURE.iter().any(|f| source.contains(f))
+}
+
+/// Every quoted string and map key in the source that could be a header
+/// name, normalised. A policy can only set a header it names, so these are
+/// the client headers to remove; extra names only remove more.
+pub(crate) fn header_like_literals(source: &str) -> HashSet<String> {
+    let mut names = HashSet::new();
+    let mut add = |candidate: &str| {
+        let n = normalise_header(candidate);
+        if could_be_set(&n) {
+            names.insert(n);
+        }
+    };
+    quoted_strings(source).for_each(&mut add);
+    // Unquoted map keys: `#{ x_user_team: ... }`.
+    for part in source.split(['{', ',', '\n']) {
+        if let Some((key, _)) = part.split_once(':') {
+            let key = key.trim();
+            if key.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'_') {
+                add(key);
+            }
+        }
+    }
+    names
+}
+
+/// Whether a normalised name is one a policy could set and a client could
+/// also send: a plain token, not reserved, not one every client sends.
+fn could_be_set(name: &str) -> bool {
+    !name.is_empty()
+        && name.len() <= 64
+        && name.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'-')
+        && !header_rules::is_reserved(name)
+        && !matches!(name, "accept" | "user-agent" | "origin" | "x-request-id")
+}
+
+/// The text between each pair of double quotes (escapes skipped, not
+/// decoded); an unterminated string runs to the end.
+fn quoted_strings(source: &str) -> impl Iterator<Item = &str> {
+    let bytes = source.as_bytes();
+    let mut i = 0;
+    std::iter::from_fn(move || {
+        while i < bytes.len() {
+            if bytes[i] != b'"' {
+                i += 1;
+                continue;
+            }
+            let start = i + 1;
+            let mut j = start;
+            while j < bytes.len() && bytes[j] != b'"' {
+                if bytes[j] == b'\\' {
+                    j += 1;
+                }
+                j += 1;
+            }
+            i = j + 1;
+            if let Some(text) = source.get(start..j.min(bytes.len())) {
+                return Some(text);
+            }
+        }
+        None
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::super::{compile, sandboxed_engine, DEFAULT_POLICY};
+
+    #[test]
+    fn only_request_independent_pure_policies_are_per_user() {
+        let engine = sandboxed_engine();
+        let per_user = |src: &str| compile(&engine, "t.rhai", src).unwrap().per_user_only;
+        assert!(per_user(DEFAULT_POLICY));
+        assert!(!per_user(include_str!("../../policies/per-tool.rhai")));
+        assert!(!per_user(
+            "fn authorize(u, r) { if r.mcp.tool == \"x\" { return deny(\"no\"); } allow() }"
+        ));
+        assert!(!per_user(
+            "fn authorize(u, request) { log_info(\"hi\"); allow() }"
+        ));
+        assert!(!per_user(
+            "fn authorize(u, request) { if utc_hour() > 18 { return deny(\"late\"); } allow() }"
+        ));
+        assert!(!per_user(
+            "fn h(request) { request.path } fn authorize(u, request) { allow() }"
+        ));
+        assert!(per_user("fn authorize(user, req) { let requests = 1; allow(#{ \"X-User-Email\": user.email }) }"));
+    }
+
+    #[test]
+    fn policies_declare_the_headers_clients_may_not_send() {
+        let p = compile(
+            &sandboxed_engine(),
+            "t.rhai",
+            "fn authorize(user, request) { let h = #{ \"X-Team\": 1, x_role: 2 }; allow(h) }",
+        )
+        .unwrap();
+        assert!(p.may_set.contains("x-team"));
+        assert!(p.may_set.contains("x-role"));
+        assert!(!p.may_set.contains("content-type"));
+    }
+}
