@@ -53,7 +53,7 @@ pub struct PolicyEngine {
     fingerprint: Mutex<Option<Fingerprint>>,
     /// How reloads went, for `/readyz` and the admin listener.
     pub reloads: ReloadCounters,
-    metrics: Option<Arc<crate::metrics::Metrics>>,
+    metrics: Arc<crate::metrics::Metrics>,
     /// `policy.max_header_bytes`: the longest value a policy may set.
     max_header_bytes: usize,
 }
@@ -79,7 +79,7 @@ impl PolicyEngine {
                 .map(|h| normalise_header(h))
                 .collect(),
             reloads: ReloadCounters::default(),
-            metrics: None,
+            metrics: crate::metrics::Metrics::disabled(),
             max_header_bytes: header_rules::DEFAULT_MAX_HEADER_BYTES,
         })
     }
@@ -99,7 +99,7 @@ impl PolicyEngine {
 
     /// Counts reloads in the metrics too.
     pub fn with_metrics(mut self, metrics: Arc<crate::metrics::Metrics>) -> Self {
-        self.metrics = Some(metrics);
+        self.metrics = metrics;
         self
     }
 

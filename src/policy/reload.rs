@@ -9,6 +9,7 @@ use std::time::{Duration, SystemTime};
 
 use super::compile::{compile_file, CompiledPolicy, PolicyError};
 use super::PolicyEngine;
+use crate::metrics::labels::ReloadResult;
 
 /// Reload outcomes, for metrics and readiness.
 #[derive(Default)]
@@ -61,9 +62,7 @@ impl PolicyEngine {
             Err(poisoned) => *poisoned.into_inner() = Arc::new(compiled),
         }
         self.reloads.succeeded.fetch_add(1, Ordering::Relaxed);
-        if let Some(m) = &self.metrics {
-            m.policy_reloads.with_label_values(&["success"]).inc();
-        }
+        self.metrics.policy_reload(ReloadResult::Success);
         if let Ok(mut e) = self.reloads.last_error.lock() {
             *e = None;
         }
@@ -72,9 +71,7 @@ impl PolicyEngine {
     /// Counts a failed reload and keeps its error for readiness.
     fn count_failure(&self, error: &PolicyError) {
         self.reloads.failed.fetch_add(1, Ordering::Relaxed);
-        if let Some(m) = &self.metrics {
-            m.policy_reloads.with_label_values(&["failure"]).inc();
-        }
+        self.metrics.policy_reload(ReloadResult::Failure);
         if let Ok(mut last) = self.reloads.last_error.lock() {
             *last = Some(error.to_string());
         }

@@ -27,7 +27,7 @@ pub(super) fn run(source: &str, user: Dynamic) -> Decision {
         extra_identity_headers: vec![],
         fingerprint: std::sync::Mutex::new(None),
         reloads: ReloadCounters::default(),
-        metrics: None,
+        metrics: crate::metrics::Metrics::disabled(),
         max_header_bytes: header_rules::DEFAULT_MAX_HEADER_BYTES,
     };
     let policy = engine.current();
