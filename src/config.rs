@@ -13,6 +13,8 @@ use figment::Figment;
 use serde::{Deserialize, Deserializer, Serialize, Serializer};
 use url::Url;
 
+use crate::net::is_loopback_host;
+
 /// The environment prefix of every configuration variable.
 pub const ENV_PREFIX: &str = "MCP_PROXY_";
 
@@ -1230,7 +1232,7 @@ impl Config {
             }
         }
         for scheme in &self.registration.allowed_schemes {
-            crate::oauth::redirect_uri::check_allowed_scheme(scheme)
+            crate::net::check_allowed_scheme(scheme)
                 .map_err(|m| ConfigError::invalid("registration.allowed_schemes", m))?;
         }
         if self.registration.max_redirect_uris == 0 || self.registration.max_redirect_uris > 100 {
@@ -1427,15 +1429,6 @@ fn check_passable_cookie_name(name: &str) -> Result<(), String> {
         ));
     }
     Ok(())
-}
-
-pub fn is_loopback_host(host: &str) -> bool {
-    let host = host.trim_start_matches('[').trim_end_matches(']');
-    host.eq_ignore_ascii_case("localhost")
-        || host
-            .parse::<std::net::IpAddr>()
-            .map(|ip| ip.is_loopback())
-            .unwrap_or(false)
 }
 
 /// The effective configuration as TOML, secrets redacted.

@@ -10,6 +10,7 @@ pub mod config;
 pub mod crypto;
 pub mod error;
 pub mod metrics;
+pub mod net;
 pub mod oauth;
 pub mod policy;
 pub mod proxy;
