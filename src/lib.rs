@@ -12,6 +12,7 @@ pub mod crypto;
 pub mod error;
 pub mod grants;
 pub mod metrics;
+pub mod net;
 pub mod oauth;
 pub mod policy;
 pub mod proxy;

@@ -7,31 +7,10 @@
 
 use url::{Host, Url};
 
-/// Schemes that can run code or read local files: refused even when an
-/// operator lists them.
-const FORBIDDEN_SCHEMES: [&str; 6] = ["javascript", "data", "file", "vbscript", "blob", "about"];
+use crate::net::{is_loopback_host, FORBIDDEN_SCHEMES};
 
 /// The longest redirect URI accepted.
 pub const MAX_REDIRECT_URI_LEN: usize = 2048;
-
-/// Checks a scheme an operator wants to allow (`registration.allowed_schemes`).
-pub fn check_allowed_scheme(scheme: &str) -> Result<(), String> {
-    let lower = scheme.to_ascii_lowercase();
-    let well_formed = !lower.is_empty()
-        && lower.starts_with(|c: char| c.is_ascii_alphabetic())
-        && lower
-            .chars()
-            .all(|c| c.is_ascii_alphanumeric() || matches!(c, '+' | '-' | '.'));
-    if !well_formed {
-        return Err(format!(
-            "`{scheme}` is not a URI scheme (write it without \"://\")"
-        ));
-    }
-    if FORBIDDEN_SCHEMES.contains(&lower.as_str()) || lower == "http" || lower == "https" {
-        return Err(format!("`{scheme}` cannot be allow-listed"));
-    }
-    Ok(())
-}
 
 /// Checks a redirect URI a client wants to register. It is stored and later
 /// compared exactly as sent, so it must already be in the form the URL parser
@@ -74,7 +53,7 @@ pub fn validate_for_registration(uri: &str, allowed_schemes: &[String]) -> Resul
             Ok(())
         }
         "http" => {
-            if url.host_str().is_some_and(crate::config::is_loopback_host) {
+            if url.host_str().is_some_and(is_loopback_host) {
                 Ok(())
             } else {
                 Err(format!(
@@ -207,6 +186,7 @@ pub fn display_host(uri: &str) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::net::check_allowed_scheme;
 
     fn allowed() -> Vec<String> {
         vec!["cursor".into()]
@@ -548,7 +528,7 @@ mod tests {
                     prop_assert!(!candidate.contains('#') && !candidate.contains('@'));
                     prop_assert!(matches!(parsed.scheme(), "https" | "http" | "cursor"));
                     if parsed.scheme() == "http" {
-                        prop_assert!(crate::config::is_loopback_host(parsed.host_str().unwrap()));
+                        prop_assert!(crate::net::is_loopback_host(parsed.host_str().unwrap()));
                     }
                 }
             }

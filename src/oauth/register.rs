@@ -598,7 +598,7 @@ mod tests {
                         prop_assert!(!uri.contains('#') && !uri.contains('@') && !uri.contains('*'));
                         match url.scheme() {
                             "https" => prop_assert!(url.host_str().is_some_and(|h| !h.is_empty())),
-                            "http" => prop_assert!(crate::config::is_loopback_host(url.host_str().unwrap())),
+                            "http" => prop_assert!(crate::net::is_loopback_host(url.host_str().unwrap())),
                             other => prop_assert_eq!(other, "cursor"),
                         }
                         if let Some(host) = url.host_str() {

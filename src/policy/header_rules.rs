@@ -22,8 +22,9 @@ use std::collections::HashSet;
 use axum::http::{HeaderName, HeaderValue};
 use percent_encoding::{utf8_percent_encode, AsciiSet, CONTROLS};
 
-/// Default for `policy.max_header_bytes`: one value, after encoding.
-pub const DEFAULT_MAX_HEADER_BYTES: usize = 8 * 1024;
+// The default bound lives with `policy.max_header_bytes` in config; kept
+// reachable here for the policy code that names it through this module.
+pub(crate) use crate::config::DEFAULT_MAX_HEADER_BYTES;
 
 /// Headers a policy may never set: framing, hop-by-hop, routing, what the
 /// proxy itself sets about the client, and MCP's own transport headers.

@@ -402,7 +402,7 @@ fn check_endpoints_are_https(metadata: &CoreProviderMetadata) -> Result<(), Upst
     ];
     for (endpoint, url) in endpoints {
         let Some(url) = url else { continue };
-        let loopback = url.host_str().is_some_and(crate::config::is_loopback_host);
+        let loopback = url.host_str().is_some_and(crate::net::is_loopback_host);
         if url.scheme() != "https" && !(url.scheme() == "http" && loopback) {
             return Err(UpstreamError::InsecureEndpoint {
                 endpoint,
