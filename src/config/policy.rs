@@ -4,6 +4,7 @@ use std::path::PathBuf;
 
 use serde::{Deserialize, Serialize};
 
+use super::lenient::lenient_number;
 use super::DurationStr;
 
 /// Default for `policy.max_header_bytes`: one value, after encoding.
@@ -27,7 +28,10 @@ pub struct PolicyConfig {
     pub watch_interval: DurationStr,
     /// The longest header value a policy may set, in bytes after encoding;
     /// a longer one denies the request.
-    #[serde(default = "default_policy_max_header_bytes")]
+    #[serde(
+        default = "default_policy_max_header_bytes",
+        deserialize_with = "lenient_number"
+    )]
     pub max_header_bytes: usize,
 }
 

@@ -369,3 +369,41 @@ fn a_bad_rate_limit_names_its_key() {
     .to_string();
     assert!(err.contains("limits.token"), "{err}");
 }
+
+/// Every number and switch in the configuration, as `MCP_PROXY_*` names
+/// with their values written as environment text.
+fn scalar_env_vars(prefix: &str, value: &serde_json::Value, out: &mut Vec<(String, String)>) {
+    match value {
+        serde_json::Value::Object(map) => {
+            for (key, value) in map {
+                let name = if prefix.is_empty() {
+                    format!("{ENV_PREFIX}{}", key.to_uppercase())
+                } else {
+                    format!("{prefix}__{}", key.to_uppercase())
+                };
+                scalar_env_vars(&name, value, out);
+            }
+        }
+        serde_json::Value::Number(n) => out.push((prefix.to_string(), n.to_string())),
+        serde_json::Value::Bool(b) => out.push((prefix.to_string(), b.to_string())),
+        _ => {}
+    }
+}
+
+#[test]
+fn every_number_and_switch_can_be_set_from_the_environment() {
+    let file_only = load_with(MINIMAL, &[]).unwrap();
+    let as_written = serde_json::to_value(&file_only).unwrap();
+    let mut vars = Vec::new();
+    scalar_env_vars("", &as_written, &mut vars);
+    assert!(vars.len() > 10, "{vars:?}");
+    for (name, text) in &vars {
+        let from_env = load_with(MINIMAL, &[(name, text)])
+            .unwrap_or_else(|e| panic!("{name}={text} is refused: {e}"));
+        assert_eq!(
+            serde_json::to_value(&from_env).unwrap(),
+            as_written,
+            "{name}={text}"
+        );
+    }
+}
