@@ -23,6 +23,7 @@ pub mod header_rules;
 pub mod helpers;
 pub mod jsonrpc;
 pub mod layer;
+pub mod login;
 
 use header_rules::{HeaderNameRules, HeaderRefusal, PolicyValue};
 
