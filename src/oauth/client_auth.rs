@@ -9,8 +9,7 @@ use base64::Engine;
 use crate::crypto;
 use crate::error::OAuthError;
 use crate::now_unix;
-use crate::oauth::OAuthState;
-use crate::oauth::Params;
+use crate::oauth::{OAuthState, Params};
 use crate::store::{ClientRecord, Namespace};
 
 /// A client's `last_used_at` is written at most this often.

@@ -16,8 +16,7 @@ use url::Url;
 use crate::crypto;
 use crate::error::OAuthError;
 use crate::now_unix;
-use crate::oauth::redirect_uri;
-use crate::oauth::OAuthState;
+use crate::oauth::{redirect_uri, OAuthState};
 use crate::store::{ClientRecord, Namespace};
 
 /// The largest registration request accepted.

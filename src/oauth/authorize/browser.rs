@@ -8,6 +8,7 @@ use crate::oauth::{cookie, OAuthState};
 
 const BROWSER_COOKIE: &str = "mcp-browser";
 
+/// `__Host-` binds the cookie to this exact origin, where browsers allow it.
 fn browser_cookie_name(app: &OAuthState) -> String {
     if app.settings.secure_cookies {
         format!("__Host-{BROWSER_COOKIE}")
@@ -16,6 +17,7 @@ fn browser_cookie_name(app: &OAuthState) -> String {
     }
 }
 
+/// The browser's id, when it sent back a cookie this server signed.
 pub(super) fn signed_browser_id(app: &OAuthState, headers: &HeaderMap) -> Option<String> {
     let name = browser_cookie_name(app);
     let value = cookie(headers, &name)?;

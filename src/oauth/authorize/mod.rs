@@ -5,6 +5,10 @@
 //! page; after that, errors go back to the client with `state` and `iss`.
 //! The browser that starts a flow carries a signed cookie; the consent form
 //! and the callback must come from that same browser.
+//!
+//! Here: `GET /authorize` and the steps it shares with the others;
+//! `consent.rs` and `callback.rs` the other two routes; `browser.rs` the
+//! browser cookie; `pending.rs` the flows in progress.
 
 use std::time::Duration;
 
@@ -305,6 +309,8 @@ async fn go_upstream(
 /// The title of the page for a person who denied the client.
 const ACCESS_DENIED_TITLE: &str = "Access denied";
 
+/// Where an approval is remembered: for this browser, client and redirect
+/// URI together, hashed so the store holds no browser id.
 fn consent_key(browser_id: &str, client_id: &str, redirect_uri: &str) -> String {
     let mut hasher = Sha256::new();
     for part in [browser_id, client_id, redirect_uri] {

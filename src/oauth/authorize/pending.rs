@@ -11,6 +11,7 @@ use crate::store::{decode, encode, Namespace, PendingAuthorization};
 /// The title of the page for a flow that expired or was already used.
 pub(super) const INVALID_STATE_TITLE: &str = "Invalid or expired state";
 
+/// The page for a flow that is gone: expired, used, or never ours.
 pub(super) fn expired_state() -> PageError {
     PageError::bad_request(
         INVALID_STATE_TITLE,
@@ -18,6 +19,8 @@ pub(super) fn expired_state() -> PageError {
     )
 }
 
+/// Remembers a flow under a one-time id (a consent request id, or the
+/// provider's `state`) for `ttl`.
 pub(super) async fn put_pending(
     app: &OAuthState,
     id: &str,
