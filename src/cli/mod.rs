@@ -15,7 +15,6 @@ use clap::{ArgGroup, Args, Subcommand};
 use crate::config::{self, Settings};
 use crate::crypto::Keys;
 use crate::grants::{Grants, Lifetimes};
-use crate::server::{AppState, StartError};
 use crate::session::Revocation;
 use crate::store::{Records, SharedStore, StoreError};
 
@@ -164,22 +163,10 @@ impl Admin {
     /// through `Grants::revoke_grant` exactly as one on a request path.
     pub fn new(store: SharedStore, settings: &Settings) -> Admin {
         let records = Records::new(store);
-        let tokens = &settings.config.tokens;
         let grants = Grants::new(
             records.clone(),
             Keys::new(settings.encryption_key),
-            Lifetimes {
-                access: tokens.access_ttl.0,
-                refresh: tokens.refresh_ttl.0,
-                code: tokens.code_ttl.0,
-                max_grant_age: tokens.max_grant_age.0,
-                revalidate_after: settings
-                    .config
-                    .upstream
-                    .revalidate_after
-                    .unwrap_or(tokens.access_ttl)
-                    .0,
-            },
+            Lifetimes::from_settings(settings),
         );
         Admin { records, grants }
     }
@@ -303,10 +290,8 @@ async fn open_store(settings: &Settings) -> Result<SharedStore, String> {
             config.path.display()
         ));
     }
-    let store = AppState::open_store(settings).map_err(|e| match e {
-        StartError::Store(e) => format!("{setting}: cannot open the store: {e}"),
-        other => format!("{setting}: {other}"),
-    })?;
+    let store =
+        crate::store::open(config).map_err(|e| format!("{setting}: cannot open the store: {e}"))?;
     store
         .ping()
         .await

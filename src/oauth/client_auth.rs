@@ -9,8 +9,7 @@ use base64::Engine;
 use crate::crypto;
 use crate::error::OAuthError;
 use crate::now_unix;
-use crate::oauth::Params;
-use crate::server::AppState;
+use crate::oauth::{OAuthState, Params};
 use crate::store::{ClientRecord, Namespace};
 
 /// A client's `last_used_at` is written at most this often.
@@ -18,7 +17,7 @@ const TOUCH_INTERVAL_SECS: i64 = 3600;
 
 /// Identifies and authenticates the client of a token or revocation request.
 pub async fn authenticate(
-    app: &AppState,
+    app: &OAuthState,
     headers: &HeaderMap,
     params: &Params,
 ) -> Result<ClientRecord, OAuthError> {
@@ -77,7 +76,7 @@ pub async fn authenticate(
 }
 
 /// Keeps a used client registered for another `registration.client_ttl`.
-pub async fn touch(app: &AppState, client: &ClientRecord) {
+pub async fn touch(app: &OAuthState, client: &ClientRecord) {
     let now = now_unix();
     // A metadata document's record lives as long as its cache lifetime.
     if now - client.last_used_at < TOUCH_INTERVAL_SECS
@@ -89,7 +88,7 @@ pub async fn touch(app: &AppState, client: &ClientRecord) {
     }
     let mut updated = client.clone();
     updated.last_used_at = now;
-    let ttl = app.settings.config.registration.client_ttl.0;
+    let ttl = app.settings.registration.client_ttl.0;
     if let Err(e) = app
         .records
         .put(Namespace::Client, &client.client_id, &updated, ttl)

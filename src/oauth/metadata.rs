@@ -8,8 +8,9 @@ use axum::response::{IntoResponse, Response};
 use axum::Json;
 use serde_json::{json, Value};
 
-use crate::server::AppState;
+use crate::oauth::OAuthState;
 
+/// The RFC 8414 document: endpoints and what this server supports.
 pub fn authorization_server_document(public_url: &str, client_metadata_documents: bool) -> Value {
     json!({
         "client_id_metadata_document_supported": client_metadata_documents,
@@ -28,6 +29,7 @@ pub fn authorization_server_document(public_url: &str, client_metadata_documents
     })
 }
 
+/// The RFC 9728 document of the resource at `path`.
 pub fn protected_resource_document(public_url: &str, path: &str) -> Value {
     json!({
         "resource": format!("{public_url}{path}"),
@@ -46,25 +48,29 @@ fn cacheable_json(body: Value) -> Response {
     response
 }
 
-pub async fn authorization_server(State(app): State<AppState>) -> Response {
+/// GET /.well-known/oauth-authorization-server
+pub async fn authorization_server(State(app): State<OAuthState>) -> Response {
     cacheable_json(authorization_server_document(
         &app.settings.public_url,
-        app.settings.config.registration.client_metadata_documents,
+        app.settings.registration.client_metadata_documents,
     ))
 }
 
-pub async fn protected_resource_root(State(app): State<AppState>) -> Response {
+/// GET /.well-known/oauth-protected-resource
+pub async fn protected_resource_root(State(app): State<OAuthState>) -> Response {
     cacheable_json(protected_resource_document(&app.settings.public_url, ""))
 }
 
-pub async fn protected_resource_mcp(State(app): State<AppState>) -> Response {
+/// GET /.well-known/oauth-protected-resource/mcp
+pub async fn protected_resource_mcp(State(app): State<OAuthState>) -> Response {
     cacheable_json(protected_resource_document(
         &app.settings.public_url,
         "/mcp",
     ))
 }
 
-pub async fn protected_resource_sse(State(app): State<AppState>) -> Response {
+/// GET /.well-known/oauth-protected-resource/sse
+pub async fn protected_resource_sse(State(app): State<OAuthState>) -> Response {
     cacheable_json(protected_resource_document(
         &app.settings.public_url,
         "/sse",

@@ -7,7 +7,10 @@ pub mod metadata;
 pub mod pages;
 pub mod redirect_uri;
 pub mod register;
+pub mod state;
 pub mod token;
+
+pub use state::{OAuthInner, OAuthSettings, OAuthState};
 
 use std::collections::HashMap;
 
@@ -20,6 +23,7 @@ pub const RESOURCE_PATHS: [&str; 2] = ["/mcp", "/sse"];
 #[derive(Debug, Default)]
 pub struct Params {
     values: HashMap<String, String>,
+    /// Names that appeared more than once, in order of first repetition.
     pub duplicated: Vec<String>,
 }
 
@@ -50,6 +54,7 @@ impl Params {
             .filter(|v| !v.is_empty())
     }
 
+    /// Whether `name` appeared more than once.
     pub fn is_duplicated(&self, name: &str) -> bool {
         self.duplicated.iter().any(|d| d == name)
     }

@@ -11,9 +11,8 @@ use serde_json::json;
 use crate::error::OAuthError;
 use crate::grants::{CodeRedemption, GrantError, IssuedTokens, PreparedRefresh};
 use crate::now_unix;
-use crate::oauth::authorize::login_allowed;
-use crate::oauth::{client_auth, validate_resource, Params};
-use crate::server::AppState;
+use crate::oauth::{client_auth, validate_resource, OAuthState, Params};
+use crate::policy::login::{login_allowed, Login, LoginRefused};
 use crate::store::GrantSecrets;
 use crate::upstream::RefreshError;
 
@@ -61,7 +60,7 @@ fn grant_error(e: GrantError) -> OAuthError {
 
 /// POST /token
 pub async fn token(
-    State(app): State<AppState>,
+    State(app): State<OAuthState>,
     headers: HeaderMap,
     body: Bytes,
 ) -> Result<Response, OAuthError> {
@@ -84,7 +83,7 @@ pub async fn token(
 }
 
 async fn token_inner(
-    app: AppState,
+    app: OAuthState,
     headers: HeaderMap,
     body: Bytes,
 ) -> Result<Response, OAuthError> {
@@ -169,11 +168,11 @@ async fn token_inner(
 /// closed: access ends with the tokens in hand). Returns the renewed secrets
 /// and whether the renewal lock is held.
 async fn renew_upstream(
-    app: &AppState,
+    app: &OAuthState,
     prepared: &PreparedRefresh,
 ) -> Result<(Option<GrantSecrets>, bool), OAuthError> {
     let upstream = &prepared.secrets.upstream;
-    let margin = app.settings.config.upstream.refresh_before.secs();
+    let margin = app.settings.refresh_before.as_secs() as i64;
     let now = now_unix();
     // Renew when the provider's token is about to expire, and in any case
     // before the provider's last confirmation of the person runs out
@@ -204,30 +203,36 @@ async fn renew_upstream(
         .refresh(upstream, &prepared.secrets.claims)
         .await
     {
-        Ok(identity) => match login_allowed(app, &prepared.grant.client_id, &identity.claims).await
-        {
-            Ok(Ok(())) => {
-                tracing::info!(grant_id, "provider tokens renewed");
-                Ok((
-                    Some(GrantSecrets {
-                        claims: identity.claims,
-                        upstream: identity.tokens,
-                    }),
-                    true,
-                ))
+        Ok(identity) => {
+            let login = Login {
+                client_id: &prepared.grant.client_id,
+                claims: &identity.claims,
+                issuer: app.upstream.issuer(),
+            };
+            match login_allowed(&app.policy, &app.records, &login).await {
+                Ok(()) => {
+                    tracing::info!(grant_id, "provider tokens renewed");
+                    Ok((
+                        Some(GrantSecrets {
+                            claims: identity.claims,
+                            upstream: identity.tokens,
+                        }),
+                        true,
+                    ))
+                }
+                Err(LoginRefused::Denied { reason, .. }) => {
+                    tracing::info!(grant_id, %reason, "login policy denied on renewal; grant revoked");
+                    Err(revoke_with(
+                        "the login policy no longer allows this sign-in; sign in again",
+                    )
+                    .await)
+                }
+                Err(LoginRefused::Store(e)) => {
+                    app.grants.unlock_renewal(grant_id).await;
+                    Err(OAuthError::from(e))
+                }
             }
-            Ok(Err((_, reason))) => {
-                tracing::info!(grant_id, %reason, "login policy denied on renewal; grant revoked");
-                Err(
-                    revoke_with("the login policy no longer allows this sign-in; sign in again")
-                        .await,
-                )
-            }
-            Err(e) => {
-                app.grants.unlock_renewal(grant_id).await;
-                Err(OAuthError::from(e))
-            }
-        },
+        }
         Err(RefreshError::Refused(message)) => {
             tracing::info!(grant_id, %message, "the provider refused to renew; grant revoked");
             Err(revoke_with("the identity provider ended this sign-in; sign in again").await)
@@ -266,7 +271,7 @@ fn no_store(mut response: Response) -> Response {
 
 /// POST /revoke (RFC 7009): 200 whether or not the token was known.
 pub async fn revoke(
-    State(app): State<AppState>,
+    State(app): State<OAuthState>,
     headers: HeaderMap,
     body: Bytes,
 ) -> Result<Response, OAuthError> {
@@ -280,7 +285,7 @@ pub async fn revoke(
 }
 
 async fn revoke_inner(
-    app: AppState,
+    app: OAuthState,
     headers: HeaderMap,
     body: Bytes,
 ) -> Result<Response, OAuthError> {

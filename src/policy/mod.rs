@@ -24,6 +24,7 @@ pub mod header_rules;
 pub mod helpers;
 pub mod jsonrpc;
 pub mod layer;
+pub mod login;
 mod reload;
 mod sandbox;
 mod script_api;

@@ -7,16 +7,18 @@ use std::sync::Arc;
 use tokio::net::TcpListener;
 use tokio::sync::watch;
 
+use axum::extract::FromRef;
+
 use crate::auth::TokenCache;
 use crate::config::Settings;
 use crate::crypto::Keys;
 use crate::grants::{Grants, Lifetimes};
 use crate::metrics::Metrics;
+use crate::oauth::{OAuthInner, OAuthSettings, OAuthState};
 use crate::policy::PolicyEngine;
 use crate::proxy::sessions::SessionBindings;
 use crate::proxy::{DownstreamTarget, ForwardContext};
-use crate::store::InstrumentedStore;
-use crate::store::{redis::RedisStore, sqlite::SqliteStore, Records, SharedStore};
+use crate::store::{InstrumentedStore, Records, SharedStore};
 use crate::upstream::Upstream;
 
 pub mod admin;
@@ -30,16 +32,36 @@ pub mod stack;
 #[derive(Clone)]
 pub struct AppState(Arc<AppInner>);
 
+/// The parts `AppState` shares.
 pub struct AppInner {
+    /// The validated configuration.
     pub settings: Settings,
+    /// Keys derived from `encryption_key`.
     pub keys: Keys,
+    /// The store, typed.
     pub records: Records,
+    /// Codes, tokens and their grants.
     pub grants: Grants,
-    pub upstream: Upstream,
+    /// The OpenID provider.
+    pub upstream: Arc<Upstream>,
+    /// The operator's policy.
     pub policy: Arc<PolicyEngine>,
+    /// Bearer tokens already validated.
     pub token_cache: Arc<TokenCache>,
+    /// What the forwarder needs.
     pub forward: Arc<ForwardContext>,
+    /// The Prometheus registry.
     pub metrics: Arc<Metrics>,
+    /// What the OAuth routes get (see `FromRef` below).
+    pub oauth: OAuthState,
+}
+
+/// The OAuth routes take their own state: the server knows the OAuth
+/// handlers, never the reverse.
+impl FromRef<AppState> for OAuthState {
+    fn from_ref(app: &AppState) -> OAuthState {
+        app.oauth.clone()
+    }
 }
 
 impl Deref for AppState {
@@ -49,24 +71,34 @@ impl Deref for AppState {
     }
 }
 
+/// Why the server could not start; each names the setting to look at.
 #[derive(Debug, thiserror::Error)]
 pub enum StartError {
+    /// The store could not be opened.
     #[error("store: {0}")]
     Store(#[from] crate::store::StoreError),
+    /// The provider's settings are unusable.
     #[error("upstream: {0}")]
     Upstream(#[from] crate::upstream::UpstreamError),
+    /// The downstream URL is unusable.
     #[error("downstream: {0}")]
     Downstream(String),
+    /// The policy did not compile.
     #[error("policy.path: {0}")]
     Policy(#[from] crate::policy::PolicyError),
+    /// A listener could not be bound.
     #[error("server.listen: cannot listen on {addr}: {source}")]
     Listen {
+        /// The address asked for.
         addr: String,
+        /// Why binding failed.
         source: std::io::Error,
     },
 }
 
 impl AppState {
+    /// Builds every shared part from the validated settings, on `store`
+    /// (timed into the metrics when `metrics.enabled`).
     pub fn new(settings: Settings, store: SharedStore) -> Result<Self, StartError> {
         let keys = Keys::new(settings.encryption_key);
         let metrics = Metrics::new(&settings.config.metrics.tools);
@@ -76,75 +108,23 @@ impl AppState {
             store
         };
         let records = Records::new(store);
-        let tokens = &settings.config.tokens;
         let grants = Grants::new(
             records.clone(),
             keys.clone(),
-            Lifetimes {
-                access: tokens.access_ttl.0,
-                refresh: tokens.refresh_ttl.0,
-                code: tokens.code_ttl.0,
-                max_grant_age: tokens.max_grant_age.0,
-                revalidate_after: settings
-                    .config
-                    .upstream
-                    .revalidate_after
-                    .unwrap_or(tokens.access_ttl)
-                    .0,
-            },
+            Lifetimes::from_settings(&settings),
         );
-        let upstream = Upstream::new(&settings, metrics.clone())?;
-        let config = &settings.config;
-        let policy = Arc::new(
-            PolicyEngine::new(
-                config.policy.path.as_deref(),
-                &config.policy.identity_headers,
-            )?
-            .with_metrics(metrics.clone())
-            .with_max_header_bytes(config.policy.max_header_bytes),
-        );
-        let token_cache = TokenCache::new(
-            grants.clone(),
-            config.auth.cache_capacity,
-            config.auth.cache_ttl.0,
-            config.auth.negative_cache_ttl.0,
-            config.auth.stream_recheck_interval.0,
-            metrics.clone(),
-        );
-        if let Some(url) = &config.store.redis_url {
-            // Several replicas: hear each other's revocations.
-            crate::auth::revocations::spawn(
-                crate::store::redis::client(url.expose())?,
-                &config.store.redis_prefix,
-                &grants,
-                token_cache.clone(),
-            );
-        }
-        let public = url::Url::parse(&settings.public_url).map_err(|e| StartError::Listen {
-            addr: settings.public_url.clone(),
-            source: std::io::Error::other(e),
-        })?;
-        let forward = Arc::new(ForwardContext {
-            client: crate::proxy::http_client(config.downstream.connect_timeout.0),
-            sessions: Arc::new(SessionBindings::new(records.clone())),
-            public_host: match public.port() {
-                Some(port) => format!("{}:{port}", public.host_str().unwrap_or_default()),
-                None => public.host_str().unwrap_or_default().to_string(),
-            },
-            public_proto: public.scheme().to_string(),
-            downstream: DownstreamTarget::new(&settings.downstream_url)
-                .map_err(StartError::Downstream)?,
-            downstream_sse: settings
-                .downstream_sse_url
-                .as_ref()
-                .map(DownstreamTarget::new)
-                .transpose()
-                .map_err(StartError::Downstream)?,
-            response_timeout: config.downstream.response_timeout.0,
-            sse_idle_timeout: config.downstream.sse_idle_timeout.0,
-            pass_cookies: config.downstream.pass_cookies.clone(),
-            trusted_proxies: settings.trusted_proxies.clone(),
-            metrics: config.metrics.enabled.then(|| metrics.clone()),
+        let upstream = Arc::new(Upstream::new(&settings, metrics.clone())?);
+        let policy = policy_engine(&settings, &metrics)?;
+        let token_cache = token_cache(&settings, &grants, &metrics)?;
+        let forward = Arc::new(forward_context(&settings, &records, &metrics)?);
+        let oauth = OAuthState::new(OAuthInner {
+            settings: OAuthSettings::from_settings(&settings),
+            keys: keys.clone(),
+            records: records.clone(),
+            grants: grants.clone(),
+            upstream: upstream.clone(),
+            policy: policy.clone(),
+            metrics: metrics.clone(),
         });
         Ok(AppState(Arc::new(AppInner {
             settings,
@@ -156,25 +136,100 @@ impl AppState {
             token_cache,
             forward,
             metrics,
+            oauth,
         })))
     }
 
     /// Opens the store the configuration names: Redis when
     /// `store.redis_url` is set, else the SQLite file.
     pub fn open_store(settings: &Settings) -> Result<SharedStore, StartError> {
-        let store = &settings.config.store;
-        Ok(match &store.redis_url {
-            Some(url) => Arc::new(RedisStore::open(url.expose(), &store.redis_prefix)?),
-            None => Arc::new(SqliteStore::open(&store.path)?),
-        })
+        Ok(crate::store::open(&settings.config.store)?)
     }
+}
+
+/// The operator's policy (`policy.path`), compiled.
+fn policy_engine(
+    settings: &Settings,
+    metrics: &Arc<Metrics>,
+) -> Result<Arc<PolicyEngine>, StartError> {
+    let config = &settings.config.policy;
+    Ok(Arc::new(
+        PolicyEngine::new(config.path.as_deref(), &config.identity_headers)?
+            .with_metrics(metrics.clone())
+            .with_max_header_bytes(config.max_header_bytes),
+    ))
+}
+
+/// The bearer token cache; with Redis, it also hears the other replicas'
+/// revocations.
+fn token_cache(
+    settings: &Settings,
+    grants: &Grants,
+    metrics: &Arc<Metrics>,
+) -> Result<Arc<TokenCache>, StartError> {
+    let config = &settings.config;
+    let token_cache = TokenCache::new(
+        grants.clone(),
+        config.auth.cache_capacity,
+        config.auth.cache_ttl.0,
+        config.auth.negative_cache_ttl.0,
+        config.auth.stream_recheck_interval.0,
+        metrics.clone(),
+    );
+    if let Some(url) = &config.store.redis_url {
+        // Several replicas: hear each other's revocations.
+        crate::auth::revocations::spawn(
+            crate::store::redis::client(url.expose())?,
+            &config.store.redis_prefix,
+            grants,
+            token_cache.clone(),
+        );
+    }
+    Ok(token_cache)
+}
+
+/// Where and how MCP requests are forwarded.
+fn forward_context(
+    settings: &Settings,
+    records: &Records,
+    metrics: &Arc<Metrics>,
+) -> Result<ForwardContext, StartError> {
+    let config = &settings.config;
+    let public = url::Url::parse(&settings.public_url).map_err(|e| StartError::Listen {
+        addr: settings.public_url.clone(),
+        source: std::io::Error::other(e),
+    })?;
+    Ok(ForwardContext {
+        client: crate::proxy::http_client(config.downstream.connect_timeout.0),
+        sessions: Arc::new(SessionBindings::new(records.clone())),
+        public_host: match public.port() {
+            Some(port) => format!("{}:{port}", public.host_str().unwrap_or_default()),
+            None => public.host_str().unwrap_or_default().to_string(),
+        },
+        public_proto: public.scheme().to_string(),
+        downstream: DownstreamTarget::new(&settings.downstream_url)
+            .map_err(StartError::Downstream)?,
+        downstream_sse: settings
+            .downstream_sse_url
+            .as_ref()
+            .map(DownstreamTarget::new)
+            .transpose()
+            .map_err(StartError::Downstream)?,
+        response_timeout: config.downstream.response_timeout.0,
+        sse_idle_timeout: config.downstream.sse_idle_timeout.0,
+        pass_cookies: config.downstream.pass_cookies.clone(),
+        trusted_proxies: settings.trusted_proxies.clone(),
+        metrics: config.metrics.enabled.then(|| metrics.clone()),
+    })
 }
 
 /// A server started in the background (the CLI and the tests use it).
 pub struct Running {
+    /// The public listener's address.
     pub addr: SocketAddr,
     /// The admin listener, when `server.admin_listen` is set.
     pub admin_addr: Option<SocketAddr>,
+    /// The state the server runs with.
     pub app: AppState,
     shutdown: watch::Sender<bool>,
     task: tokio::task::JoinHandle<std::io::Result<()>>,

@@ -32,15 +32,10 @@ use crate::server::AppState;
 
 static REQUEST_ID: HeaderName = HeaderName::from_static("x-request-id");
 
-pub fn router(app: AppState) -> Router {
-    let limits = RateLimits::new(
-        &app.settings.config.limits,
-        app.settings
-            .config
-            .metrics
-            .enabled
-            .then(|| app.metrics.clone()),
-    );
+/// The authorization server's routes: client-facing JSON endpoints (with
+/// CORS) and browser-facing pages (without). Their handlers take
+/// `OAuthState`, drawn from `AppState` (see `server::AppState`).
+fn oauth_routes(limits: &RateLimits) -> Router<AppState> {
     // Per client address, first on each OAuth route: refused before a
     // body is read or the store is asked. Rescue renders the refusal in
     // the route's own form (OAuth JSON for clients, a page for people).
@@ -118,6 +113,20 @@ pub fn router(app: AppState) -> Router {
             get(authorize::callback).layer(page_limit(LimitGroup::Browser)),
         );
 
+    client_facing.merge(browser_facing)
+}
+
+/// The public listener's router: the OAuth routes, the MCP routes, and
+/// the layers every request passes.
+pub fn router(app: AppState) -> Router {
+    let limits = RateLimits::new(
+        &app.settings.config.limits,
+        app.settings
+            .config
+            .metrics
+            .enabled
+            .then(|| app.metrics.clone()),
+    );
     let mcp_facing = Router::new()
         .route_service("/mcp", mcp_stack(&app, &limits, "/mcp", Route::Mcp))
         .route_service("/sse", mcp_stack(&app, &limits, "/sse", Route::SseStream))
@@ -135,8 +144,7 @@ pub fn router(app: AppState) -> Router {
         .then(|| RecordHttpLayer::new(app.metrics.clone()));
     let trusted_proxies = app.settings.trusted_proxies.clone();
     Router::new()
-        .merge(client_facing)
-        .merge(browser_facing)
+        .merge(oauth_routes(&limits))
         .with_state(app)
         .merge(mcp_facing)
         // Who is calling, honouring `server.trusted_proxies`: resolved once,

@@ -139,6 +139,17 @@ pub trait Store: Send + Sync + 'static {
 
 pub type SharedStore = Arc<dyn Store>;
 
+/// Opens the store `[store]` names: Redis when `store.redis_url` is set,
+/// else the SQLite file at `store.path` (created when missing). The proxy
+/// and the administration commands both open it here, so they always agree
+/// on which store that is.
+pub fn open(config: &crate::config::StoreConfig) -> StoreResult<SharedStore> {
+    Ok(match &config.redis_url {
+        Some(url) => Arc::new(redis::RedisStore::open(url.expose(), &config.redis_prefix)?),
+        None => Arc::new(sqlite::SqliteStore::open(&config.path)?),
+    })
+}
+
 /// Removes expired records every `interval` until the process ends.
 pub fn spawn_purge(store: SharedStore, interval: Duration) -> tokio::task::JoinHandle<()> {
     tokio::spawn(async move {

@@ -1,0 +1,82 @@
+//! What the OAuth routes work with, and nothing more: the server builds one
+//! `OAuthState` at start and hands it to these routes as an axum substate,
+//! so the authorization server depends on the modules below it, never on
+//! the server that composes it.
+
+use std::ops::Deref;
+use std::sync::Arc;
+use std::time::Duration;
+
+use crate::config::{RegistrationConfig, Settings};
+use crate::crypto::Keys;
+use crate::grants::Grants;
+use crate::metrics::Metrics;
+use crate::policy::PolicyEngine;
+use crate::store::Records;
+use crate::upstream::Upstream;
+
+/// The OAuth handlers' state, cheap to clone.
+#[derive(Clone)]
+pub struct OAuthState(Arc<OAuthInner>);
+
+/// The parts of the application the OAuth handlers use.
+pub struct OAuthInner {
+    /// The settings they read.
+    pub settings: OAuthSettings,
+    /// Cookie, CSRF and pending-authorization keys.
+    pub keys: Keys,
+    /// Clients, consents and pending authorizations.
+    pub records: Records,
+    /// Codes, tokens and their grants.
+    pub grants: Grants,
+    /// The OpenID provider people sign in with.
+    pub upstream: Arc<Upstream>,
+    /// The operator's policy, for its `login()` decision.
+    pub policy: Arc<PolicyEngine>,
+    /// Counters of authorizations, consents, callbacks, tokens and
+    /// registrations.
+    pub metrics: Arc<Metrics>,
+}
+
+/// The settings the OAuth handlers read, taken from `Settings` once.
+#[derive(Debug, Clone)]
+pub struct OAuthSettings {
+    /// `server.public_url` without a trailing slash: the issuer.
+    pub public_url: String,
+    /// Cookies carry `__Host-` and `Secure` (see `Settings::secure_cookies`).
+    pub secure_cookies: bool,
+    /// `consent.remember`: how long an approval, and the browser cookie,
+    /// last.
+    pub consent_remember: Duration,
+    /// `[registration]`: dynamic registration and metadata documents.
+    pub registration: RegistrationConfig,
+    /// `upstream.refresh_before`: how early the provider's tokens are renewed.
+    pub refresh_before: Duration,
+}
+
+impl OAuthSettings {
+    /// The OAuth handlers' view of the validated settings.
+    pub fn from_settings(settings: &Settings) -> Self {
+        OAuthSettings {
+            public_url: settings.public_url.clone(),
+            secure_cookies: settings.secure_cookies,
+            consent_remember: settings.config.consent.remember.0,
+            registration: settings.config.registration.clone(),
+            refresh_before: settings.config.upstream.refresh_before.0,
+        }
+    }
+}
+
+impl OAuthState {
+    /// Wraps the handlers' parts for sharing across requests.
+    pub fn new(inner: OAuthInner) -> Self {
+        OAuthState(Arc::new(inner))
+    }
+}
+
+impl Deref for OAuthState {
+    type Target = OAuthInner;
+    fn deref(&self) -> &OAuthInner {
+        &self.0
+    }
+}
