@@ -1,21 +1,133 @@
-//! Streaming helpers: an idle timeout for event streams (never a total one),
-//! an end when the stream's session ends, and the legacy HTTP+SSE
-//! `endpoint` event rewritten to a same-origin proxy URL.
+//! What an event-stream answer gets on its way to the client: nothing on
+//! the way may buffer it, an idle timeout (never a total one), its metrics,
+//! the legacy HTTP+SSE `endpoint` event rewritten to a same-origin proxy
+//! URL, and an end when the stream's session ends. Reading the events
+//! themselves is `event_stream`'s.
 
 use std::future::Future;
 use std::pin::Pin;
+use std::sync::Arc;
 use std::task::{Context, Poll};
 use std::time::Duration;
 
 use axum::body::{Body, Bytes};
+use axum::http::{header, HeaderMap, HeaderValue, Uri};
 use futures_util::future::BoxFuture;
+use futures_util::StreamExt;
 use http_body::{Body as HttpBody, Frame, SizeHint};
 use tokio::time::{Instant, Sleep};
+use url::Url;
 
+use super::sessions::{Binding, SessionBindings, LEGACY_KIND};
+use super::LEGACY_MESSAGE_PATH;
 use crate::event_stream::{parse_event, EventSplitter, EventTooLarge};
+use crate::metrics::Metrics;
 use crate::session::SessionEnd;
 
 type BoxError = Box<dyn std::error::Error + Send + Sync>;
+
+/// Whether an answer is an event stream.
+pub(crate) fn is_event_stream(headers: &HeaderMap) -> bool {
+    headers
+        .get(header::CONTENT_TYPE)
+        .and_then(|v| v.to_str().ok())
+        .is_some_and(|ct| ct.starts_with("text/event-stream"))
+}
+
+/// What decorating one event stream needs to know.
+pub(crate) struct Decoration {
+    /// `downstream.sse_idle_timeout`.
+    pub idle_timeout: Duration,
+    /// The open-stream gauge and event counter, when metrics are on.
+    pub metrics: Option<Arc<Metrics>>,
+    /// The route, as a metric label.
+    pub route_label: &'static str,
+    /// A successful legacy `/sse` stream: its `endpoint` event is rewritten.
+    pub legacy: Option<LegacyStream>,
+    /// Resolves when the caller's session ends.
+    pub session_end: Option<BoxFuture<'static, SessionEnd>>,
+}
+
+/// A legacy HTTP+SSE stream whose `endpoint` event the proxy rewrites.
+pub(crate) struct LegacyStream {
+    /// Where the caller's legacy session is remembered.
+    pub bindings: Arc<SessionBindings>,
+    /// The downstream URL the stream came from: a relative endpoint is
+    /// resolved against it.
+    pub stream_url: Uri,
+    /// The caller, the only user who may post to the endpoint.
+    pub sub: String,
+}
+
+/// An event-stream answer, decorated: `headers` are the answer's (they
+/// gain the no-buffering ones), `body` the downstream's.
+pub(crate) fn decorate(headers: &mut HeaderMap, body: Body, decoration: Decoration) -> Body {
+    // Proxies and browsers must not buffer or transform the stream.
+    headers.insert(
+        header::CACHE_CONTROL,
+        HeaderValue::from_static("no-cache, no-transform"),
+    );
+    headers.insert("x-accel-buffering", HeaderValue::from_static("no"));
+    let timed = Body::new(IdleTimeout::new(body, decoration.idle_timeout));
+    let timed = match decoration.metrics {
+        Some(metrics) => Body::new(Counted::new(timed, metrics, decoration.route_label)),
+        None => timed,
+    };
+    let stream = match decoration.legacy {
+        Some(legacy) => rewrite_endpoint(timed, legacy),
+        None => timed,
+    };
+    // A stream never outlives its token (invariant 11).
+    match decoration.session_end {
+        Some(end) => Body::new(EndsWithSession::new(stream, end)),
+        None => stream,
+    }
+}
+
+/// Rewrites the legacy `endpoint` event to the proxy's message endpoint and
+/// remembers where (and for whom) the downstream wants the messages.
+fn rewrite_endpoint(body: Body, legacy: LegacyStream) -> Body {
+    let LegacyStream {
+        bindings,
+        stream_url,
+        sub,
+    } = legacy;
+    let base = Url::parse(&stream_url.to_string()).ok();
+    let mut rewriter = EndpointRewriter::default();
+    let stream = body.into_data_stream().then(move |chunk| {
+        let bindings = bindings.clone();
+        let base = base.clone();
+        let sub = sub.clone();
+        let step = chunk.and_then(|bytes| rewriter.feed(&bytes).map_err(axum::Error::new));
+        async move {
+            let step = step?;
+            let mut out = step.before;
+            if let Some(data) = step.endpoint {
+                let endpoint = base
+                    .as_ref()
+                    .and_then(|b| b.join(&data).ok())
+                    .map(|u| u.to_string())
+                    .unwrap_or(data);
+                let sid = crate::crypto::random_token();
+                bindings
+                    .bind(
+                        LEGACY_KIND,
+                        &sid,
+                        Binding {
+                            sub,
+                            endpoint: Some(endpoint),
+                        },
+                    )
+                    .await
+                    .map_err(axum::Error::new)?;
+                out.extend(endpoint_event(&format!("{LEGACY_MESSAGE_PATH}?sid={sid}")));
+                out.extend(step.after);
+            }
+            Ok::<Bytes, axum::Error>(Bytes::from(out))
+        }
+    });
+    Body::from_stream(stream)
+}
 
 /// A body that ends with an error when no frame arrives for `idle`.
 pub struct IdleTimeout {
@@ -25,6 +137,7 @@ pub struct IdleTimeout {
 }
 
 impl IdleTimeout {
+    /// `inner`, ended with an error after `idle` without a frame.
     pub fn new(inner: Body, idle: Duration) -> Self {
         IdleTimeout {
             inner,
@@ -34,6 +147,7 @@ impl IdleTimeout {
     }
 }
 
+/// Why an idle stream ended.
 #[derive(Debug, thiserror::Error)]
 #[error("the downstream stream was idle for {0:?}")]
 pub struct IdleTimeoutError(Duration);
@@ -82,6 +196,7 @@ pub struct EndsWithSession {
 }
 
 impl EndsWithSession {
+    /// `inner`, ended when `end` resolves.
     pub fn new(inner: Body, end: BoxFuture<'static, SessionEnd>) -> Self {
         EndsWithSession {
             inner: Some(inner),
@@ -136,12 +251,16 @@ pub struct EndpointRewriter {
 
 /// One step of the rewriter: bytes to send now, and the endpoint found.
 pub struct Rewritten {
+    /// Complete events before the endpoint event, unchanged.
     pub before: Vec<u8>,
+    /// The endpoint event's data, once found.
     pub endpoint: Option<String>,
+    /// What followed the endpoint event in the same chunk.
     pub after: Vec<u8>,
 }
 
 impl EndpointRewriter {
+    /// Whether the endpoint event has been found.
     pub fn is_done(&self) -> bool {
         self.done
     }
@@ -192,16 +311,13 @@ pub fn endpoint_event(url: &str) -> Vec<u8> {
 /// downstream ends it) and the events it carries.
 pub struct Counted {
     inner: Body,
-    metrics: std::sync::Arc<crate::metrics::Metrics>,
+    metrics: Arc<Metrics>,
     route: &'static str,
 }
 
 impl Counted {
-    pub fn new(
-        inner: Body,
-        metrics: std::sync::Arc<crate::metrics::Metrics>,
-        route: &'static str,
-    ) -> Self {
+    /// `inner`, counted under the `route` label.
+    pub fn new(inner: Body, metrics: Arc<Metrics>, route: &'static str) -> Self {
         metrics.sse_streams_open.with_label_values(&[route]).inc();
         Counted {
             inner,
@@ -256,95 +372,4 @@ impl HttpBody for Counted {
 }
 
 #[cfg(test)]
-mod tests {
-    use super::*;
-    use crate::event_stream::MAX_EVENT_BYTES;
-
-    #[test]
-    fn endpoint_event_is_found_across_chunks() {
-        let mut r = EndpointRewriter::default();
-        let a = r.feed(b": comment\n\nevent: endpo").unwrap();
-        assert_eq!(a.before, b": comment\n\n");
-        assert!(a.endpoint.is_none());
-        let b = r
-            .feed(b"int\r\ndata: /messages?sessionId=abc\r\n\r\nevent: message\ndata: {}\n\n")
-            .unwrap();
-        assert_eq!(b.endpoint.as_deref(), Some("/messages?sessionId=abc"));
-        assert_eq!(b.after, b"event: message\ndata: {}\n\n");
-        assert!(r.is_done());
-        let c = r.feed(b"data: x\n\n").unwrap();
-        assert_eq!(c.before, b"data: x\n\n");
-    }
-
-    #[test]
-    fn invariant_9_an_unfinished_event_is_bounded() {
-        let mut splitter = EventSplitter::with_limit(1024);
-        assert!(splitter.feed(&[b'a'; 1000]).is_ok());
-        assert!(splitter.feed(&[b'a'; 100]).is_err());
-        let mut rewriter = EndpointRewriter::default();
-        let huge = vec![b'x'; MAX_EVENT_BYTES + 1];
-        assert!(rewriter.feed(&huge).is_err());
-    }
-
-    #[tokio::test(start_paused = true)]
-    async fn idle_streams_end_with_an_error() {
-        use http_body_util::BodyExt;
-        let (_tx, rx) =
-            tokio::sync::mpsc::channel::<Result<Frame<Bytes>, std::convert::Infallible>>(1);
-        let body = Body::new(http_body_util::StreamBody::new(tokio_stream_from(rx)));
-        let mut idle = IdleTimeout::new(body, Duration::from_secs(5));
-        let frame = idle.frame().await.unwrap();
-        assert!(frame.is_err());
-    }
-
-    /// Drops with the body it sits in.
-    struct DropFlag(std::sync::Arc<std::sync::atomic::AtomicBool>);
-    impl Drop for DropFlag {
-        fn drop(&mut self) {
-            self.0.store(true, std::sync::atomic::Ordering::SeqCst);
-        }
-    }
-
-    #[tokio::test]
-    async fn invariant_11_a_stream_ends_cleanly_and_drops_the_downstream_when_its_session_ends() {
-        use http_body_util::BodyExt;
-        let dropped = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
-        let flag = DropFlag(dropped.clone());
-        let (tx, rx) =
-            tokio::sync::mpsc::channel::<Result<Frame<Bytes>, std::convert::Infallible>>(4);
-        let downstream = futures_util::StreamExt::map(tokio_stream_from(rx), move |frame| {
-            let _held = &flag;
-            frame
-        });
-        let (end_tx, end_rx) = tokio::sync::oneshot::channel::<()>();
-        let end = Box::pin(async move {
-            let _ = end_rx.await;
-            SessionEnd::Revoked
-        });
-        let mut body =
-            EndsWithSession::new(Body::new(http_body_util::StreamBody::new(downstream)), end);
-        tx.send(Ok(Frame::data(Bytes::from_static(b"data: 1\n\n"))))
-            .await
-            .unwrap();
-        let first = body.frame().await.unwrap().unwrap();
-        assert_eq!(first.into_data().unwrap(), "data: 1\n\n");
-        end_tx.send(()).unwrap();
-        // Frames still queued downstream are not delivered after the end.
-        tx.send(Ok(Frame::data(Bytes::from_static(b"data: 2\n\n"))))
-            .await
-            .unwrap();
-        assert!(
-            body.frame().await.is_none(),
-            "the stream ends without an error"
-        );
-        assert!(body.is_end_stream());
-        assert!(dropped.load(std::sync::atomic::Ordering::SeqCst));
-        assert!(tx.is_closed(), "the downstream body was dropped");
-    }
-
-    fn tokio_stream_from<T: Send + 'static>(
-        mut rx: tokio::sync::mpsc::Receiver<T>,
-    ) -> impl futures_util::Stream<Item = T> + Send {
-        futures_util::stream::poll_fn(move |cx| rx.poll_recv(cx))
-    }
-}
+mod tests;
