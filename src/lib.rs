@@ -10,6 +10,7 @@ pub mod client_address;
 pub mod config;
 pub mod crypto;
 pub mod error;
+pub mod event_stream;
 pub mod grants;
 pub mod metrics;
 pub mod net;

@@ -18,12 +18,12 @@ use tower::{Layer, Service};
 use super::layer::{decide, script_user, McpCall, RequestView};
 use super::{CompiledPolicy, Decision, PolicyEngine};
 use crate::error::ProxyError;
-use crate::proxy::sse::{parse_event, render_event, EventSplitter};
+use crate::event_stream::{parse_event, render_event, EventSplitter};
 use crate::session::Session;
 
 /// The largest list answer filtered in one piece (JSON answers are read
 /// whole to filter them; an event stream's events are bounded alike).
-const MAX_LIST_BYTES: usize = crate::proxy::sse::MAX_EVENT_BYTES;
+const MAX_LIST_BYTES: usize = crate::event_stream::MAX_EVENT_BYTES;
 /// The most items one list answer may carry: each costs a policy run. A
 /// longer list (MCP pages lists with `nextCursor`) is refused, never passed
 /// unfiltered.

@@ -1,18 +1,22 @@
 //! Forwarder: the last service of the MCP stack. It streams the request to
 //! the downstream MCP server over a pooled hyper client and streams the
-//! answer back, event by event.
+//! answer back, event by event. Around it: `headers` (what crosses, both
+//! ways), `sessions` (who owns a session; the layer right above the
+//! forwarder), `sse` (what an event-stream answer gets), `origin` and
+//! `unambiguous` (checks higher up the stack).
 
 use std::future::Future;
 use std::net::SocketAddr;
 use std::pin::Pin;
 use std::sync::Arc;
 use std::task::{Context, Poll};
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
-use axum::body::{Body, Bytes};
+use axum::body::Body;
 use axum::extract::ConnectInfo;
-use axum::http::{header, HeaderValue, Method, Request, Response, Uri};
-use futures_util::StreamExt;
+use axum::http::response::Parts;
+use axum::http::{Method, Request, Response, StatusCode, Uri};
+use hyper::body::Incoming;
 use hyper_rustls::HttpsConnector;
 use hyper_util::client::legacy::connect::HttpConnector;
 use hyper_util::client::legacy::Client;
@@ -32,12 +36,12 @@ pub mod sessions;
 pub mod sse;
 pub mod unambiguous;
 
-use sessions::{Binding, SessionBindings, MCP_SESSION_ID};
-const SESSION_KIND: &str = "mcp";
-const LEGACY_KIND: &str = "sse";
+use sessions::{Binding, OwnedSession, SessionBindings, MCP_SESSION_ID, SESSION_KIND};
+
 /// The proxy's message endpoint for legacy SSE clients.
 pub const LEGACY_MESSAGE_PATH: &str = "/sse/message";
 
+/// The client the forwarder sends downstream requests with.
 pub type HttpClient = Client<HttpsConnector<HttpConnector>, Body>;
 
 /// A pooled client for http and https downstreams.
@@ -76,6 +80,7 @@ pub struct DownstreamTarget {
 }
 
 impl DownstreamTarget {
+    /// The endpoint at `url`; an error says why it cannot be a request URI.
     pub fn new(url: &Url) -> Result<Self, String> {
         let uri = url
             .as_str()
@@ -105,21 +110,33 @@ impl DownstreamTarget {
 
 /// Everything forwarders share.
 pub struct ForwardContext {
+    /// The pooled downstream client.
     pub client: HttpClient,
+    /// Which user each MCP session belongs to.
     pub sessions: Arc<SessionBindings>,
+    /// The proxy's public host, sent as `X-Forwarded-Host`.
     pub public_host: String,
+    /// The proxy's public scheme, sent as `X-Forwarded-Proto`.
     pub public_proto: String,
+    /// `downstream.url`: where `/mcp` goes.
     pub downstream: DownstreamTarget,
+    /// `downstream.sse_url`: where `/sse` goes, when legacy SSE is on.
     pub downstream_sse: Option<DownstreamTarget>,
+    /// `downstream.response_timeout`: until the downstream's answer starts.
     pub response_timeout: Duration,
+    /// `downstream.sse_idle_timeout`: the longest silence on an event stream.
     pub sse_idle_timeout: Duration,
     /// `downstream.pass_cookies`: the only cookies that cross, both ways.
     pub pass_cookies: Vec<String>,
     /// `server.trusted_proxies`: peers whose X-Forwarded-For is kept.
     pub trusted_proxies: TrustedProxies,
+    /// The downstream metrics, when metrics are on.
     pub metrics: Option<Arc<Metrics>>,
 }
 
+/// The last service of an MCP route: sends the request downstream and
+/// streams the answer back. The layers above have authenticated the caller,
+/// applied the policy, checked the methods and the session's owner.
 #[derive(Clone)]
 pub struct Forwarder {
     context: Arc<ForwardContext>,
@@ -138,6 +155,7 @@ impl Route {
 }
 
 impl Forwarder {
+    /// The forwarder of one route.
     pub fn new(context: Arc<ForwardContext>, route: Route) -> Self {
         Forwarder { context, route }
     }
@@ -159,96 +177,104 @@ impl Service<Request<Body>> for Forwarder {
     }
 }
 
+/// What the layers above established about the caller, read from the
+/// request's extensions. Each is required: a stack missing one of those
+/// layers fails closed.
+struct Caller {
+    session: Arc<Session>,
+    outcome: PolicyOutcome,
+    owned: OwnedSession,
+    watch: Option<SessionWatch>,
+}
+
+impl Caller {
+    fn of(request: &Request<Body>) -> Result<Caller, ProxyError> {
+        let extensions = request.extensions();
+        let session = extensions
+            .get::<Arc<Session>>()
+            .cloned()
+            .ok_or_else(|| ProxyError::Forbidden("no authenticated session".into()))?;
+        let outcome = extensions
+            .get::<PolicyOutcome>()
+            .cloned()
+            .ok_or_else(|| ProxyError::Forbidden("no policy decision".into()))?;
+        let owned = extensions
+            .get::<OwnedSession>()
+            .cloned()
+            .ok_or_else(|| ProxyError::Forbidden("no session ownership check".into()))?;
+        Ok(Caller {
+            session,
+            outcome,
+            owned,
+            watch: extensions.get::<SessionWatch>().cloned(),
+        })
+    }
+}
+
+/// One request, downstream and back.
 async fn forward(
     context: &ForwardContext,
     route: Route,
     request: Request<Body>,
 ) -> Result<Response<Body>, ProxyError> {
-    let allowed = match route {
-        Route::Mcp => matches!(
-            request.method(),
-            &Method::POST | &Method::GET | &Method::DELETE
-        ),
-        Route::SseStream => request.method() == Method::GET,
-        Route::SseMessage => request.method() == Method::POST,
-    };
-    if !allowed {
-        return Err(ProxyError::MethodNotAllowed);
+    let caller = Caller::of(&request)?;
+    let target = choose_target(context, route, &caller.owned, request.uri())?;
+    let is_delete = request.method() == Method::DELETE;
+    let outgoing = downstream_request(context, route, &caller.outcome, target.clone(), request)?;
+    let response = send(context, route, outgoing).await?;
+    let (mut parts, body) = response.into_parts();
+    parts.headers = headers::client_response_headers(&parts.headers, &context.pass_cookies);
+    if let OwnedSession::Mcp(presented) = &caller.owned {
+        let sub = &caller.session.sub;
+        follow_sessions(context, &parts, presented, sub, is_delete).await?;
     }
-    let session = request
-        .extensions()
-        .get::<Arc<Session>>()
-        .cloned()
-        .ok_or(ProxyError::Forbidden("no authenticated session".into()))?;
-    let outcome = request
-        .extensions()
-        .get::<PolicyOutcome>()
-        .cloned()
-        .ok_or(ProxyError::Forbidden("no policy decision".into()))?;
+    let body = if sse::is_event_stream(&parts.headers) {
+        let decoration = stream_decoration(context, route, parts.status, target, &caller);
+        sse::decorate(&mut parts.headers, Body::new(body), decoration)
+    } else {
+        Body::new(body)
+    };
+    Ok(Response::from_parts(parts, body))
+}
 
-    let presented_session = sessions::presented_session_id(request.headers())?.map(str::to_string);
-    let target = match route {
-        Route::Mcp => {
-            if let Some(id) = &presented_session {
-                let owner = context.sessions.get(SESSION_KIND, id).await?;
-                if owner.is_none_or(|b| b.sub != session.sub) {
-                    return Err(ProxyError::SessionNotFound);
-                }
-            }
-            context.downstream.for_request(request.uri())
-        }
-        Route::SseStream => {
+/// Where this request goes: the configured endpoint of its route, or for a
+/// legacy message the endpoint the downstream announced for its session.
+fn choose_target(
+    context: &ForwardContext,
+    route: Route,
+    owned: &OwnedSession,
+    client: &Uri,
+) -> Result<Uri, ProxyError> {
+    match (route, owned) {
+        (Route::Mcp, OwnedSession::Mcp(_)) => Ok(context.downstream.for_request(client)),
+        (Route::SseStream, OwnedSession::NewLegacyStream) => {
             let sse = context
                 .downstream_sse
                 .as_ref()
                 .ok_or(ProxyError::NotConfigured(
                     "legacy SSE is not enabled here (downstream.sse_url is not set)",
                 ))?;
-            sse.for_request(request.uri())
+            Ok(sse.for_request(client))
         }
-        Route::SseMessage => {
-            let sids: Vec<String> = request
-                .uri()
-                .query()
-                .map(|q| {
-                    url::form_urlencoded::parse(q.as_bytes())
-                        .filter(|(k, _)| k == "sid")
-                        .map(|(_, v)| v.into_owned())
-                        .collect()
-                })
-                .unwrap_or_default();
-            let sid = match <[String; 1]>::try_from(sids) {
-                Ok([sid]) => sid,
-                Err(sids) if sids.is_empty() => {
-                    return Err(ProxyError::BadRequest(
-                        "the message endpoint needs its sid".into(),
-                    ))
-                }
-                Err(_) => {
-                    return Err(ProxyError::BadRequest(
-                        "the message endpoint takes one sid".into(),
-                    ))
-                }
-            };
-            let binding = context.sessions.get(LEGACY_KIND, &sid).await?;
-            match binding {
-                Some(Binding {
-                    sub,
-                    endpoint: Some(endpoint),
-                }) if sub == session.sub => endpoint
-                    .parse::<Uri>()
-                    .map_err(|_| ProxyError::SessionNotFound)?,
-                _ => return Err(ProxyError::SessionNotFound),
-            }
-        }
-    };
+        (Route::SseMessage, OwnedSession::LegacyMessage(endpoint)) => Ok(endpoint.clone()),
+        // The ownership check ran for another route: a wiring mistake.
+        _ => Err(ProxyError::Forbidden("no session ownership check".into())),
+    }
+}
 
+/// The request the downstream receives: the client's method and body, the
+/// headers `headers.rs` lets through plus the policy's, HTTP/1.1.
+fn downstream_request(
+    context: &ForwardContext,
+    route: Route,
+    outcome: &PolicyOutcome,
+    target: Uri,
+    request: Request<Body>,
+) -> Result<Request<Body>, ProxyError> {
     let peer = request
         .extensions()
         .get::<ConnectInfo<SocketAddr>>()
         .map(|c| c.0.ip());
-    let is_delete = request.method() == Method::DELETE;
-    let session_watch = request.extensions().get::<SessionWatch>().cloned();
     let (parts, body) = request.into_parts();
     let mut headers = headers::downstream_request_headers(
         &parts.headers,
@@ -268,14 +294,23 @@ async fn forward(
         headers.remove(MCP_SESSION_ID);
     }
     let mut outgoing = Request::builder()
-        .method(parts.method.clone())
-        .uri(target.clone())
+        .method(parts.method)
+        .uri(target)
         .version(axum::http::Version::HTTP_11)
         .body(body)
         .map_err(|e| ProxyError::BadRequest(e.to_string()))?;
     *outgoing.headers_mut() = headers;
+    Ok(outgoing)
+}
 
-    let started = std::time::Instant::now();
+/// Sends the request, waiting `downstream.response_timeout` at most for the
+/// answer to start, and counts the outcome.
+async fn send(
+    context: &ForwardContext,
+    route: Route,
+    outgoing: Request<Body>,
+) -> Result<Response<Incoming>, ProxyError> {
+    let started = Instant::now();
     let response = match tokio::time::timeout(
         context.response_timeout,
         context.client.request(outgoing),
@@ -296,8 +331,8 @@ async fn forward(
             return Err(ProxyError::DownstreamTimeout(context.response_timeout));
         }
     };
-    let route_label = route.label();
     if let Some(m) = &context.metrics {
+        let route_label = route.label();
         m.downstream_requests
             .with_label_values(&[route_label, status_class(response.status().as_u16())])
             .inc();
@@ -305,123 +340,65 @@ async fn forward(
             .with_label_values(&[route_label])
             .observe(started.elapsed().as_secs_f64());
     }
-
-    let (mut parts, body) = response.into_parts();
-    parts.headers = headers::client_response_headers(&parts.headers, &context.pass_cookies);
-    if route == Route::Mcp {
-        // A session id the client could not send back unambiguously is the
-        // downstream's fault; nothing of it reaches the client.
-        sessions::created_session_id(&parts.headers)?;
-    }
-    if route == Route::Mcp && parts.status.is_success() {
-        if let Some(created) = sessions::created_session_id(&parts.headers)? {
-            if presented_session.as_deref() != Some(created) {
-                context
-                    .sessions
-                    .bind(
-                        SESSION_KIND,
-                        created,
-                        Binding {
-                            sub: session.sub.clone(),
-                            endpoint: None,
-                        },
-                    )
-                    .await?;
-            }
-        }
-        if is_delete {
-            if let Some(id) = &presented_session {
-                context.sessions.unbind(SESSION_KIND, id).await;
-            }
-        }
-    }
-    let is_event_stream = parts
-        .headers
-        .get(header::CONTENT_TYPE)
-        .and_then(|v| v.to_str().ok())
-        .is_some_and(|ct| ct.starts_with("text/event-stream"));
-    let body = Body::new(body);
-    let body = if is_event_stream {
-        // Proxies and browsers must not buffer or transform the stream.
-        parts.headers.insert(
-            header::CACHE_CONTROL,
-            HeaderValue::from_static("no-cache, no-transform"),
-        );
-        parts
-            .headers
-            .insert("x-accel-buffering", HeaderValue::from_static("no"));
-        let timed = Body::new(sse::IdleTimeout::new(body, context.sse_idle_timeout));
-        let timed = match &context.metrics {
-            Some(m) => Body::new(sse::Counted::new(timed, m.clone(), route_label)),
-            None => timed,
-        };
-        let stream = if route == Route::SseStream && parts.status.is_success() {
-            rewrite_endpoint(
-                context.sessions.clone(),
-                timed,
-                &target,
-                session.sub.clone(),
-            )
-        } else {
-            timed
-        };
-        // A stream never outlives its token (invariant 11).
-        match session_watch {
-            Some(watch) => Body::new(sse::EndsWithSession::new(
-                stream,
-                watch.until_end(session.clone()),
-            )),
-            None => stream,
-        }
-    } else {
-        body
-    };
-    Ok(Response::from_parts(parts, body))
+    Ok(response)
 }
 
-/// Rewrites the legacy `endpoint` event to the proxy's message endpoint and
-/// remembers where (and for whom) the downstream wants the messages.
-fn rewrite_endpoint(
-    bindings: Arc<SessionBindings>,
-    body: Body,
-    stream_url: &Uri,
-    sub: String,
-) -> Body {
-    let base = Url::parse(&stream_url.to_string()).ok();
-    let mut rewriter = sse::EndpointRewriter::default();
-    let stream = body.into_data_stream().then(move |chunk| {
-        let bindings = bindings.clone();
-        let base = base.clone();
-        let sub = sub.clone();
-        let step = chunk.and_then(|bytes| rewriter.feed(&bytes).map_err(axum::Error::new));
-        async move {
-            let step = step?;
-            let mut out = step.before;
-            if let Some(data) = step.endpoint {
-                let endpoint = base
-                    .as_ref()
-                    .and_then(|b| b.join(&data).ok())
-                    .map(|u| u.to_string())
-                    .unwrap_or(data);
-                let sid = crate::crypto::random_token();
-                bindings
-                    .bind(
-                        LEGACY_KIND,
-                        &sid,
-                        Binding {
-                            sub,
-                            endpoint: Some(endpoint),
-                        },
-                    )
-                    .await
-                    .map_err(axum::Error::new)?;
-                out.extend(sse::endpoint_event(&format!(
-                    "{LEGACY_MESSAGE_PATH}?sid={sid}"
-                )));
-                out.extend(step.after);
-            }
-            Ok::<Bytes, axum::Error>(Bytes::from(out))
+/// On /mcp, the answer's session id becomes the caller's when the
+/// downstream creates one, and a successful DELETE ends the presented one.
+async fn follow_sessions(
+    context: &ForwardContext,
+    answer: &Parts,
+    presented: &Option<String>,
+    sub: &str,
+    is_delete: bool,
+) -> Result<(), ProxyError> {
+    // A session id the client could not send back unambiguously is the
+    // downstream's fault; nothing of it reaches the client.
+    let created = sessions::created_session_id(&answer.headers)?;
+    if !answer.status.is_success() {
+        return Ok(());
+    }
+    if let Some(created) = created {
+        if presented.as_deref() != Some(created) {
+            let binding = Binding {
+                sub: sub.to_string(),
+                endpoint: None,
+            };
+            context
+                .sessions
+                .bind(SESSION_KIND, created, binding)
+                .await?;
         }
+    }
+    if is_delete {
+        if let Some(id) = presented {
+            context.sessions.unbind(SESSION_KIND, id).await;
+        }
+    }
+    Ok(())
+}
+
+/// What an event-stream answer on this route gets (see `sse`).
+fn stream_decoration(
+    context: &ForwardContext,
+    route: Route,
+    status: StatusCode,
+    target: Uri,
+    caller: &Caller,
+) -> sse::Decoration {
+    let legacy = (route == Route::SseStream && status.is_success()).then(|| sse::LegacyStream {
+        bindings: context.sessions.clone(),
+        stream_url: target,
+        sub: caller.session.sub.clone(),
     });
-    Body::from_stream(stream)
+    sse::Decoration {
+        idle_timeout: context.sse_idle_timeout,
+        metrics: context.metrics.clone(),
+        route_label: route.label(),
+        legacy,
+        session_end: caller
+            .watch
+            .as_ref()
+            .map(|watch| watch.until_end(caller.session.clone())),
+    }
 }

@@ -1,19 +1,30 @@
 //! Downstream MCP sessions belong to the user who created them: another user
 //! presenting the same `Mcp-Session-Id` gets 404 and nothing is forwarded.
 //! Bindings live in the store (so every replica knows them), with a short
-//! local cache in front.
+//! local cache in front. [`CheckSessionOwnership`] is the layer that holds
+//! a request to its caller's sessions.
 
+use std::sync::Arc;
 use std::time::Duration;
 
-use axum::http::HeaderMap;
+use axum::http::{HeaderMap, Request, Uri};
 use moka::future::Cache;
 use serde::{Deserialize, Serialize};
+use tower::Service;
 
+use super::Route;
+use crate::checkpoint::{Checkpoint, CheckpointLayer};
 use crate::crypto::token_hash;
 use crate::error::ProxyError;
+use crate::session::Session;
 use crate::store::{Namespace, Records};
 
+/// The header that carries a Streamable HTTP session id.
 pub const MCP_SESSION_ID: &str = "mcp-session-id";
+/// The binding kind of Streamable HTTP sessions (`Mcp-Session-Id`).
+pub(crate) const SESSION_KIND: &str = "mcp";
+/// The binding kind of legacy HTTP+SSE sessions (the proxy's `sid`).
+pub(crate) const LEGACY_KIND: &str = "sse";
 
 /// Why a set of `Mcp-Session-Id` values is not one session id.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
@@ -60,19 +71,23 @@ pub fn created_session_id(headers: &HeaderMap) -> Result<Option<&str>, ProxyErro
 const SESSION_TTL: Duration = Duration::from_secs(24 * 3600);
 const LOCAL_TTL: Duration = Duration::from_secs(300);
 
+/// Whose a session is, as stored.
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
 pub struct Binding {
+    /// The user who created the session.
     pub sub: String,
     /// For legacy SSE message endpoints: where the downstream wants posts.
     pub endpoint: Option<String>,
 }
 
+/// The session bindings of every replica (the store), behind a local cache.
 pub struct SessionBindings {
     records: Records,
     local: Cache<String, Binding>,
 }
 
 impl SessionBindings {
+    /// Bindings kept in `records`.
     pub fn new(records: Records) -> Self {
         SessionBindings {
             records,
@@ -87,6 +102,7 @@ impl SessionBindings {
         format!("{kind}:{}", token_hash(id))
     }
 
+    /// The binding of session `id` of `kind`, if any.
     pub async fn get(&self, kind: &str, id: &str) -> Result<Option<Binding>, ProxyError> {
         let key = Self::key(kind, id);
         if let Some(b) = self.local.get(&key).await {
@@ -103,6 +119,7 @@ impl SessionBindings {
         Ok(found)
     }
 
+    /// Records that session `id` of `kind` is `binding`'s.
     pub async fn bind(&self, kind: &str, id: &str, binding: Binding) -> Result<(), ProxyError> {
         let key = Self::key(kind, id);
         self.records
@@ -113,6 +130,8 @@ impl SessionBindings {
         Ok(())
     }
 
+    /// Forgets session `id` of `kind`; a store failure is logged, not
+    /// returned (the binding expires anyway).
     pub async fn unbind(&self, kind: &str, id: &str) {
         let key = Self::key(kind, id);
         self.local.invalidate(&key).await;
@@ -122,45 +141,117 @@ impl SessionBindings {
     }
 }
 
-#[cfg(test)]
-mod tests {
-    use super::*;
-    use axum::http::HeaderValue;
+/// What [`CheckSessionOwnership`] established for one request, put in its
+/// extensions for the forwarder. The forwarder refuses a request without
+/// it, so a stack that leaves the check out fails closed.
+#[derive(Debug, Clone, PartialEq)]
+pub enum OwnedSession {
+    /// `/mcp`: the `Mcp-Session-Id` presented, if any; it is the caller's.
+    Mcp(Option<String>),
+    /// `/sse`: a new legacy stream; its session is bound when the
+    /// downstream announces its message endpoint.
+    NewLegacyStream,
+    /// `/sse/message`: the caller's legacy session, and where the
+    /// downstream wants its messages.
+    LegacyMessage(Uri),
+}
 
-    fn with(values: &[&[u8]]) -> HeaderMap {
-        let mut h = HeaderMap::new();
-        for v in values {
-            h.append(MCP_SESSION_ID, HeaderValue::from_bytes(v).unwrap());
-        }
-        h
+/// A presented session must be the caller's: on `/mcp` an
+/// `Mcp-Session-Id` another user created (or one the proxy never saw) is
+/// 404, and on the legacy message endpoint so is a `sid` that is not the
+/// caller's. Nothing is forwarded then.
+#[derive(Clone)]
+pub struct CheckSessionOwnership {
+    bindings: Arc<SessionBindings>,
+    route: Route,
+}
+
+impl CheckSessionOwnership {
+    /// The layer for one MCP route.
+    pub fn layer(bindings: Arc<SessionBindings>, route: Route) -> CheckpointLayer<Self> {
+        CheckpointLayer::new(CheckSessionOwnership { bindings, route })
     }
 
-    #[test]
-    fn a_session_id_is_exactly_one_visible_ascii_value() {
-        assert_eq!(session_id(&HeaderMap::new()), Ok(None));
-        assert_eq!(session_id(&with(&[b"a-1_B~!"])), Ok(Some("a-1_B~!")));
-        assert_eq!(
-            session_id(&with(&[b"a", b"b"])),
-            Err(SessionIdError::Several)
-        );
-        assert_eq!(
-            session_id(&with(&[b"a", b"a"])),
-            Err(SessionIdError::Several)
-        );
-        for bad in [&b""[..], b"a b", b"a\tb", b"caf\xc3\xa9", b"\x80"] {
-            assert_eq!(
-                session_id(&with(&[bad])),
-                Err(SessionIdError::NotVisibleAscii),
-                "{bad:?}"
-            );
+    /// The `/mcp` session presented, if any, once it is known to be `sub`'s.
+    async fn mcp_session(
+        &self,
+        presented: Option<String>,
+        sub: &str,
+    ) -> Result<OwnedSession, ProxyError> {
+        if let Some(id) = &presented {
+            let owner = self.bindings.get(SESSION_KIND, id).await?;
+            if owner.is_none_or(|b| b.sub != sub) {
+                return Err(ProxyError::SessionNotFound);
+            }
         }
-        assert!(matches!(
-            presented_session_id(&with(&[b"a", b"b"])),
-            Err(ProxyError::BadRequest(_))
-        ));
-        assert!(matches!(
-            created_session_id(&with(&[b"a b"])),
-            Err(ProxyError::BadDownstreamAnswer(_))
-        ));
+        Ok(OwnedSession::Mcp(presented))
+    }
+
+    /// Where the downstream wants the messages of legacy session `sid`,
+    /// once it is known to be `sub`'s.
+    async fn legacy_endpoint(&self, sid: &str, sub: &str) -> Result<OwnedSession, ProxyError> {
+        match self.bindings.get(LEGACY_KIND, sid).await? {
+            Some(Binding {
+                sub: owner,
+                endpoint: Some(endpoint),
+            }) if owner == sub => endpoint
+                .parse::<Uri>()
+                .map(OwnedSession::LegacyMessage)
+                .map_err(|_| ProxyError::SessionNotFound),
+            _ => Err(ProxyError::SessionNotFound),
+        }
     }
 }
+
+/// The one `sid` of a legacy message endpoint's query.
+fn legacy_sid(uri: &Uri) -> Result<String, ProxyError> {
+    let sids: Vec<String> = uri
+        .query()
+        .map(|q| {
+            url::form_urlencoded::parse(q.as_bytes())
+                .filter(|(k, _)| k == "sid")
+                .map(|(_, v)| v.into_owned())
+                .collect()
+        })
+        .unwrap_or_default();
+    match <[String; 1]>::try_from(sids) {
+        Ok([sid]) => Ok(sid),
+        Err(sids) if sids.is_empty() => Err(ProxyError::BadRequest(
+            "the message endpoint needs its sid".into(),
+        )),
+        Err(_) => Err(ProxyError::BadRequest(
+            "the message endpoint takes one sid".into(),
+        )),
+    }
+}
+
+impl<S, B> Checkpoint<S, Request<B>> for CheckSessionOwnership
+where
+    B: Send + 'static,
+    S: Service<Request<B>> + Send + 'static,
+    S::Error: From<ProxyError>,
+    S::Future: Send,
+{
+    async fn run(self, mut inner: S, mut request: Request<B>) -> Result<S::Response, S::Error> {
+        let sub = request
+            .extensions()
+            .get::<Arc<Session>>()
+            .map(|session| session.sub.clone())
+            .ok_or_else(|| ProxyError::Forbidden("no authenticated session".into()))?;
+        // Malformed is refused on every route, though only /mcp checks it.
+        let presented = presented_session_id(request.headers())?.map(str::to_string);
+        let owned = match self.route {
+            Route::Mcp => self.mcp_session(presented, &sub).await?,
+            Route::SseStream => OwnedSession::NewLegacyStream,
+            Route::SseMessage => {
+                let sid = legacy_sid(request.uri())?;
+                self.legacy_endpoint(&sid, &sub).await?
+            }
+        };
+        request.extensions_mut().insert(owned);
+        inner.call(request).await
+    }
+}
+
+#[cfg(test)]
+mod tests;

@@ -6,7 +6,7 @@ use std::time::Duration;
 
 use axum::extract::DefaultBodyLimit;
 use axum::http::{header, HeaderName, Method, Request};
-use axum::routing::{get, post};
+use axum::routing::{get, post, MethodRouter};
 use axum::Router;
 use tower_http::cors::{Any, CorsLayer};
 use tower_http::request_id::{
@@ -24,6 +24,7 @@ use crate::oauth::{authorize, metadata, register, token};
 use crate::policy::filter::FilterListsLayer;
 use crate::policy::layer::EnforcePolicyLayer;
 use crate::proxy::origin::CheckOriginLayer;
+use crate::proxy::sessions::CheckSessionOwnership;
 use crate::proxy::unambiguous::UnambiguousHeadersLayer;
 use crate::proxy::{Forwarder, Route, LEGACY_MESSAGE_PATH};
 use crate::rate_limit::{by_address, by_client, by_user, RateLimits};
@@ -127,14 +128,7 @@ pub fn router(app: AppState) -> Router {
             .enabled
             .then(|| app.metrics.clone()),
     );
-    let mcp_facing = Router::new()
-        .route_service("/mcp", mcp_stack(&app, &limits, "/mcp", Route::Mcp))
-        .route_service("/sse", mcp_stack(&app, &limits, "/sse", Route::SseStream))
-        .route_service(
-            LEGACY_MESSAGE_PATH,
-            mcp_stack(&app, &limits, "/sse", Route::SseMessage),
-        )
-        .layer(mcp_cors(&app));
+    let mcp_facing = mcp_routes(&app, &limits);
 
     let record_http = app
         .settings
@@ -178,9 +172,21 @@ pub fn router(app: AppState) -> Router {
         .layer(SetRequestIdLayer::new(REQUEST_ID.clone(), SequentialRequestId::new()))
 }
 
+/// The MCP routes, each with its own stack, behind CORS for browser clients.
+fn mcp_routes(app: &AppState, limits: &RateLimits) -> Router {
+    Router::new()
+        .route_service("/mcp", mcp_stack(app, limits, "/mcp", Route::Mcp))
+        .route_service("/sse", mcp_stack(app, limits, "/sse", Route::SseStream))
+        .route_service(
+            LEGACY_MESSAGE_PATH,
+            mcp_stack(app, limits, "/sse", Route::SseMessage),
+        )
+        .layer(mcp_cors(app))
+}
+
 /// One MCP route, outermost first: audit ← rescue ← address limit ← origin
 /// ← authenticate ← user and client limits ← unambiguous headers ← policy
-/// ← list filter ← forwarder.
+/// ← list filter ← methods ← session ownership ← forwarder.
 fn mcp_stack(
     app: &AppState,
     limits: &RateLimits,
@@ -244,7 +250,54 @@ fn mcp_stack(
             app.policy.clone(),
             app.upstream.issuer(),
         ))
-        .service(Forwarder::new(app.forward.clone(), route))
+        // Which methods the route serves; any other is refused here.
+        .service(mcp_methods(
+            route,
+            tower::ServiceBuilder::new()
+                // A presented `Mcp-Session-Id` must belong to the caller on
+                // /mcp, and the legacy `sid` must be the caller's on
+                // /sse/message; otherwise 404 and nothing is forwarded.
+                .layer(CheckSessionOwnership::layer(
+                    app.forward.sessions.clone(),
+                    route,
+                ))
+                .service(Forwarder::new(app.forward.clone(), route)),
+        ))
+}
+
+/// The methods each MCP route serves: POST, GET and DELETE on /mcp, GET on
+/// /sse, POST on the message endpoint. Any other, HEAD included, is
+/// `ProxyError::MethodNotAllowed`, which Rescue renders as 405 with `Allow`
+/// and a JSON-RPC error. It sits innermost so that a request without a
+/// valid token, or one the policy refuses, is answered as such whatever its
+/// method, and a refused method is audited like any other answer.
+fn mcp_methods<S>(route: Route, forward: S) -> MethodRouter<(), ProxyError>
+where
+    S: tower::Service<
+            Request<axum::body::Body>,
+            Response = axum::http::Response<axum::body::Body>,
+            Error = ProxyError,
+        > + Clone
+        + Send
+        + Sync
+        + 'static,
+    S::Future: Send + 'static,
+{
+    let refuse = tower::service_fn(|_: Request<axum::body::Body>| async {
+        Err::<axum::http::Response<axum::body::Body>, _>(ProxyError::MethodNotAllowed)
+    });
+    // HEAD is refused too: axum would otherwise answer it with the GET route.
+    let methods = MethodRouter::new()
+        .head_service(refuse)
+        .fallback_service(refuse);
+    match route {
+        Route::Mcp => methods
+            .post_service(forward.clone())
+            .get_service(forward.clone())
+            .delete_service(forward),
+        Route::SseStream => methods.get_service(forward),
+        Route::SseMessage => methods.post_service(forward),
+    }
 }
 
 /// Browser-based MCP clients on allowed origins may call the MCP routes.
@@ -299,5 +352,52 @@ impl MakeRequestId for SequentialRequestId {
         axum::http::HeaderValue::from_str(&format!("{}-{n}", self.prefix))
             .ok()
             .map(RequestId::new)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use axum::body::Body;
+    use axum::http::Response;
+    use tower::ServiceExt;
+
+    #[tokio::test]
+    async fn each_mcp_route_serves_its_methods_and_refuses_the_rest_with_405() {
+        let forward = tower::service_fn(|_: Request<Body>| async {
+            Ok::<_, ProxyError>(Response::new(Body::from("forwarded")))
+        });
+        let all = [
+            Method::GET,
+            Method::HEAD,
+            Method::POST,
+            Method::PUT,
+            Method::PATCH,
+            Method::DELETE,
+            Method::OPTIONS,
+            Method::TRACE,
+        ];
+        for (route, served) in [
+            (Route::Mcp, &[Method::POST, Method::GET, Method::DELETE][..]),
+            (Route::SseStream, &[Method::GET][..]),
+            (Route::SseMessage, &[Method::POST][..]),
+        ] {
+            for method in &all {
+                let request = Request::builder()
+                    .method(method.clone())
+                    .uri("/mcp")
+                    .body(Body::empty())
+                    .unwrap();
+                let answer = mcp_methods(route, forward).oneshot(request).await;
+                if served.contains(method) {
+                    assert!(answer.is_ok(), "{route:?} {method}");
+                } else {
+                    assert!(
+                        matches!(answer, Err(ProxyError::MethodNotAllowed)),
+                        "{route:?} {method}"
+                    );
+                }
+            }
+        }
     }
 }
