@@ -27,6 +27,26 @@ macro_rules! label_values {
     };
 }
 
+/// `success`, or the OAuth error code a request was refused with: a fixed
+/// set, the codes `OAuthError` has constructors for. The result enums below
+/// list the values created at zero.
+pub fn oauth_result<T>(result: &Result<T, crate::error::OAuthError>) -> &'static str {
+    match result {
+        Ok(_) => "success",
+        Err(e) => e.code,
+    }
+}
+
+impl GrantType {
+    /// The grant type a `/token` form names, if we serve it.
+    pub fn of(value: Option<&str>) -> Option<GrantType> {
+        GrantType::ALL
+            .iter()
+            .copied()
+            .find(|g| Some(g.as_str()) == value)
+    }
+}
+
 label_values!(
     /// `registrations_total{result}`.
     RegistrationResult {

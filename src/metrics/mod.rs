@@ -432,9 +432,10 @@ impl Metrics {
         }
     }
 
-    /// A dynamic client registration's result.
-    pub fn registration(&self, result: RegistrationResult) {
-        self.count(&self.registrations, &[result.as_str()]);
+    /// A dynamic client registration's result: `success` or the OAuth
+    /// error code it was refused with (see [`labels::oauth_result`]).
+    pub fn registration(&self, result: &'static str) {
+        self.count(&self.registrations, &[result]);
     }
 
     /// An authorization request's outcome.
@@ -452,14 +453,16 @@ impl Metrics {
         self.count(&self.callbacks, &[result.as_str()]);
     }
 
-    /// A token endpoint request.
-    pub fn token_grant(&self, grant_type: GrantType, result: TokenResult) {
-        self.count(&self.token_grants, &[grant_type.as_str(), result.as_str()]);
+    /// A token endpoint request: its grant type (`other` when not one we
+    /// serve) and `success` or the OAuth error code.
+    pub fn token_grant(&self, grant_type: Option<GrantType>, result: &'static str) {
+        let grant_type = grant_type.map_or("other", GrantType::as_str);
+        self.count(&self.token_grants, &[grant_type, result]);
     }
 
-    /// A revocation request.
-    pub fn revocation(&self, result: RevocationResult) {
-        self.count(&self.revocations, &[result.as_str()]);
+    /// A revocation request: `success` or the OAuth error code.
+    pub fn revocation(&self, result: &'static str) {
+        self.count(&self.revocations, &[result]);
     }
 
     /// A token cache lookup.
@@ -557,9 +560,13 @@ impl Metrics {
         }
     }
 
-    /// An event forwarded on a route's stream.
-    pub fn sse_event(&self, route: McpRoute) {
-        self.count(&self.sse_events, &[route.as_str()]);
+    /// Events forwarded on a route's stream.
+    pub fn sse_events(&self, route: McpRoute, events: u64) {
+        if self.enabled {
+            self.sse_events
+                .with_label_values(&[route.as_str()])
+                .inc_by(events);
+        }
     }
 }
 

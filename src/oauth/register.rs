@@ -15,6 +15,7 @@ use url::Url;
 
 use crate::crypto;
 use crate::error::OAuthError;
+use crate::metrics::labels::oauth_result;
 use crate::now_unix;
 use crate::oauth::{redirect_uri, OAuthState};
 use crate::store::{ClientRecord, Namespace};
@@ -51,14 +52,7 @@ pub async fn register(
     body: Bytes,
 ) -> Result<Response, OAuthError> {
     let result = register_inner(&app, &headers, body).await;
-    let outcome = match &result {
-        Ok(_) => "success",
-        Err(e) => e.code,
-    };
-    app.metrics
-        .registrations
-        .with_label_values(&[outcome])
-        .inc();
+    app.metrics.registration(oauth_result(&result));
     result
 }
 

@@ -10,6 +10,7 @@ use serde_json::json;
 
 use crate::error::OAuthError;
 use crate::grants::{CodeRedemption, GrantError, IssuedTokens, PreparedRefresh};
+use crate::metrics::labels::{oauth_result, GrantType};
 use crate::now_unix;
 use crate::oauth::{client_auth, validate_resource, OAuthState, Params};
 use crate::policy::login::{login_allowed, Login, LoginRefused};
@@ -64,21 +65,11 @@ pub async fn token(
     headers: HeaderMap,
     body: Bytes,
 ) -> Result<Response, OAuthError> {
-    let grant_type =
-        match Params::parse(std::str::from_utf8(&body).unwrap_or_default()).get("grant_type") {
-            Some("authorization_code") => "authorization_code",
-            Some("refresh_token") => "refresh_token",
-            _ => "other",
-        };
+    let grant_type = GrantType::of(
+        Params::parse(std::str::from_utf8(&body).unwrap_or_default()).get("grant_type"),
+    );
     let result = token_inner(app.clone(), headers, body).await;
-    let outcome = match &result {
-        Ok(_) => "success",
-        Err(e) => e.code,
-    };
-    app.metrics
-        .token_grants
-        .with_label_values(&[grant_type, outcome])
-        .inc();
+    app.metrics.token_grant(grant_type, oauth_result(&result));
     result
 }
 
@@ -276,11 +267,7 @@ pub async fn revoke(
     body: Bytes,
 ) -> Result<Response, OAuthError> {
     let result = revoke_inner(app.clone(), headers, body).await;
-    let outcome = match &result {
-        Ok(_) => "success",
-        Err(e) => e.code,
-    };
-    app.metrics.revocations.with_label_values(&[outcome]).inc();
+    app.metrics.revocation(oauth_result(&result));
     result
 }
 

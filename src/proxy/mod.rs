@@ -27,7 +27,8 @@ use url::Url;
 use crate::client_address::TrustedProxies;
 use crate::error::error_chain;
 use crate::error::ProxyError;
-use crate::metrics::{status_class, Metrics};
+use crate::metrics::labels::McpRoute;
+use crate::metrics::Metrics;
 use crate::session::{PolicyOutcome, Session, SessionWatch};
 
 pub mod headers;
@@ -130,8 +131,8 @@ pub struct ForwardContext {
     pub pass_cookies: Vec<String>,
     /// `server.trusted_proxies`: peers whose X-Forwarded-For is kept.
     pub trusted_proxies: TrustedProxies,
-    /// The downstream metrics, when metrics are on.
-    pub metrics: Option<Arc<Metrics>>,
+    /// The downstream metrics.
+    pub metrics: Arc<Metrics>,
 }
 
 /// The last service of an MCP route: sends the request downstream and
@@ -145,11 +146,11 @@ pub struct Forwarder {
 
 impl Route {
     /// The route as a metric label.
-    pub fn label(self) -> &'static str {
+    pub fn metric(self) -> McpRoute {
         match self {
-            Route::Mcp => "/mcp",
-            Route::SseStream => "/sse",
-            Route::SseMessage => LEGACY_MESSAGE_PATH,
+            Route::Mcp => McpRoute::Mcp,
+            Route::SseStream => McpRoute::Sse,
+            Route::SseMessage => McpRoute::SseMessage,
         }
     }
 }
@@ -319,27 +320,19 @@ async fn send(
     {
         Ok(Ok(response)) => response,
         Ok(Err(e)) => {
-            if let Some(m) = &context.metrics {
-                m.downstream_connect_errors.inc();
-            }
+            context.metrics.downstream_connect_error();
             return Err(ProxyError::DownstreamUnreachable(error_chain(&e)));
         }
         Err(_) => {
-            if let Some(m) = &context.metrics {
-                m.downstream_timeouts.inc();
-            }
+            context.metrics.downstream_timeout();
             return Err(ProxyError::DownstreamTimeout(context.response_timeout));
         }
     };
-    if let Some(m) = &context.metrics {
-        let route_label = route.label();
-        m.downstream_requests
-            .with_label_values(&[route_label, status_class(response.status().as_u16())])
-            .inc();
-        m.downstream_duration
-            .with_label_values(&[route_label])
-            .observe(started.elapsed().as_secs_f64());
-    }
+    context.metrics.downstream_response(
+        route.metric(),
+        response.status().as_u16(),
+        started.elapsed(),
+    );
     Ok(response)
 }
 
@@ -394,7 +387,7 @@ fn stream_decoration(
     sse::Decoration {
         idle_timeout: context.sse_idle_timeout,
         metrics: context.metrics.clone(),
-        route_label: route.label(),
+        route: route.metric(),
         legacy,
         session_end: caller
             .watch

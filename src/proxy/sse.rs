@@ -21,6 +21,7 @@ use url::Url;
 use super::sessions::{Binding, SessionBindings, LEGACY_KIND};
 use super::LEGACY_MESSAGE_PATH;
 use crate::event_stream::{parse_event, EventSplitter, EventTooLarge};
+use crate::metrics::labels::McpRoute;
 use crate::metrics::Metrics;
 use crate::session::SessionEnd;
 
@@ -38,10 +39,10 @@ pub(crate) fn is_event_stream(headers: &HeaderMap) -> bool {
 pub(crate) struct Decoration {
     /// `downstream.sse_idle_timeout`.
     pub idle_timeout: Duration,
-    /// The open-stream gauge and event counter, when metrics are on.
-    pub metrics: Option<Arc<Metrics>>,
+    /// The open-stream gauge and event counter.
+    pub metrics: Arc<Metrics>,
     /// The route, as a metric label.
-    pub route_label: &'static str,
+    pub route: McpRoute,
     /// A successful legacy `/sse` stream: its `endpoint` event is rewritten.
     pub legacy: Option<LegacyStream>,
     /// Resolves when the caller's session ends.
@@ -69,9 +70,11 @@ pub(crate) fn decorate(headers: &mut HeaderMap, body: Body, decoration: Decorati
     );
     headers.insert("x-accel-buffering", HeaderValue::from_static("no"));
     let timed = Body::new(IdleTimeout::new(body, decoration.idle_timeout));
-    let timed = match decoration.metrics {
-        Some(metrics) => Body::new(Counted::new(timed, metrics, decoration.route_label)),
-        None => timed,
+    // With metrics off, not even the per-frame event count is paid for.
+    let timed = if decoration.metrics.enabled() {
+        Body::new(Counted::new(timed, decoration.metrics, decoration.route))
+    } else {
+        timed
     };
     let stream = match decoration.legacy {
         Some(legacy) => rewrite_endpoint(timed, legacy),
@@ -312,13 +315,13 @@ pub fn endpoint_event(url: &str) -> Vec<u8> {
 pub struct Counted {
     inner: Body,
     metrics: Arc<Metrics>,
-    route: &'static str,
+    route: McpRoute,
 }
 
 impl Counted {
     /// `inner`, counted under the `route` label.
-    pub fn new(inner: Body, metrics: Arc<Metrics>, route: &'static str) -> Self {
-        metrics.sse_streams_open.with_label_values(&[route]).inc();
+    pub fn new(inner: Body, metrics: Arc<Metrics>, route: McpRoute) -> Self {
+        metrics.sse_stream(route, 1);
         Counted {
             inner,
             metrics,
@@ -329,10 +332,7 @@ impl Counted {
 
 impl Drop for Counted {
     fn drop(&mut self) {
-        self.metrics
-            .sse_streams_open
-            .with_label_values(&[self.route])
-            .dec();
+        self.metrics.sse_stream(self.route, -1);
     }
 }
 
@@ -352,10 +352,7 @@ impl HttpBody for Counted {
                 let events = data.windows(2).filter(|w| w == b"\n\n").count()
                     + data.windows(4).filter(|w| w == b"\r\n\r\n").count();
                 if events > 0 {
-                    this.metrics
-                        .sse_events
-                        .with_label_values(&[this.route])
-                        .inc_by(events as u64);
+                    this.metrics.sse_events(this.route, events as u64);
                 }
             }
         }

@@ -98,15 +98,12 @@ pub enum StartError {
 
 impl AppState {
     /// Builds every shared part from the validated settings, on `store`
-    /// (timed into the metrics when `metrics.enabled`).
+    /// (timed into the metrics; they record nothing when `metrics.enabled`
+    /// is off).
     pub fn new(settings: Settings, store: SharedStore) -> Result<Self, StartError> {
         let keys = Keys::new(settings.encryption_key);
-        let metrics = Metrics::new(&settings.config.metrics.tools);
-        let store = if settings.config.metrics.enabled {
-            InstrumentedStore::wrap(store, metrics.clone())
-        } else {
-            store
-        };
+        let metrics = Metrics::from_config(&settings.config.metrics);
+        let store = InstrumentedStore::wrap(store, metrics.clone());
         let records = Records::new(store);
         let grants = Grants::new(
             records.clone(),
@@ -219,7 +216,7 @@ fn forward_context(
         sse_idle_timeout: config.downstream.sse_idle_timeout.0,
         pass_cookies: config.downstream.pass_cookies.clone(),
         trusted_proxies: settings.trusted_proxies.clone(),
-        metrics: config.metrics.enabled.then(|| metrics.clone()),
+        metrics: metrics.clone(),
     })
 }
 

@@ -10,6 +10,7 @@ use super::browser::signed_browser_id;
 use super::pending::{expired_state, take_pending, INVALID_STATE_TITLE};
 use crate::crypto;
 use crate::error::{redirect_with_params, AppError, PageError, RedirectError};
+use crate::metrics::labels::CallbackResult;
 use crate::oauth::pages::found;
 use crate::oauth::OAuthState;
 use crate::policy::login::{login_allowed, Login, LoginRefused};
@@ -33,18 +34,18 @@ pub async fn callback(
 ) -> Result<Response, AppError> {
     let result = callback_inner(app.clone(), headers, query).await;
     let outcome = match &result {
-        Ok(_) => "success",
-        Err(AppError::Redirect(_)) => "provider_error",
+        Ok(_) => CallbackResult::Success,
+        Err(AppError::Redirect(_)) => CallbackResult::ProviderError,
         Err(AppError::Page(page)) => match page.title.as_str() {
-            INVALID_STATE_TITLE | OTHER_BROWSER_TITLE => "invalid_state",
-            TOKEN_EXCHANGE_TITLE => "token_exchange_failed",
-            UNVERIFIED_TITLE => "id_token_invalid",
-            LOGIN_DENIED_TITLE => "login_denied",
-            _ => "error",
+            INVALID_STATE_TITLE | OTHER_BROWSER_TITLE => CallbackResult::InvalidState,
+            TOKEN_EXCHANGE_TITLE => CallbackResult::TokenExchangeFailed,
+            UNVERIFIED_TITLE => CallbackResult::IdTokenInvalid,
+            LOGIN_DENIED_TITLE => CallbackResult::LoginDenied,
+            _ => CallbackResult::Error,
         },
-        Err(_) => "error",
+        Err(_) => CallbackResult::Error,
     };
-    app.metrics.callbacks.with_label_values(&[outcome]).inc();
+    app.metrics.callback(outcome);
     result
 }
 

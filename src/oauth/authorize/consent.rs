@@ -12,6 +12,7 @@ use super::pending::{expired_state, take_pending};
 use super::{consent_key, go_upstream, unapproved_client_error, ACCESS_DENIED_TITLE};
 use crate::crypto;
 use crate::error::{AppError, PageError, RedirectError};
+use crate::metrics::labels::ConsentDecision;
 use crate::now_unix;
 use crate::oauth::OAuthState;
 use crate::store::{ConsentRecord, Namespace};
@@ -35,17 +36,17 @@ pub async fn consent(
     Form(form): Form<ConsentForm>,
 ) -> Result<Response, AppError> {
     let decision = match form.decision.as_str() {
-        "approve" => "approve",
-        "deny" => "deny",
-        _ => "invalid",
+        "approve" => ConsentDecision::Approve,
+        "deny" => ConsentDecision::Deny,
+        _ => ConsentDecision::Invalid,
     };
     let result = consent_inner(app.clone(), headers, form).await;
     let label = match &result {
-        Err(AppError::Page(page)) if page.title == ACCESS_DENIED_TITLE => "deny",
-        Err(AppError::Page(_)) => "invalid",
+        Err(AppError::Page(page)) if page.title == ACCESS_DENIED_TITLE => ConsentDecision::Deny,
+        Err(AppError::Page(_)) => ConsentDecision::Invalid,
         _ => decision,
     };
-    app.metrics.consents.with_label_values(&[label]).inc();
+    app.metrics.consent(label);
     result
 }
 

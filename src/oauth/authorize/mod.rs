@@ -19,6 +19,7 @@ use sha2::{Digest, Sha256};
 
 use crate::crypto;
 use crate::error::{AppError, PageError, RedirectError};
+use crate::metrics::labels::AuthorizationResult;
 use crate::now_unix;
 use crate::oauth::pages::found;
 use crate::oauth::{cimd, client_auth, pages, redirect_uri, validate_resource, OAuthState, Params};
@@ -48,15 +49,12 @@ pub async fn authorize(
 ) -> Result<Response, AppError> {
     let result = authorize_inner(&app, &headers, query).await;
     let outcome = match &result {
-        Ok(r) if r.status() == StatusCode::OK => "consent_required",
-        Ok(_) => "consent_remembered",
-        Err(AppError::Redirect(_)) => "error_redirect",
-        Err(_) => "rejected",
+        Ok(r) if r.status() == StatusCode::OK => AuthorizationResult::ConsentRequired,
+        Ok(_) => AuthorizationResult::ConsentRemembered,
+        Err(AppError::Redirect(_)) => AuthorizationResult::ErrorRedirect,
+        Err(_) => AuthorizationResult::Rejected,
     };
-    app.metrics
-        .authorizations
-        .with_label_values(&[outcome])
-        .inc();
+    app.metrics.authorization(outcome);
     result
 }
 

@@ -1,5 +1,6 @@
 use super::*;
 use crate::event_stream::MAX_EVENT_BYTES;
+use crate::metrics::labels::McpRoute;
 
 #[test]
 fn endpoint_event_is_found_across_chunks() {
@@ -95,8 +96,8 @@ fn decoration(
 ) -> Decoration {
     Decoration {
         idle_timeout: Duration::from_secs(60),
-        metrics: None,
-        route_label: "/sse",
+        metrics: crate::metrics::Metrics::disabled(),
+        route: McpRoute::Sse,
         legacy,
         session_end,
     }
