@@ -3,25 +3,25 @@
 //! an MCP server.
 #![forbid(unsafe_code)]
 
-pub mod auth;
+pub(crate) mod auth;
 pub mod checkpoint;
 pub mod cli;
-pub mod client_address;
+pub(crate) mod client_address;
 pub mod config;
 pub mod crypto;
-pub mod error;
-pub mod event_stream;
+pub(crate) mod error;
+pub(crate) mod event_stream;
 pub mod grants;
 pub mod metrics;
-pub mod net;
+pub(crate) mod net;
 pub mod oauth;
 pub mod policy;
-pub mod proxy;
+pub(crate) mod proxy;
 pub mod rate_limit;
 pub mod server;
-pub mod session;
+pub(crate) mod session;
 pub mod store;
-pub mod upstream;
+pub(crate) mod upstream;
 
 /// Seconds since the Unix epoch, the time unit of every stored record.
 pub fn now_unix() -> i64 {
