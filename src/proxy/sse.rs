@@ -263,6 +263,12 @@ pub struct Rewritten {
 }
 
 impl EndpointRewriter {
+    /// Whether the endpoint event has been found.
+    #[cfg(test)]
+    pub(crate) fn is_done(&self) -> bool {
+        self.done
+    }
+
     /// Feeds downstream bytes. Complete events before the endpoint event go
     /// out unchanged in `before`; the endpoint event itself is returned as
     /// its data for the caller to replace; the rest is in `after`.
