@@ -10,7 +10,7 @@ use axum::extract::ConnectInfo;
 use axum::http::{HeaderMap, Request};
 use ipnet::IpNet;
 
-pub const X_FORWARDED_FOR: &str = "x-forwarded-for";
+pub(crate) const X_FORWARDED_FOR: &str = "x-forwarded-for";
 
 /// Client headers that tell a server where the request came from or what it
 /// originally asked for. Frameworks and proxies behind us believe them
@@ -42,7 +42,7 @@ const FORWARDING_PREFIXES: [&str; 4] = ["x-forwarded-", "x-original-", "x-envoy-
 
 /// Whether a client header is one the proxy writes itself (or removes)
 /// because it speaks about the connection.
-pub fn is_forwarding_header(name: &str) -> bool {
+pub(crate) fn is_forwarding_header(name: &str) -> bool {
     let n = name.to_ascii_lowercase().replace('_', "-");
     FORWARDING.contains(&n.as_str()) || FORWARDING_PREFIXES.iter().any(|p| n.starts_with(p))
 }
@@ -95,7 +95,7 @@ fn forwarded_for_chain(headers: &HeaderMap) -> Vec<Option<IpAddr>> {
 /// trusted proxies it is the rightmost `X-Forwarded-For` entry that is not a
 /// trusted proxy: everything left of it was written by the client and may be
 /// made up.
-pub fn client_address(peer: IpAddr, headers: &HeaderMap, trusted: &TrustedProxies) -> IpAddr {
+pub(crate) fn client_address(peer: IpAddr, headers: &HeaderMap, trusted: &TrustedProxies) -> IpAddr {
     let mut client = peer.to_canonical();
     if !trusted.contains(client) {
         return client;
@@ -119,13 +119,13 @@ pub fn client_address(peer: IpAddr, headers: &HeaderMap, trusted: &TrustedProxie
 /// The client address of a request, resolved once at the edge of the stack
 /// (`server::stack`) so that audit and rate limits agree on it.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub struct ClientAddress(pub IpAddr);
+pub(crate) struct ClientAddress(pub IpAddr);
 
 impl ClientAddress {
     /// The resolved address, else the TCP peer (requests that did not pass
     /// the resolving layer, e.g. in unit tests), else `None` (built
     /// in-process).
-    pub fn of<B>(request: &Request<B>) -> Option<IpAddr> {
+    pub(crate) fn of<B>(request: &Request<B>) -> Option<IpAddr> {
         match request.extensions().get::<ClientAddress>() {
             Some(ClientAddress(ip)) => Some(*ip),
             None => request
@@ -138,7 +138,7 @@ impl ClientAddress {
 
 /// [`client_address`] of a request accepted by our listener (which records
 /// the peer as `ConnectInfo`); `None` for requests built in-process.
-pub fn of_request<B>(request: &Request<B>, trusted: &TrustedProxies) -> Option<IpAddr> {
+pub(crate) fn of_request<B>(request: &Request<B>, trusted: &TrustedProxies) -> Option<IpAddr> {
     let peer = request
         .extensions()
         .get::<ConnectInfo<SocketAddr>>()?

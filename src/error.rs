@@ -241,7 +241,7 @@ pub struct RedirectError {
 }
 
 /// `uri` with `params` appended to its query (keeping what it had).
-pub fn redirect_with_params(uri: &str, params: &[(&str, &str)]) -> Option<String> {
+pub(crate) fn redirect_with_params(uri: &str, params: &[(&str, &str)]) -> Option<String> {
     let mut url = Url::parse(uri).ok()?;
     {
         let mut query = url.query_pairs_mut();
@@ -253,7 +253,7 @@ pub fn redirect_with_params(uri: &str, params: &[(&str, &str)]) -> Option<String
 }
 
 /// An error and its sources on one line, for logs and messages.
-pub fn error_chain(e: &dyn std::error::Error) -> String {
+pub(crate) fn error_chain(e: &dyn std::error::Error) -> String {
     let mut text = e.to_string();
     let mut source = e.source();
     while let Some(s) = source {

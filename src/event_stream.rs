@@ -6,18 +6,18 @@
 
 /// The largest event the proxy holds back to read (a list answer, the
 /// legacy `endpoint` event); a longer one ends the stream with an error.
-pub const MAX_EVENT_BYTES: usize = 16 * 1024 * 1024;
+pub(crate) const MAX_EVENT_BYTES: usize = 16 * 1024 * 1024;
 
 /// An unfinished event grew past the splitter's limit.
 #[derive(Debug, thiserror::Error)]
 #[error("an event of the downstream's stream is longer than {0} bytes")]
-pub struct EventTooLarge(pub usize);
+pub(crate) struct EventTooLarge(pub usize);
 
 /// Cuts an event stream into complete events (each with its blank-line
 /// terminator), holding back only the unfinished tail. Lines end with CRLF,
 /// LF or CR (the SSE grammar); every byte is scanned once, however the
 /// stream is chunked, and an unfinished event is bounded.
-pub struct EventSplitter {
+pub(crate) struct EventSplitter {
     pending: Vec<u8>,
     /// How far `pending` has been scanned.
     scanned: usize,
@@ -37,7 +37,7 @@ impl Default for EventSplitter {
 
 impl EventSplitter {
     /// A splitter that holds at most `limit` bytes of an unfinished event.
-    pub fn with_limit(limit: usize) -> Self {
+    pub(crate) fn with_limit(limit: usize) -> Self {
         EventSplitter {
             pending: Vec::new(),
             scanned: 0,
@@ -51,7 +51,7 @@ impl EventSplitter {
     /// at a CR whose LF arrives in the next chunk leaves that LF as a piece
     /// of its own (it parses as no event), so the pieces always add up to
     /// the bytes fed.
-    pub fn feed(&mut self, chunk: &[u8]) -> Result<Vec<Vec<u8>>, EventTooLarge> {
+    pub(crate) fn feed(&mut self, chunk: &[u8]) -> Result<Vec<Vec<u8>>, EventTooLarge> {
         self.pending.extend_from_slice(chunk);
         let mut events = Vec::new();
         let mut start = 0;
@@ -100,7 +100,7 @@ impl EventSplitter {
     }
 
     /// Whatever is left when the stream ends.
-    pub fn take_rest(&mut self) -> Vec<u8> {
+    pub(crate) fn take_rest(&mut self) -> Vec<u8> {
         self.scanned = 0;
         self.line_start = true;
         self.after_cr = false;
@@ -110,7 +110,7 @@ impl EventSplitter {
 
 /// The fields of one event.
 #[derive(Debug, Default, Clone, PartialEq)]
-pub struct Event {
+pub(crate) struct Event {
     /// The `event` field (the event's type).
     pub event: Option<String>,
     /// The `id` field.
@@ -122,7 +122,7 @@ pub struct Event {
 /// Reads one event's fields (the SSE grammar: CRLF, LF or CR line ends,
 /// `:` comments, one optional space after the colon, data lines joined
 /// with LF).
-pub fn parse_event(raw: &[u8]) -> Event {
+pub(crate) fn parse_event(raw: &[u8]) -> Event {
     let text = String::from_utf8_lossy(raw);
     let mut event = Event::default();
     let mut data: Vec<&str> = Vec::new();
@@ -143,7 +143,7 @@ pub fn parse_event(raw: &[u8]) -> Event {
 }
 
 /// Serialises an event; `parse_event` reads it back equal.
-pub fn render_event(event: &Event) -> Vec<u8> {
+pub(crate) fn render_event(event: &Event) -> Vec<u8> {
     let mut out = String::new();
     if let Some(e) = &event.event {
         out.push_str(&format!("event: {e}\n"));

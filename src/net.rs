@@ -13,7 +13,7 @@ pub(crate) const FORBIDDEN_SCHEMES: [&str; 6] =
 /// Whether `host` (as a URL gives it, IPv6 literals in brackets or not) is
 /// `localhost` or a loopback IP address: the one place plain http is
 /// acceptable, because nothing leaves the machine.
-pub fn is_loopback_host(host: &str) -> bool {
+pub(crate) fn is_loopback_host(host: &str) -> bool {
     let host = host.trim_start_matches('[').trim_end_matches(']');
     host.eq_ignore_ascii_case("localhost")
         || host
@@ -23,7 +23,7 @@ pub fn is_loopback_host(host: &str) -> bool {
 }
 
 /// Checks a scheme an operator wants to allow (`registration.allowed_schemes`).
-pub fn check_allowed_scheme(scheme: &str) -> Result<(), String> {
+pub(crate) fn check_allowed_scheme(scheme: &str) -> Result<(), String> {
     let lower = scheme.to_ascii_lowercase();
     let well_formed = !lower.is_empty()
         && lower.starts_with(|c: char| c.is_ascii_alphabetic())

@@ -132,7 +132,7 @@ impl std::fmt::Debug for Memo {
 /// headers to set downstream and which client headers to strip (every
 /// header a policy could set), so the forwarder needs no policy engine.
 #[derive(Clone)]
-pub struct PolicyOutcome {
+pub(crate) struct PolicyOutcome {
     /// Headers the policy set, checked and encoded.
     pub headers: Vec<(HeaderName, HeaderValue)>,
     /// Whether a client header must be removed before forwarding.

@@ -54,7 +54,7 @@ fn is_hop_by_hop(name: &HeaderName, connection: &[String]) -> bool {
 }
 
 /// What the proxy adds about the client connection.
-pub struct Forwarding<'a> {
+pub(crate) struct Forwarding<'a> {
     /// The TCP peer (a load balancer, or the client itself).
     pub peer: Option<IpAddr>,
     /// Peers whose `X-Forwarded-For` and `Via` are kept and appended to.
@@ -73,7 +73,7 @@ impl Forwarding<'_> {
 
 /// The headers sent downstream: the client's, cleaned, plus the policy's,
 /// plus the proxy's forwarding headers.
-pub fn downstream_request_headers(
+pub(crate) fn downstream_request_headers(
     incoming: &HeaderMap,
     is_identity_header: impl Fn(&str) -> bool,
     policy_headers: &[(HeaderName, HeaderValue)],
@@ -195,7 +195,7 @@ fn may_set_cookie(value: &HeaderValue, pass: &[String]) -> bool {
 
 /// The downstream's response headers, minus hop-by-hop ones, minus those that
 /// would act on the proxy's origin.
-pub fn client_response_headers(incoming: &HeaderMap, pass_cookies: &[String]) -> HeaderMap {
+pub(crate) fn client_response_headers(incoming: &HeaderMap, pass_cookies: &[String]) -> HeaderMap {
     let connection = connection_named(incoming);
     let mut out = HeaderMap::with_capacity(incoming.len());
     for (name, value) in incoming {

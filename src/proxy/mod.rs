@@ -31,22 +31,22 @@ use crate::metrics::labels::McpRoute;
 use crate::metrics::Metrics;
 use crate::session::{PolicyOutcome, Session, SessionWatch};
 
-pub mod headers;
-pub mod origin;
-pub mod sessions;
-pub mod sse;
-pub mod unambiguous;
+pub(crate) mod headers;
+pub(crate) mod origin;
+pub(crate) mod sessions;
+pub(crate) mod sse;
+pub(crate) mod unambiguous;
 
 use sessions::{Binding, OwnedSession, SessionBindings, MCP_SESSION_ID, SESSION_KIND};
 
 /// The proxy's message endpoint for legacy SSE clients.
-pub const LEGACY_MESSAGE_PATH: &str = "/sse/message";
+pub(crate) const LEGACY_MESSAGE_PATH: &str = "/sse/message";
 
 /// The client the forwarder sends downstream requests with.
-pub type HttpClient = Client<HttpsConnector<HttpConnector>, Body>;
+pub(crate) type HttpClient = Client<HttpsConnector<HttpConnector>, Body>;
 
 /// A pooled client for http and https downstreams.
-pub fn http_client(connect_timeout: Duration) -> HttpClient {
+pub(crate) fn http_client(connect_timeout: Duration) -> HttpClient {
     let mut http = HttpConnector::new();
     http.set_connect_timeout(Some(connect_timeout));
     http.set_nodelay(true);
@@ -65,7 +65,7 @@ pub fn http_client(connect_timeout: Duration) -> HttpClient {
 
 /// Which MCP route a forwarder serves.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Route {
+pub(crate) enum Route {
     /// Streamable HTTP: POST, GET and DELETE /mcp.
     Mcp,
     /// Legacy HTTP+SSE: GET /sse.
@@ -139,14 +139,14 @@ pub struct ForwardContext {
 /// streams the answer back. The layers above have authenticated the caller,
 /// applied the policy, checked the methods and the session's owner.
 #[derive(Clone)]
-pub struct Forwarder {
+pub(crate) struct Forwarder {
     context: Arc<ForwardContext>,
     route: Route,
 }
 
 impl Route {
     /// The route as a metric label.
-    pub fn metric(self) -> McpRoute {
+    pub(crate) fn metric(self) -> McpRoute {
         match self {
             Route::Mcp => McpRoute::Mcp,
             Route::SseStream => McpRoute::Sse,
@@ -157,7 +157,7 @@ impl Route {
 
 impl Forwarder {
     /// The forwarder of one route.
-    pub fn new(context: Arc<ForwardContext>, route: Route) -> Self {
+    pub(crate) fn new(context: Arc<ForwardContext>, route: Route) -> Self {
         Forwarder { context, route }
     }
 }

@@ -20,7 +20,7 @@ use crate::session::Session;
 use crate::store::{Namespace, Records};
 
 /// The header that carries a Streamable HTTP session id.
-pub const MCP_SESSION_ID: &str = "mcp-session-id";
+pub(crate) const MCP_SESSION_ID: &str = "mcp-session-id";
 /// The binding kind of Streamable HTTP sessions (`Mcp-Session-Id`).
 pub(crate) const SESSION_KIND: &str = "mcp";
 /// The binding kind of legacy HTTP+SSE sessions (the proxy's `sid`).
@@ -28,7 +28,7 @@ pub(crate) const LEGACY_KIND: &str = "sse";
 
 /// Why a set of `Mcp-Session-Id` values is not one session id.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
-pub enum SessionIdError {
+pub(crate) enum SessionIdError {
     #[error("several Mcp-Session-Id values")]
     Several,
     #[error("an Mcp-Session-Id must be visible ASCII characters (0x21 to 0x7E)")]
@@ -38,7 +38,7 @@ pub enum SessionIdError {
 /// The one `Mcp-Session-Id` of a message, if any. MCP session ids are
 /// visible ASCII; anything else, or a second value, would let the proxy
 /// check one session while the downstream resumes another.
-pub fn session_id(headers: &HeaderMap) -> Result<Option<&str>, SessionIdError> {
+pub(crate) fn session_id(headers: &HeaderMap) -> Result<Option<&str>, SessionIdError> {
     let mut values = headers.get_all(MCP_SESSION_ID).iter();
     let Some(first) = values.next() else {
         return Ok(None);
@@ -58,12 +58,12 @@ pub fn session_id(headers: &HeaderMap) -> Result<Option<&str>, SessionIdError> {
 }
 
 /// The session id a client presents: malformed is the client's error (400).
-pub fn presented_session_id(headers: &HeaderMap) -> Result<Option<&str>, ProxyError> {
+pub(crate) fn presented_session_id(headers: &HeaderMap) -> Result<Option<&str>, ProxyError> {
     session_id(headers).map_err(|e| ProxyError::BadRequest(e.to_string()))
 }
 
 /// The session id a downstream creates: malformed is its error (502).
-pub fn created_session_id(headers: &HeaderMap) -> Result<Option<&str>, ProxyError> {
+pub(crate) fn created_session_id(headers: &HeaderMap) -> Result<Option<&str>, ProxyError> {
     session_id(headers).map_err(|e| ProxyError::BadDownstreamAnswer(e.to_string()))
 }
 
@@ -145,7 +145,7 @@ impl SessionBindings {
 /// extensions for the forwarder. The forwarder refuses a request without
 /// it, so a stack that leaves the check out fails closed.
 #[derive(Debug, Clone, PartialEq)]
-pub enum OwnedSession {
+pub(crate) enum OwnedSession {
     /// `/mcp`: the `Mcp-Session-Id` presented, if any; it is the caller's.
     Mcp(Option<String>),
     /// `/sse`: a new legacy stream; its session is bound when the
@@ -161,14 +161,14 @@ pub enum OwnedSession {
 /// 404, and on the legacy message endpoint so is a `sid` that is not the
 /// caller's. Nothing is forwarded then.
 #[derive(Clone)]
-pub struct CheckSessionOwnership {
+pub(crate) struct CheckSessionOwnership {
     bindings: Arc<SessionBindings>,
     route: Route,
 }
 
 impl CheckSessionOwnership {
     /// The layer for one MCP route.
-    pub fn layer(bindings: Arc<SessionBindings>, route: Route) -> CheckpointLayer<Self> {
+    pub(crate) fn layer(bindings: Arc<SessionBindings>, route: Route) -> CheckpointLayer<Self> {
         CheckpointLayer::new(CheckSessionOwnership { bindings, route })
     }
 

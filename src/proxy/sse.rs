@@ -133,7 +133,7 @@ fn rewrite_endpoint(body: Body, legacy: LegacyStream) -> Body {
 }
 
 /// A body that ends with an error when no frame arrives for `idle`.
-pub struct IdleTimeout {
+pub(crate) struct IdleTimeout {
     inner: Body,
     idle: Duration,
     sleep: Pin<Box<Sleep>>,
@@ -141,7 +141,7 @@ pub struct IdleTimeout {
 
 impl IdleTimeout {
     /// `inner`, ended with an error after `idle` without a frame.
-    pub fn new(inner: Body, idle: Duration) -> Self {
+    pub(crate) fn new(inner: Body, idle: Duration) -> Self {
         IdleTimeout {
             inner,
             idle,
@@ -153,7 +153,7 @@ impl IdleTimeout {
 /// Why an idle stream ended.
 #[derive(Debug, thiserror::Error)]
 #[error("the downstream stream was idle for {0:?}")]
-pub struct IdleTimeoutError(Duration);
+pub(crate) struct IdleTimeoutError(Duration);
 
 impl HttpBody for IdleTimeout {
     type Data = Bytes;
@@ -193,14 +193,14 @@ impl HttpBody for IdleTimeout {
 /// An event stream that ends, cleanly, when its session ends (token expired
 /// or revoked): the client sees the stream close, and the downstream body
 /// (with its connection) is dropped at once.
-pub struct EndsWithSession {
+pub(crate) struct EndsWithSession {
     inner: Option<Body>,
     end: BoxFuture<'static, SessionEnd>,
 }
 
 impl EndsWithSession {
     /// `inner`, ended when `end` resolves.
-    pub fn new(inner: Body, end: BoxFuture<'static, SessionEnd>) -> Self {
+    pub(crate) fn new(inner: Body, end: BoxFuture<'static, SessionEnd>) -> Self {
         EndsWithSession {
             inner: Some(inner),
             end,
@@ -247,13 +247,13 @@ impl HttpBody for EndsWithSession {
 /// Finds the first `endpoint` event of a legacy SSE stream and rewrites its
 /// data; everything after it passes through untouched.
 #[derive(Default)]
-pub struct EndpointRewriter {
+pub(crate) struct EndpointRewriter {
     splitter: EventSplitter,
     done: bool,
 }
 
 /// One step of the rewriter: bytes to send now, and the endpoint found.
-pub struct Rewritten {
+pub(crate) struct Rewritten {
     /// Complete events before the endpoint event, unchanged.
     pub before: Vec<u8>,
     /// The endpoint event's data, once found.
@@ -272,7 +272,7 @@ impl EndpointRewriter {
     /// Feeds downstream bytes. Complete events before the endpoint event go
     /// out unchanged in `before`; the endpoint event itself is returned as
     /// its data for the caller to replace; the rest is in `after`.
-    pub fn feed(&mut self, chunk: &[u8]) -> Result<Rewritten, EventTooLarge> {
+    pub(crate) fn feed(&mut self, chunk: &[u8]) -> Result<Rewritten, EventTooLarge> {
         if self.done {
             return Ok(Rewritten {
                 before: chunk.to_vec(),
@@ -307,13 +307,13 @@ impl EndpointRewriter {
 }
 
 /// The rewritten `endpoint` event.
-pub fn endpoint_event(url: &str) -> Vec<u8> {
+pub(crate) fn endpoint_event(url: &str) -> Vec<u8> {
     format!("event: endpoint\ndata: {url}\n\n").into_bytes()
 }
 
 /// Counts an open event stream (a gauge, down again when the client or the
 /// downstream ends it) and the events it carries.
-pub struct Counted {
+pub(crate) struct Counted {
     inner: Body,
     metrics: Arc<Metrics>,
     route: McpRoute,
@@ -321,7 +321,7 @@ pub struct Counted {
 
 impl Counted {
     /// `inner`, counted under the `route` label.
-    pub fn new(inner: Body, metrics: Arc<Metrics>, route: McpRoute) -> Self {
+    pub(crate) fn new(inner: Body, metrics: Arc<Metrics>, route: McpRoute) -> Self {
         metrics.sse_stream(route, 1);
         Counted {
             inner,
