@@ -14,7 +14,7 @@ use tower_http::request_id::{
 };
 use tower_http::trace::TraceLayer;
 
-use crate::auth::AuthenticateLayer;
+use crate::auth::Authenticate;
 use crate::client_address::{self, ClientAddress};
 use crate::config::LimitGroup;
 use crate::error::{OAuthError, PageError, ProxyError};
@@ -225,7 +225,7 @@ fn mcp_stack(
             &app.settings.allowed_origins,
         ))
         // Who is calling: the bearer token, from the Authorization header only.
-        .layer(AuthenticateLayer::new(
+        .layer(Authenticate::layer(
             app.token_cache.clone(),
             &app.settings.public_url,
             resource_path,
