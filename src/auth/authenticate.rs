@@ -85,9 +85,7 @@ impl Authenticate {
 
 impl<S, B> Checkpoint<S, Request<B>> for Authenticate
 where
-    S: Service<Request<B>> + Send + 'static,
-    S::Future: Send,
-    S::Error: From<ProxyError>,
+    S: Service<Request<B>, Error: From<ProxyError>, Future: Send> + Send + 'static,
     B: Send + 'static,
 {
     async fn run(self, mut inner: S, mut request: Request<B>) -> Result<S::Response, S::Error> {

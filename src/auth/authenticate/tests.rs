@@ -3,6 +3,7 @@ use std::time::Duration;
 
 use axum::body::Body;
 use axum::http::{Response, StatusCode};
+use tower::util::BoxCloneSyncService;
 use tower::{Layer, ServiceExt};
 
 use super::*;
@@ -11,17 +12,8 @@ use crate::auth::test_support::{Fixture, CLIENT_ID};
 const PUBLIC_URL: &str = "https://mcp.example.com";
 
 /// A downstream that answers 200 and reports what Authenticate added.
-fn stub(
-    calls: Arc<AtomicUsize>,
-) -> impl Service<
-    Request<Body>,
-    Response = Response<Body>,
-    Error = ProxyError,
-    Future = impl Send + 'static,
-> + Clone
-       + Send
-       + 'static {
-    tower::service_fn(move |request: Request<Body>| {
+fn stub(calls: Arc<AtomicUsize>) -> BoxCloneSyncService<Request<Body>, Response<Body>, ProxyError> {
+    BoxCloneSyncService::new(tower::service_fn(move |request: Request<Body>| {
         calls.fetch_add(1, Ordering::SeqCst);
         let session = request.extensions().get::<Arc<Session>>().cloned();
         let watched = request.extensions().get::<SessionWatch>().is_some();
@@ -30,7 +22,7 @@ fn stub(
             assert!(watched, "the session watch travels with the request");
             Ok(Response::new(Body::from(session.sub.clone())))
         }
-    })
+    }))
 }
 
 fn bearer(token: &str) -> Request<Body> {
