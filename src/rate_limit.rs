@@ -52,6 +52,7 @@ pub enum RateKey {
 }
 
 impl RateKey {
+    /// The key of a client address.
     pub fn address(address: IpAddr) -> RateKey {
         RateKey::Address(match address {
             IpAddr::V4(v4) => IpAddr::V4(v4),
@@ -203,6 +204,7 @@ pub struct RateLimits {
 }
 
 impl RateLimits {
+    /// A limiter for each group `[limits]` switches on.
     pub fn new(config: &LimitsConfig, metrics: Option<Arc<Metrics>>) -> Self {
         let mut limiters = Vec::new();
         for group in LimitGroup::ALL {
@@ -311,6 +313,7 @@ where
 /// The errors of the service behind a limit, in the limit's error type:
 /// none from an OAuth handler, the MCP stack's own from the MCP layers.
 pub trait Absorbs<Inner> {
+    /// The inner service's error as this one.
     fn absorb(inner: Inner) -> Self;
 }
 

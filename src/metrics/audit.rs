@@ -16,11 +16,18 @@ use crate::client_address::ClientAddress;
 /// What the MCP stack learned about one request.
 #[derive(Debug, Default, Clone)]
 pub struct AuditFacts {
+    /// Who: the user's `sub` (Authenticate).
     pub sub: Option<String>,
+    /// The user's email, when the provider gave one (Authenticate).
     pub email: Option<String>,
+    /// The OAuth client the token was issued to (Authenticate).
     pub client_id: Option<String>,
+    /// What: the JSON-RPC method of the (first) call (EnforcePolicy).
     pub mcp_method: Option<String>,
+    /// The tool it calls, if any (EnforcePolicy).
     pub tool: Option<String>,
+    /// The verdict: `allow`, `deny`, `rate_limited`; when none is set the
+    /// response status decides.
     pub decision: Option<&'static str>,
 }
 
@@ -29,6 +36,7 @@ pub struct AuditFacts {
 pub struct AuditSlot(Arc<Mutex<AuditFacts>>);
 
 impl AuditSlot {
+    /// Adds to what is known of the request.
     pub fn update(&self, f: impl FnOnce(&mut AuditFacts)) {
         if let Ok(mut facts) = self.0.lock() {
             f(&mut facts);

@@ -38,18 +38,23 @@ fn memo(session: &Session) -> Option<&SessionMemo> {
 /// What the proxy reads of one JSON-RPC message.
 #[derive(Debug, Default, Clone, PartialEq)]
 pub struct McpCall {
+    /// The JSON-RPC method (`tools/call`, `notifications/initialized`, ...).
     pub method: Option<String>,
+    /// The request id; notifications have none.
     pub id: Option<Value>,
     /// tools/call and prompts/get: `params.name`; resources/read: `params.uri`.
     pub target: Option<String>,
 }
 
 impl McpCall {
+    /// The tool a `tools/call` calls.
     pub fn tool(&self) -> Option<&str> {
         (self.method.as_deref() == Some("tools/call"))
             .then_some(self.target.as_deref())
             .flatten()
     }
+
+    /// The resource a `resources/read`, `subscribe` or `unsubscribe` names.
     pub fn resource(&self) -> Option<&str> {
         matches!(
             self.method.as_deref(),
@@ -58,6 +63,8 @@ impl McpCall {
         .then_some(self.target.as_deref())
         .flatten()
     }
+
+    /// The prompt a `prompts/get` asks for.
     pub fn prompt(&self) -> Option<&str> {
         (self.method.as_deref() == Some("prompts/get"))
             .then_some(self.target.as_deref())
@@ -179,6 +186,8 @@ pub struct RequestView {
 }
 
 impl RequestView {
+    /// The view of a request's method, path and headers (without the
+    /// credentials and the client's claims about its connection).
     pub fn new(method: &Method, path: &str, headers: &HeaderMap) -> Self {
         let mut header_map = Map::new();
         for (name, value) in headers {

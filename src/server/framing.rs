@@ -205,6 +205,7 @@ pub struct ScanHeads<T> {
 }
 
 impl<T> ScanHeads<T> {
+    /// Scans what `inner` reads, recording verdicts into `heads`.
     pub fn new(inner: T, heads: Arc<RawHeads>) -> Self {
         ScanHeads {
             inner,
