@@ -20,17 +20,17 @@ use std::marker::PhantomData;
 use std::net::{IpAddr, Ipv6Addr};
 use std::num::NonZeroU32;
 use std::sync::{Arc, Weak};
-use std::task::{Context, Poll};
 use std::time::Duration;
 
 use axum::body::Body;
-use axum::http::{Request, Response};
-use futures_util::future::{Either, MapErr, Ready, TryFutureExt};
+use axum::http::Request;
 use governor::clock::{Clock, DefaultClock};
 use governor::state::keyed::DashMapStateStore;
 use governor::{Quota, RateLimiter};
+use tower::util::MapErr;
 use tower::{Layer, Service};
 
+use crate::checkpoint::{Checkpoint, CheckpointLayer, CheckpointService};
 use crate::config::{LimitGroup, LimitsConfig, Rate};
 use crate::error::{OAuthError, PageError, ProxyError, RateLimited};
 use crate::metrics::audit::AuditSlot;
@@ -52,6 +52,7 @@ pub enum RateKey {
 }
 
 impl RateKey {
+    /// The key of a client address.
     pub fn address(address: IpAddr) -> RateKey {
         RateKey::Address(match address {
             IpAddr::V4(v4) => IpAddr::V4(v4),
@@ -203,6 +204,7 @@ pub struct RateLimits {
 }
 
 impl RateLimits {
+    /// A limiter for each group `[limits]` switches on.
     pub fn new(config: &LimitsConfig, metrics: Option<Arc<Metrics>>) -> Self {
         let mut limiters = Vec::new();
         for group in LimitGroup::ALL {
@@ -228,94 +230,90 @@ impl RateLimits {
     /// passes everything when the group is switched off.
     pub fn layer<E>(&self, group: LimitGroup, key_of: KeyOf) -> RateLimitLayer<E> {
         RateLimitLayer {
-            limiter: self
-                .limiters
-                .iter()
-                .find(|(g, _)| *g == group)
-                .map(|(_, limiter)| limiter.clone()),
-            key_of,
+            limit: RateLimit {
+                limiter: self
+                    .limiters
+                    .iter()
+                    .find(|(g, _)| *g == group)
+                    .map(|(_, limiter)| limiter.clone()),
+                key_of,
+            },
             _error: PhantomData,
         }
     }
 }
 
-/// Adds `RateLimit` to a service.
+/// Adds `RateLimit` to a service whose errors become `E`, the error type
+/// of the routes behind it, so the refusal and the service's own errors
+/// are rendered alike.
 pub struct RateLimitLayer<E> {
-    limiter: Option<Arc<Limiter>>,
-    key_of: KeyOf,
+    limit: RateLimit,
     _error: PhantomData<fn() -> E>,
 }
 
 impl<E> Clone for RateLimitLayer<E> {
     fn clone(&self) -> Self {
         RateLimitLayer {
-            limiter: self.limiter.clone(),
-            key_of: self.key_of,
+            limit: self.limit.clone(),
             _error: PhantomData,
         }
     }
 }
 
-impl<S, E> Layer<S> for RateLimitLayer<E> {
-    type Service = RateLimit<S, E>;
-    fn layer(&self, inner: S) -> RateLimit<S, E> {
-        RateLimit {
-            inner,
-            layer: self.clone(),
-        }
-    }
-}
+/// The inner service, its errors widened into `E`.
+type Absorbed<S, E> = MapErr<S, fn(<S as Service<Request<Body>>>::Error) -> E>;
 
-/// Refuses a request past its key's rate with `E::from(RateLimited)`;
-/// otherwise calls the inner service.
-pub struct RateLimit<S, E> {
-    inner: S,
-    layer: RateLimitLayer<E>,
-}
-
-impl<S: Clone, E> Clone for RateLimit<S, E> {
-    fn clone(&self) -> Self {
-        RateLimit {
-            inner: self.inner.clone(),
-            layer: self.layer.clone(),
-        }
-    }
-}
-
-type Passed<S, E> =
-    MapErr<<S as Service<Request<Body>>>::Future, fn(<S as Service<Request<Body>>>::Error) -> E>;
-
-impl<S, E> Service<Request<Body>> for RateLimit<S, E>
+impl<S, E> Layer<S> for RateLimitLayer<E>
 where
-    S: Service<Request<Body>, Response = Response<Body>>,
-    E: From<RateLimited> + Absorbs<S::Error>,
+    S: Service<Request<Body>>,
+    E: Absorbs<S::Error>,
 {
-    type Response = Response<Body>;
-    type Error = E;
-    type Future = Either<Passed<S, E>, Ready<Result<Response<Body>, E>>>;
+    type Service = CheckpointService<RateLimit, Absorbed<S, E>>;
 
-    fn poll_ready(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), E>> {
-        self.inner.poll_ready(cx).map_err(E::absorb)
-    }
-
-    fn call(&mut self, request: Request<Body>) -> Self::Future {
-        if let Some(limiter) = &self.layer.limiter {
-            if let Err(limited) = limiter.check(&(self.layer.key_of)(&request)) {
-                tracing::debug!(limit = limited.limit, retry_after = ?limited.retry_after, "rate limited");
-                if let Some(slot) = request.extensions().get::<AuditSlot>() {
-                    slot.update(|facts| facts.decision = Some("rate_limited"));
-                }
-                return Either::Right(futures_util::future::ready(Err(E::from(limited))));
-            }
-        }
+    fn layer(&self, inner: S) -> Self::Service {
         let absorb: fn(S::Error) -> E = E::absorb;
-        Either::Left(self.inner.call(request).map_err(absorb))
+        CheckpointLayer::new(self.limit.clone()).layer(MapErr::new(inner, absorb))
+    }
+}
+
+/// Refuses a request past its key's rate with `RateLimited`; otherwise
+/// calls the inner service.
+#[derive(Clone)]
+pub struct RateLimit {
+    /// `None` when the group is switched off.
+    limiter: Option<Arc<Limiter>>,
+    key_of: KeyOf,
+}
+
+impl RateLimit {
+    /// Takes one request from its key's budget.
+    fn admit(&self, request: &Request<Body>) -> Result<(), RateLimited> {
+        let Some(limiter) = &self.limiter else {
+            return Ok(());
+        };
+        limiter.check(&(self.key_of)(request)).inspect_err(|limited| {
+            tracing::debug!(limit = limited.limit, retry_after = ?limited.retry_after, "rate limited");
+            if let Some(slot) = request.extensions().get::<AuditSlot>() {
+                slot.update(|facts| facts.decision = Some("rate_limited"));
+            }
+        })
+    }
+}
+
+impl<S> Checkpoint<S, Request<Body>> for RateLimit
+where
+    S: Service<Request<Body>, Error: From<RateLimited>, Future: Send> + Send + 'static,
+{
+    async fn run(self, mut inner: S, request: Request<Body>) -> Result<S::Response, S::Error> {
+        self.admit(&request)?;
+        inner.call(request).await
     }
 }
 
 /// The errors of the service behind a limit, in the limit's error type:
 /// none from an OAuth handler, the MCP stack's own from the MCP layers.
 pub trait Absorbs<Inner> {
+    /// The inner service's error as this one.
     fn absorb(inner: Inner) -> Self;
 }
 
@@ -341,7 +339,7 @@ impl Absorbs<ProxyError> for ProxyError {
 mod tests {
     use super::*;
     use axum::extract::ConnectInfo;
-    use axum::http::StatusCode;
+    use axum::http::{Response, StatusCode};
     use proptest::prelude::*;
     use std::net::SocketAddr;
     use tower::ServiceExt;

@@ -3,27 +3,31 @@
 //! slot (who: Authenticate; what and the verdict: EnforcePolicy); this layer
 //! writes it out when the answer is known.
 
-use std::future::Future;
-use std::pin::Pin;
 use std::sync::{Arc, Mutex};
-use std::task::{Context, Poll};
 use std::time::Instant;
 
-use axum::body::Body;
-use axum::http::{Request, Response};
-use tower::{Layer, Service};
+use axum::http::{Request, Response, StatusCode};
+use tower::Service;
 
 use super::Metrics;
+use crate::checkpoint::{Checkpoint, CheckpointLayer};
 use crate::client_address::ClientAddress;
 
 /// What the MCP stack learned about one request.
 #[derive(Debug, Default, Clone)]
 pub struct AuditFacts {
+    /// Who: the user's `sub` (Authenticate).
     pub sub: Option<String>,
+    /// The user's email, when the provider gave one (Authenticate).
     pub email: Option<String>,
+    /// The OAuth client the token was issued to (Authenticate).
     pub client_id: Option<String>,
+    /// What: the JSON-RPC method of the (first) call (EnforcePolicy).
     pub mcp_method: Option<String>,
+    /// The tool it calls, if any (EnforcePolicy).
     pub tool: Option<String>,
+    /// The verdict: `allow`, `deny`, `rate_limited`; when none is set the
+    /// response status decides.
     pub decision: Option<&'static str>,
 }
 
@@ -32,6 +36,7 @@ pub struct AuditFacts {
 pub struct AuditSlot(Arc<Mutex<AuditFacts>>);
 
 impl AuditSlot {
+    /// Adds to what is known of the request.
     pub fn update(&self, f: impl FnOnce(&mut AuditFacts)) {
         if let Ok(mut facts) = self.0.lock() {
             f(&mut facts);
@@ -43,50 +48,28 @@ impl AuditSlot {
     }
 }
 
+/// Adds `Audit` to a service.
+pub type AuditLayer = CheckpointLayer<Audit>;
+
+/// Gives each request an `AuditSlot` and, once its answer is known, writes
+/// the audit event and counts it. With neither metrics nor the audit log,
+/// requests pass untouched.
 #[derive(Clone)]
-pub struct AuditLayer {
+pub struct Audit {
     metrics: Option<Arc<Metrics>>,
     log: bool,
 }
 
-impl AuditLayer {
-    pub fn new(metrics: Option<Arc<Metrics>>, log: bool) -> Self {
-        AuditLayer { metrics, log }
-    }
-}
-
-impl<S> Layer<S> for AuditLayer {
-    type Service = Audit<S>;
-    fn layer(&self, inner: S) -> Audit<S> {
-        Audit {
-            inner,
-            layer: self.clone(),
-        }
-    }
-}
-
-#[derive(Clone)]
-pub struct Audit<S> {
-    inner: S,
-    layer: AuditLayer,
-}
-
-impl<S> Service<Request<Body>> for Audit<S>
-where
-    S: Service<Request<Body>, Response = Response<Body>> + Send + 'static,
-    S::Future: Send + 'static,
-{
-    type Response = Response<Body>;
-    type Error = S::Error;
-    type Future = Pin<Box<dyn Future<Output = Result<Response<Body>, S::Error>> + Send>>;
-
-    fn poll_ready(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), S::Error>> {
-        self.inner.poll_ready(cx)
+impl Audit {
+    /// The layer: counts into `metrics` when given, logs when `log`.
+    pub fn layer(metrics: Option<Arc<Metrics>>, log: bool) -> AuditLayer {
+        CheckpointLayer::new(Audit { metrics, log })
     }
 
-    fn call(&mut self, mut request: Request<Body>) -> Self::Future {
-        if !self.layer.log && self.layer.metrics.is_none() {
-            return Box::pin(self.inner.call(request));
+    /// Starts auditing a request: its slot goes into the extensions.
+    fn begin<B>(&self, request: &mut Request<B>) -> Option<Audited> {
+        if !self.log && self.metrics.is_none() {
+            return None;
         }
         let slot = AuditSlot::default();
         request.extensions_mut().insert(slot.clone());
@@ -96,51 +79,80 @@ where
             .and_then(|v| v.to_str().ok())
             .unwrap_or_default()
             .to_string();
-        let client_address = ClientAddress::of(&request)
+        let client_address = ClientAddress::of(request)
             .map(|ip| ip.to_string())
             .unwrap_or_default();
-        let layer = self.layer.clone();
-        let started = Instant::now();
-        let future = self.inner.call(request);
-        Box::pin(async move {
-            let result = future.await;
-            if let Ok(response) = &result {
-                let status = response.status().as_u16();
-                let facts = slot.snapshot();
-                let decision = facts.decision.unwrap_or(match status {
-                    401 => "unauthenticated",
-                    200..=399 => "allow",
-                    _ => "error",
-                });
-                if let Some(metrics) = &layer.metrics {
-                    metrics
-                        .mcp_requests
-                        .with_label_values(&[
-                            Metrics::mcp_method_label(facts.mcp_method.as_deref()),
-                            metrics.tool_label(facts.tool.as_deref()),
-                            decision,
-                        ])
-                        .inc();
-                }
-                if layer.log {
-                    tracing::info!(
-                        target: "audit",
-                        audit = true,
-                        request_id = %request_id,
-                        client_address = %client_address,
-                        sub = facts.sub.as_deref().unwrap_or_default(),
-                        email = facts.email.as_deref().unwrap_or_default(),
-                        client_id = facts.client_id.as_deref().unwrap_or_default(),
-                        mcp_method = facts.mcp_method.as_deref().unwrap_or_default(),
-                        tool = facts.tool.as_deref().unwrap_or_default(),
-                        decision,
-                        status,
-                        duration_ms = started.elapsed().as_secs_f64() * 1000.0,
-                        "audit"
-                    );
-                }
-            }
-            result
+        Some(Audited {
+            slot,
+            request_id,
+            client_address,
+            started: Instant::now(),
         })
     }
+
+    /// Counts and logs a request that got an answer (a failure below the
+    /// rescue layer has none to report).
+    fn end(&self, audited: Audited, status: StatusCode) {
+        let status = status.as_u16();
+        let facts = audited.slot.snapshot();
+        let decision = facts.decision.unwrap_or(match status {
+            401 => "unauthenticated",
+            200..=399 => "allow",
+            _ => "error",
+        });
+        if let Some(metrics) = &self.metrics {
+            metrics
+                .mcp_requests
+                .with_label_values(&[
+                    Metrics::mcp_method_label(facts.mcp_method.as_deref()),
+                    metrics.tool_label(facts.tool.as_deref()),
+                    decision,
+                ])
+                .inc();
+        }
+        if self.log {
+            tracing::info!(
+                target: "audit",
+                audit = true,
+                request_id = %audited.request_id,
+                client_address = %audited.client_address,
+                sub = facts.sub.as_deref().unwrap_or_default(),
+                email = facts.email.as_deref().unwrap_or_default(),
+                client_id = facts.client_id.as_deref().unwrap_or_default(),
+                mcp_method = facts.mcp_method.as_deref().unwrap_or_default(),
+                tool = facts.tool.as_deref().unwrap_or_default(),
+                decision,
+                status,
+                duration_ms = audited.started.elapsed().as_secs_f64() * 1000.0,
+                "audit"
+            );
+        }
+    }
 }
+
+/// What is known of a request when it arrives.
+struct Audited {
+    slot: AuditSlot,
+    request_id: String,
+    client_address: String,
+    started: Instant,
+}
+
+impl<S, B, R> Checkpoint<S, Request<B>> for Audit
+where
+    S: Service<Request<B>, Response = Response<R>, Future: Send> + Send + 'static,
+    B: Send + 'static,
+    R: 'static,
+{
+    async fn run(self, mut inner: S, mut request: Request<B>) -> Result<Response<R>, S::Error> {
+        let audited = self.begin(&mut request);
+        let result = inner.call(request).await;
+        if let (Some(audited), Ok(response)) = (audited, &result) {
+            self.end(audited, response.status());
+        }
+        result
+    }
+}
+
+#[cfg(test)]
+mod tests;

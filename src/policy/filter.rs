@@ -3,20 +3,18 @@
 //! or an event stream), every tool, resource or prompt the policy would deny
 //! this user is removed from it. Other answers pass untouched.
 
-use std::future::Future;
-use std::pin::Pin;
 use std::sync::Arc;
-use std::task::{Context, Poll};
 
 use axum::body::{Body, Bytes};
 use axum::http::{header, Request, Response};
 use futures_util::StreamExt;
 use http_body_util::{BodyExt, Limited};
 use serde_json::Value;
-use tower::{Layer, Service};
+use tower::Service;
 
 use super::layer::{decide, script_user, McpCall, RequestView};
 use super::{CompiledPolicy, Decision, PolicyEngine};
+use crate::checkpoint::{Checkpoint, CheckpointLayer};
 use crate::error::ProxyError;
 use crate::event_stream::{parse_event, render_event, EventSplitter};
 use crate::session::Session;
@@ -165,82 +163,62 @@ impl Visibility {
     }
 }
 
+/// Adds `FilterLists` to a service.
+pub type FilterListsLayer = CheckpointLayer<FilterLists>;
+
+/// Removes from a successful list answer what the policy would deny this
+/// user; every other answer passes untouched.
 #[derive(Clone)]
-pub struct FilterListsLayer {
+pub struct FilterLists {
     engine: Arc<PolicyEngine>,
     issuer: Arc<str>,
 }
 
-impl FilterListsLayer {
-    pub fn new(engine: Arc<PolicyEngine>, issuer: &str) -> Self {
-        FilterListsLayer {
+impl FilterLists {
+    /// The layer, deciding with `engine` (the version EnforcePolicy used).
+    pub fn layer(engine: Arc<PolicyEngine>, issuer: &str) -> FilterListsLayer {
+        CheckpointLayer::new(FilterLists {
             engine,
             issuer: issuer.into(),
-        }
-    }
-}
-
-impl<S> Layer<S> for FilterListsLayer {
-    type Service = FilterLists<S>;
-    fn layer(&self, inner: S) -> FilterLists<S> {
-        FilterLists {
-            inner,
-            layer: self.clone(),
-        }
-    }
-}
-
-#[derive(Clone)]
-pub struct FilterLists<S> {
-    inner: S,
-    layer: FilterListsLayer,
-}
-
-impl<S> Service<Request<Body>> for FilterLists<S>
-where
-    S: Service<Request<Body>, Response = Response<Body>, Error = ProxyError>
-        + Clone
-        + Send
-        + 'static,
-    S::Future: Send + 'static,
-{
-    type Response = Response<Body>;
-    type Error = ProxyError;
-    type Future = Pin<Box<dyn Future<Output = Result<Response<Body>, ProxyError>> + Send>>;
-
-    fn poll_ready(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), ProxyError>> {
-        self.inner.poll_ready(cx)
+        })
     }
 
-    fn call(&mut self, request: Request<Body>) -> Self::Future {
-        let clone = self.inner.clone();
-        let mut inner = std::mem::replace(&mut self.inner, clone);
+    /// What this user may see, for a single list call the policy let
+    /// through; `None` for anything else.
+    fn visibility<B>(&self, request: &Request<B>) -> Option<Visibility> {
         let kind = request
             .extensions()
             .get::<McpCall>()
             .and_then(|c| c.method.as_deref())
-            .and_then(ListKind::of);
-        let visibility = kind.and_then(|kind| {
-            let session = request.extensions().get::<Arc<Session>>()?.clone();
-            let policy = request.extensions().get::<Arc<CompiledPolicy>>()?.clone();
-            Some(Visibility {
-                engine: self.layer.engine.clone(),
-                user: script_user(&session, &self.layer.issuer),
-                session,
-                policy,
-                view: RequestView::new(request.method(), request.uri().path(), request.headers()),
-                kind,
-            })
-        });
-        Box::pin(async move {
-            let response = inner.call(request).await?;
-            match visibility {
-                Some(visibility) if response.status().is_success() => {
-                    filter_response(response, Arc::new(visibility)).await
-                }
-                _ => Ok(response),
-            }
+            .and_then(ListKind::of)?;
+        let session = request.extensions().get::<Arc<Session>>()?.clone();
+        let policy = request.extensions().get::<Arc<CompiledPolicy>>()?.clone();
+        Some(Visibility {
+            engine: self.engine.clone(),
+            user: script_user(&session, &self.issuer),
+            session,
+            policy,
+            view: RequestView::new(request.method(), request.uri().path(), request.headers()),
+            kind,
         })
+    }
+}
+
+impl<S, B> Checkpoint<S, Request<B>> for FilterLists
+where
+    S: Service<Request<B>, Response = Response<Body>, Error: From<ProxyError>, Future: Send>,
+    S: Send + 'static,
+    B: Send + 'static,
+{
+    async fn run(self, mut inner: S, request: Request<B>) -> Result<Response<Body>, S::Error> {
+        let visibility = self.visibility(&request);
+        let response = inner.call(request).await?;
+        match visibility {
+            Some(visibility) if response.status().is_success() => {
+                Ok(filter_response(response, Arc::new(visibility)).await?)
+            }
+            _ => Ok(response),
+        }
     }
 }
 
@@ -320,3 +298,6 @@ async fn filter_response(
         Ok(Response::from_parts(parts, body))
     }
 }
+
+#[cfg(test)]
+mod tests;

@@ -5,19 +5,17 @@
 //! learn the MCP method and the tool, resource or prompt it names. Where a
 //! client also sent `Mcp-Method` / `Mcp-Name` headers, they must agree.
 
-use std::future::Future;
-use std::pin::Pin;
 use std::sync::{Arc, Mutex, OnceLock};
-use std::task::{Context, Poll};
 
 use axum::body::{Body, Bytes};
-use axum::http::{HeaderMap, HeaderName, HeaderValue, Method, Request, Response};
+use axum::http::{HeaderMap, HeaderName, HeaderValue, Method, Request};
 use http_body_util::{BodyExt, Limited};
 use rhai::{Dynamic, Map};
 use serde_json::Value;
-use tower::{Layer, Service};
+use tower::Service;
 
 use super::{CompiledPolicy, Decision, PolicyEngine};
+use crate::checkpoint::{Checkpoint, CheckpointLayer};
 use crate::error::{BodyTimeout, ProxyError};
 use crate::metrics::audit::AuditSlot;
 use crate::metrics::Metrics;
@@ -40,18 +38,23 @@ fn memo(session: &Session) -> Option<&SessionMemo> {
 /// What the proxy reads of one JSON-RPC message.
 #[derive(Debug, Default, Clone, PartialEq)]
 pub struct McpCall {
+    /// The JSON-RPC method (`tools/call`, `notifications/initialized`, ...).
     pub method: Option<String>,
+    /// The request id; notifications have none.
     pub id: Option<Value>,
     /// tools/call and prompts/get: `params.name`; resources/read: `params.uri`.
     pub target: Option<String>,
 }
 
 impl McpCall {
+    /// The tool a `tools/call` calls.
     pub fn tool(&self) -> Option<&str> {
         (self.method.as_deref() == Some("tools/call"))
             .then_some(self.target.as_deref())
             .flatten()
     }
+
+    /// The resource a `resources/read`, `subscribe` or `unsubscribe` names.
     pub fn resource(&self) -> Option<&str> {
         matches!(
             self.method.as_deref(),
@@ -60,6 +63,8 @@ impl McpCall {
         .then_some(self.target.as_deref())
         .flatten()
     }
+
+    /// The prompt a `prompts/get` asks for.
     pub fn prompt(&self) -> Option<&str> {
         (self.method.as_deref() == Some("prompts/get"))
             .then_some(self.target.as_deref())
@@ -181,6 +186,8 @@ pub struct RequestView {
 }
 
 impl RequestView {
+    /// The view of a request's method, path and headers (without the
+    /// credentials and the client's claims about its connection).
     pub fn new(method: &Method, path: &str, headers: &HeaderMap) -> Self {
         let mut header_map = Map::new();
         for (name, value) in headers {
@@ -319,8 +326,15 @@ impl Evaluation {
     }
 }
 
+/// Adds `EnforcePolicy` to a service.
+pub type EnforcePolicyLayer = CheckpointLayer<EnforcePolicy>;
+
+/// Runs the policy; a denial never reaches the downstream. What it decided
+/// for a request that goes on travels with it: the `PolicyOutcome`, the
+/// policy version (for list filtering) and, for a single call, the
+/// `McpCall`.
 #[derive(Clone)]
-pub struct EnforcePolicyLayer {
+pub struct EnforcePolicy {
     engine: Arc<PolicyEngine>,
     issuer: Arc<str>,
     max_body: usize,
@@ -328,229 +342,139 @@ pub struct EnforcePolicyLayer {
     metrics: Option<Arc<Metrics>>,
 }
 
-impl EnforcePolicyLayer {
-    pub fn new(
+impl EnforcePolicy {
+    /// The layer: bodies up to `max_body` bytes, batches up to
+    /// `max_batch_size` calls, the user's claims as `issuer` states them.
+    pub fn layer(
         engine: Arc<PolicyEngine>,
         issuer: &str,
         max_body: usize,
         max_batch_size: usize,
         metrics: Option<Arc<Metrics>>,
-    ) -> Self {
-        EnforcePolicyLayer {
+    ) -> EnforcePolicyLayer {
+        CheckpointLayer::new(EnforcePolicy {
             engine,
             issuer: issuer.into(),
             max_body,
             max_batch_size,
             metrics,
-        }
-    }
-}
-
-impl<S> Layer<S> for EnforcePolicyLayer {
-    type Service = EnforcePolicy<S>;
-    fn layer(&self, inner: S) -> EnforcePolicy<S> {
-        EnforcePolicy {
-            inner,
-            layer: self.clone(),
-        }
-    }
-}
-
-/// Runs the policy; a denial never reaches the downstream.
-#[derive(Clone)]
-pub struct EnforcePolicy<S> {
-    inner: S,
-    layer: EnforcePolicyLayer,
-}
-
-impl<S> Service<Request<Body>> for EnforcePolicy<S>
-where
-    S: Service<Request<Body>, Response = Response<Body>, Error = ProxyError>
-        + Clone
-        + Send
-        + 'static,
-    S::Future: Send + 'static,
-{
-    type Response = Response<Body>;
-    type Error = ProxyError;
-    type Future = Pin<Box<dyn Future<Output = Result<Response<Body>, ProxyError>> + Send>>;
-
-    fn poll_ready(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), ProxyError>> {
-        self.inner.poll_ready(cx)
-    }
-
-    fn call(&mut self, request: Request<Body>) -> Self::Future {
-        let clone = self.inner.clone();
-        let mut inner = std::mem::replace(&mut self.inner, clone);
-        let layer = self.layer.clone();
-        Box::pin(async move {
-            let session = request
-                .extensions()
-                .get::<Arc<Session>>()
-                .cloned()
-                .ok_or(ProxyError::Forbidden("no authenticated session".into()))?;
-            let (mut parts, body) = request.into_parts();
-            let (body, calls) = if parts.method == Method::POST {
-                let bytes: Bytes = Limited::new(body, layer.max_body)
-                    .collect()
-                    .await
-                    .map_err(|e| {
-                        if e.downcast_ref::<http_body_util::LengthLimitError>()
-                            .is_some()
-                        {
-                            ProxyError::PayloadTooLarge(layer.max_body)
-                        } else if let Some(timeout) = BodyTimeout::in_chain(e.as_ref()) {
-                            ProxyError::BodyTimeout(timeout)
-                        } else {
-                            ProxyError::BadRequest(format!(
-                                "the request body could not be read: {e}"
-                            ))
-                        }
-                    })?
-                    .to_bytes();
-                let calls = parse_calls(&bytes, layer.max_batch_size)?;
-                check_routing_headers(&parts.headers, &calls)?;
-                (Body::from(bytes), calls)
-            } else {
-                (body, Vec::new())
-            };
-            let audit = parts.extensions.get::<AuditSlot>().cloned();
-            if let (Some(slot), Some(first)) = (&audit, calls.first()) {
-                slot.update(|facts| {
-                    facts.mcp_method = first.method.clone();
-                    facts.tool = first.tool().map(str::to_string);
-                });
-            }
-            let policy = layer.engine.current();
-            let evaluation = Evaluation {
-                engine: layer.engine.clone(),
-                policy: policy.clone(),
-                user: script_user(&session, &layer.issuer),
-                session,
-                view: RequestView::new(&parts.method, parts.uri.path(), &parts.headers),
-                metrics: layer.metrics.clone(),
-                audit,
-            };
-            let (headers, calls) = if calls.len() <= 1 {
-                // One call is a few microseconds of policy: a thread hop
-                // would cost more than it saves.
-                (evaluation.run(&calls)?, calls)
-            } else {
-                // A batch is up to max_batch_size policy runs: off the
-                // runtime's workers, so other connections keep being served.
-                let span = tracing::Span::current();
-                let (verdict, calls) = tokio::task::spawn_blocking(move || {
-                    let _entered = span.enter();
-                    (evaluation.run(&calls), calls)
-                })
-                .await
-                .map_err(|e| {
-                    tracing::error!(error = %e, "the policy evaluation of a batch failed");
-                    ProxyError::Forbidden("access denied by policy (policy error)".into())
-                })?;
-                (verdict?, calls)
-            };
-            let strip_engine = layer.engine.clone();
-            let strip_policy = policy.clone();
-            parts.extensions.insert(PolicyOutcome {
-                headers,
-                strip: Arc::new(move |name| strip_engine.is_identity_header(&strip_policy, name)),
-            });
-            // List filtering decides with the same version of the policy.
-            parts.extensions.insert(policy);
-            if let [call] = calls.as_slice() {
-                parts.extensions.insert(call.clone());
-            }
-            inner.call(Request::from_parts(parts, body)).await
         })
+    }
+
+    /// The calls of a POST body, read whole (the only body the proxy
+    /// buffers) and handed on as read; other methods carry none.
+    async fn read_calls(
+        &self,
+        method: &Method,
+        headers: &HeaderMap,
+        body: Body,
+    ) -> Result<(Body, Vec<McpCall>), ProxyError> {
+        if method != Method::POST {
+            return Ok((body, Vec::new()));
+        }
+        let bytes: Bytes = Limited::new(body, self.max_body)
+            .collect()
+            .await
+            .map_err(|e| {
+                if e.downcast_ref::<http_body_util::LengthLimitError>()
+                    .is_some()
+                {
+                    ProxyError::PayloadTooLarge(self.max_body)
+                } else if let Some(timeout) = BodyTimeout::in_chain(e.as_ref()) {
+                    ProxyError::BodyTimeout(timeout)
+                } else {
+                    ProxyError::BadRequest(format!("the request body could not be read: {e}"))
+                }
+            })?
+            .to_bytes();
+        let calls = parse_calls(&bytes, self.max_batch_size)?;
+        check_routing_headers(headers, &calls)?;
+        Ok((Body::from(bytes), calls))
+    }
+
+    /// What a request that goes on carries for the forwarder: the headers
+    /// the policy set, and which client headers to strip (any this version
+    /// of the policy could set).
+    fn outcome(
+        &self,
+        policy: &Arc<CompiledPolicy>,
+        headers: Vec<(HeaderName, HeaderValue)>,
+    ) -> PolicyOutcome {
+        let strip_engine = self.engine.clone();
+        let strip_policy = policy.clone();
+        PolicyOutcome {
+            headers,
+            strip: Arc::new(move |name| strip_engine.is_identity_header(&strip_policy, name)),
+        }
+    }
+}
+
+/// Runs the policy for the calls and hands them back.
+async fn evaluate(
+    evaluation: Evaluation,
+    calls: Vec<McpCall>,
+) -> Result<(Vec<(HeaderName, HeaderValue)>, Vec<McpCall>), ProxyError> {
+    if calls.len() <= 1 {
+        // One call is a few microseconds of policy: a thread hop would cost
+        // more than it saves.
+        return Ok((evaluation.run(&calls)?, calls));
+    }
+    // A batch is up to max_batch_size policy runs: off the runtime's
+    // workers, so other connections keep being served.
+    let span = tracing::Span::current();
+    let (verdict, calls) = tokio::task::spawn_blocking(move || {
+        let _entered = span.enter();
+        (evaluation.run(&calls), calls)
+    })
+    .await
+    .map_err(|e| {
+        tracing::error!(error = %e, "the policy evaluation of a batch failed");
+        ProxyError::Forbidden("access denied by policy (policy error)".into())
+    })?;
+    Ok((verdict?, calls))
+}
+
+impl<S> Checkpoint<S, Request<Body>> for EnforcePolicy
+where
+    S: Service<Request<Body>, Error: From<ProxyError>, Future: Send> + Send + 'static,
+{
+    async fn run(self, mut inner: S, request: Request<Body>) -> Result<S::Response, S::Error> {
+        let session = request
+            .extensions()
+            .get::<Arc<Session>>()
+            .cloned()
+            .ok_or(ProxyError::Forbidden("no authenticated session".into()))?;
+        let (mut parts, body) = request.into_parts();
+        let (body, calls) = self.read_calls(&parts.method, &parts.headers, body).await?;
+        let audit = parts.extensions.get::<AuditSlot>().cloned();
+        if let (Some(slot), Some(first)) = (&audit, calls.first()) {
+            slot.update(|facts| {
+                facts.mcp_method = first.method.clone();
+                facts.tool = first.tool().map(str::to_string);
+            });
+        }
+        let policy = self.engine.current();
+        let evaluation = Evaluation {
+            engine: self.engine.clone(),
+            policy: policy.clone(),
+            user: script_user(&session, &self.issuer),
+            session,
+            view: RequestView::new(&parts.method, parts.uri.path(), &parts.headers),
+            metrics: self.metrics.clone(),
+            audit,
+        };
+        let (headers, calls) = evaluate(evaluation, calls).await?;
+        parts.extensions.insert(self.outcome(&policy, headers));
+        // List filtering decides with the same version of the policy.
+        parts.extensions.insert(policy);
+        if let [call] = calls.as_slice() {
+            parts.extensions.insert(call.clone());
+        }
+        inner.call(Request::from_parts(parts, body)).await
     }
 }
 
 #[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn calls_name_their_target() {
-        let calls = parse_calls(br#"{"jsonrpc":"2.0","id":1,"method":"tools/call","params":{"name":"whoami","arguments":{}}}"#, 16).unwrap();
-        assert_eq!(calls[0].tool(), Some("whoami"));
-        let calls = parse_calls(br#"[{"jsonrpc":"2.0","id":1,"method":"resources/read","params":{"uri":"file:///a"}},{"jsonrpc":"2.0","method":"notifications/initialized"}]"#, 16).unwrap();
-        assert_eq!(calls[0].resource(), Some("file:///a"));
-        assert_eq!(
-            calls[1].method.as_deref(),
-            Some("notifications/initialized")
-        );
-        assert!(parse_calls(b"not json", 16).is_err());
-        assert!(parse_calls(b"[]", 16).is_err());
-    }
-
-    #[test]
-    fn routing_headers_must_agree_with_the_body() {
-        let calls = parse_calls(
-            br#"{"jsonrpc":"2.0","id":1,"method":"tools/call","params":{"name":"whoami"}}"#,
-            16,
-        )
-        .unwrap();
-        let mut h = HeaderMap::new();
-        h.insert("mcp-method", "tools/call".parse().unwrap());
-        h.insert("mcp-name", "whoami".parse().unwrap());
-        assert!(check_routing_headers(&h, &calls).is_ok());
-        h.insert("mcp-name", "delete_everything".parse().unwrap());
-        assert!(matches!(
-            check_routing_headers(&h, &calls),
-            Err(ProxyError::BadRequest(_))
-        ));
-        h.remove("mcp-name");
-        h.insert("mcp-method", "tools/list".parse().unwrap());
-        assert!(check_routing_headers(&h, &calls).is_err());
-    }
-
-    #[test]
-    fn invariant_6_the_policy_never_sees_what_a_client_claims_about_its_connection() {
-        let mut h = HeaderMap::new();
-        for (name, value) in [
-            ("x-forwarded-for", "10.0.0.1"),
-            ("x_forwarded_for", "10.0.0.1"),
-            ("x-real-ip", "10.0.0.1"),
-            ("forwarded", "for=10.0.0.1"),
-            ("true-client-ip", "10.0.0.1"),
-            ("x-original-url", "/admin"),
-            ("authorization", "Bearer t"),
-            ("cookie", "a=1"),
-            ("x-custom", "seen"),
-        ] {
-            h.append(
-                axum::http::HeaderName::from_bytes(name.as_bytes()).unwrap(),
-                value.parse().unwrap(),
-            );
-        }
-        let view = script_request(&Method::POST, "/mcp", &h, None).cast::<Map>();
-        let headers = view["headers"].clone().cast::<Map>();
-        let names: Vec<&str> = headers.keys().map(|k| k.as_str()).collect();
-        assert_eq!(names, vec!["x-custom"]);
-    }
-
-    #[test]
-    fn invariant_10_routing_headers_are_read_one_way_only() {
-        let calls = parse_calls(
-            br#"{"jsonrpc":"2.0","id":1,"method":"tools/call","params":{"name":"whoami"}}"#,
-            16,
-        )
-        .unwrap();
-        // A second value, which a downstream may read instead of the first.
-        let mut h = HeaderMap::new();
-        h.append("mcp-name", "whoami".parse().unwrap());
-        h.append("mcp-name", "deploy".parse().unwrap());
-        assert!(check_routing_headers(&h, &calls).is_err());
-        // A value that is not visible ASCII is still compared.
-        let mut h = HeaderMap::new();
-        h.insert("mcp-name", HeaderValue::from_bytes(b"d\xe9ploy").unwrap());
-        assert!(check_routing_headers(&h, &calls).is_err());
-        let batch = parse_calls(
-            br#"[{"jsonrpc":"2.0","id":1,"method":"ping"},{"jsonrpc":"2.0","id":2,"method":"ping"}]"#,
-            16,
-        )
-        .unwrap();
-        assert!(check_routing_headers(&h, &batch).is_err());
-    }
-}
+pub(super) mod test_support;
+#[cfg(test)]
+mod tests;

@@ -2,15 +2,12 @@
 //! page from another origin may not drive the MCP server, so such a request
 //! is refused before any token lookup or policy run.
 
-use std::future::Future;
-use std::pin::Pin;
 use std::sync::Arc;
-use std::task::{Context, Poll};
 
-use axum::body::Body;
-use axum::http::{header, HeaderMap, Request, Response};
-use tower::{Layer, Service};
+use axum::http::{header, HeaderMap, Request};
+use tower::Service;
 
+use crate::checkpoint::{Checkpoint, CheckpointLayer};
 use crate::error::ProxyError;
 
 /// Refuses a present `Origin` that is neither the proxy's own nor allowed.
@@ -32,66 +29,45 @@ pub fn check_origin(
     }
 }
 
+/// Adds `CheckOrigin` to a service.
+pub type CheckOriginLayer = CheckpointLayer<CheckOrigin>;
+
+/// Refuses (403) a request from a foreign browser origin before it reaches
+/// the service.
 #[derive(Clone)]
-pub struct CheckOriginLayer {
+pub struct CheckOrigin {
     public_url: Arc<str>,
     allowed: Arc<[String]>,
 }
 
-impl CheckOriginLayer {
-    pub fn new(public_url: &str, allowed: &[String]) -> Self {
-        CheckOriginLayer {
+impl CheckOrigin {
+    /// The layer that accepts the proxy's own origin (`public_url`) and the
+    /// `allowed` ones (`server.allowed_origins`).
+    pub fn layer(public_url: &str, allowed: &[String]) -> CheckOriginLayer {
+        CheckpointLayer::new(CheckOrigin {
             public_url: public_url.into(),
             allowed: allowed.into(),
-        }
+        })
     }
 }
 
-impl<S> Layer<S> for CheckOriginLayer {
-    type Service = CheckOrigin<S>;
-    fn layer(&self, inner: S) -> CheckOrigin<S> {
-        CheckOrigin {
-            inner,
-            layer: self.clone(),
-        }
-    }
-}
-
-#[derive(Clone)]
-pub struct CheckOrigin<S> {
-    inner: S,
-    layer: CheckOriginLayer,
-}
-
-impl<S> Service<Request<Body>> for CheckOrigin<S>
+impl<S, B> Checkpoint<S, Request<B>> for CheckOrigin
 where
-    S: Service<Request<Body>, Response = Response<Body>, Error = ProxyError>,
-    S::Future: Send + 'static,
+    S: Service<Request<B>, Error: From<ProxyError>, Future: Send> + Send + 'static,
+    B: Send + 'static,
 {
-    type Response = Response<Body>;
-    type Error = ProxyError;
-    type Future = Pin<Box<dyn Future<Output = Result<Response<Body>, ProxyError>> + Send>>;
-
-    fn poll_ready(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), ProxyError>> {
-        self.inner.poll_ready(cx)
-    }
-
-    fn call(&mut self, request: Request<Body>) -> Self::Future {
-        if let Err(refused) = check_origin(
-            request.headers(),
-            &self.layer.public_url,
-            &self.layer.allowed,
-        ) {
-            return Box::pin(std::future::ready(Err(refused)));
-        }
-        Box::pin(self.inner.call(request))
+    async fn run(self, mut inner: S, request: Request<B>) -> Result<S::Response, S::Error> {
+        check_origin(request.headers(), &self.public_url, &self.allowed)?;
+        inner.call(request).await
     }
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
-    use tower::ServiceExt;
+    use axum::body::Body;
+    use axum::http::Response;
+    use tower::{Layer, ServiceExt};
 
     #[tokio::test]
     async fn foreign_origins_never_reach_the_inner_service() {
@@ -102,7 +78,7 @@ mod tests {
             async { Ok::<_, ProxyError>(Response::new(Body::empty())) }
         });
         let service =
-            CheckOriginLayer::new("https://mcp.example.com", &["http://localhost:6274".into()])
+            CheckOrigin::layer("https://mcp.example.com", &["http://localhost:6274".into()])
                 .layer(inner);
         let request = |origin: Option<&str>| {
             let mut r = Request::new(Body::empty());

@@ -3,15 +3,11 @@
 //! downstream acts on the last (or on both joined), so the request is
 //! refused (400) before the policy sees it and nothing is forwarded.
 
-use std::future::Future;
-use std::pin::Pin;
-use std::task::{Context, Poll};
-
-use axum::body::Body;
-use axum::http::{HeaderMap, Request, Response};
-use tower::{Layer, Service};
+use axum::http::{HeaderMap, Request};
+use tower::Service;
 
 use super::sessions::presented_session_id;
+use crate::checkpoint::{Checkpoint, CheckpointLayer};
 use crate::error::ProxyError;
 
 /// Headers read on the request path (besides `Authorization`, which
@@ -39,48 +35,40 @@ pub fn check_unambiguous(headers: &HeaderMap) -> Result<(), ProxyError> {
     Ok(())
 }
 
+/// Adds `UnambiguousHeaders` to a service.
+pub type UnambiguousHeadersLayer = CheckpointLayer<UnambiguousHeaders>;
+
+/// Refuses (400) a request whose interpreted headers are ambiguous before it
+/// reaches the service.
 #[derive(Clone, Copy, Default)]
-pub struct UnambiguousHeadersLayer;
+pub struct UnambiguousHeaders;
 
-impl<S> Layer<S> for UnambiguousHeadersLayer {
-    type Service = UnambiguousHeaders<S>;
-    fn layer(&self, inner: S) -> UnambiguousHeaders<S> {
-        UnambiguousHeaders { inner }
+impl UnambiguousHeaders {
+    /// The layer.
+    pub fn layer() -> UnambiguousHeadersLayer {
+        CheckpointLayer::new(UnambiguousHeaders)
     }
 }
 
-#[derive(Clone)]
-pub struct UnambiguousHeaders<S> {
-    inner: S,
-}
-
-impl<S> Service<Request<Body>> for UnambiguousHeaders<S>
+impl<S, B> Checkpoint<S, Request<B>> for UnambiguousHeaders
 where
-    S: Service<Request<Body>, Response = Response<Body>, Error = ProxyError>,
-    S::Future: Send + 'static,
+    S: Service<Request<B>, Error: From<ProxyError>, Future: Send> + Send + 'static,
+    B: Send + 'static,
 {
-    type Response = Response<Body>;
-    type Error = ProxyError;
-    type Future = Pin<Box<dyn Future<Output = Result<Response<Body>, ProxyError>> + Send>>;
-
-    fn poll_ready(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), ProxyError>> {
-        self.inner.poll_ready(cx)
-    }
-
-    fn call(&mut self, request: Request<Body>) -> Self::Future {
-        if let Err(refused) = check_unambiguous(request.headers()) {
-            return Box::pin(std::future::ready(Err(refused)));
-        }
-        Box::pin(self.inner.call(request))
+    async fn run(self, mut inner: S, request: Request<B>) -> Result<S::Response, S::Error> {
+        check_unambiguous(request.headers())?;
+        inner.call(request).await
     }
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+    use axum::body::Body;
+    use axum::http::Response;
     use std::sync::atomic::{AtomicUsize, Ordering};
     use std::sync::Arc;
-    use tower::ServiceExt;
+    use tower::{Layer, ServiceExt};
 
     async fn reaches_inner(headers: &[(&str, &str)]) -> Result<(), ProxyError> {
         let reached = Arc::new(AtomicUsize::new(0));
@@ -96,7 +84,10 @@ mod tests {
                 value.parse().unwrap(),
             );
         }
-        let result = UnambiguousHeadersLayer.layer(inner).oneshot(request).await;
+        let result = UnambiguousHeaders::layer()
+            .layer(inner)
+            .oneshot(request)
+            .await;
         assert_eq!(reached.load(Ordering::SeqCst), usize::from(result.is_ok()));
         result.map(|_| ())
     }

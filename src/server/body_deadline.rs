@@ -2,7 +2,8 @@
 //! counted from the end of the request head: a deadline for the whole body,
 //! not between chunks, so trickling one byte at a time does not extend it.
 //! A late body ends with a `BodyTimeout` error, which the reader of the body
-//! turns into a 408.
+//! turns into a 408. Written by hand, not as a `Checkpoint`: it changes the
+//! request's body type.
 
 use std::future::Future;
 use std::pin::Pin;

@@ -19,7 +19,6 @@
 //!   per connection, pending and locally reset streams, and pings that
 //!   close connections whose peer is gone.
 
-use std::convert::Infallible;
 use std::future::Future;
 use std::net::SocketAddr;
 use std::pin::Pin;
@@ -37,11 +36,13 @@ use hyper_util::server::conn::auto::Builder;
 use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::{watch, Semaphore};
 use tokio::time::Instant;
+use tower::util::MapResponse;
 use tower::{Layer, Service, ServiceBuilder, ServiceExt};
 
 use super::body_deadline::BodyDeadlineLayer;
 use super::framing::{CheckFramingLayer, RawHeads, ScanHeads};
 use super::rescue::RescueLayer;
+use crate::checkpoint::{Checkpoint, CheckpointLayer, CheckpointService};
 use crate::config::ServerConfig;
 
 /// HTTP/2 pings on every connection this often; a peer that does not answer
@@ -341,55 +342,63 @@ impl Drop for InFlight {
     }
 }
 
+/// Counts each request of a connection as in progress until its response
+/// body is finished or dropped.
 #[derive(Clone)]
 struct TrackActivityLayer(Arc<Activity>);
 
+/// The service's responses, each with a body that can carry its request's
+/// `InFlight`.
+type Tracked<S> = MapResponse<S, fn(Response<Body>) -> Response<TrackedBody>>;
+
 impl<S> Layer<S> for TrackActivityLayer {
-    type Service = TrackActivity<S>;
-    fn layer(&self, inner: S) -> TrackActivity<S> {
-        TrackActivity {
-            inner,
-            activity: self.0.clone(),
-        }
+    type Service = CheckpointService<TrackActivity, Tracked<S>>;
+
+    fn layer(&self, inner: S) -> Self::Service {
+        let trackable: fn(Response<Body>) -> Response<TrackedBody> =
+            |response| response.map(TrackedBody::new);
+        CheckpointLayer::new(TrackActivity(self.0.clone()))
+            .layer(MapResponse::new(inner, trackable))
     }
 }
 
 #[derive(Clone)]
-struct TrackActivity<S> {
-    inner: S,
-    activity: Arc<Activity>,
-}
+struct TrackActivity(Arc<Activity>);
 
-impl<S, B> Service<Request<B>> for TrackActivity<S>
+impl<S, B> Checkpoint<S, Request<B>> for TrackActivity
 where
-    S: Service<Request<B>, Response = Response<Body>, Error = Infallible>,
-    S::Future: Send + 'static,
+    S: Service<Request<B>, Response = Response<TrackedBody>, Future: Send + 'static>,
+    S: Send + 'static,
 {
-    type Response = Response<TrackedBody>;
-    type Error = Infallible;
-    type Future = Pin<Box<dyn Future<Output = Result<Response<TrackedBody>, Infallible>> + Send>>;
-
-    fn poll_ready(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), Infallible>> {
-        self.inner.poll_ready(cx)
-    }
-
-    fn call(&mut self, request: Request<B>) -> Self::Future {
-        let in_flight = InFlight::begin(self.activity.clone());
-        let future = self.inner.call(request);
-        Box::pin(async move {
-            let response = future.await?;
-            Ok(response.map(|body| TrackedBody {
-                inner: body,
-                _in_flight: in_flight,
-            }))
-        })
+    /// In progress from the moment the request is handed over.
+    fn run(
+        self,
+        mut inner: S,
+        request: Request<B>,
+    ) -> impl Future<Output = Result<Response<TrackedBody>, S::Error>> + Send + 'static {
+        let in_flight = InFlight::begin(self.0);
+        let answer = inner.call(request);
+        async move {
+            let mut response = answer.await?;
+            response.body_mut().in_flight = Some(in_flight);
+            Ok(response)
+        }
     }
 }
 
 /// A response body that keeps its request counted as in progress.
 struct TrackedBody {
     inner: Body,
-    _in_flight: InFlight,
+    in_flight: Option<InFlight>,
+}
+
+impl TrackedBody {
+    fn new(inner: Body) -> Self {
+        TrackedBody {
+            inner,
+            in_flight: None,
+        }
+    }
 }
 
 impl http_body::Body for TrackedBody {
@@ -463,5 +472,36 @@ mod tests {
             .await
             .expect("idle once the request ends")
             .unwrap();
+    }
+
+    #[tokio::test]
+    async fn a_request_is_in_progress_until_its_response_body_is_done() {
+        let activity = Arc::new(Activity::new());
+        let service = tower::service_fn(|_request: Request<()>| {
+            std::future::ready(Ok::<_, std::convert::Infallible>(Response::new(
+                Body::from("answer"),
+            )))
+        });
+        let service = TrackActivityLayer(activity.clone()).layer(service);
+        let in_flight = || activity.in_flight.load(Ordering::Acquire);
+        let response = service
+            .clone()
+            .oneshot(Request::new(()))
+            .await
+            .expect("infallible");
+        assert_eq!(in_flight(), 1, "the answer is still being sent");
+        assert!(activity.served_any.load(Ordering::Acquire));
+        let body = http_body_util::BodyExt::collect(response.into_body())
+            .await
+            .expect("body")
+            .to_bytes();
+        assert_eq!(&body[..], b"answer", "the body passes unchanged");
+        assert_eq!(in_flight(), 0, "done once the body is");
+        // A request given up before its answer ends when it is dropped.
+        let mut service = service;
+        let pending = service.ready().await.expect("ready").call(Request::new(()));
+        assert_eq!(in_flight(), 1);
+        drop(pending);
+        assert_eq!(in_flight(), 0);
     }
 }

@@ -15,20 +15,26 @@
 //! the service in request order (`RawHeads`).
 
 use std::collections::VecDeque;
+use std::convert::Infallible;
 use std::future::Future;
 use std::pin::Pin;
 use std::sync::{Arc, Mutex};
 use std::task::{Context, Poll};
 
-use axum::http::{header, HeaderMap, HeaderName, HeaderValue, Request, Response, Version};
+use axum::http::{header, HeaderMap, HeaderName, HeaderValue, Request, Version};
 use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
+use tower::util::MapErr;
 use tower::{Layer, Service};
 
+use crate::checkpoint::{Checkpoint, CheckpointLayer, CheckpointService};
 use crate::error::FramingError;
 
+/// Adds `CheckFraming` in front of a connection's service. That service
+/// answers every request itself (its error type is `Infallible`), so the
+/// only error out of the pair is the refusal, a `FramingError`.
 #[derive(Clone, Default)]
 pub struct CheckFramingLayer {
-    raw_heads: Option<Arc<RawHeads>>,
+    check: CheckFraming,
 }
 
 impl CheckFramingLayer {
@@ -36,60 +42,50 @@ impl CheckFramingLayer {
     /// this connection.
     pub fn new(raw_heads: Arc<RawHeads>) -> Self {
         CheckFramingLayer {
-            raw_heads: Some(raw_heads),
+            check: CheckFraming {
+                raw_heads: Some(raw_heads),
+            },
         }
     }
 }
+
+/// A service that never fails, as one whose errors are `FramingError`s.
+type Framed<S> = MapErr<S, fn(Infallible) -> FramingError>;
 
 impl<S> Layer<S> for CheckFramingLayer {
-    type Service = CheckFraming<S>;
-    fn layer(&self, inner: S) -> CheckFraming<S> {
-        CheckFraming {
-            inner,
-            raw_heads: self.raw_heads.clone(),
-        }
+    type Service = CheckpointService<CheckFraming, Framed<S>>;
+
+    fn layer(&self, inner: S) -> Self::Service {
+        let never: fn(Infallible) -> FramingError = |never| match never {};
+        CheckpointLayer::new(self.check.clone()).layer(MapErr::new(inner, never))
     }
 }
 
-#[derive(Clone)]
-pub struct CheckFraming<S> {
-    inner: S,
+/// Refuses a request whose framing is ambiguous, raw or parsed.
+#[derive(Clone, Default)]
+pub struct CheckFraming {
     raw_heads: Option<Arc<RawHeads>>,
 }
 
-impl<S, B, R> Service<Request<B>> for CheckFraming<S>
+impl<S, B> Checkpoint<S, Request<B>> for CheckFraming
 where
-    S: Service<Request<B>, Response = Response<R>, Error = std::convert::Infallible>,
-    S::Future: Send + 'static,
-    R: Send + 'static,
+    S: Service<Request<B>, Error: From<FramingError>, Future: Send + 'static> + Send + 'static,
 {
-    type Response = Response<R>;
-    type Error = FramingError;
-    type Future = Pin<Box<dyn Future<Output = Result<Response<R>, FramingError>> + Send>>;
-
-    fn poll_ready(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), FramingError>> {
-        match self.inner.poll_ready(cx) {
-            Poll::Ready(Ok(())) => Poll::Ready(Ok(())),
-            Poll::Ready(Err(never)) => match never {},
-            Poll::Pending => Poll::Pending,
-        }
-    }
-
-    fn call(&mut self, request: Request<B>) -> Self::Future {
+    /// The raw head's verdict is taken as the request is handed over, so
+    /// verdicts and requests stay in step.
+    fn run(
+        self,
+        mut inner: S,
+        request: Request<B>,
+    ) -> impl Future<Output = Result<S::Response, S::Error>> + Send + 'static {
         let raw = match (&self.raw_heads, request.version()) {
             (Some(heads), Version::HTTP_10 | Version::HTTP_11) => heads.next_verdict(),
             _ => Ok(()),
         };
-        if let Err(error) = raw.and_then(|()| check_framing(request.headers())) {
-            return Box::pin(std::future::ready(Err(error)));
-        }
-        let future = self.inner.call(request);
-        Box::pin(async move {
-            match future.await {
-                Ok(response) => Ok(response),
-                Err(never) => match never {},
-            }
-        })
+        let answer = raw
+            .and_then(|()| check_framing(request.headers()))
+            .map(|()| inner.call(request));
+        async move { answer?.await }
     }
 }
 
@@ -209,6 +205,7 @@ pub struct ScanHeads<T> {
 }
 
 impl<T> ScanHeads<T> {
+    /// Scans what `inner` reads, recording verdicts into `heads`.
     pub fn new(inner: T, heads: Arc<RawHeads>) -> Self {
         ScanHeads {
             inner,
@@ -219,114 +216,96 @@ impl<T> ScanHeads<T> {
     }
 
     fn feed(&mut self, mut bytes: &[u8]) {
-        if self.sniffed < H2_PREFACE.len() {
-            let n = bytes.len().min(H2_PREFACE.len() - self.sniffed);
-            if bytes[..n] == H2_PREFACE[self.sniffed..self.sniffed + n] {
-                self.sniffed += n;
-                if self.sniffed == H2_PREFACE.len() {
-                    self.scan = Scan::Off;
-                    return;
-                }
-            } else {
-                self.sniffed = H2_PREFACE.len();
-            }
+        if self.sniffed_http2(bytes) {
+            self.scan = Scan::Off;
+            return;
         }
         while !bytes.is_empty() {
             let (next, used) = match std::mem::replace(&mut self.scan, Scan::Off) {
                 Scan::Off => return,
-                Scan::Head(mut head) => {
-                    let mut used = 0;
-                    // Empty lines before a request line are ignored (RFC 9112 §2.2).
-                    if head.is_empty() {
-                        used = bytes
-                            .iter()
-                            .take_while(|b| **b == b'\r' || **b == b'\n')
-                            .count();
-                    }
-                    let rest = &bytes[used..];
-                    let before = head.len();
-                    head.extend_from_slice(rest);
-                    // Parse only once the blank line has arrived: a head
-                    // sent a byte at a time costs one parse, not one per byte.
-                    let from = before.saturating_sub(2);
-                    let ended = head[from..].windows(2).any(|w| w == b"\n\n")
-                        || head[from.saturating_sub(1)..]
-                            .windows(3)
-                            .any(|w| w == b"\n\r\n");
-                    let state = if ended {
-                        self.end_of_head(&head)
-                    } else {
-                        HeadState::Partial
-                    };
-                    match state {
-                        HeadState::Partial if head.len() > MAX_SCANNED_HEAD => {
-                            (Scan::Off, bytes.len())
-                        }
-                        HeadState::Partial => (Scan::Head(head), bytes.len()),
-                        HeadState::Done(len, next) => (next, used + (len - before)),
-                        HeadState::Lost => (Scan::Off, bytes.len()),
-                    }
-                }
-                Scan::Body(left) => {
-                    let n = bytes.len().min(usize::try_from(left).unwrap_or(usize::MAX));
-                    let left = left - n as u64;
-                    let next = if left == 0 {
-                        Scan::Head(Vec::new())
-                    } else {
-                        Scan::Body(left)
-                    };
-                    (next, n)
-                }
-                Scan::ChunkSize(mut line) => match bytes.iter().position(|b| *b == b'\n') {
-                    None if line.len() + bytes.len() > MAX_LINE => (Scan::Off, bytes.len()),
-                    None => {
-                        line.extend_from_slice(bytes);
-                        (Scan::ChunkSize(line), bytes.len())
-                    }
-                    Some(at) => {
-                        line.extend_from_slice(&bytes[..=at]);
-                        let next = match httparse::parse_chunk_size(&line) {
-                            Ok(httparse::Status::Complete((_, 0))) => Scan::Trailers(Vec::new()),
-                            Ok(httparse::Status::Complete((_, size))) => Scan::ChunkData(size),
-                            _ => Scan::Off,
-                        };
-                        (next, at + 1)
-                    }
+                Scan::Head(head) => self.head(head, bytes),
+                Scan::Body(left) => match skip(left, bytes) {
+                    (0, used) => (Scan::Head(Vec::new()), used),
+                    (left, used) => (Scan::Body(left), used),
                 },
-                Scan::ChunkData(left) => {
-                    let n = bytes.len().min(usize::try_from(left).unwrap_or(usize::MAX));
-                    let left = left - n as u64;
-                    let next = if left == 0 {
-                        Scan::ChunkEnd
-                    } else {
-                        Scan::ChunkData(left)
-                    };
-                    (next, n)
-                }
+                Scan::ChunkSize(line) => match read_line(line, bytes) {
+                    Line::Partial(line) => (Scan::ChunkSize(line), bytes.len()),
+                    Line::TooLong => (Scan::Off, bytes.len()),
+                    Line::Complete(line, used) => (chunk_size(&line), used),
+                },
+                Scan::ChunkData(left) => match skip(left, bytes) {
+                    (0, used) => (Scan::ChunkEnd, used),
+                    (left, used) => (Scan::ChunkData(left), used),
+                },
                 Scan::ChunkEnd => match bytes[0] {
                     b'\r' => (Scan::ChunkEnd, 1),
                     b'\n' => (Scan::ChunkSize(Vec::new()), 1),
                     _ => (Scan::Off, bytes.len()),
                 },
-                Scan::Trailers(mut line) => match bytes.iter().position(|b| *b == b'\n') {
-                    None if line.len() + bytes.len() > MAX_LINE => (Scan::Off, bytes.len()),
-                    None => {
-                        line.extend_from_slice(bytes);
-                        (Scan::Trailers(line), bytes.len())
+                Scan::Trailers(line) => match read_line(line, bytes) {
+                    Line::Partial(line) => (Scan::Trailers(line), bytes.len()),
+                    Line::TooLong => (Scan::Off, bytes.len()),
+                    // The empty line ends the trailers, and the request.
+                    Line::Complete(line, used)
+                        if line.iter().all(|b| matches!(b, b'\r' | b'\n')) =>
+                    {
+                        (Scan::Head(Vec::new()), used)
                     }
-                    Some(at) => {
-                        line.extend_from_slice(&bytes[..at]);
-                        let next = if line.iter().all(|b| *b == b'\r') {
-                            Scan::Head(Vec::new())
-                        } else {
-                            Scan::Trailers(Vec::new())
-                        };
-                        (next, at + 1)
-                    }
+                    Line::Complete(_, used) => (Scan::Trailers(Vec::new()), used),
                 },
             };
             self.scan = next;
             bytes = &bytes[used..];
+        }
+    }
+
+    /// Follows the first bytes until they rule HTTP/2's preface out; true
+    /// once the whole preface has arrived.
+    fn sniffed_http2(&mut self, bytes: &[u8]) -> bool {
+        if self.sniffed >= H2_PREFACE.len() {
+            return false;
+        }
+        let n = bytes.len().min(H2_PREFACE.len() - self.sniffed);
+        if bytes[..n] == H2_PREFACE[self.sniffed..self.sniffed + n] {
+            self.sniffed += n;
+            self.sniffed == H2_PREFACE.len()
+        } else {
+            self.sniffed = H2_PREFACE.len();
+            false
+        }
+    }
+
+    /// Reads into a request head; once its blank line has arrived, records
+    /// its verdict and goes on to what follows it.
+    fn head(&self, mut head: Vec<u8>, bytes: &[u8]) -> (Scan, usize) {
+        let mut used = 0;
+        // Empty lines before a request line are ignored (RFC 9112 §2.2).
+        if head.is_empty() {
+            used = bytes
+                .iter()
+                .take_while(|b| **b == b'\r' || **b == b'\n')
+                .count();
+        }
+        let rest = &bytes[used..];
+        let before = head.len();
+        head.extend_from_slice(rest);
+        // Parse only once the blank line has arrived: a head sent a byte at
+        // a time costs one parse, not one per byte.
+        let from = before.saturating_sub(2);
+        let ended = head[from..].windows(2).any(|w| w == b"\n\n")
+            || head[from.saturating_sub(1)..]
+                .windows(3)
+                .any(|w| w == b"\n\r\n");
+        let state = if ended {
+            self.end_of_head(&head)
+        } else {
+            HeadState::Partial
+        };
+        match state {
+            HeadState::Partial if head.len() > MAX_SCANNED_HEAD => (Scan::Off, bytes.len()),
+            HeadState::Partial => (Scan::Head(head), bytes.len()),
+            HeadState::Done(len, next) => (next, used + (len - before)),
+            HeadState::Lost => (Scan::Off, bytes.len()),
         }
     }
 
@@ -382,6 +361,46 @@ enum HeadState {
     Lost,
 }
 
+/// Skips up to `left` bytes of a body or chunk: how many are left after
+/// `bytes`, and how many of `bytes` were skipped.
+fn skip(left: u64, bytes: &[u8]) -> (u64, usize) {
+    let n = bytes.len().min(usize::try_from(left).unwrap_or(usize::MAX));
+    (left - n as u64, n)
+}
+
+/// A line of a chunked body (a chunk size or a trailer).
+enum Line {
+    /// No line end yet: the bytes so far.
+    Partial(Vec<u8>),
+    /// Longer than `MAX_LINE`: no longer followed.
+    TooLong,
+    /// The line with its `\n`, and how many of the new bytes it took.
+    Complete(Vec<u8>, usize),
+}
+
+fn read_line(mut line: Vec<u8>, bytes: &[u8]) -> Line {
+    match bytes.iter().position(|b| *b == b'\n') {
+        None if line.len() + bytes.len() > MAX_LINE => Line::TooLong,
+        None => {
+            line.extend_from_slice(bytes);
+            Line::Partial(line)
+        }
+        Some(at) => {
+            line.extend_from_slice(&bytes[..=at]);
+            Line::Complete(line, at + 1)
+        }
+    }
+}
+
+/// What follows a chunk-size line.
+fn chunk_size(line: &[u8]) -> Scan {
+    match httparse::parse_chunk_size(line) {
+        Ok(httparse::Status::Complete((_, 0))) => Scan::Trailers(Vec::new()),
+        Ok(httparse::Status::Complete((_, size))) => Scan::ChunkData(size),
+        _ => Scan::Off,
+    }
+}
+
 impl<T: AsyncRead + Unpin> AsyncRead for ScanHeads<T> {
     fn poll_read(
         self: Pin<&mut Self>,
@@ -429,135 +448,4 @@ impl<T: AsyncWrite + Unpin> AsyncWrite for ScanHeads<T> {
 }
 
 #[cfg(test)]
-mod tests {
-    use super::*;
-    use axum::http::HeaderValue;
-    use proptest::prelude::*;
-
-    fn headers(pairs: &[(&str, &str)]) -> HeaderMap {
-        let mut map = HeaderMap::new();
-        for (name, value) in pairs {
-            map.append(
-                axum::http::HeaderName::from_bytes(name.as_bytes()).unwrap(),
-                HeaderValue::from_str(value).unwrap(),
-            );
-        }
-        map
-    }
-
-    #[test]
-    fn unambiguous_framing_passes() {
-        for pairs in [
-            &[][..],
-            &[("content-length", "0")],
-            &[("content-length", "1234")],
-            &[("transfer-encoding", "chunked")],
-            &[("transfer-encoding", "Chunked")],
-            &[("x_user_email", "a@b")],
-        ] {
-            assert!(check_framing(&headers(pairs)).is_ok(), "{pairs:?}");
-        }
-    }
-
-    #[test]
-    fn every_ambiguous_framing_is_refused() {
-        for pairs in [
-            &[
-                ("transfer-encoding", "chunked"),
-                ("transfer-encoding", "chunked"),
-            ][..],
-            &[("transfer-encoding", "chunked, chunked")],
-            &[("transfer-encoding", "gzip, chunked")],
-            &[("transfer-encoding", "chunked, gzip")],
-            &[("transfer-encoding", "gzip")],
-            &[("transfer-encoding", "identity")],
-            &[("transfer-encoding", "chunked;ext=1")],
-            &[("transfer-encoding", "")],
-            &[("transfer-encoding", "chunked"), ("content-length", "5")],
-            &[("content-length", "5"), ("content-length", "5")],
-            &[("content-length", "5"), ("content-length", "6")],
-            &[("content-length", "5, 5")],
-            &[("content-length", "+5")],
-            &[("content-length", "-1")],
-            &[("content-length", "0x10")],
-            &[("content-length", "1e3")],
-            &[("content-length", "")],
-            &[("content-length", "99999999999999999999")],
-            &[("content_length", "5")],
-            &[("transfer_encoding", "chunked")],
-        ] {
-            assert!(check_framing(&headers(pairs)).is_err(), "{pairs:?}");
-        }
-    }
-
-    /// The verdicts the scanner records for `bytes`, fed in pieces of
-    /// `step` bytes.
-    fn scanned(bytes: &[u8], step: usize) -> Vec<bool> {
-        let heads = Arc::new(RawHeads::default());
-        let mut scanner = ScanHeads::new((), heads.clone());
-        for piece in bytes.chunks(step) {
-            scanner.feed(piece);
-        }
-        let verdicts = heads.verdicts.lock().unwrap();
-        verdicts.iter().map(Result::is_ok).collect()
-    }
-
-    const PIPELINE: &[u8] = b"\r\nPOST /a HTTP/1.1\r\nHost: x\r\nContent-Length: 25\r\n\r\nContent-Length: 5\r\n\r\nabcd\
-POST /b HTTP/1.1\r\nHost: x\r\nTransfer-Encoding: chunked\r\n\r\n\
-4;ext=1\r\nwxyz\r\n0\r\nX-Trailer: 1\r\n\r\n\
-POST /c HTTP/1.1\r\nHost: x\r\nContent-Length: 3\r\nTransfer-Encoding: chunked\r\n\r\n\
-3\r\nabc\r\n0\r\n\r\n\
-GET /d HTTP/1.1\r\nHost: x\r\n\r\n";
-
-    #[test]
-    fn raw_heads_are_followed_through_pipelined_bodies() {
-        // Bodies that look like heads are skipped; the third head sends
-        // Content-Length with Transfer-Encoding, which hyper would hide; the
-        // scanner stops there, as the connection closes after the 400.
-        for step in [1, 2, 3, 7, PIPELINE.len()] {
-            assert_eq!(
-                scanned(PIPELINE, step),
-                vec![true, true, false],
-                "step {step}"
-            );
-        }
-    }
-
-    #[test]
-    fn repeated_equal_lengths_are_seen_raw() {
-        let head = b"POST / HTTP/1.1\r\nHost: x\r\nContent-Length: 1\r\nContent-Length: 1\r\n\r\na";
-        assert_eq!(scanned(head, 5), vec![false]);
-    }
-
-    #[test]
-    fn http2_connections_are_not_scanned() {
-        let mut bytes = H2_PREFACE.to_vec();
-        bytes
-            .extend_from_slice(b"GET / HTTP/1.1\r\nContent-Length: 1\r\nContent-Length: 1\r\n\r\n");
-        assert!(scanned(&bytes, 4).is_empty());
-    }
-
-    proptest! {
-        /// Any Transfer-Encoding value other than `chunked` is refused,
-        /// whatever else the request carries.
-        #[test]
-        fn any_transfer_coding_but_chunked_is_refused(coding in "[ -~]{0,24}") {
-            prop_assume!(!coding.trim().eq_ignore_ascii_case("chunked"));
-            prop_assume!(HeaderValue::from_str(&coding).is_ok());
-            prop_assert!(check_framing(&headers(&[("transfer-encoding", &coding)])).is_err());
-        }
-
-        /// A Content-Length is accepted exactly when it is one plain number.
-        #[test]
-        fn content_length_is_accepted_only_as_digits(value in "[ -~]{0,24}") {
-            prop_assume!(HeaderValue::from_str(&value).is_ok());
-            let digits = !value.is_empty()
-                && value.len() <= 19
-                && value.bytes().all(|b| b.is_ascii_digit());
-            prop_assert_eq!(
-                check_framing(&headers(&[("content-length", &value)])).is_ok(),
-                digits
-            );
-        }
-    }
-}
+mod tests;

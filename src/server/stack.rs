@@ -14,18 +14,18 @@ use tower_http::request_id::{
 };
 use tower_http::trace::TraceLayer;
 
-use crate::auth::AuthenticateLayer;
+use crate::auth::Authenticate;
 use crate::client_address::{self, ClientAddress};
 use crate::config::LimitGroup;
 use crate::error::{OAuthError, PageError, ProxyError};
-use crate::metrics::audit::AuditLayer;
-use crate::metrics::layer::RecordHttpLayer;
+use crate::metrics::audit::Audit;
+use crate::metrics::layer::RecordHttp;
 use crate::oauth::{authorize, metadata, register, token};
-use crate::policy::filter::FilterListsLayer;
-use crate::policy::layer::EnforcePolicyLayer;
-use crate::proxy::origin::CheckOriginLayer;
+use crate::policy::filter::FilterLists;
+use crate::policy::layer::EnforcePolicy;
+use crate::proxy::origin::CheckOrigin;
 use crate::proxy::sessions::CheckSessionOwnership;
-use crate::proxy::unambiguous::UnambiguousHeadersLayer;
+use crate::proxy::unambiguous::UnambiguousHeaders;
 use crate::proxy::{Forwarder, Route, LEGACY_MESSAGE_PATH};
 use crate::rate_limit::{by_address, by_client, by_user, RateLimits};
 use crate::server::rescue::RescueLayer;
@@ -135,7 +135,7 @@ pub fn router(app: AppState) -> Router {
         .config
         .metrics
         .enabled
-        .then(|| RecordHttpLayer::new(app.metrics.clone()));
+        .then(|| RecordHttp::layer(app.metrics.clone()));
     let trusted_proxies = app.settings.trusted_proxies.clone();
     Router::new()
         .merge(oauth_routes(&limits))
@@ -209,10 +209,7 @@ fn mcp_stack(
     tower::ServiceBuilder::new()
         // One audit event and the MCP counters per request, written when the
         // answer (errors included) is known.
-        .layer(AuditLayer::new(
-            metrics.clone(),
-            app.settings.config.log.audit,
-        ))
+        .layer(Audit::layer(metrics.clone(), app.settings.config.log.audit))
         // Typed errors from the layers below become JSON-RPC responses here,
         // and only here.
         .layer(RescueLayer)
@@ -220,12 +217,12 @@ fn mcp_stack(
         // made-up tokens costs a map lookup, not a store query each.
         .layer(limits.layer::<ProxyError>(LimitGroup::McpAddress, by_address))
         // Foreign browser origins are refused before any work is done.
-        .layer(CheckOriginLayer::new(
+        .layer(CheckOrigin::layer(
             &app.settings.public_url,
             &app.settings.allowed_origins,
         ))
         // Who is calling: the bearer token, from the Authorization header only.
-        .layer(AuthenticateLayer::new(
+        .layer(Authenticate::layer(
             app.token_cache.clone(),
             &app.settings.public_url,
             resource_path,
@@ -236,9 +233,9 @@ fn mcp_stack(
         .layer(limits.layer::<ProxyError>(LimitGroup::McpClient, by_client))
         // Headers the layers below read must mean one thing, or the policy
         // could judge one value while the downstream acts on another.
-        .layer(UnambiguousHeadersLayer)
+        .layer(UnambiguousHeaders::layer())
         // May they, and with which identity headers: the operator's policy.
-        .layer(EnforcePolicyLayer::new(
+        .layer(EnforcePolicy::layer(
             app.policy.clone(),
             app.upstream.issuer(),
             app.settings.config.downstream.max_request_bytes,
@@ -246,7 +243,7 @@ fn mcp_stack(
             metrics,
         ))
         // What they may see: list answers lose what the policy would deny.
-        .layer(FilterListsLayer::new(
+        .layer(FilterLists::layer(
             app.policy.clone(),
             app.upstream.issuer(),
         ))

@@ -4,6 +4,7 @@
 //! limit in front of an OAuth route, a `FramingError` from the connection.
 //! `render` holds each reader's form (OAuth JSON, HTML page, redirect,
 //! JSON-RPC error), which axum also uses for the errors handlers return.
+//! Written by hand, not as a `Checkpoint`: it changes the error type.
 
 use std::convert::Infallible;
 use std::future::Future;

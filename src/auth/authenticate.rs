@@ -1,0 +1,108 @@
+//! The checkpoint that says who is calling: the request's bearer token,
+//! resolved through the token cache, must be live and meant for this
+//! resource; its `Session` and the `SessionWatch` then travel with the
+//! request.
+
+use std::sync::Arc;
+
+use axum::http::Request;
+use tower::Service;
+
+use super::{bearer_token, TokenCache};
+use crate::checkpoint::{Checkpoint, CheckpointLayer};
+use crate::error::ProxyError;
+use crate::metrics::audit::AuditSlot;
+use crate::session::{Session, SessionWatch};
+
+/// Adds `Authenticate` to a service.
+pub type AuthenticateLayer = CheckpointLayer<Authenticate>;
+
+/// Resolves the bearer token to a `Session` (a request extension, with the
+/// `SessionWatch` that ends its streams) or answers 401 with the resource
+/// metadata URL.
+#[derive(Clone)]
+pub struct Authenticate {
+    cache: Arc<TokenCache>,
+    watch: SessionWatch,
+    public_url: Arc<str>,
+    /// The route's resource path ("/mcp" or "/sse").
+    resource_path: &'static str,
+}
+
+impl Authenticate {
+    /// The layer for the route at `resource_path` of the proxy at
+    /// `public_url`.
+    pub fn layer(
+        cache: Arc<TokenCache>,
+        public_url: &str,
+        resource_path: &'static str,
+    ) -> AuthenticateLayer {
+        CheckpointLayer::new(Authenticate {
+            watch: cache.session_watch(),
+            cache,
+            public_url: public_url.into(),
+            resource_path,
+        })
+    }
+
+    fn unauthorized(&self, token_sent: bool, reason: &'static str) -> ProxyError {
+        ProxyError::Unauthorized {
+            resource_metadata: format!(
+                "{}/.well-known/oauth-protected-resource{}",
+                self.public_url, self.resource_path
+            ),
+            token_sent,
+            reason,
+        }
+    }
+
+    /// The live session of `token`, if it may be used on this route.
+    async fn session(&self, token: Option<&str>) -> Result<Arc<Session>, ProxyError> {
+        let Some(token) = token else {
+            return Err(self.unauthorized(false, "a bearer token is required"));
+        };
+        let Some(session) = self.cache.lookup(token).await? else {
+            return Err(self.unauthorized(true, "the access token is invalid, expired or revoked"));
+        };
+        if !self.serves(session.resource.as_deref()) {
+            return Err(self.unauthorized(true, "the access token was issued for another resource"));
+        }
+        Ok(session)
+    }
+
+    /// RFC 8707: a token bound to a resource works only there; the root
+    /// resource covers every route.
+    fn serves(&self, resource: Option<&str>) -> bool {
+        let Some(resource) = resource else {
+            return true;
+        };
+        let here = resource.len() == self.public_url.len() + self.resource_path.len()
+            && resource.starts_with(&*self.public_url)
+            && resource.ends_with(self.resource_path);
+        resource == &*self.public_url || here
+    }
+}
+
+impl<S, B> Checkpoint<S, Request<B>> for Authenticate
+where
+    S: Service<Request<B>, Error: From<ProxyError>, Future: Send> + Send + 'static,
+    B: Send + 'static,
+{
+    async fn run(self, mut inner: S, mut request: Request<B>) -> Result<S::Response, S::Error> {
+        let token = bearer_token(&request)?;
+        let session = self.session(token).await?;
+        if let Some(slot) = request.extensions().get::<AuditSlot>() {
+            slot.update(|facts| {
+                facts.sub = Some(session.sub.clone());
+                facts.email = session.email.clone();
+                facts.client_id = Some(session.client_id.clone());
+            });
+        }
+        request.extensions_mut().insert(session);
+        request.extensions_mut().insert(self.watch.clone());
+        inner.call(request).await
+    }
+}
+
+#[cfg(test)]
+mod tests;

@@ -1,0 +1,169 @@
+//! The credential of a request: one bearer token, in one Authorization
+//! header, and nowhere else (invariant 7).
+
+use axum::http::{header, Request};
+
+use crate::error::ProxyError;
+
+/// RFC 6750 §2.1 `b64token`: the characters a bearer token may use.
+fn is_b64token(token: &str) -> bool {
+    let body = token.trim_end_matches('=');
+    !body.is_empty()
+        && body
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || b"-._~+/".contains(&b))
+}
+
+fn ambiguous(what: &str) -> ProxyError {
+    ProxyError::BadRequest(format!(
+        "{what}; send the access token once, in the Authorization header only"
+    ))
+}
+
+/// The bearer token of a request: exactly one `Authorization: Bearer
+/// <token>` header (scheme in any case, RFC 6750), and no token anywhere
+/// else. `Ok(None)` when the client sent no bearer token at all (it must
+/// authorize); an error (400) when what it sent could be read more than one
+/// way, so no two readers ever disagree on who is calling.
+pub fn bearer_token<B>(request: &Request<B>) -> Result<Option<&str>, ProxyError> {
+    // RFC 6750 §2: one method per request; the query and a form body are
+    // not ours to read, and a token there would travel on to the downstream.
+    let in_query = request.uri().query().is_some_and(|q| {
+        url::form_urlencoded::parse(q.as_bytes())
+            .any(|(k, _)| k.eq_ignore_ascii_case("access_token"))
+    });
+    if in_query {
+        return Err(ambiguous(
+            "an access_token in the query string is not accepted",
+        ));
+    }
+    let is_form = request
+        .headers()
+        .get_all(header::CONTENT_TYPE)
+        .iter()
+        .filter_map(|v| v.to_str().ok())
+        .any(|ct| {
+            let ct = ct.trim_start().to_ascii_lowercase();
+            ct.starts_with("application/x-www-form-urlencoded")
+                || ct.starts_with("multipart/form-data")
+        });
+    if is_form {
+        return Err(ambiguous(
+            "MCP messages are JSON, and a form body is not accepted",
+        ));
+    }
+    let mut values = request.headers().get_all(header::AUTHORIZATION).iter();
+    let Some(value) = values.next() else {
+        return Ok(None);
+    };
+    if values.next().is_some() {
+        return Err(ambiguous("several Authorization headers"));
+    }
+    let value = value
+        .to_str()
+        .map_err(|_| ambiguous("the Authorization header is not ASCII"))?;
+    let (scheme, rest) = value.split_once(' ').unwrap_or((value, ""));
+    if !scheme.eq_ignore_ascii_case("bearer") {
+        return Ok(None);
+    }
+    let token = rest.trim_matches(' ');
+    if token.is_empty() {
+        return Ok(None);
+    }
+    if token.contains([' ', '\t', ',']) {
+        return Err(ambiguous(
+            "the Authorization header carries more than one token",
+        ));
+    }
+    if !is_b64token(token) {
+        return Err(ambiguous(
+            "the bearer token has characters RFC 6750 does not allow",
+        ));
+    }
+    Ok(Some(token))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn request(uri: &str, headers: &[(&str, &str)]) -> Request<()> {
+        let mut r = Request::builder().uri(uri);
+        for (name, value) in headers {
+            r = r.header(*name, *value);
+        }
+        r.body(()).unwrap()
+    }
+
+    fn token_of(headers: &[(&str, &str)]) -> Result<Option<String>, ProxyError> {
+        bearer_token(&request("/mcp", headers)).map(|t| t.map(str::to_string))
+    }
+
+    #[test]
+    fn invariant_7_one_bearer_token_in_one_authorization_header() {
+        for (value, token) in [
+            ("Bearer abc-._~+/123==", "abc-._~+/123=="),
+            ("bearer abc", "abc"),
+            ("BEARER abc", "abc"),
+            ("Bearer   abc ", "abc"),
+        ] {
+            assert_eq!(
+                token_of(&[("authorization", value)]).unwrap().as_deref(),
+                Some(token),
+                "{value}"
+            );
+        }
+        // No bearer at all: the client must authorize (401 upstream of here).
+        for value in ["Basic Zm9vOmJhcg==", "Bearer", "Bearer ", "Bearerabc"] {
+            assert_eq!(
+                token_of(&[("authorization", value)]).unwrap(),
+                None,
+                "{value}"
+            );
+        }
+        assert_eq!(token_of(&[]).unwrap(), None);
+    }
+
+    #[test]
+    fn invariant_7_ambiguous_credentials_are_a_bad_request() {
+        let refused = [
+            // One valid, one junk: neither wins.
+            vec![
+                ("authorization", "Bearer good"),
+                ("authorization", "Bearer junk"),
+            ],
+            vec![
+                ("authorization", "Bearer good"),
+                ("authorization", "Basic Zm9v"),
+            ],
+            vec![("authorization", "Bearer good other")],
+            vec![("authorization", "Bearer good, realm=x")],
+            vec![("authorization", "Bearer good\tother")],
+            vec![("authorization", "Bearer go\"od")],
+            vec![("authorization", "Bearer =abc")],
+            vec![
+                ("authorization", "Bearer good"),
+                ("content-type", "application/x-www-form-urlencoded"),
+            ],
+            vec![("content-type", "Multipart/Form-Data; boundary=x")],
+        ];
+        for headers in refused {
+            assert!(
+                matches!(token_of(&headers), Err(ProxyError::BadRequest(_))),
+                "{headers:?}"
+            );
+        }
+        for uri in ["/mcp?access_token=t", "/mcp?a=1&ACCESS_TOKEN=t"] {
+            let r = request(uri, &[("authorization", "Bearer good")]);
+            assert!(
+                matches!(bearer_token(&r), Err(ProxyError::BadRequest(_))),
+                "{uri}"
+            );
+            let r = request(uri, &[]);
+            assert!(
+                matches!(bearer_token(&r), Err(ProxyError::BadRequest(_))),
+                "{uri}"
+            );
+        }
+    }
+}

@@ -1,0 +1,275 @@
+//! The token cache: validated access tokens by hash, bounded, each entry
+//! living at most as long as its token; unknown tokens remembered briefly
+//! (negative caching); revocations evict at once; without the revocation
+//! feed, cached sessions are re-checked with the store every
+//! `DEGRADED_TTL`.
+
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use moka::future::Cache;
+use moka::Expiry;
+
+use crate::crypto;
+use crate::error::ProxyError;
+use crate::grants::{GrantError, Grants};
+use crate::metrics::Metrics;
+use crate::now_unix;
+use crate::session::{Revocation, Session};
+
+#[derive(Clone)]
+enum Entry {
+    /// A validated session, and when it was validated.
+    Valid(Arc<Session>, Instant),
+    Unknown,
+}
+
+struct EntryExpiry {
+    max_ttl: Duration,
+    negative_ttl: Duration,
+}
+
+impl Expiry<String, Entry> for EntryExpiry {
+    fn expire_after_create(
+        &self,
+        _key: &String,
+        value: &Entry,
+        _created_at: Instant,
+    ) -> Option<Duration> {
+        Some(match value {
+            // Never outlive the token.
+            Entry::Valid(session, _) => seconds_left(session).min(self.max_ttl),
+            Entry::Unknown => self.negative_ttl,
+        })
+    }
+}
+
+/// How long a session's token has left.
+pub(super) fn seconds_left(session: &Session) -> Duration {
+    Duration::from_secs((session.expires_at - now_unix()).max(0) as u64)
+}
+
+/// Validated tokens by hash, bounded, each entry living at most as long as
+/// its token.
+pub struct TokenCache {
+    metrics: Arc<Metrics>,
+    tokens: Cache<String, Entry>,
+    /// Grants and access tokens (by hash) revoked recently: a cached
+    /// session of one of them is refused at once, without waiting for its
+    /// entry to expire, even one a lookup in progress during the revocation
+    /// put back after the eviction.
+    revoked_grants: Cache<String, ()>,
+    revoked_tokens: Cache<String, ()>,
+    pub(super) grants: Grants,
+    /// Set while revocations from other replicas cannot be heard.
+    degraded: AtomicBool,
+    /// Every revocation this process hears (its own and, with Redis, the
+    /// other replicas'), for open event streams; `None` means "some may have
+    /// been missed: check the store".
+    pub(super) heard: tokio::sync::broadcast::Sender<Option<Revocation>>,
+    /// How often an open event stream asks the store about its token.
+    pub(super) stream_recheck: Duration,
+}
+
+/// How long a cached session is trusted while the revocation feed is down.
+pub const DEGRADED_TTL: Duration = Duration::from_secs(1);
+
+impl TokenCache {
+    /// A cache of at most `capacity` tokens, each kept at most `max_ttl`
+    /// (and never past its token's expiry), unknown ones `negative_ttl`. It
+    /// listens to `grants`' revocations for as long as it lives.
+    pub fn new(
+        grants: Grants,
+        capacity: u64,
+        max_ttl: Duration,
+        negative_ttl: Duration,
+        stream_recheck: Duration,
+        metrics: Arc<Metrics>,
+    ) -> Arc<Self> {
+        let cache = Arc::new(TokenCache {
+            tokens: Cache::builder()
+                .max_capacity(capacity)
+                .expire_after(EntryExpiry {
+                    max_ttl,
+                    negative_ttl,
+                })
+                .eviction_listener(count_evictions(metrics.clone()))
+                .build(),
+            metrics,
+            revoked_grants: recently_revoked(capacity, max_ttl),
+            revoked_tokens: recently_revoked(capacity, max_ttl),
+            grants,
+            degraded: AtomicBool::new(false),
+            heard: tokio::sync::broadcast::channel(1024).0,
+            stream_recheck,
+        });
+        cache.clone().spawn_eviction();
+        cache
+    }
+
+    fn spawn_eviction(self: Arc<Self>) {
+        let mut revocations = self.grants.subscribe_revocations();
+        let cache = Arc::downgrade(&self);
+        tokio::spawn(async move {
+            loop {
+                let event = revocations.recv().await;
+                let Some(cache) = cache.upgrade() else { return };
+                match event {
+                    Ok(revocation) => cache.evict(revocation).await,
+                    // Missed some: forget everything rather than trust stale entries.
+                    Err(tokio::sync::broadcast::error::RecvError::Lagged(_)) => cache.forget_all(),
+                    Err(tokio::sync::broadcast::error::RecvError::Closed) => return,
+                }
+            }
+        });
+    }
+
+    /// Drops what a revocation makes invalid.
+    pub async fn evict(&self, revocation: Revocation) {
+        let _ = self.heard.send(Some(revocation.clone()));
+        match revocation {
+            Revocation::Grant(grant_id) => self.revoked_grants.insert(grant_id, ()).await,
+            Revocation::AccessToken(hash) => {
+                self.revoked_tokens.insert(hash.clone(), ()).await;
+                self.tokens.invalidate(&hash).await
+            }
+        }
+    }
+
+    /// The live session for a token, if the token is ours and valid.
+    pub async fn lookup(&self, token: &str) -> Result<Option<Arc<Session>>, ProxyError> {
+        let hash = crypto::token_hash(token);
+        let entry = self.cached_or_stored(token, &hash).await?;
+        let entry = self.recheck_when_degraded(token, &hash, entry).await;
+        match entry {
+            Entry::Valid(session, _) if session.expires_at > now_unix() => {
+                if self.revoked_grants.contains_key(&session.grant_id)
+                    || self.revoked_tokens.contains_key(&hash)
+                {
+                    self.tokens.invalidate(&hash).await;
+                    return Ok(None);
+                }
+                Ok(Some(session))
+            }
+            _ => Ok(None),
+        }
+    }
+
+    /// The cache's entry for a token, asking the store on a miss. A store
+    /// that cannot answer is an error, and is not remembered.
+    async fn cached_or_stored(&self, token: &str, hash: &str) -> Result<Entry, ProxyError> {
+        if let Some(entry) = self.tokens.get(hash).await {
+            let result = if matches!(entry, Entry::Valid(..)) {
+                "hit"
+            } else {
+                "negative_hit"
+            };
+            self.count_request(result);
+            return Ok(entry);
+        }
+        self.count_request("miss");
+        // Single flight: concurrent misses for one token wait for one
+        // store lookup instead of each running their own.
+        self.tokens
+            .try_get_with(hash.to_string(), async {
+                match self.grants.validate_access_token(token).await {
+                    Ok(session) => Ok(Entry::Valid(Arc::new(session), Instant::now())),
+                    Err(GrantError::Store(e)) => Err(e.to_string()),
+                    Err(_) => Ok(Entry::Unknown),
+                }
+            })
+            .await
+            .map_err(|e: Arc<String>| ProxyError::StoreUnavailable(e.to_string()))
+    }
+
+    /// Without the revocation feed, trust a cached session only briefly:
+    /// ask the store again, but keep serving it if the store is down too.
+    async fn recheck_when_degraded(&self, token: &str, hash: &str, entry: Entry) -> Entry {
+        let Entry::Valid(session, validated) = entry else {
+            return entry;
+        };
+        if !self.degraded.load(Ordering::Relaxed) || validated.elapsed() <= DEGRADED_TTL {
+            return Entry::Valid(session, validated);
+        }
+        match self.grants.validate_access_token(token).await {
+            Ok(fresh) => {
+                let entry = Entry::Valid(Arc::new(fresh), Instant::now());
+                self.tokens.insert(hash.to_string(), entry.clone()).await;
+                entry
+            }
+            Err(GrantError::Store(e)) => {
+                tracing::warn!(error = %e, "store unreachable; serving a cached session");
+                Entry::Valid(session, validated)
+            }
+            Err(_) => {
+                self.tokens.insert(hash.to_string(), Entry::Unknown).await;
+                Entry::Unknown
+            }
+        }
+    }
+
+    fn count_request(&self, result: &str) {
+        self.metrics
+            .token_cache_requests
+            .with_label_values(&[result])
+            .inc();
+    }
+
+    /// Drops every cached session; the next request asks the store.
+    pub fn forget_all(&self) {
+        self.tokens.invalidate_all();
+        let _ = self.heard.send(None);
+    }
+
+    /// Whether revocations from other replicas may be missed (the feed is
+    /// down); cached sessions are then re-checked every `DEGRADED_TTL`.
+    pub fn set_degraded(&self, degraded: bool) {
+        if self.degraded.swap(degraded, Ordering::Relaxed) != degraded {
+            if degraded {
+                tracing::warn!("revocation feed down: cached sessions are re-checked every second");
+            } else {
+                tracing::info!("revocation feed up");
+            }
+        }
+    }
+
+    /// Refreshes the size gauge (called when metrics are scraped).
+    pub async fn report_size(&self) {
+        // moka counts lazily; settle pending work so the gauge is exact.
+        self.tokens.run_pending_tasks().await;
+        self.metrics
+            .token_cache_entries
+            .set(self.tokens.entry_count() as i64);
+    }
+}
+
+/// What was revoked within the longest time a cache entry lives.
+fn recently_revoked(capacity: u64, max_ttl: Duration) -> Cache<String, ()> {
+    Cache::builder()
+        .max_capacity(capacity)
+        .time_to_live(max_ttl)
+        .build()
+}
+
+/// Counts the cache's evictions by cause.
+fn count_evictions(
+    metrics: Arc<Metrics>,
+) -> impl Fn(Arc<String>, Entry, moka::notification::RemovalCause) + Send + Sync + 'static {
+    move |_key, _value, cause| {
+        use moka::notification::RemovalCause;
+        let cause = match cause {
+            RemovalCause::Expired => "expired",
+            RemovalCause::Explicit => "explicit",
+            RemovalCause::Replaced => "replaced",
+            RemovalCause::Size => "size",
+        };
+        metrics
+            .token_cache_evictions
+            .with_label_values(&[cause])
+            .inc();
+    }
+}
+
+#[cfg(test)]
+mod tests;

@@ -1,0 +1,86 @@
+use std::convert::Infallible;
+
+use axum::body::Body;
+use http_body_util::BodyExt;
+use tower::{Layer, ServiceExt};
+
+use super::*;
+use crate::error::ProxyError;
+
+fn counted(metrics: &Metrics, labels: [&str; 3]) -> u64 {
+    metrics.mcp_requests.with_label_values(&labels).get()
+}
+
+#[tokio::test]
+async fn an_answered_request_is_counted_with_the_facts_the_layers_below_found() {
+    let metrics = Metrics::new(&["whoami".into()]);
+    let stub = tower::service_fn(|request: Request<Body>| async move {
+        let slot = request
+            .extensions()
+            .get::<AuditSlot>()
+            .cloned()
+            .expect("a slot for the layers below");
+        slot.update(|facts| {
+            facts.sub = Some("alice".into());
+            facts.mcp_method = Some("tools/call".into());
+            facts.tool = Some("whoami".into());
+            facts.decision = Some("allow");
+        });
+        let mut response = Response::new(Body::from("the answer"));
+        *response.status_mut() = StatusCode::ACCEPTED;
+        Ok::<_, Infallible>(response)
+    });
+    let service = Audit::layer(Some(metrics.clone()), true).layer(stub);
+    let response = service
+        .oneshot(Request::new(Body::empty()))
+        .await
+        .expect("infallible");
+    assert_eq!(response.status(), StatusCode::ACCEPTED);
+    let body = response
+        .into_body()
+        .collect()
+        .await
+        .expect("body")
+        .to_bytes();
+    assert_eq!(&body[..], b"the answer", "the answer passes unchanged");
+    assert_eq!(counted(&metrics, ["tools/call", "whoami", "allow"]), 1);
+}
+
+#[tokio::test]
+async fn without_a_verdict_the_status_speaks_and_an_error_without_an_answer_is_not_counted() {
+    let metrics = Metrics::new(&[]);
+    let unauthorized = tower::service_fn(|_request: Request<Body>| async {
+        let mut response = Response::new(Body::empty());
+        *response.status_mut() = StatusCode::UNAUTHORIZED;
+        Ok::<_, ProxyError>(response)
+    });
+    let service = Audit::layer(Some(metrics.clone()), false).layer(unauthorized);
+    let response = service
+        .oneshot(Request::new(Body::empty()))
+        .await
+        .expect("answered");
+    assert_eq!(response.status(), StatusCode::UNAUTHORIZED);
+    assert_eq!(counted(&metrics, ["none", "", "unauthenticated"]), 1);
+
+    let failing = tower::service_fn(|_request: Request<Body>| async {
+        Err::<Response<Body>, _>(ProxyError::SessionNotFound)
+    });
+    let service = Audit::layer(Some(metrics.clone()), false).layer(failing);
+    let failed = service.oneshot(Request::new(Body::empty())).await;
+    assert!(matches!(failed, Err(ProxyError::SessionNotFound)));
+    assert_eq!(counted(&metrics, ["none", "", "error"]), 0);
+}
+
+#[tokio::test]
+async fn with_neither_metrics_nor_the_log_a_request_passes_untouched() {
+    let stub = tower::service_fn(|request: Request<Body>| async move {
+        assert!(request.extensions().get::<AuditSlot>().is_none());
+        Ok::<_, Infallible>(Response::new(Body::empty()))
+    });
+    let response = Audit::layer(None, false)
+        .layer(stub)
+        .oneshot(Request::new(Body::empty()))
+        .await
+        .expect("infallible");
+    assert_eq!(response.status(), StatusCode::OK);
+}

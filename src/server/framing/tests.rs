@@ -1,0 +1,181 @@
+use super::*;
+use axum::http::{HeaderValue, Response};
+use proptest::prelude::*;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use tower::ServiceExt;
+
+fn headers(pairs: &[(&str, &str)]) -> HeaderMap {
+    let mut map = HeaderMap::new();
+    for (name, value) in pairs {
+        map.append(
+            axum::http::HeaderName::from_bytes(name.as_bytes()).unwrap(),
+            HeaderValue::from_str(value).unwrap(),
+        );
+    }
+    map
+}
+
+#[test]
+fn unambiguous_framing_passes() {
+    for pairs in [
+        &[][..],
+        &[("content-length", "0")],
+        &[("content-length", "1234")],
+        &[("transfer-encoding", "chunked")],
+        &[("transfer-encoding", "Chunked")],
+        &[("x_user_email", "a@b")],
+    ] {
+        assert!(check_framing(&headers(pairs)).is_ok(), "{pairs:?}");
+    }
+}
+
+#[test]
+fn every_ambiguous_framing_is_refused() {
+    for pairs in [
+        &[
+            ("transfer-encoding", "chunked"),
+            ("transfer-encoding", "chunked"),
+        ][..],
+        &[("transfer-encoding", "chunked, chunked")],
+        &[("transfer-encoding", "gzip, chunked")],
+        &[("transfer-encoding", "chunked, gzip")],
+        &[("transfer-encoding", "gzip")],
+        &[("transfer-encoding", "identity")],
+        &[("transfer-encoding", "chunked;ext=1")],
+        &[("transfer-encoding", "")],
+        &[("transfer-encoding", "chunked"), ("content-length", "5")],
+        &[("content-length", "5"), ("content-length", "5")],
+        &[("content-length", "5"), ("content-length", "6")],
+        &[("content-length", "5, 5")],
+        &[("content-length", "+5")],
+        &[("content-length", "-1")],
+        &[("content-length", "0x10")],
+        &[("content-length", "1e3")],
+        &[("content-length", "")],
+        &[("content-length", "99999999999999999999")],
+        &[("content_length", "5")],
+        &[("transfer_encoding", "chunked")],
+    ] {
+        assert!(check_framing(&headers(pairs)).is_err(), "{pairs:?}");
+    }
+}
+
+#[tokio::test]
+async fn check_framing_refuses_ambiguous_requests_raw_or_parsed_before_the_service() {
+    let calls = Arc::new(AtomicUsize::new(0));
+    let counted = calls.clone();
+    let service = tower::service_fn(move |_request: Request<()>| {
+        counted.fetch_add(1, Ordering::SeqCst);
+        std::future::ready(Ok::<_, Infallible>(Response::new("answer")))
+    });
+    let heads = Arc::new(RawHeads::default());
+    let service = CheckFramingLayer::new(heads.clone()).layer(service);
+    let request = |version, pairs: &[(&str, &str)]| {
+        let mut request = Request::new(());
+        *request.version_mut() = version;
+        *request.headers_mut() = headers(pairs);
+        request
+    };
+    // The raw heads of three HTTP/1.1 requests, the second one ambiguous
+    // in a way hyper would have tidied away.
+    heads.push(Ok(()));
+    heads.push(Err(FramingError("Content-Length is sent more than once")));
+    heads.push(Ok(()));
+    let answer = service
+        .clone()
+        .oneshot(request(Version::HTTP_11, &[("content-length", "5")]))
+        .await;
+    assert_eq!(answer.expect("clean").into_body(), "answer");
+    let refused = service
+        .clone()
+        .oneshot(request(Version::HTTP_11, &[("content-length", "5")]))
+        .await;
+    assert!(refused.is_err(), "the raw head's verdict stands");
+    let refused = service
+        .clone()
+        .oneshot(request(
+            Version::HTTP_11,
+            &[("transfer-encoding", "chunked"), ("content-length", "5")],
+        ))
+        .await;
+    assert!(refused.is_err(), "and the parsed headers' own");
+    // HTTP/2 requests have no raw head to take.
+    assert!(service
+        .clone()
+        .oneshot(request(Version::HTTP_2, &[]))
+        .await
+        .is_ok());
+    assert!(heads.verdicts.lock().unwrap().is_empty());
+    assert_eq!(calls.load(Ordering::SeqCst), 2);
+}
+
+/// The verdicts the scanner records for `bytes`, fed in pieces of
+/// `step` bytes.
+fn scanned(bytes: &[u8], step: usize) -> Vec<bool> {
+    let heads = Arc::new(RawHeads::default());
+    let mut scanner = ScanHeads::new((), heads.clone());
+    for piece in bytes.chunks(step) {
+        scanner.feed(piece);
+    }
+    let verdicts = heads.verdicts.lock().unwrap();
+    verdicts.iter().map(Result::is_ok).collect()
+}
+
+const PIPELINE: &[u8] =
+    b"\r\nPOST /a HTTP/1.1\r\nHost: x\r\nContent-Length: 25\r\n\r\nContent-Length: 5\r\n\r\nabcd\
+POST /b HTTP/1.1\r\nHost: x\r\nTransfer-Encoding: chunked\r\n\r\n\
+4;ext=1\r\nwxyz\r\n0\r\nX-Trailer: 1\r\n\r\n\
+POST /c HTTP/1.1\r\nHost: x\r\nContent-Length: 3\r\nTransfer-Encoding: chunked\r\n\r\n\
+3\r\nabc\r\n0\r\n\r\n\
+GET /d HTTP/1.1\r\nHost: x\r\n\r\n";
+
+#[test]
+fn raw_heads_are_followed_through_pipelined_bodies() {
+    // Bodies that look like heads are skipped; the third head sends
+    // Content-Length with Transfer-Encoding, which hyper would hide; the
+    // scanner stops there, as the connection closes after the 400.
+    for step in [1, 2, 3, 7, PIPELINE.len()] {
+        assert_eq!(
+            scanned(PIPELINE, step),
+            vec![true, true, false],
+            "step {step}"
+        );
+    }
+}
+
+#[test]
+fn repeated_equal_lengths_are_seen_raw() {
+    let head = b"POST / HTTP/1.1\r\nHost: x\r\nContent-Length: 1\r\nContent-Length: 1\r\n\r\na";
+    assert_eq!(scanned(head, 5), vec![false]);
+}
+
+#[test]
+fn http2_connections_are_not_scanned() {
+    let mut bytes = H2_PREFACE.to_vec();
+    bytes.extend_from_slice(b"GET / HTTP/1.1\r\nContent-Length: 1\r\nContent-Length: 1\r\n\r\n");
+    assert!(scanned(&bytes, 4).is_empty());
+}
+
+proptest! {
+    /// Any Transfer-Encoding value other than `chunked` is refused,
+    /// whatever else the request carries.
+    #[test]
+    fn any_transfer_coding_but_chunked_is_refused(coding in "[ -~]{0,24}") {
+        prop_assume!(!coding.trim().eq_ignore_ascii_case("chunked"));
+        prop_assume!(HeaderValue::from_str(&coding).is_ok());
+        prop_assert!(check_framing(&headers(&[("transfer-encoding", &coding)])).is_err());
+    }
+
+    /// A Content-Length is accepted exactly when it is one plain number.
+    #[test]
+    fn content_length_is_accepted_only_as_digits(value in "[ -~]{0,24}") {
+        prop_assume!(HeaderValue::from_str(&value).is_ok());
+        let digits = !value.is_empty()
+            && value.len() <= 19
+            && value.bytes().all(|b| b.is_ascii_digit());
+        prop_assert_eq!(
+            check_framing(&headers(&[("content-length", &value)])).is_ok(),
+            digits
+        );
+    }
+}
