@@ -23,7 +23,11 @@ fn bench(c: &mut Criterion) {
         .build()
         .unwrap();
     let _guard = runtime.enter();
-    let limiter: std::sync::Arc<Limiter> = Limiter::new(LimitGroup::McpUser, rate, None);
+    let limiter: std::sync::Arc<Limiter> = Limiter::new(
+        LimitGroup::McpUser,
+        rate,
+        mcp_oauth_proxy::metrics::Metrics::disabled(),
+    );
     for n in 0..10_000u32 {
         let _ = limiter.check(&RateKey::Name(format!("user-{n}")));
         let _ = limiter.check(&RateKey::address(IpAddr::V4(Ipv4Addr::from(n))));

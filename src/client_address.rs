@@ -95,7 +95,11 @@ fn forwarded_for_chain(headers: &HeaderMap) -> Vec<Option<IpAddr>> {
 /// trusted proxies it is the rightmost `X-Forwarded-For` entry that is not a
 /// trusted proxy: everything left of it was written by the client and may be
 /// made up.
-pub(crate) fn client_address(peer: IpAddr, headers: &HeaderMap, trusted: &TrustedProxies) -> IpAddr {
+pub(crate) fn client_address(
+    peer: IpAddr,
+    headers: &HeaderMap,
+    trusted: &TrustedProxies,
+) -> IpAddr {
     let mut client = peer.to_canonical();
     if !trusted.contains(client) {
         return client;

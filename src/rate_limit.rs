@@ -110,20 +110,20 @@ pub struct Limiter<K: Hash + Eq + Clone = RateKey> {
     group: LimitGroup,
     keyed: Keyed<K>,
     clock: DefaultClock,
-    metrics: Option<Arc<Metrics>>,
+    metrics: Arc<Metrics>,
 }
 
 impl<K: Hash + Eq + Clone + Send + Sync + 'static> Limiter<K> {
     /// A limiter for `rate`; keys whose budget is full again are dropped
     /// every `HOUSEKEEPING_INTERVAL` while it lives (when a runtime runs).
-    pub fn new(group: LimitGroup, rate: Rate, metrics: Option<Arc<Metrics>>) -> Arc<Self> {
+    pub fn new(group: LimitGroup, rate: Rate, metrics: Arc<Metrics>) -> Arc<Self> {
         Self::with_housekeeping(group, rate, metrics, HOUSEKEEPING_INTERVAL)
     }
 
     fn with_housekeeping(
         group: LimitGroup,
         rate: Rate,
-        metrics: Option<Arc<Metrics>>,
+        metrics: Arc<Metrics>,
         every: Duration,
     ) -> Arc<Self> {
         let limiter = Arc::new(Self::unattended(group, rate, metrics));
@@ -133,7 +133,7 @@ impl<K: Hash + Eq + Clone + Send + Sync + 'static> Limiter<K> {
         limiter
     }
 
-    fn unattended(group: LimitGroup, rate: Rate, metrics: Option<Arc<Metrics>>) -> Self {
+    fn unattended(group: LimitGroup, rate: Rate, metrics: Arc<Metrics>) -> Self {
         let clock = DefaultClock::default();
         Limiter {
             group,
@@ -146,12 +146,7 @@ impl<K: Hash + Eq + Clone + Send + Sync + 'static> Limiter<K> {
     /// Takes one request from `key`'s budget, or says how long to wait.
     pub fn check(&self, key: &K) -> Result<(), RateLimited> {
         self.keyed.check_key(key).map_err(|not_until| {
-            if let Some(metrics) = &self.metrics {
-                metrics
-                    .rate_limited
-                    .with_label_values(&[self.group.name()])
-                    .inc();
-            }
+            self.metrics.rate_limited(self.group.name());
             RateLimited {
                 limit: self.group.name(),
                 retry_after: not_until.wait_time_from(self.clock.now()),
@@ -205,7 +200,7 @@ pub struct RateLimits {
 
 impl RateLimits {
     /// A limiter for each group `[limits]` switches on.
-    pub fn new(config: &LimitsConfig, metrics: Option<Arc<Metrics>>) -> Self {
+    pub fn new(config: &LimitsConfig, metrics: Arc<Metrics>) -> Self {
         let mut limiters = Vec::new();
         for group in LimitGroup::ALL {
             // `Config::validate` refused a bad table already; should one
@@ -358,7 +353,7 @@ mod tests {
         // within one emission interval (period / requests).
         let period = Duration::from_millis(1_500);
         let limiter: Limiter<u64> =
-            Limiter::unattended(LimitGroup::McpUser, rate(2, period, 2), None);
+            Limiter::unattended(LimitGroup::McpUser, rate(2, period, 2), Metrics::disabled());
         // A caller per request, as from random addresses or users.
         for key in 0..20_000u64 {
             assert!(limiter.check(&key).is_ok());
@@ -385,8 +380,12 @@ mod tests {
     async fn idle_keys_are_forgotten_in_the_background_and_the_task_ends_with_the_limiter() {
         let every = Duration::from_millis(50);
         let period = Duration::from_millis(100);
-        let limiter: Arc<Limiter<u64>> =
-            Limiter::with_housekeeping(LimitGroup::McpUser, rate(1, period, 1), None, every);
+        let limiter: Arc<Limiter<u64>> = Limiter::with_housekeeping(
+            LimitGroup::McpUser,
+            rate(1, period, 1),
+            Metrics::disabled(),
+            every,
+        );
         for key in 0..100u64 {
             limiter.check(&key).unwrap();
         }
@@ -438,7 +437,7 @@ mod tests {
             LimitGroup::Register => config.register = table,
             _ => config.mcp_user = table,
         }
-        RateLimits::new(&config, Some(Metrics::new(&[])))
+        RateLimits::new(&config, Metrics::new(&[]))
     }
 
     #[tokio::test]
@@ -494,7 +493,7 @@ mod tests {
         let mut config = LimitsConfig::default();
         config.register.enabled = Some(false);
         config.register.requests = Some(1);
-        let limits = RateLimits::new(&config, None);
+        let limits = RateLimits::new(&config, Metrics::disabled());
         let stub = tower::service_fn(|_req: Request<Body>| async {
             Ok::<_, Infallible>(Response::new(Body::empty()))
         });
@@ -529,7 +528,7 @@ mod tests {
             let limiter: Limiter<u8> = Limiter::unattended(
                 LimitGroup::Token,
                 rate(requests, Duration::from_millis(period_ms), burst),
-                None,
+                Metrics::disabled(),
             );
             let allowed = (0..burst + 1).filter(|_| limiter.check(&1).is_ok()).count() as u32;
             // A fast refill may hand back one more while the loop runs.

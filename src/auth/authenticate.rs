@@ -15,13 +15,13 @@ use crate::metrics::audit::AuditSlot;
 use crate::session::{Session, SessionWatch};
 
 /// Adds `Authenticate` to a service.
-pub type AuthenticateLayer = CheckpointLayer<Authenticate>;
+pub(crate) type AuthenticateLayer = CheckpointLayer<Authenticate>;
 
 /// Resolves the bearer token to a `Session` (a request extension, with the
 /// `SessionWatch` that ends its streams) or answers 401 with the resource
 /// metadata URL.
 #[derive(Clone)]
-pub struct Authenticate {
+pub(crate) struct Authenticate {
     cache: Arc<TokenCache>,
     watch: SessionWatch,
     public_url: Arc<str>,
@@ -32,7 +32,7 @@ pub struct Authenticate {
 impl Authenticate {
     /// The layer for the route at `resource_path` of the proxy at
     /// `public_url`.
-    pub fn layer(
+    pub(crate) fn layer(
         cache: Arc<TokenCache>,
         public_url: &str,
         resource_path: &'static str,

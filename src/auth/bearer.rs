@@ -25,7 +25,7 @@ fn ambiguous(what: &str) -> ProxyError {
 /// else. `Ok(None)` when the client sent no bearer token at all (it must
 /// authorize); an error (400) when what it sent could be read more than one
 /// way, so no two readers ever disagree on who is calling.
-pub fn bearer_token<B>(request: &Request<B>) -> Result<Option<&str>, ProxyError> {
+pub(crate) fn bearer_token<B>(request: &Request<B>) -> Result<Option<&str>, ProxyError> {
     // RFC 6750 §2: one method per request; the query and a form body are
     // not ours to read, and a token there would travel on to the downstream.
     let in_query = request.uri().query().is_some_and(|q| {

@@ -17,13 +17,13 @@
 
 mod authenticate;
 mod bearer;
-pub mod revocations;
+pub(crate) mod revocations;
 mod session_watch;
 mod token_cache;
 
 #[cfg(test)]
 mod test_support;
 
-pub use authenticate::{Authenticate, AuthenticateLayer};
-pub use bearer::bearer_token;
-pub use token_cache::{TokenCache, DEGRADED_TTL};
+pub(crate) use authenticate::Authenticate;
+pub(crate) use bearer::bearer_token;
+pub(crate) use token_cache::TokenCache;

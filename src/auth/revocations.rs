@@ -13,12 +13,12 @@ use crate::grants::Grants;
 use crate::session::Revocation;
 
 /// The pub/sub channel of a deployment.
-pub fn channel(prefix: &str) -> String {
+pub(crate) fn channel(prefix: &str) -> String {
     format!("{prefix}revocations")
 }
 
 /// Publishes one revocation to every replica (also used by the CLI).
-pub async fn publish(
+pub(crate) async fn publish(
     connection: &mut redis::aio::MultiplexedConnection,
     prefix: &str,
     revocation: &Revocation,
@@ -35,7 +35,7 @@ pub async fn publish(
 }
 
 /// Starts the publisher and the subscriber.
-pub fn spawn(client: redis::Client, prefix: &str, grants: &Grants, cache: Arc<TokenCache>) {
+pub(crate) fn spawn(client: redis::Client, prefix: &str, grants: &Grants, cache: Arc<TokenCache>) {
     cache.set_degraded(true);
     spawn_publisher(client.clone(), prefix.to_string(), grants);
     spawn_subscriber(client, channel(prefix), cache);

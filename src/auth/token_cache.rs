@@ -14,6 +14,7 @@ use moka::Expiry;
 use crate::crypto;
 use crate::error::ProxyError;
 use crate::grants::{GrantError, Grants};
+use crate::metrics::labels::{CacheResult, EvictionCause};
 use crate::metrics::Metrics;
 use crate::now_unix;
 use crate::session::{Revocation, Session};
@@ -73,7 +74,7 @@ pub struct TokenCache {
 }
 
 /// How long a cached session is trusted while the revocation feed is down.
-pub const DEGRADED_TTL: Duration = Duration::from_secs(1);
+pub(crate) const DEGRADED_TTL: Duration = Duration::from_secs(1);
 
 impl TokenCache {
     /// A cache of at most `capacity` tokens, each kept at most `max_ttl`
@@ -161,14 +162,14 @@ impl TokenCache {
     async fn cached_or_stored(&self, token: &str, hash: &str) -> Result<Entry, ProxyError> {
         if let Some(entry) = self.tokens.get(hash).await {
             let result = if matches!(entry, Entry::Valid(..)) {
-                "hit"
+                CacheResult::Hit
             } else {
-                "negative_hit"
+                CacheResult::NegativeHit
             };
-            self.count_request(result);
+            self.metrics.token_cache_request(result);
             return Ok(entry);
         }
-        self.count_request("miss");
+        self.metrics.token_cache_request(CacheResult::Miss);
         // Single flight: concurrent misses for one token wait for one
         // store lookup instead of each running their own.
         self.tokens
@@ -209,13 +210,6 @@ impl TokenCache {
         }
     }
 
-    fn count_request(&self, result: &str) {
-        self.metrics
-            .token_cache_requests
-            .with_label_values(&[result])
-            .inc();
-    }
-
     /// Drops every cached session; the next request asks the store.
     pub fn forget_all(&self) {
         self.tokens.invalidate_all();
@@ -238,9 +232,7 @@ impl TokenCache {
     pub async fn report_size(&self) {
         // moka counts lazily; settle pending work so the gauge is exact.
         self.tokens.run_pending_tasks().await;
-        self.metrics
-            .token_cache_entries
-            .set(self.tokens.entry_count() as i64);
+        self.metrics.token_cache_size(self.tokens.entry_count());
     }
 }
 
@@ -259,15 +251,12 @@ fn count_evictions(
     move |_key, _value, cause| {
         use moka::notification::RemovalCause;
         let cause = match cause {
-            RemovalCause::Expired => "expired",
-            RemovalCause::Explicit => "explicit",
-            RemovalCause::Replaced => "replaced",
-            RemovalCause::Size => "size",
+            RemovalCause::Expired => EvictionCause::Expired,
+            RemovalCause::Explicit => EvictionCause::Explicit,
+            RemovalCause::Replaced => EvictionCause::Replaced,
+            RemovalCause::Size => EvictionCause::Size,
         };
-        metrics
-            .token_cache_evictions
-            .with_label_values(&[cause])
-            .inc();
+        metrics.token_cache_eviction(cause);
     }
 }
 

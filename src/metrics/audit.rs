@@ -56,19 +56,19 @@ pub type AuditLayer = CheckpointLayer<Audit>;
 /// requests pass untouched.
 #[derive(Clone)]
 pub struct Audit {
-    metrics: Option<Arc<Metrics>>,
+    metrics: Arc<Metrics>,
     log: bool,
 }
 
 impl Audit {
     /// The layer: counts into `metrics` when given, logs when `log`.
-    pub fn layer(metrics: Option<Arc<Metrics>>, log: bool) -> AuditLayer {
+    pub fn layer(metrics: Arc<Metrics>, log: bool) -> AuditLayer {
         CheckpointLayer::new(Audit { metrics, log })
     }
 
     /// Starts auditing a request: its slot goes into the extensions.
     fn begin<B>(&self, request: &mut Request<B>) -> Option<Audited> {
-        if !self.log && self.metrics.is_none() {
+        if !self.log && !self.metrics.enabled() {
             return None;
         }
         let slot = AuditSlot::default();
@@ -100,16 +100,8 @@ impl Audit {
             200..=399 => "allow",
             _ => "error",
         });
-        if let Some(metrics) = &self.metrics {
-            metrics
-                .mcp_requests
-                .with_label_values(&[
-                    Metrics::mcp_method_label(facts.mcp_method.as_deref()),
-                    metrics.tool_label(facts.tool.as_deref()),
-                    decision,
-                ])
-                .inc();
-        }
+        self.metrics
+            .mcp_request(facts.mcp_method.as_deref(), facts.tool.as_deref(), decision);
         if self.log {
             tracing::info!(
                 target: "audit",

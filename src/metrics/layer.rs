@@ -9,7 +9,7 @@ use axum::extract::MatchedPath;
 use axum::http::{Method, Request, Response};
 use tower::Service;
 
-use super::{status_class, Metrics};
+use super::Metrics;
 use crate::checkpoint::{Checkpoint, CheckpointLayer};
 
 /// Adds `RecordHttp` to a service.
@@ -60,16 +60,13 @@ where
         async move {
             let result = answer.await;
             if let Ok(response) = &result {
-                let status = status_class(response.status().as_u16());
                 let route = route.as_ref().map_or("unmatched", MatchedPath::as_str);
-                self.metrics
-                    .http_requests
-                    .with_label_values(&[route, method, status])
-                    .inc();
-                self.metrics
-                    .http_duration
-                    .with_label_values(&[route, method])
-                    .observe(started.elapsed().as_secs_f64());
+                self.metrics.http_request(
+                    route,
+                    method,
+                    response.status().as_u16(),
+                    started.elapsed(),
+                );
             }
             result
         }

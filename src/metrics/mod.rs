@@ -470,12 +470,9 @@ impl Metrics {
         self.count(&self.token_cache_requests, &[result.as_str()]);
     }
 
-    /// A token cache entry removed, and the entries left.
-    pub fn token_cache_eviction(&self, cause: EvictionCause, entries: u64) {
-        if self.enabled {
-            self.count(&self.token_cache_evictions, &[cause.as_str()]);
-            self.token_cache_entries.set(entries as i64);
-        }
+    /// A token cache entry removed.
+    pub fn token_cache_eviction(&self, cause: EvictionCause) {
+        self.count(&self.token_cache_evictions, &[cause.as_str()]);
     }
 
     /// The token cache's size after an insert.

@@ -18,6 +18,7 @@ use super::{CompiledPolicy, Decision, PolicyEngine};
 use crate::checkpoint::{Checkpoint, CheckpointLayer};
 use crate::error::{BodyTimeout, ProxyError};
 use crate::metrics::audit::AuditSlot;
+use crate::metrics::labels::PolicyVerdict;
 use crate::metrics::Metrics;
 use crate::session::{PolicyOutcome, Session};
 
@@ -262,7 +263,7 @@ struct Evaluation {
     session: Arc<Session>,
     user: Dynamic,
     view: RequestView,
-    metrics: Option<Arc<Metrics>>,
+    metrics: Arc<Metrics>,
     audit: Option<AuditSlot>,
 }
 
@@ -290,19 +291,14 @@ impl Evaluation {
                     view.map_or(Dynamic::UNIT, |v| v.into_call(call))
                 },
             );
-            let label = if matches!(decision, Decision::Allow { .. }) {
-                "allow"
+            let verdict = if matches!(decision, Decision::Allow { .. }) {
+                PolicyVerdict::Allow
             } else {
-                "deny"
+                PolicyVerdict::Deny
             };
-            if let Some(metrics) = &self.metrics {
-                metrics
-                    .policy_duration
-                    .observe(started.elapsed().as_secs_f64());
-                metrics.policy_decisions.with_label_values(&[label]).inc();
-            }
+            self.metrics.policy_decision(verdict, started.elapsed());
             if let Some(slot) = &self.audit {
-                slot.update(|facts| facts.decision = Some(label));
+                slot.update(|facts| facts.decision = Some(verdict.as_str()));
             }
             match decision {
                 Decision::Allow { headers: h } => headers = h,
@@ -339,7 +335,7 @@ pub struct EnforcePolicy {
     issuer: Arc<str>,
     max_body: usize,
     max_batch_size: usize,
-    metrics: Option<Arc<Metrics>>,
+    metrics: Arc<Metrics>,
 }
 
 impl EnforcePolicy {
@@ -350,7 +346,7 @@ impl EnforcePolicy {
         issuer: &str,
         max_body: usize,
         max_batch_size: usize,
-        metrics: Option<Arc<Metrics>>,
+        metrics: Arc<Metrics>,
     ) -> EnforcePolicyLayer {
         CheckpointLayer::new(EnforcePolicy {
             engine,

@@ -11,7 +11,7 @@ use crate::checkpoint::{Checkpoint, CheckpointLayer};
 use crate::error::ProxyError;
 
 /// Refuses a present `Origin` that is neither the proxy's own nor allowed.
-pub fn check_origin(
+pub(crate) fn check_origin(
     headers: &HeaderMap,
     public_url: &str,
     allowed: &[String],
@@ -30,12 +30,12 @@ pub fn check_origin(
 }
 
 /// Adds `CheckOrigin` to a service.
-pub type CheckOriginLayer = CheckpointLayer<CheckOrigin>;
+pub(crate) type CheckOriginLayer = CheckpointLayer<CheckOrigin>;
 
 /// Refuses (403) a request from a foreign browser origin before it reaches
 /// the service.
 #[derive(Clone)]
-pub struct CheckOrigin {
+pub(crate) struct CheckOrigin {
     public_url: Arc<str>,
     allowed: Arc<[String]>,
 }
@@ -43,7 +43,7 @@ pub struct CheckOrigin {
 impl CheckOrigin {
     /// The layer that accepts the proxy's own origin (`public_url`) and the
     /// `allowed` ones (`server.allowed_origins`).
-    pub fn layer(public_url: &str, allowed: &[String]) -> CheckOriginLayer {
+    pub(crate) fn layer(public_url: &str, allowed: &[String]) -> CheckOriginLayer {
         CheckpointLayer::new(CheckOrigin {
             public_url: public_url.into(),
             allowed: allowed.into(),

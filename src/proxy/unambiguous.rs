@@ -13,7 +13,7 @@ use crate::error::ProxyError;
 /// Headers read on the request path (besides `Authorization`, which
 /// Authenticate checks): by the session binding, the policy, the routing
 /// check and the body parser.
-pub const INTERPRETED: [&str; 5] = [
+pub(crate) const INTERPRETED: [&str; 5] = [
     "mcp-protocol-version",
     "last-event-id",
     "mcp-method",
@@ -23,7 +23,7 @@ pub const INTERPRETED: [&str; 5] = [
 
 /// Refuses a request whose interpreted headers carry more than one value,
 /// or whose `Mcp-Session-Id` is not exactly one visible-ASCII value.
-pub fn check_unambiguous(headers: &HeaderMap) -> Result<(), ProxyError> {
+pub(crate) fn check_unambiguous(headers: &HeaderMap) -> Result<(), ProxyError> {
     presented_session_id(headers)?;
     for name in INTERPRETED {
         if headers.get_all(name).iter().nth(1).is_some() {
@@ -36,16 +36,16 @@ pub fn check_unambiguous(headers: &HeaderMap) -> Result<(), ProxyError> {
 }
 
 /// Adds `UnambiguousHeaders` to a service.
-pub type UnambiguousHeadersLayer = CheckpointLayer<UnambiguousHeaders>;
+pub(crate) type UnambiguousHeadersLayer = CheckpointLayer<UnambiguousHeaders>;
 
 /// Refuses (400) a request whose interpreted headers are ambiguous before it
 /// reaches the service.
 #[derive(Clone, Copy, Default)]
-pub struct UnambiguousHeaders;
+pub(crate) struct UnambiguousHeaders;
 
 impl UnambiguousHeaders {
     /// The layer.
-    pub fn layer() -> UnambiguousHeadersLayer {
+    pub(crate) fn layer() -> UnambiguousHeadersLayer {
         CheckpointLayer::new(UnambiguousHeaders)
     }
 }

@@ -120,23 +120,11 @@ fn oauth_routes(limits: &RateLimits) -> Router<AppState> {
 /// The public listener's router: the OAuth routes, the MCP routes, and
 /// the layers every request passes.
 pub fn router(app: AppState) -> Router {
-    let limits = RateLimits::new(
-        &app.settings.config.limits,
-        app.settings
-            .config
-            .metrics
-            .enabled
-            .then(|| app.metrics.clone()),
-    );
+    let limits = RateLimits::new(&app.settings.config.limits, app.metrics.clone());
     let mcp_facing = mcp_routes(&app, &limits);
 
-    let record_http = app
-        .settings
-        .config
-        .metrics
-        .enabled
-        .then(|| RecordHttp::layer(app.metrics.clone()));
     let trusted_proxies = app.settings.trusted_proxies.clone();
+    let app_metrics = app.metrics.clone();
     Router::new()
         .merge(oauth_routes(&limits))
         .with_state(app)
@@ -155,7 +143,7 @@ pub fn router(app: AppState) -> Router {
         .layer(PropagateRequestIdLayer::new(REQUEST_ID.clone()))
         // Count and time every request by its route template; runs after
         // routing, so the raw path never becomes a label.
-        .layer(tower::util::option_layer(record_http))
+        .layer(RecordHttp::layer(app_metrics))
         // One span per request, with method and path only: queries carry
         // codes and state, which must never reach a log.
         .layer(TraceLayer::new_for_http().make_span_with(|request: &Request<_>| {
@@ -200,12 +188,7 @@ fn mcp_stack(
 > + Clone
        + Send
        + 'static {
-    let metrics = app
-        .settings
-        .config
-        .metrics
-        .enabled
-        .then(|| app.metrics.clone());
+    let metrics = app.metrics.clone();
     tower::ServiceBuilder::new()
         // One audit event and the MCP counters per request, written when the
         // answer (errors included) is known.

@@ -259,7 +259,7 @@ pub(crate) mod conformance {
 
     const T: Duration = Duration::from_secs(60);
 
-    pub async fn put_get_delete(store: &dyn Store) {
+    pub(crate) async fn put_get_delete(store: &dyn Store) {
         assert_eq!(store.get(Namespace::Client, "a").await.unwrap(), None);
         store.put(Namespace::Client, "a", b"1", T).await.unwrap();
         assert_eq!(
@@ -278,7 +278,7 @@ pub(crate) mod conformance {
         assert_eq!(store.get(Namespace::Client, "a").await.unwrap(), None);
     }
 
-    pub async fn take_is_single_use(store: &dyn Store) {
+    pub(crate) async fn take_is_single_use(store: &dyn Store) {
         store.put(Namespace::Code, "c", b"v", T).await.unwrap();
         assert_eq!(
             store.take(Namespace::Code, "c").await.unwrap().as_deref(),
@@ -287,7 +287,7 @@ pub(crate) mod conformance {
         assert_eq!(store.take(Namespace::Code, "c").await.unwrap(), None);
     }
 
-    pub async fn expired_records_are_invisible(store: &dyn Store) {
+    pub(crate) async fn expired_records_are_invisible(store: &dyn Store) {
         store
             .put(Namespace::Pending, "p", b"v", Duration::from_secs(1))
             .await
@@ -305,7 +305,7 @@ pub(crate) mod conformance {
         assert!(store.get(Namespace::Pending, "p").await.unwrap().is_some());
     }
 
-    pub async fn insert_new_and_cas(store: &dyn Store) {
+    pub(crate) async fn insert_new_and_cas(store: &dyn Store) {
         assert!(store
             .insert_new(Namespace::Grant, "g", b"1", T)
             .await
@@ -337,7 +337,7 @@ pub(crate) mod conformance {
             .unwrap());
     }
 
-    pub async fn racing_takes_have_one_winner(store: SharedStore) {
+    pub(crate) async fn racing_takes_have_one_winner(store: SharedStore) {
         store.put(Namespace::Code, "race", b"v", T).await.unwrap();
         let mut tasks = Vec::new();
         for _ in 0..20 {
@@ -353,7 +353,7 @@ pub(crate) mod conformance {
         assert_eq!(winners, 1);
     }
 
-    pub async fn racing_swaps_have_one_winner(store: SharedStore) {
+    pub(crate) async fn racing_swaps_have_one_winner(store: SharedStore) {
         store.put(Namespace::Grant, "cas", b"0", T).await.unwrap();
         let mut tasks = Vec::new();
         for i in 0..10u8 {
@@ -371,7 +371,7 @@ pub(crate) mod conformance {
         assert_eq!(winners, 1);
     }
 
-    pub async fn list_returns_live_records(store: &dyn Store) {
+    pub(crate) async fn list_returns_live_records(store: &dyn Store) {
         store.put(Namespace::Consent, "k1", b"a", T).await.unwrap();
         store.put(Namespace::Consent, "k2", b"b", T).await.unwrap();
         let mut all = store.list(Namespace::Consent).await.unwrap();

@@ -30,7 +30,7 @@ async fn an_answered_request_is_counted_with_the_facts_the_layers_below_found() 
         *response.status_mut() = StatusCode::ACCEPTED;
         Ok::<_, Infallible>(response)
     });
-    let service = Audit::layer(Some(metrics.clone()), true).layer(stub);
+    let service = Audit::layer(metrics.clone(), true).layer(stub);
     let response = service
         .oneshot(Request::new(Body::empty()))
         .await
@@ -54,7 +54,7 @@ async fn without_a_verdict_the_status_speaks_and_an_error_without_an_answer_is_n
         *response.status_mut() = StatusCode::UNAUTHORIZED;
         Ok::<_, ProxyError>(response)
     });
-    let service = Audit::layer(Some(metrics.clone()), false).layer(unauthorized);
+    let service = Audit::layer(metrics.clone(), false).layer(unauthorized);
     let response = service
         .oneshot(Request::new(Body::empty()))
         .await
@@ -65,7 +65,7 @@ async fn without_a_verdict_the_status_speaks_and_an_error_without_an_answer_is_n
     let failing = tower::service_fn(|_request: Request<Body>| async {
         Err::<Response<Body>, _>(ProxyError::SessionNotFound)
     });
-    let service = Audit::layer(Some(metrics.clone()), false).layer(failing);
+    let service = Audit::layer(metrics.clone(), false).layer(failing);
     let failed = service.oneshot(Request::new(Body::empty())).await;
     assert!(matches!(failed, Err(ProxyError::SessionNotFound)));
     assert_eq!(counted(&metrics, ["none", "", "error"]), 0);
@@ -77,7 +77,7 @@ async fn with_neither_metrics_nor_the_log_a_request_passes_untouched() {
         assert!(request.extensions().get::<AuditSlot>().is_none());
         Ok::<_, Infallible>(Response::new(Body::empty()))
     });
-    let response = Audit::layer(None, false)
+    let response = Audit::layer(crate::metrics::Metrics::disabled(), false)
         .layer(stub)
         .oneshot(Request::new(Body::empty()))
         .await

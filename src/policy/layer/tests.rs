@@ -163,9 +163,8 @@ mod enforce_policy {
         let (_dir, engine) = engine();
         let metrics = crate::metrics::Metrics::new(&[]);
         let seen = Arc::new(Seen::default());
-        let service =
-            EnforcePolicy::layer(engine, "https://issuer", 1024, 16, Some(metrics.clone()))
-                .layer(downstream(seen.clone()));
+        let service = EnforcePolicy::layer(engine, "https://issuer", 1024, 16, metrics.clone())
+            .layer(downstream(seen.clone()));
         let slot = AuditSlot::default();
         let mut request = post(WHOAMI, Some(session()));
         request.extensions_mut().insert(slot.clone());
@@ -205,8 +204,14 @@ mod enforce_policy {
     async fn a_denied_unreadable_or_anonymous_request_never_reaches_the_downstream() {
         let (_dir, engine) = engine();
         let seen = Arc::new(Seen::default());
-        let service = EnforcePolicy::layer(engine, "https://issuer", 200, 16, None)
-            .layer(downstream(seen.clone()));
+        let service = EnforcePolicy::layer(
+            engine,
+            "https://issuer",
+            200,
+            16,
+            crate::metrics::Metrics::disabled(),
+        )
+        .layer(downstream(seen.clone()));
         let slot = AuditSlot::default();
         let mut request = post(DEPLOY, Some(session()));
         request.extensions_mut().insert(slot.clone());

@@ -151,7 +151,7 @@ mod generate {
         "\u{17f}",
     ];
 
-    pub fn key() -> impl Strategy<Value = String> {
+    pub(super) fn key() -> impl Strategy<Value = String> {
         prop::sample::select(&KEYS[..]).prop_map(str::to_string)
     }
 
@@ -176,7 +176,7 @@ mod generate {
         ]
     }
 
-    pub fn value() -> impl Strategy<Value = Tree> {
+    pub(super) fn value() -> impl Strategy<Value = Tree> {
         scalar().prop_recursive(4, 24, 4, |inner| {
             prop_oneof![
                 prop::collection::vec(inner.clone(), 0..3).prop_map(Tree::List),
@@ -208,7 +208,7 @@ mod generate {
 
     /// A plausible message, then extra entries (often a case variant or
     /// a duplicate of a protocol field) spliced in at random places.
-    pub fn message() -> impl Strategy<Value = Tree> {
+    pub(super) fn message() -> impl Strategy<Value = Tree> {
         (
             method(),
             id(),
@@ -283,7 +283,7 @@ mod generate {
 
     /// Writes JSON, escaping key characters as `\uXXXX` where `escape`
     /// says so (by position), so escaped and plain spellings mix.
-    pub fn write(tree: &Tree, escape: &[bool], counter: &mut usize, out: &mut String) {
+    pub(super) fn write(tree: &Tree, escape: &[bool], counter: &mut usize, out: &mut String) {
         match tree {
             Tree::Null => out.push_str("null"),
             Tree::Bool(b) => out.push_str(if *b { "true" } else { "false" }),
