@@ -49,11 +49,11 @@ pub(crate) fn is_forwarding_header(name: &str) -> bool {
 
 /// The networks whose `X-Forwarded-For` is believed (default: none).
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
-pub struct TrustedProxies(Vec<IpNet>);
+pub(crate) struct TrustedProxies(Vec<IpNet>);
 
 impl TrustedProxies {
     /// Parses CIDRs ("10.0.0.0/8", "fd00::/8") or single addresses.
-    pub fn parse(entries: &[String]) -> Result<Self, String> {
+    pub(crate) fn parse(entries: &[String]) -> Result<Self, String> {
         entries
             .iter()
             .map(|entry| {
@@ -69,11 +69,7 @@ impl TrustedProxies {
             .map(TrustedProxies)
     }
 
-    pub fn is_empty(&self) -> bool {
-        self.0.is_empty()
-    }
-
-    pub fn contains(&self, ip: IpAddr) -> bool {
+    pub(crate) fn contains(&self, ip: IpAddr) -> bool {
         let ip = ip.to_canonical();
         self.0.iter().any(|net| net.contains(&ip))
     }

@@ -22,20 +22,21 @@ type HmacSha256 = Hmac<Sha256>;
 pub struct OpenError;
 
 /// A fresh random token with 256 bits of entropy.
-pub fn random_token() -> String {
+pub(crate) fn random_token() -> String {
     let mut bytes = [0u8; 32];
     rand::rngs::OsRng.fill_bytes(&mut bytes);
     URL_SAFE_NO_PAD.encode(bytes)
 }
 
 /// A shorter random identifier (128 bits) for records that are not secrets.
-pub fn random_id() -> String {
+pub(crate) fn random_id() -> String {
     let mut bytes = [0u8; 16];
     rand::rngs::OsRng.fill_bytes(&mut bytes);
     URL_SAFE_NO_PAD.encode(bytes)
 }
 
-pub fn random_key() -> [u8; 32] {
+/// A fresh random 256-bit key (each grant gets its own).
+pub(crate) fn random_key() -> [u8; 32] {
     let mut key = [0u8; 32];
     rand::rngs::OsRng.fill_bytes(&mut key);
     key
@@ -47,18 +48,18 @@ pub fn token_hash(token: &str) -> String {
 }
 
 /// Compares two secrets without leaking where they differ.
-pub fn constant_time_eq(a: &[u8], b: &[u8]) -> bool {
+pub(crate) fn constant_time_eq(a: &[u8], b: &[u8]) -> bool {
     a.len() == b.len() && bool::from(a.ct_eq(b))
 }
 
 /// RFC 7636 S256: BASE64URL(SHA256(verifier)) == challenge.
-pub fn pkce_s256_matches(verifier: &str, challenge: &str) -> bool {
+pub(crate) fn pkce_s256_matches(verifier: &str, challenge: &str) -> bool {
     let computed = URL_SAFE_NO_PAD.encode(Sha256::digest(verifier.as_bytes()));
     constant_time_eq(computed.as_bytes(), challenge.as_bytes())
 }
 
 /// RFC 7636 §4.1: 43–128 characters of [A-Z a-z 0-9 - . _ ~].
-pub fn is_valid_pkce_verifier(verifier: &str) -> bool {
+pub(crate) fn is_valid_pkce_verifier(verifier: &str) -> bool {
     (43..=128).contains(&verifier.len())
         && verifier
             .bytes()
@@ -66,7 +67,7 @@ pub fn is_valid_pkce_verifier(verifier: &str) -> bool {
 }
 
 /// A S256 challenge is the base64url encoding of 32 bytes: 43 characters.
-pub fn is_valid_s256_challenge(challenge: &str) -> bool {
+pub(crate) fn is_valid_s256_challenge(challenge: &str) -> bool {
     challenge.len() == 43
         && challenge
             .bytes()
@@ -75,7 +76,7 @@ pub fn is_valid_s256_challenge(challenge: &str) -> bool {
 
 /// Keys derived from the configured secret, one per purpose.
 #[derive(Clone)]
-pub struct Keys {
+pub(crate) struct Keys {
     master: [u8; 32],
     cookie: [u8; 32],
     csrf: [u8; 32],
@@ -89,7 +90,7 @@ impl std::fmt::Debug for Keys {
 }
 
 impl Keys {
-    pub fn new(master: [u8; 32]) -> Self {
+    pub(crate) fn new(master: [u8; 32]) -> Self {
         Keys {
             cookie: derive(&master, b"cookie-signing"),
             csrf: derive(&master, b"consent-csrf"),
@@ -99,7 +100,7 @@ impl Keys {
     }
 
     /// `value.signature` where the signature is HMAC-SHA256 over name and value.
-    pub fn sign_cookie(&self, name: &str, value: &str) -> String {
+    pub(crate) fn sign_cookie(&self, name: &str, value: &str) -> String {
         format!(
             "{value}.{}",
             URL_SAFE_NO_PAD.encode(self.cookie_mac(name, value))
@@ -107,7 +108,7 @@ impl Keys {
     }
 
     /// The value of a cookie signed by `sign_cookie`, if the signature holds.
-    pub fn verify_cookie<'a>(&self, name: &str, signed: &'a str) -> Option<&'a str> {
+    pub(crate) fn verify_cookie<'a>(&self, name: &str, signed: &'a str) -> Option<&'a str> {
         let (value, signature) = signed.rsplit_once('.')?;
         let signature = URL_SAFE_NO_PAD.decode(signature).ok()?;
         constant_time_eq(&signature, &self.cookie_mac(name, value)).then_some(value)
@@ -118,14 +119,14 @@ impl Keys {
     }
 
     /// The consent form's CSRF token, bound to the request and the browser.
-    pub fn csrf_token(&self, request_id: &str, browser_id: &str) -> String {
+    pub(crate) fn csrf_token(&self, request_id: &str, browser_id: &str) -> String {
         URL_SAFE_NO_PAD.encode(mac(
             &self.csrf,
             &[request_id.as_bytes(), b"\0", browser_id.as_bytes()],
         ))
     }
 
-    pub fn verify_csrf(&self, request_id: &str, browser_id: &str, presented: &str) -> bool {
+    pub(crate) fn verify_csrf(&self, request_id: &str, browser_id: &str, presented: &str) -> bool {
         constant_time_eq(
             self.csrf_token(request_id, browser_id).as_bytes(),
             presented.as_bytes(),
@@ -133,22 +134,26 @@ impl Keys {
     }
 
     /// Seals a pending authorization (it carries the upstream PKCE verifier).
-    pub fn seal_pending(&self, id_hash: &str, plaintext: &[u8]) -> Vec<u8> {
+    pub(crate) fn seal_pending(&self, id_hash: &str, plaintext: &[u8]) -> Vec<u8> {
         seal(&self.pending, id_hash.as_bytes(), plaintext)
     }
 
-    pub fn open_pending(&self, id_hash: &str, sealed: &[u8]) -> Result<Vec<u8>, OpenError> {
+    pub(crate) fn open_pending(&self, id_hash: &str, sealed: &[u8]) -> Result<Vec<u8>, OpenError> {
         open(&self.pending, id_hash.as_bytes(), sealed)
     }
 
     /// Wraps a grant key for one token: only someone holding both the token
     /// and the configured secret can unwrap it.
-    pub fn wrap_grant_key(&self, token: &str, grant_key: &[u8; 32]) -> Vec<u8> {
+    pub(crate) fn wrap_grant_key(&self, token: &str, grant_key: &[u8; 32]) -> Vec<u8> {
         let wrapping = self.wrapping_key(token);
         seal(&wrapping, token_hash(token).as_bytes(), grant_key)
     }
 
-    pub fn unwrap_grant_key(&self, token: &str, wrapped: &[u8]) -> Result<[u8; 32], OpenError> {
+    pub(crate) fn unwrap_grant_key(
+        &self,
+        token: &str,
+        wrapped: &[u8],
+    ) -> Result<[u8; 32], OpenError> {
         let wrapping = self.wrapping_key(token);
         let key = open(&wrapping, token_hash(token).as_bytes(), wrapped)?;
         key.try_into().map_err(|_| OpenError)
@@ -177,7 +182,7 @@ fn mac(key: &[u8], parts: &[&[u8]]) -> Vec<u8> {
 }
 
 /// XChaCha20-Poly1305 with a random 192-bit nonce, prepended to the output.
-pub fn seal(key: &[u8; 32], aad: &[u8], plaintext: &[u8]) -> Vec<u8> {
+pub(crate) fn seal(key: &[u8; 32], aad: &[u8], plaintext: &[u8]) -> Vec<u8> {
     let cipher = XChaCha20Poly1305::new(key.into());
     let mut nonce = [0u8; 24];
     rand::rngs::OsRng.fill_bytes(&mut nonce);
@@ -196,7 +201,7 @@ pub fn seal(key: &[u8; 32], aad: &[u8], plaintext: &[u8]) -> Vec<u8> {
     out
 }
 
-pub fn open(key: &[u8; 32], aad: &[u8], sealed: &[u8]) -> Result<Vec<u8>, OpenError> {
+pub(crate) fn open(key: &[u8; 32], aad: &[u8], sealed: &[u8]) -> Result<Vec<u8>, OpenError> {
     if sealed.len() < 24 + 16 {
         return Err(OpenError);
     }

@@ -8,7 +8,7 @@ use url::Url;
 
 /// Any failure a handler reports.
 #[derive(Debug, thiserror::Error)]
-pub enum AppError {
+pub(crate) enum AppError {
     /// For an OAuth client: RFC 6749 JSON.
     #[error(transparent)]
     OAuth(#[from] OAuthError),
@@ -160,7 +160,7 @@ impl From<RateLimited> for OAuthError {
 /// be unsafe (unknown client, untrusted redirect URI) or impossible.
 #[derive(Debug, thiserror::Error)]
 #[error("{title}: {message}")]
-pub struct PageError {
+pub(crate) struct PageError {
     /// The HTTP status.
     pub status: StatusCode,
     /// The page's title and heading.
@@ -174,7 +174,11 @@ pub struct PageError {
 
 impl PageError {
     /// A page with this status, title and message.
-    pub fn new(status: StatusCode, title: impl Into<String>, message: impl Into<String>) -> Self {
+    pub(crate) fn new(
+        status: StatusCode,
+        title: impl Into<String>,
+        message: impl Into<String>,
+    ) -> Self {
         PageError {
             status,
             title: title.into(),
@@ -184,12 +188,12 @@ impl PageError {
         }
     }
     /// A 400 page.
-    pub fn bad_request(title: impl Into<String>, message: impl Into<String>) -> Self {
+    pub(crate) fn bad_request(title: impl Into<String>, message: impl Into<String>) -> Self {
         Self::new(StatusCode::BAD_REQUEST, title, message)
     }
     /// A 500 page: the person learns only that it failed; `context` and `e`
     /// go to the log when the page is rendered.
-    pub fn internal(context: &str, e: &dyn std::fmt::Display) -> Self {
+    pub(crate) fn internal(context: &str, e: &dyn std::fmt::Display) -> Self {
         Self::new(
             StatusCode::INTERNAL_SERVER_ERROR,
             "Something went wrong",
@@ -198,12 +202,12 @@ impl PageError {
         .caused_by(context, e)
     }
     /// The same page, with an internal cause to log when it is rendered.
-    pub fn caused_by(mut self, context: &str, e: &dyn std::fmt::Display) -> Self {
+    pub(crate) fn caused_by(mut self, context: &str, e: &dyn std::fmt::Display) -> Self {
         self.internal = Some(InternalCause::new(context, e));
         self
     }
     /// The internal cause to log, if there is one.
-    pub fn internal_cause(&self) -> Option<&InternalCause> {
+    pub(crate) fn internal_cause(&self) -> Option<&InternalCause> {
         self.internal.as_ref()
     }
 }
@@ -227,7 +231,7 @@ impl From<RateLimited> for PageError {
 /// An error returned to the client's (already validated) redirect URI.
 #[derive(Debug, thiserror::Error)]
 #[error("{code} for {redirect_uri}: {description}")]
-pub struct RedirectError {
+pub(crate) struct RedirectError {
     /// The client's redirect URI, already checked against its registration.
     pub redirect_uri: String,
     /// The `error` code.

@@ -24,20 +24,27 @@ pub enum Revocation {
 /// What an access token stands for, once validated.
 #[derive(Debug)]
 pub struct Session {
-    pub grant_id: String,
-    pub token_hash: String,
-    pub client_id: String,
+    /// The grant the token belongs to (revoking it ends the session).
+    pub(crate) grant_id: String,
+    /// The access token's hash, its key in the store and the token cache.
+    pub(crate) token_hash: String,
+    /// The OAuth client the token was issued to.
+    pub(crate) client_id: String,
+    /// The user's subject at the provider.
     pub sub: String,
     pub email: Option<String>,
     pub claims: Map<String, Value>,
     pub upstream: UpstreamTokens,
     pub resource: Option<String>,
     pub scope: Option<String>,
-    pub expires_at: i64,
-    pub client_name: Option<String>,
+    /// Unix seconds after which the token is refused: its own expiry, or
+    /// the grant's deadline when that comes first.
+    pub(crate) expires_at: i64,
+    /// The client's registered name, for the policy's `user` map.
+    pub(crate) client_name: Option<String>,
     /// What the policy keeps for this session while the token cache holds
     /// it (its view of the user, a decision on the user alone).
-    pub memo: Memo,
+    pub(crate) memo: Memo,
 }
 
 /// Why a session ended while an event stream was open on it.
@@ -50,7 +57,7 @@ pub enum SessionEnd {
 }
 
 impl SessionEnd {
-    pub fn as_str(self) -> &'static str {
+    pub(crate) fn as_str(self) -> &'static str {
         match self {
             SessionEnd::Expired => "expired",
             SessionEnd::Revoked => "revoked",
@@ -67,14 +74,14 @@ pub struct SessionWatch(Arc<WatchFn>);
 type WatchFn = dyn Fn(Arc<Session>) -> BoxFuture<'static, SessionEnd> + Send + Sync;
 
 impl SessionWatch {
-    pub fn new(
+    pub(crate) fn new(
         watch: impl Fn(Arc<Session>) -> BoxFuture<'static, SessionEnd> + Send + Sync + 'static,
     ) -> Self {
         SessionWatch(Arc::new(watch))
     }
 
     /// Resolves when `session` ends.
-    pub fn until_end(&self, session: Arc<Session>) -> BoxFuture<'static, SessionEnd> {
+    pub(crate) fn until_end(&self, session: Arc<Session>) -> BoxFuture<'static, SessionEnd> {
         (self.0)(session)
     }
 }
@@ -108,12 +115,12 @@ impl std::fmt::Debug for UpstreamTokens {
 /// type is the owner's (the policy's), so this floor knows nothing of it;
 /// the first writer wins.
 #[derive(Default)]
-pub struct Memo(OnceLock<Box<dyn Any + Send + Sync>>);
+pub(crate) struct Memo(OnceLock<Box<dyn Any + Send + Sync>>);
 
 impl Memo {
     /// The memo, computed by `init` on first use. `None` only if another
     /// type was stored first, which would be a bug in its owner.
-    pub fn get_or_init<T: Any + Send + Sync>(&self, init: impl FnOnce() -> T) -> Option<&T> {
+    pub(crate) fn get_or_init<T: Any + Send + Sync>(&self, init: impl FnOnce() -> T) -> Option<&T> {
         self.0.get_or_init(|| Box::new(init())).downcast_ref()
     }
 }
@@ -134,9 +141,9 @@ impl std::fmt::Debug for Memo {
 #[derive(Clone)]
 pub(crate) struct PolicyOutcome {
     /// Headers the policy set, checked and encoded.
-    pub headers: Vec<(HeaderName, HeaderValue)>,
+    pub(crate) headers: Vec<(HeaderName, HeaderValue)>,
     /// Whether a client header must be removed before forwarding.
-    pub strip: Arc<dyn Fn(&str) -> bool + Send + Sync>,
+    pub(crate) strip: Arc<dyn Fn(&str) -> bool + Send + Sync>,
 }
 
 impl std::fmt::Debug for PolicyOutcome {

@@ -12,15 +12,15 @@ use crate::store::{decode, ClientRecord, ConsentRecord, Namespace};
 /// One client as the commands show it; the field names are the JSON
 /// interface. Never the secret hash.
 #[derive(Debug, Clone, Serialize)]
-pub struct ClientRow {
-    pub client_id: String,
-    pub client_name: Option<String>,
-    pub token_endpoint_auth_method: String,
-    pub redirect_uris: Vec<String>,
-    pub grant_types: Vec<String>,
-    pub registered_at: Option<String>,
-    pub last_used_at: Option<String>,
-    pub grants: usize,
+pub(crate) struct ClientRow {
+    pub(crate) client_id: String,
+    pub(crate) client_name: Option<String>,
+    pub(crate) token_endpoint_auth_method: String,
+    pub(crate) redirect_uris: Vec<String>,
+    pub(crate) grant_types: Vec<String>,
+    pub(crate) registered_at: Option<String>,
+    pub(crate) last_used_at: Option<String>,
+    pub(crate) grants: usize,
 }
 
 /// `clients delete --json`; the field names are the interface.
@@ -32,7 +32,7 @@ struct DeleteResult<'a> {
     removed_consents: usize,
 }
 
-pub async fn list(admin: &Admin) -> Result<Report, CliError> {
+pub(crate) async fn list(admin: &Admin) -> Result<Report, CliError> {
     let mut warnings = Vec::new();
     let mut clients = Vec::new();
     for (key, bytes) in admin.records.store.list(Namespace::Client).await? {
@@ -99,7 +99,7 @@ pub async fn list(admin: &Admin) -> Result<Report, CliError> {
 /// Deletes each registration first (so no new login or token request of the
 /// client succeeds), then revokes its grants and forgets its consents. Grants
 /// of a named client whose registration is already gone are revoked too.
-pub async fn delete(admin: &Admin, client_ids: &[String]) -> Result<Report, CliError> {
+pub(crate) async fn delete(admin: &Admin, client_ids: &[String]) -> Result<Report, CliError> {
     let mut warnings = Vec::new();
     let mut errors = Vec::new();
     let mut deleted = Vec::new();

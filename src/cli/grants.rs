@@ -10,18 +10,18 @@ use crate::store::{decode, ClientRecord, GrantRecord, Namespace, Records, StoreR
 
 /// Which grants: all of them, narrowed by user and client.
 #[derive(Debug, Clone, Default)]
-pub struct Filter {
+pub(crate) struct Filter {
     /// An email (compared without case) or a sub (compared exactly).
-    pub user: Option<String>,
-    pub client: Option<String>,
+    pub(crate) user: Option<String>,
+    pub(crate) client: Option<String>,
 }
 
 impl Filter {
-    pub fn new(user: Option<String>, client: Option<String>) -> Filter {
+    pub(crate) fn new(user: Option<String>, client: Option<String>) -> Filter {
         Filter { user, client }
     }
 
-    pub fn matches(&self, grant: &GrantRecord) -> bool {
+    pub(crate) fn matches(&self, grant: &GrantRecord) -> bool {
         let user_ok = self.user.as_deref().is_none_or(|user| {
             grant.sub == user
                 || grant
@@ -49,24 +49,24 @@ struct RevokeResult<'a> {
     not_found: &'a [String],
 }
 
-pub enum Selector {
+pub(crate) enum Selector {
     Ids(Vec<String>),
     Matching(Filter),
 }
 
 /// One grant as the commands show it; the field names are the JSON interface.
 #[derive(Debug, Clone, Serialize)]
-pub struct GrantRow {
-    pub grant_id: String,
-    pub user: String,
-    pub sub: String,
-    pub email: Option<String>,
-    pub client_id: String,
-    pub client_name: Option<String>,
-    pub created_at: Option<String>,
-    pub refresh_token_live: bool,
-    pub resource: Option<String>,
-    pub scope: Option<String>,
+pub(crate) struct GrantRow {
+    pub(crate) grant_id: String,
+    pub(crate) user: String,
+    pub(crate) sub: String,
+    pub(crate) email: Option<String>,
+    pub(crate) client_id: String,
+    pub(crate) client_name: Option<String>,
+    pub(crate) created_at: Option<String>,
+    pub(crate) refresh_token_live: bool,
+    pub(crate) resource: Option<String>,
+    pub(crate) scope: Option<String>,
 }
 
 impl GrantRow {
@@ -86,7 +86,7 @@ impl GrantRow {
     }
 }
 
-pub fn table(rows: &[GrantRow]) -> Table {
+pub(crate) fn table(rows: &[GrantRow]) -> Table {
     let mut t = Table::new(&[
         "GRANT",
         "USER",
@@ -116,7 +116,7 @@ pub fn table(rows: &[GrantRow]) -> Table {
 
 /// Every live grant the filter matches, newest first. A record that does
 /// not decode is skipped with a warning.
-pub async fn matching(
+pub(crate) async fn matching(
     records: &Records,
     filter: &Filter,
     warnings: &mut Vec<String>,
@@ -138,7 +138,7 @@ pub async fn matching(
 }
 
 /// Every registered client's name, by client id.
-pub async fn client_names(
+pub(crate) async fn client_names(
     records: &Records,
     warnings: &mut Vec<String>,
 ) -> StoreResult<HashMap<String, Option<String>>> {
@@ -154,7 +154,7 @@ pub async fn client_names(
     Ok(names)
 }
 
-pub async fn list(admin: &Admin, filter: &Filter) -> Result<Report, CliError> {
+pub(crate) async fn list(admin: &Admin, filter: &Filter) -> Result<Report, CliError> {
     let mut warnings = Vec::new();
     let grants = matching(&admin.records, filter, &mut warnings).await?;
     let names = client_names(&admin.records, &mut warnings).await?;
@@ -174,7 +174,7 @@ pub async fn list(admin: &Admin, filter: &Filter) -> Result<Report, CliError> {
     })
 }
 
-pub async fn revoke(admin: &Admin, selector: Selector) -> Result<Report, CliError> {
+pub(crate) async fn revoke(admin: &Admin, selector: Selector) -> Result<Report, CliError> {
     let mut warnings = Vec::new();
     let mut errors = Vec::new();
     let mut not_found = Vec::new();

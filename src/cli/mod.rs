@@ -18,20 +18,20 @@ use crate::grants::{Grants, Lifetimes};
 use crate::session::Revocation;
 use crate::store::{Records, SharedStore, StoreError};
 
-pub mod clients;
-pub mod grants;
-pub mod table;
+pub(crate) mod clients;
+pub(crate) mod grants;
+pub(crate) mod table;
 
 /// Options every administration command takes.
 #[derive(Debug, Clone, Args)]
-pub struct Common {
+pub(crate) struct Common {
     /// TOML configuration file (environment variables override it), the one
     /// the proxy runs with: it names the store.
     #[arg(long, short, env = "MCP_PROXY_CONFIG", value_name = "FILE")]
-    pub config: Option<PathBuf>,
+    pub(crate) config: Option<PathBuf>,
     /// Print JSON (fields below) instead of a table.
     #[arg(long)]
-    pub json: bool,
+    pub(crate) json: bool,
 }
 
 const GRANT_FIELDS: &str = "\
@@ -98,12 +98,12 @@ pub enum GrantsCommand {
 pub struct GrantsListArgs {
     /// Only this user's grants: an email (any case) or a sub (exact).
     #[arg(long, value_name = "EMAIL|SUB", allow_hyphen_values = true)]
-    pub user: Option<String>,
+    pub(crate) user: Option<String>,
     /// Only the grants of this client.
     #[arg(long, value_name = "CLIENT_ID", allow_hyphen_values = true)]
-    pub client: Option<String>,
+    pub(crate) client: Option<String>,
     #[command(flatten)]
-    pub common: Common,
+    pub(crate) common: Common,
 }
 
 #[derive(Debug, Clone, Args)]
@@ -116,15 +116,15 @@ pub struct GrantsListArgs {
 pub struct GrantsRevokeArgs {
     /// Grant ids (from `grants list`); put ids that start with "-" after "--".
     #[arg(value_name = "GRANT_ID", conflicts_with_all = ["user", "client"])]
-    pub grant_ids: Vec<String>,
+    pub(crate) grant_ids: Vec<String>,
     /// Every grant of this user: an email (any case) or a sub (exact).
     #[arg(long, value_name = "EMAIL|SUB", allow_hyphen_values = true)]
-    pub user: Option<String>,
+    pub(crate) user: Option<String>,
     /// Every grant of this client (with --user: that user's grants of it).
     #[arg(long, value_name = "CLIENT_ID", allow_hyphen_values = true)]
-    pub client: Option<String>,
+    pub(crate) client: Option<String>,
     #[command(flatten)]
-    pub common: Common,
+    pub(crate) common: Common,
 }
 
 #[derive(Debug, Clone, Subcommand)]
@@ -140,28 +140,28 @@ pub enum ClientsCommand {
 #[derive(Debug, Clone, Args)]
 pub struct ClientsListArgs {
     #[command(flatten)]
-    pub common: Common,
+    pub(crate) common: Common,
 }
 
 #[derive(Debug, Clone, Args)]
 pub struct ClientsDeleteArgs {
     /// Client ids (from `clients list`); put ids that start with "-" after "--".
     #[arg(value_name = "CLIENT_ID", required = true)]
-    pub client_ids: Vec<String>,
+    pub(crate) client_ids: Vec<String>,
     #[command(flatten)]
-    pub common: Common,
+    pub(crate) common: Common,
 }
 
 /// The store, typed, and the grant operations of the running proxy.
-pub struct Admin {
-    pub records: Records,
-    pub grants: Grants,
+pub(crate) struct Admin {
+    pub(crate) records: Records,
+    pub(crate) grants: Grants,
 }
 
 impl Admin {
     /// Builds the same `Grants` the proxy builds, so a revocation here goes
     /// through `Grants::revoke_grant` exactly as one on a request path.
-    pub fn new(store: SharedStore, settings: &Settings) -> Admin {
+    pub(crate) fn new(store: SharedStore, settings: &Settings) -> Admin {
         let records = Records::new(store);
         let grants = Grants::new(
             records.clone(),
@@ -174,20 +174,20 @@ impl Admin {
 
 /// What a command produced: printed as a table or as JSON.
 #[derive(Debug, Default)]
-pub struct Report {
-    pub text: String,
+pub(crate) struct Report {
+    pub(crate) text: String,
     /// The `--json` output: pretty JSON, fields in declaration order.
-    pub json: String,
+    pub(crate) json: String,
     /// Printed on stderr; the exit status is 1 when there is any.
-    pub errors: Vec<String>,
+    pub(crate) errors: Vec<String>,
     /// Printed on stderr.
-    pub warnings: Vec<String>,
+    pub(crate) warnings: Vec<String>,
     /// Grants revoked, to announce to running replicas.
-    pub revoked_grants: Vec<String>,
+    pub(crate) revoked_grants: Vec<String>,
 }
 
 #[derive(Debug, thiserror::Error)]
-pub enum CliError {
+pub(crate) enum CliError {
     #[error("{0}")]
     Store(#[from] StoreError),
 }

@@ -4,13 +4,13 @@ use std::time::{Duration, UNIX_EPOCH};
 
 /// Columns separated by two spaces, each padded to its widest cell, a header
 /// row first; no colour, no trailing spaces.
-pub struct Table {
+pub(crate) struct Table {
     headers: Vec<&'static str>,
     rows: Vec<Vec<String>>,
 }
 
 impl Table {
-    pub fn new(headers: &[&'static str]) -> Table {
+    pub(crate) fn new(headers: &[&'static str]) -> Table {
         Table {
             headers: headers.to_vec(),
             rows: Vec::new(),
@@ -18,16 +18,12 @@ impl Table {
     }
 
     /// Adds a row; every cell is made safe to print (see [`cell`]).
-    pub fn row(&mut self, cells: Vec<String>) {
+    pub(crate) fn row(&mut self, cells: Vec<String>) {
         debug_assert_eq!(cells.len(), self.headers.len());
         self.rows.push(cells.iter().map(|c| cell(c)).collect());
     }
 
-    pub fn is_empty(&self) -> bool {
-        self.rows.is_empty()
-    }
-
-    pub fn render(&self) -> String {
+    pub(crate) fn render(&self) -> String {
         let mut widths: Vec<usize> = self.headers.iter().map(|h| width(h)).collect();
         for row in &self.rows {
             for (w, c) in widths.iter_mut().zip(row) {
@@ -62,7 +58,7 @@ fn width(s: &str) -> usize {
 /// A value as a table shows it: "-" when empty; control characters and
 /// bidirectional overrides escaped, so that a registered client name cannot
 /// move the cursor, clear the screen or reorder what the operator reads.
-pub fn cell(value: &str) -> String {
+pub(crate) fn cell(value: &str) -> String {
     if value.is_empty() {
         return "-".into();
     }
@@ -85,12 +81,12 @@ fn is_invisible_format(c: char) -> bool {
 }
 
 /// An optional value as a cell.
-pub fn opt(value: Option<&str>) -> String {
+pub(crate) fn opt(value: Option<&str>) -> String {
     value.unwrap_or_default().to_string()
 }
 
 /// A Unix time as UTC ISO-8601 ("2025-01-31T12:00:00Z"); `None` for unset (0).
-pub fn iso8601(unix: i64) -> Option<String> {
+pub(crate) fn iso8601(unix: i64) -> Option<String> {
     (unix > 0).then(|| {
         humantime::format_rfc3339_seconds(UNIX_EPOCH + Duration::from_secs(unix as u64)).to_string()
     })

@@ -10,25 +10,25 @@ use super::DurationStr;
 /// `[auth]`: how bearer tokens are checked on `/mcp` and `/sse`.
 #[derive(Debug, Clone, Deserialize, Serialize)]
 #[serde(deny_unknown_fields)]
-pub struct AuthConfig {
+pub(crate) struct AuthConfig {
     /// How many validated tokens are kept in memory.
     #[serde(
         default = "default_cache_capacity",
         deserialize_with = "lenient_number"
     )]
-    pub cache_capacity: u64,
+    pub(crate) cache_capacity: u64,
     /// The longest a validated token is trusted without asking the store
     /// again (revocations from other replicas arrive within this).
     #[serde(default = "default_cache_ttl")]
-    pub cache_ttl: DurationStr,
+    pub(crate) cache_ttl: DurationStr,
     /// How long an unknown token is remembered as unknown.
     #[serde(default = "default_negative_cache_ttl")]
-    pub negative_cache_ttl: DurationStr,
+    pub(crate) negative_cache_ttl: DurationStr,
     /// How often an open event stream asks the store whether its token is
     /// still live: the bound on ending streams after a revocation this
     /// process did not hear of (the CLI on a SQLite store).
     #[serde(default = "default_stream_recheck_interval")]
-    pub stream_recheck_interval: DurationStr,
+    pub(crate) stream_recheck_interval: DurationStr,
 }
 
 impl Default for AuthConfig {
@@ -45,20 +45,20 @@ impl Default for AuthConfig {
 /// `[tokens]`: the lifetimes of what the proxy issues.
 #[derive(Debug, Clone, Deserialize, Serialize)]
 #[serde(deny_unknown_fields)]
-pub struct TokensConfig {
+pub(crate) struct TokensConfig {
     /// How long an access token is valid.
     #[serde(default = "default_access_ttl")]
-    pub access_ttl: DurationStr,
+    pub(crate) access_ttl: DurationStr,
     /// How long a refresh token is valid.
     #[serde(default = "default_refresh_ttl")]
-    pub refresh_ttl: DurationStr,
+    pub(crate) refresh_ttl: DurationStr,
     /// How long an authorization code may wait to be exchanged.
     #[serde(default = "default_code_ttl")]
-    pub code_ttl: DurationStr,
+    pub(crate) code_ttl: DurationStr,
     /// The longest a sign-in lasts when the provider issued no refresh
     /// token (so it cannot be asked again): then the person logs in anew.
     #[serde(default = "default_max_grant_age")]
-    pub max_grant_age: DurationStr,
+    pub(crate) max_grant_age: DurationStr,
 }
 
 impl Default for TokensConfig {
@@ -75,26 +75,26 @@ impl Default for TokensConfig {
 /// `[registration]`: which clients may register, and with what.
 #[derive(Debug, Clone, Deserialize, Serialize)]
 #[serde(deny_unknown_fields)]
-pub struct RegistrationConfig {
+pub(crate) struct RegistrationConfig {
     /// A dynamically registered client that is not used for this long is
     /// forgotten.
     #[serde(default = "default_client_ttl")]
-    pub client_ttl: DurationStr,
+    pub(crate) client_ttl: DurationStr,
     /// Private-use URI schemes accepted in redirect URIs, e.g. "cursor".
     #[serde(default)]
-    pub allowed_schemes: Vec<String>,
+    pub(crate) allowed_schemes: Vec<String>,
     /// The most redirect URIs one client may register.
     #[serde(
         default = "default_max_redirect_uris",
         deserialize_with = "lenient_number"
     )]
-    pub max_redirect_uris: usize,
+    pub(crate) max_redirect_uris: usize,
     /// Accept https URLs as client ids (Client ID Metadata Documents).
     #[serde(default = "default_true", deserialize_with = "lenient_bool")]
-    pub client_metadata_documents: bool,
+    pub(crate) client_metadata_documents: bool,
     /// Development only: also fetch http:// documents and private addresses.
     #[serde(default, deserialize_with = "lenient_bool")]
-    pub insecure_metadata_documents: bool,
+    pub(crate) insecure_metadata_documents: bool,
 }
 
 impl Default for RegistrationConfig {
@@ -112,10 +112,10 @@ impl Default for RegistrationConfig {
 /// `[consent]`: the consent page's memory.
 #[derive(Debug, Clone, Deserialize, Serialize)]
 #[serde(deny_unknown_fields)]
-pub struct ConsentConfig {
+pub(crate) struct ConsentConfig {
     /// How long an approval of a client is remembered for a browser.
     #[serde(default = "default_consent_ttl")]
-    pub remember: DurationStr,
+    pub(crate) remember: DurationStr,
 }
 
 impl Default for ConsentConfig {

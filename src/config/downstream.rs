@@ -8,33 +8,33 @@ use super::DurationStr;
 /// `[downstream]`: where the MCP server is and how requests to it are bounded.
 #[derive(Debug, Clone, Deserialize, Serialize)]
 #[serde(deny_unknown_fields)]
-pub struct DownstreamConfig {
+pub(crate) struct DownstreamConfig {
     /// The MCP server's Streamable HTTP endpoint (`/mcp` is forwarded here).
     #[serde(default, deserialize_with = "lenient_opt_string")]
-    pub url: Option<String>,
+    pub(crate) url: Option<String>,
     /// The MCP server's legacy SSE endpoint, if it has one.
     #[serde(default, deserialize_with = "lenient_opt_string")]
-    pub sse_url: Option<String>,
+    pub(crate) sse_url: Option<String>,
     /// How long opening a connection to the downstream may take.
     #[serde(default = "default_connect_timeout")]
-    pub connect_timeout: DurationStr,
+    pub(crate) connect_timeout: DurationStr,
     /// How long to wait for the downstream's response headers.
     #[serde(default = "default_response_timeout")]
-    pub response_timeout: DurationStr,
+    pub(crate) response_timeout: DurationStr,
     /// A stream with no event for this long is closed. Streams have no total
     /// time limit.
     #[serde(default = "default_sse_idle_timeout")]
-    pub sse_idle_timeout: DurationStr,
+    pub(crate) sse_idle_timeout: DurationStr,
     /// The largest JSON-RPC request body accepted (the policy reads it).
     #[serde(
         default = "default_max_request_bytes",
         deserialize_with = "lenient_number"
     )]
-    pub max_request_bytes: usize,
+    pub(crate) max_request_bytes: usize,
     /// Names of client cookies the downstream receives, and may set; every
     /// other cookie stays between the client and the proxy.
     #[serde(default)]
-    pub pass_cookies: Vec<String>,
+    pub(crate) pass_cookies: Vec<String>,
     /// The most messages one JSON-RPC batch may hold (each runs the policy);
     /// 0 refuses batches (MCP 2025-06-18 and later have none), 1 allows a
     /// batch of one message.
@@ -42,7 +42,7 @@ pub struct DownstreamConfig {
         default = "default_max_batch_size",
         deserialize_with = "lenient_number"
     )]
-    pub max_batch_size: usize,
+    pub(crate) max_batch_size: usize,
 }
 
 impl Default for DownstreamConfig {
@@ -81,7 +81,7 @@ pub(super) const MAX_BATCH_SIZE_LIMIT: usize = 1024;
 /// Whether a cookie is one of the proxy's own sign-in cookies
 /// (`__Host-mcp-*`, `mcp-*`). Browsers match the `__Host-`/`__Secure-`
 /// prefixes ignoring case, so this does too.
-pub fn is_own_cookie(name: &str) -> bool {
+pub(crate) fn is_own_cookie(name: &str) -> bool {
     let lower = name.trim().to_ascii_lowercase();
     let bare = lower
         .strip_prefix("__host-")

@@ -6,11 +6,12 @@ use serde::{Deserialize, Deserializer, Serialize, Serializer};
 
 /// A duration written as text ("10m", "1h 30m", "30d").
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub struct DurationStr(pub Duration);
+pub(crate) struct DurationStr(pub(crate) Duration);
 
 impl DurationStr {
     /// Whole seconds, the unit of stored expiry times.
-    pub fn secs(&self) -> i64 {
+    #[cfg(test)]
+    pub(crate) fn secs(&self) -> i64 {
         self.0.as_secs() as i64
     }
 

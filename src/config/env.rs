@@ -4,7 +4,7 @@
 use figment::value::{Dict, Value};
 
 /// The environment prefix of every configuration variable.
-pub const ENV_PREFIX: &str = "MCP_PROXY_";
+pub(crate) const ENV_PREFIX: &str = "MCP_PROXY_";
 
 /// The original Cloudflare Worker's variables and the keys they set.
 const LEGACY_VARIABLES: [(&str, &str); 5] = [

@@ -16,26 +16,26 @@ use super::{ConfigError, DurationStr};
 pub struct LimitsConfig {
     /// Switches every limit off at once (benchmarks, a trusted network).
     #[serde(default = "default_true", deserialize_with = "lenient_bool")]
-    pub enabled: bool,
+    pub(crate) enabled: bool,
     /// `/register`, per client address.
     #[serde(default)]
-    pub register: RateLimitConfig,
+    pub(crate) register: RateLimitConfig,
     /// `/token` and `/revoke`, per client address.
     #[serde(default)]
-    pub token: RateLimitConfig,
+    pub(crate) token: RateLimitConfig,
     /// `/authorize`, `/consent` and `/callback`, per client address.
     #[serde(default)]
-    pub browser: RateLimitConfig,
+    pub(crate) browser: RateLimitConfig,
     /// `/mcp`, `/sse` and its message endpoint, per client address, before
     /// the token is looked up.
     #[serde(default)]
-    pub mcp_address: RateLimitConfig,
+    pub(crate) mcp_address: RateLimitConfig,
     /// `/mcp`, `/sse` and its message endpoint, per user (`sub`).
     #[serde(default)]
-    pub mcp_user: RateLimitConfig,
+    pub(crate) mcp_user: RateLimitConfig,
     /// `/mcp`, `/sse` and its message endpoint, per OAuth client id.
     #[serde(default)]
-    pub mcp_client: RateLimitConfig,
+    pub(crate) mcp_client: RateLimitConfig,
 }
 
 impl Default for LimitsConfig {
@@ -55,19 +55,19 @@ impl Default for LimitsConfig {
 /// `requests` per `period`, with bursts of up to `burst` at once.
 #[derive(Debug, Clone, Default, Deserialize, Serialize)]
 #[serde(deny_unknown_fields)]
-pub struct RateLimitConfig {
+pub(crate) struct RateLimitConfig {
     /// `false` switches this group off; unset, it follows `limits.enabled`.
     #[serde(default, deserialize_with = "lenient_opt_bool")]
-    pub enabled: Option<bool>,
+    pub(crate) enabled: Option<bool>,
     /// Requests allowed per `period`.
     #[serde(default, deserialize_with = "lenient_opt_number")]
-    pub requests: Option<u32>,
+    pub(crate) requests: Option<u32>,
     /// The period `requests` are counted over.
     #[serde(default)]
-    pub period: Option<DurationStr>,
+    pub(crate) period: Option<DurationStr>,
     /// Requests allowed at once; unset, it follows a changed `requests`.
     #[serde(default, deserialize_with = "lenient_opt_number")]
-    pub burst: Option<u32>,
+    pub(crate) burst: Option<u32>,
 }
 
 /// The rate-limited route groups, each with its own `[limits.<name>]` table.
@@ -89,7 +89,7 @@ pub enum LimitGroup {
 
 impl LimitGroup {
     /// Every group, in the order of `[limits]`.
-    pub const ALL: [LimitGroup; 6] = [
+    pub(crate) const ALL: [LimitGroup; 6] = [
         LimitGroup::Register,
         LimitGroup::Token,
         LimitGroup::Browser,
@@ -99,7 +99,7 @@ impl LimitGroup {
     ];
 
     /// The table name under `[limits]`, also the metric label value.
-    pub fn name(self) -> &'static str {
+    pub(crate) fn name(self) -> &'static str {
         match self {
             LimitGroup::Register => "register",
             LimitGroup::Token => "token",
@@ -113,7 +113,7 @@ impl LimitGroup {
     /// `(requests, period, burst)` when the table leaves a key out: enough
     /// for real clients (a person signing in, an agent calling tools in a
     /// loop, the MCP conformance suite), far below what a script can send.
-    pub fn default_rate(self) -> (u32, Duration, u32) {
+    pub(crate) fn default_rate(self) -> (u32, Duration, u32) {
         let minute = Duration::from_secs(60);
         match self {
             LimitGroup::Register => (30, minute, 30),
@@ -186,7 +186,7 @@ impl LimitsConfig {
 
     /// The rate of `group`, or `None` when it is switched off. Errors name
     /// the key at fault.
-    pub fn rate(&self, group: LimitGroup) -> Result<Option<Rate>, ConfigError> {
+    pub(crate) fn rate(&self, group: LimitGroup) -> Result<Option<Rate>, ConfigError> {
         let table = self.group(group);
         if !self.enabled || table.enabled == Some(false) {
             return Ok(None);

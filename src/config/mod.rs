@@ -32,18 +32,20 @@ use figment::Figment;
 use serde::{Deserialize, Serialize};
 use url::Url;
 
-pub use access::{AuthConfig, ConsentConfig, RegistrationConfig, TokensConfig};
-pub use downstream::{is_own_cookie, DownstreamConfig};
-pub use duration::DurationStr;
+pub(crate) use access::{AuthConfig, ConsentConfig, RegistrationConfig, TokensConfig};
+pub(crate) use downstream::{is_own_cookie, DownstreamConfig};
+pub(crate) use duration::DurationStr;
 use env::EnvProvider;
-pub use env::ENV_PREFIX;
-pub use limits::{LimitGroup, LimitsConfig, Rate, RateLimitConfig};
-pub use operations::{LogConfig, LogFormat, MetricsConfig, StoreConfig};
-pub use policy::{PolicyConfig, DEFAULT_MAX_HEADER_BYTES};
-pub use secret::{Secret, SecretsConfig};
+#[cfg(test)]
+pub(crate) use limits::RateLimitConfig;
+pub use limits::{LimitGroup, LimitsConfig, Rate};
+pub(crate) use operations::MetricsConfig;
+pub use operations::{LogConfig, LogFormat, StoreConfig};
+pub use policy::PolicyConfig;
+pub(crate) use policy::DEFAULT_MAX_HEADER_BYTES;
+pub(crate) use secret::{Secret, SecretsConfig};
 pub use server::ServerConfig;
-pub use upstream::{Provider, UpstreamConfig};
-pub use validate::cloudflare_access_issuer;
+pub(crate) use upstream::{Provider, UpstreamConfig};
 
 /// Why the configuration could not be loaded or is not valid.
 #[derive(Debug, thiserror::Error)]
@@ -79,13 +81,13 @@ pub struct Config {
     pub server: ServerConfig,
     /// `[upstream]`.
     #[serde(default)]
-    pub upstream: UpstreamConfig,
+    pub(crate) upstream: UpstreamConfig,
     /// `[downstream]`.
     #[serde(default)]
-    pub downstream: DownstreamConfig,
+    pub(crate) downstream: DownstreamConfig,
     /// `[auth]`.
     #[serde(default)]
-    pub auth: AuthConfig,
+    pub(crate) auth: AuthConfig,
     /// `[store]`.
     #[serde(default)]
     pub store: StoreConfig,
@@ -94,25 +96,25 @@ pub struct Config {
     pub policy: PolicyConfig,
     /// `[secrets]`.
     #[serde(default)]
-    pub secrets: SecretsConfig,
+    pub(crate) secrets: SecretsConfig,
     /// `[tokens]`.
     #[serde(default)]
-    pub tokens: TokensConfig,
+    pub(crate) tokens: TokensConfig,
     /// `[registration]`.
     #[serde(default)]
-    pub registration: RegistrationConfig,
+    pub(crate) registration: RegistrationConfig,
     /// `[consent]`.
     #[serde(default)]
-    pub consent: ConsentConfig,
+    pub(crate) consent: ConsentConfig,
     /// `[log]`.
     #[serde(default)]
     pub log: LogConfig,
     /// `[metrics]`.
     #[serde(default)]
-    pub metrics: MetricsConfig,
+    pub(crate) metrics: MetricsConfig,
     /// `[limits]`.
     #[serde(default)]
-    pub limits: LimitsConfig,
+    pub(crate) limits: LimitsConfig,
 }
 
 /// Settings derived and checked once at startup, in the form the code uses.
@@ -126,28 +128,28 @@ pub struct Settings {
     /// Access team, without a trailing slash.
     pub issuer_url: String,
     /// The proxy's client id at the provider.
-    pub upstream_client_id: String,
+    pub(crate) upstream_client_id: String,
     /// The proxy's client secret at the provider, read from its file if
     /// need be.
-    pub upstream_client_secret: Option<Secret>,
+    pub(crate) upstream_client_secret: Option<Secret>,
     /// `secrets.encryption_key`, decoded.
-    pub encryption_key: [u8; 32],
+    pub(crate) encryption_key: [u8; 32],
     /// `downstream.url`, parsed.
-    pub downstream_url: Url,
+    pub(crate) downstream_url: Url,
     /// `downstream.sse_url`, parsed, when set.
-    pub downstream_sse_url: Option<Url>,
+    pub(crate) downstream_sse_url: Option<Url>,
     /// `server.allowed_origins`, as origins ("scheme://host[:port]").
-    pub allowed_origins: Vec<String>,
+    pub(crate) allowed_origins: Vec<String>,
     /// `server.trusted_proxies`, parsed.
-    pub trusted_proxies: crate::client_address::TrustedProxies,
+    pub(crate) trusted_proxies: crate::client_address::TrustedProxies,
     /// Cookies use the `__Host-` prefix and `Secure` unless the public URL is
     /// plain http on a non-loopback host, where browsers would drop them.
-    pub secure_cookies: bool,
+    pub(crate) secure_cookies: bool,
 }
 
 impl Settings {
     /// Where the provider sends people back after sign-in.
-    pub fn callback_url(&self) -> String {
+    pub(crate) fn callback_url(&self) -> String {
         format!("{}/callback", self.public_url)
     }
 }
@@ -161,7 +163,7 @@ pub fn load(path: Option<&Path>) -> Result<Config, ConfigError> {
 }
 
 /// The figment with every source, in precedence order (later wins).
-pub fn figment(path: Option<&Path>) -> Figment {
+pub(crate) fn figment(path: Option<&Path>) -> Figment {
     let mut figment = Figment::new();
     if let Some(path) = path {
         figment = figment.merge(Toml::file_exact(path));

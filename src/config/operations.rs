@@ -18,14 +18,14 @@ pub struct StoreConfig {
     /// Several replicas share this Redis (`redis://host:6379/0`); without
     /// it, the SQLite file at `store.path` is used.
     #[serde(default)]
-    pub redis_url: Option<Secret>,
+    pub(crate) redis_url: Option<Secret>,
     /// Prefix of every Redis key and channel, so deployments can share one
     /// Redis.
     #[serde(default = "default_redis_prefix")]
-    pub redis_prefix: String,
+    pub(crate) redis_prefix: String,
     /// How often expired records are removed.
     #[serde(default = "default_purge_interval")]
-    pub purge_interval: DurationStr,
+    pub(crate) purge_interval: DurationStr,
 }
 
 impl Default for StoreConfig {
@@ -64,7 +64,7 @@ pub struct LogConfig {
     pub level: String,
     /// One audit event per MCP request (who, what, decision, status).
     #[serde(default = "default_true", deserialize_with = "lenient_bool")]
-    pub audit: bool,
+    pub(crate) audit: bool,
 }
 
 impl Default for LogConfig {
@@ -80,14 +80,14 @@ impl Default for LogConfig {
 /// `[metrics]`: which request metrics are recorded.
 #[derive(Debug, Clone, Deserialize, Serialize)]
 #[serde(deny_unknown_fields)]
-pub struct MetricsConfig {
+pub(crate) struct MetricsConfig {
     /// Record request metrics (served on `server.admin_listen`).
     #[serde(default = "default_true", deserialize_with = "lenient_bool")]
-    pub enabled: bool,
+    pub(crate) enabled: bool,
     /// MCP tool names that may appear as metric labels; others count as
     /// "other".
     #[serde(default)]
-    pub tools: Vec<String>,
+    pub(crate) tools: Vec<String>,
 }
 
 impl Default for MetricsConfig {

@@ -8,7 +8,7 @@ use super::lenient::lenient_number;
 use super::DurationStr;
 
 /// Default for `policy.max_header_bytes`: one value, after encoding.
-pub const DEFAULT_MAX_HEADER_BYTES: usize = 8 * 1024;
+pub(crate) const DEFAULT_MAX_HEADER_BYTES: usize = 8 * 1024;
 
 /// `[policy]`: which script runs, how it is reloaded, what it may set.
 #[derive(Debug, Clone, Deserialize, Serialize)]
@@ -25,14 +25,14 @@ pub struct PolicyConfig {
     /// How often the policy file is checked for changes (SIGHUP reloads at
     /// once).
     #[serde(default = "default_policy_watch_interval")]
-    pub watch_interval: DurationStr,
+    pub(crate) watch_interval: DurationStr,
     /// The longest header value a policy may set, in bytes after encoding;
     /// a longer one denies the request.
     #[serde(
         default = "default_policy_max_header_bytes",
         deserialize_with = "lenient_number"
     )]
-    pub max_header_bytes: usize,
+    pub(crate) max_header_bytes: usize,
 }
 
 impl Default for PolicyConfig {

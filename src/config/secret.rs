@@ -9,15 +9,15 @@ use super::lenient::lenient_string;
 
 /// A secret value: never printed, never serialized in clear.
 #[derive(Clone, PartialEq, Eq)]
-pub struct Secret(String);
+pub(crate) struct Secret(String);
 
 impl Secret {
     /// Wraps a secret read from somewhere other than the configuration.
-    pub fn new(value: impl Into<String>) -> Self {
+    pub(crate) fn new(value: impl Into<String>) -> Self {
         Secret(value.into())
     }
     /// The secret itself, for the one place that needs it.
-    pub fn expose(&self) -> &str {
+    pub(crate) fn expose(&self) -> &str {
         &self.0
     }
 }
@@ -44,11 +44,11 @@ impl Serialize for Secret {
 /// grants (see `crypto.rs`).
 #[derive(Debug, Clone, Default, Deserialize, Serialize)]
 #[serde(deny_unknown_fields)]
-pub struct SecretsConfig {
+pub(crate) struct SecretsConfig {
     /// 64 hexadecimal characters (`openssl rand -hex 32`).
     #[serde(default)]
-    pub encryption_key: Option<Secret>,
+    pub(crate) encryption_key: Option<Secret>,
     /// A file holding `encryption_key`, instead of the key itself.
     #[serde(default)]
-    pub encryption_key_file: Option<PathBuf>,
+    pub(crate) encryption_key_file: Option<PathBuf>,
 }

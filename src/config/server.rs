@@ -11,22 +11,22 @@ use super::{ConfigError, DurationStr};
 pub struct ServerConfig {
     /// The address of the OAuth and MCP listener.
     #[serde(default = "default_listen")]
-    pub listen: String,
+    pub(crate) listen: String,
     /// The URL clients use to reach the proxy. The issuer and every advertised
     /// URL derive from it, never from request headers.
     #[serde(deserialize_with = "lenient_string")]
-    pub public_url: String,
+    pub(crate) public_url: String,
     /// The address of `/metrics`, `/healthz` and `/readyz`; unset, they are
     /// not served.
     #[serde(default)]
-    pub admin_listen: Option<String>,
+    pub(crate) admin_listen: Option<String>,
     /// How long open streams may keep running after a shutdown signal.
     #[serde(default = "default_shutdown_grace")]
-    pub shutdown_grace: DurationStr,
+    pub(crate) shutdown_grace: DurationStr,
     /// Browser origins, besides the proxy's own, allowed to call /mcp and /sse
     /// (e.g. "http://localhost:6274" for MCP Inspector).
     #[serde(default)]
-    pub allowed_origins: Vec<String>,
+    pub(crate) allowed_origins: Vec<String>,
     /// Load balancers in front of the proxy (CIDRs or addresses) whose
     /// `X-Forwarded-For` is kept and appended to; every other peer's is
     /// replaced by the peer's own address.
@@ -37,37 +37,37 @@ pub struct ServerConfig {
     /// Time a client has to send a request's headers; on a new connection,
     /// to send its first request.
     #[serde(default = "default_header_timeout")]
-    pub header_timeout: DurationStr,
+    pub(crate) header_timeout: DurationStr,
     /// A connection with no request or stream in progress for this long is
     /// closed. Open streams (SSE) are not idle; they have
     /// `downstream.sse_idle_timeout`.
     #[serde(default = "default_idle_timeout")]
-    pub idle_timeout: DurationStr,
+    pub(crate) idle_timeout: DurationStr,
     /// Time a client has to send a request's whole body, counted from the
     /// end of its headers.
     #[serde(default = "default_body_timeout")]
-    pub body_timeout: DurationStr,
+    pub(crate) body_timeout: DurationStr,
     /// Open connections per listener; beyond it new ones are refused.
     #[serde(
         default = "default_max_connections",
         deserialize_with = "lenient_number"
     )]
-    pub max_connections: usize,
+    pub(crate) max_connections: usize,
     /// The largest request head (HTTP/1.1) or header list (HTTP/2), in bytes.
     #[serde(
         default = "default_max_header_bytes",
         deserialize_with = "lenient_number"
     )]
-    pub max_header_bytes: usize,
+    pub(crate) max_header_bytes: usize,
     /// The most header fields in one HTTP/1.1 request.
     #[serde(default = "default_max_headers", deserialize_with = "lenient_number")]
-    pub max_headers: usize,
+    pub(crate) max_headers: usize,
     /// The most concurrent requests (streams) on one HTTP/2 connection.
     #[serde(
         default = "default_max_concurrent_streams",
         deserialize_with = "lenient_number"
     )]
-    pub max_concurrent_streams: u32,
+    pub(crate) max_concurrent_streams: u32,
 }
 
 fn default_listen() -> String {

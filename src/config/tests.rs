@@ -4,6 +4,7 @@
 use std::path::Path;
 use std::time::Duration;
 
+use super::env::ENV_PREFIX;
 use super::*;
 
 const KEY: &str = "0123456789abcdef0123456789abcdef0123456789abcdef0123456789abcdef";

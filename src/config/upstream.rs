@@ -10,7 +10,7 @@ use super::{DurationStr, Secret};
 /// Which kind of provider `[upstream]` describes.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize, Serialize)]
 #[serde(rename_all = "kebab-case")]
-pub enum Provider {
+pub(crate) enum Provider {
     /// Any OpenID Connect provider, found through `upstream.issuer`.
     #[default]
     Oidc,
@@ -22,46 +22,46 @@ pub enum Provider {
 /// how often the provider is asked again.
 #[derive(Debug, Clone, Deserialize, Serialize)]
 #[serde(deny_unknown_fields)]
-pub struct UpstreamConfig {
+pub(crate) struct UpstreamConfig {
     /// Which kind of provider; decides where the issuer comes from.
     #[serde(default)]
-    pub provider: Provider,
+    pub(crate) provider: Provider,
     /// The provider's issuer URL (https, or http on a loopback address).
     #[serde(default, deserialize_with = "lenient_opt_string")]
-    pub issuer: Option<String>,
+    pub(crate) issuer: Option<String>,
     /// The Cloudflare Access team (`myteam` or
     /// `myteam.cloudflareaccess.com`), from which the issuer derives.
     #[serde(default, deserialize_with = "lenient_opt_string")]
-    pub team_domain: Option<String>,
+    pub(crate) team_domain: Option<String>,
     /// The client id the provider gave this proxy.
     #[serde(default, deserialize_with = "lenient_opt_string")]
-    pub client_id: Option<String>,
+    pub(crate) client_id: Option<String>,
     /// The client secret the provider gave this proxy, if any.
     #[serde(default)]
-    pub client_secret: Option<Secret>,
+    pub(crate) client_secret: Option<Secret>,
     /// A file holding `client_secret`, instead of the secret itself.
     #[serde(default)]
-    pub client_secret_file: Option<PathBuf>,
+    pub(crate) client_secret_file: Option<PathBuf>,
     /// The scopes asked of the provider at sign-in.
     #[serde(default = "default_scopes")]
-    pub scopes: Vec<String>,
+    pub(crate) scopes: Vec<String>,
     /// Merge the provider's userinfo claims into the id_token's.
     #[serde(default, deserialize_with = "lenient_bool")]
-    pub userinfo: bool,
+    pub(crate) userinfo: bool,
     /// How long one request to the provider may take.
     #[serde(default = "default_upstream_timeout")]
-    pub timeout: DurationStr,
+    pub(crate) timeout: DurationStr,
     /// When a client refreshes and the provider's access token expires
     /// within this, the proxy renews it with the provider's refresh token.
     #[serde(default = "default_refresh_before")]
-    pub refresh_before: DurationStr,
+    pub(crate) refresh_before: DurationStr,
     /// A client refresh asks the provider again (claims re-read, login
     /// policy re-run) once the provider last confirmed the person this long
     /// ago; access tokens never outlive that confirmation by more than this.
     /// Unset: `tokens.access_ttl`. Only for providers that issue a refresh
     /// token; without one, `tokens.max_grant_age` bounds the sign-in.
     #[serde(default)]
-    pub revalidate_after: Option<DurationStr>,
+    pub(crate) revalidate_after: Option<DurationStr>,
 }
 
 impl Default for UpstreamConfig {

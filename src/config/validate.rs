@@ -267,7 +267,7 @@ fn secure_cookies(public_url: &str) -> Result<bool, ConfigError> {
 }
 
 /// Cloudflare Access SaaS OIDC applications have one issuer per application.
-pub fn cloudflare_access_issuer(team_domain: &str, client_id: &str) -> String {
+pub(crate) fn cloudflare_access_issuer(team_domain: &str, client_id: &str) -> String {
     let team = team_domain
         .trim()
         .trim_start_matches("https://")

@@ -14,36 +14,36 @@ use crate::store::{
 
 /// Tokens handed to a client.
 #[derive(Debug)]
-pub struct IssuedTokens {
+pub(crate) struct IssuedTokens {
     /// The bearer token for the MCP routes.
-    pub access_token: String,
+    pub(crate) access_token: String,
     /// The next refresh token, when the client may refresh.
-    pub refresh_token: Option<String>,
+    pub(crate) refresh_token: Option<String>,
     /// Seconds until the access token expires.
-    pub expires_in: i64,
+    pub(crate) expires_in: i64,
     /// The scope the tokens carry.
-    pub scope: Option<String>,
+    pub(crate) scope: Option<String>,
 }
 
 /// A code redemption's inputs, checked against the code.
-pub struct CodeRedemption<'a> {
+pub(crate) struct CodeRedemption<'a> {
     /// The authorization code presented.
-    pub code: &'a str,
+    pub(crate) code: &'a str,
     /// The authenticated client presenting it.
-    pub client_id: &'a str,
+    pub(crate) client_id: &'a str,
     /// The `redirect_uri` parameter, when sent.
-    pub redirect_uri: Option<&'a str>,
+    pub(crate) redirect_uri: Option<&'a str>,
     /// The PKCE verifier.
-    pub code_verifier: &'a str,
+    pub(crate) code_verifier: &'a str,
     /// The RFC 8707 resource asked for, validated.
-    pub resource: Option<String>,
+    pub(crate) resource: Option<String>,
     /// Whether to issue a refresh token (the client registered the grant).
-    pub issue_refresh: bool,
+    pub(crate) issue_refresh: bool,
 }
 
 impl Grants {
     /// Creates the grant for a completed login and the code that redeems it.
-    pub async fn create_with_code(
+    pub(crate) async fn create_with_code(
         &self,
         pending: &PendingAuthorization,
         secrets: &GrantSecrets,
@@ -105,7 +105,10 @@ impl Grants {
     /// Redeems a code once. A second redemption by the code's client with
     /// the right verifier, or a race lost to another redemption, revokes
     /// the grant (invariant 4); any other replay is only refused.
-    pub async fn redeem_code(&self, r: CodeRedemption<'_>) -> Result<IssuedTokens, GrantError> {
+    pub(crate) async fn redeem_code(
+        &self,
+        r: CodeRedemption<'_>,
+    ) -> Result<IssuedTokens, GrantError> {
         let code_hash = crypto::token_hash(r.code);
         let (record, bytes) = self
             .records

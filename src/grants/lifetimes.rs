@@ -10,25 +10,25 @@ use crate::config::Settings;
 use crate::store::{ttl_until, GrantRecord, UpstreamTokens};
 
 /// How long each kind of token lives (`[tokens]`, `upstream`).
-pub struct Lifetimes {
+pub(crate) struct Lifetimes {
     /// Access tokens (`tokens.access_ttl`).
-    pub access: Duration,
+    pub(crate) access: Duration,
     /// Refresh tokens (`tokens.refresh_ttl`).
-    pub refresh: Duration,
+    pub(crate) refresh: Duration,
     /// Authorization codes (`tokens.code_ttl`).
-    pub code: Duration,
+    pub(crate) code: Duration,
     /// The absolute lifetime of a grant whose provider issued no refresh
     /// token (`tokens.max_grant_age`).
-    pub max_grant_age: Duration,
+    pub(crate) max_grant_age: Duration,
     /// How long the provider's last confirmation of a person carries access
     /// (`upstream.revalidate_after`).
-    pub revalidate_after: Duration,
+    pub(crate) revalidate_after: Duration,
 }
 
 impl Lifetimes {
     /// The lifetimes `[tokens]` and `upstream.revalidate_after` set (the
     /// latter defaults to the access token's lifetime).
-    pub fn from_settings(settings: &Settings) -> Self {
+    pub(crate) fn from_settings(settings: &Settings) -> Self {
         let tokens = &settings.config.tokens;
         Lifetimes {
             access: tokens.access_ttl.0,
@@ -78,7 +78,7 @@ impl Grants {
     /// that issued no refresh token cannot be asked again, so the sign-in
     /// lasts `max_grant_age` from the login. `None` while the provider can
     /// be asked (access then ends with `access_deadline` unless it says yes).
-    pub fn grant_end(&self, grant: &GrantRecord, upstream: &UpstreamTokens) -> Option<i64> {
+    pub(crate) fn grant_end(&self, grant: &GrantRecord, upstream: &UpstreamTokens) -> Option<i64> {
         upstream
             .refresh_token
             .is_none()
@@ -87,7 +87,7 @@ impl Grants {
 
     /// When access on a grant ends unless the provider confirms the person
     /// again: no token issued on it lives past this.
-    pub fn access_deadline(&self, grant: &GrantRecord, upstream: &UpstreamTokens) -> i64 {
+    pub(crate) fn access_deadline(&self, grant: &GrantRecord, upstream: &UpstreamTokens) -> i64 {
         self.grant_end(grant, upstream)
             .unwrap_or_else(|| grant.confirmed_at() + self.revalidate_after.as_secs() as i64)
     }

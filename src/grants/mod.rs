@@ -20,9 +20,10 @@ mod refresh;
 mod revoke;
 mod validate;
 
-pub use issue::{CodeRedemption, IssuedTokens};
-pub use lifetimes::Lifetimes;
-pub use refresh::{scope_is_subset, PreparedRefresh, REFRESH_COOLDOWN};
+pub(crate) use issue::{CodeRedemption, IssuedTokens};
+pub(crate) use lifetimes::Lifetimes;
+pub(crate) use refresh::PreparedRefresh;
+pub use refresh::REFRESH_COOLDOWN;
 
 /// Why a code or token was not honoured.
 #[derive(Debug, thiserror::Error)]
@@ -65,7 +66,7 @@ pub struct Grants {
 
 impl Grants {
     /// Grants kept in `records`, sealed with `keys`.
-    pub fn new(records: Records, keys: Keys, lifetimes: Lifetimes) -> Self {
+    pub(crate) fn new(records: Records, keys: Keys, lifetimes: Lifetimes) -> Self {
         let (revoked, _) = broadcast::channel(1024);
         Grants {
             records,
@@ -80,7 +81,7 @@ impl Grants {
     }
 
     /// Revocations as they happen, for caches to evict.
-    pub fn subscribe_revocations(&self) -> broadcast::Receiver<Revocation> {
+    pub(crate) fn subscribe_revocations(&self) -> broadcast::Receiver<Revocation> {
         self.revoked.subscribe()
     }
 
@@ -110,7 +111,7 @@ fn bound_resource(
 
 #[cfg(test)]
 mod tests {
-    use super::*;
+    use super::refresh::scope_is_subset;
 
     #[test]
     fn scope_subsets() {

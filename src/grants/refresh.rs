@@ -24,7 +24,7 @@ fn now_millis() -> i64 {
 }
 
 /// Whether every scope in `requested` is in `granted` (space-separated).
-pub fn scope_is_subset(requested: &str, granted: Option<&str>) -> bool {
+pub(crate) fn scope_is_subset(requested: &str, granted: Option<&str>) -> bool {
     let granted: Vec<&str> = granted
         .unwrap_or_default()
         .split_ascii_whitespace()
@@ -35,17 +35,17 @@ pub fn scope_is_subset(requested: &str, granted: Option<&str>) -> bool {
 }
 
 /// A refresh checked and opened, not yet applied.
-pub struct PreparedRefresh {
+pub(crate) struct PreparedRefresh {
     /// The grant as read (the rotation swaps against these bytes).
-    pub grant: GrantRecord,
+    pub(crate) grant: GrantRecord,
     grant_bytes: Vec<u8>,
     grant_key: [u8; 32],
     presented_hash: String,
     /// The grant's identity and provider tokens as stored.
-    pub secrets: GrantSecrets,
+    pub(crate) secrets: GrantSecrets,
     /// When access ends unless the provider confirms the person again
     /// (Unix seconds); see `Grants::access_deadline`.
-    pub access_deadline: i64,
+    pub(crate) access_deadline: i64,
     scope: Option<String>,
     resource: Option<String>,
 }
@@ -54,7 +54,7 @@ impl Grants {
     /// Checks a refresh token and opens its grant, without changing
     /// anything yet: the caller may renew the provider's tokens in between.
     /// A rotated-out token revokes the grant here.
-    pub async fn prepare_refresh(
+    pub(crate) async fn prepare_refresh(
         &self,
         refresh_token: &str,
         client_id: &str,
@@ -151,7 +151,7 @@ impl Grants {
     /// compare-and-swap (with renewed `secrets` when the provider's tokens
     /// were refreshed). The previous token stays usable until the newest is
     /// first used; any older one revokes the grant (see `prepare_refresh`).
-    pub async fn complete_refresh(
+    pub(crate) async fn complete_refresh(
         &self,
         prepared: PreparedRefresh,
         renewed: Option<GrantSecrets>,
@@ -218,23 +218,9 @@ impl Grants {
         Ok(issued)
     }
 
-    /// Both steps, for callers that never renew the provider's tokens.
-    pub async fn refresh(
-        &self,
-        refresh_token: &str,
-        client_id: &str,
-        scope: Option<&str>,
-        resource: Option<String>,
-    ) -> Result<IssuedTokens, GrantError> {
-        let prepared = self
-            .prepare_refresh(refresh_token, client_id, scope, resource)
-            .await?;
-        self.complete_refresh(prepared, None).await
-    }
-
     /// Only one renewal of a grant's provider tokens at a time, across
     /// replicas; true when this caller holds the lock.
-    pub async fn lock_renewal(&self, grant_id: &str) -> Result<bool, StoreError> {
+    pub(crate) async fn lock_renewal(&self, grant_id: &str) -> Result<bool, StoreError> {
         self.records
             .store
             .insert_new(
@@ -247,7 +233,7 @@ impl Grants {
     }
 
     /// Releases the renewal lock `lock_renewal` took.
-    pub async fn unlock_renewal(&self, grant_id: &str) {
+    pub(crate) async fn unlock_renewal(&self, grant_id: &str) {
         let _ = self
             .records
             .delete(Namespace::Pending, &format!("renewal:{grant_id}"))

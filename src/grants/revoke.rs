@@ -8,7 +8,7 @@ use crate::store::{Namespace, StoreError, TokenRecord};
 
 impl Grants {
     /// Revokes a grant: every token issued on it stops working.
-    pub async fn revoke_grant(&self, grant_id: &str) -> Result<(), StoreError> {
+    pub(crate) async fn revoke_grant(&self, grant_id: &str) -> Result<(), StoreError> {
         self.records.delete(Namespace::Grant, grant_id).await?;
         let _ = self.revoked.send(Revocation::Grant(grant_id.to_string()));
         tracing::info!(grant_id, "grant revoked");
@@ -17,7 +17,11 @@ impl Grants {
 
     /// RFC 7009: a refresh token revokes its grant; an access token only
     /// itself. Tokens of other clients are left alone.
-    pub async fn revoke_token(&self, token: &str, client_id: &str) -> Result<(), StoreError> {
+    pub(crate) async fn revoke_token(
+        &self,
+        token: &str,
+        client_id: &str,
+    ) -> Result<(), StoreError> {
         let hash = crypto::token_hash(token);
         if let Some(record) = self
             .records
@@ -44,7 +48,11 @@ impl Grants {
 
     /// Whether an access token and its grant are still stored: the cheap
     /// check an open event stream repeats (no decryption).
-    pub async fn is_live(&self, token_hash: &str, grant_id: &str) -> Result<bool, StoreError> {
+    pub(crate) async fn is_live(
+        &self,
+        token_hash: &str,
+        grant_id: &str,
+    ) -> Result<bool, StoreError> {
         Ok(self
             .records
             .store

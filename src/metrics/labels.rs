@@ -9,16 +9,16 @@ macro_rules! label_values {
     ($(#[$meta:meta])* $name:ident { $($(#[$vmeta:meta])* $variant:ident => $text:literal,)+ }) => {
         $(#[$meta])*
         #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
-        pub enum $name {
+        pub(crate) enum $name {
             $($(#[$vmeta])* #[doc = concat!("`", $text, "`")] $variant,)+
         }
 
         impl $name {
             /// Every value, for creating the series at zero.
-            pub const ALL: &'static [$name] = &[$($name::$variant,)+];
+            pub(crate) const ALL: &'static [$name] = &[$($name::$variant,)+];
 
             /// The label value.
-            pub fn as_str(self) -> &'static str {
+            pub(crate) fn as_str(self) -> &'static str {
                 match self {
                     $($name::$variant => $text,)+
                 }
@@ -30,7 +30,7 @@ macro_rules! label_values {
 /// `success`, or the OAuth error code a request was refused with: a fixed
 /// set, the codes `OAuthError` has constructors for. The result enums below
 /// list the values created at zero.
-pub fn oauth_result<T>(result: &Result<T, crate::error::OAuthError>) -> &'static str {
+pub(crate) fn oauth_result<T>(result: &Result<T, crate::error::OAuthError>) -> &'static str {
     match result {
         Ok(_) => "success",
         Err(e) => e.code,
@@ -39,7 +39,7 @@ pub fn oauth_result<T>(result: &Result<T, crate::error::OAuthError>) -> &'static
 
 impl GrantType {
     /// The grant type a `/token` form names, if we serve it.
-    pub fn of(value: Option<&str>) -> Option<GrantType> {
+    pub(crate) fn of(value: Option<&str>) -> Option<GrantType> {
         GrantType::ALL
             .iter()
             .copied()
@@ -208,7 +208,7 @@ const MCP_METHODS: [&str; 16] = [
 ];
 
 /// An MCP method as a label value.
-pub fn mcp_method(method: Option<&str>) -> &'static str {
+pub(crate) fn mcp_method(method: Option<&str>) -> &'static str {
     match method {
         None => "none",
         Some(m) if m.starts_with("notifications/") => "notification",
@@ -221,7 +221,7 @@ pub fn mcp_method(method: Option<&str>) -> &'static str {
 }
 
 /// "2xx" … "5xx".
-pub fn status_class(status: u16) -> &'static str {
+pub(crate) fn status_class(status: u16) -> &'static str {
     match status {
         100..=199 => "1xx",
         200..=299 => "2xx",

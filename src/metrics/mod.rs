@@ -12,10 +12,10 @@ use prometheus::{
 };
 
 pub mod audit;
-pub mod labels;
+pub(crate) mod labels;
 pub mod layer;
 
-pub use labels::status_class;
+pub(crate) use labels::status_class;
 use labels::*;
 
 const NAMESPACE: &str = "mcp_oauth_proxy";
@@ -38,32 +38,32 @@ pub struct Metrics {
     enabled: bool,
     /// MCP tool names that may appear as label values.
     tools: Vec<String>,
-    pub http_requests: IntCounterVec,
-    pub http_duration: HistogramVec,
-    pub registrations: IntCounterVec,
-    pub authorizations: IntCounterVec,
-    pub consents: IntCounterVec,
-    pub callbacks: IntCounterVec,
-    pub token_grants: IntCounterVec,
-    pub revocations: IntCounterVec,
-    pub upstream_duration: HistogramVec,
-    pub upstream_errors: IntCounterVec,
-    pub token_cache_requests: IntCounterVec,
-    pub token_cache_evictions: IntCounterVec,
-    pub token_cache_entries: IntGauge,
+    pub(crate) http_requests: IntCounterVec,
+    pub(crate) http_duration: HistogramVec,
+    pub(crate) registrations: IntCounterVec,
+    pub(crate) authorizations: IntCounterVec,
+    pub(crate) consents: IntCounterVec,
+    pub(crate) callbacks: IntCounterVec,
+    pub(crate) token_grants: IntCounterVec,
+    pub(crate) revocations: IntCounterVec,
+    pub(crate) upstream_duration: HistogramVec,
+    pub(crate) upstream_errors: IntCounterVec,
+    pub(crate) token_cache_requests: IntCounterVec,
+    pub(crate) token_cache_evictions: IntCounterVec,
+    pub(crate) token_cache_entries: IntGauge,
     pub policy_decisions: IntCounterVec,
-    pub policy_duration: prometheus::Histogram,
-    pub policy_reloads: IntCounterVec,
-    pub downstream_requests: IntCounterVec,
-    pub downstream_duration: HistogramVec,
-    pub downstream_connect_errors: IntCounter,
-    pub downstream_timeouts: IntCounter,
-    pub sse_streams_open: IntGaugeVec,
-    pub sse_events: IntCounterVec,
-    pub mcp_requests: IntCounterVec,
-    pub store_duration: HistogramVec,
-    pub store_errors: IntCounterVec,
-    pub rate_limited: IntCounterVec,
+    pub(crate) policy_duration: prometheus::Histogram,
+    pub(crate) policy_reloads: IntCounterVec,
+    pub(crate) downstream_requests: IntCounterVec,
+    pub(crate) downstream_duration: HistogramVec,
+    pub(crate) downstream_connect_errors: IntCounter,
+    pub(crate) downstream_timeouts: IntCounter,
+    pub(crate) sse_streams_open: IntGaugeVec,
+    pub(crate) sse_events: IntCounterVec,
+    pub(crate) mcp_requests: IntCounterVec,
+    pub(crate) store_duration: HistogramVec,
+    pub(crate) store_errors: IntCounterVec,
+    pub(crate) rate_limited: IntCounterVec,
 }
 
 fn counter(registry: &Registry, name: &str, help: &str, labels: &[&str]) -> IntCounterVec {
@@ -93,12 +93,13 @@ fn histogram(
 
 impl Metrics {
     /// The metrics `[metrics]` asks for: recording, or not.
-    pub fn from_config(config: &crate::config::MetricsConfig) -> Arc<Metrics> {
+    pub(crate) fn from_config(config: &crate::config::MetricsConfig) -> Arc<Metrics> {
         Self::build(&config.tools, config.enabled)
     }
 
     /// Recording metrics, with `tools` allowed as label values.
-    pub fn new(tools: &[String]) -> Arc<Metrics> {
+    #[cfg(test)]
+    pub(crate) fn new(tools: &[String]) -> Arc<Metrics> {
         Self::build(tools, true)
     }
 
@@ -108,7 +109,7 @@ impl Metrics {
     }
 
     /// Whether recorders record.
-    pub fn enabled(&self) -> bool {
+    pub(crate) fn enabled(&self) -> bool {
         self.enabled
     }
 
@@ -379,12 +380,12 @@ impl Metrics {
     }
 
     /// An MCP method as a label value.
-    pub fn mcp_method_label(method: Option<&str>) -> &'static str {
+    pub(crate) fn mcp_method_label(method: Option<&str>) -> &'static str {
         labels::mcp_method(method)
     }
 
     /// A tool name as a label value: only names listed in `metrics.tools`.
-    pub fn tool_label<'a>(&'a self, tool: Option<&str>) -> &'a str {
+    pub(crate) fn tool_label<'a>(&'a self, tool: Option<&str>) -> &'a str {
         match tool {
             None => "",
             Some(t) => self
@@ -397,7 +398,7 @@ impl Metrics {
     }
 
     /// A store operation's time, and its failure.
-    pub fn observe_store(&self, operation: StoreOperation, elapsed: Duration, ok: bool) {
+    pub(crate) fn observe_store(&self, operation: StoreOperation, elapsed: Duration, ok: bool) {
         if !self.enabled {
             return;
         }
@@ -411,7 +412,12 @@ impl Metrics {
     }
 
     /// A call to the identity provider: its time, and its failure.
-    pub fn observe_upstream(&self, operation: UpstreamOperation, elapsed: Duration, ok: bool) {
+    pub(crate) fn observe_upstream(
+        &self,
+        operation: UpstreamOperation,
+        elapsed: Duration,
+        ok: bool,
+    ) {
         if !self.enabled {
             return;
         }
@@ -434,56 +440,56 @@ impl Metrics {
 
     /// A dynamic client registration's result: `success` or the OAuth
     /// error code it was refused with (see [`labels::oauth_result`]).
-    pub fn registration(&self, result: &'static str) {
+    pub(crate) fn registration(&self, result: &'static str) {
         self.count(&self.registrations, &[result]);
     }
 
     /// An authorization request's outcome.
-    pub fn authorization(&self, result: AuthorizationResult) {
+    pub(crate) fn authorization(&self, result: AuthorizationResult) {
         self.count(&self.authorizations, &[result.as_str()]);
     }
 
     /// A consent form's answer.
-    pub fn consent(&self, decision: ConsentDecision) {
+    pub(crate) fn consent(&self, decision: ConsentDecision) {
         self.count(&self.consents, &[decision.as_str()]);
     }
 
     /// A return from the identity provider.
-    pub fn callback(&self, result: CallbackResult) {
+    pub(crate) fn callback(&self, result: CallbackResult) {
         self.count(&self.callbacks, &[result.as_str()]);
     }
 
     /// A token endpoint request: its grant type (`other` when not one we
     /// serve) and `success` or the OAuth error code.
-    pub fn token_grant(&self, grant_type: Option<GrantType>, result: &'static str) {
+    pub(crate) fn token_grant(&self, grant_type: Option<GrantType>, result: &'static str) {
         let grant_type = grant_type.map_or("other", GrantType::as_str);
         self.count(&self.token_grants, &[grant_type, result]);
     }
 
     /// A revocation request: `success` or the OAuth error code.
-    pub fn revocation(&self, result: &'static str) {
+    pub(crate) fn revocation(&self, result: &'static str) {
         self.count(&self.revocations, &[result]);
     }
 
     /// A token cache lookup.
-    pub fn token_cache_request(&self, result: CacheResult) {
+    pub(crate) fn token_cache_request(&self, result: CacheResult) {
         self.count(&self.token_cache_requests, &[result.as_str()]);
     }
 
     /// A token cache entry removed.
-    pub fn token_cache_eviction(&self, cause: EvictionCause) {
+    pub(crate) fn token_cache_eviction(&self, cause: EvictionCause) {
         self.count(&self.token_cache_evictions, &[cause.as_str()]);
     }
 
     /// The token cache's size after an insert.
-    pub fn token_cache_size(&self, entries: u64) {
+    pub(crate) fn token_cache_size(&self, entries: u64) {
         if self.enabled {
             self.token_cache_entries.set(entries as i64);
         }
     }
 
     /// A policy decision on an MCP request and the time it took.
-    pub fn policy_decision(&self, verdict: PolicyVerdict, elapsed: Duration) {
+    pub(crate) fn policy_decision(&self, verdict: PolicyVerdict, elapsed: Duration) {
         if self.enabled {
             self.policy_duration.observe(elapsed.as_secs_f64());
             self.count(&self.policy_decisions, &[verdict.as_str()]);
@@ -491,17 +497,17 @@ impl Metrics {
     }
 
     /// A policy reload's result.
-    pub fn policy_reload(&self, result: ReloadResult) {
+    pub(crate) fn policy_reload(&self, result: ReloadResult) {
         self.count(&self.policy_reloads, &[result.as_str()]);
     }
 
     /// A request refused by a `[limits]` table.
-    pub fn rate_limited(&self, group: &str) {
+    pub(crate) fn rate_limited(&self, group: &str) {
         self.count(&self.rate_limited, &[group]);
     }
 
     /// An HTTP request by route template, method and status.
-    pub fn http_request(&self, route: &str, method: &str, status: u16, elapsed: Duration) {
+    pub(crate) fn http_request(&self, route: &str, method: &str, status: u16, elapsed: Duration) {
         if self.enabled {
             self.count(&self.http_requests, &[route, method, status_class(status)]);
             self.http_duration
@@ -511,7 +517,7 @@ impl Metrics {
     }
 
     /// One MCP request, as the audit saw it.
-    pub fn mcp_request(&self, method: Option<&str>, tool: Option<&str>, decision: &str) {
+    pub(crate) fn mcp_request(&self, method: Option<&str>, tool: Option<&str>, decision: &str) {
         if self.enabled {
             let tool = self.tool_label(tool);
             self.count(
@@ -522,7 +528,7 @@ impl Metrics {
     }
 
     /// A downstream answer (its headers) on a route.
-    pub fn downstream_response(&self, route: McpRoute, status: u16, elapsed: Duration) {
+    pub(crate) fn downstream_response(&self, route: McpRoute, status: u16, elapsed: Duration) {
         if self.enabled {
             self.count(
                 &self.downstream_requests,
@@ -535,21 +541,21 @@ impl Metrics {
     }
 
     /// The downstream could not be reached.
-    pub fn downstream_connect_error(&self) {
+    pub(crate) fn downstream_connect_error(&self) {
         if self.enabled {
             self.downstream_connect_errors.inc();
         }
     }
 
     /// The downstream took too long.
-    pub fn downstream_timeout(&self) {
+    pub(crate) fn downstream_timeout(&self) {
         if self.enabled {
             self.downstream_timeouts.inc();
         }
     }
 
     /// An event stream opened (+1) or closed (-1) on a route.
-    pub fn sse_stream(&self, route: McpRoute, delta: i64) {
+    pub(crate) fn sse_stream(&self, route: McpRoute, delta: i64) {
         if self.enabled {
             self.sse_streams_open
                 .with_label_values(&[route.as_str()])
@@ -558,7 +564,7 @@ impl Metrics {
     }
 
     /// Events forwarded on a route's stream.
-    pub fn sse_events(&self, route: McpRoute, events: u64) {
+    pub(crate) fn sse_events(&self, route: McpRoute, events: u64) {
         if self.enabled {
             self.sse_events
                 .with_label_values(&[route.as_str()])

@@ -16,7 +16,7 @@ use crate::store::{ClientRecord, Namespace};
 const TOUCH_INTERVAL_SECS: i64 = 3600;
 
 /// Identifies and authenticates the client of a token or revocation request.
-pub async fn authenticate(
+pub(crate) async fn authenticate(
     app: &OAuthState,
     headers: &HeaderMap,
     params: &Params,
@@ -76,7 +76,7 @@ pub async fn authenticate(
 }
 
 /// Keeps a used client registered for another `registration.client_ttl`.
-pub async fn touch(app: &OAuthState, client: &ClientRecord) {
+pub(crate) async fn touch(app: &OAuthState, client: &ClientRecord) {
     let now = now_unix();
     // A metadata document's record lives as long as its cache lifetime.
     if now - client.last_used_at < TOUCH_INTERVAL_SECS

@@ -11,7 +11,10 @@ use serde_json::{json, Value};
 use crate::oauth::OAuthState;
 
 /// The RFC 8414 document: endpoints and what this server supports.
-pub fn authorization_server_document(public_url: &str, client_metadata_documents: bool) -> Value {
+pub(crate) fn authorization_server_document(
+    public_url: &str,
+    client_metadata_documents: bool,
+) -> Value {
     json!({
         "client_id_metadata_document_supported": client_metadata_documents,
         "issuer": public_url,
@@ -30,7 +33,7 @@ pub fn authorization_server_document(public_url: &str, client_metadata_documents
 }
 
 /// The RFC 9728 document of the resource at `path`.
-pub fn protected_resource_document(public_url: &str, path: &str) -> Value {
+pub(crate) fn protected_resource_document(public_url: &str, path: &str) -> Value {
     json!({
         "resource": format!("{public_url}{path}"),
         "authorization_servers": [public_url],
@@ -49,7 +52,7 @@ fn cacheable_json(body: Value) -> Response {
 }
 
 /// GET /.well-known/oauth-authorization-server
-pub async fn authorization_server(State(app): State<OAuthState>) -> Response {
+pub(crate) async fn authorization_server(State(app): State<OAuthState>) -> Response {
     cacheable_json(authorization_server_document(
         &app.settings.public_url,
         app.settings.registration.client_metadata_documents,
@@ -57,12 +60,12 @@ pub async fn authorization_server(State(app): State<OAuthState>) -> Response {
 }
 
 /// GET /.well-known/oauth-protected-resource
-pub async fn protected_resource_root(State(app): State<OAuthState>) -> Response {
+pub(crate) async fn protected_resource_root(State(app): State<OAuthState>) -> Response {
     cacheable_json(protected_resource_document(&app.settings.public_url, ""))
 }
 
 /// GET /.well-known/oauth-protected-resource/mcp
-pub async fn protected_resource_mcp(State(app): State<OAuthState>) -> Response {
+pub(crate) async fn protected_resource_mcp(State(app): State<OAuthState>) -> Response {
     cacheable_json(protected_resource_document(
         &app.settings.public_url,
         "/mcp",
@@ -70,7 +73,7 @@ pub async fn protected_resource_mcp(State(app): State<OAuthState>) -> Response {
 }
 
 /// GET /.well-known/oauth-protected-resource/sse
-pub async fn protected_resource_sse(State(app): State<OAuthState>) -> Response {
+pub(crate) async fn protected_resource_sse(State(app): State<OAuthState>) -> Response {
     cacheable_json(protected_resource_document(
         &app.settings.public_url,
         "/sse",

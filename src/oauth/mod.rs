@@ -1,35 +1,35 @@
 //! The OAuth 2.1 authorization server MCP clients talk to.
 
-pub mod authorize;
-pub mod cimd;
-pub mod client_auth;
-pub mod metadata;
-pub mod pages;
-pub mod redirect_uri;
+pub(crate) mod authorize;
+pub(crate) mod cimd;
+pub(crate) mod client_auth;
+pub(crate) mod metadata;
+pub(crate) mod pages;
+pub(crate) mod redirect_uri;
 pub mod register;
-pub mod state;
-pub mod token;
+pub(crate) mod state;
+pub(crate) mod token;
 
-pub use state::{OAuthInner, OAuthSettings, OAuthState};
+pub(crate) use state::{OAuthInner, OAuthSettings, OAuthState};
 
 use std::collections::HashMap;
 
 use axum::http::HeaderMap;
 
 /// The routes whose resource a token may be bound to (RFC 8707).
-pub const RESOURCE_PATHS: [&str; 2] = ["/mcp", "/sse"];
+pub(crate) const RESOURCE_PATHS: [&str; 2] = ["/mcp", "/sse"];
 
 /// Request parameters, each present at most once (RFC 6749 §3.1).
 #[derive(Debug, Default)]
-pub struct Params {
+pub(crate) struct Params {
     values: HashMap<String, String>,
     /// Names that appeared more than once, in order of first repetition.
-    pub duplicated: Vec<String>,
+    pub(crate) duplicated: Vec<String>,
 }
 
 impl Params {
     /// Parses `application/x-www-form-urlencoded` text (a query or a body).
-    pub fn parse(text: &str) -> Params {
+    pub(crate) fn parse(text: &str) -> Params {
         let mut params = Params::default();
         for (k, v) in url::form_urlencoded::parse(text.as_bytes()) {
             match params.values.entry(k.into_owned()) {
@@ -47,7 +47,7 @@ impl Params {
     }
 
     /// A parameter; an empty value counts as absent (RFC 6749 §3.1).
-    pub fn get(&self, name: &str) -> Option<&str> {
+    pub(crate) fn get(&self, name: &str) -> Option<&str> {
         self.values
             .get(name)
             .map(String::as_str)
@@ -55,20 +55,20 @@ impl Params {
     }
 
     /// Whether `name` appeared more than once.
-    pub fn is_duplicated(&self, name: &str) -> bool {
+    pub(crate) fn is_duplicated(&self, name: &str) -> bool {
         self.duplicated.iter().any(|d| d == name)
     }
 }
 
 /// The resources tokens of this server may be bound to.
-pub fn known_resources(public_url: &str) -> Vec<String> {
+pub(crate) fn known_resources(public_url: &str) -> Vec<String> {
     let mut all = vec![public_url.to_string(), format!("{public_url}/")];
     all.extend(RESOURCE_PATHS.iter().map(|p| format!("{public_url}{p}")));
     all
 }
 
 /// Validates an RFC 8707 `resource`: one of this proxy's protected URLs.
-pub fn validate_resource(public_url: &str, resource: &str) -> Result<String, String> {
+pub(crate) fn validate_resource(public_url: &str, resource: &str) -> Result<String, String> {
     if resource.contains('#') {
         return Err("resource must not contain a fragment".into());
     }
@@ -83,7 +83,7 @@ pub fn validate_resource(public_url: &str, resource: &str) -> Result<String, Str
 }
 
 /// The value of one cookie from the request's `Cookie` headers.
-pub fn cookie<'a>(headers: &'a HeaderMap, name: &str) -> Option<&'a str> {
+pub(crate) fn cookie<'a>(headers: &'a HeaderMap, name: &str) -> Option<&'a str> {
     headers
         .get_all(axum::http::header::COOKIE)
         .iter()

@@ -7,7 +7,7 @@ use axum::http::{header, HeaderValue, StatusCode};
 use axum::response::{IntoResponse, Response};
 
 /// Escapes text for HTML element content and double-quoted attributes.
-pub fn escape(text: &str) -> String {
+pub(crate) fn escape(text: &str) -> String {
     let mut out = String::with_capacity(text.len());
     for c in text.chars() {
         match c {
@@ -39,7 +39,7 @@ fn layout(title: &str, body: &str) -> String {
 }
 
 /// An error page: `title` as heading, `message` below it, both escaped.
-pub fn error_page(title: &str, message: &str) -> String {
+pub(crate) fn error_page(title: &str, message: &str) -> String {
     layout(
         title,
         &format!("<h1>{}</h1><p>{}</p>", escape(title), escape(message)),
@@ -47,20 +47,20 @@ pub fn error_page(title: &str, message: &str) -> String {
 }
 
 /// What the consent page shows and submits.
-pub struct ConsentPage<'a> {
-    pub client_name: &'a str,
-    pub client_id: &'a str,
-    pub redirect_host: &'a str,
-    pub redirect_uri: &'a str,
-    pub request_id: &'a str,
-    pub csrf_token: &'a str,
-    pub resource: Option<&'a str>,
+pub(crate) struct ConsentPage<'a> {
+    pub(crate) client_name: &'a str,
+    pub(crate) client_id: &'a str,
+    pub(crate) redirect_host: &'a str,
+    pub(crate) redirect_uri: &'a str,
+    pub(crate) request_id: &'a str,
+    pub(crate) csrf_token: &'a str,
+    pub(crate) resource: Option<&'a str>,
 }
 
 /// One `<form method="post">`: hidden inputs and a `decision` button. What
 /// the client chose is isolated in `<bdi>` so no text of its own can reorder
 /// the sentence around it (registration refuses bidi controls too).
-pub fn consent_page(page: &ConsentPage<'_>) -> String {
+pub(crate) fn consent_page(page: &ConsentPage<'_>) -> String {
     let resource = page
         .resource
         .map(|r| {
@@ -94,7 +94,7 @@ After you sign in, it will be sent back to <strong><bdi>{host}</bdi></strong>.</
 }
 
 /// An HTML response that cannot be framed, cached or used to load anything.
-pub fn html_response(status: StatusCode, html: String) -> Response {
+pub(crate) fn html_response(status: StatusCode, html: String) -> Response {
     let mut response = (status, html).into_response();
     let h = response.headers_mut();
     h.insert(
@@ -120,7 +120,7 @@ pub fn html_response(status: StatusCode, html: String) -> Response {
 
 /// A 302 redirect that caches nowhere; a page instead when `location` cannot
 /// be a header value.
-pub fn found(location: &str) -> Response {
+pub(crate) fn found(location: &str) -> Response {
     match HeaderValue::from_str(location) {
         Ok(value) => {
             let mut response = StatusCode::FOUND.into_response();

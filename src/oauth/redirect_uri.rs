@@ -10,13 +10,16 @@ use url::{Host, Url};
 use crate::net::{is_loopback_host, FORBIDDEN_SCHEMES};
 
 /// The longest redirect URI accepted.
-pub const MAX_REDIRECT_URI_LEN: usize = 2048;
+pub(crate) const MAX_REDIRECT_URI_LEN: usize = 2048;
 
 /// Checks a redirect URI a client wants to register. It is stored and later
 /// compared exactly as sent, so it must already be in the form the URL parser
 /// gives it: a spelling that a parser would rewrite (`127.1`, `0x7f000001`,
 /// upper case, `%61`, default ports, dot segments) is refused, never stored.
-pub fn validate_for_registration(uri: &str, allowed_schemes: &[String]) -> Result<(), String> {
+pub(crate) fn validate_for_registration(
+    uri: &str,
+    allowed_schemes: &[String],
+) -> Result<(), String> {
     if uri.len() > MAX_REDIRECT_URI_LEN {
         return Err(format!(
             "redirect URI longer than {MAX_REDIRECT_URI_LEN} characters"
@@ -94,7 +97,7 @@ const MAX_DNS_NAME_LEN: usize = 253;
 /// spaces, empty labels and a trailing dot. International names are only
 /// accepted in their ASCII (`xn--`) form, which is what the page shows, so
 /// a look-alike in another script cannot pass for a familiar name.
-pub fn check_host(host: &Host<&str>) -> Result<(), String> {
+pub(crate) fn check_host(host: &Host<&str>) -> Result<(), String> {
     let name = match host {
         Host::Ipv4(_) | Host::Ipv6(_) => return Ok(()),
         Host::Domain(name) => *name,
@@ -126,7 +129,7 @@ pub fn check_host(host: &Host<&str>) -> Result<(), String> {
 ///
 /// The strings are compared, not what a URL parser makes of them: `127.1`,
 /// `0x7f000001`, `%2e` or upper case are different URIs here.
-pub fn matches_registered(registered: &[String], requested: &str) -> bool {
+pub(crate) fn matches_registered(registered: &[String], requested: &str) -> bool {
     registered
         .iter()
         .any(|r| r == requested || loopback_port_variant(r, requested))
@@ -170,7 +173,7 @@ fn without_port(after_host: &str) -> Option<&str> {
 }
 
 /// The host a person is told the browser will go to.
-pub fn display_host(uri: &str) -> String {
+pub(crate) fn display_host(uri: &str) -> String {
     match Url::parse(uri) {
         Ok(url) => match url.host_str() {
             Some(host) => match url.port() {

@@ -21,7 +21,7 @@ use crate::oauth::{redirect_uri, OAuthState};
 use crate::store::{ClientRecord, Namespace};
 
 /// The largest registration request accepted.
-pub const MAX_REGISTRATION_BYTES: usize = 16 * 1024;
+pub(crate) const MAX_REGISTRATION_BYTES: usize = 16 * 1024;
 const MAX_STRING_LEN: usize = 2048;
 const MAX_NAME_LEN: usize = 200;
 const MAX_LIST_LEN: usize = 10;
@@ -46,7 +46,7 @@ const AUTH_METHODS: [&str; 3] = ["none", "client_secret_post", "client_secret_ba
 const GRANT_TYPES: [&str; 2] = ["authorization_code", "refresh_token"];
 
 /// POST /register
-pub async fn register(
+pub(crate) async fn register(
     State(app): State<OAuthState>,
     headers: HeaderMap,
     body: Bytes,
@@ -271,7 +271,7 @@ fn check_web_url(key: &str, value: &str) -> Result<(), OAuthError> {
 /// format characters such as bidi overrides and zero-width joiners (Cf),
 /// line and paragraph separators (Zl, Zp), private-use (Co) and unassigned
 /// (Cn) code points, and spaces other than U+0020 (Zs).
-pub fn check_readable_text(value: &str) -> Result<(), String> {
+pub(crate) fn check_readable_text(value: &str) -> Result<(), String> {
     let categories = CodePointMapData::<GeneralCategory>::new();
     let unreadable = value.chars().find(|&c| {
         matches!(

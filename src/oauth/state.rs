@@ -17,46 +17,46 @@ use crate::upstream::Upstream;
 
 /// The OAuth handlers' state, cheap to clone.
 #[derive(Clone)]
-pub struct OAuthState(Arc<OAuthInner>);
+pub(crate) struct OAuthState(Arc<OAuthInner>);
 
 /// The parts of the application the OAuth handlers use.
-pub struct OAuthInner {
+pub(crate) struct OAuthInner {
     /// The settings they read.
-    pub settings: OAuthSettings,
+    pub(crate) settings: OAuthSettings,
     /// Cookie, CSRF and pending-authorization keys.
-    pub keys: Keys,
+    pub(crate) keys: Keys,
     /// Clients, consents and pending authorizations.
-    pub records: Records,
+    pub(crate) records: Records,
     /// Codes, tokens and their grants.
-    pub grants: Grants,
+    pub(crate) grants: Grants,
     /// The OpenID provider people sign in with.
-    pub upstream: Arc<Upstream>,
+    pub(crate) upstream: Arc<Upstream>,
     /// The operator's policy, for its `login()` decision.
-    pub policy: Arc<PolicyEngine>,
+    pub(crate) policy: Arc<PolicyEngine>,
     /// Counters of authorizations, consents, callbacks, tokens and
     /// registrations.
-    pub metrics: Arc<Metrics>,
+    pub(crate) metrics: Arc<Metrics>,
 }
 
 /// The settings the OAuth handlers read, taken from `Settings` once.
 #[derive(Debug, Clone)]
-pub struct OAuthSettings {
+pub(crate) struct OAuthSettings {
     /// `server.public_url` without a trailing slash: the issuer.
-    pub public_url: String,
+    pub(crate) public_url: String,
     /// Cookies carry `__Host-` and `Secure` (see `Settings::secure_cookies`).
-    pub secure_cookies: bool,
+    pub(crate) secure_cookies: bool,
     /// `consent.remember`: how long an approval, and the browser cookie,
     /// last.
-    pub consent_remember: Duration,
+    pub(crate) consent_remember: Duration,
     /// `[registration]`: dynamic registration and metadata documents.
-    pub registration: RegistrationConfig,
+    pub(crate) registration: RegistrationConfig,
     /// `upstream.refresh_before`: how early the provider's tokens are renewed.
-    pub refresh_before: Duration,
+    pub(crate) refresh_before: Duration,
 }
 
 impl OAuthSettings {
     /// The OAuth handlers' view of the validated settings.
-    pub fn from_settings(settings: &Settings) -> Self {
+    pub(crate) fn from_settings(settings: &Settings) -> Self {
         OAuthSettings {
             public_url: settings.public_url.clone(),
             secure_cookies: settings.secure_cookies,
@@ -69,7 +69,7 @@ impl OAuthSettings {
 
 impl OAuthState {
     /// Wraps the handlers' parts for sharing across requests.
-    pub fn new(inner: OAuthInner) -> Self {
+    pub(crate) fn new(inner: OAuthInner) -> Self {
         OAuthState(Arc::new(inner))
     }
 }

@@ -18,7 +18,7 @@ use crate::store::GrantSecrets;
 use crate::upstream::RefreshError;
 
 /// The largest token or revocation request body accepted.
-pub const MAX_FORM_BYTES: usize = 8 * 1024;
+pub(crate) const MAX_FORM_BYTES: usize = 8 * 1024;
 
 fn form(headers: &HeaderMap, body: &Bytes) -> Result<Params, OAuthError> {
     let content_type = headers
@@ -60,7 +60,7 @@ fn grant_error(e: GrantError) -> OAuthError {
 }
 
 /// POST /token
-pub async fn token(
+pub(crate) async fn token(
     State(app): State<OAuthState>,
     headers: HeaderMap,
     body: Bytes,
@@ -261,7 +261,7 @@ fn no_store(mut response: Response) -> Response {
 }
 
 /// POST /revoke (RFC 7009): 200 whether or not the token was known.
-pub async fn revoke(
+pub(crate) async fn revoke(
     State(app): State<OAuthState>,
     headers: HeaderMap,
     body: Bytes,

@@ -15,9 +15,9 @@ use super::{user_value, Decision, PolicyEngine, UserFacts};
 use crate::store::UpstreamTokens;
 
 /// What `upstream_access_token()` stands for in cases.
-pub const TEST_ACCESS_TOKEN: &str = "UPSTREAM_ACCESS_TOKEN";
+pub(crate) const TEST_ACCESS_TOKEN: &str = "UPSTREAM_ACCESS_TOKEN";
 /// What `upstream_id_token()` stands for in cases.
-pub const TEST_ID_TOKEN: &str = "UPSTREAM_ID_TOKEN";
+pub(crate) const TEST_ID_TOKEN: &str = "UPSTREAM_ID_TOKEN";
 
 #[derive(Debug, Deserialize, Default)]
 #[serde(deny_unknown_fields)]
@@ -164,7 +164,7 @@ pub fn policies_in(paths: &[PathBuf]) -> Result<Vec<PathBuf>, String> {
 }
 
 /// Where a policy's cases live: `name.test.toml` beside `name.rhai`.
-pub fn cases_path(policy: &Path) -> PathBuf {
+pub(crate) fn cases_path(policy: &Path) -> PathBuf {
     policy.with_extension("test.toml")
 }
 

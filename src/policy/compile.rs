@@ -12,7 +12,7 @@ use super::header_rules::{self, HeaderRefusal};
 use super::source_scan::{depends_on_user_only, header_like_literals};
 
 /// The policy that runs when `policy.path` is not set.
-pub const DEFAULT_POLICY: &str = include_str!("../../policies/default.rhai");
+pub(crate) const DEFAULT_POLICY: &str = include_str!("../../policies/default.rhai");
 /// How errors and logs name the built-in policy.
 pub(crate) const DEFAULT_POLICY_NAME: &str = "policies/default.rhai (built in)";
 
@@ -53,13 +53,13 @@ pub struct CompiledPolicy {
     /// these names never reach the downstream.
     pub(super) may_set: HashSet<String>,
     /// The policy defines `fn login(user)`.
-    pub has_login: bool,
+    pub(crate) has_login: bool,
     /// Distinguishes versions of the policy (each compile gets a new one).
-    pub version: u64,
+    pub(crate) version: u64,
     /// The decision depends on the user alone: `authorize` never reads its
     /// `request` argument and calls nothing time-dependent or side-effecting,
     /// so it can be computed once per session.
-    pub per_user_only: bool,
+    pub(crate) per_user_only: bool,
 }
 
 impl std::fmt::Debug for CompiledPolicy {
@@ -80,7 +80,11 @@ pub(crate) fn compile_file(engine: &Engine, path: &Path) -> Result<CompiledPolic
 }
 
 /// Compiles a script; errors carry `name:line:col`.
-pub fn compile(engine: &Engine, name: &str, source: &str) -> Result<CompiledPolicy, PolicyError> {
+pub(crate) fn compile(
+    engine: &Engine,
+    name: &str,
+    source: &str,
+) -> Result<CompiledPolicy, PolicyError> {
     let mut ast = engine.compile(source).map_err(|e| PolicyError::Compile {
         location: location(name, e.position()),
         message: e.err_type().to_string(),

@@ -31,7 +31,7 @@ pub enum Decision {
 /// A reference to one of the provider's tokens; the value never enters the
 /// script, the proxy substitutes it when it builds the header.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum UpstreamSecret {
+pub(crate) enum UpstreamSecret {
     /// The provider's access token, bare.
     AccessToken,
     /// `Bearer ` and the provider's access token.

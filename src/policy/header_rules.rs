@@ -28,7 +28,7 @@ pub(crate) use crate::config::DEFAULT_MAX_HEADER_BYTES;
 
 /// Headers a policy may never set: framing, hop-by-hop, routing, what the
 /// proxy itself sets about the client, and MCP's own transport headers.
-pub const RESERVED_HEADERS: [&str; 30] = [
+pub(crate) const RESERVED_HEADERS: [&str; 30] = [
     "content-length",
     "transfer-encoding",
     "content-type",
@@ -62,18 +62,18 @@ pub const RESERVED_HEADERS: [&str; 30] = [
 ];
 
 /// Whether a (lower-case) header name is one a policy may never set.
-pub fn is_reserved(name: &str) -> bool {
+pub(crate) fn is_reserved(name: &str) -> bool {
     RESERVED_HEADERS.contains(&name) || name.starts_with("proxy-") || name.starts_with("sec-")
 }
 
 /// Normalises a header name the way invariant 6 compares them.
-pub fn normalise_header(name: &str) -> String {
+pub(crate) fn normalise_header(name: &str) -> String {
     name.trim().to_ascii_lowercase().replace('_', "-")
 }
 
 /// Why the proxy refused a header a policy set.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
-pub enum HeaderRefusal {
+pub(crate) enum HeaderRefusal {
     /// Not a valid header name.
     #[error("`{0}` is not a header name")]
     NotAName(String),
@@ -131,7 +131,7 @@ fn item_suffix(item: Option<usize>) -> String {
 /// The rules a name can be checked against without running the policy: a
 /// valid name, no `_`, not reserved. `compile` applies them to the keys of
 /// `allow(#{ ... })` literals; every decision applies them again.
-pub fn check_fixed_name(key: &str) -> Result<HeaderName, HeaderRefusal> {
+pub(crate) fn check_fixed_name(key: &str) -> Result<HeaderName, HeaderRefusal> {
     let name = HeaderName::from_bytes(key.as_bytes())
         .map_err(|_| HeaderRefusal::NotAName(key.to_string()))?;
     if name.as_str().contains('_') {
@@ -144,17 +144,17 @@ pub fn check_fixed_name(key: &str) -> Result<HeaderName, HeaderRefusal> {
 }
 
 /// Which names a policy may set.
-pub struct HeaderNameRules<'a> {
+pub(crate) struct HeaderNameRules<'a> {
     /// Names quoted in the policy's source (normalised).
-    pub declared: &'a HashSet<String>,
+    pub(crate) declared: &'a HashSet<String>,
     /// `policy.identity_headers` (normalised).
-    pub configured: &'a [String],
+    pub(crate) configured: &'a [String],
 }
 
 impl HeaderNameRules<'_> {
     /// The header name for a policy's map key, or why it may not be set.
     /// `seen` holds the names already set by this decision.
-    pub fn check(
+    pub(crate) fn check(
         &self,
         key: &str,
         seen: &mut HashSet<HeaderName>,
@@ -186,7 +186,7 @@ const ITEM_SET: &AsciiSet = &VALUE_SET.add(b',').add(b'"');
 
 /// A policy's value before encoding.
 #[derive(Debug, Clone, Copy)]
-pub enum PolicyValue<'a> {
+pub(crate) enum PolicyValue<'a> {
     /// A scalar, sent as it is (encoded).
     One(&'a str),
     /// An array, sent as a comma-separated list of encoded items.
@@ -195,7 +195,7 @@ pub enum PolicyValue<'a> {
 
 /// The one rule for identity header values: encode what a reader could
 /// take for something else, refuse what no identity contains, bound it.
-pub fn identity_header_value(
+pub(crate) fn identity_header_value(
     header: &str,
     value: PolicyValue<'_>,
     limit: usize,
@@ -262,7 +262,7 @@ fn encode_text(
 }
 
 /// A provider token as a header value: sent as the provider issued it.
-pub fn token_header_value(header: &str, token: &str) -> Result<HeaderValue, HeaderRefusal> {
+pub(crate) fn token_header_value(header: &str, token: &str) -> Result<HeaderValue, HeaderRefusal> {
     HeaderValue::from_str(token).map_err(|_| HeaderRefusal::BadToken(header.to_string()))
 }
 

@@ -10,7 +10,7 @@ const MAX_URI_BYTES: usize = 4096;
 
 /// Why a URI has no normal form the proxy can vouch for.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
-pub enum UriRefusal {
+pub(crate) enum UriRefusal {
     /// Empty, or longer than the proxy reads.
     #[error("is empty or longer than {MAX_URI_BYTES} bytes")]
     Length,
@@ -36,7 +36,7 @@ pub enum UriRefusal {
 /// `file:` URIs, default ports dropped, percent-escapes of unreserved
 /// characters decoded and the others upper-case, dot-segments resolved
 /// (RFC 3986 §6.2.2, WHATWG URL). What could be read two ways is refused.
-pub fn normalise_uri(text: &str) -> Result<String, UriRefusal> {
+pub(crate) fn normalise_uri(text: &str) -> Result<String, UriRefusal> {
     if text.is_empty() || text.len() > MAX_URI_BYTES {
         return Err(UriRefusal::Length);
     }
@@ -103,7 +103,7 @@ fn decode_unreserved(text: &str) -> Result<String, UriRefusal> {
 /// whole path segments: `file:///finance` covers `file:///finance/x` but not
 /// `file:///finance-public/x`. Either side without a normal form is an
 /// error, so a policy using it fails closed whichever way it is written.
-pub fn uri_within(uri: &str, prefix: &str) -> Result<bool, String> {
+pub(crate) fn uri_within(uri: &str, prefix: &str) -> Result<bool, String> {
     let uri = normalise_uri(uri).map_err(|e| format!("uri_within: the URI {e}"))?;
     let prefix = normalise_uri(prefix).map_err(|e| format!("uri_within: the prefix {e}"))?;
     Ok(match uri.strip_prefix(&prefix) {
@@ -115,7 +115,7 @@ pub fn uri_within(uri: &str, prefix: &str) -> Result<bool, String> {
 
 /// The lower-case (IDNA ASCII) domain of an address with exactly one `@`, a
 /// non-empty local part and a valid DNS name after it; `""` otherwise.
-pub fn email_domain(email: &str) -> String {
+pub(crate) fn email_domain(email: &str) -> String {
     let mut parts = email.split('@');
     let (Some(local), Some(domain), None) = (parts.next(), parts.next(), parts.next()) else {
         return String::new();
@@ -158,7 +158,7 @@ fn is_dns_name(name: &str) -> bool {
 /// Whether one of `user.groups` is exactly one of `groups`. Comparing whole
 /// strings of two arrays leaves no room for `in` on a string (a substring
 /// test) or a comma-joined list.
-pub fn in_any_group(user: &rhai::Map, groups: &rhai::Array) -> bool {
+pub(crate) fn in_any_group(user: &rhai::Map, groups: &rhai::Array) -> bool {
     let Some(mine) = user
         .get("groups")
         .and_then(|g| g.read_lock::<rhai::Array>().map(|a| a.clone()))

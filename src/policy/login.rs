@@ -9,18 +9,18 @@ use crate::policy::{user_value, Decision, PolicyEngine, UserFacts};
 use crate::store::{ClientRecord, Namespace, Records, StoreError};
 
 /// Who is signing in, through which client.
-pub struct Login<'a> {
+pub(crate) struct Login<'a> {
     /// The OAuth client the person signs in to.
-    pub client_id: &'a str,
+    pub(crate) client_id: &'a str,
     /// The provider's claims about the person.
-    pub claims: &'a Map<String, Value>,
+    pub(crate) claims: &'a Map<String, Value>,
     /// The provider's issuer, as the script sees it.
-    pub issuer: &'a str,
+    pub(crate) issuer: &'a str,
 }
 
 /// Why a sign-in may not go on.
 #[derive(Debug, thiserror::Error)]
-pub enum LoginRefused {
+pub(crate) enum LoginRefused {
     /// The policy's `login()` said no.
     #[error("{reason}")]
     Denied {
@@ -36,7 +36,7 @@ pub enum LoginRefused {
 
 /// Runs the policy's `login(user)` when it defines one; `clients` is where
 /// the client's name is looked up (only then).
-pub async fn login_allowed(
+pub(crate) async fn login_allowed(
     policy: &PolicyEngine,
     clients: &Records,
     login: &Login<'_>,

@@ -20,11 +20,11 @@ pub mod cases;
 mod compile;
 mod decision;
 pub mod filter;
-pub mod header_rules;
-pub mod helpers;
+pub(crate) mod header_rules;
+pub(crate) mod helpers;
 pub mod jsonrpc;
 pub mod layer;
-pub mod login;
+pub(crate) mod login;
 mod reload;
 mod sandbox;
 mod script_api;
@@ -32,11 +32,12 @@ mod source_scan;
 #[cfg(test)]
 mod test_support;
 
-pub use compile::{compile, CompiledPolicy, PolicyError, DEFAULT_POLICY};
-pub use decision::{Decision, UpstreamSecret};
-pub use header_rules::normalise_header;
+pub(crate) use compile::{compile, DEFAULT_POLICY};
+pub use compile::{CompiledPolicy, PolicyError};
+pub use decision::Decision;
+pub(crate) use header_rules::normalise_header;
 pub use reload::ReloadCounters;
-pub use sandbox::{sandboxed_engine, DEADLINE};
+pub(crate) use sandbox::sandboxed_engine;
 pub use script_api::{user_value, UserFacts};
 
 use compile::{compile_file, DEFAULT_POLICY_NAME};
@@ -86,7 +87,7 @@ impl PolicyEngine {
     }
 
     /// Bounds each header value a policy sets (`policy.max_header_bytes`).
-    pub fn with_max_header_bytes(mut self, limit: usize) -> Self {
+    pub(crate) fn with_max_header_bytes(mut self, limit: usize) -> Self {
         self.max_header_bytes = limit;
         self
     }
@@ -99,7 +100,7 @@ impl PolicyEngine {
     }
 
     /// Counts reloads in the metrics too.
-    pub fn with_metrics(mut self, metrics: Arc<crate::metrics::Metrics>) -> Self {
+    pub(crate) fn with_metrics(mut self, metrics: Arc<crate::metrics::Metrics>) -> Self {
         self.metrics = metrics;
         self
     }
@@ -113,7 +114,7 @@ impl PolicyEngine {
     }
 
     /// Whether a client header must be removed because a policy may set it.
-    pub fn is_identity_header(&self, policy: &CompiledPolicy, name: &str) -> bool {
+    pub(crate) fn is_identity_header(&self, policy: &CompiledPolicy, name: &str) -> bool {
         let n = normalise_header(name);
         n == "authorization"
             || n.starts_with("x-user-")
@@ -152,7 +153,7 @@ impl PolicyEngine {
 
     /// Runs `login(user)` when the policy defines it: a denial ends the
     /// login before any token exists.
-    pub fn login(&self, policy: &CompiledPolicy, user: Dynamic) -> Decision {
+    pub(crate) fn login(&self, policy: &CompiledPolicy, user: Dynamic) -> Decision {
         if !policy.has_login {
             return Decision::Allow {
                 headers: Vec::new(),

@@ -84,7 +84,7 @@ impl PolicyEngine {
     }
 
     /// Reloads when the file changed since it was last read.
-    pub fn reload_if_changed(&self) {
+    pub(crate) fn reload_if_changed(&self) {
         let Some(path) = &self.path else { return };
         let now = file_fingerprint(path);
         let before = self.fingerprint.lock().ok().and_then(|f| *f);
@@ -96,7 +96,7 @@ impl PolicyEngine {
     /// Watches the policy file (polling survives editors' atomic renames and
     /// Kubernetes' ConfigMap symlink swaps) and reloads on SIGHUP. Compiling
     /// happens on a blocking thread, never on the request path.
-    pub fn spawn_watcher(self: &Arc<Self>, interval: Duration) {
+    pub(crate) fn spawn_watcher(self: &Arc<Self>, interval: Duration) {
         if self.path.is_none() {
             return;
         }

@@ -20,7 +20,7 @@ const MAX_MAP_SIZE: usize = 10_000;
 const MAX_VARIABLES: usize = 1_000;
 const MAX_FUNCTIONS: usize = 256;
 /// A policy call that runs longer than this is stopped and denies.
-pub const DEADLINE: Duration = Duration::from_millis(50);
+pub(crate) const DEADLINE: Duration = Duration::from_millis(50);
 
 thread_local! {
     /// The deadline of the call running on this thread, read by the
@@ -29,7 +29,7 @@ thread_local! {
 }
 
 /// A Rhai engine with the sandbox limits and the policy script API.
-pub fn sandboxed_engine() -> Engine {
+pub(crate) fn sandboxed_engine() -> Engine {
     let mut engine = Engine::new_raw();
     use rhai::packages::Package;
     rhai::packages::StandardPackage::new().register_into_engine(&mut engine);

@@ -10,7 +10,7 @@ use serde_json::json;
 
 use super::AppState;
 
-pub fn router(app: AppState) -> Router {
+pub(crate) fn router(app: AppState) -> Router {
     Router::new()
         .route("/metrics", get(metrics))
         .route("/healthz", get(healthz))

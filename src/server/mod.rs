@@ -21,7 +21,7 @@ use crate::proxy::{DownstreamTarget, ForwardContext};
 use crate::store::{InstrumentedStore, Records, SharedStore};
 use crate::upstream::Upstream;
 
-pub mod admin;
+pub(crate) mod admin;
 pub mod body_deadline;
 pub mod connection;
 pub mod framing;
@@ -35,25 +35,23 @@ pub struct AppState(Arc<AppInner>);
 /// The parts `AppState` shares.
 pub struct AppInner {
     /// The validated configuration.
-    pub settings: Settings,
-    /// Keys derived from `encryption_key`.
-    pub keys: Keys,
+    pub(crate) settings: Settings,
     /// The store, typed.
-    pub records: Records,
+    pub(crate) records: Records,
     /// Codes, tokens and their grants.
     pub grants: Grants,
     /// The OpenID provider.
-    pub upstream: Arc<Upstream>,
+    pub(crate) upstream: Arc<Upstream>,
     /// The operator's policy.
     pub policy: Arc<PolicyEngine>,
     /// Bearer tokens already validated.
     pub token_cache: Arc<TokenCache>,
     /// What the forwarder needs.
-    pub forward: Arc<ForwardContext>,
+    pub(crate) forward: Arc<ForwardContext>,
     /// The Prometheus registry.
     pub metrics: Arc<Metrics>,
     /// What the OAuth routes get (see `FromRef` below).
-    pub oauth: OAuthState,
+    pub(crate) oauth: OAuthState,
 }
 
 /// The OAuth routes take their own state: the server knows the OAuth
@@ -116,7 +114,7 @@ impl AppState {
         let forward = Arc::new(forward_context(&settings, &records, &metrics)?);
         let oauth = OAuthState::new(OAuthInner {
             settings: OAuthSettings::from_settings(&settings),
-            keys: keys.clone(),
+            keys,
             records: records.clone(),
             grants: grants.clone(),
             upstream: upstream.clone(),
@@ -125,7 +123,6 @@ impl AppState {
         });
         Ok(AppState(Arc::new(AppInner {
             settings,
-            keys,
             records,
             grants,
             upstream,

@@ -12,8 +12,8 @@ use axum::http::StatusCode;
 
 use crate::error::{OAuthError, PageError};
 
-pub mod records;
-pub mod redis;
+pub(crate) mod records;
+pub(crate) mod redis;
 pub mod sqlite;
 
 pub use records::*;
@@ -33,7 +33,7 @@ pub enum Namespace {
 }
 
 impl Namespace {
-    pub fn as_str(self) -> &'static str {
+    pub(crate) fn as_str(self) -> &'static str {
         match self {
             Namespace::Client => "client",
             Namespace::Pending => "pending",
@@ -143,7 +143,7 @@ pub type SharedStore = Arc<dyn Store>;
 /// else the SQLite file at `store.path` (created when missing). The proxy
 /// and the administration commands both open it here, so they always agree
 /// on which store that is.
-pub fn open(config: &crate::config::StoreConfig) -> StoreResult<SharedStore> {
+pub(crate) fn open(config: &crate::config::StoreConfig) -> StoreResult<SharedStore> {
     Ok(match &config.redis_url {
         Some(url) => Arc::new(redis::RedisStore::open(url.expose(), &config.redis_prefix)?),
         None => Arc::new(sqlite::SqliteStore::open(&config.path)?),
@@ -151,7 +151,7 @@ pub fn open(config: &crate::config::StoreConfig) -> StoreResult<SharedStore> {
 }
 
 /// Removes expired records every `interval` until the process ends.
-pub fn spawn_purge(store: SharedStore, interval: Duration) -> tokio::task::JoinHandle<()> {
+pub(crate) fn spawn_purge(store: SharedStore, interval: Duration) -> tokio::task::JoinHandle<()> {
     tokio::spawn(async move {
         let mut ticker = tokio::time::interval(interval);
         ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
@@ -169,13 +169,13 @@ pub fn spawn_purge(store: SharedStore, interval: Duration) -> tokio::task::JoinH
 use crate::metrics::labels::StoreOperation;
 
 /// A store that times every operation into the metrics.
-pub struct InstrumentedStore {
+pub(crate) struct InstrumentedStore {
     inner: SharedStore,
     metrics: Arc<crate::metrics::Metrics>,
 }
 
 impl InstrumentedStore {
-    pub fn wrap(inner: SharedStore, metrics: Arc<crate::metrics::Metrics>) -> SharedStore {
+    pub(crate) fn wrap(inner: SharedStore, metrics: Arc<crate::metrics::Metrics>) -> SharedStore {
         Arc::new(InstrumentedStore { inner, metrics })
     }
 

@@ -13,110 +13,156 @@ pub use crate::session::UpstreamTokens;
 pub struct ClientRecord {
     pub client_id: String,
     /// SHA-256 of the secret, for confidential clients.
-    pub client_secret_hash: Option<String>,
-    pub redirect_uris: Vec<String>,
-    pub token_endpoint_auth_method: String,
-    pub grant_types: Vec<String>,
-    pub response_types: Vec<String>,
+    pub(crate) client_secret_hash: Option<String>,
+    /// The redirect URIs registered, matched exactly.
+    pub(crate) redirect_uris: Vec<String>,
+    /// `none` (a public client), `client_secret_basic` or
+    /// `client_secret_post`.
+    pub(crate) token_endpoint_auth_method: String,
+    /// The grant types the client may use at `/token`.
+    pub(crate) grant_types: Vec<String>,
+    /// The response types registered (only `code` is served).
+    pub(crate) response_types: Vec<String>,
+    /// The name the client registered, shown on the consent page and to
+    /// the policy; `None` when it gave none.
     pub client_name: Option<String>,
     /// Other registered metadata, echoed back as registered.
-    pub metadata: Map<String, Value>,
-    pub client_id_issued_at: i64,
-    pub last_used_at: i64,
+    pub(crate) metadata: Map<String, Value>,
+    /// Unix seconds of the registration.
+    pub(crate) client_id_issued_at: i64,
+    /// Unix seconds of the client's last use (`/authorize`, `/token`,
+    /// `/revoke`), written at most hourly; each write keeps the
+    /// registration for another `registration.client_ttl`.
+    pub(crate) last_used_at: i64,
 }
 
 impl ClientRecord {
-    pub fn is_public(&self) -> bool {
+    /// A public client has no secret and authenticates with PKCE alone.
+    pub(crate) fn is_public(&self) -> bool {
         self.token_endpoint_auth_method == "none"
     }
 
-    pub fn allows_grant(&self, grant_type: &str) -> bool {
+    /// Whether the client registered this grant type.
+    pub(crate) fn allows_grant(&self, grant_type: &str) -> bool {
         self.grant_types.iter().any(|g| g == grant_type)
     }
 
     /// What people see on the consent page.
-    pub fn display_name(&self) -> &str {
+    pub(crate) fn display_name(&self) -> &str {
         self.client_name.as_deref().unwrap_or(&self.client_id)
     }
 }
 
 /// An authorization request between `/authorize` and `/callback`.
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
-pub struct PendingAuthorization {
-    pub client_id: String,
-    pub redirect_uri: String,
-    pub state: Option<String>,
-    pub code_challenge: String,
-    pub scope: Option<String>,
-    pub resource: Option<String>,
+pub(crate) struct PendingAuthorization {
+    /// The client asking.
+    pub(crate) client_id: String,
+    /// Where the code goes, checked against the client's registration.
+    pub(crate) redirect_uri: String,
+    /// The client's `state`, returned to it unchanged.
+    pub(crate) state: Option<String>,
+    /// The client's PKCE S256 challenge, checked when the code is redeemed.
+    pub(crate) code_challenge: String,
+    /// The scope the client asked for.
+    pub(crate) scope: Option<String>,
+    /// The resource (RFC 8707) the client asked for, validated.
+    pub(crate) resource: Option<String>,
     /// The browser that started the flow; consent and callback must come
     /// from the same one.
-    pub browser_id: String,
-    pub created_at: i64,
+    pub(crate) browser_id: String,
+    /// Unix seconds of the `/authorize` request; the record lives a fixed
+    /// time from then.
+    pub(crate) created_at: i64,
     /// Set once the user approved and the browser went to the provider.
-    pub upstream: Option<UpstreamLeg>,
+    pub(crate) upstream: Option<UpstreamLeg>,
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
-pub struct UpstreamLeg {
-    pub pkce_verifier: String,
-    pub nonce: String,
+pub(crate) struct UpstreamLeg {
+    /// The PKCE verifier of the proxy's request to the provider.
+    pub(crate) pkce_verifier: String,
+    /// The nonce the provider's id_token must carry.
+    pub(crate) nonce: String,
 }
 
 /// A user's (browser's) approval of a client and redirect URI.
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
-pub struct ConsentRecord {
-    pub client_id: String,
-    pub redirect_uri: String,
-    pub approved_at: i64,
+pub(crate) struct ConsentRecord {
+    /// The client approved.
+    pub(crate) client_id: String,
+    /// The redirect URI approved with it.
+    pub(crate) redirect_uri: String,
+    /// Unix seconds of the approval.
+    pub(crate) approved_at: i64,
 }
 
 /// An authorization code, kept after use until it expires so that a replay
 /// is recognised and revokes the grant.
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
-pub struct CodeRecord {
-    pub grant_id: String,
-    pub client_id: String,
-    pub redirect_uri: String,
-    pub code_challenge: String,
-    pub resource: Option<String>,
-    pub scope: Option<String>,
+pub(crate) struct CodeRecord {
+    /// The grant the code redeems into.
+    pub(crate) grant_id: String,
+    /// The client the code was issued to; only it may redeem it.
+    pub(crate) client_id: String,
+    /// The redirect URI of the authorization; the token request must name
+    /// the same.
+    pub(crate) redirect_uri: String,
+    /// The client's PKCE S256 challenge; the token request's verifier must
+    /// match it.
+    pub(crate) code_challenge: String,
+    /// The resource the tokens will be bound to.
+    pub(crate) resource: Option<String>,
+    /// The scope granted.
+    pub(crate) scope: Option<String>,
+    /// The grant's key, wrapped with the code: without the code, the
+    /// grant's secrets do not open.
     #[serde(with = "b64")]
-    pub wrapped_key: Vec<u8>,
-    pub used: bool,
-    pub expires_at: i64,
+    pub(crate) wrapped_key: Vec<u8>,
+    /// Redeemed once already; presenting it again revokes the grant.
+    pub(crate) used: bool,
+    /// Unix seconds after which the code is refused.
+    pub(crate) expires_at: i64,
 }
 
 /// What a user authorized a client to do, with the identity behind it.
 /// `sealed` holds `GrantSecrets`, encrypted with the grant's own key.
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
-pub struct GrantRecord {
-    pub grant_id: String,
-    pub client_id: String,
-    pub sub: String,
-    pub email: Option<String>,
-    pub scope: Option<String>,
-    pub resource: Option<String>,
-    pub created_at: i64,
+pub(crate) struct GrantRecord {
+    /// Random id, the record's key; `grants list` and `grants revoke` show it.
+    pub(crate) grant_id: String,
+    /// The client authorized.
+    pub(crate) client_id: String,
+    /// The user's subject at the provider.
+    pub(crate) sub: String,
+    /// The `email` claim at sign-in, when the provider gave one.
+    pub(crate) email: Option<String>,
+    /// The scope granted.
+    pub(crate) scope: Option<String>,
+    /// The resource every token of the grant is bound to.
+    pub(crate) resource: Option<String>,
+    /// Unix seconds of the sign-in that made the grant.
+    pub(crate) created_at: i64,
     /// Hash of the newest refresh token.
-    pub refresh_current: Option<String>,
+    pub(crate) refresh_current: Option<String>,
     /// Hash of the one before it, usable until the newest is first used.
-    pub refresh_previous: Option<String>,
+    pub(crate) refresh_previous: Option<String>,
     /// When the refresh token last rotated (Unix milliseconds).
     #[serde(default)]
-    pub rotated_at: i64,
+    pub(crate) rotated_at: i64,
     /// When the provider last confirmed the person (Unix seconds): the
     /// login, or the last renewal of the provider's tokens. Records written
     /// before this field existed read 0, taken as `created_at`.
     #[serde(default)]
-    pub validated_at: i64,
+    pub(crate) validated_at: i64,
+    /// `GrantSecrets`, encrypted with the grant's key.
     #[serde(with = "b64")]
-    pub sealed: Vec<u8>,
+    pub(crate) sealed: Vec<u8>,
 }
 
 impl GrantRecord {
     /// When the provider last said yes to this person.
-    pub fn confirmed_at(&self) -> i64 {
+    pub(crate) fn confirmed_at(&self) -> i64 {
         if self.validated_at > 0 {
             self.validated_at
         } else {
@@ -127,35 +173,44 @@ impl GrantRecord {
 
 /// The confidential part of a grant.
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Default)]
-pub struct GrantSecrets {
+pub(crate) struct GrantSecrets {
     /// Every claim of the id_token, merged with userinfo when configured.
-    pub claims: Map<String, Value>,
-    pub upstream: UpstreamTokens,
+    pub(crate) claims: Map<String, Value>,
+    /// The provider's tokens.
+    pub(crate) upstream: UpstreamTokens,
 }
 
 /// An access or refresh token, stored under its hash.
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
 pub struct TokenRecord {
     pub grant_id: String,
-    pub client_id: String,
-    pub resource: Option<String>,
-    pub scope: Option<String>,
+    /// The client the token was issued to.
+    pub(crate) client_id: String,
+    /// The resource the token is bound to.
+    pub(crate) resource: Option<String>,
+    /// The scope the token carries.
+    pub(crate) scope: Option<String>,
+    /// Unix seconds after which the token is refused (never after the
+    /// grant's deadline, when it has one).
     pub expires_at: i64,
     #[serde(with = "b64")]
-    pub wrapped_key: Vec<u8>,
+    pub(crate) wrapped_key: Vec<u8>,
 }
 
 /// Typed access to the store.
 #[derive(Clone)]
 pub struct Records {
-    pub store: SharedStore,
+    /// The untyped store underneath, for raw bytes (sealed records, listing).
+    pub(crate) store: SharedStore,
 }
 
-pub fn encode<T: Serialize>(value: &T) -> StoreResult<Vec<u8>> {
+/// A record's stored form (JSON).
+pub(crate) fn encode<T: Serialize>(value: &T) -> StoreResult<Vec<u8>> {
     serde_json::to_vec(value).map_err(|e| StoreError::Corrupt(e.to_string()))
 }
 
-pub fn decode<T: DeserializeOwned>(bytes: &[u8]) -> StoreResult<T> {
+/// A record from its stored form; a mismatch is `StoreError::Corrupt`.
+pub(crate) fn decode<T: DeserializeOwned>(bytes: &[u8]) -> StoreResult<T> {
     serde_json::from_slice(bytes).map_err(|e| StoreError::Corrupt(e.to_string()))
 }
 
@@ -164,7 +219,9 @@ impl Records {
         Records { store }
     }
 
-    pub async fn get<T: DeserializeOwned>(
+    /// The live record under `key`, decoded; `None` when there is none or
+    /// it expired.
+    pub(crate) async fn get<T: DeserializeOwned>(
         &self,
         ns: Namespace,
         key: &str,
@@ -177,7 +234,7 @@ impl Records {
     }
 
     /// The record together with its exact bytes, for a later compare-and-swap.
-    pub async fn get_versioned<T: DeserializeOwned>(
+    pub(crate) async fn get_versioned<T: DeserializeOwned>(
         &self,
         ns: Namespace,
         key: &str,
@@ -198,7 +255,7 @@ impl Records {
         self.store.put(ns, key, &encode(value)?, ttl).await
     }
 
-    pub async fn insert_new<T: Serialize>(
+    pub(crate) async fn insert_new<T: Serialize>(
         &self,
         ns: Namespace,
         key: &str,
@@ -208,19 +265,7 @@ impl Records {
         self.store.insert_new(ns, key, &encode(value)?, ttl).await
     }
 
-    pub async fn take<T: DeserializeOwned>(
-        &self,
-        ns: Namespace,
-        key: &str,
-    ) -> StoreResult<Option<T>> {
-        self.store
-            .take(ns, key)
-            .await?
-            .map(|b| decode(&b))
-            .transpose()
-    }
-
-    pub async fn swap<T: Serialize>(
+    pub(crate) async fn swap<T: Serialize>(
         &self,
         ns: Namespace,
         key: &str,
@@ -233,13 +278,13 @@ impl Records {
             .await
     }
 
-    pub async fn delete(&self, ns: Namespace, key: &str) -> StoreResult<bool> {
+    pub(crate) async fn delete(&self, ns: Namespace, key: &str) -> StoreResult<bool> {
         self.store.delete(ns, key).await
     }
 }
 
 /// Seconds left until `expires_at`, at least one.
-pub fn ttl_until(expires_at: i64) -> Duration {
+pub(crate) fn ttl_until(expires_at: i64) -> Duration {
     Duration::from_secs((expires_at - crate::now_unix()).max(1) as u64)
 }
 

@@ -28,7 +28,7 @@ end
 return 0
 ";
 
-pub struct RedisStore {
+pub(crate) struct RedisStore {
     connection: ConnectionManager,
     prefix: String,
     cas: Script,
@@ -41,7 +41,7 @@ impl From<redis::RedisError> for StoreError {
 }
 
 /// The client for a `redis://` URL.
-pub fn client(url: &str) -> StoreResult<redis::Client> {
+pub(crate) fn client(url: &str) -> StoreResult<redis::Client> {
     redis::Client::open(url)
         .map_err(|e| StoreError::Backend(format!("store.redis_url is not a Redis URL: {e}")))
 }
@@ -49,7 +49,7 @@ pub fn client(url: &str) -> StoreResult<redis::Client> {
 impl RedisStore {
     /// Connects lazily: the proxy starts even while Redis is down and the
     /// connection manager keeps reconnecting.
-    pub fn open(url: &str, prefix: &str) -> StoreResult<Self> {
+    pub(crate) fn open(url: &str, prefix: &str) -> StoreResult<Self> {
         let config = redis::aio::ConnectionManagerConfig::new()
             .set_response_timeout(Some(RESPONSE_TIMEOUT))
             .set_connection_timeout(Some(CONNECT_TIMEOUT))

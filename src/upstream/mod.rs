@@ -57,7 +57,7 @@ pub enum UpstreamError {
 
 /// Why the provider's tokens could not be renewed.
 #[derive(Debug, thiserror::Error)]
-pub enum RefreshError {
+pub(crate) enum RefreshError {
     /// The provider said no (`invalid_grant`): the sign-in is over.
     #[error("the provider refused to renew the sign-in: {0}")]
     Refused(String),
@@ -67,7 +67,7 @@ pub enum RefreshError {
 }
 
 /// Where to send the browser, and what to remember until it comes back.
-pub struct AuthorizationStart {
+pub(crate) struct AuthorizationStart {
     pub url: url::Url,
     pub state: String,
     pub pkce_verifier: String,
@@ -75,12 +75,12 @@ pub struct AuthorizationStart {
 }
 
 /// Who logged in, as the provider said.
-pub struct UpstreamIdentity {
+pub(crate) struct UpstreamIdentity {
     pub claims: Map<String, Value>,
     pub tokens: UpstreamTokens,
 }
 
-pub struct Upstream {
+pub(crate) struct Upstream {
     metrics: Arc<Metrics>,
     issuer: String,
     client_id: String,
@@ -94,7 +94,7 @@ pub struct Upstream {
 }
 
 impl Upstream {
-    pub fn new(settings: &Settings, metrics: Arc<Metrics>) -> Result<Self, UpstreamError> {
+    pub(crate) fn new(settings: &Settings, metrics: Arc<Metrics>) -> Result<Self, UpstreamError> {
         let http = reqwest::ClientBuilder::new()
             .redirect(reqwest::redirect::Policy::none())
             .timeout(settings.config.upstream.timeout.0)
@@ -118,7 +118,7 @@ impl Upstream {
         })
     }
 
-    pub fn issuer(&self) -> &str {
+    pub(crate) fn issuer(&self) -> &str {
         &self.issuer
     }
 
@@ -128,12 +128,12 @@ impl Upstream {
     }
 
     /// True once discovery succeeded (readiness).
-    pub async fn is_discovered(&self) -> bool {
+    pub(crate) async fn is_discovered(&self) -> bool {
         self.client.read().await.is_some()
     }
 
     /// The discovered client, discovering on first use.
-    pub async fn client(&self) -> Result<Arc<DiscoveredClient>, UpstreamError> {
+    pub(crate) async fn client(&self) -> Result<Arc<DiscoveredClient>, UpstreamError> {
         if let Some(client) = self.client.read().await.as_ref() {
             return Ok(client.clone());
         }
@@ -178,7 +178,7 @@ impl Upstream {
 
     /// Starts a login: the provider URL with state, nonce and a PKCE S256
     /// challenge.
-    pub async fn start(&self) -> Result<AuthorizationStart, UpstreamError> {
+    pub(crate) async fn start(&self) -> Result<AuthorizationStart, UpstreamError> {
         let client = self.client().await?;
         let (challenge, verifier) = PkceCodeChallenge::new_random_sha256();
         let mut request = client.authorize_url(
@@ -200,7 +200,7 @@ impl Upstream {
 
     /// Exchanges the provider's code, verifies the id_token (issuer, audience,
     /// signature, expiry, nonce) and collects the claims.
-    pub async fn finish(
+    pub(crate) async fn finish(
         &self,
         code: &str,
         pkce_verifier: &str,
@@ -262,7 +262,7 @@ impl Upstream {
     /// Renews the provider's tokens with its refresh token, re-reading the
     /// claims (from a new id_token, or userinfo when configured). The
     /// subject must not change.
-    pub async fn refresh(
+    pub(crate) async fn refresh(
         &self,
         current: &UpstreamTokens,
         claims: &Map<String, Value>,

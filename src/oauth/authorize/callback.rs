@@ -19,7 +19,7 @@ use crate::upstream::UpstreamError;
 
 /// What the provider sends back: a code, or an error, with our `state`.
 #[derive(Debug, Deserialize)]
-pub struct CallbackQuery {
+pub(crate) struct CallbackQuery {
     code: Option<String>,
     state: Option<String>,
     error: Option<String>,
@@ -27,7 +27,7 @@ pub struct CallbackQuery {
 }
 
 /// GET /callback: the provider sends the browser back here.
-pub async fn callback(
+pub(crate) async fn callback(
     State(app): State<OAuthState>,
     headers: HeaderMap,
     query: axum::extract::Query<CallbackQuery>,

@@ -20,7 +20,7 @@ use crate::store::{ConsentRecord, Namespace};
 /// The consent page's form: the pending request, its CSRF token and the
 /// person's answer.
 #[derive(Debug, Deserialize)]
-pub struct ConsentForm {
+pub(crate) struct ConsentForm {
     #[serde(default)]
     request: String,
     #[serde(default)]
@@ -30,7 +30,7 @@ pub struct ConsentForm {
 }
 
 /// POST /consent: the person's answer.
-pub async fn consent(
+pub(crate) async fn consent(
     State(app): State<OAuthState>,
     headers: HeaderMap,
     Form(form): Form<ConsentForm>,

@@ -31,18 +31,18 @@ mod callback;
 mod consent;
 mod pending;
 
-pub use callback::{callback, CallbackQuery};
-pub use consent::{consent, ConsentForm};
+pub(crate) use callback::callback;
+pub(crate) use consent::consent;
 
 use browser::browser_identity;
 use callback::upstream_page;
 use pending::put_pending;
 
 /// How long a person has to finish signing in (as the original worker).
-pub const PENDING_TTL: Duration = Duration::from_secs(600);
+pub(crate) const PENDING_TTL: Duration = Duration::from_secs(600);
 
 /// GET /authorize
-pub async fn authorize(
+pub(crate) async fn authorize(
     State(app): State<OAuthState>,
     headers: HeaderMap,
     RawQuery(query): RawQuery,

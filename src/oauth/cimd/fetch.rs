@@ -29,7 +29,7 @@ pub(super) enum FetchFailure {
 }
 
 /// Names to addresses: the system resolver, or a stand-in in tests.
-pub trait Lookup: Send + Sync {
+pub(crate) trait Lookup: Send + Sync {
     /// Every address `host` has.
     fn lookup(
         &self,
@@ -66,11 +66,11 @@ struct NotPublic {
 /// lookup and connected on another (DNS rebinding). A name with any
 /// non-public address is refused outright.
 #[derive(Clone)]
-pub struct PublicAddressResolver {
+pub(crate) struct PublicAddressResolver {
     /// Where names are looked up.
-    pub lookup: Arc<dyn Lookup>,
+    pub(crate) lookup: Arc<dyn Lookup>,
     /// `registration.insecure_metadata_documents`: development only.
-    pub allow_private: bool,
+    pub(crate) allow_private: bool,
 }
 
 impl reqwest::dns::Resolve for PublicAddressResolver {

@@ -24,8 +24,8 @@ use crate::store::{ClientRecord, Namespace, StoreError};
 mod fetch;
 mod public_address;
 
-pub use fetch::{Lookup, PublicAddressResolver};
-pub use public_address::is_public;
+pub(crate) use fetch::PublicAddressResolver;
+pub(crate) use public_address::is_public;
 
 use fetch::{fetch, FetchFailure, SystemLookup};
 
@@ -34,11 +34,11 @@ const MIN_CACHE: Duration = Duration::from_secs(300);
 const MAX_CACHE: Duration = Duration::from_secs(24 * 3600);
 const DEFAULT_CACHE: Duration = Duration::from_secs(3600);
 /// Marks a client record that came from a metadata document.
-pub const FROM_DOCUMENT: &str = "client_id_metadata_document";
+pub(crate) const FROM_DOCUMENT: &str = "client_id_metadata_document";
 
 /// Why a metadata document client was not accepted.
 #[derive(Debug, thiserror::Error)]
-pub enum CimdError {
+pub(crate) enum CimdError {
     /// The client_id is not a URL a document may be fetched from.
     #[error("the client_id URL is not acceptable: {0}")]
     Url(String),
@@ -56,12 +56,12 @@ pub enum CimdError {
 
 /// Whether a client_id is a metadata document URL (rather than an id this
 /// server issued).
-pub fn is_document_url(client_id: &str) -> bool {
+pub(crate) fn is_document_url(client_id: &str) -> bool {
     client_id.starts_with("https://") || client_id.starts_with("http://")
 }
 
 /// The client: from the store, or fetched from its document.
-pub async fn find_client(
+pub(crate) async fn find_client(
     app: &OAuthState,
     client_id: &str,
 ) -> Result<Option<ClientRecord>, CimdError> {
@@ -108,7 +108,7 @@ pub async fn find_client(
 }
 
 /// https, a host, a path, no credentials, fragment or dot segments.
-pub fn check_url(client_id: &str, insecure: bool) -> Result<Url, CimdError> {
+pub(crate) fn check_url(client_id: &str, insecure: bool) -> Result<Url, CimdError> {
     let bad = |m: &str| CimdError::Url(m.to_string());
     if client_id.len() > 2048 {
         return Err(bad("longer than 2048 characters"));
@@ -149,7 +149,7 @@ pub fn check_url(client_id: &str, insecure: bool) -> Result<Url, CimdError> {
 /// The client a document describes. It must name itself, be a public client
 /// (no secret can be shared through a public document), and pass the
 /// registration checks.
-pub fn from_document(
+pub(crate) fn from_document(
     client_id: &str,
     document: &Map<String, Value>,
     allowed_schemes: &[String],

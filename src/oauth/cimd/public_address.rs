@@ -9,7 +9,7 @@ use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
 /// and for IPv6 inside global unicast 2000::/3. NAT64 (64:ff9b::/96)
 /// addresses are judged by the IPv4 address they carry; other formats that
 /// embed IPv4 (mapped, compatible, 6to4, Teredo) are refused.
-pub fn is_public(ip: &IpAddr) -> bool {
+pub(crate) fn is_public(ip: &IpAddr) -> bool {
     match ip {
         IpAddr::V4(v4) => is_public_v4(*v4),
         IpAddr::V6(v6) => is_public_v6(*v6),
