@@ -17,6 +17,8 @@ use subtle::ConstantTimeEq;
 
 type HmacSha256 = Hmac<Sha256>;
 
+/// Sealed data did not open: the wrong key, other associated data, or bytes
+/// that were cut short or changed. It says no more, on purpose.
 #[derive(Debug, thiserror::Error)]
 #[error("sealed data could not be opened")]
 pub struct OpenError;

@@ -32,10 +32,18 @@ pub struct Session {
     pub(crate) client_id: String,
     /// The user's subject at the provider.
     pub sub: String,
+    /// The `email` claim at sign-in; `None` when the provider gave none.
     pub email: Option<String>,
+    /// Every claim of the provider's id_token (merged with userinfo when
+    /// configured), as of the sign-in or the last renewal.
     pub claims: Map<String, Value>,
+    /// The provider's tokens, for a policy that hands one to the downstream.
     pub upstream: UpstreamTokens,
+    /// The resource (RFC 8707) the token is bound to; `None` when the
+    /// client named none.
     pub resource: Option<String>,
+    /// The scope granted, as the client asked for it; `None` when it asked
+    /// for none. The proxy itself does not read it.
     pub scope: Option<String>,
     /// Unix seconds after which the token is refused: its own expiry, or
     /// the grant's deadline when that comes first.
@@ -96,9 +104,17 @@ impl std::fmt::Debug for SessionWatch {
 /// the policy's `upstream_bearer()` and friends.
 #[derive(Clone, Serialize, Deserialize, PartialEq, Default)]
 pub struct UpstreamTokens {
+    /// The provider's access token.
     pub access_token: String,
+    /// The provider's id_token (a JWT) from the sign-in, or from the last
+    /// renewal that brought one.
     pub id_token: Option<String>,
+    /// What renews the provider's tokens; `None` when the provider gave
+    /// none (e.g. Google without offline access), and then the grant ends
+    /// at `tokens.max_grant_age`.
     pub refresh_token: Option<String>,
+    /// Unix seconds when `access_token` expires; `None` when the provider
+    /// did not say (`expires_in` absent).
     pub expires_at: Option<i64>,
 }
 

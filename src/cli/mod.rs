@@ -84,6 +84,8 @@ JSON (--json): an object
   revoked_grants    [string]  grant ids revoked
   removed_consents  number    remembered consents removed";
 
+/// `mcp-oauth-proxy grants …`: the subcommands, as parsed; run one with
+/// [`grants_main`].
 #[derive(Debug, Clone, Subcommand)]
 pub enum GrantsCommand {
     /// List grants: who authorized which client, and when.
@@ -94,6 +96,7 @@ pub enum GrantsCommand {
     Revoke(GrantsRevokeArgs),
 }
 
+/// The options of `grants list`.
 #[derive(Debug, Clone, Args)]
 pub struct GrantsListArgs {
     /// Only this user's grants: an email (any case) or a sub (exact).
@@ -106,6 +109,8 @@ pub struct GrantsListArgs {
     pub(crate) common: Common,
 }
 
+/// The options of `grants revoke`: grant ids, or `--user` and/or `--client`
+/// (at least one of them).
 #[derive(Debug, Clone, Args)]
 #[command(
     group(ArgGroup::new("selector").required(true).multiple(true).args(["grant_ids", "user", "client"])),
@@ -127,6 +132,8 @@ pub struct GrantsRevokeArgs {
     pub(crate) common: Common,
 }
 
+/// `mcp-oauth-proxy clients …`: the subcommands, as parsed; run one with
+/// [`clients_main`].
 #[derive(Debug, Clone, Subcommand)]
 pub enum ClientsCommand {
     /// List registered clients.
@@ -137,12 +144,14 @@ pub enum ClientsCommand {
     Delete(ClientsDeleteArgs),
 }
 
+/// The options of `clients list`.
 #[derive(Debug, Clone, Args)]
 pub struct ClientsListArgs {
     #[command(flatten)]
     pub(crate) common: Common,
 }
 
+/// The options of `clients delete`: the client ids.
 #[derive(Debug, Clone, Args)]
 pub struct ClientsDeleteArgs {
     /// Client ids (from `clients list`); put ids that start with "-" after "--".
@@ -192,6 +201,8 @@ pub(crate) enum CliError {
     Store(#[from] StoreError),
 }
 
+/// Runs a `grants` command against the configured store and prints its
+/// report; the exit status is 1 when anything failed (see `REVOKE_FIELDS`).
 pub fn grants_main(command: GrantsCommand) -> ExitCode {
     match command {
         GrantsCommand::List(args) => run(&args.common.clone(), move |admin| async move {
@@ -208,6 +219,8 @@ pub fn grants_main(command: GrantsCommand) -> ExitCode {
     }
 }
 
+/// Runs a `clients` command against the configured store and prints its
+/// report; the exit status is 1 when anything failed (see `DELETE_FIELDS`).
 pub fn clients_main(command: ClientsCommand) -> ExitCode {
     match command {
         ClientsCommand::List(args) => {

@@ -29,8 +29,9 @@ const POLICY_BUCKETS: [f64; 10] = [
     0.000_002, 0.000_005, 0.000_01, 0.000_025, 0.000_05, 0.000_1, 0.000_5, 0.001, 0.01, 0.05,
 ];
 
-/// The metric values one process records; `None` where metrics are off
-/// (`metrics.enabled = false`), decided once when the app starts.
+/// The registry and every metric one process records, handed to every
+/// layer. With `metrics.enabled = false` (decided once when the app starts)
+/// its recorders record nothing.
 pub struct Metrics {
     registry: Registry,
     /// `metrics.enabled`: when false every recorder below is a no-op (the
@@ -51,6 +52,8 @@ pub struct Metrics {
     pub(crate) token_cache_requests: IntCounterVec,
     pub(crate) token_cache_evictions: IntCounterVec,
     pub(crate) token_cache_entries: IntGauge,
+    /// `policy_decisions_total{decision}`: the policy's verdicts on MCP
+    /// requests, `allow` or `deny`, one per run (each call of a batch).
     pub policy_decisions: IntCounterVec,
     pub(crate) policy_duration: prometheus::Histogram,
     pub(crate) policy_reloads: IntCounterVec,

@@ -10,6 +10,7 @@ use serde_json::json;
 
 use super::AppState;
 
+/// `/metrics` (Prometheus text), `/healthz` and `/readyz`.
 pub(crate) fn router(app: AppState) -> Router {
     Router::new()
         .route("/metrics", get(metrics))

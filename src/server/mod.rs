@@ -238,20 +238,25 @@ impl Running {
             .unwrap_or_else(|e| Err(std::io::Error::other(e)))
     }
 
-    /// Waits until the server stops by itself (a signal).
+    /// Waits until the public listener stops: after a `true` on
+    /// `shutdown_handle` (the binary sends one on SIGINT or SIGTERM) and the
+    /// grace period, or when it fails.
     pub async fn wait(self) -> std::io::Result<()> {
         self.task
             .await
             .unwrap_or_else(|e| Err(std::io::Error::other(e)))
     }
 
-    /// A handle that triggers shutdown.
+    /// A handle that stops the server from another task: sending `true` on
+    /// it does what `shutdown` does, without waiting.
     pub fn shutdown_handle(&self) -> watch::Sender<bool> {
         self.shutdown.clone()
     }
 }
 
-/// Binds `server.listen` and serves the app until shutdown.
+/// Binds `server.listen` (and `server.admin_listen`, when set), starts the
+/// background work (purging expired records, watching the policy file,
+/// discovering the provider) and serves in the background until shutdown.
 pub async fn start(app: AppState) -> Result<Running, StartError> {
     let listen = app.settings.config.server.listen.clone();
     let listener = TcpListener::bind(&listen)

@@ -21,12 +21,22 @@ pub use records::*;
 /// The kinds of record, each in its own key space.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
 pub enum Namespace {
+    /// Registered clients (`ClientRecord`), by client id.
     Client,
+    /// Sign-ins between `/authorize` and `/callback`, sealed, by the hash of
+    /// their id; also the locks that keep one renewal of a grant's provider
+    /// tokens at a time.
     Pending,
+    /// Remembered approvals (`ConsentRecord`), by a hash of browser, client
+    /// and redirect URI.
     Consent,
+    /// Authorization codes (`CodeRecord`), by hash.
     Code,
+    /// Grants (`GrantRecord`), by grant id.
     Grant,
+    /// Access tokens (`TokenRecord`), by hash.
     AccessToken,
+    /// Refresh tokens (`TokenRecord`), by hash.
     RefreshToken,
     /// Which user a downstream MCP session belongs to.
     McpSession,
@@ -47,14 +57,19 @@ impl Namespace {
     }
 }
 
+/// Why a store operation failed.
 #[derive(Debug, thiserror::Error)]
 pub enum StoreError {
+    /// The backend did not answer or refused (SQLite, Redis, a lock); usually
+    /// temporary, so requests fail with "try again".
     #[error("store backend error: {0}")]
     Backend(String),
+    /// A record would not encode or decode: the server's own failure.
     #[error("stored record is corrupt: {0}")]
     Corrupt(String),
 }
 
+/// The result of every store operation.
 pub type StoreResult<T> = Result<T, StoreError>;
 
 // A store that does not answer is temporary: clients retry, people try again.
@@ -137,6 +152,8 @@ pub trait Store: Send + Sync + 'static {
     async fn ping(&self) -> StoreResult<()>;
 }
 
+/// The store as the app holds it: one backend shared by every handler (and
+/// with `InstrumentedStore` around it, timed).
 pub type SharedStore = Arc<dyn Store>;
 
 /// Opens the store `[store]` names: Redis when `store.redis_url` is set,

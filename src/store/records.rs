@@ -11,6 +11,8 @@ pub use crate::session::UpstreamTokens;
 /// A registered MCP client (RFC 7591).
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
 pub struct ClientRecord {
+    /// The id the proxy issued at registration, or the metadata document's
+    /// URL for a client identified by one (CIMD); the record's key.
     pub client_id: String,
     /// SHA-256 of the secret, for confidential clients.
     pub(crate) client_secret_hash: Option<String>,
@@ -78,6 +80,7 @@ pub(crate) struct PendingAuthorization {
     pub(crate) upstream: Option<UpstreamLeg>,
 }
 
+/// The proxy's own sign-in at the provider, checked at `/callback`.
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
 pub(crate) struct UpstreamLeg {
     /// The PKCE verifier of the proxy's request to the provider.
@@ -183,6 +186,7 @@ pub(crate) struct GrantSecrets {
 /// An access or refresh token, stored under its hash.
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
 pub struct TokenRecord {
+    /// The grant the token belongs to.
     pub grant_id: String,
     /// The client the token was issued to.
     pub(crate) client_id: String,
@@ -193,11 +197,13 @@ pub struct TokenRecord {
     /// Unix seconds after which the token is refused (never after the
     /// grant's deadline, when it has one).
     pub expires_at: i64,
+    /// The grant's key, wrapped with this token: only its holder can open
+    /// the grant's secrets.
     #[serde(with = "b64")]
     pub(crate) wrapped_key: Vec<u8>,
 }
 
-/// Typed access to the store.
+/// Typed access to the store: records go in and come out as JSON.
 #[derive(Clone)]
 pub struct Records {
     /// The untyped store underneath, for raw bytes (sealed records, listing).
@@ -215,6 +221,7 @@ pub(crate) fn decode<T: DeserializeOwned>(bytes: &[u8]) -> StoreResult<T> {
 }
 
 impl Records {
+    /// Typed access to `store`.
     pub fn new(store: SharedStore) -> Self {
         Records { store }
     }
@@ -245,6 +252,8 @@ impl Records {
         }
     }
 
+    /// Writes `value` under `key`, replacing any record there; it expires
+    /// after `ttl`.
     pub async fn put<T: Serialize>(
         &self,
         ns: Namespace,

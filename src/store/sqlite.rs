@@ -14,6 +14,9 @@ use rusqlite::{params, Connection, OptionalExtension};
 use super::{Namespace, Store, StoreError, StoreResult};
 use crate::now_unix;
 
+/// The embedded backend: one SQLite file, which the proxy and the
+/// administration commands can open at the same time (every commit is
+/// synced before it returns).
 pub struct SqliteStore {
     writer: Arc<Mutex<Connection>>,
     reader: Arc<Mutex<Connection>>,
