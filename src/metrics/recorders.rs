@@ -1,0 +1,187 @@
+//! The typed recorders: one method per event, each taking its label values
+//! from the fixed sets in `labels`, and each a no-op when metrics are off
+//! (`metrics.enabled = false`), so callers never check.
+
+use std::time::Duration;
+
+use prometheus::IntCounterVec;
+
+use super::labels::*;
+use super::Metrics;
+
+impl Metrics {
+    /// A store operation's time, and its failure.
+    pub(crate) fn observe_store(&self, operation: StoreOperation, elapsed: Duration, ok: bool) {
+        if !self.enabled {
+            return;
+        }
+        let operation = operation.as_str();
+        self.store_duration
+            .with_label_values(&[operation])
+            .observe(elapsed.as_secs_f64());
+        if !ok {
+            self.store_errors.with_label_values(&[operation]).inc();
+        }
+    }
+
+    /// A call to the identity provider: its time, and its failure.
+    pub(crate) fn observe_upstream(
+        &self,
+        operation: UpstreamOperation,
+        elapsed: Duration,
+        ok: bool,
+    ) {
+        if !self.enabled {
+            return;
+        }
+        let result = if ok { "success" } else { "error" };
+        self.upstream_duration
+            .with_label_values(&[operation.as_str(), result])
+            .observe(elapsed.as_secs_f64());
+        if !ok {
+            self.upstream_errors
+                .with_label_values(&[operation.as_str()])
+                .inc();
+        }
+    }
+
+    fn count(&self, vec: &IntCounterVec, labels: &[&str]) {
+        if self.enabled {
+            vec.with_label_values(labels).inc();
+        }
+    }
+
+    /// A dynamic client registration's result: `success` or the OAuth
+    /// error code it was refused with (see [`labels::oauth_result`]).
+    pub(crate) fn registration(&self, result: &'static str) {
+        self.count(&self.registrations, &[result]);
+    }
+
+    /// An authorization request's outcome.
+    pub(crate) fn authorization(&self, result: AuthorizationResult) {
+        self.count(&self.authorizations, &[result.as_str()]);
+    }
+
+    /// A consent form's answer.
+    pub(crate) fn consent(&self, decision: ConsentDecision) {
+        self.count(&self.consents, &[decision.as_str()]);
+    }
+
+    /// A return from the identity provider.
+    pub(crate) fn callback(&self, result: CallbackResult) {
+        self.count(&self.callbacks, &[result.as_str()]);
+    }
+
+    /// A token endpoint request: its grant type (`other` when not one we
+    /// serve) and `success` or the OAuth error code.
+    pub(crate) fn token_grant(&self, grant_type: Option<GrantType>, result: &'static str) {
+        let grant_type = grant_type.map_or("other", GrantType::as_str);
+        self.count(&self.token_grants, &[grant_type, result]);
+    }
+
+    /// A revocation request: `success` or the OAuth error code.
+    pub(crate) fn revocation(&self, result: &'static str) {
+        self.count(&self.revocations, &[result]);
+    }
+
+    /// A token cache lookup.
+    pub(crate) fn token_cache_request(&self, result: CacheResult) {
+        self.count(&self.token_cache_requests, &[result.as_str()]);
+    }
+
+    /// A token cache entry removed.
+    pub(crate) fn token_cache_eviction(&self, cause: EvictionCause) {
+        self.count(&self.token_cache_evictions, &[cause.as_str()]);
+    }
+
+    /// The token cache's size after an insert.
+    pub(crate) fn token_cache_size(&self, entries: u64) {
+        if self.enabled {
+            self.token_cache_entries.set(entries as i64);
+        }
+    }
+
+    /// A policy decision on an MCP request and the time it took.
+    pub(crate) fn policy_decision(&self, verdict: PolicyVerdict, elapsed: Duration) {
+        if self.enabled {
+            self.policy_duration.observe(elapsed.as_secs_f64());
+            self.count(&self.policy_decisions, &[verdict.as_str()]);
+        }
+    }
+
+    /// A policy reload's result.
+    pub(crate) fn policy_reload(&self, result: ReloadResult) {
+        self.count(&self.policy_reloads, &[result.as_str()]);
+    }
+
+    /// A request refused by a `[limits]` table.
+    pub(crate) fn rate_limited(&self, group: &str) {
+        self.count(&self.rate_limited, &[group]);
+    }
+
+    /// An HTTP request by route template, method and status.
+    pub(crate) fn http_request(&self, route: &str, method: &str, status: u16, elapsed: Duration) {
+        if self.enabled {
+            self.count(&self.http_requests, &[route, method, status_class(status)]);
+            self.http_duration
+                .with_label_values(&[route, method])
+                .observe(elapsed.as_secs_f64());
+        }
+    }
+
+    /// One MCP request, as the audit saw it.
+    pub(crate) fn mcp_request(&self, method: Option<&str>, tool: Option<&str>, decision: &str) {
+        if self.enabled {
+            let tool = self.tool_label(tool);
+            self.count(
+                &self.mcp_requests,
+                &[Self::mcp_method_label(method), tool, decision],
+            );
+        }
+    }
+
+    /// A downstream answer (its headers) on a route.
+    pub(crate) fn downstream_response(&self, route: McpRoute, status: u16, elapsed: Duration) {
+        if self.enabled {
+            self.count(
+                &self.downstream_requests,
+                &[route.as_str(), status_class(status)],
+            );
+            self.downstream_duration
+                .with_label_values(&[route.as_str()])
+                .observe(elapsed.as_secs_f64());
+        }
+    }
+
+    /// The downstream could not be reached.
+    pub(crate) fn downstream_connect_error(&self) {
+        if self.enabled {
+            self.downstream_connect_errors.inc();
+        }
+    }
+
+    /// The downstream took too long.
+    pub(crate) fn downstream_timeout(&self) {
+        if self.enabled {
+            self.downstream_timeouts.inc();
+        }
+    }
+
+    /// An event stream opened (+1) or closed (-1) on a route.
+    pub(crate) fn sse_stream(&self, route: McpRoute, delta: i64) {
+        if self.enabled {
+            self.sse_streams_open
+                .with_label_values(&[route.as_str()])
+                .add(delta);
+        }
+    }
+
+    /// Events forwarded on a route's stream.
+    pub(crate) fn sse_events(&self, route: McpRoute, events: u64) {
+        if self.enabled {
+            self.sse_events
+                .with_label_values(&[route.as_str()])
+                .inc_by(events);
+        }
+    }
+}
