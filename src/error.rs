@@ -446,4 +446,4 @@ impl BodyTimeout {
 /// handler or the downstream sees it.
 #[derive(Debug, Clone, thiserror::Error)]
 #[error("ambiguous request framing: {0}")]
-pub struct FramingError(pub &'static str);
+pub(crate) struct FramingError(pub &'static str);

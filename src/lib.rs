@@ -2,7 +2,7 @@
 //! through an OpenID Connect provider, and an identity-aware proxy in front of
 //! an MCP server.
 #![forbid(unsafe_code)]
-#![warn(unreachable_pub)]
+#![warn(unreachable_pub, missing_docs)]
 
 pub(crate) mod auth;
 pub mod checkpoint;

@@ -15,7 +15,7 @@ use crate::client_address::ClientAddress;
 
 /// What the MCP stack learned about one request.
 #[derive(Debug, Default, Clone)]
-pub struct AuditFacts {
+pub(crate) struct AuditFacts {
     /// Who: the user's `sub` (Authenticate).
     pub sub: Option<String>,
     /// The user's email, when the provider gave one (Authenticate).
@@ -33,11 +33,11 @@ pub struct AuditFacts {
 
 /// The request extension the MCP layers fill in.
 #[derive(Clone, Default)]
-pub struct AuditSlot(Arc<Mutex<AuditFacts>>);
+pub(crate) struct AuditSlot(Arc<Mutex<AuditFacts>>);
 
 impl AuditSlot {
     /// Adds to what is known of the request.
-    pub fn update(&self, f: impl FnOnce(&mut AuditFacts)) {
+    pub(crate) fn update(&self, f: impl FnOnce(&mut AuditFacts)) {
         if let Ok(mut facts) = self.0.lock() {
             f(&mut facts);
         }
@@ -49,20 +49,20 @@ impl AuditSlot {
 }
 
 /// Adds `Audit` to a service.
-pub type AuditLayer = CheckpointLayer<Audit>;
+pub(crate) type AuditLayer = CheckpointLayer<Audit>;
 
 /// Gives each request an `AuditSlot` and, once its answer is known, writes
 /// the audit event and counts it. With neither metrics nor the audit log,
 /// requests pass untouched.
 #[derive(Clone)]
-pub struct Audit {
+pub(crate) struct Audit {
     metrics: Arc<Metrics>,
     log: bool,
 }
 
 impl Audit {
     /// The layer: counts into `metrics` when given, logs when `log`.
-    pub fn layer(metrics: Arc<Metrics>, log: bool) -> AuditLayer {
+    pub(crate) fn layer(metrics: Arc<Metrics>, log: bool) -> AuditLayer {
         CheckpointLayer::new(Audit { metrics, log })
     }
 

@@ -13,17 +13,17 @@ use super::Metrics;
 use crate::checkpoint::{Checkpoint, CheckpointLayer};
 
 /// Adds `RecordHttp` to a service.
-pub type RecordHttpLayer = CheckpointLayer<RecordHttp>;
+pub(crate) type RecordHttpLayer = CheckpointLayer<RecordHttp>;
 
 /// Counts and times each request that gets an answer.
 #[derive(Clone)]
-pub struct RecordHttp {
+pub(crate) struct RecordHttp {
     metrics: Arc<Metrics>,
 }
 
 impl RecordHttp {
     /// The layer, counting into `metrics`.
-    pub fn layer(metrics: Arc<Metrics>) -> RecordHttpLayer {
+    pub(crate) fn layer(metrics: Arc<Metrics>) -> RecordHttpLayer {
         CheckpointLayer::new(RecordHttp { metrics })
     }
 }

@@ -10,9 +10,9 @@ use prometheus::{
     Registry, TextEncoder,
 };
 
-pub mod audit;
+pub(crate) mod audit;
 pub(crate) mod labels;
-pub mod layer;
+pub(crate) mod layer;
 mod recorders;
 
 use labels::*;

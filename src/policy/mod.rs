@@ -22,7 +22,7 @@ mod decision;
 pub mod filter;
 pub(crate) mod header_rules;
 pub(crate) mod helpers;
-pub mod jsonrpc;
+pub(crate) mod jsonrpc;
 pub mod layer;
 pub(crate) mod login;
 mod reload;

@@ -75,14 +75,14 @@ pub(crate) enum Route {
 }
 
 /// A downstream endpoint, parsed once.
-pub struct DownstreamTarget {
+pub(crate) struct DownstreamTarget {
     url: Url,
     uri: Uri,
 }
 
 impl DownstreamTarget {
     /// The endpoint at `url`; an error says why it cannot be a request URI.
-    pub fn new(url: &Url) -> Result<Self, String> {
+    pub(crate) fn new(url: &Url) -> Result<Self, String> {
         let uri = url
             .as_str()
             .parse::<Uri>()
@@ -110,7 +110,7 @@ impl DownstreamTarget {
 }
 
 /// Everything forwarders share.
-pub struct ForwardContext {
+pub(crate) struct ForwardContext {
     /// The pooled downstream client.
     pub client: HttpClient,
     /// Which user each MCP session belongs to.

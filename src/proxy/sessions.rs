@@ -73,7 +73,7 @@ const LOCAL_TTL: Duration = Duration::from_secs(300);
 
 /// Whose a session is, as stored.
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
-pub struct Binding {
+pub(crate) struct Binding {
     /// The user who created the session.
     pub sub: String,
     /// For legacy SSE message endpoints: where the downstream wants posts.
@@ -81,14 +81,14 @@ pub struct Binding {
 }
 
 /// The session bindings of every replica (the store), behind a local cache.
-pub struct SessionBindings {
+pub(crate) struct SessionBindings {
     records: Records,
     local: Cache<String, Binding>,
 }
 
 impl SessionBindings {
     /// Bindings kept in `records`.
-    pub fn new(records: Records) -> Self {
+    pub(crate) fn new(records: Records) -> Self {
         SessionBindings {
             records,
             local: Cache::builder()
@@ -103,7 +103,7 @@ impl SessionBindings {
     }
 
     /// The binding of session `id` of `kind`, if any.
-    pub async fn get(&self, kind: &str, id: &str) -> Result<Option<Binding>, ProxyError> {
+    pub(crate) async fn get(&self, kind: &str, id: &str) -> Result<Option<Binding>, ProxyError> {
         let key = Self::key(kind, id);
         if let Some(b) = self.local.get(&key).await {
             return Ok(Some(b));
@@ -120,7 +120,12 @@ impl SessionBindings {
     }
 
     /// Records that session `id` of `kind` is `binding`'s.
-    pub async fn bind(&self, kind: &str, id: &str, binding: Binding) -> Result<(), ProxyError> {
+    pub(crate) async fn bind(
+        &self,
+        kind: &str,
+        id: &str,
+        binding: Binding,
+    ) -> Result<(), ProxyError> {
         let key = Self::key(kind, id);
         self.records
             .put(Namespace::McpSession, &key, &binding, SESSION_TTL)
@@ -132,7 +137,7 @@ impl SessionBindings {
 
     /// Forgets session `id` of `kind`; a store failure is logged, not
     /// returned (the binding expires anyway).
-    pub async fn unbind(&self, kind: &str, id: &str) {
+    pub(crate) async fn unbind(&self, kind: &str, id: &str) {
         let key = Self::key(kind, id);
         self.local.invalidate(&key).await;
         if let Err(e) = self.records.delete(Namespace::McpSession, &key).await {

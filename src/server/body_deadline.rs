@@ -18,12 +18,12 @@ use tower::{Layer, Service};
 use crate::error::BodyTimeout;
 
 #[derive(Debug, Clone, Copy)]
-pub struct BodyDeadlineLayer {
+pub(crate) struct BodyDeadlineLayer {
     limit: Duration,
 }
 
 impl BodyDeadlineLayer {
-    pub fn new(limit: Duration) -> Self {
+    pub(crate) fn new(limit: Duration) -> Self {
         BodyDeadlineLayer { limit }
     }
 }
@@ -39,7 +39,7 @@ impl<S> Layer<S> for BodyDeadlineLayer {
 }
 
 #[derive(Debug, Clone)]
-pub struct BodyDeadline<S> {
+pub(crate) struct BodyDeadline<S> {
     inner: S,
     limit: Duration,
 }
@@ -65,7 +65,7 @@ where
 }
 
 /// A request body that fails with `BodyTimeout` once its deadline passes.
-pub struct DeadlineBody<B> {
+pub(crate) struct DeadlineBody<B> {
     inner: Pin<Box<B>>,
     /// None for a body that is already complete (most GETs): no timer.
     deadline: Option<Pin<Box<Sleep>>>,
@@ -73,7 +73,7 @@ pub struct DeadlineBody<B> {
 }
 
 impl<B: Body> DeadlineBody<B> {
-    pub fn new(body: B, limit: Duration) -> Self {
+    pub(crate) fn new(body: B, limit: Duration) -> Self {
         let deadline = (!body.is_end_stream()).then(|| Box::pin(tokio::time::sleep(limit)));
         DeadlineBody {
             inner: Box::pin(body),

@@ -67,7 +67,7 @@ const OVER_CAPACITY: &[u8] = b"HTTP/1.1 503 Service Unavailable\r\ncontent-type:
 
 /// The limits of one listener, from `server.*`.
 #[derive(Debug, Clone)]
-pub struct Limits {
+pub(crate) struct Limits {
     pub header_timeout: Duration,
     pub idle_timeout: Duration,
     pub body_timeout: Duration,
@@ -80,7 +80,7 @@ pub struct Limits {
 }
 
 impl Limits {
-    pub fn from_config(server: &ServerConfig) -> Self {
+    pub(crate) fn from_config(server: &ServerConfig) -> Self {
         Limits {
             header_timeout: server.header_timeout.0,
             idle_timeout: server.idle_timeout.0,
@@ -119,7 +119,7 @@ impl Limits {
 /// Accepts connections (HTTP/1.1 and HTTP/2) on `listener` until shutdown,
 /// then lets open requests and streams finish for up to the grace period and
 /// closes what is left. `name` says which listener in logs.
-pub async fn serve(
+pub(crate) async fn serve(
     listener: TcpListener,
     router: axum::Router,
     mut shutdown: watch::Receiver<bool>,

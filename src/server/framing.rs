@@ -33,14 +33,14 @@ use crate::error::FramingError;
 /// answers every request itself (its error type is `Infallible`), so the
 /// only error out of the pair is the refusal, a `FramingError`.
 #[derive(Clone, Default)]
-pub struct CheckFramingLayer {
+pub(crate) struct CheckFramingLayer {
     check: CheckFraming,
 }
 
 impl CheckFramingLayer {
     /// Checks the parsed headers, and the raw heads `ScanHeads` read on
     /// this connection.
-    pub fn new(raw_heads: Arc<RawHeads>) -> Self {
+    pub(crate) fn new(raw_heads: Arc<RawHeads>) -> Self {
         CheckFramingLayer {
             check: CheckFraming {
                 raw_heads: Some(raw_heads),
@@ -63,7 +63,7 @@ impl<S> Layer<S> for CheckFramingLayer {
 
 /// Refuses a request whose framing is ambiguous, raw or parsed.
 #[derive(Clone, Default)]
-pub struct CheckFraming {
+pub(crate) struct CheckFraming {
     raw_heads: Option<Arc<RawHeads>>,
 }
 
@@ -90,7 +90,7 @@ where
 }
 
 /// Accepts only framing every parser reads the same way.
-pub fn check_framing(headers: &HeaderMap) -> Result<(), FramingError> {
+pub(crate) fn check_framing(headers: &HeaderMap) -> Result<(), FramingError> {
     let mut transfer_encodings = headers.get_all(header::TRANSFER_ENCODING).iter();
     let transfer_encoding = transfer_encodings.next();
     if transfer_encodings.next().is_some() {
@@ -144,7 +144,7 @@ pub fn check_framing(headers: &HeaderMap) -> Result<(), FramingError> {
 /// per request hyper hands over. hyper parses heads in order from the bytes
 /// the scanner has already seen, so the two queues stay in step.
 #[derive(Default)]
-pub struct RawHeads {
+pub(crate) struct RawHeads {
     verdicts: Mutex<VecDeque<Result<(), FramingError>>>,
 }
 
@@ -196,7 +196,7 @@ const MAX_LINE: usize = 8 * 1024;
 
 /// Reads HTTP/1.1 request heads as they cross the socket, before hyper
 /// normalises them, and records a framing verdict for each.
-pub struct ScanHeads<T> {
+pub(crate) struct ScanHeads<T> {
     inner: T,
     scan: Scan,
     /// The first bytes, until HTTP/1.1 or HTTP/2 is known.
@@ -206,7 +206,7 @@ pub struct ScanHeads<T> {
 
 impl<T> ScanHeads<T> {
     /// Scans what `inner` reads, recording verdicts into `heads`.
-    pub fn new(inner: T, heads: Arc<RawHeads>) -> Self {
+    pub(crate) fn new(inner: T, heads: Arc<RawHeads>) -> Self {
         ScanHeads {
             inner,
             scan: Scan::Head(Vec::new()),

@@ -22,11 +22,11 @@ use crate::store::{InstrumentedStore, Records, SharedStore};
 use crate::upstream::Upstream;
 
 pub(crate) mod admin;
-pub mod body_deadline;
-pub mod connection;
-pub mod framing;
-pub mod rescue;
-pub mod stack;
+pub(crate) mod body_deadline;
+pub(crate) mod connection;
+pub(crate) mod framing;
+pub(crate) mod rescue;
+pub(crate) mod stack;
 
 /// Everything a handler needs, cheap to clone.
 #[derive(Clone)]

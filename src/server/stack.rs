@@ -119,7 +119,7 @@ fn oauth_routes(limits: &RateLimits) -> Router<AppState> {
 
 /// The public listener's router: the OAuth routes, the MCP routes, and
 /// the layers every request passes.
-pub fn router(app: AppState) -> Router {
+pub(crate) fn router(app: AppState) -> Router {
     let limits = RateLimits::new(&app.settings.config.limits, app.metrics.clone());
     let mcp_facing = mcp_routes(&app, &limits);
 

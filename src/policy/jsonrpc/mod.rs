@@ -33,7 +33,6 @@ use crate::policy::layer::McpCall;
 mod fields;
 mod strict;
 
-pub use strict::fold_key;
 pub(crate) use strict::Checked;
 
 use fields::{Id, Named, Params, Text};
@@ -44,7 +43,10 @@ const ENVELOPE_FIELDS: [&str; 6] = ["jsonrpc", "id", "method", "params", "result
 
 /// The messages of a POST body, as the policy sees them. A batch may hold
 /// at most `max_batch_size` messages (0: no batches at all).
-pub fn read_messages(body: &[u8], max_batch_size: usize) -> Result<Vec<McpCall>, MessageError> {
+pub(crate) fn read_messages(
+    body: &[u8],
+    max_batch_size: usize,
+) -> Result<Vec<McpCall>, MessageError> {
     let too_large = Cell::new(None);
     let seed = Body {
         max_batch_size,
@@ -169,16 +171,6 @@ impl<'de> Visitor<'de> for Envelope {
         };
         Ok(McpCall { method, id, target })
     }
-}
-
-/// Checks that a JSON text has one reading (the key rules of `strict`, at every
-/// depth) without keeping it: for answers the proxy reads on the way back.
-pub fn check_unambiguous(text: &[u8]) -> Result<(), MessageError> {
-    let mut deserializer = serde_json::Deserializer::from_slice(text);
-    Checked
-        .deserialize(&mut deserializer)
-        .and_then(|()| deserializer.end())
-        .map_err(classify)
 }
 
 #[cfg(test)]

@@ -11,7 +11,7 @@ use serde::de::{self, DeserializeSeed, Deserializer, MapAccess, SeqAccess, Visit
 /// mapped to the smallest rune of its simple-fold orbit), approximated from
 /// above: characters Go folds together fold together here too. Folding a
 /// few more (`ß` and `ss`) only refuses a little more.
-pub fn fold_key(key: &str) -> String {
+pub(crate) fn fold_key(key: &str) -> String {
     if key.is_ascii() {
         return key.to_ascii_lowercase();
     }

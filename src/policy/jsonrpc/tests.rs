@@ -1,6 +1,7 @@
 //! The reader on examples: what it accepts, what it refuses and with which
 //! JSON-RPC code.
 
+use super::strict::fold_key;
 use serde_json::Value;
 
 use super::*;

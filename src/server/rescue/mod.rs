@@ -20,7 +20,7 @@ mod render;
 
 /// Wraps a service so that its errors become responses.
 #[derive(Clone, Copy, Default)]
-pub struct RescueLayer;
+pub(crate) struct RescueLayer;
 
 impl<S> Layer<S> for RescueLayer {
     type Service = Rescue<S>;
@@ -32,7 +32,7 @@ impl<S> Layer<S> for RescueLayer {
 /// A service whose errors are answered in their reader's form; it never
 /// fails itself.
 #[derive(Clone)]
-pub struct Rescue<S> {
+pub(crate) struct Rescue<S> {
     inner: S,
 }
 
