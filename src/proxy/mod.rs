@@ -32,6 +32,7 @@ use crate::metrics::Metrics;
 use crate::session::{PolicyOutcome, Session, SessionWatch};
 
 pub(crate) mod headers;
+pub(crate) mod methods;
 pub(crate) mod origin;
 pub(crate) mod sessions;
 pub(crate) mod sse;

@@ -6,7 +6,7 @@ use std::time::Duration;
 
 use axum::extract::DefaultBodyLimit;
 use axum::http::{header, HeaderName, Method, Request};
-use axum::routing::{get, post, MethodRouter};
+use axum::routing::{get, post};
 use axum::Router;
 use tower_http::cors::{Any, CorsLayer};
 use tower_http::request_id::{
@@ -23,6 +23,7 @@ use crate::metrics::layer::RecordHttp;
 use crate::oauth::{authorize, metadata, register, token};
 use crate::policy::filter::FilterLists;
 use crate::policy::layer::EnforcePolicy;
+use crate::proxy::methods::AllowMethods;
 use crate::proxy::origin::CheckOrigin;
 use crate::proxy::sessions::CheckSessionOwnership;
 use crate::proxy::unambiguous::UnambiguousHeaders;
@@ -230,54 +231,16 @@ fn mcp_stack(
             app.policy.clone(),
             app.upstream.issuer(),
         ))
-        // Which methods the route serves; any other is refused here.
-        .service(mcp_methods(
+        // Which methods the route serves; any other is 405 here.
+        .layer(AllowMethods::layer(route))
+        // A presented `Mcp-Session-Id` must belong to the caller on /mcp,
+        // and the legacy `sid` must be the caller's on /sse/message;
+        // otherwise 404 and nothing is forwarded.
+        .layer(CheckSessionOwnership::layer(
+            app.forward.sessions.clone(),
             route,
-            tower::ServiceBuilder::new()
-                // A presented `Mcp-Session-Id` must belong to the caller on
-                // /mcp, and the legacy `sid` must be the caller's on
-                // /sse/message; otherwise 404 and nothing is forwarded.
-                .layer(CheckSessionOwnership::layer(
-                    app.forward.sessions.clone(),
-                    route,
-                ))
-                .service(Forwarder::new(app.forward.clone(), route)),
         ))
-}
-
-/// The methods each MCP route serves: POST, GET and DELETE on /mcp, GET on
-/// /sse, POST on the message endpoint. Any other, HEAD included, is
-/// `ProxyError::MethodNotAllowed`, which Rescue renders as 405 with `Allow`
-/// and a JSON-RPC error. It sits innermost so that a request without a
-/// valid token, or one the policy refuses, is answered as such whatever its
-/// method, and a refused method is audited like any other answer.
-fn mcp_methods<S>(route: Route, forward: S) -> MethodRouter<(), ProxyError>
-where
-    S: tower::Service<
-            Request<axum::body::Body>,
-            Response = axum::http::Response<axum::body::Body>,
-            Error = ProxyError,
-        > + Clone
-        + Send
-        + Sync
-        + 'static,
-    S::Future: Send + 'static,
-{
-    let refuse = tower::service_fn(|_: Request<axum::body::Body>| async {
-        Err::<axum::http::Response<axum::body::Body>, _>(ProxyError::MethodNotAllowed)
-    });
-    // HEAD is refused too: axum would otherwise answer it with the GET route.
-    let methods = MethodRouter::new()
-        .head_service(refuse)
-        .fallback_service(refuse);
-    match route {
-        Route::Mcp => methods
-            .post_service(forward.clone())
-            .get_service(forward.clone())
-            .delete_service(forward),
-        Route::SseStream => methods.get_service(forward),
-        Route::SseMessage => methods.post_service(forward),
-    }
+        .service(Forwarder::new(app.forward.clone(), route))
 }
 
 /// Browser-based MCP clients on allowed origins may call the MCP routes.
@@ -332,52 +295,5 @@ impl MakeRequestId for SequentialRequestId {
         axum::http::HeaderValue::from_str(&format!("{}-{n}", self.prefix))
             .ok()
             .map(RequestId::new)
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-    use axum::body::Body;
-    use axum::http::Response;
-    use tower::ServiceExt;
-
-    #[tokio::test]
-    async fn each_mcp_route_serves_its_methods_and_refuses_the_rest_with_405() {
-        let forward = tower::service_fn(|_: Request<Body>| async {
-            Ok::<_, ProxyError>(Response::new(Body::from("forwarded")))
-        });
-        let all = [
-            Method::GET,
-            Method::HEAD,
-            Method::POST,
-            Method::PUT,
-            Method::PATCH,
-            Method::DELETE,
-            Method::OPTIONS,
-            Method::TRACE,
-        ];
-        for (route, served) in [
-            (Route::Mcp, &[Method::POST, Method::GET, Method::DELETE][..]),
-            (Route::SseStream, &[Method::GET][..]),
-            (Route::SseMessage, &[Method::POST][..]),
-        ] {
-            for method in &all {
-                let request = Request::builder()
-                    .method(method.clone())
-                    .uri("/mcp")
-                    .body(Body::empty())
-                    .unwrap();
-                let answer = mcp_methods(route, forward).oneshot(request).await;
-                if served.contains(method) {
-                    assert!(answer.is_ok(), "{route:?} {method}");
-                } else {
-                    assert!(
-                        matches!(answer, Err(ProxyError::MethodNotAllowed)),
-                        "{route:?} {method}"
-                    );
-                }
-            }
-        }
     }
 }

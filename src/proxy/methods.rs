@@ -1,0 +1,107 @@
+//! AllowMethods: which methods each MCP route serves — POST, GET and DELETE
+//! on /mcp, GET on /sse, POST on the message endpoint. Any other, HEAD
+//! included, is `ProxyError::MethodNotAllowed` (Rescue renders 405 with
+//! `Allow` and a JSON-RPC error). It sits innermost, just before session
+//! ownership, so that a request without a valid token, or one the policy
+//! refuses, is answered as such whatever its method, and a refused method
+//! is audited like any other answer. A plain check rather than axum's
+//! `MethodRouter`: every layer above clones its inner service per request,
+//! and a method router's boxed services make each clone an allocation.
+
+use axum::http::{Method, Request};
+use tower::Service;
+
+use super::Route;
+use crate::checkpoint::{Checkpoint, CheckpointLayer};
+use crate::error::ProxyError;
+
+impl Route {
+    /// Whether the route serves `method`.
+    pub(crate) fn serves(self, method: &Method) -> bool {
+        match self {
+            Route::Mcp => {
+                *method == Method::POST || *method == Method::GET || *method == Method::DELETE
+            }
+            Route::SseStream => *method == Method::GET,
+            Route::SseMessage => *method == Method::POST,
+        }
+    }
+}
+
+/// Refuses a method the route does not serve.
+#[derive(Clone, Copy)]
+pub(crate) struct AllowMethods {
+    route: Route,
+}
+
+impl AllowMethods {
+    /// The layer for `route`.
+    pub(crate) fn layer(route: Route) -> CheckpointLayer<AllowMethods> {
+        CheckpointLayer::new(AllowMethods { route })
+    }
+}
+
+impl<S, B> Checkpoint<S, Request<B>> for AllowMethods
+where
+    B: Send + 'static,
+    S: Service<Request<B>> + Send + 'static,
+    S::Error: From<ProxyError>,
+    S::Future: Send,
+{
+    async fn run(self, mut inner: S, request: Request<B>) -> Result<S::Response, S::Error> {
+        if !self.route.serves(request.method()) {
+            return Err(ProxyError::MethodNotAllowed.into());
+        }
+        inner.call(request).await
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use axum::body::Body;
+    use axum::http::Response;
+    use tower::{Layer, ServiceExt};
+
+    #[tokio::test]
+    async fn each_mcp_route_serves_its_methods_and_refuses_the_rest_with_405() {
+        let forward = tower::service_fn(|_: Request<Body>| async {
+            Ok::<_, ProxyError>(Response::new(Body::from("forwarded")))
+        });
+        let all = [
+            Method::GET,
+            Method::HEAD,
+            Method::POST,
+            Method::PUT,
+            Method::PATCH,
+            Method::DELETE,
+            Method::OPTIONS,
+            Method::TRACE,
+        ];
+        for (route, served) in [
+            (Route::Mcp, &[Method::POST, Method::GET, Method::DELETE][..]),
+            (Route::SseStream, &[Method::GET][..]),
+            (Route::SseMessage, &[Method::POST][..]),
+        ] {
+            for method in &all {
+                let request = Request::builder()
+                    .method(method.clone())
+                    .uri("/mcp")
+                    .body(Body::empty())
+                    .unwrap();
+                let answer = AllowMethods::layer(route)
+                    .layer(forward)
+                    .oneshot(request)
+                    .await;
+                if served.contains(method) {
+                    assert!(answer.is_ok(), "{route:?} {method}");
+                } else {
+                    assert!(
+                        matches!(answer, Err(ProxyError::MethodNotAllowed)),
+                        "{route:?} {method}"
+                    );
+                }
+            }
+        }
+    }
+}
