@@ -132,13 +132,7 @@ impl Grants {
         // not refused by the losers' revocation (its tokens are dead then
         // anyway, exactly as if the replay had come a moment later).
         let grant_key = self.keys.unwrap_grant_key(r.code, &record.wrapped_key)?;
-        let (grant, grant_bytes) = self
-            .records
-            .get_versioned::<GrantRecord>(Namespace::Grant, &record.grant_id)
-            .await?
-            .ok_or(GrantError::Invalid(
-                "the authorization was revoked; sign in again",
-            ))?;
+        let (grant, grant_bytes) = self.live_grant(&record.grant_id).await?;
         let secrets = Self::open_secrets(&grant_key, &grant)?;
         self.spend_code(&code_hash, &record, &bytes).await?;
         let limits = self.token_limits(&grant, &secrets.upstream);

@@ -12,7 +12,7 @@ use tokio::sync::broadcast;
 
 use crate::crypto::{self, Keys};
 use crate::session::Revocation;
-use crate::store::{decode, GrantRecord, GrantSecrets, Records, StoreError};
+use crate::store::{decode, GrantRecord, GrantSecrets, Namespace, Records, StoreError};
 
 mod issue;
 mod lifetimes;
@@ -83,6 +83,17 @@ impl Grants {
     /// Revocations as they happen, for caches to evict.
     pub(crate) fn subscribe_revocations(&self) -> broadcast::Receiver<Revocation> {
         self.revoked.subscribe()
+    }
+
+    /// A grant that is still there, with the bytes a compare-and-swap
+    /// needs; gone means revoked.
+    async fn live_grant(&self, grant_id: &str) -> Result<(GrantRecord, Vec<u8>), GrantError> {
+        self.records
+            .get_versioned::<GrantRecord>(Namespace::Grant, grant_id)
+            .await?
+            .ok_or(GrantError::Invalid(
+                "the authorization was revoked; sign in again",
+            ))
     }
 
     /// Opens a grant's sealed identity and provider tokens with its key.

@@ -72,13 +72,7 @@ impl Grants {
                 "refresh token was issued to another client",
             ));
         }
-        let (grant, grant_bytes) = self
-            .records
-            .get_versioned::<GrantRecord>(Namespace::Grant, &record.grant_id)
-            .await?
-            .ok_or(GrantError::Invalid(
-                "the authorization was revoked; sign in again",
-            ))?;
+        let (grant, grant_bytes) = self.live_grant(&record.grant_id).await?;
         self.check_rotation(&grant, &presented_hash).await?;
         if let Some(asked) = scope {
             if !scope_is_subset(asked, grant.scope.as_deref()) {
