@@ -202,7 +202,7 @@ fn serve(path: Option<PathBuf>) -> ExitCode {
     };
     runtime.block_on(async move {
         let started = async {
-            let store = AppState::open_store(&settings)?;
+            let store = mcp_oauth_proxy::store::open(&settings.config.store)?;
             let app = AppState::new(settings, store)?;
             server::start(app).await
         };

@@ -381,11 +381,6 @@ impl Metrics {
         String::from_utf8(buffer).unwrap_or_default()
     }
 
-    /// An MCP method as a label value.
-    pub(crate) fn mcp_method_label(method: Option<&str>) -> &'static str {
-        labels::mcp_method(method)
-    }
-
     /// A tool name as a label value: only names listed in `metrics.tools`.
     pub(crate) fn tool_label<'a>(&'a self, tool: Option<&str>) -> &'a str {
         match tool {
@@ -407,13 +402,10 @@ mod tests {
     #[test]
     fn label_values_come_from_fixed_sets() {
         let m = Metrics::new(&["whoami".into()]);
-        assert_eq!(Metrics::mcp_method_label(Some("tools/call")), "tools/call");
+        assert_eq!(labels::mcp_method(Some("tools/call")), "tools/call");
+        assert_eq!(labels::mcp_method(Some("x/evil-user@example.com")), "other");
         assert_eq!(
-            Metrics::mcp_method_label(Some("x/evil-user@example.com")),
-            "other"
-        );
-        assert_eq!(
-            Metrics::mcp_method_label(Some("notifications/initialized")),
+            labels::mcp_method(Some("notifications/initialized")),
             "notification"
         );
         assert_eq!(m.tool_label(Some("whoami")), "whoami");

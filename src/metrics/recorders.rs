@@ -133,10 +133,7 @@ impl Metrics {
     pub(crate) fn mcp_request(&self, method: Option<&str>, tool: Option<&str>, decision: &str) {
         if self.enabled {
             let tool = self.tool_label(tool);
-            self.count(
-                &self.mcp_requests,
-                &[Self::mcp_method_label(method), tool, decision],
-            );
+            self.count(&self.mcp_requests, &[mcp_method(method), tool, decision]);
         }
     }
 

@@ -133,12 +133,6 @@ impl AppState {
             oauth,
         })))
     }
-
-    /// Opens the store the configuration names: Redis when
-    /// `store.redis_url` is set, else the SQLite file.
-    pub fn open_store(settings: &Settings) -> Result<SharedStore, StartError> {
-        Ok(crate::store::open(&settings.config.store)?)
-    }
 }
 
 /// The operator's policy (`policy.path`), compiled.

@@ -160,7 +160,7 @@ pub type SharedStore = Arc<dyn Store>;
 /// else the SQLite file at `store.path` (created when missing). The proxy
 /// and the administration commands both open it here, so they always agree
 /// on which store that is.
-pub(crate) fn open(config: &crate::config::StoreConfig) -> StoreResult<SharedStore> {
+pub fn open(config: &crate::config::StoreConfig) -> StoreResult<SharedStore> {
     Ok(match &config.redis_url {
         Some(url) => Arc::new(redis::RedisStore::open(url.expose(), &config.redis_prefix)?),
         None => Arc::new(sqlite::SqliteStore::open(&config.path)?),
