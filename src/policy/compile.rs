@@ -5,6 +5,7 @@
 
 use std::collections::HashSet;
 use std::path::Path;
+use std::sync::{Arc, OnceLock};
 
 use rhai::{Engine, Map, Position, AST};
 
@@ -60,7 +61,13 @@ pub struct CompiledPolicy {
     /// `request` argument and calls nothing time-dependent or side-effecting,
     /// so it can be computed once per session.
     pub(crate) per_user_only: bool,
+    /// Which client headers to strip under this version, built on first
+    /// use by `PolicyEngine::strip_rule` and then shared by every request.
+    pub(super) strip: OnceLock<StripRule>,
 }
+
+/// Whether a client header must be removed before forwarding.
+pub(crate) type StripRule = Arc<dyn Fn(&str) -> bool + Send + Sync>;
 
 impl std::fmt::Debug for CompiledPolicy {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
@@ -115,6 +122,7 @@ pub(crate) fn compile(
         may_set: header_like_literals(source),
         ast,
         has_login,
+        strip: OnceLock::new(),
     })
 }
 

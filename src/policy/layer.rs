@@ -396,11 +396,9 @@ impl EnforcePolicy {
         policy: &Arc<CompiledPolicy>,
         headers: Vec<(HeaderName, HeaderValue)>,
     ) -> PolicyOutcome {
-        let strip_engine = self.engine.clone();
-        let strip_policy = policy.clone();
         PolicyOutcome {
             headers,
-            strip: Arc::new(move |name| strip_engine.is_identity_header(&strip_policy, name)),
+            strip: self.engine.strip_rule(policy),
         }
     }
 }

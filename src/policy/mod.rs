@@ -7,6 +7,7 @@
 //! returns (`decision`, `header_rules`). The file is watched and reloaded
 //! (`reload`); this module holds the engine that ties them together.
 
+use std::collections::HashSet;
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex, RwLock};
 use std::time::Instant;
@@ -40,7 +41,7 @@ pub use reload::ReloadCounters;
 pub(crate) use sandbox::sandboxed_engine;
 pub use script_api::{user_value, UserFacts};
 
-use compile::{compile_file, DEFAULT_POLICY_NAME};
+use compile::{compile_file, StripRule, DEFAULT_POLICY_NAME};
 use decision::interpret;
 use header_rules::HeaderNameRules;
 use reload::{file_fingerprint, Fingerprint};
@@ -113,13 +114,25 @@ impl PolicyEngine {
         }
     }
 
-    /// Whether a client header must be removed because a policy may set it.
-    pub(crate) fn is_identity_header(&self, policy: &CompiledPolicy, name: &str) -> bool {
-        let n = normalise_header(name);
-        n == "authorization"
-            || n.starts_with("x-user-")
-            || policy.may_set.contains(&n)
-            || self.extra_identity_headers.contains(&n)
+    /// Which client headers must be removed because a policy may set them:
+    /// `Authorization`, `X-User-*`, what `policy` may set and
+    /// `policy.identity_headers`. Built once per compiled version.
+    pub(crate) fn strip_rule(&self, policy: &CompiledPolicy) -> StripRule {
+        policy
+            .strip
+            .get_or_init(|| {
+                let names: HashSet<String> = policy
+                    .may_set
+                    .iter()
+                    .chain(&self.extra_identity_headers)
+                    .cloned()
+                    .collect();
+                Arc::new(move |name: &str| {
+                    let n = normalise_header(name);
+                    n == "authorization" || n.starts_with("x-user-") || names.contains(&n)
+                })
+            })
+            .clone()
     }
 
     /// Runs `authorize(user, request)`; every failure denies.
