@@ -61,7 +61,8 @@ fn bench(c: &mut Criterion) {
         let policy = engine.current();
         c.bench_function(&format!("authorize/{name}"), |b| {
             b.iter(|| {
-                let request = script_request(&Method::POST, "/mcp", &headers, Some(&call));
+                let request =
+                    script_request("default", &Method::POST, "/mcp", &headers, Some(&call));
                 black_box(engine.authorize(&policy, user.clone(), request, &tokens))
             })
         });
@@ -76,14 +77,15 @@ fn bench(c: &mut Criterion) {
     c.bench_function("batch16/view-per-message", |b| {
         b.iter(|| {
             for call in &batch {
-                let request = script_request(&Method::POST, "/mcp", &headers, Some(call));
+                let request =
+                    script_request("default", &Method::POST, "/mcp", &headers, Some(call));
                 black_box(engine.authorize(&policy, user.clone(), request, &tokens));
             }
         })
     });
     c.bench_function("batch16/view-once", |b| {
         b.iter(|| {
-            let view = RequestView::new(&Method::POST, "/mcp", &headers);
+            let view = RequestView::new("default", &Method::POST, "/mcp", &headers);
             for call in &batch {
                 let request = view.for_call(Some(call));
                 black_box(engine.authorize(&policy, user.clone(), request, &tokens));
@@ -98,7 +100,8 @@ fn bench(c: &mut Criterion) {
     c.bench_function("dispatch/inline", |b| {
         b.iter(|| {
             runtime.block_on(async {
-                let request = script_request(&Method::POST, "/mcp", &headers, Some(&call));
+                let request =
+                    script_request("default", &Method::POST, "/mcp", &headers, Some(&call));
                 black_box(engine.authorize(&policy, user.clone(), request, &tokens))
             })
         })
@@ -113,7 +116,7 @@ fn bench(c: &mut Criterion) {
                     tokens.clone(),
                     call.clone(),
                 );
-                let view = RequestView::new(&Method::POST, "/mcp", &headers);
+                let view = RequestView::new("default", &Method::POST, "/mcp", &headers);
                 tokio::task::spawn_blocking(move || {
                     black_box(engine.authorize(&policy, user, view.into_call(Some(&call)), &tokens))
                 })

@@ -235,7 +235,7 @@ async fn hot_reload_applies_good_edits_and_keeps_the_last_good_one() {
 
     // A good edit applies without a restart.
     write_atomically(&s.policy, &allow_all.replace("\"1\"", "\"2\" "));
-    let engine = s.proxy.app().policy.clone();
+    let engine = s.proxy.app().routes[0].policy.clone();
     wait_for("the reload", || {
         engine
             .reloads

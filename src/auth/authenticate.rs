@@ -25,23 +25,23 @@ pub(crate) struct Authenticate {
     cache: Arc<TokenCache>,
     watch: SessionWatch,
     public_url: Arc<str>,
-    /// The route's resource path ("/mcp" or "/sse").
-    resource_path: &'static str,
+    /// The endpoint's resource path ("/mcp", "/sse", "/github/mcp").
+    resource_path: Arc<str>,
 }
 
 impl Authenticate {
-    /// The layer for the route at `resource_path` of the proxy at
+    /// The layer for the endpoint at `resource_path` of the proxy at
     /// `public_url`.
     pub(crate) fn layer(
         cache: Arc<TokenCache>,
         public_url: &str,
-        resource_path: &'static str,
+        resource_path: &str,
     ) -> AuthenticateLayer {
         CheckpointLayer::new(Authenticate {
             watch: cache.session_watch(),
             cache,
             public_url: public_url.into(),
-            resource_path,
+            resource_path: resource_path.into(),
         })
     }
 
@@ -78,7 +78,7 @@ impl Authenticate {
         };
         let here = resource.len() == self.public_url.len() + self.resource_path.len()
             && resource.starts_with(&*self.public_url)
-            && resource.ends_with(self.resource_path);
+            && resource.ends_with(&*self.resource_path);
         resource == &*self.public_url || here
     }
 }

@@ -17,6 +17,8 @@ mod lenient;
 mod limits;
 mod operations;
 mod policy;
+mod route_checks;
+mod routes;
 mod secret;
 mod server;
 mod upstream;
@@ -30,7 +32,6 @@ use std::path::Path;
 use figment::providers::{Format, Toml};
 use figment::Figment;
 use serde::{Deserialize, Serialize};
-use url::Url;
 
 pub(crate) use access::{AuthConfig, ConsentConfig, RegistrationConfig, TokensConfig};
 pub(crate) use downstream::{is_own_cookie, DownstreamConfig};
@@ -43,6 +44,8 @@ pub(crate) use operations::MetricsConfig;
 pub use operations::{LogConfig, LogFormat, StoreConfig};
 pub use policy::PolicyConfig;
 pub(crate) use policy::DEFAULT_MAX_HEADER_BYTES;
+pub(crate) use routes::RouteConfig;
+pub use routes::{LayersConfig, RouteSettings, DEFAULT_ROUTE};
 pub(crate) use secret::{Secret, SecretsConfig};
 pub use server::ServerConfig;
 pub(crate) use upstream::{Provider, UpstreamConfig};
@@ -57,17 +60,18 @@ pub enum ConfigError {
     /// A value is missing or wrong.
     #[error("{key}: {message}")]
     Invalid {
-        /// The key at fault, e.g. `server.public_url`.
-        key: &'static str,
+        /// The key at fault, e.g. `server.public_url` or
+        /// `routes[github].downstream.url`.
+        key: String,
         /// What is wrong with it.
         message: String,
     },
 }
 
 impl ConfigError {
-    fn invalid(key: &'static str, message: impl Into<String>) -> Self {
+    fn invalid(key: impl Into<String>, message: impl Into<String>) -> Self {
         ConfigError::Invalid {
-            key,
+            key: key.into(),
             message: message.into(),
         }
     }
@@ -115,6 +119,12 @@ pub struct Config {
     /// `[limits]`.
     #[serde(default)]
     pub(crate) limits: LimitsConfig,
+    /// `[layers]`: the optional layers of the default route.
+    #[serde(default)]
+    pub(crate) layers: LayersConfig,
+    /// `[[routes]]`: further MCP servers, each at its own path.
+    #[serde(default)]
+    pub(crate) routes: Vec<RouteConfig>,
 }
 
 /// Settings derived and checked once at startup, in the form the code uses.
@@ -134,12 +144,9 @@ pub struct Settings {
     pub(crate) upstream_client_secret: Option<Secret>,
     /// `secrets.encryption_key`, decoded.
     pub(crate) encryption_key: [u8; 32],
-    /// `downstream.url`, parsed.
-    pub(crate) downstream_url: Url,
-    /// `downstream.sse_url`, parsed, when set.
-    pub(crate) downstream_sse_url: Option<Url>,
-    /// `server.allowed_origins`, as origins ("scheme://host[:port]").
-    pub(crate) allowed_origins: Vec<String>,
+    /// Every MCP route: the default one (`[downstream]`) first, when
+    /// `downstream.url` is set, then `[[routes]]` in their order.
+    pub routes: Vec<RouteSettings>,
     /// `server.trusted_proxies`, parsed.
     pub(crate) trusted_proxies: crate::client_address::TrustedProxies,
     /// Cookies use the `__Host-` prefix and `Secure` unless the public URL is
@@ -157,7 +164,7 @@ impl Settings {
 /// Loads the configuration: defaults ← `path` ← the original worker's
 /// variables ← `MCP_PROXY_*`.
 pub fn load(path: Option<&Path>) -> Result<Config, ConfigError> {
-    figment(path)
+    env::with_route_overrides(figment(path))?
         .extract::<Config>()
         .map_err(|e| ConfigError::Load(describe_figment_error(e)))
 }

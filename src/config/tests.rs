@@ -132,7 +132,10 @@ fn original_worker_variables_work_unchanged() {
         s.issuer_url,
         "https://myteam.cloudflareaccess.com/cdn-cgi/access/sso/oidc/abc123"
     );
-    assert_eq!(s.downstream_url.as_str(), "https://sy.example.com/mcp");
+    assert_eq!(
+        s.routes[0].downstream_url.as_str(),
+        "https://sy.example.com/mcp"
+    );
     assert_eq!(s.upstream_client_secret.unwrap().expose(), "secret");
 }
 

@@ -6,7 +6,6 @@ use std::path::Path;
 
 use url::Url;
 
-use super::downstream::{check_passable_cookie_name, MAX_BATCH_SIZE_LIMIT};
 use super::{Config, ConfigError, LimitGroup, Provider, Secret, Settings};
 use crate::client_address::TrustedProxies;
 use crate::net::{check_allowed_scheme, is_loopback_host};
@@ -18,8 +17,8 @@ impl Config {
         let issuer_url = self.derive_issuer()?;
         let (upstream_client_id, upstream_client_secret) = self.upstream_client()?;
         let encryption_key = parse_key(&self.encryption_key_text()?)?;
-        let (downstream_url, downstream_sse_url) = self.downstream_urls()?;
         let (allowed_origins, trusted_proxies) = self.server_peers()?;
+        let routes = self.routes(&allowed_origins)?;
         self.check_bounds_and_names()?;
         self.check_durations_and_rates()?;
         let secure_cookies = secure_cookies(&public_url)?;
@@ -29,9 +28,7 @@ impl Config {
             upstream_client_id,
             upstream_client_secret,
             encryption_key,
-            downstream_url,
-            downstream_sse_url,
-            allowed_origins,
+            routes,
             trusted_proxies,
             secure_cookies,
             config: self,
@@ -127,25 +124,6 @@ impl Config {
         }
     }
 
-    /// `downstream.url` and, if set, `downstream.sse_url`.
-    fn downstream_urls(&self) -> Result<(Url, Option<Url>), ConfigError> {
-        let downstream_text = self.downstream.url.clone().filter(|s| !s.trim().is_empty()).ok_or_else(|| {
-            ConfigError::invalid(
-                "downstream.url",
-                "is not set (the MCP server to protect; env MCP_PROXY_DOWNSTREAM__URL or DOWNSTREAM_MCP_URL)",
-            )
-        })?;
-        let downstream_url = parse_http_url("downstream.url", &downstream_text)?;
-        let downstream_sse_url = self
-            .downstream
-            .sse_url
-            .as_deref()
-            .filter(|s| !s.trim().is_empty())
-            .map(|sse| parse_http_url("downstream.sse_url", sse))
-            .transpose()?;
-        Ok((downstream_url, downstream_sse_url))
-    }
-
     /// Who may talk to the listeners: browser origins, the admin address,
     /// the load balancers in front.
     fn server_peers(&self) -> Result<(Vec<String>, TrustedProxies), ConfigError> {
@@ -170,37 +148,7 @@ impl Config {
     /// Sizes and counts within their bounds; names (cookies, headers,
     /// schemes) well formed.
     fn check_bounds_and_names(&self) -> Result<(), ConfigError> {
-        for name in &self.downstream.pass_cookies {
-            check_passable_cookie_name(name)
-                .map_err(|m| ConfigError::invalid("downstream.pass_cookies", m))?;
-        }
         self.server.validate_limits()?;
-        if self.downstream.max_request_bytes < 1024 {
-            return Err(ConfigError::invalid(
-                "downstream.max_request_bytes",
-                "must be at least 1024",
-            ));
-        }
-        if !(256..=65_536).contains(&self.policy.max_header_bytes) {
-            return Err(ConfigError::invalid(
-                "policy.max_header_bytes",
-                "must be between 256 and 65536",
-            ));
-        }
-        if self.downstream.max_batch_size > MAX_BATCH_SIZE_LIMIT {
-            return Err(ConfigError::invalid(
-                "downstream.max_batch_size",
-                format!("must be at most {MAX_BATCH_SIZE_LIMIT} (0 refuses batches)"),
-            ));
-        }
-        for name in &self.policy.identity_headers {
-            if http::HeaderName::from_bytes(name.as_bytes()).is_err() {
-                return Err(ConfigError::invalid(
-                    "policy.identity_headers",
-                    format!("`{name}` is not a header name"),
-                ));
-            }
-        }
         for scheme in &self.registration.allowed_schemes {
             check_allowed_scheme(scheme)
                 .map_err(|m| ConfigError::invalid("registration.allowed_schemes", m))?;
@@ -232,20 +180,7 @@ impl Config {
             ),
             ("registration.client_ttl", self.registration.client_ttl),
             ("store.purge_interval", self.store.purge_interval),
-            (
-                "downstream.connect_timeout",
-                self.downstream.connect_timeout,
-            ),
-            (
-                "downstream.response_timeout",
-                self.downstream.response_timeout,
-            ),
-            (
-                "downstream.sse_idle_timeout",
-                self.downstream.sse_idle_timeout,
-            ),
             ("auth.cache_ttl", self.auth.cache_ttl),
-            ("policy.watch_interval", self.policy.watch_interval),
         ] {
             if value.0.is_zero() {
                 return Err(ConfigError::invalid(key, "must be longer than zero"));
@@ -292,7 +227,7 @@ fn validate_public_url(text: &str) -> Result<String, ConfigError> {
     Ok(url.as_str().trim_end_matches('/').to_string())
 }
 
-fn parse_http_url(key: &'static str, text: &str) -> Result<Url, ConfigError> {
+pub(super) fn parse_http_url(key: &str, text: &str) -> Result<Url, ConfigError> {
     let url = Url::parse(text.trim())
         .map_err(|e| ConfigError::invalid(key, format!("`{text}` is not a URL ({e})")))?;
     if !matches!(url.scheme(), "http" | "https") || url.host_str().is_none() {

@@ -32,17 +32,24 @@ pub(crate) fn authorization_server_document(
     })
 }
 
-/// The RFC 9728 document of the resource at `path`.
-pub(crate) fn protected_resource_document(public_url: &str, path: &str) -> Value {
+/// The RFC 9728 document of the resource at `path`, route `route` (empty
+/// for the proxy as a whole).
+pub(crate) fn protected_resource_document(public_url: &str, path: &str, route: &str) -> Value {
+    let name = if route.is_empty() || route == crate::config::DEFAULT_ROUTE {
+        "MCP server (via mcp-oauth-proxy)".to_string()
+    } else {
+        format!("{route} (via mcp-oauth-proxy)")
+    };
     json!({
         "resource": format!("{public_url}{path}"),
         "authorization_servers": [public_url],
         "bearer_methods_supported": ["header"],
-        "resource_name": "MCP server (via mcp-oauth-proxy)",
+        "resource_name": name,
     })
 }
 
-fn cacheable_json(body: Value) -> Response {
+/// A metadata document, cacheable for five minutes.
+pub(crate) fn cacheable_json(body: Value) -> Response {
     let mut response = Json(body).into_response();
     response.headers_mut().insert(
         header::CACHE_CONTROL,
@@ -61,21 +68,9 @@ pub(crate) async fn authorization_server(State(app): State<OAuthState>) -> Respo
 
 /// GET /.well-known/oauth-protected-resource
 pub(crate) async fn protected_resource_root(State(app): State<OAuthState>) -> Response {
-    cacheable_json(protected_resource_document(&app.settings.public_url, ""))
-}
-
-/// GET /.well-known/oauth-protected-resource/mcp
-pub(crate) async fn protected_resource_mcp(State(app): State<OAuthState>) -> Response {
     cacheable_json(protected_resource_document(
         &app.settings.public_url,
-        "/mcp",
-    ))
-}
-
-/// GET /.well-known/oauth-protected-resource/sse
-pub(crate) async fn protected_resource_sse(State(app): State<OAuthState>) -> Response {
-    cacheable_json(protected_resource_document(
-        &app.settings.public_url,
-        "/sse",
+        "",
+        "",
     ))
 }

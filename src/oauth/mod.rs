@@ -7,17 +7,16 @@ pub(crate) mod metadata;
 pub(crate) mod pages;
 pub(crate) mod redirect_uri;
 pub mod register;
+pub(crate) mod resources;
 pub(crate) mod state;
 pub(crate) mod token;
 
+pub(crate) use resources::{validate_resource, ProtectedRoute};
 pub(crate) use state::{OAuthInner, OAuthSettings, OAuthState};
 
 use std::collections::HashMap;
 
 use axum::http::HeaderMap;
-
-/// The routes whose resource a token may be bound to (RFC 8707).
-pub(crate) const RESOURCE_PATHS: [&str; 2] = ["/mcp", "/sse"];
 
 /// Request parameters, each present at most once (RFC 6749 §3.1).
 #[derive(Debug, Default)]
@@ -60,28 +59,6 @@ impl Params {
     }
 }
 
-/// The resources tokens of this server may be bound to.
-pub(crate) fn known_resources(public_url: &str) -> Vec<String> {
-    let mut all = vec![public_url.to_string(), format!("{public_url}/")];
-    all.extend(RESOURCE_PATHS.iter().map(|p| format!("{public_url}{p}")));
-    all
-}
-
-/// Validates an RFC 8707 `resource`: one of this proxy's protected URLs.
-pub(crate) fn validate_resource(public_url: &str, resource: &str) -> Result<String, String> {
-    if resource.contains('#') {
-        return Err("resource must not contain a fragment".into());
-    }
-    if known_resources(public_url).iter().any(|r| r == resource) {
-        // The root with or without its slash is one resource.
-        Ok(resource.trim_end_matches('/').to_string())
-    } else {
-        Err(format!(
-            "resource `{resource}` is not served here; use {public_url}/mcp or {public_url}/sse"
-        ))
-    }
-}
-
 /// The value of one cookie from the request's `Cookie` headers.
 pub(crate) fn cookie<'a>(headers: &'a HeaderMap, name: &str) -> Option<&'a str> {
     headers
@@ -105,22 +82,6 @@ mod tests {
         assert!(p.is_duplicated("a"));
         assert!(!p.is_duplicated("b"));
         assert_eq!(p.get("c"), None);
-    }
-
-    #[test]
-    fn resources_are_this_servers_own() {
-        let base = "https://mcp.example.com";
-        assert_eq!(
-            validate_resource(base, "https://mcp.example.com/mcp").unwrap(),
-            "https://mcp.example.com/mcp"
-        );
-        assert_eq!(
-            validate_resource(base, "https://mcp.example.com/").unwrap(),
-            "https://mcp.example.com"
-        );
-        assert!(validate_resource(base, "https://other.example.com/mcp").is_err());
-        assert!(validate_resource(base, "https://mcp.example.com/mcp#x").is_err());
-        assert!(validate_resource(base, "https://mcp.example.com/admin").is_err());
     }
 
     #[test]

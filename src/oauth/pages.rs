@@ -55,6 +55,8 @@ pub(crate) struct ConsentPage<'a> {
     pub(crate) request_id: &'a str,
     pub(crate) csrf_token: &'a str,
     pub(crate) resource: Option<&'a str>,
+    /// The MCP servers (route names) the approval covers.
+    pub(crate) servers: &'a [&'a str],
 }
 
 /// One `<form method="post">`: hidden inputs and a `decision` button. What
@@ -70,8 +72,23 @@ pub(crate) fn consent_page(page: &ConsentPage<'_>) -> String {
             )
         })
         .unwrap_or_default();
+    let servers = match page.servers {
+        [] => String::new(),
+        [one] => format!(
+            "<p>MCP server: <strong><code>{}</code></strong></p>",
+            escape(one)
+        ),
+        several => format!(
+            "<p>MCP servers: {}</p>",
+            several
+                .iter()
+                .map(|s| format!("<strong><code>{}</code></strong>", escape(s)))
+                .collect::<Vec<_>>()
+                .join(", ")
+        ),
+    };
     let body = format!(
-        "<h1>Allow <bdi>{name}</bdi> to use your MCP server access?</h1>\
+        "<h1>Allow <bdi>{name}</bdi> to use your MCP server access?</h1>{servers}\
 <p><strong><bdi>{name}</bdi></strong> (client <code><bdi>{id}</bdi></code>) is asking to act for you. \
 After you sign in, it will be sent back to <strong><bdi>{host}</bdi></strong>.</p>\
 <p class=\"muted\">Redirect address: <code><bdi>{uri}</bdi></code></p>{resource}\
@@ -154,7 +171,9 @@ mod tests {
             request_id: "r",
             csrf_token: "c",
             resource: None,
+            servers: &["github", "wiki<b>"],
         });
+        assert!(html.contains("MCP servers: <strong><code>github</code></strong>, <strong><code>wiki&lt;b&gt;</code></strong>"));
         assert!(!html.contains("<script>alert"));
         assert!(html.contains("&lt;script&gt;"));
         assert!(!html.contains("id\"onmouseover"));

@@ -11,7 +11,7 @@ use crate::config::{RegistrationConfig, Settings};
 use crate::crypto::Keys;
 use crate::grants::Grants;
 use crate::metrics::Metrics;
-use crate::policy::PolicyEngine;
+use crate::oauth::ProtectedRoute;
 use crate::store::Records;
 use crate::upstream::Upstream;
 
@@ -31,8 +31,8 @@ pub(crate) struct OAuthInner {
     pub(crate) grants: Grants,
     /// The OpenID provider people sign in with.
     pub(crate) upstream: Arc<Upstream>,
-    /// The operator's policy, for its `login()` decision.
-    pub(crate) policy: Arc<PolicyEngine>,
+    /// The MCP routes: their resources, and their policies' `login()`.
+    pub(crate) routes: Vec<ProtectedRoute>,
     /// Counters of authorizations, consents, callbacks, tokens and
     /// registrations.
     pub(crate) metrics: Arc<Metrics>,

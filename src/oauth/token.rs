@@ -12,8 +12,9 @@ use crate::error::OAuthError;
 use crate::grants::{CodeRedemption, GrantError, IssuedTokens, PreparedRefresh};
 use crate::metrics::labels::{oauth_result, GrantType};
 use crate::now_unix;
+use crate::oauth::resources::login_for_resource;
 use crate::oauth::{client_auth, validate_resource, OAuthState, Params};
-use crate::policy::login::{login_allowed, Login, LoginRefused};
+use crate::policy::login::{Login, LoginRefused};
 use crate::store::GrantSecrets;
 use crate::upstream::RefreshError;
 
@@ -96,7 +97,7 @@ async fn token_inner(
     }
     let resource = params
         .get("resource")
-        .map(|r| validate_resource(&app.settings.public_url, r))
+        .map(|r| validate_resource(&app.settings.public_url, &app.routes, r))
         .transpose()
         .map_err(OAuthError::invalid_target)?;
     let issued = if grant_type == "authorization_code" {
@@ -200,7 +201,8 @@ async fn renew_upstream(
                 claims: &identity.claims,
                 issuer: app.upstream.issuer(),
             };
-            match login_allowed(&app.policy, &app.records, &login).await {
+            let resource = prepared.grant.resource.as_deref();
+            match login_for_resource(&app.routes, &app.records, resource, &login).await {
                 Ok(()) => {
                     tracing::info!(grant_id, "provider tokens renewed");
                     Ok((

@@ -97,6 +97,9 @@ impl UserSpec {
 #[derive(Debug, Deserialize, Default, Clone)]
 #[serde(deny_unknown_fields)]
 struct RequestSpec {
+    /// `request.route`: the route the request arrives on ("default"
+    /// unless the case says).
+    route: Option<String>,
     method: Option<String>,
     path: Option<String>,
     #[serde(default)]
@@ -272,6 +275,10 @@ fn run_case(engine: &PolicyEngine, case: Case, defaults: &Defaults) -> Vec<Strin
                     .or_else(|| mcp.prompt.clone()),
             };
             let view = script_request(
+                request
+                    .route
+                    .as_deref()
+                    .unwrap_or(crate::config::DEFAULT_ROUTE),
                 &method,
                 request.path.as_deref().unwrap_or("/mcp"),
                 &headers,
@@ -298,6 +305,7 @@ fn merge_request(case: RequestSpec, defaults: &RequestSpec) -> RequestSpec {
     let mut headers = defaults.headers.clone();
     headers.extend(case.headers);
     RequestSpec {
+        route: case.route.or_else(|| defaults.route.clone()),
         method: case.method.or_else(|| defaults.method.clone()),
         path: case.path.or_else(|| defaults.path.clone()),
         headers,

@@ -198,7 +198,12 @@ impl FilterLists {
             user: script_user(&session, &self.issuer),
             session,
             policy,
-            view: RequestView::new(request.method(), request.uri().path(), request.headers()),
+            view: RequestView::new(
+                self.engine.route(),
+                request.method(),
+                request.uri().path(),
+                request.headers(),
+            ),
             kind,
         })
     }

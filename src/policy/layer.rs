@@ -30,6 +30,41 @@ use crate::session::{PolicyOutcome, Session};
 struct SessionMemo {
     user: OnceLock<Dynamic>,
     decision: Mutex<Option<(u64, Decision)>>,
+    /// `login()` verdicts by policy version (versions are unique across
+    /// routes), a few at most: one per route the session is used on.
+    logins: Mutex<Vec<(u64, Decision)>>,
+}
+
+/// How many routes' `login()` verdicts a session keeps.
+const REMEMBERED_LOGINS: usize = 16;
+
+/// The route's `login()` for this session, once per session and policy
+/// version. It ran at sign-in for the routes the token was issued for; it
+/// runs here again because a token for the whole proxy (or one narrowed at
+/// the token endpoint) reaches routes whose `login()` was not the one
+/// that let the person in.
+fn login_verdict(
+    engine: &PolicyEngine,
+    policy: &CompiledPolicy,
+    session: &Session,
+    user: &Dynamic,
+) -> Decision {
+    let Some(memo) = memo(session) else {
+        return engine.login(policy, user.clone());
+    };
+    if let Ok(known) = memo.logins.lock() {
+        if let Some((_, decision)) = known.iter().find(|(v, _)| *v == policy.version) {
+            return decision.clone();
+        }
+    }
+    let decision = engine.login(policy, user.clone());
+    if let Ok(mut known) = memo.logins.lock() {
+        if known.len() >= REMEMBERED_LOGINS {
+            known.remove(0);
+        }
+        known.push((policy.version, decision.clone()));
+    }
+    decision
 }
 
 fn memo(session: &Session) -> Option<&SessionMemo> {
@@ -171,12 +206,13 @@ pub fn script_user(session: &Session, issuer: &str) -> Dynamic {
 
 /// The script's `request` for one call (tests, benchmarks, `policy test`).
 pub fn script_request(
+    route: &str,
     method: &Method,
     path: &str,
     headers: &HeaderMap,
     call: Option<&McpCall>,
 ) -> Dynamic {
-    RequestView::new(method, path, headers).into_call(call)
+    RequestView::new(route, method, path, headers).into_call(call)
 }
 
 /// The script's `request`, built once per HTTP request: the headers are
@@ -187,9 +223,10 @@ pub struct RequestView {
 }
 
 impl RequestView {
-    /// The view of a request's method, path and headers (without the
-    /// credentials and the client's claims about its connection).
-    pub fn new(method: &Method, path: &str, headers: &HeaderMap) -> Self {
+    /// The view of a request on `route` — its method, path and headers
+    /// (without the credentials and the client's claims about its
+    /// connection).
+    pub fn new(route: &str, method: &Method, path: &str, headers: &HeaderMap) -> Self {
         let mut header_map = Map::new();
         for (name, value) in headers {
             // Credentials are not the policy's business, and what a client
@@ -206,6 +243,7 @@ impl RequestView {
             }
         }
         let mut base = Map::new();
+        base.insert("route".into(), route.to_string().into());
         base.insert("method".into(), method.as_str().to_string().into());
         base.insert("path".into(), path.to_string().into());
         base.insert(
@@ -278,6 +316,23 @@ impl Evaluation {
             calls.iter().map(Some).collect()
         };
         let last = evaluations.len() - 1;
+        if self.policy.has_login {
+            let started = std::time::Instant::now();
+            let login = login_verdict(&self.engine, &self.policy, &self.session, &self.user);
+            if let Decision::Deny { status, reason } = login {
+                self.metrics
+                    .policy_decision(PolicyVerdict::Deny, started.elapsed());
+                if let Some(slot) = &self.audit {
+                    slot.update(|facts| facts.decision = Some(PolicyVerdict::Deny.as_str()));
+                }
+                tracing::info!(sub = %self.session.sub, route = self.engine.route(), %reason, "the route's login() refuses this person");
+                return Err(ProxyError::PolicyDenied {
+                    status,
+                    reason,
+                    id: calls.first().and_then(|c| c.id.clone()),
+                });
+            }
+        }
         let mut view = Some(self.view);
         for (i, call) in evaluations.into_iter().enumerate() {
             let started = std::time::Instant::now();
@@ -453,7 +508,12 @@ where
             policy: policy.clone(),
             user: script_user(&session, &self.issuer),
             session,
-            view: RequestView::new(&parts.method, parts.uri.path(), &parts.headers),
+            view: RequestView::new(
+                self.engine.route(),
+                &parts.method,
+                parts.uri.path(),
+                &parts.headers,
+            ),
             metrics: self.metrics.clone(),
             audit,
         };

@@ -59,6 +59,8 @@ pub struct PolicyEngine {
     metrics: Arc<crate::metrics::Metrics>,
     /// `policy.max_header_bytes`: the longest value a policy may set.
     max_header_bytes: usize,
+    /// The route this policy guards (`request.route`, metric labels).
+    route: Arc<str>,
 }
 
 impl PolicyEngine {
@@ -84,7 +86,19 @@ impl PolicyEngine {
             reloads: ReloadCounters::default(),
             metrics: crate::metrics::Metrics::disabled(),
             max_header_bytes: header_rules::DEFAULT_MAX_HEADER_BYTES,
+            route: crate::config::DEFAULT_ROUTE.into(),
         })
+    }
+
+    /// The policy of route `name` (the default route's otherwise).
+    pub(crate) fn with_route(mut self, name: &str) -> Self {
+        self.route = name.into();
+        self
+    }
+
+    /// The route this policy guards.
+    pub fn route(&self) -> &str {
+        &self.route
     }
 
     /// Bounds each header value a policy sets (`policy.max_header_bytes`).

@@ -11,19 +11,19 @@
 use axum::http::{Method, Request};
 use tower::Service;
 
-use super::Route;
+use super::Endpoint;
 use crate::checkpoint::{Checkpoint, CheckpointLayer};
 use crate::error::ProxyError;
 
-impl Route {
+impl Endpoint {
     /// Whether the route serves `method`.
     pub(crate) fn serves(self, method: &Method) -> bool {
         match self {
-            Route::Mcp => {
+            Endpoint::Mcp => {
                 *method == Method::POST || *method == Method::GET || *method == Method::DELETE
             }
-            Route::SseStream => *method == Method::GET,
-            Route::SseMessage => *method == Method::POST,
+            Endpoint::SseStream => *method == Method::GET,
+            Endpoint::SseMessage => *method == Method::POST,
         }
     }
 }
@@ -31,12 +31,12 @@ impl Route {
 /// Refuses a method the route does not serve.
 #[derive(Clone, Copy)]
 pub(crate) struct AllowMethods {
-    route: Route,
+    route: Endpoint,
 }
 
 impl AllowMethods {
     /// The layer for `route`.
-    pub(crate) fn layer(route: Route) -> CheckpointLayer<AllowMethods> {
+    pub(crate) fn layer(route: Endpoint) -> CheckpointLayer<AllowMethods> {
         CheckpointLayer::new(AllowMethods { route })
     }
 }
@@ -79,9 +79,12 @@ mod tests {
             Method::TRACE,
         ];
         for (route, served) in [
-            (Route::Mcp, &[Method::POST, Method::GET, Method::DELETE][..]),
-            (Route::SseStream, &[Method::GET][..]),
-            (Route::SseMessage, &[Method::POST][..]),
+            (
+                Endpoint::Mcp,
+                &[Method::POST, Method::GET, Method::DELETE][..],
+            ),
+            (Endpoint::SseStream, &[Method::GET][..]),
+            (Endpoint::SseMessage, &[Method::POST][..]),
         ] {
             for method in &all {
                 let request = Request::builder()

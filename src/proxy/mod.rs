@@ -40,9 +40,6 @@ pub(crate) mod unambiguous;
 
 use sessions::{Binding, OwnedSession, SessionBindings, MCP_SESSION_ID, SESSION_KIND};
 
-/// The proxy's message endpoint for legacy SSE clients.
-pub(crate) const LEGACY_MESSAGE_PATH: &str = "/sse/message";
-
 /// The client the forwarder sends downstream requests with.
 pub(crate) type HttpClient = Client<HttpsConnector<HttpConnector>, Body>;
 
@@ -66,7 +63,7 @@ pub(crate) fn http_client(connect_timeout: Duration) -> HttpClient {
 
 /// Which MCP route a forwarder serves.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub(crate) enum Route {
+pub(crate) enum Endpoint {
     /// Streamable HTTP: POST, GET and DELETE /mcp.
     Mcp,
     /// Legacy HTTP+SSE: GET /sse.
@@ -110,8 +107,10 @@ impl DownstreamTarget {
     }
 }
 
-/// Everything forwarders share.
+/// Everything one route's forwarders share.
 pub(crate) struct ForwardContext {
+    /// The route's name.
+    pub route: Arc<str>,
     /// The pooled downstream client.
     pub client: HttpClient,
     /// Which user each MCP session belongs to.
@@ -124,6 +123,8 @@ pub(crate) struct ForwardContext {
     pub downstream: DownstreamTarget,
     /// `downstream.sse_url`: where `/sse` goes, when legacy SSE is on.
     pub downstream_sse: Option<DownstreamTarget>,
+    /// The route's legacy message endpoint (`<sse_path>/message`).
+    pub message_path: Arc<str>,
     /// `downstream.response_timeout`: until the downstream's answer starts.
     pub response_timeout: Duration,
     /// `downstream.sse_idle_timeout`: the longest silence on an event stream.
@@ -142,23 +143,23 @@ pub(crate) struct ForwardContext {
 #[derive(Clone)]
 pub(crate) struct Forwarder {
     context: Arc<ForwardContext>,
-    route: Route,
+    route: Endpoint,
 }
 
-impl Route {
+impl Endpoint {
     /// The route as a metric label.
     pub(crate) fn metric(self) -> McpRoute {
         match self {
-            Route::Mcp => McpRoute::Mcp,
-            Route::SseStream => McpRoute::Sse,
-            Route::SseMessage => McpRoute::SseMessage,
+            Endpoint::Mcp => McpRoute::Mcp,
+            Endpoint::SseStream => McpRoute::Sse,
+            Endpoint::SseMessage => McpRoute::SseMessage,
         }
     }
 }
 
 impl Forwarder {
     /// The forwarder of one route.
-    pub(crate) fn new(context: Arc<ForwardContext>, route: Route) -> Self {
+    pub(crate) fn new(context: Arc<ForwardContext>, route: Endpoint) -> Self {
         Forwarder { context, route }
     }
 }
@@ -216,7 +217,7 @@ impl Caller {
 /// One request, downstream and back.
 async fn forward(
     context: &ForwardContext,
-    route: Route,
+    route: Endpoint,
     request: Request<Body>,
 ) -> Result<Response<Body>, ProxyError> {
     let caller = Caller::of(&request)?;
@@ -243,13 +244,13 @@ async fn forward(
 /// legacy message the endpoint the downstream announced for its session.
 fn choose_target(
     context: &ForwardContext,
-    route: Route,
+    route: Endpoint,
     owned: &OwnedSession,
     client: &Uri,
 ) -> Result<Uri, ProxyError> {
     match (route, owned) {
-        (Route::Mcp, OwnedSession::Mcp(_)) => Ok(context.downstream.for_request(client)),
-        (Route::SseStream, OwnedSession::NewLegacyStream) => {
+        (Endpoint::Mcp, OwnedSession::Mcp(_)) => Ok(context.downstream.for_request(client)),
+        (Endpoint::SseStream, OwnedSession::NewLegacyStream) => {
             let sse = context
                 .downstream_sse
                 .as_ref()
@@ -258,7 +259,7 @@ fn choose_target(
                 ))?;
             Ok(sse.for_request(client))
         }
-        (Route::SseMessage, OwnedSession::LegacyMessage(endpoint)) => Ok(endpoint.clone()),
+        (Endpoint::SseMessage, OwnedSession::LegacyMessage(endpoint)) => Ok(endpoint.clone()),
         // The ownership check ran for another route: a wiring mistake.
         _ => Err(ProxyError::Forbidden("no session ownership check".into())),
     }
@@ -268,7 +269,7 @@ fn choose_target(
 /// headers `headers.rs` lets through plus the policy's, HTTP/1.1.
 fn downstream_request(
     context: &ForwardContext,
-    route: Route,
+    route: Endpoint,
     outcome: &PolicyOutcome,
     target: Uri,
     request: Request<Body>,
@@ -290,7 +291,7 @@ fn downstream_request(
         },
         &context.pass_cookies,
     );
-    if route != Route::Mcp {
+    if route != Endpoint::Mcp {
         // Ownership is checked on /mcp only; elsewhere a session id would
         // reach a downstream that serves both transports unchecked.
         headers.remove(MCP_SESSION_ID);
@@ -309,7 +310,7 @@ fn downstream_request(
 /// answer to start, and counts the outcome.
 async fn send(
     context: &ForwardContext,
-    route: Route,
+    route: Endpoint,
     outgoing: Request<Body>,
 ) -> Result<Response<Incoming>, ProxyError> {
     let started = Instant::now();
@@ -322,7 +323,11 @@ async fn send(
         Ok(Ok(response)) => response,
         Ok(Err(e)) => {
             context.metrics.downstream_connect_error();
-            return Err(ProxyError::DownstreamUnreachable(error_chain(&e)));
+            return Err(ProxyError::DownstreamUnreachable(format!(
+                "route {}: {}",
+                context.route,
+                error_chain(&e)
+            )));
         }
         Err(_) => {
             context.metrics.downstream_timeout();
@@ -375,15 +380,16 @@ async fn follow_sessions(
 /// What an event-stream answer on this route gets (see `sse`).
 fn stream_decoration(
     context: &ForwardContext,
-    route: Route,
+    route: Endpoint,
     status: StatusCode,
     target: Uri,
     caller: &Caller,
 ) -> sse::Decoration {
-    let legacy = (route == Route::SseStream && status.is_success()).then(|| sse::LegacyStream {
+    let legacy = (route == Endpoint::SseStream && status.is_success()).then(|| sse::LegacyStream {
         bindings: context.sessions.clone(),
         stream_url: target,
         sub: caller.session.sub.clone(),
+        message_path: context.message_path.clone(),
     });
     sse::Decoration {
         idle_timeout: context.sse_idle_timeout,

@@ -12,7 +12,7 @@ use moka::future::Cache;
 use serde::{Deserialize, Serialize};
 use tower::Service;
 
-use super::Route;
+use super::Endpoint;
 use crate::checkpoint::{Checkpoint, CheckpointLayer};
 use crate::crypto::token_hash;
 use crate::error::ProxyError;
@@ -83,14 +83,24 @@ pub(crate) struct Binding {
 /// The session bindings of every replica (the store), behind a local cache.
 pub(crate) struct SessionBindings {
     records: Records,
+    /// Keys of routes other than the default one carry the route's name,
+    /// so a session id from one route's downstream means nothing on
+    /// another's; the default route's keys are unchanged from before
+    /// routes existed, so its bindings survive an upgrade.
+    scope: String,
     local: Cache<String, Binding>,
 }
 
 impl SessionBindings {
-    /// Bindings kept in `records`.
-    pub(crate) fn new(records: Records) -> Self {
+    /// Route `route`'s bindings, kept in `records`.
+    pub(crate) fn new(records: Records, route: &str) -> Self {
         SessionBindings {
             records,
+            scope: if route == crate::config::DEFAULT_ROUTE {
+                String::new()
+            } else {
+                format!("{route}/")
+            },
             local: Cache::builder()
                 .max_capacity(100_000)
                 .time_to_live(LOCAL_TTL)
@@ -98,13 +108,13 @@ impl SessionBindings {
         }
     }
 
-    fn key(kind: &str, id: &str) -> String {
-        format!("{kind}:{}", token_hash(id))
+    fn key(&self, kind: &str, id: &str) -> String {
+        format!("{}{kind}:{}", self.scope, token_hash(id))
     }
 
     /// The binding of session `id` of `kind`, if any.
     pub(crate) async fn get(&self, kind: &str, id: &str) -> Result<Option<Binding>, ProxyError> {
-        let key = Self::key(kind, id);
+        let key = self.key(kind, id);
         if let Some(b) = self.local.get(&key).await {
             return Ok(Some(b));
         }
@@ -126,7 +136,7 @@ impl SessionBindings {
         id: &str,
         binding: Binding,
     ) -> Result<(), ProxyError> {
-        let key = Self::key(kind, id);
+        let key = self.key(kind, id);
         self.records
             .put(Namespace::McpSession, &key, &binding, SESSION_TTL)
             .await
@@ -138,7 +148,7 @@ impl SessionBindings {
     /// Forgets session `id` of `kind`; a store failure is logged, not
     /// returned (the binding expires anyway).
     pub(crate) async fn unbind(&self, kind: &str, id: &str) {
-        let key = Self::key(kind, id);
+        let key = self.key(kind, id);
         self.local.invalidate(&key).await;
         if let Err(e) = self.records.delete(Namespace::McpSession, &key).await {
             tracing::warn!(error = %e, "could not forget an MCP session");
@@ -168,12 +178,12 @@ pub(crate) enum OwnedSession {
 #[derive(Clone)]
 pub(crate) struct CheckSessionOwnership {
     bindings: Arc<SessionBindings>,
-    route: Route,
+    route: Endpoint,
 }
 
 impl CheckSessionOwnership {
     /// The layer for one MCP route.
-    pub(crate) fn layer(bindings: Arc<SessionBindings>, route: Route) -> CheckpointLayer<Self> {
+    pub(crate) fn layer(bindings: Arc<SessionBindings>, route: Endpoint) -> CheckpointLayer<Self> {
         CheckpointLayer::new(CheckSessionOwnership { bindings, route })
     }
 
@@ -246,9 +256,9 @@ where
         // Malformed is refused on every route, though only /mcp checks it.
         let presented = presented_session_id(request.headers())?.map(str::to_string);
         let owned = match self.route {
-            Route::Mcp => self.mcp_session(presented, &sub).await?,
-            Route::SseStream => OwnedSession::NewLegacyStream,
-            Route::SseMessage => {
+            Endpoint::Mcp => self.mcp_session(presented, &sub).await?,
+            Endpoint::SseStream => OwnedSession::NewLegacyStream,
+            Endpoint::SseMessage => {
                 let sid = legacy_sid(request.uri())?;
                 self.legacy_endpoint(&sid, &sub).await?
             }

@@ -19,7 +19,6 @@ use tokio::time::{Instant, Sleep};
 use url::Url;
 
 use super::sessions::{Binding, SessionBindings, LEGACY_KIND};
-use super::LEGACY_MESSAGE_PATH;
 use crate::event_stream::{parse_event, EventSplitter, EventTooLarge};
 use crate::metrics::labels::McpRoute;
 use crate::metrics::Metrics;
@@ -58,6 +57,9 @@ pub(crate) struct LegacyStream {
     pub stream_url: Uri,
     /// The caller, the only user who may post to the endpoint.
     pub sub: String,
+    /// The route's message endpoint (`<sse_path>/message`) the event
+    /// announces instead of the downstream's.
+    pub message_path: Arc<str>,
 }
 
 /// An event-stream answer, decorated: `headers` are the answer's (they
@@ -94,6 +96,7 @@ fn rewrite_endpoint(body: Body, legacy: LegacyStream) -> Body {
         bindings,
         stream_url,
         sub,
+        message_path,
     } = legacy;
     let base = Url::parse(&stream_url.to_string()).ok();
     let mut rewriter = EndpointRewriter::default();
@@ -101,6 +104,7 @@ fn rewrite_endpoint(body: Body, legacy: LegacyStream) -> Body {
         let bindings = bindings.clone();
         let base = base.clone();
         let sub = sub.clone();
+        let message_path = message_path.clone();
         let step = chunk.and_then(|bytes| rewriter.feed(&bytes).map_err(axum::Error::new));
         async move {
             let step = step?;
@@ -123,7 +127,7 @@ fn rewrite_endpoint(body: Body, legacy: LegacyStream) -> Body {
                     )
                     .await
                     .map_err(axum::Error::new)?;
-                out.extend(endpoint_event(&format!("{LEGACY_MESSAGE_PATH}?sid={sid}")));
+                out.extend(endpoint_event(&format!("{message_path}?sid={sid}")));
                 out.extend(step.after);
             }
             Ok::<Bytes, axum::Error>(Bytes::from(out))

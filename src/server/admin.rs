@@ -39,20 +39,35 @@ async fn healthz() -> Response {
 async fn readyz(State(app): State<AppState>) -> Response {
     let store = app.records.store.ping().await;
     let provider = app.upstream.is_discovered().await || app.upstream.client().await.is_ok();
-    let policy_error = app
-        .policy
-        .reloads
-        .last_error
-        .lock()
-        .ok()
-        .and_then(|e| e.clone());
+    let routes: Vec<serde_json::Value> = app
+        .routes
+        .iter()
+        .map(|route| {
+            let policy_error = route
+                .policy
+                .reloads
+                .last_error
+                .lock()
+                .ok()
+                .and_then(|e| e.clone());
+            json!({
+                "name": route.settings.name,
+                "policy": route.policy.current().name,
+                "policy_last_reload_error": policy_error,
+            })
+        })
+        .collect();
     let ready = store.is_ok() && provider;
+    // `policy` and `policy_last_reload_error` are the first route's, as
+    // before routes existed; `routes` has every route's.
+    let first = routes.first().cloned().unwrap_or_default();
     let body = json!({
         "status": if ready { "ready" } else { "not ready" },
         "store": match &store { Ok(()) => "ok".to_string(), Err(e) => e.to_string() },
         "provider": if provider { "discovered" } else { "not reachable" },
-        "policy": app.policy.current().name,
-        "policy_last_reload_error": policy_error,
+        "policy": first.get("policy"),
+        "policy_last_reload_error": first.get("policy_last_reload_error"),
+        "routes": routes,
     });
     let status = if ready {
         StatusCode::OK

@@ -14,18 +14,17 @@ use crate::config::Settings;
 use crate::crypto::Keys;
 use crate::grants::{Grants, Lifetimes};
 use crate::metrics::Metrics;
-use crate::oauth::{OAuthInner, OAuthSettings, OAuthState};
-use crate::policy::PolicyEngine;
-use crate::proxy::sessions::SessionBindings;
-use crate::proxy::{DownstreamTarget, ForwardContext};
+use crate::oauth::{OAuthInner, OAuthSettings, OAuthState, ProtectedRoute};
 use crate::store::{InstrumentedStore, Records, SharedStore};
 use crate::upstream::Upstream;
+use routes::ServedRoute;
 
 pub(crate) mod admin;
 pub(crate) mod body_deadline;
 pub(crate) mod connection;
 pub(crate) mod framing;
 pub(crate) mod rescue;
+pub(crate) mod routes;
 pub(crate) mod stack;
 
 /// Everything a handler needs, cheap to clone.
@@ -42,12 +41,10 @@ pub struct AppInner {
     pub grants: Grants,
     /// The OpenID provider.
     pub(crate) upstream: Arc<Upstream>,
-    /// The operator's policy.
-    pub policy: Arc<PolicyEngine>,
+    /// Every MCP route: its settings, policy and forwarder.
+    pub routes: Vec<ServedRoute>,
     /// Bearer tokens already validated.
     pub token_cache: Arc<TokenCache>,
-    /// What the forwarder needs.
-    pub(crate) forward: Arc<ForwardContext>,
     /// The Prometheus registry.
     pub metrics: Arc<Metrics>,
     /// What the OAuth routes get (see `FromRef` below).
@@ -78,12 +75,22 @@ pub enum StartError {
     /// The provider's settings are unusable.
     #[error("upstream: {0}")]
     Upstream(#[from] crate::upstream::UpstreamError),
-    /// The downstream URL is unusable.
-    #[error("downstream: {0}")]
-    Downstream(String),
-    /// The policy did not compile.
-    #[error("policy.path: {0}")]
-    Policy(#[from] crate::policy::PolicyError),
+    /// A downstream URL is unusable.
+    #[error("{key}: {message}")]
+    Downstream {
+        /// The key at fault (`downstream.url`, `routes[github].downstream.url`).
+        key: String,
+        /// Why.
+        message: String,
+    },
+    /// A policy did not compile.
+    #[error("{key}: {source}")]
+    Policy {
+        /// The key at fault (`policy.path`, `routes[github].policy.path`).
+        key: String,
+        /// Why.
+        source: crate::policy::PolicyError,
+    },
     /// A listener could not be bound.
     #[error("server.listen: cannot listen on {addr}: {source}")]
     Listen {
@@ -109,16 +116,31 @@ impl AppState {
             Lifetimes::from_settings(&settings),
         );
         let upstream = Arc::new(Upstream::new(&settings, metrics.clone())?);
-        let policy = policy_engine(&settings, &metrics)?;
         let token_cache = token_cache(&settings, &grants, &metrics)?;
-        let forward = Arc::new(forward_context(&settings, &records, &metrics)?);
+        let routes = settings
+            .routes
+            .iter()
+            .map(|route| ServedRoute::new(&settings, route, &records, &metrics))
+            .collect::<Result<Vec<_>, _>>()?;
         let oauth = OAuthState::new(OAuthInner {
             settings: OAuthSettings::from_settings(&settings),
             keys,
             records: records.clone(),
             grants: grants.clone(),
             upstream: upstream.clone(),
-            policy: policy.clone(),
+            routes: routes
+                .iter()
+                .map(|r| ProtectedRoute {
+                    name: r.settings.name.clone(),
+                    resources: r
+                        .settings
+                        .resource_paths()
+                        .iter()
+                        .map(|p| format!("{}{p}", settings.public_url))
+                        .collect(),
+                    policy: r.policy.clone(),
+                })
+                .collect(),
             metrics: metrics.clone(),
         });
         Ok(AppState(Arc::new(AppInner {
@@ -126,26 +148,12 @@ impl AppState {
             records,
             grants,
             upstream,
-            policy,
+            routes,
             token_cache,
-            forward,
             metrics,
             oauth,
         })))
     }
-}
-
-/// The operator's policy (`policy.path`), compiled.
-fn policy_engine(
-    settings: &Settings,
-    metrics: &Arc<Metrics>,
-) -> Result<Arc<PolicyEngine>, StartError> {
-    let config = &settings.config.policy;
-    Ok(Arc::new(
-        PolicyEngine::new(config.path.as_deref(), &config.identity_headers)?
-            .with_metrics(metrics.clone())
-            .with_max_header_bytes(config.max_header_bytes),
-    ))
 }
 
 /// The bearer token cache; with Redis, it also hears the other replicas'
@@ -174,41 +182,6 @@ fn token_cache(
         );
     }
     Ok(token_cache)
-}
-
-/// Where and how MCP requests are forwarded.
-fn forward_context(
-    settings: &Settings,
-    records: &Records,
-    metrics: &Arc<Metrics>,
-) -> Result<ForwardContext, StartError> {
-    let config = &settings.config;
-    let public = url::Url::parse(&settings.public_url).map_err(|e| StartError::Listen {
-        addr: settings.public_url.clone(),
-        source: std::io::Error::other(e),
-    })?;
-    Ok(ForwardContext {
-        client: crate::proxy::http_client(config.downstream.connect_timeout.0),
-        sessions: Arc::new(SessionBindings::new(records.clone())),
-        public_host: match public.port() {
-            Some(port) => format!("{}:{port}", public.host_str().unwrap_or_default()),
-            None => public.host_str().unwrap_or_default().to_string(),
-        },
-        public_proto: public.scheme().to_string(),
-        downstream: DownstreamTarget::new(&settings.downstream_url)
-            .map_err(StartError::Downstream)?,
-        downstream_sse: settings
-            .downstream_sse_url
-            .as_ref()
-            .map(DownstreamTarget::new)
-            .transpose()
-            .map_err(StartError::Downstream)?,
-        response_timeout: config.downstream.response_timeout.0,
-        sse_idle_timeout: config.downstream.sse_idle_timeout.0,
-        pass_cookies: config.downstream.pass_cookies.clone(),
-        trusted_proxies: settings.trusted_proxies.clone(),
-        metrics: metrics.clone(),
-    })
 }
 
 /// A server started in the background (the CLI and the tests use it).
@@ -267,8 +240,11 @@ pub async fn start(app: AppState) -> Result<Running, StartError> {
         app.records.store.clone(),
         app.settings.config.store.purge_interval.0,
     );
-    app.policy
-        .spawn_watcher(app.settings.config.policy.watch_interval.0);
+    for route in &app.routes {
+        route
+            .policy
+            .spawn_watcher(route.settings.policy.watch_interval.0);
+    }
     // Discover the provider now so the first login does not wait for it; a
     // failure is retried on first use.
     let early = app.clone();

@@ -27,9 +27,10 @@ use crate::proxy::methods::AllowMethods;
 use crate::proxy::origin::CheckOrigin;
 use crate::proxy::sessions::CheckSessionOwnership;
 use crate::proxy::unambiguous::UnambiguousHeaders;
-use crate::proxy::{Forwarder, Route, LEGACY_MESSAGE_PATH};
+use crate::proxy::{Endpoint, Forwarder};
 use crate::rate_limit::{by_address, by_client, by_user, RateLimits};
 use crate::server::rescue::RescueLayer;
+use crate::server::routes::ServedRoute;
 use crate::server::AppState;
 
 static REQUEST_ID: HeaderName = HeaderName::from_static("x-request-id");
@@ -37,7 +38,7 @@ static REQUEST_ID: HeaderName = HeaderName::from_static("x-request-id");
 /// The authorization server's routes: client-facing JSON endpoints (with
 /// CORS) and browser-facing pages (without). Their handlers take
 /// `OAuthState`, drawn from `AppState` (see `server::AppState`).
-fn oauth_routes(limits: &RateLimits) -> Router<AppState> {
+fn oauth_routes(app: &AppState, limits: &RateLimits) -> Router<AppState> {
     // Per client address, first on each OAuth route: refused before a
     // body is read or the store is asked. Rescue renders the refusal in
     // the route's own form (OAuth JSON for clients, a page for people).
@@ -72,14 +73,6 @@ fn oauth_routes(limits: &RateLimits) -> Router<AppState> {
             get(metadata::protected_resource_root),
         )
         .route(
-            "/.well-known/oauth-protected-resource/mcp",
-            get(metadata::protected_resource_mcp),
-        )
-        .route(
-            "/.well-known/oauth-protected-resource/sse",
-            get(metadata::protected_resource_sse),
-        )
-        .route(
             "/register",
             post(register::register)
                 .layer(DefaultBodyLimit::max(register::MAX_REGISTRATION_BYTES))
@@ -97,6 +90,7 @@ fn oauth_routes(limits: &RateLimits) -> Router<AppState> {
                 .layer(DefaultBodyLimit::max(token::MAX_FORM_BYTES))
                 .layer(oauth_limit(LimitGroup::Token)),
         )
+        .merge(protected_resources(app))
         .layer(cors);
     // Pages for a person: no CORS, ever.
     let browser_facing = Router::new()
@@ -127,7 +121,7 @@ pub(crate) fn router(app: AppState) -> Router {
     let trusted_proxies = app.settings.trusted_proxies.clone();
     let app_metrics = app.metrics.clone();
     Router::new()
-        .merge(oauth_routes(&limits))
+        .merge(oauth_routes(&app, &limits))
         .with_state(app)
         .merge(mcp_facing)
         // Who is calling, honouring `server.trusted_proxies`: resolved once,
@@ -161,26 +155,62 @@ pub(crate) fn router(app: AppState) -> Router {
         .layer(SetRequestIdLayer::new(REQUEST_ID.clone(), SequentialRequestId::new()))
 }
 
-/// The MCP routes, each with its own stack, behind CORS for browser clients.
-fn mcp_routes(app: &AppState, limits: &RateLimits) -> Router {
-    Router::new()
-        .route_service("/mcp", mcp_stack(app, limits, "/mcp", Route::Mcp))
-        .route_service("/sse", mcp_stack(app, limits, "/sse", Route::SseStream))
-        .route_service(
-            LEGACY_MESSAGE_PATH,
-            mcp_stack(app, limits, "/sse", Route::SseMessage),
-        )
-        .layer(mcp_cors(app))
+/// RFC 9728 metadata of each route's endpoints, at
+/// `/.well-known/oauth-protected-resource<path>`; written once at start.
+fn protected_resources(app: &AppState) -> Router<AppState> {
+    let mut router = Router::new();
+    for route in &app.routes {
+        for path in route.settings.resource_paths() {
+            let document = metadata::protected_resource_document(
+                &app.settings.public_url,
+                &path,
+                &route.settings.name,
+            );
+            router = router.route(
+                &format!("/.well-known/oauth-protected-resource{path}"),
+                get(move || std::future::ready(metadata::cacheable_json(document.clone()))),
+            );
+        }
+    }
+    router
 }
 
-/// One MCP route, outermost first: audit ← rescue ← address limit ← origin
-/// ← authenticate ← user and client limits ← unambiguous headers ← policy
-/// ← list filter ← methods ← session ownership ← forwarder.
+/// The MCP routes: each route's endpoints, each with its own stack, behind
+/// the route's CORS for browser clients. Paths are matched exactly (no
+/// decoding, no dot segments, no trailing slash): configuration allows
+/// only paths that have one spelling.
+fn mcp_routes(app: &AppState, limits: &RateLimits) -> Router {
+    let mut router = Router::new();
+    for route in &app.routes {
+        let settings = &route.settings;
+        let mut endpoints = Router::new().route_service(
+            &settings.path,
+            mcp_stack(app, limits, route, &settings.path, Endpoint::Mcp),
+        );
+        if let (Some(sse), Some(message)) = (&settings.sse_path, settings.message_path()) {
+            endpoints = endpoints
+                .route_service(sse, mcp_stack(app, limits, route, sse, Endpoint::SseStream))
+                .route_service(
+                    &message,
+                    mcp_stack(app, limits, route, sse, Endpoint::SseMessage),
+                );
+        }
+        router = router.merge(endpoints.layer(mcp_cors(app, route)));
+    }
+    router
+}
+
+/// One endpoint of one route, outermost first: audit ← rescue ← address
+/// limit ← origin ← authenticate ← user and client limits ← unambiguous
+/// headers ← policy ← list filter ← methods ← session ownership ←
+/// forwarder. The route's `layers` switch the audit log, the rate limits
+/// and the list filter.
 fn mcp_stack(
     app: &AppState,
     limits: &RateLimits,
-    resource_path: &'static str,
-    route: Route,
+    route: &ServedRoute,
+    resource_path: &str,
+    endpoint: Endpoint,
 ) -> impl tower::Service<
     axum::http::Request<axum::body::Body>,
     Response = axum::http::Response<axum::body::Body>,
@@ -190,22 +220,33 @@ fn mcp_stack(
        + Send
        + 'static {
     let metrics = app.metrics.clone();
+    let settings = &route.settings;
+    let layers = settings.layers;
+    let limit = |group, key| {
+        layers
+            .rate_limits
+            .then(|| limits.layer::<ProxyError>(group, key))
+    };
     tower::ServiceBuilder::new()
         // One audit event and the MCP counters per request, written when the
         // answer (errors included) is known.
-        .layer(Audit::layer(metrics.clone(), app.settings.config.log.audit))
+        .layer(Audit::layer(
+            metrics.clone(),
+            app.settings.config.log.audit && layers.audit,
+        ))
         // Typed errors from the layers below become JSON-RPC responses here,
         // and only here.
         .layer(RescueLayer)
         // Per client address, before the token is looked up: a flood of
         // made-up tokens costs a map lookup, not a store query each.
-        .layer(limits.layer::<ProxyError>(LimitGroup::McpAddress, by_address))
+        .option_layer(limit(LimitGroup::McpAddress, by_address))
         // Foreign browser origins are refused before any work is done.
         .layer(CheckOrigin::layer(
             &app.settings.public_url,
-            &app.settings.allowed_origins,
+            &settings.allowed_origins,
         ))
-        // Who is calling: the bearer token, from the Authorization header only.
+        // Who is calling: the bearer token, from the Authorization header
+        // only, bound to this endpoint or to the whole proxy.
         .layer(Authenticate::layer(
             app.token_cache.clone(),
             &app.settings.public_url,
@@ -213,40 +254,42 @@ fn mcp_stack(
         ))
         // Per user and per client: needs the session Authenticate found,
         // and spares the policy the requests that would be refused anyway.
-        .layer(limits.layer::<ProxyError>(LimitGroup::McpUser, by_user))
-        .layer(limits.layer::<ProxyError>(LimitGroup::McpClient, by_client))
+        .option_layer(limit(LimitGroup::McpUser, by_user))
+        .option_layer(limit(LimitGroup::McpClient, by_client))
         // Headers the layers below read must mean one thing, or the policy
         // could judge one value while the downstream acts on another.
         .layer(UnambiguousHeaders::layer())
-        // May they, and with which identity headers: the operator's policy.
+        // May they, and with which identity headers: the route's policy.
         .layer(EnforcePolicy::layer(
-            app.policy.clone(),
+            route.policy.clone(),
             app.upstream.issuer(),
-            app.settings.config.downstream.max_request_bytes,
-            app.settings.config.downstream.max_batch_size,
+            settings.downstream.max_request_bytes,
+            settings.downstream.max_batch_size,
             metrics,
         ))
         // What they may see: list answers lose what the policy would deny.
-        .layer(FilterLists::layer(
-            app.policy.clone(),
-            app.upstream.issuer(),
-        ))
-        // Which methods the route serves; any other is 405 here.
-        .layer(AllowMethods::layer(route))
-        // A presented `Mcp-Session-Id` must belong to the caller on /mcp,
-        // and the legacy `sid` must be the caller's on /sse/message;
-        // otherwise 404 and nothing is forwarded.
+        .option_layer(
+            layers
+                .filter_lists
+                .then(|| FilterLists::layer(route.policy.clone(), app.upstream.issuer())),
+        )
+        // Which methods the endpoint serves; any other is 405 here.
+        .layer(AllowMethods::layer(endpoint))
+        // A presented `Mcp-Session-Id` must belong to the caller on the
+        // Streamable HTTP endpoint, and the legacy `sid` must be the
+        // caller's on the message endpoint; otherwise 404 and nothing is
+        // forwarded. Sessions are the route's own.
         .layer(CheckSessionOwnership::layer(
-            app.forward.sessions.clone(),
-            route,
+            route.forward.sessions.clone(),
+            endpoint,
         ))
-        .service(Forwarder::new(app.forward.clone(), route))
+        .service(Forwarder::new(route.forward.clone(), endpoint))
 }
 
-/// Browser-based MCP clients on allowed origins may call the MCP routes.
-fn mcp_cors(app: &AppState) -> CorsLayer {
+/// Browser-based MCP clients on the route's allowed origins may call it.
+fn mcp_cors(app: &AppState, route: &ServedRoute) -> CorsLayer {
     let origins: Vec<axum::http::HeaderValue> = std::iter::once(app.settings.public_url.as_str())
-        .chain(app.settings.allowed_origins.iter().map(String::as_str))
+        .chain(route.settings.allowed_origins.iter().map(String::as_str))
         .filter_map(|o| o.parse().ok())
         .collect();
     CorsLayer::new()

@@ -12,8 +12,9 @@ use crate::crypto;
 use crate::error::{redirect_with_params, AppError, PageError, RedirectError};
 use crate::metrics::labels::CallbackResult;
 use crate::oauth::pages::found;
+use crate::oauth::resources::login_for_resource;
 use crate::oauth::OAuthState;
-use crate::policy::login::{login_allowed, Login, LoginRefused};
+use crate::policy::login::{Login, LoginRefused};
 use crate::store::{GrantSecrets, PendingAuthorization, UpstreamLeg};
 use crate::upstream::UpstreamError;
 
@@ -88,7 +89,14 @@ async fn callback_inner(
         claims: &secrets.claims,
         issuer: app.upstream.issuer(),
     };
-    match login_allowed(&app.policy, &app.records, &login).await {
+    match login_for_resource(
+        &app.routes,
+        &app.records,
+        pending.resource.as_deref(),
+        &login,
+    )
+    .await
+    {
         Ok(()) => {}
         Err(LoginRefused::Denied { status, reason }) => {
             return Err(PageError::new(status, LOGIN_DENIED_TITLE, reason).into())

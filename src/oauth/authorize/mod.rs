@@ -97,6 +97,11 @@ async fn authorize_inner(
         put_pending(&app, &request_id, &pending, PENDING_TTL).await?;
         let csrf = app.keys.csrf_token(&request_id, &pending.browser_id);
         let host = redirect_uri::display_host(&redirect_uri);
+        let servers: Vec<&str> =
+            crate::oauth::resources::routes_for(&app.routes, pending.resource.as_deref())
+                .iter()
+                .map(|r| r.name.as_str())
+                .collect();
         pages::html_response(
             StatusCode::OK,
             pages::consent_page(&pages::ConsentPage {
@@ -107,6 +112,7 @@ async fn authorize_inner(
                 request_id: &request_id,
                 csrf_token: &csrf,
                 resource: pending.resource.as_deref(),
+                servers: &servers,
             }),
         )
     };
@@ -235,7 +241,7 @@ fn validate_request(
     }
     let resource = params
         .get("resource")
-        .map(|r| validate_resource(&app.settings.public_url, r))
+        .map(|r| validate_resource(&app.settings.public_url, &app.routes, r))
         .transpose()
         .map_err(|e| error("invalid_target", &e))?;
     Ok(PendingAuthorization {

@@ -54,7 +54,7 @@ fn invariant_6_the_policy_never_sees_what_a_client_claims_about_its_connection()
             value.parse().unwrap(),
         );
     }
-    let view = script_request(&Method::POST, "/mcp", &h, None).cast::<Map>();
+    let view = script_request("default", &Method::POST, "/mcp", &h, None).cast::<Map>();
     let headers = view["headers"].clone().cast::<Map>();
     let names: Vec<&str> = headers.keys().map(|k| k.as_str()).collect();
     assert_eq!(names, vec!["x-custom"]);

@@ -56,7 +56,7 @@ mod ownership {
     /// endpoint that is no URI.
     async fn bindings(dir: &tempfile::TempDir) -> Arc<SessionBindings> {
         let store = SqliteStore::open(&dir.path().join("s.db")).unwrap();
-        let bindings = SessionBindings::new(Records::new(Arc::new(store)));
+        let bindings = SessionBindings::new(Records::new(Arc::new(store)), "default");
         let alice = |endpoint: Option<&str>| Binding {
             sub: "alice".into(),
             endpoint: endpoint.map(str::to_string),
@@ -115,7 +115,7 @@ mod ownership {
     /// its calls and answers with what the check found.
     async fn check(
         bindings: &Arc<SessionBindings>,
-        route: Route,
+        route: Endpoint,
         request: Request<Body>,
     ) -> (Result<OwnedSession, ProxyError>, usize) {
         let calls = Arc::new(AtomicUsize::new(0));
@@ -147,14 +147,15 @@ mod ownership {
         let bindings = bindings(&dir).await;
         let (found, calls) = check(
             &bindings,
-            Route::Mcp,
+            Endpoint::Mcp,
             request("/mcp", Some("alice"), Some("mcp-alice")),
         )
         .await;
         assert_eq!(found.unwrap(), OwnedSession::Mcp(Some("mcp-alice".into())));
         assert_eq!(calls, 1);
         // No session id yet (initialize): nothing to own.
-        let (found, calls) = check(&bindings, Route::Mcp, request("/mcp", Some("bob"), None)).await;
+        let (found, calls) =
+            check(&bindings, Endpoint::Mcp, request("/mcp", Some("bob"), None)).await;
         assert_eq!(found.unwrap(), OwnedSession::Mcp(None));
         assert_eq!(calls, 1);
     }
@@ -164,8 +165,12 @@ mod ownership {
         let dir = tempfile::tempdir().unwrap();
         let bindings = bindings(&dir).await;
         for (sub, id) in [("bob", "mcp-alice"), ("alice", "mcp-unknown")] {
-            let (found, calls) =
-                check(&bindings, Route::Mcp, request("/mcp", Some(sub), Some(id))).await;
+            let (found, calls) = check(
+                &bindings,
+                Endpoint::Mcp,
+                request("/mcp", Some(sub), Some(id)),
+            )
+            .await;
             assert!(
                 matches!(found, Err(ProxyError::SessionNotFound)),
                 "{sub} {id}: {found:?}"
@@ -179,9 +184,9 @@ mod ownership {
         let dir = tempfile::tempdir().unwrap();
         let bindings = bindings(&dir).await;
         for (route, uri) in [
-            (Route::Mcp, "/mcp"),
-            (Route::SseStream, "/sse"),
-            (Route::SseMessage, "/sse/message?sid=sid-alice"),
+            (Endpoint::Mcp, "/mcp"),
+            (Endpoint::SseStream, "/sse"),
+            (Endpoint::SseMessage, "/sse/message?sid=sid-alice"),
         ] {
             let (found, calls) =
                 check(&bindings, route, request(uri, Some("alice"), Some("a b"))).await;
@@ -205,7 +210,7 @@ mod ownership {
         let bindings = bindings(&dir).await;
         let (found, calls) = check(
             &bindings,
-            Route::SseStream,
+            Endpoint::SseStream,
             request("/sse", Some("bob"), None),
         )
         .await;
@@ -219,7 +224,7 @@ mod ownership {
         let bindings = bindings(&dir).await;
         let (found, calls) = check(
             &bindings,
-            Route::SseMessage,
+            Endpoint::SseMessage,
             request("/sse/message?sid=sid-alice", Some("alice"), None),
         )
         .await;
@@ -251,8 +256,12 @@ mod ownership {
             ("/sse/message?sid=sid-bare", "alice", "session not found"),
             ("/sse/message?sid=sid-bad", "alice", "session not found"),
         ] {
-            let (found, calls) =
-                check(&bindings, Route::SseMessage, request(uri, Some(sub), None)).await;
+            let (found, calls) = check(
+                &bindings,
+                Endpoint::SseMessage,
+                request(uri, Some(sub), None),
+            )
+            .await;
             assert_eq!(
                 found.map_err(|e| e.to_string()),
                 Err(refused.to_string()),

@@ -155,13 +155,15 @@ async fn a_decorated_stream_is_never_buffered_and_ends_with_its_session() {
 async fn the_legacy_endpoint_event_is_rewritten_and_bound_to_the_caller() {
     let dir = tempfile::tempdir().unwrap();
     let store = crate::store::sqlite::SqliteStore::open(&dir.path().join("s.db")).unwrap();
-    let bindings = Arc::new(SessionBindings::new(crate::store::Records::new(Arc::new(
-        store,
-    ))));
+    let bindings = Arc::new(SessionBindings::new(
+        crate::store::Records::new(Arc::new(store)),
+        "default",
+    ));
     let legacy = LegacyStream {
         bindings: bindings.clone(),
         stream_url: "http://downstream.test/mcp/sse?x=1".parse().unwrap(),
         sub: "alice".into(),
+        message_path: "/sse/message".into(),
     };
     let downstream = Body::from(
         ": hello\n\nevent: endpoint\ndata: messages?sessionId=abc\n\nevent: message\ndata: {}\n\n",
