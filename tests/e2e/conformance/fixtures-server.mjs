@@ -8,9 +8,10 @@
 //   PORT=3001 node conformance/fixtures-server.mjs       → http://127.0.0.1:3001/mcp
 //   node conformance/fixtures-server.mjs --port 0        (any free port)
 //
-// Prints one line on stdout when it listens:
+// It serves POST/GET/DELETE /mcp on 127.0.0.1 (BIND_HOST or --host) only,
+// prints one line on stdout when it listens:
 //   {"ready":true,"url":"http://127.0.0.1:3001/mcp","port":3001}
-// and serves POST/GET/DELETE /mcp on 127.0.0.1 (BIND_HOST) only.
+// and one line on stderr per session it opens ("session opened <id>").
 //
 // What each scenario needs (read from the suite's dist/index.js):
 //   - stateful sessions (server-sse-polling and server-sse-multiple-streams
@@ -531,7 +532,11 @@ async function startSession(req, res, body) {
     sessionIdGenerator: () => crypto.randomUUID(),
     eventStore: createEventStore(),
     retryInterval: RETRY_MS,
-    onsessioninitialized: (id) => sessions.set(id, { transport, server, version }),
+    onsessioninitialized: (id) => {
+      sessions.set(id, { transport, server, version });
+      // Harnesses count these lines to see which instance a route reached.
+      process.stderr.write(`session opened ${id}\n`);
+    },
   });
   transport.onclose = () => {
     if (transport.sessionId) sessions.delete(transport.sessionId);
