@@ -118,22 +118,33 @@ fn check(path: Option<PathBuf>) -> ExitCode {
     match config.validate() {
         Ok(settings) => {
             print!("{rendered}");
-            let policy = &settings.config.policy;
-            match PolicyEngine::new(policy.path.as_deref(), &policy.identity_headers) {
-                Ok(engine) => {
-                    eprintln!(
-                        "configuration OK (issuer {}, provider {}, policy {})",
-                        settings.public_url,
-                        settings.issuer_url,
+            let mut routes = Vec::new();
+            for route in &settings.routes {
+                match PolicyEngine::new(route.policy_path(), route.identity_headers()) {
+                    Ok(engine) => routes.push(format!(
+                        "route {}: {} -> {} (policy {})",
+                        route.name,
+                        route.path,
+                        route.downstream_url(),
                         engine.current().name
-                    );
-                    ExitCode::SUCCESS
-                }
-                Err(e) => {
-                    eprintln!("policy error: {e}");
-                    ExitCode::FAILURE
+                    )),
+                    Err(e) => {
+                        eprintln!("policy error: {}: {e}", route.key("policy.path"));
+                        return ExitCode::FAILURE;
+                    }
                 }
             }
+            eprintln!(
+                "configuration OK (issuer {}, provider {}, {} route{})",
+                settings.public_url,
+                settings.issuer_url,
+                routes.len(),
+                if routes.len() == 1 { "" } else { "s" }
+            );
+            for route in routes {
+                eprintln!("  {route}");
+            }
+            ExitCode::SUCCESS
         }
         Err(e) => {
             eprintln!("config error: {e}");

@@ -116,6 +116,21 @@ impl RouteSettings {
         self.sse_path.as_ref().map(|p| format!("{p}/message"))
     }
 
+    /// The downstream's Streamable HTTP endpoint.
+    pub fn downstream_url(&self) -> &Url {
+        &self.downstream_url
+    }
+
+    /// The policy file, if any (the built-in default policy otherwise).
+    pub fn policy_path(&self) -> Option<&std::path::Path> {
+        self.policy.path.as_deref()
+    }
+
+    /// Header names the policy may set besides the ones it declares.
+    pub fn identity_headers(&self) -> &[String] {
+        &self.policy.identity_headers
+    }
+
     /// Every path this route answers on.
     pub(crate) fn paths(&self) -> Vec<String> {
         let mut paths = vec![self.path.clone()];
@@ -131,8 +146,9 @@ impl RouteSettings {
         paths
     }
 
-    /// A key of this route, for messages (`routes[github].downstream.url`).
-    pub(crate) fn key(&self, key: &str) -> String {
+    /// A key of this route, for messages (`routes[github].downstream.url`;
+    /// the default route's keys are the top-level tables).
+    pub fn key(&self, key: &str) -> String {
         route_key(&self.key_prefix, key)
     }
 }

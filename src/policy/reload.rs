@@ -94,8 +94,9 @@ impl PolicyEngine {
     }
 
     /// Watches the policy file (polling survives editors' atomic renames and
-    /// Kubernetes' ConfigMap symlink swaps) and reloads on SIGHUP. Compiling
-    /// happens on a blocking thread, never on the request path.
+    /// Kubernetes' ConfigMap symlink swaps). Compiling happens on a blocking
+    /// thread, never on the request path. SIGHUP is the server's (one
+    /// listener reloads every route's policy: `reload_now`).
     pub(crate) fn spawn_watcher(self: &Arc<Self>, interval: Duration) {
         if self.path.is_none() {
             return;
@@ -104,33 +105,27 @@ impl PolicyEngine {
         tokio::spawn(async move {
             let mut ticker = tokio::time::interval(interval);
             ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-            #[cfg(unix)]
-            let mut hangup =
-                tokio::signal::unix::signal(tokio::signal::unix::SignalKind::hangup()).ok();
             loop {
-                #[cfg(unix)]
-                let forced = tokio::select! {
-                    _ = ticker.tick() => false,
-                    Some(()) = async { match hangup.as_mut() { Some(h) => h.recv().await, None => std::future::pending().await } } => true,
-                };
-                #[cfg(not(unix))]
-                let forced = {
-                    ticker.tick().await;
-                    false
-                };
+                ticker.tick().await;
                 let Some(engine) = engine.upgrade() else {
                     return;
                 };
-                let _ = tokio::task::spawn_blocking(move || {
-                    if forced {
-                        tracing::info!(target: "policy", "SIGHUP: reloading the policy");
-                        let _ = engine.reload();
-                    } else {
-                        engine.reload_if_changed();
-                    }
-                })
-                .await;
+                let _ = tokio::task::spawn_blocking(move || engine.reload_if_changed()).await;
             }
         });
+    }
+
+    /// Reloads the policy file now (SIGHUP), on a blocking thread; `false`
+    /// when there is no file (the built-in policy never changes).
+    pub fn reload_now(self: &Arc<Self>) -> bool {
+        if self.path.is_none() {
+            return false;
+        }
+        let engine = self.clone();
+        tokio::task::spawn_blocking(move || {
+            tracing::info!(target: "policy", route = engine.route(), "SIGHUP: reloading the policy");
+            let _ = engine.reload();
+        });
+        true
     }
 }

@@ -245,6 +245,7 @@ pub async fn start(app: AppState) -> Result<Running, StartError> {
             .policy
             .spawn_watcher(route.settings.policy.watch_interval.0);
     }
+    reload_policies_on_hangup(&app);
     // Discover the provider now so the first login does not wait for it; a
     // failure is retried on first use.
     let early = app.clone();
@@ -298,6 +299,34 @@ pub async fn start(app: AppState) -> Result<Running, StartError> {
         shutdown,
         task,
     })
+}
+
+/// SIGHUP reloads every route's policy file. The handler is installed
+/// whether or not any route has a file: without one, SIGHUP's default
+/// action would end the process (`systemctl reload` must never do that).
+fn reload_policies_on_hangup(app: &AppState) {
+    #[cfg(unix)]
+    {
+        let mut hangup = match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::hangup())
+        {
+            Ok(hangup) => hangup,
+            Err(e) => {
+                tracing::warn!(error = %e, "cannot listen for SIGHUP; policies reload only when their files change");
+                return;
+            }
+        };
+        let engines: Vec<_> = app.routes.iter().map(|r| r.policy.clone()).collect();
+        tokio::spawn(async move {
+            while hangup.recv().await.is_some() {
+                let reloaded = engines.iter().filter(|e| e.reload_now()).count();
+                if reloaded == 0 {
+                    tracing::info!(target: "policy", "SIGHUP: no route has a policy file; nothing to reload");
+                }
+            }
+        });
+    }
+    #[cfg(not(unix))]
+    let _ = app;
 }
 
 /// Resolves on SIGINT or SIGTERM.
