@@ -28,6 +28,7 @@ struct Setup {
     main: Downstream,
     wiki: Downstream,
     client: Client,
+    policy: PathBuf,
     _dir: tempfile::TempDir,
 }
 
@@ -47,11 +48,14 @@ path = "/wiki/mcp"
 sse_path = "/wiki/sse"
 [routes.downstream]
 url = "{}"
+sse_url = "{}/sse"
 [routes.policy]
 path = "{}"
 identity_headers = ["X-Route"]
+watch_interval = "100ms"
 "#,
             wiki.mcp_url(),
+            wiki.url,
             policy.display()
         ),
         ..Default::default()
@@ -63,6 +67,7 @@ identity_headers = ["X-Route"]
         main,
         wiki,
         client,
+        policy,
         _dir: dir,
     }
 }
@@ -363,4 +368,81 @@ Content-Length: {}\r\nConnection: close\r\n\r\n{body}",
     let mut response = Vec::new();
     stream.read_to_end(&mut response).await.unwrap();
     String::from_utf8_lossy(&response).into_owned()
+}
+
+#[tokio::test]
+async fn a_routes_legacy_sse_announces_its_own_message_endpoint() {
+    let s = setup().await;
+    let token = s.token(person("wendy", &["wiki"]), None).await;
+    let mut r = s
+        .proxy
+        .http
+        .get(format!("{}/wiki/sse", s.proxy.url))
+        .bearer_auth(&token)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 200);
+    let first = String::from_utf8(r.chunk().await.unwrap().unwrap().to_vec()).unwrap();
+    assert!(
+        first.starts_with("event: endpoint\ndata: /wiki/sse/message?sid="),
+        "{first}"
+    );
+    let endpoint = first.lines().nth(1).unwrap().trim_start_matches("data: ");
+    let post = |path: String| {
+        s.proxy
+            .http
+            .post(format!("{}{path}", s.proxy.url))
+            .bearer_auth(&token)
+            .json(&json!({"jsonrpc": "2.0", "id": 1, "method": "tools/list"}))
+            .send()
+    };
+    // The sid is the wiki's: the default route's message endpoint does not know it.
+    let elsewhere = endpoint.replace("/wiki/sse/message", "/sse/message");
+    assert_eq!(post(elsewhere).await.unwrap().status(), 404);
+    assert_eq!(post(endpoint.to_string()).await.unwrap().status(), 202);
+    let arrived = s.wiki.last();
+    assert_eq!(arrived.uri.to_string(), "/messages?sessionId=legacy-1");
+    assert_eq!(arrived.headers["x-route"], "wiki");
+    assert!(s.main.requests().is_empty());
+}
+
+#[tokio::test]
+async fn each_routes_policy_reloads_on_its_own_and_keeps_its_last_good_version() {
+    let s = setup().await;
+    let token = s.token(person("wendy", &["wiki"]), None).await;
+    let edited = WIKI_POLICY.replace("\"X-Route\": request.route", "\"X-Route\": \"v2\"");
+    let tmp = s.policy.with_extension("tmp");
+    std::fs::write(&tmp, &edited).unwrap();
+    std::fs::rename(&tmp, &s.policy).unwrap();
+    let mut seen = String::new();
+    for _ in 0..50 {
+        assert_eq!(s.call("/wiki/mcp", &token).await.status(), 200);
+        seen = s.wiki.last().headers["x-route"]
+            .to_str()
+            .unwrap()
+            .to_string();
+        if seen == "v2" {
+            break;
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+    }
+    assert_eq!(seen, "v2", "the wiki's policy was not reloaded");
+    // A broken edit keeps v2 serving; the default route never changed.
+    std::fs::write(&tmp, "fn authorize(user, request) { allow( }").unwrap();
+    std::fs::rename(&tmp, &s.policy).unwrap();
+    tokio::time::sleep(std::time::Duration::from_millis(400)).await;
+    assert_eq!(s.call("/wiki/mcp", &token).await.status(), 200);
+    assert_eq!(s.wiki.last().headers["x-route"], "v2");
+    let wiki_engine = &s.proxy.app().routes[1].policy;
+    assert_eq!(wiki_engine.route(), "wiki");
+    assert!(wiki_engine.reloads.last_error.lock().unwrap().is_some());
+    assert!(s.proxy.app().routes[0]
+        .policy
+        .reloads
+        .last_error
+        .lock()
+        .unwrap()
+        .is_none());
+    assert_eq!(s.call("/mcp", &token).await.status(), 200);
 }
