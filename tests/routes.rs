@@ -446,3 +446,114 @@ async fn each_routes_policy_reloads_on_its_own_and_keeps_its_last_good_version()
         .is_none());
     assert_eq!(s.call("/mcp", &token).await.status(), 200);
 }
+
+/// A route with every optional layer off beside the default route with
+/// them on: the list filter, the rate limits and the audit event are each
+/// route's own choice; the policy's `authorize` runs on both.
+#[tokio::test]
+async fn optional_layers_are_switched_per_route() {
+    let dir = tempfile::tempdir().unwrap();
+    let per_tool = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("policies/per-tool.rhai");
+    let main = Downstream::start().await;
+    let open = Downstream::start().await;
+    let proxy = TestProxy::start_with_options(&Options {
+        downstream_url: Some(main.mcp_url()),
+        extra: format!(
+            r#"
+[policy]
+path = "{policy}"
+[limits.mcp_user]
+requests = 3
+period = "1h"
+[[routes]]
+name = "open"
+path = "/open/mcp"
+[routes.downstream]
+url = "{open}"
+[routes.policy]
+path = "{policy}"
+[routes.layers]
+filter_lists = false
+rate_limits = false
+audit = false
+"#,
+            policy = per_tool.display(),
+            open = open.mcp_url(),
+        ),
+        ..Default::default()
+    })
+    .await;
+    let client = proxy.public_client().await;
+    proxy.provider.set_user(person("dev", &["engineering"]));
+    let token = proxy.tokens_for(&client, &[]).await["access_token"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    let rpc = |path: &'static str, method: &'static str, marker: String| {
+        proxy
+            .http
+            .post(format!("{}{path}", proxy.url))
+            .bearer_auth(&token)
+            .header("accept", "application/json, text/event-stream")
+            .header("x-request-id", marker)
+            .json(
+                &json!({"jsonrpc": "2.0", "id": 1, "method": method, "params": {"name": "deploy"}}),
+            )
+            .send()
+    };
+    let tools = |body: Value| -> Vec<String> {
+        body["result"]["tools"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|t| t["name"].as_str().unwrap().to_string())
+            .collect()
+    };
+    let filtered = rpc("/mcp", "tools/list", "m-1".into()).await.unwrap();
+    assert!(!tools(filtered.json().await.unwrap()).contains(&"deploy".to_string()));
+    let unfiltered = rpc("/open/mcp", "tools/list", "o-1".into()).await.unwrap();
+    assert!(tools(unfiltered.json().await.unwrap()).contains(&"deploy".to_string()));
+    // authorize() still runs where the filter is off.
+    let denied = rpc("/open/mcp", "tools/call", "o-2".into()).await.unwrap();
+    assert_eq!(denied.status(), 403);
+
+    // Three requests per user on the limited route: the fourth is 429
+    // there, while the open route goes on.
+    let mut statuses = Vec::new();
+    for i in 0..3 {
+        statuses.push(
+            rpc("/mcp", "ping", format!("m-{}", i + 2))
+                .await
+                .unwrap()
+                .status()
+                .as_u16(),
+        );
+    }
+    assert_eq!(
+        statuses,
+        [200, 200, 429],
+        "the first tools/list counted too"
+    );
+    for i in 0..5 {
+        let r = rpc("/open/mcp", "ping", format!("o-{}", i + 3))
+            .await
+            .unwrap();
+        assert_eq!(r.status(), 200);
+    }
+
+    let logs = captured_logs();
+    let audited = |marker: &str| {
+        logs.lines()
+            .filter_map(|l| serde_json::from_str::<Value>(l).ok())
+            .filter(|v| v["fields"]["audit"] == true && v["fields"]["request_id"] == marker)
+            .count()
+    };
+    assert_eq!(
+        audited("m-1"),
+        1,
+        "the default route writes its audit event"
+    );
+    for marker in ["o-1", "o-2", "o-3"] {
+        assert_eq!(audited(marker), 0, "{marker}: the open route writes none");
+    }
+}
