@@ -479,6 +479,46 @@ expect = { decision = "allow" }
     }
 
     #[test]
+    fn cases_choose_the_route_the_request_arrives_on() {
+        let dir = tempfile::tempdir().unwrap();
+        let p = write(
+            dir.path(),
+            "shared",
+            r#"fn authorize(user, request) {
+    if request.route == "wiki" && !("wiki" in user.groups) { return deny(403, "wiki only"); }
+    allow(#{ "X-Route": request.route })
+}"#,
+            r#"
+[[case]]
+name = "the default route by default"
+expect = { decision = "allow", headers = { "X-Route" = "default" } }
+
+[[case]]
+name = "the wiki route"
+request = { route = "wiki" }
+expect = { decision = "deny", status = 403, reason = "wiki only" }
+
+[[case]]
+name = "the wiki route for the wiki group"
+user = { groups = ["wiki"] }
+request = { route = "wiki" }
+expect = { decision = "allow", headers = { "X-Route" = "wiki" } }
+"#,
+        );
+        let mut out = Vec::new();
+        let outcome = run_policy(&p, &mut out);
+        assert_eq!(
+            outcome,
+            Outcome {
+                passed: 3,
+                failed: 0
+            },
+            "{}",
+            String::from_utf8_lossy(&out)
+        );
+    }
+
+    #[test]
     fn a_policy_without_cases_fails() {
         let dir = tempfile::tempdir().unwrap();
         let p = dir.path().join("lonely.rhai");
