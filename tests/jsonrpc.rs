@@ -165,7 +165,12 @@ async fn a_large_allowed_batch_does_not_hold_up_an_unauthenticated_metadata_get(
     let token = s.token.clone();
     let body = batch(1024, "ping");
     let metrics = s.proxy.app().metrics.clone();
-    let decisions = move || metrics.policy_decisions.with_label_values(&["allow"]).get();
+    let decisions = move || {
+        metrics
+            .policy_decisions
+            .with_label_values(&["default", "allow"])
+            .get()
+    };
     let before = decisions();
     // The client lives on its own thread, so it keeps going even if the
     // proxy's thread is busy.

@@ -120,11 +120,11 @@ async fn a_login_and_mcp_calls_show_up_in_the_metrics() {
         "mcp_oauth_proxy_consents_total{decision=\"approve\"} 1",
         "mcp_oauth_proxy_callbacks_total{result=\"success\"} 1",
         "mcp_oauth_proxy_token_grants_total{grant_type=\"authorization_code\",result=\"success\"} 1",
-        "mcp_oauth_proxy_mcp_requests_total{decision=\"allow\",method=\"tools/call\",tool=\"whoami\"} 2",
-        "mcp_oauth_proxy_policy_decisions_total{decision=\"allow\"} 2",
+        "mcp_oauth_proxy_mcp_requests_total{decision=\"allow\",method=\"tools/call\",route=\"default\",tool=\"whoami\"} 2",
+        "mcp_oauth_proxy_policy_decisions_total{decision=\"allow\",route=\"default\"} 2",
         "mcp_oauth_proxy_token_cache_requests_total{result=\"miss\"} 1",
         "mcp_oauth_proxy_token_cache_requests_total{result=\"hit\"} 1",
-        "mcp_oauth_proxy_downstream_requests_total{route=\"/mcp\",status_class=\"2xx\"} 2",
+        "mcp_oauth_proxy_downstream_requests_total{endpoint=\"/mcp\",route=\"default\",status_class=\"2xx\"} 2",
         "mcp_oauth_proxy_http_requests_total{method=\"POST\",route=\"/mcp\",status_class=\"2xx\"} 2",
         "mcp_oauth_proxy_upstream_request_duration_seconds_count{operation=\"token\",result=\"success\"} 1",
         "mcp_oauth_proxy_token_cache_entries 1",
@@ -238,6 +238,7 @@ async fn every_mcp_request_leaves_one_audit_event() {
         .collect();
     assert_eq!(events.len(), 1, "{events:?}");
     let f = &events[0]["fields"];
+    assert_eq!(f["route"], "default");
     assert_eq!(f["sub"], "alice-sub-123");
     assert_eq!(f["email"], "alice@example.com");
     assert_eq!(f["client_id"], client.client_id.as_str());
@@ -246,4 +247,137 @@ async fn every_mcp_request_leaves_one_audit_event() {
     assert_eq!(f["decision"], "allow");
     assert_eq!(f["status"], 200);
     assert!(f["duration_ms"].as_f64().unwrap() >= 0.0);
+}
+
+/// Every value the `route` label takes on the MCP metrics (not
+/// `http_requests_*`, whose `route` is the matched path template).
+fn route_label_values(text: &str) -> BTreeSet<String> {
+    text.lines()
+        .filter(|l| l.starts_with("mcp_oauth_proxy_") && !l.starts_with("mcp_oauth_proxy_http_"))
+        .filter_map(|l| l.split_once("route=\"").map(|(_, rest)| rest))
+        .filter_map(|rest| rest.split_once('"').map(|(v, _)| v.to_string()))
+        .collect()
+}
+
+/// The audit event of the request with this id.
+fn audit_event(request_id: &str) -> serde_json::Value {
+    let events: Vec<serde_json::Value> = captured_logs()
+        .lines()
+        .filter_map(|l| serde_json::from_str::<serde_json::Value>(l).ok())
+        .filter(|v| v["fields"]["audit"] == true && v["fields"]["request_id"] == request_id)
+        .collect();
+    assert_eq!(events.len(), 1, "{request_id}: {events:?}");
+    events[0]["fields"].clone()
+}
+
+#[tokio::test]
+async fn two_routes_are_counted_and_audited_each_under_its_configured_name() {
+    let main = Downstream::start().await;
+    let wiki = Downstream::start().await;
+    let proxy = TestProxy::start_with_options(&Options {
+        downstream_url: Some(main.mcp_url()),
+        server_extra: "admin_listen = \"127.0.0.1:0\"".into(),
+        extra: format!(
+            "[metrics]\ntools = [\"whoami\"]\n\n[[routes]]\nname = \"wiki\"\npath = \"/wiki/mcp\"\n[routes.downstream]\nurl = \"{}\"\n",
+            wiki.mcp_url()
+        ),
+        ..Default::default()
+    })
+    .await;
+    let admin = format!(
+        "http://{}",
+        proxy.running.admin_addr.expect("admin listener")
+    );
+
+    // Before any request each route has its series, at zero, so a
+    // dashboard's route variable lists both from the start.
+    let text = scrape(&proxy, &admin).await;
+    for route in ["default", "wiki"] {
+        for expected in [
+            format!("mcp_oauth_proxy_mcp_requests_total{{decision=\"unauthenticated\",method=\"none\",route=\"{route}\",tool=\"\"}} 0"),
+            format!("mcp_oauth_proxy_policy_decisions_total{{decision=\"deny\",route=\"{route}\"}} 0"),
+            format!("mcp_oauth_proxy_downstream_timeouts_total{{route=\"{route}\"}} 0"),
+        ] {
+            assert!(text.contains(&expected), "missing before traffic: {expected}\n{text}");
+        }
+    }
+    assert_eq!(
+        route_label_values(&text),
+        BTreeSet::from(["default".to_string(), "wiki".to_string()])
+    );
+
+    // A token for the whole proxy (no resource) works on both routes.
+    let client = proxy.public_client().await;
+    let t = proxy.tokens_for(&client, &[]).await;
+    let token = t["access_token"].as_str().unwrap();
+    let call =
+        json!({"jsonrpc": "2.0", "id": 1, "method": "tools/call", "params": {"name": "whoami"}});
+    let marker = format!("routes-{}", rand::thread_rng().gen::<u32>());
+    let mut sent = Vec::new();
+    for (i, path) in ["/mcp", "/mcp", "/wiki/mcp"].iter().enumerate() {
+        let id = format!("{marker}-{i}");
+        let r = proxy
+            .http
+            .post(format!("{}{path}", proxy.url))
+            .bearer_auth(token)
+            .header("x-request-id", &id)
+            .json(&call)
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(r.status(), 200, "{path}");
+        sent.push((id, *path));
+    }
+    let anonymous = format!("{marker}-anonymous");
+    let r = proxy
+        .http
+        .post(format!("{}/wiki/mcp", proxy.url))
+        .header("x-request-id", &anonymous)
+        .json(&call)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 401);
+    assert_eq!(main.requests().len(), 2, "the default route's downstream");
+    assert_eq!(wiki.requests().len(), 1, "the wiki route's downstream");
+
+    let text = scrape(&proxy, &admin).await;
+    for expected in [
+        "mcp_oauth_proxy_mcp_requests_total{decision=\"allow\",method=\"tools/call\",route=\"default\",tool=\"whoami\"} 2",
+        "mcp_oauth_proxy_mcp_requests_total{decision=\"allow\",method=\"tools/call\",route=\"wiki\",tool=\"whoami\"} 1",
+        "mcp_oauth_proxy_mcp_requests_total{decision=\"unauthenticated\",method=\"none\",route=\"wiki\",tool=\"\"} 1",
+        "mcp_oauth_proxy_mcp_requests_total{decision=\"unauthenticated\",method=\"none\",route=\"default\",tool=\"\"} 0",
+        "mcp_oauth_proxy_policy_decisions_total{decision=\"allow\",route=\"default\"} 2",
+        "mcp_oauth_proxy_policy_decisions_total{decision=\"allow\",route=\"wiki\"} 1",
+        "mcp_oauth_proxy_policy_evaluation_seconds_count{route=\"wiki\"} 1",
+        "mcp_oauth_proxy_downstream_requests_total{endpoint=\"/mcp\",route=\"default\",status_class=\"2xx\"} 2",
+        "mcp_oauth_proxy_downstream_requests_total{endpoint=\"/mcp\",route=\"wiki\",status_class=\"2xx\"} 1",
+        "mcp_oauth_proxy_downstream_request_duration_seconds_count{endpoint=\"/mcp\",route=\"wiki\"} 1",
+        // Path templates: an MCP route's configured path.
+        "mcp_oauth_proxy_http_requests_total{method=\"POST\",route=\"/wiki/mcp\",status_class=\"2xx\"} 1",
+        "mcp_oauth_proxy_http_requests_total{method=\"POST\",route=\"/mcp\",status_class=\"2xx\"} 2",
+    ] {
+        assert!(text.contains(expected), "missing: {expected}\n{text}");
+    }
+    assert_eq!(
+        route_label_values(&text),
+        BTreeSet::from(["default".to_string(), "wiki".to_string()]),
+        "route values come from the configuration only"
+    );
+
+    for (id, path) in &sent {
+        let f = audit_event(id);
+        let route = if *path == "/wiki/mcp" {
+            "wiki"
+        } else {
+            "default"
+        };
+        assert_eq!(f["route"], route, "{path}: {f}");
+        assert_eq!(f["decision"], "allow");
+        assert_eq!(f["tool"], "whoami");
+    }
+    let f = audit_event(&anonymous);
+    assert_eq!(f["route"], "wiki");
+    assert_eq!(f["decision"], "unauthenticated");
+    assert_eq!(f["status"], 401);
 }

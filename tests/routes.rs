@@ -452,7 +452,6 @@ async fn each_routes_policy_reloads_on_its_own_and_keeps_its_last_good_version()
 /// route's own choice; the policy's `authorize` runs on both.
 #[tokio::test]
 async fn optional_layers_are_switched_per_route() {
-    let dir = tempfile::tempdir().unwrap();
     let per_tool = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("policies/per-tool.rhai");
     let main = Downstream::start().await;
     let open = Downstream::start().await;

@@ -1,5 +1,5 @@
-//! Audit: one log event per MCP request saying who did what and with what
-//! result, and the MCP request counters. The layers below fill a shared
+//! Audit: one log event per MCP request saying who did what, on which
+//! route and with what result, and the MCP request counters. The layers below fill a shared
 //! slot (who: Authenticate; what and the verdict: EnforcePolicy); this layer
 //! writes it out when the answer is known.
 
@@ -9,7 +9,8 @@ use std::time::Instant;
 use axum::http::{Request, Response, StatusCode};
 use tower::Service;
 
-use super::Metrics;
+use super::labels::McpDecision;
+use super::RouteMetrics;
 use crate::checkpoint::{Checkpoint, CheckpointLayer};
 use crate::client_address::ClientAddress;
 
@@ -52,23 +53,27 @@ impl AuditSlot {
 pub(crate) type AuditLayer = CheckpointLayer<Audit>;
 
 /// Gives each request an `AuditSlot` and, once its answer is known, writes
-/// the audit event and counts it. With neither metrics nor the audit log,
-/// requests pass untouched.
+/// the audit event and counts it, both under the route's name. With neither
+/// metrics nor the audit log, requests pass untouched.
 #[derive(Clone)]
 pub(crate) struct Audit {
-    metrics: Arc<Metrics>,
+    metrics: RouteMetrics,
     log: bool,
 }
 
 impl Audit {
-    /// The layer: counts into `metrics` when given, logs when `log`.
-    pub(crate) fn layer(metrics: Arc<Metrics>, log: bool) -> AuditLayer {
-        CheckpointLayer::new(Audit { metrics, log })
+    /// The layer of one route: counts into its series, logs (with its name)
+    /// when `log`.
+    pub(crate) fn layer(route: RouteMetrics, log: bool) -> AuditLayer {
+        CheckpointLayer::new(Audit {
+            metrics: route,
+            log,
+        })
     }
 
     /// Starts auditing a request: its slot goes into the extensions.
     fn begin<B>(&self, request: &mut Request<B>) -> Option<Audited> {
-        if !self.log && !self.metrics.enabled() {
+        if !self.log && !self.metrics.records() {
             return None;
         }
         let slot = AuditSlot::default();
@@ -96,9 +101,9 @@ impl Audit {
         let status = status.as_u16();
         let facts = audited.slot.snapshot();
         let decision = facts.decision.unwrap_or(match status {
-            401 => "unauthenticated",
-            200..=399 => "allow",
-            _ => "error",
+            401 => McpDecision::Unauthenticated.as_str(),
+            200..=399 => McpDecision::Allow.as_str(),
+            _ => McpDecision::Error.as_str(),
         });
         self.metrics
             .mcp_request(facts.mcp_method.as_deref(), facts.tool.as_deref(), decision);
@@ -106,6 +111,7 @@ impl Audit {
             tracing::info!(
                 target: "audit",
                 audit = true,
+                route = &**self.metrics.name(),
                 request_id = %audited.request_id,
                 client_address = %audited.client_address,
                 sub = facts.sub.as_deref().unwrap_or_default(),

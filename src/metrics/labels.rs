@@ -1,8 +1,9 @@
 //! Every label value a metric can carry that comes from a fixed set, as an
 //! enum: written once, created at zero from `ALL` when the registry starts,
 //! and impossible to misspell at a call site. Values from configuration
-//! (listed tools, `[limits]` groups) and from requests mapped onto a fixed
-//! set (MCP methods, status classes, routes) have their own functions.
+//! (listed tools, `[limits]` groups, route names: see `route.rs`) and from
+//! requests mapped onto a fixed set (MCP methods, status classes) have their
+//! own functions.
 
 /// Declares a label enum with `as_str` and `ALL`.
 macro_rules! label_values {
@@ -16,6 +17,14 @@ macro_rules! label_values {
         impl $name {
             /// Every value, for creating the series at zero.
             pub(crate) const ALL: &'static [$name] = &[$($name::$variant,)+];
+
+            /// Its place in `ALL` (declaration order), for arrays of
+            /// series resolved once.
+            // Only some sets index such an array.
+            #[allow(dead_code)]
+            pub(crate) fn index(self) -> usize {
+                self as usize
+            }
 
             /// The label value.
             pub(crate) fn as_str(self) -> &'static str {
@@ -179,11 +188,25 @@ label_values!(
 );
 
 label_values!(
-    /// The MCP routes, for `downstream_*{route}` and `sse_*{route}`.
-    McpRoute {
+    /// The kind of MCP endpoint, for `downstream_*{endpoint}` and
+    /// `sse_*{endpoint}`: the default route's paths name the kinds on every
+    /// route (the route itself is the `route` label).
+    McpEndpoint {
         Mcp => "/mcp",
         Sse => "/sse",
         SseMessage => "/sse/message",
+    }
+);
+
+label_values!(
+    /// `mcp_requests_total{decision}`: the policy's verdict, a rate limit's
+    /// refusal, or what the status says when neither spoke.
+    McpDecision {
+        Allow => "allow",
+        Deny => "deny",
+        RateLimited => "rate_limited",
+        Unauthenticated => "unauthenticated",
+        Error => "error",
     }
 );
 
@@ -220,15 +243,23 @@ pub(crate) fn mcp_method(method: Option<&str>) -> &'static str {
     }
 }
 
+/// Every status class, in the order `status_class_index` counts them.
+pub(crate) const STATUS_CLASSES: [&str; 5] = ["1xx", "2xx", "3xx", "4xx", "5xx"];
+
+/// A status's place in `STATUS_CLASSES`; anything outside 100..=499 is 5xx.
+pub(crate) fn status_class_index(status: u16) -> usize {
+    match status {
+        100..=199 => 0,
+        200..=299 => 1,
+        300..=399 => 2,
+        400..=499 => 3,
+        _ => 4,
+    }
+}
+
 /// "2xx" … "5xx".
 pub(crate) fn status_class(status: u16) -> &'static str {
-    match status {
-        100..=199 => "1xx",
-        200..=299 => "2xx",
-        300..=399 => "3xx",
-        400..=499 => "4xx",
-        _ => "5xx",
-    }
+    STATUS_CLASSES[status_class_index(status)]
 }
 
 #[cfg(test)]
@@ -266,7 +297,24 @@ mod tests {
                 .map(|v| v.as_str())
                 .collect::<Vec<_>>(),
         );
-        check(&McpRoute::ALL.iter().map(|v| v.as_str()).collect::<Vec<_>>());
+        check(
+            &McpEndpoint::ALL
+                .iter()
+                .map(|v| v.as_str())
+                .collect::<Vec<_>>(),
+        );
+        check(
+            &McpDecision::ALL
+                .iter()
+                .map(|v| v.as_str())
+                .collect::<Vec<_>>(),
+        );
+        for (i, endpoint) in McpEndpoint::ALL.iter().enumerate() {
+            assert_eq!(endpoint.index(), i);
+        }
+        for (i, verdict) in PolicyVerdict::ALL.iter().enumerate() {
+            assert_eq!(verdict.index(), i);
+        }
         check(&MCP_METHODS);
     }
 
@@ -281,5 +329,7 @@ mod tests {
         assert_eq!(mcp_method(None), "none");
         assert_eq!(status_class(204), "2xx");
         assert_eq!(status_class(999), "5xx");
+        assert_eq!(status_class(101), "1xx");
+        assert_eq!(status_class(0), "5xx");
     }
 }

@@ -1,19 +1,26 @@
 //! Prometheus metrics: one registry owned by the app, one `Metrics` value
-//! handed to the layers. Label values come only from fixed sets (route
-//! templates, methods, status classes, results, MCP methods, decisions):
-//! never a user, client, token, raw path or session.
+//! handed to the layers. Label values come only from fixed sets (path
+//! templates, methods, status classes, results, MCP methods, decisions) and
+//! from the configuration (route names, listed tools, `[limits]` groups):
+//! never a user, client, token, raw path or session. The MCP metrics carry
+//! the configured route's name as `route` (`route.rs`); `http_requests_total`
+//! keeps the matched path template as its `route`, which for MCP endpoints
+//! is a configured path.
 
 use std::sync::Arc;
 
 use prometheus::{
-    Encoder, HistogramOpts, HistogramVec, IntCounter, IntCounterVec, IntGauge, IntGaugeVec, Opts,
-    Registry, TextEncoder,
+    Encoder, HistogramOpts, HistogramVec, IntCounterVec, IntGauge, IntGaugeVec, Opts, Registry,
+    TextEncoder,
 };
 
 pub(crate) mod audit;
 pub(crate) mod labels;
 pub(crate) mod layer;
 mod recorders;
+mod route;
+
+pub(crate) use route::{EndpointMetrics, RouteMetrics};
 
 use labels::*;
 
@@ -37,7 +44,9 @@ pub struct Metrics {
     /// no-op (the one way metrics are turned off; callers never check).
     enabled: bool,
     /// MCP tool names that may appear as label values.
-    tools: Vec<String>,
+    tools: Arc<[String]>,
+    /// The configured routes' series, created with the registry.
+    routes: Vec<Arc<route::RouteSeries>>,
     pub(crate) http_requests: IntCounterVec,
     pub(crate) http_duration: HistogramVec,
     pub(crate) registrations: IntCounterVec,
@@ -51,15 +60,15 @@ pub struct Metrics {
     pub(crate) token_cache_requests: IntCounterVec,
     pub(crate) token_cache_evictions: IntCounterVec,
     pub(crate) token_cache_entries: IntGauge,
-    /// `policy_decisions_total{decision}`: the policy's verdicts on MCP
-    /// requests, `allow` or `deny`, one per run (each call of a batch).
+    /// `policy_decisions_total{route,decision}`: the policy's verdicts on
+    /// MCP requests, `allow` or `deny`, one per run (each call of a batch).
     pub policy_decisions: IntCounterVec,
-    pub(crate) policy_duration: prometheus::Histogram,
+    pub(crate) policy_duration: HistogramVec,
     pub(crate) policy_reloads: IntCounterVec,
     pub(crate) downstream_requests: IntCounterVec,
     pub(crate) downstream_duration: HistogramVec,
-    pub(crate) downstream_connect_errors: IntCounter,
-    pub(crate) downstream_timeouts: IntCounter,
+    pub(crate) downstream_connect_errors: IntCounterVec,
+    pub(crate) downstream_timeouts: IntCounterVec,
     pub(crate) sse_streams_open: IntGaugeVec,
     pub(crate) sse_events: IntCounterVec,
     pub(crate) mcp_requests: IntCounterVec,
@@ -94,20 +103,31 @@ fn histogram(
 }
 
 impl Metrics {
-    /// The metrics `[metrics]` asks for: recording, or not.
-    pub(crate) fn from_config(config: &crate::config::MetricsConfig) -> Arc<Metrics> {
-        Self::build(&config.tools, config.enabled)
+    /// The metrics `[metrics]` asks for (recording, or not), with the
+    /// configured routes' names as the only values of the `route` label.
+    pub(crate) fn from_config<'a>(
+        config: &crate::config::MetricsConfig,
+        routes: impl IntoIterator<Item = &'a str>,
+    ) -> Arc<Metrics> {
+        Self::build(&config.tools, routes, config.enabled)
     }
 
-    /// Recording metrics, with `tools` allowed as label values.
+    /// Recording metrics, with `tools` allowed as label values, for the
+    /// default route.
     #[cfg(test)]
     pub(crate) fn new(tools: &[String]) -> Arc<Metrics> {
-        Self::build(tools, true)
+        Self::with_routes(tools, &[crate::config::DEFAULT_ROUTE])
+    }
+
+    /// Recording metrics for the routes named `routes`.
+    #[cfg(test)]
+    pub(crate) fn with_routes(tools: &[String], routes: &[&str]) -> Arc<Metrics> {
+        Self::build(tools, routes.iter().copied(), true)
     }
 
     /// Metrics that record nothing (`metrics.enabled = false`).
     pub fn disabled() -> Arc<Metrics> {
-        Self::build(&[], false)
+        Self::build(&[], [], false)
     }
 
     /// Whether recorders record.
@@ -117,7 +137,11 @@ impl Metrics {
 
     // Long because it declares every metric, one field each; splitting it
     // would only scatter the list.
-    fn build(tools: &[String], enabled: bool) -> Arc<Metrics> {
+    fn build<'a>(
+        tools: &[String],
+        routes: impl IntoIterator<Item = &'a str>,
+        enabled: bool,
+    ) -> Arc<Metrics> {
         let registry = Registry::new();
         #[cfg(target_os = "linux")]
         let _ = registry.register(Box::new(
@@ -137,31 +161,19 @@ impl Metrics {
             let _ = r.register(Box::new(g.clone()));
             g
         };
-        let plain_counter = |name: &str, help: &str| {
-            let c = IntCounter::with_opts(Opts::new(name, help).namespace(NAMESPACE))
-                .unwrap_or_else(|e| unreachable!("{e}"));
-            let _ = r.register(Box::new(c.clone()));
-            c
-        };
-        let policy_duration = prometheus::Histogram::with_opts(
-            HistogramOpts::new(
-                "policy_evaluation_seconds",
-                "Time to run the policy's authorize() for one request",
-            )
-            .namespace(NAMESPACE)
-            .buckets(POLICY_BUCKETS.to_vec()),
-        )
-        .unwrap_or_else(|e| unreachable!("{e}"));
-        let _ = r.register(Box::new(policy_duration.clone()));
         let sse_streams_open = IntGaugeVec::new(
             Opts::new("sse_streams_open", "Event streams open to clients").namespace(NAMESPACE),
-            &["route"],
+            &["route", "endpoint"],
         )
         .unwrap_or_else(|e| unreachable!("{e}"));
         let _ = r.register(Box::new(sse_streams_open.clone()));
-        let metrics = Arc::new(Metrics {
+        let mut metrics = Metrics {
             enabled,
-            tools: tools.to_vec(),
+            tools: tools.into(),
+            routes: Vec::new(),
+            // `route` here is the matched path template (an MCP route's
+            // configured path, `unmatched` for any other): bounded by the
+            // router, and named so before routes had names.
             http_requests: counter(
                 r,
                 "http_requests_total",
@@ -235,49 +247,59 @@ impl Metrics {
             policy_decisions: counter(
                 r,
                 "policy_decisions_total",
-                "Policy decisions on MCP requests",
-                &["decision"],
+                "Policy decisions on MCP requests by route",
+                &["route", "decision"],
             ),
-            policy_duration,
+            policy_duration: histogram(
+                r,
+                "policy_evaluation_seconds",
+                "Time to run the policy's authorize() for one request, by route",
+                &["route"],
+                &POLICY_BUCKETS,
+            ),
             policy_reloads: counter(
                 r,
                 "policy_reloads_total",
-                "Policy reloads by result",
-                &["result"],
+                "Policy reloads by route and result",
+                &["route", "result"],
             ),
             downstream_requests: counter(
                 r,
                 "downstream_requests_total",
-                "Requests forwarded to the MCP server by route and status class",
-                &["route", "status_class"],
+                "Requests forwarded to the MCP server by route, endpoint and status class",
+                &["route", "endpoint", "status_class"],
             ),
             downstream_duration: histogram(
                 r,
                 "downstream_request_duration_seconds",
                 "Time to the MCP server's response headers",
-                &["route"],
+                &["route", "endpoint"],
                 &LATENCY_BUCKETS,
             ),
-            downstream_connect_errors: plain_counter(
+            downstream_connect_errors: counter(
+                r,
                 "downstream_connect_errors_total",
-                "Failures to reach the MCP server",
+                "Failures to reach the MCP server, by route",
+                &["route"],
             ),
-            downstream_timeouts: plain_counter(
+            downstream_timeouts: counter(
+                r,
                 "downstream_timeouts_total",
-                "MCP server answers that took too long",
+                "MCP server answers that took too long, by route",
+                &["route"],
             ),
             sse_streams_open,
             sse_events: counter(
                 r,
                 "sse_events_total",
                 "Events forwarded on event streams",
-                &["route"],
+                &["route", "endpoint"],
             ),
             mcp_requests: counter(
                 r,
                 "mcp_requests_total",
-                "MCP requests by method, listed tool and decision",
-                &["method", "tool", "decision"],
+                "MCP requests by route, method, listed tool and decision",
+                &["route", "method", "tool", "decision"],
             ),
             store_duration: histogram(
                 r,
@@ -299,9 +321,16 @@ impl Metrics {
                 &["limit"],
             ),
             registry,
-        });
+        };
         metrics.zero_fixed_series();
-        metrics
+        for name in routes {
+            // Configuration rejects a name twice; a repeat adds nothing.
+            if !metrics.routes.iter().any(|r| r.name() == name) {
+                let series = route::RouteSeries::new(&metrics, name);
+                metrics.routes.push(Arc::new(series));
+            }
+        }
+        Arc::new(metrics)
     }
 
     /// Creates every series whose labels come from a small fixed set, at 0,
@@ -351,20 +380,9 @@ impl Metrics {
             EvictionCause::ALL.iter().map(|v| v.as_str()),
         );
         zero(
-            &self.policy_decisions,
-            PolicyVerdict::ALL.iter().map(|v| v.as_str()),
-        );
-        zero(
-            &self.policy_reloads,
-            ReloadResult::ALL.iter().map(|v| v.as_str()),
-        );
-        zero(
             &self.store_errors,
             StoreOperation::ALL.iter().map(|v| v.as_str()),
         );
-        for route in McpRoute::ALL {
-            self.sse_streams_open.with_label_values(&[route.as_str()]);
-        }
         zero(
             &self.rate_limited,
             crate::config::LimitGroup::ALL.iter().map(|g| g.name()),
@@ -382,16 +400,22 @@ impl Metrics {
     }
 
     /// A tool name as a label value: only names listed in `metrics.tools`.
+    #[cfg(test)]
     pub(crate) fn tool_label<'a>(&'a self, tool: Option<&str>) -> &'a str {
-        match tool {
-            None => "",
-            Some(t) => self
-                .tools
-                .iter()
-                .find(|listed| *listed == t)
-                .map(String::as_str)
-                .unwrap_or("other"),
-        }
+        tool_label(&self.tools, tool)
+    }
+}
+
+/// A tool name as a label value: one of `tools` (`metrics.tools`), `other`,
+/// or empty when the request calls none.
+fn tool_label<'a>(tools: &'a [String], tool: Option<&str>) -> &'a str {
+    match tool {
+        None => "",
+        Some(t) => tools
+            .iter()
+            .find(|listed| *listed == t)
+            .map(String::as_str)
+            .unwrap_or("other"),
     }
 }
 

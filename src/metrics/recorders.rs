@@ -1,6 +1,7 @@
 //! The typed recorders: one method per event, each taking its label values
 //! from the fixed sets in `labels`, and each a no-op when metrics are off
-//! (`metrics.enabled = false`), so callers never check.
+//! (`metrics.enabled = false`), so callers never check. The MCP path's
+//! recorders are per route, in `route.rs`.
 
 use std::time::Duration;
 
@@ -101,19 +102,6 @@ impl Metrics {
         }
     }
 
-    /// A policy decision on an MCP request and the time it took.
-    pub(crate) fn policy_decision(&self, verdict: PolicyVerdict, elapsed: Duration) {
-        if self.enabled {
-            self.policy_duration.observe(elapsed.as_secs_f64());
-            self.count(&self.policy_decisions, &[verdict.as_str()]);
-        }
-    }
-
-    /// A policy reload's result.
-    pub(crate) fn policy_reload(&self, result: ReloadResult) {
-        self.count(&self.policy_reloads, &[result.as_str()]);
-    }
-
     /// A request refused by a `[limits]` table.
     pub(crate) fn rate_limited(&self, group: &str) {
         self.count(&self.rate_limited, &[group]);
@@ -126,59 +114,6 @@ impl Metrics {
             self.http_duration
                 .with_label_values(&[route, method])
                 .observe(elapsed.as_secs_f64());
-        }
-    }
-
-    /// One MCP request, as the audit saw it.
-    pub(crate) fn mcp_request(&self, method: Option<&str>, tool: Option<&str>, decision: &str) {
-        if self.enabled {
-            let tool = self.tool_label(tool);
-            self.count(&self.mcp_requests, &[mcp_method(method), tool, decision]);
-        }
-    }
-
-    /// A downstream answer (its headers) on a route.
-    pub(crate) fn downstream_response(&self, route: McpRoute, status: u16, elapsed: Duration) {
-        if self.enabled {
-            self.count(
-                &self.downstream_requests,
-                &[route.as_str(), status_class(status)],
-            );
-            self.downstream_duration
-                .with_label_values(&[route.as_str()])
-                .observe(elapsed.as_secs_f64());
-        }
-    }
-
-    /// The downstream could not be reached.
-    pub(crate) fn downstream_connect_error(&self) {
-        if self.enabled {
-            self.downstream_connect_errors.inc();
-        }
-    }
-
-    /// The downstream took too long.
-    pub(crate) fn downstream_timeout(&self) {
-        if self.enabled {
-            self.downstream_timeouts.inc();
-        }
-    }
-
-    /// An event stream opened (+1) or closed (-1) on a route.
-    pub(crate) fn sse_stream(&self, route: McpRoute, delta: i64) {
-        if self.enabled {
-            self.sse_streams_open
-                .with_label_values(&[route.as_str()])
-                .add(delta);
-        }
-    }
-
-    /// Events forwarded on a route's stream.
-    pub(crate) fn sse_events(&self, route: McpRoute, events: u64) {
-        if self.enabled {
-            self.sse_events
-                .with_label_values(&[route.as_str()])
-                .inc_by(events);
         }
     }
 }

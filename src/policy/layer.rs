@@ -19,7 +19,7 @@ use crate::checkpoint::{Checkpoint, CheckpointLayer};
 use crate::error::{BodyTimeout, ProxyError};
 use crate::metrics::audit::AuditSlot;
 use crate::metrics::labels::PolicyVerdict;
-use crate::metrics::Metrics;
+use crate::metrics::{Metrics, RouteMetrics};
 use crate::session::{PolicyOutcome, Session};
 
 /// What the policy keeps with a cached session: its view of the user,
@@ -301,7 +301,7 @@ struct Evaluation {
     session: Arc<Session>,
     user: Dynamic,
     view: RequestView,
-    metrics: Arc<Metrics>,
+    metrics: RouteMetrics,
     audit: Option<AuditSlot>,
 }
 
@@ -390,12 +390,13 @@ pub struct EnforcePolicy {
     issuer: Arc<str>,
     max_body: usize,
     max_batch_size: usize,
-    metrics: Arc<Metrics>,
+    metrics: RouteMetrics,
 }
 
 impl EnforcePolicy {
     /// The layer: bodies up to `max_body` bytes, batches up to
-    /// `max_batch_size` calls, the user's claims as `issuer` states them.
+    /// `max_batch_size` calls, the user's claims as `issuer` states them,
+    /// decisions counted under the engine's route (resolved once, here).
     pub fn layer(
         engine: Arc<PolicyEngine>,
         issuer: &str,
@@ -403,6 +404,7 @@ impl EnforcePolicy {
         max_batch_size: usize,
         metrics: Arc<Metrics>,
     ) -> EnforcePolicyLayer {
+        let metrics = metrics.route(engine.route());
         CheckpointLayer::new(EnforcePolicy {
             engine,
             issuer: issuer.into(),

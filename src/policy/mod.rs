@@ -114,7 +114,8 @@ impl PolicyEngine {
         }
     }
 
-    /// Counts reloads in the metrics too.
+    /// Counts reloads in the metrics too, under the route's name (looked
+    /// up per reload: reloads are rare, and the route may be named after).
     pub(crate) fn with_metrics(mut self, metrics: Arc<crate::metrics::Metrics>) -> Self {
         self.metrics = metrics;
         self

@@ -62,7 +62,9 @@ impl PolicyEngine {
             Err(poisoned) => *poisoned.into_inner() = Arc::new(compiled),
         }
         self.reloads.succeeded.fetch_add(1, Ordering::Relaxed);
-        self.metrics.policy_reload(ReloadResult::Success);
+        self.metrics
+            .route(&self.route)
+            .policy_reload(ReloadResult::Success);
         if let Ok(mut e) = self.reloads.last_error.lock() {
             *e = None;
         }
@@ -71,7 +73,9 @@ impl PolicyEngine {
     /// Counts a failed reload and keeps its error for readiness.
     fn count_failure(&self, error: &PolicyError) {
         self.reloads.failed.fetch_add(1, Ordering::Relaxed);
-        self.metrics.policy_reload(ReloadResult::Failure);
+        self.metrics
+            .route(&self.route)
+            .policy_reload(ReloadResult::Failure);
         if let Ok(mut last) = self.reloads.last_error.lock() {
             *last = Some(error.to_string());
         }

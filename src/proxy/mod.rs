@@ -27,8 +27,8 @@ use url::Url;
 use crate::client_address::TrustedProxies;
 use crate::error::error_chain;
 use crate::error::ProxyError;
-use crate::metrics::labels::McpRoute;
-use crate::metrics::Metrics;
+use crate::metrics::labels::McpEndpoint;
+use crate::metrics::{EndpointMetrics, Metrics};
 use crate::session::{PolicyOutcome, Session, SessionWatch};
 
 pub(crate) mod headers;
@@ -133,7 +133,8 @@ pub(crate) struct ForwardContext {
     pub pass_cookies: Vec<String>,
     /// `server.trusted_proxies`: peers whose X-Forwarded-For is kept.
     pub trusted_proxies: TrustedProxies,
-    /// The downstream metrics.
+    /// The registry; each forwarder resolves its route's and endpoint's
+    /// series from it once (`Forwarder::new`).
     pub metrics: Arc<Metrics>,
 }
 
@@ -144,23 +145,32 @@ pub(crate) struct ForwardContext {
 pub(crate) struct Forwarder {
     context: Arc<ForwardContext>,
     route: Endpoint,
+    metrics: EndpointMetrics,
 }
 
 impl Endpoint {
-    /// The route as a metric label.
-    pub(crate) fn metric(self) -> McpRoute {
+    /// The endpoint as a metric label.
+    pub(crate) fn metric(self) -> McpEndpoint {
         match self {
-            Endpoint::Mcp => McpRoute::Mcp,
-            Endpoint::SseStream => McpRoute::Sse,
-            Endpoint::SseMessage => McpRoute::SseMessage,
+            Endpoint::Mcp => McpEndpoint::Mcp,
+            Endpoint::SseStream => McpEndpoint::Sse,
+            Endpoint::SseMessage => McpEndpoint::SseMessage,
         }
     }
 }
 
 impl Forwarder {
-    /// The forwarder of one route.
+    /// The forwarder of one endpoint of the route `context` serves.
     pub(crate) fn new(context: Arc<ForwardContext>, route: Endpoint) -> Self {
-        Forwarder { context, route }
+        let metrics = context
+            .metrics
+            .route(&context.route)
+            .endpoint(route.metric());
+        Forwarder {
+            context,
+            route,
+            metrics,
+        }
     }
 }
 
@@ -176,7 +186,8 @@ impl Service<Request<Body>> for Forwarder {
     fn call(&mut self, request: Request<Body>) -> Self::Future {
         let context = self.context.clone();
         let route = self.route;
-        Box::pin(async move { forward(&context, route, request).await })
+        let metrics = self.metrics.clone();
+        Box::pin(async move { forward(&context, route, &metrics, request).await })
     }
 }
 
@@ -218,13 +229,14 @@ impl Caller {
 async fn forward(
     context: &ForwardContext,
     route: Endpoint,
+    metrics: &EndpointMetrics,
     request: Request<Body>,
 ) -> Result<Response<Body>, ProxyError> {
     let caller = Caller::of(&request)?;
     let target = choose_target(context, route, &caller.owned, request.uri())?;
     let is_delete = request.method() == Method::DELETE;
     let outgoing = downstream_request(context, route, &caller.outcome, target.clone(), request)?;
-    let response = send(context, route, outgoing).await?;
+    let response = send(context, metrics, outgoing).await?;
     let (mut parts, body) = response.into_parts();
     parts.headers = headers::client_response_headers(&parts.headers, &context.pass_cookies);
     if let OwnedSession::Mcp(presented) = &caller.owned {
@@ -232,7 +244,7 @@ async fn forward(
         follow_sessions(context, &parts, presented, sub, is_delete).await?;
     }
     let body = if sse::is_event_stream(&parts.headers) {
-        let decoration = stream_decoration(context, route, parts.status, target, &caller);
+        let decoration = stream_decoration(context, route, metrics, parts.status, target, &caller);
         sse::decorate(&mut parts.headers, Body::new(body), decoration)
     } else {
         Body::new(body)
@@ -310,7 +322,7 @@ fn downstream_request(
 /// answer to start, and counts the outcome.
 async fn send(
     context: &ForwardContext,
-    route: Endpoint,
+    metrics: &EndpointMetrics,
     outgoing: Request<Body>,
 ) -> Result<Response<Incoming>, ProxyError> {
     let started = Instant::now();
@@ -322,7 +334,7 @@ async fn send(
     {
         Ok(Ok(response)) => response,
         Ok(Err(e)) => {
-            context.metrics.downstream_connect_error();
+            metrics.downstream_connect_error();
             return Err(ProxyError::DownstreamUnreachable(format!(
                 "route {}: {}",
                 context.route,
@@ -330,15 +342,11 @@ async fn send(
             )));
         }
         Err(_) => {
-            context.metrics.downstream_timeout();
+            metrics.downstream_timeout();
             return Err(ProxyError::DownstreamTimeout(context.response_timeout));
         }
     };
-    context.metrics.downstream_response(
-        route.metric(),
-        response.status().as_u16(),
-        started.elapsed(),
-    );
+    metrics.downstream_response(response.status().as_u16(), started.elapsed());
     Ok(response)
 }
 
@@ -381,6 +389,7 @@ async fn follow_sessions(
 fn stream_decoration(
     context: &ForwardContext,
     route: Endpoint,
+    metrics: &EndpointMetrics,
     status: StatusCode,
     target: Uri,
     caller: &Caller,
@@ -393,8 +402,7 @@ fn stream_decoration(
     });
     sse::Decoration {
         idle_timeout: context.sse_idle_timeout,
-        metrics: context.metrics.clone(),
-        route: route.metric(),
+        metrics: metrics.clone(),
         legacy,
         session_end: caller
             .watch

@@ -20,8 +20,7 @@ use url::Url;
 
 use super::sessions::{Binding, SessionBindings, LEGACY_KIND};
 use crate::event_stream::{parse_event, EventSplitter, EventTooLarge};
-use crate::metrics::labels::McpRoute;
-use crate::metrics::Metrics;
+use crate::metrics::EndpointMetrics;
 use crate::session::SessionEnd;
 
 type BoxError = Box<dyn std::error::Error + Send + Sync>;
@@ -38,10 +37,8 @@ pub(crate) fn is_event_stream(headers: &HeaderMap) -> bool {
 pub(crate) struct Decoration {
     /// `downstream.sse_idle_timeout`.
     pub idle_timeout: Duration,
-    /// The open-stream gauge and event counter.
-    pub metrics: Arc<Metrics>,
-    /// The route, as a metric label.
-    pub route: McpRoute,
+    /// The open-stream gauge and event counter of the route's endpoint.
+    pub metrics: EndpointMetrics,
     /// A successful legacy `/sse` stream: its `endpoint` event is rewritten.
     pub legacy: Option<LegacyStream>,
     /// Resolves when the caller's session ends.
@@ -73,8 +70,8 @@ pub(crate) fn decorate(headers: &mut HeaderMap, body: Body, decoration: Decorati
     headers.insert("x-accel-buffering", HeaderValue::from_static("no"));
     let timed = Body::new(IdleTimeout::new(body, decoration.idle_timeout));
     // With metrics off, not even the per-frame event count is paid for.
-    let timed = if decoration.metrics.enabled() {
-        Body::new(Counted::new(timed, decoration.metrics, decoration.route))
+    let timed = if decoration.metrics.records() {
+        Body::new(Counted::new(timed, decoration.metrics))
     } else {
         timed
     };
@@ -319,25 +316,20 @@ pub(crate) fn endpoint_event(url: &str) -> Vec<u8> {
 /// downstream ends it) and the events it carries.
 pub(crate) struct Counted {
     inner: Body,
-    metrics: Arc<Metrics>,
-    route: McpRoute,
+    metrics: EndpointMetrics,
 }
 
 impl Counted {
-    /// `inner`, counted under the `route` label.
-    pub(crate) fn new(inner: Body, metrics: Arc<Metrics>, route: McpRoute) -> Self {
-        metrics.sse_stream(route, 1);
-        Counted {
-            inner,
-            metrics,
-            route,
-        }
+    /// `inner`, counted under its route and endpoint.
+    pub(crate) fn new(inner: Body, metrics: EndpointMetrics) -> Self {
+        metrics.sse_stream(1);
+        Counted { inner, metrics }
     }
 }
 
 impl Drop for Counted {
     fn drop(&mut self) {
-        self.metrics.sse_stream(self.route, -1);
+        self.metrics.sse_stream(-1);
     }
 }
 
@@ -357,7 +349,7 @@ impl HttpBody for Counted {
                 let events = data.windows(2).filter(|w| w == b"\n\n").count()
                     + data.windows(4).filter(|w| w == b"\r\n\r\n").count();
                 if events > 0 {
-                    this.metrics.sse_events(this.route, events as u64);
+                    this.metrics.sse_events(events as u64);
                 }
             }
         }

@@ -107,7 +107,10 @@ impl AppState {
     /// is off).
     pub fn new(settings: Settings, store: SharedStore) -> Result<Self, StartError> {
         let keys = Keys::new(settings.encryption_key);
-        let metrics = Metrics::from_config(&settings.config.metrics);
+        let metrics = Metrics::from_config(
+            &settings.config.metrics,
+            settings.routes.iter().map(|r| r.name.as_str()),
+        );
         let store = InstrumentedStore::wrap(store, metrics.clone());
         let records = Records::new(store);
         let grants = Grants::new(

@@ -231,7 +231,7 @@ fn mcp_stack(
         // One audit event and the MCP counters per request, written when the
         // answer (errors included) is known.
         .layer(Audit::layer(
-            metrics.clone(),
+            metrics.route(&settings.name),
             app.settings.config.log.audit && layers.audit,
         ))
         // Typed errors from the layers below become JSON-RPC responses here,

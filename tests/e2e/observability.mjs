@@ -2,14 +2,16 @@
 // /readyz), the Grafana dashboard in dashboards/, label cardinality, and
 // what reaches the proxy's log.
 //
-// It starts the test OpenID provider, the example whoami MCP server, a
-// downstream that can hang or vanish (for 504/502), the proxy (JSON logs,
-// stderr captured to a file, admin listener on), and its own Prometheus
+// It starts the test OpenID provider, the example whoami MCP server (twice:
+// one behind the default route /mcp, one behind a second `[[routes]]` route
+// "wiki" at /wiki/mcp), a downstream that can hang or vanish (for 504/502),
+// the proxy (JSON logs, stderr captured to a file, admin listener on), and its own Prometheus
 // (Debian's package, installed with apt-get when missing; never the system
 // service) scraping the admin port every second. Then it drives traffic that
 // lights up every panel and checks:
 //   (a) every PromQL target in dashboards/mcp-oauth-proxy.json returns data
-//       through Prometheus' HTTP API (Grafana's macros and variables filled in)
+//       through Prometheus' HTTP API (Grafana's macros and variables filled in),
+//       with $route = All and with each route alone (then only that route's series)
 //   (b) `promtool check metrics` accepts a raw /metrics scrape
 //   (c) /healthz and /readyz answer 200 on the admin listener; /metrics is
 //       not served on the public listener
@@ -40,7 +42,7 @@ import { startProvider } from './provider.mjs';
 import { Browser, buildAuthorizeUrl, describeHops, freePort, loginThroughBrowserless, makePkce, parseForms, postForm, proxyBin, randomToken, removeOnExit, REPO_ROOT, toToml } from './lib/index.mjs';
 import { rawHeaderValues, sha256, startWhoami } from './lib/whoami.mjs';
 import { ensurePrometheus, startPrometheus } from './observability/prometheus.mjs';
-import { allPanels, concreteExpr, dashboardTargets, loadDashboard, metricNames } from './observability/dashboard.mjs';
+import { allPanels, concreteExpr, dashboardTargets, loadDashboard, metricNames, ROUTED_METRICS } from './observability/dashboard.mjs';
 import { countLabelSets, labelSets, labelValues, newLabelSets, seriesCount } from './observability/exposition.mjs';
 import { startFaultServer } from './observability/fault-server.mjs';
 import { duplicateKeys } from './observability/strict-json.mjs';
@@ -53,6 +55,9 @@ const DASHBOARD_FILE = path.join(REPO_ROOT, 'dashboards', 'mcp-oauth-proxy.json'
 const DASHBOARD_README = path.join(REPO_ROOT, 'dashboards', 'README.md');
 const JOB = 'mcp-oauth-proxy';
 const PREFIX = 'mcp_oauth_proxy_';
+/** The configured routes: `default` ([downstream], /mcp) and a `[[routes]]` one. */
+const ROUTES = ['default', 'wiki'];
+const WIKI_PATH = '/wiki/mcp';
 /** How many new label sets (histogram `le` aside) 1,000 random requests may add. */
 const CARDINALITY_BOUND = 10;
 const RANDOM_REQUESTS = 1000;
@@ -104,6 +109,13 @@ function lintDashboard(promtool, dir) {
   const vars = dashboard.templating?.list ?? [];
   const ds = vars.find((v) => v.name === 'datasource');
   check('a datasource variable of type prometheus', ds?.type === 'datasource' && ds?.query === 'prometheus');
+  const rv = vars.find((v) => v.name === 'route');
+  const rvQuery = typeof rv?.query === 'string' ? rv.query : (rv?.query?.query ?? '');
+  check(
+    'a route variable: label_values(mcp_oauth_proxy_mcp_requests_total…, route), multi, with All',
+    rv?.type === 'query' && /^label_values\(mcp_oauth_proxy_mcp_requests_total(\{[^}]*\})?, route\)$/.test(rvQuery) && rv.multi === true && rv.includeAll === true,
+    JSON.stringify(rv),
+  );
   const panels = allPanels(dashboard);
   const ids = panels.map((p) => p.id);
   check('panel ids are unique', new Set(ids).size === ids.length);
@@ -134,6 +146,8 @@ function lintDashboard(promtool, dir) {
       for (const m of t.expr.matchAll(/([a-zA-Z_:][a-zA-Z0-9_:]*)\s*(\{[^}]*\})?/g)) {
         if (!/^(mcp_oauth_proxy_|process_|up$)/.test(m[1])) continue;
         if (!m[2]?.includes('job=~"$job"') || !m[2]?.includes('instance=~"$instance"')) check(`${where} ${t.refId}: ${m[1]} selects job=~"$job" and instance=~"$instance"`, false, t.expr);
+        // The MCP metrics follow the route variable.
+        if (ROUTED_METRICS.test(m[1]) && !m[2]?.includes('route=~"$route"')) check(`${where} ${t.refId}: ${m[1]} selects route=~"$route"`, false, t.expr);
       }
     }
   }
@@ -157,7 +171,7 @@ function lintDashboard(promtool, dir) {
     const rules = ['groups:', '  - name: dashboard', '    rules:'];
     targets.forEach((t, i) => {
       rules.push(`      - record: dashboard:query_${i}`);
-      rules.push(`        expr: ${JSON.stringify(concreteExpr(t.expr, { rateInterval: '1m', vars: { job: [JOB], instance: ['127.0.0.1:1'] } }))}`);
+      rules.push(`        expr: ${JSON.stringify(concreteExpr(t.expr, { rateInterval: '1m', vars: { job: [JOB], instance: ['127.0.0.1:1'], route: ROUTES } }))}`);
     });
     const file = path.join(dir, 'dashboard-rules.yml');
     fs.writeFileSync(file, `${rules.join('\n')}\n`);
@@ -170,9 +184,10 @@ function lintDashboard(promtool, dir) {
 // ---------------------------------------------------------------------------
 // The proxy, with stderr in a file
 
-async function startProxyLogged({ bin, dir, config, publicUrl, adminUrl }) {
+async function startProxyLogged({ bin, dir, config, extraToml = '', publicUrl, adminUrl }) {
   const configPath = path.join(dir, 'proxy.toml');
-  fs.writeFileSync(configPath, toToml(config), { mode: 0o600 });
+  // toToml writes tables, not arrays of tables: `[[routes]]` comes as text.
+  fs.writeFileSync(configPath, `${toToml(config)}\n${extraToml.trim()}\n`, { mode: 0o600 });
   const stderrFile = path.join(dir, 'proxy.stderr.log');
   const stdoutFile = path.join(dir, 'proxy.stdout.log');
   const checked = spawnSync(bin, ['check', '--config', configPath], { encoding: 'utf8' });
@@ -397,6 +412,9 @@ async function run({ dir, prom, dashboard, stops }) {
 
   const whoami = await startWhoami({ logFile: path.join(dir, 'whoami-requests.jsonl') });
   stops.push(() => whoami.close());
+  // The wiki route's own MCP server.
+  const whoamiWiki = await startWhoami({ logFile: path.join(dir, 'whoami-wiki-requests.jsonl') });
+  stops.push(() => whoamiWiki.close());
   const faulty = await startFaultServer({ target: whoami.url });
   let faultyOpen = true;
   stops.push(async () => faultyOpen && faulty.close());
@@ -437,10 +455,22 @@ fn authorize(user, request) {
     metrics: { tools: ['whoami'] },
     log: { format: 'json', level: 'info' },
   };
-  const proxy = await startProxyLogged({ bin: proxyBin(), dir, config, publicUrl, adminUrl });
+  // The second route: its own downstream, the same policy file (watched and reloaded per route).
+  const extraToml = `
+[[routes]]
+name = "wiki"
+path = "${WIKI_PATH}"
+[routes.downstream]
+url = "${whoamiWiki.mcpUrl}"
+response_timeout = "2s"
+[routes.policy]
+path = ${JSON.stringify(policyFile)}
+watch_interval = "200ms"
+`;
+  const proxy = await startProxyLogged({ bin: proxyBin(), dir, config, extraToml, publicUrl, adminUrl });
   let proxyStopped = false;
   stops.push(async () => !proxyStopped && proxy.stop());
-  info(`proxy ${publicUrl} (admin ${adminUrl}), pid ${proxy.pid}; provider ${provider.issuer}; whoami ${whoami.url}; faulty downstream ${faulty.url}`);
+  info(`proxy ${publicUrl} (admin ${adminUrl}), pid ${proxy.pid}; provider ${provider.issuer}; whoami ${whoami.url}; wiki's whoami ${whoamiWiki.url}; faulty downstream ${faulty.url}`);
 
   const firstScrape = await waitFor('the first successful scrape of the admin listener', async () => {
     const t = await prometheus.lastScrape();
@@ -474,6 +504,8 @@ fn authorize(user, request) {
   const meta = (await http(`${publicUrl}/.well-known/oauth-authorization-server`)).json;
   const prm = (await http(`${publicUrl}/.well-known/oauth-protected-resource/mcp`)).json;
   const prmSse = (await http(`${publicUrl}/.well-known/oauth-protected-resource/sse`)).json;
+  const prmWiki = (await http(`${publicUrl}/.well-known/oauth-protected-resource${WIKI_PATH}`)).json;
+  check(`the wiki route has its protected-resource metadata (${WIKI_PATH})`, prmWiki?.resource === `${publicUrl}${WIKI_PATH}`, JSON.stringify(prmWiki));
   const redirectUri = `http://127.0.0.1:${await freePort()}/oauth/callback`;
   const issued = { access: [], refresh: [] };
   const tokenBrowser = new Browser();
@@ -535,8 +567,8 @@ fn authorize(user, request) {
   let aliceSseToken; // tokens are bound to one resource: /mcp or /sse
   let bobToken;
 
-  async function mcpConnect(token, { legacy = false, onLog } = {}) {
-    const url = new URL(legacy ? `${publicUrl}/sse` : `${publicUrl}/mcp`);
+  async function mcpConnect(token, { legacy = false, onLog, path: mcpPath = '/mcp' } = {}) {
+    const url = new URL(legacy ? `${publicUrl}/sse` : `${publicUrl}${mcpPath}`);
     const requestInit = { headers: { authorization: `Bearer ${token}` } };
     const transport = legacy ? new SSEClientTransport(url, { requestInit }) : new StreamableHTTPClientTransport(url, { requestInit });
     const client = new Client({ name: 'observability-e2e', version: '1.0.0' }, { capabilities: {} });
@@ -548,7 +580,7 @@ fn authorize(user, request) {
   async function round(n) {
     heading(`traffic round ${n}`);
     // Discovery documents.
-    for (const p of ['/.well-known/oauth-authorization-server', '/.well-known/oauth-protected-resource', '/.well-known/oauth-protected-resource/mcp', '/.well-known/oauth-protected-resource/sse']) {
+    for (const p of ['/.well-known/oauth-authorization-server', '/.well-known/oauth-protected-resource', '/.well-known/oauth-protected-resource/mcp', '/.well-known/oauth-protected-resource/sse', `/.well-known/oauth-protected-resource${WIKI_PATH}`]) {
       const r = await http(`${publicUrl}${p}`);
       if (r.status !== 200) check(`GET ${p}`, false, `${r.status}`);
     }
@@ -622,7 +654,7 @@ fn authorize(user, request) {
     // MCP, Streamable HTTP: initialize, lists, tools (whoami, count with progress, announce on the GET stream), a resource, a prompt.
     const logs = [];
     const mcp = await mcpConnect(aliceToken, { onLog: (p) => logs.push(p) });
-    await waitFor('the GET /mcp stream to open', async () => sampleSum((await scrape(adminUrl)).text, `${PREFIX}sse_streams_open`, { route: '/mcp' }) >= 1, 5000).then(
+    await waitFor('the GET /mcp stream to open', async () => sampleSum((await scrape(adminUrl)).text, `${PREFIX}sse_streams_open`, { route: 'default', endpoint: '/mcp' }) >= 1, 5000).then(
       () => check(`GET /mcp stream open (round ${n})`, true),
       (err) => check(`GET /mcp stream open (round ${n})`, false, err.message),
     );
@@ -673,10 +705,42 @@ fn authorize(user, request) {
       check(`legacy /sse session (round ${n})`, false, err.message);
     }
 
-    // Hold the GET /mcp stream a little longer (a scrape sees it open), then close it.
+    // The wiki route: alice with a token bound to it (RFC 8707) over Streamable HTTP (its GET
+    // stream, SSE answers with progress), an unknown tool, bob denied by the same policy, no token.
+    const aw = await login({ browser: browserA, user: alice, client: publicClient, resource: prmWiki.resource });
+    const twk = await exchange(aw, publicClient, undefined, prmWiki.resource);
+    check(`alice token for the wiki route (round ${n})`, twk.status === 200 && !!twk.json?.access_token, `${twk.status} ${short(twk.body ?? '')}`);
+    const wk = await mcpConnect(twk.json?.access_token, { path: WIKI_PATH });
+    await waitFor(`the GET ${WIKI_PATH} stream to open`, async () => sampleSum((await scrape(adminUrl)).text, `${PREFIX}sse_streams_open`, { route: 'wiki', endpoint: '/mcp' }) >= 1, 5000).then(
+      () => check(`GET ${WIKI_PATH} stream open, counted under route "wiki" (round ${n})`, true),
+      (err) => check(`GET ${WIKI_PATH} stream open, counted under route "wiki" (round ${n})`, false, err.message),
+    );
+    await wk.client.listTools();
+    const ww = await wk.client.callTool({ name: 'whoami', arguments: {} });
+    check(`tools/call whoami on the wiki route (round ${n})`, ww.structuredContent?.email === 'alice@example.com', short(JSON.stringify(ww.structuredContent ?? ww)));
+    let wikiProgress = 0;
+    await wk.client.callTool({ name: 'count', arguments: { n: 3, delay_ms: 20 } }, undefined, { onprogress: () => wikiProgress++ });
+    check(`progress events on the wiki route (round ${n})`, wikiProgress >= 3, `progress ${wikiProgress}`);
+    await wk.client.callTool({ name: `no-such-tool-${n}`, arguments: {} }).catch(() => {});
+    const bwl = await login({ browser: browserB, user: bob, client: confidential, resource: prmWiki.resource });
+    const tbw = await exchange(bwl, confidential, [confidential.client_id, confidential.client_secret], prmWiki.resource);
+    const bwk = await mcpConnect(tbw.json?.access_token, { path: WIKI_PATH });
+    let wikiDenial = null;
+    await bwk.client.callTool({ name: 'count', arguments: { n: 1, delay_ms: 0 } }).catch((err) => {
+      wikiDenial = err;
+    });
+    check(`bob's tools/call count is denied on the wiki route too (round ${n})`, wikiDenial !== null && /403|count is not for bob|deny/i.test(String(wikiDenial?.message ?? wikiDenial)), String(wikiDenial?.message ?? 'no error'));
+    await bwk.transport.terminateSession().catch(() => {});
+    await bwk.client.close();
+    const noTokWiki = await http(`${publicUrl}${WIKI_PATH}`, { method: 'POST', body, headers: mcpHeaders });
+    if (noTokWiki.status !== 401) check(`POST ${WIKI_PATH} without a token → 401`, false, `${noTokWiki.status}`);
+
+    // Hold the GET streams a little longer (a scrape sees them open), then close them.
     await sleep(1200);
     await mcp.transport.terminateSession().catch(() => {});
     await mcp.client.close();
+    await wk.transport.terminateSession().catch(() => {});
+    await wk.client.close();
 
     // Revocation: the refreshed access token, then using it (401, evicted from the cache).
     const rv = await postForm(meta.revocation_endpoint, { token: aliceToken, token_type_hint: 'access_token', client_id: publicClient.client_id });
@@ -701,15 +765,17 @@ fn authorize(user, request) {
   {
     const before = (await scrape(adminUrl)).text;
     fs.writeFileSync(policyFile, policy(' (edited)'));
-    await waitFor('a successful policy reload', async () => sampleSum((await scrape(adminUrl)).text, `${PREFIX}policy_reloads_total`, { result: 'success' }) > sampleSum(before, `${PREFIX}policy_reloads_total`, { result: 'success' }), 5000).then(
-      () => check('policy edit → reload success counted', true),
-      (err) => check('policy edit → reload success counted', false, err.message),
+    // Both routes read the file: each engine reloads it and counts under its route.
+    const reloaded = (text, result) => ROUTES.every((route) => sampleSum(text, `${PREFIX}policy_reloads_total`, { route, result }) > sampleSum(before, `${PREFIX}policy_reloads_total`, { route, result }));
+    await waitFor('a successful policy reload on every route', async () => reloaded((await scrape(adminUrl)).text, 'success'), 5000).then(
+      () => check('policy edit → reload success counted on every route', true),
+      (err) => check('policy edit → reload success counted on every route', false, err.message),
     );
     await sleep(1200); // each reload in its own scrape interval
     fs.writeFileSync(policyFile, `${policy(' (broken)')}\nfn authorize(user, request {\n`);
-    await waitFor('a failed policy reload', async () => sampleSum((await scrape(adminUrl)).text, `${PREFIX}policy_reloads_total`, { result: 'failure' }) > sampleSum(before, `${PREFIX}policy_reloads_total`, { result: 'failure' }), 5000).then(
-      () => check('broken policy → reload failure counted', true),
-      (err) => check('broken policy → reload failure counted', false, err.message),
+    await waitFor('a failed policy reload on every route', async () => reloaded((await scrape(adminUrl)).text, 'failure'), 5000).then(
+      () => check('broken policy → reload failure counted on every route', true),
+      (err) => check('broken policy → reload failure counted on every route', false, err.message),
     );
     await sleep(1200);
     fs.writeFileSync(policyFile, policy());
@@ -729,8 +795,12 @@ fn authorize(user, request) {
     const refused = await Promise.all([0, 1].map(() => http(`${publicUrl}/sse`, { headers: { authorization: `Bearer ${aliceSseToken}`, accept: 'text/event-stream' } })));
     check('a downstream that refuses connections → 502', refused.every((h) => h.status === 502), refused.map((h) => h.status).join(','));
     const afterText = (await scrape(adminUrl)).text;
-    check('downstream_timeouts_total counted the timeouts', sampleSum(afterText, `${PREFIX}downstream_timeouts_total`) >= sampleSum(before, `${PREFIX}downstream_timeouts_total`) + 2);
-    check('downstream_connect_errors_total counted the refusals', sampleSum(afterText, `${PREFIX}downstream_connect_errors_total`) >= sampleSum(before, `${PREFIX}downstream_connect_errors_total`) + 2);
+    // The faulty downstream is the default route's legacy SSE endpoint.
+    const dflt = { route: 'default' };
+    check('downstream_timeouts_total{route="default"} counted the timeouts', sampleSum(afterText, `${PREFIX}downstream_timeouts_total`, dflt) >= sampleSum(before, `${PREFIX}downstream_timeouts_total`, dflt) + 2);
+    check('downstream_connect_errors_total{route="default"} counted the refusals', sampleSum(afterText, `${PREFIX}downstream_connect_errors_total`, dflt) >= sampleSum(before, `${PREFIX}downstream_connect_errors_total`, dflt) + 2);
+    const wiki = { route: 'wiki' };
+    check('the wiki route counted none of them', sampleSum(afterText, `${PREFIX}downstream_timeouts_total`, wiki) === sampleSum(before, `${PREFIX}downstream_timeouts_total`, wiki) && sampleSum(afterText, `${PREFIX}downstream_connect_errors_total`, wiki) === sampleSum(before, `${PREFIX}downstream_connect_errors_total`, wiki));
   }
   for (const br of browsers) collectHops(br.hops.splice(0));
   const tTrafficEnd = Date.now();
@@ -761,7 +831,8 @@ fn authorize(user, request) {
         } else if (kind === 'bearer') {
           const tok = rnd();
           secret(tok, 'random bearer token');
-          status = (await http(`${publicUrl}/mcp`, { method: 'POST', body: JSON.stringify({ jsonrpc: '2.0', id: 1, method: 'tools/list' }), headers: { ...mcpHeaders, authorization: `Bearer ${tok}` } })).status;
+          const mcpPath = Math.random() < 0.5 ? '/mcp' : WIKI_PATH;
+          status = (await http(`${publicUrl}${mcpPath}`, { method: 'POST', body: JSON.stringify({ jsonrpc: '2.0', id: 1, method: 'tools/list' }), headers: { ...mcpHeaders, authorization: `Bearer ${tok}` } })).status;
         } else if (kind === 'client_id') {
           status = (await http(meta.token_endpoint, { method: 'POST', form: { grant_type: 'authorization_code', code: rnd(), client_id: rnd(), redirect_uri: redirectUri, code_verifier: randomToken() } })).status;
         } else {
@@ -818,40 +889,65 @@ fn authorize(user, request) {
     check('variable $job: label_values(mcp_oauth_proxy_build_info, job) lists the job', jobs.includes(JOB), JSON.stringify(jobs));
     check('variable $instance lists the proxy', instances.includes(`127.0.0.1:${adminPort}`), JSON.stringify(instances));
     info(`$__rate_interval = $__range = ${rateInterval} (the whole traffic window); $job = ${JOB}; $instance = 127.0.0.1:${adminPort}`);
-    const vars = { job: [JOB], instance: [`127.0.0.1:${adminPort}`] };
+    // $route: the variable's query lists every configured route.
+    const routeValues = await prometheus.labelValues('route', `${PREFIX}mcp_requests_total{job="${JOB}"}`).catch(() => []);
+    check(`variable $route: label_values(mcp_oauth_proxy_mcp_requests_total, route) lists ${ROUTES.join(' and ')} and nothing else`, JSON.stringify([...routeValues].sort()) === JSON.stringify([...ROUTES].sort()), JSON.stringify(routeValues));
+    const chosen = { job: [JOB], instance: [`127.0.0.1:${adminPort}`] };
     const empty = [];
     const zero = [];
-    for (const t of dashboardTargets(dashboard)) {
-      const expr = concreteExpr(t.expr, { rateInterval, vars });
-      let data;
-      try {
-        data = await prometheus.query(expr);
-      } catch (err) {
-        check(`${t.panel} [${t.refId}] evaluates`, false, `${err.message}\n          ${expr}`);
-        continue;
-      }
-      const result = data.result ?? [];
-      const values = result.map((r) => ({ labels: Object.entries(r.metric ?? {}).filter(([k]) => !['job', 'instance'].includes(k)).map(([k, v]) => `${k}=${v}`).join(','), v: Number(r.value?.[1]) }));
-      const real = values.filter((x) => !Number.isNaN(x.v));
-      const shown = values
-        .slice(0, 6)
-        .map((x) => `${x.labels ? `{${x.labels}} ` : ''}${Number.isInteger(x.v) ? x.v : x.v.toPrecision(3)}`)
-        .join('  ');
-      const label = `${t.panel} [${t.refId}${t.legend && !t.legend.includes('{{') && t.legend !== '__auto' ? ` ${t.legend}` : ''}]`;
-      if (result.length === 0) {
-        empty.push(label);
-        check(label, false, `EMPTY\n          ${expr}`);
-      } else if (real.length === 0) {
-        empty.push(label);
-        check(label, false, `only NaN (${shown})\n          ${expr}`);
-      } else {
-        // A rate that stays 0 although its events happened: say why (gauges are read at one instant; their peak is checked below).
-        if (real.every((x) => x.v === 0) && /\b(rate|increase)\(/.test(t.expr)) {
-          if (/process_cpu_seconds_total/.test(t.expr)) warn(`${label} is 0: process_cpu_seconds_total counts whole CPU seconds (the prometheus crate's process collector), so a lightly loaded proxy reads 0 and then jumps`);
-          else if (!metricNames(t.expr).some((m) => MAY_BE_ABSENT[m])) zero.push(label);
+    /** Evaluates every target (or those `only` keeps) with `vars`; `route` set: only that route's series may come back. */
+    async function evaluate(vars, { only = () => true, route = null, tag = '' } = {}) {
+      const seen = new Map(); // target label -> the route values its result carried
+      for (const t of dashboardTargets(dashboard).filter(only)) {
+        const expr = concreteExpr(t.expr, { rateInterval, vars });
+        const label = `${t.panel} [${t.refId}${t.legend && !t.legend.includes('{{') && t.legend !== '__auto' ? ` ${t.legend}` : ''}]${tag}`;
+        let data;
+        try {
+          data = await prometheus.query(expr);
+        } catch (err) {
+          check(`${label} evaluates`, false, `${err.message}\n          ${expr}`);
+          continue;
         }
-        console.log(`  ok    ${label}: ${shown}${values.length > 6 ? ` … (${values.length} series)` : ''}`);
+        const result = data.result ?? [];
+        const values = result.map((r) => ({ route: r.metric?.route, labels: Object.entries(r.metric ?? {}).filter(([k]) => !['job', 'instance'].includes(k)).map(([k, v]) => `${k}=${v}`).join(','), v: Number(r.value?.[1]) }));
+        const real = values.filter((x) => !Number.isNaN(x.v));
+        seen.set(t, new Set(real.map((x) => x.route).filter(Boolean)));
+        const shown = values
+          .slice(0, 6)
+          .map((x) => `${x.labels ? `{${x.labels}} ` : ''}${Number.isInteger(x.v) ? x.v : x.v.toPrecision(3)}`)
+          .join('  ');
+        const foreign = route ? values.filter((x) => x.route !== undefined && x.route !== route) : [];
+        if (result.length === 0) {
+          empty.push(label);
+          check(label, false, `EMPTY\n          ${expr}`);
+        } else if (real.length === 0) {
+          empty.push(label);
+          check(label, false, `only NaN (${shown})\n          ${expr}`);
+        } else if (foreign.length) {
+          check(label, false, `series of another route: ${foreign.map((x) => x.labels).join('; ')}\n          ${expr}`);
+        } else {
+          // A rate that stays 0 although its events happened: say why (gauges are read at one instant; their peak is checked below).
+          if (!route && real.every((x) => x.v === 0) && /\b(rate|increase)\(/.test(t.expr)) {
+            if (/process_cpu_seconds_total/.test(t.expr)) warn(`${label} is 0: process_cpu_seconds_total counts whole CPU seconds (the prometheus crate's process collector), so a lightly loaded proxy reads 0 and then jumps`);
+            else if (!metricNames(t.expr).some((m) => MAY_BE_ABSENT[m])) zero.push(label);
+          }
+          console.log(`  ok    ${label}: ${shown}${values.length > 6 ? ` … (${values.length} series)` : ''}`);
+        }
       }
+      return seen;
+    }
+    // $route = All (Grafana puts the variable's allValue in as it is).
+    const all = await evaluate({ ...chosen, route: '.+' });
+    // Panels broken down by route show every route when all are selected.
+    for (const [t, routes] of all) {
+      if (!t.expr.includes('$route') || !/by \([^)]*\broute\b/.test(t.expr)) continue;
+      const missing = ROUTES.filter((r) => !routes.has(r));
+      if (missing.length) check(`${t.panel} [${t.refId}] shows every route with $route = All`, false, `missing ${missing.join(', ')}`);
+    }
+    // Each route alone: every query on the MCP metrics returns that route's data, and only its.
+    for (const route of ROUTES) {
+      heading(`(a) with $route = ${route}`);
+      await evaluate({ ...chosen, route: [route] }, { only: (t) => t.expr.includes('$route'), route, tag: ` {route=${route}}` });
     }
     if (empty.length) info(`${empty.length} queries returned no data: ${empty.join('; ')}`);
     if (zero.length) warn(`${zero.length} rate queries returned only zeros although their events happened (a counter that appears with its first event has no earlier sample to rise from): ${zero.join('; ')}`);
@@ -869,9 +965,10 @@ fn authorize(user, request) {
     }
     check('every metric the dashboard reads was exported (or is a known exception)', !failures.some((f) => f.startsWith('metric ')));
     // Gauges are read at one instant (0 once the streams closed): Prometheus must have seen the streams open.
-    const peak = await prometheus.query(`max_over_time(sum by (route) (${PREFIX}sse_streams_open{job="${JOB}"})[${rateInterval}:1s])`);
-    const peaks = Object.fromEntries((peak.result ?? []).map((r) => [r.metric.route, Number(r.value[1])]));
-    check('Prometheus saw the GET /mcp stream open (sse_streams_open peaked ≥ 1)', (peaks['/mcp'] ?? 0) >= 1, JSON.stringify(peaks));
+    const peak = await prometheus.query(`max_over_time(sum by (route, endpoint) (${PREFIX}sse_streams_open{job="${JOB}"})[${rateInterval}:1s])`);
+    const peaks = Object.fromEntries((peak.result ?? []).map((r) => [`${r.metric.route} ${r.metric.endpoint}`, Number(r.value[1])]));
+    check('Prometheus saw the GET /mcp stream open (sse_streams_open{route="default",endpoint="/mcp"} peaked ≥ 1)', (peaks['default /mcp'] ?? 0) >= 1, JSON.stringify(peaks));
+    check(`Prometheus saw the GET ${WIKI_PATH} stream open (sse_streams_open{route="wiki",endpoint="/mcp"} peaked ≥ 1)`, (peaks['wiki /mcp'] ?? 0) >= 1, JSON.stringify(peaks));
     info(`sse_streams_open peaks: ${JSON.stringify(peaks)}`);
     for (const v of dashboard.templating?.list ?? []) for (const m of metricNames(typeof v.query === 'string' ? v.query : (v.query?.query ?? ''))) names.add(m);
     // Families exported but shown nowhere.
@@ -930,17 +1027,23 @@ fn authorize(user, request) {
     const audits = records.filter(isAudit);
     info(`${audits.length} audit lines`);
     check('MCP requests have audit lines', audits.length > 0);
-    const wanted = ['request_id', 'sub', 'email', 'client_id', 'mcp_method', 'tool', 'decision', 'status', 'duration_ms'];
-    const whoamiAudit = audits.find((r) => field(r, 'mcp_method') === 'tools/call' && field(r, 'tool') === 'whoami' && field(r, 'sub') === 'alice');
+    const wanted = ['request_id', 'route', 'sub', 'email', 'client_id', 'mcp_method', 'tool', 'decision', 'status', 'duration_ms'];
+    const whoamiAudit = audits.find((r) => field(r, 'mcp_method') === 'tools/call' && field(r, 'tool') === 'whoami' && field(r, 'sub') === 'alice' && field(r, 'route') === 'default');
     check('an audit line for alice\'s tools/call whoami', !!whoamiAudit, audits.slice(0, 3).map((r) => short(JSON.stringify(r), 200)).join('\n          '));
     if (whoamiAudit) {
       const missingFields = wanted.filter((k) => field(whoamiAudit, k) === undefined);
-      check('it has request_id, sub, email, client_id, mcp_method, tool, decision, status, duration_ms', missingFields.length === 0, `missing ${missingFields.join(', ')}: ${JSON.stringify(whoamiAudit)}`);
+      check('it has request_id, route, sub, email, client_id, mcp_method, tool, decision, status, duration_ms', missingFields.length === 0, `missing ${missingFields.join(', ')}: ${JSON.stringify(whoamiAudit)}`);
       check('its values: alice, her email, the client, allow, 200', field(whoamiAudit, 'email') === 'alice@example.com' && field(whoamiAudit, 'client_id') === publicClient.client_id && field(whoamiAudit, 'decision') === 'allow' && Number(field(whoamiAudit, 'status')) === 200 && !!field(whoamiAudit, 'request_id') && Number.isFinite(Number(field(whoamiAudit, 'duration_ms'))), JSON.stringify(whoamiAudit));
       info(`e.g. ${short(JSON.stringify(whoamiAudit), 400)}`);
     }
-    const denyAudit = audits.find((r) => field(r, 'tool') === 'count' && field(r, 'sub') === 'bob');
-    check('an audit line for bob\'s denied tools/call count (decision deny, 403)', !!denyAudit && field(denyAudit, 'decision') === 'deny' && Number(field(denyAudit, 'status')) === 403, denyAudit ? JSON.stringify(denyAudit) : 'none');
+    for (const route of ROUTES) {
+      const denyAudit = audits.find((r) => field(r, 'tool') === 'count' && field(r, 'sub') === 'bob' && field(r, 'route') === route);
+      check(`an audit line for bob's denied tools/call count on route "${route}" (decision deny, 403)`, !!denyAudit && field(denyAudit, 'decision') === 'deny' && Number(field(denyAudit, 'status')) === 403, denyAudit ? JSON.stringify(denyAudit) : 'none');
+    }
+    const wikiAudit = audits.find((r) => field(r, 'mcp_method') === 'tools/call' && field(r, 'tool') === 'whoami' && field(r, 'sub') === 'alice' && field(r, 'route') === 'wiki');
+    check('an audit line for alice\'s tools/call whoami on route "wiki" (allow, 200)', !!wikiAudit && field(wikiAudit, 'decision') === 'allow' && Number(field(wikiAudit, 'status')) === 200, wikiAudit ? JSON.stringify(wikiAudit) : 'none');
+    const routesAudited = new Set(audits.map((r) => field(r, 'route')));
+    check(`every audit line names a configured route (${ROUTES.join(', ')})`, [...routesAudited].every((r) => ROUTES.includes(r)) && ROUTES.every((r) => routesAudited.has(r)), JSON.stringify([...routesAudited]));
 
     // No secret anywhere in the log (stdout included).
     const all = `${stderr}\n${stdout}`;
@@ -959,7 +1062,8 @@ fn authorize(user, request) {
     check('no token, code, secret, cookie value or key in the log', found.length === 0, found.slice(0, 10).join('\n          '));
     // The upstream tokens collected are the ones the proxy really holds: the downstream got them (as SHA-256 in its log).
     const upstreamHashes = new Set([...secrets].filter(([, w]) => w === 'upstream access token').map(([v]) => sha256(v)));
-    const forwarded = whoami.requests().flatMap((e) => rawHeaderValues(e, 'authorization')).map((v) => v.replace(/^Bearer sha256:/, ''));
+    check("the wiki route's requests reached the wiki's own MCP server", whoamiWiki.requests().length > 0, `${whoamiWiki.requests().length} requests`);
+    const forwarded = [...whoami.requests(), ...whoamiWiki.requests()].flatMap((e) => rawHeaderValues(e, 'authorization')).map((v) => v.replace(/^Bearer sha256:/, ''));
     check('the upstream tokens looked for are the ones the downstream received', forwarded.length > 0 && forwarded.every((h) => upstreamHashes.has(h)), `${forwarded.filter((h) => !upstreamHashes.has(h)).length} of ${forwarded.length} forwarded tokens unknown`);
     const kinds = ['proxy access token', 'proxy refresh token', 'upstream access token', 'upstream refresh token', 'upstream id_token', 'DCR client_secret', 'secrets.encryption_key', 'code in ', 'cookie '];
     for (const k of kinds) if (![...secrets.values()].some((w) => w.startsWith(k))) warn(`no "${k.trim()}" was collected: the leak check could not look for it`);

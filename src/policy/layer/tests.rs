@@ -188,7 +188,10 @@ mod enforce_policy {
             assert_eq!(facts.decision, Some("allow"));
         });
         assert_eq!(
-            metrics.policy_decisions.with_label_values(&["allow"]).get(),
+            metrics
+                .policy_decisions
+                .with_label_values(&["default", "allow"])
+                .get(),
             1
         );
 

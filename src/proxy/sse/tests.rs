@@ -1,6 +1,6 @@
 use super::*;
 use crate::event_stream::MAX_EVENT_BYTES;
-use crate::metrics::labels::McpRoute;
+use crate::metrics::labels::McpEndpoint;
 
 #[test]
 fn endpoint_event_is_found_across_chunks() {
@@ -96,8 +96,9 @@ fn decoration(
 ) -> Decoration {
     Decoration {
         idle_timeout: Duration::from_secs(60),
-        metrics: crate::metrics::Metrics::disabled(),
-        route: McpRoute::Sse,
+        metrics: crate::metrics::Metrics::disabled()
+            .route("default")
+            .endpoint(McpEndpoint::Sse),
         legacy,
         session_end,
     }

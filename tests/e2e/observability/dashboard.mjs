@@ -42,7 +42,8 @@ const escapeRegex = (s) => s.replace(/[.*+?^${}()|[\]\\]/g, '\\\\$&');
  * @param {object} o
  * @param {string} o.rateInterval  e.g. "30s" for $__rate_interval (and $__interval)
  * @param {string} [o.range]       for $__range (defaults to rateInterval)
- * @param {Record<string,string[]>} [o.vars]  variable -> selected values (regex-joined, as Grafana does for =~)
+ * @param {Record<string,string[]|string>} [o.vars]  variable -> selected values (escaped and regex-joined, as
+ *   Grafana does for =~), or a string put in as it is (a variable's "All" value, e.g. ".+")
  */
 export function concreteExpr(expr, { rateInterval, range = rateInterval, vars = {} }) {
   let out = expr
@@ -53,7 +54,7 @@ export function concreteExpr(expr, { rateInterval, range = rateInterval, vars = 
     .replaceAll('$__range', range)
     .replaceAll('${__range}', range);
   for (const [name, values] of Object.entries(vars)) {
-    const v = values.length === 1 ? escapeRegex(values[0]) : `(${values.map(escapeRegex).join('|')})`;
+    const v = typeof values === 'string' ? values : values.length === 1 ? escapeRegex(values[0]) : `(${values.map(escapeRegex).join('|')})`;
     out = out.replaceAll(`\${${name}}`, v).replace(new RegExp(`\\$${name}(?![A-Za-z0-9_])`, 'g'), v);
   }
   const left = out.match(/\$\{?[A-Za-z_][A-Za-z0-9_]*/);
@@ -71,3 +72,6 @@ export function metricNames(expr) {
   for (const w of expr.match(/[a-zA-Z_:][a-zA-Z0-9_:]*/g) ?? []) if (/^(mcp_oauth_proxy_|process_)/.test(w)) names.add(w);
   return [...names].filter((n) => !['by', 'without', 'on', 'ignoring', 'group_left', 'group_right', 'offset', 'bool'].includes(n));
 }
+
+/** The metrics whose `route` label is the configured route's name (`http_*`'s `route` is a path template). */
+export const ROUTED_METRICS = /^mcp_oauth_proxy_(mcp_requests_total|policy_decisions_total|policy_evaluation_seconds(_bucket|_sum|_count)?|policy_reloads_total|downstream_requests_total|downstream_request_duration_seconds(_bucket|_sum|_count)?|downstream_connect_errors_total|downstream_timeouts_total|sse_streams_open|sse_events_total)$/;

@@ -1,0 +1,245 @@
+//! Per-route series: the `route` label of the MCP metrics. Its values are
+//! the configured route names and nothing else: each route's series are
+//! resolved once, when the registry is built, into a `RouteSeries`, and the
+//! route's layers keep a handle (`RouteMetrics`, `EndpointMetrics`) to it.
+//! A name the configuration does not know gets a handle that records
+//! nothing, so no request and no wiring mistake can add a label value.
+
+use std::sync::{Arc, OnceLock};
+use std::time::Duration;
+
+use prometheus::{Histogram, HistogramVec, IntCounter, IntCounterVec, IntGauge};
+
+use super::labels::*;
+use super::Metrics;
+
+/// The series of one `(route, endpoint)` pair. Streams open are created at
+/// zero; the others appear with their first event, as before routes had a
+/// label, and are then reached without a label lookup.
+struct EndpointSeries {
+    streams_open: IntGauge,
+    events: OnceLock<IntCounter>,
+    duration: OnceLock<Histogram>,
+    responses: [OnceLock<IntCounter>; STATUS_CLASSES.len()],
+}
+
+/// Every series of one configured route.
+pub(crate) struct RouteSeries {
+    name: Arc<str>,
+    tools: Arc<[String]>,
+    mcp_requests: IntCounterVec,
+    /// Indexed by `PolicyVerdict::index`.
+    policy_decisions: [IntCounter; PolicyVerdict::ALL.len()],
+    policy_duration: Histogram,
+    /// Indexed by `ReloadResult::index`.
+    policy_reloads: [IntCounter; ReloadResult::ALL.len()],
+    connect_errors: IntCounter,
+    timeouts: IntCounter,
+    downstream_requests: IntCounterVec,
+    downstream_duration: HistogramVec,
+    sse_events: IntCounterVec,
+    /// Indexed by `McpEndpoint::index`.
+    endpoints: [EndpointSeries; McpEndpoint::ALL.len()],
+}
+
+impl RouteSeries {
+    /// Creates route `name`'s series in `metrics`' registry, at zero where
+    /// an alert or the dashboard's `route` variable needs them before the
+    /// first event.
+    pub(super) fn new(metrics: &Metrics, name: &str) -> RouteSeries {
+        let verdicts = std::array::from_fn(|i| {
+            let verdict = PolicyVerdict::ALL[i].as_str();
+            metrics.policy_decisions.with_label_values(&[name, verdict])
+        });
+        let reloads = std::array::from_fn(|i| {
+            let result = ReloadResult::ALL[i].as_str();
+            metrics.policy_reloads.with_label_values(&[name, result])
+        });
+        // The series a route's first requests write (no body read yet:
+        // method "none"), so `label_values(mcp_requests_total, route)` lists
+        // every configured route from the start.
+        for decision in McpDecision::ALL {
+            metrics.mcp_requests.with_label_values(&[
+                name,
+                mcp_method(None),
+                "",
+                decision.as_str(),
+            ]);
+        }
+        let endpoint = |endpoint: McpEndpoint| EndpointSeries {
+            streams_open: metrics
+                .sse_streams_open
+                .with_label_values(&[name, endpoint.as_str()]),
+            events: OnceLock::new(),
+            duration: OnceLock::new(),
+            responses: Default::default(),
+        };
+        RouteSeries {
+            name: name.into(),
+            tools: metrics.tools.clone(),
+            mcp_requests: metrics.mcp_requests.clone(),
+            policy_decisions: verdicts,
+            policy_duration: metrics.policy_duration.with_label_values(&[name]),
+            policy_reloads: reloads,
+            connect_errors: metrics.downstream_connect_errors.with_label_values(&[name]),
+            timeouts: metrics.downstream_timeouts.with_label_values(&[name]),
+            downstream_requests: metrics.downstream_requests.clone(),
+            downstream_duration: metrics.downstream_duration.clone(),
+            sse_events: metrics.sse_events.clone(),
+            endpoints: std::array::from_fn(|i| endpoint(McpEndpoint::ALL[i])),
+        }
+    }
+
+    /// The route's name, its `route` label value.
+    pub(super) fn name(&self) -> &str {
+        &self.name
+    }
+}
+
+/// One route's recorders. Cloning is one reference count; recording is a
+/// few atomic adds (the MCP request counter, whose method, tool and
+/// decision vary per request, is the one label lookup).
+#[derive(Clone)]
+pub(crate) struct RouteMetrics(Arc<RouteHandle>);
+
+struct RouteHandle {
+    /// The name asked for, configured or not (for logs).
+    name: Arc<str>,
+    /// `None`: metrics are off, or the route is not configured.
+    series: Option<Arc<RouteSeries>>,
+}
+
+impl Metrics {
+    /// The recorders of route `name`: its series when it is configured and
+    /// metrics are on, otherwise recorders that record nothing (asking for
+    /// an unknown route never creates a series).
+    pub(crate) fn route(&self, name: &str) -> RouteMetrics {
+        let series = if self.enabled {
+            let series = self.routes.iter().find(|r| r.name() == name).cloned();
+            if series.is_none() {
+                tracing::warn!(route = name, "no metrics for a route the configuration does not name; its requests are not counted");
+            }
+            series
+        } else {
+            None
+        };
+        RouteMetrics(Arc::new(RouteHandle {
+            name: name.into(),
+            series,
+        }))
+    }
+}
+
+impl RouteMetrics {
+    /// The route's name, as asked for.
+    pub(crate) fn name(&self) -> &Arc<str> {
+        &self.0.name
+    }
+
+    /// Whether anything is recorded.
+    pub(crate) fn records(&self) -> bool {
+        self.0.series.is_some()
+    }
+
+    /// The recorders of one of the route's endpoints.
+    pub(crate) fn endpoint(&self, endpoint: McpEndpoint) -> EndpointMetrics {
+        EndpointMetrics {
+            route: self.clone(),
+            endpoint,
+        }
+    }
+
+    /// One MCP request, as the audit saw it.
+    pub(crate) fn mcp_request(&self, method: Option<&str>, tool: Option<&str>, decision: &str) {
+        if let Some(s) = &self.0.series {
+            let tool = super::tool_label(&s.tools, tool);
+            s.mcp_requests
+                .with_label_values(&[&s.name, mcp_method(method), tool, decision])
+                .inc();
+        }
+    }
+
+    /// A policy decision on an MCP request and the time it took.
+    pub(crate) fn policy_decision(&self, verdict: PolicyVerdict, elapsed: Duration) {
+        if let Some(s) = &self.0.series {
+            s.policy_duration.observe(elapsed.as_secs_f64());
+            s.policy_decisions[verdict.index()].inc();
+        }
+    }
+
+    /// A reload of the route's policy.
+    pub(crate) fn policy_reload(&self, result: ReloadResult) {
+        if let Some(s) = &self.0.series {
+            s.policy_reloads[result.index()].inc();
+        }
+    }
+}
+
+/// The recorders of one endpoint of one route: the forwarder's and its
+/// event streams'.
+#[derive(Clone)]
+pub(crate) struct EndpointMetrics {
+    route: RouteMetrics,
+    endpoint: McpEndpoint,
+}
+
+impl EndpointMetrics {
+    fn series(&self) -> Option<(&RouteSeries, &EndpointSeries)> {
+        let s = self.route.0.series.as_deref()?;
+        Some((s, &s.endpoints[self.endpoint.index()]))
+    }
+
+    /// Whether anything is recorded.
+    pub(crate) fn records(&self) -> bool {
+        self.route.records()
+    }
+
+    /// A downstream answer (its headers).
+    pub(crate) fn downstream_response(&self, status: u16, elapsed: Duration) {
+        let Some((s, e)) = self.series() else { return };
+        let class = status_class_index(status);
+        let labels = [&*s.name, self.endpoint.as_str(), STATUS_CLASSES[class]];
+        e.responses[class]
+            .get_or_init(|| s.downstream_requests.with_label_values(&labels))
+            .inc();
+        e.duration
+            .get_or_init(|| s.downstream_duration.with_label_values(&labels[..2]))
+            .observe(elapsed.as_secs_f64());
+    }
+
+    /// The downstream could not be reached.
+    pub(crate) fn downstream_connect_error(&self) {
+        if let Some((s, _)) = self.series() {
+            s.connect_errors.inc();
+        }
+    }
+
+    /// The downstream took too long.
+    pub(crate) fn downstream_timeout(&self) {
+        if let Some((s, _)) = self.series() {
+            s.timeouts.inc();
+        }
+    }
+
+    /// An event stream opened (+1) or closed (-1).
+    pub(crate) fn sse_stream(&self, delta: i64) {
+        if let Some((_, e)) = self.series() {
+            e.streams_open.add(delta);
+        }
+    }
+
+    /// Events forwarded on a stream.
+    pub(crate) fn sse_events(&self, events: u64) {
+        if let Some((s, e)) = self.series() {
+            e.events
+                .get_or_init(|| {
+                    s.sse_events
+                        .with_label_values(&[&s.name, self.endpoint.as_str()])
+                })
+                .inc_by(events);
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests;
