@@ -317,9 +317,10 @@ async fn a_route_layer_runs_on_its_route_only_and_quotas_are_per_route() {
             "wiki",
             Hook::BeforeForwarding,
             MapRequestLayer::new(|mut request: http::Request<Body>| {
-                request
-                    .headers_mut()
-                    .insert("x-wiki-layer", http::HeaderValue::from_static("yes"));
+                let headers = request.headers_mut();
+                headers.insert("x-wiki-layer", http::HeaderValue::from_static("yes"));
+                // Could pass for an identity header: the forwarder strips it.
+                headers.insert("x-user-plan", http::HeaderValue::from_static("gold"));
                 request
             }),
         )
@@ -336,6 +337,7 @@ async fn a_route_layer_runs_on_its_route_only_and_quotas_are_per_route() {
         200
     );
     assert_eq!(s.wiki.last().headers["x-wiki-layer"], "yes");
+    assert!(s.wiki.last().headers.get("x-user-plan").is_none());
     assert_eq!(s.wiki.last().headers[quota::TENANT_HEADER], "example.com");
     assert!(s
         .main
@@ -385,7 +387,26 @@ async fn a_bad_configuration_file_is_an_error_naming_the_key() {
     .unwrap();
     let error = Proxy::from_config_file(&path).expect_err("refused");
     assert!(matches!(error, StartError::Config(_)), "{error}");
-    assert!(error.to_string().contains("server.listen"), "{error}");
+    assert!(
+        error
+            .to_string()
+            .starts_with("config error at `server.listen`"),
+        "{error}"
+    );
+
+    // Read, but not valid: the key at fault is named once.
+    let provider = Provider::start().await;
+    let (main, wiki) = (Downstream::start().await, Downstream::start().await);
+    let good = config_file(dir.path(), &provider, &main, &wiki).await;
+    let text = std::fs::read_to_string(&good).unwrap();
+    std::fs::write(&path, text.replace(ENCRYPTION_KEY, "not-hex")).unwrap();
+    let invalid = Proxy::from_config_file(&path).expect_err("refused");
+    assert!(
+        invalid
+            .to_string()
+            .starts_with("config error: secrets.encryption_key: "),
+        "{invalid}"
+    );
 
     let missing = Proxy::from_config_file(dir.path().join("absent.toml")).expect_err("refused");
     assert!(missing.to_string().contains("absent.toml"), "{missing}");

@@ -61,8 +61,13 @@ pub enum Hook {
     /// answers after the policy filtered them.
     AfterPolicy,
     /// The session-ownership checks passed; the next step is the forwarder,
-    /// which sends the request (and the headers this layer set on it) to the
-    /// route's downstream.
+    /// which sends the request to the route's downstream. It treats the
+    /// request's headers as the client's, whoever set them: a header a
+    /// layer sets arrives unless it is one the proxy strips from clients
+    /// (`X-User-*` and any a policy may set, names with `_`,
+    /// `Authorization`, cookies, forwarding headers). Set with `insert`
+    /// (and `remove` when there is no value), so a client's copy never
+    /// passes in its place.
     BeforeForwarding,
 }
 

@@ -72,7 +72,7 @@ impl Deref for AppState {
 pub enum StartError {
     /// The configuration could not be loaded or is not valid (only from
     /// `embed::Proxy::from_config_file`; the binary reports these itself).
-    #[error("config error: {0}")]
+    #[error("{}", config_error(.0))]
     Config(#[from] crate::config::ConfigError),
     /// A layer was registered for a route the configuration does not have.
     #[error("Proxy::route_layer: there is no route named \"{route}\" (the routes are: {known})")]
@@ -112,6 +112,15 @@ pub enum StartError {
         /// Why binding failed.
         source: std::io::Error,
     },
+}
+
+/// A configuration error as the binary prints it: loading errors say
+/// "config error" on each line already.
+fn config_error(error: &crate::config::ConfigError) -> String {
+    match error {
+        crate::config::ConfigError::Load(lines) => lines.clone(),
+        invalid => format!("config error: {invalid}"),
+    }
 }
 
 impl AppState {

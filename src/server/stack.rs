@@ -209,9 +209,12 @@ fn mcp_routes(app: &AppState, limits: &RateLimits, hooks: &Hooks) -> Router {
 /// One endpoint of one route, outermost first: audit ← rescue ← address
 /// limit ← origin ← authenticate ← user and client limits ← unambiguous
 /// headers ← (after authentication) ← policy ← (after policy) ← list filter
-/// ← methods ← session ownership ← (before forwarding) ← forwarder. The route's `layers` switch the audit log, the rate limits
-/// and the list filter; `hooks` holds an embedding program's layers (none:
-/// nothing is inserted at that point).
+/// ← methods ← session ownership ← (before forwarding) ← forwarder. The
+/// route's `layers` switch the audit log, the rate limits and the list
+/// filter; `hooks` holds an embedding program's layers at the three points
+/// in brackets (none: nothing is inserted there).
+// Long because it is the whole MCP stack as one chain, a comment per layer:
+// the order is the design, and it reads in one place.
 fn mcp_stack(
     app: &AppState,
     limits: &RateLimits,
