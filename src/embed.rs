@@ -57,6 +57,27 @@ pub use crate::session::Session;
 /// The proxy, ready to start: its validated settings and the layers to
 /// insert. Layers registered for the same hook run in registration order
 /// (the first sees the request first).
+///
+/// ```no_run
+/// use http::{header, HeaderValue, Response};
+/// use mcp_oauth_proxy::embed::{Hook, Proxy};
+/// use tower::util::MapResponseLayer;
+///
+/// # async fn run() -> Result<(), mcp_oauth_proxy::embed::StartError> {
+/// // No cache keeps the wiki's answers; the other routes are untouched.
+/// let no_store = MapResponseLayer::new(|mut response: Response<axum::body::Body>| {
+///     let value = HeaderValue::from_static("no-store");
+///     response.headers_mut().insert(header::CACHE_CONTROL, value);
+///     response
+/// });
+/// let running = Proxy::from_config_file("proxy.toml")?
+///     .route_layer("wiki", Hook::AfterAuthentication, no_store)
+///     .start()
+///     .await?;
+/// # running.shutdown().await.ok();
+/// # Ok(())
+/// # }
+/// ```
 #[derive(Debug)]
 pub struct Proxy {
     settings: Settings,

@@ -35,7 +35,9 @@ pub fn proxy(config: &Path, calls: u32, period: Duration) -> Result<Proxy, Start
 }
 
 /// At most `calls` calls of each tool per user per `period` (a fixed
-/// window per user and tool), on one route.
+/// window per user and tool), on one route. The counts live in this
+/// process: replicas would each count on their own (keep them in Redis
+/// for that), and expired windows are swept only once there are many.
 #[derive(Clone)]
 pub struct ToolQuota {
     route: Arc<str>,
