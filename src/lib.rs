@@ -1,6 +1,10 @@
 //! mcp-oauth-proxy: an OAuth 2.1 authorization server that logs people in
 //! through an OpenID Connect provider, and an identity-aware proxy in front of
 //! an MCP server.
+//!
+//! The binary is `mcp-oauth-proxy serve`. To embed the proxy in a program
+//! of your own and insert your own `tower` layers into each MCP route's
+//! stack, see [`embed`].
 #![forbid(unsafe_code)]
 #![warn(unreachable_pub, missing_docs)]
 
@@ -10,6 +14,7 @@ pub mod cli;
 pub(crate) mod client_address;
 pub mod config;
 pub mod crypto;
+pub mod embed;
 pub(crate) mod error;
 pub(crate) mod event_stream;
 pub mod grants;

@@ -21,7 +21,9 @@ pub enum Revocation {
     AccessToken(String),
 }
 
-/// What an access token stands for, once validated.
+/// What an access token stands for, once validated: who is calling, through
+/// which client, with which claims. Every MCP request carries one
+/// (`embed::session` reads it).
 #[derive(Debug)]
 pub struct Session {
     /// The grant the token belongs to (revoking it ends the session).
@@ -53,6 +55,27 @@ pub struct Session {
     /// What the policy keeps for this session while the token cache holds
     /// it (its view of the user, a decision on the user alone).
     pub(crate) memo: Memo,
+}
+
+/// Read-only views of the fields the proxy keeps to itself, for embedding
+/// layers (`embed::session`); the public fields are read directly.
+impl Session {
+    /// The OAuth client the token was issued to: its registered
+    /// `client_id`, or the URL of its Client ID Metadata Document.
+    pub fn client_id(&self) -> &str {
+        &self.client_id
+    }
+
+    /// The name the client registered (`client_name`), if any; it is the
+    /// client's own claim, shown on the consent page, not proof of anything.
+    pub fn client_name(&self) -> Option<&str> {
+        self.client_name.as_deref()
+    }
+
+    /// Unix seconds after which the token is refused.
+    pub fn expires_at(&self) -> i64 {
+        self.expires_at
+    }
 }
 
 /// Why a session ended while an event stream was open on it.

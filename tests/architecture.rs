@@ -33,8 +33,9 @@ const FLOORS: &[(&str, u8)] = &[
     ("rate_limit", 6),
     // Composition: listeners and the stack.
     ("server", 7),
-    // Commands.
+    // Commands, and the library's builder for embedding programs.
     ("cli", 8),
+    ("embed", 8),
     ("main", 9),
 ];
 

@@ -383,7 +383,7 @@ pub type EnforcePolicyLayer = CheckpointLayer<EnforcePolicy>;
 /// Runs the policy; a denial never reaches the downstream. What it decided
 /// for a request that goes on travels with it: the `PolicyOutcome`, the
 /// policy version (for list filtering) and, for a single call, the
-/// `McpCall`.
+/// `McpCall` (for a batch, every one as `Arc<[McpCall]>`).
 #[derive(Clone)]
 pub struct EnforcePolicy {
     engine: Arc<PolicyEngine>,
@@ -525,6 +525,9 @@ where
         parts.extensions.insert(policy);
         if let [call] = calls.as_slice() {
             parts.extensions.insert(call.clone());
+        } else if calls.len() > 1 {
+            // Each call of a batch, for embedding layers (`embed::mcp_calls`).
+            parts.extensions.insert(Arc::<[McpCall]>::from(calls));
         }
         inner.call(Request::from_parts(parts, body)).await
     }

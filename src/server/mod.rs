@@ -23,6 +23,7 @@ pub(crate) mod admin;
 pub(crate) mod body_deadline;
 pub(crate) mod connection;
 pub(crate) mod framing;
+pub(crate) mod hooks;
 pub(crate) mod rescue;
 pub(crate) mod routes;
 pub(crate) mod stack;
@@ -69,6 +70,18 @@ impl Deref for AppState {
 /// Why the server could not start; each names the setting to look at.
 #[derive(Debug, thiserror::Error)]
 pub enum StartError {
+    /// The configuration could not be loaded or is not valid (only from
+    /// `embed::Proxy::from_config_file`; the binary reports these itself).
+    #[error("{}", config_error(.0))]
+    Config(#[from] crate::config::ConfigError),
+    /// A layer was registered for a route the configuration does not have.
+    #[error("Proxy::route_layer: there is no route named \"{route}\" (the routes are: {known})")]
+    UnknownRoute {
+        /// The name given.
+        route: String,
+        /// The configured routes' names, comma-separated.
+        known: String,
+    },
     /// The store could not be opened.
     #[error("store: {0}")]
     Store(#[from] crate::store::StoreError),
@@ -99,6 +112,15 @@ pub enum StartError {
         /// Why binding failed.
         source: std::io::Error,
     },
+}
+
+/// A configuration error as the binary prints it: loading errors say
+/// "config error" on each line already.
+fn config_error(error: &crate::config::ConfigError) -> String {
+    match error {
+        crate::config::ConfigError::Load(lines) => lines.clone(),
+        invalid => format!("config error: {invalid}"),
+    }
 }
 
 impl AppState {
@@ -228,6 +250,14 @@ impl Running {
 /// background work (purging expired records, watching the policy file,
 /// discovering the provider) and serves in the background until shutdown.
 pub async fn start(app: AppState) -> Result<Running, StartError> {
+    start_with_hooks(app, &hooks::Hooks::default()).await
+}
+
+/// `start`, with an embedding program's layers in the MCP routes' stacks.
+pub(crate) async fn start_with_hooks(
+    app: AppState,
+    hooks: &hooks::Hooks,
+) -> Result<Running, StartError> {
     let listen = app.settings.config.server.listen.clone();
     let listener = TcpListener::bind(&listen)
         .await
@@ -290,7 +320,7 @@ pub async fn start(app: AppState) -> Result<Running, StartError> {
         None => None,
     };
     let limits = connection::Limits::from_config(&app.settings.config.server);
-    let router = stack::router(app.clone());
+    let router = stack::router(app.clone(), hooks);
     let task = tokio::spawn(connection::serve(
         listener, router, signal, limits, "public",
     ));

@@ -29,6 +29,7 @@ use crate::proxy::sessions::CheckSessionOwnership;
 use crate::proxy::unambiguous::UnambiguousHeaders;
 use crate::proxy::{Endpoint, Forwarder};
 use crate::rate_limit::{by_address, by_client, by_user, RateLimits};
+use crate::server::hooks::{Hook, Hooks, RouteHooks, RouteInfo};
 use crate::server::rescue::RescueLayer;
 use crate::server::routes::ServedRoute;
 use crate::server::AppState;
@@ -114,9 +115,9 @@ fn oauth_routes(app: &AppState, limits: &RateLimits) -> Router<AppState> {
 
 /// The public listener's router: the OAuth routes, the MCP routes, and
 /// the layers every request passes.
-pub(crate) fn router(app: AppState) -> Router {
+pub(crate) fn router(app: AppState, hooks: &Hooks) -> Router {
     let limits = RateLimits::new(&app.settings.config.limits, app.metrics.clone());
-    let mcp_facing = mcp_routes(&app, &limits);
+    let mcp_facing = mcp_routes(&app, &limits, hooks);
 
     let trusted_proxies = app.settings.trusted_proxies.clone();
     let app_metrics = app.metrics.clone();
@@ -179,21 +180,26 @@ fn protected_resources(app: &AppState) -> Router<AppState> {
 /// the route's CORS for browser clients. Paths are matched exactly (no
 /// decoding, no dot segments, no trailing slash): configuration allows
 /// only paths that have one spelling.
-fn mcp_routes(app: &AppState, limits: &RateLimits) -> Router {
+fn mcp_routes(app: &AppState, limits: &RateLimits, hooks: &Hooks) -> Router {
     let mut router = Router::new();
     for route in &app.routes {
         let settings = &route.settings;
-        let mut endpoints = Router::new().route_service(
+        // An embedding program's layers, built once for the route: its
+        // endpoints share them (a quota counts on both transports).
+        let route_hooks = hooks.for_route(&RouteInfo::new(
+            &settings.name,
             &settings.path,
-            mcp_stack(app, limits, route, &settings.path, Endpoint::Mcp),
-        );
+            settings.sse_path.as_deref(),
+        ));
+        let stack = |resource_path: &str, endpoint| {
+            mcp_stack(app, limits, route, resource_path, endpoint, &route_hooks)
+        };
+        let mut endpoints =
+            Router::new().route_service(&settings.path, stack(&settings.path, Endpoint::Mcp));
         if let (Some(sse), Some(message)) = (&settings.sse_path, settings.message_path()) {
             endpoints = endpoints
-                .route_service(sse, mcp_stack(app, limits, route, sse, Endpoint::SseStream))
-                .route_service(
-                    &message,
-                    mcp_stack(app, limits, route, sse, Endpoint::SseMessage),
-                );
+                .route_service(sse, stack(sse, Endpoint::SseStream))
+                .route_service(&message, stack(sse, Endpoint::SseMessage));
         }
         router = router.merge(endpoints.layer(mcp_cors(app, route)));
     }
@@ -202,15 +208,20 @@ fn mcp_routes(app: &AppState, limits: &RateLimits) -> Router {
 
 /// One endpoint of one route, outermost first: audit ← rescue ← address
 /// limit ← origin ← authenticate ← user and client limits ← unambiguous
-/// headers ← policy ← list filter ← methods ← session ownership ←
-/// forwarder. The route's `layers` switch the audit log, the rate limits
-/// and the list filter.
+/// headers ← (after authentication) ← policy ← (after policy) ← list filter
+/// ← methods ← session ownership ← (before forwarding) ← forwarder. The
+/// route's `layers` switch the audit log, the rate limits and the list
+/// filter; `hooks` holds an embedding program's layers at the three points
+/// in brackets (none: nothing is inserted there).
+// Long because it is the whole MCP stack as one chain, a comment per layer:
+// the order is the design, and it reads in one place.
 fn mcp_stack(
     app: &AppState,
     limits: &RateLimits,
     route: &ServedRoute,
     resource_path: &str,
     endpoint: Endpoint,
+    hooks: &RouteHooks,
 ) -> impl tower::Service<
     axum::http::Request<axum::body::Body>,
     Response = axum::http::Response<axum::body::Body>,
@@ -259,6 +270,8 @@ fn mcp_stack(
         // Headers the layers below read must mean one thing, or the policy
         // could judge one value while the downstream acts on another.
         .layer(UnambiguousHeaders::layer())
+        // Embedding: the caller is known, the policy has not run.
+        .option_layer(hooks.at(Hook::AfterAuthentication))
         // May they, and with which identity headers: the route's policy.
         .layer(EnforcePolicy::layer(
             route.policy.clone(),
@@ -267,6 +280,9 @@ fn mcp_stack(
             settings.downstream.max_batch_size,
             metrics,
         ))
+        // Embedding: the policy allowed it and chose the identity headers;
+        // above the list filter, so a layer sees lists as the client will.
+        .option_layer(hooks.at(Hook::AfterPolicy))
         // What they may see: list answers lose what the policy would deny.
         .option_layer(
             layers
@@ -283,6 +299,8 @@ fn mcp_stack(
             route.forward.sessions.clone(),
             endpoint,
         ))
+        // Embedding: every check passed; next is the downstream.
+        .option_layer(hooks.at(Hook::BeforeForwarding))
         .service(Forwarder::new(route.forward.clone(), endpoint))
 }
 
