@@ -556,3 +556,58 @@ audit = false
         assert_eq!(audited(marker), 0, "{marker}: the open route writes none");
     }
 }
+
+/// One consent per client covers the servers it named: approving a client
+/// for the wiki does not approve it for the default route, and an approval
+/// for the whole proxy covers both.
+#[tokio::test]
+async fn a_consent_covers_the_servers_it_named() {
+    let s = setup().await;
+    s.proxy.provider.set_user(person("wendy", &["wiki"]));
+    let mut browser = Browser::new();
+    let authorize = |resource: &str| {
+        let extra: Vec<(&str, &str)> = if resource.is_empty() {
+            vec![]
+        } else {
+            vec![("resource", resource)]
+        };
+        s.proxy.authorize_url(&s.client, &Pkce::new(), "st", &extra)
+    };
+    let wiki = s.resource("/wiki/mcp");
+    let main = s.resource("/mcp");
+
+    // First time for the wiki: the page, naming the wiki; approve.
+    let page = browser.get(&authorize(&wiki)).await;
+    assert_eq!(page.status, 200, "a consent page");
+    assert!(page.body.contains("<code>wiki</code>"));
+    let r = browser
+        .post_form(
+            &format!("{}/consent", s.proxy.url),
+            &with_decision(page.form_fields(), "approve"),
+        )
+        .await;
+    assert_eq!(r.status, 302);
+    // The wiki again: remembered, straight to the provider.
+    let again = browser.get(&authorize(&wiki)).await;
+    assert_eq!(again.status, 302, "{}", again.body);
+    assert!(again.location().starts_with(&s.proxy.provider.issuer));
+    // The default route, and the whole proxy: not approved yet.
+    for resource in [main.as_str(), ""] {
+        let page = browser.get(&authorize(resource)).await;
+        assert_eq!(page.status, 200, "{resource}: a consent page again");
+        assert!(page.body.contains("<code>default</code>"), "{}", page.body);
+    }
+    // Approving the whole proxy covers every server from then on.
+    let page = browser.get(&authorize("")).await;
+    let r = browser
+        .post_form(
+            &format!("{}/consent", s.proxy.url),
+            &with_decision(page.form_fields(), "approve"),
+        )
+        .await;
+    assert_eq!(r.status, 302);
+    for resource in [main.as_str(), wiki.as_str(), ""] {
+        let r = browser.get(&authorize(resource)).await;
+        assert_eq!(r.status, 302, "{resource}: remembered");
+    }
+}

@@ -98,6 +98,24 @@ pub(crate) struct ConsentRecord {
     pub(crate) redirect_uri: String,
     /// Unix seconds of the approval.
     pub(crate) approved_at: i64,
+    /// The MCP servers (route names) the person approved the client for.
+    /// Records written before routes existed have none, and cover the
+    /// only server there was then: the `default` route.
+    #[serde(default)]
+    pub(crate) servers: Vec<String>,
+}
+
+impl ConsentRecord {
+    /// Whether the approval covers every one of `servers`.
+    pub(crate) fn covers(&self, servers: &[&str]) -> bool {
+        servers.iter().all(|wanted| {
+            if self.servers.is_empty() {
+                *wanted == crate::config::DEFAULT_ROUTE
+            } else {
+                self.servers.iter().any(|s| s == wanted)
+            }
+        })
+    }
 }
 
 /// An authorization code, kept after use until it expires so that a replay
@@ -309,5 +327,31 @@ mod b64 {
     pub(super) fn deserialize<'de, D: Deserializer<'de>>(d: D) -> Result<Vec<u8>, D::Error> {
         let text = String::deserialize(d)?;
         STANDARD.decode(text).map_err(serde::de::Error::custom)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::ConsentRecord;
+
+    #[test]
+    fn a_consent_covers_what_it_named_and_an_old_one_the_default_route() {
+        let record = |servers: &[&str]| ConsentRecord {
+            client_id: "c".into(),
+            redirect_uri: "http://127.0.0.1/cb".into(),
+            approved_at: 0,
+            servers: servers.iter().map(|s| s.to_string()).collect(),
+        };
+        assert!(record(&["wiki"]).covers(&["wiki"]));
+        assert!(!record(&["wiki"]).covers(&["default"]));
+        assert!(!record(&["wiki"]).covers(&["default", "wiki"]));
+        assert!(record(&["default", "wiki"]).covers(&["default", "wiki"]));
+        // Written before routes: the one server there was.
+        let old: ConsentRecord = serde_json::from_str(
+            r#"{"client_id":"c","redirect_uri":"http://127.0.0.1/cb","approved_at":1}"#,
+        )
+        .unwrap();
+        assert!(old.covers(&["default"]));
+        assert!(!old.covers(&["wiki"]));
     }
 }

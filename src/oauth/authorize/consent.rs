@@ -14,6 +14,7 @@ use crate::crypto;
 use crate::error::{AppError, PageError, RedirectError};
 use crate::metrics::labels::ConsentDecision;
 use crate::now_unix;
+use crate::oauth::resources::routes_for;
 use crate::oauth::OAuthState;
 use crate::store::{ConsentRecord, Namespace};
 
@@ -85,12 +86,32 @@ async fn consent_inner(
     };
     match form.decision.as_str() {
         "approve" => {
+            let key = consent_key(&browser_id, &pending.client_id, &pending.redirect_uri);
+            // The servers approved before stay approved; these join them.
+            let mut servers = match app
+                .records
+                .get::<ConsentRecord>(Namespace::Consent, &key)
+                .await
+                .map_err(PageError::from)?
+            {
+                // An approval from before routes covered the default one.
+                Some(earlier) if earlier.servers.is_empty() => {
+                    vec![crate::config::DEFAULT_ROUTE.to_string()]
+                }
+                Some(earlier) => earlier.servers,
+                None => Vec::new(),
+            };
+            for route in routes_for(&app.routes, pending.resource.as_deref()) {
+                if !servers.contains(&route.name) {
+                    servers.push(route.name.clone());
+                }
+            }
             let record = ConsentRecord {
                 client_id: pending.client_id.clone(),
                 redirect_uri: pending.redirect_uri.clone(),
                 approved_at: now_unix(),
+                servers,
             };
-            let key = consent_key(&browser_id, &pending.client_id, &pending.redirect_uri);
             app.records
                 .put(
                     Namespace::Consent,

@@ -68,22 +68,30 @@ async fn authorize_inner(
     let (client, redirect_uri) = trusted_client_and_redirect(&app, &params).await?;
     let (browser_id, set_cookie) = browser_identity(&app, headers);
     let consent_key = consent_key(&browser_id, &client.client_id, &redirect_uri);
-    let approved = app
+    let consent = app
         .records
         .get::<ConsentRecord>(Namespace::Consent, &consent_key)
         .await
-        .map_err(PageError::from)?
-        .is_some();
+        .map_err(PageError::from)?;
     // Anyone can register a redirect URI, so until this person has approved
     // this client and URI an error is a page here: redirecting it would make
     // the proxy an open redirector (RFC 9700 §4.11.2, DESIGN invariant 12).
+    let redirect_trusted = consent.is_some();
     let pending = validate_request(&app, &params, &client, &redirect_uri).map_err(|e| {
-        if approved {
+        if redirect_trusted {
             AppError::from(e)
         } else {
             AppError::from(unapproved_client_error(e))
         }
     })?;
+    // An approval covers the servers it named: a client approved for one
+    // route asks again before it reaches another.
+    let servers: Vec<&str> =
+        crate::oauth::resources::routes_for(&app.routes, pending.resource.as_deref())
+            .iter()
+            .map(|r| r.name.as_str())
+            .collect();
+    let approved = consent.is_some_and(|c| c.covers(&servers));
     let pending = PendingAuthorization {
         browser_id,
         ..pending
@@ -97,11 +105,6 @@ async fn authorize_inner(
         put_pending(&app, &request_id, &pending, PENDING_TTL).await?;
         let csrf = app.keys.csrf_token(&request_id, &pending.browser_id);
         let host = redirect_uri::display_host(&redirect_uri);
-        let servers: Vec<&str> =
-            crate::oauth::resources::routes_for(&app.routes, pending.resource.as_deref())
-                .iter()
-                .map(|r| r.name.as_str())
-                .collect();
         pages::html_response(
             StatusCode::OK,
             pages::consent_page(&pages::ConsentPage {
