@@ -377,7 +377,16 @@ identity_headers = ["X-User-Route"]
     assert.equal(oauth.savedTokens.length, 1, 'one token for both routes');
     assert.equal(onWiki.authorization.sha256, onTickets.authorization.sha256, "both servers get the same sign-in's provider token");
     assert.notEqual(wiki.transport.sessionId, s.transport.sessionId, 'each route has its own MCP session');
-    oauth.sessions = { tickets: s, wiki };
+    // A session belongs to its route: the tickets session is unknown on the
+    // wiki, and the wiki server never hears of it.
+    const crossed = await fetch(url('wiki'), {
+      method: 'POST',
+      headers: { ...jsonHeaders(oauth.tokens().access_token), 'mcp-session-id': s.transport.sessionId, 'mcp-protocol-version': LATEST_PROTOCOL_VERSION },
+      body: JSON.stringify({ jsonrpc: '2.0', id: 3, method: 'tools/list' }),
+    });
+    await crossed.arrayBuffer();
+    assert.equal(crossed.status, 404, "the tickets session on the wiki route");
+    assert.ok(!servers.wiki.requests().some((e) => e.headers['mcp-session-id'] === s.transport.sessionId), 'the tickets session id never reached the wiki');
   });
 
   step('bob (sales) asking for the wiki: its login() refuses him at the callback — a page with the reason, no code, no token', async () => {
