@@ -578,14 +578,19 @@ async function httpPhase(shared, token) {
 // default route and ROUTE_COUNT - 1 [[routes]] (each with an SSE path too, so
 // the router holds every endpoint a real configuration would), the same stub
 // behind every route. The ten-route proxy is measured on its last-declared
-// route and on the default one.
+// route and on the default one; a second one-route proxy, identical to the
+// first, is the control: its ratio to the first is this machine's noise.
 const ROUTE_COUNT = 10;
-const ROUTE_TARGETS = ['one', 'ten_last', 'ten_default'];
+const ROUTE_TARGETS = ['one', 'ten_last', 'ten_default', 'one_again'];
 const ROUTE_LABELS = {
   one: '1 route, /mcp',
   ten_last: `${ROUTE_COUNT} routes, last declared`,
   ten_default: `${ROUTE_COUNT} routes, default /mcp`,
+  one_again: '1 route, second instance',
 };
+// The targets the 5% verdict is about (the control only calibrates it).
+const ROUTED = ['ten_last', 'ten_default'];
+const COMPARED = ROUTE_TARGETS.filter((t) => t !== 'one');
 
 function manyRoutesToml(count, downstreamUrl) {
   let toml = '';
@@ -611,6 +616,8 @@ async function routesPhase(shared, token) {
   // that issued the token); the one not being measured is idle.
   const one = await startOurProxy({ name: 'proxy-1-route', port: shared.proxyPort, shared, downstreamUrl });
   shared.cleanups.push(() => one.close());
+  const oneAgain = await startOurProxy({ name: 'proxy-1-route-again', port: await freePort(), shared, downstreamUrl });
+  shared.cleanups.push(() => oneAgain.close());
   const ten = await startOurProxy({
     name: `proxy-${ROUTE_COUNT}-routes`,
     port: await freePort(),
@@ -619,9 +626,10 @@ async function routesPhase(shared, token) {
     extraToml: manyRoutesToml(ROUTE_COUNT - 1, downstreamUrl),
   });
   shared.cleanups.push(() => ten.close());
-  const servers = { direct: stub, one, ten_last: ten, ten_default: ten };
+  const servers = { direct: stub, one, ten_last: ten, ten_default: ten, one_again: oneAgain };
   const urls = {
     one: `http://127.0.0.1:${one.port}/mcp`,
+    one_again: `http://127.0.0.1:${oneAgain.port}/mcp`,
     ten_last: `http://127.0.0.1:${ten.port}/route-${ROUTE_COUNT - 1}/mcp`,
     ten_default: `http://127.0.0.1:${ten.port}/mcp`,
   };
@@ -632,7 +640,7 @@ async function routesPhase(shared, token) {
     await res.arrayBuffer();
     if (res.status !== 200) throw new BenchError(`${ten.name}: no metadata for /route-${i}/mcp (${res.status})`);
   }
-  log(`routes: stub :${stubPort}, ${one.name} :${one.port} (pid ${one.pid}), ${ten.name} :${ten.port} (pid ${ten.pid})`);
+  log(`routes: stub :${stubPort}, ${one.name} :${one.port} (pid ${one.pid}), ${ten.name} :${ten.port} (pid ${ten.pid}), ${oneAgain.name} :${oneAgain.port} (pid ${oneAgain.pid})`);
 
   if (cfg.warmup > 0) {
     for (const c of cfg.connections) for (const t of ROUTE_TARGETS) await runWrk(urls[t], c, cfg.warmup, token);
@@ -650,7 +658,7 @@ async function routesPhase(shared, token) {
       }
     }
   }
-  for (const s of [ten, one, stub]) await s.close();
+  for (const s of [ten, oneAgain, one, stub]) await s.close();
   return runs;
 }
 
@@ -675,8 +683,8 @@ function summarizeRoutes(runs) {
     ];
     for (const [metric, key, digits, ok, target] of metrics) {
       const v = pick(key);
-      const ratios = { ten_last: pairedRatio('ten_last', key), ten_default: pairedRatio('ten_default', key) };
-      const verdict = ok ? (Object.values(ratios).every((r) => Number.isFinite(r) && ok(r)) ? 'PASS' : 'MISS') : '';
+      const ratios = Object.fromEntries(COMPARED.map((t) => [t, pairedRatio(t, key)]));
+      const verdict = ok ? (ROUTED.every((t) => Number.isFinite(ratios[t]) && ok(ratios[t])) ? 'PASS' : 'MISS') : '';
       rows.push({ scenario: `POST 200 B, ${c} conns`, metric, ...v, ratios, digits, target: target ?? '', verdict });
     }
   }
@@ -684,14 +692,15 @@ function summarizeRoutes(runs) {
 }
 
 function routesTable(rows) {
-  const head = ['scenario', 'metric', ...ROUTE_TARGETS.map((t) => ROUTE_LABELS[t]), 'last ÷ 1 route (paired)', 'default ÷ 1 route (paired)', 'target', 'result'];
+  const short = { ten_last: 'last', ten_default: 'default', one_again: 'control' };
+  const head = ['scenario', 'metric', ...ROUTE_TARGETS.map((t) => ROUTE_LABELS[t]), ...COMPARED.map((t) => `${short[t]} ÷ 1 route`), 'target (10 routes)', 'result'];
   const lines = [`| ${head.join(' | ')} |`, `|${head.map((h, i) => (i < 2 ? '---' : '---:')).join('|')}|`];
   let last = '';
   for (const r of rows) {
     const scenario = r.scenario === last ? '' : r.scenario;
     last = r.scenario;
     const ratio = (x) => (Number.isFinite(x) ? `${x.toFixed(3)}×` : '—');
-    lines.push(`| ${[scenario, r.metric, ...ROUTE_TARGETS.map((t) => fmt(r[t], r.digits)), ratio(r.ratios.ten_last), ratio(r.ratios.ten_default), r.target, r.verdict].join(' | ')} |`);
+    lines.push(`| ${[scenario, r.metric, ...ROUTE_TARGETS.map((t) => fmt(r[t], r.digits)), ...COMPARED.map((t) => ratio(r.ratios[t])), r.target, r.verdict].join(' | ')} |`);
   }
   return lines.join('\n');
 }
@@ -945,7 +954,7 @@ async function main() {
   const rows = summarize(httpRuns, sse);
   const routeRows = routeRuns.length ? summarizeRoutes(routeRuns) : [];
   const table = routeRuns.length
-    ? `${rows.length ? `${markdownTable(rows)}\n\n` : ''}The proxy with ${ROUTE_COUNT} routes against the proxy with 1 (same stub, same root token, same load):\n\n${routesTable(routeRows)}`
+    ? `${rows.length ? `${markdownTable(rows)}\n\n` : ''}The proxy with ${ROUTE_COUNT} routes against the proxy with 1 (same stub, same root token, same load). Ratios are medians of per-round ratios; the control is a second, identical one-route proxy, so its ratio is the noise of this machine:\n\n${routesTable(routeRows)}`
     : markdownTable(rows);
   const seconds = (Date.now() - started) / 1000;
   const settings = `${cfg.rounds} rounds × ${cfg.duration} s per run, wrk -t1, connections ${cfg.connections.join(' and ')}` +
