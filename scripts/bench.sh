@@ -8,6 +8,8 @@
 #   scripts/bench.sh                      defaults: 3 rounds × 10 s, about 5 minutes
 #   BENCH_ROUNDS=5 BENCH_DURATION=20 scripts/bench.sh
 #   BENCH_ONLY=http|sse  BENCH_PROFILE=1 (perf record of the proxy)  PROXY_BIN=...
+#   BENCH_ONLY=routes     the proxy with 10 routes against the proxy with 1
+#                         (same load, rounds interleaved; target: within 5%)
 #
 # Installs nginx and wrk (apt-get) when they are missing. Prints the table and
 # writes tests/bench/results/bench-<time>.{md,json}. Exits non-zero only when
@@ -52,7 +54,7 @@ fi
 if [[ -z "${PROXY_BIN:-}" ]]; then
   echo "=== bench: cargo build --release ===" >&2
   cargo build --release --quiet
-  export PROXY_BIN="$repo/target/release/mcp-oauth-proxy"
+  export PROXY_BIN="${CARGO_TARGET_DIR:-$repo/target}/release/mcp-oauth-proxy"
 fi
 
 # --- CPUs and file descriptors ---------------------------------------------

@@ -10,6 +10,10 @@
 //   proxy   mcp-oauth-proxy: bearer check, default policy, identity headers
 // The stub and the server under test share the server CPU; wrk and every
 // client here run on the load CPU.
+//
+// BENCH_ONLY=routes compares instead the proxy with one route and the proxy
+// with ten ([[routes]]), same load, rounds interleaved: routing must not cost
+// per request.
 
 import { execFileSync, spawnSync } from 'node:child_process';
 import crypto from 'node:crypto';
@@ -60,7 +64,7 @@ const cfg = {
   wrk: env.WRK || 'wrk',
   outDir: env.BENCH_OUT || path.join(BENCH_DIR, 'results'),
   profile: env.BENCH_PROFILE === '1',
-  only: env.BENCH_ONLY || 'all', // all | http | sse
+  only: env.BENCH_ONLY || 'all', // all | http | sse | routes
   // A policy file (relative to the repository), e.g. policies/per-tool.rhai.
   policy: env.BENCH_POLICY ? path.resolve(REPO_ROOT, env.BENCH_POLICY) : null,
   observe: (env.BENCH_OBSERVE || 'on') !== 'off',
@@ -68,7 +72,7 @@ const cfg = {
     return this.observe ? 'warn,audit=info' : 'warn';
   },
 };
-if (!['all', 'http', 'sse'].includes(cfg.only)) throw new Error(`BENCH_ONLY must be all, http or sse, not ${cfg.only}`);
+if (!['all', 'http', 'sse', 'routes'].includes(cfg.only)) throw new Error(`BENCH_ONLY must be all, http, sse or routes, not ${cfg.only}`);
 
 const TARGETS = ['direct', 'nginx', 'proxy'];
 const CLK_TCK = Number(execFileSync('getconf', ['CLK_TCK']).toString().trim()) || 100;
@@ -274,8 +278,8 @@ ${headers}
     }`;
 }
 
-/** The proxy under test, on the server CPU (so tokio sizes its pool to that one CPU). */
-async function startOurProxy({ name, port, shared, downstreamUrl }) {
+/** The proxy under test, on the server CPU (so tokio sizes its pool to that one CPU). `extraToml`: e.g. `[[routes]]`. */
+async function startOurProxy({ name, port, shared, downstreamUrl, extraToml }) {
   const config = {
     server: { listen: `127.0.0.1:${port}`, public_url: shared.publicUrl },
     upstream: {
@@ -300,7 +304,7 @@ async function startOurProxy({ name, port, shared, downstreamUrl }) {
   };
   if (cfg.policy) config.policy = { path: cfg.policy };
   const file = path.join(shared.dir, `${name}.toml`);
-  fs.writeFileSync(file, toToml(config), { mode: 0o600 });
+  fs.writeFileSync(file, extraToml ? `${toToml(config)}\n${extraToml.trim()}\n` : toToml(config), { mode: 0o600 });
   // The log goes to a file, as in production, not into this process's memory.
   const logFile = path.join(shared.dir, `${name}.log`);
   const [cmd, args] = pinned('sh', ['-c', 'exec "$0" serve --config "$1" 2>>"$2"', cfg.bin, file, logFile]);
@@ -364,8 +368,11 @@ async function startSseStub() {
 
 // ------------------------------------------------------------------ token
 
-/** An access token for the proxy's /mcp (as a client gets one). */
-async function getToken(publicUrl) {
+/**
+ * An access token for the proxy's /mcp (as a client gets one), or for
+ * `resource` (e.g. the proxy's root: a token good on every route).
+ */
+async function getToken(publicUrl, resource) {
   try {
     const redirectUri = `http://127.0.0.1:${await freePort()}/callback`;
     const { accessToken } = await accessTokenFor(publicUrl, {
@@ -373,6 +380,7 @@ async function getToken(publicUrl) {
       password: USERS[USER].password,
       redirectUri,
       clientName: 'mcp-oauth-proxy benchmark',
+      resource,
     });
     return accessToken;
   } catch (e) {
@@ -562,6 +570,139 @@ async function httpPhase(shared, token) {
 
   for (const s of [proxy, nginx, stub]) await s.close();
   return runs;
+}
+
+// ------------------------------------------------------------------ routes
+
+// BENCH_ONLY=routes: one proxy with the default route only, one with the
+// default route and ROUTE_COUNT - 1 [[routes]] (each with an SSE path too, so
+// the router holds every endpoint a real configuration would), the same stub
+// behind every route. The ten-route proxy is measured on its last-declared
+// route and on the default one; a second one-route proxy, identical to the
+// first, is the control: its ratio to the first is this machine's noise.
+const ROUTE_COUNT = 10;
+const ROUTE_TARGETS = ['one', 'ten_last', 'ten_default', 'one_again'];
+const ROUTE_LABELS = {
+  one: '1 route, /mcp',
+  ten_last: `${ROUTE_COUNT} routes, last declared`,
+  ten_default: `${ROUTE_COUNT} routes, default /mcp`,
+  one_again: '1 route, second instance',
+};
+// The targets the 5% verdict is about (the control only calibrates it).
+const ROUTED = ['ten_last', 'ten_default'];
+const COMPARED = ROUTE_TARGETS.filter((t) => t !== 'one');
+
+function manyRoutesToml(count, downstreamUrl) {
+  let toml = '';
+  for (let i = 1; i <= count; i++) {
+    toml += `
+[[routes]]
+name = "route-${i}"
+path = "/route-${i}/mcp"
+sse_path = "/route-${i}/sse"
+[routes.downstream]
+url = ${JSON.stringify(downstreamUrl)}
+`;
+  }
+  return toml;
+}
+
+async function routesPhase(shared, token) {
+  const stubPort = await freePort();
+  const stub = await startNginx('nginx-stub', nginxStub(stubPort));
+  shared.cleanups.push(() => stub.close());
+  const downstreamUrl = `http://127.0.0.1:${stubPort}/mcp`;
+  // Both proxies run throughout (same store, key and public URL as the one
+  // that issued the token); the one not being measured is idle.
+  const one = await startOurProxy({ name: 'proxy-1-route', port: shared.proxyPort, shared, downstreamUrl });
+  shared.cleanups.push(() => one.close());
+  const oneAgain = await startOurProxy({ name: 'proxy-1-route-again', port: await freePort(), shared, downstreamUrl });
+  shared.cleanups.push(() => oneAgain.close());
+  const ten = await startOurProxy({
+    name: `proxy-${ROUTE_COUNT}-routes`,
+    port: await freePort(),
+    shared,
+    downstreamUrl,
+    extraToml: manyRoutesToml(ROUTE_COUNT - 1, downstreamUrl),
+  });
+  shared.cleanups.push(() => ten.close());
+  const servers = { direct: stub, one, ten_last: ten, ten_default: ten, one_again: oneAgain };
+  const urls = {
+    one: `http://127.0.0.1:${one.port}/mcp`,
+    one_again: `http://127.0.0.1:${oneAgain.port}/mcp`,
+    ten_last: `http://127.0.0.1:${ten.port}/route-${ROUTE_COUNT - 1}/mcp`,
+    ten_default: `http://127.0.0.1:${ten.port}/mcp`,
+  };
+  for (const t of ROUTE_TARGETS) await preflightPost(t, urls[t], token);
+  // The ten-route proxy really has them: each route publishes its metadata.
+  for (let i = 1; i < ROUTE_COUNT; i++) {
+    const res = await fetch(`http://127.0.0.1:${ten.port}/.well-known/oauth-protected-resource/route-${i}/mcp`);
+    await res.arrayBuffer();
+    if (res.status !== 200) throw new BenchError(`${ten.name}: no metadata for /route-${i}/mcp (${res.status})`);
+  }
+  log(`routes: stub :${stubPort}, ${one.name} :${one.port} (pid ${one.pid}), ${ten.name} :${ten.port} (pid ${ten.pid}), ${oneAgain.name} :${oneAgain.port} (pid ${oneAgain.pid})`);
+
+  if (cfg.warmup > 0) {
+    for (const c of cfg.connections) for (const t of ROUTE_TARGETS) await runWrk(urls[t], c, cfg.warmup, token);
+  }
+  const runs = [];
+  for (let round = 1; round <= cfg.rounds; round++) {
+    for (const c of cfg.connections) {
+      // Rotate the order each round, so no target always runs first or last.
+      const order = ROUTE_TARGETS.map((_, i) => ROUTE_TARGETS[(i + round - 1) % ROUTE_TARGETS.length]);
+      for (const t of order) {
+        const r = await httpRun(t, urls[t], c, token, servers);
+        runs.push({ round, connections: c, target: t, ...r });
+        log(`round ${round}/${cfg.rounds} ${String(c).padStart(3)} conns ${ROUTE_LABELS[t].padEnd(28)} ${fmt(r.rps, 0).padStart(7)} req/s  p50 ${fmt(r.p50_ms, 2)} ms  p99 ${fmt(r.p99_ms, 2)} ms  ${fmt(r.cpu_us_per_req, 1)} µs CPU/req`);
+        await sleep(500);
+      }
+    }
+  }
+  for (const s of [ten, oneAgain, one, stub]) await s.close();
+  return runs;
+}
+
+/**
+ * Medians per target and connection count, and each ten-route target ÷ the
+ * one-route proxy: the median of the per-round ratios (runs of one round are
+ * seconds apart, so a neighbour's load on a shared machine hits both sides
+ * of a ratio alike, and drift between rounds cancels).
+ */
+function summarizeRoutes(runs) {
+  const rows = [];
+  for (const c of cfg.connections) {
+    const at = (t) => runs.filter((r) => r.connections === c && r.target === t);
+    const pick = (key) => Object.fromEntries(ROUTE_TARGETS.map((t) => [t, median(at(t).map((r) => r[key]))]));
+    const pairedRatio = (t, key) =>
+      median(at(t).map((r) => r[key] / (at('one').find((o) => o.round === r.round)?.[key] ?? NaN)));
+    const metrics = [
+      ['req/s', 'rps', 0, (r) => r >= 0.95, '≥ 0.95×'],
+      ['p50 latency, ms', 'p50_ms', 2],
+      ['p99 latency, ms', 'p99_ms', 2, (r) => r <= 1.05, '≤ 1.05×'],
+      ['CPU µs/request', 'cpu_us_per_req', 1],
+    ];
+    for (const [metric, key, digits, ok, target] of metrics) {
+      const v = pick(key);
+      const ratios = Object.fromEntries(COMPARED.map((t) => [t, pairedRatio(t, key)]));
+      const verdict = ok ? (ROUTED.every((t) => Number.isFinite(ratios[t]) && ok(ratios[t])) ? 'PASS' : 'MISS') : '';
+      rows.push({ scenario: `POST 200 B, ${c} conns`, metric, ...v, ratios, digits, target: target ?? '', verdict });
+    }
+  }
+  return rows;
+}
+
+function routesTable(rows) {
+  const short = { ten_last: 'last', ten_default: 'default', one_again: 'control' };
+  const head = ['scenario', 'metric', ...ROUTE_TARGETS.map((t) => ROUTE_LABELS[t]), ...COMPARED.map((t) => `${short[t]} ÷ 1 route`), 'target (10 routes)', 'result'];
+  const lines = [`| ${head.join(' | ')} |`, `|${head.map((h, i) => (i < 2 ? '---' : '---:')).join('|')}|`];
+  let last = '';
+  for (const r of rows) {
+    const scenario = r.scenario === last ? '' : r.scenario;
+    last = r.scenario;
+    const ratio = (x) => (Number.isFinite(x) ? `${x.toFixed(3)}×` : '—');
+    lines.push(`| ${[scenario, r.metric, ...ROUTE_TARGETS.map((t) => fmt(r[t], r.digits)), ...COMPARED.map((t) => ratio(r.ratios[t])), r.target, r.verdict].join(' | ')} |`);
+  }
+  return lines.join('\n');
 }
 
 /**
@@ -775,6 +916,7 @@ async function main() {
   log(`server CPU ${cfg.serverCpu} (stub + server under test), load CPU ${cfg.loadCpu} (wrk + clients + this script)`);
   let httpRuns = [];
   let sse;
+  let routeRuns = [];
   try {
     shared.proxyPort = await freePort();
     shared.publicUrl = `http://localhost:${shared.proxyPort}`;
@@ -791,24 +933,32 @@ async function main() {
     });
     let token;
     try {
-      token = await getToken(shared.publicUrl.replace('localhost', '127.0.0.1'));
+      // For the routes comparison a root token (resource = the proxy itself),
+      // good on every route of both proxies.
+      token = await getToken(shared.publicUrl.replace('localhost', '127.0.0.1'), cfg.only === 'routes' ? shared.publicUrl : undefined);
     } finally {
       await loginProxy.close();
     }
     log(`got an access token for ${USER}`);
 
-    if (cfg.only !== 'sse') httpRuns = await httpPhase(shared, token);
-    if (cfg.only !== 'http') sse = await ssePhase(shared, token);
+    if (cfg.only === 'routes') routeRuns = await routesPhase(shared, token);
+    else {
+      if (cfg.only !== 'sse') httpRuns = await httpPhase(shared, token);
+      if (cfg.only !== 'http') sse = await ssePhase(shared, token);
+    }
   } finally {
     for (const c of shared.cleanups.reverse()) await c().catch((e) => log('cleanup:', e.message));
     fs.rmSync(shared.dir, { recursive: true, force: true });
   }
 
   const rows = summarize(httpRuns, sse);
-  const table = markdownTable(rows);
+  const routeRows = routeRuns.length ? summarizeRoutes(routeRuns) : [];
+  const table = routeRuns.length
+    ? `${rows.length ? `${markdownTable(rows)}\n\n` : ''}The proxy with ${ROUTE_COUNT} routes against the proxy with 1 (same stub, same root token, same load). Ratios are medians of per-round ratios; the control is a second, identical one-route proxy, so its ratio is the noise of this machine:\n\n${routesTable(routeRows)}`
+    : markdownTable(rows);
   const seconds = (Date.now() - started) / 1000;
-  const settings = `${cfg.rounds} rounds × ${cfg.duration} s per run, wrk -t1, connections ${cfg.connections.join(' and ')}; ` +
-    `SSE: ${cfg.ttfeSamples} first-event samples per target per round, ${cfg.rateSeconds} s event-rate runs, ${cfg.sseStreams} idle streams`;
+  const settings = `${cfg.rounds} rounds × ${cfg.duration} s per run, wrk -t1, connections ${cfg.connections.join(' and ')}` +
+    (sse ? `; SSE: ${cfg.ttfeSamples} first-event samples per target per round, ${cfg.rateSeconds} s event-rate runs, ${cfg.sseStreams} idle streams` : '');
   const md = [
     `# mcp-oauth-proxy request-path benchmark, ${new Date(started).toISOString()}`,
     '',
@@ -825,17 +975,17 @@ async function main() {
   fs.writeFileSync(`${base}.md`, md);
   fs.writeFileSync(
     `${base}.json`,
-    `${JSON.stringify({ started: new Date(started).toISOString(), seconds, settings: { ...cfg }, environment: shared.info, summary: rows, http_runs: httpRuns, sse }, null, 2)}\n`,
+    `${JSON.stringify({ started: new Date(started).toISOString(), seconds, settings: { ...cfg }, environment: shared.info, summary: rows, http_runs: httpRuns, sse, routes_summary: routeRows.length ? routeRows : undefined, route_runs: routeRuns.length ? routeRuns : undefined }, null, 2)}\n`,
   );
   console.log(`\n${md}`);
   log(`results: ${path.relative(REPO_ROOT, base)}.{md,json}`);
-  const missed = rows.filter((r) => r.verdict === 'MISS');
+  const missed = [...rows, ...routeRows].filter((r) => r.verdict === 'MISS');
   log(missed.length ? `${missed.length} target(s) missed: ${missed.map((r) => `${r.scenario} ${r.metric}`).join('; ')}` : 'every target met');
 }
 
 // The pieces, for a session that wants to poke at one target by hand (perf,
 // strace): `import { startNginx, ... } from './bench.mjs'` runs nothing.
-export { cfg, startNginx, nginxStub, nginxProxy, startOurProxy, startSseStub, getToken, cpuTicks, rssKiB, runWrk };
+export { cfg, startNginx, nginxStub, nginxProxy, startOurProxy, startSseStub, getToken, cpuTicks, rssKiB, runWrk, summarizeRoutes, routesTable };
 
 if (import.meta.url === pathToFileURL(process.argv[1] ?? '').href) {
   main().then(

@@ -67,15 +67,19 @@ export async function startCallbackServer({ host = '127.0.0.1', path = '/callbac
  * URI: approve the proxy's consent page ("Allow"), sign in at the provider,
  * and stop once the page reaches a URL for which `reached(url)` is true.
  * A consent page or login that is skipped (remembered approval, live provider
- * session) is fine.
+ * session) is fine. `reached` may also accept a page that ends the flow
+ * without a redirect (e.g. the proxy's /callback showing a login() denial):
+ * `finalStatus` and `finalText` then say what the person saw.
  *
- * @returns {Promise<{finalUrl, consentSeen, loginSeen, navigations: string[]}>}
+ * @returns {Promise<{finalUrl, finalStatus, finalText, consentSeen, consentText, loginSeen, navigations: string[]}>}
  */
 export async function driveBrowserLogin(context, authorizationUrl, { user, password, reached, timeoutMs = 30000, decision = 'Allow' }) {
   const page = await context.newPage();
   const navigations = [];
+  let finalStatus;
   page.on('response', (res) => {
     if (res.request().isNavigationRequest() && res.frame() === page.mainFrame()) {
+      finalStatus = res.status();
       navigations.push(`${res.request().method()} ${res.url()} -> ${res.status()}${res.headers().location ? ` Location: ${res.headers().location}` : ''}`);
     }
   });
@@ -96,6 +100,7 @@ export async function driveBrowserLogin(context, authorizationUrl, { user, passw
     }
   };
   let consentSeen = false;
+  let consentText;
   let loginSeen = false;
   try {
     await page.goto(String(authorizationUrl), { timeout: timeoutMs });
@@ -107,6 +112,7 @@ export async function driveBrowserLogin(context, authorizationUrl, { user, passw
       if (await allow.count()) {
         if (consentSeen) throw await fail('the consent page came back after it was approved');
         consentSeen = true;
+        consentText = (await page.innerText('body')).replace(/\s+/g, ' ');
         const form = page.locator('form', { has: allow });
         if ((await page.locator('form').count()) !== 1) throw await fail('the consent page should hold exactly one form');
         if ((await form.getAttribute('method'))?.toLowerCase() !== 'post') throw await fail('the consent form must use method="post"');
@@ -129,7 +135,8 @@ export async function driveBrowserLogin(context, authorizationUrl, { user, passw
       }
       throw await fail('expected the proxy\'s consent page or the provider\'s login form');
     }
-    return { finalUrl: page.url(), consentSeen, loginSeen, navigations };
+    const finalText = (await page.innerText('body').catch(() => '')).replace(/\s+/g, ' ');
+    return { finalUrl: page.url(), finalStatus, finalText, consentSeen, consentText, loginSeen, navigations };
   } finally {
     await page.close().catch(() => {});
   }
@@ -141,7 +148,17 @@ export async function driveBrowserLogin(context, authorizationUrl, { user, passw
  * `authorizationUrls` records every authorization request the SDK started.
  */
 export class InMemoryOAuthClientProvider {
-  constructor({ redirectUrl, clientName = 'mcp-oauth-proxy e2e (SDK client)', onRedirect, scope } = {}) {
+  /**
+   * @param {object} o
+   * @param {string|URL} [o.resource]  ask for this RFC 8707 resource instead of the one the
+   *   server's protected-resource metadata names (the SDK's `validateResourceURL` hook), e.g.
+   *   the proxy's own URL for a token good on every route
+   */
+  constructor({ redirectUrl, clientName = 'mcp-oauth-proxy e2e (SDK client)', onRedirect, scope, resource } = {}) {
+    if (resource !== undefined) {
+      // The SDK sends what this returns as `resource` at /authorize and /token.
+      this.validateResourceURL = async () => new URL(resource);
+    }
     this._redirectUrl = redirectUrl;
     this._clientName = clientName;
     this._scope = scope;
