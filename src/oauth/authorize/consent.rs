@@ -16,7 +16,7 @@ use crate::metrics::labels::ConsentDecision;
 use crate::now_unix;
 use crate::oauth::resources::routes_for;
 use crate::oauth::OAuthState;
-use crate::store::{ConsentRecord, Namespace};
+use crate::store::{ConsentRecord, Namespace, PendingAuthorization};
 
 /// The consent page's form: the pending request, its CSRF token and the
 /// person's answer.
@@ -86,41 +86,7 @@ async fn consent_inner(
     };
     match form.decision.as_str() {
         "approve" => {
-            let key = consent_key(&browser_id, &pending.client_id, &pending.redirect_uri);
-            // The servers approved before stay approved; these join them.
-            let mut servers = match app
-                .records
-                .get::<ConsentRecord>(Namespace::Consent, &key)
-                .await
-                .map_err(PageError::from)?
-            {
-                // An approval from before routes covered the default one.
-                Some(earlier) if earlier.servers.is_empty() => {
-                    vec![crate::config::DEFAULT_ROUTE.to_string()]
-                }
-                Some(earlier) => earlier.servers,
-                None => Vec::new(),
-            };
-            for route in routes_for(&app.routes, pending.resource.as_deref()) {
-                if !servers.contains(&route.name) {
-                    servers.push(route.name.clone());
-                }
-            }
-            let record = ConsentRecord {
-                client_id: pending.client_id.clone(),
-                redirect_uri: pending.redirect_uri.clone(),
-                approved_at: now_unix(),
-                servers,
-            };
-            app.records
-                .put(
-                    Namespace::Consent,
-                    &key,
-                    &record,
-                    app.settings.consent_remember,
-                )
-                .await
-                .map_err(PageError::from)?;
+            remember_approval(&app, &browser_id, &pending).await?;
             tracing::info!(client_id = %pending.client_id, "consent approved");
             go_upstream(&app, pending).await
         }
@@ -139,4 +105,47 @@ async fn consent_inner(
         )
         .into()),
     }
+}
+
+/// Remembers that this browser's person approved the client (and its
+/// redirect URI) for the servers the authorization names; the servers
+/// approved before stay approved.
+async fn remember_approval(
+    app: &OAuthState,
+    browser_id: &str,
+    pending: &PendingAuthorization,
+) -> Result<(), PageError> {
+    let key = consent_key(browser_id, &pending.client_id, &pending.redirect_uri);
+    let mut servers = match app
+        .records
+        .get::<ConsentRecord>(Namespace::Consent, &key)
+        .await?
+    {
+        // An approval from before routes covered the default one.
+        Some(earlier) if earlier.servers.is_empty() => {
+            vec![crate::config::DEFAULT_ROUTE.to_string()]
+        }
+        Some(earlier) => earlier.servers,
+        None => Vec::new(),
+    };
+    for route in routes_for(&app.routes, pending.resource.as_deref()) {
+        if !servers.contains(&route.name) {
+            servers.push(route.name.clone());
+        }
+    }
+    let record = ConsentRecord {
+        client_id: pending.client_id.clone(),
+        redirect_uri: pending.redirect_uri.clone(),
+        approved_at: now_unix(),
+        servers,
+    };
+    app.records
+        .put(
+            Namespace::Consent,
+            &key,
+            &record,
+            app.settings.consent_remember,
+        )
+        .await?;
+    Ok(())
 }
