@@ -114,6 +114,30 @@ fn routes_alone_need_no_default_downstream() {
     assert!(r.stderr.contains("1 route)"), "{}", r.stderr);
     assert!(r.stderr.contains("route wiki: /mcp"), "{}", r.stderr);
 
+    // What only the default route reads is refused when there is none.
+    for (table, key) in [
+        (
+            "[policy]\npath = \"policies/default.rhai\"\n",
+            "policy.path",
+        ),
+        (
+            "[policy]\nidentity_headers = [\"X-Team\"]\n",
+            "policy.identity_headers",
+        ),
+        (
+            "[downstream]\nsse_url = \"http://127.0.0.1:3000/sse\"\n",
+            "downstream.sse_url",
+        ),
+        ("[layers]\naudit = false\n", "layers"),
+    ] {
+        refused(
+            dir.path(),
+            &format!("{toml}{table}"),
+            &[],
+            &[key, "default route", "[[routes]]"],
+        );
+    }
+
     // Neither a downstream nor a route: the message says both ways.
     let none = with_routes("").replace("[downstream]\nurl = \"http://127.0.0.1:3000/mcp\"\n", "");
     refused(dir.path(), &none, &[], &["downstream.url", "[[routes]]"]);

@@ -38,6 +38,9 @@ impl Config {
             .url
             .as_deref()
             .is_some_and(|u| !u.trim().is_empty());
+        if !default_set && !self.routes.is_empty() {
+            self.check_no_default_route_keys()?;
+        }
         if default_set || self.routes.is_empty() {
             written.push(Written {
                 name: DEFAULT_ROUTE,
@@ -70,6 +73,41 @@ impl Config {
             .collect::<Result<Vec<_>, _>>()?;
         check_distinct(&routes)?;
         Ok(routes)
+    }
+}
+
+impl Config {
+    /// Without `downstream.url` there is no default route, so what only
+    /// the default route reads would be ignored: refused instead, so an
+    /// operator never believes a policy guards routes that do not run it.
+    fn check_no_default_route_keys(&self) -> Result<(), ConfigError> {
+        let unused = |key: &str| {
+            ConfigError::invalid(
+                key.to_string(),
+                format!(
+                    "applies to the default route, which does not exist without downstream.url; set it on each [[routes]] entry (routes.{})",
+                    key
+                ),
+            )
+        };
+        if self.policy.path.is_some() {
+            return Err(unused("policy.path"));
+        }
+        if !self.policy.identity_headers.is_empty() {
+            return Err(unused("policy.identity_headers"));
+        }
+        if self
+            .downstream
+            .sse_url
+            .as_deref()
+            .is_some_and(|u| !u.trim().is_empty())
+        {
+            return Err(unused("downstream.sse_url"));
+        }
+        if self.layers != LayersConfig::default() {
+            return Err(unused("layers"));
+        }
+        Ok(())
     }
 }
 
