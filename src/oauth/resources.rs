@@ -48,25 +48,38 @@ pub(crate) fn validate_resource(
     ))
 }
 
-/// The routes a token bound to `resource` reaches: the one route whose
-/// endpoint it names, or every route for the root (or no resource).
+/// The routes a token bound to `resource` reaches: every route for the
+/// proxy's root (`public_url`, or no resource), the one route whose
+/// endpoint it names, and none for a resource no route serves any more (a
+/// grant bound to a route since removed from the configuration).
 pub(crate) fn routes_for<'a>(
     routes: &'a [ProtectedRoute],
+    public_url: &str,
     resource: Option<&str>,
 ) -> Vec<&'a ProtectedRoute> {
     match resource {
-        Some(resource) => {
-            let bound: Vec<&ProtectedRoute> = routes
-                .iter()
-                .filter(|r| r.resources.iter().any(|x| x == resource))
-                .collect();
-            if bound.is_empty() {
-                routes.iter().collect()
-            } else {
-                bound
-            }
-        }
         None => routes.iter().collect(),
+        Some(root) if root == public_url => routes.iter().collect(),
+        Some(resource) => routes
+            .iter()
+            .filter(|r| r.resources.iter().any(|x| x == resource))
+            .collect(),
+    }
+}
+
+impl crate::oauth::OAuthState {
+    /// The routes a token bound to `resource` reaches (see [`routes_for`]).
+    pub(crate) fn routes_for(&self, resource: Option<&str>) -> Vec<&ProtectedRoute> {
+        routes_for(&self.routes, &self.settings.public_url, resource)
+    }
+
+    /// `login()` of the routes `resource` reaches (see [`login_for_resource`]).
+    pub(crate) async fn login_for_resource(
+        &self,
+        resource: Option<&str>,
+        login: &Login<'_>,
+    ) -> Result<(), LoginRefused> {
+        login_for_resource(self.routes_for(resource), &self.records, login).await
     }
 }
 
@@ -74,14 +87,13 @@ pub(crate) fn routes_for<'a>(
 /// one of them lets the person in (a root token then works only on the
 /// routes whose policy allows the person: `EnforcePolicy` asks each route's
 /// `login()` on first use). When none does, the first refusal is the answer.
-pub(crate) async fn login_for_resource(
-    routes: &[ProtectedRoute],
+async fn login_for_resource(
+    routes: Vec<&ProtectedRoute>,
     records: &Records,
-    resource: Option<&str>,
     login: &Login<'_>,
 ) -> Result<(), LoginRefused> {
     let mut first_refusal = None;
-    for route in routes_for(routes, resource) {
+    for route in routes {
         match login_allowed(&route.policy, records, login).await {
             Ok(()) => return Ok(()),
             Err(LoginRefused::Denied { status, reason }) => {
@@ -91,11 +103,12 @@ pub(crate) async fn login_for_resource(
             Err(e @ LoginRefused::Store(_)) => return Err(e),
         }
     }
-    match first_refusal {
-        Some(refusal) => Err(refusal),
-        // No route at all cannot happen (configuration requires one).
-        None => Ok(()),
-    }
+    // No route at all: the grant names a server this proxy no longer
+    // serves, and nothing may be signed in to.
+    Err(first_refusal.unwrap_or_else(|| LoginRefused::Denied {
+        status: axum::http::StatusCode::FORBIDDEN,
+        reason: "the MCP server this sign-in was for is no longer served here".into(),
+    }))
 }
 
 #[cfg(test)]
@@ -152,7 +165,7 @@ mod tests {
     fn a_bound_token_reaches_its_route_and_a_root_token_every_route() {
         let routes = routes();
         let names = |resource| {
-            routes_for(&routes, resource)
+            routes_for(&routes, "https://mcp.example.com", resource)
                 .iter()
                 .map(|r| r.name.as_str())
                 .collect::<Vec<_>>()
@@ -167,5 +180,7 @@ mod tests {
             ["default", "github"]
         );
         assert_eq!(names(None), ["default", "github"]);
+        // A route since removed from the configuration reaches nothing.
+        assert!(names(Some("https://mcp.example.com/removed/mcp")).is_empty());
     }
 }

@@ -12,7 +12,6 @@ use crate::error::OAuthError;
 use crate::grants::{CodeRedemption, GrantError, IssuedTokens, PreparedRefresh};
 use crate::metrics::labels::{oauth_result, GrantType};
 use crate::now_unix;
-use crate::oauth::resources::login_for_resource;
 use crate::oauth::{client_auth, validate_resource, OAuthState, Params};
 use crate::policy::login::{Login, LoginRefused};
 use crate::store::GrantSecrets;
@@ -202,7 +201,7 @@ async fn renew_upstream(
                 issuer: app.upstream.issuer(),
             };
             let resource = prepared.grant.resource.as_deref();
-            match login_for_resource(&app.routes, &app.records, resource, &login).await {
+            match app.login_for_resource(resource, &login).await {
                 Ok(()) => {
                     tracing::info!(grant_id, "provider tokens renewed");
                     Ok((

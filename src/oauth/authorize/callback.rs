@@ -12,7 +12,6 @@ use crate::crypto;
 use crate::error::{redirect_with_params, AppError, PageError, RedirectError};
 use crate::metrics::labels::CallbackResult;
 use crate::oauth::pages::found;
-use crate::oauth::resources::login_for_resource;
 use crate::oauth::OAuthState;
 use crate::policy::login::{Login, LoginRefused};
 use crate::store::{GrantSecrets, PendingAuthorization, UpstreamLeg};
@@ -89,13 +88,9 @@ async fn callback_inner(
         claims: &secrets.claims,
         issuer: app.upstream.issuer(),
     };
-    match login_for_resource(
-        &app.routes,
-        &app.records,
-        pending.resource.as_deref(),
-        &login,
-    )
-    .await
+    match app
+        .login_for_resource(pending.resource.as_deref(), &login)
+        .await
     {
         Ok(()) => {}
         Err(LoginRefused::Denied { status, reason }) => {

@@ -14,7 +14,6 @@ use crate::crypto;
 use crate::error::{AppError, PageError, RedirectError};
 use crate::metrics::labels::ConsentDecision;
 use crate::now_unix;
-use crate::oauth::resources::routes_for;
 use crate::oauth::OAuthState;
 use crate::store::{ConsentRecord, Namespace, PendingAuthorization};
 
@@ -128,7 +127,7 @@ async fn remember_approval(
         Some(earlier) => earlier.servers,
         None => Vec::new(),
     };
-    for route in routes_for(&app.routes, pending.resource.as_deref()) {
+    for route in app.routes_for(pending.resource.as_deref()) {
         if !servers.contains(&route.name) {
             servers.push(route.name.clone());
         }

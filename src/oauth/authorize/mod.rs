@@ -86,11 +86,11 @@ async fn authorize_inner(
     })?;
     // An approval covers the servers it named: a client approved for one
     // route asks again before it reaches another.
-    let servers: Vec<&str> =
-        crate::oauth::resources::routes_for(&app.routes, pending.resource.as_deref())
-            .iter()
-            .map(|r| r.name.as_str())
-            .collect();
+    let servers: Vec<&str> = app
+        .routes_for(pending.resource.as_deref())
+        .iter()
+        .map(|r| r.name.as_str())
+        .collect();
     let approved = consent.is_some_and(|c| c.covers(&servers));
     let pending = PendingAuthorization {
         browser_id,
