@@ -106,15 +106,22 @@ pub(crate) struct ConsentRecord {
 }
 
 impl ConsentRecord {
+    /// The servers approved: those named, or for a record written before
+    /// routes existed, the one server there was then.
+    pub(crate) fn servers(&self) -> Vec<String> {
+        if self.servers.is_empty() {
+            vec![crate::config::DEFAULT_ROUTE.to_string()]
+        } else {
+            self.servers.clone()
+        }
+    }
+
     /// Whether the approval covers every one of `servers`.
     pub(crate) fn covers(&self, servers: &[&str]) -> bool {
-        servers.iter().all(|wanted| {
-            if self.servers.is_empty() {
-                *wanted == crate::config::DEFAULT_ROUTE
-            } else {
-                self.servers.iter().any(|s| s == wanted)
-            }
-        })
+        let approved = self.servers();
+        servers
+            .iter()
+            .all(|wanted| approved.iter().any(|s| s == wanted))
     }
 }
 

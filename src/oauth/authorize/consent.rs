@@ -115,18 +115,12 @@ async fn remember_approval(
     pending: &PendingAuthorization,
 ) -> Result<(), PageError> {
     let key = consent_key(browser_id, &pending.client_id, &pending.redirect_uri);
-    let mut servers = match app
+    let mut servers = app
         .records
         .get::<ConsentRecord>(Namespace::Consent, &key)
         .await?
-    {
-        // An approval from before routes covered the default one.
-        Some(earlier) if earlier.servers.is_empty() => {
-            vec![crate::config::DEFAULT_ROUTE.to_string()]
-        }
-        Some(earlier) => earlier.servers,
-        None => Vec::new(),
-    };
+        .map(|earlier| earlier.servers())
+        .unwrap_or_default();
     for route in app.routes_for(pending.resource.as_deref()) {
         if !servers.contains(&route.name) {
             servers.push(route.name.clone());
