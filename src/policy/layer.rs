@@ -23,20 +23,43 @@ use crate::metrics::{Metrics, RouteMetrics};
 use crate::session::{PolicyOutcome, Session};
 
 /// What the policy keeps with a cached session: its view of the user,
-/// built once, and for policies that decide on the user alone the last
-/// (policy version, decision), so the script runs once per session and
-/// version.
+/// built once; for policies that decide on the user alone, `authorize`'s
+/// decision; and each route's `login()` verdict — both per policy version,
+/// so each script runs once per session and version.
 #[derive(Default)]
 struct SessionMemo {
     user: OnceLock<Dynamic>,
-    decision: Mutex<Option<(u64, Decision)>>,
-    /// `login()` verdicts by policy version (versions are unique across
-    /// routes), a few at most: one per route the session is used on.
-    logins: Mutex<Vec<(u64, Decision)>>,
+    decisions: ByVersion,
+    logins: ByVersion,
 }
 
-/// How many routes' `login()` verdicts a session keeps.
-const REMEMBERED_LOGINS: usize = 16;
+/// Decisions by policy version. Versions are unique across routes, so one
+/// session used on several routes keeps one entry per route (a few at
+/// most; the oldest goes past `REMEMBERED_VERSIONS`).
+#[derive(Default)]
+struct ByVersion(Mutex<Vec<(u64, Decision)>>);
+
+/// How many policy versions' decisions a session keeps.
+const REMEMBERED_VERSIONS: usize = 16;
+
+impl ByVersion {
+    /// The decision for `version`, computed by `decide` the first time.
+    fn get_or_insert(&self, version: u64, decide: impl FnOnce() -> Decision) -> Decision {
+        if let Ok(known) = self.0.lock() {
+            if let Some((_, decision)) = known.iter().find(|(v, _)| *v == version) {
+                return decision.clone();
+            }
+        }
+        let decision = decide();
+        if let Ok(mut known) = self.0.lock() {
+            if known.len() >= REMEMBERED_VERSIONS {
+                known.remove(0);
+            }
+            known.push((version, decision.clone()));
+        }
+        decision
+    }
+}
 
 /// The route's `login()` for this session, once per session and policy
 /// version. It ran at sign-in for the routes the token was issued for; it
@@ -49,22 +72,11 @@ fn login_verdict(
     session: &Session,
     user: &Dynamic,
 ) -> Decision {
-    let Some(memo) = memo(session) else {
-        return engine.login(policy, user.clone());
-    };
-    if let Ok(known) = memo.logins.lock() {
-        if let Some((_, decision)) = known.iter().find(|(v, _)| *v == policy.version) {
-            return decision.clone();
-        }
+    let login = || engine.login(policy, user.clone());
+    match memo(session) {
+        Some(memo) => memo.logins.get_or_insert(policy.version, login),
+        None => login(),
     }
-    let decision = engine.login(policy, user.clone());
-    if let Ok(mut known) = memo.logins.lock() {
-        if known.len() >= REMEMBERED_LOGINS {
-            known.remove(0);
-        }
-        known.push((policy.version, decision.clone()));
-    }
-    decision
 }
 
 fn memo(session: &Session) -> Option<&SessionMemo> {
@@ -172,18 +184,9 @@ pub fn decide(
     let Some(memo) = memo(session) else {
         return engine.authorize(policy, user.clone(), request(), &session.upstream);
     };
-    if let Ok(cached) = memo.decision.lock() {
-        if let Some((version, decision)) = cached.as_ref() {
-            if *version == policy.version {
-                return decision.clone();
-            }
-        }
-    }
-    let decision = engine.authorize(policy, user.clone(), request(), &session.upstream);
-    if let Ok(mut cached) = memo.decision.lock() {
-        *cached = Some((policy.version, decision.clone()));
-    }
-    decision
+    memo.decisions.get_or_insert(policy.version, || {
+        engine.authorize(policy, user.clone(), request(), &session.upstream)
+    })
 }
 
 /// The script's `user`: built once per session.

@@ -256,3 +256,40 @@ mod enforce_policy {
         assert_eq!(seen.calls.load(Ordering::SeqCst), 0);
     }
 }
+
+#[test]
+fn a_session_on_several_routes_keeps_each_routes_decision() {
+    let memo = ByVersion::default();
+    let runs = std::cell::Cell::new(0);
+    let decide = |allowed: bool| {
+        runs.set(runs.get() + 1);
+        if allowed {
+            Decision::Allow { headers: vec![] }
+        } else {
+            Decision::Deny {
+                status: axum::http::StatusCode::FORBIDDEN,
+                reason: "no".into(),
+            }
+        }
+    };
+    // Two routes' policies (versions 1 and 2), used alternately: each
+    // script runs once, and each answer stays its own.
+    for _ in 0..3 {
+        assert!(matches!(
+            memo.get_or_insert(1, || decide(true)),
+            Decision::Allow { .. }
+        ));
+        assert!(matches!(
+            memo.get_or_insert(2, || decide(false)),
+            Decision::Deny { .. }
+        ));
+    }
+    assert_eq!(runs.get(), 2);
+    // Bounded: the oldest version goes first.
+    for version in 3..3 + REMEMBERED_VERSIONS as u64 {
+        memo.get_or_insert(version, || decide(true));
+    }
+    let before = runs.get();
+    memo.get_or_insert(1, || decide(true));
+    assert_eq!(runs.get(), before + 1, "version 1 was forgotten");
+}
