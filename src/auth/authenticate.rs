@@ -24,9 +24,18 @@ pub(crate) type AuthenticateLayer = CheckpointLayer<Authenticate>;
 pub(crate) struct Authenticate {
     cache: Arc<TokenCache>,
     watch: SessionWatch,
-    public_url: Arc<str>,
-    /// The endpoint's resource path ("/mcp", "/sse", "/github/mcp").
-    resource_path: Arc<str>,
+    /// Written once per endpoint: the checkpoint is cloned per request.
+    resource: Arc<Resource>,
+}
+
+/// The endpoint as a protected resource (RFC 8707, RFC 9728).
+struct Resource {
+    /// The proxy's root: a token bound to it works on every endpoint.
+    root: String,
+    /// This endpoint, e.g. `https://mcp.example.com/github/mcp`.
+    endpoint: String,
+    /// Where the endpoint's metadata is, for the 401 challenge.
+    metadata: String,
 }
 
 impl Authenticate {
@@ -40,17 +49,19 @@ impl Authenticate {
         CheckpointLayer::new(Authenticate {
             watch: cache.session_watch(),
             cache,
-            public_url: public_url.into(),
-            resource_path: resource_path.into(),
+            resource: Arc::new(Resource {
+                root: public_url.to_string(),
+                endpoint: format!("{public_url}{resource_path}"),
+                metadata: format!(
+                    "{public_url}/.well-known/oauth-protected-resource{resource_path}"
+                ),
+            }),
         })
     }
 
     fn unauthorized(&self, token_sent: bool, reason: &'static str) -> ProxyError {
         ProxyError::Unauthorized {
-            resource_metadata: format!(
-                "{}/.well-known/oauth-protected-resource{}",
-                self.public_url, self.resource_path
-            ),
+            resource_metadata: self.resource.metadata.clone(),
             token_sent,
             reason,
         }
@@ -73,13 +84,7 @@ impl Authenticate {
     /// RFC 8707: a token bound to a resource works only there; the root
     /// resource covers every route.
     fn serves(&self, resource: Option<&str>) -> bool {
-        let Some(resource) = resource else {
-            return true;
-        };
-        let here = resource.len() == self.public_url.len() + self.resource_path.len()
-            && resource.starts_with(&*self.public_url)
-            && resource.ends_with(&*self.resource_path);
-        resource == &*self.public_url || here
+        resource.is_none_or(|r| r == self.resource.root || r == self.resource.endpoint)
     }
 }
 
