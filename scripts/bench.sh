@@ -8,6 +8,9 @@
 #   scripts/bench.sh                      defaults: 3 rounds × 10 s, about 5 minutes
 #   BENCH_ROUNDS=5 BENCH_DURATION=20 scripts/bench.sh
 #   BENCH_ONLY=http|sse  BENCH_PROFILE=1 (perf record of the proxy)  PROXY_BIN=...
+#   BENCH_WORKERS=2       two workers each (proxy threads, nginx workers) on CPUs 0-1
+#   BENCH_PROVIDER_TOKEN_BYTES=1024   size of the provider JWT the policy forwards
+#   BENCH_VARIANTS=opaque,audit       extra proxy columns (none: just the proxy)
 #   BENCH_ONLY=routes     the proxy with 10 routes against the proxy with 1
 #                         (same load, rounds interleaved; target: within 5%)
 #
@@ -58,8 +61,16 @@ if [[ -z "${PROXY_BIN:-}" ]]; then
 fi
 
 # --- CPUs and file descriptors ---------------------------------------------
-server_cpu="${BENCH_SERVER_CPU:-0}"
-load_cpu="${BENCH_LOAD_CPU:-1}"
+# One worker each (default): the servers on CPU 0, the load on CPU 1.
+# BENCH_WORKERS=N: N workers each, servers and load sharing CPUs 0..N-1.
+workers="${BENCH_WORKERS:-1}"
+if ((workers > 1)); then
+  server_cpu="${BENCH_SERVER_CPU:-0-$((workers - 1))}"
+  load_cpu="${BENCH_LOAD_CPU:-0-$((workers - 1))}"
+else
+  server_cpu="${BENCH_SERVER_CPU:-0}"
+  load_cpu="${BENCH_LOAD_CPU:-1}"
+fi
 export BENCH_SERVER_CPU="$server_cpu" BENCH_LOAD_CPU="$load_cpu"
 for cpu in "$server_cpu" "$load_cpu"; do
   taskset -c "$cpu" true 2>/dev/null || { echo "bench: CPU $cpu is not available here (set BENCH_SERVER_CPU / BENCH_LOAD_CPU)" >&2; exit 1; }

@@ -68,13 +68,33 @@ const cfg = {
   // A policy file (relative to the repository), e.g. policies/per-tool.rhai.
   policy: env.BENCH_POLICY ? path.resolve(REPO_ROOT, env.BENCH_POLICY) : null,
   observe: (env.BENCH_OBSERVE || 'on') !== 'off',
-  get logLevel() {
-    return this.observe ? 'warn,audit=info' : 'warn';
-  },
+  // The provider's access token the default policy forwards downstream
+  // (`upstream_bearer()`): an RS256 JWT of about this many bytes, as Okta,
+  // Entra ID and Keycloak issue; 0 = the provider's 43-character opaque token.
+  providerTokenBytes: intEnv('BENCH_PROVIDER_TOKEN_BYTES', 1024, 0),
+  // Worker threads of the proxy = nginx workers = CPUs the servers share.
+  workers: intEnv('BENCH_WORKERS', 1),
+  // The proxy's log: shipped defaults write one audit line per MCP request at
+  // `info`; the headline runs at `warn` and `proxy-audit` writes them.
+  logLevel: 'warn',
+  auditLogLevel: 'warn,audit=info',
 };
 if (!['all', 'http', 'sse', 'routes'].includes(cfg.only)) throw new Error(`BENCH_ONLY must be all, http, sse or routes, not ${cfg.only}`);
 
-const TARGETS = ['direct', 'nginx', 'proxy'];
+// `proxy` forwards the provider's JWT (BENCH_PROVIDER_TOKEN_BYTES) with the
+// log at warn; the variants differ from it in one thing each: `proxy-opaque`
+// forwards the provider's short opaque token, `proxy-audit` writes the audit
+// line of every request. BENCH_VARIANTS=none keeps the three columns only.
+const VARIANTS = (env.BENCH_VARIANTS ?? 'opaque,audit')
+  .split(',')
+  .filter((v) => v && v !== 'none')
+  .map((v) => {
+    if (!['opaque', 'audit'].includes(v)) throw new Error(`BENCH_VARIANTS: ${v} is not opaque or audit`);
+    return `proxy-${v}`;
+  })
+  .filter((v) => v !== 'proxy-opaque' || cfg.providerTokenBytes > 0);
+const TARGETS = ['direct', 'nginx', 'proxy', ...VARIANTS];
+const PROXY_TARGETS = TARGETS.filter((t) => t.startsWith('proxy'));
 const CLK_TCK = Number(execFileSync('getconf', ['CLK_TCK']).toString().trim()) || 100;
 const USER = 'alice';
 const NGINX_HEADERS = {
@@ -181,7 +201,7 @@ async function waitForPort(port, what, proc, timeoutMs = 15000) {
   }
 }
 
-/** An nginx instance of our own: own prefix, config, pid file and logs; one worker on the server CPU. */
+/** An nginx instance of our own: own prefix, config, pid file and logs; `BENCH_WORKERS` workers on the server CPUs. */
 async function startNginx(name, httpBlock) {
   const dir = fs.mkdtempSync(path.join(os.tmpdir(), `mcp-bench-${name}-`));
   fs.chmodSync(dir, 0o755); // workers run as nobody when we are root
@@ -191,7 +211,7 @@ async function startNginx(name, httpBlock) {
     `# ${name}: written by tests/bench/bench.mjs
 daemon off;
 master_process on;
-worker_processes 1;
+worker_processes ${cfg.workers};
 worker_rlimit_nofile 65536;
 pid ${dir}/nginx.pid;
 error_log ${dir}/error.log warn;
@@ -279,22 +299,23 @@ ${headers}
 }
 
 /** The proxy under test, on the server CPU (so tokio sizes its pool to that one CPU). `extraToml`: e.g. `[[routes]]`. */
-async function startOurProxy({ name, port, shared, downstreamUrl, extraToml }) {
+async function startOurProxy({ name, port, shared, downstreamUrl, extraToml, provider = shared.provider, logLevel = cfg.logLevel }) {
   const config = {
     server: { listen: `127.0.0.1:${port}`, public_url: shared.publicUrl },
     upstream: {
-      issuer: shared.provider.issuer,
-      client_id: shared.provider.client.clientId,
-      client_secret: shared.provider.client.clientSecret,
+      issuer: provider.issuer,
+      client_id: provider.client.clientId,
+      client_secret: provider.client.clientSecret,
       scopes: ['openid', 'email', 'profile', 'groups', 'offline_access'],
     },
     downstream: { url: downstreamUrl },
     store: { path: path.join(shared.dir, 'proxy.db') },
     secrets: { encryption_key: shared.encryptionKey },
-    // Observability as deployed: metrics on, one audit line per MCP request
-    // (BENCH_OBSERVE=off turns both off, for the overhead comparison).
+    // Observability as deployed: metrics on, the audit event of each MCP
+    // request written when the log level lets it through (BENCH_OBSERVE=off
+    // turns both off, for the overhead comparison).
     metrics: { enabled: cfg.observe },
-    log: { level: cfg.logLevel, format: 'json', audit: cfg.observe },
+    log: { level: logLevel, format: 'json', audit: cfg.observe },
     // One user on one client from one address, far above any default: the
     // limiters still run on every request (their cost is measured), and
     // never refuse one.
@@ -308,7 +329,7 @@ async function startOurProxy({ name, port, shared, downstreamUrl, extraToml }) {
   // The log goes to a file, as in production, not into this process's memory.
   const logFile = path.join(shared.dir, `${name}.log`);
   const [cmd, args] = pinned('sh', ['-c', 'exec "$0" serve --config "$1" 2>>"$2"', cfg.bin, file, logFile]);
-  const proc = spawnTracked(cmd, args, { name, env: { RUST_LOG: cfg.logLevel }, cwd: shared.dir });
+  const proc = spawnTracked(cmd, args, { name, env: { RUST_LOG: logLevel }, cwd: shared.dir });
   const deadline = Date.now() + 30000;
   for (;;) {
     if (proc.child.exitCode !== null || proc.child.signalCode !== null) {
@@ -420,7 +441,7 @@ async function preflightPost(name, url, token) {
 }
 
 async function runWrk(url, connections, seconds, token) {
-  const args = ['-c', cfg.loadCpu, cfg.wrk, '-t1', `-c${connections}`, `-d${seconds}s`, '--timeout', '10s', '--latency'];
+  const args = ['-c', cfg.loadCpu, cfg.wrk, `-t${cfg.workers}`, `-c${connections}`, `-d${seconds}s`, '--timeout', '10s', '--latency'];
   args.push('-s', path.join(BENCH_DIR, 'post.lua'), url);
   const proc = spawnTracked('taskset', args, { name: 'wrk', env: { BENCH_TOKEN: token } });
   const { code, signal } = await proc.exited;
@@ -530,33 +551,41 @@ async function httpPhase(shared, token) {
   const nginxPort = await freePort();
   const nginx = await startNginx('nginx-proxy', nginxProxy(nginxPort, stubPort));
   shared.cleanups.push(() => nginx.close());
-  const proxy = await startOurProxy({
-    name: 'proxy',
-    port: shared.proxyPort,
-    shared,
-    downstreamUrl: `http://127.0.0.1:${stubPort}/mcp`,
-  });
-  shared.cleanups.push(() => proxy.close());
-  shared.info.proxy_threads = threadCount(proxy.pid);
-  const servers = { direct: stub, nginx, proxy };
+  const servers = { direct: stub, nginx };
   const urls = {
     direct: `http://127.0.0.1:${stubPort}/mcp`,
     nginx: `http://127.0.0.1:${nginxPort}/mcp`,
-    proxy: `http://127.0.0.1:${proxy.port}/mcp`,
   };
-  for (const t of TARGETS) await preflightPost(t, urls[t], token);
-  log(`HTTP: stub :${stubPort} (pid ${stub.pid}), nginx :${nginxPort} (worker ${nginx.workers}), proxy :${proxy.port} (pid ${proxy.pid}, ${shared.info.proxy_threads} threads)`);
+  const tokens = { direct: token, nginx: token, ...shared.tokens };
+  for (const name of PROXY_TARGETS) {
+    const proxy = await startOurProxy({
+      name,
+      port: name === 'proxy' ? shared.proxyPort : await freePort(),
+      shared,
+      downstreamUrl: `http://127.0.0.1:${stubPort}/mcp`,
+      provider: name === 'proxy-opaque' ? shared.opaqueProvider : shared.provider,
+      logLevel: name === 'proxy-audit' ? cfg.auditLogLevel : cfg.logLevel,
+    });
+    shared.cleanups.push(() => proxy.close());
+    servers[name] = proxy;
+    urls[name] = `http://127.0.0.1:${proxy.port}/mcp`;
+  }
+  const proxy = servers.proxy;
+  shared.info.proxy_threads = threadCount(proxy.pid);
+  shared.info.provider_token_bytes = cfg.providerTokenBytes || 43;
+  for (const t of TARGETS) await preflightPost(t, urls[t], tokens[t]);
+  log(`HTTP: stub :${stubPort} (pid ${stub.pid}), nginx :${nginxPort} (workers ${nginx.workers}), ${PROXY_TARGETS.map((t) => `${t} :${servers[t].port} (pid ${servers[t].pid})`).join(', ')}; proxy has ${shared.info.proxy_threads} threads`);
 
   if (cfg.warmup > 0) {
-    for (const c of cfg.connections) for (const t of TARGETS) await runWrk(urls[t], c, cfg.warmup, token);
+    for (const c of cfg.connections) for (const t of TARGETS) await runWrk(urls[t], c, cfg.warmup, tokens[t]);
   }
   const runs = []; // { round, connections, target, ...result }
   for (let round = 1; round <= cfg.rounds; round++) {
     for (const c of cfg.connections) {
       for (const t of TARGETS) {
-        const r = await httpRun(t, urls[t], c, token, servers);
+        const r = await httpRun(t, urls[t], c, tokens[t], servers);
         runs.push({ round, connections: c, target: t, ...r });
-        log(`round ${round}/${cfg.rounds} ${String(c).padStart(3)} conns ${t.padEnd(6)} ${fmt(r.rps, 0).padStart(7)} req/s  p50 ${fmt(r.p50_ms, 2)} ms  p99 ${fmt(r.p99_ms, 2)} ms  ${fmt(r.cpu_us_per_req, 1)} µs CPU/req`);
+        log(`round ${round}/${cfg.rounds} ${String(c).padStart(3)} conns ${t.padEnd(12)} ${fmt(r.rps, 0).padStart(7)} req/s  p50 ${fmt(r.p50_ms, 2)} ms  p99 ${fmt(r.p99_ms, 2)} ms  ${fmt(r.cpu_us_per_req, 1)} µs CPU/req`);
         await sleep(500);
       }
     }
@@ -568,7 +597,7 @@ async function httpPhase(shared, token) {
     await profileProxy(shared, proxy, urls.proxy, token, us);
   }
 
-  for (const s of [proxy, nginx, stub]) await s.close();
+  for (const t of [...PROXY_TARGETS, 'nginx', 'direct']) await servers[t].close();
   return runs;
 }
 
@@ -857,15 +886,28 @@ function summarize(httpRuns, sse) {
   return rows;
 }
 
+const VARIANT_HEADS = { 'proxy-opaque': 'proxy, opaque provider token', 'proxy-audit': 'proxy, audit lines written' };
+
 function markdownTable(rows) {
-  const head = ['scenario', 'metric', 'direct', 'nginx', 'proxy', 'proxy/nginx', 'target', 'result'];
+  const variants = VARIANTS.filter((v) => rows.some((r) => Number.isFinite(r[v])));
+  const head = ['scenario', 'metric', 'direct', 'nginx', 'proxy', 'proxy/nginx', 'target', 'result', ...variants.map((v) => `${VARIANT_HEADS[v]} (÷ nginx)`)];
   const lines = [`| ${head.join(' | ')} |`, `|${head.map((h, i) => (i < 2 ? '---' : '---:')).join('|')}|`];
   let last = '';
   for (const r of rows) {
     const scenario = r.scenario === last ? '' : r.scenario;
     last = r.scenario;
     lines.push(
-      `| ${[scenario, r.metric, fmt(r.direct, r.digits), fmt(r.nginx, r.digits), fmt(r.proxy, r.digits), Number.isFinite(r.ratio) ? `${r.ratio.toFixed(2)}×` : '—', r.target, r.verdict].join(' | ')} |`,
+      `| ${[
+        scenario,
+        r.metric,
+        fmt(r.direct, r.digits),
+        fmt(r.nginx, r.digits),
+        fmt(r.proxy, r.digits),
+        Number.isFinite(r.ratio) ? `${r.ratio.toFixed(2)}×` : '—',
+        r.target,
+        r.verdict,
+        ...variants.map((v) => (Number.isFinite(r[v]) ? `${fmt(r[v], r.digits)} (${(r[v] / r.nginx).toFixed(2)}×)` : '—')),
+      ].join(' | ')} |`,
     );
   }
   return lines.join('\n');
@@ -920,25 +962,35 @@ async function main() {
   try {
     shared.proxyPort = await freePort();
     shared.publicUrl = `http://localhost:${shared.proxyPort}`;
-    shared.provider = await startProvider({ port: 0, redirectUris: [`${shared.publicUrl}/callback`] });
+    const redirectUris = [`${shared.publicUrl}/callback`];
+    shared.provider = await startProvider({ port: 0, redirectUris, jwtAccessTokenBytes: cfg.providerTokenBytes });
     shared.cleanups.push(() => shared.provider.close());
+    if (TARGETS.includes('proxy-opaque')) {
+      shared.opaqueProvider = await startProvider({ port: 0, redirectUris });
+      shared.cleanups.push(() => shared.opaqueProvider.close());
+    }
 
     // A token from a proxy that serves nothing else; it stays valid for the
-    // proxies started later (same store, key and public URL).
-    const loginProxy = await startOurProxy({
-      name: 'proxy-login',
-      port: shared.proxyPort,
-      shared,
-      downstreamUrl: 'http://127.0.0.1:9/mcp',
-    });
-    let token;
-    try {
-      // For the routes comparison a root token (resource = the proxy itself),
-      // good on every route of both proxies.
-      token = await getToken(shared.publicUrl.replace('localhost', '127.0.0.1'), cfg.only === 'routes' ? shared.publicUrl : undefined);
-    } finally {
-      await loginProxy.close();
-    }
+    // proxies started later (same store, key and public URL). For the routes
+    // comparison a root token (resource = the proxy itself), good on every
+    // route of both proxies.
+    const login = async (provider) => {
+      const loginProxy = await startOurProxy({
+        name: 'proxy-login',
+        port: shared.proxyPort,
+        shared,
+        downstreamUrl: 'http://127.0.0.1:9/mcp',
+        provider,
+      });
+      try {
+        return await getToken(shared.publicUrl.replace('localhost', '127.0.0.1'), cfg.only === 'routes' ? shared.publicUrl : undefined);
+      } finally {
+        await loginProxy.close();
+      }
+    };
+    const token = await login(shared.provider);
+    shared.tokens = { proxy: token, 'proxy-audit': token };
+    if (shared.opaqueProvider) shared.tokens['proxy-opaque'] = await login(shared.opaqueProvider);
     log(`got an access token for ${USER}`);
 
     if (cfg.only === 'routes') routeRuns = await routesPhase(shared, token);
@@ -957,7 +1009,7 @@ async function main() {
     ? `${rows.length ? `${markdownTable(rows)}\n\n` : ''}The proxy with ${ROUTE_COUNT} routes against the proxy with 1 (same stub, same root token, same load). Ratios are medians of per-round ratios; the control is a second, identical one-route proxy, so its ratio is the noise of this machine:\n\n${routesTable(routeRows)}`
     : markdownTable(rows);
   const seconds = (Date.now() - started) / 1000;
-  const settings = `${cfg.rounds} rounds × ${cfg.duration} s per run, wrk -t1, connections ${cfg.connections.join(' and ')}` +
+  const settings = `${cfg.rounds} rounds × ${cfg.duration} s per run, wrk -t${cfg.workers}, connections ${cfg.connections.join(' and ')}, ${cfg.workers} worker(s) per server, provider access token ${cfg.providerTokenBytes ? `an RS256 JWT of ${cfg.providerTokenBytes} bytes` : 'opaque (43 bytes)'}` +
     (sse ? `; SSE: ${cfg.ttfeSamples} first-event samples per target per round, ${cfg.rateSeconds} s event-rate runs, ${cfg.sseStreams} idle streams` : '');
   const md = [
     `# mcp-oauth-proxy request-path benchmark, ${new Date(started).toISOString()}`,

@@ -73,6 +73,9 @@ export const USERS = {
   },
 };
 
+// The one API resource JWT access tokens are for (`jwtAccessTokenBytes`).
+export const UPSTREAM_API = 'urn:mcp-oauth-proxy:e2e-api';
+
 export const DEFAULT_CLIENT = {
   clientId: 'mcp-oauth-proxy',
   clientSecret: 'e2e-upstream-client-secret',
@@ -152,6 +155,9 @@ ${error ? `<p role="alert" class="error">${escapeHtml(error)}</p>` : ''}
  *                                          client's own prompt=consent (OIDC Core §11)
  * @param {string} [opts.defaultScope]     scope for authorization requests that carry none
  * @param {boolean} [opts.debug=false]      log every request to stderr
+ * @param {number} [opts.jwtAccessTokenBytes=0] 0: opaque access tokens (43 characters);
+ *                                          otherwise RS256 JWT access tokens, as Okta, Entra ID
+ *                                          and Keycloak issue, padded to about this many bytes
  */
 export async function startProvider(opts = {}) {
   const env = process.env;
@@ -165,6 +171,7 @@ export async function startProvider(opts = {}) {
   // true: refresh tokens only when the client itself sends prompt=consent.
   const defaultScope = opts.defaultScope ?? env.PROVIDER_DEFAULT_SCOPE;
   const strictOfflineAccess = opts.strictOfflineAccess ?? env.PROVIDER_STRICT_OFFLINE_ACCESS === '1';
+  const jwtAccessTokenBytes = intOr(opts.jwtAccessTokenBytes ?? env.PROVIDER_JWT_ACCESS_TOKEN_BYTES, 0);
   const log = (...args) => console.error('[provider]', ...args);
 
   // Lifetimes are read on every issue, so /__admin/ttl takes effect at once.
@@ -226,7 +233,21 @@ export async function startProvider(opts = {}) {
     features: {
       devInteractions: { enabled: false },
       // The proxy asks upstream for the user's identity, not for an audience.
-      resourceIndicators: { enabled: false },
+      // With `jwtAccessTokenBytes`, every token is for one API resource (the
+      // only way oidc-provider issues JWT access tokens), whatever the proxy asks.
+      resourceIndicators: jwtAccessTokenBytes
+        ? {
+            enabled: true,
+            defaultResource: () => UPSTREAM_API,
+            useGrantedResource: () => true,
+            getResourceServerInfo: () => ({
+              scope: 'api',
+              audience: UPSTREAM_API,
+              accessTokenFormat: 'jwt',
+              jwt: { sign: { alg: 'RS256' } },
+            }),
+          }
+        : { enabled: false },
       revocation: { enabled: true },
       userinfo: { enabled: true },
     },
@@ -238,6 +259,14 @@ export async function startProvider(opts = {}) {
       Interaction: 600,
       Session: 3600,
       Grant: () => ttl.refresh,
+    },
+    // Pads a JWT access token to the configured size: real providers put
+    // groups, roles and tenant claims there.
+    extraTokenClaims: async (_ctx, token) => {
+      if (!jwtAccessTokenBytes || token.kind !== 'AccessToken') return undefined;
+      // Header, signature and the standard claims take about 684 bytes;
+      // base64url turns 3 bytes of padding into 4.
+      return { ext: 'x'.repeat(Math.max(0, Math.floor(((jwtAccessTokenBytes - 684) * 3) / 4))) };
     },
     issueRefreshToken: async (_ctx, client, code) =>
       client.grantTypeAllowed('refresh_token') && code.scopes.has('offline_access'),
