@@ -43,8 +43,19 @@ const FORWARDING_PREFIXES: [&str; 4] = ["x-forwarded-", "x-original-", "x-envoy-
 /// Whether a client header is one the proxy writes itself (or removes)
 /// because it speaks about the connection.
 pub(crate) fn is_forwarding_header(name: &str) -> bool {
-    let n = name.to_ascii_lowercase().replace('_', "-");
-    FORWARDING.contains(&n.as_str()) || FORWARDING_PREFIXES.iter().any(|p| n.starts_with(p))
+    let n = lenient_header_name(name);
+    FORWARDING.contains(&n.as_ref()) || FORWARDING_PREFIXES.iter().any(|p| n.starts_with(p))
+}
+
+/// A header name as a lenient server reads it: lowercase, `_` as `-`.
+/// Borrowed when it already is (every `HeaderName` without `_`), so the
+/// request path does not allocate to ask.
+pub(crate) fn lenient_header_name(name: &str) -> std::borrow::Cow<'_, str> {
+    if name.bytes().any(|b| b.is_ascii_uppercase() || b == b'_') {
+        std::borrow::Cow::Owned(name.to_ascii_lowercase().replace('_', "-"))
+    } else {
+        std::borrow::Cow::Borrowed(name)
+    }
 }
 
 /// The networks whose `X-Forwarded-For` is believed (default: none).
@@ -150,6 +161,19 @@ pub(crate) fn of_request<B>(request: &Request<B>, trusted: &TrustedProxies) -> O
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn lenient_names_fold_case_and_underscores_and_borrow_when_they_can() {
+        assert_eq!(lenient_header_name("X_Forwarded_For"), "x-forwarded-for");
+        assert_eq!(lenient_header_name("X-REAL-IP"), "x-real-ip");
+        assert!(matches!(
+            lenient_header_name("x-real-ip"),
+            std::borrow::Cow::Borrowed("x-real-ip")
+        ));
+        assert!(is_forwarding_header("X_Real_IP"));
+        assert!(is_forwarding_header("x-forwarded-uri"));
+        assert!(!is_forwarding_header("mcp-protocol-version"));
+    }
 
     fn trusted(cidrs: &[&str]) -> TrustedProxies {
         TrustedProxies::parse(&cidrs.iter().map(|s| s.to_string()).collect::<Vec<_>>()).unwrap()

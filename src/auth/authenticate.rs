@@ -96,7 +96,11 @@ where
     async fn run(self, mut inner: S, mut request: Request<B>) -> Result<S::Response, S::Error> {
         let token = bearer_token(&request)?;
         let session = self.session(token).await?;
-        if let Some(slot) = request.extensions().get::<AuditSlot>() {
+        if let Some(slot) = request
+            .extensions()
+            .get::<AuditSlot>()
+            .filter(|slot| slot.logged())
+        {
             slot.update(|facts| {
                 facts.sub = Some(session.sub.clone());
                 facts.email = session.email.clone();

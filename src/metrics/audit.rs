@@ -34,18 +34,42 @@ pub(crate) struct AuditFacts {
 
 /// The request extension the MCP layers fill in.
 #[derive(Clone, Default)]
-pub(crate) struct AuditSlot(Arc<Mutex<AuditFacts>>);
+pub(crate) struct AuditSlot {
+    facts: Arc<Mutex<AuditFacts>>,
+    /// Whether the audit line is written for this request; when only the
+    /// counters are kept, who called is not copied into the slot.
+    logged: bool,
+}
 
 impl AuditSlot {
     /// Adds to what is known of the request.
     pub(crate) fn update(&self, f: impl FnOnce(&mut AuditFacts)) {
-        if let Ok(mut facts) = self.0.lock() {
+        if let Ok(mut facts) = self.facts.lock() {
             f(&mut facts);
         }
     }
 
-    fn snapshot(&self) -> AuditFacts {
-        self.0.lock().map(|f| f.clone()).unwrap_or_default()
+    /// Whether this request's audit line is written (the caller's identity
+    /// is needed only then).
+    pub(crate) fn logged(&self) -> bool {
+        self.logged
+    }
+
+    /// A slot whose audit line is written, for layers' tests.
+    #[cfg(test)]
+    pub(crate) fn written() -> Self {
+        AuditSlot {
+            facts: Arc::default(),
+            logged: true,
+        }
+    }
+
+    /// What was learned; the request is over, so the facts move out.
+    fn take(&self) -> AuditFacts {
+        self.facts
+            .lock()
+            .map(|mut f| std::mem::take(&mut *f))
+            .unwrap_or_default()
     }
 }
 
@@ -73,20 +97,31 @@ impl Audit {
 
     /// Starts auditing a request: its slot goes into the extensions.
     fn begin<B>(&self, request: &mut Request<B>) -> Option<Audited> {
-        if !self.log && !self.metrics.records() {
+        // The line is written only when the log level lets it through
+        // (`log.level = "warn"` keeps the counters and skips the line).
+        let logged = self.log && tracing::enabled!(target: "audit", tracing::Level::INFO);
+        if !logged && !self.metrics.records() {
             return None;
         }
-        let slot = AuditSlot::default();
+        let slot = AuditSlot {
+            facts: Arc::default(),
+            logged,
+        };
         request.extensions_mut().insert(slot.clone());
-        let request_id = request
-            .headers()
-            .get("x-request-id")
-            .and_then(|v| v.to_str().ok())
-            .unwrap_or_default()
-            .to_string();
-        let client_address = ClientAddress::of(request)
-            .map(|ip| ip.to_string())
-            .unwrap_or_default();
+        let (request_id, client_address) = if logged {
+            let request_id = request
+                .headers()
+                .get("x-request-id")
+                .and_then(|v| v.to_str().ok())
+                .unwrap_or_default()
+                .to_string();
+            let client_address = ClientAddress::of(request)
+                .map(|ip| ip.to_string())
+                .unwrap_or_default();
+            (request_id, client_address)
+        } else {
+            Default::default()
+        };
         Some(Audited {
             slot,
             request_id,
@@ -99,7 +134,7 @@ impl Audit {
     /// rescue layer has none to report).
     fn end(&self, audited: Audited, status: StatusCode) {
         let status = status.as_u16();
-        let facts = audited.slot.snapshot();
+        let facts = audited.slot.take();
         let decision = facts.decision.unwrap_or(match status {
             401 => McpDecision::Unauthenticated.as_str(),
             200..=399 => McpDecision::Allow.as_str(),
@@ -107,7 +142,7 @@ impl Audit {
         });
         self.metrics
             .mcp_request(facts.mcp_method.as_deref(), facts.tool.as_deref(), decision);
-        if self.log {
+        if audited.slot.logged {
             tracing::info!(
                 target: "audit",
                 audit = true,

@@ -88,7 +88,7 @@ impl Visibility {
                 &self.engine,
                 &self.policy,
                 &self.session,
-                &self.user,
+                || self.user.clone(),
                 || self.view.for_call(Some(&call))
             ),
             Decision::Allow { .. }

@@ -70,9 +70,9 @@ fn login_verdict(
     engine: &PolicyEngine,
     policy: &CompiledPolicy,
     session: &Session,
-    user: &Dynamic,
+    user: impl FnOnce() -> Dynamic,
 ) -> Decision {
-    let login = || engine.login(policy, user.clone());
+    let login = || engine.login(policy, user());
     match memo(session) {
         Some(memo) => memo.logins.get_or_insert(policy.version, login),
         None => login(),
@@ -169,24 +169,23 @@ fn check_routing_headers(headers: &HeaderMap, calls: &[McpCall]) -> Result<(), P
 }
 
 /// Runs `authorize` for a session: once per session and policy version when
-/// the policy decides on the user alone, otherwise per request (the request
-/// view is built only then).
+/// the policy decides on the user alone, otherwise per request. The user
+/// and request views are built only when the script runs.
 pub fn decide(
     engine: &PolicyEngine,
     policy: &CompiledPolicy,
     session: &Session,
-    user: &Dynamic,
+    user: impl FnOnce() -> Dynamic,
     request: impl FnOnce() -> Dynamic,
 ) -> Decision {
+    let run = || engine.authorize(policy, user(), request(), &session.upstream);
     if !policy.per_user_only {
-        return engine.authorize(policy, user.clone(), request(), &session.upstream);
+        return run();
     }
-    let Some(memo) = memo(session) else {
-        return engine.authorize(policy, user.clone(), request(), &session.upstream);
-    };
-    memo.decisions.get_or_insert(policy.version, || {
-        engine.authorize(policy, user.clone(), request(), &session.upstream)
-    })
+    match memo(session) {
+        Some(memo) => memo.decisions.get_or_insert(policy.version, run),
+        None => run(),
+    }
 }
 
 /// The script's `user`: built once per session.
@@ -302,8 +301,12 @@ struct Evaluation {
     engine: Arc<PolicyEngine>,
     policy: Arc<CompiledPolicy>,
     session: Arc<Session>,
-    user: Dynamic,
-    view: RequestView,
+    /// The user's claims as this issuer states them (`script_user`, built
+    /// when a script runs).
+    issuer: Arc<str>,
+    /// `None` when the policy never reads `request` (`per_user_only`):
+    /// the script is then given `()`, which it cannot tell apart.
+    view: Option<RequestView>,
     metrics: RouteMetrics,
     audit: Option<AuditSlot>,
 }
@@ -321,7 +324,9 @@ impl Evaluation {
         let last = evaluations.len() - 1;
         if self.policy.has_login {
             let started = std::time::Instant::now();
-            let login = login_verdict(&self.engine, &self.policy, &self.session, &self.user);
+            let login = login_verdict(&self.engine, &self.policy, &self.session, || {
+                script_user(&self.session, &self.issuer)
+            });
             if let Decision::Deny { status, reason } = login {
                 self.metrics
                     .policy_decision(PolicyVerdict::Deny, started.elapsed());
@@ -336,14 +341,14 @@ impl Evaluation {
                 });
             }
         }
-        let mut view = Some(self.view);
+        let mut view = self.view;
         for (i, call) in evaluations.into_iter().enumerate() {
             let started = std::time::Instant::now();
             let decision = decide(
                 &self.engine,
                 &self.policy,
                 &self.session,
-                &self.user,
+                || script_user(&self.session, &self.issuer),
                 || {
                     let view = if i == last { view.take() } else { view.clone() };
                     view.map_or(Dynamic::UNIT, |v| v.into_call(call))
@@ -508,17 +513,20 @@ where
             });
         }
         let policy = self.engine.current();
-        let evaluation = Evaluation {
-            engine: self.engine.clone(),
-            policy: policy.clone(),
-            user: script_user(&session, &self.issuer),
-            session,
-            view: RequestView::new(
+        let view = (!policy.per_user_only).then(|| {
+            RequestView::new(
                 self.engine.route(),
                 &parts.method,
                 parts.uri.path(),
                 &parts.headers,
-            ),
+            )
+        });
+        let evaluation = Evaluation {
+            engine: self.engine.clone(),
+            policy: policy.clone(),
+            issuer: self.issuer.clone(),
+            session,
+            view,
             metrics: self.metrics.clone(),
             audit,
         };

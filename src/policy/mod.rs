@@ -143,8 +143,10 @@ impl PolicyEngine {
                     .cloned()
                     .collect();
                 Arc::new(move |name: &str| {
-                    let n = normalise_header(name);
-                    n == "authorization" || n.starts_with("x-user-") || names.contains(&n)
+                    // Header names reach here without surrounding spaces
+                    // (`normalise_header` trims for the policy's source).
+                    let n = crate::client_address::lenient_header_name(name);
+                    n == "authorization" || n.starts_with("x-user-") || names.contains(n.as_ref())
                 })
             })
             .clone()

@@ -11,7 +11,9 @@ use std::net::IpAddr;
 
 use axum::http::{header, HeaderMap, HeaderName, HeaderValue};
 
-use crate::client_address::{is_forwarding_header, TrustedProxies, X_FORWARDED_FOR};
+use crate::client_address::{
+    is_forwarding_header, lenient_header_name, TrustedProxies, X_FORWARDED_FOR,
+};
 use crate::config::is_own_cookie;
 
 /// RFC 9110 §7.6.1 hop-by-hop headers, plus the non-standard ones proxies
@@ -31,26 +33,21 @@ const HOP_BY_HOP: [&str; 9] = [
 /// The proxy's own `Via` entry (RFC 9110 §7.6.3; a pseudonym, no version).
 const VIA: &str = "1.1 mcp-oauth-proxy";
 
-/// A header name as a lenient server may read it: lowercase, `_` as `-`.
-fn normalise(name: &str) -> String {
-    name.to_ascii_lowercase().replace('_', "-")
-}
-
-/// Names listed in `Connection` headers, normalised.
+/// Names listed in `Connection` headers, as a lenient server reads them.
 fn connection_named(headers: &HeaderMap) -> Vec<String> {
     headers
         .get_all(header::CONNECTION)
         .iter()
         .filter_map(|v| v.to_str().ok())
         .flat_map(|v| v.split(','))
-        .map(|t| normalise(t.trim()))
+        .map(|t| lenient_header_name(t.trim()).into_owned())
         .filter(|t| !t.is_empty())
         .collect()
 }
 
 fn is_hop_by_hop(name: &HeaderName, connection: &[String]) -> bool {
-    let n = normalise(name.as_str());
-    HOP_BY_HOP.contains(&n.as_str()) || connection.contains(&n)
+    let n = lenient_header_name(name.as_str());
+    HOP_BY_HOP.contains(&n.as_ref()) || connection.iter().any(|c| *c == n)
 }
 
 /// What the proxy adds about the client connection.

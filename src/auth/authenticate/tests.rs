@@ -42,7 +42,7 @@ async fn a_live_token_passes_with_its_session_and_an_unusable_one_is_refused_bef
     let service = Authenticate::layer(cache, PUBLIC_URL, "/mcp").layer(stub(calls.clone()));
 
     let live = fixture.issue(3600, None).await;
-    let slot = AuditSlot::default();
+    let slot = AuditSlot::written();
     let mut request = bearer(&live.token);
     request.extensions_mut().insert(slot.clone());
     let response = service.clone().oneshot(request).await.expect("passes");
@@ -53,6 +53,15 @@ async fn a_live_token_passes_with_its_session_and_an_unusable_one_is_refused_bef
         assert_eq!(facts.client_id.as_deref(), Some(CLIENT_ID));
     });
     assert_eq!(calls.load(Ordering::SeqCst), 1);
+    // When no audit line is written (only the counters), who called is not
+    // copied into the slot.
+    let counted_only = AuditSlot::default();
+    let mut request = bearer(&live.token);
+    request.extensions_mut().insert(counted_only.clone());
+    let response = service.clone().oneshot(request).await.expect("passes");
+    assert_eq!(response.status(), StatusCode::OK);
+    counted_only.update(|facts| assert_eq!(facts.sub, None));
+    assert_eq!(calls.load(Ordering::SeqCst), 2);
 
     let refused = service.clone().oneshot(Request::new(Body::empty())).await;
     assert!(
@@ -86,7 +95,7 @@ async fn a_live_token_passes_with_its_session_and_an_unusable_one_is_refused_bef
     );
     assert_eq!(
         calls.load(Ordering::SeqCst),
-        1,
+        2,
         "no refusal reached the service"
     );
 }
