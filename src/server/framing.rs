@@ -156,6 +156,14 @@ impl RawHeads {
             .push_back(verdict);
     }
 
+    /// How many verdicts wait for their requests.
+    pub(crate) fn len(&self) -> usize {
+        self.verdicts
+            .lock()
+            .unwrap_or_else(|poisoned| poisoned.into_inner())
+            .len()
+    }
+
     /// The verdict on the next request's raw head; when the scanner has
     /// stopped following the connection, the parsed-header check stands
     /// alone.
@@ -215,7 +223,7 @@ impl<T> ScanHeads<T> {
         }
     }
 
-    fn feed(&mut self, mut bytes: &[u8]) {
+    pub(crate) fn feed(&mut self, mut bytes: &[u8]) {
         if self.sniffed_http2(bytes) {
             self.scan = Scan::Off;
             return;
@@ -276,7 +284,9 @@ impl<T> ScanHeads<T> {
     }
 
     /// Reads into a request head; once its blank line has arrived, records
-    /// its verdict and goes on to what follows it.
+    /// its verdict and goes on to what follows it. Only the head is kept,
+    /// never the body after it, and a head that arrived in one read is
+    /// parsed where it lies.
     fn head(&self, mut head: Vec<u8>, bytes: &[u8]) -> (Scan, usize) {
         let mut used = 0;
         // Empty lines before a request line are ignored (RFC 9112 §2.2).
@@ -288,22 +298,26 @@ impl<T> ScanHeads<T> {
         }
         let rest = &bytes[used..];
         let before = head.len();
-        head.extend_from_slice(rest);
         // Parse only once the blank line has arrived: a head sent a byte at
         // a time costs one parse, not one per byte.
-        let from = before.saturating_sub(2);
-        let ended = head[from..].windows(2).any(|w| w == b"\n\n")
-            || head[from.saturating_sub(1)..]
-                .windows(3)
-                .any(|w| w == b"\n\r\n");
-        let state = if ended {
-            self.end_of_head(&head)
-        } else {
-            HeadState::Partial
+        let state = match blank_line_end(&head, rest) {
+            Some(cut) if head.is_empty() => self.end_of_head(&rest[..cut]),
+            Some(cut) => {
+                head.extend_from_slice(&rest[..cut]);
+                self.end_of_head(&head)
+            }
+            None => HeadState::Partial,
         };
         match state {
-            HeadState::Partial if head.len() > MAX_SCANNED_HEAD => (Scan::Off, bytes.len()),
-            HeadState::Partial => (Scan::Head(head), bytes.len()),
+            HeadState::Partial => {
+                head.truncate(before);
+                head.extend_from_slice(rest);
+                if head.len() > MAX_SCANNED_HEAD {
+                    (Scan::Off, bytes.len())
+                } else {
+                    (Scan::Head(head), bytes.len())
+                }
+            }
             HeadState::Done(len, next) => (next, used + (len - before)),
             HeadState::Lost => (Scan::Off, bytes.len()),
         }
@@ -312,24 +326,49 @@ impl<T> ScanHeads<T> {
     /// Parses a head; on a complete one, records its verdict and says what
     /// follows it.
     fn end_of_head(&self, head: &[u8]) -> HeadState {
-        let mut fields = vec![httparse::EMPTY_HEADER; MAX_HEADERS_SCANNED];
-        let mut request = httparse::Request::new(&mut fields);
-        let len = match request.parse(head) {
-            Ok(httparse::Status::Complete(len)) => len,
-            Ok(httparse::Status::Partial) => return HeadState::Partial,
+        // Most heads have a few dozen fields: parsed on the stack, and only a
+        // head with more is parsed again with room for the most hyper takes.
+        let mut few = [httparse::EMPTY_HEADER; FEW_HEADERS];
+        match self.parse_head(&mut few, head) {
+            Err(httparse::Error::TooManyHeaders) => {
+                let mut many = vec![httparse::EMPTY_HEADER; MAX_HEADERS_SCANNED];
+                self.parse_head(&mut many, head).unwrap_or(HeadState::Lost)
+            }
             // hyper refuses it too, and closes the connection.
-            Err(_) => return HeadState::Lost,
+            parsed => parsed.unwrap_or(HeadState::Lost),
+        }
+    }
+
+    fn parse_head<'h>(
+        &self,
+        fields: &mut [httparse::Header<'h>],
+        head: &'h [u8],
+    ) -> Result<HeadState, httparse::Error> {
+        let mut request = httparse::Request::new(fields);
+        let len = match request.parse(head)? {
+            httparse::Status::Complete(len) => len,
+            httparse::Status::Partial => return Ok(HeadState::Partial),
         };
+        // Every field must be one hyper accepts (or hyper refuses the head
+        // and closes the connection); only those that speak about framing
+        // are kept for the check.
         let mut headers = HeaderMap::new();
         for field in request.headers.iter() {
+            let name = field.name.as_bytes();
+            if !is_header_name(name) || !is_header_value(field.value) {
+                return Ok(HeadState::Lost);
+            }
+            if !speaks_about_framing(name) {
+                continue;
+            }
             match (
-                HeaderName::from_bytes(field.name.as_bytes()),
+                HeaderName::from_bytes(name),
                 HeaderValue::from_bytes(field.value),
             ) {
                 (Ok(name), Ok(value)) => {
                     headers.append(name, value);
                 }
-                _ => return HeadState::Lost,
+                _ => return Ok(HeadState::Lost),
             }
         }
         let verdict = check_framing(&headers);
@@ -350,8 +389,58 @@ impl<T> ScanHeads<T> {
                 Some(length) => Scan::Body(length),
             }
         };
-        HeadState::Done(len, next)
+        Ok(HeadState::Done(len, next))
     }
+}
+
+/// Fields parsed on the stack before a head is parsed again with room for
+/// `MAX_HEADERS_SCANNED`.
+const FEW_HEADERS: usize = 64;
+
+/// How many bytes of `rest` end the head begun by `head`: up to and
+/// including the line feed of its blank line (`\n\n` or `\n\r\n`, which
+/// may straddle the two).
+fn blank_line_end(head: &[u8], rest: &[u8]) -> Option<usize> {
+    let at = |i: usize, back: usize| -> Option<u8> {
+        // The byte `back` places before rest[i], in head ++ rest.
+        match i.checked_sub(back) {
+            Some(j) => rest.get(j).copied(),
+            None => head.len().checked_sub(back - i).map(|j| head[j]),
+        }
+    };
+    rest.iter()
+        .enumerate()
+        .filter(|(_, b)| **b == b'\n')
+        .find(|(i, _)| {
+            at(*i, 1) == Some(b'\n') || (at(*i, 1) == Some(b'\r') && at(*i, 2) == Some(b'\n'))
+        })
+        .map(|(i, _)| i + 1)
+}
+
+/// Whether a field name reads as one of those that decide framing
+/// (`Content-Length`, `Transfer-Encoding`, `Upgrade`), or has a `_` that a
+/// lenient server might fold into one: `check_framing` looks at no other.
+fn speaks_about_framing(name: &[u8]) -> bool {
+    name.contains(&b'_')
+        || [&b"content-length"[..], b"transfer-encoding", b"upgrade"]
+            .iter()
+            .any(|n| name.eq_ignore_ascii_case(n))
+}
+
+/// A name `http::HeaderName::from_bytes` accepts: 1 to 65,535 token
+/// characters (RFC 9110 §5.6.2).
+fn is_header_name(name: &[u8]) -> bool {
+    !name.is_empty()
+        && name.len() < 1 << 16
+        && name
+            .iter()
+            .all(|b| b.is_ascii_alphanumeric() || b"!#$%&'*+-.^_`|~".contains(b))
+}
+
+/// A value `http::HeaderValue::from_bytes` accepts: no control character
+/// but horizontal tab, no DEL.
+fn is_header_value(value: &[u8]) -> bool {
+    value.iter().all(|&b| (b >= 32 && b != 127) || b == b'\t')
 }
 
 enum HeadState {

@@ -179,3 +179,44 @@ proptest! {
         );
     }
 }
+
+proptest! {
+    /// The scanner's quick checks accept exactly what the `http` crate
+    /// (and so hyper) accepts, so skipping the full parse of fields that do
+    /// not speak about framing changes no verdict.
+    #[test]
+    fn quick_name_and_value_checks_agree_with_the_http_crate(bytes in proptest::collection::vec(any::<u8>(), 0..40)) {
+        prop_assert_eq!(is_header_name(&bytes), HeaderName::from_bytes(&bytes).is_ok());
+        prop_assert_eq!(is_header_value(&bytes), HeaderValue::from_bytes(&bytes).is_ok());
+    }
+
+    /// However a pipeline of requests is cut into reads, the scanner finds
+    /// the same heads.
+    #[test]
+    fn verdicts_do_not_depend_on_how_reads_are_cut(step in 1usize..64) {
+        prop_assert_eq!(scanned(PIPELINE, step), vec![true, true, false]);
+    }
+}
+
+#[test]
+fn a_blank_line_is_found_across_reads() {
+    assert_eq!(blank_line_end(b"GET / HTTP/1.1\r\n", b"\r\nbody"), Some(2));
+    assert_eq!(blank_line_end(b"GET / HTTP/1.1\r\n\r", b"\nbody"), Some(1));
+    assert_eq!(blank_line_end(b"GET / HTTP/1.1\n", b"\nbody"), Some(1));
+    assert_eq!(
+        blank_line_end(b"", b"GET / HTTP/1.1\r\nA: b\r\n\r\nxyz"),
+        Some(24)
+    );
+    assert_eq!(blank_line_end(b"", b"GET / HTTP/1.1\r\nA: b\r\n"), None);
+}
+
+#[test]
+fn heads_with_many_fields_are_still_scanned() {
+    let mut head = b"POST / HTTP/1.1\r\nHost: x\r\n".to_vec();
+    for i in 0..(FEW_HEADERS + 10) {
+        head.extend_from_slice(format!("X-F{i}: v\r\n").as_bytes());
+    }
+    head.extend_from_slice(b"Content-Length: 1\r\nContent-Length: 1\r\n\r\na");
+    assert_eq!(scanned(&head, head.len()), vec![false]);
+    assert_eq!(scanned(&head, 9), vec![false]);
+}
