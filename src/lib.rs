@@ -9,6 +9,7 @@
 #![warn(unreachable_pub, missing_docs)]
 
 pub(crate) mod auth;
+pub mod bench_support;
 pub mod checkpoint;
 pub mod cli;
 pub(crate) mod client_address;

@@ -36,6 +36,8 @@ const FLOORS: &[(&str, u8)] = &[
     // Commands, and the library's builder for embedding programs.
     ("cli", 8),
     ("embed", 8),
+    // The request path's pieces, set up for `cargo bench`.
+    ("bench_support", 8),
     ("main", 9),
 ];
 

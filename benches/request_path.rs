@@ -1,0 +1,56 @@
+//! The request path's hot pieces, one at a time: `cargo bench --bench request_path`.
+//!
+//! What `scripts/bench.sh` measures end to end (against nginx), split so
+//! that a regression in one piece shows without the load test: a token
+//! cache hit (`Authenticate`), the header rewrite for the downstream
+//! (a 1 KB provider token forwarded), the policy decision for a session
+//! that has made a request before (default policy: remembered per session;
+//! per-tool policy: run per call), and the raw-head scan of a pipelined
+//! connection. Reference numbers: tests/bench/README.md.
+
+use std::hint::black_box;
+use std::path::Path;
+
+use criterion::{criterion_group, criterion_main, Criterion};
+use mcp_oauth_proxy::bench_support::{scan_heads, CachedDecision, HeaderRewrite, TokenCacheHit};
+
+fn bench(c: &mut Criterion) {
+    let runtime = tokio::runtime::Builder::new_current_thread()
+        .build()
+        .expect("a runtime");
+    let hit = runtime.block_on(TokenCacheHit::new());
+    assert!(runtime.block_on(hit.lookup()), "the token is cached");
+    c.bench_function("token_cache/hit", |b| {
+        b.iter(|| black_box(runtime.block_on(hit.lookup())))
+    });
+
+    let rewrite = HeaderRewrite::new();
+    assert!(rewrite.rewrite().contains_key("x-user-email"));
+    c.bench_function("headers/downstream_rewrite", |b| {
+        b.iter(|| black_box(rewrite.rewrite()))
+    });
+
+    for (name, path) in [
+        ("default", None),
+        ("per-tool", Some(Path::new("policies/per-tool.rhai"))),
+    ] {
+        let decision = CachedDecision::new(path);
+        assert!(decision.decide(), "{name} allows the call");
+        c.bench_function(&format!("policy/cached_session/{name}"), |b| {
+            b.iter(|| black_box(decision.decide()))
+        });
+    }
+
+    let head = "POST /mcp HTTP/1.1\r\nHost: 127.0.0.1:8787\r\nContent-Type: application/json\r\n\
+        Accept: application/json, text/event-stream\r\nMCP-Protocol-Version: 2025-06-18\r\n\
+        Authorization: Bearer abcdefghijklmnopqrstuvwxyz0123456789ABCDEFG\r\nContent-Length: 200\r\n\r\n";
+    let request = format!("{head}{}", "x".repeat(200));
+    let pipeline = request.repeat(16);
+    assert_eq!(scan_heads(pipeline.as_bytes(), 16 * 1024), 16);
+    c.bench_function("framing/scan_16_requests", |b| {
+        b.iter(|| black_box(scan_heads(pipeline.as_bytes(), 16 * 1024)))
+    });
+}
+
+criterion_group!(benches, bench);
+criterion_main!(benches);

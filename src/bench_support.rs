@@ -1,0 +1,246 @@
+//! The request path's pieces, set up the way a request meets them, for
+//! `benches/request_path.rs`: a token cache hit, the header rewrite, the
+//! policy decision for a cached session, and the raw-head scan. A
+//! regression in one of them shows in `cargo bench` without the load test
+//! (`scripts/bench.sh`). Nothing here is used by the proxy itself.
+
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::time::Duration;
+
+use axum::http::{HeaderMap, HeaderName, HeaderValue, Method};
+use serde_json::json;
+
+use crate::auth::TokenCache;
+use crate::client_address::TrustedProxies;
+use crate::crypto::{self, Keys};
+use crate::grants::{Grants, Lifetimes};
+use crate::metrics::Metrics;
+use crate::policy::layer::{decide, script_user, McpCall, RequestView};
+use crate::policy::{CompiledPolicy, Decision, PolicyEngine};
+use crate::proxy::headers::{downstream_request_headers, Forwarding};
+use crate::server::framing::{RawHeads, ScanHeads};
+use crate::session::{Memo, Session, UpstreamTokens};
+use crate::store::sqlite::SqliteStore;
+use crate::store::Records;
+
+const DAY: Duration = Duration::from_secs(86_400);
+const ISSUER: &str = "https://idp.example.com";
+
+/// A signed-in user's session as the token cache holds it: a 1 KB provider
+/// access token, as Okta, Entra ID and Keycloak issue.
+fn session(token: &str) -> Session {
+    let claims = json!({
+        "sub": "00u1alice", "email": "alice@example.com", "name": "Alice Example",
+        "groups": ["engineering", "admins"], "email_verified": true,
+        "iss": ISSUER, "aud": "proxy", "iat": 1, "exp": 2,
+    });
+    Session {
+        grant_id: crypto::random_id(),
+        token_hash: crypto::token_hash(token),
+        client_id: "client-1".into(),
+        sub: "00u1alice".into(),
+        email: Some("alice@example.com".into()),
+        claims: claims.as_object().cloned().unwrap_or_default(),
+        upstream: UpstreamTokens {
+            access_token: "x".repeat(1024),
+            ..Default::default()
+        },
+        resource: None,
+        scope: None,
+        expires_at: crate::now_unix() + DAY.as_secs() as i64,
+        client_name: Some("Claude".into()),
+        memo: Memo::default(),
+    }
+}
+
+/// A token cache (over a SQLite store in a temporary directory) that holds
+/// one live session; `lookup` finds it as `Authenticate` does.
+pub struct TokenCacheHit {
+    cache: Arc<TokenCache>,
+    token: String,
+    dir: PathBuf,
+}
+
+impl TokenCacheHit {
+    /// The cache and its one session; needs a Tokio runtime.
+    pub async fn new() -> Self {
+        let dir = std::env::temp_dir().join(format!("mcp-proxy-bench-{}", crypto::random_id()));
+        let store = std::fs::create_dir_all(&dir)
+            .map_err(|e| e.to_string())
+            .and_then(|()| SqliteStore::open(&dir.join("proxy.db")).map_err(|e| e.to_string()));
+        let store = match store {
+            Ok(store) => store,
+            Err(e) => panic!("a SQLite store for the benchmark in {}: {e}", dir.display()),
+        };
+        let lifetimes = Lifetimes {
+            access: DAY,
+            refresh: DAY,
+            code: DAY,
+            max_grant_age: DAY,
+            revalidate_after: DAY,
+        };
+        let grants = Grants::new(Records::new(Arc::new(store)), Keys::new([7; 32]), lifetimes);
+        // Metrics recording, as shipped: a hit is counted.
+        let metrics = Metrics::from_config(
+            &crate::config::MetricsConfig::default(),
+            [crate::config::DEFAULT_ROUTE],
+        );
+        let cache = TokenCache::new(grants, 10_000, DAY, DAY, DAY, metrics);
+        let token = crypto::random_token();
+        cache.hold(&token, session(&token)).await;
+        TokenCacheHit { cache, token, dir }
+    }
+
+    /// Looks the token up; true when its session was found.
+    pub async fn lookup(&self) -> bool {
+        matches!(self.cache.lookup(&self.token).await, Ok(Some(_)))
+    }
+}
+
+impl Drop for TokenCacheHit {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_dir_all(&self.dir);
+    }
+}
+
+/// The headers of the benchmark's request (`tests/bench/post.lua`), and
+/// what the default policy sets.
+pub struct HeaderRewrite {
+    incoming: HeaderMap,
+    policy_headers: Vec<(HeaderName, HeaderValue)>,
+    engine: PolicyEngine,
+    policy: Arc<CompiledPolicy>,
+    trusted: TrustedProxies,
+}
+
+impl Default for HeaderRewrite {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+impl HeaderRewrite {
+    /// A `tools/call` POST's headers with a bearer token, and the default
+    /// policy's identity headers with a 1 KB provider token.
+    pub fn new() -> Self {
+        let mut incoming = HeaderMap::new();
+        for (name, value) in [
+            ("host", "127.0.0.1:8787"),
+            ("content-type", "application/json"),
+            ("accept", "application/json, text/event-stream"),
+            ("mcp-protocol-version", "2025-06-18"),
+            ("content-length", "200"),
+        ] {
+            incoming.insert(name, HeaderValue::from_static(value));
+        }
+        let bearer = format!("Bearer {}", crypto::random_token());
+        if let Ok(value) = HeaderValue::from_str(&bearer) {
+            incoming.insert("authorization", value);
+        }
+        let provider = format!("Bearer {}", "x".repeat(1024));
+        let policy_headers = [
+            ("x-user-email", "alice@example.com"),
+            ("x-user-name", "Alice Example"),
+            ("x-user-sub", "00u1alice"),
+            ("x-user-groups", "engineering,admins"),
+            ("authorization", provider.as_str()),
+        ]
+        .into_iter()
+        .filter_map(|(n, v)| Some((HeaderName::from_static(n), HeaderValue::from_str(v).ok()?)))
+        .collect();
+        let engine = match PolicyEngine::new(None, &[]) {
+            Ok(engine) => engine,
+            Err(e) => panic!("the default policy compiles: {e}"),
+        };
+        HeaderRewrite {
+            incoming,
+            policy_headers,
+            policy: engine.current(),
+            engine,
+            trusted: TrustedProxies::default(),
+        }
+    }
+
+    /// The headers the downstream receives.
+    pub fn rewrite(&self) -> HeaderMap {
+        let strip = self.engine.strip_rule(&self.policy);
+        downstream_request_headers(
+            &self.incoming,
+            |name| strip(name),
+            &self.policy_headers,
+            &Forwarding {
+                peer: Some(std::net::IpAddr::from([127, 0, 0, 1])),
+                trusted_proxies: &self.trusted,
+                public_host: "mcp.example.com",
+                public_proto: "https",
+            },
+            &[],
+        )
+    }
+}
+
+/// A policy and a session that has already made one request: what
+/// `EnforcePolicy` does for the next one.
+pub struct CachedDecision {
+    engine: PolicyEngine,
+    policy: Arc<CompiledPolicy>,
+    session: Session,
+    headers: HeaderMap,
+    call: McpCall,
+}
+
+impl CachedDecision {
+    /// The policy at `path` (the built-in default when `None`).
+    pub fn new(path: Option<&Path>) -> Self {
+        let engine = match PolicyEngine::new(path, &[]) {
+            Ok(engine) => engine,
+            Err(e) => panic!("the policy compiles: {e}"),
+        };
+        let mut headers = HeaderMap::new();
+        headers.insert("content-type", HeaderValue::from_static("application/json"));
+        headers.insert(
+            "mcp-protocol-version",
+            HeaderValue::from_static("2025-06-18"),
+        );
+        let bench = CachedDecision {
+            policy: engine.current(),
+            engine,
+            session: session("token"),
+            headers,
+            call: McpCall {
+                method: Some("tools/call".into()),
+                id: Some(json!(7)),
+                target: Some("echo".into()),
+            },
+        };
+        bench.decide();
+        bench
+    }
+
+    /// One decision, as `EnforcePolicy` takes it: the request view only for
+    /// a policy that reads it; true when allowed.
+    pub fn decide(&self) -> bool {
+        let view = (!self.policy.per_user_only)
+            .then(|| RequestView::new("default", &Method::POST, "/mcp", &self.headers));
+        let decision = decide(
+            &self.engine,
+            &self.policy,
+            &self.session,
+            || script_user(&self.session, ISSUER),
+            || view.map_or(rhai::Dynamic::UNIT, |v| v.into_call(Some(&self.call))),
+        );
+        matches!(decision, Decision::Allow { .. })
+    }
+}
+
+/// Scans raw request heads as they cross a connection (`ScanHeads`);
+/// returns how many verdicts it recorded.
+pub fn scan_heads(bytes: &[u8], read_size: usize) -> usize {
+    let heads = Arc::new(RawHeads::default());
+    let mut scanner = ScanHeads::new((), heads.clone());
+    for piece in bytes.chunks(read_size.max(1)) {
+        scanner.feed(piece);
+    }
+    heads.len()
+}
