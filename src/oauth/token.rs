@@ -1,4 +1,5 @@
-//! `/token` (authorization_code and refresh_token grants) and `/revoke`
+//! `/token` (authorization_code, refresh_token and — in `id_jag/` — the
+//! jwt-bearer grant) and `/revoke`
 //! (RFC 7009). Responses are never cached.
 
 use axum::body::Bytes;
@@ -44,7 +45,8 @@ fn form(headers: &HeaderMap, body: &Bytes) -> Result<Params, OAuthError> {
     Ok(params)
 }
 
-fn grant_error(e: GrantError) -> OAuthError {
+/// The OAuth error a grant operation's failure is.
+pub(crate) fn grant_error(e: GrantError) -> OAuthError {
     match e {
         GrantError::Invalid(m) => OAuthError::invalid_grant(m),
         GrantError::Replay(m) => {
@@ -83,7 +85,8 @@ async fn token_inner(
         .get("grant_type")
         .ok_or_else(|| OAuthError::invalid_request("grant_type is required"))?
         .to_string();
-    if grant_type != "authorization_code" && grant_type != "refresh_token" {
+    let jwt_bearer = grant_type == crate::config::JWT_BEARER_GRANT;
+    if grant_type != "authorization_code" && grant_type != "refresh_token" && !jwt_bearer {
         return Err(OAuthError::unsupported_grant_type(format!(
             "grant_type `{grant_type}` is not supported"
         )));
@@ -93,6 +96,10 @@ async fn token_inner(
         return Err(OAuthError::unauthorized_client(format!(
             "this client did not register the {grant_type} grant"
         )));
+    }
+    if jwt_bearer {
+        let issued = crate::oauth::id_jag::exchange(&app, &client, &params).await?;
+        return Ok(token_response(&issued));
     }
     let resource = params
         .get("resource")

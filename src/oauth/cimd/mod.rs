@@ -65,6 +65,9 @@ pub(crate) async fn find_client(
     app: &OAuthState,
     client_id: &str,
 ) -> Result<Option<ClientRecord>, CimdError> {
+    if let Some(client) = app.configured_client(client_id) {
+        return Ok(Some(client));
+    }
     if let Some(client) = app
         .records
         .get::<ClientRecord>(Namespace::Client, client_id)
