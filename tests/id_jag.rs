@@ -30,7 +30,9 @@ const BROWSER_ONLY: &str = "browser-only";
 fn der(pem: &str) -> Vec<u8> {
     use base64::Engine;
     let body: String = pem.lines().filter(|l| !l.starts_with("-----")).collect();
-    base64::engine::general_purpose::STANDARD.decode(body).unwrap()
+    base64::engine::general_purpose::STANDARD
+        .decode(body)
+        .unwrap()
 }
 
 fn sha256_hex(s: &str) -> String {
@@ -82,7 +84,9 @@ impl KeyServer {
             *s.fetches.lock().unwrap() += 1;
             Json(json!({ "keys": s.keys.lock().unwrap().clone() }))
         }
-        let app = Router::new().route("/jwks", get(jwks)).with_state(server.clone());
+        let app = Router::new()
+            .route("/jwks", get(jwks))
+            .with_state(server.clone());
         tokio::spawn(async move { axum::serve(listener, app).await });
         server
     }
@@ -153,7 +157,11 @@ fn authorize(user, request) {
         ..Default::default()
     };
     let proxy = TestProxy::start_on(Provider::start().await, dir, &opts).await;
-    Setup { proxy, keys, downstream }
+    Setup {
+        proxy,
+        keys,
+        downstream,
+    }
 }
 
 /// The claims a good ID-JAG from `iss` for the agent carries.
@@ -183,13 +191,23 @@ fn header(alg: Algorithm, kid: &str, typ: &str) -> Header {
 /// Signed by the upstream provider's key (RS256, kid test-key).
 fn rs256(claims: &Value) -> String {
     let key = EncodingKey::from_rsa_der(&der(RSA_KEY));
-    jsonwebtoken::encode(&header(Algorithm::RS256, "test-key", "oauth-id-jag+jwt"), claims, &key).unwrap()
+    jsonwebtoken::encode(
+        &header(Algorithm::RS256, "test-key", "oauth-id-jag+jwt"),
+        claims,
+        &key,
+    )
+    .unwrap()
 }
 
 /// Signed by the second provider's Ed25519 key.
 fn eddsa(claims: &Value, kid: &str) -> String {
     let key = EncodingKey::from_ed_der(&der(ED_KEY));
-    jsonwebtoken::encode(&header(Algorithm::EdDSA, kid, "oauth-id-jag+jwt"), claims, &key).unwrap()
+    jsonwebtoken::encode(
+        &header(Algorithm::EdDSA, kid, "oauth-id-jag+jwt"),
+        claims,
+        &key,
+    )
+    .unwrap()
 }
 
 fn b64(v: &Value) -> String {
@@ -224,10 +242,16 @@ async fn agent(proxy: &Endpoint, assertion: &str) -> (StatusCode, Value) {
 fn assert_refused(result: (StatusCode, Value), error: &str, why: &str) {
     let (status, body) = result;
     assert_eq!(body["error"], error, "{why}: {body}");
-    assert!(status.is_client_error() || status == StatusCode::SERVICE_UNAVAILABLE, "{why}: {status}");
+    assert!(
+        status.is_client_error() || status == StatusCode::SERVICE_UNAVAILABLE,
+        "{why}: {status}"
+    );
     assert!(body.get("access_token").is_none(), "{why}: {body}");
     let description = body["error_description"].as_str().unwrap_or_default();
-    assert!(description.contains(why), "expected `{why}` in `{description}`");
+    assert!(
+        description.contains(why),
+        "expected `{why}` in `{description}`"
+    );
 }
 
 async fn mcp(proxy: &Endpoint, token: &str) -> u16 {
@@ -256,7 +280,10 @@ async fn an_id_jag_of_the_upstream_provider_gets_tokens_like_a_browser_sign_in()
         .json()
         .await
         .unwrap();
-    assert!(metadata["grant_types_supported"].as_array().unwrap().contains(&json!(JWT_BEARER)));
+    assert!(metadata["grant_types_supported"]
+        .as_array()
+        .unwrap()
+        .contains(&json!(JWT_BEARER)));
     assert_eq!(
         metadata["authorization_grant_profiles_supported"],
         json!(["urn:ietf:params:oauth:grant-profile:id-jag"])
@@ -344,9 +371,14 @@ async fn each_validation_rule_refuses_with_the_right_error_and_no_token() {
     // Header: typ, alg none, HMAC, no signature.
     let c = claims(p, &up);
     let key = EncodingKey::from_rsa_der(&der(RSA_KEY));
-    let jwt_typ = jsonwebtoken::encode(&header(Algorithm::RS256, "test-key", "JWT"), &c, &key).unwrap();
+    let jwt_typ =
+        jsonwebtoken::encode(&header(Algorithm::RS256, "test-key", "JWT"), &c, &key).unwrap();
     assert_refused(agent(p, &jwt_typ).await, "invalid_grant", "typ");
-    let none = format!("{}.{}.", b64(&json!({"alg": "none", "typ": "oauth-id-jag+jwt"})), b64(&c));
+    let none = format!(
+        "{}.{}.",
+        b64(&json!({"alg": "none", "typ": "oauth-id-jag+jwt"})),
+        b64(&c)
+    );
     assert_refused(agent(p, &none).await, "invalid_grant", "unsigned");
     let hmac = jsonwebtoken::encode(
         &header(Algorithm::HS256, "test-key", "oauth-id-jag+jwt"),
@@ -363,55 +395,170 @@ async fn each_validation_rule_refuses_with_the_right_error_and_no_token() {
     assert_refused(agent(p, &foreign).await, "invalid_grant", "");
     let good = rs256(&claims(p, &up));
     let parts: Vec<&str> = good.split('.').collect();
-    let forged = format!("{}.{}.{}", parts[0], b64(&with(&|c| { c.insert("sub".into(), json!("admin")); })), parts[2]);
+    let forged = format!(
+        "{}.{}.{}",
+        parts[0],
+        b64(&with(&|c| {
+            c.insert("sub".into(), json!("admin"));
+        })),
+        parts[2]
+    );
     assert_refused(agent(p, &forged).await, "invalid_grant", "signature");
 
     // Issuer not trusted (even with a key it could fetch).
     assert_refused(
-        agent(p, &rs256(&with(&|c| { c.insert("iss".into(), json!("https://evil.example.com")); }))).await,
+        agent(
+            p,
+            &rs256(&with(&|c| {
+                c.insert("iss".into(), json!("https://evil.example.com"));
+            })),
+        )
+        .await,
         "invalid_grant",
         "issuer is not trusted",
     );
     // Audience, client, times, required claims.
     for (change, why) in [
-        (Box::new(|c: &mut serde_json::Map<String, Value>| { c.insert("aud".into(), json!("https://other-as.example.com")); }) as Box<dyn Fn(&mut _)>, "aud"),
-        (Box::new(|c: &mut serde_json::Map<String, Value>| { c.insert("client_id".into(), json!(OTHER)); }), "another client"),
-        (Box::new(|c: &mut serde_json::Map<String, Value>| { c.insert("exp".into(), json!(now() - 120)); c.insert("iat".into(), json!(now() - 400)); }), "expired"),
-        (Box::new(|c: &mut serde_json::Map<String, Value>| { c.insert("iat".into(), json!(now() + 600)); c.insert("exp".into(), json!(now() + 900)); }), "future"),
-        (Box::new(|c: &mut serde_json::Map<String, Value>| { c.insert("exp".into(), json!(now() + 7200)); }), "lives longer"),
-        (Box::new(|c: &mut serde_json::Map<String, Value>| { c.remove("jti"); }), "no jti"),
-        (Box::new(|c: &mut serde_json::Map<String, Value>| { c.remove("sub"); }), "no sub"),
-        (Box::new(|c: &mut serde_json::Map<String, Value>| { c.remove("client_id"); }), "no client_id"),
-        (Box::new(|c: &mut serde_json::Map<String, Value>| { c.remove("exp"); }), "no exp"),
+        (
+            Box::new(|c: &mut serde_json::Map<String, Value>| {
+                c.insert("aud".into(), json!("https://other-as.example.com"));
+            }) as Box<dyn Fn(&mut _)>,
+            "aud",
+        ),
+        (
+            Box::new(|c: &mut serde_json::Map<String, Value>| {
+                c.insert("client_id".into(), json!(OTHER));
+            }),
+            "another client",
+        ),
+        (
+            Box::new(|c: &mut serde_json::Map<String, Value>| {
+                c.insert("exp".into(), json!(now() - 120));
+                c.insert("iat".into(), json!(now() - 400));
+            }),
+            "expired",
+        ),
+        (
+            Box::new(|c: &mut serde_json::Map<String, Value>| {
+                c.insert("iat".into(), json!(now() + 600));
+                c.insert("exp".into(), json!(now() + 900));
+            }),
+            "future",
+        ),
+        (
+            Box::new(|c: &mut serde_json::Map<String, Value>| {
+                c.insert("exp".into(), json!(now() + 7200));
+            }),
+            "lives longer",
+        ),
+        (
+            Box::new(|c: &mut serde_json::Map<String, Value>| {
+                c.remove("jti");
+            }),
+            "no jti",
+        ),
+        (
+            Box::new(|c: &mut serde_json::Map<String, Value>| {
+                c.remove("sub");
+            }),
+            "no sub",
+        ),
+        (
+            Box::new(|c: &mut serde_json::Map<String, Value>| {
+                c.remove("client_id");
+            }),
+            "no client_id",
+        ),
+        (
+            Box::new(|c: &mut serde_json::Map<String, Value>| {
+                c.remove("exp");
+            }),
+            "no exp",
+        ),
     ] {
-        assert_refused(agent(p, &rs256(&with(&*change))).await, "invalid_grant", why);
+        assert_refused(
+            agent(p, &rs256(&with(&*change))).await,
+            "invalid_grant",
+            why,
+        );
     }
     // Resource: one of ours, and the one the assertion names.
     assert_refused(
-        agent(p, &rs256(&with(&|c| { c.insert("resource".into(), json!("https://elsewhere.example.com/mcp")); }))).await,
+        agent(
+            p,
+            &rs256(&with(&|c| {
+                c.insert(
+                    "resource".into(),
+                    json!("https://elsewhere.example.com/mcp"),
+                );
+            })),
+        )
+        .await,
         "invalid_target",
         "not served here",
     );
-    let r = present(p, (AGENT, AGENT_SECRET), &rs256(&claims(p, &up)), &[("resource", &p.url)]).await;
+    let r = present(
+        p,
+        (AGENT, AGENT_SECRET),
+        &rs256(&claims(p, &up)),
+        &[("resource", &p.url)],
+    )
+    .await;
     assert_refused(r, "invalid_target", "not one the assertion was issued for");
     // Scope: narrowed, never widened.
-    let r = present(p, (AGENT, AGENT_SECRET), &rs256(&claims(p, &up)), &[("scope", "mcp:tools admin")]).await;
+    let r = present(
+        p,
+        (AGENT, AGENT_SECRET),
+        &rs256(&claims(p, &up)),
+        &[("scope", "mcp:tools admin")],
+    )
+    .await;
     assert_refused(r, "invalid_scope", "admin");
-    let (status, body) = present(p, (AGENT, AGENT_SECRET), &rs256(&with(&|c| { c.insert("scope".into(), json!("mcp:tools mcp:admin")); })), &[("scope", "mcp:tools")]).await;
+    let (status, body) = present(
+        p,
+        (AGENT, AGENT_SECRET),
+        &rs256(&with(&|c| {
+            c.insert("scope".into(), json!("mcp:tools mcp:admin"));
+        })),
+        &[("scope", "mcp:tools")],
+    )
+    .await;
     assert_eq!(status, 200, "{body}");
     assert_eq!(body["scope"], "mcp:tools");
 
     // Clients: the wrong client for this assertion, a wrong secret, a client
     // not allowed the grant, an unknown one.
     let c = claims(p, &up);
-    assert_refused(present(p, (OTHER, OTHER_SECRET), &rs256(&c), &[]).await, "invalid_grant", "another client");
-    assert_refused(present(p, (AGENT, "wrong-secret"), &rs256(&c), &[]).await, "invalid_client", "");
-    assert_refused(present(p, (BROWSER_ONLY, OTHER_SECRET), &rs256(&c), &[]).await, "unauthorized_client", "");
-    assert_refused(present(p, ("nobody", "x"), &rs256(&c), &[]).await, "invalid_client", "");
+    assert_refused(
+        present(p, (OTHER, OTHER_SECRET), &rs256(&c), &[]).await,
+        "invalid_grant",
+        "another client",
+    );
+    assert_refused(
+        present(p, (AGENT, "wrong-secret"), &rs256(&c), &[]).await,
+        "invalid_client",
+        "",
+    );
+    assert_refused(
+        present(p, (BROWSER_ONLY, OTHER_SECRET), &rs256(&c), &[]).await,
+        "unauthorized_client",
+        "",
+    );
+    assert_refused(
+        present(p, ("nobody", "x"), &rs256(&c), &[]).await,
+        "invalid_client",
+        "",
+    );
 
     // The person the login policy refuses.
-    let mallory = with(&|c| { c.insert("email".into(), json!("mallory@example.com")); });
-    assert_refused(agent(p, &rs256(&mallory)).await, "invalid_grant", "mallory is not let in");
+    let mallory = with(&|c| {
+        c.insert("email".into(), json!("mallory@example.com"));
+    });
+    assert_refused(
+        agent(p, &rs256(&mallory)).await,
+        "invalid_grant",
+        "mallory is not let in",
+    );
 
     // Replay: the same assertion twice.
     let once = rs256(&claims(p, &up));
@@ -438,14 +585,23 @@ impl Drop for Redis {
 fn redis() -> Redis {
     let port = free_port();
     let child = Command::new("redis-server")
-        .args(["--bind", "127.0.0.1", "--port", &port.to_string(), "--save", ""])
+        .args([
+            "--bind",
+            "127.0.0.1",
+            "--port",
+            &port.to_string(),
+            "--save",
+            "",
+        ])
         .stdout(Stdio::null())
         .stderr(Stdio::null())
         .spawn()
         .expect("redis-server runs");
+    // Dropped (killed and waited for) on every path, a failed start too.
+    let redis = Redis(child, port);
     for _ in 0..100 {
         if std::net::TcpStream::connect(("127.0.0.1", port)).is_ok() {
-            return Redis(child, port);
+            return redis;
         }
         std::thread::sleep(Duration::from_millis(50));
     }
@@ -463,20 +619,32 @@ async fn an_assertion_is_spent_on_every_replica_sharing_redis() {
     let public_port = free_port();
     let mut replicas = Vec::new();
     for name in ["a", "b"] {
-        let port = if name == "a" { public_port } else { free_port() };
+        let port = if name == "a" {
+            public_port
+        } else {
+            free_port()
+        };
         let opts = Options {
             extra: id_jag_toml(&keys.issuer, None),
             ..Default::default()
         };
-        let toml = config_toml(port, &provider.issuer, &dir.path().join(format!("{name}.db")), &opts)
-            .replace(
-                &format!("public_url = \"http://127.0.0.1:{port}\""),
-                &format!("public_url = \"http://127.0.0.1:{public_port}\""),
-            )
-            .replace(
-                "[store]\n",
-                &format!("[store]\nredis_url = \"redis://127.0.0.1:{}\"\nredis_prefix = \"idjag:\"\n", redis.1),
-            );
+        let toml = config_toml(
+            port,
+            &provider.issuer,
+            &dir.path().join(format!("{name}.db")),
+            &opts,
+        )
+        .replace(
+            &format!("public_url = \"http://127.0.0.1:{port}\""),
+            &format!("public_url = \"http://127.0.0.1:{public_port}\""),
+        )
+        .replace(
+            "[store]\n",
+            &format!(
+                "[store]\nredis_url = \"redis://127.0.0.1:{}\"\nredis_prefix = \"idjag:\"\n",
+                redis.1
+            ),
+        );
         let config = dir.path().join(format!("{name}.toml"));
         std::fs::write(&config, toml).unwrap();
         let process = spawn_proxy(&config);
@@ -501,6 +669,9 @@ async fn an_assertion_is_spent_on_every_replica_sharing_redis() {
     // Racing replicas: exactly one wins.
     let assertion = rs256(&claims(&public, &provider.issuer));
     let (ra, rb) = tokio::join!(agent(a, &assertion), agent(b, &assertion));
-    let wins = [ra.0, rb.0].iter().filter(|s| **s == StatusCode::OK).count();
+    let wins = [ra.0, rb.0]
+        .iter()
+        .filter(|s| **s == StatusCode::OK)
+        .count();
     assert_eq!(wins, 1, "{ra:?} {rb:?}");
 }

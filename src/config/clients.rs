@@ -146,12 +146,17 @@ pub(crate) struct TrustedIssuer {
 }
 
 /// Checks `[[clients]]`; each error names `clients[<i>].<key>`.
-pub(crate) fn validate_clients(clients: &[ClientConfig]) -> Result<Vec<ConfiguredClient>, ConfigError> {
+pub(crate) fn validate_clients(
+    clients: &[ClientConfig],
+) -> Result<Vec<ConfiguredClient>, ConfigError> {
     let mut out: Vec<ConfiguredClient> = Vec::new();
     for (i, client) in clients.iter().enumerate() {
         let key = |k: &str| format!("clients[{i}].{k}");
         let id = client.id.trim();
-        if id.is_empty() || id.len() > 200 || id.chars().any(|c| c.is_whitespace() || c.is_control()) {
+        if id.is_empty()
+            || id.len() > 200
+            || id.chars().any(|c| c.is_whitespace() || c.is_control())
+        {
             return Err(ConfigError::invalid(
                 key("id"),
                 "must be 1 to 200 characters without spaces or control characters",
@@ -164,11 +169,17 @@ pub(crate) fn validate_clients(clients: &[ClientConfig]) -> Result<Vec<Configure
             ));
         }
         if out.iter().any(|c| c.id == id) {
-            return Err(ConfigError::invalid(key("id"), format!("`{id}` is used by another client")));
+            return Err(ConfigError::invalid(
+                key("id"),
+                format!("`{id}` is used by another client"),
+            ));
         }
         let secret_hash = client_secret_hash(client, &key)?;
         if client.grant_types.is_empty() {
-            return Err(ConfigError::invalid(key("grant_types"), "must name at least one grant type"));
+            return Err(ConfigError::invalid(
+                key("grant_types"),
+                "must name at least one grant type",
+            ));
         }
         for grant in &client.grant_types {
             if !GRANT_TYPES.contains(&grant.as_str()) {
@@ -249,10 +260,12 @@ fn check_redirect_uri(uri: &str) -> Result<(), String> {
     match url.scheme() {
         "https" => Ok(()),
         "http" if is_loopback_host(host) => Ok(()),
-        "http" => Err(format!("`{uri}` must be https (http only on a loopback host)")),
-        "javascript" | "data" | "file" | "vbscript" | "blob" => {
-            Err(format!("`{uri}` has a scheme that cannot be a redirect URI"))
-        }
+        "http" => Err(format!(
+            "`{uri}` must be https (http only on a loopback host)"
+        )),
+        "javascript" | "data" | "file" | "vbscript" | "blob" => Err(format!(
+            "`{uri}` has a scheme that cannot be a redirect URI"
+        )),
         _ => Ok(()),
     }
 }
@@ -260,44 +273,70 @@ fn check_redirect_uri(uri: &str) -> Result<(), String> {
 impl IdJagConfig {
     /// Checks `[id_jag]`; returns the trusted issuers, the upstream
     /// provider first when trusted.
-    pub(crate) fn validate(&self, upstream_issuer: &str) -> Result<Vec<TrustedIssuer>, ConfigError> {
+    pub(crate) fn validate(
+        &self,
+        upstream_issuer: &str,
+    ) -> Result<Vec<TrustedIssuer>, ConfigError> {
         if self.max_lifetime.0.is_zero() || self.max_lifetime.0.as_secs() > 3600 {
-            return Err(ConfigError::invalid("id_jag.max_lifetime", "must be between 1s and 1h"));
+            return Err(ConfigError::invalid(
+                "id_jag.max_lifetime",
+                "must be between 1s and 1h",
+            ));
         }
         if self.clock_skew.0.as_secs() > 300 {
-            return Err(ConfigError::invalid("id_jag.clock_skew", "must be at most 5m"));
+            return Err(ConfigError::invalid(
+                "id_jag.clock_skew",
+                "must be at most 5m",
+            ));
         }
         if self.jwks_cache.0.is_zero() || self.jwks_min_refetch.0.is_zero() {
-            let key = if self.jwks_cache.0.is_zero() { "id_jag.jwks_cache" } else { "id_jag.jwks_min_refetch" };
+            let key = if self.jwks_cache.0.is_zero() {
+                "id_jag.jwks_cache"
+            } else {
+                "id_jag.jwks_min_refetch"
+            };
             return Err(ConfigError::invalid(key, "must be longer than zero"));
         }
         if self.algorithms.is_empty() {
-            return Err(ConfigError::invalid("id_jag.algorithms", "must name at least one algorithm"));
+            return Err(ConfigError::invalid(
+                "id_jag.algorithms",
+                "must name at least one algorithm",
+            ));
         }
         for alg in &self.algorithms {
             if !SUPPORTED_ALGORITHMS.contains(&alg.as_str()) {
                 return Err(ConfigError::invalid(
                     "id_jag.algorithms",
-                    format!("`{alg}` is not one of: {} (never none or HMAC)", SUPPORTED_ALGORITHMS.join(", ")),
+                    format!(
+                        "`{alg}` is not one of: {} (never none or HMAC)",
+                        SUPPORTED_ALGORITHMS.join(", ")
+                    ),
                 ));
             }
         }
         let mut issuers = Vec::new();
         if self.trust_upstream {
-            issuers.push(TrustedIssuer { issuer: upstream_issuer.to_string(), jwks_url: None });
+            issuers.push(TrustedIssuer {
+                issuer: upstream_issuer.to_string(),
+                jwks_url: None,
+            });
         }
         for (i, entry) in self.issuers.iter().enumerate() {
             for (k, value) in [("issuer", &entry.issuer), ("jwks_url", &entry.jwks_url)] {
                 let key = format!("id_jag.issuers[{i}].{k}");
                 let url = parse_http_url(&key, value)?;
-                if url.scheme() != "https" && !is_loopback_host(url.host_str().unwrap_or_default()) {
+                if url.scheme() != "https" && !is_loopback_host(url.host_str().unwrap_or_default())
+                {
                     return Err(ConfigError::invalid(
                         key,
                         format!("`{value}` must be https (http only on a loopback host)"),
                     ));
                 }
             }
-            if issuers.iter().any(|t: &TrustedIssuer| t.issuer == entry.issuer) {
+            if issuers
+                .iter()
+                .any(|t: &TrustedIssuer| t.issuer == entry.issuer)
+            {
                 return Err(ConfigError::invalid(
                     format!("id_jag.issuers[{i}].issuer"),
                     format!("`{}` is trusted twice", entry.issuer),
@@ -352,7 +391,10 @@ mod tests {
         assert!(error(&[c.clone()]).starts_with("clients[0].redirect_uris:"));
         c.redirect_uris = vec!["http://app.example.com/cb".into()];
         assert!(error(&[c.clone()]).starts_with("clients[0].redirect_uris:"));
-        c.redirect_uris = vec!["http://127.0.0.1:5000/cb".into(), "https://app.example.com/cb".into()];
+        c.redirect_uris = vec![
+            "http://127.0.0.1:5000/cb".into(),
+            "https://app.example.com/cb".into(),
+        ];
         assert_eq!(validate_clients(&[c]).unwrap()[0].redirect_uris.len(), 2);
     }
 
@@ -365,7 +407,10 @@ mod tests {
         c.secret_hash = None;
         c.secret_file = Some(path);
         let configured = validate_clients(&[c]).unwrap();
-        assert_eq!(configured[0].secret_hash, crate::crypto::token_hash("correct-horse-battery-staple"));
+        assert_eq!(
+            configured[0].secret_hash,
+            crate::crypto::token_hash("correct-horse-battery-staple")
+        );
     }
 
     #[test]
@@ -373,7 +418,11 @@ mod tests {
         let mut cfg = IdJagConfig::default();
         assert_eq!(cfg.validate("https://idp.example.com").unwrap().len(), 1);
         cfg.algorithms = vec!["HS256".into()];
-        assert!(cfg.validate("x").unwrap_err().to_string().starts_with("id_jag.algorithms:"));
+        assert!(cfg
+            .validate("x")
+            .unwrap_err()
+            .to_string()
+            .starts_with("id_jag.algorithms:"));
         cfg.algorithms = vec!["none".into()];
         assert!(cfg.validate("x").is_err());
         cfg.algorithms = default_algorithms();
@@ -381,14 +430,25 @@ mod tests {
             issuer: "https://other.example.com".into(),
             jwks_url: "http://other.example.com/keys".into(),
         });
-        assert!(cfg.validate("x").unwrap_err().to_string().starts_with("id_jag.issuers[0].jwks_url:"));
+        assert!(cfg
+            .validate("x")
+            .unwrap_err()
+            .to_string()
+            .starts_with("id_jag.issuers[0].jwks_url:"));
         cfg.issuers[0].jwks_url = "https://other.example.com/keys".into();
         cfg.trust_upstream = false;
         let trusted = cfg.validate("https://idp.example.com").unwrap();
         assert_eq!(trusted.len(), 1);
-        assert_eq!(trusted[0].jwks_url.as_deref(), Some("https://other.example.com/keys"));
+        assert_eq!(
+            trusted[0].jwks_url.as_deref(),
+            Some("https://other.example.com/keys")
+        );
         cfg.trust_upstream = true;
         cfg.issuers[0].issuer = "https://idp.example.com".into();
-        assert!(cfg.validate("https://idp.example.com").unwrap_err().to_string().starts_with("id_jag.issuers[0].issuer:"));
+        assert!(cfg
+            .validate("https://idp.example.com")
+            .unwrap_err()
+            .to_string()
+            .starts_with("id_jag.issuers[0].issuer:"));
     }
 }

@@ -34,9 +34,9 @@ use figment::providers::{Format, Toml};
 use figment::Figment;
 use serde::{Deserialize, Serialize};
 
+pub(crate) use access::{AuthConfig, ConsentConfig, RegistrationConfig, TokensConfig};
 pub use clients::JWT_BEARER_GRANT;
 pub(crate) use clients::{ClientConfig, ConfiguredClient, IdJagConfig, TrustedIssuer};
-pub(crate) use access::{AuthConfig, ConsentConfig, RegistrationConfig, TokensConfig};
 pub(crate) use downstream::{is_own_cookie, DownstreamConfig};
 pub(crate) use duration::DurationStr;
 use env::EnvProvider;

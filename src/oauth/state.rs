@@ -69,7 +69,13 @@ impl OAuthSettings {
             consent_remember: settings.config.consent.remember.0,
             registration: settings.config.registration.clone(),
             refresh_before: settings.config.upstream.refresh_before.0,
-            clients: Arc::new(settings.clients.iter().map(ClientRecord::configured).collect()),
+            clients: Arc::new(
+                settings
+                    .clients
+                    .iter()
+                    .map(ClientRecord::configured)
+                    .collect(),
+            ),
         }
     }
 }

@@ -15,7 +15,7 @@ use crate::metrics::labels::{oauth_result, GrantType};
 use crate::now_unix;
 use crate::oauth::{client_auth, validate_resource, OAuthState, Params};
 use crate::policy::login::{Login, LoginRefused};
-use crate::store::GrantSecrets;
+use crate::store::{ClientRecord, GrantSecrets};
 use crate::upstream::RefreshError;
 
 /// The largest token or revocation request body accepted.
@@ -107,31 +107,7 @@ async fn token_inner(
         .transpose()
         .map_err(OAuthError::invalid_target)?;
     let issued = if grant_type == "authorization_code" {
-        let code = params
-            .get("code")
-            .ok_or_else(|| OAuthError::invalid_request("code is required"))?;
-        let code_verifier = params
-            .get("code_verifier")
-            .ok_or_else(|| OAuthError::invalid_request("code_verifier is required (PKCE)"))?;
-        if !crate::crypto::is_valid_pkce_verifier(code_verifier) {
-            return Err(OAuthError::invalid_grant(
-                "code_verifier is not a valid PKCE verifier",
-            ));
-        }
-        if params.get("redirect_uri").is_none() && client.redirect_uris.len() > 1 {
-            return Err(OAuthError::invalid_request("redirect_uri is required"));
-        }
-        app.grants
-            .redeem_code(CodeRedemption {
-                code,
-                client_id: &client.client_id,
-                redirect_uri: params.get("redirect_uri"),
-                code_verifier,
-                resource,
-                issue_refresh: client.allows_grant("refresh_token"),
-            })
-            .await
-            .map_err(grant_error)?
+        redeem_code(&app, &client, &params, resource).await?
     } else {
         let refresh_token = params
             .get("refresh_token")
@@ -156,6 +132,41 @@ async fn token_inner(
     };
     tracing::info!(client_id = %client.client_id, grant_type, "tokens issued");
     Ok(token_response(&issued))
+}
+
+/// The authorization_code grant: PKCE and redirect URI checked, the code
+/// redeemed once.
+async fn redeem_code(
+    app: &OAuthState,
+    client: &ClientRecord,
+    params: &Params,
+    resource: Option<String>,
+) -> Result<IssuedTokens, OAuthError> {
+    let code = params
+        .get("code")
+        .ok_or_else(|| OAuthError::invalid_request("code is required"))?;
+    let code_verifier = params
+        .get("code_verifier")
+        .ok_or_else(|| OAuthError::invalid_request("code_verifier is required (PKCE)"))?;
+    if !crate::crypto::is_valid_pkce_verifier(code_verifier) {
+        return Err(OAuthError::invalid_grant(
+            "code_verifier is not a valid PKCE verifier",
+        ));
+    }
+    if params.get("redirect_uri").is_none() && client.redirect_uris.len() > 1 {
+        return Err(OAuthError::invalid_request("redirect_uri is required"));
+    }
+    app.grants
+        .redeem_code(CodeRedemption {
+            code,
+            client_id: &client.client_id,
+            redirect_uri: params.get("redirect_uri"),
+            code_verifier,
+            resource,
+            issue_refresh: client.allows_grant("refresh_token"),
+        })
+        .await
+        .map_err(grant_error)
 }
 
 /// Renews the provider's tokens when they are about to expire or the

@@ -395,16 +395,27 @@ pub(crate) mod conformance {
     pub(crate) async fn assertions_are_single_use(store: SharedStore) {
         let records = Records::new(store);
         let ttl = Duration::from_secs(60);
-        assert!(records.first_use_of_assertion("https://idp", "j1", ttl).await.unwrap());
-        assert!(!records.first_use_of_assertion("https://idp", "j1", ttl).await.unwrap());
+        assert!(records
+            .first_use_of_assertion("https://idp", "j1", ttl)
+            .await
+            .unwrap());
+        assert!(!records
+            .first_use_of_assertion("https://idp", "j1", ttl)
+            .await
+            .unwrap());
         // The same jti from another issuer is another assertion.
-        assert!(records.first_use_of_assertion("https://other", "j1", ttl).await.unwrap());
+        assert!(records
+            .first_use_of_assertion("https://other", "j1", ttl)
+            .await
+            .unwrap());
         // Racing presentations of one assertion: one wins.
         let mut tasks = Vec::new();
         for _ in 0..8 {
             let r = records.clone();
             tasks.push(tokio::spawn(async move {
-                r.first_use_of_assertion("https://idp", "race", ttl).await.unwrap()
+                r.first_use_of_assertion("https://idp", "race", ttl)
+                    .await
+                    .unwrap()
             }));
         }
         let mut wins = 0;

@@ -72,7 +72,11 @@ impl KeySets {
     }
 
     /// The key that verifies an assertion of `issuer` with key id `kid`.
-    pub(crate) async fn key(&self, issuer: &TrustedIssuer, kid: Option<&str>) -> Result<Jwk, KeyError> {
+    pub(crate) async fn key(
+        &self,
+        issuer: &TrustedIssuer,
+        kid: Option<&str>,
+    ) -> Result<Jwk, KeyError> {
         let url = match &issuer.jwks_url {
             Some(url) => url.clone(),
             None => self.upstream_jwks_url(&issuer.issuer).await?,
@@ -82,10 +86,10 @@ impl KeySets {
             .get(&url)
             .filter(|s| s.fetched.elapsed() < self.cache_for)
             .map(|s| pick(&s.keys, kid));
-        match fresh {
-            Some(Ok(key)) => return Ok(key),
-            // A cached set that lacks the key: the issuer may have rotated.
-            Some(Err(_)) | None => {}
+        // A cached set that lacks the key is fetched again below: the
+        // issuer may have rotated.
+        if let Some(Ok(key)) = fresh {
+            return Ok(key);
         }
         if !self.may_fetch(&url).await {
             return match sets.get(&url) {
@@ -98,14 +102,23 @@ impl KeySets {
         let keys = self.fetch_set(&url).await?;
         tracing::info!(jwks_url = %url, keys = keys.len(), "fetched an ID-JAG issuer's keys");
         let found = pick(&keys, kid);
-        sets.insert(url, CachedSet { keys, fetched: Instant::now() });
+        sets.insert(
+            url,
+            CachedSet {
+                keys,
+                fetched: Instant::now(),
+            },
+        );
         found
     }
 
     /// Whether `url` may be fetched now (records the attempt if so).
     async fn may_fetch(&self, url: &str) -> bool {
         let mut attempts = self.attempts.lock().await;
-        if attempts.get(url).is_some_and(|at| at.elapsed() < self.min_refetch) {
+        if attempts
+            .get(url)
+            .is_some_and(|at| at.elapsed() < self.min_refetch)
+        {
             return false;
         }
         attempts.insert(url.to_string(), Instant::now());
@@ -119,7 +132,9 @@ impl KeySets {
         }
         let discovery = format!("{issuer}/.well-known/openid-configuration");
         if !self.may_fetch(&discovery).await {
-            return Err(KeyError::Unavailable("the provider's discovery failed moments ago".into()));
+            return Err(KeyError::Unavailable(
+                "the provider's discovery failed moments ago".into(),
+            ));
         }
         let document: serde_json::Value = serde_json::from_slice(&self.get(&discovery).await?)
             .map_err(|e| KeyError::Unavailable(format!("{discovery}: not JSON ({e})")))?;
@@ -166,11 +181,18 @@ impl KeySets {
         if !response.status().is_success() {
             return Err(unavailable(format!("answered {}", response.status())));
         }
-        if response.content_length().is_some_and(|n| n as usize > MAX_DOCUMENT_BYTES) {
+        if response
+            .content_length()
+            .is_some_and(|n| n as usize > MAX_DOCUMENT_BYTES)
+        {
             return Err(unavailable("larger than 256 KiB".into()));
         }
         let mut body = Vec::new();
-        while let Some(chunk) = response.chunk().await.map_err(|e| unavailable(e.to_string()))? {
+        while let Some(chunk) = response
+            .chunk()
+            .await
+            .map_err(|e| unavailable(e.to_string()))?
+        {
             if body.len() + chunk.len() > MAX_DOCUMENT_BYTES {
                 return Err(unavailable("larger than 256 KiB".into()));
             }
@@ -209,7 +231,9 @@ fn pick(keys: &[Jwk], kid: Option<&str>) -> Result<Jwk, KeyError> {
             let mut candidates = keys.iter().filter(signing);
             match (candidates.next(), candidates.next()) {
                 (Some(only), None) => Ok(only.clone()),
-                (None, _) => Err(KeyError::NoKey("the issuer publishes no signing key".into())),
+                (None, _) => Err(KeyError::NoKey(
+                    "the issuer publishes no signing key".into(),
+                )),
                 (Some(_), Some(_)) => Err(KeyError::NoKey(
                     "the assertion names no kid and the issuer publishes several keys".into(),
                 )),

@@ -33,7 +33,6 @@ use crate::store::{ClientRecord, GrantSecrets, PendingAuthorization};
 use crate::upstream::UpstreamError;
 use keys::{KeyError, KeySets};
 
-
 /// The grant profile the authorization server metadata advertises
 /// (draft §7.2, `authorization_grant_profiles_supported`).
 pub(crate) const ID_JAG_PROFILE: &str = "urn:ietf:params:oauth:grant-profile:id-jag";
@@ -57,7 +56,11 @@ impl IdJag {
             keys,
             issuers: settings.id_jag_issuers.clone(),
             // Validation admitted only names this parse knows.
-            algorithms: config.algorithms.iter().filter_map(|a| a.parse().ok()).collect(),
+            algorithms: config
+                .algorithms
+                .iter()
+                .filter_map(|a| a.parse().ok())
+                .collect(),
             skew: config.clock_skew.0.as_secs() as i64,
             max_lifetime: config.max_lifetime.0.as_secs() as i64,
         })
@@ -169,7 +172,9 @@ async fn verified_claims(
         })?;
     let claims = claims::verify(assertion, header.alg, &key)?;
     if claims::string_claim(&claims, "iss")? != issuer.issuer {
-        return Err(OAuthError::invalid_grant("the assertion's issuer is not trusted here"));
+        return Err(OAuthError::invalid_grant(
+            "the assertion's issuer is not trusted here",
+        ));
     }
     Ok((issuer.clone(), claims))
 }
@@ -183,19 +188,19 @@ fn choose_resource(
     requested: Option<&str>,
 ) -> Result<Option<String>, OAuthError> {
     let ours = |r: &str| {
-        validate_resource(&app.settings.public_url, &app.routes, r).map_err(OAuthError::invalid_target)
+        validate_resource(&app.settings.public_url, &app.routes, r)
+            .map_err(OAuthError::invalid_target)
     };
     let named = claims::resources(claims);
-    let chosen = match (requested, named.as_slice()) {
-        (None, []) => return Ok(None),
-        (None, [one]) => one.as_str(),
-        (None, _) => {
-            return Err(OAuthError::invalid_target(
+    let chosen =
+        match (requested, named.as_slice()) {
+            (None, []) => return Ok(None),
+            (None, [one]) => one.as_str(),
+            (None, _) => return Err(OAuthError::invalid_target(
                 "the assertion names several resources; ask for one with the resource parameter",
-            ))
-        }
-        (Some(asked), _) => asked,
-    };
+            )),
+            (Some(asked), _) => asked,
+        };
     let chosen = ours(chosen)?;
     if !named.is_empty()
         && !named
