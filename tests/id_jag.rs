@@ -675,3 +675,75 @@ async fn an_assertion_is_spent_on_every_replica_sharing_redis() {
         .count();
     assert_eq!(wins, 1, "{ra:?} {rb:?}");
 }
+
+// ---------------------------------------------------------------- clients CLI
+
+#[tokio::test]
+async fn the_clients_command_lists_configured_clients_and_will_not_delete_them() {
+    let dir = tempfile::tempdir().unwrap();
+    let opts = Options {
+        extra: id_jag_toml("https://idp2.example.com", None),
+        ..Default::default()
+    };
+    let config = dir.path().join("proxy.toml");
+    // The commands work on an existing store.
+    mcp_oauth_proxy::store::sqlite::SqliteStore::open(&dir.path().join("proxy.db")).unwrap();
+    std::fs::write(
+        &config,
+        config_toml(
+            free_port(),
+            "https://idp.example.com",
+            &dir.path().join("proxy.db"),
+            &opts,
+        ),
+    )
+    .unwrap();
+    let run = |args: &[&str]| {
+        Command::new(env!("CARGO_BIN_EXE_mcp-oauth-proxy"))
+            .args(&args[..2])
+            .arg("--config")
+            .arg(&config)
+            .args(&args[2..])
+            .env_remove("MCP_PROXY_CONFIG")
+            .output()
+            .unwrap()
+    };
+    let out = run(&["clients", "list", "--json"]);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let rows: Value = serde_json::from_slice(&out.stdout).unwrap();
+    let agent = rows
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|r| r["client_id"] == AGENT)
+        .unwrap();
+    assert_eq!(agent["source"], "configured");
+    assert_eq!(agent["client_name"], "Agent");
+    assert_eq!(agent["grant_types"], json!([JWT_BEARER]));
+    assert!(agent.get("client_secret_hash").is_none());
+    assert_eq!(rows.as_array().unwrap().len(), 3);
+    let table = String::from_utf8(run(&["clients", "list"]).stdout).unwrap();
+    assert!(table.contains("(configured)"), "{table}");
+    let out = run(&["clients", "delete", AGENT]);
+    assert!(!out.status.success());
+    assert!(String::from_utf8_lossy(&out.stderr).contains("[[clients]]"));
+    // A bad entry is refused at start, naming its key.
+    std::fs::write(
+        &config,
+        std::fs::read_to_string(&config)
+            .unwrap()
+            .replace(&sha256_hex(AGENT_SECRET), "not-a-hash"),
+    )
+    .unwrap();
+    let out = run(&["clients", "list"]);
+    assert!(!out.status.success());
+    assert!(
+        String::from_utf8_lossy(&out.stderr).contains("clients[0].secret_hash"),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+}
