@@ -747,3 +747,27 @@ async fn the_clients_command_lists_configured_clients_and_will_not_delete_them()
         String::from_utf8_lossy(&out.stderr)
     );
 }
+
+#[tokio::test]
+async fn a_configured_client_may_sign_people_in_through_the_browser() {
+    let s = setup().await;
+    let p = &s.proxy;
+    let client = Client {
+        client_id: BROWSER_ONLY.into(),
+        client_secret: Some(OTHER_SECRET.into()),
+        redirect_uri: "http://127.0.0.1:5555/cb".into(),
+    };
+    let tokens = p.tokens_for(&client, &[]).await;
+    let access = tokens["access_token"].as_str().unwrap();
+    assert_eq!(mcp(p, access).await, 200);
+    assert_eq!(s.downstream.last().headers["x-client"], BROWSER_ONLY);
+    // Allowed authorization_code only: no refresh token.
+    assert!(tokens.get("refresh_token").is_none(), "{tokens}");
+    // And it cannot present ID-JAGs.
+    let c = claims(p, &p.provider.issuer);
+    assert_refused(
+        present(p, (BROWSER_ONLY, OTHER_SECRET), &rs256(&c), &[]).await,
+        "unauthorized_client",
+        "jwt-bearer",
+    );
+}

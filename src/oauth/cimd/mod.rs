@@ -60,7 +60,8 @@ pub(crate) fn is_document_url(client_id: &str) -> bool {
     client_id.starts_with("https://") || client_id.starts_with("http://")
 }
 
-/// The client: from the store, or fetched from its document.
+/// The client: from `[[clients]]`, from the store, or fetched from its
+/// document.
 pub(crate) async fn find_client(
     app: &OAuthState,
     client_id: &str,
