@@ -43,7 +43,7 @@ pub(crate) struct KeySets {
     http: reqwest::Client,
     cache_for: Duration,
     min_refetch: Duration,
-    /// By JWK set URL. One lock: fetches are rare and bounded.
+    /// By JWK set URL; never held across a fetch.
     sets: Mutex<HashMap<String, CachedSet>>,
     /// The upstream provider's `jwks_uri`, once discovered.
     upstream_jwks: Mutex<Option<String>>,
@@ -81,28 +81,45 @@ impl KeySets {
             Some(url) => url.clone(),
             None => self.upstream_jwks_url(&issuer.issuer).await?,
         };
-        let mut sets = self.sets.lock().await;
-        let fresh = sets
+        let cached = self
+            .sets
+            .lock()
+            .await
             .get(&url)
-            .filter(|s| s.fetched.elapsed() < self.cache_for)
-            .map(|s| pick(&s.keys, kid));
-        // A cached set that lacks the key is fetched again below: the
-        // issuer may have rotated.
-        if let Some(Ok(key)) = fresh {
-            return Ok(key);
-        }
+            .map(|set| (set.fetched.elapsed() < self.cache_for, pick(&set.keys, kid)));
+        // A fresh set that has the key answers; one that lacks it is
+        // fetched again (the issuer may have rotated), boundedly.
+        let cached = match cached {
+            Some((true, Ok(key))) => return Ok(key),
+            Some((_, found)) => Some(found),
+            None => None,
+        };
         if !self.may_fetch(&url).await {
-            return match sets.get(&url) {
-                Some(set) => pick(&set.keys, kid),
-                None => Err(KeyError::Unavailable(
+            return cached.unwrap_or_else(|| {
+                Err(KeyError::Unavailable(
                     "fetched moments ago without success; try again shortly".into(),
-                )),
-            };
+                ))
+            });
         }
-        let keys = self.fetch_set(&url).await?;
+        // Fetched without holding the cache: a slow issuer delays only
+        // its own assertions.
+        let keys = match self.fetch_set(&url).await {
+            Ok(keys) => keys,
+            // An issuer that cannot be reached: the keys it published last
+            // still verify (its rotation waits until it answers again).
+            Err(e) => {
+                return match cached {
+                    Some(Ok(key)) => {
+                        tracing::warn!(jwks_url = %url, error = %e, "using an ID-JAG issuer's cached keys");
+                        Ok(key)
+                    }
+                    _ => Err(e),
+                }
+            }
+        };
         tracing::info!(jwks_url = %url, keys = keys.len(), "fetched an ID-JAG issuer's keys");
         let found = pick(&keys, kid);
-        sets.insert(
+        self.sets.lock().await.insert(
             url,
             CachedSet {
                 keys,
@@ -239,5 +256,45 @@ fn pick(keys: &[Jwk], kid: Option<&str>) -> Result<Jwk, KeyError> {
                 )),
             }
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use serde_json::json;
+
+    fn key(kid: &str, use_: &str) -> Jwk {
+        serde_json::from_value(json!({
+            "kty": "OKP", "crv": "Ed25519", "use": use_, "kid": kid,
+            "x": "CkqbRQkkEVcUKbFlaVgYfBw5rA41bPfF89kXluFaj4E",
+        }))
+        .unwrap()
+    }
+
+    #[test]
+    fn a_key_is_picked_by_kid_or_as_the_only_signing_key() {
+        let keys = [key("a", "sig"), key("b", "sig"), key("e", "enc")];
+        assert_eq!(
+            pick(&keys, Some("b")).unwrap().common.key_id.as_deref(),
+            Some("b")
+        );
+        assert!(matches!(pick(&keys, Some("e")), Err(KeyError::NoKey(_))));
+        assert!(matches!(pick(&keys, Some("z")), Err(KeyError::NoKey(_))));
+        assert!(matches!(pick(&keys, None), Err(KeyError::NoKey(_))));
+        let one = [key("a", "sig"), key("e", "enc")];
+        assert_eq!(
+            pick(&one, None).unwrap().common.key_id.as_deref(),
+            Some("a")
+        );
+    }
+
+    #[test]
+    fn keys_travel_over_https_or_to_loopback() {
+        assert!(check_url("https://idp.example.com/keys").is_ok());
+        assert!(check_url("http://127.0.0.1:8080/keys").is_ok());
+        assert!(check_url("http://localhost/keys").is_ok());
+        assert!(check_url("http://idp.example.com/keys").is_err());
+        assert!(check_url("file:///etc/keys").is_err());
     }
 }
