@@ -457,6 +457,7 @@ async fn administration_commands_list_and_revoke_for_real() {
             "last_used_at",
             "redirect_uris",
             "registered_at",
+            "source",
             "token_endpoint_auth_method"
         ]
     );

@@ -36,7 +36,11 @@ async fn authorization_server_metadata_is_complete() {
     assert_eq!(m["response_types_supported"], json!(["code"]));
     assert_eq!(
         m["grant_types_supported"],
-        json!(["authorization_code", "refresh_token"])
+        json!([
+            "authorization_code",
+            "refresh_token",
+            "urn:ietf:params:oauth:grant-type:jwt-bearer"
+        ])
     );
     assert_eq!(
         m["token_endpoint_auth_methods_supported"],

@@ -21,6 +21,9 @@ pub(crate) struct ClientRow {
     pub(crate) registered_at: Option<String>,
     pub(crate) last_used_at: Option<String>,
     pub(crate) grants: usize,
+    /// `configured` (`[[clients]]`), `document` (a client metadata
+    /// document) or `registered` (dynamic registration).
+    pub(crate) source: &'static str,
 }
 
 /// `clients delete --json`; the field names are the interface.
@@ -41,6 +44,7 @@ pub(crate) async fn list(admin: &Admin) -> Result<Report, CliError> {
             Err(e) => warnings.push(format!("client {key}: unreadable record skipped ({e})")),
         }
     }
+    clients.extend(admin.configured_clients.iter().cloned());
     clients.sort_by(|a, b| {
         b.client_id_issued_at
             .cmp(&a.client_id_issued_at)
@@ -54,8 +58,19 @@ pub(crate) async fn list(admin: &Admin) -> Result<Report, CliError> {
         .into_iter()
         .map(|c| ClientRow {
             grants: grant_counts.get(&c.client_id).copied().unwrap_or(0),
-            registered_at: iso8601(c.client_id_issued_at),
-            last_used_at: iso8601(c.last_used_at),
+            source: if c.is_configured() {
+                "configured"
+            } else if c.metadata.contains_key(crate::oauth::cimd::FROM_DOCUMENT) {
+                "document"
+            } else {
+                "registered"
+            },
+            registered_at: (!c.is_configured())
+                .then(|| iso8601(c.client_id_issued_at))
+                .flatten(),
+            last_used_at: (!c.is_configured())
+                .then(|| iso8601(c.last_used_at))
+                .flatten(),
             client_id: c.client_id,
             client_name: c.client_name,
             token_endpoint_auth_method: c.token_endpoint_auth_method,
@@ -81,7 +96,10 @@ pub(crate) async fn list(admin: &Admin) -> Result<Report, CliError> {
                 opt(r.client_name.as_deref()),
                 r.token_endpoint_auth_method.clone(),
                 r.grants.to_string(),
-                opt(r.registered_at.as_deref()),
+                match r.source {
+                    "configured" => "(configured)".to_string(),
+                    _ => opt(r.registered_at.as_deref()),
+                },
                 opt(r.last_used_at.as_deref()),
                 r.redirect_uris.join(" "),
             ]);
@@ -106,6 +124,12 @@ pub(crate) async fn delete(admin: &Admin, client_ids: &[String]) -> Result<Repor
     let mut not_found = Vec::new();
     let ids = dedup(client_ids.to_vec());
     for id in &ids {
+        if admin.configured_clients.iter().any(|c| &c.client_id == id) {
+            errors.push(format!(
+                "client {id}: registered in the configuration ([[clients]]); remove it there"
+            ));
+            continue;
+        }
         if admin.records.delete(Namespace::Client, id).await? {
             deleted.push(id.clone());
         } else {

@@ -165,6 +165,8 @@ pub struct ClientsDeleteArgs {
 pub(crate) struct Admin {
     pub(crate) records: Records,
     pub(crate) grants: Grants,
+    /// `[[clients]]`, which live in the configuration, not the store.
+    pub(crate) configured_clients: Vec<crate::store::ClientRecord>,
 }
 
 impl Admin {
@@ -177,7 +179,16 @@ impl Admin {
             Keys::new(settings.encryption_key),
             Lifetimes::from_settings(settings),
         );
-        Admin { records, grants }
+        let configured_clients = settings
+            .clients
+            .iter()
+            .map(crate::store::ClientRecord::configured)
+            .collect();
+        Admin {
+            records,
+            grants,
+            configured_clients,
+        }
     }
 }
 

@@ -10,6 +10,7 @@
 //! `Settings`.
 
 mod access;
+mod clients;
 mod downstream;
 mod duration;
 mod env;
@@ -34,6 +35,8 @@ use figment::Figment;
 use serde::{Deserialize, Serialize};
 
 pub(crate) use access::{AuthConfig, ConsentConfig, RegistrationConfig, TokensConfig};
+pub use clients::JWT_BEARER_GRANT;
+pub(crate) use clients::{ClientConfig, ConfiguredClient, IdJagConfig, TrustedIssuer};
 pub(crate) use downstream::{is_own_cookie, DownstreamConfig};
 pub(crate) use duration::DurationStr;
 use env::EnvProvider;
@@ -125,6 +128,12 @@ pub struct Config {
     /// `[[routes]]`: further MCP servers, each at its own path.
     #[serde(default)]
     pub(crate) routes: Vec<RouteConfig>,
+    /// `[[clients]]`: clients registered in the configuration.
+    #[serde(default)]
+    pub(crate) clients: Vec<ClientConfig>,
+    /// `[id_jag]`: the identity providers whose ID-JAGs are accepted.
+    #[serde(default)]
+    pub(crate) id_jag: IdJagConfig,
 }
 
 /// Settings derived and checked once at startup, in the form the code uses.
@@ -152,6 +161,10 @@ pub struct Settings {
     /// Cookies use the `__Host-` prefix and `Secure` unless the public URL is
     /// plain http on a non-loopback host, where browsers would drop them.
     pub(crate) secure_cookies: bool,
+    /// `[[clients]]`, checked, secrets reduced to hashes.
+    pub(crate) clients: Vec<ConfiguredClient>,
+    /// The issuers whose ID-JAGs are accepted (`[id_jag]`).
+    pub(crate) id_jag_issuers: Vec<TrustedIssuer>,
 }
 
 impl Settings {

@@ -22,7 +22,11 @@ impl Config {
         self.check_bounds_and_names()?;
         self.check_durations_and_rates()?;
         let secure_cookies = secure_cookies(&public_url)?;
+        let clients = super::clients::validate_clients(&self.clients)?;
+        let id_jag_issuers = self.id_jag.validate(&issuer_url)?;
         Ok(Settings {
+            clients,
+            id_jag_issuers,
             public_url,
             issuer_url,
             upstream_client_id,

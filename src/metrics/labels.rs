@@ -104,6 +104,7 @@ label_values!(
     GrantType {
         AuthorizationCode => "authorization_code",
         RefreshToken => "refresh_token",
+        JwtBearer => "urn:ietf:params:oauth:grant-type:jwt-bearer",
     }
 );
 

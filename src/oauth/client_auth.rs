@@ -83,6 +83,7 @@ pub(crate) async fn touch(app: &OAuthState, client: &ClientRecord) {
         || client
             .metadata
             .contains_key(crate::oauth::cimd::FROM_DOCUMENT)
+        || client.is_configured()
     {
         return;
     }

@@ -24,7 +24,10 @@ pub(crate) fn authorization_server_document(
         "revocation_endpoint": format!("{public_url}/revoke"),
         "response_types_supported": ["code"],
         "response_modes_supported": ["query"],
-        "grant_types_supported": ["authorization_code", "refresh_token"],
+        "grant_types_supported": ["authorization_code", "refresh_token", crate::config::JWT_BEARER_GRANT],
+        // draft-ietf-oauth-identity-assertion-authz-grant §7.2, MCP's
+        // enterprise-managed-authorization extension: ID-JAGs accepted.
+        "authorization_grant_profiles_supported": [crate::oauth::id_jag::ID_JAG_PROFILE],
         "token_endpoint_auth_methods_supported": ["none", "client_secret_post", "client_secret_basic"],
         "revocation_endpoint_auth_methods_supported": ["none", "client_secret_post", "client_secret_basic"],
         "code_challenge_methods_supported": ["S256"],

@@ -3,6 +3,7 @@
 pub(crate) mod authorize;
 pub(crate) mod cimd;
 pub(crate) mod client_auth;
+pub(crate) mod id_jag;
 pub(crate) mod metadata;
 pub(crate) mod pages;
 pub(crate) mod redirect_uri;

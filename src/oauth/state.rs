@@ -11,7 +11,9 @@ use crate::config::{RegistrationConfig, Settings};
 use crate::crypto::Keys;
 use crate::grants::Grants;
 use crate::metrics::Metrics;
+use crate::oauth::id_jag::IdJag;
 use crate::oauth::ProtectedRoute;
+use crate::store::ClientRecord;
 use crate::store::Records;
 use crate::upstream::Upstream;
 
@@ -36,6 +38,8 @@ pub(crate) struct OAuthInner {
     /// Counters of authorizations, consents, callbacks, tokens and
     /// registrations.
     pub(crate) metrics: Arc<Metrics>,
+    /// The jwt-bearer grant's trusted issuers and their keys.
+    pub(crate) id_jag: Arc<IdJag>,
 }
 
 /// The settings the OAuth handlers read, taken from `Settings` once.
@@ -52,6 +56,8 @@ pub(crate) struct OAuthSettings {
     pub(crate) registration: RegistrationConfig,
     /// `upstream.refresh_before`: how early the provider's tokens are renewed.
     pub(crate) refresh_before: Duration,
+    /// `[[clients]]`: the clients registered in the configuration.
+    pub(crate) clients: Arc<Vec<ClientRecord>>,
 }
 
 impl OAuthSettings {
@@ -63,6 +69,13 @@ impl OAuthSettings {
             consent_remember: settings.config.consent.remember.0,
             registration: settings.config.registration.clone(),
             refresh_before: settings.config.upstream.refresh_before.0,
+            clients: Arc::new(
+                settings
+                    .clients
+                    .iter()
+                    .map(ClientRecord::configured)
+                    .collect(),
+            ),
         }
     }
 }
@@ -71,6 +84,17 @@ impl OAuthState {
     /// Wraps the handlers' parts for sharing across requests.
     pub(crate) fn new(inner: OAuthInner) -> Self {
         OAuthState(Arc::new(inner))
+    }
+}
+
+impl OAuthInner {
+    /// The client `[[clients]]` registers under `client_id`.
+    pub(crate) fn configured_client(&self, client_id: &str) -> Option<ClientRecord> {
+        self.settings
+            .clients
+            .iter()
+            .find(|c| c.client_id == client_id)
+            .cloned()
     }
 }
 

@@ -1,4 +1,5 @@
-//! `/token` (authorization_code and refresh_token grants) and `/revoke`
+//! `/token` (authorization_code, refresh_token and — in `id_jag/` — the
+//! jwt-bearer grant) and `/revoke`
 //! (RFC 7009). Responses are never cached.
 
 use axum::body::Bytes;
@@ -14,7 +15,7 @@ use crate::metrics::labels::{oauth_result, GrantType};
 use crate::now_unix;
 use crate::oauth::{client_auth, validate_resource, OAuthState, Params};
 use crate::policy::login::{Login, LoginRefused};
-use crate::store::GrantSecrets;
+use crate::store::{ClientRecord, GrantSecrets};
 use crate::upstream::RefreshError;
 
 /// The largest token or revocation request body accepted.
@@ -44,7 +45,8 @@ fn form(headers: &HeaderMap, body: &Bytes) -> Result<Params, OAuthError> {
     Ok(params)
 }
 
-fn grant_error(e: GrantError) -> OAuthError {
+/// The OAuth error a grant operation's failure is.
+pub(crate) fn grant_error(e: GrantError) -> OAuthError {
     match e {
         GrantError::Invalid(m) => OAuthError::invalid_grant(m),
         GrantError::Replay(m) => {
@@ -83,7 +85,8 @@ async fn token_inner(
         .get("grant_type")
         .ok_or_else(|| OAuthError::invalid_request("grant_type is required"))?
         .to_string();
-    if grant_type != "authorization_code" && grant_type != "refresh_token" {
+    let jwt_bearer = grant_type == crate::config::JWT_BEARER_GRANT;
+    if grant_type != "authorization_code" && grant_type != "refresh_token" && !jwt_bearer {
         return Err(OAuthError::unsupported_grant_type(format!(
             "grant_type `{grant_type}` is not supported"
         )));
@@ -94,37 +97,17 @@ async fn token_inner(
             "this client did not register the {grant_type} grant"
         )));
     }
+    if jwt_bearer {
+        let issued = crate::oauth::id_jag::exchange(&app, &client, &params).await?;
+        return Ok(token_response(&issued));
+    }
     let resource = params
         .get("resource")
         .map(|r| validate_resource(&app.settings.public_url, &app.routes, r))
         .transpose()
         .map_err(OAuthError::invalid_target)?;
     let issued = if grant_type == "authorization_code" {
-        let code = params
-            .get("code")
-            .ok_or_else(|| OAuthError::invalid_request("code is required"))?;
-        let code_verifier = params
-            .get("code_verifier")
-            .ok_or_else(|| OAuthError::invalid_request("code_verifier is required (PKCE)"))?;
-        if !crate::crypto::is_valid_pkce_verifier(code_verifier) {
-            return Err(OAuthError::invalid_grant(
-                "code_verifier is not a valid PKCE verifier",
-            ));
-        }
-        if params.get("redirect_uri").is_none() && client.redirect_uris.len() > 1 {
-            return Err(OAuthError::invalid_request("redirect_uri is required"));
-        }
-        app.grants
-            .redeem_code(CodeRedemption {
-                code,
-                client_id: &client.client_id,
-                redirect_uri: params.get("redirect_uri"),
-                code_verifier,
-                resource,
-                issue_refresh: client.allows_grant("refresh_token"),
-            })
-            .await
-            .map_err(grant_error)?
+        redeem_code(&app, &client, &params, resource).await?
     } else {
         let refresh_token = params
             .get("refresh_token")
@@ -149,6 +132,41 @@ async fn token_inner(
     };
     tracing::info!(client_id = %client.client_id, grant_type, "tokens issued");
     Ok(token_response(&issued))
+}
+
+/// The authorization_code grant: PKCE and redirect URI checked, the code
+/// redeemed once.
+async fn redeem_code(
+    app: &OAuthState,
+    client: &ClientRecord,
+    params: &Params,
+    resource: Option<String>,
+) -> Result<IssuedTokens, OAuthError> {
+    let code = params
+        .get("code")
+        .ok_or_else(|| OAuthError::invalid_request("code is required"))?;
+    let code_verifier = params
+        .get("code_verifier")
+        .ok_or_else(|| OAuthError::invalid_request("code_verifier is required (PKCE)"))?;
+    if !crate::crypto::is_valid_pkce_verifier(code_verifier) {
+        return Err(OAuthError::invalid_grant(
+            "code_verifier is not a valid PKCE verifier",
+        ));
+    }
+    if params.get("redirect_uri").is_none() && client.redirect_uris.len() > 1 {
+        return Err(OAuthError::invalid_request("redirect_uri is required"));
+    }
+    app.grants
+        .redeem_code(CodeRedemption {
+            code,
+            client_id: &client.client_id,
+            redirect_uri: params.get("redirect_uri"),
+            code_verifier,
+            resource,
+            issue_refresh: client.allows_grant("refresh_token"),
+        })
+        .await
+        .map_err(grant_error)
 }
 
 /// Renews the provider's tokens when they are about to expire or the

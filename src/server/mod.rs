@@ -167,6 +167,7 @@ impl AppState {
                 })
                 .collect(),
             metrics: metrics.clone(),
+            id_jag: Arc::new(crate::oauth::id_jag::IdJag::from_settings(&settings)?),
         });
         Ok(AppState(Arc::new(AppInner {
             settings,

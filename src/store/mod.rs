@@ -40,6 +40,9 @@ pub enum Namespace {
     RefreshToken,
     /// Which user a downstream MCP session belongs to.
     McpSession,
+    /// Assertions already presented (ID-JAG `jti`s), by a hash of issuer
+    /// and `jti`, kept until the assertion expires: each is used once.
+    Assertion,
 }
 
 impl Namespace {
@@ -53,6 +56,7 @@ impl Namespace {
             Namespace::AccessToken => "access",
             Namespace::RefreshToken => "refresh",
             Namespace::McpSession => "mcp_session",
+            Namespace::Assertion => "assertion",
         }
     }
 }
@@ -386,6 +390,39 @@ pub(crate) mod conformance {
             winners += t.await.unwrap() as usize;
         }
         assert_eq!(winners, 1);
+    }
+
+    pub(crate) async fn assertions_are_single_use(store: SharedStore) {
+        let records = Records::new(store);
+        let ttl = Duration::from_secs(60);
+        assert!(records
+            .first_use_of_assertion("https://idp", "j1", ttl)
+            .await
+            .unwrap());
+        assert!(!records
+            .first_use_of_assertion("https://idp", "j1", ttl)
+            .await
+            .unwrap());
+        // The same jti from another issuer is another assertion.
+        assert!(records
+            .first_use_of_assertion("https://other", "j1", ttl)
+            .await
+            .unwrap());
+        // Racing presentations of one assertion: one wins.
+        let mut tasks = Vec::new();
+        for _ in 0..8 {
+            let r = records.clone();
+            tasks.push(tokio::spawn(async move {
+                r.first_use_of_assertion("https://idp", "race", ttl)
+                    .await
+                    .unwrap()
+            }));
+        }
+        let mut wins = 0;
+        for t in tasks {
+            wins += usize::from(t.await.unwrap());
+        }
+        assert_eq!(wins, 1);
     }
 
     pub(crate) async fn list_returns_live_records(store: &dyn Store) {

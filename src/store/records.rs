@@ -49,11 +49,39 @@ impl ClientRecord {
         self.grant_types.iter().any(|g| g == grant_type)
     }
 
+    /// The record of a `[[clients]]` entry (never stored: the
+    /// configuration is its home). Marked [`CONFIGURED`] in `metadata`.
+    pub(crate) fn configured(c: &crate::config::ConfiguredClient) -> Self {
+        let mut metadata = Map::new();
+        metadata.insert(CONFIGURED.into(), Value::Bool(true));
+        ClientRecord {
+            client_id: c.id.clone(),
+            client_secret_hash: Some(c.secret_hash.clone()),
+            redirect_uris: c.redirect_uris.clone(),
+            token_endpoint_auth_method: "client_secret_basic".into(),
+            grant_types: c.grant_types.clone(),
+            response_types: vec!["code".into()],
+            client_name: c.name.clone(),
+            metadata,
+            client_id_issued_at: 0,
+            last_used_at: i64::MAX,
+        }
+    }
+
+    /// Whether the client comes from `[[clients]]` rather than a
+    /// registration.
+    pub(crate) fn is_configured(&self) -> bool {
+        self.metadata.get(CONFIGURED) == Some(&Value::Bool(true))
+    }
+
     /// What people see on the consent page.
     pub(crate) fn display_name(&self) -> &str {
         self.client_name.as_deref().unwrap_or(&self.client_id)
     }
 }
+
+/// The `metadata` key that marks a client from `[[clients]]`.
+pub(crate) const CONFIGURED: &str = "configured_client";
 
 /// An authorization request between `/authorize` and `/callback`.
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
@@ -309,6 +337,21 @@ impl Records {
     ) -> StoreResult<bool> {
         self.store
             .compare_and_swap(ns, key, expected, Some(&encode(new)?), ttl)
+            .await
+    }
+
+    /// Records that the assertion `jti` of `issuer` was presented, until
+    /// `ttl` (its expiry) passes; true the first time only, across every
+    /// replica sharing the store.
+    pub(crate) async fn first_use_of_assertion(
+        &self,
+        issuer: &str,
+        jti: &str,
+        ttl: Duration,
+    ) -> StoreResult<bool> {
+        let key = crate::crypto::token_hash(&format!("{issuer}\n{jti}"));
+        self.store
+            .insert_new(Namespace::Assertion, &key, b"1", ttl)
             .await
     }
 

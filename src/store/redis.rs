@@ -231,6 +231,11 @@ mod tests {
         conformance::racing_swaps_have_one_winner(Arc::new(open()) as SharedStore).await;
     }
 
+    #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+    async fn assertions_are_single_use() {
+        conformance::assertions_are_single_use(Arc::new(open()) as SharedStore).await;
+    }
+
     #[tokio::test]
     async fn list_returns_live_records() {
         conformance::list_returns_live_records(&open()).await;

@@ -272,6 +272,12 @@ mod tests {
         conformance::racing_swaps_have_one_winner(Arc::new(s) as SharedStore).await;
     }
 
+    #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+    async fn assertions_are_single_use() {
+        let (_d, s) = open_temp();
+        conformance::assertions_are_single_use(Arc::new(s) as SharedStore).await;
+    }
+
     #[tokio::test]
     async fn list_returns_live_records() {
         let (_d, s) = open_temp();

@@ -31,12 +31,27 @@
 //                                         (a later refresh gets invalid_grant)
 //   POST /__admin/ttl?access=S&id_token=S&refresh=S   change lifetimes for new tokens
 //   POST /__admin/events/clear
+//
+// ID-JAGs (Enterprise-Managed Authorization, SEP-990): with `idJagClients`
+// (`startProvider({ idJagClients: [{ clientId, clientSecret, redirectUris }] })`)
+// those clients may sign people in and then trade the id_token for an
+// Identity Assertion JWT Authorization Grant by RFC 8693 token exchange:
+//   POST /token grant_type=urn:ietf:params:oauth:grant-type:token-exchange
+//     requested_token_type=urn:ietf:params:oauth:token-type:id-jag
+//     subject_token=<id_token> subject_token_type=urn:ietf:params:oauth:token-type:id_token
+//     audience=<the MCP authorization server's issuer> resource=<the MCP server> [scope]
+//   -> { access_token: <ID-JAG>, issued_token_type: ...:id-jag, token_type: "N_A", expires_in }
+// The ID-JAG (typ oauth-id-jag+jwt, RS256 with the provider's key) carries
+// iss, sub, aud, client_id (the same id at the MCP server), jti, iat, exp,
+// resource, scope and the person's email, name and groups. A disabled
+// person gets invalid_grant. `p.mintIdJag(claims, { header })` signs
+// arbitrary ones (tests' negative cases).
 
 import http from 'node:http';
 import crypto from 'node:crypto';
 import { parseArgs } from 'node:util';
 import { pathToFileURL } from 'node:url';
-import Provider from 'oidc-provider';
+import Provider, { errors } from 'oidc-provider';
 
 /** The people who can log in. Passwords are `<name>-password`. */
 export const USERS = {
@@ -75,6 +90,10 @@ export const USERS = {
 
 // The one API resource JWT access tokens are for (`jwtAccessTokenBytes`).
 export const UPSTREAM_API = 'urn:mcp-oauth-proxy:e2e-api';
+
+export const TOKEN_EXCHANGE = 'urn:ietf:params:oauth:grant-type:token-exchange';
+export const ID_JAG_TOKEN_TYPE = 'urn:ietf:params:oauth:token-type:id-jag';
+const ID_TOKEN_TYPE = 'urn:ietf:params:oauth:token-type:id_token';
 
 export const DEFAULT_CLIENT = {
   clientId: 'mcp-oauth-proxy',
@@ -204,8 +223,28 @@ export async function startProvider(opts = {}) {
   const { privateKey } = crypto.generateKeyPairSync('rsa', { modulusLength: 2048 });
   const signingKey = { ...privateKey.export({ format: 'jwk' }), kid: 'e2e-rs256', alg: 'RS256', use: 'sig' };
 
+  const idJagClients = opts.idJagClients ?? [];
+  const idJagTtl = intOr(opts.idJagTtl, 300);
+  /** Signs `claims` as an ID-JAG with the provider's key (header overridable). */
+  const mintIdJag = (claims, { header = {} } = {}) => {
+    const h = { alg: 'RS256', typ: 'oauth-id-jag+jwt', kid: signingKey.kid, ...header };
+    const input = `${Buffer.from(JSON.stringify(h)).toString('base64url')}.${Buffer.from(JSON.stringify(claims)).toString('base64url')}`;
+    const signature = crypto.sign('sha256', Buffer.from(input), privateKey).toString('base64url');
+    return `${input}.${signature}`;
+  };
+
   const configuration = {
     clients: [
+      ...idJagClients.map((c) => ({
+        client_id: c.clientId,
+        client_secret: c.clientSecret,
+        client_name: `${c.clientId} (ID-JAG agent)`,
+        redirect_uris: c.redirectUris,
+        response_types: ['code'],
+        grant_types: ['authorization_code', TOKEN_EXCHANGE],
+        token_endpoint_auth_method: 'client_secret_basic',
+        id_token_signed_response_alg: 'RS256',
+      })),
       {
         client_id: clientId,
         client_secret: clientSecret,
@@ -318,6 +357,56 @@ export async function startProvider(opts = {}) {
   };
 
   const provider = new Provider(issuer, configuration);
+  // RFC 8693 token exchange: an id_token of this provider for an ID-JAG
+  // (draft-ietf-oauth-identity-assertion-authz-grant §4.3).
+  provider.registerGrantType(
+    TOKEN_EXCHANGE,
+    async (ctx) => {
+      const { params, client } = ctx.oidc;
+      if (params.requested_token_type !== ID_JAG_TOKEN_TYPE) {
+        throw new errors.InvalidRequest(`requested_token_type must be ${ID_JAG_TOKEN_TYPE}`);
+      }
+      if (params.subject_token_type !== ID_TOKEN_TYPE) {
+        throw new errors.InvalidRequest(`subject_token_type must be ${ID_TOKEN_TYPE}`);
+      }
+      if (!params.audience) throw new errors.InvalidRequest('audience (the authorization server) is required');
+      let payload;
+      try {
+        ({ payload } = await provider.IdToken.validate(params.subject_token, client));
+      } catch (e) {
+        throw new errors.InvalidGrant(`subject_token is not this client's id_token: ${e.message}`);
+      }
+      if (payload.exp * 1000 < Date.now()) throw new errors.InvalidGrant('subject_token has expired');
+      const user = Object.hasOwn(USERS, payload.sub) ? USERS[payload.sub] : undefined;
+      if (!user || disabled.has(payload.sub)) throw new errors.InvalidGrant('this person may not use that application');
+      const now = Math.floor(Date.now() / 1000);
+      const claims = {
+        iss: issuer,
+        sub: user.sub,
+        aud: params.audience,
+        client_id: client.clientId,
+        jti: crypto.randomUUID(),
+        iat: now,
+        exp: now + idJagTtl,
+        ...(params.resource ? { resource: params.resource } : {}),
+        ...(params.scope ? { scope: params.scope } : {}),
+        auth_time: payload.auth_time,
+        email: user.email,
+        email_verified: user.email_verified,
+        name: user.name,
+        groups: [...user.groups],
+      };
+      events.push({ at: new Date().toISOString(), grant_type: TOKEN_EXCHANGE, client_id: client.clientId, account: user.sub, audience: params.audience, resource: params.resource });
+      ctx.body = {
+        access_token: mintIdJag(claims),
+        issued_token_type: ID_JAG_TOKEN_TYPE,
+        token_type: 'N_A',
+        expires_in: idJagTtl,
+        ...(params.scope ? { scope: params.scope } : {}),
+      };
+    },
+    ['subject_token', 'subject_token_type', 'requested_token_type', 'audience', 'resource', 'scope'],
+  );
   provider.on('server_error', (_ctx, err) => log('server_error', err));
   provider.on('grant.success', (ctx) => {
     events.push({
@@ -524,6 +613,8 @@ export async function startProvider(opts = {}) {
     users: USERS,
     ttl,
     events,
+    mintIdJag,
+    signingKid: signingKey.kid,
     admin: {
       disable: (name) => adminFetch(`/__admin/users/${encodeURIComponent(name)}/disable`),
       enable: (name) => adminFetch(`/__admin/users/${encodeURIComponent(name)}/enable`),

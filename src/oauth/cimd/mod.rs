@@ -60,11 +60,15 @@ pub(crate) fn is_document_url(client_id: &str) -> bool {
     client_id.starts_with("https://") || client_id.starts_with("http://")
 }
 
-/// The client: from the store, or fetched from its document.
+/// The client: from `[[clients]]`, from the store, or fetched from its
+/// document.
 pub(crate) async fn find_client(
     app: &OAuthState,
     client_id: &str,
 ) -> Result<Option<ClientRecord>, CimdError> {
+    if let Some(client) = app.configured_client(client_id) {
+        return Ok(Some(client));
+    }
     if let Some(client) = app
         .records
         .get::<ClientRecord>(Namespace::Client, client_id)
