@@ -113,12 +113,15 @@ fn headers_from(
     Ok(headers)
 }
 
-/// The token a reference stands for; `None` when the provider gave none.
+/// The token a reference stands for; `None` when the provider gave none
+/// (a session signed in with an ID-JAG has no provider token: the header is
+/// left out rather than sent empty).
 fn secret_text(secret: UpstreamSecret, tokens: &UpstreamTokens) -> Option<String> {
+    let access = Some(tokens.access_token.as_str()).filter(|t| !t.is_empty());
     match secret {
-        UpstreamSecret::AccessToken => Some(tokens.access_token.clone()),
-        UpstreamSecret::Bearer => Some(format!("Bearer {}", tokens.access_token)),
-        UpstreamSecret::IdToken => tokens.id_token.clone(),
+        UpstreamSecret::AccessToken => access.map(str::to_string),
+        UpstreamSecret::Bearer => access.map(|t| format!("Bearer {t}")),
+        UpstreamSecret::IdToken => tokens.id_token.clone().filter(|t| !t.is_empty()),
     }
 }
 

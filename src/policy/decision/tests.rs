@@ -24,6 +24,26 @@ fn default_policy_reproduces_the_original_headers() {
     assert_eq!(get("authorization").as_deref(), Some("Bearer up-at"));
 }
 
+#[test]
+fn a_session_without_provider_tokens_sends_no_credential_header() {
+    let none = UpstreamTokens::default();
+    for secret in [
+        UpstreamSecret::Bearer,
+        UpstreamSecret::AccessToken,
+        UpstreamSecret::IdToken,
+    ] {
+        assert_eq!(secret_text(secret, &none), None);
+    }
+    let tokens = UpstreamTokens {
+        access_token: "up-at".into(),
+        ..Default::default()
+    };
+    assert_eq!(
+        secret_text(UpstreamSecret::Bearer, &tokens).as_deref(),
+        Some("Bearer up-at")
+    );
+}
+
 fn user_with(name: &str, groups: &[&str]) -> Dynamic {
     let mut m = user().cast::<Map>();
     m.insert("name".into(), name.into());
