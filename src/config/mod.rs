@@ -10,6 +10,7 @@
 //! `Settings`.
 
 mod access;
+mod assertion;
 mod downstream;
 mod duration;
 mod env;
@@ -34,6 +35,7 @@ use figment::Figment;
 use serde::{Deserialize, Serialize};
 
 pub(crate) use access::{AuthConfig, ConsentConfig, RegistrationConfig, TokensConfig};
+pub use assertion::IdentityAssertionConfig;
 pub(crate) use downstream::{is_own_cookie, DownstreamConfig};
 pub(crate) use duration::DurationStr;
 use env::EnvProvider;
@@ -125,6 +127,9 @@ pub struct Config {
     /// `[[routes]]`: further MCP servers, each at its own path.
     #[serde(default)]
     pub(crate) routes: Vec<RouteConfig>,
+    /// `[identity_assertion]`: the signed identity sent downstream.
+    #[serde(default)]
+    pub identity_assertion: IdentityAssertionConfig,
 }
 
 /// Settings derived and checked once at startup, in the form the code uses.

@@ -40,6 +40,9 @@ pub enum Namespace {
     RefreshToken,
     /// Which user a downstream MCP session belongs to.
     McpSession,
+    /// The identity assertion's signing keys (`SigningKeyRecord`, private
+    /// part sealed), by generation.
+    SigningKey,
 }
 
 impl Namespace {
@@ -53,6 +56,7 @@ impl Namespace {
             Namespace::AccessToken => "access",
             Namespace::RefreshToken => "refresh",
             Namespace::McpSession => "mcp_session",
+            Namespace::SigningKey => "signing_key",
         }
     }
 }
