@@ -34,8 +34,8 @@ pub(crate) struct SigningKeyRecord {
     pub(crate) generation: i64,
     /// The Ed25519 public key, base64url.
     pub(crate) public: String,
-    /// The 32-byte seed, sealed (label: generation and kid).
-    pub(crate) sealed: Vec<u8>,
+    /// The 32-byte seed, sealed (label: generation and kid), base64url.
+    pub(crate) sealed: String,
 }
 
 /// One key, parsed once: what signing needs.
@@ -184,7 +184,8 @@ impl KeyRing {
         let signing = SigningKey::from_bytes(&seed);
         let kid = crypto::random_id();
         let record = SigningKeyRecord {
-            sealed: self.keys.seal_signing_key(&label(generation, &kid), &seed),
+            sealed: URL_SAFE_NO_PAD
+                .encode(self.keys.seal_signing_key(&label(generation, &kid), &seed)),
             public: URL_SAFE_NO_PAD.encode(signing.verifying_key().to_bytes()),
             kid: kid.clone(),
             generation,
@@ -233,9 +234,12 @@ impl KeyRing {
                 record.kid, record.generation
             ))
         };
+        let sealed = URL_SAFE_NO_PAD
+            .decode(&record.sealed)
+            .map_err(|_| unreadable("is not base64url"))?;
         let seed = self
             .keys
-            .open_signing_key(&label(record.generation, &record.kid), &record.sealed)
+            .open_signing_key(&label(record.generation, &record.kid), &sealed)
             .map_err(|_| unreadable("does not open"))?;
         let seed: [u8; 32] = seed.try_into().map_err(|_| unreadable("is not 32 bytes"))?;
         let signing = SigningKey::from_bytes(&seed);

@@ -144,7 +144,10 @@ impl PolicyEngine {
                     .collect();
                 Arc::new(move |name: &str| {
                     let n = normalise_header(name);
-                    n == "authorization" || n.starts_with("x-user-") || names.contains(&n)
+                    n == "authorization"
+                        || n == header_rules::IDENTITY_ASSERTION_HEADER
+                        || n.starts_with("x-user-")
+                        || names.contains(&n)
                 })
             })
             .clone()
