@@ -51,7 +51,8 @@ pub(crate) fn placeholder() -> HeaderValue {
     PLACEHOLDER.clone()
 }
 
-fn is_placeholder(value: &HeaderValue) -> bool {
+/// Whether a header value is the placeholder (an assertion to sign).
+pub(crate) fn is_placeholder(value: &HeaderValue) -> bool {
     value.len() == PLACEHOLDER.len() && value.as_bytes() == PLACEHOLDER.as_bytes()
 }
 

@@ -286,27 +286,7 @@ pub(crate) async fn start_with_hooks(
         addr: listen,
         source,
     })?;
-    crate::store::spawn_purge(
-        app.records.store.clone(),
-        app.settings.config.store.purge_interval.0,
-    );
-    for route in &app.routes {
-        route
-            .policy
-            .spawn_watcher(route.settings.policy.watch_interval.0);
-    }
-    reload_policies_on_hangup(&app);
-    // The signing keys: created by the first replica to start, rotated on
-    // schedule.
-    app.assertions.spawn_rotation();
-    // Discover the provider now so the first login does not wait for it; a
-    // failure is retried on first use.
-    let early = app.clone();
-    tokio::spawn(async move {
-        if let Err(e) = early.upstream.client().await {
-            tracing::warn!(error = %e, "OpenID provider discovery failed; it is retried at the first login");
-        }
-    });
+    spawn_background(&app);
     let (shutdown, signal) = watch::channel(false);
     let admin_addr = match &app.settings.config.server.admin_listen {
         Some(admin) => {
@@ -352,6 +332,33 @@ pub(crate) async fn start_with_hooks(
         shutdown,
         task,
     })
+}
+
+/// The background work of a running server: purging expired records,
+/// watching the policy files, SIGHUP, the signing keys, discovering the
+/// provider.
+fn spawn_background(app: &AppState) {
+    crate::store::spawn_purge(
+        app.records.store.clone(),
+        app.settings.config.store.purge_interval.0,
+    );
+    for route in &app.routes {
+        route
+            .policy
+            .spawn_watcher(route.settings.policy.watch_interval.0);
+    }
+    reload_policies_on_hangup(app);
+    // The signing keys: created by the first replica to start, rotated on
+    // schedule.
+    app.assertions.spawn_rotation();
+    // Discover the provider now so the first login does not wait for it; a
+    // failure is retried on first use.
+    let early = app.clone();
+    tokio::spawn(async move {
+        if let Err(e) = early.upstream.client().await {
+            tracing::warn!(error = %e, "OpenID provider discovery failed; it is retried at the first login");
+        }
+    });
 }
 
 /// SIGHUP reloads every route's policy file. The handler is installed
