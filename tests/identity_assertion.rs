@@ -400,13 +400,15 @@ impl RedisServer {
             .stderr(Stdio::null())
             .spawn()
             .expect("redis-server runs");
+        // Built first, so a failed start still stops (and waits for) it.
+        let server = RedisServer {
+            child,
+            port,
+            _dir: dir,
+        };
         for _ in 0..100 {
             if std::net::TcpStream::connect(("127.0.0.1", port)).is_ok() {
-                return RedisServer {
-                    child,
-                    port,
-                    _dir: dir,
-                };
+                return server;
             }
             std::thread::sleep(Duration::from_millis(50));
         }
