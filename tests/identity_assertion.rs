@@ -259,7 +259,10 @@ async fn keys_rotate_on_schedule_and_the_previous_key_stays_published_until_its_
     let first = assertion_of(&s.main);
     let (before, _) = jwks(&s.proxy).await;
     let old_kid = kid_of(&first);
-    let next_kid = kids(&before).into_iter().find(|k| *k != old_kid).unwrap();
+    // Published in order: previous (while its assertions live), current, next.
+    let published = kids(&before);
+    let at = published.iter().position(|k| *k == old_kid).unwrap();
+    let next_kid = published[at + 1].clone();
     // Call until the key changes (a generation lasts 3 s).
     let started = Instant::now();
     let (last_old, rotated) = loop {
