@@ -6,6 +6,11 @@
 //! once. `jsonwebtoken::encode` with the same key and claims is measured
 //! beside it: it parses its PKCS#8 key on every call, which is why the
 //! proxy keeps an expanded `ed25519_dalek::SigningKey` instead.
+//!
+//! Measured on the 2-core development machine (shared, so noisy): `sign`
+//! 27 µs median, of which the Ed25519 signature alone is 23 µs;
+//! `jsonwebtoken::encode` 50 µs. A request whose policy does not ask pays
+//! one comparison per policy header and no signature.
 
 use std::hint::black_box;
 use std::sync::Arc;
@@ -49,6 +54,17 @@ fn bench(c: &mut Criterion) {
                 .block_on(signer.sign(black_box(&who), audience, Some("AbCdEf-12345")))
                 .unwrap()
         })
+    });
+
+    // The signature alone, over a message of the same length: the floor.
+    let jwt = runtime
+        .block_on(signer.sign(&who, audience, Some("AbCdEf-12345")))
+        .unwrap();
+    let message = jwt.rsplit_once('.').unwrap().0.to_string();
+    let key = ed25519_dalek::SigningKey::from_bytes(&[5; 32]);
+    c.bench_function("identity assertion: the Ed25519 signature alone", |b| {
+        use ed25519_dalek::Signer;
+        b.iter(|| key.sign(black_box(message.as_bytes())))
     });
 
     // The same claims through jsonwebtoken::encode, which parses the key
