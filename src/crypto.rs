@@ -83,6 +83,7 @@ pub(crate) struct Keys {
     cookie: [u8; 32],
     csrf: [u8; 32],
     pending: [u8; 32],
+    signing_keys: [u8; 32],
 }
 
 impl std::fmt::Debug for Keys {
@@ -97,6 +98,7 @@ impl Keys {
             cookie: derive(&master, b"cookie-signing"),
             csrf: derive(&master, b"consent-csrf"),
             pending: derive(&master, b"pending-authorization"),
+            signing_keys: derive(&master, b"identity-assertion-keys"),
             master,
         }
     }
@@ -142,6 +144,21 @@ impl Keys {
 
     pub(crate) fn open_pending(&self, id_hash: &str, sealed: &[u8]) -> Result<Vec<u8>, OpenError> {
         open(&self.pending, id_hash.as_bytes(), sealed)
+    }
+
+    /// Seals an identity-assertion signing key for the store; `label`
+    /// names the key (its generation and id), so a sealed key cannot be
+    /// passed off as another.
+    pub(crate) fn seal_signing_key(&self, label: &str, private: &[u8]) -> Vec<u8> {
+        seal(&self.signing_keys, label.as_bytes(), private)
+    }
+
+    pub(crate) fn open_signing_key(
+        &self,
+        label: &str,
+        sealed: &[u8],
+    ) -> Result<Vec<u8>, OpenError> {
+        open(&self.signing_keys, label.as_bytes(), sealed)
     }
 
     /// Wraps a grant key for one token: only someone holding both the token

@@ -8,6 +8,7 @@
 #![forbid(unsafe_code)]
 #![warn(unreachable_pub, missing_docs)]
 
+pub mod assertion;
 pub(crate) mod auth;
 pub mod bench_support;
 pub mod checkpoint;

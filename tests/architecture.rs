@@ -24,6 +24,7 @@ const FLOORS: &[(&str, u8)] = &[
     ("store", 3),
     ("grants", 4),
     ("upstream", 4),
+    ("assertion", 4),
     // Policy: the operator's script, below the behaviours that consult it.
     ("policy", 5),
     // The behaviours; none imports another.

@@ -95,6 +95,28 @@ export function identityFromHeaders(headers) {
   };
 }
 
+/**
+ * A verifier of the proxy's signed identity assertion (`identity_assertion()`
+ * in its policy), against the proxy's JWKS with `jose`: signature by a
+ * published key, `iss` (when given), `aud`, `exp`. Resolves to the verified
+ * claims; rejects (with jose's `code`) when the assertion is missing or
+ * does not verify.
+ *
+ * @param {{jwksUrl: string, audience: string, issuer?: string, header?: string, cacheMaxAgeMs?: number}} o
+ */
+export async function assertionVerifier({ jwksUrl, audience, issuer, header = 'x-identity-assertion', cacheMaxAgeMs }) {
+  const { createRemoteJWKSet, jwtVerify } = await import('jose');
+  // The proxy publishes the next key a whole rotation interval ahead: a
+  // cache younger than that interval always knows the signing key.
+  const jwks = createRemoteJWKSet(new URL(jwksUrl), cacheMaxAgeMs ? { cacheMaxAge: cacheMaxAgeMs, cooldownDuration: Math.min(cacheMaxAgeMs, 30000) } : {});
+  return async (headers) => {
+    const token = headerValue(headers, header);
+    if (!token) throw Object.assign(new Error(`no ${header} header`), { code: 'ERR_NO_ASSERTION' });
+    const { payload, protectedHeader } = await jwtVerify(token, jwks, { audience, issuer, algorithms: ['EdDSA', 'ES256'] });
+    return { kid: protectedHeader.kid ?? null, claims: payload };
+  };
+}
+
 const identitySchema = {
   email: z.string().nullable(),
   name: z.string().nullable(),
@@ -104,6 +126,7 @@ const identitySchema = {
   other_user_headers: z.record(z.string(), z.string().nullable()),
   transport: z.string(),
   session_id: z.string().nullable(),
+  assertion: z.object({ verified: z.boolean(), kid: z.string().nullable(), claims: z.record(z.string(), z.any()) }).optional(),
 };
 
 const sleep = (ms, signal) =>
@@ -117,7 +140,7 @@ const sleep = (ms, signal) =>
   });
 
 /** One McpServer per session: the SDK binds a server to one transport. */
-function createMcpServer(transportName) {
+function createMcpServer(transportName, verify) {
   const server = new McpServer(SERVER_INFO, {
     capabilities: { logging: {} },
     instructions: 'Call `whoami` to see the identity the proxy attached to your request.',
@@ -141,6 +164,11 @@ function createMcpServer(transportName) {
     },
     async (_args, extra) => {
       const identity = identityOf(extra);
+      if (verify) {
+        // Every request was verified on arrival; the claims are shown here.
+        const { kid, claims } = await verify(extra.requestInfo?.headers ?? {});
+        identity.assertion = { verified: true, kid, claims };
+      }
       return { content: [{ type: 'text', text: JSON.stringify(identity, null, 2) }], structuredContent: identity };
     },
   );
@@ -288,7 +316,8 @@ function sendJsonRpcError(res, status, code, message) {
  * @param {(msg: string) => void} [opts.log]
  * @returns {Promise<{port, url, mcpUrl, sseUrl, close: () => Promise<void>}>}
  */
-export async function startWhoamiServer({ port = 0, host = '127.0.0.1', logRequests, log = (m) => console.error(`[whoami] ${m}`) } = {}) {
+export async function startWhoamiServer({ port = 0, host = '127.0.0.1', logRequests, assertion, log = (m) => console.error(`[whoami] ${m}`) } = {}) {
+  const verify = assertion?.jwksUrl ? await assertionVerifier(assertion) : null;
   const streamable = new Map(); // Mcp-Session-Id -> { transport, server }
   const legacy = new Map(); // sessionId -> { transport, server }
 
@@ -303,7 +332,7 @@ export async function startWhoamiServer({ port = 0, host = '127.0.0.1', logReque
       }
       const isInit = Array.isArray(body) ? body.some(isInitializeRequest) : isInitializeRequest(body);
       if (!isInit) return sendJsonRpcError(res, 400, -32000, 'Bad Request: no Mcp-Session-Id header and not an initialize request');
-      const server = createMcpServer('streamable-http');
+      const server = createMcpServer('streamable-http', verify);
       const transport = new StreamableHTTPServerTransport({
         sessionIdGenerator: () => crypto.randomUUID(),
         onsessioninitialized: (id) => {
@@ -328,7 +357,7 @@ export async function startWhoamiServer({ port = 0, host = '127.0.0.1', logReque
 
   async function handleSse(req, res) {
     if (req.method !== 'GET') return res.writeHead(405, { allow: 'GET' }).end();
-    const server = createMcpServer('sse');
+    const server = createMcpServer('sse', verify);
     // A relative endpoint: the client resolves it against the URL it connected
     // to, so behind a proxy it points at the proxy.
     const transport = new SSEServerTransport('/messages', res);
@@ -368,9 +397,17 @@ export async function startWhoamiServer({ port = 0, host = '127.0.0.1', logReque
       res.writeHead(404, { 'content-type': 'text/plain' });
       return res.end('not found: this server serves /mcp (Streamable HTTP), /sse + /messages (legacy SSE) and /healthz\n');
     }
-    handler(req, res, url).catch((err) => {
+    const verified = verify ? verify(req.headers) : Promise.resolve();
+    verified.then(
+      () => handler(req, res, url),
+      (err) => {
+        // No identity the proxy signed for this server: the call is refused.
+        log(`identity assertion refused on ${req.method} ${url.pathname}: ${err.code ?? ''} ${err.message}`);
+        throw Object.assign(new Error(`identity assertion refused: ${err.code ?? 'ERR_INVALID'}: ${err.message}`), { status: 401 });
+      },
+    ).catch((err) => {
       if (!err.status) log(`error on ${req.method} ${url.pathname}: ${err.stack ?? err}`);
-      sendJsonRpcError(res, err.status ?? 500, err.status ? -32700 : -32603, err.status ? err.message : 'Internal error');
+      sendJsonRpcError(res, err.status ?? 500, err.status === 401 ? -32001 : err.status ? -32700 : -32603, err.status ? err.message : 'Internal error');
     });
   });
 
@@ -413,6 +450,9 @@ async function main() {
     port: Number(port),
     host: values.host ?? process.env.HOST ?? '127.0.0.1',
     logRequests: values['log-requests'] ?? process.env.WHOAMI_LOG_REQUESTS,
+    assertion: process.env.WHOAMI_JWKS_URL
+      ? { jwksUrl: process.env.WHOAMI_JWKS_URL, audience: process.env.WHOAMI_AUDIENCE, issuer: process.env.WHOAMI_ISSUER || undefined, cacheMaxAgeMs: Number(process.env.WHOAMI_JWKS_MAX_AGE_MS) || undefined }
+      : undefined,
   });
   const stop = async () => {
     await s.close();

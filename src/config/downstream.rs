@@ -43,6 +43,10 @@ pub(crate) struct DownstreamConfig {
         deserialize_with = "lenient_number"
     )]
     pub(crate) max_batch_size: usize,
+    /// The `aud` of the identity assertions this downstream receives
+    /// (`identity_assertion()` in the policy); unset: the downstream URL.
+    #[serde(default, deserialize_with = "lenient_opt_string")]
+    pub(crate) assertion_audience: Option<String>,
 }
 
 impl Default for DownstreamConfig {
@@ -56,6 +60,7 @@ impl Default for DownstreamConfig {
             max_request_bytes: default_max_request_bytes(),
             pass_cookies: Vec::new(),
             max_batch_size: default_max_batch_size(),
+            assertion_audience: None,
         }
     }
 }

@@ -11,6 +11,7 @@
 
 mod access;
 mod clients;
+mod assertion;
 mod downstream;
 mod duration;
 mod env;
@@ -37,6 +38,7 @@ use serde::{Deserialize, Serialize};
 pub(crate) use access::{AuthConfig, ConsentConfig, RegistrationConfig, TokensConfig};
 pub use clients::JWT_BEARER_GRANT;
 pub(crate) use clients::{ClientConfig, ConfiguredClient, IdJagConfig, TrustedIssuer};
+pub use assertion::IdentityAssertionConfig;
 pub(crate) use downstream::{is_own_cookie, DownstreamConfig};
 pub(crate) use duration::DurationStr;
 use env::EnvProvider;
@@ -134,6 +136,9 @@ pub struct Config {
     /// `[id_jag]`: the identity providers whose ID-JAGs are accepted.
     #[serde(default)]
     pub(crate) id_jag: IdJagConfig,
+    /// `[identity_assertion]`: the signed identity sent downstream.
+    #[serde(default)]
+    pub identity_assertion: IdentityAssertionConfig,
 }
 
 /// Settings derived and checked once at startup, in the form the code uses.

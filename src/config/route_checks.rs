@@ -185,6 +185,16 @@ impl Written<'_> {
                 "must be at least 1024",
             ));
         }
+        if downstream
+            .assertion_audience
+            .as_deref()
+            .is_some_and(|a| a.trim().is_empty())
+        {
+            return Err(ConfigError::invalid(
+                self.key("downstream.assertion_audience"),
+                "must not be empty (unset, the audience is the downstream URL)",
+            ));
+        }
         if downstream.max_batch_size > MAX_BATCH_SIZE_LIMIT {
             return Err(ConfigError::invalid(
                 self.key("downstream.max_batch_size"),

@@ -411,3 +411,41 @@ fn every_number_and_switch_can_be_set_from_the_environment() {
         );
     }
 }
+
+#[test]
+fn the_identity_assertion_keys_can_be_set_from_the_environment() {
+    let config = load_with(
+        MINIMAL,
+        &[
+            ("MCP_PROXY_IDENTITY_ASSERTION__LIFETIME", "30s"),
+            ("MCP_PROXY_IDENTITY_ASSERTION__ROTATION_INTERVAL", "1h"),
+            (
+                "MCP_PROXY_DOWNSTREAM__ASSERTION_AUDIENCE",
+                "urn:example:mcp",
+            ),
+        ],
+    )
+    .unwrap();
+    assert_eq!(config.identity_assertion.lifetime_secs(), 30);
+    assert_eq!(config.identity_assertion.rotation_secs(), 3600);
+    assert_eq!(
+        config.downstream.assertion_audience.as_deref(),
+        Some("urn:example:mcp")
+    );
+    let too_long = load_with(
+        MINIMAL,
+        &[
+            ("MCP_PROXY_SECRETS__ENCRYPTION_KEY", KEY),
+            ("MCP_PROXY_IDENTITY_ASSERTION__LIFETIME", "2d"),
+        ],
+    )
+    .unwrap()
+    .validate()
+    .unwrap_err();
+    assert!(
+        too_long
+            .to_string()
+            .starts_with("identity_assertion.lifetime"),
+        "{too_long}"
+    );
+}

@@ -21,6 +21,7 @@ impl Config {
         let routes = self.routes(&allowed_origins)?;
         self.check_bounds_and_names()?;
         self.check_durations_and_rates()?;
+        self.identity_assertion.check()?;
         let secure_cookies = secure_cookies(&public_url)?;
         let clients = super::clients::validate_clients(&self.clients)?;
         let id_jag_issuers = self.id_jag.validate(&issuer_url)?;

@@ -16,6 +16,9 @@ use crate::store::UpstreamTokens;
 
 /// What `upstream_access_token()` stands for in cases.
 pub(crate) const TEST_ACCESS_TOKEN: &str = "UPSTREAM_ACCESS_TOKEN";
+/// What `identity_assertion()` renders as in cases (the proxy signs one
+/// per request; a case has no request to sign for).
+const TEST_IDENTITY_ASSERTION: &str = "IDENTITY_ASSERTION";
 /// What `upstream_id_token()` stands for in cases.
 pub(crate) const TEST_ID_TOKEN: &str = "UPSTREAM_ID_TOKEN";
 
@@ -327,7 +330,13 @@ fn compare(expect: &Expect, decision: &Decision) -> Vec<String> {
                 headers
                     .iter()
                     .find(|(k, _)| k.as_str().eq_ignore_ascii_case(name))
-                    .map(|(_, v)| v.to_str().unwrap_or("<binary>").to_string())
+                    .map(|(_, v)| {
+                        if crate::assertion::is_placeholder(v) {
+                            TEST_IDENTITY_ASSERTION.to_string()
+                        } else {
+                            v.to_str().unwrap_or("<binary>").to_string()
+                        }
+                    })
             };
             for (name, want) in &expect.headers {
                 match find(name) {
@@ -426,6 +435,25 @@ expect = { decision = "deny", status = 403, reason = "ops only" }
             "{}",
             String::from_utf8_lossy(&out)
         );
+    }
+
+    #[test]
+    fn an_identity_assertion_renders_as_a_fixed_name_in_cases() {
+        let dir = tempfile::tempdir().unwrap();
+        let p = write(
+            dir.path(),
+            "a",
+            r#"fn authorize(user, request) { allow(#{ "X-Identity-Assertion": identity_assertion() }) }"#,
+            r#"
+[[case]]
+name = "signed"
+expect = { decision = "allow", headers = { "X-Identity-Assertion" = "IDENTITY_ASSERTION" } }
+"#,
+        );
+        let mut out = Vec::new();
+        let outcome = run_policy(&p, &mut out);
+        assert_eq!(outcome.failed, 0, "{}", String::from_utf8_lossy(&out));
+        assert_eq!(outcome.passed, 1);
     }
 
     #[test]

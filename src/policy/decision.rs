@@ -9,6 +9,7 @@ use rhai::{Dynamic, Map};
 
 use super::header_rules::{self, HeaderNameRules, HeaderRefusal, PolicyValue};
 use super::script_api::ScriptDecision;
+use crate::assertion::IdentityAssertionRef;
 use crate::store::UpstreamTokens;
 
 /// What the policy decided for one request.
@@ -88,6 +89,11 @@ fn headers_from(
     for (key, value) in map {
         let name = names.check(&key, &mut seen)?;
         if value.is_unit() {
+            continue;
+        }
+        if value.is::<IdentityAssertionRef>() {
+            // Signed per request by the forwarder (`assertion`).
+            headers.push((name, crate::assertion::placeholder()));
             continue;
         }
         let value = if let Some(secret) = value.clone().try_cast::<UpstreamSecret>() {

@@ -61,6 +61,11 @@ pub(crate) const RESERVED_HEADERS: [&str; 30] = [
     "http2-settings",
 ];
 
+/// The conventional header of the signed identity assertion: always
+/// removed from client requests, like `Authorization` and `X-User-*`, so a
+/// downstream never receives one the proxy did not sign for this request.
+pub(crate) const IDENTITY_ASSERTION_HEADER: &str = "x-identity-assertion";
+
 /// Whether a (lower-case) header name is one a policy may never set.
 pub(crate) fn is_reserved(name: &str) -> bool {
     RESERVED_HEADERS.contains(&name) || name.starts_with("proxy-") || name.starts_with("sec-")
@@ -164,6 +169,7 @@ impl HeaderNameRules<'_> {
         // Client headers are stripped for exactly these names (invariant 6);
         // any other name could arrive twice, once from the client.
         let declared = lower == "authorization"
+            || lower == IDENTITY_ASSERTION_HEADER
             || lower.starts_with("x-user-")
             || self.declared.contains(lower)
             || self.configured.iter().any(|c| c == lower);

@@ -146,7 +146,10 @@ impl PolicyEngine {
                     // Header names reach here without surrounding spaces
                     // (`normalise_header` trims for the policy's source).
                     let n = crate::client_address::lenient_header_name(name);
-                    n == "authorization" || n.starts_with("x-user-") || names.contains(n.as_ref())
+                    n == "authorization"
+                        || n == header_rules::IDENTITY_ASSERTION_HEADER
+                        || n.starts_with("x-user-")
+                        || names.contains(n.as_ref())
                 })
             })
             .clone()

@@ -8,6 +8,7 @@ use rhai::{Dynamic, Engine, EvalAltResult, Map, NativeCallContext};
 
 use super::decision::UpstreamSecret;
 use super::helpers;
+use crate::assertion::IdentityAssertionRef;
 
 /// The script's result types, opaque to scripts.
 #[derive(Debug, Clone)]
@@ -43,6 +44,12 @@ fn register_results(engine: &mut Engine) {
         .register_fn("upstream_access_token", || UpstreamSecret::AccessToken)
         .register_fn("upstream_bearer", || UpstreamSecret::Bearer)
         .register_fn("upstream_id_token", || UpstreamSecret::IdToken);
+    engine
+        .register_type_with_name::<IdentityAssertionRef>("IdentityAssertion")
+        .register_fn("to_string", |_: &mut IdentityAssertionRef| {
+            "[identity assertion]".to_string()
+        })
+        .register_fn("identity_assertion", || IdentityAssertionRef);
 }
 
 /// Logging, time, regex, claim, email and URI helpers (policies/README.md

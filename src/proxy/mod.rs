@@ -24,6 +24,7 @@ use hyper_util::rt::TokioExecutor;
 use tower::Service;
 use url::Url;
 
+use crate::assertion::RouteAssertions;
 use crate::client_address::TrustedProxies;
 use crate::error::error_chain;
 use crate::error::ProxyError;
@@ -136,6 +137,8 @@ pub(crate) struct ForwardContext {
     /// The registry; each forwarder resolves its route's and endpoint's
     /// series from it once (`Forwarder::new`).
     pub metrics: Arc<Metrics>,
+    /// Signs the identity assertions the route's policy asks for.
+    pub assertions: RouteAssertions,
 }
 
 /// The last service of an MCP route: sends the request downstream and
@@ -232,7 +235,12 @@ async fn forward(
     metrics: &EndpointMetrics,
     request: Request<Body>,
 ) -> Result<Response<Body>, ProxyError> {
-    let caller = Caller::of(&request)?;
+    let mut caller = Caller::of(&request)?;
+    let request_id = request.headers().get("x-request-id");
+    context
+        .assertions
+        .fill_in(&mut caller.outcome, &caller.session, request_id)
+        .await?;
     let target = choose_target(context, route, &caller.owned, request.uri())?;
     let is_delete = request.method() == Method::DELETE;
     let outgoing = downstream_request(context, route, &caller.outcome, target.clone(), request)?;

@@ -9,6 +9,7 @@ use tokio::sync::watch;
 
 use axum::extract::FromRef;
 
+use crate::assertion::IdentityAssertions;
 use crate::auth::TokenCache;
 use crate::config::Settings;
 use crate::crypto::Keys;
@@ -50,6 +51,8 @@ pub struct AppInner {
     pub metrics: Arc<Metrics>,
     /// What the OAuth routes get (see `FromRef` below).
     pub(crate) oauth: OAuthState,
+    /// The identity assertions' signer and its published keys.
+    pub assertions: Arc<IdentityAssertions>,
 }
 
 /// The OAuth routes take their own state: the server knows the OAuth
@@ -142,10 +145,16 @@ impl AppState {
         );
         let upstream = Arc::new(Upstream::new(&settings, metrics.clone())?);
         let token_cache = token_cache(&settings, &grants, &metrics)?;
+        let assertions = Arc::new(IdentityAssertions::new(
+            records.store.clone(),
+            keys.clone(),
+            &settings.public_url,
+            &settings.config.identity_assertion,
+        ));
         let routes = settings
             .routes
             .iter()
-            .map(|route| ServedRoute::new(&settings, route, &records, &metrics))
+            .map(|route| ServedRoute::new(&settings, route, &records, &metrics, &assertions))
             .collect::<Result<Vec<_>, _>>()?;
         let oauth = OAuthState::new(OAuthInner {
             settings: OAuthSettings::from_settings(&settings),
@@ -178,6 +187,7 @@ impl AppState {
             token_cache,
             metrics,
             oauth,
+            assertions,
         })))
     }
 }
@@ -208,6 +218,13 @@ fn token_cache(
         );
     }
     Ok(token_cache)
+}
+
+/// `/.well-known/jwks.json`: the identity assertions' public keys.
+pub(crate) async fn jwks(
+    axum::extract::State(app): axum::extract::State<AppState>,
+) -> axum::response::Response {
+    app.assertions.jwks_response().await
 }
 
 /// A server started in the background (the CLI and the tests use it).
@@ -270,24 +287,7 @@ pub(crate) async fn start_with_hooks(
         addr: listen,
         source,
     })?;
-    crate::store::spawn_purge(
-        app.records.store.clone(),
-        app.settings.config.store.purge_interval.0,
-    );
-    for route in &app.routes {
-        route
-            .policy
-            .spawn_watcher(route.settings.policy.watch_interval.0);
-    }
-    reload_policies_on_hangup(&app);
-    // Discover the provider now so the first login does not wait for it; a
-    // failure is retried on first use.
-    let early = app.clone();
-    tokio::spawn(async move {
-        if let Err(e) = early.upstream.client().await {
-            tracing::warn!(error = %e, "OpenID provider discovery failed; it is retried at the first login");
-        }
-    });
+    spawn_background(&app);
     let (shutdown, signal) = watch::channel(false);
     let admin_addr = match &app.settings.config.server.admin_listen {
         Some(admin) => {
@@ -333,6 +333,33 @@ pub(crate) async fn start_with_hooks(
         shutdown,
         task,
     })
+}
+
+/// The background work of a running server: purging expired records,
+/// watching the policy files, SIGHUP, the signing keys, discovering the
+/// provider.
+fn spawn_background(app: &AppState) {
+    crate::store::spawn_purge(
+        app.records.store.clone(),
+        app.settings.config.store.purge_interval.0,
+    );
+    for route in &app.routes {
+        route
+            .policy
+            .spawn_watcher(route.settings.policy.watch_interval.0);
+    }
+    reload_policies_on_hangup(app);
+    // The signing keys: created by the first replica to start, rotated on
+    // schedule.
+    app.assertions.spawn_rotation();
+    // Discover the provider now so the first login does not wait for it; a
+    // failure is retried on first use.
+    let early = app.clone();
+    tokio::spawn(async move {
+        if let Err(e) = early.upstream.client().await {
+            tracing::warn!(error = %e, "OpenID provider discovery failed; it is retried at the first login");
+        }
+    });
 }
 
 /// SIGHUP reloads every route's policy file. The handler is installed

@@ -3,6 +3,7 @@
 
 use std::sync::Arc;
 
+use crate::assertion::{IdentityAssertions, RouteAssertions};
 use crate::config::{RouteSettings, Settings};
 use crate::metrics::Metrics;
 use crate::policy::PolicyEngine;
@@ -28,6 +29,7 @@ impl ServedRoute {
         route: &RouteSettings,
         records: &Records,
         metrics: &Arc<Metrics>,
+        assertions: &Arc<IdentityAssertions>,
     ) -> Result<Self, StartError> {
         let policy =
             PolicyEngine::new(route.policy.path.as_deref(), &route.policy.identity_headers)
@@ -41,7 +43,9 @@ impl ServedRoute {
         Ok(ServedRoute {
             settings: Arc::new(route.clone()),
             policy: Arc::new(policy),
-            forward: Arc::new(forward_context(settings, route, records, metrics)?),
+            forward: Arc::new(forward_context(
+                settings, route, records, metrics, assertions,
+            )?),
         })
     }
 }
@@ -52,6 +56,7 @@ fn forward_context(
     route: &RouteSettings,
     records: &Records,
     metrics: &Arc<Metrics>,
+    assertions: &Arc<IdentityAssertions>,
 ) -> Result<ForwardContext, StartError> {
     let public = url::Url::parse(&settings.public_url).map_err(|e| StartError::Listen {
         addr: settings.public_url.clone(),
@@ -85,5 +90,6 @@ fn forward_context(
         pass_cookies: downstream.pass_cookies.clone(),
         trusted_proxies: settings.trusted_proxies.clone(),
         metrics: metrics.clone(),
+        assertions: RouteAssertions::new(assertions.clone(), route),
     })
 }

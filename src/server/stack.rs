@@ -32,7 +32,7 @@ use crate::rate_limit::{by_address, by_client, by_user, RateLimits};
 use crate::server::hooks::{Hook, Hooks, RouteHooks, RouteInfo};
 use crate::server::rescue::RescueLayer;
 use crate::server::routes::ServedRoute;
-use crate::server::AppState;
+use crate::server::{jwks, AppState};
 
 static REQUEST_ID: HeaderName = HeaderName::from_static("x-request-id");
 
@@ -73,6 +73,7 @@ fn oauth_routes(app: &AppState, limits: &RateLimits) -> Router<AppState> {
             "/.well-known/oauth-protected-resource",
             get(metadata::protected_resource_root),
         )
+        .route("/.well-known/jwks.json", get(jwks))
         .route(
             "/register",
             post(register::register)

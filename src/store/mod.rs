@@ -43,6 +43,9 @@ pub enum Namespace {
     /// Assertions already presented (ID-JAG `jti`s), by a hash of issuer
     /// and `jti`, kept until the assertion expires: each is used once.
     Assertion,
+    /// The identity assertion's signing keys (`SigningKeyRecord`, private
+    /// part sealed), by generation.
+    SigningKey,
 }
 
 impl Namespace {
@@ -57,6 +60,7 @@ impl Namespace {
             Namespace::RefreshToken => "refresh",
             Namespace::McpSession => "mcp_session",
             Namespace::Assertion => "assertion",
+            Namespace::SigningKey => "signing_key",
         }
     }
 }

@@ -86,7 +86,7 @@ if [[ ! -x "$PROXY_BIN" ]]; then
 fi
 
 failures=()
-run_stage "node --test" "$NODE" --test --test-reporter=spec --test-concurrency=1 lib.test.mjs provider.test.mjs provider-browser.test.mjs oauth-flow.test.mjs upstream-refresh.test.mjs whoami-server.test.mjs mcp-sdk.test.mjs mcp-remote.test.mjs inspector.test.mjs routes.test.mjs id-jag.test.mjs
+run_stage "node --test" "$NODE" --test --test-reporter=spec --test-concurrency=1 lib.test.mjs provider.test.mjs provider-browser.test.mjs oauth-flow.test.mjs upstream-refresh.test.mjs whoami-server.test.mjs identity-assertion.test.mjs mcp-sdk.test.mjs mcp-remote.test.mjs inspector.test.mjs routes.test.mjs id-jag.test.mjs
 run_stage "conformance authorization" "$NODE" conformance-auth.mjs
 run_stage "conformance server" "$NODE" conformance-server.mjs
 run_stage "observability (Prometheus, dashboard, logs)" "$NODE" observability.mjs

@@ -49,7 +49,7 @@ export function describeRequest(entry) {
  * @param {string} o.logFile   where the server appends its request log
  * @returns {Promise<{port, url, mcpUrl, sseUrl, logFile, pid, requests: () => object[], logs: () => string, close: () => Promise<void>}>}
  */
-export async function startWhoami({ logFile, port = 0, readyTimeoutMs = 20000 } = {}) {
+export async function startWhoami({ logFile, port = 0, readyTimeoutMs = 20000, env } = {}) {
   ensureWhoamiDeps();
   let ready;
   const readyLine = new Promise((resolve) => {
@@ -60,6 +60,7 @@ export async function startWhoami({ logFile, port = 0, readyTimeoutMs = 20000 } 
   const proc = spawnTracked(process.execPath, args, {
     name: 'whoami',
     cwd: WHOAMI_DIR,
+    env,
     onStdoutLine: (line) => {
       try {
         const msg = JSON.parse(line);
