@@ -10,8 +10,8 @@
 //! `Settings`.
 
 mod access;
-mod clients;
 mod assertion;
+mod clients;
 mod downstream;
 mod duration;
 mod env;
@@ -36,9 +36,9 @@ use figment::Figment;
 use serde::{Deserialize, Serialize};
 
 pub(crate) use access::{AuthConfig, ConsentConfig, RegistrationConfig, TokensConfig};
+pub use assertion::IdentityAssertionConfig;
 pub use clients::JWT_BEARER_GRANT;
 pub(crate) use clients::{ClientConfig, ConfiguredClient, IdJagConfig, TrustedIssuer};
-pub use assertion::IdentityAssertionConfig;
 pub(crate) use downstream::{is_own_cookie, DownstreamConfig};
 pub(crate) use duration::DurationStr;
 use env::EnvProvider;
