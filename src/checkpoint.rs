@@ -46,6 +46,7 @@
 //! ```
 
 use std::future::Future;
+use std::sync::Arc;
 use std::task::{Context, Poll};
 
 use futures_util::future::BoxFuture;
@@ -84,17 +85,31 @@ impl<C: Clone, S> Layer<S> for CheckpointLayer<C> {
 
     fn layer(&self, inner: S) -> Self::Service {
         CheckpointService {
-            checkpoint: self.checkpoint.clone(),
+            checkpoint: Arc::new(self.checkpoint.clone()),
             inner,
         }
     }
 }
 
 /// A [`Checkpoint`] in front of an inner service.
-#[derive(Clone, Debug)]
+///
+/// The checkpoint's state sits behind an `Arc`: a stack is cloned whole
+/// for every request (the router clones its route, each layer clones the
+/// layers below it for the call), and each layer then costs one reference
+/// count, not a copy of its fields.
+#[derive(Debug)]
 pub struct CheckpointService<C, S> {
-    checkpoint: C,
+    checkpoint: Arc<C>,
     inner: S,
+}
+
+impl<C, S: Clone> Clone for CheckpointService<C, S> {
+    fn clone(&self) -> Self {
+        CheckpointService {
+            checkpoint: self.checkpoint.clone(),
+            inner: self.inner.clone(),
+        }
+    }
 }
 
 impl<C, S, Request> Service<Request> for CheckpointService<C, S>
@@ -115,7 +130,7 @@ where
         // with this request, and the clone waits for the next poll_ready.
         let clone = self.inner.clone();
         let ready = std::mem::replace(&mut self.inner, clone);
-        Box::pin(self.checkpoint.clone().run(ready, request))
+        Box::pin(C::clone(&self.checkpoint).run(ready, request))
     }
 }
 

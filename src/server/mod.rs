@@ -27,6 +27,7 @@ pub(crate) mod framing;
 pub(crate) mod hooks;
 pub(crate) mod rescue;
 pub(crate) mod routes;
+pub(crate) mod shared;
 pub(crate) mod stack;
 
 /// Everything a handler needs, cheap to clone.

@@ -8,6 +8,7 @@ use axum::extract::DefaultBodyLimit;
 use axum::http::{header, HeaderName, Method, Request};
 use axum::routing::{get, post};
 use axum::Router;
+use tower::Layer;
 use tower_http::cors::{Any, CorsLayer};
 use tower_http::request_id::{
     MakeRequestId, PropagateRequestIdLayer, RequestId, SetRequestIdLayer,
@@ -32,6 +33,7 @@ use crate::rate_limit::{by_address, by_client, by_user, RateLimits};
 use crate::server::hooks::{Hook, Hooks, RouteHooks, RouteInfo};
 use crate::server::rescue::RescueLayer;
 use crate::server::routes::ServedRoute;
+use crate::server::shared::SharedEndpoint;
 use crate::server::{jwks, AppState};
 
 static REQUEST_ID: HeaderName = HeaderName::from_static("x-request-id");
@@ -192,8 +194,18 @@ fn mcp_routes(app: &AppState, limits: &RateLimits, hooks: &Hooks) -> Router {
             &settings.path,
             settings.sse_path.as_deref(),
         ));
+        // The route's CORS in front of each endpoint's stack, shared by the
+        // router's per-request clones (`SharedEndpoint`).
+        let cors = mcp_cors(app, route);
         let stack = |resource_path: &str, endpoint| {
-            mcp_stack(app, limits, route, resource_path, endpoint, &route_hooks)
+            SharedEndpoint::new(cors.clone().layer(mcp_stack(
+                app,
+                limits,
+                route,
+                resource_path,
+                endpoint,
+                &route_hooks,
+            )))
         };
         let mut endpoints =
             Router::new().route_service(&settings.path, stack(&settings.path, Endpoint::Mcp));
@@ -202,7 +214,7 @@ fn mcp_routes(app: &AppState, limits: &RateLimits, hooks: &Hooks) -> Router {
                 .route_service(sse, stack(sse, Endpoint::SseStream))
                 .route_service(&message, stack(sse, Endpoint::SseMessage));
         }
-        router = router.merge(endpoints.layer(mcp_cors(app, route)));
+        router = router.merge(endpoints);
     }
     router
 }
