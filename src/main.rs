@@ -58,6 +58,9 @@ enum PolicyCommand {
         /// Policy files or directories of them (default: policies).
         paths: Vec<PathBuf>,
     },
+    /// Re-run logged decisions (policy.decision_log) under a candidate
+    /// policy and report what changes; exit 1 when anything does.
+    Replay(cli::policy_replay::ReplayArgs),
 }
 
 fn main() -> ExitCode {
@@ -68,6 +71,9 @@ fn main() -> ExitCode {
         Command::Policy {
             command: PolicyCommand::Test { paths },
         } => policy_test(paths),
+        Command::Policy {
+            command: PolicyCommand::Replay(args),
+        } => cli::policy_replay::main(args),
         Command::Grants { command } => cli::grants_main(command),
         Command::Clients { command } => cli::clients_main(command),
     }

@@ -306,6 +306,8 @@ struct Evaluation {
     view: RequestView,
     metrics: RouteMetrics,
     audit: Option<AuditSlot>,
+    /// The decision log and shadow policy, when configured.
+    observe: Option<super::observer::Observation>,
 }
 
 impl Evaluation {
@@ -355,6 +357,9 @@ impl Evaluation {
                 PolicyVerdict::Deny
             };
             self.metrics.policy_decision(verdict, started.elapsed());
+            if let Some(observe) = &self.observe {
+                observe.decided(&self.session, &self.user, call, &self.policy, &decision);
+            }
             if let Some(slot) = &self.audit {
                 slot.update(|facts| facts.decision = Some(verdict.as_str()));
             }
@@ -508,17 +513,19 @@ where
             });
         }
         let policy = self.engine.current();
+        let view = RequestView::new(
+            self.engine.route(),
+            &parts.method,
+            parts.uri.path(),
+            &parts.headers,
+        );
         let evaluation = Evaluation {
             engine: self.engine.clone(),
             policy: policy.clone(),
             user: script_user(&session, &self.issuer),
             session,
-            view: RequestView::new(
-                self.engine.route(),
-                &parts.method,
-                parts.uri.path(),
-                &parts.headers,
-            ),
+            observe: self.engine.observe(&view),
+            view,
             metrics: self.metrics.clone(),
             audit,
         };

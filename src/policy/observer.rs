@@ -1,0 +1,281 @@
+//! What watches a route's decisions without taking part in them: the
+//! decision log (`decision_log`) and the shadow policy (`shadow`).
+//!
+//! `EnforcePolicy` asks the engine for an `Observation` once per request
+//! (`PolicyEngine::observe`: `None`, and nothing allocated, when neither is
+//! configured) and hands it each decision. The observation copies what the
+//! script saw — tokens replaced by placeholders, redacted headers written
+//! `[redacted]` — and offers it to bounded queues; writing and shadow
+//! evaluation happen on their own threads, never on the request path.
+
+use std::collections::{BTreeMap, HashSet};
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Arc;
+
+use rhai::{Dynamic, Map};
+use serde::{Deserialize, Serialize};
+
+use super::decision_log::DecisionLog;
+use super::layer::{McpCall, RequestView};
+use super::shadow::Shadow;
+use super::{CompiledPolicy, Decision, PolicyEngine, PolicyError};
+use crate::config::PolicyConfig;
+use crate::metrics::Metrics;
+use crate::session::Session;
+use crate::store::UpstreamTokens;
+
+/// What stands for the provider's access token in logs, shadows and replays.
+pub const ACCESS_TOKEN_PLACEHOLDER: &str = "[upstream access token]";
+/// What stands for the provider's id_token in logs, shadows and replays.
+pub const ID_TOKEN_PLACEHOLDER: &str = "[upstream id token]";
+/// What a redacted header or claim value is written as.
+pub const REDACTED: &str = "[redacted]";
+
+/// Why a route's decision log or shadow policy could not start.
+#[derive(Debug, thiserror::Error)]
+pub enum ObserverError {
+    /// The decision log file cannot be opened.
+    #[error("cannot open {path}: {message}")]
+    Log {
+        /// The configured path.
+        path: String,
+        /// The operating system's reason.
+        message: String,
+    },
+    /// The shadow policy does not compile.
+    #[error("{0}")]
+    Shadow(#[from] PolicyError),
+}
+
+impl ObserverError {
+    /// The configuration key at fault.
+    pub fn key(&self) -> &'static str {
+        match self {
+            ObserverError::Log { .. } => "policy.decision_log",
+            ObserverError::Shadow(_) => "policy.shadow_path",
+        }
+    }
+}
+
+/// A decision as the proxy acted on it, tokens replaced by placeholders.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Outcome {
+    /// Allowed (forwarded) or denied.
+    pub allow: bool,
+    /// A denial's status.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub status: Option<u16>,
+    /// A denial's reason.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub reason: Option<String>,
+    /// The headers an allow sets, by lower-case name.
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub headers: BTreeMap<String, String>,
+}
+
+impl Outcome {
+    /// The outcome of `decision`; where a header carries one of `tokens`,
+    /// the token is written as its placeholder.
+    pub(crate) fn of(decision: &Decision, tokens: &UpstreamTokens) -> Outcome {
+        match decision {
+            Decision::Allow { headers } => Outcome {
+                allow: true,
+                status: None,
+                reason: None,
+                headers: headers
+                    .iter()
+                    .map(|(name, value)| {
+                        let text = String::from_utf8_lossy(value.as_bytes());
+                        (name.as_str().to_string(), without_tokens(&text, tokens))
+                    })
+                    .collect(),
+            },
+            Decision::Deny { status, reason } => Outcome {
+                allow: false,
+                status: Some(status.as_u16()),
+                reason: Some(reason.clone()),
+                headers: BTreeMap::new(),
+            },
+        }
+    }
+}
+
+/// `text` with the provider's tokens written as placeholders.
+fn without_tokens(text: &str, tokens: &UpstreamTokens) -> String {
+    let mut text = text.to_string();
+    if !tokens.access_token.is_empty() {
+        text = text.replace(&tokens.access_token, ACCESS_TOKEN_PLACEHOLDER);
+    }
+    if let Some(id) = tokens.id_token.as_deref().filter(|t| !t.is_empty()) {
+        text = text.replace(id, ID_TOKEN_PLACEHOLDER);
+    }
+    text
+}
+
+/// The tokens a replayed or shadowed decision works with: placeholders,
+/// never the provider's.
+pub(crate) fn placeholder_tokens(id_token: bool) -> UpstreamTokens {
+    UpstreamTokens {
+        access_token: ACCESS_TOKEN_PLACEHOLDER.into(),
+        id_token: id_token.then(|| ID_TOKEN_PLACEHOLDER.into()),
+        ..UpstreamTokens::default()
+    }
+}
+
+/// One decision as observed: the inputs the script saw and what the
+/// enforced policy decided, with no token in it.
+pub(crate) struct Observed {
+    /// Unix seconds when it was decided (what `now()` returned).
+    pub(crate) time: i64,
+    pub(crate) route: Arc<str>,
+    pub(crate) policy: Arc<CompiledPolicy>,
+    pub(crate) user: Dynamic,
+    pub(crate) request: Dynamic,
+    /// Whether the session had an id_token (`upstream_id_token()` sets a
+    /// header only then).
+    pub(crate) id_token: bool,
+    pub(crate) outcome: Outcome,
+}
+
+/// A route's decision log and shadow policy.
+pub(crate) struct PolicyObserver {
+    route: Arc<str>,
+    log: Option<DecisionLog>,
+    shadow: Option<Shadow>,
+    /// Lower-case names of request headers written `[redacted]`.
+    redact_headers: HashSet<String>,
+    sample_percent: u64,
+    seen: AtomicU64,
+}
+
+impl PolicyObserver {
+    /// The route's observer, or `None` when neither a decision log nor a
+    /// shadow policy is configured.
+    pub(crate) fn new(
+        settings: &PolicyConfig,
+        route: &str,
+        max_header_bytes: usize,
+        metrics: &Arc<Metrics>,
+    ) -> Result<Option<Self>, ObserverError> {
+        if settings.decision_log.is_none() && settings.shadow_path.is_none() {
+            return Ok(None);
+        }
+        let route_metrics = metrics.route(route);
+        let shadow = match &settings.shadow_path {
+            Some(path) => {
+                let engine = PolicyEngine::new(Some(path), &settings.identity_headers)?
+                    .with_route(route)
+                    .with_max_header_bytes(max_header_bytes);
+                Some(Shadow::start(Arc::new(engine), route_metrics.clone()))
+            }
+            None => None,
+        };
+        let log = match &settings.decision_log {
+            Some(target) => Some(DecisionLog::start(
+                target,
+                settings,
+                shadow.as_ref().map(|s| s.engine().clone()),
+                route_metrics,
+            )?),
+            None => None,
+        };
+        Ok(Some(PolicyObserver {
+            route: route.into(),
+            log,
+            shadow,
+            redact_headers: settings
+                .decision_log_redact_headers
+                .iter()
+                .map(|h| h.to_ascii_lowercase())
+                .collect(),
+            sample_percent: u64::from(settings.decision_log_sample_percent.clamp(1, 100)),
+            seen: AtomicU64::new(0),
+        }))
+    }
+
+    /// The shadow policy's engine (for reloads).
+    pub(crate) fn shadow_engine(&self) -> Option<&Arc<PolicyEngine>> {
+        self.shadow.as_ref().map(Shadow::engine)
+    }
+
+    /// Whether this decision is one of the sampled share the log records:
+    /// spread evenly (`percent` of every hundred).
+    fn sampled(&self) -> bool {
+        let n = self.seen.fetch_add(1, Ordering::Relaxed);
+        (n * self.sample_percent) % 100 < self.sample_percent
+    }
+}
+
+/// One request's observation: the observer and a copy of the request view.
+pub struct Observation {
+    observer: Arc<PolicyObserver>,
+    view: RequestView,
+}
+
+impl Observation {
+    pub(crate) fn new(observer: Arc<PolicyObserver>, view: &RequestView) -> Self {
+        Observation {
+            observer,
+            view: view.clone(),
+        }
+    }
+
+    /// Hands one decision to the decision log and the shadow (each takes
+    /// it only when its queue has room).
+    pub fn decided(
+        &self,
+        session: &Session,
+        user: &Dynamic,
+        call: Option<&McpCall>,
+        policy: &Arc<CompiledPolicy>,
+        decision: &Decision,
+    ) {
+        let o = &self.observer;
+        let log = o.log.as_ref().filter(|_| o.sampled());
+        if log.is_none() && o.shadow.is_none() {
+            return;
+        }
+        let observed = Arc::new(Observed {
+            time: crate::now_unix(),
+            route: o.route.clone(),
+            policy: policy.clone(),
+            user: user.clone(),
+            request: redacted_request(
+                self.view.for_call(call),
+                &o.redact_headers,
+                &session.upstream,
+            ),
+            id_token: session.upstream.id_token.is_some(),
+            outcome: Outcome::of(decision, &session.upstream),
+        });
+        if let Some(log) = log {
+            log.offer(observed.clone());
+        }
+        if let Some(shadow) = &o.shadow {
+            shadow.offer(observed);
+        }
+    }
+}
+
+/// The request view with redacted headers written `[redacted]` and any
+/// header value carrying a provider token written as its placeholder.
+fn redacted_request(request: Dynamic, redact: &HashSet<String>, tokens: &UpstreamTokens) -> Dynamic {
+    let Some(mut map) = request.try_cast::<Map>() else {
+        return Dynamic::UNIT;
+    };
+    if let Some(headers) = map.get("headers").and_then(|h| h.read_lock::<Map>().map(|m| m.clone())) {
+        let cleaned: Map = headers
+            .into_iter()
+            .map(|(name, value)| {
+                let value = if redact.contains(name.as_str()) {
+                    Dynamic::from(REDACTED.to_string())
+                } else {
+                    Dynamic::from(without_tokens(&value.to_string(), tokens))
+                };
+                (name, value)
+            })
+            .collect();
+        map.insert("headers".into(), Dynamic::from_map(cleaned));
+    }
+    Dynamic::from_map(map)
+}
