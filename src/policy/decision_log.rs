@@ -3,7 +3,7 @@
 //!
 //! Records are queued (bounded, `QUEUE`) and written by a thread of their
 //! own; when the queue is full the record is dropped and counted
-//! (`mcp_proxy_policy_observer_dropped_total{queue="decision_log"}`), so
+//! (`mcp_oauth_proxy_policy_observer_dropped_total{queue="decision_log"}`), so
 //! a slow disk never slows a request. The file is rotated by size
 //! (`path.1` … `path.N`). Never in a record: the client's token, cookies,
 //! forwarding headers (the policy never sees them), the provider's tokens

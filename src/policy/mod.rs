@@ -119,7 +119,7 @@ impl PolicyEngine {
     }
 
     /// The shadow policy's engine, when one is configured.
-    pub(crate) fn shadow(&self) -> Option<&Arc<PolicyEngine>> {
+    pub fn shadow(&self) -> Option<&Arc<PolicyEngine>> {
         self.observer.as_ref().and_then(|o| o.shadow_engine())
     }
 

@@ -7,9 +7,9 @@
 //! tokens, and compares. The request has been answered by then: a shadow
 //! that throws or loops costs its own thread at most its deadline, never
 //! a response. Disagreements are counted
-//! (`mcp_proxy_policy_shadow_disagreements_total{route,kind}`) and logged
+//! (`mcp_oauth_proxy_policy_shadow_disagreements_total{route,kind}`) and logged
 //! (at most `LOG_PER_MINUTE` lines a minute); failures are counted
-//! (`mcp_proxy_policy_shadow_errors_total`). The file is watched and
+//! (`mcp_oauth_proxy_policy_shadow_errors_total`). The file is watched and
 //! reloaded as the enforced policy is, keeping its last good version.
 
 use std::sync::mpsc::{sync_channel, Receiver, SyncSender, TrySendError};
