@@ -187,3 +187,50 @@ impl PolicyConfig {
         Ok(())
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn error(change: impl FnOnce(&mut PolicyConfig)) -> String {
+        let mut config = PolicyConfig::default();
+        change(&mut config);
+        config
+            .check_observers(|k| format!("routes[x].{k}"))
+            .unwrap_err()
+            .to_string()
+    }
+
+    #[test]
+    fn observer_keys_are_checked_by_name() {
+        assert!(PolicyConfig::default().check_observers(|k: &str| k.to_string()).is_ok());
+        for (err, key) in [
+            (
+                error(|c| c.decision_log = Some("/no/such/dir/d.jsonl".into())),
+                "policy.decision_log",
+            ),
+            (error(|c| c.decision_log = Some(" ".into())), "policy.decision_log"),
+            (
+                error(|c| c.decision_log_sample_percent = 0),
+                "policy.decision_log_sample_percent",
+            ),
+            (
+                error(|c| c.decision_log_max_bytes = 10),
+                "policy.decision_log_max_bytes",
+            ),
+            (
+                error(|c| c.decision_log_redact_headers = vec!["bad header".into()]),
+                "policy.decision_log_redact_headers",
+            ),
+            (
+                error(|c| c.shadow_path = Some("/no/such/shadow.rhai".into())),
+                "policy.shadow_path",
+            ),
+        ] {
+            assert!(err.starts_with(&format!("routes[x].{key}:")), "{err}");
+        }
+        let mut log = PolicyConfig::default();
+        log.decision_log = Some("log".into());
+        assert!(log.check_observers(|k: &str| k.to_string()).is_ok());
+    }
+}

@@ -279,3 +279,57 @@ fn redacted_request(request: Dynamic, redact: &HashSet<String>, tokens: &Upstrea
     }
     Dynamic::from_map(map)
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn observer(percent: u64) -> PolicyObserver {
+        PolicyObserver {
+            route: "default".into(),
+            log: None,
+            shadow: None,
+            redact_headers: HashSet::new(),
+            sample_percent: percent,
+            seen: AtomicU64::new(0),
+        }
+    }
+
+    #[test]
+    fn sampling_records_the_configured_share_evenly() {
+        for (percent, expected) in [(100, 1000), (10, 100), (33, 330), (1, 10)] {
+            let o = observer(percent);
+            let taken = (0..1000).filter(|_| o.sampled()).count();
+            assert_eq!(taken, expected, "{percent}%");
+        }
+        let o = observer(50);
+        let first: Vec<bool> = (0..4).map(|_| o.sampled()).collect();
+        assert_eq!(first, [true, false, true, false]);
+    }
+
+    #[test]
+    fn tokens_in_headers_become_placeholders() {
+        let tokens = UpstreamTokens {
+            access_token: "at-123".into(),
+            id_token: Some("id-456".into()),
+            ..UpstreamTokens::default()
+        };
+        let decision = Decision::Allow {
+            headers: vec![
+                (
+                    "authorization".parse().unwrap(),
+                    "Bearer at-123".parse().unwrap(),
+                ),
+                ("x-id".parse().unwrap(), "id-456".parse().unwrap()),
+                ("x-user-email".parse().unwrap(), "a@example.com".parse().unwrap()),
+            ],
+        };
+        let outcome = Outcome::of(&decision, &tokens);
+        assert_eq!(
+            outcome.headers["authorization"],
+            format!("Bearer {ACCESS_TOKEN_PLACEHOLDER}")
+        );
+        assert_eq!(outcome.headers["x-id"], ID_TOKEN_PLACEHOLDER);
+        assert_eq!(outcome.headers["x-user-email"], "a@example.com");
+    }
+}
