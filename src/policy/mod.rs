@@ -98,8 +98,9 @@ impl PolicyEngine {
     }
 
     /// Records decisions and evaluates a shadow policy as `settings` say
-    /// (nothing when neither is configured).
-    pub(crate) fn with_observers(
+    /// (nothing when neither is configured). Call after
+    /// `with_max_header_bytes`: the shadow policy gets the same bound.
+    pub fn with_observers(
         mut self,
         settings: &crate::config::PolicyConfig,
         metrics: &Arc<crate::metrics::Metrics>,

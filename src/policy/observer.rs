@@ -21,7 +21,6 @@ use super::shadow::Shadow;
 use super::{CompiledPolicy, Decision, PolicyEngine, PolicyError};
 use crate::config::PolicyConfig;
 use crate::metrics::Metrics;
-use crate::session::Session;
 use crate::store::UpstreamTokens;
 
 /// What stands for the provider's access token in logs, shadows and replays.
@@ -221,10 +220,11 @@ impl Observation {
     }
 
     /// Hands one decision to the decision log and the shadow (each takes
-    /// it only when its queue has room).
+    /// it only when its queue has room). `upstream`: the session's provider
+    /// tokens, only to write them as placeholders wherever they appear.
     pub fn decided(
         &self,
-        session: &Session,
+        upstream: &UpstreamTokens,
         user: &Dynamic,
         call: Option<&McpCall>,
         policy: &Arc<CompiledPolicy>,
@@ -243,10 +243,10 @@ impl Observation {
             request: redacted_request(
                 self.view.for_call(call),
                 &o.redact_headers,
-                &session.upstream,
+                upstream,
             ),
-            id_token: session.upstream.id_token.is_some(),
-            outcome: Outcome::of(decision, &session.upstream),
+            id_token: upstream.id_token.is_some(),
+            outcome: Outcome::of(decision, upstream),
         });
         if let Some(log) = log {
             log.offer(observed.clone());

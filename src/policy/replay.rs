@@ -75,7 +75,9 @@ pub fn compare(before: &Outcome, after: &Outcome) -> Vec<Difference> {
 
 /// Runs `policy` (its `login`, then `authorize`) on one logged decision's
 /// inputs at `time`, with placeholder tokens; a script error is returned.
-pub(crate) fn run_candidate(
+/// What the shadow runs for each live decision, and replay for each
+/// logged one.
+pub fn run_candidate(
     engine: &PolicyEngine,
     policy: &CompiledPolicy,
     time: i64,
