@@ -123,8 +123,9 @@ impl PolicyEngine {
         });
     }
 
-    /// Reloads the policy file now (SIGHUP), on a blocking thread; `false`
-    /// when there is no file (the built-in policy never changes).
+    /// Reloads the policy file (and the shadow policy's) now (SIGHUP), on a
+    /// blocking thread; `false` when there is neither (the built-in policy
+    /// never changes).
     pub fn reload_now(self: &Arc<Self>) -> bool {
         let shadow = self.shadow().is_some_and(|shadow| shadow.reload_now());
         if self.path.is_none() {
