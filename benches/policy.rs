@@ -22,9 +22,9 @@ use std::path::Path;
 
 use axum::http::{HeaderMap, Method};
 use criterion::{criterion_group, criterion_main, Criterion};
-use mcp_oauth_proxy::policy::layer::{script_request, McpCall, RequestView};
 use mcp_oauth_proxy::config::PolicyConfig;
 use mcp_oauth_proxy::metrics::Metrics;
+use mcp_oauth_proxy::policy::layer::{script_request, McpCall, RequestView};
 use mcp_oauth_proxy::policy::observer::Outcome;
 use mcp_oauth_proxy::policy::replay::{compare, run_candidate};
 use mcp_oauth_proxy::policy::{user_value, PolicyEngine, UserFacts};
@@ -178,7 +178,10 @@ fn bench_observers(c: &mut Criterion) {
     };
     let mut headers = HeaderMap::new();
     headers.insert("content-type", "application/json".parse().unwrap());
-    headers.insert("accept", "application/json, text/event-stream".parse().unwrap());
+    headers.insert(
+        "accept",
+        "application/json, text/event-stream".parse().unwrap(),
+    );
     headers.insert("mcp-protocol-version", "2025-06-18".parse().unwrap());
     let call = McpCall {
         method: Some("tools/call".into()),
@@ -196,12 +199,14 @@ fn bench_observers(c: &mut Criterion) {
             .expect("the observers start")
     };
     let off = observed(PolicyConfig::default());
-    let mut log = PolicyConfig::default();
-    log.decision_log = Some(dir.join("decisions.jsonl").display().to_string());
-    let log = observed(log);
-    let mut shadow = PolicyConfig::default();
-    shadow.shadow_path = Some(per_tool.to_path_buf());
-    let shadow = observed(shadow);
+    let with = |set: &dyn Fn(&mut PolicyConfig)| {
+        let mut settings = PolicyConfig::default();
+        set(&mut settings);
+        observed(settings)
+    };
+    let log_path = dir.join("decisions.jsonl").display().to_string();
+    let log = with(&|c| c.decision_log = Some(log_path.clone()));
+    let shadow = with(&|c| c.shadow_path = Some(per_tool.to_path_buf()));
     for (name, engine) in [("off", &off), ("decision-log", &log), ("shadow", &shadow)] {
         c.bench_function(&format!("observe/{name}"), |b| {
             b.iter(|| observed_request(engine, &headers, &call, &user, &tokens))

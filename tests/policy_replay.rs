@@ -240,7 +240,10 @@ async fn logged_traffic_replays_against_same_stricter_and_header_changing_polici
     let (code, text) = replay(&run, STRICTER, &["--route", "other", "--json"]);
     assert_eq!(code, 0, "{text}");
     let report: Value = serde_json::from_str(&text).unwrap();
-    assert_eq!((report["decisions"].clone(), report["other_routes"].clone()), (json!(0), json!(8)));
+    assert_eq!(
+        (report["decisions"].clone(), report["other_routes"].clone()),
+        (json!(0), json!(8))
+    );
 }
 
 #[tokio::test]
@@ -258,14 +261,20 @@ async fn the_decision_log_holds_no_token_secret_or_hidden_header() {
     assert!(secrets.len() >= 10, "{secrets:?}");
     for secret in &secrets {
         assert!(!secret.is_empty());
-        assert!(!log.contains(secret.as_str()), "the decision log contains {secret}");
+        assert!(
+            !log.contains(secret.as_str()),
+            "the decision log contains {secret}"
+        );
     }
     // What it does hold: the inputs the policy saw, with placeholders.
     let first: Value = serde_json::from_str(log.lines().next().unwrap()).unwrap();
     assert_eq!(first["route"], "default");
     assert_eq!(first["user"]["sub"], "dev");
     assert_eq!(first["user"]["claims"]["dept"], "eng");
-    assert!(first["user"]["claims"].get("employee_ssn").is_none(), "{first:#}");
+    assert!(
+        first["user"]["claims"].get("employee_ssn").is_none(),
+        "{first:#}"
+    );
     assert_eq!(first["request"]["headers"]["x-team"], "blue");
     assert_eq!(first["request"]["headers"]["x-api-key"], "[redacted]");
     assert!(first["request"]["headers"].get("authorization").is_none());

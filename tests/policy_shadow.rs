@@ -83,12 +83,16 @@ async fn start(shadow: Option<&str>) -> Proxy {
     })
     .await;
     let client = proxy.public_client().await;
-    proxy.provider.set_user(user("dev", &["engineering"], "eng"));
+    proxy
+        .provider
+        .set_user(user("dev", &["engineering"], "eng"));
     let dev = proxy.tokens_for(&client, &[]).await["access_token"]
         .as_str()
         .unwrap()
         .to_string();
-    proxy.provider.set_user(user("ops", &["ops", "admins"], "sre"));
+    proxy
+        .provider
+        .set_user(user("ops", &["ops", "admins"], "sre"));
     let ops = proxy.tokens_for(&client, &[]).await["access_token"]
         .as_str()
         .unwrap()
@@ -104,7 +108,12 @@ async fn start(shadow: Option<&str>) -> Proxy {
 }
 
 /// One call: its status, body, and the identity headers the downstream got.
-async fn call(p: &Proxy, token: &str, method: &str, tool: Option<&str>) -> (u16, Value, Vec<String>) {
+async fn call(
+    p: &Proxy,
+    token: &str,
+    method: &str,
+    tool: Option<&str>,
+) -> (u16, Value, Vec<String>) {
     let before = p.downstream.requests().len();
     let params = tool.map_or(json!({}), |t| json!({"name": t}));
     let r = p
@@ -201,7 +210,10 @@ async fn disagreements_are_counted_and_logged_and_responses_are_unchanged() {
         seen.iter().map(|r| r.0).collect::<Vec<_>>(),
         [200, 200, 200, 403, 403, 200, 200, 200]
     );
-    assert!(seen[0].2.contains(&"x-user-dept: eng".to_string()), "{seen:?}");
+    assert!(
+        seen[0].2.contains(&"x-user-dept: eng".to_string()),
+        "{seen:?}"
+    );
 
     wait_for("the shadow's verdicts", || {
         disagreements(&shadowed, "allow_to_deny") == 3
@@ -230,7 +242,9 @@ async fn disagreements_are_counted_and_logged_and_responses_are_unchanged() {
             && l.contains("dev")),
         "{lines:#?}"
     );
-    assert!(lines.iter().any(|l| l.contains("headers changed: x-user-dept")));
+    assert!(lines
+        .iter()
+        .any(|l| l.contains("headers changed: x-user-dept")));
 }
 
 #[tokio::test]
@@ -285,7 +299,10 @@ async fn the_shadow_reloads_and_keeps_its_last_good_version() {
     let p = start(Some(CANDIDATE)).await;
     let shadow = p.proxy.app().routes[0].policy.shadow().unwrap().clone();
     call(&p, &p.dev, "tools/call", Some("run_sql")).await;
-    wait_for("the first disagreement", || disagreements(&p, "allow_to_deny") == 1).await;
+    wait_for("the first disagreement", || {
+        disagreements(&p, "allow_to_deny") == 1
+    })
+    .await;
 
     // A broken edit: refused, the last good candidate keeps disagreeing.
     write_atomically(&p.shadow_path, "fn authorize(user, request) { deny(");
@@ -294,7 +311,10 @@ async fn the_shadow_reloads_and_keeps_its_last_good_version() {
     })
     .await;
     call(&p, &p.dev, "tools/call", Some("run_sql")).await;
-    wait_for("the second disagreement", || disagreements(&p, "allow_to_deny") == 2).await;
+    wait_for("the second disagreement", || {
+        disagreements(&p, "allow_to_deny") == 2
+    })
+    .await;
 
     // A good edit (the enforced policy itself): no more disagreements.
     write_atomically(&p.shadow_path, ENFORCED);
@@ -305,7 +325,14 @@ async fn the_shadow_reloads_and_keeps_its_last_good_version() {
     call(&p, &p.dev, "tools/call", Some("run_sql")).await;
     call(&p, &p.ops, "tools/call", Some("deploy")).await;
     // The enforced policy's own decisions are unchanged by all this.
-    assert_eq!(p.proxy.app().routes[0].policy.reloads.failed.load(Ordering::Relaxed), 0);
+    assert_eq!(
+        p.proxy.app().routes[0]
+            .policy
+            .reloads
+            .failed
+            .load(Ordering::Relaxed),
+        0
+    );
     tokio::time::sleep(Duration::from_millis(300)).await;
     assert_eq!(disagreements(&p, "allow_to_deny"), 2);
     assert_eq!(disagreements(&p, "headers"), 0);

@@ -91,9 +91,8 @@ pub fn read_logs(paths: &[PathBuf]) -> Result<Vec<DecisionRecord>, String> {
             if line.trim().is_empty() {
                 continue;
             }
-            let record: DecisionRecord = serde_json::from_str(&line).map_err(|e| {
-                format!("{}:{}: not a decision record: {e}", path.display(), n + 1)
-            })?;
+            let record: DecisionRecord = serde_json::from_str(&line)
+                .map_err(|e| format!("{}:{}: not a decision record: {e}", path.display(), n + 1))?;
             records.push(record);
         }
     }

@@ -124,9 +124,14 @@ fn default_redact_claims() -> Vec<String> {
 }
 /// Headers that commonly carry credentials a client chose to send.
 fn default_redact_headers() -> Vec<String> {
-    ["proxy-authorization", "x-api-key", "x-auth-token", "mcp-session-id"]
-        .map(String::from)
-        .to_vec()
+    [
+        "proxy-authorization",
+        "x-api-key",
+        "x-auth-token",
+        "mcp-session-id",
+    ]
+    .map(String::from)
+    .to_vec()
 }
 
 impl PolicyConfig {
@@ -203,13 +208,18 @@ mod tests {
 
     #[test]
     fn observer_keys_are_checked_by_name() {
-        assert!(PolicyConfig::default().check_observers(|k: &str| k.to_string()).is_ok());
+        assert!(PolicyConfig::default()
+            .check_observers(|k: &str| k.to_string())
+            .is_ok());
         for (err, key) in [
             (
                 error(|c| c.decision_log = Some("/no/such/dir/d.jsonl".into())),
                 "policy.decision_log",
             ),
-            (error(|c| c.decision_log = Some(" ".into())), "policy.decision_log"),
+            (
+                error(|c| c.decision_log = Some(" ".into())),
+                "policy.decision_log",
+            ),
             (
                 error(|c| c.decision_log_sample_percent = 0),
                 "policy.decision_log_sample_percent",
@@ -229,8 +239,10 @@ mod tests {
         ] {
             assert!(err.starts_with(&format!("routes[x].{key}:")), "{err}");
         }
-        let mut log = PolicyConfig::default();
-        log.decision_log = Some("log".into());
+        let log = PolicyConfig {
+            decision_log: Some("log".into()),
+            ..PolicyConfig::default()
+        };
         assert!(log.check_observers(|k: &str| k.to_string()).is_ok());
     }
 }

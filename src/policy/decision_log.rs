@@ -21,7 +21,7 @@ use std::sync::Arc;
 use serde::{Deserialize, Serialize};
 use serde_json::Value;
 
-use super::observer::{ObserverError, Observed, Outcome, REDACTED};
+use super::observer::{Observed, ObserverError, Outcome, REDACTED};
 use super::PolicyEngine;
 use crate::config::PolicyConfig;
 use crate::metrics::labels::ObserverQueue;
@@ -105,7 +105,11 @@ impl DecisionLog {
         };
         let filter = Filter {
             all_claims: settings.decision_log_all_claims,
-            redact_claims: settings.decision_log_redact_claims.iter().cloned().collect(),
+            redact_claims: settings
+                .decision_log_redact_claims
+                .iter()
+                .cloned()
+                .collect(),
             shadow,
         };
         let (queue, records) = sync_channel(QUEUE);
@@ -153,7 +157,9 @@ fn write_records(records: Receiver<Arc<Observed>>, mut sink: Sink, filter: Filte
         let record = filter.record(&observed);
         match serde_json::to_string(&record) {
             Ok(line) => sink.write(&line),
-            Err(e) => tracing::warn!(target: "policy", error = %e, "a decision could not be logged"),
+            Err(e) => {
+                tracing::warn!(target: "policy", error = %e, "a decision could not be logged")
+            }
         }
         pending = true;
     }
@@ -189,7 +195,8 @@ impl Filter {
                 names_word(&o.policy.source, key)
                     || shadow.as_ref().is_some_and(|s| names_word(&s.source, key))
             };
-            claims.retain(|key, _| self.all_claims || self.redact_claims.contains(key) || named(key));
+            claims
+                .retain(|key, _| self.all_claims || self.redact_claims.contains(key) || named(key));
             for (key, value) in claims.iter_mut() {
                 if self.redact_claims.contains(key) {
                     *value = Value::String(REDACTED.into());

@@ -358,7 +358,13 @@ impl Evaluation {
             };
             self.metrics.policy_decision(verdict, started.elapsed());
             if let Some(observe) = &self.observe {
-                observe.decided(&self.session.upstream, &self.user, call, &self.policy, &decision);
+                observe.decided(
+                    &self.session.upstream,
+                    &self.user,
+                    call,
+                    &self.policy,
+                    &decision,
+                );
             }
             if let Some(slot) = &self.audit {
                 slot.update(|facts| facts.decision = Some(verdict.as_str()));

@@ -240,11 +240,7 @@ impl Observation {
             route: o.route.clone(),
             policy: policy.clone(),
             user: user.clone(),
-            request: redacted_request(
-                self.view.for_call(call),
-                &o.redact_headers,
-                upstream,
-            ),
+            request: redacted_request(self.view.for_call(call), &o.redact_headers, upstream),
             id_token: upstream.id_token.is_some(),
             outcome: Outcome::of(decision, upstream),
         });
@@ -259,11 +255,18 @@ impl Observation {
 
 /// The request view with redacted headers written `[redacted]` and any
 /// header value carrying a provider token written as its placeholder.
-fn redacted_request(request: Dynamic, redact: &HashSet<String>, tokens: &UpstreamTokens) -> Dynamic {
+fn redacted_request(
+    request: Dynamic,
+    redact: &HashSet<String>,
+    tokens: &UpstreamTokens,
+) -> Dynamic {
     let Some(mut map) = request.try_cast::<Map>() else {
         return Dynamic::UNIT;
     };
-    if let Some(headers) = map.get("headers").and_then(|h| h.read_lock::<Map>().map(|m| m.clone())) {
+    if let Some(headers) = map
+        .get("headers")
+        .and_then(|h| h.read_lock::<Map>().map(|m| m.clone()))
+    {
         let cleaned: Map = headers
             .into_iter()
             .map(|(name, value)| {
@@ -321,7 +324,10 @@ mod tests {
                     "Bearer at-123".parse().unwrap(),
                 ),
                 ("x-id".parse().unwrap(), "id-456".parse().unwrap()),
-                ("x-user-email".parse().unwrap(), "a@example.com".parse().unwrap()),
+                (
+                    "x-user-email".parse().unwrap(),
+                    "a@example.com".parse().unwrap(),
+                ),
             ],
         };
         let outcome = Outcome::of(&decision, &tokens);

@@ -205,7 +205,7 @@ pub fn replay(
         candidate_hash: policy.hash.clone(),
         ..ReplayReport::default()
     };
-    let mut groups: BTreeMap<(usize, String, String, String), ChangeGroup> = BTreeMap::new();
+    let mut groups = Groups::new();
     for record in records {
         if route.is_some_and(|r| r != record.route) {
             report.other_routes += 1;
@@ -236,42 +236,7 @@ pub fn replay(
             report.unchanged += 1;
         }
         for difference in differences {
-            let (order, kind, headers) = match difference {
-                Difference::AllowToDeny => (0, "allow_to_deny", Vec::new()),
-                Difference::DenyToAllow => (1, "deny_to_allow", Vec::new()),
-                Difference::Headers(names) => (2, "headers", names),
-                Difference::Reason => (3, "reason", Vec::new()),
-            };
-            match order {
-                0 => report.allow_to_deny += 1,
-                1 => report.deny_to_allow += 1,
-                2 => report.headers_changed += 1,
-                _ => report.reasons_changed += 1,
-            }
-            for name in &headers {
-                *report.headers_by_name.entry(name.clone()).or_default() += 1;
-            }
-            let user = describe_user(&record.user);
-            let request = describe_request_value(&record.request);
-            let key = (
-                order,
-                user.clone(),
-                request.clone(),
-                serde_json::to_string(&(&headers, &record.outcome.reason, &after.reason))
-                    .unwrap_or_default(),
-            );
-            groups
-                .entry(key)
-                .or_insert_with(|| ChangeGroup {
-                    kind,
-                    count: 0,
-                    user,
-                    request,
-                    headers,
-                    before: record.outcome.clone(),
-                    after: after.clone(),
-                })
-                .count += 1;
+            tally(&mut report, &mut groups, record, &after, difference);
         }
     }
     let mut changes: Vec<ChangeGroup> = groups.into_values().collect();
@@ -279,6 +244,55 @@ pub fn replay(
     changes.sort_by_key(|g| (kind_order(g.kind), std::cmp::Reverse(g.count)));
     report.changes = changes;
     Ok(report)
+}
+
+/// Changes by kind, user, request and what changed.
+type Groups = BTreeMap<(usize, String, String, String), ChangeGroup>;
+
+/// Counts one difference in the summary and in its group.
+fn tally(
+    report: &mut ReplayReport,
+    groups: &mut Groups,
+    record: &DecisionRecord,
+    after: &Outcome,
+    difference: Difference,
+) {
+    let (order, kind, headers) = match difference {
+        Difference::AllowToDeny => (0, "allow_to_deny", Vec::new()),
+        Difference::DenyToAllow => (1, "deny_to_allow", Vec::new()),
+        Difference::Headers(names) => (2, "headers", names),
+        Difference::Reason => (3, "reason", Vec::new()),
+    };
+    match order {
+        0 => report.allow_to_deny += 1,
+        1 => report.deny_to_allow += 1,
+        2 => report.headers_changed += 1,
+        _ => report.reasons_changed += 1,
+    }
+    for name in &headers {
+        *report.headers_by_name.entry(name.clone()).or_default() += 1;
+    }
+    let user = describe_user(&record.user);
+    let request = describe_request_value(&record.request);
+    let key = (
+        order,
+        user.clone(),
+        request.clone(),
+        serde_json::to_string(&(&headers, &record.outcome.reason, &after.reason))
+            .unwrap_or_default(),
+    );
+    groups
+        .entry(key)
+        .or_insert_with(|| ChangeGroup {
+            kind,
+            count: 0,
+            user,
+            request,
+            headers,
+            before: record.outcome.clone(),
+            after: after.clone(),
+        })
+        .count += 1;
 }
 
 fn kind_order(kind: &str) -> usize {
@@ -332,8 +346,14 @@ mod tests {
     #[test]
     fn comparisons_name_what_changed() {
         assert!(compare(&allow(&[("x-a", "1")]), &allow(&[("x-a", "1")])).is_empty());
-        assert_eq!(compare(&allow(&[]), &deny("no")), vec![Difference::AllowToDeny]);
-        assert_eq!(compare(&deny("no"), &allow(&[])), vec![Difference::DenyToAllow]);
+        assert_eq!(
+            compare(&allow(&[]), &deny("no")),
+            vec![Difference::AllowToDeny]
+        );
+        assert_eq!(
+            compare(&deny("no"), &allow(&[])),
+            vec![Difference::DenyToAllow]
+        );
         assert_eq!(
             compare(
                 &allow(&[("x-a", "1"), ("x-b", "2")]),
@@ -370,7 +390,11 @@ mod tests {
         let afternoon = morning + 6 * 3600;
         for _ in 0..3 {
             let report = replay(&path, &[], &[record(morning), record(afternoon)], None).unwrap();
-            assert_eq!((report.unchanged, report.allow_to_deny), (1, 1), "{report:?}");
+            assert_eq!(
+                (report.unchanged, report.allow_to_deny),
+                (1, 1),
+                "{report:?}"
+            );
         }
     }
 }

@@ -95,7 +95,12 @@ impl Worker {
             o.request.clone(),
             o.id_token,
         );
-        let sub = o.user.clone().try_cast::<rhai::Map>().and_then(|u| u.get("sub").map(|s| s.to_string())).unwrap_or_default();
+        let sub = o
+            .user
+            .clone()
+            .try_cast::<rhai::Map>()
+            .and_then(|u| u.get("sub").map(|s| s.to_string()))
+            .unwrap_or_default();
         let outcome = match result {
             Ok(outcome) => outcome,
             Err(error) => {
@@ -116,9 +121,7 @@ impl Worker {
             };
             self.metrics.shadow_disagreement(kind);
         }
-        let counted = differences
-            .iter()
-            .any(|d| !matches!(d, Difference::Reason));
+        let counted = differences.iter().any(|d| !matches!(d, Difference::Reason));
         if counted && self.limiter.allow() {
             let request = super::replay::describe_request(&o.request);
             let what: Vec<String> = differences.iter().map(Difference::to_string).collect();
