@@ -337,3 +337,76 @@ async fn the_shadow_reloads_and_keeps_its_last_good_version() {
     assert_eq!(disagreements(&p, "allow_to_deny"), 2);
     assert_eq!(disagreements(&p, "headers"), 0);
 }
+
+#[tokio::test]
+async fn each_route_has_its_own_shadow_and_decision_log() {
+    let dir = tempfile::tempdir().unwrap();
+    let policy = dir.path().join("policy.rhai");
+    std::fs::write(&policy, ENFORCED).unwrap();
+    let shadow = dir.path().join("shadow.rhai");
+    std::fs::write(&shadow, CANDIDATE).unwrap();
+    let wiki_log = dir.path().join("wiki.jsonl");
+    let main = Downstream::start().await;
+    let wiki = Downstream::start().await;
+    let proxy = TestProxy::start_with_options(&Options {
+        downstream_url: Some(main.mcp_url()),
+        extra: format!(
+            "[policy]\npath = \"{policy}\"\n\n[[routes]]\nname = \"wiki\"\npath = \"/wiki/mcp\"\n[routes.downstream]\nurl = \"{wiki}\"\n[routes.policy]\npath = \"{policy}\"\nshadow_path = \"{shadow}\"\ndecision_log = \"{log}\"\n",
+            policy = policy.display(),
+            shadow = shadow.display(),
+            wiki = wiki.mcp_url(),
+            log = wiki_log.display(),
+        ),
+        ..Default::default()
+    })
+    .await;
+    let client = proxy.public_client().await;
+    proxy
+        .provider
+        .set_user(user("dev", &["engineering"], "eng"));
+    let token = proxy.tokens_for(&client, &[]).await["access_token"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    for path in ["/mcp", "/wiki/mcp"] {
+        let status = proxy
+            .http
+            .post(format!("{}{path}", proxy.url))
+            .bearer_auth(&token)
+            .header("accept", "application/json, text/event-stream")
+            .json(&json!({"jsonrpc": "2.0", "id": 1, "method": "tools/call", "params": {"name": "run_sql"}}))
+            .send()
+            .await
+            .unwrap()
+            .status();
+        assert_eq!(status, 200, "{path}");
+    }
+    let count = |route: &str| {
+        let series = format!(
+            "mcp_oauth_proxy_policy_shadow_disagreements_total{{kind=\"allow_to_deny\",route=\"{route}\"}}"
+        );
+        proxy
+            .app()
+            .metrics
+            .render()
+            .lines()
+            .find_map(|l| l.strip_prefix(series.as_str())?.trim().parse::<u64>().ok())
+            .unwrap()
+    };
+    wait_for("the wiki route's shadow", || count("wiki") == 1).await;
+    assert_eq!(count("default"), 0);
+    assert!(proxy.app().routes[0].policy.shadow().is_none());
+    let read = || std::fs::read_to_string(&wiki_log).unwrap_or_default();
+    wait_for("the wiki route's decision log", || {
+        read().lines().count() == 1
+    })
+    .await;
+    let logged = read();
+    let records: Vec<Value> = logged
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap())
+        .collect();
+    assert_eq!(records.len(), 1, "{logged}");
+    assert_eq!(records[0]["route"], "wiki");
+    assert_eq!(records[0]["request"]["path"], "/wiki/mcp");
+}
