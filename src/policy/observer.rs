@@ -124,7 +124,8 @@ pub(crate) fn placeholder_tokens(id_token: bool) -> UpstreamTokens {
 /// One decision as observed: the inputs the script saw and what the
 /// enforced policy decided, with no token in it.
 pub(crate) struct Observed {
-    /// Unix seconds when it was decided (what `now()` returned).
+    /// Unix seconds when the request arrived; replays and the shadow run
+    /// at this time.
     pub(crate) time: i64,
     pub(crate) route: Arc<str>,
     pub(crate) policy: Arc<CompiledPolicy>,
@@ -209,6 +210,9 @@ impl PolicyObserver {
 pub struct Observation {
     observer: Arc<PolicyObserver>,
     view: RequestView,
+    /// When the request arrived, before its policy ran: what replays and
+    /// the shadow give `now()`.
+    time: i64,
 }
 
 impl Observation {
@@ -216,6 +220,7 @@ impl Observation {
         Observation {
             observer,
             view: view.clone(),
+            time: crate::now_unix(),
         }
     }
 
@@ -236,7 +241,7 @@ impl Observation {
             return;
         }
         let observed = Arc::new(Observed {
-            time: crate::now_unix(),
+            time: self.time,
             route: o.route.clone(),
             policy: policy.clone(),
             user: user.clone(),
