@@ -139,6 +139,12 @@ fn check(path: Option<PathBuf>) -> ExitCode {
                         return ExitCode::FAILURE;
                     }
                 }
+                if let Some(shadow) = route.shadow_policy_path() {
+                    if let Err(e) = PolicyEngine::new(Some(shadow), route.identity_headers()) {
+                        eprintln!("policy error: {}: {e}", route.key("policy.shadow_path"));
+                        return ExitCode::FAILURE;
+                    }
+                }
             }
             eprintln!(
                 "configuration OK (issuer {}, provider {}, {} route{})",

@@ -285,3 +285,74 @@ async fn the_decision_log_holds_no_token_secret_or_hidden_header() {
     );
     assert_eq!(first["policy_hash"].as_str().unwrap().len(), 64);
 }
+
+fn run_cli(args: &[&std::ffi::OsStr]) -> (i32, String, String) {
+    let out = Command::new(env!("CARGO_BIN_EXE_mcp-oauth-proxy"))
+        .args(args)
+        .output()
+        .unwrap();
+    (
+        out.status.code().unwrap(),
+        String::from_utf8_lossy(&out.stdout).into_owned(),
+        String::from_utf8_lossy(&out.stderr).into_owned(),
+    )
+}
+
+#[test]
+fn unreadable_logs_and_candidates_and_broken_shadows_are_errors_that_say_where() {
+    let dir = tempfile::tempdir().unwrap();
+    let good = dir.path().join("good.rhai");
+    std::fs::write(&good, POLICY).unwrap();
+    let broken = dir.path().join("broken.rhai");
+    std::fs::write(&broken, "fn authorize(user, request) {\n  deny(\n}").unwrap();
+    let log = dir.path().join("d.jsonl");
+    std::fs::write(&log, "{\"v\":1}\n").unwrap();
+    let os = |p: &Path| p.as_os_str().to_owned();
+    let (code, _, err) = run_cli(&[
+        "policy".as_ref(),
+        "replay".as_ref(),
+        "--policy".as_ref(),
+        &os(&good),
+        &os(&log),
+    ]);
+    assert_eq!(code, 2);
+    assert!(
+        err.contains(&format!("{}:1: not a decision record", log.display())),
+        "{err}"
+    );
+    std::fs::write(&log, "").unwrap();
+    let (code, _, err) = run_cli(&[
+        "policy".as_ref(),
+        "replay".as_ref(),
+        "--policy".as_ref(),
+        &os(&broken),
+        &os(&log),
+    ]);
+    assert_eq!(code, 2);
+    assert!(err.contains(&format!("{}:3:", broken.display())), "{err}");
+
+    // `check` compiles the shadow policy and names its key.
+    let config = dir.path().join("proxy.toml");
+    std::fs::write(
+        &config,
+        config_toml(
+            free_port(),
+            "https://idp.example.com",
+            &dir.path().join("proxy.db"),
+            &Options {
+                extra: format!("[policy]\nshadow_path = \"{}\"\n", broken.display()),
+                ..Default::default()
+            },
+        ),
+    )
+    .unwrap();
+    let (code, _, err) = run_cli(&["check".as_ref(), "--config".as_ref(), &os(&config)]);
+    assert_eq!(code, 1, "{err}");
+    assert!(
+        err.contains(&format!(
+            "policy error: policy.shadow_path: {}:3:",
+            broken.display()
+        )),
+        "{err}"
+    );
+}
