@@ -142,17 +142,17 @@ fn bench(c: &mut Criterion) {
 /// observes the engine handed the decision.
 fn observed_request(
     engine: &PolicyEngine,
+    policy: &std::sync::Arc<mcp_oauth_proxy::policy::CompiledPolicy>,
     headers: &HeaderMap,
     call: &McpCall,
     user: &rhai::Dynamic,
     tokens: &UpstreamTokens,
 ) {
-    let policy = engine.current();
     let view = RequestView::new("default", &Method::POST, "/mcp", headers);
     let observe = engine.observe(&view);
-    let decision = engine.authorize(&policy, user.clone(), view.into_call(Some(call)), tokens);
+    let decision = engine.authorize(policy, user.clone(), view.into_call(Some(call)), tokens);
     if let Some(observe) = &observe {
-        observe.decided(tokens, user, Some(call), &policy, &decision);
+        observe.decided(tokens, user, Some(call), policy, &decision);
     }
     black_box(decision);
 }
@@ -208,8 +208,9 @@ fn bench_observers(c: &mut Criterion) {
     let log = with(&|c| c.decision_log = Some(log_path.clone()));
     let shadow = with(&|c| c.shadow_path = Some(per_tool.to_path_buf()));
     for (name, engine) in [("off", &off), ("decision-log", &log), ("shadow", &shadow)] {
+        let policy = engine.current();
         c.bench_function(&format!("observe/{name}"), |b| {
-            b.iter(|| observed_request(engine, &headers, &call, &user, &tokens))
+            b.iter(|| observed_request(engine, &policy, &headers, &call, &user, &tokens))
         });
     }
     let candidate = PolicyEngine::new(Some(per_tool), &[]).expect("the policy compiles");

@@ -8,6 +8,7 @@
 //! `[redacted]` — and offers it to bounded queues; writing and shadow
 //! evaluation happen on their own threads, never on the request path.
 
+use std::borrow::Cow;
 use std::collections::{BTreeMap, HashSet};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
@@ -85,7 +86,8 @@ impl Outcome {
                     .iter()
                     .map(|(name, value)| {
                         let text = String::from_utf8_lossy(value.as_bytes());
-                        (name.as_str().to_string(), without_tokens(&text, tokens))
+                        let text = without_tokens(&text, tokens).into_owned();
+                        (name.as_str().to_string(), text)
                     })
                     .collect(),
             },
@@ -99,14 +101,17 @@ impl Outcome {
     }
 }
 
-/// `text` with the provider's tokens written as placeholders.
-fn without_tokens(text: &str, tokens: &UpstreamTokens) -> String {
-    let mut text = text.to_string();
-    if !tokens.access_token.is_empty() {
-        text = text.replace(&tokens.access_token, ACCESS_TOKEN_PLACEHOLDER);
+/// `text` with the provider's tokens written as placeholders (borrowed,
+/// without a copy, when it holds none: the usual case).
+fn without_tokens<'a>(text: &'a str, tokens: &UpstreamTokens) -> Cow<'a, str> {
+    let mut text = Cow::Borrowed(text);
+    if !tokens.access_token.is_empty() && text.contains(tokens.access_token.as_str()) {
+        text = Cow::Owned(text.replace(&tokens.access_token, ACCESS_TOKEN_PLACEHOLDER));
     }
     if let Some(id) = tokens.id_token.as_deref().filter(|t| !t.is_empty()) {
-        text = text.replace(id, ID_TOKEN_PLACEHOLDER);
+        if text.contains(id) {
+            text = Cow::Owned(text.replace(id, ID_TOKEN_PLACEHOLDER));
+        }
     }
     text
 }
@@ -259,7 +264,8 @@ impl Observation {
 }
 
 /// The request view with redacted headers written `[redacted]` and any
-/// header value carrying a provider token written as its placeholder.
+/// header value carrying a provider token written as its placeholder;
+/// headers left as they are are not copied.
 fn redacted_request(
     request: Dynamic,
     redact: &HashSet<String>,
@@ -268,22 +274,27 @@ fn redacted_request(
     let Some(mut map) = request.try_cast::<Map>() else {
         return Dynamic::UNIT;
     };
-    if let Some(headers) = map
-        .get("headers")
-        .and_then(|h| h.read_lock::<Map>().map(|m| m.clone()))
-    {
-        let cleaned: Map = headers
-            .into_iter()
-            .map(|(name, value)| {
-                let value = if redact.contains(name.as_str()) {
-                    Dynamic::from(REDACTED.to_string())
-                } else {
-                    Dynamic::from(without_tokens(&value.to_string(), tokens))
-                };
-                (name, value)
-            })
-            .collect();
-        map.insert("headers".into(), Dynamic::from_map(cleaned));
+    if let Some(headers) = map.get_mut("headers") {
+        let mut cleaned = std::mem::take(headers)
+            .try_cast::<Map>()
+            .unwrap_or_default();
+        for (name, value) in cleaned.iter_mut() {
+            let replacement = if redact.contains(name.as_str()) {
+                Some(REDACTED.to_string())
+            } else {
+                value.read_lock::<rhai::ImmutableString>().and_then(|text| {
+                    match without_tokens(text.as_str(), tokens) {
+                        Cow::Owned(clean) => Some(clean),
+                        Cow::Borrowed(_) => None,
+                    }
+                })
+            };
+            if let Some(text) = replacement {
+                *value = Dynamic::from(text);
+            }
+        }
+        // Read-only, as the live policy sees them.
+        *headers = Dynamic::from_map(cleaned).into_read_only();
     }
     Dynamic::from_map(map)
 }
@@ -342,5 +353,30 @@ mod tests {
         );
         assert_eq!(outcome.headers["x-id"], ID_TOKEN_PLACEHOLDER);
         assert_eq!(outcome.headers["x-user-email"], "a@example.com");
+    }
+
+    #[test]
+    fn request_headers_are_redacted_and_stay_read_only() {
+        let mut headers = axum::http::HeaderMap::new();
+        headers.insert("x-api-key", "k-123".parse().unwrap());
+        headers.insert("x-echo", "Bearer at-123".parse().unwrap());
+        headers.insert("x-team", "blue".parse().unwrap());
+        let view = RequestView::new("default", &axum::http::Method::POST, "/mcp", &headers);
+        let tokens = UpstreamTokens {
+            access_token: "at-123".into(),
+            ..UpstreamTokens::default()
+        };
+        let redact = HashSet::from(["x-api-key".to_string()]);
+        let request = redacted_request(view.for_call(None), &redact, &tokens);
+        let json: serde_json::Value = rhai::serde::from_dynamic(&request).unwrap();
+        assert_eq!(json["headers"]["x-api-key"], REDACTED);
+        assert_eq!(
+            json["headers"]["x-echo"],
+            format!("Bearer {ACCESS_TOKEN_PLACEHOLDER}")
+        );
+        assert_eq!(json["headers"]["x-team"], "blue");
+        assert_eq!(json["path"], "/mcp");
+        let map = request.try_cast::<Map>().unwrap();
+        assert!(map["headers"].is_read_only());
     }
 }
