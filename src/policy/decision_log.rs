@@ -75,6 +75,11 @@ pub(crate) struct DecisionLog {
 struct Filter {
     all_claims: bool,
     redact_claims: HashSet<String>,
+    /// Which claim names the policy versions below name (a scan of their
+    /// sources, once per name and versions).
+    named: std::collections::HashMap<String, bool>,
+    /// The (policy, shadow) versions `named` is about.
+    versions: (u64, u64),
     /// The shadow's engine: claims its current version names are kept too.
     shadow: Option<Arc<PolicyEngine>>,
 }
@@ -110,6 +115,8 @@ impl DecisionLog {
                 .iter()
                 .cloned()
                 .collect(),
+            named: std::collections::HashMap::new(),
+            versions: (0, 0),
             shadow,
         };
         let (queue, records) = sync_channel(QUEUE);
@@ -137,7 +144,7 @@ impl DecisionLog {
 
 /// The writer thread: writes each record, flushing whenever the queue is
 /// empty; ends when the route's log is dropped.
-fn write_records(records: Receiver<Arc<Observed>>, mut sink: Sink, filter: Filter) {
+fn write_records(records: Receiver<Arc<Observed>>, mut sink: Sink, mut filter: Filter) {
     let mut pending = false;
     loop {
         let next = if pending {
@@ -187,18 +194,32 @@ impl Sink {
 
 impl Filter {
     /// The record of an observation: the user's claims filtered.
-    fn record(&self, o: &Observed) -> DecisionRecord {
+    fn record(&mut self, o: &Observed) -> DecisionRecord {
         let mut user = rhai::serde::from_dynamic::<Value>(&o.user).unwrap_or(Value::Null);
         if let Some(Value::Object(claims)) = user.get_mut("claims") {
             let shadow = self.shadow.as_ref().map(|s| s.current());
-            let named = |key: &str| {
-                names_word(&o.policy.source, key)
-                    || shadow.as_ref().is_some_and(|s| names_word(&s.source, key))
+            let versions = (o.policy.version, shadow.as_ref().map_or(0, |s| s.version));
+            if versions != self.versions {
+                self.named.clear();
+                self.versions = versions;
+            }
+            let cache = &mut self.named;
+            let mut named = |key: &str| {
+                if let Some(known) = cache.get(key) {
+                    return *known;
+                }
+                let found = names_word(&o.policy.source, key)
+                    || shadow.as_ref().is_some_and(|s| names_word(&s.source, key));
+                // Bounded: claim names come from the provider.
+                if cache.len() < 1024 {
+                    cache.insert(key.to_string(), found);
+                }
+                found
             };
-            claims
-                .retain(|key, _| self.all_claims || self.redact_claims.contains(key) || named(key));
+            let (all, redact) = (self.all_claims, &self.redact_claims);
+            claims.retain(|key, _| all || redact.contains(key) || named(key));
             for (key, value) in claims.iter_mut() {
-                if self.redact_claims.contains(key) {
+                if redact.contains(key) {
                     *value = Value::String(REDACTED.into());
                 }
             }
