@@ -21,7 +21,7 @@ use std::sync::Arc;
 use serde::{Deserialize, Serialize};
 use serde_json::Value;
 
-use super::observer::{Observed, ObserverError, Outcome, REDACTED};
+use super::observer::{next_polled, Observed, ObserverError, Outcome, REDACTED};
 use super::PolicyEngine;
 use crate::config::PolicyConfig;
 use crate::metrics::labels::ObserverQueue;
@@ -142,25 +142,10 @@ impl DecisionLog {
     }
 }
 
-/// The writer thread: writes each record, flushing whenever the queue is
+/// The writer thread: writes each record, flushing whenever the queue runs
 /// empty; ends when the route's log is dropped.
 fn write_records(records: Receiver<Arc<Observed>>, mut sink: Sink, mut filter: Filter) {
-    let mut pending = false;
-    loop {
-        let next = if pending {
-            match records.try_recv() {
-                Ok(o) => Some(o),
-                Err(std::sync::mpsc::TryRecvError::Empty) => {
-                    sink.flush();
-                    pending = false;
-                    continue;
-                }
-                Err(std::sync::mpsc::TryRecvError::Disconnected) => None,
-            }
-        } else {
-            records.recv().ok()
-        };
-        let Some(observed) = next else { break };
+    while let Some(observed) = next_polled(&records, || sink.flush()) {
         let record = filter.record(&observed);
         match serde_json::to_string(&record) {
             Ok(line) => sink.write(&line),
@@ -168,7 +153,6 @@ fn write_records(records: Receiver<Arc<Observed>>, mut sink: Sink, mut filter: F
                 tracing::warn!(target: "policy", error = %e, "a decision could not be logged")
             }
         }
-        pending = true;
     }
     sink.flush();
 }

@@ -116,6 +116,35 @@ fn without_tokens<'a>(text: &'a str, tokens: &UpstreamTokens) -> Cow<'a, str> {
     text
 }
 
+/// How long a decision log writer or shadow thread sleeps when its queue
+/// is empty. The threads poll rather than block: a producer never wakes
+/// one (a wake-up per request costs more than the work itself), and a
+/// queue holds far more than arrives in this time.
+pub(crate) const POLL: std::time::Duration = std::time::Duration::from_millis(10);
+
+/// The next queued item, sleeping `POLL` while there is none (`idle` runs
+/// first, once per idle spell); `None` when the producers are gone.
+pub(crate) fn next_polled<T>(
+    queue: &std::sync::mpsc::Receiver<T>,
+    mut idle: impl FnMut(),
+) -> Option<T> {
+    use std::sync::mpsc::TryRecvError;
+    let mut idled = false;
+    loop {
+        match queue.try_recv() {
+            Ok(item) => return Some(item),
+            Err(TryRecvError::Disconnected) => return None,
+            Err(TryRecvError::Empty) => {
+                if !idled {
+                    idle();
+                    idled = true;
+                }
+                std::thread::sleep(POLL);
+            }
+        }
+    }
+}
+
 /// The tokens a replayed or shadowed decision works with: placeholders,
 /// never the provider's.
 pub(crate) fn placeholder_tokens(id_token: bool) -> UpstreamTokens {

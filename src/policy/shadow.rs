@@ -79,7 +79,7 @@ struct Worker {
 
 impl Worker {
     fn run(mut self, decisions: Receiver<Arc<Observed>>) {
-        while let Ok(observed) = decisions.recv() {
+        while let Some(observed) = super::observer::next_polled(&decisions, || ()) {
             self.one(&observed);
         }
     }

@@ -69,10 +69,13 @@ const cfg = {
   // A policy file (relative to the repository), e.g. policies/per-tool.rhai.
   policy: env.BENCH_POLICY ? path.resolve(REPO_ROOT, env.BENCH_POLICY) : null,
   observe: (env.BENCH_OBSERVE || 'on') !== 'off',
+  // BENCH_ONLY=decisions: what the observed proxy turns on (log | shadow | both).
+  decisions: env.BENCH_DECISIONS || 'both',
   get logLevel() {
     return this.observe ? 'warn,audit=info' : 'warn';
   },
 };
+if (!['log', 'shadow', 'both'].includes(cfg.decisions)) throw new Error(`BENCH_DECISIONS must be log, shadow or both, not ${cfg.decisions}`);
 if (!['all', 'http', 'sse', 'routes', 'decisions'].includes(cfg.only)) throw new Error(`BENCH_ONLY must be all, http, sse, routes or decisions, not ${cfg.only}`);
 
 const TARGETS = ['direct', 'nginx', 'proxy'];
@@ -685,13 +688,13 @@ async function routesPhase(shared, token) {
 const DECISION_TARGETS = ['plain', 'observed', 'plain_again'];
 const DECISIONS_SCENARIO = {
   targets: DECISION_TARGETS,
-  labels: { plain: 'proxy', observed: 'decision log + shadow', plain_again: 'proxy, second instance' },
+  labels: { plain: 'proxy', observed: { log: 'decision log', shadow: 'shadow policy', both: 'decision log + shadow' }[cfg.decisions], plain_again: 'proxy, second instance' },
   base: 'plain',
   baseShort: 'proxy',
   compared: ['observed', 'plain_again'],
   judged: ['observed'],
-  judgedName: 'log + shadow',
-  short: { observed: 'log + shadow', plain_again: 'control' },
+  judgedName: { log: 'log', shadow: 'shadow', both: 'log + shadow' }[cfg.decisions],
+  short: { observed: { log: 'log', shadow: 'shadow', both: 'log + shadow' }[cfg.decisions], plain_again: 'control' },
 };
 
 async function decisionsPhase(shared, token) {
@@ -709,7 +712,10 @@ async function decisionsPhase(shared, token) {
     port: await freePort(),
     shared,
     downstreamUrl,
-    policyKeys: { decision_log: decisionLog, shadow_path: cfg.policy ?? path.join(REPO_ROOT, 'policies', 'default.rhai') },
+    policyKeys: {
+      ...(cfg.decisions !== 'shadow' && { decision_log: decisionLog }),
+      ...(cfg.decisions !== 'log' && { shadow_path: cfg.policy ?? path.join(REPO_ROOT, 'policies', 'default.rhai') }),
+    },
   });
   shared.cleanups.push(() => observed.close());
   const servers = { direct: stub, plain, observed, plain_again: plainAgain };
@@ -732,7 +738,7 @@ async function decisionsPhase(shared, token) {
     }
   }
   const logged = fs.existsSync(decisionLog) ? fs.readFileSync(decisionLog, 'utf8').split('\n').filter(Boolean).length : 0;
-  log(`decisions: ${logged} decisions logged (the rest were dropped: the queue was full)`);
+  if (cfg.decisions !== 'shadow') log(`decisions: ${logged} decisions logged (any others were dropped: the queue was full)`);
   for (const s of [observed, plainAgain, plain, stub]) await s.close();
   return runs;
 }
