@@ -1041,7 +1041,7 @@ async function main() {
   const table = routeRuns.length
     ? `${rows.length ? `${markdownTable(rows)}\n\n` : ''}The proxy with ${ROUTE_COUNT} routes against the proxy with 1 (same stub, same root token, same load). Ratios are medians of per-round ratios; the control is a second, identical one-route proxy, so its ratio is the noise of this machine:\n\n${routesTable(routeRows)}`
     : decisionRuns.length
-      ? `The proxy with the decision log and a shadow policy on against the proxy without (same stub, same token, same load). Ratios are medians of per-round ratios; the control is a second plain proxy:\n\n${routesTable(decisionRows, DECISIONS_SCENARIO)}`
+      ? `The proxy with ${DECISIONS_SCENARIO.labels.observed} on against the proxy without (same stub, same token, same load). Ratios are medians of per-round ratios; the control is a second plain proxy:\n\n${routesTable(decisionRows, DECISIONS_SCENARIO)}`
       : markdownTable(rows);
   const seconds = (Date.now() - started) / 1000;
   const settings = `${cfg.rounds} rounds × ${cfg.duration} s per run, wrk -t1, connections ${cfg.connections.join(' and ')}` +
