@@ -80,6 +80,9 @@ enum PolicyCommand {
         /// Policy files or directories of them (default: policies).
         paths: Vec<PathBuf>,
     },
+    /// Re-run logged decisions (policy.decision_log) under a candidate
+    /// policy and report what changes; exit 1 when anything does.
+    Replay(cli::policy_replay::ReplayArgs),
 }
 
 fn main() -> ExitCode {
@@ -90,6 +93,9 @@ fn main() -> ExitCode {
         Command::Policy {
             command: PolicyCommand::Test { paths },
         } => policy_test(paths),
+        Command::Policy {
+            command: PolicyCommand::Replay(args),
+        } => cli::policy_replay::main(args),
         Command::Grants { command } => cli::grants_main(command),
         Command::Clients { command } => cli::clients_main(command),
     }
@@ -152,6 +158,12 @@ fn check(path: Option<PathBuf>) -> ExitCode {
                     )),
                     Err(e) => {
                         eprintln!("policy error: {}: {e}", route.key("policy.path"));
+                        return ExitCode::FAILURE;
+                    }
+                }
+                if let Some(shadow) = route.shadow_policy_path() {
+                    if let Err(e) = PolicyEngine::new(Some(shadow), route.identity_headers()) {
+                        eprintln!("policy error: {}: {e}", route.key("policy.shadow_path"));
                         return ExitCode::FAILURE;
                     }
                 }

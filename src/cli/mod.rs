@@ -20,6 +20,7 @@ use crate::store::{Records, SharedStore, StoreError};
 
 pub(crate) mod clients;
 pub(crate) mod grants;
+pub mod policy_replay;
 pub(crate) mod table;
 
 /// Options every administration command takes.

@@ -4,7 +4,7 @@ use std::path::PathBuf;
 
 use serde::{Deserialize, Serialize};
 
-use super::lenient::lenient_number;
+use super::lenient::{lenient_bool, lenient_number};
 use super::DurationStr;
 
 /// Default for `policy.max_header_bytes`: one value, after encoding.
@@ -33,6 +33,45 @@ pub struct PolicyConfig {
         deserialize_with = "lenient_number"
     )]
     pub(crate) max_header_bytes: usize,
+    /// Where each decision is recorded, one JSON line per decision: a
+    /// file path, or `log` for the log stream (target `policy_decision`).
+    /// Off when unset.
+    #[serde(default)]
+    pub decision_log: Option<String>,
+    /// The decision log file's size at which it is rotated (`path.1`, …).
+    #[serde(
+        default = "default_decision_log_max_bytes",
+        deserialize_with = "lenient_number"
+    )]
+    pub decision_log_max_bytes: u64,
+    /// How many rotated decision log files are kept.
+    #[serde(
+        default = "default_decision_log_keep",
+        deserialize_with = "lenient_number"
+    )]
+    pub decision_log_keep: u32,
+    /// The share of decisions recorded, in percent (1–100).
+    #[serde(
+        default = "default_decision_log_sample_percent",
+        deserialize_with = "lenient_number"
+    )]
+    pub decision_log_sample_percent: u32,
+    /// Record every claim (minus the redacted ones), not only the claims
+    /// the policy (or its shadow) names.
+    #[serde(default, deserialize_with = "lenient_bool")]
+    pub decision_log_all_claims: bool,
+    /// Claims never recorded (their value is written `[redacted]`).
+    #[serde(default = "default_redact_claims")]
+    pub decision_log_redact_claims: Vec<String>,
+    /// Request headers never recorded (their value is written
+    /// `[redacted]`); credentials, cookies and forwarding headers are
+    /// never seen by the policy and never recorded.
+    #[serde(default = "default_redact_headers")]
+    pub decision_log_redact_headers: Vec<String>,
+    /// A candidate policy evaluated beside this one on live traffic,
+    /// never enforced; disagreements are counted and logged.
+    #[serde(default)]
+    pub shadow_path: Option<PathBuf>,
 }
 
 impl Default for PolicyConfig {
@@ -42,6 +81,14 @@ impl Default for PolicyConfig {
             identity_headers: Vec::new(),
             watch_interval: default_policy_watch_interval(),
             max_header_bytes: default_policy_max_header_bytes(),
+            decision_log: None,
+            decision_log_max_bytes: default_decision_log_max_bytes(),
+            decision_log_keep: default_decision_log_keep(),
+            decision_log_sample_percent: default_decision_log_sample_percent(),
+            decision_log_all_claims: false,
+            decision_log_redact_claims: default_redact_claims(),
+            decision_log_redact_headers: default_redact_headers(),
+            shadow_path: None,
         }
     }
 }
@@ -51,4 +98,151 @@ fn default_policy_watch_interval() -> DurationStr {
 }
 fn default_policy_max_header_bytes() -> usize {
     DEFAULT_MAX_HEADER_BYTES
+}
+fn default_decision_log_max_bytes() -> u64 {
+    100 * 1024 * 1024
+}
+fn default_decision_log_keep() -> u32 {
+    3
+}
+fn default_decision_log_sample_percent() -> u32 {
+    100
+}
+/// Claims that carry or derive from tokens and session secrets.
+fn default_redact_claims() -> Vec<String> {
+    [
+        "access_token",
+        "id_token",
+        "refresh_token",
+        "at_hash",
+        "c_hash",
+        "nonce",
+        "sid",
+    ]
+    .map(String::from)
+    .to_vec()
+}
+/// Headers that commonly carry credentials a client chose to send.
+fn default_redact_headers() -> Vec<String> {
+    [
+        "proxy-authorization",
+        "x-api-key",
+        "x-auth-token",
+        "mcp-session-id",
+    ]
+    .map(String::from)
+    .to_vec()
+}
+
+impl PolicyConfig {
+    /// The decision log's and the shadow policy's keys; `key` names a key
+    /// as the route's errors do (`policy.shadow_path`,
+    /// `routes[x].policy.shadow_path`).
+    pub(crate) fn check_observers(
+        &self,
+        key: impl Fn(&str) -> String,
+    ) -> Result<(), super::ConfigError> {
+        use super::ConfigError;
+        if let Some(target) = &self.decision_log {
+            if target.trim().is_empty() {
+                return Err(ConfigError::invalid(
+                    key("policy.decision_log"),
+                    "must be a file path or `log`",
+                ));
+            }
+            if target != "log" {
+                let path = std::path::Path::new(target);
+                let parent = path.parent().filter(|p| !p.as_os_str().is_empty());
+                if parent.is_some_and(|p| !p.is_dir()) || path.is_dir() {
+                    return Err(ConfigError::invalid(
+                        key("policy.decision_log"),
+                        format!("`{target}` is not a file in an existing directory"),
+                    ));
+                }
+            }
+        }
+        if !(1..=100).contains(&self.decision_log_sample_percent) {
+            return Err(ConfigError::invalid(
+                key("policy.decision_log_sample_percent"),
+                "must be between 1 and 100",
+            ));
+        }
+        if self.decision_log_max_bytes < 4096 {
+            return Err(ConfigError::invalid(
+                key("policy.decision_log_max_bytes"),
+                "must be at least 4096",
+            ));
+        }
+        for name in &self.decision_log_redact_headers {
+            if http::HeaderName::from_bytes(name.as_bytes()).is_err() {
+                return Err(ConfigError::invalid(
+                    key("policy.decision_log_redact_headers"),
+                    format!("`{name}` is not a header name"),
+                ));
+            }
+        }
+        if let Some(path) = &self.shadow_path {
+            if !path.is_file() {
+                return Err(ConfigError::invalid(
+                    key("policy.shadow_path"),
+                    format!("cannot read {}: not a file", path.display()),
+                ));
+            }
+        }
+        Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn error(change: impl FnOnce(&mut PolicyConfig)) -> String {
+        let mut config = PolicyConfig::default();
+        change(&mut config);
+        config
+            .check_observers(|k| format!("routes[x].{k}"))
+            .unwrap_err()
+            .to_string()
+    }
+
+    #[test]
+    fn observer_keys_are_checked_by_name() {
+        assert!(PolicyConfig::default()
+            .check_observers(|k: &str| k.to_string())
+            .is_ok());
+        for (err, key) in [
+            (
+                error(|c| c.decision_log = Some("/no/such/dir/d.jsonl".into())),
+                "policy.decision_log",
+            ),
+            (
+                error(|c| c.decision_log = Some(" ".into())),
+                "policy.decision_log",
+            ),
+            (
+                error(|c| c.decision_log_sample_percent = 0),
+                "policy.decision_log_sample_percent",
+            ),
+            (
+                error(|c| c.decision_log_max_bytes = 10),
+                "policy.decision_log_max_bytes",
+            ),
+            (
+                error(|c| c.decision_log_redact_headers = vec!["bad header".into()]),
+                "policy.decision_log_redact_headers",
+            ),
+            (
+                error(|c| c.shadow_path = Some("/no/such/shadow.rhai".into())),
+                "policy.shadow_path",
+            ),
+        ] {
+            assert!(err.starts_with(&format!("routes[x].{key}:")), "{err}");
+        }
+        let log = PolicyConfig {
+            decision_log: Some("log".into()),
+            ..PolicyConfig::default()
+        };
+        assert!(log.check_observers(|k: &str| k.to_string()).is_ok());
+    }
 }

@@ -233,6 +233,7 @@ impl Written<'_> {
                 ));
             }
         }
+        self.policy.check_observers(|k| self.key(k))?;
         if let Some(path) = &self.policy.path {
             if let Err(e) = std::fs::File::open(path)
                 .and_then(|f| f.metadata())

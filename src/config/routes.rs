@@ -126,6 +126,11 @@ impl RouteSettings {
         self.policy.path.as_deref()
     }
 
+    /// The shadow policy file (`policy.shadow_path`), if any.
+    pub fn shadow_policy_path(&self) -> Option<&std::path::Path> {
+        self.policy.shadow_path.as_deref()
+    }
+
     /// Header names the policy may set besides the ones it declares.
     pub fn identity_headers(&self) -> &[String] {
         &self.policy.identity_headers

@@ -166,6 +166,24 @@ label_values!(
 );
 
 label_values!(
+    /// `policy_shadow_disagreements_total{kind}`: how the shadow policy's
+    /// decision differs from the enforced one.
+    ShadowDisagreement {
+        AllowToDeny => "allow_to_deny",
+        DenyToAllow => "deny_to_allow",
+        Headers => "headers",
+    }
+);
+
+label_values!(
+    /// `policy_observer_dropped_total{queue}`: which queue was full.
+    ObserverQueue {
+        DecisionLog => "decision_log",
+        Shadow => "shadow",
+    }
+);
+
+label_values!(
     /// `policy_reloads_total{result}`.
     ReloadResult {
         Success => "success",

@@ -33,6 +33,11 @@ pub(crate) struct RouteSeries {
     policy_duration: Histogram,
     /// Indexed by `ReloadResult::index`.
     policy_reloads: [IntCounter; ReloadResult::ALL.len()],
+    /// Indexed by `ShadowDisagreement::index`.
+    shadow_disagreements: [IntCounter; ShadowDisagreement::ALL.len()],
+    shadow_errors: IntCounter,
+    /// Indexed by `ObserverQueue::index`.
+    observer_dropped: [IntCounter; ObserverQueue::ALL.len()],
     connect_errors: IntCounter,
     timeouts: IntCounter,
     downstream_requests: IntCounterVec,
@@ -54,6 +59,18 @@ impl RouteSeries {
         let reloads = std::array::from_fn(|i| {
             let result = ReloadResult::ALL[i].as_str();
             metrics.policy_reloads.with_label_values(&[name, result])
+        });
+        let disagreements = std::array::from_fn(|i| {
+            let kind = ShadowDisagreement::ALL[i].as_str();
+            metrics
+                .policy_shadow_disagreements
+                .with_label_values(&[name, kind])
+        });
+        let dropped = std::array::from_fn(|i| {
+            let queue = ObserverQueue::ALL[i].as_str();
+            metrics
+                .policy_observer_dropped
+                .with_label_values(&[name, queue])
         });
         // The series a route's first requests write (no body read yet:
         // method "none"), so `label_values(mcp_requests_total, route)` lists
@@ -81,6 +98,9 @@ impl RouteSeries {
             policy_decisions: verdicts,
             policy_duration: metrics.policy_duration.with_label_values(&[name]),
             policy_reloads: reloads,
+            shadow_disagreements: disagreements,
+            shadow_errors: metrics.policy_shadow_errors.with_label_values(&[name]),
+            observer_dropped: dropped,
             connect_errors: metrics.downstream_connect_errors.with_label_values(&[name]),
             timeouts: metrics.downstream_timeouts.with_label_values(&[name]),
             downstream_requests: metrics.downstream_requests.clone(),
@@ -164,6 +184,27 @@ impl RouteMetrics {
         if let Some(s) = &self.0.series {
             s.policy_duration.observe(elapsed.as_secs_f64());
             s.policy_decisions[verdict.index()].inc();
+        }
+    }
+
+    /// The shadow policy disagreed with the enforced one.
+    pub(crate) fn shadow_disagreement(&self, kind: ShadowDisagreement) {
+        if let Some(s) = &self.0.series {
+            s.shadow_disagreements[kind.index()].inc();
+        }
+    }
+
+    /// The shadow policy failed (error, loop, deadline).
+    pub(crate) fn shadow_error(&self) {
+        if let Some(s) = &self.0.series {
+            s.shadow_errors.inc();
+        }
+    }
+
+    /// A decision the decision log or the shadow had no room for.
+    pub(crate) fn observer_dropped(&self, queue: ObserverQueue) {
+        if let Some(s) = &self.0.series {
+            s.observer_dropped[queue.index()].inc();
         }
     }
 

@@ -61,6 +61,10 @@ pub struct CompiledPolicy {
     /// `request` argument and calls nothing time-dependent or side-effecting,
     /// so it can be computed once per session.
     pub(crate) per_user_only: bool,
+    /// The source's SHA-256 (hex): which policy made a logged decision.
+    pub hash: String,
+    /// The source text (the decision log records the claims it names).
+    pub(crate) source: Arc<str>,
     /// Which client headers to strip under this version, built on first
     /// use by `PolicyEngine::strip_rule` and then shared by every request.
     pub(super) strip: OnceLock<StripRule>,
@@ -120,6 +124,11 @@ pub(crate) fn compile(
         per_user_only: depends_on_user_only(source, &request_param),
         name: name.to_string(),
         may_set: header_like_literals(source),
+        hash: {
+            use sha2::Digest;
+            hex::encode(sha2::Sha256::digest(source.as_bytes()))
+        },
+        source: source.into(),
         ast,
         has_login,
         strip: OnceLock::new(),

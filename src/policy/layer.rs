@@ -309,6 +309,8 @@ struct Evaluation {
     view: Option<RequestView>,
     metrics: RouteMetrics,
     audit: Option<AuditSlot>,
+    /// The decision log and shadow policy, when configured.
+    observe: Option<super::observer::Observation>,
 }
 
 impl Evaluation {
@@ -360,6 +362,15 @@ impl Evaluation {
                 PolicyVerdict::Deny
             };
             self.metrics.policy_decision(verdict, started.elapsed());
+            if let Some(observe) = &self.observe {
+                observe.decided(
+                    &self.session.upstream,
+                    &script_user(&self.session, &self.issuer),
+                    call,
+                    &self.policy,
+                    &decision,
+                );
+            }
             if let Some(slot) = &self.audit {
                 slot.update(|facts| facts.decision = Some(verdict.as_str()));
             }
@@ -513,7 +524,9 @@ where
             });
         }
         let policy = self.engine.current();
-        let view = (!policy.per_user_only).then(|| {
+        // The request view is built for a policy that reads `request`, or
+        // for the decision log and shadow policy when they are configured.
+        let view = (!policy.per_user_only || self.engine.observes()).then(|| {
             RequestView::new(
                 self.engine.route(),
                 &parts.method,
@@ -521,11 +534,13 @@ where
                 &parts.headers,
             )
         });
+        let observe = view.as_ref().and_then(|view| self.engine.observe(view));
         let evaluation = Evaluation {
             engine: self.engine.clone(),
             policy: policy.clone(),
             issuer: self.issuer.clone(),
             session,
+            observe,
             view,
             metrics: self.metrics.clone(),
             audit,

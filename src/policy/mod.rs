@@ -20,15 +20,19 @@ use crate::store::UpstreamTokens;
 pub mod cases;
 mod compile;
 mod decision;
+pub mod decision_log;
 pub mod filter;
 pub(crate) mod header_rules;
 pub(crate) mod helpers;
 pub(crate) mod jsonrpc;
 pub mod layer;
 pub(crate) mod login;
+pub mod observer;
 mod reload;
+pub mod replay;
 mod sandbox;
 mod script_api;
+pub(crate) mod shadow;
 mod source_scan;
 #[cfg(test)]
 mod test_support;
@@ -61,6 +65,8 @@ pub struct PolicyEngine {
     max_header_bytes: usize,
     /// The route this policy guards (`request.route`, metric labels).
     route: Arc<str>,
+    /// The decision log and the shadow policy, when either is configured.
+    observer: Option<Arc<observer::PolicyObserver>>,
 }
 
 impl PolicyEngine {
@@ -87,7 +93,40 @@ impl PolicyEngine {
             metrics: crate::metrics::Metrics::disabled(),
             max_header_bytes: header_rules::DEFAULT_MAX_HEADER_BYTES,
             route: crate::config::DEFAULT_ROUTE.into(),
+            observer: None,
         })
+    }
+
+    /// Records decisions and evaluates a shadow policy as `settings` say
+    /// (nothing when neither is configured). Call after
+    /// `with_max_header_bytes`: the shadow policy gets the same bound.
+    pub fn with_observers(
+        mut self,
+        settings: &crate::config::PolicyConfig,
+        metrics: &Arc<crate::metrics::Metrics>,
+    ) -> Result<Self, observer::ObserverError> {
+        self.observer =
+            observer::PolicyObserver::new(settings, &self.route, self.max_header_bytes, metrics)?
+                .map(Arc::new);
+        Ok(self)
+    }
+
+    /// Whether a decision log or a shadow policy observes this route.
+    pub(crate) fn observes(&self) -> bool {
+        self.observer.is_some()
+    }
+
+    /// What one request's decisions need to be recorded or shadowed;
+    /// `None` (no allocation) when nothing observes this route.
+    pub fn observe(&self, view: &layer::RequestView) -> Option<observer::Observation> {
+        self.observer
+            .as_ref()
+            .map(|o| observer::Observation::new(o.clone(), view))
+    }
+
+    /// The shadow policy's engine, when one is configured.
+    pub fn shadow(&self) -> Option<&Arc<PolicyEngine>> {
+        self.observer.as_ref().and_then(|o| o.shadow_engine())
     }
 
     /// The policy of route `name` (the default route's otherwise).
@@ -164,14 +203,8 @@ impl PolicyEngine {
         tokens: &UpstreamTokens,
     ) -> Decision {
         let started = Instant::now();
-        let result = self.call(policy, "authorize", (user, request));
-        let decision = match result {
-            Ok(value) => interpret(
-                value,
-                tokens,
-                &self.header_name_rules(policy),
-                self.max_header_bytes,
-            ),
+        let decision = match self.try_authorize(policy, user, request, tokens) {
+            Ok(decision) => decision,
             Err(e) => {
                 tracing::warn!(target: "policy", policy = %policy.name, error = %e, "policy failed; denying");
                 Decision::Deny {
@@ -182,6 +215,45 @@ impl PolicyEngine {
         };
         tracing::trace!(target: "policy", elapsed_us = started.elapsed().as_micros() as u64, "policy evaluated");
         decision
+    }
+
+    /// Runs `authorize(user, request)`; a script error is returned, not
+    /// turned into a denial (the shadow and replay count it).
+    pub(crate) fn try_authorize(
+        &self,
+        policy: &CompiledPolicy,
+        user: Dynamic,
+        request: Dynamic,
+        tokens: &UpstreamTokens,
+    ) -> Result<Decision, Box<EvalAltResult>> {
+        let value = self.call(policy, "authorize", (user, request))?;
+        Ok(interpret(
+            value,
+            tokens,
+            &self.header_name_rules(policy),
+            self.max_header_bytes,
+        ))
+    }
+
+    /// Runs `login(user)` (allow when the policy has none); a script error
+    /// is returned, not turned into a denial.
+    pub(crate) fn try_login(
+        &self,
+        policy: &CompiledPolicy,
+        user: Dynamic,
+    ) -> Result<Decision, Box<EvalAltResult>> {
+        if !policy.has_login {
+            return Ok(Decision::Allow {
+                headers: Vec::new(),
+            });
+        }
+        let value = self.call(policy, "login", (user,))?;
+        Ok(interpret(
+            value,
+            &UpstreamTokens::default(),
+            &self.header_name_rules(policy),
+            self.max_header_bytes,
+        ))
     }
 
     /// Runs `login(user)` when the policy defines it: a denial ends the

@@ -102,6 +102,10 @@ impl PolicyEngine {
     /// thread, never on the request path. SIGHUP is the server's (one
     /// listener reloads every route's policy: `reload_now`).
     pub(crate) fn spawn_watcher(self: &Arc<Self>, interval: Duration) {
+        // The shadow policy is watched the same way, on its own.
+        if let Some(shadow) = self.shadow() {
+            shadow.spawn_watcher(interval);
+        }
         if self.path.is_none() {
             return;
         }
@@ -119,11 +123,13 @@ impl PolicyEngine {
         });
     }
 
-    /// Reloads the policy file now (SIGHUP), on a blocking thread; `false`
-    /// when there is no file (the built-in policy never changes).
+    /// Reloads the policy file (and the shadow policy's) now (SIGHUP), on a
+    /// blocking thread; `false` when there is neither (the built-in policy
+    /// never changes).
     pub fn reload_now(self: &Arc<Self>) -> bool {
+        let shadow = self.shadow().is_some_and(|shadow| shadow.reload_now());
         if self.path.is_none() {
-            return false;
+            return shadow;
         }
         let engine = self.clone();
         tokio::task::spawn_blocking(move || {

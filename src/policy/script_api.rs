@@ -65,10 +65,10 @@ fn register_helpers(engine: &mut Engine) {
         .register_fn("log_debug", |ctx: NativeCallContext, message: &str| {
             tracing::debug!(target: "policy", script = ctx.call_source().unwrap_or_default(), "{message}")
         })
-        .register_fn("now", crate::now_unix)
-        .register_fn("utc_hour", || crate::now_unix().rem_euclid(86_400) / 3600)
+        .register_fn("now", script_now)
+        .register_fn("utc_hour", || script_now().rem_euclid(86_400) / 3600)
         // 0 = Monday … 6 = Sunday (1970-01-01 was a Thursday).
-        .register_fn("utc_weekday", || (crate::now_unix().div_euclid(86_400) + 3).rem_euclid(7))
+        .register_fn("utc_weekday", || (script_now().div_euclid(86_400) + 3).rem_euclid(7))
         .register_fn("matches", |text: &str, pattern: &str| -> Result<bool, Box<EvalAltResult>> {
             cached_regex(pattern).map(|re| re.is_match(text))
         })
@@ -84,6 +84,26 @@ fn register_helpers(engine: &mut Engine) {
         })
         .register_fn("claim", |user: rhai::Map, path: &str, default: Dynamic| claim(&user, path, default))
         .register_fn("claim", |user: rhai::Map, path: &str| claim(&user, path, Dynamic::UNIT));
+}
+
+thread_local! {
+    /// The time scripts on this thread see, when fixed (replay, shadow).
+    static FIXED_NOW: std::cell::Cell<Option<i64>> = const { std::cell::Cell::new(None) };
+}
+
+/// What `now()`, `utc_hour()` and `utc_weekday()` read: the fixed time
+/// of `with_fixed_clock`, or the system clock.
+fn script_now() -> i64 {
+    FIXED_NOW.with(|t| t.get()).unwrap_or_else(crate::now_unix)
+}
+
+/// Runs `f` with scripts on this thread seeing `unix_seconds` as now: a
+/// replayed decision sees the time it was made at.
+pub(crate) fn with_fixed_clock<T>(unix_seconds: i64, f: impl FnOnce() -> T) -> T {
+    let before = FIXED_NOW.with(|t| t.replace(Some(unix_seconds)));
+    let out = f();
+    FIXED_NOW.with(|t| t.set(before));
+    out
 }
 
 /// `user.claims` at a dotted path ("realm_access.roles"), or `default`.

@@ -30,6 +30,7 @@ pub(super) fn run(source: &str, user: Dynamic) -> Decision {
         metrics: crate::metrics::Metrics::disabled(),
         max_header_bytes: header_rules::DEFAULT_MAX_HEADER_BYTES,
         route: "default".into(),
+        observer: None,
     };
     let policy = engine.current();
     engine.authorize(&policy, user, Dynamic::from_map(Map::new()), &tokens())

@@ -108,6 +108,14 @@ pub enum StartError {
         /// Why.
         source: crate::policy::PolicyError,
     },
+    /// A route's decision log or shadow policy could not start.
+    #[error("{key}: {source}")]
+    Observer {
+        /// The key at fault (`policy.shadow_path`, `routes[github].policy.decision_log`).
+        key: String,
+        /// Why.
+        source: crate::policy::observer::ObserverError,
+    },
     /// A listener could not be bound.
     #[error("server.listen: cannot listen on {addr}: {source}")]
     Listen {

@@ -39,7 +39,12 @@ impl ServedRoute {
                 })?
                 .with_route(&route.name)
                 .with_metrics(metrics.clone())
-                .with_max_header_bytes(route.policy.max_header_bytes);
+                .with_max_header_bytes(route.policy.max_header_bytes)
+                .with_observers(&route.policy, metrics)
+                .map_err(|source| StartError::Observer {
+                    key: route.key(source.key()),
+                    source,
+                })?;
         Ok(ServedRoute {
             settings: Arc::new(route.clone()),
             policy: Arc::new(policy),

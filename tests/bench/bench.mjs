@@ -13,7 +13,8 @@
 //
 // BENCH_ONLY=routes compares instead the proxy with one route and the proxy
 // with ten ([[routes]]), same load, rounds interleaved: routing must not cost
-// per request.
+// per request. BENCH_ONLY=decisions compares the proxy with and without the
+// decision log and a shadow policy (issue 14) the same way.
 
 import { execFileSync, spawnSync } from 'node:child_process';
 import crypto from 'node:crypto';
@@ -64,7 +65,7 @@ const cfg = {
   wrk: env.WRK || 'wrk',
   outDir: env.BENCH_OUT || path.join(BENCH_DIR, 'results'),
   profile: env.BENCH_PROFILE === '1',
-  only: env.BENCH_ONLY || 'all', // all | http | sse | routes
+  only: env.BENCH_ONLY || 'all', // all | http | sse | routes | decisions
   // A policy file (relative to the repository), e.g. policies/per-tool.rhai.
   policy: env.BENCH_POLICY ? path.resolve(REPO_ROOT, env.BENCH_POLICY) : null,
   observe: (env.BENCH_OBSERVE || 'on') !== 'off',
@@ -78,8 +79,11 @@ const cfg = {
   // `info`; the headline runs at `warn` and `proxy-audit` writes them.
   logLevel: 'warn',
   auditLogLevel: 'warn,audit=info',
+  // BENCH_ONLY=decisions: what the observed proxy turns on (log | shadow | both).
+  decisions: env.BENCH_DECISIONS || 'both',
 };
-if (!['all', 'http', 'sse', 'routes'].includes(cfg.only)) throw new Error(`BENCH_ONLY must be all, http, sse or routes, not ${cfg.only}`);
+if (!['log', 'shadow', 'both'].includes(cfg.decisions)) throw new Error(`BENCH_DECISIONS must be log, shadow or both, not ${cfg.decisions}`);
+if (!['all', 'http', 'sse', 'routes', 'decisions'].includes(cfg.only)) throw new Error(`BENCH_ONLY must be all, http, sse, routes or decisions, not ${cfg.only}`);
 
 // `proxy` forwards the provider's JWT (BENCH_PROVIDER_TOKEN_BYTES) with the
 // log at warn; the variants differ from it in one thing each: `proxy-opaque`
@@ -298,8 +302,8 @@ ${headers}
     }`;
 }
 
-/** The proxy under test, on the server CPU (so tokio sizes its pool to that one CPU). `extraToml`: e.g. `[[routes]]`. */
-async function startOurProxy({ name, port, shared, downstreamUrl, extraToml, provider = shared.provider, logLevel = cfg.logLevel }) {
+/** The proxy under test, on the server CPU (so tokio sizes its pool to that one CPU). `extraToml`: e.g. `[[routes]]`; `policyKeys`: more `[policy]` keys. */
+async function startOurProxy({ name, port, shared, downstreamUrl, extraToml, policyKeys, provider = shared.provider, logLevel = cfg.logLevel }) {
   const config = {
     server: { listen: `127.0.0.1:${port}`, public_url: shared.publicUrl },
     upstream: {
@@ -324,6 +328,7 @@ async function startOurProxy({ name, port, shared, downstreamUrl, extraToml, pro
     ),
   };
   if (cfg.policy) config.policy = { path: cfg.policy };
+  if (policyKeys) config.policy = { ...config.policy, ...policyKeys };
   const file = path.join(shared.dir, `${name}.toml`);
   fs.writeFileSync(file, extraToml ? `${toToml(config)}\n${extraToml.trim()}\n` : toToml(config), { mode: 0o600 });
   // The log goes to a file, as in production, not into this process's memory.
@@ -620,6 +625,17 @@ const ROUTE_LABELS = {
 // The targets the 5% verdict is about (the control only calibrates it).
 const ROUTED = ['ten_last', 'ten_default'];
 const COMPARED = ROUTE_TARGETS.filter((t) => t !== 'one');
+/** What summarizeRoutes and routesTable compare: targets against a base, with a control. */
+const ROUTES_SCENARIO = {
+  targets: ROUTE_TARGETS,
+  labels: ROUTE_LABELS,
+  base: 'one',
+  baseShort: '1 route',
+  compared: COMPARED,
+  judged: ROUTED,
+  judgedName: `${ROUTE_COUNT} routes`,
+  short: { ten_last: 'last', ten_default: 'default', one_again: 'control' },
+};
 
 function manyRoutesToml(count, downstreamUrl) {
   let toml = '';
@@ -691,19 +707,85 @@ async function routesPhase(shared, token) {
   return runs;
 }
 
+// ------------------------------------------------------------------ decisions
+
+// BENCH_ONLY=decisions (issue 14): the proxy as configured, the same proxy
+// with policy.decision_log (a file) and policy.shadow_path (the enforced
+// policy again: every request evaluated twice, no disagreement), and a
+// second plain proxy as the control. Same stub, same token, rounds
+// interleaved, ratios paired per round as for routes.
+const DECISION_TARGETS = ['plain', 'observed', 'plain_again'];
+const DECISIONS_SCENARIO = {
+  targets: DECISION_TARGETS,
+  labels: { plain: 'proxy', observed: { log: 'decision log', shadow: 'shadow policy', both: 'decision log + shadow' }[cfg.decisions], plain_again: 'proxy, second instance' },
+  base: 'plain',
+  baseShort: 'proxy',
+  compared: ['observed', 'plain_again'],
+  judged: ['observed'],
+  judgedName: { log: 'log', shadow: 'shadow', both: 'log + shadow' }[cfg.decisions],
+  short: { observed: { log: 'log', shadow: 'shadow', both: 'log + shadow' }[cfg.decisions], plain_again: 'control' },
+};
+
+async function decisionsPhase(shared, token) {
+  const stubPort = await freePort();
+  const stub = await startNginx('nginx-stub', nginxStub(stubPort));
+  shared.cleanups.push(() => stub.close());
+  const downstreamUrl = `http://127.0.0.1:${stubPort}/mcp`;
+  const plain = await startOurProxy({ name: 'proxy-plain', port: shared.proxyPort, shared, downstreamUrl });
+  shared.cleanups.push(() => plain.close());
+  const plainAgain = await startOurProxy({ name: 'proxy-plain-again', port: await freePort(), shared, downstreamUrl });
+  shared.cleanups.push(() => plainAgain.close());
+  const decisionLog = path.join(shared.dir, 'decisions.jsonl');
+  const observed = await startOurProxy({
+    name: 'proxy-decisions',
+    port: await freePort(),
+    shared,
+    downstreamUrl,
+    policyKeys: {
+      ...(cfg.decisions !== 'shadow' && { decision_log: decisionLog }),
+      ...(cfg.decisions !== 'log' && { shadow_path: cfg.policy ?? path.join(REPO_ROOT, 'policies', 'default.rhai') }),
+    },
+  });
+  shared.cleanups.push(() => observed.close());
+  const servers = { direct: stub, plain, observed, plain_again: plainAgain };
+  const urls = Object.fromEntries(Object.entries({ plain, observed, plain_again: plainAgain }).map(([t, p]) => [t, `http://127.0.0.1:${p.port}/mcp`]));
+  for (const t of DECISION_TARGETS) await preflightPost(t, urls[t], token);
+  log(`decisions: stub :${stubPort}, ${plain.name} :${plain.port}, ${observed.name} :${observed.port} (log ${decisionLog}), ${plainAgain.name} :${plainAgain.port}`);
+  if (cfg.warmup > 0) {
+    for (const c of cfg.connections) for (const t of DECISION_TARGETS) await runWrk(urls[t], c, cfg.warmup, token);
+  }
+  const runs = [];
+  for (let round = 1; round <= cfg.rounds; round++) {
+    for (const c of cfg.connections) {
+      const order = DECISION_TARGETS.map((_, i) => DECISION_TARGETS[(i + round - 1) % DECISION_TARGETS.length]);
+      for (const t of order) {
+        const r = await httpRun(t, urls[t], c, token, servers);
+        runs.push({ round, connections: c, target: t, ...r });
+        log(`round ${round}/${cfg.rounds} ${String(c).padStart(3)} conns ${DECISIONS_SCENARIO.labels[t].padEnd(24)} ${fmt(r.rps, 0).padStart(7)} req/s  p50 ${fmt(r.p50_ms, 2)} ms  p99 ${fmt(r.p99_ms, 2)} ms  ${fmt(r.cpu_us_per_req, 1)} µs CPU/req`);
+        await sleep(500);
+      }
+    }
+  }
+  const logged = fs.existsSync(decisionLog) ? fs.readFileSync(decisionLog, 'utf8').split('\n').filter(Boolean).length : 0;
+  if (cfg.decisions !== 'shadow') log(`decisions: ${logged} decisions logged (any others were dropped: the queue was full)`);
+  for (const s of [observed, plainAgain, plain, stub]) await s.close();
+  return runs;
+}
+
 /**
  * Medians per target and connection count, and each ten-route target ÷ the
  * one-route proxy: the median of the per-round ratios (runs of one round are
  * seconds apart, so a neighbour's load on a shared machine hits both sides
  * of a ratio alike, and drift between rounds cancels).
  */
-function summarizeRoutes(runs) {
+function summarizeRoutes(runs, spec = ROUTES_SCENARIO) {
+  const { targets, base, compared, judged } = spec;
   const rows = [];
   for (const c of cfg.connections) {
     const at = (t) => runs.filter((r) => r.connections === c && r.target === t);
-    const pick = (key) => Object.fromEntries(ROUTE_TARGETS.map((t) => [t, median(at(t).map((r) => r[key]))]));
+    const pick = (key) => Object.fromEntries(targets.map((t) => [t, median(at(t).map((r) => r[key]))]));
     const pairedRatio = (t, key) =>
-      median(at(t).map((r) => r[key] / (at('one').find((o) => o.round === r.round)?.[key] ?? NaN)));
+      median(at(t).map((r) => r[key] / (at(base).find((o) => o.round === r.round)?.[key] ?? NaN)));
     const metrics = [
       ['req/s', 'rps', 0, (r) => r >= 0.95, '≥ 0.95×'],
       ['p50 latency, ms', 'p50_ms', 2],
@@ -712,24 +794,24 @@ function summarizeRoutes(runs) {
     ];
     for (const [metric, key, digits, ok, target] of metrics) {
       const v = pick(key);
-      const ratios = Object.fromEntries(COMPARED.map((t) => [t, pairedRatio(t, key)]));
-      const verdict = ok ? (ROUTED.every((t) => Number.isFinite(ratios[t]) && ok(ratios[t])) ? 'PASS' : 'MISS') : '';
+      const ratios = Object.fromEntries(compared.map((t) => [t, pairedRatio(t, key)]));
+      const verdict = ok ? (judged.every((t) => Number.isFinite(ratios[t]) && ok(ratios[t])) ? 'PASS' : 'MISS') : '';
       rows.push({ scenario: `POST 200 B, ${c} conns`, metric, ...v, ratios, digits, target: target ?? '', verdict });
     }
   }
   return rows;
 }
 
-function routesTable(rows) {
-  const short = { ten_last: 'last', ten_default: 'default', one_again: 'control' };
-  const head = ['scenario', 'metric', ...ROUTE_TARGETS.map((t) => ROUTE_LABELS[t]), ...COMPARED.map((t) => `${short[t]} ÷ 1 route`), 'target (10 routes)', 'result'];
+function routesTable(rows, spec = ROUTES_SCENARIO) {
+  const { targets, labels, compared, short, baseShort, judgedName } = spec;
+  const head = ['scenario', 'metric', ...targets.map((t) => labels[t]), ...compared.map((t) => `${short[t]} ÷ ${baseShort}`), `target (${judgedName})`, 'result'];
   const lines = [`| ${head.join(' | ')} |`, `|${head.map((h, i) => (i < 2 ? '---' : '---:')).join('|')}|`];
   let last = '';
   for (const r of rows) {
     const scenario = r.scenario === last ? '' : r.scenario;
     last = r.scenario;
     const ratio = (x) => (Number.isFinite(x) ? `${x.toFixed(3)}×` : '—');
-    lines.push(`| ${[scenario, r.metric, ...ROUTE_TARGETS.map((t) => fmt(r[t], r.digits)), ...COMPARED.map((t) => ratio(r.ratios[t])), r.target, r.verdict].join(' | ')} |`);
+    lines.push(`| ${[scenario, r.metric, ...targets.map((t) => fmt(r[t], r.digits)), ...compared.map((t) => ratio(r.ratios[t])), r.target, r.verdict].join(' | ')} |`);
   }
   return lines.join('\n');
 }
@@ -959,6 +1041,7 @@ async function main() {
   let httpRuns = [];
   let sse;
   let routeRuns = [];
+  let decisionRuns = [];
   try {
     shared.proxyPort = await freePort();
     shared.publicUrl = `http://localhost:${shared.proxyPort}`;
@@ -994,6 +1077,7 @@ async function main() {
     log(`got an access token for ${USER}`);
 
     if (cfg.only === 'routes') routeRuns = await routesPhase(shared, token);
+    else if (cfg.only === 'decisions') decisionRuns = await decisionsPhase(shared, token);
     else {
       if (cfg.only !== 'sse') httpRuns = await httpPhase(shared, token);
       if (cfg.only !== 'http') sse = await ssePhase(shared, token);
@@ -1005,9 +1089,12 @@ async function main() {
 
   const rows = summarize(httpRuns, sse);
   const routeRows = routeRuns.length ? summarizeRoutes(routeRuns) : [];
+  const decisionRows = decisionRuns.length ? summarizeRoutes(decisionRuns, DECISIONS_SCENARIO) : [];
   const table = routeRuns.length
     ? `${rows.length ? `${markdownTable(rows)}\n\n` : ''}The proxy with ${ROUTE_COUNT} routes against the proxy with 1 (same stub, same root token, same load). Ratios are medians of per-round ratios; the control is a second, identical one-route proxy, so its ratio is the noise of this machine:\n\n${routesTable(routeRows)}`
-    : markdownTable(rows);
+    : decisionRuns.length
+      ? `The proxy with ${DECISIONS_SCENARIO.labels.observed} on against the proxy without (same stub, same token, same load). Ratios are medians of per-round ratios; the control is a second plain proxy:\n\n${routesTable(decisionRows, DECISIONS_SCENARIO)}`
+      : markdownTable(rows);
   const seconds = (Date.now() - started) / 1000;
   const settings = `${cfg.rounds} rounds × ${cfg.duration} s per run, wrk -t${cfg.workers}, connections ${cfg.connections.join(' and ')}, ${cfg.workers} worker(s) per server, provider access token ${cfg.providerTokenBytes ? `an RS256 JWT of ${cfg.providerTokenBytes} bytes` : 'opaque (43 bytes)'}` +
     (sse ? `; SSE: ${cfg.ttfeSamples} first-event samples per target per round, ${cfg.rateSeconds} s event-rate runs, ${cfg.sseStreams} idle streams` : '');
@@ -1027,11 +1114,11 @@ async function main() {
   fs.writeFileSync(`${base}.md`, md);
   fs.writeFileSync(
     `${base}.json`,
-    `${JSON.stringify({ started: new Date(started).toISOString(), seconds, settings: { ...cfg }, environment: shared.info, summary: rows, http_runs: httpRuns, sse, routes_summary: routeRows.length ? routeRows : undefined, route_runs: routeRuns.length ? routeRuns : undefined }, null, 2)}\n`,
+    `${JSON.stringify({ started: new Date(started).toISOString(), seconds, settings: { ...cfg }, environment: shared.info, summary: rows, http_runs: httpRuns, sse, routes_summary: routeRows.length ? routeRows : undefined, route_runs: routeRuns.length ? routeRuns : undefined, decisions_summary: decisionRows.length ? decisionRows : undefined, decision_runs: decisionRuns.length ? decisionRuns : undefined }, null, 2)}\n`,
   );
   console.log(`\n${md}`);
   log(`results: ${path.relative(REPO_ROOT, base)}.{md,json}`);
-  const missed = [...rows, ...routeRows].filter((r) => r.verdict === 'MISS');
+  const missed = [...rows, ...routeRows, ...decisionRows].filter((r) => r.verdict === 'MISS');
   log(missed.length ? `${missed.length} target(s) missed: ${missed.map((r) => `${r.scenario} ${r.metric}`).join('; ')}` : 'every target met');
 }
 

@@ -80,6 +80,7 @@ function jsonRpcMessages(res) {
 
 describe('MCP TypeScript SDK client through the proxy', { skip }, () => {
   let dir;
+  let decisionLog; // the main proxy's policy.decision_log
   let whoami;
   let provider;
   let proxy;
@@ -106,7 +107,7 @@ describe('MCP TypeScript SDK client through the proxy', { skip }, () => {
       clientId: provider.client.clientId,
       clientSecret: provider.client.clientSecret,
       downstreamUrl: whoami.mcpUrl,
-      config: { downstream: { sse_url: whoami.sseUrl } },
+      config: { downstream: { sse_url: whoami.sseUrl }, policy: { decision_log: (decisionLog = path.join(dir, 'decisions.jsonl')) } },
     });
     callback = await startCallbackServer();
   });
@@ -403,6 +404,7 @@ describe('MCP TypeScript SDK client through the proxy', { skip }, () => {
     const who = await whoamiOf(s.client);
     assertIdentity(who, USERS.bob, 'bob');
     assert.notEqual(who.authorization.sha256, sessions.alice.downstreamBearer, "bob's downstream bearer is not alice's");
+    s.downstreamBearer = who.authorization.sha256;
     assertCleanRequestLog({ mcpTokenHashes: mcpTokenHashes() });
     await s.transport.terminateSession().catch(() => {});
     await s.client.close();
@@ -466,5 +468,26 @@ describe('MCP TypeScript SDK client through the proxy', { skip }, () => {
     assertCleanRequestLog({ mcpTokenHashes: [...mcpTokenHashes(), sha256(first)] });
     await s.transport.terminateSession().catch(() => {});
     await s.client.close();
+  });
+  step('the decision log holds every decision and no token, secret or provider token', async () => {
+    const text = fs.readFileSync(decisionLog, 'utf8');
+    const records = text.trim().split('\n').map((l) => JSON.parse(l));
+    assert.ok(records.length >= 10, `${records.length} decisions logged`);
+    assert.ok(records.some((r) => r.user.email === USERS.alice.email && r.request.mcp.tool === 'whoami'), 'alice\'s whoami call is logged');
+    // The default policy forwards the provider's token: logged as a placeholder.
+    assert.ok(records.some((r) => r.outcome.headers?.authorization === 'Bearer [upstream access token]'), 'the provider token is a placeholder');
+    const secrets = [provider.client.clientSecret, proxy.encryptionKey];
+    for (const s of Object.values(sessions)) {
+      for (const key of ['access_token', 'refresh_token']) if (s.oauth?.tokens()?.[key]) secrets.push(s.oauth.tokens()[key]);
+    }
+    assert.ok(secrets.length >= 8, `${secrets.length} secrets to look for`);
+    for (const secret of secrets) assert.ok(!text.includes(secret), `the decision log contains a secret (${secret.slice(0, 6)}…)`);
+    // Provider tokens are known here by their hashes (what whoami received).
+    const providerHashes = new Set([sessions.alice.downstreamBearer, sessions.bob.downstreamBearer].filter(Boolean));
+    assert.equal(providerHashes.size, 2);
+    const strings = [];
+    const walk = (v) => (typeof v === 'string' ? strings.push(v, ...v.split(/[\s,;]+/)) : v && typeof v === 'object' && Object.values(v).forEach(walk));
+    records.forEach(walk);
+    for (const s of strings) assert.ok(!providerHashes.has(sha256(s)), 'the decision log contains a provider token');
   });
 });

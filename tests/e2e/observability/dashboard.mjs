@@ -74,4 +74,4 @@ export function metricNames(expr) {
 }
 
 /** The metrics whose `route` label is the configured route's name (`http_*`'s `route` is a path template). */
-export const ROUTED_METRICS = /^mcp_oauth_proxy_(mcp_requests_total|policy_decisions_total|policy_evaluation_seconds(_bucket|_sum|_count)?|policy_reloads_total|downstream_requests_total|downstream_request_duration_seconds(_bucket|_sum|_count)?|downstream_connect_errors_total|downstream_timeouts_total|sse_streams_open|sse_events_total)$/;
+export const ROUTED_METRICS = /^mcp_oauth_proxy_(mcp_requests_total|policy_decisions_total|policy_evaluation_seconds(_bucket|_sum|_count)?|policy_reloads_total|policy_shadow_disagreements_total|policy_shadow_errors_total|policy_observer_dropped_total|downstream_requests_total|downstream_request_duration_seconds(_bucket|_sum|_count)?|downstream_connect_errors_total|downstream_timeouts_total|sse_streams_open|sse_events_total)$/;
