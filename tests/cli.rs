@@ -7,7 +7,7 @@ mod common;
 
 use std::collections::BTreeMap;
 use std::path::Path;
-use std::process::{Child, Command, Stdio};
+use std::process::Command;
 use std::time::Duration;
 
 use common::downstream::Downstream;
@@ -672,63 +672,6 @@ fn configuration_and_store_errors_exit_1_and_name_the_problem() {
     assert!(r.stderr.contains("store.path"), "{}", r.stderr);
 }
 
-/// A redis-server of this test's own (the machine's Redis package).
-struct RedisServer {
-    child: Child,
-    port: u16,
-    _dir: tempfile::TempDir,
-}
-
-impl RedisServer {
-    fn start() -> RedisServer {
-        let dir = tempfile::tempdir().unwrap();
-        let port = std::net::TcpListener::bind("127.0.0.1:0")
-            .unwrap()
-            .local_addr()
-            .unwrap()
-            .port();
-        let child = Command::new("redis-server")
-            .args([
-                "--bind",
-                "127.0.0.1",
-                "--port",
-                &port.to_string(),
-                "--save",
-                "",
-            ])
-            .arg("--dir")
-            .arg(dir.path())
-            .stdout(Stdio::null())
-            .stderr(Stdio::null())
-            .spawn()
-            .expect("redis-server runs");
-        // Killed on drop, also when it never comes up.
-        let server = RedisServer {
-            child,
-            port,
-            _dir: dir,
-        };
-        for _ in 0..100 {
-            if std::net::TcpStream::connect(("127.0.0.1", port)).is_ok() {
-                return server;
-            }
-            std::thread::sleep(Duration::from_millis(50));
-        }
-        panic!("redis-server did not start");
-    }
-
-    fn url(&self) -> String {
-        format!("redis://127.0.0.1:{}", self.port)
-    }
-}
-
-impl Drop for RedisServer {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
-}
-
 /// The same commands on the Redis store, with a replica running: the
 /// revocation reaches its token cache at once (a cached access token stops
 /// working well within auth.cache_ttl).
@@ -736,7 +679,7 @@ impl Drop for RedisServer {
 async fn on_redis_revocations_reach_running_replicas() {
     use futures_util::StreamExt;
 
-    let redis = RedisServer::start();
+    let redis = common::redis_server::RedisServer::start();
     let provider = Provider::start().await;
     let downstream = Downstream::start().await;
     let dir = tempfile::tempdir().unwrap();

@@ -4,7 +4,7 @@
 
 mod common;
 
-use std::process::{Child, Command, Stdio};
+use std::process::Command;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
@@ -573,44 +573,9 @@ async fn each_validation_rule_refuses_with_the_right_error_and_no_token() {
 
 // ---------------------------------------------------------------- replicas
 
-struct Redis(Child, u16);
-
-impl Drop for Redis {
-    fn drop(&mut self) {
-        let _ = self.0.kill();
-        let _ = self.0.wait();
-    }
-}
-
-fn redis() -> Redis {
-    let port = free_port();
-    let child = Command::new("redis-server")
-        .args([
-            "--bind",
-            "127.0.0.1",
-            "--port",
-            &port.to_string(),
-            "--save",
-            "",
-        ])
-        .stdout(Stdio::null())
-        .stderr(Stdio::null())
-        .spawn()
-        .expect("redis-server runs");
-    // Dropped (killed and waited for) on every path, a failed start too.
-    let redis = Redis(child, port);
-    for _ in 0..100 {
-        if std::net::TcpStream::connect(("127.0.0.1", port)).is_ok() {
-            return redis;
-        }
-        std::thread::sleep(Duration::from_millis(50));
-    }
-    panic!("redis-server did not start");
-}
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn an_assertion_is_spent_on_every_replica_sharing_redis() {
-    let redis = redis();
+    let redis = common::redis_server::RedisServer::start();
     let provider = Provider::start().await;
     let keys = KeyServer::start().await;
     let dir = tempfile::tempdir().unwrap();
@@ -637,14 +602,8 @@ async fn an_assertion_is_spent_on_every_replica_sharing_redis() {
         .replace(
             &format!("public_url = \"http://127.0.0.1:{port}\""),
             &format!("public_url = \"http://127.0.0.1:{public_port}\""),
-        )
-        .replace(
-            "[store]\n",
-            &format!(
-                "[store]\nredis_url = \"redis://127.0.0.1:{}\"\nredis_prefix = \"idjag:\"\n",
-                redis.1
-            ),
         );
+        let toml = redis.store_in(&toml, "idjag:");
         let config = dir.path().join(format!("{name}.toml"));
         std::fs::write(&config, toml).unwrap();
         let process = spawn_proxy(&config);

@@ -6,7 +6,6 @@
 mod common;
 
 use std::path::Path;
-use std::process::{Child, Command, Stdio};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -378,57 +377,9 @@ async fn the_keys_survive_a_restart_and_are_stored_sealed() {
 
 // ------------------------------------------------------------ replicas
 
-struct RedisServer {
-    child: Child,
-    port: u16,
-    _dir: tempfile::TempDir,
-}
-
-impl RedisServer {
-    fn start() -> RedisServer {
-        let dir = tempfile::tempdir().unwrap();
-        let port = free_port();
-        let child = Command::new("redis-server")
-            .args([
-                "--bind",
-                "127.0.0.1",
-                "--port",
-                &port.to_string(),
-                "--save",
-                "",
-            ])
-            .arg("--dir")
-            .arg(dir.path())
-            .stdout(Stdio::null())
-            .stderr(Stdio::null())
-            .spawn()
-            .expect("redis-server runs");
-        // Built first, so a failed start still stops (and waits for) it.
-        let server = RedisServer {
-            child,
-            port,
-            _dir: dir,
-        };
-        for _ in 0..100 {
-            if std::net::TcpStream::connect(("127.0.0.1", port)).is_ok() {
-                return server;
-            }
-            std::thread::sleep(Duration::from_millis(50));
-        }
-        panic!("redis-server did not start");
-    }
-}
-
-impl Drop for RedisServer {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
-}
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn two_replicas_on_redis_agree_on_one_key_set() {
-    let redis = RedisServer::start();
+    let redis = common::redis_server::RedisServer::start();
     let provider = Provider::start().await;
     let downstream = Downstream::start().await;
     let dir = tempfile::tempdir().unwrap();
@@ -445,18 +396,14 @@ async fn two_replicas_on_redis_agree_on_one_key_set() {
             ),
             ..Default::default()
         };
-        let toml = config_toml(
-            port,
-            &provider.issuer,
-            &dir.path().join(format!("{name}.db")),
-            &opts,
-        )
-        .replace(
-            "[store]\n",
-            &format!(
-                "[store]\nredis_url = \"redis://127.0.0.1:{}\"\nredis_prefix = \"t:\"\n",
-                redis.port
+        let toml = redis.store_in(
+            &config_toml(
+                port,
+                &provider.issuer,
+                &dir.path().join(format!("{name}.db")),
+                &opts,
             ),
+            "t:",
         );
         let config = dir.path().join(format!("{name}.toml"));
         std::fs::write(&config, toml).unwrap();
