@@ -73,7 +73,7 @@ pub(crate) fn is_reserved(name: &str) -> bool {
 
 /// Normalises a header name the way invariant 6 compares them.
 pub(crate) fn normalise_header(name: &str) -> String {
-    name.trim().to_ascii_lowercase().replace('_', "-")
+    crate::client_address::lenient_header_name(name.trim()).into_owned()
 }
 
 /// Why the proxy refused a header a policy set.
