@@ -221,8 +221,13 @@ impl CachedDecision {
     /// One decision, as `EnforcePolicy` takes it: the request view only for
     /// a policy that reads it; true when allowed.
     pub fn decide(&self) -> bool {
-        let view = (!self.policy.per_user_only)
-            .then(|| RequestView::new("default", &Method::POST, "/mcp", &self.headers));
+        let view = RequestView::when_read(
+            &self.engine,
+            &self.policy,
+            &Method::POST,
+            "/mcp",
+            &self.headers,
+        );
         let decision = decide(
             &self.engine,
             &self.policy,

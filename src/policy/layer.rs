@@ -263,6 +263,20 @@ impl RequestView {
         RequestView { base }
     }
 
+    /// The view of a request, built only when something reads it: a policy
+    /// that reads `request` (not `per_user_only`), or the decision log and
+    /// shadow policy when the route has them.
+    pub fn when_read(
+        engine: &PolicyEngine,
+        policy: &CompiledPolicy,
+        method: &Method,
+        path: &str,
+        headers: &HeaderMap,
+    ) -> Option<Self> {
+        (!policy.per_user_only || engine.observes())
+            .then(|| RequestView::new(engine.route(), method, path, headers))
+    }
+
     /// The view for one call of several (the base is copied).
     pub fn for_call(&self, call: Option<&McpCall>) -> Dynamic {
         self.clone().into_call(call)
@@ -304,8 +318,8 @@ struct Evaluation {
     /// The user's claims as this issuer states them (`script_user`, built
     /// when a script runs).
     issuer: Arc<str>,
-    /// `None` when the policy never reads `request` (`per_user_only`):
-    /// the script is then given `()`, which it cannot tell apart.
+    /// `None` when nothing reads it (`RequestView::when_read`): the script
+    /// is then given `()`, which it cannot tell apart.
     view: Option<RequestView>,
     metrics: RouteMetrics,
     audit: Option<AuditSlot>,
@@ -524,16 +538,13 @@ where
             });
         }
         let policy = self.engine.current();
-        // The request view is built for a policy that reads `request`, or
-        // for the decision log and shadow policy when they are configured.
-        let view = (!policy.per_user_only || self.engine.observes()).then(|| {
-            RequestView::new(
-                self.engine.route(),
-                &parts.method,
-                parts.uri.path(),
-                &parts.headers,
-            )
-        });
+        let view = RequestView::when_read(
+            &self.engine,
+            &policy,
+            &parts.method,
+            parts.uri.path(),
+            &parts.headers,
+        );
         let observe = view.as_ref().and_then(|view| self.engine.observe(view));
         let evaluation = Evaluation {
             engine: self.engine.clone(),
