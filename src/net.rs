@@ -5,6 +5,8 @@
 //! and the provider send (redirect URIs, discovered endpoints), so they live
 //! here, below both.
 
+use url::{Host, Url};
+
 /// Schemes that can run code or read local files: refused in redirect URIs
 /// and in `registration.allowed_schemes`, even when an operator lists them.
 pub(crate) const FORBIDDEN_SCHEMES: [&str; 6] =
@@ -37,6 +39,125 @@ pub(crate) fn check_allowed_scheme(scheme: &str) -> Result<(), String> {
     }
     if FORBIDDEN_SCHEMES.contains(&lower.as_str()) || lower == "http" || lower == "https" {
         return Err(format!("`{scheme}` cannot be allow-listed"));
+    }
+    Ok(())
+}
+
+// ---------------------------------------------------------------- redirect URIs
+// What a redirect URI may be when a client registers one (RFC 7591), a
+// configured client lists one (`[[clients]]`), or a metadata document
+// names one: one rule for all three (DESIGN.md invariant 3).
+
+/// The longest redirect URI accepted.
+pub(crate) const MAX_REDIRECT_URI_LEN: usize = 2048;
+
+/// Checks a redirect URI a client wants to register. It is stored and later
+/// compared exactly as sent, so it must already be in the form the URL parser
+/// gives it: a spelling that a parser would rewrite (`127.1`, `0x7f000001`,
+/// upper case, `%61`, default ports, dot segments) is refused, never stored.
+pub(crate) fn validate_for_registration(
+    uri: &str,
+    allowed_schemes: &[String],
+) -> Result<(), String> {
+    if uri.len() > MAX_REDIRECT_URI_LEN {
+        return Err(format!(
+            "redirect URI longer than {MAX_REDIRECT_URI_LEN} characters"
+        ));
+    }
+    if uri.contains('#') {
+        return Err(format!("redirect URI `{uri}` must not contain a fragment"));
+    }
+    let url = Url::parse(uri)
+        .map_err(|e| format!("redirect URI `{uri}` is not an absolute URI ({e})"))?;
+    let scheme = url.scheme();
+    if FORBIDDEN_SCHEMES.contains(&scheme) {
+        return Err(format!("redirect URI scheme `{scheme}:` is not allowed"));
+    }
+    if !url.username().is_empty() || url.password().is_some() || has_userinfo(uri) {
+        return Err(format!(
+            "redirect URI `{uri}` must not contain user information"
+        ));
+    }
+    if url.as_str() != uri {
+        return Err(format!(
+            "redirect URI `{uri}` is not in normal form; register it as `{}`",
+            url.as_str()
+        ));
+    }
+    if let Some(host) = url.host() {
+        check_host(&host).map_err(|why| format!("redirect URI `{uri}`: {why}"))?;
+    }
+    match scheme {
+        "https" => {
+            if url.host_str().is_none_or(str::is_empty) {
+                return Err(format!("redirect URI `{uri}` has no host"));
+            }
+            Ok(())
+        }
+        "http" => {
+            if url.host_str().is_some_and(is_loopback_host) {
+                Ok(())
+            } else {
+                Err(format!(
+                    "redirect URI `{uri}` uses http on a non-loopback host; use https, or http://127.0.0.1 for native apps"
+                ))
+            }
+        }
+        other => {
+            if allowed_schemes
+                .iter()
+                .any(|s| s.eq_ignore_ascii_case(other))
+            {
+                Ok(())
+            } else {
+                Err(format!(
+                    "redirect URI scheme `{other}:` is not allowed on this server (an administrator can allow it in registration.allowed_schemes)"
+                ))
+            }
+        }
+    }
+}
+
+/// Whether the authority part of `uri` carries an `@` (an empty userinfo such
+/// as `https://@host/` leaves no trace in the parsed URL).
+fn has_userinfo(uri: &str) -> bool {
+    uri.split_once("//")
+        .map(|(_, rest)| rest)
+        .and_then(|rest| rest.split(['/', '?', '#']).next())
+        .is_some_and(|authority| authority.contains('@'))
+}
+
+/// The longest DNS name (RFC 1035 §2.3.4).
+const MAX_DNS_NAME_LEN: usize = 253;
+
+/// A host people can read on the consent page: an IP literal, or a DNS
+/// host name of letters, digits and inner hyphens (RFC 1123 §2.1) in labels
+/// of 1 to 63 characters. This refuses wildcards (`*`), `_`, `%` escapes,
+/// spaces, empty labels and a trailing dot. International names are only
+/// accepted in their ASCII (`xn--`) form, which is what the page shows, so
+/// a look-alike in another script cannot pass for a familiar name.
+pub(crate) fn check_host(host: &Host<&str>) -> Result<(), String> {
+    let name = match host {
+        Host::Ipv4(_) | Host::Ipv6(_) => return Ok(()),
+        Host::Domain(name) => *name,
+    };
+    if name.is_empty() || name.len() > MAX_DNS_NAME_LEN {
+        return Err(format!(
+            "the host must be 1 to {MAX_DNS_NAME_LEN} characters long"
+        ));
+    }
+    for label in name.split('.') {
+        let well_formed = (1..=63).contains(&label.len())
+            && label
+                .bytes()
+                .all(|b| b.is_ascii_alphanumeric() || b == b'-')
+            && !label.starts_with('-')
+            && !label.ends_with('-');
+        if !well_formed {
+            return Err(format!(
+                "host `{name}` is not a DNS name (letters, digits and inner hyphens in non-empty labels) or an IP address"
+            ));
+        }
     }
     Ok(())
 }

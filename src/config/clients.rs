@@ -148,6 +148,7 @@ pub(crate) struct TrustedIssuer {
 /// Checks `[[clients]]`; each error names `clients[<i>].<key>`.
 pub(crate) fn validate_clients(
     clients: &[ClientConfig],
+    allowed_schemes: &[String],
 ) -> Result<Vec<ConfiguredClient>, ConfigError> {
     let mut out: Vec<ConfiguredClient> = Vec::new();
     for (i, client) in clients.iter().enumerate() {
@@ -197,7 +198,11 @@ pub(crate) fn validate_clients(
             ));
         }
         for uri in &client.redirect_uris {
-            check_redirect_uri(uri).map_err(|m| ConfigError::invalid(key("redirect_uris"), m))?;
+            // The rule a registering client meets (normal form, no
+            // userinfo, readable host, allowed schemes): a URI stored in
+            // another form could never match exactly at /authorize.
+            crate::net::validate_for_registration(uri, allowed_schemes)
+                .map_err(|m| ConfigError::invalid(key("redirect_uris"), m))?;
         }
         out.push(ConfiguredClient {
             id: id.to_string(),
@@ -246,27 +251,6 @@ fn client_secret_hash(
             }
             Ok(crate::crypto::token_hash(secret))
         }
-    }
-}
-
-/// A redirect URI a configured client may use: https, http on a loopback
-/// host, or an app's own scheme; no fragment.
-fn check_redirect_uri(uri: &str) -> Result<(), String> {
-    let url = url::Url::parse(uri).map_err(|e| format!("`{uri}` is not a URL ({e})"))?;
-    if url.fragment().is_some() {
-        return Err(format!("`{uri}` must not have a fragment"));
-    }
-    let host = url.host_str().unwrap_or_default();
-    match url.scheme() {
-        "https" => Ok(()),
-        "http" if is_loopback_host(host) => Ok(()),
-        "http" => Err(format!(
-            "`{uri}` must be https (http only on a loopback host)"
-        )),
-        "javascript" | "data" | "file" | "vbscript" | "blob" => Err(format!(
-            "`{uri}` has a scheme that cannot be a redirect URI"
-        )),
-        _ => Ok(()),
     }
 }
 
@@ -367,7 +351,7 @@ mod tests {
     }
 
     fn error(clients: &[ClientConfig]) -> String {
-        validate_clients(clients).unwrap_err().to_string()
+        validate_clients(clients, &[]).unwrap_err().to_string()
     }
 
     #[test]
@@ -391,11 +375,30 @@ mod tests {
         assert!(error(&[c.clone()]).starts_with("clients[0].redirect_uris:"));
         c.redirect_uris = vec!["http://app.example.com/cb".into()];
         assert!(error(&[c.clone()]).starts_with("clients[0].redirect_uris:"));
+        // The same rule a registering client meets: a URI that could never
+        // match exactly at /authorize, or with userinfo, or an app scheme
+        // the operator did not allow, is refused.
+        for uri in [
+            "https://App.Example.com/cb",
+            "https://user@app.example.com/cb",
+            "cursor://callback",
+        ] {
+            c.redirect_uris = vec![uri.into()];
+            assert!(
+                error(&[c.clone()]).starts_with("clients[0].redirect_uris:"),
+                "{uri}"
+            );
+        }
+        c.redirect_uris = vec!["cursor://callback".into()];
+        assert!(validate_clients(&[c.clone()], &["cursor".into()]).is_ok());
         c.redirect_uris = vec![
             "http://127.0.0.1:5000/cb".into(),
             "https://app.example.com/cb".into(),
         ];
-        assert_eq!(validate_clients(&[c]).unwrap()[0].redirect_uris.len(), 2);
+        assert_eq!(
+            validate_clients(&[c], &[]).unwrap()[0].redirect_uris.len(),
+            2
+        );
     }
 
     #[test]
@@ -406,7 +409,7 @@ mod tests {
         let mut c = client("agent");
         c.secret_hash = None;
         c.secret_file = Some(path);
-        let configured = validate_clients(&[c]).unwrap();
+        let configured = validate_clients(&[c], &[]).unwrap();
         assert_eq!(
             configured[0].secret_hash,
             crate::crypto::token_hash("correct-horse-battery-staple")

@@ -23,7 +23,8 @@ impl Config {
         self.check_durations_and_rates()?;
         self.identity_assertion.check()?;
         let secure_cookies = secure_cookies(&public_url)?;
-        let clients = super::clients::validate_clients(&self.clients)?;
+        let clients =
+            super::clients::validate_clients(&self.clients, &self.registration.allowed_schemes)?;
         let id_jag_issuers = self.id_jag.validate(&issuer_url)?;
         Ok(Settings {
             clients,
