@@ -112,7 +112,7 @@ export async function assertionVerifier({ jwksUrl, audience, issuer, header = 'x
   return async (headers) => {
     const token = headerValue(headers, header);
     if (!token) throw Object.assign(new Error(`no ${header} header`), { code: 'ERR_NO_ASSERTION' });
-    const { payload, protectedHeader } = await jwtVerify(token, jwks, { audience, issuer, algorithms: ['EdDSA', 'ES256'] });
+    const { payload, protectedHeader } = await jwtVerify(token, jwks, { audience, issuer, algorithms: ['EdDSA'] });
     return { kid: protectedHeader.kid ?? null, claims: payload };
   };
 }
@@ -165,9 +165,10 @@ function createMcpServer(transportName, verify) {
     async (_args, extra) => {
       const identity = identityOf(extra);
       if (verify) {
-        // Every request was verified on arrival; the claims are shown here.
-        const { kid, claims } = await verify(extra.requestInfo?.headers ?? {});
-        identity.assertion = { verified: true, kid, claims };
+        // Every request was verified on arrival (see the HTTP handler); what
+        // the verification found travels with the request as its auth info.
+        const found = extra.authInfo?.extra?.assertion;
+        identity.assertion = { verified: Boolean(found), kid: found?.kid ?? null, claims: found?.claims ?? {} };
       }
       return { content: [{ type: 'text', text: JSON.stringify(identity, null, 2) }], structuredContent: identity };
     },
@@ -397,9 +398,13 @@ export async function startWhoamiServer({ port = 0, host = '127.0.0.1', logReque
       res.writeHead(404, { 'content-type': 'text/plain' });
       return res.end('not found: this server serves /mcp (Streamable HTTP), /sse + /messages (legacy SSE) and /healthz\n');
     }
-    const verified = verify ? verify(req.headers) : Promise.resolve();
+    const verified = verify ? verify(req.headers) : Promise.resolve(null);
     verified.then(
-      () => handler(req, res, url),
+      (assertion) => {
+        // The SDK hands `req.auth` to tools as `extra.authInfo`.
+        if (assertion) req.auth = { token: '', clientId: assertion.claims.client_id ?? '', scopes: [], extra: { assertion } };
+        return handler(req, res, url);
+      },
       (err) => {
         // No identity the proxy signed for this server: the call is refused.
         log(`identity assertion refused on ${req.method} ${url.pathname}: ${err.code ?? ''} ${err.message}`);

@@ -17,7 +17,7 @@ import { Client } from '@modelcontextprotocol/sdk/client/index.js';
 import { StreamableHTTPClientTransport } from '@modelcontextprotocol/sdk/client/streamableHttp.js';
 import { SignJWT, decodeJwt, decodeProtectedHeader, generateKeyPair } from 'jose';
 import { startProvider } from './provider.mjs';
-import { accessTokenFor, freePort, removeOnExit, startProxy } from './lib/index.mjs';
+import { accessTokenFor, freePort, removeOnExit, sleep, startProxy } from './lib/index.mjs';
 import { startWhoami } from './lib/whoami.mjs';
 
 const AUDIENCE = 'urn:example:whoami';
@@ -34,7 +34,6 @@ const INITIALIZE = {
   method: 'initialize',
   params: { protocolVersion: '2025-06-18', capabilities: {}, clientInfo: { name: 'direct', version: '1' } },
 };
-const sleep = (ms) => new Promise((r) => setTimeout(r, ms));
 
 /** A downstream that records the assertion it receives and answers an empty result. */
 async function startCapture() {
