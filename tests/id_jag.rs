@@ -392,7 +392,7 @@ async fn each_validation_rule_refuses_with_the_right_error_and_no_token() {
 
     // Signature: a foreign key under the provider's kid; a tampered payload.
     let foreign = eddsa(&claims(p, &up), "test-key");
-    assert_refused(agent(p, &foreign).await, "invalid_grant", "");
+    assert_refused(agent(p, &foreign).await, "invalid_grant", "does not verify");
     let good = rs256(&claims(p, &up));
     let parts: Vec<&str> = good.split('.').collect();
     let forged = format!(
