@@ -410,3 +410,53 @@ async fn each_route_has_its_own_shadow_and_decision_log() {
     assert_eq!(records[0]["route"], "wiki");
     assert_eq!(records[0]["request"]["path"], "/wiki/mcp");
 }
+
+/// The enforced policy, plus: only with the right API key; throws on the
+/// tool `marker` (a shadow error the test can wait for).
+const KEYED: &str = r#"
+fn authorize(user, request) {
+    if request.mcp.tool == "marker" {
+        throw "marker";
+    }
+    if request.headers["x-api-key"] != "k1" {
+        return deny(403, "no API key");
+    }
+    if request.mcp.tool == "deploy" && !in_any_group(user, ["ops"]) {
+        return deny(403, "deploy is for ops");
+    }
+    allow(#{ "X-User-Email": user.email, "X-User-Dept": claim(user, "dept", "") })
+}
+"#;
+
+#[tokio::test]
+async fn the_shadow_sees_the_headers_the_policy_saw_not_the_logs_redactions() {
+    // `x-api-key` is on the decision log's default redaction list; the
+    // shadow must still judge the real value.
+    let p = start(Some(KEYED)).await;
+    let send = |tool: &'static str| {
+        p.proxy
+            .http
+            .post(format!("{}/mcp", p.proxy.url))
+            .bearer_auth(&p.dev)
+            .header("accept", "application/json, text/event-stream")
+            .header("x-api-key", "k1")
+            .json(&json!({"jsonrpc": "2.0", "id": 7, "method": "tools/call", "params": {"name": tool}}))
+            .send()
+    };
+    assert_eq!(send("run_sql").await.unwrap().status(), 200);
+    // The shadow judges decisions in order: once the marker's error is
+    // counted, the request before it has been judged.
+    assert_eq!(send("marker").await.unwrap().status(), 200);
+    wait_for("the marker's shadow error", || {
+        metric(
+            &p,
+            "mcp_oauth_proxy_policy_shadow_errors_total{route=\"default\"}",
+        ) == 1
+    })
+    .await;
+    assert_eq!(
+        disagreements(&p, "allow_to_deny"),
+        0,
+        "the request with the right key is no disagreement"
+    );
+}

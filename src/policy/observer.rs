@@ -274,20 +274,28 @@ impl Observation {
         if log.is_none() && o.shadow.is_none() {
             return;
         }
-        let observed = Arc::new(Observed {
-            time: self.time,
-            route: o.route.clone(),
-            policy: policy.clone(),
-            user: user.clone(),
-            request: redacted_request(self.view.for_call(call), &o.redact_headers, upstream),
-            id_token: upstream.id_token.is_some(),
-            outcome: Outcome::of(decision, upstream),
-        });
+        let request = self.view.for_call(call);
+        let outcome = Outcome::of(decision, upstream);
+        let observed = |request, outcome| {
+            Arc::new(Observed {
+                time: self.time,
+                route: o.route.clone(),
+                policy: policy.clone(),
+                user: user.clone(),
+                request,
+                id_token: upstream.id_token.is_some(),
+                outcome,
+            })
+        };
+        // Redaction is for what is written: the shadow judges the request
+        // as the enforced policy saw it, or a candidate reading a redacted
+        // header would disagree where it would not.
         if let Some(log) = log {
-            log.offer(observed.clone());
+            let written = redacted_request(request.clone(), &o.redact_headers, upstream);
+            log.offer(observed(written, outcome.clone()));
         }
         if let Some(shadow) = &o.shadow {
-            shadow.offer(observed);
+            shadow.offer(observed(request, outcome));
         }
     }
 }
