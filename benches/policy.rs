@@ -152,7 +152,7 @@ fn observed_request(
     let observe = engine.observe(&view);
     let decision = engine.authorize(policy, user.clone(), view.into_call(Some(call)), tokens);
     if let Some(observe) = &observe {
-        observe.decided(tokens, user, Some(call), policy, &decision);
+        observe.decided(tokens, || user.clone(), Some(call), policy, &decision);
     }
     black_box(decision);
 }

@@ -379,7 +379,7 @@ impl Evaluation {
             if let Some(observe) = &self.observe {
                 observe.decided(
                     &self.session.upstream,
-                    &script_user(&self.session, &self.issuer),
+                    || script_user(&self.session, &self.issuer),
                     call,
                     &self.policy,
                     &decision,

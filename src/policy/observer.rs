@@ -264,7 +264,7 @@ impl Observation {
     pub fn decided(
         &self,
         upstream: &UpstreamTokens,
-        user: &Dynamic,
+        user: impl FnOnce() -> Dynamic,
         call: Option<&McpCall>,
         policy: &Arc<CompiledPolicy>,
         decision: &Decision,
@@ -274,6 +274,8 @@ impl Observation {
         if log.is_none() && o.shadow.is_none() {
             return;
         }
+        // Built only for a decision something takes (sampled, or shadowed).
+        let user = user();
         let request = self.view.for_call(call);
         let outcome = Outcome::of(decision, upstream);
         let observed = |request, outcome| {
