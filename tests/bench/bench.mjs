@@ -416,6 +416,44 @@ async function getToken(publicUrl, resource) {
 
 
 
+/**
+ * Alice's access token from `provider`, signed in through a proxy that
+ * serves nothing else; it stays valid for the proxies started later with
+ * the same store, key and public URL (`resource`: e.g. the proxy's root).
+ */
+async function signIn(shared, provider, resource) {
+  const loginProxy = await startOurProxy({
+    name: 'proxy-login',
+    port: shared.proxyPort,
+    shared,
+    downstreamUrl: 'http://127.0.0.1:9/mcp',
+    provider,
+  });
+  try {
+    return await getToken(shared.publicUrl.replace('localhost', '127.0.0.1'), resource);
+  } finally {
+    await loginProxy.close();
+  }
+}
+
+/**
+ * What a one-off measurement (instructions.mjs, stubprobe.mjs) starts from:
+ * a provider issuing `BENCH_PROVIDER_TOKEN_BYTES` tokens, alice's token in a
+ * proxy store under `dir`, and the nginx stub. What it starts is pushed on
+ * `cleanups`; start the proxy with `startOurProxy({ port: shared.proxyPort, shared, ... })`.
+ */
+async function signedInSetup(dir, cleanups) {
+  const proxyPort = await freePort();
+  const shared = { dir, encryptionKey: crypto.randomBytes(32).toString('hex'), publicUrl: `http://localhost:${proxyPort}`, proxyPort };
+  shared.provider = await startProvider({ port: 0, redirectUris: [`${shared.publicUrl}/callback`], jwtAccessTokenBytes: cfg.providerTokenBytes });
+  cleanups.push(() => shared.provider.close());
+  const token = await signIn(shared, shared.provider);
+  const stubPort = await freePort();
+  const stub = await startNginx('nginx-stub', nginxStub(stubPort));
+  cleanups.push(() => stub.close());
+  return { shared, token, stubPort, stub };
+}
+
 // ------------------------------------------------------------------ HTTP (wrk)
 
 const BODY_200 = (() => {
@@ -1057,20 +1095,7 @@ async function main() {
     // proxies started later (same store, key and public URL). For the routes
     // comparison a root token (resource = the proxy itself), good on every
     // route of both proxies.
-    const login = async (provider) => {
-      const loginProxy = await startOurProxy({
-        name: 'proxy-login',
-        port: shared.proxyPort,
-        shared,
-        downstreamUrl: 'http://127.0.0.1:9/mcp',
-        provider,
-      });
-      try {
-        return await getToken(shared.publicUrl.replace('localhost', '127.0.0.1'), cfg.only === 'routes' ? shared.publicUrl : undefined);
-      } finally {
-        await loginProxy.close();
-      }
-    };
+    const login = (provider) => signIn(shared, provider, cfg.only === 'routes' ? shared.publicUrl : undefined);
     const token = await login(shared.provider);
     shared.tokens = { proxy: token, 'proxy-audit': token };
     if (shared.opaqueProvider) shared.tokens['proxy-opaque'] = await login(shared.opaqueProvider);
@@ -1124,7 +1149,7 @@ async function main() {
 
 // The pieces, for a session that wants to poke at one target by hand (perf,
 // strace): `import { startNginx, ... } from './bench.mjs'` runs nothing.
-export { cfg, startNginx, nginxStub, nginxProxy, startOurProxy, startSseStub, getToken, cpuTicks, rssKiB, runWrk, summarizeRoutes, routesTable };
+export { cfg, signedInSetup, startNginx, nginxStub, nginxProxy, startOurProxy, startSseStub, getToken, cpuTicks, rssKiB, runWrk, summarizeRoutes, routesTable };
 
 if (import.meta.url === pathToFileURL(process.argv[1] ?? '').href) {
   main().then(

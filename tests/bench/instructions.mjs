@@ -11,13 +11,10 @@
 // Prints instructions per request and the top functions (inclusive), and
 // writes tests/bench/results/instructions-<time>.{txt,callgrind}.
 import { execFileSync } from 'node:child_process';
-import crypto from 'node:crypto';
 import fs from 'node:fs';
 import os from 'node:os';
 import path from 'node:path';
-import { cfg, startNginx, nginxStub, startOurProxy, getToken, runWrk } from './bench.mjs';
-import { freePort } from '../e2e/lib/index.mjs';
-import { startProvider } from '../e2e/provider.mjs';
+import { cfg, signedInSetup, startOurProxy, runWrk } from './bench.mjs';
 
 const seconds = Number(process.env.INSTR_SECONDS ?? 15);
 const connections = Number(process.env.INSTR_CONNECTIONS ?? 8);
@@ -32,20 +29,8 @@ fs.writeFileSync(wrapper, `#!/bin/sh\nexec valgrind --tool=callgrind --callgrind
 
 const cleanups = [];
 try {
-  const proxyPort = await freePort();
-  const shared = { dir, encryptionKey: crypto.randomBytes(32).toString('hex'), publicUrl: `http://localhost:${proxyPort}`, proxyPort };
-  shared.provider = await startProvider({ port: 0, redirectUris: [`${shared.publicUrl}/callback`], jwtAccessTokenBytes: cfg.providerTokenBytes });
-  cleanups.push(() => shared.provider.close());
-  const login = await startOurProxy({ name: 'proxy-login', port: proxyPort, shared, downstreamUrl: 'http://127.0.0.1:9/mcp' });
-  let token;
-  try {
-    token = await getToken(shared.publicUrl.replace('localhost', '127.0.0.1'));
-  } finally {
-    await login.close();
-  }
-  const stubPort = await freePort();
-  const stub = await startNginx('nginx-stub', nginxStub(stubPort));
-  cleanups.push(() => stub.close());
+  const { shared, token, stubPort } = await signedInSetup(dir, cleanups);
+  const proxyPort = shared.proxyPort;
   cfg.bin = wrapper;
   const proxy = await startOurProxy({ name: 'proxy', port: proxyPort, shared, downstreamUrl: `http://127.0.0.1:${stubPort}/mcp` });
   cleanups.push(() => proxy.close());

@@ -4,33 +4,19 @@
 // spend more CPU behind the proxy": more connections, more reads, or
 // bigger requests.
 import { execFileSync, spawn } from 'node:child_process';
-import crypto from 'node:crypto';
 import fs from 'node:fs';
 import os from 'node:os';
 import path from 'node:path';
-import { cfg, startNginx, nginxStub, nginxProxy, startOurProxy, getToken, runWrk } from './bench.mjs';
+import { signedInSetup, startNginx, nginxProxy, startOurProxy, runWrk } from './bench.mjs';
 import { freePort } from '../e2e/lib/index.mjs';
-import { startProvider } from '../e2e/provider.mjs';
 
 const dir = fs.mkdtempSync(path.join(os.tmpdir(), 'mcp-stubprobe-'));
 const cleanups = [];
 const seconds = Number(process.env.PROBE_SECONDS ?? 5);
 const connections = Number(process.env.PROBE_CONNECTIONS ?? 32);
 try {
-  const proxyPort = await freePort();
-  const shared = { dir, encryptionKey: crypto.randomBytes(32).toString('hex'), publicUrl: `http://localhost:${proxyPort}`, proxyPort };
-  shared.provider = await startProvider({ port: 0, redirectUris: [`${shared.publicUrl}/callback`], jwtAccessTokenBytes: cfg.providerTokenBytes });
-  cleanups.push(() => shared.provider.close());
-  const login = await startOurProxy({ name: 'proxy-login', port: proxyPort, shared, downstreamUrl: 'http://127.0.0.1:9/mcp' });
-  let token;
-  try {
-    token = await getToken(shared.publicUrl.replace('localhost', '127.0.0.1'));
-  } finally {
-    await login.close();
-  }
-  const stubPort = await freePort();
-  const stub = await startNginx('nginx-stub', nginxStub(stubPort));
-  cleanups.push(() => stub.close());
+  const { shared, token, stubPort, stub } = await signedInSetup(dir, cleanups);
+  const proxyPort = shared.proxyPort;
   const nginxPort = await freePort();
   const nginx = await startNginx('nginx-proxy', nginxProxy(nginxPort, stubPort));
   cleanups.push(() => nginx.close());
