@@ -130,7 +130,14 @@ impl KeyRing {
         }
         let set = Arc::new(self.load(now).await?);
         if let Ok(mut current) = self.current.write() {
-            *current = Some(set.clone());
+            // A caller whose `now` was taken just before a rotation must not
+            // put the older generation's set back over the newer one.
+            let newer_held = current
+                .as_ref()
+                .is_some_and(|held| held.active.generation > set.active.generation);
+            if !newer_held {
+                *current = Some(set.clone());
+            }
         }
         Ok(set)
     }
@@ -290,6 +297,17 @@ mod tests {
         let later = ring.at(1_110).await.unwrap();
         assert!(!later.kids.contains(&early.active.kid));
         assert_eq!(later.active.kid, next.active.kid);
+    }
+
+    #[tokio::test]
+    async fn a_late_caller_does_not_put_an_older_generation_back() {
+        let ring = ring(memory());
+        let newer = ring.at(1_105).await.unwrap();
+        // A caller that read the clock just before the rotation.
+        let older = ring.at(1_099).await.unwrap();
+        assert_eq!(older.active.generation, newer.active.generation - 1);
+        let held = ring.current.read().unwrap().clone().unwrap();
+        assert_eq!(held.active.kid, newer.active.kid);
     }
 
     #[tokio::test]
