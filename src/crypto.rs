@@ -44,7 +44,7 @@ pub(crate) fn random_key() -> [u8; 32] {
     key
 }
 
-/// The store key of a token: hex SHA-256.
+/// Hex SHA-256: the store key of a token, and a policy's content hash.
 pub fn token_hash(token: &str) -> String {
     hex::encode(Sha256::digest(token.as_bytes()))
 }

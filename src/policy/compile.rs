@@ -124,10 +124,7 @@ pub(crate) fn compile(
         per_user_only: depends_on_user_only(source, &request_param),
         name: name.to_string(),
         may_set: header_like_literals(source),
-        hash: {
-            use sha2::Digest;
-            hex::encode(sha2::Sha256::digest(source.as_bytes()))
-        },
+        hash: crate::crypto::token_hash(source),
         source: source.into(),
         ast,
         has_login,
