@@ -182,14 +182,25 @@ impl PolicyConfig {
             }
         }
         if let Some(path) = &self.shadow_path {
-            if !path.is_file() {
-                return Err(ConfigError::invalid(
+            readable_file(path).map_err(|e| {
+                ConfigError::invalid(
                     key("policy.shadow_path"),
-                    format!("cannot read {}: not a file", path.display()),
-                ));
-            }
+                    format!("cannot read {}: {e}", path.display()),
+                )
+            })?;
         }
         Ok(())
+    }
+}
+
+/// A policy file that can be opened and is a file (`policy.path`,
+/// `policy.shadow_path`).
+pub(crate) fn readable_file(path: &std::path::Path) -> std::io::Result<()> {
+    let metadata = std::fs::File::open(path)?.metadata()?;
+    if metadata.is_file() {
+        Ok(())
+    } else {
+        Err(std::io::Error::other("not a file"))
     }
 }
 

@@ -235,16 +235,7 @@ impl Written<'_> {
         }
         self.policy.check_observers(|k| self.key(k))?;
         if let Some(path) = &self.policy.path {
-            if let Err(e) = std::fs::File::open(path)
-                .and_then(|f| f.metadata())
-                .and_then(|m| {
-                    if m.is_file() {
-                        Ok(())
-                    } else {
-                        Err(std::io::Error::other("not a file"))
-                    }
-                })
-            {
+            if let Err(e) = super::policy::readable_file(path) {
                 return Err(ConfigError::invalid(
                     self.key("policy.path"),
                     format!("cannot read {}: {e}", path.display()),
