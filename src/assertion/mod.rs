@@ -73,7 +73,9 @@ struct Claims<'a> {
     groups: Option<&'a Value>,
     /// The MCP client the person uses.
     client_id: &'a str,
-    /// The proxy's `X-Request-Id` of the request it was signed for.
+    /// The `X-Request-Id` of the request it was signed for: the proxy's,
+    /// or one a client (or a load balancer in front) sent, which the proxy
+    /// keeps; it correlates logs, it does not identify (`jti` does).
     #[serde(skip_serializing_if = "Option::is_none")]
     request_id: Option<&'a str>,
 }

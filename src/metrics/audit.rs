@@ -110,9 +110,9 @@ impl Audit {
         request.extensions_mut().insert(slot.clone());
         let (request_id, client_address) = if logged {
             let request_id = request
-                .headers()
-                .get("x-request-id")
-                .and_then(|v| v.to_str().ok())
+                .extensions()
+                .get::<tower_http::request_id::RequestId>()
+                .and_then(|id| id.header_value().to_str().ok())
                 .unwrap_or_default()
                 .to_string();
             let client_address = ClientAddress::of(request)

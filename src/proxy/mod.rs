@@ -236,7 +236,10 @@ async fn forward(
     request: Request<Body>,
 ) -> Result<Response<Body>, ProxyError> {
     let mut caller = Caller::of(&request)?;
-    let request_id = request.headers().get("x-request-id");
+    let request_id = request
+        .extensions()
+        .get::<tower_http::request_id::RequestId>()
+        .map(tower_http::request_id::RequestId::header_value);
     context
         .assertions
         .fill_in(&mut caller.outcome, &caller.session, request_id)
