@@ -13,7 +13,7 @@ use std::process::ExitCode;
 
 use clap::Args;
 
-use crate::policy::decision_log::DecisionRecord;
+use crate::policy::decision_log::{DecisionRecord, RECORD_VERSION};
 use crate::policy::replay::{replay, ChangeGroup, ReplayReport};
 
 /// How many changes of each kind are listed (the summary counts them all).
@@ -79,9 +79,10 @@ pub fn main(args: ReplayArgs) -> ExitCode {
     }
 }
 
-/// Every record of the logs, in order; a line that is not a record is an
-/// error naming its file and line.
-pub fn read_logs(paths: &[PathBuf]) -> Result<Vec<DecisionRecord>, String> {
+/// Every record of the logs, in order; a line that is not a record (or a
+/// record of a format this version cannot replay) is an error naming its
+/// file and line.
+fn read_logs(paths: &[PathBuf]) -> Result<Vec<DecisionRecord>, String> {
     let mut records = Vec::new();
     for path in paths {
         let file = std::fs::File::open(path)
@@ -93,6 +94,14 @@ pub fn read_logs(paths: &[PathBuf]) -> Result<Vec<DecisionRecord>, String> {
             }
             let record: DecisionRecord = serde_json::from_str(&line)
                 .map_err(|e| format!("{}:{}: not a decision record: {e}", path.display(), n + 1))?;
+            if record.v != RECORD_VERSION {
+                return Err(format!(
+                    "{}:{}: a decision record of format {} (this version replays format {RECORD_VERSION})",
+                    path.display(),
+                    n + 1,
+                    record.v
+                ));
+            }
             records.push(record);
         }
     }
@@ -188,5 +197,35 @@ fn detail(g: &ChangeGroup) -> String {
             .collect::<Vec<_>>()
             .join("; "),
         _ => format!("{} → {}", reason(&g.before), reason(&g.after)),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_record_of_another_format_is_refused_naming_file_and_line() {
+        let dir = tempfile::tempdir().unwrap();
+        let log = dir.path().join("d.jsonl");
+        let record = |v: u32| {
+            serde_json::json!({
+                "v": v, "time": 1, "route": "default", "policy": "p", "policy_hash": "",
+                "user": {"sub": "u", "claims": {}}, "request": {"method": "POST", "headers": {}},
+                "upstream_id_token": false, "outcome": {"allow": true, "headers": {}}
+            })
+            .to_string()
+        };
+        std::fs::write(&log, format!("{}\n{}\n", record(1), record(2))).unwrap();
+        let error = read_logs(std::slice::from_ref(&log)).unwrap_err();
+        assert!(
+            error.starts_with(&format!(
+                "{}:2: a decision record of format 2",
+                log.display()
+            )),
+            "{error}"
+        );
+        std::fs::write(&log, format!("{}\n", record(1))).unwrap();
+        assert_eq!(read_logs(&[log]).unwrap().len(), 1);
     }
 }
