@@ -16,11 +16,6 @@ use axum::body::Body;
 use axum::extract::ConnectInfo;
 use axum::http::response::Parts;
 use axum::http::{Method, Request, Response, StatusCode, Uri};
-use hyper::body::Incoming;
-use hyper_rustls::HttpsConnector;
-use hyper_util::client::legacy::connect::HttpConnector;
-use hyper_util::client::legacy::Client;
-use hyper_util::rt::TokioExecutor;
 use tower::Service;
 use url::Url;
 
@@ -32,6 +27,7 @@ use crate::metrics::labels::McpEndpoint;
 use crate::metrics::{EndpointMetrics, Metrics};
 use crate::session::{PolicyOutcome, Session, SessionWatch};
 
+pub(crate) mod downstream;
 pub(crate) mod headers;
 pub(crate) mod methods;
 pub(crate) mod origin;
@@ -39,28 +35,8 @@ pub(crate) mod sessions;
 pub(crate) mod sse;
 pub(crate) mod unambiguous;
 
+use downstream::{DownstreamClient, DrivenBody};
 use sessions::{Binding, OwnedSession, SessionBindings, MCP_SESSION_ID, SESSION_KIND};
-
-/// The client the forwarder sends downstream requests with.
-pub(crate) type HttpClient = Client<HttpsConnector<HttpConnector>, Body>;
-
-/// A pooled client for http and https downstreams.
-pub(crate) fn http_client(connect_timeout: Duration) -> HttpClient {
-    let mut http = HttpConnector::new();
-    http.set_connect_timeout(Some(connect_timeout));
-    http.set_nodelay(true);
-    http.enforce_http(false);
-    let https = hyper_rustls::HttpsConnectorBuilder::new()
-        .with_webpki_roots()
-        .https_or_http()
-        .enable_http1()
-        .enable_http2()
-        .wrap_connector(http);
-    Client::builder(TokioExecutor::new())
-        .pool_idle_timeout(Duration::from_secs(90))
-        .pool_max_idle_per_host(1024)
-        .build(https)
-}
 
 /// Which MCP route a forwarder serves.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -112,8 +88,8 @@ impl DownstreamTarget {
 pub(crate) struct ForwardContext {
     /// The route's name.
     pub route: Arc<str>,
-    /// The pooled downstream client.
-    pub client: HttpClient,
+    /// The route's downstream connections.
+    pub client: DownstreamClient,
     /// Which user each MCP session belongs to.
     pub sessions: Arc<SessionBindings>,
     /// The proxy's public host, sent as `X-Forwarded-Host`.
@@ -335,7 +311,7 @@ async fn send(
     context: &ForwardContext,
     metrics: &EndpointMetrics,
     outgoing: Request<Body>,
-) -> Result<Response<Incoming>, ProxyError> {
+) -> Result<Response<DrivenBody>, ProxyError> {
     let started = Instant::now();
     let response = match tokio::time::timeout(
         context.response_timeout,

@@ -76,7 +76,7 @@ fn forward_context(
     let downstream = &route.downstream;
     Ok(ForwardContext {
         route: route.name.as_str().into(),
-        client: crate::proxy::http_client(downstream.connect_timeout.0),
+        client: crate::proxy::downstream::DownstreamClient::new(downstream.connect_timeout.0),
         sessions: Arc::new(SessionBindings::new(records.clone(), &route.name)),
         public_host: match public.port() {
             Some(port) => format!("{}:{port}", public.host_str().unwrap_or_default()),

@@ -1,0 +1,297 @@
+//! The downstream client against a raw TCP server that records what it
+//! reads and answers exactly as each test scripts it.
+
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::Arc;
+use std::time::Duration;
+
+use axum::body::Body;
+use axum::http::{Method, Request};
+use http_body_util::BodyExt;
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::{TcpListener, TcpStream};
+use tokio::sync::mpsc;
+
+use super::{DownstreamClient, DownstreamError};
+
+/// What the test server saw.
+struct Seen {
+    connections: Arc<AtomicUsize>,
+    heads: mpsc::UnboundedReceiver<String>,
+}
+
+/// A server that reads each request head and answers it with `answer`,
+/// keeping the connection open unless the answer says `close`.
+async fn server<F, Fut>(answer: F) -> (String, Seen)
+where
+    F: Fn(TcpStream, String) -> Fut + Send + Sync + Clone + 'static,
+    Fut: std::future::Future<Output = Option<TcpStream>> + Send,
+{
+    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    let connections = Arc::new(AtomicUsize::new(0));
+    let (heads_tx, heads) = mpsc::unbounded_channel();
+    let counted = connections.clone();
+    tokio::spawn(async move {
+        while let Ok((stream, _)) = listener.accept().await {
+            counted.fetch_add(1, Ordering::SeqCst);
+            let answer = answer.clone();
+            let heads_tx = heads_tx.clone();
+            tokio::spawn(async move {
+                let mut stream = stream;
+                loop {
+                    let Some(head) = read_head(&mut stream).await else {
+                        return;
+                    };
+                    let _ = heads_tx.send(head.clone());
+                    match answer(stream, head).await {
+                        Some(kept) => stream = kept,
+                        None => return,
+                    }
+                }
+            });
+        }
+    });
+    (format!("http://{addr}"), Seen { connections, heads })
+}
+
+async fn read_head(stream: &mut TcpStream) -> Option<String> {
+    let mut head = Vec::new();
+    let mut byte = [0u8; 1];
+    while !head.ends_with(b"\r\n\r\n") {
+        if stream.read(&mut byte).await.ok()? == 0 {
+            return None;
+        }
+        head.push(byte[0]);
+    }
+    String::from_utf8(head).ok()
+}
+
+async fn ok_json(mut stream: TcpStream, _head: String) -> Option<TcpStream> {
+    stream
+        .write_all(
+            b"HTTP/1.1 200 OK\r\ncontent-type: application/json\r\ncontent-length: 2\r\n\r\n{}",
+        )
+        .await
+        .ok()?;
+    Some(stream)
+}
+
+fn get(url: &str) -> Request<Body> {
+    Request::builder()
+        .method(Method::GET)
+        .uri(url)
+        .header("x-user", "alice")
+        .body(Body::empty())
+        .unwrap()
+}
+
+async fn text(response: axum::http::Response<super::DrivenBody>) -> String {
+    let bytes = response.into_body().collect().await.unwrap().to_bytes();
+    String::from_utf8(bytes.to_vec()).unwrap()
+}
+
+#[tokio::test]
+async fn a_connection_read_to_its_end_serves_the_next_request() {
+    let (base, mut seen) = server(ok_json).await;
+    let client = DownstreamClient::new(Duration::from_secs(2));
+    for _ in 0..5 {
+        let response = client.request(get(&format!("{base}/mcp"))).await.unwrap();
+        assert_eq!(text(response).await, "{}");
+    }
+    assert_eq!(seen.connections.load(Ordering::SeqCst), 1);
+    let head = seen.heads.recv().await.unwrap();
+    // Origin form, the downstream's own Host, the caller's headers.
+    assert!(head.starts_with("GET /mcp HTTP/1.1\r\n"), "{head}");
+    let host = base.trim_start_matches("http://");
+    assert!(head.contains(&format!("host: {host}\r\n")), "{head}");
+    assert!(head.contains("x-user: alice\r\n"), "{head}");
+}
+
+#[tokio::test]
+async fn the_query_string_reaches_the_downstream() {
+    let (base, mut seen) = server(ok_json).await;
+    let client = DownstreamClient::new(Duration::from_secs(2));
+    let response = client
+        .request(get(&format!("{base}/mcp?mode=idle&x=1")))
+        .await
+        .unwrap();
+    text(response).await;
+    let head = seen.heads.recv().await.unwrap();
+    assert!(
+        head.starts_with("GET /mcp?mode=idle&x=1 HTTP/1.1\r\n"),
+        "{head}"
+    );
+}
+
+#[tokio::test]
+async fn an_answer_left_unread_closes_its_connection() {
+    let (base, seen) = server(ok_json).await;
+    let client = DownstreamClient::new(Duration::from_secs(2));
+    let url = format!("{base}/mcp");
+    // The head arrived, the body was never asked for: the connection is in
+    // an unknown state and must not carry another request.
+    let response = client.request(get(&url)).await.unwrap();
+    drop(response);
+    let response = client.request(get(&url)).await.unwrap();
+    assert_eq!(text(response).await, "{}");
+    assert_eq!(seen.connections.load(Ordering::SeqCst), 2);
+}
+
+#[tokio::test]
+async fn a_connection_the_downstream_closed_while_idle_is_replaced() {
+    // Every answer closes the connection after it, as a server whose
+    // keep-alive timeout passed does.
+    let (base, seen) = server(|mut stream: TcpStream, _head: String| async move {
+        let _ = stream
+            .write_all(b"HTTP/1.1 200 OK\r\ncontent-length: 2\r\n\r\n{}")
+            .await;
+        tokio::time::sleep(Duration::from_millis(20)).await;
+        None
+    })
+    .await;
+    let client = DownstreamClient::new(Duration::from_secs(2));
+    let url = format!("{base}/mcp");
+    for _ in 0..3 {
+        let response = client.request(get(&url)).await.unwrap();
+        assert_eq!(text(response).await, "{}");
+        // Give the close time to arrive before the next checkout.
+        tokio::time::sleep(Duration::from_millis(60)).await;
+    }
+    assert_eq!(seen.connections.load(Ordering::SeqCst), 3);
+}
+
+#[tokio::test]
+async fn what_the_downstream_already_sent_reaches_the_client_in_one_frame() {
+    // Ten events, each written (and flushed) as its own chunk, all sent
+    // before the client reads the body.
+    let (base, _seen) = server(|mut stream: TcpStream, _head: String| async move {
+        let head = "HTTP/1.1 200 OK\r\ncontent-type: text/event-stream\r\ntransfer-encoding: chunked\r\n\r\n";
+        stream.write_all(head.as_bytes()).await.ok()?;
+        for i in 0..10 {
+            let event = format!("data: {i}\n\n");
+            let chunk = format!("{:x}\r\n{event}\r\n", event.len());
+            stream.write_all(chunk.as_bytes()).await.ok()?;
+            stream.flush().await.ok()?;
+        }
+        stream.write_all(b"0\r\n\r\n").await.ok()?;
+        Some(stream)
+    })
+    .await;
+    let client = DownstreamClient::new(Duration::from_secs(2));
+    let response = client.request(get(&format!("{base}/mcp"))).await.unwrap();
+    tokio::time::sleep(Duration::from_millis(100)).await;
+    let mut body = response.into_body();
+    let mut frames = Vec::new();
+    while let Some(frame) = body.frame().await {
+        if let Ok(data) = frame.unwrap().into_data() {
+            frames.push(data);
+        }
+    }
+    let all: Vec<u8> = frames.iter().flat_map(|f| f.to_vec()).collect();
+    let expected: String = (0..10).map(|i| format!("data: {i}\n\n")).collect();
+    assert_eq!(String::from_utf8(all).unwrap(), expected);
+    assert_eq!(frames.len(), 1, "one frame for what was there: {frames:?}");
+}
+
+#[tokio::test]
+async fn an_event_is_handed_on_as_soon_as_it_arrives() {
+    // The second event is written only after the client got the first:
+    // gathering never waits for more.
+    let (release_tx, release_rx) = mpsc::unbounded_channel::<()>();
+    let release_rx = Arc::new(tokio::sync::Mutex::new(release_rx));
+    let (base, _seen) = server(move |mut stream: TcpStream, _head: String| {
+        let release_rx = release_rx.clone();
+        async move {
+            let head = "HTTP/1.1 200 OK\r\ncontent-type: text/event-stream\r\ntransfer-encoding: chunked\r\n\r\n";
+            stream.write_all(head.as_bytes()).await.ok()?;
+            for event in ["data: one\n\n", "data: two\n\n"] {
+                let chunk = format!("{:x}\r\n{event}\r\n", event.len());
+                stream.write_all(chunk.as_bytes()).await.ok()?;
+                release_rx.lock().await.recv().await?;
+            }
+            stream.write_all(b"0\r\n\r\n").await.ok()?;
+            Some(stream)
+        }
+    })
+    .await;
+    let client = DownstreamClient::new(Duration::from_secs(2));
+    let response = client.request(get(&format!("{base}/mcp"))).await.unwrap();
+    let mut body = response.into_body();
+    let first = tokio::time::timeout(Duration::from_secs(2), body.frame())
+        .await
+        .expect("the first event arrives without the second");
+    assert_eq!(
+        first.unwrap().unwrap().into_data().unwrap(),
+        "data: one\n\n"
+    );
+    release_tx.send(()).unwrap();
+    let second = body.frame().await.unwrap().unwrap().into_data().unwrap();
+    assert_eq!(second, "data: two\n\n");
+    release_tx.send(()).unwrap();
+    assert!(body.frame().await.is_none());
+}
+
+#[tokio::test]
+async fn a_post_body_is_sent_whole() {
+    let (base, mut seen) = server(|mut stream: TcpStream, head: String| async move {
+        let length: usize = head
+            .lines()
+            .find_map(|l| l.strip_prefix("content-length: "))
+            .and_then(|v| v.trim().parse().ok())
+            .unwrap_or(0);
+        let mut body = vec![0u8; length];
+        stream.read_exact(&mut body).await.ok()?;
+        let answer = format!("HTTP/1.1 200 OK\r\ncontent-length: {length}\r\n\r\n");
+        stream.write_all(answer.as_bytes()).await.ok()?;
+        stream.write_all(&body).await.ok()?;
+        Some(stream)
+    })
+    .await;
+    let client = DownstreamClient::new(Duration::from_secs(2));
+    let payload = r#"{"jsonrpc":"2.0","id":1,"method":"tools/list"}"#;
+    let request = Request::builder()
+        .method(Method::POST)
+        .uri(format!("{base}/mcp"))
+        .header("content-length", payload.len())
+        .body(Body::from(payload))
+        .unwrap();
+    let response = client.request(request).await.unwrap();
+    assert_eq!(text(response).await, payload);
+    assert!(seen
+        .heads
+        .recv()
+        .await
+        .unwrap()
+        .starts_with("POST /mcp HTTP/1.1"));
+}
+
+#[tokio::test]
+async fn an_unreachable_downstream_is_a_connect_error() {
+    // A port nothing listens on: bind one, then let it go.
+    let port = TcpListener::bind("127.0.0.1:0")
+        .await
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port();
+    let client = DownstreamClient::new(Duration::from_secs(2));
+    let failed = client
+        .request(get(&format!("http://127.0.0.1:{port}/mcp")))
+        .await
+        .unwrap_err();
+    assert!(
+        matches!(failed, DownstreamError::Connect { .. }),
+        "{failed:?}"
+    );
+}
+
+#[tokio::test]
+async fn a_relative_target_is_refused() {
+    let client = DownstreamClient::new(Duration::from_secs(2));
+    let failed = client.request(get("/mcp")).await.unwrap_err();
+    assert!(
+        matches!(failed, DownstreamError::NotAbsolute(_)),
+        "{failed:?}"
+    );
+}
