@@ -295,3 +295,20 @@ async fn a_relative_target_is_refused() {
         "{failed:?}"
     );
 }
+
+#[tokio::test]
+async fn a_body_dropped_once_it_says_it_ended_keeps_its_connection() {
+    // hyper's server reads a frame, sees `is_end_stream`, and drops the
+    // body without asking for the end.
+    let (base, seen) = server(ok_json).await;
+    let client = DownstreamClient::new(Duration::from_secs(2));
+    let url = format!("{base}/mcp");
+    for _ in 0..3 {
+        let mut body = client.request(get(&url)).await.unwrap().into_body();
+        let frame = body.frame().await.unwrap().unwrap();
+        assert_eq!(frame.into_data().unwrap(), "{}");
+        assert!(http_body::Body::is_end_stream(&body));
+        drop(body);
+    }
+    assert_eq!(seen.connections.load(Ordering::SeqCst), 1);
+}
