@@ -125,13 +125,21 @@ class BenchError extends Error {}
 
 /** utime + stime of these processes (all their threads, live or reaped), in ticks. */
 function cpuTicks(pids) {
-  let ticks = 0;
+  const { user, kernel } = cpuSplitTicks(pids);
+  return user + kernel;
+}
+
+/** utime and stime of these processes, apart, in ticks. */
+function cpuSplitTicks(pids) {
+  let user = 0;
+  let kernel = 0;
   for (const pid of pids) {
     const stat = fs.readFileSync(`/proc/${pid}/stat`, 'utf8');
     const fields = stat.slice(stat.lastIndexOf(')') + 2).split(' ');
-    ticks += Number(fields[11]) + Number(fields[12]); // fields 14 and 15 of proc(5)
+    user += Number(fields[11]); // field 14 of proc(5)
+    kernel += Number(fields[12]); // field 15
   }
-  return ticks;
+  return { user, kernel };
 }
 
 /** Resident set size of these processes, KiB. */
@@ -502,16 +510,23 @@ async function runWrk(url, connections, seconds, token) {
 async function httpRun(target, url, connections, token, servers) {
   const measured = servers[target].measured();
   const stubPids = servers.direct.measured();
-  const before = cpuTicks(measured);
+  const before = cpuSplitTicks(measured);
   const stubBefore = cpuTicks(stubPids);
   const r = await runWrk(url, connections, cfg.duration, token);
-  const cpu = cpuSeconds(cpuTicks(measured) - before);
+  const after = cpuSplitTicks(measured);
+  const user = cpuSeconds(after.user - before.user);
+  const kernel = cpuSeconds(after.kernel - before.kernel);
+  const cpu = user + kernel;
   const stubCpu = cpuSeconds(cpuTicks(stubPids) - stubBefore);
   return {
     rps: r.requests / (r.duration_us / 1e6),
     p50_ms: r.latency_us.p50 / 1000,
     p99_ms: r.latency_us.p99 / 1000,
     cpu_us_per_req: (cpu * 1e6) / r.requests,
+    // Where the server's CPU goes: its own code, or the kernel (sockets,
+    // wake-ups) on its behalf.
+    user_us_per_req: (user * 1e6) / r.requests,
+    kernel_us_per_req: (kernel * 1e6) / r.requests,
     stub_cpu_us_per_req: target === 'direct' ? undefined : (stubCpu * 1e6) / r.requests,
     requests: r.requests,
     latency_us: r.latency_us,
@@ -993,6 +1008,8 @@ function summarize(httpRuns, sse) {
     row(scenario, 'p50 latency, ms', pick('p50_ms'), 2);
     row(scenario, 'p99 latency, ms', pick('p99_ms'), 2, lower(1.2));
     row(scenario, 'CPU µs/request', pick('cpu_us_per_req'), 1);
+    row(scenario, '… of it in user space', pick('user_us_per_req'), 1);
+    row(scenario, '… of it in the kernel', pick('kernel_us_per_req'), 1);
   }
   if (sse) {
     const pick = (part, key, targets = TARGETS) =>
