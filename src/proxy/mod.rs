@@ -62,6 +62,45 @@ pub(crate) fn http_client(connect_timeout: Duration) -> HttpClient {
         .build(https)
 }
 
+thread_local! {
+    /// The worker (`server.workers`) this thread serves as; 0 on any other
+    /// thread.
+    static WORKER: std::cell::Cell<usize> = const { std::cell::Cell::new(0) };
+}
+
+/// Marks the calling thread as worker `index`: its requests use that
+/// worker's downstream clients.
+pub(crate) fn serve_as_worker(index: usize) {
+    WORKER.with(|worker| worker.set(index));
+}
+
+/// One pooled downstream client per worker. A pooled connection is driven
+/// by a task of the runtime that opened it; shared between workers, a
+/// request on one would wake another worker's thread for every read and
+/// write, the very hand-off the workers exist to avoid. As nginx keeps an
+/// upstream keep-alive pool per worker.
+pub(crate) struct WorkerClients {
+    first: HttpClient,
+    others: Box<[HttpClient]>,
+}
+
+impl WorkerClients {
+    /// `workers` clients (at least one), each with its own pool.
+    pub(crate) fn new(connect_timeout: Duration, workers: usize) -> Self {
+        let first = http_client(connect_timeout);
+        let others = (1..workers).map(|_| http_client(connect_timeout)).collect();
+        WorkerClients { first, others }
+    }
+
+    /// The calling worker's client.
+    fn get(&self) -> &HttpClient {
+        match WORKER.with(std::cell::Cell::get) {
+            0 => &self.first,
+            n => self.others.get(n - 1).unwrap_or(&self.first),
+        }
+    }
+}
+
 /// Which MCP route a forwarder serves.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub(crate) enum Endpoint {
@@ -112,8 +151,8 @@ impl DownstreamTarget {
 pub(crate) struct ForwardContext {
     /// The route's name.
     pub route: Arc<str>,
-    /// The pooled downstream client.
-    pub client: HttpClient,
+    /// The pooled downstream clients, one per worker.
+    pub clients: WorkerClients,
     /// Which user each MCP session belongs to.
     pub sessions: Arc<SessionBindings>,
     /// The proxy's public host, sent as `X-Forwarded-Host`.
@@ -339,7 +378,7 @@ async fn send(
     let started = Instant::now();
     let response = match tokio::time::timeout(
         context.response_timeout,
-        context.client.request(outgoing),
+        context.clients.get().request(outgoing),
     )
     .await
     {

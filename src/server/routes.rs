@@ -8,7 +8,7 @@ use crate::config::{RouteSettings, Settings};
 use crate::metrics::Metrics;
 use crate::policy::PolicyEngine;
 use crate::proxy::sessions::SessionBindings;
-use crate::proxy::{DownstreamTarget, ForwardContext};
+use crate::proxy::{DownstreamTarget, ForwardContext, WorkerClients};
 use crate::server::StartError;
 use crate::store::Records;
 
@@ -76,7 +76,10 @@ fn forward_context(
     let downstream = &route.downstream;
     Ok(ForwardContext {
         route: route.name.as_str().into(),
-        client: crate::proxy::http_client(downstream.connect_timeout.0),
+        clients: WorkerClients::new(
+            downstream.connect_timeout.0,
+            settings.config.server.workers(),
+        ),
         sessions: Arc::new(SessionBindings::new(records.clone(), &route.name)),
         public_host: match public.port() {
             Some(port) => format!("{}:{port}", public.host_str().unwrap_or_default()),
