@@ -187,7 +187,12 @@ impl Proxy {
     /// Opens the store, compiles the policies, binds the listeners and
     /// serves in the background, as `serve` does; the returned [`Running`]
     /// waits for or stops it. Every route name given to `route_layer` is
-    /// checked first.
+    /// checked first. With `server.workers` above 1 the public listener is
+    /// served on worker threads of the proxy's own, each with a
+    /// current-thread runtime: a layer runs there, and what it spawns with
+    /// `tokio::spawn` runs on that worker (`block_in_place` would panic);
+    /// the background work and the admin listener stay on the caller's
+    /// runtime.
     pub async fn start(self) -> Result<Running, StartError> {
         self.check_route_names()?;
         let store = crate::store::open(&self.settings.config.store)?;

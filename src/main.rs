@@ -16,14 +16,19 @@ use mcp_oauth_proxy::config::{self, Config, LogFormat};
 use mcp_oauth_proxy::policy::PolicyEngine;
 use mcp_oauth_proxy::server::{self, AppState};
 
-/// The runtime that serves requests. On one CPU (a container with one
-/// core, `taskset`), one thread runs everything, as one nginx worker does:
-/// the work-stealing scheduler's queues and wake-ups would cost without
-/// anything to steal. Policy runs of large batches still leave it for the
-/// blocking pool.
-fn request_runtime() -> std::io::Result<tokio::runtime::Runtime> {
+/// The runtime `serve` runs on. With several workers (`server.workers`)
+/// each worker thread has a runtime of its own and this one keeps only the
+/// background work (purges, policy reloads, key rotation, the admin
+/// listener): one thread is plenty, and more would compete with the workers
+/// for the CPUs. With one worker the requests are served here: on one CPU
+/// (a container with one core, `taskset`) one thread runs everything, as
+/// one nginx worker does (the work-stealing scheduler's queues and wake-ups
+/// would cost without anything to steal); given more CPUs but one worker,
+/// tokio's multi-thread runtime, as before workers existed. Policy runs of
+/// large batches leave it for the blocking pool either way.
+fn request_runtime(workers: usize) -> std::io::Result<tokio::runtime::Runtime> {
     let cpus = std::thread::available_parallelism().map_or(1, |n| n.get());
-    if cpus == 1 {
+    if workers > 1 || cpus == 1 {
         tokio::runtime::Builder::new_current_thread()
             .enable_all()
             .build()
@@ -238,7 +243,7 @@ fn serve(path: Option<PathBuf>) -> ExitCode {
             return ExitCode::FAILURE;
         }
     };
-    let runtime = match request_runtime() {
+    let runtime = match request_runtime(settings.config.server.workers()) {
         Ok(r) => r,
         Err(e) => {
             eprintln!("cannot start the async runtime: {e}");

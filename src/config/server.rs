@@ -16,6 +16,12 @@ pub struct ServerConfig {
     /// URL derive from it, never from request headers.
     #[serde(deserialize_with = "lenient_string")]
     pub(crate) public_url: String,
+    /// Threads that accept and serve public connections, each with its own
+    /// single-threaded runtime and its own listener on `listen`
+    /// (`SO_REUSEPORT`), as nginx runs its workers; 0: one per CPU the
+    /// process may use.
+    #[serde(default, deserialize_with = "lenient_number")]
+    pub(crate) workers: usize,
     /// The address of `/metrics`, `/healthz` and `/readyz`; unset, they are
     /// not served.
     #[serde(default)]
@@ -47,7 +53,8 @@ pub struct ServerConfig {
     /// end of its headers.
     #[serde(default = "default_body_timeout")]
     pub(crate) body_timeout: DurationStr,
-    /// Open connections per listener; beyond it new ones are refused.
+    /// Open connections per listener (all workers of the public listener
+    /// together); beyond it new ones are refused.
     #[serde(
         default = "default_max_connections",
         deserialize_with = "lenient_number"
@@ -69,6 +76,10 @@ pub struct ServerConfig {
     )]
     pub(crate) max_concurrent_streams: u32,
 }
+
+/// The most `server.workers`: far beyond any machine's useful count, low
+/// enough that a typo cannot start a thread flood.
+const MAX_WORKERS: usize = 1024;
 
 fn default_listen() -> String {
     "127.0.0.1:8787".into()
@@ -99,6 +110,16 @@ fn default_max_concurrent_streams() -> u32 {
 }
 
 impl ServerConfig {
+    /// How many workers serve the public listener: `server.workers`, or
+    /// with 0 one per CPU available to the process (its cgroup or
+    /// `taskset` included).
+    pub fn workers(&self) -> usize {
+        match self.workers {
+            0 => std::thread::available_parallelism().map_or(1, |n| n.get()),
+            n => n,
+        }
+    }
+
     /// Checks the connection bounds; errors name the key.
     pub(super) fn validate_limits(&self) -> Result<(), ConfigError> {
         for (key, value) in [
@@ -109,6 +130,12 @@ impl ServerConfig {
             if value.0.is_zero() {
                 return Err(ConfigError::invalid(key, "must be longer than zero"));
             }
+        }
+        if self.workers > MAX_WORKERS {
+            return Err(ConfigError::invalid(
+                "server.workers",
+                format!("must be between 0 (one per CPU) and {MAX_WORKERS}"),
+            ));
         }
         if self.max_connections == 0 {
             return Err(ConfigError::invalid(

@@ -306,6 +306,28 @@ fn invariant_9_connection_limits_default_and_bad_values_name_their_key() {
 }
 
 #[test]
+fn workers_default_to_one_per_cpu_and_a_bad_count_names_its_key() {
+    let cfg = load_with(MINIMAL, &[("MCP_PROXY_SECRETS__ENCRYPTION_KEY", KEY)]).unwrap();
+    let server = &cfg.validate().unwrap().config.server;
+    assert_eq!(server.workers, 0);
+    let cpus = std::thread::available_parallelism().map_or(1, |n| n.get());
+    assert_eq!(server.workers(), cpus);
+    let toml = MINIMAL.replace("[upstream]", "workers = 1025\n[upstream]");
+    let cfg = load_with(&toml, &[("MCP_PROXY_SECRETS__ENCRYPTION_KEY", KEY)]).unwrap();
+    let err = cfg.validate().unwrap_err().to_string();
+    assert!(err.starts_with("server.workers"), "{err}");
+    let cfg = load_with(
+        MINIMAL,
+        &[
+            ("MCP_PROXY_SECRETS__ENCRYPTION_KEY", KEY),
+            ("MCP_PROXY_SERVER__WORKERS", "3"),
+        ],
+    )
+    .unwrap();
+    assert_eq!(cfg.validate().unwrap().config.server.workers(), 3);
+}
+
+#[test]
 fn plain_http_on_a_real_host_disables_secure_cookies() {
     let toml = MINIMAL.replace("https://mcp.example.com/", "http://mcp.internal:8080");
     let cfg = load_with(&toml, &[("MCP_PROXY_SECRETS__ENCRYPTION_KEY", KEY)]).unwrap();

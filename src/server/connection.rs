@@ -1,7 +1,8 @@
 //! Connections: accepted under a budget and served with time limits, so no
 //! client can hold a socket, a connection or a request longer than the
 //! configuration allows (DESIGN.md invariant 9). Both listeners, public and
-//! admin, are served here, each with its own budget.
+//! admin, are served here, each with its own budget; the public listener's
+//! workers (`workers.rs`) share one.
 //!
 //! What bounds what:
 //! - `server.max_connections`: connections beyond it are answered 503 and
@@ -93,6 +94,12 @@ impl Limits {
         }
     }
 
+    /// A listener's connection budget: `server.max_connections` permits,
+    /// shared by every accept loop of that listener.
+    pub(crate) fn budget(&self) -> Arc<Semaphore> {
+        Arc::new(Semaphore::new(self.max_connections))
+    }
+
     fn builder(&self) -> Builder<TokioExecutor> {
         let mut builder = Builder::new(TokioExecutor::new());
         builder
@@ -118,17 +125,18 @@ impl Limits {
 
 /// Accepts connections (HTTP/1.1 and HTTP/2) on `listener` until shutdown,
 /// then lets open requests and streams finish for up to the grace period and
-/// closes what is left. `name` says which listener in logs.
+/// closes what is left. A connection holds a permit of `budget` while open.
+/// `name` says which listener in logs.
 pub(crate) async fn serve(
     listener: TcpListener,
     router: axum::Router,
     mut shutdown: watch::Receiver<bool>,
     limits: Limits,
+    budget: Arc<Semaphore>,
     name: &'static str,
 ) -> std::io::Result<()> {
     let limits = Arc::new(limits);
     let builder = Arc::new(limits.builder());
-    let budget = Arc::new(Semaphore::new(limits.max_connections));
     let mut refusals = Refusals::default();
     let mut connections = tokio::task::JoinSet::new();
     let stop = async move {

@@ -29,6 +29,7 @@ pub(crate) mod rescue;
 pub(crate) mod routes;
 pub(crate) mod shared;
 pub(crate) mod stack;
+mod workers;
 
 /// Everything a handler needs, cheap to clone.
 #[derive(Clone)]
@@ -115,6 +116,14 @@ pub enum StartError {
         key: String,
         /// Why.
         source: crate::policy::observer::ObserverError,
+    },
+    /// The worker threads could not be started.
+    #[error("server.workers: cannot start {count} worker threads: {source}")]
+    Workers {
+        /// How many were asked for.
+        count: usize,
+        /// Why a thread could not start.
+        source: std::io::Error,
     },
     /// A listener could not be bound.
     #[error("server.listen: cannot listen on {addr}: {source}")]
@@ -245,25 +254,23 @@ pub struct Running {
     /// The state the server runs with.
     pub app: AppState,
     shutdown: watch::Sender<bool>,
-    task: tokio::task::JoinHandle<std::io::Result<()>>,
+    serving: workers::Serving,
 }
 
 impl Running {
     /// Stops accepting, lets open requests finish within the grace period.
     pub async fn shutdown(self) -> std::io::Result<()> {
         let _ = self.shutdown.send(true);
-        self.task
-            .await
-            .unwrap_or_else(|e| Err(std::io::Error::other(e)))
+        self.serving.wait(&self.shutdown).await
     }
 
     /// Waits until the public listener stops: after a `true` on
     /// `shutdown_handle` (the binary sends one on SIGINT or SIGTERM) and the
-    /// grace period, or when it fails.
+    /// grace period, or when it fails. With several workers it waits for
+    /// all of them; one that fails (or panics) stops the others, and its
+    /// error is the answer.
     pub async fn wait(self) -> std::io::Result<()> {
-        self.task
-            .await
-            .unwrap_or_else(|e| Err(std::io::Error::other(e)))
+        self.serving.wait(&self.shutdown).await
     }
 
     /// A handle that stops the server from another task: sending `true` on
@@ -275,7 +282,9 @@ impl Running {
 
 /// Binds `server.listen` (and `server.admin_listen`, when set), starts the
 /// background work (purging expired records, watching the policy file,
-/// discovering the provider) and serves in the background until shutdown.
+/// discovering the provider) and serves in the background until shutdown:
+/// on `server.workers` threads of their own, or, with one worker, on the
+/// caller's runtime.
 pub async fn start(app: AppState) -> Result<Running, StartError> {
     start_with_hooks(app, &hooks::Hooks::default()).await
 }
@@ -285,63 +294,106 @@ pub(crate) async fn start_with_hooks(
     app: AppState,
     hooks: &hooks::Hooks,
 ) -> Result<Running, StartError> {
-    let listen = app.settings.config.server.listen.clone();
-    let listener = TcpListener::bind(&listen)
-        .await
-        .map_err(|source| StartError::Listen {
-            addr: listen.clone(),
-            source,
-        })?;
-    let addr = listener.local_addr().map_err(|source| StartError::Listen {
-        addr: listen,
+    let server = &app.settings.config.server;
+    let listen = server.listen.clone();
+    let count = server.workers();
+    let cannot_listen = |source| StartError::Listen {
+        addr: listen.clone(),
         source,
-    })?;
+    };
+    let listeners = if count == 1 {
+        Listeners::One(TcpListener::bind(&listen).await.map_err(cannot_listen)?)
+    } else {
+        Listeners::Group(workers::bind(&listen, count).await.map_err(cannot_listen)?)
+    };
+    let addr = listeners.local_addr().map_err(cannot_listen)?;
     spawn_background(&app);
     let (shutdown, signal) = watch::channel(false);
-    let admin_addr = match &app.settings.config.server.admin_listen {
-        Some(admin) => {
-            let admin_listener =
-                TcpListener::bind(admin)
-                    .await
-                    .map_err(|source| StartError::Listen {
-                        addr: admin.clone(),
-                        source,
-                    })?;
-            let admin_addr = admin_listener
-                .local_addr()
-                .map_err(|source| StartError::Listen {
-                    addr: admin.clone(),
-                    source,
-                })?;
-            let admin_router = admin::router(app.clone());
-            let limits = connection::Limits::from_config(&app.settings.config.server);
-            let admin_signal = signal.clone();
-            tokio::spawn(async move {
-                let served =
-                    connection::serve(admin_listener, admin_router, admin_signal, limits, "admin")
-                        .await;
-                if let Err(e) = served {
-                    tracing::error!(error = %e, "the admin listener failed");
-                }
-            });
-            tracing::info!(%admin_addr, "admin listener (metrics, health)");
-            Some(admin_addr)
-        }
-        None => None,
+    let admin_addr = start_admin(&app, &signal).await?;
+    let limits = connection::Limits::from_config(server);
+    let work = workers::Work {
+        router: stack::router(app.clone(), hooks),
+        signal,
+        budget: limits.budget(),
+        limits,
     };
-    let limits = connection::Limits::from_config(&app.settings.config.server);
-    let router = stack::router(app.clone(), hooks);
-    let task = tokio::spawn(connection::serve(
-        listener, router, signal, limits, "public",
-    ));
-    tracing::info!(%addr, public_url = %app.settings.public_url, "listening");
+    let serving = match listeners {
+        Listeners::One(listener) => workers::Serving::Here(tokio::spawn(connection::serve(
+            listener,
+            work.router,
+            work.signal,
+            work.limits,
+            work.budget,
+            "public",
+        ))),
+        Listeners::Group(listeners) => workers::spawn(listeners, &work)
+            .map_err(|source| StartError::Workers { count, source })?,
+    };
+    tracing::info!(%addr, workers = count, public_url = %app.settings.public_url, "listening");
     Ok(Running {
         addr,
         admin_addr,
         app,
         shutdown,
-        task,
+        serving,
     })
+}
+
+/// The public listener: one socket served on the caller's runtime, or one
+/// per worker thread.
+enum Listeners {
+    One(TcpListener),
+    Group(Vec<std::net::TcpListener>),
+}
+
+impl Listeners {
+    fn local_addr(&self) -> std::io::Result<SocketAddr> {
+        match self {
+            Listeners::One(listener) => listener.local_addr(),
+            Listeners::Group(listeners) => match listeners.first() {
+                Some(first) => first.local_addr(),
+                None => Err(std::io::Error::other("no listener was bound")),
+            },
+        }
+    }
+}
+
+/// Binds and serves `server.admin_listen`, when set, on the caller's
+/// runtime (never on a worker: metrics and health must answer however busy
+/// the workers are).
+async fn start_admin(
+    app: &AppState,
+    signal: &watch::Receiver<bool>,
+) -> Result<Option<SocketAddr>, StartError> {
+    let Some(admin) = &app.settings.config.server.admin_listen else {
+        return Ok(None);
+    };
+    let cannot_listen = |source| StartError::Listen {
+        addr: admin.clone(),
+        source,
+    };
+    let admin_listener = TcpListener::bind(admin).await.map_err(cannot_listen)?;
+    let admin_addr = admin_listener.local_addr().map_err(cannot_listen)?;
+    let admin_router = admin::router(app.clone());
+    let limits = connection::Limits::from_config(&app.settings.config.server);
+    let budget = limits.budget();
+    let admin_signal = signal.clone();
+    tokio::spawn(async move {
+        let served = connection::serve(
+            admin_listener,
+            admin_router,
+            admin_signal,
+            limits,
+            budget,
+            "admin",
+        )
+        .await;
+        if let Err(e) = served {
+            tracing::error!(error = %e, "the admin listener failed");
+        }
+    });
+    tracing::info!(%admin_addr, "admin listener (metrics, health)");
+    Ok(Some(admin_addr))
 }
 
 /// The background work of a running server: purging expired records,

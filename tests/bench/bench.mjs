@@ -310,10 +310,11 @@ ${headers}
     }`;
 }
 
-/** The proxy under test, on the server CPU (so tokio sizes its pool to that one CPU). `extraToml`: e.g. `[[routes]]`; `policyKeys`: more `[policy]` keys. */
+/** The proxy under test, on the server CPUs, with `BENCH_WORKERS` workers (`server.workers`). `extraToml`: e.g. `[[routes]]`; `policyKeys`: more `[policy]` keys. */
 async function startOurProxy({ name, port, shared, downstreamUrl, extraToml, policyKeys, provider = shared.provider, logLevel = cfg.logLevel }) {
   const config = {
-    server: { listen: `127.0.0.1:${port}`, public_url: shared.publicUrl },
+    // server.workers = BENCH_WORKERS: as many workers as nginx gets.
+    server: { listen: `127.0.0.1:${port}`, public_url: shared.publicUrl, workers: cfg.workers },
     upstream: {
       issuer: provider.issuer,
       client_id: provider.client.clientId,
