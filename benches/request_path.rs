@@ -5,17 +5,21 @@
 //! cache hit (`Authenticate`), the header rewrite for the downstream
 //! (a 1 KB provider token forwarded), the policy decision for a session
 //! that has made a request before (default policy: remembered per session;
-//! per-tool policy: run per call), and the raw-head scan of a pipelined
-//! connection. Reference numbers: tests/bench/README.md.
+//! per-tool policy: run per call), the raw-head scan of a pipelined
+//! connection, and one round trip to a loopback downstream with the
+//! forwarder's client and with hyper-util's pooled client it replaced. Reference numbers: tests/bench/README.md.
 
 use std::hint::black_box;
 use std::path::Path;
 
 use criterion::{criterion_group, criterion_main, Criterion};
-use mcp_oauth_proxy::bench_support::{scan_heads, CachedDecision, HeaderRewrite, TokenCacheHit};
+use mcp_oauth_proxy::bench_support::{
+    scan_heads, CachedDecision, DownstreamRoundTrip, HeaderRewrite, TokenCacheHit,
+};
 
 fn bench(c: &mut Criterion) {
     let runtime = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
         .build()
         .expect("a runtime");
     let hit = runtime.block_on(TokenCacheHit::new());
@@ -52,5 +56,27 @@ fn bench(c: &mut Criterion) {
     });
 }
 
-criterion_group!(benches, bench);
+/// One request to a loopback downstream and its 200-byte answer, on a kept
+/// alive connection: the forwarder's client against hyper-util's pooled
+/// client it replaced. Both include the downstream's own work (the same for
+/// both), so the difference is what the client costs.
+fn downstream(c: &mut Criterion) {
+    let runtime = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .expect("a runtime");
+    let round_trip = runtime
+        .block_on(DownstreamRoundTrip::start())
+        .expect("a loopback downstream");
+    assert_eq!(runtime.block_on(round_trip.driven()), 200);
+    assert_eq!(runtime.block_on(round_trip.tasked()), 200);
+    c.bench_function("downstream/round_trip/driven", |b| {
+        b.iter(|| black_box(runtime.block_on(round_trip.driven())))
+    });
+    c.bench_function("downstream/round_trip/hyper_util_pooled", |b| {
+        b.iter(|| black_box(runtime.block_on(round_trip.tasked())))
+    });
+}
+
+criterion_group!(benches, bench, downstream);
 criterion_main!(benches);

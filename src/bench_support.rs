@@ -249,3 +249,106 @@ pub fn scan_heads(bytes: &[u8], read_size: usize) -> usize {
     }
     heads.len()
 }
+
+/// The answer the loopback downstream gives every request: 200 bytes of
+/// JSON, kept alive.
+const DOWNSTREAM_ANSWER: &str =
+    "HTTP/1.1 200 OK\r\ncontent-type: application/json\r\ncontent-length: 200\r\n\r\n";
+
+/// A downstream on loopback that answers every request head with the same
+/// 200-byte JSON, and two clients sending to it: the forwarder's
+/// (`proxy::downstream`, each connection driven by the request using it)
+/// and hyper-util's pooled client it replaced (a task per connection), so
+/// the bench shows the difference on the same machine in the same run.
+pub struct DownstreamRoundTrip {
+    url: String,
+    driven: crate::proxy::downstream::DownstreamClient,
+    tasked: hyper_util::client::legacy::Client<
+        hyper_util::client::legacy::connect::HttpConnector,
+        axum::body::Body,
+    >,
+}
+
+impl DownstreamRoundTrip {
+    /// Starts the downstream on the current (tokio) runtime.
+    pub async fn start() -> std::io::Result<Self> {
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await?;
+        let url = format!("http://{}/mcp", listener.local_addr()?);
+        tokio::spawn(async move {
+            while let Ok((stream, _)) = listener.accept().await {
+                tokio::spawn(answer_every_head(stream));
+            }
+        });
+        Ok(DownstreamRoundTrip {
+            url,
+            driven: crate::proxy::downstream::DownstreamClient::new(Duration::from_secs(5)),
+            tasked: hyper_util::client::legacy::Client::builder(
+                hyper_util::rt::TokioExecutor::new(),
+            )
+            .build_http(),
+        })
+    }
+
+    fn request(&self) -> axum::http::Request<axum::body::Body> {
+        let mut request = axum::http::Request::new(axum::body::Body::empty());
+        *request.uri_mut() = self.url.parse().unwrap_or_default();
+        let headers = request.headers_mut();
+        headers.insert(
+            "accept",
+            HeaderValue::from_static("application/json, text/event-stream"),
+        );
+        headers.insert(
+            "x-user-email",
+            HeaderValue::from_static("alice@example.com"),
+        );
+        headers.insert(
+            "x-user-groups",
+            HeaderValue::from_static("engineering,admins"),
+        );
+        request
+    }
+
+    /// One request on the forwarder's client; the answer's body length.
+    pub async fn driven(&self) -> usize {
+        match self.driven.request(self.request()).await {
+            Ok(response) => body_len(response.into_body()).await,
+            Err(_) => 0,
+        }
+    }
+
+    /// One request on hyper-util's pooled client; the answer's body length.
+    pub async fn tasked(&self) -> usize {
+        match self.tasked.request(self.request()).await {
+            Ok(response) => body_len(response.into_body()).await,
+            Err(_) => 0,
+        }
+    }
+}
+
+async fn body_len<B: http_body::Body<Data = axum::body::Bytes>>(body: B) -> usize {
+    use http_body_util::BodyExt;
+    body.collect().await.map_or(0, |b| b.to_bytes().len())
+}
+
+/// Reads request heads (no bodies) and answers each.
+async fn answer_every_head(mut stream: tokio::net::TcpStream) {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let answer = format!("{DOWNSTREAM_ANSWER}{}", "x".repeat(200));
+    let mut buffer = Vec::with_capacity(4096);
+    let mut chunk = [0u8; 4096];
+    loop {
+        let Ok(read) = stream.read(&mut chunk).await else {
+            return;
+        };
+        if read == 0 {
+            return;
+        }
+        buffer.extend_from_slice(&chunk[..read]);
+        while let Some(end) = buffer.windows(4).position(|w| w == b"\r\n\r\n") {
+            buffer.drain(..end + 4);
+            if stream.write_all(answer.as_bytes()).await.is_err() {
+                return;
+            }
+        }
+    }
+}
