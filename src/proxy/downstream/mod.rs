@@ -4,13 +4,18 @@
 //! hyper-util's pooled client runs every connection as a task of its own:
 //! a request crosses a channel to that task, the answer crosses back, and
 //! the response body arrives one chunk per task switch — on an event stream
-//! one write to the client per event. Here the request's own task polls the
-//! connection: while it waits for the answer, and from the answer's body
-//! (`DrivenBody`), which also hands on everything already read in one frame
-//! rather than a frame per chunk the downstream wrote. A connection whose
-//! answer was read to its end goes back to the pool of the thread it was
-//! used on; one whose answer was not (the client left) is closed.
-//! (tests/bench/README.md, "Where the time goes", has the profiles.)
+//! one write to the client per event the downstream wrote. Here the
+//! request's own task polls the connection: while it waits for the answer,
+//! and from the answer's body (`DrivenBody`), which hands on everything
+//! already read in one frame. A connection whose answer was read to its end
+//! goes back to the pool of the thread it was used on (so each of
+//! `server.workers` keeps its own); one whose answer was not (the client
+//! left) is closed.
+//!
+//! Measured against hyper-util's client (tests/bench/README.md, "Last
+//! measured"): one event stream 0.15× → 0.87× nginx's events/s, 5.3 → 0.5
+//! µs CPU per event; small POSTs cost about the same (less CPU at 256
+//! connections, more at 32).
 
 use std::cell::RefCell;
 use std::collections::HashMap;
