@@ -42,6 +42,12 @@ pub(super) async fn bind(listen: &str, count: usize) -> io::Result<Vec<std::net:
 }
 
 fn bind_group(addr: SocketAddr, count: usize) -> io::Result<Vec<std::net::TcpListener>> {
+    // SO_REUSEPORT would let the group join a process already listening
+    // here (an old instance, with an old policy) and share its traffic
+    // silently: a plain bind first fails as any server's would.
+    if addr.port() != 0 {
+        drop(std::net::TcpListener::bind(addr)?);
+    }
     let first = bind_one(addr)?;
     let addr = first.local_addr()?;
     let mut listeners = Vec::with_capacity(count);
@@ -139,18 +145,16 @@ fn run(listener: std::net::TcpListener, work: Work, mut reporter: Report, draine
         }
     };
     let served = runtime.block_on(async move {
-        let served = match TcpListener::from_std(listener) {
-            Ok(listener) => {
-                let Work {
-                    router,
-                    signal,
-                    limits,
-                    budget,
-                } = work;
-                connection::serve(listener, router, signal, limits, budget, "public").await
-            }
-            Err(e) => Err(e),
-        };
+        // A worker that cannot serve says so at once (its report stops the
+        // others), rather than after they have drained.
+        let listener = TcpListener::from_std(listener)?;
+        let Work {
+            router,
+            signal,
+            limits,
+            budget,
+        } = work;
+        let served = connection::serve(listener, router, signal, limits, budget, "public").await;
         drop(drained);
         let mut everyone = everyone;
         let _ = everyone.wait_for(|serving| *serving == 0).await;
@@ -218,6 +222,19 @@ impl Serving {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[tokio::test]
+    async fn a_port_another_group_listens_on_is_refused_not_shared() {
+        let running = bind("127.0.0.1:0", 2).await.unwrap();
+        let taken = running[0].local_addr().unwrap().to_string();
+        let second = bind(&taken, 2).await;
+        assert!(
+            second.is_err(),
+            "a second group joined the first one's port"
+        );
+        let alone = bind(&taken, 1).await;
+        assert!(alone.is_err(), "a single listener joined the group's port");
+    }
 
     #[tokio::test]
     async fn the_group_shares_one_port_even_when_listen_asks_for_any() {

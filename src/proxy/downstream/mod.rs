@@ -100,14 +100,15 @@ impl DownstreamClient {
 
     /// Sends `request` (an absolute URI) on an idle connection of this
     /// thread's pool, or a new one, and returns the answer once its head
-    /// arrived. A request an idle connection could not take (it closed
-    /// meanwhile) is sent once more on a new connection.
+    /// arrived. A request an idle connection handed back unsent (it closed
+    /// meanwhile) goes on the next idle one, or a new one; a request that
+    /// left is never sent again.
     pub(crate) async fn request(
         &self,
         mut request: Request<Body>,
     ) -> Result<Response<DrivenBody>, DownstreamError> {
         let key = self.key(request.uri())?;
-        to_origin_form(&mut request, &key.authority);
+        to_origin_form(&mut request, &key);
         let mut reused = checkout(&key);
         loop {
             let fresh = reused.is_none();
@@ -170,23 +171,29 @@ impl DownstreamClient {
             .map_err(|e| failed(e.into()))?;
         Ok(Pooled {
             sender,
-            connection,
-            ended: false,
+            connection: Some(connection),
             idle_since: Instant::now(),
         })
     }
 }
 
-/// The request line's target is the path and query; the authority goes in
-/// `Host` (the client's own `Host` never reaches the downstream).
-fn to_origin_form(request: &mut Request<Body>, authority: &Authority) {
+/// The request line's target is the path and query; the downstream's host
+/// (and port, unless the scheme's own) goes in `Host` — never user
+/// information an announced endpoint URL might carry, and never the
+/// client's own `Host`.
+fn to_origin_form(request: &mut Request<Body>, key: &PoolKey) {
     let path = request
         .uri()
         .path_and_query()
         .cloned()
         .unwrap_or_else(|| PathAndQuery::from_static("/"));
     *request.uri_mut() = Uri::from(path);
-    if let Ok(host) = HeaderValue::from_str(authority.as_str()) {
+    let default_port = if key.https { 443 } else { 80 };
+    let host = match key.authority.port_u16() {
+        Some(port) if port != default_port => format!("{}:{port}", key.authority.host()),
+        _ => key.authority.host().to_string(),
+    };
+    if let Ok(host) = HeaderValue::from_str(&host) {
         request.headers_mut().insert(header::HOST, host);
     }
 }
@@ -210,10 +217,11 @@ async fn exchange(
 /// itself, which whoever uses it polls.
 struct Pooled {
     sender: SendRequest<Body>,
-    connection: Connection<Io, Body>,
-    /// The connection future has completed (closed or failed); it is not
-    /// polled again.
-    ended: bool,
+    /// `None` once the connection future has completed (closed or failed):
+    /// dropping it at once hands back a request still queued on it (hyper
+    /// closes an idle connection at the downstream's EOF without failing
+    /// what is queued; kept, the request would wait for the timeout).
+    connection: Option<Connection<Io, Body>>,
     idle_since: Instant,
 }
 
@@ -221,10 +229,12 @@ impl Pooled {
     /// Polls the connection (reads, writes, moves the answer's body on);
     /// whether it is still open.
     fn drive(&mut self, cx: &mut Context<'_>) -> bool {
-        if !self.ended {
-            self.ended = Pin::new(&mut self.connection).poll(cx).is_ready();
+        if let Some(connection) = self.connection.as_mut() {
+            if Pin::new(connection).poll(cx).is_ready() {
+                self.connection = None;
+            }
         }
-        !self.ended
+        self.connection.is_some()
     }
 
     /// Polls the connection once; whether it can take another request.
@@ -250,7 +260,8 @@ thread_local! {
 fn checkout(key: &PoolKey) -> Option<Pooled> {
     let mut cx = Context::from_waker(Waker::noop());
     let mut closed = Vec::new();
-    let found = IDLE.with_borrow_mut(|idle| {
+    let found = IDLE.try_with(|idle| {
+        let mut idle = idle.try_borrow_mut().ok()?;
         let connections = idle.get_mut(key)?;
         let now = Instant::now();
         let mut found = None;
@@ -271,6 +282,7 @@ fn checkout(key: &PoolKey) -> Option<Pooled> {
         closed.extend(connections.drain(..stale));
         found
     });
+    let found = found.ok().flatten();
     // Closing happens outside the pool's borrow.
     drop(closed);
     found
@@ -284,16 +296,16 @@ fn recycle(key: PoolKey, mut pooled: Pooled) {
         return;
     }
     pooled.idle_since = Instant::now();
-    let refused = IDLE.with_borrow_mut(|idle| {
+    // During the thread's teardown the pool is gone: the connection closes.
+    let _ = IDLE.try_with(|idle| {
+        let Ok(mut idle) = idle.try_borrow_mut() else {
+            return;
+        };
         let connections = idle.entry(key).or_default();
         if connections.len() < POOL_MAX_IDLE {
             connections.push(pooled);
-            None
-        } else {
-            Some(pooled)
         }
     });
-    drop(refused);
 }
 
 /// An answer's body: reading it drives its connection, and a frame holds

@@ -312,3 +312,54 @@ async fn a_body_dropped_once_it_says_it_ended_keeps_its_connection() {
     }
     assert_eq!(seen.connections.load(Ordering::SeqCst), 1);
 }
+
+#[tokio::test]
+async fn a_request_queued_on_a_connection_the_downstream_closed_comes_back_unsent() {
+    // The downstream closes the connection before the request is written:
+    // hyper ends an idle connection at EOF without failing what is queued
+    // on it; the request must come back (to go on another connection), not
+    // wait for the response timeout.
+    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let url = format!("http://{}/mcp", listener.local_addr().unwrap());
+    tokio::spawn(async move {
+        while let Ok((stream, _)) = listener.accept().await {
+            drop(stream);
+        }
+    });
+    let client = DownstreamClient::new(Duration::from_secs(2));
+    let request = get(&url);
+    let key = client.key(request.uri()).unwrap();
+    let mut pooled = client.connect(&key).await.unwrap();
+    tokio::time::sleep(Duration::from_millis(50)).await;
+    let mut request = request;
+    super::to_origin_form(&mut request, &key);
+    let exchanged = tokio::time::timeout(
+        Duration::from_secs(2),
+        super::exchange(&mut pooled, request),
+    )
+    .await
+    .expect("the exchange ends when the connection does");
+    let mut failed = exchanged.unwrap_err();
+    assert!(
+        failed.take_message().is_some(),
+        "the request comes back unsent"
+    );
+}
+
+#[tokio::test]
+async fn the_host_header_is_the_downstreams_host_and_port() {
+    let (base, mut seen) = server(ok_json).await;
+    let client = DownstreamClient::new(Duration::from_secs(2));
+    // User information in a URL (a legacy endpoint announced by the
+    // downstream could carry it) never reaches the Host header.
+    let with_user = base.replace("http://", "http://user:secret@");
+    let response = client
+        .request(get(&format!("{with_user}/mcp")))
+        .await
+        .unwrap();
+    text(response).await;
+    let head = seen.heads.recv().await.unwrap();
+    let host = base.trim_start_matches("http://");
+    assert!(head.contains(&format!("host: {host}\r\n")), "{head}");
+    assert!(!head.contains("secret"), "{head}");
+}
