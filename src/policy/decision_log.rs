@@ -15,13 +15,12 @@ use std::collections::HashSet;
 use std::fs::{File, OpenOptions};
 use std::io::{BufWriter, Write};
 use std::path::{Path, PathBuf};
-use std::sync::mpsc::{sync_channel, Receiver, SyncSender, TrySendError};
 use std::sync::Arc;
 
 use serde::{Deserialize, Serialize};
 use serde_json::Value;
 
-use super::observer::{next_polled, Observed, ObserverError, Outcome, REDACTED};
+use super::observer::{Observed, ObserverError, ObserverThread, ObserverWork, Outcome, REDACTED};
 use super::PolicyEngine;
 use crate::config::PolicyConfig;
 use crate::metrics::labels::ObserverQueue;
@@ -67,8 +66,7 @@ enum Sink {
 
 /// A route's decision log: the queue to its writer thread.
 pub(crate) struct DecisionLog {
-    queue: SyncSender<Arc<Observed>>,
-    metrics: RouteMetrics,
+    writer: ObserverThread,
 }
 
 /// What the writer needs to turn an observation into a record.
@@ -119,42 +117,42 @@ impl DecisionLog {
             versions: (0, 0),
             shadow,
         };
-        let (queue, records) = sync_channel(QUEUE);
-        let spawned = std::thread::Builder::new()
-            .name("decision-log".into())
-            .spawn(move || write_records(records, sink, filter));
-        if let Err(e) = spawned {
-            return Err(ObserverError::Log {
+        let writer = Writer { sink, filter };
+        let writer = ObserverThread::spawn(ObserverQueue::DecisionLog, QUEUE, metrics, writer)
+            .map_err(|e| ObserverError::Log {
                 path: target.to_string(),
                 message: format!("cannot start its writer: {e}"),
-            });
-        }
-        Ok(DecisionLog { queue, metrics })
+            })?;
+        Ok(DecisionLog { writer })
     }
 
     /// Queues a decision; when the queue is full it is dropped and counted.
     pub(crate) fn offer(&self, observed: Arc<Observed>) {
-        if let Err(TrySendError::Full(_) | TrySendError::Disconnected(_)) =
-            self.queue.try_send(observed)
-        {
-            self.metrics.observer_dropped(ObserverQueue::DecisionLog);
-        }
+        self.writer.offer(observed);
     }
 }
 
-/// The writer thread: writes each record, flushing whenever the queue runs
-/// empty; ends when the route's log is dropped.
-fn write_records(records: Receiver<Arc<Observed>>, mut sink: Sink, mut filter: Filter) {
-    while let Some(observed) = next_polled(&records, || sink.flush()) {
-        let record = filter.record(&observed);
+/// The writer thread's work: each record written, flushed whenever the
+/// queue runs empty.
+struct Writer {
+    sink: Sink,
+    filter: Filter,
+}
+
+impl ObserverWork for Writer {
+    fn observe(&mut self, observed: &Observed) {
+        let record = self.filter.record(observed);
         match serde_json::to_string(&record) {
-            Ok(line) => sink.write(&line),
+            Ok(line) => self.sink.write(&line),
             Err(e) => {
                 tracing::warn!(target: "policy", error = %e, "a decision could not be logged")
             }
         }
     }
-    sink.flush();
+
+    fn idle(&mut self) {
+        self.sink.flush();
+    }
 }
 
 impl Sink {

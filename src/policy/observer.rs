@@ -21,7 +21,8 @@ use super::layer::{McpCall, RequestView};
 use super::shadow::Shadow;
 use super::{CompiledPolicy, Decision, PolicyEngine, PolicyError};
 use crate::config::PolicyConfig;
-use crate::metrics::Metrics;
+use crate::metrics::labels::ObserverQueue;
+use crate::metrics::{Metrics, RouteMetrics};
 use crate::store::UpstreamTokens;
 
 /// What stands for the provider's access token in logs, shadows and replays.
@@ -152,6 +153,59 @@ pub(crate) fn placeholder_tokens(id_token: bool) -> UpstreamTokens {
         access_token: ACCESS_TOKEN_PLACEHOLDER.into(),
         id_token: id_token.then(|| ID_TOKEN_PLACEHOLDER.into()),
         ..UpstreamTokens::default()
+    }
+}
+
+/// A bounded queue to a thread of its own that works through the route's
+/// observations (the decision log's writer, the shadow): when the thread
+/// falls behind, an observation is dropped and counted
+/// (`policy_observer_dropped_total{queue}`) rather than making a request
+/// wait.
+pub(crate) struct ObserverThread {
+    queue: std::sync::mpsc::SyncSender<Arc<Observed>>,
+    metrics: RouteMetrics,
+    which: ObserverQueue,
+}
+
+/// What an `ObserverThread` runs.
+pub(crate) trait ObserverWork: Send + 'static {
+    /// One observation.
+    fn observe(&mut self, observed: &Observed);
+    /// The queue ran empty (and once more at the end, when the route is
+    /// dropped).
+    fn idle(&mut self) {}
+}
+
+impl ObserverThread {
+    /// Starts `work` on a thread of its own behind a queue of `capacity`.
+    pub(crate) fn spawn(
+        which: ObserverQueue,
+        capacity: usize,
+        metrics: RouteMetrics,
+        mut work: impl ObserverWork,
+    ) -> std::io::Result<ObserverThread> {
+        let (queue, observations) = std::sync::mpsc::sync_channel::<Arc<Observed>>(capacity);
+        std::thread::Builder::new()
+            .name(format!("policy-{}", which.as_str()))
+            .spawn(move || {
+                while let Some(observed) = next_polled(&observations, || work.idle()) {
+                    work.observe(&observed);
+                }
+                work.idle();
+            })?;
+        Ok(ObserverThread {
+            queue,
+            metrics,
+            which,
+        })
+    }
+
+    /// Queues an observation; when the queue is full it is dropped and
+    /// counted.
+    pub(crate) fn offer(&self, observed: Arc<Observed>) {
+        if self.queue.try_send(observed).is_err() {
+            self.metrics.observer_dropped(self.which);
+        }
     }
 }
 

@@ -12,11 +12,10 @@
 //! (`mcp_oauth_proxy_policy_shadow_errors_total`). The file is watched and
 //! reloaded as the enforced policy is, keeping its last good version.
 
-use std::sync::mpsc::{sync_channel, Receiver, SyncSender, TrySendError};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use super::observer::Observed;
+use super::observer::{Observed, ObserverThread, ObserverWork};
 use super::replay::{compare, run_candidate, Difference};
 use super::PolicyEngine;
 use crate::metrics::labels::{ObserverQueue, ShadowDisagreement};
@@ -30,30 +29,21 @@ const LOG_PER_MINUTE: u32 = 10;
 /// A route's shadow policy: its engine and the queue to its thread.
 pub(crate) struct Shadow {
     engine: Arc<PolicyEngine>,
-    queue: SyncSender<Arc<Observed>>,
-    metrics: RouteMetrics,
+    thread: Option<ObserverThread>,
 }
 
 impl Shadow {
     /// Starts the shadow thread for `engine` (the compiled candidate).
     pub(crate) fn start(engine: Arc<PolicyEngine>, metrics: RouteMetrics) -> Shadow {
-        let (queue, decisions) = sync_channel(QUEUE);
         let worker = Worker {
             engine: engine.clone(),
             metrics: metrics.clone(),
             limiter: LogLimiter::new(LOG_PER_MINUTE),
         };
-        if let Err(e) = std::thread::Builder::new()
-            .name("policy-shadow".into())
-            .spawn(move || worker.run(decisions))
-        {
-            tracing::error!(target: "policy", error = %e, "the shadow policy's thread could not start; it does not run");
-        }
-        Shadow {
-            engine,
-            queue,
-            metrics,
-        }
+        let thread = ObserverThread::spawn(ObserverQueue::Shadow, QUEUE, metrics, worker)
+            .map_err(|e| tracing::error!(target: "policy", error = %e, "the shadow policy's thread could not start; it does not run"))
+            .ok();
+        Shadow { engine, thread }
     }
 
     /// The candidate's engine.
@@ -63,10 +53,8 @@ impl Shadow {
 
     /// Queues a decision for the shadow; dropped and counted when full.
     pub(crate) fn offer(&self, observed: Arc<Observed>) {
-        if let Err(TrySendError::Full(_) | TrySendError::Disconnected(_)) =
-            self.queue.try_send(observed)
-        {
-            self.metrics.observer_dropped(ObserverQueue::Shadow);
+        if let Some(thread) = &self.thread {
+            thread.offer(observed);
         }
     }
 }
@@ -77,13 +65,13 @@ struct Worker {
     limiter: LogLimiter,
 }
 
-impl Worker {
-    fn run(mut self, decisions: Receiver<Arc<Observed>>) {
-        while let Some(observed) = super::observer::next_polled(&decisions, || ()) {
-            self.one(&observed);
-        }
+impl ObserverWork for Worker {
+    fn observe(&mut self, observed: &Observed) {
+        self.one(observed);
     }
+}
 
+impl Worker {
     /// Evaluates the candidate on one decision, counts and logs.
     fn one(&mut self, o: &Observed) {
         let candidate = self.engine.current();
