@@ -16,6 +16,7 @@ use super::decision_log::DecisionRecord;
 use super::observer::{placeholder_tokens, Outcome};
 use super::script_api::with_fixed_clock;
 use super::{CompiledPolicy, Decision, PolicyEngine, PolicyError};
+use crate::metrics::labels::ShadowDisagreement;
 
 /// How a candidate's outcome differs from the logged one.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -29,6 +30,36 @@ pub enum Difference {
     Headers(Vec<String>),
     /// Both deny, with another status or reason.
     Reason,
+}
+
+impl Difference {
+    /// The kinds' names in reports, in the order reports list them.
+    const KINDS: [&'static str; 4] = ["allow_to_deny", "deny_to_allow", "headers", "reason"];
+
+    fn order(&self) -> usize {
+        match self {
+            Difference::AllowToDeny => 0,
+            Difference::DenyToAllow => 1,
+            Difference::Headers(_) => 2,
+            Difference::Reason => 3,
+        }
+    }
+
+    /// Its kind's name in reports.
+    pub fn kind(&self) -> &'static str {
+        Self::KINDS[self.order()]
+    }
+
+    /// What shadow mode counts it as; a changed reason alone is no
+    /// disagreement.
+    pub(crate) fn disagreement(&self) -> Option<ShadowDisagreement> {
+        match self {
+            Difference::AllowToDeny => Some(ShadowDisagreement::AllowToDeny),
+            Difference::DenyToAllow => Some(ShadowDisagreement::DenyToAllow),
+            Difference::Headers(_) => Some(ShadowDisagreement::Headers),
+            Difference::Reason => None,
+        }
+    }
 }
 
 impl std::fmt::Display for Difference {
@@ -257,18 +288,25 @@ fn tally(
     after: &Outcome,
     difference: Difference,
 ) {
-    let (order, kind, headers) = match difference {
-        Difference::AllowToDeny => (0, "allow_to_deny", Vec::new()),
-        Difference::DenyToAllow => (1, "deny_to_allow", Vec::new()),
-        Difference::Headers(names) => (2, "headers", names),
-        Difference::Reason => (3, "reason", Vec::new()),
+    let (order, kind) = (difference.order(), difference.kind());
+    let headers = match difference {
+        Difference::AllowToDeny => {
+            report.allow_to_deny += 1;
+            Vec::new()
+        }
+        Difference::DenyToAllow => {
+            report.deny_to_allow += 1;
+            Vec::new()
+        }
+        Difference::Headers(names) => {
+            report.headers_changed += 1;
+            names
+        }
+        Difference::Reason => {
+            report.reasons_changed += 1;
+            Vec::new()
+        }
     };
-    match order {
-        0 => report.allow_to_deny += 1,
-        1 => report.deny_to_allow += 1,
-        2 => report.headers_changed += 1,
-        _ => report.reasons_changed += 1,
-    }
     for name in &headers {
         *report.headers_by_name.entry(name.clone()).or_default() += 1;
     }
@@ -296,10 +334,10 @@ fn tally(
 }
 
 fn kind_order(kind: &str) -> usize {
-    ["allow_to_deny", "deny_to_allow", "headers", "reason"]
+    Difference::KINDS
         .iter()
         .position(|k| *k == kind)
-        .unwrap_or(4)
+        .unwrap_or(Difference::KINDS.len())
 }
 
 /// A logged value as the script saw it; the request's headers read-only,

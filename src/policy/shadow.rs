@@ -18,7 +18,7 @@ use std::time::{Duration, Instant};
 use super::observer::{Observed, ObserverThread, ObserverWork};
 use super::replay::{compare, run_candidate, Difference};
 use super::PolicyEngine;
-use crate::metrics::labels::{ObserverQueue, ShadowDisagreement};
+use crate::metrics::labels::ObserverQueue;
 use crate::metrics::RouteMetrics;
 
 /// How many decisions may wait for the shadow.
@@ -100,16 +100,14 @@ impl Worker {
             }
         };
         let differences = compare(&o.outcome, &outcome);
-        for difference in &differences {
-            let kind = match difference {
-                Difference::AllowToDeny => ShadowDisagreement::AllowToDeny,
-                Difference::DenyToAllow => ShadowDisagreement::DenyToAllow,
-                Difference::Headers(_) => ShadowDisagreement::Headers,
-                Difference::Reason => continue,
-            };
+        let disagreements: Vec<_> = differences
+            .iter()
+            .filter_map(Difference::disagreement)
+            .collect();
+        for &kind in &disagreements {
             self.metrics.shadow_disagreement(kind);
         }
-        let counted = differences.iter().any(|d| !matches!(d, Difference::Reason));
+        let counted = !disagreements.is_empty();
         if counted && self.limiter.allow() {
             let request = super::replay::describe_request(&o.request);
             let what: Vec<String> = differences.iter().map(Difference::to_string).collect();
