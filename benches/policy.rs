@@ -31,17 +31,25 @@ use mcp_oauth_proxy::policy::{user_value, PolicyEngine, UserFacts};
 use mcp_oauth_proxy::store::UpstreamTokens;
 use serde_json::json;
 
-fn bench(c: &mut Criterion) {
+/// What a script sees for one `tools/call`: Alice, her provider tokens, the
+/// request's headers and the call.
+struct Inputs {
+    user: rhai::Dynamic,
+    tokens: UpstreamTokens,
+    headers: HeaderMap,
+    call: McpCall,
+}
+
+fn inputs() -> Inputs {
     let claims = json!({
         "sub": "00u1alice", "email": "alice@example.com", "name": "Alice Example",
         "groups": ["engineering", "admins"], "email_verified": true,
         "iss": "https://idp.example.com", "aud": "proxy", "iat": 1, "exp": 2,
     });
-    let claims = claims.as_object().unwrap();
     let user = user_value(&UserFacts {
         sub: "00u1alice",
         email: Some("alice@example.com"),
-        claims,
+        claims: claims.as_object().unwrap(),
         issuer: "https://idp.example.com",
         client_id: "client",
         client_name: Some("Claude"),
@@ -64,6 +72,21 @@ fn bench(c: &mut Criterion) {
         id: Some(json!(7)),
         target: Some("run_sql".into()),
     };
+    Inputs {
+        user,
+        tokens,
+        headers,
+        call,
+    }
+}
+
+fn bench(c: &mut Criterion) {
+    let Inputs {
+        user,
+        tokens,
+        headers,
+        call,
+    } = inputs();
 
     for (name, path) in [
         ("default", None),
@@ -158,36 +181,14 @@ fn observed_request(
 }
 
 fn bench_observers(c: &mut Criterion) {
-    let claims = json!({
-        "sub": "00u1alice", "email": "alice@example.com", "name": "Alice Example",
-        "groups": ["engineering", "admins"], "email_verified": true,
-        "iss": "https://idp.example.com", "aud": "proxy", "iat": 1, "exp": 2,
-    });
-    let user = user_value(&UserFacts {
-        sub: "00u1alice",
-        email: Some("alice@example.com"),
-        claims: claims.as_object().unwrap(),
-        issuer: "https://idp.example.com",
-        client_id: "client",
-        client_name: Some("Claude"),
-    });
-    let tokens = UpstreamTokens {
-        access_token: "upstream-access-token".into(),
-        id_token: Some("upstream-id-token".into()),
-        ..Default::default()
-    };
-    let mut headers = HeaderMap::new();
-    headers.insert("content-type", "application/json".parse().unwrap());
-    headers.insert(
-        "accept",
-        "application/json, text/event-stream".parse().unwrap(),
-    );
-    headers.insert("mcp-protocol-version", "2025-06-18".parse().unwrap());
-    let call = McpCall {
-        method: Some("tools/call".into()),
-        id: Some(json!(7)),
-        target: Some("run_sql".into()),
-    };
+    let Inputs {
+        user,
+        tokens,
+        mut headers,
+        call,
+    } = inputs();
+    // The observed request has no session yet.
+    headers.remove("mcp-session-id");
     let per_tool = Path::new("policies/per-tool.rhai");
     let dir = std::env::temp_dir().join(format!("policy-bench-{}", std::process::id()));
     std::fs::create_dir_all(&dir).unwrap();
