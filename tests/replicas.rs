@@ -4,82 +4,12 @@
 
 mod common;
 
-use std::path::Path;
-use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
 use common::downstream::Downstream;
+use common::redis_server::RedisServer;
 use common::*;
 use serde_json::{json, Value};
-
-struct RedisServer {
-    child: Child,
-    port: u16,
-    dir: tempfile::TempDir,
-}
-
-impl RedisServer {
-    fn start() -> RedisServer {
-        let dir = tempfile::tempdir().unwrap();
-        let port = free_port();
-        let child = Self::spawn(port, dir.path());
-        let server = RedisServer { child, port, dir };
-        server.wait_up();
-        server
-    }
-
-    fn spawn(port: u16, dir: &Path) -> Child {
-        Command::new("redis-server")
-            .args([
-                "--bind",
-                "127.0.0.1",
-                "--port",
-                &port.to_string(),
-                "--save",
-                "",
-                "--appendonly",
-                "yes",
-                "--appendfsync",
-                "always",
-            ])
-            .arg("--dir")
-            .arg(dir)
-            .stdout(Stdio::null())
-            .stderr(Stdio::null())
-            .spawn()
-            .expect("redis-server runs")
-    }
-
-    fn wait_up(&self) {
-        for _ in 0..100 {
-            if std::net::TcpStream::connect(("127.0.0.1", self.port)).is_ok() {
-                return;
-            }
-            std::thread::sleep(Duration::from_millis(50));
-        }
-        panic!("redis-server did not start");
-    }
-
-    fn url(&self) -> String {
-        format!("redis://127.0.0.1:{}", self.port)
-    }
-
-    fn stop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
-
-    fn restart(&mut self) {
-        self.child = Self::spawn(self.port, self.dir.path());
-        self.wait_up();
-    }
-}
-
-impl Drop for RedisServer {
-    fn drop(&mut self) {
-        self.stop();
-    }
-}
 
 struct Replica {
     _process: ProxyProcess,
@@ -116,13 +46,7 @@ async fn cluster(redis: &RedisServer) -> Cluster {
         );
         // A long cache: only the revocation feed can make b forget a token.
         toml.push_str("\n[auth]\ncache_ttl = \"60s\"\n");
-        toml = toml.replace(
-            "[store]\n",
-            &format!(
-                "[store]\nredis_url = \"{}\"\nredis_prefix = \"{prefix}\"\n",
-                redis.url()
-            ),
-        );
+        toml = redis.store_in(&toml, &prefix);
         let config = dir.path().join(format!("{name}.toml"));
         std::fs::write(&config, toml).unwrap();
         let process = spawn_proxy(&config);
@@ -166,7 +90,7 @@ async fn mcp(endpoint: &Endpoint, token: &str) -> u16 {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_token_from_one_replica_works_on_the_other_and_revocation_reaches_it_within_a_second() {
-    let redis = RedisServer::start();
+    let redis = RedisServer::start_durable();
     let c = cluster(&redis).await;
     let client = c.a.endpoint.public_client().await;
     // Log in through a, call through b.
@@ -212,7 +136,7 @@ async fn a_token_from_one_replica_works_on_the_other_and_revocation_reaches_it_w
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn racing_redemptions_and_refreshes_across_replicas_have_one_winner() {
-    let redis = RedisServer::start();
+    let redis = RedisServer::start_durable();
     let c = cluster(&redis).await;
     let client = c.a.endpoint.public_client().await;
     let pkce = Pkce::new();
@@ -302,7 +226,7 @@ async fn racing_redemptions_and_refreshes_across_replicas_have_one_winner() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn both_replicas_ride_out_a_redis_restart() {
-    let mut redis = RedisServer::start();
+    let mut redis = RedisServer::start_durable();
     let c = cluster(&redis).await;
     let client = c.a.endpoint.public_client().await;
     let tokens = c.a.endpoint.tokens_for(&client, &[]).await;
@@ -378,7 +302,7 @@ async fn both_replicas_ride_out_a_redis_restart() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn invariant_11_a_stream_on_one_replica_ends_within_a_second_of_revoke_on_the_other() {
-    let redis = RedisServer::start();
+    let redis = RedisServer::start_durable();
     let c = cluster(&redis).await;
     let client = c.a.endpoint.public_client().await;
     let tokens = c.a.endpoint.tokens_for(&client, &[]).await;

@@ -1,44 +1,48 @@
 //! A redis-server of a test's own (the machine's Redis package), on a free
-//! port, keeping nothing on disk; killed and waited for when dropped, also
-//! when it never came up. `replicas.rs` keeps its own, durable one (it
-//! restarts Redis and checks what survived).
+//! port; killed and waited for when dropped, also when it never came up.
+//! `start` keeps nothing on disk; `start_durable` writes every command to
+//! its append-only file, so a test can stop and restart it and see what
+//! survived.
 
+use std::path::Path;
 use std::process::{Child, Command, Stdio};
 use std::time::Duration;
 
 pub struct RedisServer {
     child: Child,
     pub port: u16,
-    _dir: tempfile::TempDir,
+    dir: tempfile::TempDir,
+    durable: bool,
 }
 
 impl RedisServer {
     pub fn start() -> RedisServer {
+        Self::start_with(false)
+    }
+
+    /// A Redis that keeps every write (`appendfsync always`).
+    pub fn start_durable() -> RedisServer {
+        Self::start_with(true)
+    }
+
+    fn start_with(durable: bool) -> RedisServer {
         let dir = tempfile::tempdir().unwrap();
         let port = super::free_port();
-        let child = Command::new("redis-server")
-            .args([
-                "--bind",
-                "127.0.0.1",
-                "--port",
-                &port.to_string(),
-                "--save",
-                "",
-            ])
-            .arg("--dir")
-            .arg(dir.path())
-            .stdout(Stdio::null())
-            .stderr(Stdio::null())
-            .spawn()
-            .expect("redis-server runs");
+        let child = spawn(port, dir.path(), durable);
         let server = RedisServer {
             child,
             port,
-            _dir: dir,
+            dir,
+            durable,
         };
+        server.wait_up();
+        server
+    }
+
+    fn wait_up(&self) {
         for _ in 0..100 {
-            if std::net::TcpStream::connect(("127.0.0.1", port)).is_ok() {
-                return server;
+            if std::net::TcpStream::connect(("127.0.0.1", self.port)).is_ok() {
+                return;
             }
             std::thread::sleep(Duration::from_millis(50));
         }
@@ -60,6 +64,33 @@ impl RedisServer {
             ),
         )
     }
+
+    pub fn stop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+
+    /// Starts it again on the same port and directory.
+    pub fn restart(&mut self) {
+        self.child = spawn(self.port, self.dir.path(), self.durable);
+        self.wait_up();
+    }
+}
+
+fn spawn(port: u16, dir: &Path, durable: bool) -> Child {
+    let port = port.to_string();
+    let mut args = vec!["--bind", "127.0.0.1", "--port", &port, "--save", ""];
+    if durable {
+        args.extend(["--appendonly", "yes", "--appendfsync", "always"]);
+    }
+    Command::new("redis-server")
+        .args(args)
+        .arg("--dir")
+        .arg(dir)
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .expect("redis-server runs")
 }
 
 impl Drop for RedisServer {
