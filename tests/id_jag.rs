@@ -604,16 +604,7 @@ async fn an_assertion_is_spent_on_every_replica_sharing_redis() {
             &format!("public_url = \"http://127.0.0.1:{public_port}\""),
         );
         let toml = redis.store_in(&toml, "idjag:");
-        let config = dir.path().join(format!("{name}.toml"));
-        std::fs::write(&config, toml).unwrap();
-        let process = spawn_proxy(&config);
-        let endpoint = Endpoint {
-            url: format!("http://127.0.0.1:{port}"),
-            provider: provider.clone(),
-            http: http_client(),
-        };
-        wait_ready(&endpoint.url).await;
-        replicas.push((process, endpoint));
+        replicas.push(start_proxy_process(dir.path(), name, &toml, port, &provider).await);
     }
     let (a, b) = (&replicas[0].1, &replicas[1].1);
     let public = Endpoint {

@@ -47,15 +47,8 @@ async fn cluster(redis: &RedisServer) -> Cluster {
         // A long cache: only the revocation feed can make b forget a token.
         toml.push_str("\n[auth]\ncache_ttl = \"60s\"\n");
         toml = redis.store_in(&toml, &prefix);
-        let config = dir.path().join(format!("{name}.toml"));
-        std::fs::write(&config, toml).unwrap();
-        let process = spawn_proxy(&config);
-        let endpoint = Endpoint {
-            url: format!("http://127.0.0.1:{port}"),
-            provider: provider.clone(),
-            http: http_client(),
-        };
-        wait_ready(&endpoint.url).await;
+        let (process, endpoint) =
+            start_proxy_process(dir.path(), name, &toml, port, &provider).await;
         replicas.push(Replica {
             _process: process,
             endpoint,

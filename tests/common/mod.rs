@@ -484,6 +484,27 @@ pub fn spawn_proxy(config: &std::path::Path) -> ProxyProcess {
     )
 }
 
+/// The proxy binary started with `toml` (written to `<dir>/<name>.toml`)
+/// listening on `port`, and an `Endpoint` for it, once it answers.
+pub async fn start_proxy_process(
+    dir: &std::path::Path,
+    name: &str,
+    toml: &str,
+    port: u16,
+    provider: &Provider,
+) -> (ProxyProcess, Endpoint) {
+    let config = dir.join(format!("{name}.toml"));
+    std::fs::write(&config, toml).unwrap();
+    let process = spawn_proxy(&config);
+    let endpoint = Endpoint {
+        url: format!("http://127.0.0.1:{port}"),
+        provider: provider.clone(),
+        http: http_client(),
+    };
+    wait_ready(&endpoint.url).await;
+    (process, endpoint)
+}
+
 /// Waits until the proxy at `url` answers its metadata.
 pub async fn wait_ready(url: &str) {
     let http = http_client();
