@@ -83,20 +83,12 @@ async fn start(shadow: Option<&str>) -> Proxy {
     })
     .await;
     let client = proxy.public_client().await;
-    proxy
-        .provider
-        .set_user(user("dev", &["engineering"], "eng"));
-    let dev = proxy.tokens_for(&client, &[]).await["access_token"]
-        .as_str()
-        .unwrap()
-        .to_string();
-    proxy
-        .provider
-        .set_user(user("ops", &["ops", "admins"], "sre"));
-    let ops = proxy.tokens_for(&client, &[]).await["access_token"]
-        .as_str()
-        .unwrap()
-        .to_string();
+    let dev = proxy
+        .access_token_as(&client, user("dev", &["engineering"], "eng"))
+        .await;
+    let ops = proxy
+        .access_token_as(&client, user("ops", &["ops", "admins"], "sre"))
+        .await;
     Proxy {
         proxy,
         downstream,
@@ -361,13 +353,9 @@ async fn each_route_has_its_own_shadow_and_decision_log() {
     })
     .await;
     let client = proxy.public_client().await;
-    proxy
-        .provider
-        .set_user(user("dev", &["engineering"], "eng"));
-    let token = proxy.tokens_for(&client, &[]).await["access_token"]
-        .as_str()
-        .unwrap()
-        .to_string();
+    let token = proxy
+        .access_token_as(&client, user("dev", &["engineering"], "eng"))
+        .await;
     for path in ["/mcp", "/wiki/mcp"] {
         let status = proxy
             .http

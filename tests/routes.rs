@@ -483,11 +483,9 @@ audit = false
     })
     .await;
     let client = proxy.public_client().await;
-    proxy.provider.set_user(person("dev", &["engineering"]));
-    let token = proxy.tokens_for(&client, &[]).await["access_token"]
-        .as_str()
-        .unwrap()
-        .to_string();
+    let token = proxy
+        .access_token_as(&client, person("dev", &["engineering"]))
+        .await;
     let rpc = |path: &'static str, method: &'static str, marker: String| {
         proxy
             .http

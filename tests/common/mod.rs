@@ -832,6 +832,14 @@ impl Endpoint {
         body
     }
 
+    /// The provider's next sign-in is `claims`; signs in and returns the
+    /// access token.
+    pub async fn access_token_as(&self, client: &Client, claims: Value) -> String {
+        self.provider.set_user(claims);
+        let tokens = self.tokens_for(client, &[]).await;
+        tokens["access_token"].as_str().unwrap().to_string()
+    }
+
     pub async fn refresh(&self, client: &Client, refresh_token: &str) -> (StatusCode, Value) {
         let (s, b, _) = self
             .token(
