@@ -172,16 +172,17 @@ impl TokenCache {
         self.metrics.token_cache_request(CacheResult::Miss);
         // Single flight: concurrent misses for one token wait for one
         // store lookup instead of each running their own.
-        self.tokens
-            .try_get_with(hash.to_string(), async {
-                match self.grants.validate_access_token(token).await {
-                    Ok(session) => Ok(Entry::Valid(Arc::new(session), Instant::now())),
-                    Err(GrantError::Store(e)) => Err(e.to_string()),
-                    Err(_) => Ok(Entry::Unknown),
-                }
-            })
-            .await
-            .map_err(|e: Arc<String>| ProxyError::StoreUnavailable(e.to_string()))
+        // Boxed: the store lookup is a large future, and kept inline it
+        // would be part of (and copied with) every request's future.
+        Box::pin(self.tokens.try_get_with(hash.to_string(), async {
+            match self.grants.validate_access_token(token).await {
+                Ok(session) => Ok(Entry::Valid(Arc::new(session), Instant::now())),
+                Err(GrantError::Store(e)) => Err(e.to_string()),
+                Err(_) => Ok(Entry::Unknown),
+            }
+        }))
+        .await
+        .map_err(|e: Arc<String>| ProxyError::StoreUnavailable(e.to_string()))
     }
 
     /// Without the revocation feed, trust a cached session only briefly:
@@ -193,7 +194,7 @@ impl TokenCache {
         if !self.degraded.load(Ordering::Relaxed) || validated.elapsed() <= DEGRADED_TTL {
             return Entry::Valid(session, validated);
         }
-        match self.grants.validate_access_token(token).await {
+        match Box::pin(self.grants.validate_access_token(token)).await {
             Ok(fresh) => {
                 let entry = Entry::Valid(Arc::new(fresh), Instant::now());
                 self.tokens.insert(hash.to_string(), entry.clone()).await;

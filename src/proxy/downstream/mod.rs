@@ -120,7 +120,10 @@ impl DownstreamClient {
             let fresh = reused.is_none();
             let mut connection = match reused.take() {
                 Some(idle) => idle,
-                None => self.connect(&key).await?,
+                // Boxed: connecting (TCP, TLS, the handshake) takes a
+                // larger future than the rest of a request; kept inline it
+                // would make every request's future that large.
+                None => Box::pin(self.connect(&key)).await?,
             };
             match exchange(&mut connection, request).await {
                 Ok(response) => {
@@ -177,7 +180,7 @@ impl DownstreamClient {
             .map_err(|e| failed(e.into()))?;
         Ok(Pooled {
             sender,
-            connection: Some(connection),
+            connection: Some(Box::pin(connection)),
             idle_since: Instant::now(),
         })
     }
@@ -227,7 +230,12 @@ struct Pooled {
     /// dropping it at once hands back a request still queued on it (hyper
     /// closes an idle connection at the downstream's EOF without failing
     /// what is queued; kept, the request would wait for the timeout).
-    connection: Option<Connection<Io, Body>>,
+    ///
+    /// Boxed: hyper's connection (buffers, parser state, TLS session) is
+    /// 1.7 KiB, and a pooled connection moves several times a request
+    /// (out of the pool, into the exchange, into the answer's body, back);
+    /// boxed, each move is a pointer, not a 1.7 KiB copy.
+    connection: Option<Pin<Box<Connection<Io, Body>>>>,
     idle_since: Instant,
 }
 
@@ -236,7 +244,7 @@ impl Pooled {
     /// whether it is still open.
     fn drive(&mut self, cx: &mut Context<'_>) -> bool {
         if let Some(connection) = self.connection.as_mut() {
-            if Pin::new(connection).poll(cx).is_ready() {
+            if connection.as_mut().poll(cx).is_ready() {
                 self.connection = None;
             }
         }
