@@ -31,7 +31,7 @@ use governor::{Quota, RateLimiter};
 use tower::util::MapErr;
 use tower::{Layer, Service};
 
-use crate::checkpoint::{Checkpoint, CheckpointLayer, CheckpointService};
+use crate::checkpoint::{Gate, GateLayer, GateService};
 use crate::config::{LimitGroup, LimitsConfig, Rate};
 use crate::error::{OAuthError, PageError, ProxyError, RateLimited};
 use crate::metrics::audit::AuditSlot;
@@ -272,11 +272,11 @@ where
     S: Service<Request<Body>>,
     E: Absorbs<S::Error>,
 {
-    type Service = CheckpointService<RateLimit, Absorbed<S, E>>;
+    type Service = GateService<RateLimit, Absorbed<S, E>>;
 
     fn layer(&self, inner: S) -> Self::Service {
         let absorb: fn(S::Error) -> E = E::absorb;
-        CheckpointLayer::new(self.limit.clone()).layer(MapErr::new(inner, absorb))
+        GateLayer::new(self.limit.clone()).layer(MapErr::new(inner, absorb))
     }
 }
 
@@ -291,7 +291,7 @@ pub struct RateLimit {
 
 impl RateLimit {
     /// Takes one request from its key's budget.
-    fn admit(&self, request: &Request<Body>) -> Result<(), RateLimited> {
+    fn take_one(&self, request: &Request<Body>) -> Result<(), RateLimited> {
         let Some(limiter) = &self.limiter else {
             return Ok(());
         };
@@ -304,13 +304,11 @@ impl RateLimit {
     }
 }
 
-impl<S> Checkpoint<S, Request<Body>> for RateLimit
-where
-    S: Service<Request<Body>, Error: From<RateLimited>, Future: Send> + Send + 'static,
-{
-    async fn run(self, mut inner: S, request: Request<Body>) -> Result<S::Response, S::Error> {
-        self.admit(&request)?;
-        inner.call(request).await
+impl Gate<Request<Body>> for RateLimit {
+    type Refusal = RateLimited;
+
+    fn admit(&self, request: &mut Request<Body>) -> Result<(), RateLimited> {
+        self.take_one(request)
     }
 }
 

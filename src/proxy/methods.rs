@@ -9,10 +9,9 @@
 //! and a method router's boxed services make each clone an allocation.
 
 use axum::http::{Method, Request};
-use tower::Service;
 
 use super::Endpoint;
-use crate::checkpoint::{Checkpoint, CheckpointLayer};
+use crate::checkpoint::{Gate, GateLayer};
 use crate::error::ProxyError;
 
 impl Endpoint {
@@ -36,23 +35,19 @@ pub(crate) struct AllowMethods {
 
 impl AllowMethods {
     /// The layer for `route`.
-    pub(crate) fn layer(route: Endpoint) -> CheckpointLayer<AllowMethods> {
-        CheckpointLayer::new(AllowMethods { route })
+    pub(crate) fn layer(route: Endpoint) -> GateLayer<AllowMethods> {
+        GateLayer::new(AllowMethods { route })
     }
 }
 
-impl<S, B> Checkpoint<S, Request<B>> for AllowMethods
-where
-    B: Send + 'static,
-    S: Service<Request<B>> + Send + 'static,
-    S::Error: From<ProxyError>,
-    S::Future: Send,
-{
-    async fn run(self, mut inner: S, request: Request<B>) -> Result<S::Response, S::Error> {
+impl<B> Gate<Request<B>> for AllowMethods {
+    type Refusal = ProxyError;
+
+    fn admit(&self, request: &mut Request<B>) -> Result<(), ProxyError> {
         if !self.route.serves(request.method()) {
-            return Err(ProxyError::MethodNotAllowed.into());
+            return Err(ProxyError::MethodNotAllowed);
         }
-        inner.call(request).await
+        Ok(())
     }
 }
 

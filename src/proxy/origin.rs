@@ -5,9 +5,8 @@
 use std::sync::Arc;
 
 use axum::http::{header, HeaderMap, Request};
-use tower::Service;
 
-use crate::checkpoint::{Checkpoint, CheckpointLayer};
+use crate::checkpoint::{Gate, GateLayer};
 use crate::error::ProxyError;
 
 /// Refuses a present `Origin` that is neither the proxy's own nor allowed.
@@ -30,7 +29,7 @@ pub(crate) fn check_origin(
 }
 
 /// Adds `CheckOrigin` to a service.
-pub(crate) type CheckOriginLayer = CheckpointLayer<CheckOrigin>;
+pub(crate) type CheckOriginLayer = GateLayer<CheckOrigin>;
 
 /// Refuses (403) a request from a foreign browser origin before it reaches
 /// the service.
@@ -44,21 +43,18 @@ impl CheckOrigin {
     /// The layer that accepts the proxy's own origin (`public_url`) and the
     /// `allowed` ones (`server.allowed_origins`).
     pub(crate) fn layer(public_url: &str, allowed: &[String]) -> CheckOriginLayer {
-        CheckpointLayer::new(CheckOrigin {
+        GateLayer::new(CheckOrigin {
             public_url: public_url.into(),
             allowed: allowed.into(),
         })
     }
 }
 
-impl<S, B> Checkpoint<S, Request<B>> for CheckOrigin
-where
-    S: Service<Request<B>, Error: From<ProxyError>, Future: Send> + Send + 'static,
-    B: Send + 'static,
-{
-    async fn run(self, mut inner: S, request: Request<B>) -> Result<S::Response, S::Error> {
-        check_origin(request.headers(), &self.public_url, &self.allowed)?;
-        inner.call(request).await
+impl<B> Gate<Request<B>> for CheckOrigin {
+    type Refusal = ProxyError;
+
+    fn admit(&self, request: &mut Request<B>) -> Result<(), ProxyError> {
+        check_origin(request.headers(), &self.public_url, &self.allowed)
     }
 }
 

@@ -4,10 +4,9 @@
 //! refused (400) before the policy sees it and nothing is forwarded.
 
 use axum::http::{HeaderMap, Request};
-use tower::Service;
 
 use super::sessions::presented_session_id;
-use crate::checkpoint::{Checkpoint, CheckpointLayer};
+use crate::checkpoint::{Gate, GateLayer};
 use crate::error::ProxyError;
 
 /// Headers read on the request path (besides `Authorization`, which
@@ -36,7 +35,7 @@ pub(crate) fn check_unambiguous(headers: &HeaderMap) -> Result<(), ProxyError> {
 }
 
 /// Adds `UnambiguousHeaders` to a service.
-pub(crate) type UnambiguousHeadersLayer = CheckpointLayer<UnambiguousHeaders>;
+pub(crate) type UnambiguousHeadersLayer = GateLayer<UnambiguousHeaders>;
 
 /// Refuses (400) a request whose interpreted headers are ambiguous before it
 /// reaches the service.
@@ -46,18 +45,15 @@ pub(crate) struct UnambiguousHeaders;
 impl UnambiguousHeaders {
     /// The layer.
     pub(crate) fn layer() -> UnambiguousHeadersLayer {
-        CheckpointLayer::new(UnambiguousHeaders)
+        GateLayer::new(UnambiguousHeaders)
     }
 }
 
-impl<S, B> Checkpoint<S, Request<B>> for UnambiguousHeaders
-where
-    S: Service<Request<B>, Error: From<ProxyError>, Future: Send> + Send + 'static,
-    B: Send + 'static,
-{
-    async fn run(self, mut inner: S, request: Request<B>) -> Result<S::Response, S::Error> {
-        check_unambiguous(request.headers())?;
-        inner.call(request).await
+impl<B> Gate<Request<B>> for UnambiguousHeaders {
+    type Refusal = ProxyError;
+
+    fn admit(&self, request: &mut Request<B>) -> Result<(), ProxyError> {
+        check_unambiguous(request.headers())
     }
 }
 
