@@ -124,25 +124,13 @@ pub(crate) fn router(app: AppState, hooks: &Hooks) -> Router {
 
     let trusted_proxies = app.settings.trusted_proxies.clone();
     let app_metrics = app.metrics.clone();
-    Router::new()
-        .merge(oauth_routes(&app, &limits))
-        .with_state(app)
-        .merge(mcp_facing)
-        // Who is calling, honouring `server.trusted_proxies`: resolved once,
-        // before any rate limit or the audit asks.
-        .layer(tower::util::MapRequestLayer::new(
-            move |mut request: Request<axum::body::Body>| {
-                if let Some(ip) = client_address::of_request(&request, &trusted_proxies) {
-                    request.extensions_mut().insert(ClientAddress(ip));
-                }
-                request
-            },
-        ))
-        // Echo the request id on the response (innermost: sees the id set below).
-        .layer(PropagateRequestIdLayer::new(REQUEST_ID.clone()))
-        // Count and time every request by its route template; runs after
-        // routing, so the raw path never becomes a label.
-        .layer(RecordHttp::layer(app_metrics))
+    // The layers every request passes, outermost first, applied to the
+    // router as one stack: axum boxes each route again for every
+    // `Router::layer` call, and clones (allocates) every box per request,
+    // so one call instead of five is four allocations less per clone.
+    let every_request = tower::ServiceBuilder::new()
+        // Every request gets an id before anything logs.
+        .layer(SetRequestIdLayer::new(REQUEST_ID.clone(), SequentialRequestId::new()))
         // One span per request, with method and path only: queries carry
         // codes and state, which must never reach a log.
         .layer(TraceLayer::new_for_http().make_span_with(|request: &Request<_>| {
@@ -155,8 +143,27 @@ pub(crate) fn router(app: AppState, hooks: &Hooks) -> Router {
         })
         // A 5xx is already logged, with its cause, where it arose.
         .on_failure(tower_http::trace::DefaultOnFailure::new().level(tracing::Level::WARN)))
-        // Outermost: every request gets an id before anything logs.
-        .layer(SetRequestIdLayer::new(REQUEST_ID.clone(), SequentialRequestId::new()))
+        // Count and time every request by its route template; runs after
+        // routing (a layer of the router), so the raw path never becomes a
+        // label.
+        .layer(RecordHttp::layer(app_metrics))
+        // Echo the request id on the response (sees the id set above).
+        .layer(PropagateRequestIdLayer::new(REQUEST_ID.clone()))
+        // Who is calling, honouring `server.trusted_proxies`: resolved once,
+        // before any rate limit or the audit asks.
+        .layer(tower::util::MapRequestLayer::new(
+            move |mut request: Request<axum::body::Body>| {
+                if let Some(ip) = client_address::of_request(&request, &trusted_proxies) {
+                    request.extensions_mut().insert(ClientAddress(ip));
+                }
+                request
+            },
+        ));
+    Router::new()
+        .merge(oauth_routes(&app, &limits))
+        .with_state(app)
+        .merge(mcp_facing)
+        .layer(every_request)
 }
 
 /// RFC 9728 metadata of each route's endpoints, at
