@@ -24,14 +24,46 @@ pub(crate) fn fold_key(key: &str) -> String {
 
 /// The keys of one object seen so far.
 pub(super) struct Keys<'f> {
-    folded: HashSet<String>,
+    folded: Seen,
     protocol: &'f [&'static str],
+}
+
+/// Folded keys seen in one object: a list while short (a JSON-RPC object
+/// has a handful of keys, and comparing a few strings is cheaper than
+/// hashing them), a set once long, so an object with many keys costs
+/// linear time, not quadratic.
+enum Seen {
+    Few(Vec<String>),
+    Many(HashSet<String>),
+}
+
+/// Up to this many keys, a list.
+const FEW_KEYS: usize = 16;
+
+impl Seen {
+    /// Adds `folded`; false when it was there already.
+    fn insert(&mut self, folded: String) -> bool {
+        match self {
+            Seen::Few(list) if list.contains(&folded) => false,
+            Seen::Few(list) if list.len() < FEW_KEYS => {
+                list.push(folded);
+                true
+            }
+            Seen::Few(list) => {
+                let mut set: HashSet<String> = list.drain(..).collect();
+                set.insert(folded);
+                *self = Seen::Many(set);
+                true
+            }
+            Seen::Many(set) => set.insert(folded),
+        }
+    }
 }
 
 impl<'f> Keys<'f> {
     pub(super) fn new(protocol: &'f [&'static str]) -> Self {
         Keys {
-            folded: HashSet::new(),
+            folded: Seen::Few(Vec::new()),
             protocol,
         }
     }

@@ -57,6 +57,26 @@ fn invariant_10_duplicate_keys_at_any_depth_are_refused() {
 }
 
 #[test]
+fn invariant_10_duplicate_keys_are_refused_in_objects_of_any_size() {
+    // Few keys are kept in a list, many in a set: a duplicate is found on
+    // both sides of the switch, and the first key after it.
+    for keys in [2, 15, 16, 17, 40] {
+        let distinct: Vec<String> = (0..keys).map(|i| format!("\"k{i}\":{i}")).collect();
+        let arguments = |extra: &str| {
+            format!(
+                r#"{{"jsonrpc":"2.0","id":1,"method":"tools/call","params":{{"name":"a","arguments":{{{}{extra}}}}}}}"#,
+                distinct.join(",")
+            )
+        };
+        assert!(read(&arguments("")).is_ok(), "{keys} distinct keys");
+        for duplicate in [",\"k0\":0", ",\"K1\":0", &format!(",\"k{}\":0", keys - 1)] {
+            let body = arguments(duplicate);
+            assert_eq!(code(body.as_bytes()), -32600, "{body}");
+        }
+    }
+}
+
+#[test]
 fn invariant_10_keys_that_fold_to_a_protocol_field_are_refused() {
     for body in [
         // Go's encoding/json would read these as the field they fold to.
