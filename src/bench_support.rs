@@ -166,14 +166,14 @@ impl HeaderRewrite {
     pub fn rewrite(&self) -> HeaderMap {
         let strip = self.engine.strip_rule(&self.policy);
         downstream_request_headers(
-            &self.incoming,
+            self.incoming.clone(),
             |name| strip(name),
             &self.policy_headers,
             &Forwarding {
                 peer: Some(std::net::IpAddr::from([127, 0, 0, 1])),
                 trusted_proxies: &self.trusted,
-                public_host: "mcp.example.com",
-                public_proto: "https",
+                public_host: &HeaderValue::from_static("mcp.example.com"),
+                public_proto: &HeaderValue::from_static("https"),
             },
             &[],
         )

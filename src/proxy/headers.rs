@@ -57,9 +57,9 @@ pub(crate) struct Forwarding<'a> {
     /// Peers whose `X-Forwarded-For` and `Via` are kept and appended to.
     pub trusted_proxies: &'a TrustedProxies,
     /// The proxy's public host, sent as `X-Forwarded-Host`.
-    pub public_host: &'a str,
+    pub public_host: &'a HeaderValue,
     /// The proxy's public scheme, sent as `X-Forwarded-Proto`.
-    pub public_proto: &'a str,
+    pub public_proto: &'a HeaderValue,
 }
 
 impl Forwarding<'_> {
@@ -68,67 +68,74 @@ impl Forwarding<'_> {
     }
 }
 
-/// The headers sent downstream: the client's, cleaned, plus the policy's,
-/// plus the proxy's forwarding headers.
+/// The headers the downstream receives, made from the client's: what may
+/// not cross is removed in place (rebuilding the map would hash and copy
+/// every header that stays), then the policy's and the proxy's own are set.
 pub(crate) fn downstream_request_headers(
-    incoming: &HeaderMap,
+    mut headers: HeaderMap,
     is_identity_header: impl Fn(&str) -> bool,
     policy_headers: &[(HeaderName, HeaderValue)],
     forwarding: &Forwarding<'_>,
     pass_cookies: &[String],
 ) -> HeaderMap {
-    let connection = connection_named(incoming);
-    let mut out = HeaderMap::with_capacity(incoming.len() + policy_headers.len() + 4);
-    for (name, value) in incoming {
-        let n = name.as_str();
-        if n.contains('_')
-            || is_hop_by_hop(name, &connection)
-            || name == header::HOST
-            || name == header::AUTHORIZATION
-            || name == header::COOKIE
-            // The downstream answers uncompressed, so events are never held
-            // back in a compressor's buffer.
-            || name == header::ACCEPT_ENCODING
-            || is_forwarding_header(n)
-            || is_identity_header(n)
-        {
-            continue;
-        }
-        out.append(name.clone(), value.clone());
-    }
-    if let Some(cookies) = passed_cookies(incoming, pass_cookies) {
-        out.insert(header::COOKIE, cookies);
-    }
-    for (name, value) in policy_headers {
-        out.insert(name.clone(), value.clone());
-    }
+    // Read from the client's headers before any is removed.
+    let connection = connection_named(&headers);
+    let cookies = passed_cookies(&headers, pass_cookies);
     let trusted = forwarding.peer_is_trusted();
-    if let Some(peer) = forwarding.peer {
+    let forwarded_for = forwarding.peer.map(|peer| {
         let peer = peer.to_canonical().to_string();
-        let chain = if trusted {
-            appended(incoming, X_FORWARDED_FOR, &peer)
+        if trusted {
+            appended(&headers, X_FORWARDED_FOR, &peer)
         } else {
             peer
-        };
-        if let Ok(v) = HeaderValue::from_str(&chain) {
-            out.insert(HeaderName::from_static(X_FORWARDED_FOR), v);
         }
-    }
+    });
     let via = if trusted {
-        appended(incoming, header::VIA.as_str(), VIA)
+        HeaderValue::from_str(&appended(&headers, header::VIA.as_str(), VIA)).ok()
     } else {
-        VIA.to_string()
+        Some(HeaderValue::from_static(VIA))
     };
-    if let Ok(v) = HeaderValue::from_str(&via) {
-        out.insert(header::VIA, v);
+    let refused: Vec<HeaderName> = headers
+        .keys()
+        .filter(|name| {
+            let n = name.as_str();
+            n.contains('_')
+                || is_hop_by_hop(name, &connection)
+                || *name == header::HOST
+                || *name == header::AUTHORIZATION
+                || *name == header::COOKIE
+                // The downstream answers uncompressed, so events are never
+                // held back in a compressor's buffer.
+                || *name == header::ACCEPT_ENCODING
+                || is_forwarding_header(n)
+                || is_identity_header(n)
+        })
+        .cloned()
+        .collect();
+    for name in &refused {
+        headers.remove(name);
     }
-    if let Ok(v) = HeaderValue::from_str(forwarding.public_host) {
-        out.insert(HeaderName::from_static("x-forwarded-host"), v);
+    if let Some(cookies) = cookies {
+        headers.insert(header::COOKIE, cookies);
     }
-    if let Ok(v) = HeaderValue::from_str(forwarding.public_proto) {
-        out.insert(HeaderName::from_static("x-forwarded-proto"), v);
+    for (name, value) in policy_headers {
+        headers.insert(name.clone(), value.clone());
     }
-    out
+    if let Some(chain) = forwarded_for.and_then(|chain| HeaderValue::from_str(&chain).ok()) {
+        headers.insert(HeaderName::from_static(X_FORWARDED_FOR), chain);
+    }
+    if let Some(via) = via {
+        headers.insert(header::VIA, via);
+    }
+    headers.insert(
+        HeaderName::from_static("x-forwarded-host"),
+        forwarding.public_host.clone(),
+    );
+    headers.insert(
+        HeaderName::from_static("x-forwarded-proto"),
+        forwarding.public_proto.clone(),
+    );
+    headers
 }
 
 /// The values of a list header (all its lines), with `last` appended.
@@ -191,20 +198,30 @@ fn may_set_cookie(value: &HeaderValue, pass: &[String]) -> bool {
 }
 
 /// The downstream's response headers, minus hop-by-hop ones, minus those that
-/// would act on the proxy's origin.
-pub(crate) fn client_response_headers(incoming: &HeaderMap, pass_cookies: &[String]) -> HeaderMap {
-    let connection = connection_named(incoming);
-    let mut out = HeaderMap::with_capacity(incoming.len());
-    for (name, value) in incoming {
-        if is_hop_by_hop(name, &connection) || is_origin_wide(name) {
-            continue;
-        }
-        if name == header::SET_COOKIE && !may_set_cookie(value, pass_cookies) {
-            continue;
-        }
-        out.append(name.clone(), value.clone());
+/// would act on the proxy's origin; removed in place.
+pub(crate) fn client_response_headers(
+    mut headers: HeaderMap,
+    pass_cookies: &[String],
+) -> HeaderMap {
+    let connection = connection_named(&headers);
+    let refused: Vec<HeaderName> = headers
+        .keys()
+        .filter(|name| is_hop_by_hop(name, &connection) || is_origin_wide(name))
+        .cloned()
+        .collect();
+    for name in &refused {
+        headers.remove(name);
     }
-    out
+    if let header::Entry::Occupied(cookies) = headers.entry(header::SET_COOKIE) {
+        let (_, values) = cookies.remove_entry_mult();
+        let kept: Vec<HeaderValue> = values
+            .filter(|value| may_set_cookie(value, pass_cookies))
+            .collect();
+        for value in kept {
+            headers.append(header::SET_COOKIE, value);
+        }
+    }
+    headers
 }
 
 #[cfg(test)]

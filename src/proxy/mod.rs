@@ -93,9 +93,9 @@ pub(crate) struct ForwardContext {
     /// Which user each MCP session belongs to.
     pub sessions: Arc<SessionBindings>,
     /// The proxy's public host, sent as `X-Forwarded-Host`.
-    pub public_host: String,
+    pub public_host: axum::http::HeaderValue,
     /// The proxy's public scheme, sent as `X-Forwarded-Proto`.
-    pub public_proto: String,
+    pub public_proto: axum::http::HeaderValue,
     /// `downstream.url`: where `/mcp` goes.
     pub downstream: DownstreamTarget,
     /// `downstream.sse_url`: where `/sse` goes, when legacy SSE is on.
@@ -225,7 +225,8 @@ async fn forward(
     let outgoing = downstream_request(context, route, &caller.outcome, target.clone(), request)?;
     let response = send(context, metrics, outgoing).await?;
     let (mut parts, body) = response.into_parts();
-    parts.headers = headers::client_response_headers(&parts.headers, &context.pass_cookies);
+    parts.headers =
+        headers::client_response_headers(std::mem::take(&mut parts.headers), &context.pass_cookies);
     if let OwnedSession::Mcp(presented) = &caller.owned {
         let sub = &caller.session.sub;
         follow_sessions(context, &parts, presented, sub, is_delete).await?;
@@ -279,7 +280,7 @@ fn downstream_request(
         .map(|c| c.0.ip());
     let (parts, body) = request.into_parts();
     let mut headers = headers::downstream_request_headers(
-        &parts.headers,
+        parts.headers,
         |name| (outcome.strip)(name),
         &outcome.headers,
         &headers::Forwarding {

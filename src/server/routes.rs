@@ -67,6 +67,13 @@ fn forward_context(
         addr: settings.public_url.clone(),
         source: std::io::Error::other(e),
     })?;
+    // Written once here; every forwarded request shares the bytes.
+    let header_value = |text: String| {
+        axum::http::HeaderValue::try_from(text).map_err(|e| StartError::Listen {
+            addr: settings.public_url.clone(),
+            source: std::io::Error::other(e),
+        })
+    };
     let target = |key: &str, url: &url::Url| {
         DownstreamTarget::new(url).map_err(|message| StartError::Downstream {
             key: route.key(key),
@@ -78,11 +85,11 @@ fn forward_context(
         route: route.name.as_str().into(),
         client: crate::proxy::downstream::DownstreamClient::new(downstream.connect_timeout.0),
         sessions: Arc::new(SessionBindings::new(records.clone(), &route.name)),
-        public_host: match public.port() {
+        public_host: header_value(match public.port() {
             Some(port) => format!("{}:{port}", public.host_str().unwrap_or_default()),
             None => public.host_str().unwrap_or_default().to_string(),
-        },
-        public_proto: public.scheme().to_string(),
+        })?,
+        public_proto: header_value(public.scheme().to_string())?,
         downstream: target("downstream.url", &route.downstream_url)?,
         downstream_sse: route
             .downstream_sse_url

@@ -6,6 +6,9 @@ fn identity(n: &str) -> bool {
     n == "authorization" || n.starts_with("x-user-") || n == "x-team"
 }
 
+static PUBLIC_HOST: HeaderValue = HeaderValue::from_static("mcp.example.com");
+static PUBLIC_PROTO: HeaderValue = HeaderValue::from_static("https");
+
 fn no_trust() -> &'static TrustedProxies {
     static NONE: std::sync::OnceLock<TrustedProxies> = std::sync::OnceLock::new();
     NONE.get_or_init(TrustedProxies::default)
@@ -15,8 +18,8 @@ fn forwarding<'a>(peer: &str, trusted: &'a TrustedProxies) -> Forwarding<'a> {
     Forwarding {
         peer: Some(peer.parse().unwrap()),
         trusted_proxies: trusted,
-        public_host: "mcp.example.com",
-        public_proto: "https",
+        public_host: &PUBLIC_HOST,
+        public_proto: &PUBLIC_PROTO,
     }
 }
 
@@ -26,7 +29,7 @@ fn downstream(h: &HeaderMap, pass: &[&str], fw: &Forwarding<'_>) -> HeaderMap {
         HeaderName::from_static("x-user-email"),
         HeaderValue::from_static("alice@example.com"),
     )];
-    downstream_request_headers(h, identity, &policy, fw, &pass)
+    downstream_request_headers(h.clone(), identity, &policy, fw, &pass)
 }
 
 #[test]
@@ -198,7 +201,7 @@ fn a_downstream_cannot_set_the_proxys_cookies_or_speak_for_its_origin() {
     h.insert("access-control-allow-origin", "*".parse().unwrap());
     h.insert("access-control-allow-credentials", "true".parse().unwrap());
     let pass = vec!["app".to_string(), "mcp-browser".to_string()];
-    let out = client_response_headers(&h, &pass);
+    let out = client_response_headers(h.clone(), &pass);
     assert!(out.get("x-hop").is_none() && out.get("transfer-encoding").is_none());
     assert_eq!(out["mcp-session-id"], "s");
     assert_eq!(
@@ -209,7 +212,7 @@ fn a_downstream_cannot_set_the_proxys_cookies_or_speak_for_its_origin() {
     assert!(out
         .keys()
         .all(|k| !k.as_str().starts_with("access-control-")));
-    assert!(client_response_headers(&h, &[]).get("set-cookie").is_none());
+    assert!(client_response_headers(h, &[]).get("set-cookie").is_none());
 }
 
 // ---- property test ----
@@ -447,7 +450,7 @@ proptest! {
             .collect();
         let pass: Vec<String> = pass.iter().map(|s| s.to_string()).collect();
         let out = downstream_request_headers(
-            &incoming,
+            incoming.clone(),
             identity,
             &policy,
             &forwarding("192.0.2.1", no_trust()),
