@@ -92,28 +92,36 @@ impl<C: Clone, S> Layer<S> for CheckpointLayer<C> {
     fn layer(&self, inner: S) -> Self::Service {
         CheckpointService {
             checkpoint: Arc::new(self.checkpoint.clone()),
-            inner,
+            below: Arc::new(inner),
+            ready: None,
         }
     }
 }
 
 /// A [`Checkpoint`] in front of an inner service.
 ///
-/// The checkpoint's state sits behind an `Arc`: a stack is cloned whole
-/// for every request (the router clones its route, each layer clones the
-/// layers below it for the call), and each layer then costs one reference
-/// count, not a copy of its fields.
+/// A checkpoint's future owns the inner service it calls, so each request
+/// needs its own copy of the stack below. The checkpoint's state and that
+/// stack sit behind `Arc`s: cloning the service (the router does, per
+/// request) costs two reference counts, and the copy of the stack below is
+/// made once per request, when the service is polled ready — not once by
+/// the clone and again by the call, for every layer above it.
 #[derive(Debug)]
 pub struct CheckpointService<C, S> {
     checkpoint: Arc<C>,
-    inner: S,
+    /// The stack below, shared by this service's clones.
+    below: Arc<S>,
+    /// A copy of `below` polled ready, for the next call.
+    ready: Option<S>,
 }
 
-impl<C, S: Clone> Clone for CheckpointService<C, S> {
+impl<C, S> Clone for CheckpointService<C, S> {
     fn clone(&self) -> Self {
+        // A clone has not been polled: it makes its own copy when it is.
         CheckpointService {
             checkpoint: self.checkpoint.clone(),
-            inner: self.inner.clone(),
+            below: self.below.clone(),
+            ready: None,
         }
     }
 }
@@ -121,21 +129,23 @@ impl<C, S: Clone> Clone for CheckpointService<C, S> {
 impl<C, S, Request> Service<Request> for CheckpointService<C, S>
 where
     C: Checkpoint<S, Request>,
-    S: Service<Request> + Clone + Send + 'static,
+    S: Service<Request> + Clone + Send + Sync + 'static,
 {
     type Response = S::Response;
     type Error = S::Error;
     type Future = BoxFuture<'static, Result<S::Response, S::Error>>;
 
     fn poll_ready(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), S::Error>> {
-        self.inner.poll_ready(cx)
+        let below = &self.below;
+        self.ready
+            .get_or_insert_with(|| S::clone(below))
+            .poll_ready(cx)
     }
 
     fn call(&mut self, request: Request) -> Self::Future {
-        // The clone is not ready; the service that was polled ready goes
-        // with this request, and the clone waits for the next poll_ready.
-        let clone = self.inner.clone();
-        let ready = std::mem::replace(&mut self.inner, clone);
+        // The copy that was polled ready goes with this request; the next
+        // poll_ready makes another.
+        let ready = self.ready.take().unwrap_or_else(|| S::clone(&self.below));
         Box::pin(C::clone(&self.checkpoint).run(ready, request))
     }
 }
@@ -351,6 +361,46 @@ mod tests {
         for n in [2, 4, 6] {
             let answer = service.ready().await.map(|s| s.call(n));
             assert_eq!(answer.expect("ready").await, Ok(n + 100));
+        }
+    }
+
+    /// Counts its clones.
+    struct Counted(Arc<AtomicUsize>);
+
+    impl Clone for Counted {
+        fn clone(&self) -> Self {
+            self.0.fetch_add(1, Ordering::SeqCst);
+            Counted(self.0.clone())
+        }
+    }
+
+    impl Service<u32> for Counted {
+        type Response = u32;
+        type Error = Refused;
+        type Future = std::future::Ready<Result<u32, Refused>>;
+
+        fn poll_ready(&mut self, _: &mut Context<'_>) -> Poll<Result<(), Refused>> {
+            Poll::Ready(Ok(()))
+        }
+
+        fn call(&mut self, n: u32) -> Self::Future {
+            std::future::ready(Ok(n))
+        }
+    }
+
+    #[tokio::test]
+    async fn a_stack_of_checkpoints_copies_the_service_below_once_per_request() {
+        let clones = Arc::new(AtomicUsize::new(0));
+        let stack = tower::ServiceBuilder::new()
+            .layer(CheckpointLayer::new(Even))
+            .layer(CheckpointLayer::new(Even))
+            .layer(CheckpointLayer::new(Even))
+            .service(Counted(clones.clone()));
+        for request in 1..=4 {
+            // As the router serves a request: a clone of the whole stack,
+            // polled ready and called once.
+            assert_eq!(stack.clone().oneshot(2).await, Ok(2 * 8 + 3));
+            assert_eq!(clones.load(Ordering::SeqCst), request);
         }
     }
 }
