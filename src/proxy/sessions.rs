@@ -7,7 +7,7 @@
 use std::sync::Arc;
 use std::time::Duration;
 
-use axum::http::{HeaderMap, Request, Uri};
+use axum::http::{HeaderMap, HeaderName, Request, Uri};
 use moka::future::Cache;
 use serde::{Deserialize, Serialize};
 use tower::Service;
@@ -20,7 +20,7 @@ use crate::session::Session;
 use crate::store::{Namespace, Records};
 
 /// The header that carries a Streamable HTTP session id.
-pub(crate) const MCP_SESSION_ID: &str = "mcp-session-id";
+pub(crate) const MCP_SESSION_ID: HeaderName = HeaderName::from_static("mcp-session-id");
 /// The binding kind of Streamable HTTP sessions (`Mcp-Session-Id`).
 pub(crate) const SESSION_KIND: &str = "mcp";
 /// The binding kind of legacy HTTP+SSE sessions (the proxy's `sid`).

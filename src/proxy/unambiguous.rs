@@ -3,7 +3,7 @@
 //! downstream acts on the last (or on both joined), so the request is
 //! refused (400) before the policy sees it and nothing is forwarded.
 
-use axum::http::{HeaderMap, Request};
+use axum::http::{header, HeaderMap, HeaderName, Request};
 
 use super::sessions::presented_session_id;
 use crate::checkpoint::{Gate, GateLayer};
@@ -12,12 +12,14 @@ use crate::error::ProxyError;
 /// Headers read on the request path (besides `Authorization`, which
 /// Authenticate checks): by the session binding, the policy, the routing
 /// check and the body parser.
-pub(crate) const INTERPRETED: [&str; 5] = [
-    "mcp-protocol-version",
-    "last-event-id",
-    "mcp-method",
-    "mcp-name",
-    "content-type",
+/// Names made once (`from_static` is const): a lookup by `&str` parses the
+/// name first.
+pub(crate) const INTERPRETED: [HeaderName; 5] = [
+    HeaderName::from_static("mcp-protocol-version"),
+    HeaderName::from_static("last-event-id"),
+    HeaderName::from_static("mcp-method"),
+    HeaderName::from_static("mcp-name"),
+    header::CONTENT_TYPE,
 ];
 
 /// Refuses a request whose interpreted headers carry more than one value,
@@ -25,7 +27,7 @@ pub(crate) const INTERPRETED: [&str; 5] = [
 pub(crate) fn check_unambiguous(headers: &HeaderMap) -> Result<(), ProxyError> {
     presented_session_id(headers)?;
     for name in INTERPRETED {
-        if headers.get_all(name).iter().nth(1).is_some() {
+        if headers.get_all(&name).iter().nth(1).is_some() {
             return Err(ProxyError::BadRequest(format!(
                 "the {name} header appears more than once"
             )));
