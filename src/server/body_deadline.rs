@@ -12,7 +12,7 @@ use std::time::Duration;
 
 use axum::http::Request;
 use http_body::{Body, Frame, SizeHint};
-use tokio::time::Sleep;
+use tokio::time::{Instant, Sleep};
 use tower::{Layer, Service};
 
 use crate::error::BodyTimeout;
@@ -67,17 +67,22 @@ where
 /// A request body that fails with `BodyTimeout` once its deadline passes.
 pub(crate) struct DeadlineBody<B> {
     inner: Pin<Box<B>>,
-    /// None for a body that is already complete (most GETs): no timer.
+    /// When the body must have ended, counted from the request's arrival;
+    /// None for a body that is already complete (most GETs).
+    due: Option<Instant>,
+    /// The timer, set only once the body waits for the client: most bodies
+    /// arrive with their head and never need one.
     deadline: Option<Pin<Box<Sleep>>>,
     limit: Duration,
 }
 
 impl<B: Body> DeadlineBody<B> {
     pub(crate) fn new(body: B, limit: Duration) -> Self {
-        let deadline = (!body.is_end_stream()).then(|| Box::pin(tokio::time::sleep(limit)));
+        let due = (!body.is_end_stream()).then(|| Instant::now() + limit);
         DeadlineBody {
             inner: Box::pin(body),
-            deadline,
+            due,
+            deadline: None,
             limit,
         }
     }
@@ -99,15 +104,20 @@ where
         // What has arrived is delivered, even at the deadline.
         if let Poll::Ready(frame) = this.inner.as_mut().poll_frame(cx) {
             if frame.is_none() {
+                this.due = None;
                 this.deadline = None;
             }
             return Poll::Ready(frame.map(|f| f.map_err(Into::into)));
+        }
+        if let (Some(due), None) = (this.due, &this.deadline) {
+            this.deadline = Some(Box::pin(tokio::time::sleep_until(due)));
         }
         let expired = this
             .deadline
             .as_mut()
             .is_some_and(|deadline| deadline.as_mut().poll(cx).is_ready());
         if expired {
+            this.due = None;
             this.deadline = None;
             return Poll::Ready(Some(Err(Box::new(BodyTimeout(this.limit)))));
         }
@@ -161,5 +171,19 @@ mod tests {
             .unwrap()
             .to_bytes();
         assert_eq!(&bytes[..], b"{}");
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn the_deadline_counts_from_the_requests_arrival_not_from_the_first_read() {
+        let started = tokio::time::Instant::now();
+        let body = DeadlineBody::new(trickle(), Duration::from_secs(5));
+        // The application reads the body late; the timer is set then.
+        tokio::time::advance(Duration::from_secs(4)).await;
+        let error = body
+            .collect()
+            .await
+            .expect_err("the deadline ends the body");
+        assert!(BodyTimeout::in_chain(error.as_ref()).is_some(), "{error}");
+        assert_eq!(started.elapsed().as_secs(), 5);
     }
 }
