@@ -16,7 +16,6 @@
 
 use std::collections::VecDeque;
 use std::convert::Infallible;
-use std::future::Future;
 use std::pin::Pin;
 use std::sync::{Arc, Mutex};
 use std::task::{Context, Poll};
@@ -24,9 +23,9 @@ use std::task::{Context, Poll};
 use axum::http::{header, HeaderMap, HeaderName, HeaderValue, Request, Version};
 use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 use tower::util::MapErr;
-use tower::{Layer, Service};
+use tower::Layer;
 
-use crate::checkpoint::{Checkpoint, CheckpointLayer, CheckpointService};
+use crate::checkpoint::{Gate, GateLayer, GateService};
 use crate::error::FramingError;
 
 /// Adds `CheckFraming` in front of a connection's service. That service
@@ -53,11 +52,11 @@ impl CheckFramingLayer {
 type Framed<S> = MapErr<S, fn(Infallible) -> FramingError>;
 
 impl<S> Layer<S> for CheckFramingLayer {
-    type Service = CheckpointService<CheckFraming, Framed<S>>;
+    type Service = GateService<CheckFraming, Framed<S>>;
 
     fn layer(&self, inner: S) -> Self::Service {
         let never: fn(Infallible) -> FramingError = |never| match never {};
-        CheckpointLayer::new(self.check.clone()).layer(MapErr::new(inner, never))
+        GateLayer::new(self.check.clone()).layer(MapErr::new(inner, never))
     }
 }
 
@@ -67,25 +66,17 @@ pub(crate) struct CheckFraming {
     raw_heads: Option<Arc<RawHeads>>,
 }
 
-impl<S, B> Checkpoint<S, Request<B>> for CheckFraming
-where
-    S: Service<Request<B>, Error: From<FramingError>, Future: Send + 'static> + Send + 'static,
-{
+impl<B> Gate<Request<B>> for CheckFraming {
+    type Refusal = FramingError;
+
     /// The raw head's verdict is taken as the request is handed over, so
     /// verdicts and requests stay in step.
-    fn run(
-        self,
-        mut inner: S,
-        request: Request<B>,
-    ) -> impl Future<Output = Result<S::Response, S::Error>> + Send + 'static {
+    fn admit(&self, request: &mut Request<B>) -> Result<(), FramingError> {
         let raw = match (&self.raw_heads, request.version()) {
             (Some(heads), Version::HTTP_10 | Version::HTTP_11) => heads.next_verdict(),
             _ => Ok(()),
         };
-        let answer = raw
-            .and_then(|()| check_framing(request.headers()))
-            .map(|()| inner.call(request));
-        async move { answer?.await }
+        raw.and_then(|()| check_framing(request.headers()))
     }
 }
 
