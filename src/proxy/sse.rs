@@ -137,6 +137,9 @@ fn rewrite_endpoint(body: Body, legacy: LegacyStream) -> Body {
 pub(crate) struct IdleTimeout {
     inner: Body,
     idle: Duration,
+    /// When the last frame came. The timer is moved on from it only when
+    /// it fires, not on every frame (a reset re-registers the timer).
+    last_frame: Instant,
     sleep: Pin<Box<Sleep>>,
 }
 
@@ -146,6 +149,7 @@ impl IdleTimeout {
         IdleTimeout {
             inner,
             idle,
+            last_frame: Instant::now(),
             sleep: Box::pin(tokio::time::sleep(idle)),
         }
     }
@@ -167,17 +171,24 @@ impl HttpBody for IdleTimeout {
         let this = self.get_mut();
         match Pin::new(&mut this.inner).poll_frame(cx) {
             Poll::Ready(Some(Ok(frame))) => {
-                this.sleep.as_mut().reset(Instant::now() + this.idle);
+                this.last_frame = Instant::now();
                 Poll::Ready(Some(Ok(frame)))
             }
             Poll::Ready(Some(Err(e))) => Poll::Ready(Some(Err(e.into()))),
             Poll::Ready(None) => Poll::Ready(None),
-            Poll::Pending => match this.sleep.as_mut().poll(cx) {
-                Poll::Ready(()) => {
-                    tracing::info!(idle = ?this.idle, "closing an idle event stream");
-                    Poll::Ready(Some(Err(Box::new(IdleTimeoutError(this.idle)))))
+            Poll::Pending => loop {
+                if this.sleep.as_mut().poll(cx).is_pending() {
+                    return Poll::Pending;
                 }
-                Poll::Pending => Poll::Pending,
+                let due = this.last_frame + this.idle;
+                if due > this.sleep.deadline() {
+                    // A frame came since the timer was set: silence is
+                    // counted from it.
+                    this.sleep.as_mut().reset(due);
+                    continue;
+                }
+                tracing::info!(idle = ?this.idle, "closing an idle event stream");
+                return Poll::Ready(Some(Err(Box::new(IdleTimeoutError(this.idle)))));
             },
         }
     }

@@ -38,6 +38,38 @@ async fn idle_streams_end_with_an_error() {
     assert!(frame.is_err());
 }
 
+#[tokio::test(start_paused = true)]
+async fn an_event_stream_is_idle_from_its_last_frame_not_from_its_start() {
+    use http_body_util::BodyExt;
+    let (tx, rx) = tokio::sync::mpsc::channel::<Result<Frame<Bytes>, std::convert::Infallible>>(1);
+    let body = Body::new(http_body_util::StreamBody::new(tokio_stream_from(rx)));
+    let started = tokio::time::Instant::now();
+    let mut idle = IdleTimeout::new(body, Duration::from_secs(5));
+    tokio::spawn(async move {
+        // Frames 3 s apart: never 5 s of silence, until the last one.
+        for _ in 0..4 {
+            tokio::time::sleep(Duration::from_secs(3)).await;
+            let frame = Frame::data(Bytes::from_static(b"data: x\n\n"));
+            if tx.send(Ok(frame)).await.is_err() {
+                return;
+            }
+        }
+        tokio::time::sleep(Duration::from_secs(3600)).await;
+        drop(tx);
+    });
+    for _ in 0..4 {
+        let frame = idle.frame().await.expect("a frame").expect("not idle yet");
+        assert!(frame.is_data());
+    }
+    let ended = idle.frame().await.expect("an error ends the stream");
+    assert!(ended.is_err());
+    assert_eq!(
+        started.elapsed().as_secs(),
+        12 + 5,
+        "5 s after the last frame"
+    );
+}
+
 /// Drops with the body it sits in.
 struct DropFlag(std::sync::Arc<std::sync::atomic::AtomicBool>);
 impl Drop for DropFlag {
