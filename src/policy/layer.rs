@@ -131,8 +131,8 @@ pub fn parse_calls(body: &[u8], max_batch_size: usize) -> Result<Vec<McpCall>, P
 fn check_routing_headers(headers: &HeaderMap, calls: &[McpCall]) -> Result<(), ProxyError> {
     // Compared as bytes, and only one of each: a value this check could not
     // read, or a second one, might be what the downstream routes on.
-    let header = |name: &str| -> Result<Option<&[u8]>, ProxyError> {
-        let mut values = headers.get_all(name).iter();
+    let header = |name: HeaderName| -> Result<Option<&[u8]>, ProxyError> {
+        let mut values = headers.get_all(&name).iter();
         let first = values.next().map(HeaderValue::as_bytes);
         if values.next().is_some() {
             return Err(ProxyError::BadRequest(format!(
@@ -141,7 +141,10 @@ fn check_routing_headers(headers: &HeaderMap, calls: &[McpCall]) -> Result<(), P
         }
         Ok(first)
     };
-    let (method, name) = (header("mcp-method")?, header("mcp-name")?);
+    // `from_static` is const: the names are not parsed per request.
+    const MCP_METHOD: HeaderName = HeaderName::from_static("mcp-method");
+    const MCP_NAME: HeaderName = HeaderName::from_static("mcp-name");
+    let (method, name) = (header(MCP_METHOD)?, header(MCP_NAME)?);
     let shown = |v: &[u8]| String::from_utf8_lossy(v).into_owned();
     if let [call] = calls {
         if let Some(method) = method {
@@ -560,11 +563,11 @@ where
         parts.extensions.insert(self.outcome(&policy, headers));
         // List filtering decides with the same version of the policy.
         parts.extensions.insert(policy);
-        if let [call] = calls.as_slice() {
-            parts.extensions.insert(call.clone());
-        } else if calls.len() > 1 {
+        if calls.len() > 1 {
             // Each call of a batch, for embedding layers (`embed::mcp_calls`).
             parts.extensions.insert(Arc::<[McpCall]>::from(calls));
+        } else if let Some(call) = calls.into_iter().next() {
+            parts.extensions.insert(call);
         }
         inner.call(Request::from_parts(parts, body)).await
     }
