@@ -7,15 +7,20 @@
 //! that has made a request before (default policy: remembered per session;
 //! per-tool policy: run per call), the raw-head scan of a pipelined
 //! connection, and one round trip to a loopback downstream with the
-//! forwarder's client and with hyper-util's pooled client it replaced. Reference numbers: tests/bench/README.md.
+//! forwarder's client and with hyper-util's pooled client it replaced, and
+//! what a layer of the stack costs as a `Checkpoint` and as a `Gate`.
+//! Reference numbers: tests/bench/README.md.
 
 use std::hint::black_box;
 use std::path::Path;
 
 use criterion::{criterion_group, criterion_main, Criterion};
+use http::Request;
 use mcp_oauth_proxy::bench_support::{
     scan_heads, CachedDecision, DownstreamRoundTrip, HeaderRewrite, TokenCacheHit,
 };
+use mcp_oauth_proxy::checkpoint::{Checkpoint, CheckpointLayer, Gate, GateLayer};
+use tower::{Service, ServiceExt};
 
 fn bench(c: &mut Criterion) {
     let runtime = tokio::runtime::Builder::new_current_thread()
@@ -78,5 +83,92 @@ fn downstream(c: &mut Criterion) {
     });
 }
 
-criterion_group!(benches, bench, downstream);
+/// A layer that checks one header, refusing requests without it.
+#[derive(Clone)]
+struct HasHeader;
+
+#[derive(Debug)]
+struct Refused;
+
+impl<S> Checkpoint<S, Request<()>> for HasHeader
+where
+    S: Service<Request<()>, Response = u32, Error = Refused> + Send + 'static,
+    S::Future: Send,
+{
+    async fn run(self, mut inner: S, request: Request<()>) -> Result<u32, Refused> {
+        if !request.headers().contains_key("x-check") {
+            return Err(Refused);
+        }
+        inner.call(request).await
+    }
+}
+
+impl Gate<Request<()>> for HasHeader {
+    type Refusal = Refused;
+
+    fn admit(&self, request: &mut Request<()>) -> Result<(), Refused> {
+        if request.headers().contains_key("x-check") {
+            Ok(())
+        } else {
+            Err(Refused)
+        }
+    }
+}
+
+/// Six layers that only read the request over a trivial service, served
+/// as the router serves a request (a clone of the stack, polled ready,
+/// called once): as checkpoints (a boxed future each, and a copy of the
+/// stack below) and as gates (the inner service's future as it is).
+fn layers(c: &mut Criterion) {
+    let runtime = tokio::runtime::Builder::new_current_thread()
+        .build()
+        .expect("a runtime");
+    let end = tower::service_fn(|_: Request<()>| async { Ok::<u32, Refused>(200) });
+    let request = || {
+        Request::builder()
+            .header("x-check", "1")
+            .body(())
+            .expect("a request")
+    };
+    let checkpoints = tower::ServiceBuilder::new()
+        .layer(CheckpointLayer::new(HasHeader))
+        .layer(CheckpointLayer::new(HasHeader))
+        .layer(CheckpointLayer::new(HasHeader))
+        .layer(CheckpointLayer::new(HasHeader))
+        .layer(CheckpointLayer::new(HasHeader))
+        .layer(CheckpointLayer::new(HasHeader))
+        .service(end);
+    let gates = tower::ServiceBuilder::new()
+        .layer(GateLayer::new(HasHeader))
+        .layer(GateLayer::new(HasHeader))
+        .layer(GateLayer::new(HasHeader))
+        .layer(GateLayer::new(HasHeader))
+        .layer(GateLayer::new(HasHeader))
+        .layer(GateLayer::new(HasHeader))
+        .service(end);
+    assert_eq!(
+        runtime
+            .block_on(checkpoints.clone().oneshot(request()))
+            .ok(),
+        Some(200)
+    );
+    assert_eq!(
+        runtime.block_on(gates.clone().oneshot(request())).ok(),
+        Some(200)
+    );
+    c.bench_function("layers/six_checkpoints", |b| {
+        b.iter(|| {
+            black_box(
+                runtime
+                    .block_on(checkpoints.clone().oneshot(request()))
+                    .ok(),
+            )
+        })
+    });
+    c.bench_function("layers/six_gates", |b| {
+        b.iter(|| black_box(runtime.block_on(gates.clone().oneshot(request())).ok()))
+    });
+}
+
+criterion_group!(benches, bench, downstream, layers);
 criterion_main!(benches);
