@@ -141,14 +141,22 @@ impl TokenCache {
     /// The live session for a token, if the token is ours and valid.
     pub async fn lookup(&self, token: &str) -> Result<Option<Arc<Session>>, ProxyError> {
         let hash = crypto::token_hash(token);
-        let entry = self.cached_or_stored(token, &hash).await?;
-        let entry = self.recheck_when_degraded(token, &hash, entry).await;
+        // The rare paths (a miss, a recheck, a revoked token) are boxed
+        // where they are awaited: moka's loading and writing futures are
+        // large, and inline they would be part of — and copied with —
+        // every request's future.
+        let entry = match self.cached_or_stored(token, &hash).await? {
+            Entry::Valid(session, validated) if self.needs_recheck(validated) => {
+                Box::pin(self.recheck(token, &hash, session, validated)).await
+            }
+            entry => entry,
+        };
         match entry {
             Entry::Valid(session, _) if session.expires_at > now_unix() => {
                 if self.revoked_grants.contains_key(&session.grant_id)
                     || self.revoked_tokens.contains_key(&hash)
                 {
-                    self.tokens.invalidate(&hash).await;
+                    Box::pin(self.tokens.invalidate(&hash)).await;
                     return Ok(None);
                 }
                 Ok(Some(session))
@@ -172,8 +180,6 @@ impl TokenCache {
         self.metrics.token_cache_request(CacheResult::Miss);
         // Single flight: concurrent misses for one token wait for one
         // store lookup instead of each running their own.
-        // Boxed: the store lookup is a large future, and kept inline it
-        // would be part of (and copied with) every request's future.
         Box::pin(self.tokens.try_get_with(hash.to_string(), async {
             match self.grants.validate_access_token(token).await {
                 Ok(session) => Ok(Entry::Valid(Arc::new(session), Instant::now())),
@@ -185,16 +191,22 @@ impl TokenCache {
         .map_err(|e: Arc<String>| ProxyError::StoreUnavailable(e.to_string()))
     }
 
-    /// Without the revocation feed, trust a cached session only briefly:
-    /// ask the store again, but keep serving it if the store is down too.
-    async fn recheck_when_degraded(&self, token: &str, hash: &str, entry: Entry) -> Entry {
-        let Entry::Valid(session, validated) = entry else {
-            return entry;
-        };
-        if !self.degraded.load(Ordering::Relaxed) || validated.elapsed() <= DEGRADED_TTL {
-            return Entry::Valid(session, validated);
-        }
-        match Box::pin(self.grants.validate_access_token(token)).await {
+    /// Without the revocation feed, a cached session is trusted only
+    /// briefly.
+    fn needs_recheck(&self, validated: Instant) -> bool {
+        self.degraded.load(Ordering::Relaxed) && validated.elapsed() > DEGRADED_TTL
+    }
+
+    /// Asks the store again about a cached session, but keeps serving it if
+    /// the store is down too.
+    async fn recheck(
+        &self,
+        token: &str,
+        hash: &str,
+        session: Arc<Session>,
+        validated: Instant,
+    ) -> Entry {
+        match self.grants.validate_access_token(token).await {
             Ok(fresh) => {
                 let entry = Entry::Valid(Arc::new(fresh), Instant::now());
                 self.tokens.insert(hash.to_string(), entry.clone()).await;

@@ -118,13 +118,16 @@ impl SessionBindings {
         if let Some(b) = self.local.get(&key).await {
             return Ok(Some(b));
         }
-        // Boxed: the store's future is large and rarely needed (the local
-        // cache answers); inline, every request's future would carry it.
-        let found: Option<Binding> = Box::pin(self.records.get(Namespace::McpSession, &key))
+        let found: Option<Binding> = self
+            .records
+            .get(Namespace::McpSession, &key)
             .await
             .map_err(|e| ProxyError::StoreUnavailable(e.to_string()))?;
         if let Some(b) = &found {
-            self.local.insert(key, b.clone()).await;
+            // Boxed: moka's insert is a large future and rarely runs (the
+            // local cache answers); inline, every request's future would
+            // carry it.
+            Box::pin(self.local.insert(key, b.clone())).await;
         }
         Ok(found)
     }
