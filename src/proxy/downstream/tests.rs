@@ -6,7 +6,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use axum::body::Body;
-use axum::http::{Method, Request};
+use axum::http::{header, Method, Request};
 use http_body_util::BodyExt;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::{TcpListener, TcpStream};
@@ -108,16 +108,18 @@ async fn a_connection_read_to_its_end_serves_the_next_request() {
     assert!(head.contains("x-user: alice\r\n"), "{head}");
 }
 
+/// The head the downstream saw for one GET of `url` by a new client.
+async fn head_sent(url: &str, seen: &mut Seen) -> String {
+    let client = DownstreamClient::new(Duration::from_secs(2));
+    let response = client.request(get(url)).await.unwrap();
+    text(response).await;
+    seen.heads.recv().await.unwrap()
+}
+
 #[tokio::test]
 async fn the_query_string_reaches_the_downstream() {
     let (base, mut seen) = server(ok_json).await;
-    let client = DownstreamClient::new(Duration::from_secs(2));
-    let response = client
-        .request(get(&format!("{base}/mcp?mode=idle&x=1")))
-        .await
-        .unwrap();
-    text(response).await;
-    let head = seen.heads.recv().await.unwrap();
+    let head = head_sent(&format!("{base}/mcp?mode=idle&x=1"), &mut seen).await;
     assert!(
         head.starts_with("GET /mcp?mode=idle&x=1 HTTP/1.1\r\n"),
         "{head}"
@@ -349,17 +351,31 @@ async fn a_request_queued_on_a_connection_the_downstream_closed_comes_back_unsen
 #[tokio::test]
 async fn the_host_header_is_the_downstreams_host_and_port() {
     let (base, mut seen) = server(ok_json).await;
-    let client = DownstreamClient::new(Duration::from_secs(2));
     // User information in a URL (a legacy endpoint announced by the
     // downstream could carry it) never reaches the Host header.
     let with_user = base.replace("http://", "http://user:secret@");
-    let response = client
-        .request(get(&format!("{with_user}/mcp")))
-        .await
-        .unwrap();
-    text(response).await;
-    let head = seen.heads.recv().await.unwrap();
+    let head = head_sent(&format!("{with_user}/mcp"), &mut seen).await;
     let host = base.trim_start_matches("http://");
     assert!(head.contains(&format!("host: {host}\r\n")), "{head}");
     assert!(!head.contains("secret"), "{head}");
+}
+
+#[test]
+fn host_is_the_host_alone_on_the_schemes_default_port() {
+    let client = DownstreamClient::new(Duration::from_secs(2));
+    for (url, host) in [
+        ("https://mcp.internal:443/mcp", "mcp.internal"),
+        ("http://user:pw@mcp.internal:80/mcp", "mcp.internal"),
+        (
+            "https://user:pw@mcp.internal:8443/mcp?x=1",
+            "mcp.internal:8443",
+        ),
+        ("http://mcp.internal/mcp", "mcp.internal"),
+    ] {
+        let mut request = get(url);
+        let key = client.key(request.uri()).unwrap();
+        super::to_origin_form(&mut request, &key);
+        assert_eq!(request.headers()[header::HOST], host, "{url}");
+        assert!(request.uri().authority().is_none(), "{url}");
+    }
 }
