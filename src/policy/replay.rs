@@ -33,9 +33,7 @@ pub enum Difference {
 }
 
 impl Difference {
-    /// The kinds' names in reports, in the order reports list them.
-    const KINDS: [&'static str; 4] = ["allow_to_deny", "deny_to_allow", "headers", "reason"];
-
+    /// Where reports list its kind.
     fn order(&self) -> usize {
         match self {
             Difference::AllowToDeny => 0,
@@ -47,7 +45,12 @@ impl Difference {
 
     /// Its kind's name in reports.
     pub fn kind(&self) -> &'static str {
-        Self::KINDS[self.order()]
+        match self {
+            Difference::AllowToDeny => "allow_to_deny",
+            Difference::DenyToAllow => "deny_to_allow",
+            Difference::Headers(_) => "headers",
+            Difference::Reason => "reason",
+        }
     }
 
     /// What shadow mode counts it as; a changed reason alone is no
@@ -270,10 +273,14 @@ pub fn replay(
             tally(&mut report, &mut groups, record, &after, difference);
         }
     }
-    let mut changes: Vec<ChangeGroup> = groups.into_values().collect();
-    // Grouped by kind (in the map's order), the largest groups first.
-    changes.sort_by_key(|g| (kind_order(g.kind), std::cmp::Reverse(g.count)));
-    report.changes = changes;
+    // Grouped by kind (the map's keys start with the kind's order), the
+    // largest groups of each kind first.
+    let mut changes: Vec<(usize, ChangeGroup)> = groups
+        .into_iter()
+        .map(|((order, ..), group)| (order, group))
+        .collect();
+    changes.sort_by_key(|(order, group)| (*order, std::cmp::Reverse(group.count)));
+    report.changes = changes.into_iter().map(|(_, group)| group).collect();
     Ok(report)
 }
 
@@ -288,24 +295,17 @@ fn tally(
     after: &Outcome,
     difference: Difference,
 ) {
+    let counter = match difference {
+        Difference::AllowToDeny => &mut report.allow_to_deny,
+        Difference::DenyToAllow => &mut report.deny_to_allow,
+        Difference::Headers(_) => &mut report.headers_changed,
+        Difference::Reason => &mut report.reasons_changed,
+    };
+    *counter += 1;
     let (order, kind) = (difference.order(), difference.kind());
     let headers = match difference {
-        Difference::AllowToDeny => {
-            report.allow_to_deny += 1;
-            Vec::new()
-        }
-        Difference::DenyToAllow => {
-            report.deny_to_allow += 1;
-            Vec::new()
-        }
-        Difference::Headers(names) => {
-            report.headers_changed += 1;
-            names
-        }
-        Difference::Reason => {
-            report.reasons_changed += 1;
-            Vec::new()
-        }
+        Difference::Headers(names) => names,
+        _ => Vec::new(),
     };
     for name in &headers {
         *report.headers_by_name.entry(name.clone()).or_default() += 1;
@@ -331,13 +331,6 @@ fn tally(
             after: after.clone(),
         })
         .count += 1;
-}
-
-fn kind_order(kind: &str) -> usize {
-    Difference::KINDS
-        .iter()
-        .position(|k| *k == kind)
-        .unwrap_or(Difference::KINDS.len())
 }
 
 /// A logged value as the script saw it; the request's headers read-only,

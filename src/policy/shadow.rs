@@ -66,14 +66,8 @@ struct Worker {
 }
 
 impl ObserverWork for Worker {
-    fn observe(&mut self, observed: &Observed) {
-        self.one(observed);
-    }
-}
-
-impl Worker {
     /// Evaluates the candidate on one decision, counts and logs.
-    fn one(&mut self, o: &Observed) {
+    fn observe(&mut self, o: &Observed) {
         let candidate = self.engine.current();
         let result = run_candidate(
             &self.engine,
