@@ -264,14 +264,23 @@ mod tests {
         }
     }
 
-    #[tokio::test]
-    async fn a_checkpoint_sees_the_request_and_the_response() {
+    /// A service that answers with its request, and how often it was called.
+    fn counting_echo() -> (
+        impl Service<u32, Response = u32, Error = Refused, Future: Send> + Clone + Send + Sync,
+        Arc<AtomicUsize>,
+    ) {
         let calls = Arc::new(AtomicUsize::new(0));
         let counted = calls.clone();
-        let inner = tower::service_fn(move |n: u32| {
+        let echo = tower::service_fn(move |n: u32| {
             counted.fetch_add(1, Ordering::SeqCst);
             async move { Ok::<_, Refused>(n) }
         });
+        (echo, calls)
+    }
+
+    #[tokio::test]
+    async fn a_checkpoint_sees_the_request_and_the_response() {
+        let (inner, calls) = counting_echo();
         let service = CheckpointLayer::new(Even).layer(inner);
         assert_eq!(service.clone().oneshot(4).await, Ok(9));
         assert_eq!(service.oneshot(3).await, Err(Refused::Odd(3)));
@@ -284,15 +293,20 @@ mod tests {
 
     /// An inner service that is ready only once polled, and forgets it
     /// when called (like a buffer or a concurrency limit handing out one
-    /// permit per `poll_ready`); a clone starts unready.
+    /// permit per `poll_ready`); a clone starts unready, and is counted.
     #[derive(Default)]
     struct Permit {
         ready: bool,
+        clones: Arc<AtomicUsize>,
     }
 
     impl Clone for Permit {
         fn clone(&self) -> Self {
-            Permit { ready: false }
+            self.clones.fetch_add(1, Ordering::SeqCst);
+            Permit {
+                ready: false,
+                clones: self.clones.clone(),
+            }
         }
     }
 
@@ -339,12 +353,7 @@ mod tests {
 
     #[tokio::test]
     async fn a_gate_admits_enriched_requests_and_refuses_without_calling_the_inner_service() {
-        let calls = Arc::new(AtomicUsize::new(0));
-        let counted = calls.clone();
-        let inner = tower::service_fn(move |n: u32| {
-            counted.fetch_add(1, Ordering::SeqCst);
-            async move { Ok::<_, Refused>(n) }
-        });
+        let (inner, calls) = counting_echo();
         let service = GateLayer::new(EvenGate).layer(inner);
         assert_eq!(service.clone().oneshot(4).await, Ok(104));
         assert_eq!(service.oneshot(3).await, Err(Refused::Odd(3)));
@@ -364,38 +373,15 @@ mod tests {
         }
     }
 
-    /// Counts its clones.
-    struct Counted(Arc<AtomicUsize>);
-
-    impl Clone for Counted {
-        fn clone(&self) -> Self {
-            self.0.fetch_add(1, Ordering::SeqCst);
-            Counted(self.0.clone())
-        }
-    }
-
-    impl Service<u32> for Counted {
-        type Response = u32;
-        type Error = Refused;
-        type Future = std::future::Ready<Result<u32, Refused>>;
-
-        fn poll_ready(&mut self, _: &mut Context<'_>) -> Poll<Result<(), Refused>> {
-            Poll::Ready(Ok(()))
-        }
-
-        fn call(&mut self, n: u32) -> Self::Future {
-            std::future::ready(Ok(n))
-        }
-    }
-
     #[tokio::test]
     async fn a_stack_of_checkpoints_copies_the_service_below_once_per_request() {
-        let clones = Arc::new(AtomicUsize::new(0));
+        let below = Permit::default();
+        let clones = below.clones.clone();
         let stack = tower::ServiceBuilder::new()
             .layer(CheckpointLayer::new(Even))
             .layer(CheckpointLayer::new(Even))
             .layer(CheckpointLayer::new(Even))
-            .service(Counted(clones.clone()));
+            .service(below);
         for request in 1..=4 {
             // As the router serves a request: a clone of the whole stack,
             // polled ready and called once.
