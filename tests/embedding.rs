@@ -110,9 +110,7 @@ async fn setup() -> Setup {
 
 impl Setup {
     async fn token(&self, who: Value) -> String {
-        self.endpoint.provider.set_user(who);
-        let tokens = self.endpoint.tokens_for(&self.client, &[]).await;
-        tokens["access_token"].as_str().unwrap().to_string()
+        self.endpoint.access_token_as(&self.client, who).await
     }
 
     async fn post(&self, path: &str, token: &str, body: Value) -> reqwest::Response {

@@ -405,15 +405,13 @@ async fn two_replicas_on_redis_agree_on_one_key_set() {
             ),
             "t:",
         );
-        let config = dir.path().join(format!("{name}.toml"));
-        std::fs::write(&config, toml).unwrap();
-        let process = spawn_proxy(&config);
-        let endpoint = Endpoint {
-            url: format!("http://127.0.0.1:{port}"),
-            provider: provider.clone(),
-            http: http_client(),
-        };
-        replicas.push((process, endpoint));
+        replicas.push(spawn_proxy_process(
+            dir.path(),
+            name,
+            &toml,
+            port,
+            &provider,
+        ));
     }
     for (_, endpoint) in &replicas {
         wait_ready(&endpoint.url).await;

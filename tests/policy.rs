@@ -50,9 +50,7 @@ fn user(sub: &str, groups: &[&str]) -> Value {
 
 impl Setup {
     async fn token_for(&self, user: Value) -> String {
-        self.proxy.provider.set_user(user);
-        let t = self.proxy.tokens_for(&self.client, &[]).await;
-        t["access_token"].as_str().unwrap().to_string()
+        self.proxy.access_token_as(&self.client, user).await
     }
 
     async fn rpc(&self, token: &str, method: &str, params: Value, sse: bool) -> (u16, Value) {

@@ -197,9 +197,7 @@ async fn mcp_setup(limits: &str) -> Mcp {
 
 impl Mcp {
     async fn token_for(&self, client: &Client, user: Value) -> String {
-        self.proxy.provider.set_user(user);
-        let t = self.proxy.tokens_for(client, &[]).await;
-        t["access_token"].as_str().unwrap().to_string()
+        self.proxy.access_token_as(client, user).await
     }
 
     async fn call(&self, token: &str) -> reqwest::Response {

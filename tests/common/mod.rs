@@ -493,6 +493,20 @@ pub async fn start_proxy_process(
     port: u16,
     provider: &Provider,
 ) -> (ProxyProcess, Endpoint) {
+    let started = spawn_proxy_process(dir, name, toml, port, provider);
+    wait_ready(&started.1.url).await;
+    started
+}
+
+/// As `start_proxy_process`, without waiting for it to answer (to start
+/// several at once).
+pub fn spawn_proxy_process(
+    dir: &std::path::Path,
+    name: &str,
+    toml: &str,
+    port: u16,
+    provider: &Provider,
+) -> (ProxyProcess, Endpoint) {
     let config = dir.join(format!("{name}.toml"));
     std::fs::write(&config, toml).unwrap();
     let process = spawn_proxy(&config);
@@ -501,7 +515,6 @@ pub async fn start_proxy_process(
         provider: provider.clone(),
         http: http_client(),
     };
-    wait_ready(&endpoint.url).await;
     (process, endpoint)
 }
 
