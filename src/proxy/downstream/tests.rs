@@ -117,6 +117,19 @@ async fn head_sent(url: &str, seen: &mut Seen) -> String {
 }
 
 #[tokio::test]
+async fn a_connection_waiting_in_the_pool_holds_no_read_buffer() {
+    let (base, _seen) = server(ok_json).await;
+    let client = DownstreamClient::new(Duration::from_secs(2));
+    let request = get(&format!("{base}/mcp"));
+    let key = client.key(request.uri()).unwrap();
+    let response = client.request(request).await.unwrap();
+    assert_eq!(text(response).await, "{}");
+    let mut pooled = super::checkout(&key).expect("the connection is back in the pool");
+    assert_eq!(pooled.conn.buffer_capacity(), 0);
+    assert!(pooled.still_usable(&mut std::task::Context::from_waker(std::task::Waker::noop())));
+}
+
+#[tokio::test]
 async fn the_query_string_reaches_the_downstream() {
     let (base, mut seen) = server(ok_json).await;
     let head = head_sent(&format!("{base}/mcp?mode=idle&x=1"), &mut seen).await;
@@ -316,11 +329,10 @@ async fn a_body_dropped_once_it_says_it_ended_keeps_its_connection() {
 }
 
 #[tokio::test]
-async fn a_request_queued_on_a_connection_the_downstream_closed_comes_back_unsent() {
+async fn a_request_on_a_connection_the_downstream_closed_comes_back_unsent() {
     // The downstream closes the connection before the request is written:
-    // hyper ends an idle connection at EOF without failing what is queued
-    // on it; the request must come back (to go on another connection), not
-    // wait for the response timeout.
+    // writing would succeed and the request be lost; it must come back (to
+    // go on another connection), not wait for the response timeout.
     let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
     let url = format!("http://{}/mcp", listener.local_addr().unwrap());
     tokio::spawn(async move {
@@ -329,23 +341,18 @@ async fn a_request_queued_on_a_connection_the_downstream_closed_comes_back_unsen
         }
     });
     let client = DownstreamClient::new(Duration::from_secs(2));
-    let request = get(&url);
+    let mut request = get(&url);
     let key = client.key(request.uri()).unwrap();
     let mut pooled = client.connect(&key).await.unwrap();
     tokio::time::sleep(Duration::from_millis(50)).await;
-    let mut request = request;
     super::to_origin_form(&mut request, &key);
-    let exchanged = tokio::time::timeout(
+    let sent = tokio::time::timeout(
         Duration::from_secs(2),
-        super::exchange(&mut pooled, request),
+        pooled.conn.send(super::Prepared::new(request)),
     )
     .await
-    .expect("the exchange ends when the connection does");
-    let mut failed = exchanged.unwrap_err();
-    assert!(
-        failed.take_message().is_some(),
-        "the request comes back unsent"
-    );
+    .expect("sending ends at once on a closed connection");
+    assert!(matches!(sent, Err(Ok(_))), "the request comes back unsent");
 }
 
 #[tokio::test]
@@ -378,4 +385,95 @@ fn host_is_the_host_alone_on_the_schemes_default_port() {
         assert_eq!(request.headers()[header::HOST], host, "{url}");
         assert!(request.uri().authority().is_none(), "{url}");
     }
+}
+
+/// A body whose size hint promises `claimed` bytes more than the first
+/// frame, whatever its frames hold.
+struct Lying {
+    frames: std::collections::VecDeque<bytes::Bytes>,
+    claimed: u64,
+}
+
+impl http_body::Body for Lying {
+    type Data = bytes::Bytes;
+    type Error = std::io::Error;
+
+    fn poll_frame(
+        mut self: std::pin::Pin<&mut Self>,
+        _cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<Option<Result<http_body::Frame<bytes::Bytes>, std::io::Error>>> {
+        std::task::Poll::Ready(
+            self.frames
+                .pop_front()
+                .map(|d| Ok(http_body::Frame::data(d))),
+        )
+    }
+
+    fn size_hint(&self) -> http_body::SizeHint {
+        http_body::SizeHint::with_exact(self.claimed)
+    }
+}
+
+#[tokio::test]
+async fn a_body_longer_or_shorter_than_announced_is_never_sent_whole() {
+    for (frames, claimed) in [(vec!["ab", "cdef"], 2), (vec!["ab", "c"], 4)] {
+        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let url = format!("http://{}/mcp", listener.local_addr().unwrap());
+        let received = tokio::spawn(async move {
+            let (mut stream, _) = listener.accept().await.unwrap();
+            let mut all = Vec::new();
+            let _ = stream.read_to_end(&mut all).await;
+            String::from_utf8(all).unwrap()
+        });
+        let client = DownstreamClient::new(Duration::from_secs(2));
+        let body = Lying {
+            frames: frames.iter().map(|f| bytes::Bytes::from(*f)).collect(),
+            claimed,
+        };
+        let mut request = Request::post(&url).body(Body::new(body)).unwrap();
+        let key = client.key(request.uri()).unwrap();
+        super::to_origin_form(&mut request, &key);
+        let mut pooled = client.connect(&key).await.unwrap();
+        let sent = pooled.conn.send(super::Prepared::new(request)).await;
+        assert!(
+            matches!(sent, Err(Err(super::ExchangeError::BodyLength))),
+            "{frames:?}"
+        );
+        drop(pooled);
+        let received = received.await.unwrap();
+        let (head, body) = received.split_once("\r\n\r\n").unwrap();
+        let announced = 2 + claimed;
+        let announced_line = format!("\r\ncontent-length: {announced}");
+        assert!(
+            format!("{head}\r\n").contains(&format!("{announced_line}\r\n")),
+            "{head}"
+        );
+        assert!(body.len() as u64 <= announced, "{received:?}");
+    }
+}
+
+#[tokio::test]
+async fn invariant_9_the_downstreams_answer_head_is_bounded() {
+    // A head that never ends: the read stops at the limit, not at memory's.
+    let (base, _seen) = server(|mut stream: TcpStream, _head: String| async move {
+        stream.write_all(b"HTTP/1.1 200 OK\r\nx-pad: ").await.ok()?;
+        let pad = vec![b'a'; 64 * 1024];
+        for _ in 0..16 {
+            stream.write_all(&pad).await.ok()?;
+        }
+        Some(stream)
+    })
+    .await;
+    let client = DownstreamClient::new(Duration::from_secs(2));
+    let failed = client
+        .request(get(&format!("{base}/mcp")))
+        .await
+        .unwrap_err();
+    assert!(
+        matches!(
+            failed,
+            DownstreamError::Request(super::ExchangeError::HeadTooLarge)
+        ),
+        "{failed:?}"
+    );
 }
