@@ -51,6 +51,7 @@ fn session(token: &str) -> Session {
         expires_at: crate::now_unix() + DAY.as_secs() as i64,
         client_name: Some("Claude".into()),
         memo: Memo::default(),
+        confirmed: Default::default(),
     }
 }
 

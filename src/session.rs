@@ -55,6 +55,8 @@ pub struct Session {
     /// What the policy keeps for this session while the token cache holds
     /// it (its view of the user, a decision on the user alone).
     pub(crate) memo: Memo,
+    /// When the store last said the session is live.
+    pub(crate) confirmed: Confirmed,
 }
 
 /// Read-only views of the fields the proxy keeps to itself, for embedding
@@ -151,6 +153,41 @@ impl std::fmt::Debug for UpstreamTokens {
 }
 
 /// A value a higher layer computes once per session and keeps with it. The
+/// When the store last said a session is live: when it was read, or when an
+/// open event stream's recheck asked again. Shared by every request that
+/// holds the session (the token cache's), so an event stream opened soon
+/// after need not ask the store again (`auth::session_watch`).
+pub(crate) struct Confirmed(std::sync::Mutex<tokio::time::Instant>);
+
+impl Confirmed {
+    pub(crate) fn at(&self) -> tokio::time::Instant {
+        *self
+            .0
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+    }
+
+    pub(crate) fn now(&self) {
+        *self
+            .0
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner) = tokio::time::Instant::now();
+    }
+}
+
+/// Confirmed now: a session is made from what the store just said.
+impl Default for Confirmed {
+    fn default() -> Self {
+        Confirmed(std::sync::Mutex::new(tokio::time::Instant::now()))
+    }
+}
+
+impl std::fmt::Debug for Confirmed {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "confirmed {:?} ago", self.at().elapsed())
+    }
+}
+
 /// type is the owner's (the policy's), so this floor knows nothing of it;
 /// the first writer wins.
 #[derive(Default)]

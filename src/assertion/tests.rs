@@ -31,6 +31,7 @@ fn session() -> Session {
         expires_at: i64::MAX,
         client_name: None,
         memo: Default::default(),
+        confirmed: Default::default(),
     }
 }
 

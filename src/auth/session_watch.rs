@@ -18,22 +18,40 @@ impl TokenCache {
     /// revocation of its token or grant is heard, and otherwise within
     /// `auth.stream_recheck_interval` of a revocation this process did not
     /// hear (another process on the same SQLite file, e.g. the CLI).
+    ///
+    /// The store is asked every interval counted from when it last
+    /// confirmed the session (`Session::confirmed`, shared by the streams
+    /// and requests of one token), not from the stream's start: a
+    /// revocation unheard at time R is seen by R + interval at the latest,
+    /// and a stream opened within an interval of that confirmation costs no
+    /// store read (a blocking-pool round trip, a fifth of a new stream's
+    /// CPU; tests/bench/README.md).
     pub async fn until_session_ends(self: Arc<Self>, session: Arc<Session>) -> SessionEnd {
         let mut heard = self.heard.subscribe();
+        // A revocation heard before the subscription was recorded before it
+        // was announced.
+        if self.recently_revoked(&session) {
+            return SessionEnd::Revoked;
+        }
         let expiry = tokio::time::sleep(seconds_left(&session));
         tokio::pin!(expiry);
-        let mut recheck = tokio::time::interval_at(
-            tokio::time::Instant::now() + self.stream_recheck,
-            self.stream_recheck,
-        );
+        let now = tokio::time::Instant::now();
+        let due = (session.confirmed.at() + self.stream_recheck).max(now);
+        let mut recheck = tokio::time::interval_at(due, self.stream_recheck);
         recheck.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         let mut hearing = true;
-        // Checked once here too: a revocation may have landed between
-        // authentication and this subscription.
-        let mut check_store = true;
+        // Without the revocation feed, or after the cache forgot what it
+        // held, revocations may have been missed: asked at once.
+        let mut check_store = self.is_degraded() || self.forgot_since(&session);
         loop {
-            if check_store && !self.still_live(&session).await {
-                return SessionEnd::Revoked;
+            if check_store {
+                match self.ask_store(&session).await {
+                    Some(false) => return SessionEnd::Revoked,
+                    Some(true) => session.confirmed.now(),
+                    // A store that cannot answer leaves the stream to its
+                    // expiry, and confirms nothing.
+                    None => {}
+                }
             }
             check_store = false;
             tokio::select! {
@@ -56,19 +74,22 @@ impl TokenCache {
         }
     }
 
-    /// Whether the store still holds the session's token and grant; a store
-    /// that cannot answer leaves the stream to its expiry.
-    async fn still_live(&self, session: &Session) -> bool {
+    /// Whether the store still holds the session's token and grant; `None`
+    /// when it cannot answer.
+    async fn ask_store(&self, session: &Session) -> Option<bool> {
         match self
             .grants
             .is_live(&session.token_hash, &session.grant_id)
             .await
         {
-            Ok(live) => live,
+            Ok(live) => Some(live),
             Err(e) => {
                 tracing::warn!(error = %e, "store unreachable; an open stream keeps its token until expiry");
-                true
+                None
             }
         }
     }
 }
+
+#[cfg(test)]
+mod tests;

@@ -180,12 +180,22 @@ impl Fixture {
     /// A token cache over this store (1,000 entries, stream re-checks every
     /// minute).
     pub(super) fn cache(&self, max_ttl: Duration, negative_ttl: Duration) -> Arc<TokenCache> {
+        self.cache_rechecking_streams_every(max_ttl, negative_ttl, Duration::from_secs(60))
+    }
+
+    /// A token cache whose open streams ask the store every `stream_recheck`.
+    pub(super) fn cache_rechecking_streams_every(
+        &self,
+        max_ttl: Duration,
+        negative_ttl: Duration,
+        stream_recheck: Duration,
+    ) -> Arc<TokenCache> {
         TokenCache::new(
             self.grants.clone(),
             1_000,
             max_ttl,
             negative_ttl,
-            Duration::from_secs(60),
+            stream_recheck,
             Metrics::new(&[]),
         )
     }

@@ -71,6 +71,9 @@ pub struct TokenCache {
     pub(super) heard: tokio::sync::broadcast::Sender<Option<Revocation>>,
     /// How often an open event stream asks the store about its token.
     pub(super) stream_recheck: Duration,
+    /// When the cache last forgot everything because revocations may have
+    /// been missed: sessions confirmed before then are asked about again.
+    forgotten_at: std::sync::Mutex<Option<tokio::time::Instant>>,
 }
 
 /// How long a cached session is trusted while the revocation feed is down.
@@ -104,6 +107,7 @@ impl TokenCache {
             degraded: AtomicBool::new(false),
             heard: tokio::sync::broadcast::channel(1024).0,
             stream_recheck,
+            forgotten_at: std::sync::Mutex::new(None),
         });
         cache.clone().spawn_eviction();
         cache
@@ -128,14 +132,39 @@ impl TokenCache {
 
     /// Drops what a revocation makes invalid.
     pub async fn evict(&self, revocation: Revocation) {
-        let _ = self.heard.send(Some(revocation.clone()));
-        match revocation {
-            Revocation::Grant(grant_id) => self.revoked_grants.insert(grant_id, ()).await,
+        // Recorded before it is announced: an event stream subscribing
+        // in between finds it among the recently revoked
+        // (`until_session_ends`).
+        match &revocation {
+            Revocation::Grant(grant_id) => self.revoked_grants.insert(grant_id.clone(), ()).await,
             Revocation::AccessToken(hash) => {
                 self.revoked_tokens.insert(hash.clone(), ()).await;
-                self.tokens.invalidate(&hash).await
+                self.tokens.invalidate(hash).await
             }
         }
+        let _ = self.heard.send(Some(revocation));
+    }
+
+    /// Whether a revocation of the session's grant or token was heard
+    /// within the cache's lifetime of a token.
+    pub(super) fn recently_revoked(&self, session: &Session) -> bool {
+        self.revoked_grants.contains_key(&session.grant_id)
+            || self.revoked_tokens.contains_key(&session.token_hash)
+    }
+
+    /// Whether revocations from other replicas may be missed now.
+    pub(super) fn is_degraded(&self) -> bool {
+        self.degraded.load(Ordering::Relaxed)
+    }
+
+    /// Whether revocations may have been missed since the store confirmed
+    /// `session` (the cache forgot everything after it).
+    pub(super) fn forgot_since(&self, session: &Session) -> bool {
+        let forgotten_at = *self
+            .forgotten_at
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        forgotten_at.is_some_and(|at| at >= session.confirmed.at())
     }
 
     /// The live session for a token, if the token is ours and valid.
@@ -153,9 +182,7 @@ impl TokenCache {
         };
         match entry {
             Entry::Valid(session, _) if session.expires_at > now_unix() => {
-                if self.revoked_grants.contains_key(&session.grant_id)
-                    || self.revoked_tokens.contains_key(&hash)
-                {
+                if self.recently_revoked(&session) {
                     Box::pin(self.tokens.invalidate(&hash)).await;
                     return Ok(None);
                 }
@@ -194,7 +221,7 @@ impl TokenCache {
     /// Without the revocation feed, a cached session is trusted only
     /// briefly.
     fn needs_recheck(&self, validated: Instant) -> bool {
-        self.degraded.load(Ordering::Relaxed) && validated.elapsed() > DEGRADED_TTL
+        self.is_degraded() && validated.elapsed() > DEGRADED_TTL
     }
 
     /// Asks the store again about a cached session, but keeps serving it if
@@ -236,6 +263,10 @@ impl TokenCache {
 
     /// Drops every cached session; the next request asks the store.
     pub fn forget_all(&self) {
+        *self
+            .forgotten_at
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner) = Some(tokio::time::Instant::now());
         self.tokens.invalidate_all();
         let _ = self.heard.send(None);
     }

@@ -44,6 +44,7 @@ impl Grants {
         Ok(Session {
             client_name,
             memo: Memo::default(),
+            confirmed: Default::default(),
             grant_id: grant.grant_id,
             token_hash,
             client_id: record.client_id,

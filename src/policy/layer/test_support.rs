@@ -42,5 +42,6 @@ pub(crate) fn session() -> Arc<Session> {
         expires_at: crate::now_unix() + 3600,
         client_name: None,
         memo: Memo::default(),
+        confirmed: Default::default(),
     })
 }

@@ -95,6 +95,7 @@ mod ownership {
             expires_at: i64::MAX,
             client_name: None,
             memo: Memo::default(),
+            confirmed: Default::default(),
         })
     }
 

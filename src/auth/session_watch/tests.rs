@@ -1,0 +1,128 @@
+//! When an open event stream's session ends, and what it costs the store.
+
+use std::time::Duration;
+
+use crate::auth::test_support::Fixture;
+use crate::session::{Revocation, SessionEnd};
+use crate::store::{Namespace, Store};
+
+const HOUR: Duration = Duration::from_secs(3600);
+
+/// Whether the watch is still waiting after `wait`.
+async fn still_open(
+    watch: &mut (impl std::future::Future<Output = SessionEnd> + Unpin),
+    wait: Duration,
+) -> Result<(), SessionEnd> {
+    match tokio::time::timeout(wait, watch).await {
+        Ok(end) => Err(end),
+        Err(_) => Ok(()),
+    }
+}
+
+#[tokio::test]
+async fn a_stream_opened_within_an_interval_of_the_stores_confirmation_does_not_ask_it_again() {
+    let fixture = Fixture::new();
+    let cache = fixture.cache_rechecking_streams_every(HOUR, HOUR, Duration::from_secs(60));
+    let issued = fixture.issue(3600, None).await;
+    let session = cache.lookup(&issued.token).await.unwrap().unwrap();
+    assert_eq!(fixture.store.reads(), 1, "the lookup read the token");
+    let mut streams: Vec<_> = (0..3)
+        .map(|_| Box::pin(cache.clone().until_session_ends(session.clone())))
+        .collect();
+    for stream in &mut streams {
+        assert!(still_open(stream, Duration::from_millis(50)).await.is_ok());
+    }
+    assert_eq!(
+        fixture.store.reads(),
+        1,
+        "the streams did not ask the store"
+    );
+}
+
+#[tokio::test]
+async fn invariant_11_a_revocation_unheard_ends_a_stream_within_the_interval_of_the_last_confirmation(
+) {
+    let fixture = Fixture::new();
+    let interval = Duration::from_millis(600);
+    let cache = fixture.cache_rechecking_streams_every(HOUR, HOUR, interval);
+    let issued = fixture.issue(3600, None).await;
+    let session = cache.lookup(&issued.token).await.unwrap().unwrap();
+    let confirmed = tokio::time::Instant::now();
+    // Another process revokes (this one hears nothing), then a stream of
+    // the cached session opens late in the interval.
+    assert!(fixture
+        .store
+        .delete(Namespace::Grant, &issued.grant_id)
+        .await
+        .unwrap());
+    tokio::time::sleep(interval / 2).await;
+    let end = cache.clone().until_session_ends(session).await;
+    assert_eq!(end, SessionEnd::Revoked);
+    let took = confirmed.elapsed();
+    assert!(
+        took < interval + Duration::from_millis(250),
+        "ended {took:?} after the last confirmation, the interval is {interval:?}"
+    );
+}
+
+#[tokio::test]
+async fn a_stream_confirmed_long_ago_asks_the_store_at_once_and_confirms_for_the_next() {
+    let fixture = Fixture::new();
+    let interval = Duration::from_millis(300);
+    let cache = fixture.cache_rechecking_streams_every(HOUR, HOUR, interval);
+    let issued = fixture.issue(3600, None).await;
+    let session = cache.lookup(&issued.token).await.unwrap().unwrap();
+    tokio::time::sleep(interval * 2).await;
+    let mut first = Box::pin(cache.clone().until_session_ends(session.clone()));
+    assert!(still_open(&mut first, Duration::from_millis(50))
+        .await
+        .is_ok());
+    assert_eq!(fixture.store.reads(), 2, "asked at once");
+    let mut second = Box::pin(cache.clone().until_session_ends(session.clone()));
+    assert!(still_open(&mut second, Duration::from_millis(50))
+        .await
+        .is_ok());
+    assert_eq!(fixture.store.reads(), 2, "the first stream's answer holds");
+}
+
+#[tokio::test]
+async fn a_revocation_heard_before_the_stream_started_ends_it_at_once() {
+    let fixture = Fixture::new();
+    let cache = fixture.cache_rechecking_streams_every(HOUR, HOUR, HOUR);
+    for revocation in [Revocation::Grant, Revocation::AccessToken] {
+        let issued = fixture.issue(3600, None).await;
+        let session = cache.lookup(&issued.token).await.unwrap().unwrap();
+        let id = match revocation(String::new()) {
+            Revocation::Grant(_) => session.grant_id.clone(),
+            Revocation::AccessToken(_) => session.token_hash.clone(),
+        };
+        cache.evict(revocation(id)).await;
+        let end = tokio::time::timeout(
+            Duration::from_millis(200),
+            cache.clone().until_session_ends(session),
+        )
+        .await;
+        assert_eq!(end, Ok(SessionEnd::Revoked));
+    }
+}
+
+#[tokio::test]
+async fn after_the_cache_forgot_everything_a_stream_asks_the_store_at_once() {
+    let fixture = Fixture::new();
+    let cache = fixture.cache_rechecking_streams_every(HOUR, HOUR, HOUR);
+    let issued = fixture.issue(3600, None).await;
+    let session = cache.lookup(&issued.token).await.unwrap().unwrap();
+    // Revocations were missed (the feed lagged), one of them this grant's.
+    cache.forget_all();
+    assert!(fixture
+        .store
+        .delete(Namespace::Grant, &issued.grant_id)
+        .await
+        .unwrap());
+    let end = tokio::time::timeout(
+        Duration::from_millis(500),
+        cache.clone().until_session_ends(session),
+    )
+    .await;
+    assert_eq!(end, Ok(SessionEnd::Revoked));
+}
