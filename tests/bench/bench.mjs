@@ -1129,7 +1129,8 @@ async function main() {
     }
   } finally {
     for (const c of shared.cleanups.reverse()) await c().catch((e) => log('cleanup:', e.message));
-    fs.rmSync(shared.dir, { recursive: true, force: true });
+    if (process.env.BENCH_KEEP === '1') log(`kept the run's configs and logs in ${shared.dir}`);
+    else fs.rmSync(shared.dir, { recursive: true, force: true });
   }
 
   const rows = summarize(httpRuns, sse);

@@ -477,3 +477,30 @@ async fn invariant_9_the_downstreams_answer_head_is_bounded() {
         "{failed:?}"
     );
 }
+
+#[tokio::test]
+async fn a_connection_idle_past_the_pools_timeout_is_closed_not_reused() {
+    let (base, seen) = server(ok_json).await;
+    let client = DownstreamClient::new(Duration::from_secs(2));
+    let url = format!("{base}/mcp");
+    let key = client.key(&url.parse().unwrap()).unwrap();
+    assert_eq!(text(client.request(get(&url)).await.unwrap()).await, "{}");
+    // The pooled connection, as if it had waited past the timeout (before
+    // the downstream's own keep-alive timeout closes it under a request).
+    let mut pooled = super::checkout(&key).expect("pooled");
+    pooled.idle_since = std::time::Instant::now() - super::POOL_IDLE_TIMEOUT;
+    super::IDLE.with(|idle| {
+        idle.borrow_mut()
+            .entry(key.clone())
+            .or_default()
+            .push(pooled)
+    });
+    assert!(super::checkout(&key).is_none(), "not handed out");
+    assert_eq!(text(client.request(get(&url)).await.unwrap()).await, "{}");
+    assert_eq!(
+        seen.connections.load(Ordering::SeqCst),
+        2,
+        "a new connection"
+    );
+    assert!(super::POOL_IDLE_TIMEOUT < Duration::from_secs(5));
+}
