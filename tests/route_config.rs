@@ -246,6 +246,16 @@ fn every_route_key_is_checked_and_named() {
         ),
         (
             format!(
+                "{}pool_idle_timeout = \"0s\"\n",
+                route("github", "/github/mcp", "")
+            ),
+            vec![
+                "routes[github].downstream.pool_idle_timeout",
+                "longer than zero",
+            ],
+        ),
+        (
+            format!(
                 "{}[routes.policy]\nwatch_interval = \"0s\"\n",
                 route("github", "/github/mcp", "")
             ),

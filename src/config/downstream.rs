@@ -21,6 +21,11 @@ pub(crate) struct DownstreamConfig {
     /// How long to wait for the downstream's response headers.
     #[serde(default = "default_response_timeout")]
     pub(crate) response_timeout: DurationStr,
+    /// How long an idle connection to the downstream is kept for the next
+    /// request; below the downstream's own keep-alive timeout, or a request
+    /// sent as the downstream closes the connection fails.
+    #[serde(default = "default_pool_idle_timeout")]
+    pub(crate) pool_idle_timeout: DurationStr,
     /// A stream with no event for this long is closed. Streams have no total
     /// time limit.
     #[serde(default = "default_sse_idle_timeout")]
@@ -56,6 +61,7 @@ impl Default for DownstreamConfig {
             sse_url: None,
             connect_timeout: default_connect_timeout(),
             response_timeout: default_response_timeout(),
+            pool_idle_timeout: default_pool_idle_timeout(),
             sse_idle_timeout: default_sse_idle_timeout(),
             max_request_bytes: default_max_request_bytes(),
             pass_cookies: Vec::new(),
@@ -70,6 +76,11 @@ fn default_connect_timeout() -> DurationStr {
 }
 fn default_response_timeout() -> DurationStr {
     DurationStr::from_secs(120)
+}
+/// Below the keep-alive timeouts MCP servers run with: Node's http server,
+/// uvicorn and Apache close idle connections after 5 s, nginx after 75 s.
+fn default_pool_idle_timeout() -> DurationStr {
+    DurationStr::from_secs(4)
 }
 fn default_sse_idle_timeout() -> DurationStr {
     DurationStr::from_secs(30 * 60)

@@ -204,6 +204,7 @@ impl Written<'_> {
         for (key, value) in [
             ("downstream.connect_timeout", downstream.connect_timeout),
             ("downstream.response_timeout", downstream.response_timeout),
+            ("downstream.pool_idle_timeout", downstream.pool_idle_timeout),
             ("downstream.sse_idle_timeout", downstream.sse_idle_timeout),
             ("policy.watch_interval", self.policy.watch_interval),
         ] {

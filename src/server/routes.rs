@@ -83,7 +83,8 @@ fn forward_context(
     let downstream = &route.downstream;
     Ok(ForwardContext {
         route: route.name.as_str().into(),
-        client: crate::proxy::downstream::DownstreamClient::new(downstream.connect_timeout.0),
+        client: crate::proxy::downstream::DownstreamClient::new(downstream.connect_timeout.0)
+            .with_pool_idle_timeout(downstream.pool_idle_timeout.0),
         sessions: Arc::new(SessionBindings::new(records.clone(), &route.name)),
         public_host: header_value(match public.port() {
             Some(port) => format!("{}:{port}", public.host_str().unwrap_or_default()),

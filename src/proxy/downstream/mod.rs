@@ -39,14 +39,15 @@ pub(crate) use body::DrivenBody;
 pub(crate) use http1::ExchangeError;
 use http1::{Conn, Prepared};
 
-/// How long a connection may wait in the pool for its next request: less
-/// than the keep-alive timeouts MCP servers run with (Node's http server
-/// and uvicorn 5 s, Apache 5 s, nginx 75 s). A server closes an idle
-/// connection when its own timeout passes; a request sent on it at that
-/// moment fails with a 502 (the close arrives after the request left, and
-/// a POST is never sent twice). With 90 s, as before, the benchmark's
-/// nginx stub (75 s) closed connections under the proxy's next round:
-/// one request in 214,000 failed.
+/// How long a connection may wait in the pool for its next request, unless
+/// the route says otherwise (`downstream.pool_idle_timeout`, whose default
+/// this is): less than the keep-alive timeouts MCP servers run with
+/// (Node's http server and uvicorn 5 s, Apache 5 s, nginx 75 s). A server
+/// closes an idle connection when its own timeout passes; a request sent
+/// on it at that moment fails with a 502 (the close arrives after the
+/// request left, and a POST is never sent twice). With 90 s, as before,
+/// the benchmark's nginx stub (75 s) closed connections under the proxy's
+/// next round: one request in 214,000 failed.
 const POOL_IDLE_TIMEOUT: Duration = Duration::from_secs(4);
 /// The most connections one thread keeps idle for one downstream.
 const POOL_MAX_IDLE: usize = 1024;
@@ -77,6 +78,7 @@ pub(crate) enum DownstreamError {
 pub(crate) struct DownstreamClient {
     connector: HttpsConnector<HttpConnector>,
     id: u64,
+    idle_timeout: Duration,
 }
 
 impl DownstreamClient {
@@ -98,7 +100,14 @@ impl DownstreamClient {
         DownstreamClient {
             connector,
             id: NEXT_ID.fetch_add(1, Ordering::Relaxed),
+            idle_timeout: POOL_IDLE_TIMEOUT,
         }
+    }
+
+    /// Keeps idle connections for `idle_timeout` instead of the default.
+    pub(crate) fn with_pool_idle_timeout(mut self, idle_timeout: Duration) -> Self {
+        self.idle_timeout = idle_timeout;
+        self
     }
 
     /// Sends `request` (an absolute URI) on an idle connection of this
@@ -121,7 +130,7 @@ impl DownstreamClient {
         // 11,800 requests/s and 85 → 68 µs CPU a request.
         tokio::task::yield_now().await;
         let mut prepared = Prepared::new(request);
-        let mut reused = checkout(&key);
+        let mut reused = checkout(&key, self.idle_timeout);
         loop {
             let fresh = reused.is_none();
             let mut pooled = match reused.take() {
@@ -136,7 +145,7 @@ impl DownstreamClient {
                 // The request never left: a closed idle connection.
                 Err(Ok(unsent)) if !fresh => {
                     prepared = unsent;
-                    reused = checkout(&key);
+                    reused = checkout(&key, self.idle_timeout);
                     continue;
                 }
                 Err(Ok(_)) => {
@@ -251,8 +260,9 @@ thread_local! {
 }
 
 /// The newest idle connection to `key` that is still open. Connections
-/// idle too long, or closed by the downstream meanwhile, are dropped.
-fn checkout(key: &PoolKey) -> Option<Pooled> {
+/// idle `idle_timeout` or longer, or closed by the downstream meanwhile,
+/// are dropped.
+fn checkout(key: &PoolKey, idle_timeout: Duration) -> Option<Pooled> {
     let mut cx = Context::from_waker(Waker::noop());
     let mut closed = Vec::new();
     let found = IDLE.try_with(|idle| {
@@ -261,7 +271,7 @@ fn checkout(key: &PoolKey) -> Option<Pooled> {
         let now = Instant::now();
         let mut found = None;
         while let Some(mut candidate) = connections.pop() {
-            if now.duration_since(candidate.idle_since) < POOL_IDLE_TIMEOUT
+            if now.duration_since(candidate.idle_since) < idle_timeout
                 && candidate.still_usable(&mut cx)
             {
                 found = Some(candidate);
@@ -272,7 +282,7 @@ fn checkout(key: &PoolKey) -> Option<Pooled> {
         // Older ones are at the front: the rest of the stale ones go too.
         let stale = connections
             .iter()
-            .take_while(|c| now.duration_since(c.idle_since) >= POOL_IDLE_TIMEOUT)
+            .take_while(|c| now.duration_since(c.idle_since) >= idle_timeout)
             .count();
         closed.extend(connections.drain(..stale));
         found

@@ -124,7 +124,8 @@ async fn a_connection_waiting_in_the_pool_holds_no_read_buffer() {
     let key = client.key(request.uri()).unwrap();
     let response = client.request(request).await.unwrap();
     assert_eq!(text(response).await, "{}");
-    let mut pooled = super::checkout(&key).expect("the connection is back in the pool");
+    let mut pooled = super::checkout(&key, super::POOL_IDLE_TIMEOUT)
+        .expect("the connection is back in the pool");
     assert_eq!(pooled.conn.buffer_capacity(), 0);
     assert!(pooled.still_usable(&mut std::task::Context::from_waker(std::task::Waker::noop())));
 }
@@ -481,26 +482,34 @@ async fn invariant_9_the_downstreams_answer_head_is_bounded() {
 #[tokio::test]
 async fn a_connection_idle_past_the_pools_timeout_is_closed_not_reused() {
     let (base, seen) = server(ok_json).await;
-    let client = DownstreamClient::new(Duration::from_secs(2));
+    let idle_timeout = Duration::from_millis(300);
+    let client = DownstreamClient::new(Duration::from_secs(2)).with_pool_idle_timeout(idle_timeout);
     let url = format!("{base}/mcp");
-    let key = client.key(&url.parse().unwrap()).unwrap();
-    assert_eq!(text(client.request(get(&url)).await.unwrap()).await, "{}");
-    // The pooled connection, as if it had waited past the timeout (before
-    // the downstream's own keep-alive timeout closes it under a request).
-    let mut pooled = super::checkout(&key).expect("pooled");
-    pooled.idle_since = std::time::Instant::now() - super::POOL_IDLE_TIMEOUT;
-    super::IDLE.with(|idle| {
-        idle.borrow_mut()
-            .entry(key.clone())
-            .or_default()
-            .push(pooled)
-    });
-    assert!(super::checkout(&key).is_none(), "not handed out");
-    assert_eq!(text(client.request(get(&url)).await.unwrap()).await, "{}");
+    let ok = || async { text(client.request(get(&url)).await.unwrap()).await };
+    assert_eq!(ok().await, "{}");
+    assert_eq!(ok().await, "{}");
+    assert_eq!(
+        seen.connections.load(Ordering::SeqCst),
+        1,
+        "reused within the timeout"
+    );
+    // Idle past the timeout (before the downstream's own keep-alive timeout
+    // closes it under a request): a new connection.
+    tokio::time::sleep(idle_timeout + Duration::from_millis(100)).await;
+    assert_eq!(ok().await, "{}");
     assert_eq!(
         seen.connections.load(Ordering::SeqCst),
         2,
         "a new connection"
     );
-    assert!(super::POOL_IDLE_TIMEOUT < Duration::from_secs(5));
+}
+
+#[test]
+fn the_pool_lets_go_before_mcp_servers_close_idle_connections() {
+    // Node's http server and uvicorn close idle connections after 5 s.
+    let default = crate::config::DownstreamConfig::default()
+        .pool_idle_timeout
+        .0;
+    assert_eq!(default, super::POOL_IDLE_TIMEOUT);
+    assert!(default < Duration::from_secs(5), "{default:?}");
 }
