@@ -247,11 +247,36 @@ impl Pooled {
     }
 }
 
-#[derive(Clone, PartialEq, Eq, Hash)]
+/// Which pool a connection belongs to: the client (its connect settings),
+/// the scheme, and the host and port as the URL spelled them.
+#[derive(Clone)]
 pub(super) struct PoolKey {
     client: u64,
     https: bool,
     authority: Authority,
+}
+
+/// By the authority's bytes, hashed in one write: `Authority`'s own `Hash`
+/// feeds the hasher one case-folded byte at a time (1,100 instructions per
+/// lookup, two lookups a request, in callgrind). Hosts from the config are
+/// lowercase already (the URL parser folds them); a differently spelled one
+/// only gets a pool of its own.
+impl PartialEq for PoolKey {
+    fn eq(&self, other: &Self) -> bool {
+        self.client == other.client
+            && self.https == other.https
+            && self.authority.as_str() == other.authority.as_str()
+    }
+}
+
+impl Eq for PoolKey {}
+
+impl std::hash::Hash for PoolKey {
+    fn hash<H: std::hash::Hasher>(&self, state: &mut H) {
+        self.client.hash(state);
+        self.https.hash(state);
+        self.authority.as_str().hash(state);
+    }
 }
 
 thread_local! {
