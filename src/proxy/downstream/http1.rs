@@ -281,14 +281,15 @@ impl Prepared {
     /// The request line and headers of `request`, with the body framed by
     /// what is known of it: `Content-Length` when its size is, chunked
     /// when not. The headers must already be the downstream's (`Host`
-    /// included, hop-by-hop ones gone).
-    pub(super) fn new(request: Request<Body>) -> Self {
+    /// included, hop-by-hop ones gone). A body that already failed fails
+    /// the request here: nothing of it is sent.
+    pub(super) fn new(request: Request<Body>) -> Result<Self, ExchangeError> {
         let (parts, mut body) = request.into_parts();
         let mut headers = parts.headers;
         headers.remove(header::TRANSFER_ENCODING);
         // A buffered body (every JSON-RPC POST the policy read) is here
         // whole: taken now, it goes out with the head.
-        let (ready, rest) = take_ready(&mut body);
+        let (ready, rest) = take_ready(&mut body).map_err(ExchangeError::RequestBody)?;
         let length = match &rest {
             None => Some(ready.len() as u64),
             Some(rest) => rest.size_hint().exact().map(|n| n + ready.len() as u64),
@@ -321,34 +322,35 @@ impl Prepared {
             head.extend_from_slice(b"\r\n");
         }
         head.extend_from_slice(b"\r\n");
-        Prepared {
+        Ok(Prepared {
             head,
             method: parts.method,
             ready,
             rest,
             length,
-        }
+        })
     }
 }
 
 /// The body's data that is already there, and what is left of it (`None`
-/// when nothing is).
-fn take_ready(body: &mut Body) -> (Bytes, Option<Body>) {
+/// when nothing is); its error, if it already failed (a body is not read
+/// again after an error: it could end as if complete).
+fn take_ready(body: &mut Body) -> Result<(Bytes, Option<Body>), axum::Error> {
     if body.is_end_stream() {
-        return (Bytes::new(), None);
+        return Ok((Bytes::new(), None));
     }
     let mut cx = Context::from_waker(std::task::Waker::noop());
-    match Pin::new(&mut *body).poll_frame(&mut cx) {
+    Ok(match Pin::new(&mut *body).poll_frame(&mut cx) {
         Poll::Ready(Some(Ok(frame))) => {
             let data = frame.into_data().unwrap_or_default();
             let rest = (!body.is_end_stream()).then(|| std::mem::take(body));
             (data, rest)
         }
         Poll::Ready(None) => (Bytes::new(), None),
-        // An error, or a body still arriving: it is read (and its error
-        // reported) while sending.
-        Poll::Ready(Some(Err(_))) | Poll::Pending => (Bytes::new(), Some(std::mem::take(body))),
-    }
+        Poll::Ready(Some(Err(e))) => return Err(e),
+        // Still arriving: read while sending.
+        Poll::Pending => (Bytes::new(), Some(std::mem::take(body))),
+    })
 }
 
 /// Methods whose empty body is still announced (`Content-Length: 0`).

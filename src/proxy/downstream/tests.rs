@@ -349,7 +349,7 @@ async fn a_request_on_a_connection_the_downstream_closed_comes_back_unsent() {
     super::to_origin_form(&mut request, &key);
     let sent = tokio::time::timeout(
         Duration::from_secs(2),
-        pooled.conn.send(super::Prepared::new(request)),
+        pooled.conn.send(super::Prepared::new(request).unwrap()),
     )
     .await
     .expect("sending ends at once on a closed connection");
@@ -435,7 +435,10 @@ async fn a_body_longer_or_shorter_than_announced_is_never_sent_whole() {
         let key = client.key(request.uri()).unwrap();
         super::to_origin_form(&mut request, &key);
         let mut pooled = client.connect(&key).await.unwrap();
-        let sent = pooled.conn.send(super::Prepared::new(request)).await;
+        let sent = pooled
+            .conn
+            .send(super::Prepared::new(request).unwrap())
+            .await;
         assert!(
             matches!(sent, Err(Err(super::ExchangeError::BodyLength))),
             "{frames:?}"

@@ -8,7 +8,7 @@ use http_body_util::StreamBody;
 use super::{parse_answer, ExchangeError, Framing, Prepared};
 
 fn written(request: Request<Body>) -> String {
-    let mut prepared = Prepared::new(request);
+    let mut prepared = Prepared::new(request).unwrap();
     let mut all = prepared.head.clone();
     all.extend_from_slice(&std::mem::take(&mut prepared.ready));
     String::from_utf8(all).unwrap()
@@ -55,7 +55,7 @@ fn a_body_of_unknown_length_is_chunked() {
         .header(header::CONTENT_LENGTH, "5")
         .body(Body::new(StreamBody::new(frames)))
         .unwrap();
-    let prepared = Prepared::new(request);
+    let prepared = Prepared::new(request).unwrap();
     let head = String::from_utf8(prepared.head.clone()).unwrap();
     assert_eq!(prepared.length, None);
     assert!(head.contains("transfer-encoding: chunked\r\n"), "{head}");
@@ -217,4 +217,20 @@ fn header_values_keep_their_bytes_and_order() {
     let cookies: Vec<_> = answer.headers.get_all(header::SET_COOKIE).iter().collect();
     assert_eq!(cookies, ["a=1", "b=2"]);
     assert_eq!(answer.headers["x-b"], "two words");
+}
+
+#[test]
+fn a_body_that_already_failed_is_not_sent_at_all() {
+    // A client that went away mid-body (or a body deadline): the error is
+    // the request's, never an end that would make the body look whole.
+    let frames = futures_util::stream::iter(vec![Err::<http_body::Frame<bytes::Bytes>, _>(
+        std::io::Error::other("client went away"),
+    )]);
+    let request = Request::post("/mcp")
+        .body(Body::new(StreamBody::new(frames)))
+        .unwrap();
+    assert!(matches!(
+        Prepared::new(request),
+        Err(ExchangeError::RequestBody(_))
+    ));
 }
