@@ -12,11 +12,12 @@
 //! `server.workers` keeps its own); one whose answer was not (the client
 //! left) is closed.
 //!
-//! Measured against hyper-util's client (tests/bench/README.md, "Last
-//! measured"): one event stream 0.15× → 0.87× nginx's events/s, 5.3 → 0.5
-//! µs CPU per event; small POSTs about the same. The HTTP/1.1 itself is
-//! `http1` (why not hyper's client connection: there), the answer's body
-//! `body`.
+//! Measured against hyper-util's client (tests/bench/README.md, "Earlier
+//! measurement (2026-12-04)"): one event stream 0.15× → 0.87× nginx's
+//! events/s, 5.3 → 0.5 µs CPU per event; small POSTs about the same. The
+//! HTTP/1.1 itself is `http1` (why not hyper's client connection: there;
+//! 0.91× → 1.15× nginx's events/s again, memory per idle stream 2.32× →
+//! 1.41×, "Last measured"), the answer's body `body`.
 
 use std::cell::RefCell;
 use std::collections::HashMap;
