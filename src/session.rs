@@ -152,7 +152,6 @@ impl std::fmt::Debug for UpstreamTokens {
     }
 }
 
-/// A value a higher layer computes once per session and keeps with it. The
 /// When the store last said a session is live: when it was read, or when an
 /// open event stream's recheck asked again. Shared by every request that
 /// holds the session (the token cache's), so an event stream opened soon
@@ -188,6 +187,7 @@ impl std::fmt::Debug for Confirmed {
     }
 }
 
+/// A value a higher layer computes once per session and keeps with it. The
 /// type is the owner's (the policy's), so this floor knows nothing of it;
 /// the first writer wins.
 #[derive(Default)]

@@ -410,27 +410,44 @@ fn parse_answer(buf: &mut BytesMut, method: &Method) -> Result<Option<Answer>, E
             continue;
         }
         let base = buf.as_ptr() as usize;
+        let bad_value = || ExchangeError::Malformed("bad header value");
         // Where each value sits in the head, so that the values can share
-        // the head's bytes instead of each being copied.
-        let spans: Vec<(HeaderName, usize, usize)> = response
+        // the head's bytes instead of each being copied; one that is not
+        // inside the head (an empty value's slice may point anywhere) is
+        // copied.
+        let spans: Vec<(HeaderName, Span)> = response
             .headers
             .iter()
             .map(|h| {
                 let name = HeaderName::from_bytes(h.name.as_bytes())
                     .map_err(|_| ExchangeError::Malformed("bad header name"))?;
-                let start = h.value.as_ptr() as usize - base;
-                Ok((name, start, start + h.value.len()))
+                let span = match (h.value.as_ptr() as usize).checked_sub(base) {
+                    Some(start) if start + h.value.len() <= len => {
+                        Span::Shared(start, start + h.value.len())
+                    }
+                    _ => Span::Copied(HeaderValue::from_bytes(h.value).map_err(|_| bad_value())?),
+                };
+                Ok((name, span))
             })
             .collect::<Result<_, ExchangeError>>()?;
         let head = buf.split_to(len).freeze();
         let mut headers = HeaderMap::with_capacity(spans.len());
-        for (name, start, end) in spans {
-            let value = HeaderValue::from_maybe_shared(head.slice(start..end))
-                .map_err(|_| ExchangeError::Malformed("bad header value"))?;
+        for (name, span) in spans {
+            let value = match span {
+                Span::Shared(start, end) => HeaderValue::from_maybe_shared(head.slice(start..end))
+                    .map_err(|_| bad_value())?,
+                Span::Copied(value) => value,
+            };
             headers.append(name, value);
         }
         return answer(status, version, headers, method).map(Some);
     }
+}
+
+/// A header value of the answer's head: where it is in the head, or a copy.
+enum Span {
+    Shared(usize, usize),
+    Copied(HeaderValue),
 }
 
 /// How the answer's body is framed, and whether the connection stays open.

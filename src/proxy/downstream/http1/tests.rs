@@ -215,6 +215,14 @@ fn header_values_keep_their_bytes_and_order() {
     .unwrap()
     .unwrap();
     let cookies: Vec<_> = answer.headers.get_all(header::SET_COOKIE).iter().collect();
+    let empty = parse(
+        "HTTP/1.1 200 OK\r\nx-empty:\r\nx-blank: \r\ncontent-length: 0\r\n\r\n",
+        Method::GET,
+    )
+    .unwrap()
+    .unwrap();
+    assert_eq!(empty.headers["x-empty"], "");
+    assert_eq!(empty.headers["x-blank"], "");
     assert_eq!(cookies, ["a=1", "b=2"]);
     assert_eq!(answer.headers["x-b"], "two words");
 }
