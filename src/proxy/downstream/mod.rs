@@ -285,38 +285,25 @@ thread_local! {
     static IDLE: RefCell<HashMap<PoolKey, Vec<Pooled>>> = RefCell::new(HashMap::new());
 }
 
-/// The newest idle connection to `key` that is still open. Connections
-/// idle `idle_timeout` or longer, or closed by the downstream meanwhile,
-/// are dropped.
+/// The newest idle connection to `key`; those idle `idle_timeout` or
+/// longer are dropped. Whether it is still open is asked once, when the
+/// request is sent on it (`Conn::send` hands back a request whose
+/// connection the downstream closed, and the next one is taken).
 fn checkout(key: &PoolKey, idle_timeout: Duration) -> Option<Pooled> {
-    let mut cx = Context::from_waker(Waker::noop());
-    let mut closed = Vec::new();
+    let now = Instant::now();
+    let mut stale = Vec::new();
     let found = IDLE.try_with(|idle| {
         let mut idle = idle.try_borrow_mut().ok()?;
         let connections = idle.get_mut(key)?;
-        let now = Instant::now();
-        let mut found = None;
-        while let Some(mut candidate) = connections.pop() {
-            if now.duration_since(candidate.idle_since) < idle_timeout
-                && candidate.still_usable(&mut cx)
-            {
-                found = Some(candidate);
-                break;
-            }
-            closed.push(candidate);
-        }
-        // Older ones are at the front: the rest of the stale ones go too.
-        let stale = connections
-            .iter()
-            .take_while(|c| now.duration_since(c.idle_since) >= idle_timeout)
-            .count();
-        closed.extend(connections.drain(..stale));
-        found
+        // Older ones are at the front.
+        let fresh_from = connections
+            .partition_point(|c| now.duration_since(c.idle_since) >= idle_timeout);
+        stale.extend(connections.drain(..fresh_from));
+        connections.pop()
     });
-    let found = found.ok().flatten();
     // Closing happens outside the pool's borrow.
-    drop(closed);
-    found
+    drop(stale);
+    found.ok().flatten()
 }
 
 /// Puts a connection whose last answer was read to its end back in the
