@@ -21,8 +21,9 @@ use crate::session::{Revocation, Session};
 
 #[derive(Clone)]
 enum Entry {
-    /// A validated session, and when it was validated.
-    Valid(Arc<Session>, Instant),
+    /// A validated session (`Session::confirmed` says when the store last
+    /// said it is live).
+    Valid(Arc<Session>),
     Unknown,
 }
 
@@ -40,7 +41,7 @@ impl Expiry<String, Entry> for EntryExpiry {
     ) -> Option<Duration> {
         Some(match value {
             // Never outlive the token.
-            Entry::Valid(session, _) => seconds_left(session).min(self.max_ttl),
+            Entry::Valid(session) => seconds_left(session).min(self.max_ttl),
             Entry::Unknown => self.negative_ttl,
         })
     }
@@ -175,13 +176,13 @@ impl TokenCache {
         // large, and inline they would be part of — and copied with —
         // every request's future.
         let entry = match self.cached_or_stored(token, &hash).await? {
-            Entry::Valid(session, validated) if self.needs_recheck(validated) => {
-                Box::pin(self.recheck(token, &hash, session, validated)).await
+            Entry::Valid(session) if self.needs_recheck(&session) => {
+                Box::pin(self.recheck(token, &hash, session)).await
             }
             entry => entry,
         };
         match entry {
-            Entry::Valid(session, _) if session.expires_at > now_unix() => {
+            Entry::Valid(session) if session.expires_at > now_unix() => {
                 if self.recently_revoked(&session) {
                     Box::pin(self.tokens.invalidate(&hash)).await;
                     return Ok(None);
@@ -209,7 +210,7 @@ impl TokenCache {
         // store lookup instead of each running their own.
         Box::pin(self.tokens.try_get_with(hash.to_string(), async {
             match self.grants.validate_access_token(token).await {
-                Ok(session) => Ok(Entry::Valid(Arc::new(session), Instant::now())),
+                Ok(session) => Ok(Entry::Valid(Arc::new(session))),
                 Err(GrantError::Store(e)) => Err(e.to_string()),
                 Err(_) => Ok(Entry::Unknown),
             }
@@ -219,9 +220,9 @@ impl TokenCache {
     }
 
     /// Without the revocation feed, a cached session is trusted only
-    /// briefly.
-    fn needs_recheck(&self, validated: Instant) -> bool {
-        self.is_degraded() && validated.elapsed() > DEGRADED_TTL
+    /// briefly after the store last said it is live.
+    fn needs_recheck(&self, session: &Session) -> bool {
+        self.is_degraded() && session.confirmed.at().elapsed() > DEGRADED_TTL
     }
 
     /// Asks the store again about a cached session, but keeps serving it if
@@ -231,17 +232,16 @@ impl TokenCache {
         token: &str,
         hash: &str,
         session: Arc<Session>,
-        validated: Instant,
     ) -> Entry {
         match self.grants.validate_access_token(token).await {
             Ok(fresh) => {
-                let entry = Entry::Valid(Arc::new(fresh), Instant::now());
+                let entry = Entry::Valid(Arc::new(fresh));
                 self.tokens.insert(hash.to_string(), entry.clone()).await;
                 entry
             }
             Err(GrantError::Store(e)) => {
                 tracing::warn!(error = %e, "store unreachable; serving a cached session");
-                Entry::Valid(session, validated)
+                Entry::Valid(session)
             }
             Err(_) => {
                 self.tokens.insert(hash.to_string(), Entry::Unknown).await;
@@ -256,7 +256,7 @@ impl TokenCache {
         self.tokens
             .insert(
                 crypto::token_hash(token),
-                Entry::Valid(Arc::new(session), Instant::now()),
+                Entry::Valid(Arc::new(session)),
             )
             .await;
     }
