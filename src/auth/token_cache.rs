@@ -227,12 +227,7 @@ impl TokenCache {
 
     /// Asks the store again about a cached session, but keeps serving it if
     /// the store is down too.
-    async fn recheck(
-        &self,
-        token: &str,
-        hash: &str,
-        session: Arc<Session>,
-    ) -> Entry {
+    async fn recheck(&self, token: &str, hash: &str, session: Arc<Session>) -> Entry {
         match self.grants.validate_access_token(token).await {
             Ok(fresh) => {
                 let entry = Entry::Valid(Arc::new(fresh));
@@ -254,10 +249,7 @@ impl TokenCache {
     /// read it from the store would (for the benchmarks: `bench_support`).
     pub(crate) async fn hold(&self, token: &str, session: Session) {
         self.tokens
-            .insert(
-                crypto::token_hash(token),
-                Entry::Valid(Arc::new(session)),
-            )
+            .insert(crypto::token_hash(token), Entry::Valid(Arc::new(session)))
             .await;
     }
 

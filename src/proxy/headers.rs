@@ -35,14 +35,21 @@ const VIA: &str = "1.1 mcp-oauth-proxy";
 
 /// Names listed in `Connection` headers, as a lenient server reads them.
 fn connection_named(headers: &HeaderMap) -> Vec<String> {
+    connection_options(headers)
+        .map(|t| lenient_header_name(t).into_owned())
+        .collect()
+}
+
+/// The options of every `Connection` header, trimmed, empty ones skipped
+/// (header names, `close`, `keep-alive`).
+pub(crate) fn connection_options(headers: &HeaderMap) -> impl Iterator<Item = &str> {
     headers
         .get_all(header::CONNECTION)
         .iter()
         .filter_map(|v| v.to_str().ok())
         .flat_map(|v| v.split(','))
-        .map(|t| lenient_header_name(t.trim()).into_owned())
+        .map(str::trim)
         .filter(|t| !t.is_empty())
-        .collect()
 }
 
 fn is_hop_by_hop(name: &HeaderName, connection: &[String]) -> bool {

@@ -532,12 +532,7 @@ fn last_coding_is_chunked(headers: &HeaderMap) -> bool {
 }
 
 fn connection_has(headers: &HeaderMap, option: &str) -> bool {
-    headers
-        .get_all(header::CONNECTION)
-        .iter()
-        .filter_map(|v| v.to_str().ok())
-        .flat_map(|v| v.split(','))
-        .any(|o| o.trim().eq_ignore_ascii_case(option))
+    crate::proxy::headers::connection_options(headers).any(|o| o.eq_ignore_ascii_case(option))
 }
 
 #[cfg(test)]

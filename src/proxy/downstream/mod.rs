@@ -296,8 +296,8 @@ fn checkout(key: &PoolKey, idle_timeout: Duration) -> Option<Pooled> {
         let mut idle = idle.try_borrow_mut().ok()?;
         let connections = idle.get_mut(key)?;
         // Older ones are at the front.
-        let fresh_from = connections
-            .partition_point(|c| now.duration_since(c.idle_since) >= idle_timeout);
+        let fresh_from =
+            connections.partition_point(|c| now.duration_since(c.idle_since) >= idle_timeout);
         stale.extend(connections.drain(..fresh_from));
         connections.pop()
     });
