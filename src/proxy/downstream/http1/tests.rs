@@ -81,8 +81,25 @@ fn parse(head: &str, method: Method) -> Result<Option<super::Answer>, ExchangeEr
     parse_answer(&mut BytesMut::from(head), &method)
 }
 
+/// The answer of a complete, valid head.
+fn answer_of(head: &str, method: Method) -> super::Answer {
+    parse(head, method)
+        .expect("a valid head")
+        .expect("a complete head")
+}
+
 fn framing_of(head: &str) -> Framing {
-    parse(head, Method::GET).unwrap().unwrap().framing
+    answer_of(head, Method::GET).framing
+}
+
+/// Each of `heads` fails as malformed.
+fn assert_malformed(heads: &[&str]) {
+    for head in heads {
+        assert!(
+            matches!(parse(head, Method::GET), Err(ExchangeError::Malformed(_))),
+            "{head:?}"
+        );
+    }
 }
 
 #[test]
@@ -116,13 +133,13 @@ fn the_framing_is_read_as_rfc_9112_has_it() {
         framing_of("HTTP/1.1 304 Not Modified\r\n\r\n"),
         Framing::Empty
     );
-    let head = parse("HTTP/1.1 200 OK\r\ncontent-length: 5\r\n\r\n", Method::HEAD);
-    assert_eq!(head.unwrap().unwrap().framing, Framing::Empty);
+    let head = answer_of("HTTP/1.1 200 OK\r\ncontent-length: 5\r\n\r\n", Method::HEAD);
+    assert_eq!(head.framing, Framing::Empty);
 }
 
 #[test]
 fn conflicting_or_invalid_lengths_fail_the_answer() {
-    for head in [
+    assert_malformed(&[
         "HTTP/1.1 200 OK\r\ncontent-length: 7\r\ncontent-length: 8\r\n\r\n",
         "HTTP/1.1 200 OK\r\ncontent-length: 7, 8\r\n\r\n",
         "HTTP/1.1 200 OK\r\ncontent-length: +7\r\n\r\n",
@@ -130,22 +147,15 @@ fn conflicting_or_invalid_lengths_fail_the_answer() {
         "HTTP/1.1 200 OK\r\ncontent-length: \r\n\r\n",
         "HTTP/1.1 200 OK\r\ncontent-length: 99999999999999999999999\r\n\r\n",
         "HTTP/1.0 200 OK\r\ntransfer-encoding: chunked\r\n\r\n",
-    ] {
-        assert!(
-            matches!(parse(head, Method::GET), Err(ExchangeError::Malformed(_))),
-            "{head:?}"
-        );
-    }
+    ]);
 }
 
 #[test]
 fn a_length_beside_chunking_never_reaches_the_client_and_ends_the_connection() {
-    let answer = parse(
+    let answer = answer_of(
         "HTTP/1.1 200 OK\r\ncontent-length: 3\r\ntransfer-encoding: chunked\r\n\r\n",
         Method::GET,
-    )
-    .unwrap()
-    .unwrap();
+    );
     assert_eq!(answer.framing, Framing::Chunked);
     assert!(answer.headers.get(header::CONTENT_LENGTH).is_none());
     assert!(!answer.keep_alive);
@@ -153,7 +163,7 @@ fn a_length_beside_chunking_never_reaches_the_client_and_ends_the_connection() {
 
 #[test]
 fn the_connection_stays_open_only_when_the_answer_allows_it() {
-    let keep = |head: &str| parse(head, Method::GET).unwrap().unwrap().keep_alive;
+    let keep = |head: &str| answer_of(head, Method::GET).keep_alive;
     assert!(keep("HTTP/1.1 200 OK\r\ncontent-length: 0\r\n\r\n"));
     assert!(!keep(
         "HTTP/1.1 200 OK\r\ncontent-length: 0\r\nconnection: keep-alive, Close\r\n\r\n"
@@ -193,34 +203,25 @@ fn an_incomplete_head_waits_and_a_malformed_one_fails() {
             "{end}"
         );
     }
-    for head in [
+    assert_malformed(&[
         "HTTP/2 200 OK\r\n\r\n",
         "HTTP/1.1 2000 OK\r\n\r\n",
         "HTTP/1.1 200 OK\r\nbad header: x\r\n\r\n",
         "HTTP/1.1 200 OK\r\nx: a\0b\r\n\r\n",
-    ] {
-        assert!(
-            matches!(parse(head, Method::GET), Err(ExchangeError::Malformed(_))),
-            "{head:?}"
-        );
-    }
+    ]);
 }
 
 #[test]
 fn header_values_keep_their_bytes_and_order() {
-    let answer = parse(
+    let answer = answer_of(
         "HTTP/1.1 200 OK\r\nset-cookie: a=1\r\nx-b: two words\r\nset-cookie: b=2\r\ncontent-length: 0\r\n\r\n",
         Method::GET,
-    )
-    .unwrap()
-    .unwrap();
+    );
     let cookies: Vec<_> = answer.headers.get_all(header::SET_COOKIE).iter().collect();
-    let empty = parse(
+    let empty = answer_of(
         "HTTP/1.1 200 OK\r\nx-empty:\r\nx-blank: \r\ncontent-length: 0\r\n\r\n",
         Method::GET,
-    )
-    .unwrap()
-    .unwrap();
+    );
     assert_eq!(empty.headers["x-empty"], "");
     assert_eq!(empty.headers["x-blank"], "");
     assert_eq!(cookies, ["a=1", "b=2"]);
