@@ -86,6 +86,16 @@ fn get(url: &str) -> Request<Body> {
         .unwrap()
 }
 
+/// A client as a route makes one (2 s to connect).
+fn client() -> DownstreamClient {
+    DownstreamClient::new(Duration::from_secs(2))
+}
+
+/// How a GET of `url` by a new client fails.
+async fn failure_of(url: &str) -> DownstreamError {
+    client().request(get(url)).await.unwrap_err()
+}
+
 async fn text(response: axum::http::Response<super::DrivenBody>) -> String {
     let bytes = response.into_body().collect().await.unwrap().to_bytes();
     String::from_utf8(bytes.to_vec()).unwrap()
@@ -94,7 +104,7 @@ async fn text(response: axum::http::Response<super::DrivenBody>) -> String {
 #[tokio::test]
 async fn a_connection_read_to_its_end_serves_the_next_request() {
     let (base, mut seen) = server(ok_json).await;
-    let client = DownstreamClient::new(Duration::from_secs(2));
+    let client = client();
     for _ in 0..5 {
         let response = client.request(get(&format!("{base}/mcp"))).await.unwrap();
         assert_eq!(text(response).await, "{}");
@@ -110,7 +120,7 @@ async fn a_connection_read_to_its_end_serves_the_next_request() {
 
 /// The head the downstream saw for one GET of `url` by a new client.
 async fn head_sent(url: &str, seen: &mut Seen) -> String {
-    let client = DownstreamClient::new(Duration::from_secs(2));
+    let client = client();
     let response = client.request(get(url)).await.unwrap();
     text(response).await;
     seen.heads.recv().await.unwrap()
@@ -119,7 +129,7 @@ async fn head_sent(url: &str, seen: &mut Seen) -> String {
 #[tokio::test]
 async fn a_connection_waiting_in_the_pool_holds_no_read_buffer() {
     let (base, _seen) = server(ok_json).await;
-    let client = DownstreamClient::new(Duration::from_secs(2));
+    let client = client();
     let request = get(&format!("{base}/mcp"));
     let key = client.key(request.uri()).unwrap();
     let response = client.request(request).await.unwrap();
@@ -143,7 +153,7 @@ async fn the_query_string_reaches_the_downstream() {
 #[tokio::test]
 async fn an_answer_left_unread_closes_its_connection() {
     let (base, seen) = server(ok_json).await;
-    let client = DownstreamClient::new(Duration::from_secs(2));
+    let client = client();
     let url = format!("{base}/mcp");
     // The head arrived, the body was never asked for: the connection is in
     // an unknown state and must not carry another request.
@@ -166,7 +176,7 @@ async fn a_connection_the_downstream_closed_while_idle_is_replaced() {
         None
     })
     .await;
-    let client = DownstreamClient::new(Duration::from_secs(2));
+    let client = client();
     let url = format!("{base}/mcp");
     for _ in 0..3 {
         let response = client.request(get(&url)).await.unwrap();
@@ -194,7 +204,7 @@ async fn what_the_downstream_already_sent_reaches_the_client_in_one_frame() {
         Some(stream)
     })
     .await;
-    let client = DownstreamClient::new(Duration::from_secs(2));
+    let client = client();
     let response = client.request(get(&format!("{base}/mcp"))).await.unwrap();
     tokio::time::sleep(Duration::from_millis(100)).await;
     let mut body = response.into_body();
@@ -231,7 +241,7 @@ async fn an_event_is_handed_on_as_soon_as_it_arrives() {
         }
     })
     .await;
-    let client = DownstreamClient::new(Duration::from_secs(2));
+    let client = client();
     let response = client.request(get(&format!("{base}/mcp"))).await.unwrap();
     let mut body = response.into_body();
     let first = tokio::time::timeout(Duration::from_secs(2), body.frame())
@@ -264,7 +274,7 @@ async fn a_post_body_is_sent_whole() {
         Some(stream)
     })
     .await;
-    let client = DownstreamClient::new(Duration::from_secs(2));
+    let client = client();
     let payload = r#"{"jsonrpc":"2.0","id":1,"method":"tools/list"}"#;
     let request = Request::builder()
         .method(Method::POST)
@@ -291,11 +301,7 @@ async fn an_unreachable_downstream_is_a_connect_error() {
         .local_addr()
         .unwrap()
         .port();
-    let client = DownstreamClient::new(Duration::from_secs(2));
-    let failed = client
-        .request(get(&format!("http://127.0.0.1:{port}/mcp")))
-        .await
-        .unwrap_err();
+    let failed = failure_of(&format!("http://127.0.0.1:{port}/mcp")).await;
     assert!(
         matches!(failed, DownstreamError::Connect { .. }),
         "{failed:?}"
@@ -304,8 +310,7 @@ async fn an_unreachable_downstream_is_a_connect_error() {
 
 #[tokio::test]
 async fn a_relative_target_is_refused() {
-    let client = DownstreamClient::new(Duration::from_secs(2));
-    let failed = client.request(get("/mcp")).await.unwrap_err();
+    let failed = failure_of("/mcp").await;
     assert!(
         matches!(failed, DownstreamError::NotAbsolute(_)),
         "{failed:?}"
@@ -317,7 +322,7 @@ async fn a_body_dropped_once_it_says_it_ended_keeps_its_connection() {
     // hyper's server reads a frame, sees `is_end_stream`, and drops the
     // body without asking for the end.
     let (base, seen) = server(ok_json).await;
-    let client = DownstreamClient::new(Duration::from_secs(2));
+    let client = client();
     let url = format!("{base}/mcp");
     for _ in 0..3 {
         let mut body = client.request(get(&url)).await.unwrap().into_body();
@@ -341,7 +346,7 @@ async fn a_request_on_a_connection_the_downstream_closed_comes_back_unsent() {
             drop(stream);
         }
     });
-    let client = DownstreamClient::new(Duration::from_secs(2));
+    let client = client();
     let mut request = get(&url);
     let key = client.key(request.uri()).unwrap();
     let mut pooled = client.connect(&key).await.unwrap();
@@ -370,7 +375,7 @@ async fn the_host_header_is_the_downstreams_host_and_port() {
 
 #[test]
 fn host_is_the_host_alone_on_the_schemes_default_port() {
-    let client = DownstreamClient::new(Duration::from_secs(2));
+    let client = client();
     for (url, host) in [
         ("https://mcp.internal:443/mcp", "mcp.internal"),
         ("http://user:pw@mcp.internal:80/mcp", "mcp.internal"),
@@ -426,7 +431,7 @@ async fn a_body_longer_or_shorter_than_announced_is_never_sent_whole() {
             let _ = stream.read_to_end(&mut all).await;
             String::from_utf8(all).unwrap()
         });
-        let client = DownstreamClient::new(Duration::from_secs(2));
+        let client = client();
         let body = Lying {
             frames: frames.iter().map(|f| bytes::Bytes::from(*f)).collect(),
             claimed,
@@ -468,11 +473,7 @@ async fn invariant_9_the_downstreams_answer_head_is_bounded() {
         Some(stream)
     })
     .await;
-    let client = DownstreamClient::new(Duration::from_secs(2));
-    let failed = client
-        .request(get(&format!("{base}/mcp")))
-        .await
-        .unwrap_err();
+    let failed = failure_of(&format!("{base}/mcp")).await;
     assert!(
         matches!(
             failed,
@@ -486,7 +487,7 @@ async fn invariant_9_the_downstreams_answer_head_is_bounded() {
 async fn a_connection_idle_past_the_pools_timeout_is_closed_not_reused() {
     let (base, seen) = server(ok_json).await;
     let idle_timeout = Duration::from_millis(300);
-    let client = DownstreamClient::new(Duration::from_secs(2)).with_pool_idle_timeout(idle_timeout);
+    let client = client().with_pool_idle_timeout(idle_timeout);
     let url = format!("{base}/mcp");
     let ok = || async { text(client.request(get(&url)).await.unwrap()).await };
     assert_eq!(ok().await, "{}");
