@@ -2,11 +2,42 @@
 
 use std::time::Duration;
 
-use crate::auth::test_support::Fixture;
+use std::sync::Arc;
+
+use crate::auth::test_support::{Fixture, Issued};
+use crate::auth::token_cache::TokenCache;
+use crate::session::Session;
 use crate::session::{Revocation, SessionEnd};
 use crate::store::{Namespace, Store};
 
 const HOUR: Duration = Duration::from_secs(3600);
+
+/// A store, a token cache whose streams ask it every `recheck`, and a live
+/// session issued and looked up through that cache (one store read).
+struct Watched {
+    fixture: Fixture,
+    cache: Arc<TokenCache>,
+    issued: Issued,
+    session: Arc<Session>,
+}
+
+async fn watched(recheck: Duration) -> Watched {
+    let fixture = Fixture::new();
+    let cache = fixture.cache_rechecking_streams_every(HOUR, HOUR, recheck);
+    let (issued, session) = issue_and_look_up(&fixture, &cache).await;
+    Watched {
+        fixture,
+        cache,
+        issued,
+        session,
+    }
+}
+
+async fn issue_and_look_up(fixture: &Fixture, cache: &TokenCache) -> (Issued, Arc<Session>) {
+    let issued = fixture.issue(3600, None).await;
+    let session = cache.lookup(&issued.token).await.unwrap().unwrap();
+    (issued, session)
+}
 
 /// Whether the watch is still waiting after `wait`.
 async fn still_open(
@@ -21,10 +52,12 @@ async fn still_open(
 
 #[tokio::test]
 async fn a_stream_opened_within_an_interval_of_the_stores_confirmation_does_not_ask_it_again() {
-    let fixture = Fixture::new();
-    let cache = fixture.cache_rechecking_streams_every(HOUR, HOUR, Duration::from_secs(60));
-    let issued = fixture.issue(3600, None).await;
-    let session = cache.lookup(&issued.token).await.unwrap().unwrap();
+    let Watched {
+        fixture,
+        cache,
+        session,
+        ..
+    } = watched(Duration::from_secs(60)).await;
     assert_eq!(fixture.store.reads(), 1, "the lookup read the token");
     let mut streams: Vec<_> = (0..3)
         .map(|_| Box::pin(cache.clone().until_session_ends(session.clone())))
@@ -42,11 +75,13 @@ async fn a_stream_opened_within_an_interval_of_the_stores_confirmation_does_not_
 #[tokio::test]
 async fn invariant_11_a_revocation_unheard_ends_a_stream_within_the_interval_of_the_last_confirmation(
 ) {
-    let fixture = Fixture::new();
     let interval = Duration::from_millis(600);
-    let cache = fixture.cache_rechecking_streams_every(HOUR, HOUR, interval);
-    let issued = fixture.issue(3600, None).await;
-    let session = cache.lookup(&issued.token).await.unwrap().unwrap();
+    let Watched {
+        fixture,
+        cache,
+        issued,
+        session,
+    } = watched(interval).await;
     let confirmed = tokio::time::Instant::now();
     // Another process revokes (this one hears nothing), then a stream of
     // the cached session opens late in the interval.
@@ -67,11 +102,13 @@ async fn invariant_11_a_revocation_unheard_ends_a_stream_within_the_interval_of_
 
 #[tokio::test]
 async fn a_stream_confirmed_long_ago_asks_the_store_at_once_and_confirms_for_the_next() {
-    let fixture = Fixture::new();
     let interval = Duration::from_millis(300);
-    let cache = fixture.cache_rechecking_streams_every(HOUR, HOUR, interval);
-    let issued = fixture.issue(3600, None).await;
-    let session = cache.lookup(&issued.token).await.unwrap().unwrap();
+    let Watched {
+        fixture,
+        cache,
+        session,
+        ..
+    } = watched(interval).await;
     tokio::time::sleep(interval * 2).await;
     let mut first = Box::pin(cache.clone().until_session_ends(session.clone()));
     assert!(still_open(&mut first, Duration::from_millis(50))
@@ -90,8 +127,7 @@ async fn a_revocation_heard_before_the_stream_started_ends_it_at_once() {
     let fixture = Fixture::new();
     let cache = fixture.cache_rechecking_streams_every(HOUR, HOUR, HOUR);
     for revocation in [Revocation::Grant, Revocation::AccessToken] {
-        let issued = fixture.issue(3600, None).await;
-        let session = cache.lookup(&issued.token).await.unwrap().unwrap();
+        let (_, session) = issue_and_look_up(&fixture, &cache).await;
         let id = match revocation(String::new()) {
             Revocation::Grant(_) => session.grant_id.clone(),
             Revocation::AccessToken(_) => session.token_hash.clone(),
@@ -108,10 +144,12 @@ async fn a_revocation_heard_before_the_stream_started_ends_it_at_once() {
 
 #[tokio::test]
 async fn after_the_cache_forgot_everything_a_stream_asks_the_store_at_once() {
-    let fixture = Fixture::new();
-    let cache = fixture.cache_rechecking_streams_every(HOUR, HOUR, HOUR);
-    let issued = fixture.issue(3600, None).await;
-    let session = cache.lookup(&issued.token).await.unwrap().unwrap();
+    let Watched {
+        fixture,
+        cache,
+        issued,
+        session,
+    } = watched(HOUR).await;
     // Revocations were missed (the feed lagged), one of them this grant's.
     cache.forget_all();
     assert!(fixture
