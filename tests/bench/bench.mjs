@@ -465,6 +465,31 @@ async function signedInSetup(dir, cleanups) {
   return { shared, token, stubPort, stub };
 }
 
+/**
+ * What a one-off event-stream probe (memprobe.mjs, ttfeprobe.mjs) runs in:
+ * `signedInSetup` and the SSE stub, in a temp dir that is removed after.
+ * `run({ token, stub, startProxy })`; `startProxy(name)` starts the proxy
+ * in front of the stub (stopped after `run`).
+ */
+async function withSseProxy(prefix, run) {
+  const dir = fs.mkdtempSync(path.join(os.tmpdir(), prefix));
+  const cleanups = [];
+  try {
+    const { shared, token } = await signedInSetup(dir, cleanups);
+    const stub = await startSseStub();
+    cleanups.push(() => stub.close());
+    const startProxy = async (name) => {
+      const proxy = await startOurProxy({ name, port: shared.proxyPort, shared, downstreamUrl: `http://127.0.0.1:${stub.port}/mcp` });
+      cleanups.push(() => proxy.close());
+      return proxy;
+    };
+    return await run({ token, stub, startProxy });
+  } finally {
+    for (const c of cleanups.reverse()) await c().catch((e) => log('cleanup:', e.message));
+    fs.rmSync(dir, { recursive: true, force: true });
+  }
+}
+
 // ------------------------------------------------------------------ HTTP (wrk)
 
 const BODY_200 = (() => {
@@ -1170,7 +1195,7 @@ async function main() {
 
 // The pieces, for a session that wants to poke at one target by hand (perf,
 // strace): `import { startNginx, ... } from './bench.mjs'` runs nothing.
-export { cfg, signedInSetup, startNginx, nginxStub, nginxProxy, startOurProxy, startSseStub, getToken, cpuTicks, rssKiB, runWrk, summarizeRoutes, routesTable, memoryPerStream, holdStreams, waitStubIdle };
+export { cfg, signedInSetup, withSseProxy, startNginx, nginxStub, nginxProxy, startOurProxy, startSseStub, getToken, cpuTicks, rssKiB, runWrk, summarizeRoutes, routesTable, memoryPerStream, holdStreams, waitStubIdle };
 
 if (import.meta.url === pathToFileURL(process.argv[1] ?? '').href) {
   main().then(

@@ -1,26 +1,19 @@
 // Time to the first event of new event streams through one proxy binary,
 // sample after sample, without nginx: quick enough to try a change, and a
-// steady load for a profiler. MEMPROBE-style: PROXY_BIN=... node
-// tests/bench/ttfeprobe.mjs; TTFE_SAMPLES (2000); TTFE_PERF=1 records the
-// proxy with `perf record -g` meanwhile (tests/bench/results/perf-ttfe.data).
+// steady load for a profiler.
+//
+//   PROXY_BIN=... node tests/bench/ttfeprobe.mjs     TTFE_SAMPLES (2000)
+//   TTFE_PERF=1: `perf record -g` of the proxy meanwhile (results/perf-ttfe.data)
 import { execFileSync, spawn } from 'node:child_process';
 import fs from 'node:fs';
-import os from 'node:os';
 import path from 'node:path';
-import { cfg, signedInSetup, startOurProxy, startSseStub } from './bench.mjs';
+import { cfg, withSseProxy } from './bench.mjs';
 import { firstEvent } from './sse-client.mjs';
 
 const samples = Number(process.env.TTFE_SAMPLES ?? 2000);
-const log = (...a) => console.error('[ttfeprobe]', ...a);
 
-const dir = fs.mkdtempSync(path.join(os.tmpdir(), 'mcp-ttfe-'));
-const cleanups = [];
-try {
-  const { shared, token } = await signedInSetup(dir, cleanups);
-  const stub = await startSseStub();
-  cleanups.push(() => stub.close());
-  const proxy = await startOurProxy({ name: 'proxy-ttfe', port: shared.proxyPort, shared, downstreamUrl: `http://127.0.0.1:${stub.port}/mcp` });
-  cleanups.push(() => proxy.close());
+await withSseProxy('mcp-ttfe-', async ({ token, startProxy }) => {
+  const proxy = await startProxy('proxy-ttfe');
   for (let i = 0; i < 200; i++) (await firstEvent({ port: proxy.port, path: '/mcp?mode=idle', token })).stream.close();
   let perf;
   if (process.env.TTFE_PERF === '1') {
@@ -49,7 +42,4 @@ try {
     p99_ms: micros[Math.floor(samples * 0.99)] / 1000,
     proxy_cpu_us_per_stream: ((cpu(ticks1) - cpu(ticks0)) / hz) * 1e6 / samples,
   }));
-} finally {
-  for (const c of cleanups.reverse()) await c().catch((e) => log('cleanup:', e.message));
-  fs.rmSync(dir, { recursive: true, force: true });
-}
+});
