@@ -241,13 +241,6 @@ pub(super) struct Pooled {
     idle_since: Instant,
 }
 
-impl Pooled {
-    /// Whether the connection can take another request (polls it once).
-    fn still_usable(&mut self, cx: &mut Context<'_>) -> bool {
-        self.conn.is_reusable(cx)
-    }
-}
-
 /// Which pool a connection belongs to: the client (its connect settings),
 /// the scheme, and the host and port as the URL spelled them.
 #[derive(Clone)]
@@ -310,7 +303,7 @@ fn checkout(key: &PoolKey, idle_timeout: Duration) -> Option<Pooled> {
 /// pool, if it can take another request.
 pub(super) fn recycle(key: PoolKey, mut pooled: Pooled) {
     let mut cx = Context::from_waker(Waker::noop());
-    if !pooled.still_usable(&mut cx) {
+    if !pooled.conn.is_reusable(&mut cx) {
         return;
     }
     pooled.idle_since = Instant::now();

@@ -137,7 +137,9 @@ async fn a_connection_waiting_in_the_pool_holds_no_read_buffer() {
     let mut pooled = super::checkout(&key, super::POOL_IDLE_TIMEOUT)
         .expect("the connection is back in the pool");
     assert_eq!(pooled.conn.buffer_capacity(), 0);
-    assert!(pooled.still_usable(&mut std::task::Context::from_waker(std::task::Waker::noop())));
+    assert!(pooled
+        .conn
+        .is_reusable(&mut std::task::Context::from_waker(std::task::Waker::noop())));
 }
 
 #[tokio::test]
