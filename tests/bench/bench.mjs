@@ -144,6 +144,25 @@ function cpuSplitTicks(pids) {
   return { user, kernel };
 }
 
+/**
+ * CPU time these processes ran, in nanoseconds, from each thread's
+ * schedstat: exact where /proc/<pid>/stat counts 10 ms ticks, so that the
+ * CPU of a single new stream (tens of µs) can be summed over a few hundred.
+ */
+function cpuNanos(pids) {
+  let ns = 0;
+  for (const pid of pids) {
+    for (const task of fs.readdirSync(`/proc/${pid}/task`)) {
+      try {
+        ns += Number(fs.readFileSync(`/proc/${pid}/task/${task}/schedstat`, 'utf8').split(' ')[0]);
+      } catch {
+        // The thread ended between the listing and the read.
+      }
+    }
+  }
+  return ns;
+}
+
 /** Resident set size of these processes, KiB. */
 function rssKiB(pids) {
   let kib = 0;
@@ -971,7 +990,10 @@ async function ssePhase(shared, token) {
       for (const t of memOrder) r.memory[t] = await memoryPerStream(servers[t], ports[t], token, stub);
 
       // Sample by sample, the three targets in turn: drift hits all alike.
+      // A server's CPU over the whole loop is its CPU for its own streams
+      // (the stub serves all three, so it has no such number).
       const samples = { direct: [], nginx: [], proxy: [] };
+      const cpuBefore = { nginx: cpuNanos(servers.nginx.measured()), proxy: cpuNanos(servers.proxy.measured()) };
       for (let i = 0; i < cfg.ttfeSamples; i++) {
         for (const t of SSE_TARGETS) {
           const { stream, micros } = await firstEvent({ port: ports[t], path: '/mcp?mode=idle', token });
@@ -982,7 +1004,12 @@ async function ssePhase(shared, token) {
       await waitStubIdle(stub);
       for (const t of SSE_TARGETS) {
         const s = samples[t].sort((a, b) => a - b);
-        r.ttfe[t] = { p50_ms: percentile(s, 50) / 1000, p99_ms: percentile(s, 99) / 1000, samples: s.length };
+        r.ttfe[t] = {
+          p50_ms: percentile(s, 50) / 1000,
+          p99_ms: percentile(s, 99) / 1000,
+          samples: s.length,
+          cpu_us_per_stream: t in cpuBefore ? (cpuNanos(servers[t].measured()) - cpuBefore[t]) / 1000 / s.length : NaN,
+        };
       }
 
       for (const t of SSE_TARGETS) {
@@ -1044,6 +1071,7 @@ function summarize(httpRuns, sse) {
       Object.fromEntries(TARGETS.map((t) => [t, targets.includes(t) ? median(sse.rounds.map((r) => r[part][t][key])) : NaN]));
     row('SSE', 'time to first event p50, ms', pick('ttfe', 'p50_ms'), 3, lower(1.2));
     row('SSE', 'time to first event p99, ms', pick('ttfe', 'p99_ms'), 3);
+    row('SSE', 'CPU µs per new stream (connect to close)', pick('ttfe', 'cpu_us_per_stream', ['nginx', 'proxy']), 1);
     row('SSE', 'events/s (one stream)', pick('rate', 'events_per_s'), 0);
     row('SSE', 'CPU µs/event', pick('rate', 'cpu_us_per_event'), 2);
     row(`SSE, ${cfg.sseStreams} idle streams`, 'memory per stream, KiB', pick('memory', 'kib_per_stream', ['nginx', 'proxy']), 1, lower(1.5));
