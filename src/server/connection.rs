@@ -161,14 +161,17 @@ pub(crate) async fn serve(
                     continue;
                 };
                 let _ = stream.set_nodelay(true);
-                let served = serve_one(
+                // Boxed: a connection's future (hyper's connection and the
+                // stack above it, several KiB) would otherwise be copied
+                // into the task and moved again as the task runs and ends.
+                let served = Box::pin(serve_one(
                     stream,
                     remote,
                     router.clone(),
                     builder.clone(),
                     limits.clone(),
                     close_signal.clone(),
-                );
+                ));
                 connections.spawn(async move {
                     served.await;
                     drop(permit);
