@@ -43,6 +43,9 @@ const MAX_HEADERS: usize = 100;
 const MAX_HEAD_BYTES: usize = 8192 + 4096 * 100;
 /// What one read asks for at least; it grows while reads fill it.
 const READ_SIZE: usize = 8 * 1024;
+/// Headers the proxy may add to an answer before it reaches the client
+/// (`X-Request-Id`, `Vary` and the CORS headers, `X-Accel-Buffering`).
+const ANSWER_HEADER_HEADROOM: usize = 6;
 /// The largest read.
 const MAX_READ_SIZE: usize = 64 * 1024;
 
@@ -431,7 +434,9 @@ fn parse_answer(buf: &mut BytesMut, method: &Method) -> Result<Option<Answer>, E
             })
             .collect::<Result<_, ExchangeError>>()?;
         let head = buf.split_to(len).freeze();
-        let mut headers = HeaderMap::with_capacity(spans.len());
+        // Room for what the proxy adds on the way to the client (request
+        // id, CORS, event-stream headers): a full map grows by rehashing.
+        let mut headers = HeaderMap::with_capacity(spans.len() + ANSWER_HEADER_HEADROOM);
         for (name, span) in spans {
             let value = match span {
                 Span::Shared(start, end) => HeaderValue::from_maybe_shared(head.slice(start..end))
