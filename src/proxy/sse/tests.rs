@@ -221,3 +221,28 @@ async fn the_legacy_endpoint_event_is_rewritten_and_bound_to_the_caller() {
         "the relative endpoint is resolved against the stream's URL"
     );
 }
+
+#[test]
+fn event_ends_counts_every_blank_line() {
+    assert_eq!(event_ends(b""), 0);
+    assert_eq!(event_ends(b"data: x\n"), 0);
+    assert_eq!(event_ends(b"data: x\n\n"), 1);
+    assert_eq!(event_ends(b"data: x\r\n\r\n"), 1);
+    assert_eq!(event_ends(b"\n\ndata: a\n\ndata: b\r\n\r\n"), 3);
+    // Overlapping blank lines each count, as a window-by-window count has it.
+    assert_eq!(event_ends(b"\n\n\n"), 2);
+    assert_eq!(event_ends(b"\r\n\r\n\r\n"), 2);
+}
+
+proptest::proptest! {
+    /// Found from the line feeds, the count is the one a comparison of
+    /// every window gives, for any bytes.
+    #[test]
+    fn event_ends_agrees_with_comparing_every_window(
+        data in proptest::collection::vec(proptest::sample::select(vec![b'\n', b'\r', b'a', b':']), 0..64)
+    ) {
+        let windows = data.windows(2).filter(|w| w == b"\n\n").count()
+            + data.windows(4).filter(|w| w == b"\r\n\r\n").count();
+        proptest::prop_assert_eq!(event_ends(&data), windows);
+    }
+}
