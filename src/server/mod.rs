@@ -23,6 +23,7 @@ use routes::ServedRoute;
 pub(crate) mod admin;
 pub(crate) mod body_deadline;
 pub(crate) mod connection;
+pub(crate) mod cors;
 pub(crate) mod framing;
 pub(crate) mod hooks;
 pub(crate) mod rescue;

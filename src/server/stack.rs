@@ -9,13 +9,13 @@ use axum::http::{header, HeaderName, Method, Request};
 use axum::routing::{get, post};
 use axum::Router;
 use tower::Layer;
-use tower_http::cors::{Any, CorsLayer};
 use tower_http::request_id::{
     MakeRequestId, PropagateRequestIdLayer, RequestId, SetRequestIdLayer,
 };
 use tower_http::trace::TraceLayer;
 
 use crate::auth::Authenticate;
+use crate::checkpoint::CheckpointLayer;
 use crate::client_address::{self, ClientAddress};
 use crate::config::LimitGroup;
 use crate::error::{OAuthError, PageError, ProxyError};
@@ -30,6 +30,7 @@ use crate::proxy::sessions::CheckSessionOwnership;
 use crate::proxy::unambiguous::UnambiguousHeaders;
 use crate::proxy::{Endpoint, Forwarder};
 use crate::rate_limit::{by_address, by_client, by_user, RateLimits};
+use crate::server::cors::{Cors, CorsRules};
 use crate::server::hooks::{Hook, Hooks, RouteHooks, RouteInfo};
 use crate::server::rescue::RescueLayer;
 use crate::server::routes::ServedRoute;
@@ -57,15 +58,16 @@ fn oauth_routes(app: &AppState, limits: &RateLimits) -> Router<AppState> {
     };
     // Browser-based MCP clients call these from other origins; they carry
     // no cookies, so a wildcard origin exposes nothing.
-    let cors = CorsLayer::new()
-        .allow_origin(Any)
-        .allow_methods([Method::GET, Method::POST, Method::OPTIONS])
-        .allow_headers([
+    let cors = CorsRules::any_origin(
+        &[Method::GET, Method::POST, Method::OPTIONS],
+        &[
             header::CONTENT_TYPE,
             header::AUTHORIZATION,
             HeaderName::from_static("mcp-protocol-version"),
-        ])
-        .max_age(Duration::from_secs(86400));
+        ],
+        Duration::from_secs(86400),
+    )
+    .layer();
     let client_facing = Router::new()
         .route(
             "/.well-known/oauth-authorization-server",
@@ -325,15 +327,14 @@ fn mcp_stack(
 }
 
 /// Browser-based MCP clients on the route's allowed origins may call it.
-fn mcp_cors(app: &AppState, route: &ServedRoute) -> CorsLayer {
+fn mcp_cors(app: &AppState, route: &ServedRoute) -> CheckpointLayer<Cors> {
     let origins: Vec<axum::http::HeaderValue> = std::iter::once(app.settings.public_url.as_str())
         .chain(route.settings.allowed_origins.iter().map(String::as_str))
         .filter_map(|o| o.parse().ok())
         .collect();
-    CorsLayer::new()
-        .allow_origin(origins)
-        .allow_methods([Method::GET, Method::POST, Method::DELETE, Method::OPTIONS])
-        .allow_headers([
+    CorsRules::any_origin(
+        &[Method::GET, Method::POST, Method::DELETE, Method::OPTIONS],
+        &[
             header::CONTENT_TYPE,
             header::AUTHORIZATION,
             header::ACCEPT,
@@ -342,13 +343,16 @@ fn mcp_cors(app: &AppState, route: &ServedRoute) -> CorsLayer {
             HeaderName::from_static("last-event-id"),
             HeaderName::from_static("mcp-method"),
             HeaderName::from_static("mcp-name"),
-        ])
-        .expose_headers([
-            HeaderName::from_static("mcp-session-id"),
-            HeaderName::from_static("mcp-protocol-version"),
-            header::WWW_AUTHENTICATE,
-        ])
-        .max_age(Duration::from_secs(86400))
+        ],
+        Duration::from_secs(86400),
+    )
+    .only_origins(origins)
+    .exposing(&[
+        HeaderName::from_static("mcp-session-id"),
+        HeaderName::from_static("mcp-protocol-version"),
+        header::WWW_AUTHENTICATE,
+    ])
+    .layer()
 }
 
 /// Request ids: a random per-process prefix and a counter. Unique across

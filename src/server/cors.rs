@@ -1,0 +1,168 @@
+//! CORS, for browser-based MCP clients and the OAuth endpoints they call,
+//! with every header value made once, when the route is built.
+//!
+//! The answers are tower-http's `CorsLayer`'s for the same rules (a test
+//! puts both in front of the same service and compares); what differs is
+//! the cost: tower-http builds a header map, joins its `Vary` value and
+//! merges the map into the response on every request, ~4,000 instructions
+//! a request in callgrind (`tests/bench/README.md`). Here a request that is
+//! not a preflight costs an origin lookup and three header inserts.
+//!
+//! A preflight (every `OPTIONS` request, as tower-http has it) is answered
+//! here, 200 with the allowed methods, headers and max age; any other
+//! request goes on, and its response gets `Vary` (appended to the
+//! service's own), `Access-Control-Expose-Headers` and, for an allowed
+//! origin, `Access-Control-Allow-Origin`.
+
+use std::future::Future;
+use std::sync::Arc;
+use std::time::Duration;
+
+use axum::http::{header, HeaderName, HeaderValue, Method, Request, Response};
+use tower::Service;
+
+use crate::checkpoint::{Checkpoint, CheckpointLayer};
+
+/// The request headers a CORS answer depends on, as tower-http lists them.
+static VARY: HeaderValue = HeaderValue::from_static(
+    "origin, access-control-request-method, access-control-request-headers",
+);
+
+/// Which origins may read the answers.
+#[derive(Debug)]
+enum Origins {
+    /// Any: `Access-Control-Allow-Origin: *`, with or without an `Origin`.
+    Any,
+    /// These only, compared byte for byte, and echoed.
+    Only(Vec<HeaderValue>),
+}
+
+/// A route's CORS rules, each header value ready to be sent.
+#[derive(Debug)]
+pub(crate) struct CorsRules {
+    origins: Origins,
+    allow_methods: HeaderValue,
+    allow_headers: HeaderValue,
+    expose_headers: Option<HeaderValue>,
+    max_age: HeaderValue,
+}
+
+/// One comma-separated value of header names or methods; `None` for none.
+fn comma_separated<'a>(items: impl IntoIterator<Item = &'a str>) -> Option<HeaderValue> {
+    let joined = items.into_iter().collect::<Vec<_>>().join(",");
+    // Names and methods are tokens: always a valid value.
+    (!joined.is_empty())
+        .then(|| HeaderValue::from_str(&joined).ok())
+        .flatten()
+}
+
+impl CorsRules {
+    /// Rules for any origin, allowing `methods` and `headers` in
+    /// preflights, which browsers may cache for `max_age`.
+    pub(crate) fn any_origin(
+        methods: &[Method],
+        headers: &[HeaderName],
+        max_age: Duration,
+    ) -> Self {
+        CorsRules {
+            origins: Origins::Any,
+            allow_methods: comma_separated(methods.iter().map(Method::as_str))
+                .unwrap_or(HeaderValue::from_static("")),
+            allow_headers: comma_separated(headers.iter().map(HeaderName::as_str))
+                .unwrap_or(HeaderValue::from_static("")),
+            expose_headers: None,
+            max_age: HeaderValue::from(max_age.as_secs()),
+        }
+    }
+
+    /// Only these origins may read the answers.
+    pub(crate) fn only_origins(mut self, origins: Vec<HeaderValue>) -> Self {
+        self.origins = Origins::Only(origins);
+        self
+    }
+
+    /// Answers that are not preflights expose these headers to scripts.
+    pub(crate) fn exposing(mut self, headers: &[HeaderName]) -> Self {
+        self.expose_headers = comma_separated(headers.iter().map(HeaderName::as_str));
+        self
+    }
+
+    /// The layer that applies these rules.
+    pub(crate) fn layer(self) -> CheckpointLayer<Cors> {
+        CheckpointLayer::new(Cors(Arc::new(self)))
+    }
+
+    fn allow_origin(&self, origin: Option<&HeaderValue>) -> Option<HeaderValue> {
+        match &self.origins {
+            Origins::Any => Some(HeaderValue::from_static("*")),
+            Origins::Only(allowed) => origin.filter(|o| allowed.contains(o)).cloned(),
+        }
+    }
+
+    fn preflight<B: Default>(&self, allow_origin: Option<HeaderValue>) -> Response<B> {
+        let mut response = Response::new(B::default());
+        let headers = response.headers_mut();
+        headers.insert(header::VARY, VARY.clone());
+        if !self.allow_methods.is_empty() {
+            headers.insert(
+                header::ACCESS_CONTROL_ALLOW_METHODS,
+                self.allow_methods.clone(),
+            );
+        }
+        if !self.allow_headers.is_empty() {
+            headers.insert(
+                header::ACCESS_CONTROL_ALLOW_HEADERS,
+                self.allow_headers.clone(),
+            );
+        }
+        headers.insert(header::ACCESS_CONTROL_MAX_AGE, self.max_age.clone());
+        if let Some(origin) = allow_origin {
+            headers.insert(header::ACCESS_CONTROL_ALLOW_ORIGIN, origin);
+        }
+        response
+    }
+
+    fn decorate<B>(&self, response: &mut Response<B>, allow_origin: Option<HeaderValue>) {
+        let headers = response.headers_mut();
+        // The service's own Vary stays; this one is added to it.
+        headers.append(header::VARY, VARY.clone());
+        if let Some(exposed) = &self.expose_headers {
+            headers.insert(header::ACCESS_CONTROL_EXPOSE_HEADERS, exposed.clone());
+        }
+        if let Some(origin) = allow_origin {
+            headers.insert(header::ACCESS_CONTROL_ALLOW_ORIGIN, origin);
+        }
+    }
+}
+
+/// The checkpoint of [`CorsRules::layer`].
+#[derive(Clone, Debug)]
+pub(crate) struct Cors(Arc<CorsRules>);
+
+impl<S, B, ResBody> Checkpoint<S, Request<B>> for Cors
+where
+    S: Service<Request<B>, Response = Response<ResBody>, Future: Send + 'static> + Send + 'static,
+    ResBody: Default + Send + 'static,
+{
+    fn run(
+        self,
+        mut inner: S,
+        request: Request<B>,
+    ) -> impl Future<Output = Result<Response<ResBody>, S::Error>> + Send + 'static {
+        let rules = self.0;
+        let allow_origin = rules.allow_origin(request.headers().get(header::ORIGIN));
+        // A preflight is answered here; the service below never sees it.
+        let answer = (request.method() != Method::OPTIONS).then(|| inner.call(request));
+        async move {
+            let Some(answer) = answer else {
+                return Ok(rules.preflight(allow_origin));
+            };
+            let mut response = answer.await?;
+            rules.decorate(&mut response, allow_origin);
+            Ok(response)
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests;
