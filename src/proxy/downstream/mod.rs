@@ -21,6 +21,7 @@
 
 use std::cell::RefCell;
 use std::collections::HashMap;
+use std::net::{IpAddr, SocketAddr};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::task::{Context, Waker};
 use std::time::{Duration, Instant};
@@ -28,9 +29,10 @@ use std::time::{Duration, Instant};
 use axum::body::Body;
 use axum::http::uri::{Authority, PathAndQuery, Scheme};
 use axum::http::{header, HeaderValue, Request, Response, Uri};
-use hyper_rustls::HttpsConnector;
+use hyper_rustls::{HttpsConnector, MaybeHttpsStream};
 use hyper_util::client::legacy::connect::HttpConnector;
 use hyper_util::rt::TokioIo;
+use tokio::net::TcpStream;
 use tower::Service;
 
 mod body;
@@ -78,6 +80,7 @@ pub(crate) enum DownstreamError {
 #[derive(Clone)]
 pub(crate) struct DownstreamClient {
     connector: HttpsConnector<HttpConnector>,
+    connect_timeout: Duration,
     id: u64,
     idle_timeout: Duration,
 }
@@ -100,6 +103,7 @@ impl DownstreamClient {
             .wrap_connector(http);
         DownstreamClient {
             connector,
+            connect_timeout,
             id: NEXT_ID.fetch_add(1, Ordering::Relaxed),
             idle_timeout: POOL_IDLE_TIMEOUT,
         }
@@ -188,6 +192,12 @@ impl DownstreamClient {
             authority: key.authority.clone(),
             source,
         };
+        if let Some(address) = key.plain_ip_address() {
+            return self
+                .connect_plain(address)
+                .await
+                .map_err(|e| failed(e.into()));
+        }
         let scheme = if key.https {
             Scheme::HTTPS
         } else {
@@ -206,6 +216,36 @@ impl DownstreamClient {
         })
     }
 }
+
+impl DownstreamClient {
+    /// Opens a plain connection to an IP address: what the connector does
+    /// for one, without its URI parsing and resolver step, and with the
+    /// socket non-blocking from its creation (socket2 sets it afterwards,
+    /// two `fcntl` calls a connection). Errors read as the connector's.
+    async fn connect_plain(&self, address: SocketAddr) -> Result<Pooled, TcpConnectError> {
+        let tcp = tokio::time::timeout(self.connect_timeout, TcpStream::connect(address))
+            .await
+            .map_err(|_| {
+                TcpConnectError(std::io::Error::new(
+                    std::io::ErrorKind::TimedOut,
+                    "connect timeout",
+                ))
+            })?
+            .map_err(TcpConnectError)?;
+        tcp.set_nodelay(true).map_err(TcpConnectError)?;
+        let io = MaybeHttpsStream::Http(TokioIo::new(tcp));
+        Ok(Pooled {
+            conn: Box::new(Conn::new(TokioIo::new(io))),
+            idle_since: Instant::now(),
+        })
+    }
+}
+
+/// A plain connection that could not be opened (worded as hyper-util's
+/// connector words it).
+#[derive(Debug, thiserror::Error)]
+#[error("tcp connect error")]
+struct TcpConnectError(#[source] std::io::Error);
 
 /// The request line's target is the path and query; the downstream's host
 /// (and port, unless the scheme's own) goes in `Host` — never user
@@ -264,6 +304,23 @@ impl PartialEq for PoolKey {
 }
 
 impl Eq for PoolKey {}
+
+impl PoolKey {
+    /// Where a plain `http` downstream named by its IP address listens.
+    fn plain_ip_address(&self) -> Option<SocketAddr> {
+        if self.https {
+            return None;
+        }
+        let host = self.authority.host();
+        // An IPv6 address is bracketed in a URL.
+        let host = host
+            .strip_prefix('[')
+            .and_then(|h| h.strip_suffix(']'))
+            .unwrap_or(host);
+        let ip: IpAddr = host.parse().ok()?;
+        Some(SocketAddr::new(ip, self.authority.port_u16().unwrap_or(80)))
+    }
+}
 
 impl std::hash::Hash for PoolKey {
     fn hash<H: std::hash::Hasher>(&self, state: &mut H) {

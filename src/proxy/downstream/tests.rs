@@ -311,6 +311,79 @@ async fn an_unreachable_downstream_is_a_connect_error() {
 }
 
 #[tokio::test]
+async fn a_refused_connection_reads_as_the_connectors_error_for_addresses_and_names() {
+    let port = TcpListener::bind("127.0.0.1:0")
+        .await
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port();
+    // By address the client connects itself; by name, through the connector.
+    for host in ["127.0.0.1", "localhost"] {
+        let failed = failure_of(&format!("http://{host}:{port}/mcp")).await;
+        let chain = crate::error::error_chain(&failed);
+        assert!(
+            chain.starts_with(&format!(
+                "cannot connect to {host}:{port}: tcp connect error: "
+            )),
+            "{chain}"
+        );
+    }
+}
+
+#[tokio::test]
+async fn an_ipv6_downstream_is_reached_by_its_bracketed_address() {
+    let Ok(listener) = TcpListener::bind("[::1]:0").await else {
+        return; // No IPv6 loopback on this machine.
+    };
+    let port = listener.local_addr().unwrap().port();
+    tokio::spawn(async move {
+        while let Ok((stream, _)) = listener.accept().await {
+            tokio::spawn(async move {
+                let mut stream = stream;
+                while let Some(head) = read_head(&mut stream).await {
+                    match ok_json(stream, head).await {
+                        Some(kept) => stream = kept,
+                        None => return,
+                    }
+                }
+            });
+        }
+    });
+    let response = client()
+        .request(get(&format!("http://[::1]:{port}/mcp")))
+        .await
+        .unwrap();
+    assert_eq!(text(response).await, "{}");
+}
+
+#[test]
+fn only_plain_http_to_an_ip_address_skips_the_connector() {
+    let client = client();
+    let address = |url: &str| {
+        client
+            .key(&url.parse().unwrap())
+            .unwrap()
+            .plain_ip_address()
+            .map(|a| a.to_string())
+    };
+    assert_eq!(
+        address("http://127.0.0.1:8080/mcp").as_deref(),
+        Some("127.0.0.1:8080")
+    );
+    assert_eq!(
+        address("http://10.0.0.7/mcp").as_deref(),
+        Some("10.0.0.7:80")
+    );
+    assert_eq!(
+        address("http://[::1]:3000/mcp").as_deref(),
+        Some("[::1]:3000")
+    );
+    assert_eq!(address("http://localhost:8080/mcp"), None);
+    assert_eq!(address("https://127.0.0.1:8443/mcp"), None);
+}
+
+#[tokio::test]
 async fn a_relative_target_is_refused() {
     let failed = failure_of("/mcp").await;
     assert!(
