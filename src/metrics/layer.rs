@@ -28,6 +28,41 @@ impl RecordHttp {
     }
 }
 
+/// The template of the route a request was matched to when the proxy
+/// matched it itself (`server::stack::Routes`, the MCP endpoints), as
+/// axum's `MatchedPath` is for the routes axum matches.
+#[derive(Clone, Debug)]
+pub(crate) struct RouteTemplate(pub(crate) Arc<str>);
+
+/// A request's route label: its template, never the raw path.
+enum RouteLabel {
+    Ours(Arc<str>),
+    Axums(MatchedPath),
+}
+
+impl RouteLabel {
+    fn of<B>(request: &Request<B>) -> Option<Self> {
+        let extensions = request.extensions();
+        // Both share their text; no allocation per request.
+        extensions
+            .get::<RouteTemplate>()
+            .map(|t| RouteLabel::Ours(t.0.clone()))
+            .or_else(|| {
+                extensions
+                    .get::<MatchedPath>()
+                    .cloned()
+                    .map(RouteLabel::Axums)
+            })
+    }
+
+    fn as_str(&self) -> &str {
+        match self {
+            RouteLabel::Ours(template) => template,
+            RouteLabel::Axums(matched) => matched.as_str(),
+        }
+    }
+}
+
 /// A method as a label value.
 fn method_label(method: &Method) -> &'static str {
     match *method {
@@ -52,15 +87,14 @@ where
         mut inner: S,
         request: Request<B>,
     ) -> impl Future<Output = Result<Response<R>, S::Error>> + Send + 'static {
-        // MatchedPath shares its text; no allocation per request.
-        let route = request.extensions().get::<MatchedPath>().cloned();
+        let route = RouteLabel::of(&request);
         let method = method_label(request.method());
         let started = Instant::now();
         let answer = inner.call(request);
         async move {
             let result = answer.await;
             if let Ok(response) = &result {
-                let route = route.as_ref().map_or("unmatched", MatchedPath::as_str);
+                let route = route.as_ref().map_or("unmatched", RouteLabel::as_str);
                 self.metrics.http_request(
                     route,
                     method,

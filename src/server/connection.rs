@@ -43,6 +43,7 @@ use tower::{Layer, Service, ServiceBuilder, ServiceExt};
 use super::body_deadline::BodyDeadlineLayer;
 use super::framing::{CheckFramingLayer, RawHeads, ScanHeads};
 use super::rescue::RescueLayer;
+use super::stack::Routes;
 use crate::checkpoint::{Checkpoint, CheckpointLayer, CheckpointService};
 use crate::config::ServerConfig;
 
@@ -129,7 +130,7 @@ impl Limits {
 /// `name` says which listener in logs.
 pub(crate) async fn serve(
     listener: TcpListener,
-    router: axum::Router,
+    router: Routes,
     mut shutdown: watch::Receiver<bool>,
     limits: Limits,
     budget: Arc<Semaphore>,
@@ -201,7 +202,7 @@ pub(crate) async fn serve(
 async fn serve_one(
     stream: TcpStream,
     remote: SocketAddr,
-    router: axum::Router,
+    router: Routes,
     builder: Arc<Builder<TokioExecutor>>,
     limits: Arc<Limits>,
     mut closing: watch::Receiver<bool>,

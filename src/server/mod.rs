@@ -375,7 +375,7 @@ async fn start_admin(
     };
     let admin_listener = TcpListener::bind(admin).await.map_err(cannot_listen)?;
     let admin_addr = admin_listener.local_addr().map_err(cannot_listen)?;
-    let admin_router = admin::router(app.clone());
+    let admin_router = stack::Routes::axum(admin::router(app.clone()));
     let limits = connection::Limits::from_config(&app.settings.config.server);
     let budget = limits.budget();
     let admin_signal = signal.clone();

@@ -2,13 +2,19 @@
 //! `.layer` chain (axum applies them bottom-up). See DESIGN.md "The request
 //! path".
 
+use std::convert::Infallible;
+use std::sync::Arc;
+use std::task::{Context, Poll};
 use std::time::Duration;
 
+use axum::body::Body;
 use axum::extract::DefaultBodyLimit;
-use axum::http::{header, HeaderName, Method, Request};
+use axum::http::{header, HeaderName, Method, Request, Response};
 use axum::routing::{get, post};
 use axum::Router;
-use tower::Layer;
+use futures_util::future::Either;
+use tower::util::{BoxCloneSyncService, Oneshot};
+use tower::{Layer, Service, ServiceExt};
 use tower_http::request_id::{
     MakeRequestId, PropagateRequestIdLayer, RequestId, SetRequestIdLayer,
 };
@@ -20,7 +26,7 @@ use crate::client_address::{self, ClientAddress};
 use crate::config::LimitGroup;
 use crate::error::{OAuthError, PageError, ProxyError};
 use crate::metrics::audit::Audit;
-use crate::metrics::layer::RecordHttp;
+use crate::metrics::layer::{RecordHttp, RouteTemplate};
 use crate::oauth::{authorize, metadata, register, token};
 use crate::policy::filter::FilterLists;
 use crate::policy::layer::EnforcePolicy;
@@ -118,11 +124,11 @@ fn oauth_routes(app: &AppState, limits: &RateLimits) -> Router<AppState> {
     client_facing.merge(browser_facing)
 }
 
-/// The public listener's router: the OAuth routes, the MCP routes, and
-/// the layers every request passes.
-pub(crate) fn router(app: AppState, hooks: &Hooks) -> Router {
+/// The public listener's service: the MCP endpoints, the OAuth routes
+/// (axum's router), and the layers every request passes.
+pub(crate) fn router(app: AppState, hooks: &Hooks) -> Routes {
     let limits = RateLimits::new(&app.settings.config.limits, app.metrics.clone());
-    let mcp_facing = mcp_routes(&app, &limits, hooks);
+    let endpoints = mcp_endpoints(&app, &limits, hooks);
 
     let trusted_proxies = app.settings.trusted_proxies.clone();
     let app_metrics = app.metrics.clone();
@@ -161,11 +167,21 @@ pub(crate) fn router(app: AppState, hooks: &Hooks) -> Router {
                 request
             },
         ));
-    Router::new()
+    let endpoints = endpoints
+        .into_iter()
+        .map(|(path, endpoint)| {
+            // One body type out, as axum's routes answer with.
+            let endpoint = every_request
+                .service(endpoint)
+                .map_response(|response: Response<_>| response.map(Body::new));
+            (path, BoxCloneSyncService::new(endpoint))
+        })
+        .collect();
+    let others = Router::new()
         .merge(oauth_routes(&app, &limits))
         .with_state(app)
-        .merge(mcp_facing)
-        .layer(every_request)
+        .layer(every_request);
+    Routes::new(endpoints, others)
 }
 
 /// RFC 9728 metadata of each route's endpoints, at
@@ -188,12 +204,29 @@ fn protected_resources(app: &AppState) -> Router<AppState> {
     router
 }
 
-/// The MCP routes: each route's endpoints, each with its own stack, behind
-/// the route's CORS for browser clients. Paths are matched exactly (no
-/// decoding, no dot segments, no trailing slash): configuration allows
-/// only paths that have one spelling.
-fn mcp_routes(app: &AppState, limits: &RateLimits, hooks: &Hooks) -> Router {
-    let mut router = Router::new();
+/// The MCP endpoints: each route's, each with its own stack, behind the
+/// route's CORS for browser clients, by the exact path it answers on
+/// (configuration allows only paths that have one spelling).
+// The stack's type cannot be named (it holds closures), so it is spelled as
+// what it implements, here only.
+#[allow(clippy::type_complexity)]
+fn mcp_endpoints(
+    app: &AppState,
+    limits: &RateLimits,
+    hooks: &Hooks,
+) -> Vec<(
+    Arc<str>,
+    impl Service<
+            Request<Body>,
+            Response = Response<Body>,
+            Error = Infallible,
+            Future: Send + 'static,
+        > + Clone
+        + Send
+        + Sync
+        + 'static,
+)> {
+    let mut endpoints = Vec::new();
     for route in &app.routes {
         let settings = &route.settings;
         // An embedding program's layers, built once for the route: its
@@ -204,7 +237,7 @@ fn mcp_routes(app: &AppState, limits: &RateLimits, hooks: &Hooks) -> Router {
             settings.sse_path.as_deref(),
         ));
         // The route's CORS in front of each endpoint's stack, shared by the
-        // router's per-request clones (`SharedEndpoint`).
+        // per-request clones (`SharedEndpoint`).
         let cors = mcp_cors(app, route);
         let stack = |resource_path: &str, endpoint| {
             SharedEndpoint::new(cors.clone().layer(mcp_stack(
@@ -216,16 +249,19 @@ fn mcp_routes(app: &AppState, limits: &RateLimits, hooks: &Hooks) -> Router {
                 &route_hooks,
             )))
         };
-        let mut endpoints =
-            Router::new().route_service(&settings.path, stack(&settings.path, Endpoint::Mcp));
+        endpoints.push((
+            Arc::from(settings.path.as_str()),
+            stack(&settings.path, Endpoint::Mcp),
+        ));
         if let (Some(sse), Some(message)) = (&settings.sse_path, settings.message_path()) {
-            endpoints = endpoints
-                .route_service(sse, stack(sse, Endpoint::SseStream))
-                .route_service(&message, stack(sse, Endpoint::SseMessage));
+            endpoints.push((Arc::from(sse.as_str()), stack(sse, Endpoint::SseStream)));
+            endpoints.push((
+                Arc::from(message.as_str()),
+                stack(sse, Endpoint::SseMessage),
+            ));
         }
-        router = router.merge(endpoints);
     }
-    router
+    endpoints
 }
 
 /// One endpoint of one route, outermost first: audit ← rescue ← address
@@ -353,6 +389,75 @@ fn mcp_cors(app: &AppState, route: &ServedRoute) -> CheckpointLayer<Cors> {
         header::WWW_AUTHENTICATE,
     ])
     .layer()
+}
+
+/// One MCP endpoint's stack, the layers every request passes included.
+type EndpointService = BoxCloneSyncService<Request<Body>, Response<Body>, Infallible>;
+
+/// The public listener's service. A request for an MCP endpoint goes
+/// straight to that endpoint's stack, its path compared whole (the same
+/// match as axum's for a route without parameters: no decoding, no
+/// trailing slash); any other goes through axum's router. On the path of
+/// every MCP call, axum's route lookup, its `MatchedPath`, its response
+/// mapping and its route future cost ~4,300 instructions a request in
+/// callgrind (`tests/bench/README.md`). hyper writes what axum's route
+/// future would have added on the way out (`Content-Length` of a body of
+/// known size, no body for `HEAD`).
+#[derive(Clone)]
+pub(crate) struct Routes {
+    endpoints: Arc<[(Arc<str>, EndpointService)]>,
+    others: Router,
+}
+
+impl Routes {
+    /// A listener's routes that are all axum's (the admin listener's).
+    pub(crate) fn axum(router: Router) -> Self {
+        Routes::new(Vec::new(), router)
+    }
+
+    fn new(endpoints: Vec<(Arc<str>, EndpointService)>, others: Router) -> Self {
+        Routes {
+            endpoints: endpoints.into(),
+            others,
+        }
+    }
+}
+
+impl<B> Service<Request<B>> for Routes
+where
+    B: http_body::Body<Data = axum::body::Bytes> + Send + 'static,
+    B::Error: Into<axum::BoxError>,
+{
+    type Response = Response<Body>;
+    type Error = Infallible;
+    type Future =
+        Either<Oneshot<EndpointService, Request<Body>>, <Router as Service<Request<B>>>::Future>;
+
+    /// Always ready: an endpoint's readiness is awaited in `call` (as
+    /// axum's routes do), and the router is always ready.
+    fn poll_ready(&mut self, _cx: &mut Context<'_>) -> Poll<Result<(), Infallible>> {
+        Poll::Ready(Ok(()))
+    }
+
+    fn call(&mut self, request: Request<B>) -> Self::Future {
+        let path = request.uri().path();
+        match self
+            .endpoints
+            .iter()
+            .find(|(template, _)| **template == *path)
+        {
+            Some((template, endpoint)) => {
+                let mut request = request.map(Body::new);
+                // The metrics' route label, as axum's `MatchedPath` is for
+                // the routes it matches.
+                request
+                    .extensions_mut()
+                    .insert(RouteTemplate(template.clone()));
+                Either::Left(endpoint.clone().oneshot(request))
+            }
+            None => Either::Right(self.others.call(request)),
+        }
+    }
 }
 
 /// Request ids: a random per-process prefix and a counter. Unique across

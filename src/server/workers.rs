@@ -81,7 +81,7 @@ fn bind_one(addr: SocketAddr) -> io::Result<std::net::TcpListener> {
 /// What one worker thread needs; every worker gets a clone.
 #[derive(Clone)]
 pub(super) struct Work {
-    pub router: axum::Router,
+    pub router: super::stack::Routes,
     pub signal: watch::Receiver<bool>,
     pub limits: Limits,
     /// `server.max_connections`, shared: the limit is the listener's, not a
