@@ -8,7 +8,8 @@
 //! per-tool policy: run per call), the raw-head scan of a pipelined
 //! connection, and one round trip to a loopback downstream with the
 //! forwarder's client and with hyper-util's pooled client it replaced, and
-//! what a layer of the stack costs as a `Checkpoint` and as a `Gate`.
+//! what a layer of the stack costs as a `Checkpoint` and as a `Gate`, and
+//! an MCP endpoint's CORS on a call (ours, and tower-http's it replaced).
 //! Reference numbers: tests/bench/README.md.
 
 use std::hint::black_box;
@@ -17,10 +18,10 @@ use std::path::Path;
 use criterion::{criterion_group, criterion_main, Criterion};
 use http::Request;
 use mcp_oauth_proxy::bench_support::{
-    scan_heads, CachedDecision, DownstreamRoundTrip, HeaderRewrite, TokenCacheHit,
+    scan_heads, CachedDecision, CorsCall, DownstreamRoundTrip, HeaderRewrite, TokenCacheHit,
 };
 use mcp_oauth_proxy::checkpoint::{Checkpoint, CheckpointLayer, Gate, GateLayer};
-use tower::{Service, ServiceExt};
+use tower::{Layer, Service, ServiceExt};
 
 fn bench(c: &mut Criterion) {
     let runtime = tokio::runtime::Builder::new_current_thread()
@@ -170,5 +171,71 @@ fn layers(c: &mut Criterion) {
     });
 }
 
-criterion_group!(benches, bench, downstream, layers);
+/// An MCP endpoint's CORS on a call from an allowed origin: the proxy's
+/// layer (`server::cors`), and tower-http's `CorsLayer` with the same rules.
+fn cors(c: &mut Criterion) {
+    let runtime = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .expect("a runtime");
+    let ours = CorsCall::new();
+    assert!(
+        runtime.block_on(ours.call()).is_some(),
+        "the origin is allowed"
+    );
+    c.bench_function("cors/call/ours", |b| {
+        b.iter(|| black_box(runtime.block_on(ours.call())))
+    });
+
+    use http::header::{self, HeaderName, HeaderValue};
+    use http::Method;
+    let theirs = tower_http::cors::CorsLayer::new()
+        .allow_origin([
+            HeaderValue::from_static("https://mcp.example.com"),
+            HeaderValue::from_static("http://localhost:6274"),
+        ])
+        .allow_methods([Method::GET, Method::POST, Method::DELETE, Method::OPTIONS])
+        .allow_headers([
+            header::CONTENT_TYPE,
+            header::AUTHORIZATION,
+            header::ACCEPT,
+            HeaderName::from_static("mcp-protocol-version"),
+            HeaderName::from_static("mcp-session-id"),
+            HeaderName::from_static("last-event-id"),
+            HeaderName::from_static("mcp-method"),
+            HeaderName::from_static("mcp-name"),
+        ])
+        .expose_headers([
+            HeaderName::from_static("mcp-session-id"),
+            HeaderName::from_static("mcp-protocol-version"),
+            header::WWW_AUTHENTICATE,
+        ])
+        .max_age(std::time::Duration::from_secs(86400))
+        .layer(tower::service_fn(
+            |_request: Request<axum::body::Body>| async {
+                let mut response = http::Response::new(axum::body::Body::empty());
+                response.headers_mut().insert(
+                    header::CONTENT_TYPE,
+                    HeaderValue::from_static("application/json"),
+                );
+                Ok::<_, std::convert::Infallible>(response)
+            },
+        ));
+    let call = || {
+        Request::post("/mcp")
+            .header(header::ORIGIN, "http://localhost:6274")
+            .body(axum::body::Body::empty())
+            .expect("a request")
+    };
+    assert!(runtime
+        .block_on(theirs.clone().oneshot(call()))
+        .expect("answered")
+        .headers()
+        .contains_key(header::ACCESS_CONTROL_ALLOW_ORIGIN));
+    c.bench_function("cors/call/tower_http", |b| {
+        b.iter(|| black_box(runtime.block_on(theirs.clone().oneshot(call())).is_ok()))
+    });
+}
+
+criterion_group!(benches, bench, downstream, layers, cors);
 criterion_main!(benches);

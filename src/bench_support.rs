@@ -1,6 +1,7 @@
 //! The request path's pieces, set up the way a request meets them, for
 //! `benches/request_path.rs`: a token cache hit, the header rewrite, the
-//! policy decision for a cached session, and the raw-head scan. A
+//! policy decision for a cached session, the raw-head scan, and an MCP
+//! endpoint's CORS on a call that is not a preflight. A
 //! regression in one of them shows in `cargo bench` without the load test
 //! (`scripts/bench.sh`). Nothing here is used by the proxy itself.
 
@@ -351,5 +352,72 @@ async fn answer_every_head(mut stream: tokio::net::TcpStream) {
                 return;
             }
         }
+    }
+}
+
+/// What the CORS layer's inner service is: one that answers at once.
+type Answer = fn(
+    axum::http::Request<axum::body::Body>,
+) -> std::future::Ready<
+    Result<axum::http::Response<axum::body::Body>, std::convert::Infallible>,
+>;
+
+/// Answers 200 with a JSON content type, as a downstream's answer arrives.
+fn answer_at_once(
+    _request: axum::http::Request<axum::body::Body>,
+) -> std::future::Ready<Result<axum::http::Response<axum::body::Body>, std::convert::Infallible>> {
+    let mut response = axum::http::Response::new(axum::body::Body::empty());
+    response.headers_mut().insert(
+        axum::http::header::CONTENT_TYPE,
+        HeaderValue::from_static("application/json"),
+    );
+    std::future::ready(Ok(response))
+}
+
+/// An MCP endpoint's CORS layer (`server::cors`, with the rules
+/// `server::stack` makes for a route) in front of a service that answers
+/// at once, called from an allowed origin.
+pub struct CorsCall {
+    service: crate::checkpoint::CheckpointService<
+        crate::server::cors::Cors,
+        tower::util::ServiceFn<Answer>,
+    >,
+}
+
+impl Default for CorsCall {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+impl CorsCall {
+    /// The rules for the proxy's public origin and one allowed origin.
+    pub fn new() -> Self {
+        use tower::Layer;
+        let origins = vec![
+            HeaderValue::from_static("https://mcp.example.com"),
+            HeaderValue::from_static("http://localhost:6274"),
+        ];
+        let answer: Answer = answer_at_once;
+        CorsCall {
+            service: crate::server::stack::mcp_cors_rules(origins)
+                .layer()
+                .layer(tower::service_fn(answer)),
+        }
+    }
+
+    /// One POST from `http://localhost:6274`; the answer's
+    /// `Access-Control-Allow-Origin`.
+    pub async fn call(&self) -> Option<HeaderValue> {
+        use tower::ServiceExt;
+        let request = axum::http::Request::post("/mcp")
+            .header(axum::http::header::ORIGIN, "http://localhost:6274")
+            .body(axum::body::Body::empty())
+            .ok()?;
+        let response = self.service.clone().oneshot(request).await.ok()?;
+        response
+            .headers()
+            .get(axum::http::header::ACCESS_CONTROL_ALLOW_ORIGIN)
+            .cloned()
     }
 }

@@ -368,6 +368,11 @@ fn mcp_cors(app: &AppState, route: &ServedRoute) -> CheckpointLayer<Cors> {
         .chain(route.settings.allowed_origins.iter().map(String::as_str))
         .filter_map(|o| o.parse().ok())
         .collect();
+    mcp_cors_rules(origins).layer()
+}
+
+/// An MCP endpoint's CORS rules, for these origins.
+pub(crate) fn mcp_cors_rules(origins: Vec<axum::http::HeaderValue>) -> CorsRules {
     CorsRules::any_origin(
         &[Method::GET, Method::POST, Method::DELETE, Method::OPTIONS],
         &[
@@ -388,7 +393,6 @@ fn mcp_cors(app: &AppState, route: &ServedRoute) -> CheckpointLayer<Cors> {
         HeaderName::from_static("mcp-protocol-version"),
         header::WWW_AUTHENTICATE,
     ])
-    .layer()
 }
 
 /// One MCP endpoint's stack, the layers every request passes included.
