@@ -1,12 +1,14 @@
 //! `SharedEndpoint`: an MCP endpoint's whole stack behind one `Arc`.
 //!
-//! axum's router clones a route's service for every request, once per
-//! level of routing and layering it passes (about seven), and each clone of
-//! a tower stack copies every layer below it. Behind an `Arc`, those clones
-//! cost a reference count each; the stack itself is cloned once per
-//! request, here, and driven to readiness before the call, exactly as
-//! axum's own route does (`oneshot`), so a layer with backpressure (an
-//! embedding program's) keeps it.
+//! The service in front of an endpoint is cloned for every request
+//! (`server::stack::Routes` clones the endpoint's boxed service with the
+//! layers every request passes; axum's router clones a route once per
+//! level of routing and layering), and each clone of a tower stack copies
+//! every layer below it. Behind an `Arc`, those clones cost a reference
+//! count each; the stack itself is cloned once per request, here, and
+//! driven to readiness before the call, exactly as axum's own route does
+//! (`oneshot`), so a layer with backpressure (an embedding program's)
+//! keeps it.
 
 use std::convert::Infallible;
 use std::sync::Arc;
