@@ -27,7 +27,15 @@ where
     F: Fn(TcpStream, String) -> Fut + Send + Sync + Clone + 'static,
     Fut: std::future::Future<Output = Option<TcpStream>> + Send,
 {
-    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    server_on(TcpListener::bind("127.0.0.1:0").await.unwrap(), answer)
+}
+
+/// `server`, on a listener of the test's own.
+fn server_on<F, Fut>(listener: TcpListener, answer: F) -> (String, Seen)
+where
+    F: Fn(TcpStream, String) -> Fut + Send + Sync + Clone + 'static,
+    Fut: std::future::Future<Output = Option<TcpStream>> + Send,
+{
     let addr = listener.local_addr().unwrap();
     let connections = Arc::new(AtomicUsize::new(0));
     let (heads_tx, heads) = mpsc::unbounded_channel();
@@ -84,6 +92,16 @@ fn get(url: &str) -> Request<Body> {
         .header("x-user", "alice")
         .body(Body::empty())
         .unwrap()
+}
+
+/// A loopback port nothing listens on: bound, then let go.
+async fn unused_port() -> u16 {
+    TcpListener::bind("127.0.0.1:0")
+        .await
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
 }
 
 /// A client as a route makes one (2 s to connect).
@@ -296,13 +314,7 @@ async fn a_post_body_is_sent_whole() {
 
 #[tokio::test]
 async fn an_unreachable_downstream_is_a_connect_error() {
-    // A port nothing listens on: bind one, then let it go.
-    let port = TcpListener::bind("127.0.0.1:0")
-        .await
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port();
+    let port = unused_port().await;
     let failed = failure_of(&format!("http://127.0.0.1:{port}/mcp")).await;
     assert!(
         matches!(failed, DownstreamError::Connect { .. }),
@@ -312,12 +324,7 @@ async fn an_unreachable_downstream_is_a_connect_error() {
 
 #[tokio::test]
 async fn a_refused_connection_reads_as_the_connectors_error_for_addresses_and_names() {
-    let port = TcpListener::bind("127.0.0.1:0")
-        .await
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port();
+    let port = unused_port().await;
     // By address the client connects itself; by name, through the connector.
     for host in ["127.0.0.1", "localhost"] {
         let failed = failure_of(&format!("http://{host}:{port}/mcp")).await;
@@ -336,24 +343,10 @@ async fn an_ipv6_downstream_is_reached_by_its_bracketed_address() {
     let Ok(listener) = TcpListener::bind("[::1]:0").await else {
         return; // No IPv6 loopback on this machine.
     };
-    let port = listener.local_addr().unwrap().port();
-    tokio::spawn(async move {
-        while let Ok((stream, _)) = listener.accept().await {
-            tokio::spawn(async move {
-                let mut stream = stream;
-                while let Some(head) = read_head(&mut stream).await {
-                    match ok_json(stream, head).await {
-                        Some(kept) => stream = kept,
-                        None => return,
-                    }
-                }
-            });
-        }
-    });
-    let response = client()
-        .request(get(&format!("http://[::1]:{port}/mcp")))
-        .await
-        .unwrap();
+    // `http://[::1]:<port>`: the address as a URL writes it.
+    let (base, _seen) = server_on(listener, ok_json);
+    assert!(base.starts_with("http://[::1]:"), "{base}");
+    let response = client().request(get(&format!("{base}/mcp"))).await.unwrap();
     assert_eq!(text(response).await, "{}");
 }
 
