@@ -210,14 +210,9 @@ impl DownstreamClient {
             .build()
             .map_err(|e| failed(e.into()))?;
         let io = self.connector.clone().call(uri).await.map_err(failed)?;
-        Ok(Pooled {
-            conn: Box::new(Conn::new(TokioIo::new(io))),
-            idle_since: Instant::now(),
-        })
+        Ok(Pooled::opened(io))
     }
-}
 
-impl DownstreamClient {
     /// Opens a plain connection to an IP address: what the connector does
     /// for one, without its URI parsing and resolver step, and with the
     /// socket non-blocking from its creation (socket2 sets it afterwards,
@@ -233,11 +228,7 @@ impl DownstreamClient {
             })?
             .map_err(TcpConnectError)?;
         tcp.set_nodelay(true).map_err(TcpConnectError)?;
-        let io = MaybeHttpsStream::Http(TokioIo::new(tcp));
-        Ok(Pooled {
-            conn: Box::new(Conn::new(TokioIo::new(io))),
-            idle_since: Instant::now(),
-        })
+        Ok(Pooled::opened(MaybeHttpsStream::Http(TokioIo::new(tcp))))
     }
 }
 
@@ -279,6 +270,16 @@ pub(super) struct Pooled {
     /// answer's body, back); boxed, each move is a pointer.
     conn: Box<Conn>,
     idle_since: Instant,
+}
+
+impl Pooled {
+    /// A connection just opened, by either way of connecting.
+    fn opened(io: MaybeHttpsStream<TokioIo<TcpStream>>) -> Self {
+        Pooled {
+            conn: Box::new(Conn::new(TokioIo::new(io))),
+            idle_since: Instant::now(),
+        }
+    }
 }
 
 /// Which pool a connection belongs to: the client (its connect settings),
