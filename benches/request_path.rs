@@ -18,7 +18,8 @@ use std::path::Path;
 use criterion::{criterion_group, criterion_main, Criterion};
 use http::Request;
 use mcp_oauth_proxy::bench_support::{
-    scan_heads, CachedDecision, CorsCall, DownstreamRoundTrip, HeaderRewrite, TokenCacheHit,
+    answer_at_once, scan_heads, CachedDecision, CorsCall, DownstreamRoundTrip, HeaderRewrite,
+    McpCors, TokenCacheHit,
 };
 use mcp_oauth_proxy::checkpoint::{Checkpoint, CheckpointLayer, Gate, GateLayer};
 use tower::{Layer, Service, ServiceExt};
@@ -187,53 +188,28 @@ fn cors(c: &mut Criterion) {
         b.iter(|| black_box(runtime.block_on(ours.call())))
     });
 
-    use http::header::{self, HeaderName, HeaderValue};
-    use http::Method;
+    // The same lists, origins and inner service as ours.
+    let rules = McpCors::default();
     let theirs = tower_http::cors::CorsLayer::new()
-        .allow_origin([
-            HeaderValue::from_static("https://mcp.example.com"),
-            HeaderValue::from_static("http://localhost:6274"),
-        ])
-        .allow_methods([Method::GET, Method::POST, Method::DELETE, Method::OPTIONS])
-        .allow_headers([
-            header::CONTENT_TYPE,
-            header::AUTHORIZATION,
-            header::ACCEPT,
-            HeaderName::from_static("mcp-protocol-version"),
-            HeaderName::from_static("mcp-session-id"),
-            HeaderName::from_static("last-event-id"),
-            HeaderName::from_static("mcp-method"),
-            HeaderName::from_static("mcp-name"),
-        ])
-        .expose_headers([
-            HeaderName::from_static("mcp-session-id"),
-            HeaderName::from_static("mcp-protocol-version"),
-            header::WWW_AUTHENTICATE,
-        ])
-        .max_age(std::time::Duration::from_secs(86400))
-        .layer(tower::service_fn(
-            |_request: Request<axum::body::Body>| async {
-                let mut response = http::Response::new(axum::body::Body::empty());
-                response.headers_mut().insert(
-                    header::CONTENT_TYPE,
-                    HeaderValue::from_static("application/json"),
-                );
-                Ok::<_, std::convert::Infallible>(response)
-            },
-        ));
-    let call = || {
-        Request::post("/mcp")
-            .header(header::ORIGIN, "http://localhost:6274")
-            .body(axum::body::Body::empty())
-            .expect("a request")
-    };
+        .allow_origin(CorsCall::origins())
+        .allow_methods(rules.methods.to_vec())
+        .allow_headers(rules.allowed_headers.to_vec())
+        .expose_headers(rules.exposed_headers.to_vec())
+        .max_age(rules.max_age)
+        .layer(tower::service_fn(answer_at_once));
     assert!(runtime
-        .block_on(theirs.clone().oneshot(call()))
+        .block_on(theirs.clone().oneshot(CorsCall::request()))
         .expect("answered")
         .headers()
-        .contains_key(header::ACCESS_CONTROL_ALLOW_ORIGIN));
+        .contains_key(http::header::ACCESS_CONTROL_ALLOW_ORIGIN));
     c.bench_function("cors/call/tower_http", |b| {
-        b.iter(|| black_box(runtime.block_on(theirs.clone().oneshot(call())).is_ok()))
+        b.iter(|| {
+            black_box(
+                runtime
+                    .block_on(theirs.clone().oneshot(CorsCall::request()))
+                    .is_ok(),
+            )
+        })
     });
 }
 

@@ -355,6 +355,8 @@ async fn answer_every_head(mut stream: tokio::net::TcpStream) {
     }
 }
 
+pub use crate::server::stack::McpCors;
+
 /// What the CORS layer's inner service is: one that answers at once.
 type Answer = fn(
     axum::http::Request<axum::body::Body>,
@@ -363,7 +365,7 @@ type Answer = fn(
 >;
 
 /// Answers 200 with a JSON content type, as a downstream's answer arrives.
-fn answer_at_once(
+pub fn answer_at_once(
     _request: axum::http::Request<axum::body::Body>,
 ) -> std::future::Ready<Result<axum::http::Response<axum::body::Body>, std::convert::Infallible>> {
     let mut response = axum::http::Response::new(axum::body::Body::empty());
@@ -391,30 +393,42 @@ impl Default for CorsCall {
 }
 
 impl CorsCall {
-    /// The rules for the proxy's public origin and one allowed origin.
+    /// The rules for `CorsCall::origins`.
     pub fn new() -> Self {
         use tower::Layer;
-        let origins = vec![
-            HeaderValue::from_static("https://mcp.example.com"),
-            HeaderValue::from_static("http://localhost:6274"),
-        ];
         let answer: Answer = answer_at_once;
         CorsCall {
-            service: crate::server::stack::mcp_cors_rules(origins)
+            service: McpCors::default()
+                .rules(Self::origins())
                 .layer()
                 .layer(tower::service_fn(answer)),
         }
     }
 
-    /// One POST from `http://localhost:6274`; the answer's
-    /// `Access-Control-Allow-Origin`.
+    /// The proxy's public origin and one allowed origin.
+    pub fn origins() -> Vec<HeaderValue> {
+        vec![
+            HeaderValue::from_static("https://mcp.example.com"),
+            HeaderValue::from_static("http://localhost:6274"),
+        ]
+    }
+
+    /// A POST from the allowed origin.
+    pub fn request() -> axum::http::Request<axum::body::Body> {
+        let mut request = axum::http::Request::new(axum::body::Body::empty());
+        *request.method_mut() = Method::POST;
+        *request.uri_mut() = axum::http::Uri::from_static("/mcp");
+        request.headers_mut().insert(
+            axum::http::header::ORIGIN,
+            HeaderValue::from_static("http://localhost:6274"),
+        );
+        request
+    }
+
+    /// One `request()`; the answer's `Access-Control-Allow-Origin`.
     pub async fn call(&self) -> Option<HeaderValue> {
         use tower::ServiceExt;
-        let request = axum::http::Request::post("/mcp")
-            .header(axum::http::header::ORIGIN, "http://localhost:6274")
-            .body(axum::body::Body::empty())
-            .ok()?;
-        let response = self.service.clone().oneshot(request).await.ok()?;
+        let response = self.service.clone().oneshot(Self::request()).await.ok()?;
         response
             .headers()
             .get(axum::http::header::ACCESS_CONTROL_ALLOW_ORIGIN)

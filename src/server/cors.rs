@@ -41,8 +41,8 @@ enum Origins {
 #[derive(Debug)]
 pub(crate) struct CorsRules {
     origins: Origins,
-    allow_methods: HeaderValue,
-    allow_headers: HeaderValue,
+    allow_methods: Option<HeaderValue>,
+    allow_headers: Option<HeaderValue>,
     expose_headers: Option<HeaderValue>,
     max_age: HeaderValue,
 }
@@ -50,10 +50,11 @@ pub(crate) struct CorsRules {
 /// One comma-separated value of header names or methods; `None` for none.
 fn comma_separated<'a>(items: impl IntoIterator<Item = &'a str>) -> Option<HeaderValue> {
     let joined = items.into_iter().collect::<Vec<_>>().join(",");
+    if joined.is_empty() {
+        return None;
+    }
     // Names and methods are tokens: always a valid value.
-    (!joined.is_empty())
-        .then(|| HeaderValue::from_str(&joined).ok())
-        .flatten()
+    HeaderValue::from_str(&joined).ok()
 }
 
 impl CorsRules {
@@ -66,10 +67,8 @@ impl CorsRules {
     ) -> Self {
         CorsRules {
             origins: Origins::Any,
-            allow_methods: comma_separated(methods.iter().map(Method::as_str))
-                .unwrap_or(HeaderValue::from_static("")),
-            allow_headers: comma_separated(headers.iter().map(HeaderName::as_str))
-                .unwrap_or(HeaderValue::from_static("")),
+            allow_methods: comma_separated(methods.iter().map(Method::as_str)),
+            allow_headers: comma_separated(headers.iter().map(HeaderName::as_str)),
             expose_headers: None,
             max_age: HeaderValue::from(max_age.as_secs()),
         }
@@ -103,17 +102,11 @@ impl CorsRules {
         let mut response = Response::new(B::default());
         let headers = response.headers_mut();
         headers.insert(header::VARY, VARY.clone());
-        if !self.allow_methods.is_empty() {
-            headers.insert(
-                header::ACCESS_CONTROL_ALLOW_METHODS,
-                self.allow_methods.clone(),
-            );
+        if let Some(methods) = &self.allow_methods {
+            headers.insert(header::ACCESS_CONTROL_ALLOW_METHODS, methods.clone());
         }
-        if !self.allow_headers.is_empty() {
-            headers.insert(
-                header::ACCESS_CONTROL_ALLOW_HEADERS,
-                self.allow_headers.clone(),
-            );
+        if let Some(allowed) = &self.allow_headers {
+            headers.insert(header::ACCESS_CONTROL_ALLOW_HEADERS, allowed.clone());
         }
         headers.insert(header::ACCESS_CONTROL_MAX_AGE, self.max_age.clone());
         if let Some(origin) = allow_origin {

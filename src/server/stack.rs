@@ -368,31 +368,54 @@ fn mcp_cors(app: &AppState, route: &ServedRoute) -> CheckpointLayer<Cors> {
         .chain(route.settings.allowed_origins.iter().map(String::as_str))
         .filter_map(|o| o.parse().ok())
         .collect();
-    mcp_cors_rules(origins).layer()
+    McpCors::default().rules(origins).layer()
 }
 
-/// An MCP endpoint's CORS rules, for these origins.
-pub(crate) fn mcp_cors_rules(origins: Vec<axum::http::HeaderValue>) -> CorsRules {
-    CorsRules::any_origin(
-        &[Method::GET, Method::POST, Method::DELETE, Method::OPTIONS],
-        &[
-            header::CONTENT_TYPE,
-            header::AUTHORIZATION,
-            header::ACCEPT,
-            HeaderName::from_static("mcp-protocol-version"),
-            HeaderName::from_static("mcp-session-id"),
-            HeaderName::from_static("last-event-id"),
-            HeaderName::from_static("mcp-method"),
-            HeaderName::from_static("mcp-name"),
-        ],
-        Duration::from_secs(86400),
-    )
-    .only_origins(origins)
-    .exposing(&[
-        HeaderName::from_static("mcp-session-id"),
-        HeaderName::from_static("mcp-protocol-version"),
-        header::WWW_AUTHENTICATE,
-    ])
+/// What an MCP endpoint allows browsers, its origins aside: one list, for
+/// the route's layer and for the benchmark that compares that layer with
+/// tower-http's (`benches/request_path.rs`).
+pub struct McpCors {
+    /// Methods a preflight allows.
+    pub methods: [Method; 4],
+    /// Request headers a preflight allows.
+    pub allowed_headers: [HeaderName; 8],
+    /// Response headers scripts may read.
+    pub exposed_headers: [HeaderName; 3],
+    /// How long a browser may cache a preflight's answer.
+    pub max_age: Duration,
+}
+
+impl Default for McpCors {
+    fn default() -> Self {
+        McpCors {
+            methods: [Method::GET, Method::POST, Method::DELETE, Method::OPTIONS],
+            allowed_headers: [
+                header::CONTENT_TYPE,
+                header::AUTHORIZATION,
+                header::ACCEPT,
+                HeaderName::from_static("mcp-protocol-version"),
+                HeaderName::from_static("mcp-session-id"),
+                HeaderName::from_static("last-event-id"),
+                HeaderName::from_static("mcp-method"),
+                HeaderName::from_static("mcp-name"),
+            ],
+            exposed_headers: [
+                HeaderName::from_static("mcp-session-id"),
+                HeaderName::from_static("mcp-protocol-version"),
+                header::WWW_AUTHENTICATE,
+            ],
+            max_age: Duration::from_secs(86400),
+        }
+    }
+}
+
+impl McpCors {
+    /// The rules for an endpoint whose browsers may come from `origins`.
+    pub(crate) fn rules(&self, origins: Vec<axum::http::HeaderValue>) -> CorsRules {
+        CorsRules::any_origin(&self.methods, &self.allowed_headers, self.max_age)
+            .only_origins(origins)
+            .exposing(&self.exposed_headers)
+    }
 }
 
 /// One MCP endpoint's stack, the layers every request passes included.
