@@ -41,16 +41,16 @@ fn rule_sets() -> Vec<(CorsRules, tower_http::cors::CorsLayer)> {
         HeaderValue::from_static(ALLOWED),
         HeaderValue::from_static("http://localhost:6274"),
     ];
+    // An MCP route's, with the lists the proxy serves.
+    let mcp = crate::server::stack::McpCors::default();
     let listed = (
-        CorsRules::any_origin(&METHODS, &allowed_headers(), max_age)
-            .only_origins(origins.clone())
-            .exposing(&exposed_headers()),
+        mcp.rules(origins.clone()),
         tower_http::cors::CorsLayer::new()
             .allow_origin(origins)
-            .allow_methods(METHODS)
-            .allow_headers(allowed_headers())
-            .expose_headers(exposed_headers())
-            .max_age(max_age),
+            .allow_methods(mcp.methods.to_vec())
+            .allow_headers(mcp.allowed_headers.to_vec())
+            .expose_headers(mcp.exposed_headers.to_vec())
+            .max_age(mcp.max_age),
     );
     vec![any, listed]
 }
