@@ -163,6 +163,35 @@ function cpuNanos(pids) {
   return ns;
 }
 
+/**
+ * The proxy binary (`cfg.bin`) under callgrind, for the probes that count
+ * instructions (instructions.mjs, ttfeprobe.mjs). Start the proxy with
+ * `wrapper` as its binary; `zero()` after the warm-up; `dump(annotateArgs)`
+ * writes the counts since and returns the dump's path, `callgrind_annotate`'s
+ * output and the total; `stop()` ends the proxy (valgrind runs it as its
+ * child, so stopping valgrind's pid would leave it running).
+ */
+function underCallgrind(dir) {
+  const realBin = cfg.bin;
+  const wrapper = path.join(dir, 'callgrind-proxy');
+  fs.writeFileSync(wrapper, `#!/bin/sh\nexec valgrind --tool=callgrind --callgrind-out-file=${path.join(dir, 'callgrind.out.%p')} "${realBin}" "$@"\n`, { mode: 0o755 });
+  let pid;
+  const valgrindPid = () => (pid ??= Number(execFileSync('pgrep', ['-f', `callgrind.*${realBin}`]).toString().trim().split('\n')[0]));
+  return {
+    wrapper,
+    zero: () => execFileSync('callgrind_control', ['-z', String(valgrindPid())]),
+    dump: (annotateArgs = ['--threshold=100', '--auto=no']) => {
+      execFileSync('callgrind_control', ['-d', String(valgrindPid())]);
+      const dumps = fs.readdirSync(dir).filter((f) => f.startsWith(`callgrind.out.${valgrindPid()}.`)).sort();
+      const dump = path.join(dir, dumps[dumps.length - 1]);
+      const annotated = execFileSync('callgrind_annotate', [...annotateArgs, dump], { maxBuffer: 1 << 28 }).toString();
+      const total = Number(/([\d,]+) \(100\.0%\)\s+PROGRAM TOTALS/.exec(annotated)?.[1].replace(/,/g, '') ?? NaN);
+      return { dump, annotated, total };
+    },
+    stop: () => execFileSync('pkill', ['-TERM', '-f', realBin]),
+  };
+}
+
 /** Resident set size of these processes, KiB. */
 function rssKiB(pids) {
   let kib = 0;
@@ -1223,7 +1252,7 @@ async function main() {
 
 // The pieces, for a session that wants to poke at one target by hand (perf,
 // strace): `import { startNginx, ... } from './bench.mjs'` runs nothing.
-export { cfg, signedInSetup, withSseProxy, cpuNanos, startNginx, nginxStub, nginxProxy, startOurProxy, startSseStub, getToken, cpuTicks, rssKiB, runWrk, summarizeRoutes, routesTable, memoryPerStream, holdStreams, waitStubIdle };
+export { cfg, signedInSetup, withSseProxy, cpuNanos, underCallgrind, startNginx, nginxStub, nginxProxy, startOurProxy, startSseStub, getToken, cpuTicks, rssKiB, runWrk, summarizeRoutes, routesTable, memoryPerStream, holdStreams, waitStubIdle };
 
 if (import.meta.url === pathToFileURL(process.argv[1] ?? '').href) {
   main().then(

@@ -10,11 +10,10 @@
 //
 // Prints instructions per request and the top functions (inclusive), and
 // writes tests/bench/results/instructions-<time>.{txt,callgrind}.
-import { execFileSync } from 'node:child_process';
 import fs from 'node:fs';
 import os from 'node:os';
 import path from 'node:path';
-import { cfg, signedInSetup, startOurProxy, runWrk } from './bench.mjs';
+import { cfg, signedInSetup, startOurProxy, runWrk, underCallgrind } from './bench.mjs';
 
 const seconds = Number(process.env.INSTR_SECONDS ?? 15);
 const connections = Number(process.env.INSTR_CONNECTIONS ?? 8);
@@ -22,28 +21,20 @@ const top = Number(process.env.INSTR_TOP ?? 30);
 const log = (...a) => console.error('[instructions]', ...a);
 
 const dir = fs.mkdtempSync(path.join(os.tmpdir(), 'mcp-instr-'));
-const realBin = cfg.bin;
-const wrapper = path.join(dir, 'valgrind-proxy');
-const outPattern = path.join(dir, 'callgrind.out.%p');
-fs.writeFileSync(wrapper, `#!/bin/sh\nexec valgrind --tool=callgrind --callgrind-out-file=${outPattern} "${realBin}" "$@"\n`, { mode: 0o755 });
+const callgrind = underCallgrind(dir);
 
 const cleanups = [];
 try {
   const { shared, token, stubPort } = await signedInSetup(dir, cleanups);
   const proxyPort = shared.proxyPort;
-  cfg.bin = wrapper;
+  cfg.bin = callgrind.wrapper;
   const proxy = await startOurProxy({ name: 'proxy', port: proxyPort, shared, downstreamUrl: `http://127.0.0.1:${stubPort}/mcp` });
   cleanups.push(() => proxy.close());
   const url = `http://127.0.0.1:${proxyPort}/mcp`;
   await runWrk(url, connections, 3, token);
-  const pid = Number(execFileSync('pgrep', ['-f', `callgrind.*${realBin}`]).toString().trim().split('\n')[0]);
-  execFileSync('callgrind_control', ['-z', String(pid)]);
+  callgrind.zero();
   const r = await runWrk(url, connections, seconds, token);
-  execFileSync('callgrind_control', ['-d', String(pid)]);
-  const dumps = fs.readdirSync(dir).filter((f) => f.startsWith(`callgrind.out.${pid}.`)).sort();
-  const dump = path.join(dir, dumps[dumps.length - 1]);
-  const annotated = execFileSync('callgrind_annotate', ['--inclusive=yes', `--threshold=99`, dump], { maxBuffer: 1 << 28 }).toString();
-  const total = Number(/([\d,]+) \(100\.0%\)\s+PROGRAM TOTALS/.exec(annotated)?.[1].replace(/,/g, '') ?? NaN);
+  const { dump, annotated, total } = callgrind.dump(['--inclusive=yes', '--threshold=99']);
   const perRequest = total / r.requests;
   const stamp = new Date().toISOString().replace(/[:.]/g, '-');
   const outDir = path.join(path.dirname(new URL(import.meta.url).pathname), 'results');

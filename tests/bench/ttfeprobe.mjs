@@ -7,37 +7,33 @@
 //   TTFE_CALLGRIND=1: the proxy under callgrind instead, and the instructions
 //     per new stream counted (the same number on a busy machine as on an idle
 //     one); the dump is results/ttfe-<time>.callgrind
-import { execFileSync, spawn } from 'node:child_process';
+import { spawn } from 'node:child_process';
 import fs from 'node:fs';
 import os from 'node:os';
 import path from 'node:path';
-import { cfg, withSseProxy, cpuNanos } from './bench.mjs';
+import { cfg, withSseProxy, cpuNanos, underCallgrind } from './bench.mjs';
 import { firstEvent } from './sse-client.mjs';
 
 const callgrind = process.env.TTFE_CALLGRIND === '1';
 const samples = Number(process.env.TTFE_SAMPLES ?? (callgrind ? 1000 : 2000));
-const realBin = cfg.bin;
 const wrapDir = fs.mkdtempSync(path.join(os.tmpdir(), 'mcp-ttfe-wrap-'));
-const wrapper = path.join(wrapDir, 'callgrind-proxy');
-fs.writeFileSync(wrapper, `#!/bin/sh\nexec valgrind --tool=callgrind --callgrind-out-file=${wrapDir}/callgrind.out.%p "${realBin}" "$@"\n`, { mode: 0o755 });
-// Under callgrind everything is ~50× slower.
+const counter = callgrind && underCallgrind(wrapDir);
 const timeoutMs = callgrind ? 60000 : 15000;
 
 try {
   await withSseProxy('mcp-ttfe-', async ({ token, startProxy }) => {
     // Only the measured proxy runs under the tool (not the one that signs in).
-    if (callgrind) cfg.bin = wrapper;
+    const realBin = cfg.bin;
+    if (counter) cfg.bin = counter.wrapper;
     const proxy = await startProxy('proxy-ttfe').finally(() => {
       cfg.bin = realBin;
     });
     const open = () => firstEvent({ port: proxy.port, path: '/mcp?mode=idle', token, timeoutMs });
     for (let i = 0; i < 200; i++) (await open()).stream.close();
     let perf;
-    let valgrindPid;
-    if (callgrind) {
+    if (counter) {
       await new Promise((r) => setTimeout(r, 500));
-      valgrindPid = Number(execFileSync('pgrep', ['-f', `callgrind.*${realBin}`]).toString().trim().split('\n')[0]);
-      execFileSync('callgrind_control', ['-z', String(valgrindPid)]);
+      counter.zero();
     } else if (process.env.TTFE_PERF === '1') {
       fs.mkdirSync(cfg.outDir, { recursive: true });
       perf = spawn('perf', ['record', '-g', '-F', '4999', '-p', String(proxy.pid), '-o', path.join(cfg.outDir, 'perf-ttfe.data')], { stdio: 'ignore' });
@@ -64,20 +60,13 @@ try {
       p99_ms: micros[Math.floor(samples * 0.99)] / 1000,
       proxy_cpu_us_per_stream: (cpu1 - cpu0) / 1000 / samples,
     };
-    if (callgrind) {
-      execFileSync('callgrind_control', ['-d', String(valgrindPid)]);
-      const dumps = fs.readdirSync(wrapDir).filter((f) => f.startsWith(`callgrind.out.${valgrindPid}.`)).sort();
-      const dump = path.join(wrapDir, dumps[dumps.length - 1]);
-      const annotated = execFileSync('callgrind_annotate', ['--threshold=100', dump], { maxBuffer: 1 << 28 }).toString();
-      const total = Number(/([\d,]+) \(100\.0%\)\s+PROGRAM TOTALS/.exec(annotated)?.[1].replace(/,/g, '') ?? NaN);
+    if (counter) {
+      const { dump, total } = counter.dump();
       result.instructions_per_stream = Math.round(total / samples);
       fs.mkdirSync(cfg.outDir, { recursive: true });
-      const kept = path.join(cfg.outDir, `ttfe-${new Date().toISOString().replace(/[:.]/g, '-')}.callgrind`);
-      fs.copyFileSync(dump, kept);
-      result.callgrind = kept;
-      // The tool runs the proxy as its child: stopping the tool's pid would
-      // leave the proxy running, and the tool waiting for it.
-      execFileSync('pkill', ['-TERM', '-f', realBin]);
+      result.callgrind = path.join(cfg.outDir, `ttfe-${new Date().toISOString().replace(/[:.]/g, '-')}.callgrind`);
+      fs.copyFileSync(dump, result.callgrind);
+      counter.stop();
     }
     console.log(JSON.stringify(result));
   });
