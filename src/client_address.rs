@@ -43,8 +43,14 @@ const FORWARDING_PREFIXES: [&str; 4] = ["x-forwarded-", "x-original-", "x-envoy-
 /// Whether a client header is one the proxy writes itself (or removes)
 /// because it speaks about the connection.
 pub(crate) fn is_forwarding_header(name: &str) -> bool {
-    let n = lenient_header_name(name);
-    FORWARDING.contains(&n.as_ref()) || FORWARDING_PREFIXES.iter().any(|p| n.starts_with(p))
+    is_forwarding_name(&lenient_header_name(name))
+}
+
+/// [`is_forwarding_header`] for a name already as a lenient server reads
+/// it: a `HeaderName` without `_` (those are lowercase), asked once per
+/// client header on every request.
+pub(crate) fn is_forwarding_name(lenient: &str) -> bool {
+    FORWARDING.contains(&lenient) || FORWARDING_PREFIXES.iter().any(|p| lenient.starts_with(p))
 }
 
 /// A header name as a lenient server reads it: lowercase, `_` as `-`.

@@ -12,7 +12,7 @@ use std::net::IpAddr;
 use axum::http::{header, HeaderMap, HeaderName, HeaderValue};
 
 use crate::client_address::{
-    is_forwarding_header, lenient_header_name, TrustedProxies, X_FORWARDED_FOR,
+    is_forwarding_name, lenient_header_name, TrustedProxies, X_FORWARDED_FOR,
 };
 use crate::config::is_own_cookie;
 
@@ -53,8 +53,12 @@ pub(crate) fn connection_options(headers: &HeaderMap) -> impl Iterator<Item = &s
 }
 
 fn is_hop_by_hop(name: &HeaderName, connection: &[String]) -> bool {
-    let n = lenient_header_name(name.as_str());
-    HOP_BY_HOP.contains(&n.as_ref()) || connection.iter().any(|c| *c == n)
+    is_hop_by_hop_name(&lenient_header_name(name.as_str()), connection)
+}
+
+/// [`is_hop_by_hop`] for a name already as a lenient server reads it.
+fn is_hop_by_hop_name(lenient: &str, connection: &[String]) -> bool {
+    HOP_BY_HOP.contains(&lenient) || connection.iter().any(|c| c == lenient)
 }
 
 /// What the proxy adds about the client connection.
@@ -109,15 +113,18 @@ pub(crate) fn downstream_request_headers(
         .keys()
         .filter(|name| {
             let n = name.as_str();
+            // A `HeaderName` is lowercase, so without `_` it is already as
+            // a lenient server reads it: the checks below compare it as it
+            // is instead of normalising it once each.
             n.contains('_')
-                || is_hop_by_hop(name, &connection)
+                || is_hop_by_hop_name(n, &connection)
                 || *name == header::HOST
                 || *name == header::AUTHORIZATION
                 || *name == header::COOKIE
                 // The downstream answers uncompressed, so events are never
                 // held back in a compressor's buffer.
                 || *name == header::ACCEPT_ENCODING
-                || is_forwarding_header(n)
+                || is_forwarding_name(n)
                 || is_identity_header(n)
         })
         .cloned()
