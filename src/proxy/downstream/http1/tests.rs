@@ -243,3 +243,53 @@ fn a_body_that_already_failed_is_not_sent_at_all() {
         Err(ExchangeError::RequestBody(_))
     ));
 }
+
+/// A connection to a listener of its own, and the accepted other end.
+async fn connected() -> (super::Conn, tokio::net::TcpStream) {
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let ours = tokio::net::TcpStream::connect(listener.local_addr().unwrap())
+        .await
+        .unwrap();
+    let (theirs, _) = listener.accept().await.unwrap();
+    let io = hyper_util::rt::TokioIo::new(hyper_rustls::MaybeHttpsStream::Http(
+        hyper_util::rt::TokioIo::new(ours),
+    ));
+    (super::Conn::new(io), theirs)
+}
+
+#[tokio::test]
+async fn the_answer_head_is_read_into_the_buffer_allocated_before_the_wait() {
+    use std::future::Future;
+    use tokio::io::AsyncWriteExt;
+    let (mut conn, mut theirs) = connected().await;
+    let mut cx = std::task::Context::from_waker(std::task::Waker::noop());
+    // Nothing answered yet: the head's read waits and keeps its buffer.
+    {
+        let waiting = std::pin::pin!(conn.read_answer(&Method::POST));
+        assert!(waiting.poll(&mut cx).is_pending());
+    }
+    assert!(conn.buffer_capacity() > 0);
+    let waited_in = conn.buffered().as_ptr();
+    let head = b"HTTP/1.1 200 OK\r\ncontent-length: 2\r\n\r\n";
+    theirs
+        .write_all(&[&head[..], b"{}"].concat())
+        .await
+        .unwrap();
+    let answer = conn.read_answer(&Method::POST).await.unwrap();
+    assert_eq!(answer.status, StatusCode::OK);
+    // The body follows the head in the buffer the wait kept.
+    assert_eq!(&conn.buffered()[..], b"{}");
+    assert_eq!(
+        conn.buffered().as_ptr(),
+        waited_in.wrapping_add(head.len()),
+        "the head was read into a second buffer"
+    );
+}
+
+#[tokio::test]
+async fn a_body_read_that_waits_with_nothing_buffered_lets_the_buffer_go() {
+    let (mut conn, _theirs) = connected().await;
+    let mut cx = std::task::Context::from_waker(std::task::Waker::noop());
+    assert!(conn.poll_fill(&mut cx).is_pending());
+    assert_eq!(conn.buffer_capacity(), 0);
+}
