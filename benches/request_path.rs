@@ -18,8 +18,8 @@ use std::path::Path;
 use criterion::{criterion_group, criterion_main, Criterion};
 use http::Request;
 use mcp_oauth_proxy::bench_support::{
-    answer_at_once, scan_heads, CachedDecision, CorsCall, DownstreamRoundTrip, HeaderRewrite,
-    McpCors, TokenCacheHit,
+    answer_at_once, scan_heads, CachedDecision, CorsCall, CorsLists, DownstreamRoundTrip,
+    HeaderRewrite, TokenCacheHit,
 };
 use mcp_oauth_proxy::checkpoint::{Checkpoint, CheckpointLayer, Gate, GateLayer};
 use tower::{Layer, Service, ServiceExt};
@@ -189,12 +189,12 @@ fn cors(c: &mut Criterion) {
     });
 
     // The same lists, origins and inner service as ours.
-    let rules = McpCors::default();
+    let rules = CorsLists::mcp();
     let theirs = tower_http::cors::CorsLayer::new()
         .allow_origin(CorsCall::origins())
-        .allow_methods(rules.methods.to_vec())
-        .allow_headers(rules.allowed_headers.to_vec())
-        .expose_headers(rules.exposed_headers.to_vec())
+        .allow_methods(rules.methods.clone())
+        .allow_headers(rules.allowed_headers.clone())
+        .expose_headers(rules.exposed_headers.clone())
         .max_age(rules.max_age)
         .layer(tower::service_fn(answer_at_once));
     assert!(runtime

@@ -355,7 +355,7 @@ async fn answer_every_head(mut stream: tokio::net::TcpStream) {
     }
 }
 
-pub use crate::server::stack::McpCors;
+pub use crate::server::stack::CorsLists;
 
 /// What the CORS layer's inner service is: one that answers at once.
 type Answer = fn(
@@ -398,8 +398,8 @@ impl CorsCall {
         use tower::Layer;
         let answer: Answer = answer_at_once;
         CorsCall {
-            service: McpCors::default()
-                .rules(Self::origins())
+            service: CorsLists::mcp()
+                .only(Self::origins())
                 .layer()
                 .layer(tower::service_fn(answer)),
         }

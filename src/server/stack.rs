@@ -64,16 +64,7 @@ fn oauth_routes(app: &AppState, limits: &RateLimits) -> Router<AppState> {
     };
     // Browser-based MCP clients call these from other origins; they carry
     // no cookies, so a wildcard origin exposes nothing.
-    let cors = CorsRules::any_origin(
-        &[Method::GET, Method::POST, Method::OPTIONS],
-        &[
-            header::CONTENT_TYPE,
-            header::AUTHORIZATION,
-            HeaderName::from_static("mcp-protocol-version"),
-        ],
-        Duration::from_secs(86400),
-    )
-    .layer();
+    let cors = CorsLists::oauth().any_origin().layer();
     let client_facing = Router::new()
         .route(
             "/.well-known/oauth-authorization-server",
@@ -368,28 +359,30 @@ fn mcp_cors(app: &AppState, route: &ServedRoute) -> CheckpointLayer<Cors> {
         .chain(route.settings.allowed_origins.iter().map(String::as_str))
         .filter_map(|o| o.parse().ok())
         .collect();
-    McpCors::default().rules(origins).layer()
+    CorsLists::mcp().only(origins).layer()
 }
 
-/// What an MCP endpoint allows browsers, its origins aside: one list, for
-/// the route's layer and for the benchmark that compares that layer with
-/// tower-http's (`benches/request_path.rs`).
-pub struct McpCors {
+/// What an endpoint allows browsers, its origins aside: one list per kind
+/// of endpoint, for its layer and for the test and the benchmark that
+/// compare that layer with tower-http's (`server/cors/tests.rs`,
+/// `benches/request_path.rs`).
+pub struct CorsLists {
     /// Methods a preflight allows.
-    pub methods: [Method; 4],
+    pub methods: Vec<Method>,
     /// Request headers a preflight allows.
-    pub allowed_headers: [HeaderName; 8],
+    pub allowed_headers: Vec<HeaderName>,
     /// Response headers scripts may read.
-    pub exposed_headers: [HeaderName; 3],
+    pub exposed_headers: Vec<HeaderName>,
     /// How long a browser may cache a preflight's answer.
     pub max_age: Duration,
 }
 
-impl Default for McpCors {
-    fn default() -> Self {
-        McpCors {
-            methods: [Method::GET, Method::POST, Method::DELETE, Method::OPTIONS],
-            allowed_headers: [
+impl CorsLists {
+    /// An MCP endpoint's: its methods, the MCP headers both ways.
+    pub fn mcp() -> Self {
+        CorsLists {
+            methods: vec![Method::GET, Method::POST, Method::DELETE, Method::OPTIONS],
+            allowed_headers: vec![
                 header::CONTENT_TYPE,
                 header::AUTHORIZATION,
                 header::ACCEPT,
@@ -399,7 +392,7 @@ impl Default for McpCors {
                 HeaderName::from_static("mcp-method"),
                 HeaderName::from_static("mcp-name"),
             ],
-            exposed_headers: [
+            exposed_headers: vec![
                 HeaderName::from_static("mcp-session-id"),
                 HeaderName::from_static("mcp-protocol-version"),
                 header::WWW_AUTHENTICATE,
@@ -407,14 +400,30 @@ impl Default for McpCors {
             max_age: Duration::from_secs(86400),
         }
     }
-}
 
-impl McpCors {
-    /// The rules for an endpoint whose browsers may come from `origins`.
-    pub(crate) fn rules(&self, origins: Vec<axum::http::HeaderValue>) -> CorsRules {
+    /// The authorization server's client-facing JSON endpoints'.
+    pub fn oauth() -> Self {
+        CorsLists {
+            methods: vec![Method::GET, Method::POST, Method::OPTIONS],
+            allowed_headers: vec![
+                header::CONTENT_TYPE,
+                header::AUTHORIZATION,
+                HeaderName::from_static("mcp-protocol-version"),
+            ],
+            exposed_headers: Vec::new(),
+            max_age: Duration::from_secs(86400),
+        }
+    }
+
+    /// The rules for browsers from any origin.
+    pub(crate) fn any_origin(&self) -> CorsRules {
         CorsRules::any_origin(&self.methods, &self.allowed_headers, self.max_age)
-            .only_origins(origins)
             .exposing(&self.exposed_headers)
+    }
+
+    /// The rules for browsers from `origins` only.
+    pub(crate) fn only(&self, origins: Vec<axum::http::HeaderValue>) -> CorsRules {
+        self.any_origin().only_origins(origins)
     }
 }
 

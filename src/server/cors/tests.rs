@@ -5,6 +5,7 @@ use axum::http::StatusCode;
 use tower::{Layer, ServiceExt};
 
 use super::*;
+use crate::server::stack::CorsLists;
 
 const METHODS: [Method; 4] = [Method::GET, Method::POST, Method::DELETE, Method::OPTIONS];
 
@@ -28,28 +29,29 @@ const ALLOWED: &str = "https://app.example";
 /// The two rule sets the proxy uses: its OAuth endpoints' (any origin) and
 /// an MCP route's (listed origins, exposed headers) — ours and tower-http's.
 fn rule_sets() -> Vec<(CorsRules, tower_http::cors::CorsLayer)> {
-    let max_age = Duration::from_secs(86400);
+    // The OAuth endpoints', with the lists the proxy serves.
+    let oauth = CorsLists::oauth();
     let any = (
-        CorsRules::any_origin(&METHODS, &allowed_headers(), max_age),
+        oauth.any_origin(),
         tower_http::cors::CorsLayer::new()
             .allow_origin(tower_http::cors::Any)
-            .allow_methods(METHODS)
-            .allow_headers(allowed_headers())
-            .max_age(max_age),
+            .allow_methods(oauth.methods.clone())
+            .allow_headers(oauth.allowed_headers.clone())
+            .max_age(oauth.max_age),
     );
     let origins = vec![
         HeaderValue::from_static(ALLOWED),
         HeaderValue::from_static("http://localhost:6274"),
     ];
     // An MCP route's, with the lists the proxy serves.
-    let mcp = crate::server::stack::McpCors::default();
+    let mcp = CorsLists::mcp();
     let listed = (
-        mcp.rules(origins.clone()),
+        mcp.only(origins.clone()),
         tower_http::cors::CorsLayer::new()
             .allow_origin(origins)
-            .allow_methods(mcp.methods.to_vec())
-            .allow_headers(mcp.allowed_headers.to_vec())
-            .expose_headers(mcp.exposed_headers.to_vec())
+            .allow_methods(mcp.methods.clone())
+            .allow_headers(mcp.allowed_headers.clone())
+            .expose_headers(mcp.exposed_headers.clone())
             .max_age(mcp.max_age),
     );
     vec![any, listed]
