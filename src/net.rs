@@ -1,9 +1,10 @@
-//! Addresses and URLs shared by configuration and the OAuth server.
+//! Addresses, URLs and HTTP tokens shared by configuration and the servers.
 //!
 //! The same host and scheme rules hold for what the operator writes
 //! (`upstream.issuer`, `registration.allowed_schemes`) and for what clients
-//! and the provider send (redirect URIs, discovered endpoints), so they live
-//! here, below both.
+//! and the provider send (redirect URIs, discovered endpoints), and the same
+//! token rule for a configured cookie name as for a header name on the wire,
+//! so they live here, below both.
 
 use url::{Host, Url};
 
@@ -162,9 +163,61 @@ pub(crate) fn check_host(host: &Host<&str>) -> Result<(), String> {
     Ok(())
 }
 
+/// Whether `bytes` are all RFC 9110 §5.6.2 `tchar` (the characters of a
+/// header name, a method or a cookie name). Branch-free over a table: the
+/// raw-head scan asks it of every header name of every request.
+pub(crate) fn is_token(bytes: &[u8]) -> bool {
+    bytes
+        .iter()
+        .fold(true, |ok, &b| ok & IS_TOKEN_CHAR[usize::from(b)])
+}
+
+/// RFC 9110 §5.6.2 `tchar`, by byte: one load per byte of a name instead of
+/// a search of the punctuation list.
+static IS_TOKEN_CHAR: [bool; 256] = {
+    let mut table = [false; 256];
+    let mut b = 0;
+    while b < 256 {
+        let c = b as u8;
+        table[b] = c.is_ascii_alphanumeric()
+            || matches!(
+                c,
+                b'!' | b'#'
+                    | b'$'
+                    | b'%'
+                    | b'&'
+                    | b'\''
+                    | b'*'
+                    | b'+'
+                    | b'-'
+                    | b'.'
+                    | b'^'
+                    | b'_'
+                    | b'`'
+                    | b'|'
+                    | b'~'
+            );
+        b += 1;
+    }
+    table
+};
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_token_is_visible_ascii_without_the_delimiters() {
+        // RFC 9110 §5.6.2 read the other way round: every visible ASCII
+        // character but `"(),/:;<=>?@[\]{}`, for every byte value.
+        for b in 0..=255u8 {
+            let expected = b.is_ascii_graphic() && !b"\"(),/:;<=>?@[\\]{}".contains(&b);
+            assert_eq!(is_token(&[b]), expected, "byte {b:#04x}");
+        }
+        assert!(is_token(b"mcp-session-id"));
+        assert!(!is_token(b"mcp session"));
+        assert!(is_token(b""), "emptiness is the caller's rule");
+    }
 
     #[test]
     fn loopback_hosts_are_localhost_and_loopback_ips() {

@@ -109,8 +109,7 @@ pub(crate) fn is_own_cookie(name: &str) -> bool {
 /// A `downstream.pass_cookies` entry: an RFC 6265 cookie name that is not
 /// one of the proxy's own.
 pub(super) fn check_passable_cookie_name(name: &str) -> Result<(), String> {
-    let is_token_char = |b: u8| b.is_ascii_graphic() && !b"()<>@,;:\\\"/[]?={}".contains(&b);
-    if name.is_empty() || !name.bytes().all(is_token_char) {
+    if name.is_empty() || !crate::net::is_token(name.as_bytes()) {
         return Err(format!("`{name}` is not a cookie name"));
     }
     if is_own_cookie(name) {

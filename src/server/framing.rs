@@ -419,42 +419,8 @@ fn speaks_about_framing(name: &[u8]) -> bool {
 /// A name `http::HeaderName::from_bytes` accepts: 1 to 65,535 token
 /// characters (RFC 9110 §5.6.2).
 fn is_header_name(name: &[u8]) -> bool {
-    !name.is_empty()
-        && name.len() < 1 << 16
-        && name
-            .iter()
-            .fold(true, |ok, &b| ok & IS_TOKEN_CHAR[usize::from(b)])
+    !name.is_empty() && name.len() < 1 << 16 && crate::net::is_token(name)
 }
-
-/// RFC 9110 §5.6.2 `tchar`, by byte: one load per byte of a name instead of
-/// a search of the punctuation list.
-static IS_TOKEN_CHAR: [bool; 256] = {
-    let mut table = [false; 256];
-    let mut b = 0;
-    while b < 256 {
-        let c = b as u8;
-        table[b] = c.is_ascii_alphanumeric()
-            || matches!(
-                c,
-                b'!' | b'#'
-                    | b'$'
-                    | b'%'
-                    | b'&'
-                    | b'\''
-                    | b'*'
-                    | b'+'
-                    | b'-'
-                    | b'.'
-                    | b'^'
-                    | b'_'
-                    | b'`'
-                    | b'|'
-                    | b'~'
-            );
-        b += 1;
-    }
-    table
-};
 
 /// A value `http::HeaderValue::from_bytes` accepts: no control character
 /// but horizontal tab, no DEL.
