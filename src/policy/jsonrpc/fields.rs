@@ -6,7 +6,7 @@ use std::fmt;
 use serde::de::{self, DeserializeSeed, Deserializer, MapAccess, SeqAccess, Visitor};
 use serde_json::Value;
 
-use super::strict::{Checked, Keys};
+use super::strict::{Checked, Key, Keys};
 
 /// MCP fields of `params` that name what a call acts on.
 const PARAMS_FIELDS: [&str; 4] = ["name", "uri", "arguments", "_meta"];
@@ -97,9 +97,9 @@ impl<'de> Visitor<'de> for Params {
     fn visit_map<A: MapAccess<'de>>(self, mut map: A) -> Result<ParamsView, A::Error> {
         let mut keys = Keys::new(&PARAMS_FIELDS);
         let mut view = ParamsView::default();
-        while let Some(key) = map.next_key::<String>()? {
+        while let Some(key) = map.next_key_seed(Key)? {
             keys.admit::<A::Error>(&key)?;
-            match key.as_str() {
+            match &*key {
                 "name" => view.name = Some(map.next_value_seed(NamedValue)?),
                 "uri" => view.uri = Some(map.next_value_seed(NamedValue)?),
                 _ => map.next_value_seed(Checked)?,

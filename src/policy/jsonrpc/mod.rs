@@ -36,7 +36,7 @@ mod strict;
 pub(crate) use strict::Checked;
 
 use fields::{Id, Named, Params, Text};
-use strict::Keys;
+use strict::{Key, Keys};
 
 /// Protocol fields of a JSON-RPC message.
 const ENVELOPE_FIELDS: [&str; 6] = ["jsonrpc", "id", "method", "params", "result", "error"];
@@ -52,7 +52,15 @@ pub(crate) fn read_messages(
         max_batch_size,
         too_large: &too_large,
     };
-    let mut deserializer = serde_json::Deserializer::from_slice(body);
+    // Checked once for the whole body, so the reader does not check each
+    // string again (`from_str` trusts what `from_slice` would re-validate).
+    let body = std::str::from_utf8(body).map_err(|e| {
+        MessageError::Parse(format!(
+            "the body is not UTF-8 (at byte {})",
+            e.valid_up_to()
+        ))
+    })?;
+    let mut deserializer = serde_json::Deserializer::from_str(body);
     let read = seed
         .deserialize(&mut deserializer)
         .and_then(|calls| deserializer.end().map(|()| calls));
@@ -143,9 +151,9 @@ impl<'de> Visitor<'de> for Envelope {
         let mut method = None;
         let mut id = None;
         let mut params = None;
-        while let Some(key) = map.next_key::<String>()? {
+        while let Some(key) = map.next_key_seed(Key)? {
             keys.admit::<A::Error>(&key)?;
-            match key.as_str() {
+            match &*key {
                 "method" => method = Some(map.next_value_seed(Text("method"))?),
                 "id" => id = map.next_value_seed(Id)?,
                 "params" => params = Some(map.next_value_seed(Params)?),

@@ -2,47 +2,85 @@
 //! the same name, no key that folds to a protocol field without being that
 //! field. `Checked` reads a value it does not keep and applies them.
 
+use std::borrow::Cow;
 use std::collections::HashSet;
 use std::fmt;
 
 use serde::de::{self, DeserializeSeed, Deserializer, MapAccess, SeqAccess, Visitor};
+use smallvec::SmallVec;
 
 /// Case folding as Go's `encoding/json` compares field names (every rune
 /// mapped to the smallest rune of its simple-fold orbit), approximated from
 /// above: characters Go folds together fold together here too. Folding a
 /// few more (`ß` and `ss`) only refuses a little more.
-pub(crate) fn fold_key(key: &str) -> String {
+///
+/// A key that folds to itself (lowercase ASCII, as nearly every key is)
+/// comes back borrowed.
+pub(crate) fn fold_key(key: &str) -> Cow<'_, str> {
     if key.is_ascii() {
-        return key.to_ascii_lowercase();
+        if !key.bytes().any(|b| b.is_ascii_uppercase()) {
+            return Cow::Borrowed(key);
+        }
+        return Cow::Owned(key.to_ascii_lowercase());
     }
-    key.chars()
-        .flat_map(char::to_lowercase)
-        .flat_map(char::to_uppercase)
-        .flat_map(char::to_lowercase)
-        .collect()
+    Cow::Owned(
+        key.chars()
+            .flat_map(char::to_lowercase)
+            .flat_map(char::to_uppercase)
+            .flat_map(char::to_lowercase)
+            .collect(),
+    )
+}
+
+/// An object's key: borrowed from the body unless it holds escapes, so
+/// reading a message's keys allocates nothing.
+pub(super) struct Key;
+
+impl<'de> DeserializeSeed<'de> for Key {
+    type Value = Cow<'de, str>;
+    fn deserialize<D: Deserializer<'de>>(self, d: D) -> Result<Self::Value, D::Error> {
+        d.deserialize_str(self)
+    }
+}
+
+impl<'de> Visitor<'de> for Key {
+    type Value = Cow<'de, str>;
+    fn expecting(&self, f: &mut fmt::Formatter) -> fmt::Result {
+        f.write_str("a key")
+    }
+    fn visit_borrowed_str<E: de::Error>(self, v: &'de str) -> Result<Self::Value, E> {
+        Ok(Cow::Borrowed(v))
+    }
+    fn visit_str<E: de::Error>(self, v: &str) -> Result<Self::Value, E> {
+        Ok(Cow::Owned(v.to_owned()))
+    }
+    fn visit_string<E: de::Error>(self, v: String) -> Result<Self::Value, E> {
+        Ok(Cow::Owned(v))
+    }
 }
 
 /// The keys of one object seen so far.
-pub(super) struct Keys<'f> {
-    folded: Seen,
+pub(super) struct Keys<'f, 'de> {
+    folded: Seen<'de>,
     protocol: &'f [&'static str],
 }
 
 /// Folded keys seen in one object: a list while short (a JSON-RPC object
 /// has a handful of keys, and comparing a few strings is cheaper than
 /// hashing them), a set once long, so an object with many keys costs
-/// linear time, not quadratic.
-enum Seen {
-    Few(Vec<String>),
-    Many(HashSet<String>),
+/// linear time, not quadratic. The list's first keys are kept in place:
+/// most objects never allocate for it.
+enum Seen<'de> {
+    Few(SmallVec<[Cow<'de, str>; 8]>),
+    Many(HashSet<Cow<'de, str>>),
 }
 
 /// Up to this many keys, a list.
 const FEW_KEYS: usize = 16;
 
-impl Seen {
+impl<'de> Seen<'de> {
     /// Adds `folded`; false when it was there already.
-    fn insert(&mut self, folded: String) -> bool {
+    fn insert(&mut self, folded: Cow<'de, str>) -> bool {
         match self {
             Seen::Few(list) if list.contains(&folded) => false,
             Seen::Few(list) if list.len() < FEW_KEYS => {
@@ -50,7 +88,7 @@ impl Seen {
                 true
             }
             Seen::Few(list) => {
-                let mut set: HashSet<String> = list.drain(..).collect();
+                let mut set: HashSet<Cow<'de, str>> = list.drain(..).collect();
                 set.insert(folded);
                 *self = Seen::Many(set);
                 true
@@ -60,18 +98,25 @@ impl Seen {
     }
 }
 
-impl<'f> Keys<'f> {
+impl<'f, 'de> Keys<'f, 'de> {
     pub(super) fn new(protocol: &'f [&'static str]) -> Self {
         Keys {
-            folded: Seen::Few(Vec::new()),
+            folded: Seen::Few(SmallVec::new()),
             protocol,
         }
     }
 
-    pub(super) fn admit<E: de::Error>(&mut self, key: &str) -> Result<(), E> {
-        let folded = fold_key(key);
+    // A `Cow`, not a `&str`: whether the key borrows from the body decides
+    // whether its folding may be kept without a copy.
+    #[allow(clippy::ptr_arg)]
+    pub(super) fn admit<E: de::Error>(&mut self, key: &Cow<'de, str>) -> Result<(), E> {
+        let folded = match key {
+            Cow::Borrowed(key) => fold_key(key),
+            // Folded from a key this call does not own: kept as a copy.
+            Cow::Owned(key) => Cow::Owned(fold_key(key).into_owned()),
+        };
         if let Some(field) = self.protocol.iter().find(|f| **f == folded) {
-            if key != *field {
+            if key.as_ref() != *field {
                 return Err(E::custom(format_args!(
                     "the key `{}` could be read as `{field}`",
                     key.escape_debug()
@@ -128,7 +173,7 @@ impl<'de> Visitor<'de> for Checked {
     }
     fn visit_map<A: MapAccess<'de>>(self, mut map: A) -> Result<(), A::Error> {
         let mut keys = Keys::new(&[]);
-        while let Some(key) = map.next_key::<String>()? {
+        while let Some(key) = map.next_key_seed(Key)? {
             keys.admit::<A::Error>(&key)?;
             map.next_value_seed(Checked)?;
         }

@@ -103,12 +103,21 @@ fn invariant_10_keys_that_fold_to_a_protocol_field_are_refused() {
 }
 
 #[test]
+fn a_key_that_is_its_own_folding_is_not_copied() {
+    use std::borrow::Cow;
+    assert!(matches!(fold_key("jsonrpc"), Cow::Borrowed("jsonrpc")));
+    assert!(matches!(fold_key("_meta"), Cow::Borrowed("_meta")));
+    assert!(matches!(fold_key("Name"), Cow::Owned(folded) if folded == "name"));
+}
+
+#[test]
 fn invariant_10_text_other_parsers_read_differently_is_a_parse_error() {
     for body in [
         b"\xef\xbb\xbf{\"jsonrpc\":\"2.0\",\"id\":1,\"method\":\"ping\"}".as_slice(),
         b"{\"jsonrpc\":\"2.0\",\"id\":1,\"method\":\"ping\"} {\"method\":\"tools/call\"}",
         b"{\"jsonrpc\":\"2.0\",\"id\":1,\"method\":\"ping\"}x",
         b"{\"jsonrpc\":\"2.0\",\"id\":1,\"method\":\"tools/call\",\"params\":{\"name\":\"who\xffami\"}}",
+        b"{\"jsonrpc\":\"2.0\",\"id\":1,\"method\":\"tools/call\",\"params\":{\"name\":\"a\",\"arguments\":{\"k\xc3\":1}}}",
         b"{\"jsonrpc\":\"2.0\",\"id\":1,\"method\":\"tools/call\",\"params\":{\"name\":\"a\\ud800\"}}",
         b"{\"jsonrpc\":\"2.0\",\"id\":1,\"method\":\"tools/call\",\"params\":{\"na\\udc00me\":\"a\"}}",
         b"{\"jsonrpc\":\"2.0\",\"id\":1e400,\"method\":\"ping\"}",
