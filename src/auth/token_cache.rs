@@ -4,7 +4,7 @@
 //! feed, cached sessions are re-checked with the store every
 //! `DEGRADED_TTL`.
 
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -63,6 +63,12 @@ pub struct TokenCache {
     /// put back after the eviction.
     revoked_grants: Cache<String, ()>,
     revoked_tokens: Cache<String, ()>,
+    /// Until when (milliseconds after `started`) the two sets above may
+    /// hold anything: an entry lives `max_ttl` after it is inserted. Past
+    /// it, a lookup skips both sets (two hashed lookups a request).
+    revocations_kept_until: AtomicU64,
+    max_ttl: Duration,
+    started: Instant,
     pub(super) grants: Grants,
     /// Set while revocations from other replicas cannot be heard.
     degraded: AtomicBool,
@@ -104,6 +110,9 @@ impl TokenCache {
             metrics,
             revoked_grants: recently_revoked(capacity, max_ttl),
             revoked_tokens: recently_revoked(capacity, max_ttl),
+            revocations_kept_until: AtomicU64::new(0),
+            max_ttl,
+            started: Instant::now(),
             grants,
             degraded: AtomicBool::new(false),
             heard: tokio::sync::broadcast::channel(1024).0,
@@ -136,6 +145,10 @@ impl TokenCache {
         // Recorded before it is announced: an event stream subscribing
         // in between finds it among the recently revoked
         // (`until_session_ends`).
+        // The window opens before the insert, so a lookup that could see
+        // the entry looks, and is extended after it, so it outlasts the
+        // entry.
+        self.keep_revocations();
         match &revocation {
             Revocation::Grant(grant_id) => self.revoked_grants.insert(grant_id.clone(), ()).await,
             Revocation::AccessToken(hash) => {
@@ -143,12 +156,33 @@ impl TokenCache {
                 self.tokens.invalidate(hash).await
             }
         }
+        self.keep_revocations();
         let _ = self.heard.send(Some(revocation));
+    }
+
+    fn millis_since_start(&self) -> u64 {
+        u64::try_from(self.started.elapsed().as_millis()).unwrap_or(u64::MAX)
+    }
+
+    /// The revoked sets may hold an entry inserted now until `max_ttl`
+    /// (and a millisecond of rounding) from now.
+    fn keep_revocations(&self) {
+        let ttl = u64::try_from(self.max_ttl.as_millis()).unwrap_or(u64::MAX);
+        let until = self
+            .millis_since_start()
+            .saturating_add(ttl)
+            .saturating_add(1);
+        self.revocations_kept_until
+            .fetch_max(until, Ordering::SeqCst);
     }
 
     /// Whether a revocation of the session's grant or token was heard
     /// within the cache's lifetime of a token.
     pub(super) fn recently_revoked(&self, session: &Session) -> bool {
+        if self.millis_since_start() > self.revocations_kept_until.load(Ordering::SeqCst) {
+            // Nothing revoked within `max_ttl`: both sets are empty.
+            return false;
+        }
         self.revoked_grants.contains_key(&session.grant_id)
             || self.revoked_tokens.contains_key(&session.token_hash)
     }

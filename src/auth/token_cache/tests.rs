@@ -184,3 +184,29 @@ async fn a_revocation_that_lands_during_a_lookup_is_not_undone_by_it() {
         );
     }
 }
+
+#[tokio::test]
+async fn revocations_are_consulted_for_as_long_as_a_cached_session_could_outlive_them() {
+    let fixture = Fixture::new();
+    let max_ttl = Duration::from_millis(600);
+    let cache = fixture.cache(max_ttl, max_ttl);
+    let issued = fixture.issue(3600, None).await;
+    let session = cache
+        .lookup(&issued.token)
+        .await
+        .expect("store answers")
+        .expect("a live token");
+    assert!(!cache.recently_revoked(&session), "nothing was revoked");
+
+    cache
+        .evict(Revocation::Grant(session.grant_id.clone()))
+        .await;
+    assert!(cache.recently_revoked(&session));
+    tokio::time::sleep(max_ttl / 2).await;
+    assert!(
+        cache.recently_revoked(&session),
+        "a session cached just before the revocation may live on for max_ttl"
+    );
+    tokio::time::sleep(max_ttl).await;
+    assert!(!cache.recently_revoked(&session));
+}
