@@ -20,7 +20,7 @@ use std::pin::Pin;
 use std::sync::{Arc, Mutex};
 use std::task::{Context, Poll};
 
-use axum::http::{header, HeaderMap, HeaderName, HeaderValue, Request, Version};
+use axum::http::{HeaderMap, Request, Version};
 use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 use tower::util::MapErr;
 use tower::Layer;
@@ -82,22 +82,53 @@ impl<B> Gate<Request<B>> for CheckFraming {
 
 /// Accepts only framing every parser reads the same way.
 pub(crate) fn check_framing(headers: &HeaderMap) -> Result<(), FramingError> {
-    let mut transfer_encodings = headers.get_all(header::TRANSFER_ENCODING).iter();
-    let transfer_encoding = transfer_encodings.next();
-    if transfer_encodings.next().is_some() {
+    read_framing(
+        headers
+            .iter()
+            .map(|(name, value)| (name.as_str().as_bytes(), value.as_bytes())),
+    )
+    .map(|_| ())
+}
+
+/// How the body after a head is framed, once its framing is unambiguous.
+#[derive(Debug, PartialEq)]
+enum BodyFraming {
+    /// No length header: no body.
+    Unframed,
+    Length(u64),
+    Chunked,
+}
+
+/// The framing rules, over a head's fields as (name, value) pairs in any
+/// case: the raw scan and the parsed-header check apply this one reading,
+/// in one pass, without building a map.
+fn read_framing<'a>(
+    fields: impl IntoIterator<Item = (&'a [u8], &'a [u8])>,
+) -> Result<BodyFraming, FramingError> {
+    let (mut transfer_encoding, mut content_length) = (None, None);
+    let (mut transfer_encodings, mut lengths) = (0usize, 0usize);
+    let mut folds_to_framing = false;
+    for (name, value) in fields {
+        if name.eq_ignore_ascii_case(b"transfer-encoding") {
+            transfer_encodings += 1;
+            transfer_encoding = Some(value);
+        } else if name.eq_ignore_ascii_case(b"content-length") {
+            lengths += 1;
+            content_length = Some(value);
+        } else if name.contains(&b'_') {
+            folds_to_framing |=
+                reads_as(name, b"content-length") || reads_as(name, b"transfer-encoding");
+        }
+    }
+    if transfer_encodings > 1 {
         return Err(FramingError("Transfer-Encoding is sent more than once"));
     }
-    let mut lengths = headers.get_all(header::CONTENT_LENGTH).iter();
-    let content_length = lengths.next();
-    if lengths.next().is_some() {
+    if lengths > 1 {
         return Err(FramingError("Content-Length is sent more than once"));
     }
+    let mut framing = BodyFraming::Unframed;
     if let Some(coding) = transfer_encoding {
-        if !coding
-            .as_bytes()
-            .trim_ascii()
-            .eq_ignore_ascii_case(b"chunked")
-        {
+        if !coding.trim_ascii().eq_ignore_ascii_case(b"chunked") {
             return Err(FramingError(
                 "Transfer-Encoding must be exactly `chunked` (no other coding, no list)",
             ));
@@ -107,27 +138,37 @@ pub(crate) fn check_framing(headers: &HeaderMap) -> Result<(), FramingError> {
                 "Transfer-Encoding and Content-Length are sent together",
             ));
         }
+        framing = BodyFraming::Chunked;
     }
-    if let Some(length) = content_length {
-        let digits = length.as_bytes();
-        if digits.is_empty() || !digits.iter().all(u8::is_ascii_digit) || digits.len() > 19 {
-            return Err(FramingError("Content-Length must be one decimal number"));
-        }
+    if let Some(digits) = content_length {
+        // At most 19 digits: always a u64.
+        let length =
+            (!digits.is_empty() && digits.iter().all(u8::is_ascii_digit) && digits.len() <= 19)
+                .then(|| std::str::from_utf8(digits).ok()?.parse::<u64>().ok())
+                .flatten()
+                .ok_or(FramingError("Content-Length must be one decimal number"))?;
+        framing = BodyFraming::Length(length);
     }
-    for name in headers.keys() {
-        let name = name.as_str();
-        if name.contains('_') {
-            let folded = name.replace('_', "-");
-            if folded == header::CONTENT_LENGTH.as_str()
-                || folded == header::TRANSFER_ENCODING.as_str()
-            {
-                return Err(FramingError(
-                    "a header name with `_` that reads as Content-Length or Transfer-Encoding",
-                ));
-            }
-        }
+    if folds_to_framing {
+        return Err(FramingError(
+            "a header name with `_` that reads as Content-Length or Transfer-Encoding",
+        ));
     }
-    Ok(())
+    Ok(framing)
+}
+
+/// Whether `name` reads as `framing_name` (lowercase) once a lenient
+/// server folds its `_` into `-` and its case.
+fn reads_as(name: &[u8], framing_name: &[u8]) -> bool {
+    name.len() == framing_name.len()
+        && name.iter().zip(framing_name).all(|(&b, &f)| {
+            let b = if b == b'_' {
+                b'-'
+            } else {
+                b.to_ascii_lowercase()
+            };
+            b == f
+        })
 }
 
 /// The verdicts on one connection's raw HTTP/1.1 request heads, oldest
@@ -341,45 +382,31 @@ impl<T> ScanHeads<T> {
             httparse::Status::Partial => return Ok(HeadState::Partial),
         };
         // Every field must be one hyper accepts (or hyper refuses the head
-        // and closes the connection); only those that speak about framing
-        // are kept for the check.
-        let mut headers = HeaderMap::new();
+        // and closes the connection).
+        let mut upgrade = request.method == Some("CONNECT");
         for field in request.headers.iter() {
             let name = field.name.as_bytes();
             if !is_header_name(name) || !is_header_value(field.value) {
                 return Ok(HeadState::Lost);
             }
-            if !speaks_about_framing(name) {
-                continue;
-            }
-            match (
-                HeaderName::from_bytes(name),
-                HeaderValue::from_bytes(field.value),
-            ) {
-                (Ok(name), Ok(value)) => {
-                    headers.append(name, value);
-                }
-                _ => return Ok(HeadState::Lost),
-            }
+            upgrade |= name.eq_ignore_ascii_case(b"upgrade");
         }
-        let verdict = check_framing(&headers);
-        let ambiguous = verdict.is_err();
-        self.heads.push(verdict);
-        let upgrade = request.method == Some("CONNECT") || headers.contains_key(header::UPGRADE);
-        let next = if ambiguous || upgrade {
-            Scan::Off
-        } else if headers.contains_key(header::TRANSFER_ENCODING) {
-            Scan::ChunkSize(Vec::new())
-        } else {
-            match headers
-                .get(header::CONTENT_LENGTH)
-                .and_then(|v| v.to_str().ok())
-                .and_then(|v| v.parse::<u64>().ok())
-            {
-                Some(0) | None => Scan::Head(Vec::new()),
-                Some(length) => Scan::Body(length),
-            }
+        let verdict = read_framing(
+            request
+                .headers
+                .iter()
+                .map(|field| (field.name.as_bytes(), field.value)),
+        );
+        let next = match &verdict {
+            // After an ambiguous head the connection closes; after an
+            // upgrade it no longer carries HTTP/1.1 requests.
+            Err(_) => Scan::Off,
+            Ok(_) if upgrade => Scan::Off,
+            Ok(BodyFraming::Chunked) => Scan::ChunkSize(Vec::new()),
+            Ok(BodyFraming::Length(0) | BodyFraming::Unframed) => Scan::Head(Vec::new()),
+            Ok(BodyFraming::Length(length)) => Scan::Body(*length),
         };
+        self.heads.push(verdict.map(|_| ()));
         Ok(HeadState::Done(len, next))
     }
 }
@@ -404,16 +431,6 @@ fn blank_line_end(head: &[u8], rest: &[u8]) -> Option<usize> {
     memchr::memchr_iter(b'\n', rest)
         .find(|&i| at(i, 1) == Some(b'\n') || (at(i, 1) == Some(b'\r') && at(i, 2) == Some(b'\n')))
         .map(|i| i + 1)
-}
-
-/// Whether a field name reads as one of those that decide framing
-/// (`Content-Length`, `Transfer-Encoding`, `Upgrade`), or has a `_` that a
-/// lenient server might fold into one: `check_framing` looks at no other.
-fn speaks_about_framing(name: &[u8]) -> bool {
-    name.contains(&b'_')
-        || [&b"content-length"[..], b"transfer-encoding", b"upgrade"]
-            .iter()
-            .any(|n| name.eq_ignore_ascii_case(n))
 }
 
 /// A name `http::HeaderName::from_bytes` accepts: 1 to 65,535 token

@@ -1,5 +1,5 @@
 use super::*;
-use axum::http::{HeaderValue, Response};
+use axum::http::{HeaderName, HeaderValue, Response};
 use proptest::prelude::*;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use tower::ServiceExt;
@@ -8,7 +8,7 @@ fn headers(pairs: &[(&str, &str)]) -> HeaderMap {
     let mut map = HeaderMap::new();
     for (name, value) in pairs {
         map.append(
-            axum::http::HeaderName::from_bytes(name.as_bytes()).unwrap(),
+            HeaderName::from_bytes(name.as_bytes()).unwrap(),
             HeaderValue::from_str(value).unwrap(),
         );
     }
@@ -154,6 +154,33 @@ fn http2_connections_are_not_scanned() {
     let mut bytes = H2_PREFACE.to_vec();
     bytes.extend_from_slice(b"GET / HTTP/1.1\r\nContent-Length: 1\r\nContent-Length: 1\r\n\r\n");
     assert!(scanned(&bytes, 4).is_empty());
+}
+
+#[test]
+fn raw_fields_are_read_whatever_their_case() {
+    let read = |fields: &[(&str, &str)]| {
+        read_framing(fields.iter().map(|(n, v)| (n.as_bytes(), v.as_bytes()))).ok()
+    };
+    assert_eq!(
+        read(&[("Content-Length", "5")]),
+        Some(BodyFraming::Length(5))
+    );
+    assert_eq!(
+        read(&[("TRANSFER-ENCODING", "Chunked")]),
+        Some(BodyFraming::Chunked)
+    );
+    assert_eq!(
+        read(&[("Host", "x"), ("X_Forwarded", "y")]),
+        Some(BodyFraming::Unframed)
+    );
+    for refused in [
+        &[("Content-Length", "5"), ("content-length", "5")][..],
+        &[("Transfer-Encoding", "chunked"), ("CONTENT-LENGTH", "5")],
+        &[("Content_LENGTH", "5")],
+        &[("TRANSFER_encoding", "chunked")],
+    ] {
+        assert_eq!(read(refused), None, "{refused:?}");
+    }
 }
 
 proptest! {
