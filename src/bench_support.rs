@@ -380,10 +380,8 @@ pub fn answer_at_once(
 /// `server::stack` makes for a route) in front of a service that answers
 /// at once, called from an allowed origin.
 pub struct CorsCall {
-    service: crate::checkpoint::CheckpointService<
-        crate::server::cors::Cors,
-        tower::util::ServiceFn<Answer>,
-    >,
+    service:
+        crate::checkpoint::AroundService<crate::server::cors::Cors, tower::util::ServiceFn<Answer>>,
 }
 
 impl Default for CorsCall {

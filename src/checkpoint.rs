@@ -50,10 +50,18 @@
 //! service itself and returns the inner service's own future, so a gate
 //! costs no boxed future, no copy of one and no clone of the services
 //! below it. Prefer a gate wherever the response is not needed.
+//!
+//! A layer that also looks at the outcome, but waits for nothing of its
+//! own on either side — counts it, logs it, adds a header — is an
+//! [`Around`]: [`AroundLayer`] wraps the inner service's own future in a
+//! small one that hands the outcome to [`Around::leave`], again without a
+//! boxed future or a copy of the services below.
 
 use std::future::Future;
 use std::sync::Arc;
 use std::task::{Context, Poll};
+
+use std::pin::Pin;
 
 use futures_util::future::{BoxFuture, Either, Ready};
 use tower::{Layer, Service};
@@ -234,159 +242,149 @@ where
     }
 }
 
-#[cfg(test)]
-mod tests {
-    use super::*;
-    use std::sync::atomic::{AtomicUsize, Ordering};
-    use std::sync::Arc;
-    use tower::ServiceExt;
+/// A layer's logic when it looks at the request on the way in and at the
+/// outcome on the way out, and waits for nothing of its own: it may answer
+/// in the inner service's place, or let the request in with a
+/// [`Leave`] that sees the outcome.
+pub trait Around<Request, Response, Error>: Send + Sync + 'static {
+    /// What the way in hands to the way out: what it learnt, and the state
+    /// it needs there.
+    type Visit: Leave<Response, Error>;
 
-    /// Refuses odd numbers, doubles even ones on the way in and adds one to
-    /// the answer on the way out.
-    #[derive(Clone)]
-    struct Even;
+    /// Sees the request; `Err(answer)` answers it here, and the inner
+    /// service is not called.
+    fn enter(&self, request: &mut Request) -> Result<Self::Visit, Response>;
+}
 
-    #[derive(Debug, PartialEq)]
-    enum Refused {
-        Odd(u32),
-    }
+/// The way out of an [`Around`].
+pub trait Leave<Response, Error> {
+    /// Sees the outcome of a request the inner service answered (not of an
+    /// answer `enter` gave, nor of a request dropped unanswered).
+    fn leave(self, outcome: &mut Result<Response, Error>);
+}
 
-    impl<S> Checkpoint<S, u32> for Even
-    where
-        S: Service<u32, Response = u32, Error = Refused> + Send + 'static,
-        S::Future: Send,
-    {
-        async fn run(self, mut inner: S, request: u32) -> Result<u32, Refused> {
-            if request % 2 == 1 {
-                return Err(Refused::Odd(request));
-            }
-            Ok(inner.call(request * 2).await? + 1)
-        }
-    }
+/// The tower layer for an [`Around`].
+#[derive(Debug)]
+pub struct AroundLayer<A> {
+    around: Arc<A>,
+}
 
-    /// A service that answers with its request, and how often it was called.
-    fn counting_echo() -> (
-        impl Service<u32, Response = u32, Error = Refused, Future: Send> + Clone + Send + Sync,
-        Arc<AtomicUsize>,
-    ) {
-        let calls = Arc::new(AtomicUsize::new(0));
-        let counted = calls.clone();
-        let echo = tower::service_fn(move |n: u32| {
-            counted.fetch_add(1, Ordering::SeqCst);
-            async move { Ok::<_, Refused>(n) }
-        });
-        (echo, calls)
-    }
-
-    #[tokio::test]
-    async fn a_checkpoint_sees_the_request_and_the_response() {
-        let (inner, calls) = counting_echo();
-        let service = CheckpointLayer::new(Even).layer(inner);
-        assert_eq!(service.clone().oneshot(4).await, Ok(9));
-        assert_eq!(service.oneshot(3).await, Err(Refused::Odd(3)));
-        assert_eq!(
-            calls.load(Ordering::SeqCst),
-            1,
-            "a refused request never reaches the inner service"
-        );
-    }
-
-    /// An inner service that is ready only once polled, and forgets it
-    /// when called (like a buffer or a concurrency limit handing out one
-    /// permit per `poll_ready`); a clone starts unready, and is counted.
-    #[derive(Default)]
-    struct Permit {
-        ready: bool,
-        clones: Arc<AtomicUsize>,
-    }
-
-    impl Clone for Permit {
-        fn clone(&self) -> Self {
-            self.clones.fetch_add(1, Ordering::SeqCst);
-            Permit {
-                ready: false,
-                clones: self.clones.clone(),
-            }
-        }
-    }
-
-    impl Service<u32> for Permit {
-        type Response = u32;
-        type Error = Refused;
-        type Future = std::future::Ready<Result<u32, Refused>>;
-
-        fn poll_ready(&mut self, _: &mut Context<'_>) -> Poll<Result<(), Refused>> {
-            self.ready = true;
-            Poll::Ready(Ok(()))
-        }
-
-        fn call(&mut self, n: u32) -> Self::Future {
-            assert!(self.ready, "called without poll_ready");
-            self.ready = false;
-            std::future::ready(Ok(n))
-        }
-    }
-
-    #[tokio::test]
-    async fn each_request_gets_the_service_that_was_polled_ready() {
-        let mut service = CheckpointLayer::new(Even).layer(Permit::default());
-        for n in [2, 4, 6] {
-            let answer = service.ready().await.map(|s| s.call(n));
-            assert_eq!(answer.expect("ready").await, Ok(n * 2 + 1));
-        }
-    }
-
-    /// Refuses odd numbers; marks even ones by adding 100.
-    struct EvenGate;
-
-    impl Gate<u32> for EvenGate {
-        type Refusal = Refused;
-
-        fn admit(&self, request: &mut u32) -> Result<(), Refused> {
-            if *request % 2 == 1 {
-                return Err(Refused::Odd(*request));
-            }
-            *request += 100;
-            Ok(())
-        }
-    }
-
-    #[tokio::test]
-    async fn a_gate_admits_enriched_requests_and_refuses_without_calling_the_inner_service() {
-        let (inner, calls) = counting_echo();
-        let service = GateLayer::new(EvenGate).layer(inner);
-        assert_eq!(service.clone().oneshot(4).await, Ok(104));
-        assert_eq!(service.oneshot(3).await, Err(Refused::Odd(3)));
-        assert_eq!(
-            calls.load(Ordering::SeqCst),
-            1,
-            "a refused request never reaches the inner service"
-        );
-    }
-
-    #[tokio::test]
-    async fn a_gate_calls_the_service_that_was_polled_ready() {
-        let mut service = GateLayer::new(EvenGate).layer(Permit::default());
-        for n in [2, 4, 6] {
-            let answer = service.ready().await.map(|s| s.call(n));
-            assert_eq!(answer.expect("ready").await, Ok(n + 100));
-        }
-    }
-
-    #[tokio::test]
-    async fn a_stack_of_checkpoints_copies_the_service_below_once_per_request() {
-        let below = Permit::default();
-        let clones = below.clones.clone();
-        let stack = tower::ServiceBuilder::new()
-            .layer(CheckpointLayer::new(Even))
-            .layer(CheckpointLayer::new(Even))
-            .layer(CheckpointLayer::new(Even))
-            .service(below);
-        for request in 1..=4 {
-            // As the router serves a request: a clone of the whole stack,
-            // polled ready and called once.
-            assert_eq!(stack.clone().oneshot(2).await, Ok(2 * 8 + 3));
-            assert_eq!(clones.load(Ordering::SeqCst), request);
+impl<A> Clone for AroundLayer<A> {
+    fn clone(&self) -> Self {
+        AroundLayer {
+            around: self.around.clone(),
         }
     }
 }
+
+impl<A> AroundLayer<A> {
+    /// A layer that runs `around` on both sides of the service it wraps.
+    pub fn new(around: A) -> Self {
+        AroundLayer {
+            around: Arc::new(around),
+        }
+    }
+}
+
+impl<A, S> Layer<S> for AroundLayer<A> {
+    type Service = AroundService<A, S>;
+
+    fn layer(&self, inner: S) -> Self::Service {
+        AroundService {
+            around: self.around.clone(),
+            inner,
+        }
+    }
+}
+
+/// An [`Around`] on both sides of an inner service.
+#[derive(Debug)]
+pub struct AroundService<A, S> {
+    around: Arc<A>,
+    inner: S,
+}
+
+impl<A, S: Clone> Clone for AroundService<A, S> {
+    fn clone(&self) -> Self {
+        AroundService {
+            around: self.around.clone(),
+            inner: self.inner.clone(),
+        }
+    }
+}
+
+impl<A, S, Request> Service<Request> for AroundService<A, S>
+where
+    A: Around<Request, S::Response, S::Error>,
+    S: Service<Request>,
+{
+    type Response = S::Response;
+    type Error = S::Error;
+    type Future = AroundFuture<S::Future, A::Visit, S::Response>;
+
+    fn poll_ready(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), S::Error>> {
+        self.inner.poll_ready(cx)
+    }
+
+    fn call(&mut self, mut request: Request) -> Self::Future {
+        match self.around.enter(&mut request) {
+            // The inner service was polled ready for this very call.
+            Ok(visit) => AroundFuture::Inner {
+                inner: self.inner.call(request),
+                visit: Some(visit),
+            },
+            Err(answer) => AroundFuture::Answered {
+                answer: Some(answer),
+            },
+        }
+    }
+}
+
+pin_project_lite::pin_project! {
+    /// The future of an [`AroundService`]: the inner service's, then
+    /// [`Leave::leave`]; or the answer [`Around::enter`] gave.
+    // The macro takes no docs on variants' fields: the variants' docs say
+    // what they hold.
+    #[allow(missing_docs)]
+    #[project = AroundProjection]
+    pub enum AroundFuture<F, V, R> {
+        /// Waiting for the inner service's future; the visit is taken
+        /// when the outcome is known.
+        Inner {
+            #[pin]
+            inner: F,
+            visit: Option<V>,
+        },
+        /// Answered by `enter`; the answer is taken when polled.
+        Answered { answer: Option<R> },
+    }
+}
+
+impl<F, V, R, E> Future for AroundFuture<F, V, R>
+where
+    F: Future<Output = Result<R, E>>,
+    V: Leave<R, E>,
+{
+    type Output = Result<R, E>;
+
+    fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
+        match self.project() {
+            AroundProjection::Inner { inner, visit } => {
+                let mut outcome = std::task::ready!(inner.poll(cx));
+                if let Some(visit) = visit.take() {
+                    visit.leave(&mut outcome);
+                }
+                Poll::Ready(outcome)
+            }
+            AroundProjection::Answered { answer } => match answer.take() {
+                Some(answer) => Poll::Ready(Ok(answer)),
+                // Polled past its end, which a caller must not do: there
+                // is nothing left to give.
+                None => Poll::Pending,
+            },
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests;

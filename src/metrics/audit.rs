@@ -7,11 +7,10 @@ use std::sync::{Arc, Mutex};
 use std::time::Instant;
 
 use axum::http::{Request, Response, StatusCode};
-use tower::Service;
 
 use super::labels::McpDecision;
 use super::RouteMetrics;
-use crate::checkpoint::{Checkpoint, CheckpointLayer};
+use crate::checkpoint::{Around, AroundLayer, Leave};
 use crate::client_address::ClientAddress;
 
 /// What the MCP stack learned about one request.
@@ -74,7 +73,7 @@ impl AuditSlot {
 }
 
 /// Adds `Audit` to a service.
-pub(crate) type AuditLayer = CheckpointLayer<Audit>;
+pub(crate) type AuditLayer = AroundLayer<Audit>;
 
 /// Gives each request an `AuditSlot` and, once its answer is known, writes
 /// the audit event and counts it, both under the route's name. With neither
@@ -89,7 +88,7 @@ impl Audit {
     /// The layer of one route: counts into its series, logs (with its name)
     /// when `log`.
     pub(crate) fn layer(route: RouteMetrics, log: bool) -> AuditLayer {
-        CheckpointLayer::new(Audit {
+        AroundLayer::new(Audit {
             metrics: route,
             log,
         })
@@ -171,19 +170,28 @@ struct Audited {
     started: Instant,
 }
 
-impl<S, B, R> Checkpoint<S, Request<B>> for Audit
-where
-    S: Service<Request<B>, Response = Response<R>, Future: Send> + Send + 'static,
-    B: Send + 'static,
-    R: 'static,
-{
-    async fn run(self, mut inner: S, mut request: Request<B>) -> Result<Response<R>, S::Error> {
-        let audited = self.begin(&mut request);
-        let result = inner.call(request).await;
-        if let (Some(audited), Ok(response)) = (audited, &result) {
-            self.end(audited, response.status());
+impl<B, R, E> Around<Request<B>, Response<R>, E> for Audit {
+    type Visit = Option<AuditVisit>;
+
+    fn enter(&self, request: &mut Request<B>) -> Result<Option<AuditVisit>, Response<R>> {
+        Ok(self.begin(request).map(|audited| AuditVisit {
+            audit: self.clone(),
+            audited,
+        }))
+    }
+}
+
+/// An audited request on its way through the layers below.
+pub(crate) struct AuditVisit {
+    audit: Audit,
+    audited: Audited,
+}
+
+impl<R, E> Leave<Response<R>, E> for Option<AuditVisit> {
+    fn leave(self, outcome: &mut Result<Response<R>, E>) {
+        if let (Some(visit), Ok(response)) = (self, outcome) {
+            visit.audit.end(visit.audited, response.status());
         }
-        result
     }
 }
 

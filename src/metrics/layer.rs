@@ -1,19 +1,17 @@
 //! RecordHttp: counts every request by route template (never the raw path),
 //! method and status class, and times it to its response headers.
 
-use std::future::Future;
 use std::sync::Arc;
 use std::time::Instant;
 
 use axum::extract::MatchedPath;
 use axum::http::{Method, Request, Response};
-use tower::Service;
 
 use super::Metrics;
-use crate::checkpoint::{Checkpoint, CheckpointLayer};
+use crate::checkpoint::{Around, AroundLayer, Leave};
 
 /// Adds `RecordHttp` to a service.
-pub(crate) type RecordHttpLayer = CheckpointLayer<RecordHttp>;
+pub(crate) type RecordHttpLayer = AroundLayer<RecordHttp>;
 
 /// Counts and times each request that gets an answer.
 #[derive(Clone)]
@@ -24,7 +22,7 @@ pub(crate) struct RecordHttp {
 impl RecordHttp {
     /// The layer, counting into `metrics`.
     pub(crate) fn layer(metrics: Arc<Metrics>) -> RecordHttpLayer {
-        CheckpointLayer::new(RecordHttp { metrics })
+        AroundLayer::new(RecordHttp { metrics })
     }
 }
 
@@ -77,32 +75,38 @@ fn method_label(method: &Method) -> &'static str {
     }
 }
 
-impl<S, B, R> Checkpoint<S, Request<B>> for RecordHttp
-where
-    S: Service<Request<B>, Response = Response<R>, Future: Send + 'static> + Send + 'static,
-{
+impl<B, R, E> Around<Request<B>, Response<R>, E> for RecordHttp {
+    type Visit = HttpVisit;
+
     /// Timed from the call, as the request arrives.
-    fn run(
-        self,
-        mut inner: S,
-        request: Request<B>,
-    ) -> impl Future<Output = Result<Response<R>, S::Error>> + Send + 'static {
-        let route = RouteLabel::of(&request);
-        let method = method_label(request.method());
-        let started = Instant::now();
-        let answer = inner.call(request);
-        async move {
-            let result = answer.await;
-            if let Ok(response) = &result {
-                let route = route.as_ref().map_or("unmatched", RouteLabel::as_str);
-                self.metrics.http_request(
-                    route,
-                    method,
-                    response.status().as_u16(),
-                    started.elapsed(),
-                );
-            }
-            result
+    fn enter(&self, request: &mut Request<B>) -> Result<HttpVisit, Response<R>> {
+        Ok(HttpVisit {
+            metrics: self.metrics.clone(),
+            route: RouteLabel::of(request),
+            method: method_label(request.method()),
+            started: Instant::now(),
+        })
+    }
+}
+
+/// A request being timed.
+pub(crate) struct HttpVisit {
+    metrics: Arc<Metrics>,
+    route: Option<RouteLabel>,
+    method: &'static str,
+    started: Instant,
+}
+
+impl<R, E> Leave<Response<R>, E> for HttpVisit {
+    fn leave(self, outcome: &mut Result<Response<R>, E>) {
+        if let Ok(response) = outcome {
+            let route = self.route.as_ref().map_or("unmatched", RouteLabel::as_str);
+            self.metrics.http_request(
+                route,
+                self.method,
+                response.status().as_u16(),
+                self.started.elapsed(),
+            );
         }
     }
 }

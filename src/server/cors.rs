@@ -14,14 +14,12 @@
 //! service's own), `Access-Control-Expose-Headers` and, for an allowed
 //! origin, `Access-Control-Allow-Origin`.
 
-use std::future::Future;
 use std::sync::Arc;
 use std::time::Duration;
 
 use axum::http::{header, HeaderName, HeaderValue, Method, Request, Response};
-use tower::Service;
 
-use crate::checkpoint::{Checkpoint, CheckpointLayer};
+use crate::checkpoint::{Around, AroundLayer, Leave};
 
 /// The request headers a CORS answer depends on, as tower-http lists them.
 static VARY: HeaderValue = HeaderValue::from_static(
@@ -87,8 +85,8 @@ impl CorsRules {
     }
 
     /// The layer that applies these rules.
-    pub(crate) fn layer(self) -> CheckpointLayer<Cors> {
-        CheckpointLayer::new(Cors(Arc::new(self)))
+    pub(crate) fn layer(self) -> AroundLayer<Cors> {
+        AroundLayer::new(Cors(Arc::new(self)))
     }
 
     fn allow_origin(&self, origin: Option<&HeaderValue>) -> Option<HeaderValue> {
@@ -128,31 +126,36 @@ impl CorsRules {
     }
 }
 
-/// The checkpoint of [`CorsRules::layer`].
+/// The layer logic of [`CorsRules::layer`].
 #[derive(Clone, Debug)]
 pub(crate) struct Cors(Arc<CorsRules>);
 
-impl<S, B, ResBody> Checkpoint<S, Request<B>> for Cors
-where
-    S: Service<Request<B>, Response = Response<ResBody>, Future: Send + 'static> + Send + 'static,
-    ResBody: Default + Send + 'static,
-{
-    fn run(
-        self,
-        mut inner: S,
-        request: Request<B>,
-    ) -> impl Future<Output = Result<Response<ResBody>, S::Error>> + Send + 'static {
-        let rules = self.0;
-        let allow_origin = rules.allow_origin(request.headers().get(header::ORIGIN));
+impl<B, ResBody: Default, E> Around<Request<B>, Response<ResBody>, E> for Cors {
+    type Visit = CorsVisit;
+
+    fn enter(&self, request: &mut Request<B>) -> Result<CorsVisit, Response<ResBody>> {
+        let allow_origin = self.0.allow_origin(request.headers().get(header::ORIGIN));
         // A preflight is answered here; the service below never sees it.
-        let answer = (request.method() != Method::OPTIONS).then(|| inner.call(request));
-        async move {
-            let Some(answer) = answer else {
-                return Ok(rules.preflight(allow_origin));
-            };
-            let mut response = answer.await?;
-            rules.decorate(&mut response, allow_origin);
-            Ok(response)
+        if request.method() == Method::OPTIONS {
+            return Err(self.0.preflight(allow_origin));
+        }
+        Ok(CorsVisit {
+            rules: self.0.clone(),
+            allow_origin,
+        })
+    }
+}
+
+/// A request from a browser (or not) on its way through the service.
+pub(crate) struct CorsVisit {
+    rules: Arc<CorsRules>,
+    allow_origin: Option<HeaderValue>,
+}
+
+impl<ResBody, E> Leave<Response<ResBody>, E> for CorsVisit {
+    fn leave(self, outcome: &mut Result<Response<ResBody>, E>) {
+        if let Ok(response) = outcome {
+            self.rules.decorate(response, self.allow_origin);
         }
     }
 }

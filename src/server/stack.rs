@@ -21,7 +21,7 @@ use tower_http::request_id::{
 use tower_http::trace::TraceLayer;
 
 use crate::auth::Authenticate;
-use crate::checkpoint::CheckpointLayer;
+use crate::checkpoint::AroundLayer;
 use crate::client_address::{self, ClientAddress};
 use crate::config::LimitGroup;
 use crate::error::{OAuthError, PageError, ProxyError};
@@ -354,7 +354,7 @@ fn mcp_stack(
 }
 
 /// Browser-based MCP clients on the route's allowed origins may call it.
-fn mcp_cors(app: &AppState, route: &ServedRoute) -> CheckpointLayer<Cors> {
+fn mcp_cors(app: &AppState, route: &ServedRoute) -> AroundLayer<Cors> {
     let origins: Vec<axum::http::HeaderValue> = std::iter::once(app.settings.public_url.as_str())
         .chain(route.settings.allowed_origins.iter().map(String::as_str))
         .filter_map(|o| o.parse().ok())
