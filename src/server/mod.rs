@@ -26,6 +26,7 @@ pub(crate) mod connection;
 pub(crate) mod cors;
 pub(crate) mod framing;
 pub(crate) mod hooks;
+pub(crate) mod request_id;
 pub(crate) mod rescue;
 pub(crate) mod routes;
 pub(crate) mod shared;

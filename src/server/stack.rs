@@ -15,9 +15,7 @@ use axum::Router;
 use futures_util::future::Either;
 use tower::util::{BoxCloneSyncService, Oneshot};
 use tower::{Layer, Service, ServiceExt};
-use tower_http::request_id::{
-    MakeRequestId, PropagateRequestIdLayer, RequestId, SetRequestIdLayer,
-};
+use tower_http::request_id::SetRequestIdLayer;
 use tower_http::trace::TraceLayer;
 
 use crate::auth::Authenticate;
@@ -38,12 +36,11 @@ use crate::proxy::{Endpoint, Forwarder};
 use crate::rate_limit::{by_address, by_client, by_user, RateLimits};
 use crate::server::cors::{Cors, CorsRules};
 use crate::server::hooks::{Hook, Hooks, RouteHooks, RouteInfo};
+use crate::server::request_id::{EchoRequestId, SequentialRequestId, REQUEST_ID};
 use crate::server::rescue::RescueLayer;
 use crate::server::routes::ServedRoute;
 use crate::server::shared::SharedEndpoint;
 use crate::server::{jwks, AppState};
-
-static REQUEST_ID: HeaderName = HeaderName::from_static("x-request-id");
 
 /// The authorization server's routes: client-facing JSON endpoints (with
 /// CORS) and browser-facing pages (without). Their handlers take
@@ -147,7 +144,7 @@ pub(crate) fn router(app: AppState, hooks: &Hooks) -> Routes {
         // label.
         .layer(RecordHttp::layer(app_metrics))
         // Echo the request id on the response (sees the id set above).
-        .layer(PropagateRequestIdLayer::new(REQUEST_ID.clone()))
+        .layer(EchoRequestId::layer())
         // Who is calling, honouring `server.trusted_proxies`: resolved once,
         // before any rate limit or the audit asks.
         .layer(tower::util::MapRequestLayer::new(
@@ -493,41 +490,5 @@ where
             }
             None => Either::Right(self.others.call(request)),
         }
-    }
-}
-
-/// Request ids: a random per-process prefix and a counter. Unique across
-/// replicas without a system call per request (a UUID costs a `getrandom`).
-#[derive(Clone)]
-struct SequentialRequestId {
-    prefix: std::sync::Arc<str>,
-    counter: std::sync::Arc<std::sync::atomic::AtomicU64>,
-}
-
-impl SequentialRequestId {
-    fn new() -> Self {
-        SequentialRequestId {
-            prefix: crate::crypto::random_id().into(),
-            counter: Default::default(),
-        }
-    }
-}
-
-impl MakeRequestId for SequentialRequestId {
-    fn make_request_id<B>(&mut self, _request: &Request<B>) -> Option<RequestId> {
-        let n = self
-            .counter
-            .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
-        // Written into one buffer that becomes the value, not formatted
-        // and then copied (`format!` and `from_str`: 1,100 instructions).
-        let mut counter = itoa::Buffer::new();
-        let counter = counter.format(n);
-        let mut id = bytes::BytesMut::with_capacity(self.prefix.len() + 1 + counter.len());
-        id.extend_from_slice(self.prefix.as_bytes());
-        id.extend_from_slice(b"-");
-        id.extend_from_slice(counter.as_bytes());
-        axum::http::HeaderValue::from_maybe_shared(id.freeze())
-            .ok()
-            .map(RequestId::new)
     }
 }
