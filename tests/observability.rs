@@ -237,6 +237,13 @@ async fn every_mcp_request_leaves_one_audit_event() {
         .filter(|v| v["fields"]["audit"] == true && v["fields"]["request_id"] == marker.as_str())
         .collect();
     assert_eq!(events.len(), 1, "{events:?}");
+    // Lines written while the request is served carry its id in the
+    // request's span too.
+    assert_eq!(
+        events[0]["span"]["request_id"],
+        marker.as_str(),
+        "{events:?}"
+    );
     let f = &events[0]["fields"];
     assert_eq!(f["route"], "default");
     assert_eq!(f["sub"], "alice-sub-123");

@@ -118,7 +118,8 @@ pub(crate) fn router(app: AppState, hooks: &Hooks) -> Routes {
     let limits = RateLimits::new(&app.settings.config.limits, app.metrics.clone());
     let endpoints = mcp_endpoints(&app, &limits, hooks);
 
-    let trusted_proxies = app.settings.trusted_proxies.clone();
+    // Shared: the closure below is cloned with the stack for every request.
+    let trusted_proxies = Arc::new(app.settings.trusted_proxies.clone());
     let app_metrics = app.metrics.clone();
     // The layers every request passes, outermost first, applied to the
     // router as one stack: axum boxes each route again for every
@@ -126,19 +127,31 @@ pub(crate) fn router(app: AppState, hooks: &Hooks) -> Routes {
     // so one call instead of five is four allocations less per clone.
     let every_request = tower::ServiceBuilder::new()
         // Every request gets an id before anything logs.
-        .layer(SetRequestIdLayer::new(REQUEST_ID.clone(), SequentialRequestId::new()))
+        .layer(SetRequestIdLayer::new(
+            REQUEST_ID.clone(),
+            SequentialRequestId::new(),
+        ))
         // One span per request, with method and path only: queries carry
         // codes and state, which must never reach a log.
-        .layer(TraceLayer::new_for_http().make_span_with(|request: &Request<_>| {
-            let request_id = request
-                .headers()
-                .get(&REQUEST_ID)
-                .and_then(|v| v.to_str().ok())
-                .unwrap_or_default();
-            tracing::info_span!("request", method = %request.method(), path = %request.uri().path(), request_id)
-        })
-        // A 5xx is already logged, with its cause, where it arose.
-        .on_failure(tower_http::trace::DefaultOnFailure::new().level(tracing::Level::WARN)))
+        .layer(
+            TraceLayer::new_for_http()
+                .make_span_with(|request: &Request<_>| {
+                    // The id is looked up inside the macro: only when the span is
+                    // recorded at all (not at the default `warn`).
+                    tracing::info_span!(
+                        "request",
+                        method = %request.method(),
+                        path = %request.uri().path(),
+                        request_id = request
+                            .headers()
+                            .get(&REQUEST_ID)
+                            .and_then(|v| v.to_str().ok())
+                            .unwrap_or_default()
+                    )
+                })
+                // A 5xx is already logged, with its cause, where it arose.
+                .on_failure(tower_http::trace::DefaultOnFailure::new().level(tracing::Level::WARN)),
+        )
         // Count and time every request by its route template; runs after
         // routing (a layer of the router), so the raw path never becomes a
         // label.
