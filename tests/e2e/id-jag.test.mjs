@@ -150,7 +150,7 @@ grant_types = ["${JWT_BEARER}"]
       if (out) fs.writeFileSync(out, JSON.stringify({ hops: result.hops, whoami: result.whoami }, null, 2));
       else console.error(JSON.stringify(result.hops, null, 2));
     }
-    assert.equal(result.code, 0, `${result.error}\n${result.stderr}`);
+    assert.equal(result.code, 0, `${result.error}\n${result.stderr}\n${JSON.stringify(result.hops, null, 2)}`);
     assert.match(result.whoami, /alice@example\.com/);
     // What went over the wire: 401, metadata from the configured issuer,
     // token exchange at the provider, jwt-bearer at the proxy, the retry.

@@ -94,6 +94,16 @@ class MemoryStorage:
         self.client_info = client_info
 
 
+def describe(e: BaseException) -> str:
+    """An exception and, for a group (anyio's task groups raise them), every
+    exception inside it: the group's own message says only how many."""
+    text = f"{type(e).__name__}: {e}"
+    inner = getattr(e, "exceptions", None)
+    if inner:
+        text += " [" + "; ".join(describe(x) for x in inner) + "]"
+    return text
+
+
 async def main() -> None:
     cfg = json.loads(sys.stdin.read())
     hooks = {"request": [on_request], "response": [on_response]}
@@ -142,5 +152,5 @@ if __name__ == "__main__":
     try:
         asyncio.run(main())
     except BaseException as e:  # report every failure as one JSON line
-        print(json.dumps({"error": f"{type(e).__name__}: {e}", "hops": hops}))
+        print(json.dumps({"error": describe(e), "hops": hops}))
         sys.exit(1)
