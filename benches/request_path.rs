@@ -21,7 +21,7 @@ use mcp_oauth_proxy::bench_support::{
     answer_at_once, scan_heads, CachedDecision, CorsCall, CorsLists, DownstreamRoundTrip,
     HeaderRewrite, TokenCacheHit,
 };
-use mcp_oauth_proxy::checkpoint::{Checkpoint, CheckpointLayer, Gate, GateLayer};
+use mcp_oauth_proxy::checkpoint::{gate_layer, Checkpoint, CheckpointLayer, Gate};
 use tower::{Layer, Service, ServiceExt};
 
 fn bench(c: &mut Criterion) {
@@ -141,12 +141,12 @@ fn layers(c: &mut Criterion) {
         .layer(CheckpointLayer::new(HasHeader))
         .service(end);
     let gates = tower::ServiceBuilder::new()
-        .layer(GateLayer::new(HasHeader))
-        .layer(GateLayer::new(HasHeader))
-        .layer(GateLayer::new(HasHeader))
-        .layer(GateLayer::new(HasHeader))
-        .layer(GateLayer::new(HasHeader))
-        .layer(GateLayer::new(HasHeader))
+        .layer(gate_layer(HasHeader))
+        .layer(gate_layer(HasHeader))
+        .layer(gate_layer(HasHeader))
+        .layer(gate_layer(HasHeader))
+        .layer(gate_layer(HasHeader))
+        .layer(gate_layer(HasHeader))
         .service(end);
     assert_eq!(
         runtime

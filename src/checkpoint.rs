@@ -45,17 +45,14 @@
 //! # }
 //! ```
 //!
-//! A layer that only looks at the request — admits it, maybe enriched, or
-//! refuses it — is a [`Gate`] instead: [`GateLayer`] calls the inner
-//! service itself and returns the inner service's own future, so a gate
-//! costs no boxed future, no copy of one and no clone of the services
-//! below it. Prefer a gate wherever the response is not needed.
-//!
-//! A layer that also looks at the outcome, but waits for nothing of its
-//! own on either side — counts it, logs it, adds a header — is an
-//! [`Around`]: [`AroundLayer`] wraps the inner service's own future in a
-//! small one that hands the outcome to [`Around::leave`], again without a
-//! boxed future or a copy of the services below.
+//! A layer that looks at the outcome too, but waits for nothing of its own
+//! on either side — counts it, logs it, adds a header — is an [`Around`]:
+//! [`AroundLayer`] calls the inner service itself and wraps its future in a
+//! small one that hands the outcome to [`Leave::leave`], so it costs no
+//! boxed future, no copy of one and no clone of the services below it. A
+//! layer that only admits the request (maybe enriched) or refuses it is a
+//! [`Gate`], run as an `Around` with nothing to do on the way out
+//! ([`gate_layer`]). Prefer either wherever the layer awaits nothing.
 
 use std::future::Future;
 use std::sync::Arc;
@@ -63,7 +60,7 @@ use std::task::{Context, Poll};
 
 use std::pin::Pin;
 
-use futures_util::future::{BoxFuture, Either, Ready};
+use futures_util::future::BoxFuture;
 use tower::{Layer, Service};
 
 /// A layer's logic: given the ready inner service and a request, produce the
@@ -169,77 +166,44 @@ pub trait Gate<Request>: Send + Sync + 'static {
     fn admit(&self, request: &mut Request) -> Result<(), Self::Refusal>;
 }
 
-/// The tower layer for a [`Gate`].
-#[derive(Debug)]
-pub struct GateLayer<G> {
-    gate: Arc<G>,
-}
-
-impl<G> Clone for GateLayer<G> {
-    fn clone(&self) -> Self {
-        GateLayer {
-            gate: self.gate.clone(),
-        }
-    }
-}
-
-impl<G> GateLayer<G> {
-    /// A layer that runs `gate` in front of the service it wraps.
-    pub fn new(gate: G) -> Self {
-        GateLayer {
-            gate: Arc::new(gate),
-        }
-    }
-}
-
-impl<G, S> Layer<S> for GateLayer<G> {
-    type Service = GateService<G, S>;
-
-    fn layer(&self, inner: S) -> Self::Service {
-        GateService {
-            gate: self.gate.clone(),
-            inner,
-        }
-    }
-}
+/// The tower layer for a [`Gate`]: the gate as an [`Around`] that has
+/// nothing to do on the way out (see [`gate_layer`]).
+pub type GateLayer<G> = AroundLayer<Admit<G>>;
 
 /// A [`Gate`] in front of an inner service.
+pub type GateService<G, S> = AroundService<Admit<G>, S>;
+
+/// The layer that runs `gate` in front of the service it wraps.
+pub fn gate_layer<G>(gate: G) -> GateLayer<G> {
+    AroundLayer::new(Admit(gate))
+}
+
+/// A [`Gate`] as an [`Around`]: a refusal is the inner service's error,
+/// and an admitted request's outcome passes untouched.
 #[derive(Debug)]
-pub struct GateService<G, S> {
-    gate: Arc<G>,
-    inner: S,
-}
+pub struct Admit<G>(G);
 
-impl<G, S: Clone> Clone for GateService<G, S> {
-    fn clone(&self) -> Self {
-        GateService {
-            gate: self.gate.clone(),
-            inner: self.inner.clone(),
-        }
-    }
-}
-
-impl<G, S, Request> Service<Request> for GateService<G, S>
+impl<G, Request, Response, Error> Around<Request, Response, Error> for Admit<G>
 where
     G: Gate<Request>,
-    S: Service<Request>,
-    S::Error: From<G::Refusal>,
+    Error: From<G::Refusal>,
 {
-    type Response = S::Response;
-    type Error = S::Error;
-    type Future = Either<Ready<Result<S::Response, S::Error>>, S::Future>;
+    type Visit = Admitted;
 
-    fn poll_ready(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), S::Error>> {
-        self.inner.poll_ready(cx)
+    fn enter(&self, request: &mut Request) -> Result<Admitted, Result<Response, Error>> {
+        self.0
+            .admit(request)
+            .map(|()| Admitted)
+            .map_err(|refusal| Err(refusal.into()))
     }
+}
 
-    fn call(&mut self, mut request: Request) -> Self::Future {
-        match self.gate.admit(&mut request) {
-            // The inner service was polled ready for this very call.
-            Ok(()) => Either::Right(self.inner.call(request)),
-            Err(refusal) => Either::Left(futures_util::future::ready(Err(refusal.into()))),
-        }
-    }
+/// An admitted request: nothing to look at on its way out.
+#[derive(Debug)]
+pub struct Admitted;
+
+impl<Response, Error> Leave<Response, Error> for Admitted {
+    fn leave(self, _outcome: &mut Result<Response, Error>) {}
 }
 
 /// A layer's logic when it looks at the request on the way in and at the
@@ -251,9 +215,9 @@ pub trait Around<Request, Response, Error>: Send + Sync + 'static {
     /// it needs there.
     type Visit: Leave<Response, Error>;
 
-    /// Sees the request; `Err(answer)` answers it here, and the inner
-    /// service is not called.
-    fn enter(&self, request: &mut Request) -> Result<Self::Visit, Response>;
+    /// Sees the request; `Err(outcome)` answers (or refuses) it here, and
+    /// the inner service is not called.
+    fn enter(&self, request: &mut Request) -> Result<Self::Visit, Result<Response, Error>>;
 }
 
 /// The way out of an [`Around`].
@@ -320,7 +284,7 @@ where
 {
     type Response = S::Response;
     type Error = S::Error;
-    type Future = AroundFuture<S::Future, A::Visit, S::Response>;
+    type Future = AroundFuture<S::Future, A::Visit, Result<S::Response, S::Error>>;
 
     fn poll_ready(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), S::Error>> {
         self.inner.poll_ready(cx)
@@ -333,8 +297,8 @@ where
                 inner: self.inner.call(request),
                 visit: Some(visit),
             },
-            Err(answer) => AroundFuture::Answered {
-                answer: Some(answer),
+            Err(outcome) => AroundFuture::Answered {
+                outcome: Some(outcome),
             },
         }
     }
@@ -342,12 +306,12 @@ where
 
 pin_project_lite::pin_project! {
     /// The future of an [`AroundService`]: the inner service's, then
-    /// [`Leave::leave`]; or the answer [`Around::enter`] gave.
+    /// [`Leave::leave`]; or the outcome [`Around::enter`] gave.
     // The macro takes no docs on variants' fields: the variants' docs say
     // what they hold.
     #[allow(missing_docs)]
     #[project = AroundProjection]
-    pub enum AroundFuture<F, V, R> {
+    pub enum AroundFuture<F, V, O> {
         /// Waiting for the inner service's future; the visit is taken
         /// when the outcome is known.
         Inner {
@@ -355,12 +319,13 @@ pin_project_lite::pin_project! {
             inner: F,
             visit: Option<V>,
         },
-        /// Answered by `enter`; the answer is taken when polled.
-        Answered { answer: Option<R> },
+        /// Answered (or refused) by `enter`; the outcome is taken when
+        /// polled.
+        Answered { outcome: Option<O> },
     }
 }
 
-impl<F, V, R, E> Future for AroundFuture<F, V, R>
+impl<F, V, R, E> Future for AroundFuture<F, V, Result<R, E>>
 where
     F: Future<Output = Result<R, E>>,
     V: Leave<R, E>,
@@ -376,8 +341,8 @@ where
                 }
                 Poll::Ready(outcome)
             }
-            AroundProjection::Answered { answer } => match answer.take() {
-                Some(answer) => Poll::Ready(Ok(answer)),
+            AroundProjection::Answered { outcome } => match outcome.take() {
+                Some(outcome) => Poll::Ready(outcome),
                 // Polled past its end, which a caller must not do: there
                 // is nothing left to give.
                 None => Poll::Pending,

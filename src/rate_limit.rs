@@ -31,7 +31,7 @@ use governor::{Quota, RateLimiter};
 use tower::util::MapErr;
 use tower::{Layer, Service};
 
-use crate::checkpoint::{Gate, GateLayer, GateService};
+use crate::checkpoint::{gate_layer, Gate, GateService};
 use crate::config::{LimitGroup, LimitsConfig, Rate};
 use crate::error::{OAuthError, PageError, ProxyError, RateLimited};
 use crate::metrics::audit::AuditSlot;
@@ -276,7 +276,7 @@ where
 
     fn layer(&self, inner: S) -> Self::Service {
         let absorb: fn(S::Error) -> E = E::absorb;
-        GateLayer::new(self.limit.clone()).layer(MapErr::new(inner, absorb))
+        gate_layer(self.limit.clone()).layer(MapErr::new(inner, absorb))
     }
 }
 

@@ -119,7 +119,7 @@ impl Gate<u32> for EvenGate {
 #[tokio::test]
 async fn a_gate_admits_enriched_requests_and_refuses_without_calling_the_inner_service() {
     let (inner, calls) = counting_echo();
-    let service = GateLayer::new(EvenGate).layer(inner);
+    let service = gate_layer(EvenGate).layer(inner);
     assert_eq!(service.clone().oneshot(4).await, Ok(104));
     assert_eq!(service.oneshot(3).await, Err(Refused::Odd(3)));
     assert_eq!(
@@ -131,7 +131,7 @@ async fn a_gate_admits_enriched_requests_and_refuses_without_calling_the_inner_s
 
 #[tokio::test]
 async fn a_gate_calls_the_service_that_was_polled_ready() {
-    let mut service = GateLayer::new(EvenGate).layer(Permit::default());
+    let mut service = gate_layer(EvenGate).layer(Permit::default());
     for n in [2, 4, 6] {
         let answer = service.ready().await.map(|s| s.call(n));
         assert_eq!(answer.expect("ready").await, Ok(n + 100));
@@ -149,9 +149,9 @@ struct TallyVisit(Arc<AtomicUsize>);
 impl Around<u32, u32, Refused> for Tally {
     type Visit = TallyVisit;
 
-    fn enter(&self, request: &mut u32) -> Result<TallyVisit, u32> {
+    fn enter(&self, request: &mut u32) -> Result<TallyVisit, Result<u32, Refused>> {
         if *request == 0 {
-            return Err(7);
+            return Err(Ok(7));
         }
         *request += 100;
         Ok(TallyVisit(self.left.clone()))

@@ -173,7 +173,10 @@ struct Audited {
 impl<B, R, E> Around<Request<B>, Response<R>, E> for Audit {
     type Visit = Option<AuditVisit>;
 
-    fn enter(&self, request: &mut Request<B>) -> Result<Option<AuditVisit>, Response<R>> {
+    fn enter(
+        &self,
+        request: &mut Request<B>,
+    ) -> Result<Option<AuditVisit>, Result<Response<R>, E>> {
         Ok(self.begin(request).map(|audited| AuditVisit {
             audit: self.clone(),
             audited,

@@ -79,7 +79,7 @@ impl<B, R, E> Around<Request<B>, Response<R>, E> for RecordHttp {
     type Visit = HttpVisit;
 
     /// Timed from the call, as the request arrives.
-    fn enter(&self, request: &mut Request<B>) -> Result<HttpVisit, Response<R>> {
+    fn enter(&self, request: &mut Request<B>) -> Result<HttpVisit, Result<Response<R>, E>> {
         Ok(HttpVisit {
             metrics: self.metrics.clone(),
             route: RouteLabel::of(request),

@@ -11,7 +11,7 @@
 use axum::http::{Method, Request};
 
 use super::Endpoint;
-use crate::checkpoint::{Gate, GateLayer};
+use crate::checkpoint::{gate_layer, Gate, GateLayer};
 use crate::error::ProxyError;
 
 impl Endpoint {
@@ -36,7 +36,7 @@ pub(crate) struct AllowMethods {
 impl AllowMethods {
     /// The layer for `route`.
     pub(crate) fn layer(route: Endpoint) -> GateLayer<AllowMethods> {
-        GateLayer::new(AllowMethods { route })
+        gate_layer(AllowMethods { route })
     }
 }
 

@@ -6,7 +6,7 @@ use std::sync::Arc;
 
 use axum::http::{header, HeaderMap, Request};
 
-use crate::checkpoint::{Gate, GateLayer};
+use crate::checkpoint::{gate_layer, Gate, GateLayer};
 use crate::error::ProxyError;
 
 /// Refuses a present `Origin` that is neither the proxy's own nor allowed.
@@ -43,7 +43,7 @@ impl CheckOrigin {
     /// The layer that accepts the proxy's own origin (`public_url`) and the
     /// `allowed` ones (`server.allowed_origins`).
     pub(crate) fn layer(public_url: &str, allowed: &[String]) -> CheckOriginLayer {
-        GateLayer::new(CheckOrigin {
+        gate_layer(CheckOrigin {
             public_url: public_url.into(),
             allowed: allowed.into(),
         })

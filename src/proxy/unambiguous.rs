@@ -6,7 +6,7 @@
 use axum::http::{header, HeaderMap, HeaderName, Request};
 
 use super::sessions::presented_session_id;
-use crate::checkpoint::{Gate, GateLayer};
+use crate::checkpoint::{gate_layer, Gate, GateLayer};
 use crate::error::ProxyError;
 
 /// Headers read on the request path (besides `Authorization`, which
@@ -51,7 +51,7 @@ pub(crate) struct UnambiguousHeaders;
 impl UnambiguousHeaders {
     /// The layer.
     pub(crate) fn layer() -> UnambiguousHeadersLayer {
-        GateLayer::new(UnambiguousHeaders)
+        gate_layer(UnambiguousHeaders)
     }
 }
 

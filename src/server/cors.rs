@@ -133,11 +133,11 @@ pub(crate) struct Cors(Arc<CorsRules>);
 impl<B, ResBody: Default, E> Around<Request<B>, Response<ResBody>, E> for Cors {
     type Visit = CorsVisit;
 
-    fn enter(&self, request: &mut Request<B>) -> Result<CorsVisit, Response<ResBody>> {
+    fn enter(&self, request: &mut Request<B>) -> Result<CorsVisit, Result<Response<ResBody>, E>> {
         let allow_origin = self.0.allow_origin(request.headers().get(header::ORIGIN));
         // A preflight is answered here; the service below never sees it.
         if request.method() == Method::OPTIONS {
-            return Err(self.0.preflight(allow_origin));
+            return Err(Ok(self.0.preflight(allow_origin)));
         }
         Ok(CorsVisit {
             rules: self.0.clone(),

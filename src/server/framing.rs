@@ -25,7 +25,7 @@ use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 use tower::util::MapErr;
 use tower::Layer;
 
-use crate::checkpoint::{Gate, GateLayer, GateService};
+use crate::checkpoint::{gate_layer, Gate, GateService};
 use crate::error::FramingError;
 
 /// Adds `CheckFraming` in front of a connection's service. That service
@@ -56,7 +56,7 @@ impl<S> Layer<S> for CheckFramingLayer {
 
     fn layer(&self, inner: S) -> Self::Service {
         let never: fn(Infallible) -> FramingError = |never| match never {};
-        GateLayer::new(self.check.clone()).layer(MapErr::new(inner, never))
+        gate_layer(self.check.clone()).layer(MapErr::new(inner, never))
     }
 }
 

@@ -61,7 +61,7 @@ impl EchoRequestId {
 impl<B, R, E> Around<Request<B>, Response<R>, E> for EchoRequestId {
     type Visit = EchoVisit;
 
-    fn enter(&self, request: &mut Request<B>) -> Result<EchoVisit, Response<R>> {
+    fn enter(&self, request: &mut Request<B>) -> Result<EchoVisit, Result<Response<R>, E>> {
         Ok(EchoVisit(request.headers().get(&REQUEST_ID).cloned()))
     }
 }
