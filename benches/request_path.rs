@@ -36,7 +36,10 @@ fn bench(c: &mut Criterion) {
     });
 
     let rewrite = HeaderRewrite::new();
-    assert!(rewrite.rewrite().contains_key("x-user-email"));
+    assert!(rewrite
+        .rewrite()
+        .iter()
+        .any(|(name, _)| name == "x-user-email"));
     c.bench_function("headers/downstream_rewrite", |b| {
         b.iter(|| black_box(rewrite.rewrite()))
     });

@@ -164,8 +164,8 @@ impl HeaderRewrite {
         }
     }
 
-    /// The headers the downstream receives.
-    pub fn rewrite(&self) -> HeaderMap {
+    /// The header lines the downstream receives.
+    pub fn rewrite(&self) -> Vec<(HeaderName, HeaderValue)> {
         let strip = self.engine.strip_rule(&self.policy);
         downstream_request_headers(
             self.incoming.clone(),

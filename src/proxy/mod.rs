@@ -35,7 +35,7 @@ pub(crate) mod sessions;
 pub(crate) mod sse;
 pub(crate) mod unambiguous;
 
-use downstream::{DownstreamClient, DrivenBody};
+use downstream::{DownstreamClient, DrivenBody, Outgoing};
 use sessions::{Binding, OwnedSession, SessionBindings, MCP_SESSION_ID, SESSION_KIND};
 
 /// Which MCP route a forwarder serves.
@@ -222,7 +222,7 @@ async fn forward(
         .await?;
     let target = choose_target(context, route, &caller.owned, request.uri())?;
     let is_delete = request.method() == Method::DELETE;
-    let outgoing = downstream_request(context, route, &caller.outcome, target.clone(), request)?;
+    let outgoing = downstream_request(context, route, &caller.outcome, target.clone(), request);
     let response = send(context, metrics, outgoing).await?;
     let (mut parts, body) = response.into_parts();
     parts.headers =
@@ -273,7 +273,7 @@ fn downstream_request(
     outcome: &PolicyOutcome,
     target: Uri,
     request: Request<Body>,
-) -> Result<Request<Body>, ProxyError> {
+) -> Outgoing {
     let peer = request
         .extensions()
         .get::<ConnectInfo<SocketAddr>>()
@@ -294,16 +294,14 @@ fn downstream_request(
     if route != Endpoint::Mcp {
         // Ownership is checked on /mcp only; elsewhere a session id would
         // reach a downstream that serves both transports unchecked.
-        headers.remove(MCP_SESSION_ID);
+        headers.retain(|(name, _)| name != MCP_SESSION_ID);
     }
-    let mut outgoing = Request::builder()
-        .method(parts.method)
-        .uri(target)
-        .version(axum::http::Version::HTTP_11)
-        .body(body)
-        .map_err(|e| ProxyError::BadRequest(e.to_string()))?;
-    *outgoing.headers_mut() = headers;
-    Ok(outgoing)
+    Outgoing {
+        method: parts.method,
+        target,
+        headers,
+        body,
+    }
 }
 
 /// Sends the request, waiting `downstream.response_timeout` at most for the
@@ -311,29 +309,25 @@ fn downstream_request(
 async fn send(
     context: &ForwardContext,
     metrics: &EndpointMetrics,
-    outgoing: Request<Body>,
+    outgoing: Outgoing,
 ) -> Result<Response<DrivenBody>, ProxyError> {
     let started = Instant::now();
-    let response = match tokio::time::timeout(
-        context.response_timeout,
-        context.client.request(outgoing),
-    )
-    .await
-    {
-        Ok(Ok(response)) => response,
-        Ok(Err(e)) => {
-            metrics.downstream_connect_error();
-            return Err(ProxyError::DownstreamUnreachable(format!(
-                "route {}: {}",
-                context.route,
-                error_chain(&e)
-            )));
-        }
-        Err(_) => {
-            metrics.downstream_timeout();
-            return Err(ProxyError::DownstreamTimeout(context.response_timeout));
-        }
-    };
+    let response =
+        match tokio::time::timeout(context.response_timeout, context.client.send(outgoing)).await {
+            Ok(Ok(response)) => response,
+            Ok(Err(e)) => {
+                metrics.downstream_connect_error();
+                return Err(ProxyError::DownstreamUnreachable(format!(
+                    "route {}: {}",
+                    context.route,
+                    error_chain(&e)
+                )));
+            }
+            Err(_) => {
+                metrics.downstream_timeout();
+                return Err(ProxyError::DownstreamTimeout(context.response_timeout));
+            }
+        };
     metrics.downstream_response(response.status().as_u16(), started.elapsed());
     Ok(response)
 }

@@ -22,9 +22,7 @@ use std::pin::Pin;
 use std::task::{Context, Poll};
 
 use axum::body::{Body, Bytes};
-use axum::http::{
-    header, HeaderMap, HeaderName, HeaderValue, Method, Request, StatusCode, Version,
-};
+use axum::http::{header, HeaderMap, HeaderName, HeaderValue, Method, StatusCode, Version};
 use bytes::buf::Chain;
 use bytes::{Buf, BufMut, BytesMut};
 use http_body::Body as HttpBody;
@@ -32,6 +30,9 @@ use hyper_rustls::MaybeHttpsStream;
 use hyper_util::rt::TokioIo;
 use tokio::io::{AsyncRead, AsyncWriteExt};
 use tokio::net::TcpStream;
+
+use super::Outgoing;
+use crate::proxy::headers::HeaderLines;
 
 /// The downstream connection as tokio sees it (TLS or not).
 pub(super) type Io = TokioIo<MaybeHttpsStream<TokioIo<TcpStream>>>;
@@ -290,15 +291,20 @@ impl Conn {
 }
 
 impl Prepared {
-    /// The request line and headers of `request`, with the body framed by
-    /// what is known of it: `Content-Length` when its size is, chunked
-    /// when not. The headers must already be the downstream's (`Host`
-    /// included, hop-by-hop ones gone). A body that already failed fails
-    /// the request here: nothing of it is sent.
-    pub(super) fn new(request: Request<Body>) -> Result<Self, ExchangeError> {
-        let (parts, mut body) = request.into_parts();
-        let mut headers = parts.headers;
-        headers.remove(header::TRANSFER_ENCODING);
+    /// The request line and header lines of `outgoing`, `Host: host`
+    /// first, with the body framed by what is known of it:
+    /// `Content-Length` when its size is, chunked when not. The lines must
+    /// already be the downstream's (hop-by-hop ones gone); any `Host`,
+    /// `Content-Length` or `Transfer-Encoding` among them is left out for
+    /// the proxy's own. A body that already failed fails the request here:
+    /// nothing of it is sent.
+    pub(super) fn new(outgoing: Outgoing, host: &str) -> Result<Self, ExchangeError> {
+        let Outgoing {
+            method,
+            target,
+            headers,
+            mut body,
+        } = outgoing;
         // A buffered body (every JSON-RPC POST the policy read) is here
         // whole: taken now, it goes out with the head.
         let (ready, rest) = take_ready(&mut body).map_err(ExchangeError::RequestBody)?;
@@ -306,41 +312,48 @@ impl Prepared {
             None => Some(ready.len() as u64),
             Some(rest) => rest.size_hint().exact().map(|n| n + ready.len() as u64),
         };
-        match length {
-            Some(0) if !expects_body(&parts.method) => {
-                headers.remove(header::CONTENT_LENGTH);
-            }
-            Some(n) => {
-                headers.insert(header::CONTENT_LENGTH, HeaderValue::from(n));
-            }
-            None => {
-                headers.remove(header::CONTENT_LENGTH);
-                headers.insert(
-                    header::TRANSFER_ENCODING,
-                    HeaderValue::from_static("chunked"),
-                );
-            }
-        }
-        let target = parts.uri.path_and_query().map_or("/", |p| p.as_str());
-        let mut head = Vec::with_capacity(64 + target.len() + headers_len(&headers));
-        head.extend_from_slice(parts.method.as_str().as_bytes());
+        let target = target.path_and_query().map_or("/", |p| p.as_str());
+        let mut head = Vec::with_capacity(96 + target.len() + host.len() + lines_len(&headers));
+        head.extend_from_slice(method.as_str().as_bytes());
         head.push(b' ');
         head.extend_from_slice(target.as_bytes());
-        head.extend_from_slice(b" HTTP/1.1\r\n");
+        head.extend_from_slice(b" HTTP/1.1\r\nhost: ");
+        head.extend_from_slice(host.as_bytes());
+        head.extend_from_slice(b"\r\n");
         for (name, value) in &headers {
+            if name == header::HOST
+                || name == header::CONTENT_LENGTH
+                || name == header::TRANSFER_ENCODING
+            {
+                continue;
+            }
             head.extend_from_slice(name.as_str().as_bytes());
             head.extend_from_slice(b": ");
             head.extend_from_slice(value.as_bytes());
             head.extend_from_slice(b"\r\n");
         }
+        match length {
+            Some(0) if !expects_body(&method) => {}
+            Some(n) => {
+                head.extend_from_slice(b"content-length: ");
+                head.extend_from_slice(itoa::Buffer::new().format(n).as_bytes());
+                head.extend_from_slice(b"\r\n");
+            }
+            None => head.extend_from_slice(b"transfer-encoding: chunked\r\n"),
+        }
         head.extend_from_slice(b"\r\n");
         Ok(Prepared {
             head,
-            method: parts.method,
+            method,
             ready,
             rest,
             length,
         })
+    }
+
+    #[cfg(test)]
+    pub(super) fn head(&self) -> &[u8] {
+        &self.head
     }
 }
 
@@ -370,7 +383,7 @@ fn expects_body(method: &Method) -> bool {
     matches!(*method, Method::POST | Method::PUT | Method::PATCH)
 }
 
-fn headers_len(headers: &HeaderMap) -> usize {
+fn lines_len(headers: &HeaderLines) -> usize {
     headers
         .iter()
         .map(|(name, value)| name.as_str().len() + value.len() + 4)

@@ -27,8 +27,8 @@ use std::task::{Context, Waker};
 use std::time::{Duration, Instant};
 
 use axum::body::Body;
-use axum::http::uri::{Authority, PathAndQuery, Scheme};
-use axum::http::{header, HeaderValue, Request, Response, Uri};
+use axum::http::uri::{Authority, Scheme};
+use axum::http::{Method, Request, Response, Uri};
 use hyper_rustls::{HttpsConnector, MaybeHttpsStream};
 use hyper_util::client::legacy::connect::HttpConnector;
 use hyper_util::rt::TokioIo;
@@ -41,6 +41,8 @@ mod http1;
 pub(crate) use body::DrivenBody;
 pub(crate) use http1::ExchangeError;
 use http1::{Conn, Prepared};
+
+use super::headers::{lines_of, HeaderLines};
 
 /// How long a connection may wait in the pool for its next request, unless
 /// the route says otherwise (`downstream.pool_idle_timeout`, whose default
@@ -115,17 +117,25 @@ impl DownstreamClient {
         self
     }
 
-    /// Sends `request` (an absolute URI) on an idle connection of this
-    /// thread's pool, or a new one, and returns the answer once its head
-    /// arrived. A request an idle connection handed back unsent (it closed
-    /// meanwhile) goes on the next idle one, or a new one; a request that
-    /// left is never sent again.
+    /// Sends `request` (an absolute URI), as [`DownstreamClient::send`]
+    /// does, with its headers as they are.
     pub(crate) async fn request(
         &self,
-        mut request: Request<Body>,
+        request: Request<Body>,
     ) -> Result<Response<DrivenBody>, DownstreamError> {
-        let key = self.key(request.uri())?;
-        to_origin_form(&mut request, &key);
+        self.send(request.into()).await
+    }
+
+    /// Sends `outgoing` on an idle connection of this thread's pool, or a
+    /// new one, and returns the answer once its head arrived. A request an
+    /// idle connection handed back unsent (it closed meanwhile) goes on the
+    /// next idle one, or a new one; a request that left is never sent
+    /// again.
+    pub(crate) async fn send(
+        &self,
+        outgoing: Outgoing,
+    ) -> Result<Response<DrivenBody>, DownstreamError> {
+        let key = self.key(&outgoing.target)?;
         // Let the other requests that are ready be read first, as
         // hyper-util's connection tasks did: their downstream writes then go
         // out in one turn of the scheduler, and a downstream on the same CPU
@@ -134,7 +144,8 @@ impl DownstreamClient {
         // kernel time a request, 0.43× → 0.47× nginx; at 256, 9,000 →
         // 11,800 requests/s and 85 → 68 µs CPU a request.
         tokio::task::yield_now().await;
-        let mut prepared = Prepared::new(request).map_err(DownstreamError::Request)?;
+        let mut prepared =
+            Prepared::new(outgoing, key.host_header()).map_err(DownstreamError::Request)?;
         let mut reused = checkout(&key, self.idle_timeout);
         loop {
             let fresh = reused.is_none();
@@ -238,28 +249,26 @@ impl DownstreamClient {
 #[error("tcp connect error")]
 struct TcpConnectError(#[source] std::io::Error);
 
-/// The request line's target is the path and query; the downstream's host
-/// (and port, unless the scheme's own) goes in `Host` — never user
-/// information an announced endpoint URL might carry, and never the
-/// client's own `Host`.
-fn to_origin_form(request: &mut Request<Body>, key: &PoolKey) {
-    let path = request
-        .uri()
-        .path_and_query()
-        .cloned()
-        .unwrap_or_else(|| PathAndQuery::from_static("/"));
-    *request.uri_mut() = Uri::from(path);
-    let default_port = if key.https { 443 } else { 80 };
-    let authority = key.authority.as_str();
-    let host = match key.authority.port_u16() {
-        Some(port) if port == default_port => key.authority.host(),
-        // host:port as the URL spelled it, without any user information.
-        _ => authority
-            .rsplit_once('@')
-            .map_or(authority, |(_, host)| host),
-    };
-    if let Ok(host) = HeaderValue::from_str(host) {
-        request.headers_mut().insert(header::HOST, host);
+/// A request to the downstream: what `Prepared` writes. The target is
+/// absolute (it says which pool); the request line carries only its path
+/// and query, and `Host` the downstream's host (`PoolKey::host_header`).
+pub(crate) struct Outgoing {
+    pub(crate) method: Method,
+    pub(crate) target: Uri,
+    pub(crate) headers: HeaderLines,
+    pub(crate) body: Body,
+}
+
+impl From<Request<Body>> for Outgoing {
+    /// A request as it is, its headers included.
+    fn from(request: Request<Body>) -> Self {
+        let (parts, body) = request.into_parts();
+        Outgoing {
+            method: parts.method,
+            target: parts.uri,
+            headers: lines_of(parts.headers),
+            body,
+        }
     }
 }
 
@@ -307,6 +316,23 @@ impl PartialEq for PoolKey {
 impl Eq for PoolKey {}
 
 impl PoolKey {
+    /// The downstream's `Host`: its host, and its port unless the scheme's
+    /// own — never user information an announced endpoint URL might carry,
+    /// and never the client's own `Host`.
+    fn host_header(&self) -> &str {
+        let default_port = if self.https { 443 } else { 80 };
+        match self.authority.port_u16() {
+            Some(port) if port == default_port => self.authority.host(),
+            // host:port as the URL spelled it, without any user information.
+            _ => {
+                let authority = self.authority.as_str();
+                authority
+                    .rsplit_once('@')
+                    .map_or(authority, |(_, host)| host)
+            }
+        }
+    }
+
     /// Where a plain `http` downstream named by its IP address listens.
     fn plain_ip_address(&self) -> Option<SocketAddr> {
         if self.https {

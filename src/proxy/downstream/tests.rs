@@ -415,14 +415,13 @@ async fn a_request_on_a_connection_the_downstream_closed_comes_back_unsent() {
         }
     });
     let client = client();
-    let mut request = get(&url);
+    let request = get(&url);
     let key = client.key(request.uri()).unwrap();
     let mut pooled = client.connect(&key).await.unwrap();
     tokio::time::sleep(Duration::from_millis(50)).await;
-    super::to_origin_form(&mut request, &key);
     let sent = tokio::time::timeout(
         Duration::from_secs(2),
-        pooled.conn.send(super::Prepared::new(request).unwrap()),
+        pooled.conn.send(prepared(request, &key)),
     )
     .await
     .expect("sending ends at once on a closed connection");
@@ -454,11 +453,25 @@ fn host_is_the_host_alone_on_the_schemes_default_port() {
         ("http://mcp.internal/mcp", "mcp.internal"),
     ] {
         let mut request = get(url);
+        // The client's own Host never reaches the downstream.
+        request
+            .headers_mut()
+            .insert(header::HOST, "proxy.example".parse().unwrap());
         let key = client.key(request.uri()).unwrap();
-        super::to_origin_form(&mut request, &key);
-        assert_eq!(request.headers()[header::HOST], host, "{url}");
-        assert!(request.uri().authority().is_none(), "{url}");
+        assert_eq!(key.host_header(), host, "{url}");
+        let head = String::from_utf8(prepared(request, &key).head().to_vec()).unwrap();
+        let target = url.rfind("/mcp").map(|at| &url[at..]).unwrap();
+        assert!(
+            head.starts_with(&format!("GET {target} HTTP/1.1\r\nhost: {host}\r\n")),
+            "{url}: {head}"
+        );
+        assert_eq!(head.matches("host: ").count(), 1, "{head}");
     }
+}
+
+/// What `DownstreamClient::request` prepares for `request` on `key`'s pool.
+fn prepared(request: Request<Body>, key: &super::PoolKey) -> super::Prepared {
+    super::Prepared::new(request.into(), key.host_header()).unwrap()
 }
 
 /// A body whose size hint promises `claimed` bytes more than the first
@@ -504,14 +517,10 @@ async fn a_body_longer_or_shorter_than_announced_is_never_sent_whole() {
             frames: frames.iter().map(|f| bytes::Bytes::from(*f)).collect(),
             claimed,
         };
-        let mut request = Request::post(&url).body(Body::new(body)).unwrap();
+        let request = Request::post(&url).body(Body::new(body)).unwrap();
         let key = client.key(request.uri()).unwrap();
-        super::to_origin_form(&mut request, &key);
         let mut pooled = client.connect(&key).await.unwrap();
-        let sent = pooled
-            .conn
-            .send(super::Prepared::new(request).unwrap())
-            .await;
+        let sent = pooled.conn.send(prepared(request, &key)).await;
         assert!(
             matches!(sent, Err(Err(super::ExchangeError::BodyLength))),
             "{frames:?}"

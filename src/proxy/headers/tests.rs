@@ -29,7 +29,105 @@ fn downstream(h: &HeaderMap, pass: &[&str], fw: &Forwarding<'_>) -> HeaderMap {
         HeaderName::from_static("x-user-email"),
         HeaderValue::from_static("alice@example.com"),
     )];
-    downstream_request_headers(h.clone(), identity, &policy, fw, &pass)
+    as_map(downstream_request_headers(
+        h.clone(),
+        identity,
+        &policy,
+        fw,
+        &pass,
+    ))
+}
+
+/// The lines as a map, every line a value of its own: a name written twice
+/// shows as two values.
+fn as_map(lines: HeaderLines) -> HeaderMap {
+    let mut map = HeaderMap::new();
+    for (name, value) in lines {
+        map.append(name, value);
+    }
+    map
+}
+
+#[test]
+fn invariant_6_a_header_the_policy_sets_is_written_once_with_the_policys_value() {
+    // The strip rule does not name `x-tenant` (a policy could set a header
+    // the rule does not know of): the client's line of that name still
+    // never reaches the downstream beside the policy's, and a name the
+    // policy lists twice is written once, its last value, as a map's
+    // insert would.
+    let mut h = HeaderMap::new();
+    h.append("x-tenant", "client-1".parse().unwrap());
+    h.append("x-tenant", "client-2".parse().unwrap());
+    h.insert("via", "1.0 client-proxy".parse().unwrap());
+    h.insert("content-type", "application/json".parse().unwrap());
+    let policy = vec![
+        (
+            HeaderName::from_static("x-tenant"),
+            HeaderValue::from_static("first"),
+        ),
+        (
+            HeaderName::from_static("x-user-email"),
+            HeaderValue::from_static("alice@example.com"),
+        ),
+        (
+            HeaderName::from_static("x-tenant"),
+            HeaderValue::from_static("acme"),
+        ),
+    ];
+    let lines = downstream_request_headers(
+        h,
+        identity,
+        &policy,
+        &forwarding("127.0.0.1", no_trust()),
+        &[],
+    );
+    let named = |n: &str| -> Vec<&str> {
+        lines
+            .iter()
+            .filter(|(name, _)| name == n)
+            .map(|(_, v)| v.to_str().unwrap())
+            .collect()
+    };
+    assert_eq!(named("x-tenant"), ["acme"], "{lines:?}");
+    assert_eq!(named("x-user-email"), ["alice@example.com"]);
+    assert_eq!(named("via"), [VIA]);
+    assert_eq!(named("content-type"), ["application/json"]);
+    let mut names: Vec<&str> = lines.iter().map(|(n, _)| n.as_str()).collect();
+    names.sort_unstable();
+    let count = names.len();
+    names.dedup();
+    assert_eq!(names.len(), count, "a name written twice: {lines:?}");
+}
+
+#[test]
+fn a_repeated_client_header_crosses_as_all_its_lines_in_order() {
+    let mut h = HeaderMap::new();
+    h.append("accept", "application/json".parse().unwrap());
+    h.append("x-trace", "a".parse().unwrap());
+    h.append("accept", "text/event-stream".parse().unwrap());
+    h.append("x-trace", "b".parse().unwrap());
+    let lines = downstream_request_headers(
+        h.clone(),
+        identity,
+        &[],
+        &forwarding("127.0.0.1", no_trust()),
+        &[],
+    );
+    let crossed: Vec<(&str, &str)> = lines
+        .iter()
+        .map(|(n, v)| (n.as_str(), v.to_str().unwrap()))
+        .filter(|(n, _)| ["accept", "x-trace"].contains(n))
+        .collect();
+    assert_eq!(
+        crossed,
+        [
+            ("accept", "application/json"),
+            ("accept", "text/event-stream"),
+            ("x-trace", "a"),
+            ("x-trace", "b"),
+        ]
+    );
+    assert_eq!(lines_of(h).len(), 4);
 }
 
 #[test]
@@ -370,6 +468,15 @@ fn identity_and_forwarding_are_the_proxys(
             prop_assert!(values.is_empty(), "client's {} reached the downstream", n);
         }
     }
+    for n in [
+        "x-forwarded-for",
+        "x-forwarded-host",
+        "x-forwarded-proto",
+        "via",
+        "cookie",
+    ] {
+        prop_assert!(out.get_all(n).iter().count() <= 1, "{} written twice", n);
+    }
     prop_assert_eq!(&out["x-forwarded-for"], "192.0.2.1");
     prop_assert_eq!(&out["x-forwarded-host"], "mcp.example.com");
     prop_assert_eq!(&out["x-forwarded-proto"], "https");
@@ -449,13 +556,13 @@ proptest! {
             .map(|n| (HeaderName::from_static(n), HeaderValue::from_static("from-policy")))
             .collect();
         let pass: Vec<String> = pass.iter().map(|s| s.to_string()).collect();
-        let out = downstream_request_headers(
+        let out = as_map(downstream_request_headers(
             incoming.clone(),
             identity,
             &policy,
             &forwarding("192.0.2.1", no_trust()),
             &pass,
-        );
+        ));
         let listed = connection_named(&incoming);
         nothing_forbidden_passes(&out, &listed)?;
         identity_and_forwarding_are_the_proxys(&out, &policy_names)?;

@@ -7,8 +7,13 @@ use http_body_util::StreamBody;
 
 use super::{parse_answer, ExchangeError, Framing, Prepared};
 
+/// `request` prepared for a downstream whose `Host` is `downstream.internal`.
+fn prepare(request: Request<Body>) -> Result<Prepared, ExchangeError> {
+    Prepared::new(request.into(), "downstream.internal")
+}
+
 fn written(request: Request<Body>) -> String {
-    let mut prepared = Prepared::new(request).unwrap();
+    let mut prepared = prepare(request).unwrap();
     let mut all = prepared.head.clone();
     all.extend_from_slice(&std::mem::take(&mut prepared.ready));
     String::from_utf8(all).unwrap()
@@ -24,7 +29,12 @@ fn a_buffered_body_is_written_with_its_length_and_the_head() {
         .body(Body::from("{\"jsonrpc\":\"2.0\"}"))
         .unwrap();
     let text = written(request);
-    assert!(text.starts_with("POST /mcp HTTP/1.1\r\n"), "{text}");
+    // Host is the downstream's, once; the line given is not written.
+    assert!(
+        text.starts_with("POST /mcp HTTP/1.1\r\nhost: downstream.internal\r\n"),
+        "{text}"
+    );
+    assert!(!text.contains("mcp.internal"), "{text}");
     // The length is the body's, whatever a header said; no chunking.
     assert!(text.contains("content-length: 17\r\n"), "{text}");
     assert!(!text.contains("999"), "{text}");
@@ -55,7 +65,7 @@ fn a_body_of_unknown_length_is_chunked() {
         .header(header::CONTENT_LENGTH, "5")
         .body(Body::new(StreamBody::new(frames)))
         .unwrap();
-    let prepared = Prepared::new(request).unwrap();
+    let prepared = prepare(request).unwrap();
     let head = String::from_utf8(prepared.head.clone()).unwrap();
     assert_eq!(prepared.length, None);
     assert!(head.contains("transfer-encoding: chunked\r\n"), "{head}");
@@ -239,7 +249,7 @@ fn a_body_that_already_failed_is_not_sent_at_all() {
         .body(Body::new(StreamBody::new(frames)))
         .unwrap();
     assert!(matches!(
-        Prepared::new(request),
+        prepare(request),
         Err(ExchangeError::RequestBody(_))
     ));
 }
