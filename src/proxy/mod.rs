@@ -170,9 +170,10 @@ impl Service<Request<Body>> for Forwarder {
     }
 }
 
-/// What the layers above established about the caller, read from the
-/// request's extensions. Each is required: a stack missing one of those
-/// layers fails closed.
+/// What the layers above established about the caller, taken from the
+/// request's extensions (the forwarder is the last to read them: taken,
+/// the policy's header list is not copied). Each is required: a stack
+/// missing one of those layers fails closed.
 struct Caller {
     session: Arc<Session>,
     outcome: PolicyOutcome,
@@ -181,25 +182,23 @@ struct Caller {
 }
 
 impl Caller {
-    fn of(request: &Request<Body>) -> Result<Caller, ProxyError> {
-        let extensions = request.extensions();
+    fn of(request: &mut Request<Body>) -> Result<Caller, ProxyError> {
+        let extensions = request.extensions_mut();
         let session = extensions
             .get::<Arc<Session>>()
             .cloned()
             .ok_or_else(|| ProxyError::Forbidden("no authenticated session".into()))?;
         let outcome = extensions
-            .get::<PolicyOutcome>()
-            .cloned()
+            .remove::<PolicyOutcome>()
             .ok_or_else(|| ProxyError::Forbidden("no policy decision".into()))?;
         let owned = extensions
-            .get::<OwnedSession>()
-            .cloned()
+            .remove::<OwnedSession>()
             .ok_or_else(|| ProxyError::Forbidden("no session ownership check".into()))?;
         Ok(Caller {
             session,
             outcome,
             owned,
-            watch: extensions.get::<SessionWatch>().cloned(),
+            watch: extensions.remove::<SessionWatch>(),
         })
     }
 }
@@ -209,9 +208,9 @@ async fn forward(
     context: &ForwardContext,
     route: Endpoint,
     metrics: &EndpointMetrics,
-    request: Request<Body>,
+    mut request: Request<Body>,
 ) -> Result<Response<Body>, ProxyError> {
-    let mut caller = Caller::of(&request)?;
+    let mut caller = Caller::of(&mut request)?;
     let request_id = request
         .extensions()
         .get::<tower_http::request_id::RequestId>()
