@@ -4,9 +4,16 @@
 //! A late body ends with a `BodyTimeout` error, which the reader of the body
 //! turns into a 408. Written by hand, not as a `Checkpoint`: it changes the
 //! request's body type.
+//!
+//! The same wrapper notes, for the connection, whether the request's body
+//! was read to its end (`UnreadBody`): a response to a request whose body
+//! was not (a refusal before anything read it) must close the connection
+//! and say so, or a client reusing the connection races hyper's close.
 
 use std::future::Future;
 use std::pin::Pin;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
 use std::task::{Context, Poll};
 use std::time::Duration;
 
@@ -17,14 +24,41 @@ use tower::{Layer, Service};
 
 use crate::error::BodyTimeout;
 
-#[derive(Debug, Clone, Copy)]
+/// Whether the body of the request a connection is serving has not been
+/// read to its end. An HTTP/1.1 connection serves one request at a time,
+/// so one flag per connection: set when a request with a body arrives,
+/// cleared when its body ends.
+///
+/// hyper closes a connection whose request body was dropped unread (unless
+/// one read finishes it), but without `Connection: close` in the answer:
+/// a client that sends its next request at once (the Python SDK asks for
+/// the authorization server's metadata right after a 401) has it cut off
+/// ("server disconnected without sending a response").
+#[derive(Debug, Clone, Default)]
+pub(crate) struct UnreadBody(Arc<AtomicBool>);
+
+impl UnreadBody {
+    /// Whether the current request's body was left unread.
+    pub(crate) fn is_set(&self) -> bool {
+        self.0.load(Ordering::Acquire)
+    }
+
+    fn set(&self, unread: bool) {
+        self.0.store(unread, Ordering::Release);
+    }
+}
+
+#[derive(Debug, Clone)]
 pub(crate) struct BodyDeadlineLayer {
     limit: Duration,
+    unread: UnreadBody,
 }
 
 impl BodyDeadlineLayer {
-    pub(crate) fn new(limit: Duration) -> Self {
-        BodyDeadlineLayer { limit }
+    /// Bodies due within `limit`; whether each was read to its end is
+    /// noted in `unread`.
+    pub(crate) fn new(limit: Duration, unread: UnreadBody) -> Self {
+        BodyDeadlineLayer { limit, unread }
     }
 }
 
@@ -34,6 +68,7 @@ impl<S> Layer<S> for BodyDeadlineLayer {
         BodyDeadline {
             inner,
             limit: self.limit,
+            unread: self.unread.clone(),
         }
     }
 }
@@ -42,6 +77,7 @@ impl<S> Layer<S> for BodyDeadlineLayer {
 pub(crate) struct BodyDeadline<S> {
     inner: S,
     limit: Duration,
+    unread: UnreadBody,
 }
 
 impl<S, B> Service<Request<B>> for BodyDeadline<S>
@@ -59,8 +95,9 @@ where
 
     fn call(&mut self, request: Request<B>) -> S::Future {
         let limit = self.limit;
+        let unread = self.unread.clone();
         self.inner
-            .call(request.map(|body| DeadlineBody::new(body, limit)))
+            .call(request.map(|body| DeadlineBody::new(body, limit).noting_in(unread)))
     }
 }
 
@@ -74,6 +111,8 @@ pub(crate) struct DeadlineBody<B> {
     /// arrive with their head and never need one.
     deadline: Option<Pin<Box<Sleep>>>,
     limit: Duration,
+    /// Where the connection learns whether this body was read to its end.
+    unread: Option<UnreadBody>,
 }
 
 impl<B: Body> DeadlineBody<B> {
@@ -84,6 +123,23 @@ impl<B: Body> DeadlineBody<B> {
             due,
             deadline: None,
             limit,
+            unread: None,
+        }
+    }
+
+    /// Notes in `unread` whether this body is read to its end.
+    fn noting_in(mut self, unread: UnreadBody) -> Self {
+        unread.set(!self.inner.is_end_stream());
+        self.unread = Some(unread);
+        self
+    }
+
+    /// Every byte of the body has been read.
+    fn ended(&mut self) {
+        self.due = None;
+        self.deadline = None;
+        if let Some(unread) = &self.unread {
+            unread.set(false);
         }
     }
 }
@@ -103,9 +159,15 @@ where
         let this = self.get_mut();
         // What has arrived is delivered, even at the deadline.
         if let Poll::Ready(frame) = this.inner.as_mut().poll_frame(cx) {
-            if frame.is_none() {
-                this.due = None;
-                this.deadline = None;
+            // A reader may stop at the last frame without asking for the
+            // end (a body of known length says when it is over).
+            let ended = match &frame {
+                None => true,
+                Some(Ok(_)) => this.inner.is_end_stream(),
+                Some(Err(_)) => false,
+            };
+            if ended {
+                this.ended();
             }
             return Poll::Ready(frame.map(|f| f.map_err(Into::into)));
         }
@@ -160,6 +222,45 @@ mod tests {
             .expect_err("the deadline ends the body");
         assert!(BodyTimeout::in_chain(error.as_ref()).is_some(), "{error}");
         assert_eq!(started.elapsed().as_secs(), 5);
+    }
+
+    #[tokio::test]
+    async fn a_body_is_unread_until_its_last_byte_is_read() {
+        let unread = UnreadBody::default();
+        // Dropped before anyone read it.
+        let body = http_body_util::Full::new(Bytes::from_static(b"{}"));
+        drop(DeadlineBody::new(body, Duration::from_secs(5)).noting_in(unread.clone()));
+        assert!(unread.is_set());
+        // Read up to its last frame, without asking for the end: a body of
+        // known length says it is over, and a reader may stop there.
+        let body = http_body_util::Full::new(Bytes::from_static(b"{}"));
+        let mut body = DeadlineBody::new(body, Duration::from_secs(5)).noting_in(unread.clone());
+        assert!(unread.is_set());
+        let frame = body.frame().await.unwrap().unwrap();
+        assert_eq!(frame.into_data().unwrap(), "{}");
+        assert!(!unread.is_set(), "every byte was read");
+        // The next request on the connection: without a body there is
+        // nothing to leave unread.
+        drop(
+            DeadlineBody::new(
+                http_body_util::Empty::<Bytes>::new(),
+                Duration::from_secs(5),
+            )
+            .noting_in(unread.clone()),
+        );
+        assert!(!unread.is_set());
+        // A body of unknown length, read to its end.
+        let frames = futures_util::stream::iter(vec![
+            Ok::<_, std::convert::Infallible>(Frame::data(Bytes::from_static(b"a"))),
+            Ok(Frame::data(Bytes::from_static(b"b"))),
+        ]);
+        let mut body = DeadlineBody::new(StreamBody::new(frames), Duration::from_secs(5))
+            .noting_in(unread.clone());
+        body.frame().await.unwrap().unwrap();
+        assert!(unread.is_set(), "one frame of two");
+        let rest = body.collect().await.unwrap().to_bytes();
+        assert_eq!(&rest[..], b"b");
+        assert!(!unread.is_set());
     }
 
     #[tokio::test(start_paused = true)]

@@ -16,6 +16,10 @@
 //!   been sent, so open event streams never count as idle.
 //! - `server.body_timeout`: the request body must arrive within it
 //!   (`body_deadline`).
+//! - An answer to an HTTP/1.1 request whose body was not read to its end
+//!   (refused before anything read it) says `Connection: close`: hyper
+//!   closes such a connection, and a client must not send its next request
+//!   on it.
 //! - HTTP/1.1 head size and header count, HTTP/2 header list size, streams
 //!   per connection, pending and locally reset streams, and pings that
 //!   close connections whose peer is gone.
@@ -29,7 +33,7 @@ use std::task::{Context, Poll};
 use std::time::Duration;
 
 use axum::body::Body;
-use axum::http::{Request, Response};
+use axum::http::{header, HeaderValue, Request, Response, Version};
 use http_body::Frame;
 use hyper::body::Bytes;
 use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
@@ -40,7 +44,7 @@ use tokio::time::Instant;
 use tower::util::MapResponse;
 use tower::{Layer, Service, ServiceBuilder, ServiceExt};
 
-use super::body_deadline::BodyDeadlineLayer;
+use super::body_deadline::{BodyDeadlineLayer, UnreadBody};
 use super::framing::{CheckFramingLayer, RawHeads, ScanHeads};
 use super::rescue::RescueLayer;
 use super::stack::Routes;
@@ -214,7 +218,10 @@ async fn serve_one(
         // A request the router must not see is answered here, and only here.
         .layer(RescueLayer)
         .layer(CheckFramingLayer::new(raw_heads.clone()))
-        .layer(BodyDeadlineLayer::new(limits.body_timeout))
+        .layer(BodyDeadlineLayer::new(
+            limits.body_timeout,
+            activity.unread.clone(),
+        ))
         .service(router.map_request(move |mut request: Request<_>| {
             request
                 .extensions_mut()
@@ -288,6 +295,8 @@ struct Activity {
     /// Milliseconds after `started` when the last request finished.
     idle_since_ms: AtomicU64,
     served_any: AtomicBool,
+    /// Whether the request in progress left its body unread.
+    unread: UnreadBody,
 }
 
 impl Activity {
@@ -297,6 +306,7 @@ impl Activity {
             in_flight: AtomicUsize::new(0),
             idle_since_ms: AtomicU64::new(0),
             served_any: AtomicBool::new(false),
+            unread: UnreadBody::default(),
         }
     }
 
@@ -388,10 +398,16 @@ where
         mut inner: S,
         request: Request<B>,
     ) -> impl Future<Output = Result<Response<TrackedBody>, S::Error>> + Send + 'static {
+        let one_at_a_time = request.version() <= Version::HTTP_11;
         let in_flight = InFlight::begin(self.0);
         let answer = inner.call(request);
         async move {
             let mut response = answer.await?;
+            if one_at_a_time && in_flight.0.unread.is_set() {
+                response
+                    .headers_mut()
+                    .insert(header::CONNECTION, HeaderValue::from_static("close"));
+            }
             response.body_mut().in_flight = Some(in_flight);
             Ok(response)
         }
