@@ -56,7 +56,7 @@ pub(super) fn seconds_left(session: &Session) -> Duration {
 /// its token.
 pub struct TokenCache {
     metrics: Arc<Metrics>,
-    tokens: Cache<String, Entry>,
+    tokens: Cache<String, Entry, foldhash::fast::RandomState>,
     /// Grants and access tokens (by hash) revoked recently: a cached
     /// session of one of them is refused at once, without waiting for its
     /// entry to expire, even one a lookup in progress during the revocation
@@ -106,7 +106,9 @@ impl TokenCache {
                     negative_ttl,
                 })
                 .eviction_listener(count_evictions(metrics.clone()))
-                .build(),
+                // Keys are SHA-256 digests: no client can choose where
+                // they land, so SipHash's protection buys nothing here.
+                .build_with_hasher(foldhash::fast::RandomState::default()),
             metrics,
             revoked_grants: recently_revoked(capacity, max_ttl),
             revoked_tokens: recently_revoked(capacity, max_ttl),

@@ -357,9 +357,13 @@ impl std::hash::Hash for PoolKey {
     }
 }
 
+/// The pool's map: keyed by configured addresses and those a downstream
+/// announced (legacy SSE endpoints), never by what a client sends.
+type IdleMap = HashMap<PoolKey, Vec<Pooled>, foldhash::fast::RandomState>;
+
 thread_local! {
     /// The idle connections of this thread, newest last.
-    static IDLE: RefCell<HashMap<PoolKey, Vec<Pooled>>> = RefCell::new(HashMap::new());
+    static IDLE: RefCell<IdleMap> = RefCell::new(IdleMap::default());
 }
 
 /// The newest idle connection to `key`; those idle `idle_timeout` or
