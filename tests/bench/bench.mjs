@@ -174,7 +174,10 @@ function cpuNanos(pids) {
 function underCallgrind(dir) {
   const realBin = cfg.bin;
   const wrapper = path.join(dir, 'callgrind-proxy');
-  fs.writeFileSync(wrapper, `#!/bin/sh\nexec valgrind --tool=callgrind --callgrind-out-file=${path.join(dir, 'callgrind.out.%p')} "${realBin}" "$@"\n`, { mode: 0o755 });
+  // CALLGRIND_ARGS: more valgrind options, e.g. `--separate-callers8=<fn>`
+  // to see through which calls an allocator's slow path is reached.
+  const extra = process.env.CALLGRIND_ARGS ?? '';
+  fs.writeFileSync(wrapper, `#!/bin/sh\nexec valgrind --tool=callgrind ${extra} --callgrind-out-file=${path.join(dir, 'callgrind.out.%p')} "${realBin}" "$@"\n`, { mode: 0o755 });
   let pid;
   const valgrindPid = () => (pid ??= Number(execFileSync('pgrep', ['-f', `callgrind.*${realBin}`]).toString().trim().split('\n')[0]));
   return {
