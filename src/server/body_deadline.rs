@@ -101,25 +101,29 @@ where
     }
 }
 
-/// A request body that fails with `BodyTimeout` once its deadline passes.
-pub(crate) struct DeadlineBody<B> {
-    inner: Pin<Box<B>>,
-    /// When the body must have ended, counted from the request's arrival;
-    /// None for a body that is already complete (most GETs).
-    due: Option<Instant>,
-    /// The timer, set only once the body waits for the client: most bodies
-    /// arrive with their head and never need one.
-    deadline: Option<Pin<Box<Sleep>>>,
-    limit: Duration,
-    /// Where the connection learns whether this body was read to its end.
-    unread: Option<UnreadBody>,
+pin_project_lite::pin_project! {
+    /// A request body that fails with `BodyTimeout` once its deadline
+    /// passes. The body is held in place, not boxed: every request has one.
+    pub(crate) struct DeadlineBody<B> {
+        #[pin]
+        inner: B,
+        // When the body must have ended, counted from the request's
+        // arrival; None for a body that is already complete (most GETs).
+        due: Option<Instant>,
+        // The timer, set only once the body waits for the client: most
+        // bodies arrive with their head and never need one.
+        deadline: Option<Pin<Box<Sleep>>>,
+        limit: Duration,
+        // Where the connection learns whether this body was read to its end.
+        unread: Option<UnreadBody>,
+    }
 }
 
 impl<B: Body> DeadlineBody<B> {
     pub(crate) fn new(body: B, limit: Duration) -> Self {
         let due = (!body.is_end_stream()).then(|| Instant::now() + limit);
         DeadlineBody {
-            inner: Box::pin(body),
+            inner: body,
             due,
             deadline: None,
             limit,
@@ -132,15 +136,6 @@ impl<B: Body> DeadlineBody<B> {
         unread.set(!self.inner.is_end_stream());
         self.unread = Some(unread);
         self
-    }
-
-    /// Every byte of the body has been read.
-    fn ended(&mut self) {
-        self.due = None;
-        self.deadline = None;
-        if let Some(unread) = &self.unread {
-            unread.set(false);
-        }
     }
 }
 
@@ -156,7 +151,7 @@ where
         self: Pin<&mut Self>,
         cx: &mut Context<'_>,
     ) -> Poll<Option<Result<Frame<B::Data>, tower::BoxError>>> {
-        let this = self.get_mut();
+        let mut this = self.project();
         // What has arrived is delivered, even at the deadline.
         if let Poll::Ready(frame) = this.inner.as_mut().poll_frame(cx) {
             // A reader may stop at the last frame without asking for the
@@ -167,21 +162,26 @@ where
                 Some(Err(_)) => false,
             };
             if ended {
-                this.ended();
+                // Every byte of the body has been read.
+                *this.due = None;
+                *this.deadline = None;
+                if let Some(unread) = this.unread {
+                    unread.set(false);
+                }
             }
             return Poll::Ready(frame.map(|f| f.map_err(Into::into)));
         }
-        if let (Some(due), None) = (this.due, &this.deadline) {
-            this.deadline = Some(Box::pin(tokio::time::sleep_until(due)));
+        if let (Some(due), None) = (*this.due, &this.deadline) {
+            *this.deadline = Some(Box::pin(tokio::time::sleep_until(due)));
         }
         let expired = this
             .deadline
             .as_mut()
             .is_some_and(|deadline| deadline.as_mut().poll(cx).is_ready());
         if expired {
-            this.due = None;
-            this.deadline = None;
-            return Poll::Ready(Some(Err(Box::new(BodyTimeout(this.limit)))));
+            *this.due = None;
+            *this.deadline = None;
+            return Poll::Ready(Some(Err(Box::new(BodyTimeout(*this.limit)))));
         }
         Poll::Pending
     }
