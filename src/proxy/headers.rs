@@ -89,20 +89,7 @@ pub(crate) type HeaderLines = Vec<(HeaderName, HeaderValue)>;
 
 /// The client's header lines as they are: for a request made as a map.
 pub(crate) fn lines_of(headers: HeaderMap) -> HeaderLines {
-    let mut lines: HeaderLines = Vec::with_capacity(headers.len());
-    for (name, value) in headers {
-        // A map yields a name with its first value only; the next values
-        // of that name follow it.
-        let name = match name {
-            Some(name) => name,
-            None => match lines.last() {
-                Some((name, _)) => name.clone(),
-                None => continue,
-            },
-        };
-        lines.push((name, value));
-    }
-    lines
+    crossing(headers, |_| false, 0)
 }
 
 /// Sets `name` among `lines[from..]` (the lines the proxy writes itself):
