@@ -97,7 +97,7 @@ where
         let limit = self.limit;
         let unread = self.unread.clone();
         self.inner
-            .call(request.map(|body| DeadlineBody::new(body, limit).noting_in(unread)))
+            .call(request.map(|body| DeadlineBody::new(body, limit, unread)))
     }
 }
 
@@ -115,27 +115,23 @@ pin_project_lite::pin_project! {
         deadline: Option<Pin<Box<Sleep>>>,
         limit: Duration,
         // Where the connection learns whether this body was read to its end.
-        unread: Option<UnreadBody>,
+        unread: UnreadBody,
     }
 }
 
 impl<B: Body> DeadlineBody<B> {
-    pub(crate) fn new(body: B, limit: Duration) -> Self {
-        let due = (!body.is_end_stream()).then(|| Instant::now() + limit);
+    /// `body`, due within `limit`; whether it is read to its end is noted
+    /// in `unread`.
+    pub(crate) fn new(body: B, limit: Duration, unread: UnreadBody) -> Self {
+        let complete = body.is_end_stream();
+        unread.set(!complete);
         DeadlineBody {
             inner: body,
-            due,
+            due: (!complete).then(|| Instant::now() + limit),
             deadline: None,
             limit,
-            unread: None,
+            unread,
         }
-    }
-
-    /// Notes in `unread` whether this body is read to its end.
-    fn noting_in(mut self, unread: UnreadBody) -> Self {
-        unread.set(!self.inner.is_end_stream());
-        self.unread = Some(unread);
-        self
     }
 }
 
@@ -165,9 +161,7 @@ where
                 // Every byte of the body has been read.
                 *this.due = None;
                 *this.deadline = None;
-                if let Some(unread) = this.unread {
-                    unread.set(false);
-                }
+                this.unread.set(false);
             }
             return Poll::Ready(frame.map(|f| f.map_err(Into::into)));
         }
@@ -216,7 +210,7 @@ mod tests {
     #[tokio::test(start_paused = true)]
     async fn a_trickling_body_fails_at_the_deadline_not_between_chunks() {
         let started = tokio::time::Instant::now();
-        let error = DeadlineBody::new(trickle(), Duration::from_secs(5))
+        let error = DeadlineBody::new(trickle(), Duration::from_secs(5), UnreadBody::default())
             .collect()
             .await
             .expect_err("the deadline ends the body");
@@ -227,35 +221,30 @@ mod tests {
     #[tokio::test]
     async fn a_body_is_unread_until_its_last_byte_is_read() {
         let unread = UnreadBody::default();
+        let limit = Duration::from_secs(5);
         // Dropped before anyone read it.
         let body = http_body_util::Full::new(Bytes::from_static(b"{}"));
-        drop(DeadlineBody::new(body, Duration::from_secs(5)).noting_in(unread.clone()));
+        drop(DeadlineBody::new(body, limit, unread.clone()));
         assert!(unread.is_set());
         // Read up to its last frame, without asking for the end: a body of
         // known length says it is over, and a reader may stop there.
         let body = http_body_util::Full::new(Bytes::from_static(b"{}"));
-        let mut body = DeadlineBody::new(body, Duration::from_secs(5)).noting_in(unread.clone());
+        let mut body = DeadlineBody::new(body, limit, unread.clone());
         assert!(unread.is_set());
         let frame = body.frame().await.unwrap().unwrap();
         assert_eq!(frame.into_data().unwrap(), "{}");
         assert!(!unread.is_set(), "every byte was read");
         // The next request on the connection: without a body there is
         // nothing to leave unread.
-        drop(
-            DeadlineBody::new(
-                http_body_util::Empty::<Bytes>::new(),
-                Duration::from_secs(5),
-            )
-            .noting_in(unread.clone()),
-        );
+        let body = http_body_util::Empty::<Bytes>::new();
+        drop(DeadlineBody::new(body, limit, unread.clone()));
         assert!(!unread.is_set());
         // A body of unknown length, read to its end.
         let frames = futures_util::stream::iter(vec![
             Ok::<_, std::convert::Infallible>(Frame::data(Bytes::from_static(b"a"))),
             Ok(Frame::data(Bytes::from_static(b"b"))),
         ]);
-        let mut body = DeadlineBody::new(StreamBody::new(frames), Duration::from_secs(5))
-            .noting_in(unread.clone());
+        let mut body = DeadlineBody::new(StreamBody::new(frames), limit, unread.clone());
         body.frame().await.unwrap().unwrap();
         assert!(unread.is_set(), "one frame of two");
         let rest = body.collect().await.unwrap().to_bytes();
@@ -266,7 +255,7 @@ mod tests {
     #[tokio::test(start_paused = true)]
     async fn a_body_in_time_is_delivered_whole() {
         let body = http_body_util::Full::new(Bytes::from_static(b"{}"));
-        let bytes = DeadlineBody::new(body, Duration::from_secs(5))
+        let bytes = DeadlineBody::new(body, Duration::from_secs(5), UnreadBody::default())
             .collect()
             .await
             .unwrap()
@@ -277,7 +266,7 @@ mod tests {
     #[tokio::test(start_paused = true)]
     async fn the_deadline_counts_from_the_requests_arrival_not_from_the_first_read() {
         let started = tokio::time::Instant::now();
-        let body = DeadlineBody::new(trickle(), Duration::from_secs(5));
+        let body = DeadlineBody::new(trickle(), Duration::from_secs(5), UnreadBody::default());
         // The application reads the body late; the timer is set then.
         tokio::time::advance(Duration::from_secs(4)).await;
         let error = body
