@@ -234,8 +234,9 @@ impl CachedDecision {
             &self.engine,
             &self.policy,
             &self.session,
+            Some(&self.call),
             || script_user(&self.session, ISSUER),
-            || view.map_or(rhai::Dynamic::UNIT, |v| v.into_call(Some(&self.call))),
+            || view.unwrap_or_default().into_call(Some(&self.call)),
         );
         matches!(decision, Decision::Allow { .. })
     }

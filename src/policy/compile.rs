@@ -10,7 +10,7 @@ use std::sync::{Arc, OnceLock};
 use rhai::{Engine, Map, Position, AST};
 
 use super::header_rules::{self, HeaderRefusal};
-use super::source_scan::{depends_on_user_only, header_like_literals};
+use super::source_scan::{decision_inputs, header_like_literals, DecisionInputs};
 
 /// The policy that runs when `policy.path` is not set.
 pub(crate) const DEFAULT_POLICY: &str = include_str!("../../policies/default.rhai");
@@ -57,10 +57,9 @@ pub struct CompiledPolicy {
     pub(crate) has_login: bool,
     /// Distinguishes versions of the policy (each compile gets a new one).
     pub(crate) version: u64,
-    /// The decision depends on the user alone: `authorize` never reads its
-    /// `request` argument and calls nothing time-dependent or side-effecting,
-    /// so it can be computed once per session.
-    pub(crate) per_user_only: bool,
+    /// What `authorize`'s decision depends on (`source_scan`): the user
+    /// alone, or the user and the call, can be remembered with the session.
+    pub(crate) inputs: DecisionInputs,
     /// The source's SHA-256 (hex): which policy made a logged decision.
     pub hash: String,
     /// The source text (the decision log records the claims it names).
@@ -121,7 +120,7 @@ pub(crate) fn compile(
     static VERSIONS: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(1);
     Ok(CompiledPolicy {
         version: VERSIONS.fetch_add(1, std::sync::atomic::Ordering::Relaxed),
-        per_user_only: depends_on_user_only(source, &request_param),
+        inputs: decision_inputs(source, &request_param),
         name: name.to_string(),
         may_set: header_like_literals(source),
         hash: crate::crypto::token_hash(source),

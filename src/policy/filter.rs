@@ -88,6 +88,7 @@ impl Visibility {
                 &self.engine,
                 &self.policy,
                 &self.session,
+                Some(&call),
                 || self.user.clone(),
                 || self.view.for_call(Some(&call))
             ),

@@ -5,7 +5,7 @@
 //! learn the MCP method and the tool, resource or prompt it names. Where a
 //! client also sent `Mcp-Method` / `Mcp-Name` headers, they must agree.
 
-use std::sync::{Arc, Mutex, OnceLock};
+use std::sync::Arc;
 
 use axum::body::{Body, Bytes};
 use axum::http::{HeaderMap, HeaderName, HeaderValue, Method, Request};
@@ -14,6 +14,7 @@ use rhai::{Dynamic, Map};
 use serde_json::Value;
 use tower::Service;
 
+use super::source_scan::DecisionInputs;
 use super::{CompiledPolicy, Decision, PolicyEngine};
 use crate::checkpoint::{Checkpoint, CheckpointLayer};
 use crate::error::{BodyTimeout, ProxyError};
@@ -21,45 +22,7 @@ use crate::metrics::audit::AuditSlot;
 use crate::metrics::labels::PolicyVerdict;
 use crate::metrics::{Metrics, RouteMetrics};
 use crate::session::{PolicyOutcome, Session};
-
-/// What the policy keeps with a cached session: its view of the user,
-/// built once; for policies that decide on the user alone, `authorize`'s
-/// decision; and each route's `login()` verdict — both per policy version,
-/// so each script runs once per session and version.
-#[derive(Default)]
-struct SessionMemo {
-    user: OnceLock<Dynamic>,
-    decisions: ByVersion,
-    logins: ByVersion,
-}
-
-/// Decisions by policy version. Versions are unique across routes, so one
-/// session used on several routes keeps one entry per route (a few at
-/// most; the oldest goes past `REMEMBERED_VERSIONS`).
-#[derive(Default)]
-struct ByVersion(Mutex<Vec<(u64, Decision)>>);
-
-/// How many policy versions' decisions a session keeps.
-const REMEMBERED_VERSIONS: usize = 16;
-
-impl ByVersion {
-    /// The decision for `version`, computed by `decide` the first time.
-    fn get_or_insert(&self, version: u64, decide: impl FnOnce() -> Decision) -> Decision {
-        if let Ok(known) = self.0.lock() {
-            if let Some((_, decision)) = known.iter().find(|(v, _)| *v == version) {
-                return decision.clone();
-            }
-        }
-        let decision = decide();
-        if let Ok(mut known) = self.0.lock() {
-            if known.len() >= REMEMBERED_VERSIONS {
-                known.remove(0);
-            }
-            known.push((version, decision.clone()));
-        }
-        decision
-    }
-}
+use remembered::{memo, CallKey, REMEMBERED_CALLS};
 
 /// The route's `login()` for this session, once per session and policy
 /// version. It ran at sign-in for the routes the token was issued for; it
@@ -77,10 +40,6 @@ fn login_verdict(
         Some(memo) => memo.logins.get_or_insert(policy.version, login),
         None => login(),
     }
-}
-
-fn memo(session: &Session) -> Option<&SessionMemo> {
-    session.memo.get_or_init(SessionMemo::default)
 }
 
 /// What the proxy reads of one JSON-RPC message.
@@ -171,23 +130,33 @@ fn check_routing_headers(headers: &HeaderMap, calls: &[McpCall]) -> Result<(), P
     Ok(())
 }
 
-/// Runs `authorize` for a session: once per session and policy version when
-/// the policy decides on the user alone, otherwise per request. The user
-/// and request views are built only when the script runs.
+/// Runs `authorize` for a session and one call (`None`: a request without
+/// one): once per session and policy version when the policy decides on
+/// the user alone, once per session, version and call when it reads only
+/// the call, otherwise each time. The user and request views are built
+/// only when the script runs.
 pub fn decide(
     engine: &PolicyEngine,
     policy: &CompiledPolicy,
     session: &Session,
+    call: Option<&McpCall>,
     user: impl FnOnce() -> Dynamic,
     request: impl FnOnce() -> Dynamic,
 ) -> Decision {
     let run = || engine.authorize(policy, user(), request(), &session.upstream);
-    if !policy.per_user_only {
+    let Some(memo) = memo(session) else {
         return run();
-    }
-    match memo(session) {
-        Some(memo) => memo.decisions.get_or_insert(policy.version, run),
-        None => run(),
+    };
+    let version = policy.version;
+    match policy.inputs {
+        DecisionInputs::User => memo.decisions.get_or_insert(version, run),
+        DecisionInputs::UserAndCall => memo.call_decisions.get_or_insert_with(
+            REMEMBERED_CALLS,
+            |(v, key)| *v == version && key.is(call),
+            || (version, CallKey::of(call)),
+            run,
+        ),
+        DecisionInputs::Request => run(),
     }
 }
 
@@ -222,7 +191,7 @@ pub fn script_request(
 
 /// The script's `request`, built once per HTTP request: the headers are
 /// read once, and each message of a batch adds only its own `mcp` part.
-#[derive(Clone)]
+#[derive(Clone, Default)]
 pub struct RequestView {
     base: Map,
 }
@@ -266,9 +235,9 @@ impl RequestView {
         RequestView { base }
     }
 
-    /// The view of a request, built only when something reads it: a policy
-    /// that reads `request` (not `per_user_only`), or the decision log and
-    /// shadow policy when the route has them.
+    /// The view of a request, built only when something reads more of it
+    /// than its calls: a policy that reads more than `request.mcp`, or the
+    /// decision log and shadow policy when the route has them.
     pub fn when_read(
         engine: &PolicyEngine,
         policy: &CompiledPolicy,
@@ -276,7 +245,7 @@ impl RequestView {
         path: &str,
         headers: &HeaderMap,
     ) -> Option<Self> {
-        (!policy.per_user_only || engine.observes())
+        (policy.inputs == DecisionInputs::Request || engine.observes())
             .then(|| RequestView::new(engine.route(), method, path, headers))
     }
 
@@ -321,8 +290,9 @@ struct Evaluation {
     /// The user's claims as this issuer states them (`script_user`, built
     /// when a script runs).
     issuer: Arc<str>,
-    /// `None` when nothing reads it (`RequestView::when_read`): the script
-    /// is then given `()`, which it cannot tell apart.
+    /// `None` when nothing reads more than the calls
+    /// (`RequestView::when_read`): the script is then given a view of the
+    /// call alone, which it cannot tell apart.
     view: Option<RequestView>,
     metrics: RouteMetrics,
     audit: Option<AuditSlot>,
@@ -367,10 +337,12 @@ impl Evaluation {
                 &self.engine,
                 &self.policy,
                 &self.session,
+                call,
                 || script_user(&self.session, &self.issuer),
                 || {
                     let view = if i == last { view.take() } else { view.clone() };
-                    view.map_or(Dynamic::UNIT, |v| v.into_call(call))
+                    // No view: the policy reads only the call (`when_read`).
+                    view.unwrap_or_default().into_call(call)
                 },
             );
             let verdict = if matches!(decision, Decision::Allow { .. }) {
@@ -573,6 +545,7 @@ where
     }
 }
 
+mod remembered;
 #[cfg(test)]
 pub(super) mod test_support;
 #[cfg(test)]

@@ -18,29 +18,56 @@ const IMPURE: [&str; 7] = [
     "timestamp(",
 ];
 
-/// Conservatively true only when the request parameter's name appears in
-/// the source exactly once (its declaration) and nothing time-dependent or
-/// side-effecting is called. Any doubt (the name used elsewhere, in a string,
-/// by another function) keeps evaluating per request.
-pub(crate) fn depends_on_user_only(source: &str, request_param: &str) -> bool {
-    if request_param.is_empty() {
-        return false;
+/// What `authorize`'s decision can depend on, learned from its source.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum DecisionInputs {
+    /// The user alone: decided once per session and version.
+    User,
+    /// The user and the call's `request.mcp` part (method, tool, resource,
+    /// prompt) and nothing else of the request: decided once per session,
+    /// version and call.
+    UserAndCall,
+    /// Anything: decided per request.
+    Request,
+}
+
+/// What the decision depends on, erring towards `Request`. `User` only when
+/// the request parameter's name appears in the source exactly once (its
+/// declaration); `UserAndCall` when every other appearance is
+/// `<name>.mcp` (the `mcp` map holds only the call's method, tool, resource
+/// and prompt, so a script reaches nothing else of the request through it).
+/// Either needs that nothing time-dependent or side-effecting is called. Any
+/// doubt (the name used otherwise, in a string, by another function, with
+/// spaces around the dot) means `Request`.
+pub(crate) fn decision_inputs(source: &str, request_param: &str) -> DecisionInputs {
+    if request_param.is_empty() || IMPURE.iter().any(|f| source.contains(f)) {
+        return DecisionInputs::Request;
     }
     let is_word = |b: u8| b.is_ascii_alphanumeric() || b == b'_';
     let bytes = source.as_bytes();
-    let mut uses = 0;
+    let (mut uses, mut other_uses) = (0, 0);
     let mut start = 0;
     while let Some(found) = source[start..].find(request_param) {
         let at = start + found;
         let end = at + request_param.len();
+        start = end;
         let bounded =
             (at == 0 || !is_word(bytes[at - 1])) && (end == bytes.len() || !is_word(bytes[end]));
-        if bounded {
-            uses += 1;
+        if !bounded {
+            continue;
         }
-        start = end;
+        uses += 1;
+        let rest = &bytes[end..];
+        let reads_mcp = rest.starts_with(b".mcp") && rest.get(4).is_none_or(|&b| !is_word(b));
+        if !reads_mcp {
+            other_uses += 1;
+        }
     }
-    uses == 1 && !IMPURE.iter().any(|f| source.contains(f))
+    match (uses, other_uses) {
+        (1, _) => DecisionInputs::User,
+        (_, 1) => DecisionInputs::UserAndCall,
+        _ => DecisionInputs::Request,
+    }
 }
 
 /// Every quoted string and map key in the source that could be a header
@@ -108,11 +135,13 @@ fn quoted_strings(source: &str) -> impl Iterator<Item = &str> {
 #[cfg(test)]
 mod tests {
     use super::super::{compile, sandboxed_engine, DEFAULT_POLICY};
+    use super::DecisionInputs;
 
     #[test]
     fn only_request_independent_pure_policies_are_per_user() {
         let engine = sandboxed_engine();
-        let per_user = |src: &str| compile(&engine, "t.rhai", src).unwrap().per_user_only;
+        let inputs = |src: &str| compile(&engine, "t.rhai", src).unwrap().inputs;
+        let per_user = |src: &str| inputs(src) == DecisionInputs::User;
         assert!(per_user(DEFAULT_POLICY));
         assert!(!per_user(include_str!("../../policies/per-tool.rhai")));
         assert!(!per_user(
@@ -128,6 +157,37 @@ mod tests {
             "fn h(request) { request.path } fn authorize(u, request) { allow() }"
         ));
         assert!(per_user("fn authorize(user, req) { let requests = 1; allow(#{ \"X-User-Email\": user.email }) }"));
+    }
+
+    #[test]
+    fn only_pure_policies_reading_nothing_but_request_mcp_decide_per_call() {
+        let engine = sandboxed_engine();
+        let inputs = |src: &str| compile(&engine, "t.rhai", src).unwrap().inputs;
+        let per_call = |src: &str| inputs(src) == DecisionInputs::UserAndCall;
+        assert!(per_call(include_str!("../../policies/per-tool.rhai")));
+        assert!(per_call(
+            "fn authorize(u, r) { if r.mcp.tool == \"x\" { return deny(\"no\"); } allow() }"
+        ));
+        assert!(per_call(
+            "fn authorize(u, r) { let m = r.mcp; if m.tool == \"x\" || r.mcp.prompt != () { return deny(\"no\"); } allow() }"
+        ));
+        for reads_more in [
+            // Another part of the request, alone or beside `mcp`.
+            "fn authorize(u, r) { if r.mcp.tool == \"x\" && r.headers[\"x-a\"] == () { return deny(\"no\"); } allow() }",
+            "fn authorize(u, r) { if r.path == \"/mcp\" { return deny(\"no\"); } allow() }",
+            // The whole request, by index, or under another name.
+            "fn authorize(u, r) { let all = r; if all.mcp.tool == () { return deny(\"no\"); } allow() }",
+            "fn authorize(u, r) { if r[\"mcp\"].tool == () { return deny(\"no\"); } allow() }",
+            "fn authorize(u, r) { if r.mcpx == () { return deny(\"no\"); } allow() }",
+            "fn authorize(u, r) { if r .mcp.tool == () { return deny(\"no\"); } allow() }",
+            // The name declared again elsewhere.
+            "fn h(r) { r.path } fn authorize(u, r) { if r.mcp.tool == () { return deny(\"no\"); } allow() }",
+            // Time or a side effect.
+            "fn authorize(u, r) { if r.mcp.tool == \"x\" && utc_hour() > 18 { return deny(\"late\"); } allow() }",
+            "fn authorize(u, r) { log_info(r.mcp.tool); allow() }",
+        ] {
+            assert_eq!(inputs(reads_more), DecisionInputs::Request, "{reads_more}");
+        }
     }
 
     #[test]

@@ -86,6 +86,7 @@ fn invariant_10_routing_headers_are_read_one_way_only() {
 
 mod enforce_policy {
     use std::sync::atomic::{AtomicUsize, Ordering};
+    use std::sync::Mutex;
 
     use axum::http::{Response, StatusCode};
     use tower::util::BoxCloneSyncService;
@@ -258,38 +259,57 @@ mod enforce_policy {
 }
 
 #[test]
-fn a_session_on_several_routes_keeps_each_routes_decision() {
-    let memo = ByVersion::default();
+fn a_policy_reading_only_the_call_decides_once_per_session_and_call() {
+    use super::remembered::REMEMBERED_CALLS;
+    use test_support::{engine, session};
+    let (_dir, engine) = engine();
+    let policy = engine.current();
+    assert_eq!(policy.inputs, DecisionInputs::UserAndCall);
     let runs = std::cell::Cell::new(0);
-    let decide = |allowed: bool| {
-        runs.set(runs.get() + 1);
-        if allowed {
-            Decision::Allow { headers: vec![] }
-        } else {
-            Decision::Deny {
-                status: axum::http::StatusCode::FORBIDDEN,
-                reason: "no".into(),
-            }
-        }
+    let call = |method: &str, target: &str| McpCall {
+        method: Some(method.into()),
+        id: Some(serde_json::json!(1)),
+        target: Some(target.into()),
     };
-    // Two routes' policies (versions 1 and 2), used alternately: each
-    // script runs once, and each answer stays its own.
+    let decide_for = |session: &Session, call: Option<&McpCall>| {
+        let decision = decide(
+            &engine,
+            &policy,
+            session,
+            call,
+            || {
+                runs.set(runs.get() + 1);
+                script_user(session, "https://issuer")
+            },
+            || RequestView::default().into_call(call),
+        );
+        matches!(decision, Decision::Allow { .. })
+    };
+    let alice = session();
     for _ in 0..3 {
-        assert!(matches!(
-            memo.get_or_insert(1, || decide(true)),
-            Decision::Allow { .. }
-        ));
-        assert!(matches!(
-            memo.get_or_insert(2, || decide(false)),
-            Decision::Deny { .. }
-        ));
+        assert!(decide_for(&alice, Some(&call("tools/call", "whoami"))));
+        assert!(!decide_for(&alice, Some(&call("tools/call", "deploy"))));
+        assert!(decide_for(&alice, None));
     }
-    assert_eq!(runs.get(), 2);
-    // Bounded: the oldest version goes first.
-    for version in 3..3 + REMEMBERED_VERSIONS as u64 {
-        memo.get_or_insert(version, || decide(true));
+    assert_eq!(runs.get(), 3, "each call's decision was made once");
+    // The same name under another method is another call (the policy
+    // denies the tool `deploy`, not the prompt), and another id the same.
+    assert!(decide_for(&alice, Some(&call("prompts/get", "deploy"))));
+    let mut again = call("tools/call", "deploy");
+    again.id = Some(serde_json::json!("other"));
+    assert!(!decide_for(&alice, Some(&again)));
+    assert_eq!(runs.get(), 4);
+    // Another session decides for itself.
+    assert!(!decide_for(&session(), Some(&call("tools/call", "deploy"))));
+    assert_eq!(runs.get(), 5);
+    // Bounded: a client naming a new tool each time pushes the oldest out.
+    for i in 0..REMEMBERED_CALLS {
+        assert!(decide_for(
+            &alice,
+            Some(&call("tools/call", &format!("t{i}")))
+        ));
     }
     let before = runs.get();
-    memo.get_or_insert(1, || decide(true));
-    assert_eq!(runs.get(), before + 1, "version 1 was forgotten");
+    assert!(!decide_for(&alice, Some(&call("tools/call", "deploy"))));
+    assert_eq!(runs.get(), before + 1, "the deploy decision was forgotten");
 }
