@@ -5,7 +5,8 @@
 //! cache hit (`Authenticate`), the header rewrite for the downstream
 //! (a 1 KB provider token forwarded), the policy decision for a session
 //! that has made a request before (default policy: remembered per session;
-//! per-tool policy: run per call), the raw-head scan of a pipelined
+//! per-tool policy: remembered per session and call; a policy that reads
+//! a header: run per request), the raw-head scan of a pipelined
 //! connection, and one round trip to a loopback downstream with the
 //! forwarder's client and with hyper-util's pooled client it replaced, and
 //! what a layer of the stack costs as a `Checkpoint` and as a `Gate`, and
@@ -47,6 +48,10 @@ fn bench(c: &mut Criterion) {
     for (name, path) in [
         ("default", None),
         ("per-tool", Some(Path::new("policies/per-tool.rhai"))),
+        (
+            "per-request",
+            Some(Path::new("tests/bench/policies/per-request.rhai")),
+        ),
     ] {
         let decision = CachedDecision::new(path);
         assert!(decision.decide(), "{name} allows the call");
