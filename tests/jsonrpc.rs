@@ -145,11 +145,12 @@ async fn invariant_9_batches_larger_than_max_batch_size_are_refused_and_forward_
 
 /// A policy that costs some work per call (under the 512 operations after
 /// which the deadline is checked, so a loaded machine cannot make it deny)
-/// and reads the request (so it runs per call, not once per session).
+/// and reads more of the request than its call (so it runs for every call,
+/// not once per session and call).
 const BUSY_POLICY: &str = r#"fn authorize(user, request) {
     let n = 0;
     for i in 0..100 { n += i; }
-    if request.mcp.method == "never" { return deny(403, "never"); }
+    if request.mcp.method == "never" || request.path == "/never" { return deny(403, "never"); }
     allow(#{ "X-User-Email": user.email })
 }"#;
 
