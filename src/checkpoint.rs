@@ -60,7 +60,7 @@ use std::task::{Context, Poll};
 
 use std::pin::Pin;
 
-use futures_util::future::BoxFuture;
+use futures_util::future::{BoxFuture, Either};
 use tower::{Layer, Service};
 
 /// A layer's logic: given the ready inner service and a request, produce the
@@ -76,6 +76,14 @@ where
         inner: S,
         request: Request,
     ) -> impl Future<Output = Result<S::Response, S::Error>> + Send + 'static;
+
+    /// Whether this request has nothing to do with the checkpoint, whose
+    /// `run` would only call `inner` with it: the request then goes
+    /// straight to the inner service and its future is returned as it is
+    /// (nothing boxed or copied). Answer only what `run` would do anyway.
+    fn passes(&self, _request: &Request) -> bool {
+        false
+    }
 }
 
 /// The tower layer for a [`Checkpoint`].
@@ -138,7 +146,7 @@ where
 {
     type Response = S::Response;
     type Error = S::Error;
-    type Future = BoxFuture<'static, Result<S::Response, S::Error>>;
+    type Future = Either<S::Future, BoxFuture<'static, Result<S::Response, S::Error>>>;
 
     fn poll_ready(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), S::Error>> {
         let below = &self.below;
@@ -150,8 +158,11 @@ where
     fn call(&mut self, request: Request) -> Self::Future {
         // The copy that was polled ready goes with this request; the next
         // poll_ready makes another.
-        let ready = self.ready.take().unwrap_or_else(|| S::clone(&self.below));
-        Box::pin(C::clone(&self.checkpoint).run(ready, request))
+        let mut ready = self.ready.take().unwrap_or_else(|| S::clone(&self.below));
+        if self.checkpoint.passes(&request) {
+            return Either::Left(ready.call(request));
+        }
+        Either::Right(Box::pin(C::clone(&self.checkpoint).run(ready, request)))
     }
 }
 

@@ -101,6 +101,48 @@ async fn each_request_gets_the_service_that_was_polled_ready() {
     }
 }
 
+/// Like `Even`, but lets multiples of ten through untouched, and counts
+/// the requests it ran for.
+#[derive(Clone, Default)]
+struct EvenButTens {
+    runs: Arc<AtomicUsize>,
+}
+
+impl<S> Checkpoint<S, u32> for EvenButTens
+where
+    S: Service<u32, Response = u32, Error = Refused> + Send + 'static,
+    S::Future: Send,
+{
+    async fn run(self, inner: S, request: u32) -> Result<u32, Refused> {
+        self.runs.fetch_add(1, Ordering::SeqCst);
+        Even.run(inner, request).await
+    }
+
+    fn passes(&self, request: &u32) -> bool {
+        request.is_multiple_of(10)
+    }
+}
+
+#[tokio::test]
+async fn a_request_a_checkpoint_passes_goes_straight_to_the_service_polled_ready() {
+    let checkpoint = EvenButTens::default();
+    let mut service = CheckpointLayer::new(checkpoint.clone()).layer(Permit::default());
+    for (n, answer) in [
+        (20, Ok(20)),
+        (4, Ok(9)),
+        (30, Ok(30)),
+        (3, Err(Refused::Odd(3))),
+    ] {
+        let call = service.ready().await.map(|s| s.call(n));
+        assert_eq!(call.expect("ready").await, answer, "{n}");
+    }
+    assert_eq!(
+        checkpoint.runs.load(Ordering::SeqCst),
+        2,
+        "only 4 and 3 ran"
+    );
+}
+
 /// Refuses odd numbers; marks even ones by adding 100.
 struct EvenGate;
 

@@ -187,11 +187,7 @@ impl FilterLists {
     /// What this user may see, for a single list call the policy let
     /// through; `None` for anything else.
     fn visibility<B>(&self, request: &Request<B>) -> Option<Visibility> {
-        let kind = request
-            .extensions()
-            .get::<McpCall>()
-            .and_then(|c| c.method.as_deref())
-            .and_then(ListKind::of)?;
+        let kind = list_kind(request)?;
         let session = request.extensions().get::<Arc<Session>>()?.clone();
         let policy = request.extensions().get::<Arc<CompiledPolicy>>()?.clone();
         Some(Visibility {
@@ -210,12 +206,28 @@ impl FilterLists {
     }
 }
 
+/// The list a request asks for: only a single call is a list call (a
+/// batch travels as `Arc<[McpCall]>`, not as one `McpCall`).
+fn list_kind<B>(request: &Request<B>) -> Option<ListKind> {
+    request
+        .extensions()
+        .get::<McpCall>()
+        .and_then(|c| c.method.as_deref())
+        .and_then(ListKind::of)
+}
+
 impl<S, B> Checkpoint<S, Request<B>> for FilterLists
 where
     S: Service<Request<B>, Response = Response<Body>, Error: From<ProxyError>, Future: Send>,
     S: Send + 'static,
     B: Send + 'static,
 {
+    /// Anything but a list call passes untouched, without the boxed
+    /// future a checkpoint costs (most calls are not lists).
+    fn passes(&self, request: &Request<B>) -> bool {
+        list_kind(request).is_none()
+    }
+
     async fn run(self, mut inner: S, request: Request<B>) -> Result<Response<Body>, S::Error> {
         let visibility = self.visibility(&request);
         let response = inner.call(request).await?;
