@@ -8,10 +8,29 @@ use crate::error::ProxyError;
 /// RFC 6750 §2.1 `b64token`: the characters a bearer token may use.
 fn is_b64token(token: &str) -> bool {
     let body = token.trim_end_matches('=');
-    !body.is_empty()
-        && body
-            .bytes()
-            .all(|b| b.is_ascii_alphanumeric() || b"-._~+/".contains(&b))
+    !body.is_empty() && body.bytes().all(|b| B64TOKEN[usize::from(b)])
+}
+
+/// The bytes of RFC 6750's b64token before its trailing `=`s: ALPHA, DIGIT
+/// and `-._~+/`. A table, since every request's token is checked byte by
+/// byte.
+const B64TOKEN: [bool; 256] = {
+    let mut table = [false; 256];
+    let mut b = 0;
+    while b < 256 {
+        let c = b as u8;
+        table[b] =
+            c.is_ascii_alphanumeric() || matches!(c, b'-' | b'.' | b'_' | b'~' | b'+' | b'/');
+        b += 1;
+    }
+    table
+};
+
+/// Whether `text` starts with `prefix`, ASCII case ignored.
+fn starts_with_ignoring_case(text: &str, prefix: &str) -> bool {
+    text.as_bytes()
+        .get(..prefix.len())
+        .is_some_and(|start| start.eq_ignore_ascii_case(prefix.as_bytes()))
 }
 
 fn ambiguous(what: &str) -> ProxyError {
@@ -43,9 +62,9 @@ pub(crate) fn bearer_token<B>(request: &Request<B>) -> Result<Option<&str>, Prox
         .iter()
         .filter_map(|v| v.to_str().ok())
         .any(|ct| {
-            let ct = ct.trim_start().to_ascii_lowercase();
-            ct.starts_with("application/x-www-form-urlencoded")
-                || ct.starts_with("multipart/form-data")
+            let ct = ct.trim_start();
+            starts_with_ignoring_case(ct, "application/x-www-form-urlencoded")
+                || starts_with_ignoring_case(ct, "multipart/form-data")
         });
     if is_form {
         return Err(ambiguous(
@@ -70,12 +89,14 @@ pub(crate) fn bearer_token<B>(request: &Request<B>) -> Result<Option<&str>, Prox
     if token.is_empty() {
         return Ok(None);
     }
-    if token.contains([' ', '\t', ',']) {
-        return Err(ambiguous(
-            "the Authorization header carries more than one token",
-        ));
-    }
     if !is_b64token(token) {
+        // Checked only for a token already refused: a space, tab or comma
+        // is not a b64token character either, so a valid token is read once.
+        if token.contains([' ', '\t', ',']) {
+            return Err(ambiguous(
+                "the Authorization header carries more than one token",
+            ));
+        }
         return Err(ambiguous(
             "the bearer token has characters RFC 6750 does not allow",
         ));
@@ -125,6 +146,27 @@ mod tests {
     }
 
     #[test]
+    fn the_b64token_table_is_rfc_6750s_characters() {
+        for b in 0..=255u8 {
+            let rfc = b.is_ascii_alphanumeric() || b"-._~+/".contains(&b);
+            assert_eq!(B64TOKEN[usize::from(b)], rfc, "byte {b}");
+        }
+        // A form is a form in any case; JSON is not one.
+        assert!(starts_with_ignoring_case(
+            "Multipart/Form-Data; b=1",
+            "multipart/form-data"
+        ));
+        assert!(!starts_with_ignoring_case(
+            "multipart",
+            "multipart/form-data"
+        ));
+        assert!(!starts_with_ignoring_case(
+            "application/json",
+            "application/x-www-form-urlencoded"
+        ));
+    }
+
+    #[test]
     fn invariant_7_ambiguous_credentials_are_a_bad_request() {
         let refused = [
             // One valid, one junk: neither wins.
@@ -146,12 +188,28 @@ mod tests {
                 ("content-type", "application/x-www-form-urlencoded"),
             ],
             vec![("content-type", "Multipart/Form-Data; boundary=x")],
+            vec![("content-type", "  APPLICATION/X-WWW-FORM-URLENCODED")],
         ];
         for headers in refused {
             assert!(
                 matches!(token_of(&headers), Err(ProxyError::BadRequest(_))),
                 "{headers:?}"
             );
+        }
+        for (value, says) in [
+            ("Bearer good other", "more than one token"),
+            ("Bearer good, realm=x", "more than one token"),
+            ("Bearer good\tother", "more than one token"),
+            ("Bearer go\"od", "characters RFC 6750 does not allow"),
+            ("Bearer =abc", "characters RFC 6750 does not allow"),
+            ("Bearer ===", "characters RFC 6750 does not allow"),
+        ] {
+            match token_of(&[("authorization", value)]) {
+                Err(ProxyError::BadRequest(message)) => {
+                    assert!(message.contains(says), "{value}: {message}")
+                }
+                other => panic!("{value}: {other:?}"),
+            }
         }
         for uri in ["/mcp?access_token=t", "/mcp?a=1&ACCESS_TOKEN=t"] {
             let r = request(uri, &[("authorization", "Bearer good")]);
