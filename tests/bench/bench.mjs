@@ -1104,8 +1104,8 @@ function summarize(httpRuns, sse) {
     row('SSE', 'time to first event p50, ms', pick('ttfe', 'p50_ms'), 3, lower(1.2));
     row('SSE', 'time to first event p99, ms', pick('ttfe', 'p99_ms'), 3);
     row('SSE', 'CPU µs per new stream (connect to close)', pick('ttfe', 'cpu_us_per_stream', ['nginx', 'proxy']), 1);
-    row('SSE', 'events/s (one stream)', pick('rate', 'events_per_s'), 0);
-    row('SSE', 'CPU µs/event', pick('rate', 'cpu_us_per_event'), 2);
+    row('SSE', 'events/s (one stream)', pick('rate', 'events_per_s'), 0, higher(1.0));
+    row('SSE', 'CPU µs/event', pick('rate', 'cpu_us_per_event'), 2, lower(1.5));
     row(`SSE, ${cfg.sseStreams} idle streams`, 'memory per stream, KiB', pick('memory', 'kib_per_stream', ['nginx', 'proxy']), 1, lower(1.5));
   }
   return rows;
