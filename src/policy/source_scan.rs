@@ -58,7 +58,14 @@ pub(crate) fn decision_inputs(source: &str, request_param: &str) -> DecisionInpu
         }
         uses += 1;
         let rest = &bytes[end..];
-        let reads_mcp = rest.starts_with(b".mcp") && rest.get(4).is_none_or(|&b| !is_word(b));
+        // `.mcp` as a property, not `.mcp(...)`: a method call would hand
+        // the whole request to a script function as `this`.
+        let called = || {
+            let after = rest[4..].trim_ascii_start();
+            after.starts_with(b"(") || after.starts_with(b"!(")
+        };
+        let reads_mcp =
+            rest.starts_with(b".mcp") && rest.get(4).is_none_or(|&b| !is_word(b)) && !called();
         if !reads_mcp {
             other_uses += 1;
         }
@@ -171,6 +178,9 @@ mod tests {
         assert!(per_call(
             "fn authorize(u, r) { let m = r.mcp; if m.tool == \"x\" || r.mcp.prompt != () { return deny(\"no\"); } allow() }"
         ));
+        assert!(per_call(
+            "fn authorize(u, r) { if r.mcp != () && r.mcp.tool == \"x\" { return deny(\"no\"); } allow() }"
+        ));
         for reads_more in [
             // Another part of the request, alone or beside `mcp`.
             "fn authorize(u, r) { if r.mcp.tool == \"x\" && r.headers[\"x-a\"] == () { return deny(\"no\"); } allow() }",
@@ -180,6 +190,9 @@ mod tests {
             "fn authorize(u, r) { if r[\"mcp\"].tool == () { return deny(\"no\"); } allow() }",
             "fn authorize(u, r) { if r.mcpx == () { return deny(\"no\"); } allow() }",
             "fn authorize(u, r) { if r .mcp.tool == () { return deny(\"no\"); } allow() }",
+            // A method named mcp gets the whole request as `this`.
+            "fn mcp() { this.path } fn authorize(u, r) { if r.mcp() == \"/x\" { return deny(\"no\"); } allow() }",
+            "fn mcp() { this.path } fn authorize(u, r) { if r.mcp () == \"/x\" { return deny(\"no\"); } allow() }",
             // The name declared again elsewhere.
             "fn h(r) { r.path } fn authorize(u, r) { if r.mcp.tool == () { return deny(\"no\"); } allow() }",
             // Time or a side effect.
