@@ -150,6 +150,14 @@ mod tests {
         let inputs = |src: &str| compile(&engine, "t.rhai", src).unwrap().inputs;
         let per_user = |src: &str| inputs(src) == DecisionInputs::User;
         assert!(per_user(DEFAULT_POLICY));
+        // The shipped examples that read nothing of the request (a comment
+        // naming the parameter would count as a use).
+        for example in [
+            include_str!("../../policies/group-allowlist.rhai"),
+            include_str!("../../policies/email-domain.rhai"),
+        ] {
+            assert!(per_user(example));
+        }
         assert!(!per_user(include_str!("../../policies/per-tool.rhai")));
         assert!(!per_user(
             "fn authorize(u, r) { if r.mcp.tool == \"x\" { return deny(\"no\"); } allow() }"
@@ -171,7 +179,13 @@ mod tests {
         let engine = sandboxed_engine();
         let inputs = |src: &str| compile(&engine, "t.rhai", src).unwrap().inputs;
         let per_call = |src: &str| inputs(src) == DecisionInputs::UserAndCall;
-        assert!(per_call(include_str!("../../policies/per-tool.rhai")));
+        for example in [
+            include_str!("../../policies/per-tool.rhai"),
+            include_str!("../../policies/okta-groups.rhai"),
+            include_str!("../../policies/entra-groups.rhai"),
+        ] {
+            assert!(per_call(example));
+        }
         assert!(per_call(
             "fn authorize(u, r) { if r.mcp.tool == \"x\" { return deny(\"no\"); } allow() }"
         ));
