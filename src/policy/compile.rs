@@ -10,7 +10,7 @@ use std::sync::{Arc, OnceLock};
 use rhai::{Engine, Map, Position, AST};
 
 use super::header_rules::{self, HeaderRefusal};
-use super::source_scan::{decision_inputs, header_like_literals, DecisionInputs};
+use super::source_scan::{decision_inputs, header_like_literals, reads_headers, DecisionInputs};
 
 /// The policy that runs when `policy.path` is not set.
 pub(crate) const DEFAULT_POLICY: &str = include_str!("../../policies/default.rhai");
@@ -60,6 +60,9 @@ pub struct CompiledPolicy {
     /// What `authorize`'s decision depends on (`source_scan`): the user
     /// alone, or the user and the call, can be remembered with the session.
     pub(crate) inputs: DecisionInputs,
+    /// Whether the script could read `request.headers` (`source_scan`):
+    /// when it cannot, its view of a request is built without them.
+    pub(crate) reads_headers: bool,
     /// The source's SHA-256 (hex): which policy made a logged decision.
     pub hash: String,
     /// The source text (the decision log records the claims it names).
@@ -121,6 +124,7 @@ pub(crate) fn compile(
     Ok(CompiledPolicy {
         version: VERSIONS.fetch_add(1, std::sync::atomic::Ordering::Relaxed),
         inputs: decision_inputs(source, &request_param),
+        reads_headers: reads_headers(source, &request_param),
         name: name.to_string(),
         may_set: header_like_literals(source),
         hash: crate::crypto::token_hash(source),

@@ -201,21 +201,17 @@ impl RequestView {
     /// (without the credentials and the client's claims about its
     /// connection).
     pub fn new(route: &str, method: &Method, path: &str, headers: &HeaderMap) -> Self {
-        let mut header_map = Map::new();
-        for (name, value) in headers {
-            // Credentials are not the policy's business, and what a client
-            // claims about its connection (X-Forwarded-For, X-Real-IP, ...)
-            // is not evidence: a policy must not allow on it.
-            if name == axum::http::header::AUTHORIZATION
-                || name == axum::http::header::COOKIE
-                || crate::client_address::is_forwarding_header(name.as_str())
-            {
-                continue;
-            }
-            if let Ok(v) = value.to_str() {
-                header_map.insert(name.as_str().into(), v.to_string().into());
-            }
-        }
+        let mut view = Self::without_headers(route, method, path, headers);
+        view.base.insert(
+            "headers".into(),
+            Dynamic::from_map(script_headers(headers)).into_read_only(),
+        );
+        view
+    }
+
+    /// The view without `headers`, for a policy that cannot read them
+    /// (`CompiledPolicy::reads_headers`): their map is most of its cost.
+    fn without_headers(route: &str, method: &Method, path: &str, headers: &HeaderMap) -> Self {
         let mut base = Map::new();
         base.insert("route".into(), route.to_string().into());
         base.insert("method".into(), method.as_str().to_string().into());
@@ -227,10 +223,6 @@ impl RequestView {
                     .get("mcp-protocol-version")
                     .and_then(|v| v.to_str().ok()),
             ),
-        );
-        base.insert(
-            "headers".into(),
-            Dynamic::from_map(header_map).into_read_only(),
         );
         RequestView { base }
     }
@@ -245,8 +237,17 @@ impl RequestView {
         path: &str,
         headers: &HeaderMap,
     ) -> Option<Self> {
-        (policy.inputs == DecisionInputs::Request || engine.observes())
-            .then(|| RequestView::new(engine.route(), method, path, headers))
+        if engine.observes() {
+            // The decision log and the shadow policy see every header.
+            return Some(RequestView::new(engine.route(), method, path, headers));
+        }
+        (policy.inputs == DecisionInputs::Request).then(|| {
+            if policy.reads_headers {
+                RequestView::new(engine.route(), method, path, headers)
+            } else {
+                RequestView::without_headers(engine.route(), method, path, headers)
+            }
+        })
     }
 
     /// The view for one call of several (the base is copied).
@@ -274,6 +275,27 @@ impl RequestView {
         request.insert("mcp".into(), Dynamic::from_map(mcp));
         Dynamic::from_map(request)
     }
+}
+
+/// The request's headers as a script reads them: without the credentials
+/// and the client's claims about its connection.
+fn script_headers(headers: &HeaderMap) -> Map {
+    let mut map = Map::new();
+    for (name, value) in headers {
+        // Credentials are not the policy's business, and what a client
+        // claims about its connection (X-Forwarded-For, X-Real-IP, ...)
+        // is not evidence: a policy must not allow on it.
+        if name == axum::http::header::AUTHORIZATION
+            || name == axum::http::header::COOKIE
+            || crate::client_address::is_forwarding_header(name.as_str())
+        {
+            continue;
+        }
+        if let Ok(v) = value.to_str() {
+            map.insert(name.as_str().into(), v.to_string().into());
+        }
+    }
+    map
 }
 
 fn optional_text(v: Option<&str>) -> Dynamic {

@@ -43,30 +43,10 @@ pub(crate) fn decision_inputs(source: &str, request_param: &str) -> DecisionInpu
     if request_param.is_empty() || IMPURE.iter().any(|f| source.contains(f)) {
         return DecisionInputs::Request;
     }
-    let is_word = |b: u8| b.is_ascii_alphanumeric() || b == b'_';
-    let bytes = source.as_bytes();
     let (mut uses, mut other_uses) = (0, 0);
-    let mut start = 0;
-    while let Some(found) = source[start..].find(request_param) {
-        let at = start + found;
-        let end = at + request_param.len();
-        start = end;
-        let bounded =
-            (at == 0 || !is_word(bytes[at - 1])) && (end == bytes.len() || !is_word(bytes[end]));
-        if !bounded {
-            continue;
-        }
+    for used in uses_of(source, request_param) {
         uses += 1;
-        let rest = &bytes[end..];
-        // `.mcp` as a property, not `.mcp(...)`: a method call would hand
-        // the whole request to a script function as `this`.
-        let called = || {
-            let after = rest[4..].trim_ascii_start();
-            after.starts_with(b"(") || after.starts_with(b"!(")
-        };
-        let reads_mcp =
-            rest.starts_with(b".mcp") && rest.get(4).is_none_or(|&b| !is_word(b)) && !called();
-        if !reads_mcp {
+        if used != Use::Property("mcp") {
             other_uses += 1;
         }
     }
@@ -75,6 +55,66 @@ pub(crate) fn decision_inputs(source: &str, request_param: &str) -> DecisionInpu
         (_, 1) => DecisionInputs::UserAndCall,
         _ => DecisionInputs::Request,
     }
+}
+
+/// Whether the script could read `request.headers`: true unless every use
+/// of the parameter's name but its declaration reads a named property
+/// other than `headers` (`request.route`, `request.mcp.tool`). The view
+/// of a request a policy cannot read the headers of is built without them.
+pub(crate) fn reads_headers(source: &str, request_param: &str) -> bool {
+    if request_param.is_empty() {
+        return true;
+    }
+    let mut other_uses = 0;
+    for used in uses_of(source, request_param) {
+        match used {
+            Use::Property("headers") => return true,
+            Use::Property(_) => {}
+            Use::Other => other_uses += 1,
+        }
+    }
+    // The declaration is the one use that is not a property read.
+    other_uses != 1
+}
+
+/// One appearance of the request parameter's name in a policy's source.
+#[derive(Debug, PartialEq, Eq)]
+enum Use<'a> {
+    /// `<name>.<property>`, read as a property: not followed by `(` (a
+    /// method call hands the whole request to a function as `this`).
+    Property(&'a str),
+    /// Anything else: the declaration, the whole value, an index, a
+    /// method call, the word in a comment or a string.
+    Other,
+}
+
+/// Every appearance of `name` as a whole word.
+fn uses_of<'a>(source: &'a str, name: &'a str) -> impl Iterator<Item = Use<'a>> + 'a {
+    let is_word = |b: u8| b.is_ascii_alphanumeric() || b == b'_';
+    let bytes = source.as_bytes();
+    let mut start = 0;
+    std::iter::from_fn(move || loop {
+        let at = start + source[start..].find(name)?;
+        let end = at + name.len();
+        start = end;
+        let bounded =
+            (at == 0 || !is_word(bytes[at - 1])) && (end == bytes.len() || !is_word(bytes[end]));
+        if !bounded {
+            continue;
+        }
+        let rest = &bytes[end..];
+        let property_len = rest
+            .strip_prefix(b".")
+            .map_or(0, |after| after.iter().take_while(|&&b| is_word(b)).count());
+        if property_len == 0 {
+            return Some(Use::Other);
+        }
+        let after = rest[1 + property_len..].trim_ascii_start();
+        if after.starts_with(b"(") || after.starts_with(b"!(") {
+            return Some(Use::Other);
+        }
+        return Some(Use::Property(&source[end + 1..end + 1 + property_len]));
+    })
 }
 
 /// Every quoted string and map key in the source that could be a header
@@ -214,6 +254,30 @@ mod tests {
             "fn authorize(u, r) { log_info(r.mcp.tool); allow() }",
         ] {
             assert_eq!(inputs(reads_more), DecisionInputs::Request, "{reads_more}");
+        }
+    }
+
+    #[test]
+    fn only_policies_that_cannot_read_the_headers_get_a_view_without_them() {
+        let engine = sandboxed_engine();
+        let reads = |src: &str| compile(&engine, "t.rhai", src).unwrap().reads_headers;
+        for without in [
+            include_str!("../../policies/wiki.rhai"),
+            include_str!("../../tests/bench/policies/per-request.rhai"),
+            "fn authorize(u, r) { if r.path == \"/x\" || r.mcp.tool == () { return deny(\"no\"); } allow() }",
+        ] {
+            assert!(!reads(without), "{without}");
+        }
+        for with in [
+            "fn authorize(u, r) { if r.headers[\"x-team\"] == () { return deny(\"no\"); } allow() }",
+            "fn authorize(u, r) { if r[\"headers\"] == () { return deny(\"no\"); } allow() }",
+            "fn authorize(u, r) { let all = r; if all.headers == () { return deny(\"no\"); } allow() }",
+            "fn authorize(u, r) { if r .headers == () { return deny(\"no\"); } allow() }",
+            "fn h(r) { r.headers } fn authorize(u, r) { if h(r) == () { return deny(\"no\"); } allow() }",
+            "fn team() { this.headers } fn authorize(u, r) { if r.team() == () { return deny(\"no\"); } allow() }",
+            "fn authorize(u, r) { if r.path == \"/x\" { return deny(\"no\"); } allow() } // r",
+        ] {
+            assert!(reads(with), "{with}");
         }
     }
 

@@ -313,3 +313,32 @@ fn a_policy_reading_only_the_call_decides_once_per_session_and_call() {
     assert!(!decide_for(&alice, Some(&call("tools/call", "deploy"))));
     assert_eq!(runs.get(), before + 1, "the deploy decision was forgotten");
 }
+
+#[test]
+fn a_policy_that_cannot_read_the_headers_gets_a_view_without_them() {
+    let view_keys = |policy: &str| {
+        let dir = tempfile::tempdir().expect("temp dir");
+        let path = dir.path().join("p.rhai");
+        std::fs::write(&path, policy).expect("write the policy");
+        let engine = PolicyEngine::new(Some(&path), &[]).expect("compiles");
+        let mut headers = HeaderMap::new();
+        headers.insert("x-team", "blue".parse().expect("value"));
+        let view =
+            RequestView::when_read(&engine, &engine.current(), &Method::POST, "/mcp", &headers)
+                .expect("a policy reading the route needs a view");
+        let mut keys: Vec<String> = view.base.keys().map(|k| k.to_string()).collect();
+        keys.sort();
+        keys
+    };
+    let route_only =
+        "fn authorize(u, r) { if r.route != \"default\" { return deny(403, \"no\"); } allow() }";
+    assert_eq!(
+        view_keys(route_only),
+        ["method", "path", "protocol_version", "route"]
+    );
+    let headers_too = "fn authorize(u, r) { if r.headers[\"x-team\"] != \"blue\" { return deny(403, \"no\"); } allow() }";
+    assert_eq!(
+        view_keys(headers_too),
+        ["headers", "method", "path", "protocol_version", "route"]
+    );
+}
