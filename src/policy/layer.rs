@@ -144,20 +144,23 @@ pub fn decide(
     request: impl FnOnce() -> Dynamic,
 ) -> Decision {
     let run = || engine.authorize(policy, user(), request(), &session.upstream);
+    // A policy that decides per request never touches the session's memo.
+    if policy.inputs == DecisionInputs::Request {
+        return run();
+    }
     let Some(memo) = memo(session) else {
         return run();
     };
     let version = policy.version;
-    match policy.inputs {
-        DecisionInputs::User => memo.decisions.get_or_insert(version, run),
-        DecisionInputs::UserAndCall => memo.call_decisions.get_or_insert_with(
-            REMEMBERED_CALLS,
-            |(v, key)| *v == version && key.is(call),
-            || (version, CallKey::of(call)),
-            run,
-        ),
-        DecisionInputs::Request => run(),
+    if policy.inputs == DecisionInputs::User {
+        return memo.decisions.get_or_insert(version, run);
     }
+    memo.call_decisions.get_or_insert_with(
+        REMEMBERED_CALLS,
+        |(v, key)| *v == version && key.is(call),
+        || (version, CallKey::of(call)),
+        run,
+    )
 }
 
 /// The script's `user`: built once per session.
@@ -237,16 +240,15 @@ impl RequestView {
         path: &str,
         headers: &HeaderMap,
     ) -> Option<Self> {
-        if engine.observes() {
-            // The decision log and the shadow policy see every header.
-            return Some(RequestView::new(engine.route(), method, path, headers));
+        // The decision log and the shadow policy see every header.
+        let observed = engine.observes();
+        if !observed && policy.inputs != DecisionInputs::Request {
+            return None;
         }
-        (policy.inputs == DecisionInputs::Request).then(|| {
-            if policy.reads_headers {
-                RequestView::new(engine.route(), method, path, headers)
-            } else {
-                RequestView::without_headers(engine.route(), method, path, headers)
-            }
+        Some(if observed || policy.reads_headers {
+            RequestView::new(engine.route(), method, path, headers)
+        } else {
+            RequestView::without_headers(engine.route(), method, path, headers)
         })
     }
 
