@@ -24,7 +24,6 @@
 //!   per connection, pending and locally reset streams, and pings that
 //!   close connections whose peer is gone.
 
-use std::future::Future;
 use std::net::SocketAddr;
 use std::pin::Pin;
 use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
@@ -42,13 +41,14 @@ use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::{watch, Semaphore};
 use tokio::time::Instant;
 use tower::util::MapResponse;
-use tower::{Layer, Service, ServiceBuilder, ServiceExt};
+use tower::{Layer, ServiceBuilder, ServiceExt};
 
 use super::body_deadline::{BodyDeadlineLayer, UnreadBody};
 use super::framing::{CheckFramingLayer, RawHeads, ScanHeads};
 use super::rescue::RescueLayer;
 use super::stack::Routes;
-use crate::checkpoint::{Checkpoint, CheckpointLayer, CheckpointService};
+use super::woken::PolledWhenWoken;
+use crate::checkpoint::{Around, AroundLayer, AroundService, Leave};
 use crate::config::ServerConfig;
 
 /// HTTP/2 pings on every connection this often; a peer that does not answer
@@ -235,15 +235,26 @@ async fn serve_one(
     tokio::pin!(connection);
     let idle = activity.idle_expired(limits.header_timeout, limits.idle_timeout);
     tokio::pin!(idle);
-    let close = async {
+    let finished = {
+        let close = async {
+            tokio::select! {
+                _ = &mut idle => {}
+                _ = closing.wait_for(|c| *c) => {}
+            }
+        };
+        tokio::pin!(close);
+        // The connection wakes this task a few times a request; the idle
+        // timer and the shutdown signal are asked again only when one of
+        // them fired.
+        let close = PolledWhenWoken::new(close.as_mut());
         tokio::select! {
-            _ = &mut idle => {}
-            _ = closing.wait_for(|c| *c) => {}
+            biased;
+            _ = connection.as_mut() => true,
+            _ = close => false,
         }
     };
-    tokio::select! {
-        _ = connection.as_mut() => return,
-        _ = close => {}
+    if finished {
+        return;
     }
     // Idle or shutting down: HTTP/1.1 closes once the response in progress
     // is written, HTTP/2 sends GOAWAY and lets open streams finish. At
@@ -374,42 +385,51 @@ struct TrackActivityLayer(Arc<Activity>);
 type Tracked<S> = MapResponse<S, fn(Response<Body>) -> Response<TrackedBody>>;
 
 impl<S> Layer<S> for TrackActivityLayer {
-    type Service = CheckpointService<TrackActivity, Tracked<S>>;
+    type Service = AroundService<TrackActivity, Tracked<S>>;
 
     fn layer(&self, inner: S) -> Self::Service {
         let trackable: fn(Response<Body>) -> Response<TrackedBody> =
             |response| response.map(TrackedBody::new);
-        CheckpointLayer::new(TrackActivity(self.0.clone()))
-            .layer(MapResponse::new(inner, trackable))
+        // An `Around`: it waits for nothing of its own, so the stack's
+        // future stays inline instead of being boxed (and copied into the
+        // box) once more per request.
+        AroundLayer::new(TrackActivity(self.0.clone())).layer(MapResponse::new(inner, trackable))
     }
 }
 
-#[derive(Clone)]
 struct TrackActivity(Arc<Activity>);
 
-impl<S, B> Checkpoint<S, Request<B>> for TrackActivity
-where
-    S: Service<Request<B>, Response = Response<TrackedBody>, Future: Send + 'static>,
-    S: Send + 'static,
-{
+impl<B, E> Around<Request<B>, Response<TrackedBody>, E> for TrackActivity {
+    type Visit = ActiveRequest;
+
     /// In progress from the moment the request is handed over.
-    fn run(
-        self,
-        mut inner: S,
-        request: Request<B>,
-    ) -> impl Future<Output = Result<Response<TrackedBody>, S::Error>> + Send + 'static {
-        let one_at_a_time = request.version() <= Version::HTTP_11;
-        let in_flight = InFlight::begin(self.0);
-        let answer = inner.call(request);
-        async move {
-            let mut response = answer.await?;
-            if one_at_a_time && in_flight.0.unread.is_set() {
+    fn enter(
+        &self,
+        request: &mut Request<B>,
+    ) -> Result<ActiveRequest, Result<Response<TrackedBody>, E>> {
+        Ok(ActiveRequest {
+            one_at_a_time: request.version() <= Version::HTTP_11,
+            in_flight: InFlight::begin(self.0.clone()),
+        })
+    }
+}
+
+/// A request in progress; dropped unanswered, it is no longer counted.
+struct ActiveRequest {
+    one_at_a_time: bool,
+    in_flight: InFlight,
+}
+
+impl<E> Leave<Response<TrackedBody>, E> for ActiveRequest {
+    /// The body carries the count on until it is finished or dropped.
+    fn leave(self, outcome: &mut Result<Response<TrackedBody>, E>) {
+        if let Ok(response) = outcome {
+            if self.one_at_a_time && self.in_flight.0.unread.is_set() {
                 response
                     .headers_mut()
                     .insert(header::CONNECTION, HeaderValue::from_static("close"));
             }
-            response.body_mut().in_flight = Some(in_flight);
-            Ok(response)
+            response.body_mut().in_flight = Some(self.in_flight);
         }
     }
 }
@@ -452,6 +472,7 @@ impl http_body::Body for TrackedBody {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use tower::Service;
 
     #[tokio::test(start_paused = true)]
     async fn a_connection_without_requests_expires_after_the_first_request_limit() {

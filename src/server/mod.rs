@@ -31,6 +31,7 @@ pub(crate) mod rescue;
 pub(crate) mod routes;
 pub(crate) mod shared;
 pub(crate) mod stack;
+mod woken;
 mod workers;
 
 /// Everything a handler needs, cheap to clone.
