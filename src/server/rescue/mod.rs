@@ -40,11 +40,10 @@ impl<S, B> Service<Request<B>> for Rescue<S>
 where
     S: Service<Request<B>, Response = Response<Body>>,
     S::Error: IntoResponse,
-    S::Future: Send + 'static,
 {
     type Response = Response<Body>;
     type Error = Infallible;
-    type Future = Pin<Box<dyn Future<Output = Result<Response<Body>, Infallible>> + Send>>;
+    type Future = RescueFuture<S::Future>;
 
     fn poll_ready(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), Infallible>> {
         // Our services are always ready; an error here would be a bug, and
@@ -56,9 +55,33 @@ where
     }
 
     fn call(&mut self, request: Request<B>) -> Self::Future {
-        let future = self.inner.call(request);
-        Box::pin(async move {
-            Ok(match future.await {
+        RescueFuture {
+            inner: self.inner.call(request),
+        }
+    }
+}
+
+pin_project_lite::pin_project! {
+    /// The inner service's future, its error answered. Not boxed: an MCP
+    /// request passes two `Rescue`s (the connection's and the endpoint's),
+    /// and a box each was an allocation and a copy of the whole future
+    /// below it, twice a request.
+    pub(crate) struct RescueFuture<F> {
+        #[pin]
+        inner: F,
+    }
+}
+
+impl<F, E> Future for RescueFuture<F>
+where
+    F: Future<Output = Result<Response<Body>, E>>,
+    E: IntoResponse,
+{
+    type Output = Result<Response<Body>, Infallible>;
+
+    fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
+        self.project().inner.poll(cx).map(|outcome| {
+            Ok(match outcome {
                 Ok(response) => response,
                 Err(error) => error.into_response(),
             })
