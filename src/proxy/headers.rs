@@ -35,8 +35,12 @@ const VIA: &str = "1.1 mcp-oauth-proxy";
 
 /// Names listed in `Connection` headers, as a lenient server reads them.
 fn connection_named(headers: &HeaderMap) -> Vec<String> {
+    // Names that are hop-by-hop anyway are left out: `Connection:
+    // keep-alive`, which most answers carry, then costs no allocation.
     connection_options(headers)
-        .map(|t| lenient_header_name(t).into_owned())
+        .map(lenient_header_name)
+        .filter(|name| !HOP_BY_HOP.contains(&name.as_ref()))
+        .map(std::borrow::Cow::into_owned)
         .collect()
 }
 
