@@ -89,6 +89,10 @@ if (!['all', 'http', 'sse', 'routes', 'decisions'].includes(cfg.only)) throw new
 // log at warn; the variants differ from it in one thing each: `proxy-opaque`
 // forwards the provider's short opaque token, `proxy-audit` writes the audit
 // line of every request. BENCH_VARIANTS=none keeps the three columns only.
+// BENCH_BASELINE_BIN=/abs/path adds `proxy-baseline`: another build of the
+// proxy, configured as `proxy`, in the same interleaved rounds: a change's
+// effect measured against what the machine does meanwhile, not against a
+// run minutes earlier.
 const VARIANTS = (env.BENCH_VARIANTS ?? 'opaque,audit')
   .split(',')
   .filter((v) => v && v !== 'none')
@@ -96,7 +100,8 @@ const VARIANTS = (env.BENCH_VARIANTS ?? 'opaque,audit')
     if (!['opaque', 'audit'].includes(v)) throw new Error(`BENCH_VARIANTS: ${v} is not opaque or audit`);
     return `proxy-${v}`;
   })
-  .filter((v) => v !== 'proxy-opaque' || cfg.providerTokenBytes > 0);
+  .filter((v) => v !== 'proxy-opaque' || cfg.providerTokenBytes > 0)
+  .concat(env.BENCH_BASELINE_BIN ? ['proxy-baseline'] : []);
 const TARGETS = ['direct', 'nginx', 'proxy', ...VARIANTS];
 const PROXY_TARGETS = TARGETS.filter((t) => t.startsWith('proxy'));
 /** The SSE scenario runs the proxy as shipped only; the variants are about requests. */
@@ -364,7 +369,7 @@ ${headers}
 }
 
 /** The proxy under test, on the server CPUs, with `BENCH_WORKERS` workers (`server.workers`). `extraToml`: e.g. `[[routes]]`; `policyKeys`: more `[policy]` keys. */
-async function startOurProxy({ name, port, shared, downstreamUrl, extraToml, policyKeys, provider = shared.provider, logLevel = cfg.logLevel }) {
+async function startOurProxy({ name, port, shared, downstreamUrl, extraToml, policyKeys, provider = shared.provider, logLevel = cfg.logLevel, bin = cfg.bin }) {
   const config = {
     // server.workers = BENCH_WORKERS: as many workers as nginx gets.
     server: { listen: `127.0.0.1:${port}`, public_url: shared.publicUrl, workers: cfg.workers },
@@ -395,7 +400,7 @@ async function startOurProxy({ name, port, shared, downstreamUrl, extraToml, pol
   fs.writeFileSync(file, extraToml ? `${toToml(config)}\n${extraToml.trim()}\n` : toToml(config), { mode: 0o600 });
   // The log goes to a file, as in production, not into this process's memory.
   const logFile = path.join(shared.dir, `${name}.log`);
-  const [cmd, args] = pinned('sh', ['-c', 'exec "$0" serve --config "$1" 2>>"$2"', cfg.bin, file, logFile]);
+  const [cmd, args] = pinned('sh', ['-c', 'exec "$0" serve --config "$1" 2>>"$2"', bin, file, logFile]);
   const proc = spawnTracked(cmd, args, { name, env: { RUST_LOG: logLevel }, cwd: shared.dir });
   const deadline = Date.now() + 30000;
   for (;;) {
@@ -702,6 +707,7 @@ async function httpPhase(shared, token) {
       downstreamUrl: `http://127.0.0.1:${stubPort}/mcp`,
       provider: name === 'proxy-opaque' ? shared.opaqueProvider : shared.provider,
       logLevel: name === 'proxy-audit' ? cfg.auditLogLevel : cfg.logLevel,
+      bin: name === 'proxy-baseline' ? env.BENCH_BASELINE_BIN : cfg.bin,
     });
     shared.cleanups.push(() => proxy.close());
     servers[name] = proxy;
@@ -1111,7 +1117,7 @@ function summarize(httpRuns, sse) {
   return rows;
 }
 
-const VARIANT_HEADS = { 'proxy-opaque': 'proxy, opaque provider token', 'proxy-audit': 'proxy, audit lines written' };
+const VARIANT_HEADS = { 'proxy-opaque': 'proxy, opaque provider token', 'proxy-audit': 'proxy, audit lines written', 'proxy-baseline': 'baseline build' };
 
 function markdownTable(rows) {
   const variants = VARIANTS.filter((v) => rows.some((r) => Number.isFinite(r[v])));
@@ -1153,6 +1159,7 @@ function environment() {
   return {
     commit: run('git', ['-C', REPO_ROOT, 'rev-parse', '--short', 'HEAD']) + (dirty ? ' (with uncommitted changes)' : ''),
     proxy_bin: cfg.bin,
+    ...(env.BENCH_BASELINE_BIN ? { baseline_bin: env.BENCH_BASELINE_BIN } : {}),
     cpu: os.cpus()[0]?.model,
     cpus: os.cpus().length,
     kernel: os.release(),
@@ -1166,7 +1173,7 @@ function environment() {
 // ------------------------------------------------------------------ main
 
 async function main() {
-  for (const [what, file] of [['proxy binary', cfg.bin]]) {
+  for (const [what, file] of [['proxy binary', cfg.bin], ...(env.BENCH_BASELINE_BIN ? [['BENCH_BASELINE_BIN', env.BENCH_BASELINE_BIN]] : [])]) {
     if (!fs.existsSync(file)) throw new BenchError(`${what} not found at ${file}: cargo build --release, or set PROXY_BIN`);
   }
   const started = Date.now();
@@ -1202,7 +1209,7 @@ async function main() {
     // route of both proxies.
     const login = (provider) => signIn(shared, provider, cfg.only === 'routes' ? shared.publicUrl : undefined);
     const token = await login(shared.provider);
-    shared.tokens = { proxy: token, 'proxy-audit': token };
+    shared.tokens = { proxy: token, 'proxy-audit': token, 'proxy-baseline': token };
     if (shared.opaqueProvider) shared.tokens['proxy-opaque'] = await login(shared.opaqueProvider);
     log(`got an access token for ${USER}`);
 
