@@ -111,6 +111,55 @@ async fn invariant_9_half_sent_request_head_is_closed_after_header_timeout() {
 }
 
 #[tokio::test]
+async fn invariant_9_half_sent_second_request_head_is_closed_after_header_timeout() {
+    // Only the header timeout can close it within the wait: idle is long.
+    let s = setup("header_timeout = \"1s\"\nidle_timeout = \"30s\"\n").await;
+    let mut stream = TcpStream::connect(s.addr()).await.unwrap();
+    stream
+        .write_all(b"GET /.well-known/oauth-authorization-server HTTP/1.1\r\nHost: x\r\n\r\n")
+        .await
+        .unwrap();
+    let mut buf = [0u8; 8192];
+    let n = stream.read(&mut buf).await.unwrap();
+    assert!(
+        status_of(&buf[..n]).contains("200"),
+        "{}",
+        status_of(&buf[..n])
+    );
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    stream
+        .write_all(b"GET /.well-known/oauth-authorization-server HTTP/1.1\r\nHost: x\r\n")
+        .await
+        .unwrap();
+    let (_, after) = read_until_closed(&mut stream, Duration::from_secs(5))
+        .await
+        .expect("a half-sent second head must not hold the connection open");
+    assert!(
+        after >= Duration::from_millis(800),
+        "closed too early: {after:?}"
+    );
+}
+
+#[tokio::test]
+async fn an_idle_keep_alive_connection_is_kept_for_the_idle_timeout_not_the_header_timeout() {
+    let s = setup("header_timeout = \"1s\"\nidle_timeout = \"5s\"\n").await;
+    let mut stream = TcpStream::connect(s.addr()).await.unwrap();
+    let request = b"GET /.well-known/oauth-authorization-server HTTP/1.1\r\nHost: x\r\n\r\n";
+    let mut buf = [0u8; 8192];
+    for _ in 0..2 {
+        stream.write_all(request).await.unwrap();
+        let n = stream.read(&mut buf).await.unwrap();
+        assert!(
+            status_of(&buf[..n]).contains("200"),
+            "{}",
+            status_of(&buf[..n])
+        );
+        // Idle for longer than the header timeout, well within the idle one.
+        tokio::time::sleep(Duration::from_millis(2000)).await;
+    }
+}
+
+#[tokio::test]
 async fn invariant_9_silent_connection_is_closed_after_header_timeout() {
     let s = setup(SHORT_LIMITS).await;
     let mut stream = TcpStream::connect(s.addr()).await.unwrap();

@@ -8,9 +8,12 @@
 //! - `server.max_connections`: connections beyond it are answered 503 and
 //!   closed at once; the ones already open carry on.
 //! - `server.header_timeout`: a new connection must bring its first request,
-//!   and every HTTP/1.1 request its complete head, within it (hyper's header
-//!   timer; our own watch covers the protocol sniffing and HTTP/2 that
-//!   hyper's timer does not).
+//!   and every HTTP/1.1 request its complete head, within it, timed from
+//!   the head's first byte (or the end of the request before it). The
+//!   connection's own watch enforces it (`Activity::idle_expired`), told by
+//!   the raw-head scanner when a head is left half-read
+//!   (`framing::HeadProgress`); a head that arrives whole, as nearly all
+//!   do, costs no timer. A late head closes the connection at once.
 //! - `server.idle_timeout`: a connection with no request in progress is
 //!   closed after it. A request is in progress until its response body has
 //!   been sent, so open event streams never count as idle.
@@ -44,7 +47,7 @@ use tower::util::MapResponse;
 use tower::{Layer, ServiceBuilder, ServiceExt};
 
 use super::body_deadline::{BodyDeadlineLayer, UnreadBody};
-use super::framing::{CheckFramingLayer, RawHeads, ScanHeads};
+use super::framing::{CheckFramingLayer, HeadProgress, RawHeads, ScanHeads};
 use super::rescue::RescueLayer;
 use super::stack::Routes;
 use super::woken::PolledWhenWoken;
@@ -110,7 +113,12 @@ impl Limits {
         builder
             .http1()
             .timer(TokioTimer::new())
-            .header_read_timeout(self.header_timeout)
+            // `server.header_timeout` is the connection's idle watch's to
+            // enforce (`Activity::idle_expired`): hyper's timer, a timer
+            // made and dropped for every request, also ran while a
+            // keep-alive connection waited for its next request, so it cut
+            // `server.idle_timeout` short.
+            .header_read_timeout(None)
             .max_headers(self.max_headers)
             // The read buffer holds the request head; a head that does not
             // fit is refused with 431.
@@ -229,11 +237,11 @@ async fn serve_one(
             request
         }));
     let connection = builder.serve_connection_with_upgrades(
-        TokioIo::new(ScanHeads::new(stream, raw_heads)),
+        TokioIo::new(ScanHeads::new(stream, raw_heads.clone())),
         hyper_util::service::TowerToHyperService::new(service),
     );
     tokio::pin!(connection);
-    let idle = activity.idle_expired(limits.header_timeout, limits.idle_timeout);
+    let idle = activity.idle_expired(&raw_heads, limits.header_timeout, limits.idle_timeout);
     tokio::pin!(idle);
     let finished = {
         let close = async {
@@ -253,7 +261,12 @@ async fn serve_one(
             _ = close => false,
         }
     };
-    if finished {
+    // A request head that took too long: closed at once, as hyper's own
+    // header timer did (a graceful close would wait for a request that
+    // will not come).
+    let head_late = activity.in_flight.load(Ordering::Acquire) == 0
+        && matches!(raw_heads.progress(), HeadProgress::Since(_));
+    if finished || head_late {
         return;
     }
     // Idle or shutting down: HTTP/1.1 closes once the response in progress
@@ -325,30 +338,44 @@ impl Activity {
         u64::try_from(self.started.elapsed().as_millis()).unwrap_or(u64::MAX)
     }
 
-    /// Resolves once no request has been in progress for `idle` (or, before
-    /// the first request, for `first_request`).
-    async fn idle_expired(&self, first_request: Duration, idle: Duration) {
-        // The limit in force can shrink when the first request arrives, so
-        // never sleep longer than the shorter one before looking again.
-        let recheck = first_request.min(idle);
+    /// Resolves once the connection has outstayed its limits: before its
+    /// first request, `header_timeout` from its start; afterwards `idle`
+    /// with no request in progress; and a request head that has begun to
+    /// arrive must end within `header_timeout` (from its first byte, or from
+    /// the end of the request before it, whichever is later).
+    async fn idle_expired(&self, heads: &RawHeads, header_timeout: Duration, idle: Duration) {
+        // Never asleep longer than the shorter limit: a limit that starts
+        // while the watch sleeps (a head begins) is then still met on time.
+        let recheck = header_timeout.min(idle);
         loop {
-            let limit = if self.served_any.load(Ordering::Acquire) {
-                idle
-            } else {
-                first_request
-            };
             if self.in_flight.load(Ordering::Acquire) > 0 {
                 // Busy: look again later; a request that ends meanwhile
                 // starts the idle clock then.
                 tokio::time::sleep(recheck).await;
                 continue;
             }
-            let idle_since = self.idle_since_ms.load(Ordering::Acquire);
-            let idle_for = Duration::from_millis(self.now_ms().saturating_sub(idle_since));
-            if idle_for >= limit {
+            let idle_since = Duration::from_millis(self.idle_since_ms.load(Ordering::Acquire));
+            let served = self.served_any.load(Ordering::Acquire);
+            let progress = heads.progress();
+            let idle_limit = match progress {
+                _ if !served => header_timeout,
+                // Nothing tells whether a head is arriving: as strict as if
+                // one were.
+                HeadProgress::Unfollowed => idle.min(header_timeout),
+                _ => idle,
+            };
+            let mut deadline = idle_since + idle_limit;
+            if let HeadProgress::Since(began) = progress {
+                let began = began
+                    .saturating_duration_since(self.started)
+                    .max(idle_since);
+                deadline = deadline.min(began + header_timeout);
+            }
+            let now = self.started.elapsed();
+            if now >= deadline {
                 return;
             }
-            tokio::time::sleep((limit - idle_for).min(recheck)).await;
+            tokio::time::sleep((deadline - now).min(recheck)).await;
         }
     }
 }
@@ -470,87 +497,4 @@ impl http_body::Body for TrackedBody {
 }
 
 #[cfg(test)]
-mod tests {
-    use super::*;
-    use tower::Service;
-
-    #[tokio::test(start_paused = true)]
-    async fn a_connection_without_requests_expires_after_the_first_request_limit() {
-        let activity = Activity::new();
-        let started = tokio::time::Instant::now();
-        activity
-            .idle_expired(Duration::from_secs(2), Duration::from_secs(60))
-            .await;
-        assert_eq!(started.elapsed().as_secs(), 2);
-    }
-
-    #[tokio::test(start_paused = true)]
-    async fn the_idle_limit_takes_over_after_the_first_request_even_when_shorter() {
-        let activity = Arc::new(Activity::new());
-        let watcher = activity.clone();
-        let started = tokio::time::Instant::now();
-        let expired = tokio::spawn(async move {
-            watcher
-                .idle_expired(Duration::from_secs(30), Duration::from_secs(1))
-                .await;
-        });
-        tokio::time::sleep(Duration::from_millis(100)).await;
-        drop(InFlight::begin(activity.clone()));
-        expired.await.unwrap();
-        assert!(
-            started.elapsed() < Duration::from_secs(3),
-            "{:?}",
-            started.elapsed()
-        );
-    }
-
-    #[tokio::test(start_paused = true)]
-    async fn a_request_in_progress_is_never_idle() {
-        let activity = Arc::new(Activity::new());
-        let in_flight = InFlight::begin(activity.clone());
-        let watcher = activity.clone();
-        let expired = tokio::spawn(async move {
-            watcher
-                .idle_expired(Duration::from_secs(1), Duration::from_secs(5))
-                .await;
-        });
-        tokio::time::sleep(Duration::from_secs(30)).await;
-        assert!(!expired.is_finished());
-        drop(in_flight);
-        tokio::time::timeout(Duration::from_secs(10), expired)
-            .await
-            .expect("idle once the request ends")
-            .unwrap();
-    }
-
-    #[tokio::test]
-    async fn a_request_is_in_progress_until_its_response_body_is_done() {
-        let activity = Arc::new(Activity::new());
-        let service = tower::service_fn(|_request: Request<()>| {
-            std::future::ready(Ok::<_, std::convert::Infallible>(Response::new(
-                Body::from("answer"),
-            )))
-        });
-        let service = TrackActivityLayer(activity.clone()).layer(service);
-        let in_flight = || activity.in_flight.load(Ordering::Acquire);
-        let response = service
-            .clone()
-            .oneshot(Request::new(()))
-            .await
-            .expect("infallible");
-        assert_eq!(in_flight(), 1, "the answer is still being sent");
-        assert!(activity.served_any.load(Ordering::Acquire));
-        let body = http_body_util::BodyExt::collect(response.into_body())
-            .await
-            .expect("body")
-            .to_bytes();
-        assert_eq!(&body[..], b"answer", "the body passes unchanged");
-        assert_eq!(in_flight(), 0, "done once the body is");
-        // A request given up before its answer ends when it is dropped.
-        let mut service = service;
-        let pending = service.ready().await.expect("ready").call(Request::new(()));
-        assert_eq!(in_flight(), 1);
-        drop(pending);
-        assert_eq!(in_flight(), 0);
-    }
-}
+mod tests;

@@ -14,19 +14,20 @@
 //! they cross the socket (`ScanHeads`), and the verdict on each travels to
 //! the service in request order (`RawHeads`).
 
-use std::collections::VecDeque;
 use std::convert::Infallible;
 use std::pin::Pin;
-use std::sync::{Arc, Mutex};
+use std::sync::Arc;
 use std::task::{Context, Poll};
 
 use axum::http::{HeaderMap, Request, Version};
 use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
+use tokio::time::Instant;
 use tower::util::MapErr;
 use tower::Layer;
 
 use crate::checkpoint::{gate_layer, Gate, GateService};
 use crate::error::FramingError;
+pub(crate) use raw_heads::{HeadProgress, RawHeads};
 
 /// Adds `CheckFraming` in front of a connection's service. That service
 /// answers every request itself (its error type is `Infallible`), so the
@@ -171,43 +172,6 @@ fn reads_as(name: &[u8], framing_name: &[u8]) -> bool {
         })
 }
 
-/// The verdicts on one connection's raw HTTP/1.1 request heads, oldest
-/// first: `ScanHeads` pushes one per head it reads, `CheckFraming` takes one
-/// per request hyper hands over. hyper parses heads in order from the bytes
-/// the scanner has already seen, so the two queues stay in step.
-#[derive(Default)]
-pub(crate) struct RawHeads {
-    verdicts: Mutex<VecDeque<Result<(), FramingError>>>,
-}
-
-impl RawHeads {
-    fn push(&self, verdict: Result<(), FramingError>) {
-        self.verdicts
-            .lock()
-            .unwrap_or_else(|poisoned| poisoned.into_inner())
-            .push_back(verdict);
-    }
-
-    /// How many verdicts wait for their requests.
-    pub(crate) fn len(&self) -> usize {
-        self.verdicts
-            .lock()
-            .unwrap_or_else(|poisoned| poisoned.into_inner())
-            .len()
-    }
-
-    /// The verdict on the next request's raw head; when the scanner has
-    /// stopped following the connection, the parsed-header check stands
-    /// alone.
-    fn next_verdict(&self) -> Result<(), FramingError> {
-        self.verdicts
-            .lock()
-            .unwrap_or_else(|poisoned| poisoned.into_inner())
-            .pop_front()
-            .unwrap_or(Ok(()))
-    }
-}
-
 /// Where the scanner is in the client's byte stream.
 enum Scan {
     /// Reading a request head (the bytes so far).
@@ -241,7 +205,12 @@ pub(crate) struct ScanHeads<T> {
     scan: Scan,
     /// The first bytes, until HTTP/1.1 or HTTP/2 is known.
     sniffed: usize,
+    /// The connection began with HTTP/2's preface.
+    http2: bool,
     heads: Arc<RawHeads>,
+    /// What `heads` last heard of the next head's progress (told only when
+    /// it changes: a head that arrives whole costs no lock and no clock).
+    reported: HeadProgress,
 }
 
 impl<T> ScanHeads<T> {
@@ -251,13 +220,34 @@ impl<T> ScanHeads<T> {
             inner,
             scan: Scan::Head(Vec::new()),
             sniffed: 0,
+            http2: false,
             heads,
+            reported: HeadProgress::Between,
         }
     }
 
-    pub(crate) fn feed(&mut self, mut bytes: &[u8]) {
+    /// Scans `bytes`, then tells `heads` whether a head is left half-read.
+    pub(crate) fn feed(&mut self, bytes: &[u8]) {
+        self.scan_bytes(bytes);
+        let progress = match &self.scan {
+            Scan::Off if self.http2 => HeadProgress::Http2,
+            Scan::Off => HeadProgress::Unfollowed,
+            Scan::Head(head) if !head.is_empty() => match self.reported {
+                since @ HeadProgress::Since(_) => since,
+                _ => HeadProgress::Since(Instant::now()),
+            },
+            _ => HeadProgress::Between,
+        };
+        if progress != self.reported {
+            self.reported = progress;
+            self.heads.set_progress(progress);
+        }
+    }
+
+    fn scan_bytes(&mut self, mut bytes: &[u8]) {
         if self.sniffed_http2(bytes) {
             self.scan = Scan::Off;
+            self.http2 = true;
             return;
         }
         while !bytes.is_empty() {
@@ -542,5 +532,6 @@ impl<T: AsyncWrite + Unpin> AsyncWrite for ScanHeads<T> {
     }
 }
 
+mod raw_heads;
 #[cfg(test)]
 mod tests;

@@ -1,0 +1,181 @@
+use super::*;
+use tower::Service;
+
+#[tokio::test(start_paused = true)]
+async fn a_connection_without_requests_expires_after_the_first_request_limit() {
+    let activity = Activity::new();
+    let started = tokio::time::Instant::now();
+    activity
+        .idle_expired(
+            &RawHeads::default(),
+            Duration::from_secs(2),
+            Duration::from_secs(60),
+        )
+        .await;
+    assert_eq!(started.elapsed().as_secs(), 2);
+}
+
+#[tokio::test(start_paused = true)]
+async fn the_idle_limit_takes_over_after_the_first_request_even_when_shorter() {
+    let activity = Arc::new(Activity::new());
+    let watcher = activity.clone();
+    let started = tokio::time::Instant::now();
+    let expired = tokio::spawn(async move {
+        watcher
+            .idle_expired(
+                &RawHeads::default(),
+                Duration::from_secs(30),
+                Duration::from_secs(1),
+            )
+            .await;
+    });
+    tokio::time::sleep(Duration::from_millis(100)).await;
+    drop(InFlight::begin(activity.clone()));
+    expired.await.unwrap();
+    assert!(
+        started.elapsed() < Duration::from_secs(3),
+        "{:?}",
+        started.elapsed()
+    );
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_request_in_progress_is_never_idle() {
+    let activity = Arc::new(Activity::new());
+    let in_flight = InFlight::begin(activity.clone());
+    let watcher = activity.clone();
+    let expired = tokio::spawn(async move {
+        watcher
+            .idle_expired(
+                &RawHeads::default(),
+                Duration::from_secs(1),
+                Duration::from_secs(5),
+            )
+            .await;
+    });
+    tokio::time::sleep(Duration::from_secs(30)).await;
+    assert!(!expired.is_finished());
+    drop(in_flight);
+    tokio::time::timeout(Duration::from_secs(10), expired)
+        .await
+        .expect("idle once the request ends")
+        .unwrap();
+}
+
+#[tokio::test]
+async fn a_request_is_in_progress_until_its_response_body_is_done() {
+    let activity = Arc::new(Activity::new());
+    let service = tower::service_fn(|_request: Request<()>| {
+        std::future::ready(Ok::<_, std::convert::Infallible>(Response::new(
+            Body::from("answer"),
+        )))
+    });
+    let service = TrackActivityLayer(activity.clone()).layer(service);
+    let in_flight = || activity.in_flight.load(Ordering::Acquire);
+    let response = service
+        .clone()
+        .oneshot(Request::new(()))
+        .await
+        .expect("infallible");
+    assert_eq!(in_flight(), 1, "the answer is still being sent");
+    assert!(activity.served_any.load(Ordering::Acquire));
+    let body = http_body_util::BodyExt::collect(response.into_body())
+        .await
+        .expect("body")
+        .to_bytes();
+    assert_eq!(&body[..], b"answer", "the body passes unchanged");
+    assert_eq!(in_flight(), 0, "done once the body is");
+    // A request given up before its answer ends when it is dropped.
+    let mut service = service;
+    let pending = service.ready().await.expect("ready").call(Request::new(()));
+    assert_eq!(in_flight(), 1);
+    drop(pending);
+    assert_eq!(in_flight(), 0);
+}
+
+/// A connection whose first request (a whole head, in one read) was
+/// answered at the start, its heads scanned into the returned `RawHeads`.
+fn served_once() -> (Arc<Activity>, Arc<RawHeads>, ScanHeads<()>) {
+    let activity = Arc::new(Activity::new());
+    let heads = Arc::new(RawHeads::default());
+    let mut scan = ScanHeads::new((), heads.clone());
+    scan.feed(b"GET / HTTP/1.1\r\nHost: x\r\n\r\n");
+    assert_eq!(heads.progress(), HeadProgress::Between);
+    drop(InFlight::begin(activity.clone()));
+    (activity, heads, scan)
+}
+
+#[tokio::test(start_paused = true)]
+async fn an_idle_keep_alive_connection_lives_the_idle_limit_not_the_header_timeout() {
+    let (activity, heads, _scan) = served_once();
+    let started = tokio::time::Instant::now();
+    activity
+        .idle_expired(&heads, Duration::from_secs(2), Duration::from_secs(10))
+        .await;
+    assert_eq!(started.elapsed().as_secs(), 10);
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_head_that_stops_half_way_is_closed_after_the_header_timeout_from_its_first_byte() {
+    let (activity, heads, mut scan) = served_once();
+    let started = tokio::time::Instant::now();
+    let watcher = activity.clone();
+    let watched = heads.clone();
+    let expired = tokio::spawn(async move {
+        watcher
+            .idle_expired(&watched, Duration::from_secs(2), Duration::from_secs(60))
+            .await;
+    });
+    // Idle for 5 s, then half a head, a line at a time.
+    tokio::time::sleep(Duration::from_secs(5)).await;
+    scan.feed(b"GET / HTTP/1.1\r\n");
+    assert!(matches!(heads.progress(), HeadProgress::Since(_)));
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    scan.feed(b"Host: x\r\n");
+    expired.await.unwrap();
+    assert_eq!(
+        started.elapsed().as_secs(),
+        7,
+        "2 s after the head's first byte"
+    );
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_head_that_ends_in_time_clears_its_timer() {
+    let (activity, heads, mut scan) = served_once();
+    scan.feed(b"GET / HTTP/1.1\r\n");
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    scan.feed(b"Host: x\r\n\r\n");
+    assert_eq!(heads.progress(), HeadProgress::Between);
+    drop(InFlight::begin(activity.clone()));
+    let started = tokio::time::Instant::now();
+    activity
+        .idle_expired(&heads, Duration::from_secs(2), Duration::from_secs(10))
+        .await;
+    assert_eq!(
+        started.elapsed().as_secs(),
+        10,
+        "idle again, not a head late"
+    );
+}
+
+#[tokio::test(start_paused = true)]
+async fn when_heads_are_no_longer_followed_an_idle_connection_gets_the_header_timeout() {
+    let (activity, heads, mut scan) = served_once();
+    // An upgrade: what follows its head is no longer HTTP/1.1 heads.
+    scan.feed(b"GET / HTTP/1.1\r\nHost: x\r\nConnection: upgrade\r\nUpgrade: x\r\n\r\n");
+    assert_eq!(heads.progress(), HeadProgress::Unfollowed);
+    let started = tokio::time::Instant::now();
+    activity
+        .idle_expired(&heads, Duration::from_secs(2), Duration::from_secs(60))
+        .await;
+    assert_eq!(started.elapsed().as_secs(), 2);
+}
+
+#[test]
+fn an_http2_connection_is_not_taken_for_one_whose_heads_are_lost() {
+    let heads = Arc::new(RawHeads::default());
+    let mut scan = ScanHeads::new((), heads.clone());
+    scan.feed(b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n");
+    assert_eq!(heads.progress(), HeadProgress::Http2);
+}
