@@ -141,6 +141,37 @@ async fn invariant_9_half_sent_second_request_head_is_closed_after_header_timeou
 }
 
 #[tokio::test]
+async fn invariant_9_a_half_sent_head_after_an_unfollowed_one_is_closed_after_header_timeout() {
+    // A request naming an upgrade the server does not make: its answer is
+    // a plain one, but the raw-head scanner stops following the heads
+    // after it, so the watch cannot see the next head arrive.
+    let s = setup("header_timeout = \"1s\"\nidle_timeout = \"30s\"\n").await;
+    let mut stream = TcpStream::connect(s.addr()).await.unwrap();
+    stream
+        .write_all(b"GET /.well-known/oauth-authorization-server HTTP/1.1\r\nHost: x\r\nConnection: upgrade\r\nUpgrade: x\r\n\r\n")
+        .await
+        .unwrap();
+    let mut buf = [0u8; 8192];
+    let n = stream.read(&mut buf).await.unwrap();
+    assert!(
+        status_of(&buf[..n]).contains("200"),
+        "{}",
+        status_of(&buf[..n])
+    );
+    stream
+        .write_all(b"GET /.well-known/oauth-authorization-server HTTP/1.1\r\nHost: x\r\n")
+        .await
+        .unwrap();
+    let (_, after) = read_until_closed(&mut stream, Duration::from_secs(4))
+        .await
+        .expect("a half-sent head must not hold the connection open");
+    assert!(
+        after >= Duration::from_millis(500),
+        "closed too early: {after:?}"
+    );
+}
+
+#[tokio::test]
 async fn an_idle_keep_alive_connection_is_kept_for_the_idle_timeout_not_the_header_timeout() {
     let s = setup("header_timeout = \"1s\"\nidle_timeout = \"5s\"\n").await;
     let mut stream = TcpStream::connect(s.addr()).await.unwrap();
