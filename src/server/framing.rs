@@ -228,12 +228,13 @@ impl<T> ScanHeads<T> {
 
     /// Scans `bytes`, then tells `heads` whether a head is left half-read.
     pub(crate) fn feed(&mut self, bytes: &[u8]) {
-        self.scan_bytes(bytes);
+        let a_head_ended = self.scan_bytes(bytes);
         let progress = match &self.scan {
             Scan::Off if self.http2 => HeadProgress::Http2,
             Scan::Off => HeadProgress::Unfollowed,
             Scan::Head(head) if !head.is_empty() => match self.reported {
-                since @ HeadProgress::Since(_) => since,
+                // Still the head that was arriving before these bytes.
+                since @ HeadProgress::Since(_) if !a_head_ended => since,
                 _ => HeadProgress::Since(Instant::now()),
             },
             _ => HeadProgress::Between,
@@ -244,16 +245,24 @@ impl<T> ScanHeads<T> {
         }
     }
 
-    fn scan_bytes(&mut self, mut bytes: &[u8]) {
+    /// Follows the heads and bodies in `bytes`; true when a head ended in
+    /// them.
+    fn scan_bytes(&mut self, mut bytes: &[u8]) -> bool {
         if self.sniffed_http2(bytes) {
             self.scan = Scan::Off;
             self.http2 = true;
-            return;
+            return false;
         }
+        let mut a_head_ended = false;
         while !bytes.is_empty() {
             let (next, used) = match std::mem::replace(&mut self.scan, Scan::Off) {
-                Scan::Off => return,
-                Scan::Head(head) => self.head(head, bytes),
+                Scan::Off => return a_head_ended,
+                Scan::Head(head) => {
+                    let (next, used) = self.head(head, bytes);
+                    // Only a head still arriving stays `Head` with bytes in it.
+                    a_head_ended |= !matches!(&next, Scan::Head(head) if !head.is_empty());
+                    (next, used)
+                }
                 Scan::Body(left) => match skip(left, bytes) {
                     (0, used) => (Scan::Head(Vec::new()), used),
                     (left, used) => (Scan::Body(left), used),
@@ -287,6 +296,7 @@ impl<T> ScanHeads<T> {
             self.scan = next;
             bytes = &bytes[used..];
         }
+        a_head_ended
     }
 
     /// Follows the first bytes until they rule HTTP/2's preface out; true

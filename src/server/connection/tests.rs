@@ -179,3 +179,20 @@ fn an_http2_connection_is_not_taken_for_one_whose_heads_are_lost() {
     scan.feed(b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n");
     assert_eq!(heads.progress(), HeadProgress::Http2);
 }
+
+#[tokio::test(start_paused = true)]
+async fn a_head_begun_in_the_read_that_ends_the_one_before_is_timed_from_then() {
+    let heads = Arc::new(RawHeads::default());
+    let mut scan = ScanHeads::new((), heads.clone());
+    scan.feed(b"GET / HTTP/1.1\r\n");
+    let first = tokio::time::Instant::now();
+    assert_eq!(heads.progress(), HeadProgress::Since(first));
+    tokio::time::sleep(Duration::from_secs(5)).await;
+    // The first head ends and a second begins in the same read.
+    scan.feed(b"Host: x\r\n\r\nGET / HTTP/1.1\r\n");
+    assert_eq!(
+        heads.progress(),
+        HeadProgress::Since(tokio::time::Instant::now()),
+        "the second head's own start, not the first's"
+    );
+}
