@@ -1262,7 +1262,7 @@ async function main() {
 
 // The pieces, for a session that wants to poke at one target by hand (perf,
 // strace): `import { startNginx, ... } from './bench.mjs'` runs nothing.
-export { cfg, signedInSetup, withSseProxy, cpuNanos, cpuSplitTicks, underCallgrind, startNginx, nginxStub, nginxProxy, startOurProxy, startSseStub, getToken, cpuTicks, rssKiB, runWrk, summarizeRoutes, routesTable, memoryPerStream, holdStreams, waitStubIdle };
+export { cfg, BODY_200, mcpHeaders, signedInSetup, withSseProxy, cpuNanos, cpuSplitTicks, underCallgrind, startNginx, nginxStub, nginxProxy, startOurProxy, startSseStub, getToken, cpuTicks, rssKiB, runWrk, summarizeRoutes, routesTable, memoryPerStream, holdStreams, waitStubIdle };
 
 if (import.meta.url === pathToFileURL(process.argv[1] ?? '').href) {
   main().then(

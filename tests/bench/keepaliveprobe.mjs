@@ -10,29 +10,18 @@ import fs from 'node:fs';
 import net from 'node:net';
 import os from 'node:os';
 import path from 'node:path';
-import { signedInSetup, startOurProxy, startNginx, nginxProxy, rssKiB } from './bench.mjs';
+import { freePort } from '../e2e/lib/index.mjs';
+import { BODY_200, mcpHeaders, signedInSetup, startOurProxy, startNginx, nginxProxy, rssKiB } from './bench.mjs';
 
 const connections = Number(process.env.KEEPALIVE_CONNECTIONS ?? 1000);
 const dir = fs.mkdtempSync(path.join(os.tmpdir(), 'mcp-keepalive-'));
 const cleanups = [];
 const log = (...a) => console.error('[keepaliveprobe]', ...a);
 
-/** The request post.lua sends: a 200-byte tools/call with an MCP client's headers. */
+/** The benchmark's POST (`BODY_200` with an MCP client's headers) as raw HTTP/1.1. */
 function post(port, token) {
-  const prefix = '{"jsonrpc":"2.0","id":1,"method":"tools/call","params":{"name":"echo","arguments":{"message":"';
-  const suffix = '"}}}';
-  const body = prefix + 'x'.repeat(200 - prefix.length - suffix.length) + suffix;
-  return [
-    'POST /mcp HTTP/1.1',
-    `Host: 127.0.0.1:${port}`,
-    'Content-Type: application/json',
-    'Accept: application/json, text/event-stream',
-    'MCP-Protocol-Version: 2025-06-18',
-    `Authorization: Bearer ${token}`,
-    `Content-Length: ${body.length}`,
-    '',
-    body,
-  ].join('\r\n');
+  const headers = { host: `127.0.0.1:${port}`, 'content-type': 'application/json', ...mcpHeaders(token), 'content-length': BODY_200.length };
+  return `POST /mcp HTTP/1.1\r\n${Object.entries(headers).map(([k, v]) => `${k}: ${v}\r\n`).join('')}\r\n${BODY_200}`;
 }
 
 /** Opens `n` connections one after another, each answered once (200) and kept open. */
@@ -56,17 +45,6 @@ async function openAnswered(port, token, n) {
     });
   }
   return sockets;
-}
-
-/** A port nothing listens on now. */
-function freePort() {
-  return new Promise((resolve, reject) => {
-    const server = net.createServer().listen(0, '127.0.0.1', () => {
-      const { port } = server.address();
-      server.close(() => resolve(port));
-    });
-    server.on('error', reject);
-  });
 }
 
 async function perConnection(name, port, pids, token) {
