@@ -83,6 +83,22 @@ async fn read_until_closed(stream: &mut TcpStream, limit: Duration) -> Option<(V
     }
 }
 
+/// A request head without its blank line: complete it with `\r\n`, or
+/// leave it half-sent.
+const METADATA_HEAD: &[u8] = b"GET /.well-known/oauth-authorization-server HTTP/1.1\r\nHost: x\r\n";
+
+/// Sends `request` on `stream` and asserts the answer is a 200.
+async fn assert_answered_200(stream: &mut TcpStream, request: &[u8]) {
+    stream.write_all(request).await.unwrap();
+    let mut buf = [0u8; 8192];
+    let n = stream.read(&mut buf).await.unwrap();
+    assert!(
+        status_of(&buf[..n]).contains("200"),
+        "{}",
+        status_of(&buf[..n])
+    );
+}
+
 fn status_of(response: &[u8]) -> String {
     String::from_utf8_lossy(response)
         .lines()
@@ -115,22 +131,9 @@ async fn invariant_9_half_sent_second_request_head_is_closed_after_header_timeou
     // Only the header timeout can close it within the wait: idle is long.
     let s = setup("header_timeout = \"1s\"\nidle_timeout = \"30s\"\n").await;
     let mut stream = TcpStream::connect(s.addr()).await.unwrap();
-    stream
-        .write_all(b"GET /.well-known/oauth-authorization-server HTTP/1.1\r\nHost: x\r\n\r\n")
-        .await
-        .unwrap();
-    let mut buf = [0u8; 8192];
-    let n = stream.read(&mut buf).await.unwrap();
-    assert!(
-        status_of(&buf[..n]).contains("200"),
-        "{}",
-        status_of(&buf[..n])
-    );
+    assert_answered_200(&mut stream, &[METADATA_HEAD, b"\r\n"].concat()).await;
     tokio::time::sleep(Duration::from_millis(300)).await;
-    stream
-        .write_all(b"GET /.well-known/oauth-authorization-server HTTP/1.1\r\nHost: x\r\n")
-        .await
-        .unwrap();
+    stream.write_all(METADATA_HEAD).await.unwrap();
     let (_, after) = read_until_closed(&mut stream, Duration::from_secs(5))
         .await
         .expect("a half-sent second head must not hold the connection open");
@@ -147,21 +150,9 @@ async fn invariant_9_a_half_sent_head_after_an_unfollowed_one_is_closed_after_he
     // after it, so the watch cannot see the next head arrive.
     let s = setup("header_timeout = \"1s\"\nidle_timeout = \"30s\"\n").await;
     let mut stream = TcpStream::connect(s.addr()).await.unwrap();
-    stream
-        .write_all(b"GET /.well-known/oauth-authorization-server HTTP/1.1\r\nHost: x\r\nConnection: upgrade\r\nUpgrade: x\r\n\r\n")
-        .await
-        .unwrap();
-    let mut buf = [0u8; 8192];
-    let n = stream.read(&mut buf).await.unwrap();
-    assert!(
-        status_of(&buf[..n]).contains("200"),
-        "{}",
-        status_of(&buf[..n])
-    );
-    stream
-        .write_all(b"GET /.well-known/oauth-authorization-server HTTP/1.1\r\nHost: x\r\n")
-        .await
-        .unwrap();
+    let upgrade = [METADATA_HEAD, b"Connection: upgrade\r\nUpgrade: x\r\n\r\n"].concat();
+    assert_answered_200(&mut stream, &upgrade).await;
+    stream.write_all(METADATA_HEAD).await.unwrap();
     let (_, after) = read_until_closed(&mut stream, Duration::from_secs(4))
         .await
         .expect("a half-sent head must not hold the connection open");
@@ -175,19 +166,11 @@ async fn invariant_9_a_half_sent_head_after_an_unfollowed_one_is_closed_after_he
 async fn an_idle_keep_alive_connection_is_kept_for_the_idle_timeout_not_the_header_timeout() {
     let s = setup("header_timeout = \"1s\"\nidle_timeout = \"5s\"\n").await;
     let mut stream = TcpStream::connect(s.addr()).await.unwrap();
-    let request = b"GET /.well-known/oauth-authorization-server HTTP/1.1\r\nHost: x\r\n\r\n";
-    let mut buf = [0u8; 8192];
-    for _ in 0..2 {
-        stream.write_all(request).await.unwrap();
-        let n = stream.read(&mut buf).await.unwrap();
-        assert!(
-            status_of(&buf[..n]).contains("200"),
-            "{}",
-            status_of(&buf[..n])
-        );
-        // Idle for longer than the header timeout, well within the idle one.
-        tokio::time::sleep(Duration::from_millis(2000)).await;
-    }
+    let request = [METADATA_HEAD, b"\r\n"].concat();
+    assert_answered_200(&mut stream, &request).await;
+    // Idle for longer than the header timeout, well within the idle one.
+    tokio::time::sleep(Duration::from_millis(2000)).await;
+    assert_answered_200(&mut stream, &request).await;
 }
 
 #[tokio::test]
