@@ -1,6 +1,26 @@
 use super::*;
 use tower::Service;
 
+/// The connection's watch, on a task of its own, with the header timeout
+/// and the idle limit in seconds.
+fn watch(
+    activity: &Arc<Activity>,
+    heads: &Arc<RawHeads>,
+    header_timeout: u64,
+    idle: u64,
+) -> tokio::task::JoinHandle<()> {
+    let (activity, heads) = (activity.clone(), heads.clone());
+    tokio::spawn(async move {
+        activity
+            .idle_expired(
+                &heads,
+                Duration::from_secs(header_timeout),
+                Duration::from_secs(idle),
+            )
+            .await;
+    })
+}
+
 #[tokio::test(start_paused = true)]
 async fn a_connection_without_requests_expires_after_the_first_request_limit() {
     let activity = Activity::new();
@@ -18,17 +38,8 @@ async fn a_connection_without_requests_expires_after_the_first_request_limit() {
 #[tokio::test(start_paused = true)]
 async fn the_idle_limit_takes_over_after_the_first_request_even_when_shorter() {
     let activity = Arc::new(Activity::new());
-    let watcher = activity.clone();
     let started = tokio::time::Instant::now();
-    let expired = tokio::spawn(async move {
-        watcher
-            .idle_expired(
-                &RawHeads::default(),
-                Duration::from_secs(30),
-                Duration::from_secs(1),
-            )
-            .await;
-    });
+    let expired = watch(&activity, &Arc::default(), 30, 1);
     tokio::time::sleep(Duration::from_millis(100)).await;
     drop(InFlight::begin(activity.clone()));
     expired.await.unwrap();
@@ -43,16 +54,7 @@ async fn the_idle_limit_takes_over_after_the_first_request_even_when_shorter() {
 async fn a_request_in_progress_is_never_idle() {
     let activity = Arc::new(Activity::new());
     let in_flight = InFlight::begin(activity.clone());
-    let watcher = activity.clone();
-    let expired = tokio::spawn(async move {
-        watcher
-            .idle_expired(
-                &RawHeads::default(),
-                Duration::from_secs(1),
-                Duration::from_secs(5),
-            )
-            .await;
-    });
+    let expired = watch(&activity, &Arc::default(), 1, 5);
     tokio::time::sleep(Duration::from_secs(30)).await;
     assert!(!expired.is_finished());
     drop(in_flight);
@@ -119,13 +121,7 @@ async fn an_idle_keep_alive_connection_lives_the_idle_limit_not_the_header_timeo
 async fn a_head_that_stops_half_way_is_closed_after_the_header_timeout_from_its_first_byte() {
     let (activity, heads, mut scan) = served_once();
     let started = tokio::time::Instant::now();
-    let watcher = activity.clone();
-    let watched = heads.clone();
-    let expired = tokio::spawn(async move {
-        watcher
-            .idle_expired(&watched, Duration::from_secs(2), Duration::from_secs(60))
-            .await;
-    });
+    let expired = watch(&activity, &heads, 2, 60);
     // Idle for 5 s, then half a head, a line at a time.
     tokio::time::sleep(Duration::from_secs(5)).await;
     scan.feed(b"GET / HTTP/1.1\r\n");
