@@ -43,17 +43,12 @@ pub(crate) fn decision_inputs(source: &str, request_param: &str) -> DecisionInpu
     if request_param.is_empty() || IMPURE.iter().any(|f| source.contains(f)) {
         return DecisionInputs::Request;
     }
-    let (mut uses, mut other_uses) = (0, 0);
-    for used in uses_of(source, request_param) {
-        uses += 1;
-        if used != Use::Property("mcp") {
-            other_uses += 1;
-        }
-    }
-    match (uses, other_uses) {
-        (1, _) => DecisionInputs::User,
-        (_, 1) => DecisionInputs::UserAndCall,
-        _ => DecisionInputs::Request,
+    if uses_beyond(source, request_param, |_| false) == 1 {
+        DecisionInputs::User
+    } else if uses_beyond(source, request_param, |property| property == "mcp") == 1 {
+        DecisionInputs::UserAndCall
+    } else {
+        DecisionInputs::Request
     }
 }
 
@@ -62,19 +57,17 @@ pub(crate) fn decision_inputs(source: &str, request_param: &str) -> DecisionInpu
 /// other than `headers` (`request.route`, `request.mcp.tool`). The view
 /// of a request a policy cannot read the headers of is built without them.
 pub(crate) fn reads_headers(source: &str, request_param: &str) -> bool {
-    if request_param.is_empty() {
-        return true;
-    }
-    let mut other_uses = 0;
-    for used in uses_of(source, request_param) {
-        match used {
-            Use::Property("headers") => return true,
-            Use::Property(_) => {}
-            Use::Other => other_uses += 1,
-        }
-    }
-    // The declaration is the one use that is not a property read.
-    other_uses != 1
+    request_param.is_empty()
+        || uses_beyond(source, request_param, |property| property != "headers") != 1
+}
+
+/// How many appearances of the parameter's name are not a read of a
+/// property `allowed` accepts. The declaration is always one of them: 1
+/// means the script reaches the request through such reads alone.
+fn uses_beyond(source: &str, request_param: &str, allowed: impl Fn(&str) -> bool) -> usize {
+    uses_of(source, request_param)
+        .filter(|used| !matches!(used, Use::Property(property) if allowed(property)))
+        .count()
 }
 
 /// One appearance of the request parameter's name in a policy's source.
