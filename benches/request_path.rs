@@ -6,8 +6,8 @@
 //! (a 1 KB provider token forwarded), the policy decision for a session
 //! that has made a request before (default policy: remembered per session;
 //! per-tool policy: remembered per session and call; a policy that reads
-//! a header: run per request), the raw-head scan of a pipelined
-//! connection, and one round trip to a loopback downstream with the
+//! a header: run per request), the HTTP/1.1 server's head parse over a
+//! pipelined connection, and one round trip to a loopback downstream with the
 //! forwarder's client and with hyper-util's pooled client it replaced, and
 //! what a layer of the stack costs as a `Checkpoint` and as a `Gate`, and
 //! an MCP endpoint's CORS on a call (ours, and tower-http's it replaced).
@@ -19,7 +19,7 @@ use std::path::Path;
 use criterion::{criterion_group, criterion_main, Criterion};
 use http::Request;
 use mcp_oauth_proxy::bench_support::{
-    answer_at_once, scan_heads, CachedDecision, CorsCall, CorsLists, DownstreamRoundTrip,
+    answer_at_once, parse_heads, CachedDecision, CorsCall, CorsLists, DownstreamRoundTrip,
     HeaderRewrite, TokenCacheHit,
 };
 use mcp_oauth_proxy::checkpoint::{gate_layer, Checkpoint, CheckpointLayer, Gate};
@@ -65,9 +65,9 @@ fn bench(c: &mut Criterion) {
         Authorization: Bearer abcdefghijklmnopqrstuvwxyz0123456789ABCDEFG\r\nContent-Length: 200\r\n\r\n";
     let request = format!("{head}{}", "x".repeat(200));
     let pipeline = request.repeat(16);
-    assert_eq!(scan_heads(pipeline.as_bytes(), 16 * 1024), 16);
-    c.bench_function("framing/scan_16_requests", |b| {
-        b.iter(|| black_box(scan_heads(pipeline.as_bytes(), 16 * 1024)))
+    assert_eq!(parse_heads(pipeline.as_bytes()), 16);
+    c.bench_function("http1/parse_16_heads", |b| {
+        b.iter(|| black_box(parse_heads(pipeline.as_bytes())))
     });
 }
 

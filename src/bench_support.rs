@@ -20,7 +20,7 @@ use crate::metrics::Metrics;
 use crate::policy::layer::{decide, script_user, McpCall, RequestView};
 use crate::policy::{CompiledPolicy, Decision, PolicyEngine};
 use crate::proxy::headers::{downstream_request_headers, Forwarding};
-use crate::server::framing::{RawHeads, ScanHeads};
+use crate::server::http1::take_head;
 use crate::session::{Memo, Session, UpstreamTokens};
 use crate::store::sqlite::SqliteStore;
 use crate::store::Records;
@@ -242,15 +242,25 @@ impl CachedDecision {
     }
 }
 
-/// Scans raw request heads as they cross a connection (`ScanHeads`);
-/// returns how many verdicts it recorded.
-pub fn scan_heads(bytes: &[u8], read_size: usize) -> usize {
-    let heads = Arc::new(RawHeads::default());
-    let mut scanner = ScanHeads::new((), heads.clone());
-    for piece in bytes.chunks(read_size.max(1)) {
-        scanner.feed(piece);
+/// Reads the request heads of a pipeline as the HTTP/1.1 server does
+/// (`server::http1::take_head`: parsed once, judged raw, built into a
+/// request), skipping each one's `Content-Length` body; returns how many
+/// heads it read.
+pub fn parse_heads(bytes: &[u8]) -> usize {
+    let mut buf = bytes::BytesMut::from(bytes);
+    let mut fields = Vec::new();
+    let mut heads = 0;
+    while let Ok(Some(head)) = take_head(&mut buf, 64 * 1024, 100, &mut fields) {
+        heads += 1;
+        let length = head
+            .request
+            .headers()
+            .get("content-length")
+            .and_then(|v| v.to_str().ok()?.parse::<usize>().ok())
+            .unwrap_or(0);
+        let _ = buf.split_to(length.min(buf.len()));
     }
-    heads.len()
+    heads
 }
 
 /// The answer the loopback downstream gives every request: 200 bytes of

@@ -11,7 +11,7 @@
 //!   and every HTTP/1.1 request its complete head, within it, timed from
 //!   the head's first byte (or the end of the request before it). The
 //!   connection's own watch enforces it (`Activity::idle_expired`), told by
-//!   the raw-head scanner when a head is left half-read
+//!   the HTTP/1.1 server (`http1.rs`) when a read leaves a head half-arrived
 //!   (`framing::HeadProgress`); a head that arrives whole, as nearly all
 //!   do, costs no timer. A late head closes the connection at once.
 //! - `server.idle_timeout`: a connection with no request in progress is
@@ -20,10 +20,10 @@
 //! - `server.body_timeout`: the request body must arrive within it
 //!   (`body_deadline`).
 //! - An answer to an HTTP/1.1 request whose body was not read to its end
-//!   (refused before anything read it) says `Connection: close`: hyper
-//!   closes such a connection, and a client must not send its next request
-//!   on it.
-//! - HTTP/1.1 head size and header count, HTTP/2 header list size, streams
+//!   (refused before anything read it) says `Connection: close`, and the
+//!   connection closes after it: what follows is not the next head.
+//! - HTTP/1.1 head size and header count (`http1.rs`: 431), HTTP/2 header
+//!   list size, streams
 //!   per connection, pending and locally reset streams, and pings that
 //!   close connections whose peer is gone.
 
@@ -34,21 +34,27 @@ use std::sync::Arc;
 use std::task::{Context, Poll};
 use std::time::Duration;
 
+use std::convert::Infallible;
+use std::future::Future;
+
 use axum::body::Body;
 use axum::http::{header, HeaderValue, Request, Response, Version};
 use http_body::Frame;
-use hyper::body::Bytes;
+use hyper::body::{Bytes, Incoming};
+use hyper::server::conn::http2;
 use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
-use hyper_util::server::conn::auto::Builder;
+use hyper_util::service::TowerToHyperService;
 use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::{watch, Semaphore};
 use tokio::time::Instant;
 use tower::util::MapResponse;
-use tower::{Layer, ServiceBuilder, ServiceExt};
+use tower::{Layer, Service, ServiceBuilder, ServiceExt};
 
 use super::body_deadline::{BodyDeadlineLayer, UnreadBody};
-use super::framing::{CheckFramingLayer, HeadProgress, RawHeads, ScanHeads};
+use super::framing::{CheckFramingLayer, HeadProgress, RawHeads};
+use super::http1::{self, HeadLimits, Wire};
 use super::rescue::RescueLayer;
+use super::sniff::{self, Prefixed};
 use super::stack::Routes;
 use super::woken::PolledWhenWoken;
 use crate::checkpoint::{Around, AroundLayer, AroundService, Leave};
@@ -108,23 +114,10 @@ impl Limits {
         Arc::new(Semaphore::new(self.max_connections))
     }
 
-    fn builder(&self) -> Builder<TokioExecutor> {
-        let mut builder = Builder::new(TokioExecutor::new());
+    /// HTTP/2's settings; HTTP/1.1 is served by `http1.rs`.
+    fn http2(&self) -> http2::Builder<TokioExecutor> {
+        let mut builder = http2::Builder::new(TokioExecutor::new());
         builder
-            .http1()
-            .timer(TokioTimer::new())
-            // `server.header_timeout` is the connection's idle watch's to
-            // enforce (`Activity::idle_expired`): hyper's timer, a timer
-            // made and dropped for every request, also ran while a
-            // keep-alive connection waited for its next request, so it cut
-            // `server.idle_timeout` short.
-            .header_read_timeout(None)
-            .max_headers(self.max_headers)
-            // The read buffer holds the request head; a head that does not
-            // fit is refused with 431.
-            .max_buf_size(self.max_header_bytes);
-        builder
-            .http2()
             .timer(TokioTimer::new())
             .max_header_list_size(u32::try_from(self.max_header_bytes).unwrap_or(u32::MAX))
             .max_concurrent_streams(self.max_concurrent_streams)
@@ -149,7 +142,7 @@ pub(crate) async fn serve(
     name: &'static str,
 ) -> std::io::Result<()> {
     let limits = Arc::new(limits);
-    let builder = Arc::new(limits.builder());
+    let http2 = Arc::new(limits.http2());
     let mut refusals = Refusals::default();
     let mut connections = tokio::task::JoinSet::new();
     let stop = async move {
@@ -174,14 +167,14 @@ pub(crate) async fn serve(
                     continue;
                 };
                 let _ = stream.set_nodelay(true);
-                // Boxed: a connection's future (hyper's connection and the
+                // Boxed: a connection's future (the connection and the
                 // stack above it, several KiB) would otherwise be copied
                 // into the task and moved again as the task runs and ends.
                 let served = Box::pin(serve_one(
                     stream,
                     remote,
                     router.clone(),
-                    builder.clone(),
+                    http2.clone(),
                     limits.clone(),
                     close_signal.clone(),
                 ));
@@ -215,13 +208,77 @@ async fn serve_one(
     stream: TcpStream,
     remote: SocketAddr,
     router: Routes,
-    builder: Arc<Builder<TokioExecutor>>,
+    http2: Arc<http2::Builder<TokioExecutor>>,
     limits: Arc<Limits>,
-    mut closing: watch::Receiver<bool>,
+    closing: watch::Receiver<bool>,
 ) {
     let activity = Arc::new(Activity::new());
     let raw_heads = Arc::new(RawHeads::default());
-    let service = ServiceBuilder::new()
+    let idle = activity.idle_expired(&raw_heads, limits.header_timeout, limits.idle_timeout);
+    tokio::pin!(idle);
+    let mut shutdown = closing.clone();
+    let close = async {
+        tokio::select! {
+            _ = &mut idle => {}
+            _ = shutdown.wait_for(|c| *c) => {}
+        }
+    };
+    tokio::pin!(close);
+    // The connection wakes this task a few times a request; the idle
+    // timer and the shutdown signal are asked again only when one of
+    // them fired.
+    let close = PolledWhenWoken::new(close.as_mut());
+    tokio::pin!(close);
+    let first = tokio::select! {
+        biased;
+        first = sniff::first_bytes(&stream) => first,
+        () = close.as_mut() => return,
+    };
+    let Ok(first) = first else { return };
+    match first {
+        sniff::First::Http2(preface) => {
+            raw_heads.set_progress(HeadProgress::Http2);
+            let connection = http2.serve_connection(
+                TokioIo::new(sniff::Prefixed::new(preface, stream)),
+                TowerToHyperService::new(connection_service(
+                    &activity, &raw_heads, &limits, router, remote,
+                )),
+            );
+            serve_http2(connection, close, &closing).await;
+        }
+        sniff::First::Http1(buffered) => {
+            let head_limits = HeadLimits {
+                max_bytes: limits.max_header_bytes,
+                max_fields: limits.max_headers,
+            };
+            let wire = Arc::new(Wire::new(stream, buffered));
+            let service = connection_service(&activity, &raw_heads, &limits, router, remote);
+            http1::serve(wire, service, head_limits, &raw_heads, close, &closing).await;
+        }
+    }
+}
+
+/// The stack in front of the router for one connection, whichever HTTP
+/// it speaks.
+fn connection_service<B>(
+    activity: &Arc<Activity>,
+    raw_heads: &Arc<RawHeads>,
+    limits: &Limits,
+    router: Routes,
+    remote: SocketAddr,
+) -> impl Service<
+    Request<B>,
+    Response = Response<TrackedBody>,
+    Error = Infallible,
+    Future: Send + 'static,
+> + Clone
+       + Send
+       + 'static
+where
+    B: http_body::Body<Data = Bytes> + Send + 'static,
+    B::Error: Into<tower::BoxError>,
+{
+    ServiceBuilder::new()
         .layer(TrackActivityLayer(activity.clone()))
         // A request the router must not see is answered here, and only here.
         .layer(RescueLayer)
@@ -235,44 +292,32 @@ async fn serve_one(
                 .extensions_mut()
                 .insert(axum::extract::ConnectInfo(remote));
             request
-        }));
-    let connection = builder.serve_connection_with_upgrades(
-        TokioIo::new(ScanHeads::new(stream, raw_heads.clone())),
-        hyper_util::service::TowerToHyperService::new(service),
-    );
+        }))
+}
+
+/// Serves an HTTP/2 connection until it ends; when `close` fires (idle,
+/// shutdown) it sends GOAWAY and lets open streams finish: at shutdown for
+/// as long as the server's grace period allows, when idle briefly.
+async fn serve_http2<S>(
+    connection: http2::Connection<TokioIo<Prefixed>, TowerToHyperService<S>, TokioExecutor>,
+    close: Pin<&mut impl Future<Output = ()>>,
+    closing: &watch::Receiver<bool>,
+) where
+    TowerToHyperService<S>:
+        hyper::service::Service<Request<Incoming>, Response = Response<TrackedBody>> + Clone,
+    <TowerToHyperService<S> as hyper::service::Service<Request<Incoming>>>::Future: Send + 'static,
+    <TowerToHyperService<S> as hyper::service::Service<Request<Incoming>>>::Error:
+        Into<tower::BoxError>,
+{
     tokio::pin!(connection);
-    let idle = activity.idle_expired(&raw_heads, limits.header_timeout, limits.idle_timeout);
-    tokio::pin!(idle);
-    let finished = {
-        let close = async {
-            tokio::select! {
-                _ = &mut idle => {}
-                _ = closing.wait_for(|c| *c) => {}
-            }
-        };
-        tokio::pin!(close);
-        // The connection wakes this task a few times a request; the idle
-        // timer and the shutdown signal are asked again only when one of
-        // them fired.
-        let close = PolledWhenWoken::new(close.as_mut());
-        tokio::select! {
-            biased;
-            _ = connection.as_mut() => true,
-            _ = close => false,
-        }
+    let finished = tokio::select! {
+        biased;
+        _ = connection.as_mut() => true,
+        () = close => false,
     };
-    // A request head that took too long: closed at once, as hyper's own
-    // header timer did (a graceful close would wait for a request that
-    // will not come).
-    let head_late = activity.in_flight.load(Ordering::Acquire) == 0
-        && matches!(raw_heads.progress(), HeadProgress::Since(_));
-    if finished || head_late {
+    if finished {
         return;
     }
-    // Idle or shutting down: HTTP/1.1 closes once the response in progress
-    // is written, HTTP/2 sends GOAWAY and lets open streams finish. At
-    // shutdown the server's grace period bounds the wait; an idle
-    // connection has nothing to finish, so a short bound is enough.
     connection.as_mut().graceful_shutdown();
     if *closing.borrow() {
         let _ = connection.await;
@@ -359,9 +404,6 @@ impl Activity {
             let progress = heads.progress();
             let idle_limit = match progress {
                 _ if !served => header_timeout,
-                // Nothing tells whether a head is arriving: as strict as if
-                // one were.
-                HeadProgress::Unfollowed => idle.min(header_timeout),
                 _ => idle,
             };
             let mut deadline = idle_since + idle_limit;

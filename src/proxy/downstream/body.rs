@@ -154,7 +154,7 @@ impl Drop for DrivenBody {
 
 /// Where in the body's framing the decoder is.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub(super) enum Decoder {
+pub(crate) enum Decoder {
     /// This many bytes of body are still to come.
     Length(u64),
     Chunked(Chunk),
@@ -164,7 +164,7 @@ pub(super) enum Decoder {
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub(super) enum Chunk {
+pub(crate) enum Chunk {
     Size,
     Data(u64),
     /// The CRLF after a chunk's data.
@@ -173,7 +173,7 @@ pub(super) enum Chunk {
 }
 
 impl Decoder {
-    pub(super) fn new(framing: Framing) -> Self {
+    pub(crate) fn new(framing: Framing) -> Self {
         match framing {
             Framing::Empty | Framing::Length(0) => Decoder::Done,
             Framing::Length(n) => Decoder::Length(n),
@@ -184,7 +184,7 @@ impl Decoder {
 
     /// Takes all the body data `buf` holds into `out`: `Some(trailers)` once
     /// the body ended, `None` while more must be read.
-    pub(super) fn decode(
+    pub(crate) fn decode(
         &mut self,
         buf: &mut BytesMut,
         out: &mut Gathered,
@@ -354,7 +354,7 @@ fn trailers(buf: &mut BytesMut) -> Result<Option<Option<HeaderMap>>, ExchangeErr
 /// Data frames read in one go: the first kept as it is, copied only when a
 /// second joins it.
 #[derive(Default)]
-pub(super) struct Gathered {
+pub(crate) struct Gathered {
     first: Option<Bytes>,
     joined: Option<Vec<u8>>,
 }
@@ -373,7 +373,7 @@ impl Gathered {
         }
     }
 
-    pub(super) fn len(&self) -> usize {
+    pub(crate) fn len(&self) -> usize {
         match (&self.joined, &self.first) {
             (Some(joined), _) => joined.len(),
             (None, Some(first)) => first.len(),
@@ -381,7 +381,7 @@ impl Gathered {
         }
     }
 
-    pub(super) fn into_bytes(self) -> Bytes {
+    pub(crate) fn into_bytes(self) -> Bytes {
         match (self.joined, self.first) {
             (Some(joined), _) => Bytes::from(joined),
             (None, Some(first)) => first,

@@ -107,7 +107,7 @@ pub(super) struct Answer {
 
 /// How the answer's body ends (RFC 9112 §6.3).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub(super) enum Framing {
+pub(crate) enum Framing {
     Empty,
     Length(u64),
     Chunked,

@@ -38,9 +38,9 @@ use tower::Service;
 mod body;
 mod http1;
 
-pub(crate) use body::DrivenBody;
-pub(crate) use http1::ExchangeError;
+pub(crate) use body::{Decoder, DrivenBody, Gathered};
 use http1::{Conn, Prepared};
+pub(crate) use http1::{ExchangeError, Framing};
 
 use super::headers::{lines_of, HeaderLines};
 

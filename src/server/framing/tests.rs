@@ -109,53 +109,6 @@ async fn check_framing_refuses_ambiguous_requests_raw_or_parsed_before_the_servi
     assert_eq!(calls.load(Ordering::SeqCst), 2);
 }
 
-/// The verdicts the scanner records for `bytes`, fed in pieces of
-/// `step` bytes.
-fn scanned(bytes: &[u8], step: usize) -> Vec<bool> {
-    let heads = Arc::new(RawHeads::default());
-    let mut scanner = ScanHeads::new((), heads.clone());
-    for piece in bytes.chunks(step) {
-        scanner.feed(piece);
-    }
-    let verdicts = heads.verdicts.lock().unwrap();
-    verdicts.iter().map(Result::is_ok).collect()
-}
-
-const PIPELINE: &[u8] =
-    b"\r\nPOST /a HTTP/1.1\r\nHost: x\r\nContent-Length: 25\r\n\r\nContent-Length: 5\r\n\r\nabcd\
-POST /b HTTP/1.1\r\nHost: x\r\nTransfer-Encoding: chunked\r\n\r\n\
-4;ext=1\r\nwxyz\r\n0\r\nX-Trailer: 1\r\n\r\n\
-POST /c HTTP/1.1\r\nHost: x\r\nContent-Length: 3\r\nTransfer-Encoding: chunked\r\n\r\n\
-3\r\nabc\r\n0\r\n\r\n\
-GET /d HTTP/1.1\r\nHost: x\r\n\r\n";
-
-#[test]
-fn raw_heads_are_followed_through_pipelined_bodies() {
-    // Bodies that look like heads are skipped; the third head sends
-    // Content-Length with Transfer-Encoding, which hyper would hide; the
-    // scanner stops there, as the connection closes after the 400.
-    for step in [1, 2, 3, 7, PIPELINE.len()] {
-        assert_eq!(
-            scanned(PIPELINE, step),
-            vec![true, true, false],
-            "step {step}"
-        );
-    }
-}
-
-#[test]
-fn repeated_equal_lengths_are_seen_raw() {
-    let head = b"POST / HTTP/1.1\r\nHost: x\r\nContent-Length: 1\r\nContent-Length: 1\r\n\r\na";
-    assert_eq!(scanned(head, 5), vec![false]);
-}
-
-#[test]
-fn http2_connections_are_not_scanned() {
-    let mut bytes = H2_PREFACE.to_vec();
-    bytes.extend_from_slice(b"GET / HTTP/1.1\r\nContent-Length: 1\r\nContent-Length: 1\r\n\r\n");
-    assert!(scanned(&bytes, 4).is_empty());
-}
-
 #[test]
 fn raw_fields_are_read_whatever_their_case() {
     let read = |fields: &[(&str, &str)]| {
@@ -205,45 +158,4 @@ proptest! {
             digits
         );
     }
-}
-
-proptest! {
-    /// The scanner's quick checks accept exactly what the `http` crate
-    /// (and so hyper) accepts, so skipping the full parse of fields that do
-    /// not speak about framing changes no verdict.
-    #[test]
-    fn quick_name_and_value_checks_agree_with_the_http_crate(bytes in proptest::collection::vec(any::<u8>(), 0..40)) {
-        prop_assert_eq!(is_header_name(&bytes), HeaderName::from_bytes(&bytes).is_ok());
-        prop_assert_eq!(is_header_value(&bytes), HeaderValue::from_bytes(&bytes).is_ok());
-    }
-
-    /// However a pipeline of requests is cut into reads, the scanner finds
-    /// the same heads.
-    #[test]
-    fn verdicts_do_not_depend_on_how_reads_are_cut(step in 1usize..64) {
-        prop_assert_eq!(scanned(PIPELINE, step), vec![true, true, false]);
-    }
-}
-
-#[test]
-fn a_blank_line_is_found_across_reads() {
-    assert_eq!(blank_line_end(b"GET / HTTP/1.1\r\n", b"\r\nbody"), Some(2));
-    assert_eq!(blank_line_end(b"GET / HTTP/1.1\r\n\r", b"\nbody"), Some(1));
-    assert_eq!(blank_line_end(b"GET / HTTP/1.1\n", b"\nbody"), Some(1));
-    assert_eq!(
-        blank_line_end(b"", b"GET / HTTP/1.1\r\nA: b\r\n\r\nxyz"),
-        Some(24)
-    );
-    assert_eq!(blank_line_end(b"", b"GET / HTTP/1.1\r\nA: b\r\n"), None);
-}
-
-#[test]
-fn heads_with_many_fields_are_still_scanned() {
-    let mut head = b"POST / HTTP/1.1\r\nHost: x\r\n".to_vec();
-    for i in 0..(FEW_HEADERS + 10) {
-        head.extend_from_slice(format!("X-F{i}: v\r\n").as_bytes());
-    }
-    head.extend_from_slice(b"Content-Length: 1\r\nContent-Length: 1\r\n\r\na");
-    assert_eq!(scanned(&head, head.len()), vec![false]);
-    assert_eq!(scanned(&head, 9), vec![false]);
 }

@@ -1,0 +1,434 @@
+//! The HTTP/1.1 side of a client connection, served without hyper: each
+//! request head is read once (`head.rs`: `httparse`, then the framing rules
+//! on the raw fields, then the `http::Request` sharing the head's bytes),
+//! the body is handed over whole when it came with its head
+//! (`body.rs`), and the answer is written with its head and what its body
+//! already has in one write.
+//!
+//! Why not hyper's server connection: it parsed each head, and the framing
+//! check had to parse it again from a copy of the socket's bytes to see
+//! what hyper tidies away (`framing.rs` had a second parser for that); it
+//! kept an 8 KiB read buffer and an 8 KiB write buffer per connection,
+//! allocated up front and kept while idle (17.5 KiB per idle keep-alive
+//! connection against nginx's 0.5 KiB); and it created a timer per request
+//! for the header timeout. Here a head is parsed once, buffers exist only
+//! while something is read or written, and the connection's one watch
+//! (`connection.rs`) keeps the time limits.
+//!
+//! What it speaks: HTTP/1.1 and 1.0 requests, one at a time (pipelined
+//! requests wait in the buffer), bodies by `Content-Length` or chunked,
+//! `Expect: 100-continue`, keep-alive by RFC 9112 §9.3. Answers carry
+//! `Content-Length` when their size is known, chunked otherwise (closing
+//! the connection instead for HTTP/1.0), and `Date`. A head that is not
+//! HTTP/1.1 gets 400, one over `server.max_header_bytes` or
+//! `server.max_headers` 431, and the connection closes. No upgrades: the
+//! proxy serves none.
+
+use std::convert::Infallible;
+use std::future::{poll_fn, Future};
+use std::io::{self, Write};
+use std::ops::Range;
+use std::pin::{pin, Pin};
+use std::sync::Arc;
+use std::task::Poll;
+use std::time::{SystemTime, UNIX_EPOCH};
+
+use axum::http::{header, HeaderMap, Method, Request, Response, StatusCode, Version};
+use bytes::Bytes;
+use http_body::{Body, Frame, SizeHint};
+use tokio::net::TcpStream;
+use tokio::sync::watch;
+use tokio::time::Instant;
+use tower::{Service, ServiceExt};
+
+use super::framing::{BodyFraming, HeadProgress, RawHeads};
+use crate::proxy::downstream::Framing;
+
+mod body;
+mod head;
+
+pub(crate) use body::{RequestBody, Wire};
+pub(crate) use head::take_head;
+use head::{Head, HeadError};
+
+/// An answer's bytes are written once this many are waiting, even when the
+/// body has more ready.
+const WRITE_AT: usize = 64 * 1024;
+/// How much a client may send ahead while an answer streams.
+const PIPELINED_AT_MOST: usize = 64 * 1024;
+
+/// Limits on what a client sends in a head.
+#[derive(Debug, Clone, Copy)]
+pub(crate) struct HeadLimits {
+    pub(crate) max_bytes: usize,
+    pub(crate) max_fields: usize,
+}
+
+/// Serves the HTTP/1.1 requests on `wire` until the client closes, a
+/// request or answer says to, `close` resolves while no request is in
+/// progress (idle, a late head, shutdown), or shutdown (`closing`) comes
+/// during one (the connection closes once its answer is written).
+pub(crate) async fn serve<S, B>(
+    wire: Arc<Wire>,
+    mut service: S,
+    limits: HeadLimits,
+    heads: &RawHeads,
+    mut close: Pin<&mut impl Future<Output = ()>>,
+    closing: &watch::Receiver<bool>,
+) where
+    S: Service<Request<RequestBody>, Response = Response<B>, Error = Infallible>,
+    B: Body<Data = Bytes>,
+    B::Error: std::fmt::Display,
+{
+    let mut fields = Vec::new();
+    loop {
+        let next = {
+            let read = pin!(read_head(&wire, limits, heads, &mut fields));
+            tokio::select! {
+                biased;
+                head = read => head,
+                () = close.as_mut() => return,
+            }
+        };
+        let head = match next {
+            Ok(Some(head)) => head,
+            Ok(None) => return,
+            Err(Refused::Io(e)) => {
+                tracing::debug!(error = %e, "client connection failed");
+                return;
+            }
+            Err(Refused::Head(refusal)) => {
+                tracing::debug!(%refusal, "request head refused");
+                let _ = write_all(&wire.stream, refusal.answer()).await;
+                return;
+            }
+        };
+        let Head {
+            request,
+            framing,
+            keep_alive,
+            expects_continue,
+        } = head;
+        let version = request.version();
+        let method = request.method().clone();
+        let framing_ok = framing.is_ok();
+        let body = wire.read_side().body(
+            &wire,
+            match framing {
+                Ok(BodyFraming::Length(n)) => Framing::Length(n),
+                Ok(BodyFraming::Chunked) => Framing::Chunked,
+                // Refused by `CheckFraming` before anything reads it.
+                Ok(BodyFraming::Unframed) | Err(_) => Framing::Empty,
+            },
+            expects_continue,
+        );
+        heads.push(framing.map(|_| ()));
+        let request = request.map(|()| body);
+        let Ok(ready) = service.ready().await;
+        let Ok(response) = ready.call(request).await;
+        let keep_alive =
+            keep_alive && framing_ok && method != Method::CONNECT && !*closing.borrow();
+        match write_answer(&wire, response, version, &method, keep_alive).await {
+            Ok(true) => {}
+            Ok(false) => return,
+            Err(e) => {
+                tracing::debug!(error = %e, "writing an answer failed");
+                return;
+            }
+        }
+        let mut side = wire.read_side();
+        if !side.body_done() {
+            // Left unread: what follows is not a head.
+            return;
+        }
+        side.let_buffer_go();
+    }
+}
+
+/// Why a head was not read.
+enum Refused {
+    Io(io::Error),
+    Head(HeadError),
+}
+
+/// Reads the next head; `None` when the client closed between requests.
+/// Tells the watch when a head is left half-arrived, and when.
+async fn read_head(
+    wire: &Wire,
+    limits: HeadLimits,
+    heads: &RawHeads,
+    fields: &mut Vec<(Range<usize>, Range<usize>)>,
+) -> Result<Option<Head>, Refused> {
+    let mut began: Option<Instant> = None;
+    loop {
+        {
+            let mut side = wire.read_side();
+            loop {
+                match take_head(&mut side.buf, limits.max_bytes, limits.max_fields, fields) {
+                    Ok(Some(head)) => {
+                        if began.is_some() {
+                            heads.set_progress(HeadProgress::Between);
+                        }
+                        return Ok(Some(head));
+                    }
+                    Ok(None) => {}
+                    Err(refusal) => return Err(Refused::Head(refusal)),
+                }
+                match side.try_fill(&wire.stream) {
+                    Ok(0) if side.buf.is_empty() => return Ok(None),
+                    Ok(0) => return Err(Refused::Head(HeadError::Malformed)),
+                    Ok(_) => {}
+                    Err(e) if e.kind() == io::ErrorKind::WouldBlock => break,
+                    Err(e) => return Err(Refused::Io(e)),
+                }
+            }
+            if !side.buf.is_empty() && began.is_none() {
+                let now = Instant::now();
+                began = Some(now);
+                heads.set_progress(HeadProgress::Since(now));
+            }
+            side.let_buffer_go();
+        }
+        wire.stream.readable().await.map_err(Refused::Io)?;
+    }
+}
+
+/// Writes `response`: its head, then its body as it comes, the bytes that
+/// are ready written together. Whether the connection may carry another
+/// request afterwards.
+async fn write_answer<B>(
+    wire: &Wire,
+    response: Response<B>,
+    version: Version,
+    method: &Method,
+    keep_alive: bool,
+) -> io::Result<bool>
+where
+    B: Body<Data = Bytes>,
+    B::Error: std::fmt::Display,
+{
+    let stream = &wire.stream;
+    let (parts, body) = response.into_parts();
+    let status = parts.status;
+    let bodiless = method == Method::HEAD
+        || status.is_informational()
+        || status == StatusCode::NO_CONTENT
+        || status == StatusCode::NOT_MODIFIED;
+    let framing = answer_framing(&parts.headers, body.size_hint(), version);
+    let keep_alive = keep_alive
+        && framing != Framing::UntilClose
+        && !parts
+            .headers
+            .get_all(header::CONNECTION)
+            .iter()
+            .any(|v| head::has_option(v, b"close"));
+    let mut out = Vec::with_capacity(512);
+    write_head(
+        &mut out,
+        status,
+        &parts.headers,
+        framing,
+        bodiless,
+        version,
+        keep_alive,
+    );
+    if bodiless {
+        write_all(stream, &out).await?;
+        return Ok(keep_alive);
+    }
+    let mut body = pin!(body);
+    let mut left = match framing {
+        Framing::Length(n) => Some(n),
+        _ => None,
+    };
+    loop {
+        // What the body has ready joins what waits to be written; only when
+        // it has nothing ready is the waiting part written.
+        let frame = match poll_fn(|cx| Poll::Ready(body.as_mut().poll_frame(cx))).await {
+            Poll::Ready(frame) => frame,
+            Poll::Pending => {
+                write_all(stream, &out).await?;
+                out.clear();
+                next_frame_unless_gone(wire, body.as_mut()).await?
+            }
+        };
+        let Some(frame) = frame else { break };
+        let frame = frame.map_err(|e| io::Error::other(format!("answer body failed: {e}")))?;
+        let Ok(data) = frame.into_data() else {
+            continue; // trailers are not sent over HTTP/1.1
+        };
+        if data.is_empty() {
+            continue;
+        }
+        append_data(&mut out, &data, framing, &mut left)?;
+        if out.len() >= WRITE_AT {
+            write_all(stream, &out).await?;
+            out.clear();
+        }
+    }
+    if framing == Framing::Chunked {
+        out.extend_from_slice(b"0\r\n\r\n");
+    }
+    write_all(stream, &out).await?;
+    // A body shorter than its length leaves the client waiting for bytes
+    // that will not come: only closing tells it.
+    Ok(keep_alive && left.is_none_or(|left| left == 0))
+}
+
+/// How an answer's body is framed: by its length when the body or the
+/// answer's own `Content-Length` says it, chunked when not, and for an
+/// HTTP/1.0 client (no chunks) by closing the connection.
+fn answer_framing(headers: &HeaderMap, size: SizeHint, version: Version) -> Framing {
+    let announced = headers
+        .get(header::CONTENT_LENGTH)
+        .and_then(|v| v.to_str().ok()?.parse::<u64>().ok());
+    match size.exact().or(announced) {
+        Some(n) => Framing::Length(n),
+        None if version == Version::HTTP_11 => Framing::Chunked,
+        None => Framing::UntilClose,
+    }
+}
+
+/// Appends a data frame to what waits to be written, framed; `left` is
+/// what a length-framed body may still bring (more fails the answer).
+fn append_data(
+    out: &mut Vec<u8>,
+    data: &[u8],
+    framing: Framing,
+    left: &mut Option<u64>,
+) -> io::Result<()> {
+    match (left, framing) {
+        (Some(left), _) => {
+            let take = data.len().min(usize::try_from(*left).unwrap_or(usize::MAX));
+            out.extend_from_slice(&data[..take]);
+            *left -= take as u64;
+            if take < data.len() {
+                return Err(io::Error::other("answer body longer than its length"));
+            }
+        }
+        (None, Framing::Chunked) => {
+            let _ = write!(out, "{:x}\r\n", data.len());
+            out.extend_from_slice(data);
+            out.extend_from_slice(b"\r\n");
+        }
+        (None, _) => out.extend_from_slice(data),
+    }
+    Ok(())
+}
+
+/// The body's next frame, unless the client goes first: an answer that
+/// streams (an event stream) ends when its client closes, so the
+/// downstream's stream is closed too. What the client sends meanwhile (a
+/// pipelined request) is kept for later, up to `PIPELINED_AT_MOST`.
+async fn next_frame_unless_gone<B: Body>(
+    wire: &Wire,
+    mut body: Pin<&mut B>,
+) -> io::Result<Option<Result<Frame<B::Data>, B::Error>>> {
+    let mut watching = true;
+    loop {
+        tokio::select! {
+            biased;
+            frame = poll_fn(|cx| body.as_mut().poll_frame(cx)) => return Ok(frame),
+            ready = wire.stream.readable(), if watching => {
+                ready?;
+                let mut side = wire.read_side();
+                match side.try_fill(&wire.stream) {
+                    Ok(0) => return Err(io::ErrorKind::ConnectionAborted.into()),
+                    Ok(_) => watching = side.buf.len() < PIPELINED_AT_MOST,
+                    Err(e) if e.kind() == io::ErrorKind::WouldBlock => {}
+                    Err(e) => return Err(e),
+                }
+            }
+        }
+    }
+}
+
+/// The status line and header lines, framed as `framing` says: any
+/// `Content-Length` or `Transfer-Encoding` of the response's own is
+/// replaced by the real one.
+fn write_head(
+    out: &mut Vec<u8>,
+    status: StatusCode,
+    headers: &HeaderMap,
+    framing: Framing,
+    bodiless: bool,
+    version: Version,
+    keep_alive: bool,
+) {
+    out.extend_from_slice(b"HTTP/1.1 ");
+    out.extend_from_slice(status.as_str().as_bytes());
+    out.push(b' ');
+    out.extend_from_slice(status.canonical_reason().unwrap_or("Unknown").as_bytes());
+    out.extend_from_slice(b"\r\n");
+    let mut has_date = false;
+    let mut has_connection = false;
+    for (name, value) in headers {
+        if name == header::CONTENT_LENGTH || name == header::TRANSFER_ENCODING {
+            continue;
+        }
+        has_date |= name == header::DATE;
+        has_connection |= name == header::CONNECTION;
+        out.extend_from_slice(name.as_str().as_bytes());
+        out.extend_from_slice(b": ");
+        out.extend_from_slice(value.as_bytes());
+        out.extend_from_slice(b"\r\n");
+    }
+    let no_length = status.is_informational() || status == StatusCode::NO_CONTENT;
+    match framing {
+        _ if no_length => {}
+        Framing::Length(n) => {
+            let _ = write!(out, "content-length: {n}\r\n");
+        }
+        Framing::Chunked if !bodiless => out.extend_from_slice(b"transfer-encoding: chunked\r\n"),
+        _ => {}
+    }
+    if !keep_alive && !has_connection {
+        out.extend_from_slice(b"connection: close\r\n");
+    } else if keep_alive && version == Version::HTTP_10 {
+        out.extend_from_slice(b"connection: keep-alive\r\n");
+    }
+    if !has_date {
+        out.extend_from_slice(b"date: ");
+        out.extend_from_slice(&http_date());
+        out.extend_from_slice(b"\r\n");
+    }
+    out.extend_from_slice(b"\r\n");
+}
+
+/// Writes all of `bytes`, waiting while the socket's buffer is full.
+async fn write_all(stream: &TcpStream, mut bytes: &[u8]) -> io::Result<()> {
+    while !bytes.is_empty() {
+        match stream.try_write(bytes) {
+            Ok(0) => return Err(io::ErrorKind::WriteZero.into()),
+            Ok(n) => bytes = &bytes[n..],
+            Err(e) if e.kind() == io::ErrorKind::WouldBlock => stream.writable().await?,
+            Err(e) => return Err(e),
+        }
+    }
+    Ok(())
+}
+
+/// The `Date` header's value for now, formatted once a second per thread.
+fn http_date() -> [u8; 29] {
+    use std::cell::Cell;
+    thread_local! {
+        static LAST: Cell<(u64, [u8; 29])> = const { Cell::new((0, [0; 29])) };
+    }
+    let now = SystemTime::now();
+    let second = now.duration_since(UNIX_EPOCH).map_or(0, |d| d.as_secs());
+    LAST.with(|last| {
+        let (at, text) = last.get();
+        if at == second && at != 0 {
+            return text;
+        }
+        let mut text = [b' '; 29];
+        let formatted = httpdate::fmt_http_date(now);
+        let n = formatted.len().min(29);
+        text[..n].copy_from_slice(&formatted.as_bytes()[..n]);
+        last.set((second, text));
+        text
+    })
+}
+
+#[cfg(test)]
+mod tests;
