@@ -8,7 +8,7 @@
 //! The same wrapper notes, for the connection, whether the request's body
 //! was read to its end (`UnreadBody`): a response to a request whose body
 //! was not (a refusal before anything read it) must close the connection
-//! and say so, or a client reusing the connection races hyper's close.
+//! and say so, or a client reusing the connection races the close.
 
 use std::future::Future;
 use std::pin::Pin;
@@ -29,11 +29,11 @@ use crate::error::BodyTimeout;
 /// so one flag per connection: set when a request with a body arrives,
 /// cleared when its body ends.
 ///
-/// hyper closes a connection whose request body was dropped unread (unless
-/// one read finishes it), but without `Connection: close` in the answer:
-/// a client that sends its next request at once (the Python SDK asks for
-/// the authorization server's metadata right after a 401) has it cut off
-/// ("server disconnected without sending a response").
+/// The connection closes after a request whose body was dropped unread
+/// (what follows is not the next head), and the answer must say so: a
+/// client that sends its next request at once (the Python SDK asks for
+/// the authorization server's metadata right after a 401) would have it
+/// cut off ("server disconnected without sending a response").
 #[derive(Debug, Clone, Default)]
 pub(crate) struct UnreadBody(Arc<AtomicBool>);
 
