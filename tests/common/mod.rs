@@ -658,19 +658,34 @@ impl TestProxy {
         opts: &Options,
     ) -> TestProxy {
         init_logs();
-        let probe = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
-        let port = probe.local_addr().unwrap().port();
-        drop(probe);
-        let toml = config_toml(port, &provider.issuer, &dir.path().join("proxy.db"), opts);
-        let config: Config = figment::Figment::from(figment::providers::Serialized::defaults(
-            toml::from_str::<toml::Value>(&toml).unwrap(),
-        ))
-        .extract()
-        .unwrap();
-        let settings = config.validate().unwrap();
-        let store: SharedStore = Arc::new(SqliteStore::open(&settings.config.store.path).unwrap());
-        let app = AppState::new(settings, store).unwrap();
-        let running = server::start(app).await.unwrap();
+        // A port found free may be taken before the proxy binds it (another
+        // test's outgoing connection gets an ephemeral port from the same
+        // range): then another port.
+        let mut attempts = 0;
+        let (port, running) = loop {
+            let probe = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+            let port = probe.local_addr().unwrap().port();
+            drop(probe);
+            let toml = config_toml(port, &provider.issuer, &dir.path().join("proxy.db"), opts);
+            let config: Config = figment::Figment::from(figment::providers::Serialized::defaults(
+                toml::from_str::<toml::Value>(&toml).unwrap(),
+            ))
+            .extract()
+            .unwrap();
+            let settings = config.validate().unwrap();
+            let store: SharedStore =
+                Arc::new(SqliteStore::open(&settings.config.store.path).unwrap());
+            let app = AppState::new(settings, store).unwrap();
+            match server::start(app).await {
+                Ok(running) => break (port, running),
+                Err(server::StartError::Listen { source, .. })
+                    if source.kind() == std::io::ErrorKind::AddrInUse && attempts < 5 =>
+                {
+                    attempts += 1;
+                }
+                Err(e) => panic!("the proxy did not start: {e}"),
+            }
+        };
         TestProxy {
             endpoint: Endpoint {
                 url: format!("http://127.0.0.1:{port}"),
