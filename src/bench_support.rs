@@ -1,6 +1,6 @@
 //! The request path's pieces, set up the way a request meets them, for
 //! `benches/request_path.rs`: a token cache hit, the header rewrite, the
-//! policy decision for a cached session, the raw-head scan, and an MCP
+//! policy decision for a cached session, the HTTP/1.1 head parse, and an MCP
 //! endpoint's CORS on a call that is not a preflight. A
 //! regression in one of them shows in `cargo bench` without the load test
 //! (`scripts/bench.sh`). Nothing here is used by the proxy itself.

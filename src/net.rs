@@ -164,8 +164,7 @@ pub(crate) fn check_host(host: &Host<&str>) -> Result<(), String> {
 }
 
 /// Whether `bytes` are all RFC 9110 §5.6.2 `tchar` (the characters of a
-/// header name, a method or a cookie name). Branch-free over a table: the
-/// raw-head scan asks it of every header name of every request.
+/// header name, a method or a cookie name), by a table.
 pub(crate) fn is_token(bytes: &[u8]) -> bool {
     bytes
         .iter()

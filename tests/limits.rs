@@ -127,39 +127,31 @@ async fn invariant_9_half_sent_request_head_is_closed_after_header_timeout() {
 }
 
 #[tokio::test]
-async fn invariant_9_half_sent_second_request_head_is_closed_after_header_timeout() {
+async fn invariant_9_half_sent_later_request_head_is_closed_after_header_timeout() {
     // Only the header timeout can close it within the wait: idle is long.
     let s = setup("header_timeout = \"1s\"\nidle_timeout = \"30s\"\n").await;
-    let mut stream = TcpStream::connect(s.addr()).await.unwrap();
-    assert_answered_200(&mut stream, &[METADATA_HEAD, b"\r\n"].concat()).await;
-    tokio::time::sleep(Duration::from_millis(300)).await;
-    stream.write_all(METADATA_HEAD).await.unwrap();
-    let (_, after) = read_until_closed(&mut stream, Duration::from_secs(5))
-        .await
-        .expect("a half-sent second head must not hold the connection open");
-    assert!(
-        after >= Duration::from_millis(800),
-        "closed too early: {after:?}"
-    );
-}
-
-#[tokio::test]
-async fn invariant_9_a_half_sent_head_after_an_unfollowed_one_is_closed_after_header_timeout() {
-    // A request naming an upgrade the server does not make: its answer is
-    // a plain one, but the raw-head scanner stops following the heads
-    // after it, so the watch cannot see the next head arrive.
-    let s = setup("header_timeout = \"1s\"\nidle_timeout = \"30s\"\n").await;
-    let mut stream = TcpStream::connect(s.addr()).await.unwrap();
-    let upgrade = [METADATA_HEAD, b"Connection: upgrade\r\nUpgrade: x\r\n\r\n"].concat();
-    assert_answered_200(&mut stream, &upgrade).await;
-    stream.write_all(METADATA_HEAD).await.unwrap();
-    let (_, after) = read_until_closed(&mut stream, Duration::from_secs(4))
-        .await
-        .expect("a half-sent head must not hold the connection open");
-    assert!(
-        after >= Duration::from_millis(500),
-        "closed too early: {after:?}"
-    );
+    // After a plain request, and after one naming an upgrade the server
+    // does not make (answered plainly; the heads after it are still read
+    // as heads, and timed).
+    let upgrade: &[u8] = b"Connection: upgrade\r\nUpgrade: x\r\n\r\n";
+    for first in [&b"\r\n"[..], upgrade] {
+        let mut stream = TcpStream::connect(s.addr()).await.unwrap();
+        assert_answered_200(&mut stream, &[METADATA_HEAD, first].concat()).await;
+        tokio::time::sleep(Duration::from_millis(300)).await;
+        stream.write_all(METADATA_HEAD).await.unwrap();
+        let (received, after) = read_until_closed(&mut stream, Duration::from_secs(5))
+            .await
+            .expect("a half-sent later head must not hold the connection open");
+        assert!(
+            after >= Duration::from_millis(800),
+            "closed too early: {after:?}"
+        );
+        assert!(
+            status_of(&received).contains("408"),
+            "{}",
+            status_of(&received)
+        );
+    }
 }
 
 #[tokio::test]

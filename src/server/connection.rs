@@ -7,13 +7,13 @@
 //! What bounds what:
 //! - `server.max_connections`: connections beyond it are answered 503 and
 //!   closed at once; the ones already open carry on.
-//! - `server.header_timeout`: a new connection must bring its first request,
-//!   and every HTTP/1.1 request its complete head, within it, timed from
-//!   the head's first byte (or the end of the request before it). The
-//!   connection's own watch enforces it (`Activity::idle_expired`), told by
-//!   the HTTP/1.1 server (`http1.rs`) when a read leaves a head half-arrived
-//!   (`framing::HeadProgress`); a head that arrives whole, as nearly all
-//!   do, costs no timer. A late head closes the connection at once.
+//! - `server.header_timeout`: a new connection must bring its first request
+//!   (or the HTTP/2 preface) within it, which the connection's watch
+//!   enforces (`Activity::idle_expired`); every HTTP/1.1 head must end within
+//!   it from its first byte (or the end of the request before it), which the
+//!   HTTP/1.1 server enforces as it reads the head (`http1.rs`: 408, and the
+//!   connection closes). A head that arrives whole, as nearly all do,
+//!   costs no timer.
 //! - `server.idle_timeout`: a connection with no request in progress is
 //!   closed after it. A request is in progress until its response body has
 //!   been sent, so open event streams never count as idle.
@@ -27,15 +27,14 @@
 //!   per connection, pending and locally reset streams, and pings that
 //!   close connections whose peer is gone.
 
+use std::convert::Infallible;
+use std::future::Future;
 use std::net::SocketAddr;
 use std::pin::Pin;
 use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::task::{Context, Poll};
 use std::time::Duration;
-
-use std::convert::Infallible;
-use std::future::Future;
 
 use axum::body::Body;
 use axum::http::{header, HeaderValue, Request, Response, Version};
@@ -51,7 +50,7 @@ use tower::util::MapResponse;
 use tower::{Layer, Service, ServiceBuilder, ServiceExt};
 
 use super::body_deadline::{BodyDeadlineLayer, UnreadBody};
-use super::framing::{CheckFramingLayer, HeadProgress, RawHeads};
+use super::framing::CheckFramingLayer;
 use super::http1::{self, HeadLimits, Wire};
 use super::rescue::RescueLayer;
 use super::sniff::{self, Prefixed};
@@ -213,8 +212,7 @@ async fn serve_one(
     closing: watch::Receiver<bool>,
 ) {
     let activity = Arc::new(Activity::new());
-    let raw_heads = Arc::new(RawHeads::default());
-    let idle = activity.idle_expired(&raw_heads, limits.header_timeout, limits.idle_timeout);
+    let idle = activity.idle_expired(limits.header_timeout, limits.idle_timeout);
     tokio::pin!(idle);
     let mut shutdown = closing.clone();
     let close = async {
@@ -237,12 +235,9 @@ async fn serve_one(
     let Ok(first) = first else { return };
     match first {
         sniff::First::Http2(preface) => {
-            raw_heads.set_progress(HeadProgress::Http2);
             let connection = http2.serve_connection(
-                TokioIo::new(sniff::Prefixed::new(preface, stream)),
-                TowerToHyperService::new(connection_service(
-                    &activity, &raw_heads, &limits, router, remote,
-                )),
+                TokioIo::new(Prefixed::new(preface, stream)),
+                TowerToHyperService::new(connection_service(&activity, &limits, router, remote)),
             );
             serve_http2(connection, close, &closing).await;
         }
@@ -250,10 +245,11 @@ async fn serve_one(
             let head_limits = HeadLimits {
                 max_bytes: limits.max_header_bytes,
                 max_fields: limits.max_headers,
+                timeout: limits.header_timeout,
             };
             let wire = Arc::new(Wire::new(stream, buffered));
-            let service = connection_service(&activity, &raw_heads, &limits, router, remote);
-            http1::serve(wire, service, head_limits, &raw_heads, close, &closing).await;
+            let service = connection_service(&activity, &limits, router, remote);
+            http1::serve(wire, service, head_limits, close, &closing).await;
         }
     }
 }
@@ -262,7 +258,6 @@ async fn serve_one(
 /// it speaks.
 fn connection_service<B>(
     activity: &Arc<Activity>,
-    raw_heads: &Arc<RawHeads>,
     limits: &Limits,
     router: Routes,
     remote: SocketAddr,
@@ -282,7 +277,7 @@ where
         .layer(TrackActivityLayer(activity.clone()))
         // A request the router must not see is answered here, and only here.
         .layer(RescueLayer)
-        .layer(CheckFramingLayer::new(raw_heads.clone()))
+        .layer(CheckFramingLayer::default())
         .layer(BodyDeadlineLayer::new(
             limits.body_timeout,
             activity.unread.clone(),
@@ -383,41 +378,30 @@ impl Activity {
         u64::try_from(self.started.elapsed().as_millis()).unwrap_or(u64::MAX)
     }
 
-    /// Resolves once the connection has outstayed its limits: before its
-    /// first request, `header_timeout` from its start; afterwards `idle`
-    /// with no request in progress; and a request head that has begun to
-    /// arrive must end within `header_timeout` (from its first byte, or from
-    /// the end of the request before it, whichever is later).
-    async fn idle_expired(&self, heads: &RawHeads, header_timeout: Duration, idle: Duration) {
-        // Never asleep longer than the shorter limit: a limit that starts
-        // while the watch sleeps (a head begins) is then still met on time.
-        let recheck = header_timeout.min(idle);
+    /// Resolves once no request has been in progress for `idle` (or, before
+    /// the first request, for `first_request`).
+    async fn idle_expired(&self, first_request: Duration, idle: Duration) {
+        // The limit in force can shrink when the first request arrives, so
+        // never sleep longer than the shorter one before looking again.
+        let recheck = first_request.min(idle);
         loop {
+            let limit = if self.served_any.load(Ordering::Acquire) {
+                idle
+            } else {
+                first_request
+            };
             if self.in_flight.load(Ordering::Acquire) > 0 {
                 // Busy: look again later; a request that ends meanwhile
                 // starts the idle clock then.
                 tokio::time::sleep(recheck).await;
                 continue;
             }
-            let idle_since = Duration::from_millis(self.idle_since_ms.load(Ordering::Acquire));
-            let served = self.served_any.load(Ordering::Acquire);
-            let progress = heads.progress();
-            let idle_limit = match progress {
-                _ if !served => header_timeout,
-                _ => idle,
-            };
-            let mut deadline = idle_since + idle_limit;
-            if let HeadProgress::Since(began) = progress {
-                let began = began
-                    .saturating_duration_since(self.started)
-                    .max(idle_since);
-                deadline = deadline.min(began + header_timeout);
-            }
-            let now = self.started.elapsed();
-            if now >= deadline {
+            let idle_since = self.idle_since_ms.load(Ordering::Acquire);
+            let idle_for = Duration::from_millis(self.now_ms().saturating_sub(idle_since));
+            if idle_for >= limit {
                 return;
             }
-            tokio::time::sleep((deadline - now).min(recheck)).await;
+            tokio::time::sleep((limit - idle_for).min(recheck)).await;
         }
     }
 }

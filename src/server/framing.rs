@@ -8,41 +8,26 @@
 //! a framing header (`Content_Length`) are refused too: CGI-style servers
 //! fold `_` into `-`.
 //!
-//! Parsed headers can hide ambiguity (an HTTP library may drop a
-//! `Content-Length` sent with `Transfer-Encoding`, or fold repeated equal
-//! lengths into one), so HTTP/1.1 heads are also judged raw, on the fields
-//! as they came, by the server that reads them (`http1.rs`), and the
-//! verdict on each travels to the service in request order (`RawHeads`).
+//! The rules (`read_framing`) are read over a head's fields as they came:
+//! the HTTP/1.1 server (`http1.rs`) applies them to each raw head before
+//! it builds a request, and answers an ambiguous one itself; `CheckFraming`
+//! applies them to the parsed headers of every request, whichever HTTP
+//! brought it.
 
 use std::convert::Infallible;
-use std::sync::Arc;
 
-use axum::http::{HeaderMap, Request, Version};
+use axum::http::{HeaderMap, Request};
 use tower::util::MapErr;
 use tower::Layer;
 
 use crate::checkpoint::{gate_layer, Gate, GateService};
 use crate::error::FramingError;
-pub(crate) use raw_heads::{HeadProgress, RawHeads};
-
 /// Adds `CheckFraming` in front of a connection's service. That service
 /// answers every request itself (its error type is `Infallible`), so the
 /// only error out of the pair is the refusal, a `FramingError`.
 #[derive(Clone, Default)]
 pub(crate) struct CheckFramingLayer {
     check: CheckFraming,
-}
-
-impl CheckFramingLayer {
-    /// Checks the parsed headers, and the verdicts on the raw heads the
-    /// connection's HTTP/1.1 server read.
-    pub(crate) fn new(raw_heads: Arc<RawHeads>) -> Self {
-        CheckFramingLayer {
-            check: CheckFraming {
-                raw_heads: Some(raw_heads),
-            },
-        }
-    }
 }
 
 /// A service that never fails, as one whose errors are `FramingError`s.
@@ -57,23 +42,15 @@ impl<S> Layer<S> for CheckFramingLayer {
     }
 }
 
-/// Refuses a request whose framing is ambiguous, raw or parsed.
+/// Refuses a request whose parsed headers frame it ambiguously.
 #[derive(Clone, Default)]
-pub(crate) struct CheckFraming {
-    raw_heads: Option<Arc<RawHeads>>,
-}
+pub(crate) struct CheckFraming;
 
 impl<B> Gate<Request<B>> for CheckFraming {
     type Refusal = FramingError;
 
-    /// The raw head's verdict is taken as the request is handed over, so
-    /// verdicts and requests stay in step.
     fn admit(&self, request: &mut Request<B>) -> Result<(), FramingError> {
-        let raw = match (&self.raw_heads, request.version()) {
-            (Some(heads), Version::HTTP_10 | Version::HTTP_11) => heads.next_verdict(),
-            _ => Ok(()),
-        };
-        raw.and_then(|()| check_framing(request.headers()))
+        check_framing(request.headers())
     }
 }
 
@@ -168,6 +145,5 @@ fn reads_as(name: &[u8], framing_name: &[u8]) -> bool {
         })
 }
 
-mod raw_heads;
 #[cfg(test)]
 mod tests;

@@ -31,9 +31,10 @@ use std::ops::Range;
 use std::pin::{pin, Pin};
 use std::sync::Arc;
 use std::task::Poll;
-use std::time::{SystemTime, UNIX_EPOCH};
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use axum::http::{header, HeaderMap, Method, Request, Response, StatusCode, Version};
+use axum::response::IntoResponse;
 use bytes::Bytes;
 use http_body::{Body, Frame, SizeHint};
 use tokio::net::TcpStream;
@@ -41,7 +42,7 @@ use tokio::sync::watch;
 use tokio::time::Instant;
 use tower::{Service, ServiceExt};
 
-use super::framing::{BodyFraming, HeadProgress, RawHeads};
+use super::framing::BodyFraming;
 use crate::proxy::downstream::Framing;
 
 mod body;
@@ -62,6 +63,9 @@ const PIPELINED_AT_MOST: usize = 64 * 1024;
 pub(crate) struct HeadLimits {
     pub(crate) max_bytes: usize,
     pub(crate) max_fields: usize,
+    /// How long a head may take from its first byte (or from the end of the
+    /// request before it, for one that came early).
+    pub(crate) timeout: Duration,
 }
 
 /// Serves the HTTP/1.1 requests on `wire` until the client closes, a
@@ -72,7 +76,6 @@ pub(crate) async fn serve<S, B>(
     wire: Arc<Wire>,
     mut service: S,
     limits: HeadLimits,
-    heads: &RawHeads,
     mut close: Pin<&mut impl Future<Output = ()>>,
     closing: &watch::Receiver<bool>,
 ) where
@@ -83,7 +86,7 @@ pub(crate) async fn serve<S, B>(
     let mut fields = Vec::new();
     loop {
         let next = {
-            let read = pin!(read_head(&wire, limits, heads, &mut fields));
+            let read = pin!(read_head(&wire, limits, &mut fields));
             tokio::select! {
                 biased;
                 head = read => head,
@@ -111,23 +114,23 @@ pub(crate) async fn serve<S, B>(
         } = head;
         let version = request.version();
         let method = request.method().clone();
-        let framing_ok = framing.is_ok();
-        let body = wire.read_side().body(
-            &wire,
-            match framing {
-                Ok(BodyFraming::Length(n)) => Framing::Length(n),
-                Ok(BodyFraming::Chunked) => Framing::Chunked,
-                // Refused by `CheckFraming` before anything reads it.
-                Ok(BodyFraming::Unframed) | Err(_) => Framing::Empty,
-            },
-            expects_continue,
-        );
-        heads.push(framing.map(|_| ()));
+        let framing = match framing {
+            Ok(BodyFraming::Length(n)) => Framing::Length(n),
+            Ok(BodyFraming::Chunked) => Framing::Chunked,
+            Ok(BodyFraming::Unframed) => Framing::Empty,
+            Err(ambiguous) => {
+                // The bytes after this head cannot be told apart: answered,
+                // and the connection closed.
+                let answer = ambiguous.into_response();
+                let _ = write_answer(&wire, answer, version, &method, false).await;
+                return;
+            }
+        };
+        let body = wire.body(framing, expects_continue);
         let request = request.map(|()| body);
         let Ok(ready) = service.ready().await;
         let Ok(response) = ready.call(request).await;
-        let keep_alive =
-            keep_alive && framing_ok && method != Method::CONNECT && !*closing.borrow();
+        let keep_alive = keep_alive && method != Method::CONNECT && !*closing.borrow();
         match write_answer(&wire, response, version, &method, keep_alive).await {
             Ok(true) => {}
             Ok(false) => return,
@@ -152,25 +155,21 @@ enum Refused {
 }
 
 /// Reads the next head; `None` when the client closed between requests.
-/// Tells the watch when a head is left half-arrived, and when.
+/// A head left half-arrived by a read must end within `limits.timeout`.
 async fn read_head(
     wire: &Wire,
     limits: HeadLimits,
-    heads: &RawHeads,
     fields: &mut Vec<(Range<usize>, Range<usize>)>,
 ) -> Result<Option<Head>, Refused> {
-    let mut began: Option<Instant> = None;
+    // Set only once a head is seen half-arrived: most come whole in one
+    // read and never need a timer.
+    let mut due: Option<Instant> = None;
     loop {
         {
             let mut side = wire.read_side();
             loop {
                 match take_head(&mut side.buf, limits.max_bytes, limits.max_fields, fields) {
-                    Ok(Some(head)) => {
-                        if began.is_some() {
-                            heads.set_progress(HeadProgress::Between);
-                        }
-                        return Ok(Some(head));
-                    }
+                    Ok(Some(head)) => return Ok(Some(head)),
                     Ok(None) => {}
                     Err(refusal) => return Err(Refused::Head(refusal)),
                 }
@@ -182,14 +181,19 @@ async fn read_head(
                     Err(e) => return Err(Refused::Io(e)),
                 }
             }
-            if !side.buf.is_empty() && began.is_none() {
-                let now = Instant::now();
-                began = Some(now);
-                heads.set_progress(HeadProgress::Since(now));
+            if !side.buf.is_empty() && due.is_none() {
+                due = Some(Instant::now() + limits.timeout);
             }
             side.let_buffer_go();
         }
-        wire.stream.readable().await.map_err(Refused::Io)?;
+        let readable = wire.stream.readable();
+        match due {
+            None => readable.await,
+            Some(due) => tokio::time::timeout_at(due, readable)
+                .await
+                .map_err(|_| Refused::Head(HeadError::Late))?,
+        }
+        .map_err(Refused::Io)?;
     }
 }
 

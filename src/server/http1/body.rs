@@ -66,6 +66,26 @@ impl Wire {
             .lock()
             .unwrap_or_else(|poisoned| poisoned.into_inner())
     }
+
+    /// The body after a head with this framing: whole if it is already in
+    /// the buffer, read from the socket otherwise.
+    pub(crate) fn body(self: &Arc<Self>, framing: Framing, expects_continue: bool) -> RequestBody {
+        let mut side = self.read_side();
+        match framing {
+            Framing::Empty | Framing::Length(0) => RequestBody(Kind::Empty),
+            Framing::Length(n) if n <= side.buf.len() as u64 => {
+                // At most the buffer's length: fits in a usize.
+                let n = usize::try_from(n).unwrap_or(side.buf.len());
+                RequestBody(Kind::Whole(Some(side.buf.split_to(n).freeze())))
+            }
+            framing => {
+                side.body = Decoder::new(framing);
+                side.continue_due = if expects_continue { CONTINUE.len() } else { 0 };
+                side.serial += 1;
+                RequestBody(Kind::Streaming(self.clone(), side.serial))
+            }
+        }
+    }
 }
 
 impl ReadSide {
@@ -91,30 +111,6 @@ impl ReadSide {
             self.buf.reserve(want);
         }
         stream.try_read_buf(&mut self.buf)
-    }
-
-    /// The body after a head with this framing: whole if it is already in
-    /// the buffer, read from the socket otherwise.
-    pub(crate) fn body(
-        &mut self,
-        wire: &Arc<Wire>,
-        framing: Framing,
-        expects_continue: bool,
-    ) -> RequestBody {
-        match framing {
-            Framing::Empty | Framing::Length(0) => RequestBody(Kind::Empty),
-            Framing::Length(n) if n <= self.buf.len() as u64 => {
-                // At most the buffer's length: fits in a usize.
-                let n = usize::try_from(n).unwrap_or(self.buf.len());
-                RequestBody(Kind::Whole(Some(self.buf.split_to(n).freeze())))
-            }
-            framing => {
-                self.body = Decoder::new(framing);
-                self.continue_due = if expects_continue { CONTINUE.len() } else { 0 };
-                self.serial += 1;
-                RequestBody(Kind::Streaming(wire.clone(), self.serial))
-            }
-        }
     }
 }
 

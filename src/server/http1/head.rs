@@ -27,6 +27,8 @@ pub(crate) enum HeadError {
     TooManyFields,
     #[error("an HTTP/1.0 request cannot have a chunked body")]
     ChunkedHttp10,
+    #[error("the request head did not arrive within server.header_timeout")]
+    Late,
 }
 
 impl HeadError {
@@ -35,7 +37,8 @@ impl HeadError {
         match self {
             HeadError::Malformed => b"HTTP/1.1 400 Bad Request\r\ncontent-type: text/plain\r\ncontent-length: 36\r\nconnection: close\r\n\r\nThe request head is not valid HTTP.\n",
             HeadError::ChunkedHttp10 => b"HTTP/1.1 400 Bad Request\r\ncontent-type: text/plain\r\ncontent-length: 46\r\nconnection: close\r\n\r\nHTTP/1.0 has no chunked transfer coding here.\n",
-            HeadError::TooLarge | HeadError::TooManyFields => b"HTTP/1.1 431 Request Header Fields Too Large\r\ncontent-type: text/plain\r\ncontent-length: 39\r\nconnection: close\r\n\r\nThe request head is larger than allowed.\n",
+            HeadError::Late => b"HTTP/1.1 408 Request Timeout\r\ncontent-type: text/plain\r\ncontent-length: 41\r\nconnection: close\r\n\r\nThe request head did not arrive in time.\n",
+            HeadError::TooLarge | HeadError::TooManyFields => b"HTTP/1.1 431 Request Header Fields Too Large\r\ncontent-type: text/plain\r\ncontent-length: 41\r\nconnection: close\r\n\r\nThe request head is larger than allowed.\n",
         }
     }
 }

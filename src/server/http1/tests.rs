@@ -3,64 +3,65 @@ use std::sync::Mutex;
 
 use bytes::BytesMut;
 use http_body_util::{BodyExt, Full, StreamBody};
+use std::time::Duration;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpListener;
 
 const LIMITS: HeadLimits = HeadLimits {
     max_bytes: 8192,
     max_fields: 100,
+    timeout: Duration::from_millis(300),
 };
 
-/// One request as the test service saw it: its path, its body (or the
-/// body's error), and whether its raw head's framing was accepted.
-type SeenRequest = (String, Result<String, String>, bool);
+/// One request as the test service saw it: its path, and its body (or the
+/// body's error).
+type SeenRequest = (String, Result<String, String>);
 
 /// What the test service saw, in order.
 #[derive(Clone, Default)]
 struct Seen(Arc<Mutex<Vec<SeenRequest>>>);
 
-/// A connection served by `serve` with a service that reads each body
-/// whole and answers with its length; the client's socket, what the
-/// service saw, the wire and the raw heads.
-async fn served() -> (TcpStream, Seen, Arc<Wire>, Arc<RawHeads>) {
+/// Both ends of a loopback connection: the client's, the server's.
+async fn socket_pair() -> (TcpStream, TcpStream) {
     let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
     let client = TcpStream::connect(listener.local_addr().unwrap())
         .await
         .unwrap();
-    let (stream, _) = listener.accept().await.unwrap();
+    let (server, _) = listener.accept().await.unwrap();
+    (client, server)
+}
+
+/// A connection served by `serve` with a service that reads each body
+/// whole and answers with its length (`/slow` after half a second); the
+/// client's socket, what the service saw, and the wire.
+async fn served() -> (TcpStream, Seen, Arc<Wire>) {
+    let (client, stream) = socket_pair().await;
     let wire = Arc::new(Wire::new(stream, BytesMut::new()));
-    let heads = Arc::new(RawHeads::default());
     let seen = Seen::default();
-    let (record, heads_for_service) = (seen.clone(), heads.clone());
+    let record = seen.clone();
     let service = tower::service_fn(move |request: Request<RequestBody>| {
-        let (record, heads) = (record.clone(), heads_for_service.clone());
+        let record = record.clone();
         async move {
             let path = request.uri().path().to_owned();
-            let verdict = heads.next_verdict().is_ok();
+            if path == "/slow" {
+                tokio::time::sleep(Duration::from_millis(500)).await;
+            }
             let body = match request.into_body().collect().await {
                 Ok(body) => Ok(String::from_utf8_lossy(&body.to_bytes()).into_owned()),
                 Err(e) => Err(e.to_string()),
             };
             let answer = format!("{}", body.as_ref().map_or(0, String::len));
-            record.0.lock().unwrap().push((path, body, verdict));
+            record.0.lock().unwrap().push((path, body));
             Ok::<_, Infallible>(Response::new(Full::new(Bytes::from(answer))))
         }
     });
-    let (wire_for_serve, heads_for_serve) = (wire.clone(), heads.clone());
+    let wire_for_serve = wire.clone();
     tokio::spawn(async move {
         let (_closing_tx, closing) = watch::channel(false);
         let never = pin!(std::future::pending::<()>());
-        serve(
-            wire_for_serve,
-            service,
-            LIMITS,
-            &heads_for_serve,
-            never,
-            &closing,
-        )
-        .await;
+        serve(wire_for_serve, service, LIMITS, never, &closing).await;
     });
-    (client, seen, wire, heads)
+    (client, seen, wire)
 }
 
 /// Everything the server sends until it closes the connection.
@@ -68,6 +69,13 @@ async fn read_to_close(client: &mut TcpStream) -> String {
     let mut answer = Vec::new();
     let _ = tokio::time::timeout(Duration::from_secs(5), client.read_to_end(&mut answer)).await;
     String::from_utf8_lossy(&answer).into_owned()
+}
+
+/// One read's worth of what the server sent.
+async fn read_some(client: &mut TcpStream) -> String {
+    let mut answer = [0u8; 1024];
+    let n = client.read(&mut answer).await.unwrap();
+    String::from_utf8_lossy(&answer[..n]).into_owned()
 }
 
 const PIPELINE: &[u8] =
@@ -78,35 +86,34 @@ POST /c HTTP/1.1\r\nHost: x\r\nContent-Length: 3\r\nTransfer-Encoding: chunked\r
 3\r\nabc\r\n0\r\n\r\n\
 GET /d HTTP/1.1\r\nHost: x\r\n\r\n";
 
-use std::time::Duration;
-
 #[tokio::test]
 async fn pipelined_requests_are_read_through_their_bodies_and_an_ambiguous_head_ends_the_connection(
 ) {
     for step in [1, 7, PIPELINE.len()] {
-        let (mut client, seen, _, _) = served().await;
+        let (mut client, seen, _) = served().await;
         for piece in PIPELINE.chunks(step) {
             client.write_all(piece).await.unwrap();
         }
         let answers = read_to_close(&mut client).await;
         let seen = seen.0.lock().unwrap().clone();
+        // Content-Length with Transfer-Encoding (/c): answered 400 by the
+        // server before any request is built, its body never read, and /d
+        // never served.
         assert_eq!(
             seen,
             vec![
-                (
-                    "/a".into(),
-                    Ok("Content-Length: 5\r\n\r\nabcd".into()),
-                    true
-                ),
-                ("/b".into(), Ok("wxyz".into()), true),
-                // Content-Length with Transfer-Encoding: refused by the
-                // stack, the body never read, and /d never served.
-                ("/c".into(), Ok(String::new()), false),
+                ("/a".into(), Ok("Content-Length: 5\r\n\r\nabcd".into())),
+                ("/b".into(), Ok("wxyz".into())),
             ],
             "step {step}"
         );
-        assert_eq!(answers.matches("HTTP/1.1 200 OK").count(), 3, "{answers}");
-        assert!(answers.ends_with("\r\n\r\n0"), "{answers}");
+        assert_eq!(answers.matches("HTTP/1.1 200 OK").count(), 2, "{answers}");
+        let refusal = &answers[answers.find("HTTP/1.1 400").expect("a 400 for /c")..];
+        assert!(refusal.contains("connection: close\r\n"), "{refusal}");
+        assert!(
+            refusal.ends_with("Transfer-Encoding and Content-Length are sent together\n"),
+            "{refusal}"
+        );
     }
 }
 
@@ -185,49 +192,113 @@ fn heads_that_are_not_http_are_refused() {
     assert_eq!(refused.err(), Some(HeadError::TooLarge));
 }
 
+#[test]
+fn every_refusal_announces_the_length_of_its_text() {
+    for refusal in [
+        HeadError::Malformed,
+        HeadError::TooLarge,
+        HeadError::TooManyFields,
+        HeadError::ChunkedHttp10,
+        HeadError::Late,
+    ] {
+        let answer = std::str::from_utf8(refusal.answer()).unwrap();
+        let (head, text) = answer.split_once("\r\n\r\n").unwrap();
+        assert!(head.contains("connection: close"), "{refusal:?}");
+        assert!(
+            head.contains(&format!("content-length: {}\r\n", text.len())),
+            "{refusal:?}: {answer:?}"
+        );
+    }
+}
+
 #[tokio::test]
-async fn a_head_left_half_way_is_reported_and_cleared_when_it_ends() {
-    let (mut client, seen, _, heads) = served().await;
+async fn a_head_that_stops_half_way_gets_408_after_the_header_timeout_from_its_first_byte() {
+    let (mut client, seen, _) = served().await;
+    client
+        .write_all(b"GET / HTTP/1.1\r\nHost: x\r\n\r\n")
+        .await
+        .unwrap();
+    assert!(read_some(&mut client).await.starts_with("HTTP/1.1 200 OK"));
+    // Idle for longer than the header timeout (idle is the watch's), then
+    // half a head.
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    let sent = tokio::time::Instant::now();
     client.write_all(b"GET / HTTP/1.1\r\n").await.unwrap();
-    tokio::time::sleep(Duration::from_millis(100)).await;
-    assert!(matches!(heads.progress(), HeadProgress::Since(_)));
-    client.write_all(b"Host: x\r\n\r\n").await.unwrap();
-    let mut answer = [0u8; 256];
-    let n = client.read(&mut answer).await.unwrap();
-    assert!(answer[..n].starts_with(b"HTTP/1.1 200 OK"));
-    assert_eq!(heads.progress(), HeadProgress::Between);
+    let answer = read_to_close(&mut client).await;
+    let after = sent.elapsed();
+    assert!(answer.starts_with("HTTP/1.1 408"), "{answer}");
+    assert!(
+        after >= Duration::from_millis(250) && after < Duration::from_secs(2),
+        "{after:?}"
+    );
     assert_eq!(seen.0.lock().unwrap().len(), 1);
 }
 
 #[tokio::test]
+async fn a_head_that_ends_in_time_is_served_and_its_timer_cleared() {
+    let (mut client, seen, _) = served().await;
+    client.write_all(b"GET / HTTP/1.1\r\n").await.unwrap();
+    tokio::time::sleep(Duration::from_millis(150)).await;
+    client.write_all(b"Host: x\r\n\r\n").await.unwrap();
+    assert!(read_some(&mut client).await.starts_with("HTTP/1.1 200 OK"));
+    // Past the half head's deadline: still open, and serving.
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    client
+        .write_all(b"GET / HTTP/1.1\r\nHost: x\r\n\r\n")
+        .await
+        .unwrap();
+    assert!(read_some(&mut client).await.starts_with("HTTP/1.1 200 OK"));
+    assert_eq!(seen.0.lock().unwrap().len(), 2);
+}
+
+#[tokio::test]
+async fn a_head_begun_before_the_request_ended_is_timed_from_the_end() {
+    let (mut client, _, _) = served().await;
+    // A pipelined head's first bytes, sent while /slow takes half a second
+    // (longer than the header timeout): the client cannot be blamed for
+    // the wait.
+    client
+        .write_all(b"GET /slow HTTP/1.1\r\nHost: x\r\n\r\nGET / HTTP/1.1\r\n")
+        .await
+        .unwrap();
+    assert!(read_some(&mut client).await.starts_with("HTTP/1.1 200 OK"));
+    let answered = tokio::time::Instant::now();
+    let answer = read_to_close(&mut client).await;
+    assert!(answer.starts_with("HTTP/1.1 408"), "{answer}");
+    assert!(
+        answered.elapsed() >= Duration::from_millis(250),
+        "{:?}",
+        answered.elapsed()
+    );
+}
+
+#[tokio::test]
 async fn an_idle_connection_holds_no_read_buffer() {
-    let (mut client, _, wire, _) = served().await;
+    let (mut client, _, wire) = served().await;
     client
         .write_all(b"POST / HTTP/1.1\r\nHost: x\r\nContent-Length: 3\r\n\r\nabc")
         .await
         .unwrap();
-    let mut answer = [0u8; 256];
-    let n = client.read(&mut answer).await.unwrap();
-    assert!(answer[..n].starts_with(b"HTTP/1.1 200 OK"));
+    assert!(read_some(&mut client).await.starts_with("HTTP/1.1 200 OK"));
     tokio::time::sleep(Duration::from_millis(50)).await;
     assert_eq!(wire.read_side().buf.capacity(), 0);
 }
 
 #[tokio::test]
 async fn expect_continue_is_answered_when_the_body_is_read() {
-    let (mut client, seen, _, _) = served().await;
+    let (mut client, seen, _) = served().await;
     client
         .write_all(
             b"POST /up HTTP/1.1\r\nHost: x\r\nExpect: 100-continue\r\nContent-Length: 5\r\n\r\n",
         )
         .await
         .unwrap();
-    let mut answer = [0u8; 256];
-    let n = client.read(&mut answer).await.unwrap();
-    assert_eq!(&answer[..n], b"HTTP/1.1 100 Continue\r\n\r\n");
+    assert_eq!(
+        read_some(&mut client).await,
+        "HTTP/1.1 100 Continue\r\n\r\n"
+    );
     client.write_all(b"hello").await.unwrap();
-    let n = client.read(&mut answer).await.unwrap();
-    let text = String::from_utf8_lossy(&answer[..n]);
+    let text = read_some(&mut client).await;
     assert!(
         text.starts_with("HTTP/1.1 200 OK") && text.ends_with("\r\n\r\n5"),
         "{text}"
@@ -237,7 +308,7 @@ async fn expect_continue_is_answered_when_the_body_is_read() {
 
 #[tokio::test]
 async fn a_body_cut_off_by_the_client_fails_and_the_connection_ends() {
-    let (mut client, seen, _, _) = served().await;
+    let (mut client, seen, _) = served().await;
     client
         .write_all(b"POST / HTTP/1.1\r\nHost: x\r\nTransfer-Encoding: chunked\r\n\r\n5\r\nab")
         .await
@@ -257,11 +328,7 @@ async fn answer_of(
     version: Version,
     method: Method,
 ) -> (String, bool) {
-    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let mut client = TcpStream::connect(listener.local_addr().unwrap())
-        .await
-        .unwrap();
-    let (stream, _) = listener.accept().await.unwrap();
+    let (mut client, stream) = socket_pair().await;
     let wire = Wire::new(stream, BytesMut::new());
     let keep = write_answer(&wire, response, version, &method, true)
         .await
