@@ -9,7 +9,7 @@
 
 use std::net::IpAddr;
 
-use axum::http::{header, HeaderMap, HeaderName, HeaderValue};
+use axum::http::{header, HeaderMap, HeaderName, HeaderValue, Version};
 
 use crate::client_address::{
     is_forwarding_name, lenient_header_name, TrustedProxies, X_FORWARDED_FOR,
@@ -54,6 +54,20 @@ pub(crate) fn connection_options(headers: &HeaderMap) -> impl Iterator<Item = &s
         .flat_map(|v| v.split(','))
         .map(str::trim)
         .filter(|t| !t.is_empty())
+}
+
+/// Whether a `Connection` header lists `option`.
+pub(crate) fn connection_has(headers: &HeaderMap, option: &str) -> bool {
+    connection_options(headers).any(|o| o.eq_ignore_ascii_case(option))
+}
+
+/// Whether a message lets its connection carry another (RFC 9112 §9.3):
+/// HTTP/1.1 unless it says `close`, HTTP/1.0 only when it says
+/// `keep-alive` (and not `close`). The same rule for the client's requests
+/// and the downstream's answers.
+pub(crate) fn persistent(version: Version, headers: &HeaderMap) -> bool {
+    !connection_has(headers, "close")
+        && (version != Version::HTTP_10 || connection_has(headers, "keep-alive"))
 }
 
 fn is_hop_by_hop(name: &HeaderName, connection: &[String]) -> bool {

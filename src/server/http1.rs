@@ -44,6 +44,7 @@ use tower::{Service, ServiceExt};
 
 use super::framing::BodyFraming;
 use crate::proxy::downstream::Framing;
+use crate::proxy::headers::connection_has;
 
 mod body;
 mod head;
@@ -219,13 +220,8 @@ where
         || status == StatusCode::NO_CONTENT
         || status == StatusCode::NOT_MODIFIED;
     let framing = answer_framing(&parts.headers, body.size_hint(), version);
-    let keep_alive = keep_alive
-        && framing != Framing::UntilClose
-        && !parts
-            .headers
-            .get_all(header::CONNECTION)
-            .iter()
-            .any(|v| head::has_option(v, b"close"));
+    let keep_alive =
+        keep_alive && framing != Framing::UntilClose && !connection_has(&parts.headers, "close");
     let mut out = Vec::with_capacity(512);
     write_head(
         &mut out,

@@ -32,7 +32,7 @@ use tokio::io::{AsyncRead, AsyncWriteExt};
 use tokio::net::TcpStream;
 
 use super::Outgoing;
-use crate::proxy::headers::HeaderLines;
+use crate::proxy::headers::{persistent, HeaderLines};
 
 /// The downstream connection as tokio sees it (TLS or not).
 pub(super) type Io = TokioIo<MaybeHttpsStream<TokioIo<TcpStream>>>;
@@ -484,10 +484,7 @@ fn answer(
     mut headers: HeaderMap,
     method: &Method,
 ) -> Result<Answer, ExchangeError> {
-    let mut keep_alive = match version {
-        Version::HTTP_10 => connection_has(&headers, "keep-alive"),
-        _ => !connection_has(&headers, "close"),
-    };
+    let mut keep_alive = persistent(version, &headers);
     let framing = if *method == Method::HEAD
         || status == StatusCode::NO_CONTENT
         || status == StatusCode::NOT_MODIFIED
@@ -556,10 +553,6 @@ fn last_coding_is_chunked(headers: &HeaderMap) -> bool {
         .and_then(|v| v.to_str().ok())
         .and_then(|v| v.rsplit(',').next())
         .is_some_and(|coding| coding.trim().eq_ignore_ascii_case("chunked"))
-}
-
-fn connection_has(headers: &HeaderMap, option: &str) -> bool {
-    crate::proxy::headers::connection_options(headers).any(|o| o.eq_ignore_ascii_case(option))
 }
 
 #[cfg(test)]

@@ -5,10 +5,11 @@
 
 use std::ops::Range;
 
-use axum::http::{HeaderMap, HeaderName, HeaderValue, Method, Request, Uri, Version};
+use axum::http::{header, HeaderMap, HeaderName, HeaderValue, Method, Request, Uri, Version};
 use bytes::{Bytes, BytesMut};
 
 use crate::error::FramingError;
+use crate::proxy::headers::persistent;
 use crate::server::framing::{read_framing, BodyFraming};
 
 /// Fields parsed on the stack before a head is parsed again with room for
@@ -176,39 +177,27 @@ fn build(
     let method = Method::from_bytes(&head[parsed.method]).map_err(|_| HeadError::Malformed)?;
     let uri = Uri::from_maybe_shared(head.slice(parsed.path)).map_err(|_| HeadError::Malformed)?;
     let mut headers = HeaderMap::with_capacity(fields.len());
-    let (mut close, mut keep_alive, mut expects_continue) = (false, false, false);
     for (name, value) in fields {
         let name = HeaderName::from_bytes(&head[name.clone()]).map_err(|_| HeadError::Malformed)?;
         let value = HeaderValue::from_maybe_shared(head.slice(value.clone()))
             .map_err(|_| HeadError::Malformed)?;
-        if name == axum::http::header::CONNECTION {
-            close |= has_option(&value, b"close");
-            keep_alive |= has_option(&value, b"keep-alive");
-        } else if name == axum::http::header::EXPECT {
-            expects_continue |= value.as_bytes().eq_ignore_ascii_case(b"100-continue");
-        }
         headers.append(name, value);
     }
+    let keep_alive = persistent(parsed.version, &headers);
+    // HTTP/1.0 has no interim answers.
+    let expects_continue = !http10
+        && headers
+            .get(header::EXPECT)
+            .is_some_and(|v| v.as_bytes().eq_ignore_ascii_case(b"100-continue"));
     let mut request = Request::new(());
     *request.method_mut() = method;
     *request.uri_mut() = uri;
     *request.version_mut() = parsed.version;
     *request.headers_mut() = headers;
-    // RFC 9112 §9.3: HTTP/1.1 stays open unless told otherwise, HTTP/1.0
-    // closes unless asked to stay.
-    let keep_alive = !close && (!http10 || keep_alive);
     Ok(Head {
         request,
         framing,
         keep_alive,
-        expects_continue: expects_continue && !http10,
+        expects_continue,
     })
-}
-
-/// Whether a `Connection` value lists `option`.
-pub(crate) fn has_option(value: &HeaderValue, option: &[u8]) -> bool {
-    value
-        .as_bytes()
-        .split(|b| *b == b',')
-        .any(|item| item.trim_ascii().eq_ignore_ascii_case(option))
 }
