@@ -237,10 +237,8 @@ where
         return Ok(keep_alive);
     }
     let mut body = pin!(body);
-    let mut left = match framing {
-        Framing::Length(n) => Some(n),
-        _ => None,
-    };
+    // A length-framed body counts down what it may still bring.
+    let mut framing = framing;
     loop {
         // What the body has ready joins what waits to be written; only when
         // it has nothing ready is the waiting part written.
@@ -260,7 +258,7 @@ where
         if data.is_empty() {
             continue;
         }
-        append_data(&mut out, &data, framing, &mut left)?;
+        append_data(&mut out, &data, &mut framing)?;
         if out.len() >= WRITE_AT {
             write_all(stream, &out).await?;
             out.clear();
@@ -272,7 +270,7 @@ where
     write_all(stream, &out).await?;
     // A body shorter than its length leaves the client waiting for bytes
     // that will not come: only closing tells it.
-    Ok(keep_alive && left.is_none_or(|left| left == 0))
+    Ok(keep_alive && !matches!(framing, Framing::Length(left) if left > 0))
 }
 
 /// How an answer's body is framed: by its length when the body or the
@@ -289,16 +287,11 @@ fn answer_framing(headers: &HeaderMap, size: SizeHint, version: Version) -> Fram
     }
 }
 
-/// Appends a data frame to what waits to be written, framed; `left` is
-/// what a length-framed body may still bring (more fails the answer).
-fn append_data(
-    out: &mut Vec<u8>,
-    data: &[u8],
-    framing: Framing,
-    left: &mut Option<u64>,
-) -> io::Result<()> {
-    match (left, framing) {
-        (Some(left), _) => {
+/// Appends a data frame to what waits to be written, framed; a length
+/// is counted down by the data (more than it fails the answer).
+fn append_data(out: &mut Vec<u8>, data: &[u8], framing: &mut Framing) -> io::Result<()> {
+    match framing {
+        Framing::Length(left) => {
             let take = data.len().min(usize::try_from(*left).unwrap_or(usize::MAX));
             out.extend_from_slice(&data[..take]);
             *left -= take as u64;
@@ -306,12 +299,12 @@ fn append_data(
                 return Err(io::Error::other("answer body longer than its length"));
             }
         }
-        (None, Framing::Chunked) => {
+        Framing::Chunked => {
             let _ = write!(out, "{:x}\r\n", data.len());
             out.extend_from_slice(data);
             out.extend_from_slice(b"\r\n");
         }
-        (None, _) => out.extend_from_slice(data),
+        Framing::Empty | Framing::UntilClose => out.extend_from_slice(data),
     }
     Ok(())
 }
@@ -412,21 +405,21 @@ async fn write_all(stream: &TcpStream, mut bytes: &[u8]) -> io::Result<()> {
 fn http_date() -> [u8; 29] {
     use std::cell::Cell;
     thread_local! {
-        static LAST: Cell<(u64, [u8; 29])> = const { Cell::new((0, [0; 29])) };
+        static LAST: Cell<Option<(u64, [u8; 29])>> = const { Cell::new(None) };
     }
     let now = SystemTime::now();
     let second = now.duration_since(UNIX_EPOCH).map_or(0, |d| d.as_secs());
-    LAST.with(|last| {
-        let (at, text) = last.get();
-        if at == second && at != 0 {
-            return text;
+    LAST.with(|last| match last.get() {
+        Some((at, text)) if at == second => text,
+        _ => {
+            // An IMF-fixdate is always 29 bytes.
+            let mut text = [b' '; 29];
+            let formatted = httpdate::fmt_http_date(now);
+            let n = formatted.len().min(text.len());
+            text[..n].copy_from_slice(&formatted.as_bytes()[..n]);
+            last.set(Some((second, text)));
+            text
         }
-        let mut text = [b' '; 29];
-        let formatted = httpdate::fmt_http_date(now);
-        let n = formatted.len().min(29);
-        text[..n].copy_from_slice(&formatted.as_bytes()[..n]);
-        last.set((second, text));
-        text
     })
 }
 

@@ -6,7 +6,7 @@
 use std::ops::Range;
 
 use axum::http::{header, HeaderMap, HeaderName, HeaderValue, Method, Request, Uri, Version};
-use bytes::{Bytes, BytesMut};
+use bytes::{Buf, Bytes, BytesMut};
 
 use crate::error::FramingError;
 use crate::proxy::headers::persistent;
@@ -70,9 +70,7 @@ pub(crate) fn take_head(
         .iter()
         .take_while(|b| matches!(b, b'\r' | b'\n'))
         .count();
-    if blank > 0 {
-        let _ = buf.split_to(blank);
-    }
+    buf.advance(blank);
     if buf.is_empty() {
         return Ok(None);
     }
