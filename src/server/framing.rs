@@ -22,6 +22,7 @@ use tower::Layer;
 
 use crate::checkpoint::{gate_layer, Gate, GateService};
 use crate::error::FramingError;
+use crate::proxy::downstream::Framing;
 /// Adds `CheckFraming` in front of a connection's service. That service
 /// answers every request itself (its error type is `Infallible`), so the
 /// only error out of the pair is the refusal, a `FramingError`.
@@ -64,21 +65,14 @@ pub(crate) fn check_framing(headers: &HeaderMap) -> Result<(), FramingError> {
     .map(|_| ())
 }
 
-/// How the body after a head is framed, once its framing is unambiguous.
-#[derive(Debug, PartialEq)]
-pub(crate) enum BodyFraming {
-    /// No length header: no body.
-    Unframed,
-    Length(u64),
-    Chunked,
-}
-
 /// The framing rules, over a head's fields as (name, value) pairs in any
-/// case: the raw scan and the parsed-header check apply this one reading,
-/// in one pass, without building a map.
+/// case: the HTTP/1.1 server's raw reading and the parsed-header check
+/// apply this one reading, in one pass, without building a map. A request
+/// without a length header has no body (`Framing::Empty`); it is never
+/// framed by the connection's close.
 pub(crate) fn read_framing<'a>(
     fields: impl IntoIterator<Item = (&'a [u8], &'a [u8])>,
-) -> Result<BodyFraming, FramingError> {
+) -> Result<Framing, FramingError> {
     let (mut transfer_encoding, mut content_length) = (None, None);
     let (mut transfer_encodings, mut lengths) = (0usize, 0usize);
     let mut folds_to_framing = false;
@@ -100,7 +94,7 @@ pub(crate) fn read_framing<'a>(
     if lengths > 1 {
         return Err(FramingError("Content-Length is sent more than once"));
     }
-    let mut framing = BodyFraming::Unframed;
+    let mut framing = Framing::Empty;
     if let Some(coding) = transfer_encoding {
         if !coding.trim_ascii().eq_ignore_ascii_case(b"chunked") {
             return Err(FramingError(
@@ -112,7 +106,7 @@ pub(crate) fn read_framing<'a>(
                 "Transfer-Encoding and Content-Length are sent together",
             ));
         }
-        framing = BodyFraming::Chunked;
+        framing = Framing::Chunked;
     }
     if let Some(digits) = content_length {
         // At most 19 digits: always a u64.
@@ -121,7 +115,7 @@ pub(crate) fn read_framing<'a>(
                 .then(|| std::str::from_utf8(digits).ok()?.parse::<u64>().ok())
                 .flatten()
                 .ok_or(FramingError("Content-Length must be one decimal number"))?;
-        framing = BodyFraming::Length(length);
+        framing = Framing::Length(length);
     }
     if folds_to_framing {
         return Err(FramingError(

@@ -42,7 +42,6 @@ use tokio::sync::watch;
 use tokio::time::Instant;
 use tower::{Service, ServiceExt};
 
-use super::framing::BodyFraming;
 use crate::proxy::downstream::Framing;
 use crate::proxy::headers::connection_has;
 
@@ -116,9 +115,7 @@ pub(crate) async fn serve<S, B>(
         let version = request.version();
         let method = request.method().clone();
         let framing = match framing {
-            Ok(BodyFraming::Length(n)) => Framing::Length(n),
-            Ok(BodyFraming::Chunked) => Framing::Chunked,
-            Ok(BodyFraming::Unframed) => Framing::Empty,
+            Ok(framing) => framing,
             Err(ambiguous) => {
                 // The bytes after this head cannot be told apart: answered,
                 // and the connection closed.

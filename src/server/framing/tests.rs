@@ -106,17 +106,14 @@ fn raw_fields_are_read_whatever_their_case() {
     let read = |fields: &[(&str, &str)]| {
         read_framing(fields.iter().map(|(n, v)| (n.as_bytes(), v.as_bytes()))).ok()
     };
-    assert_eq!(
-        read(&[("Content-Length", "5")]),
-        Some(BodyFraming::Length(5))
-    );
+    assert_eq!(read(&[("Content-Length", "5")]), Some(Framing::Length(5)));
     assert_eq!(
         read(&[("TRANSFER-ENCODING", "Chunked")]),
-        Some(BodyFraming::Chunked)
+        Some(Framing::Chunked)
     );
     assert_eq!(
         read(&[("Host", "x"), ("X_Forwarded", "y")]),
-        Some(BodyFraming::Unframed)
+        Some(Framing::Empty)
     );
     for refused in [
         &[("Content-Length", "5"), ("content-length", "5")][..],

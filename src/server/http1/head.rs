@@ -9,8 +9,9 @@ use axum::http::{header, HeaderMap, HeaderName, HeaderValue, Method, Request, Ur
 use bytes::{Buf, Bytes, BytesMut};
 
 use crate::error::FramingError;
+use crate::proxy::downstream::Framing;
 use crate::proxy::headers::persistent;
-use crate::server::framing::{read_framing, BodyFraming};
+use crate::server::framing::read_framing;
 
 /// Fields parsed on the stack before a head is parsed again with room for
 /// `server.max_headers`.
@@ -50,7 +51,7 @@ pub(crate) struct Head {
     pub(crate) request: Request<()>,
     /// The body's framing, or why it is refused (the stack's `CheckFraming`
     /// answers that; the connection then closes).
-    pub(crate) framing: Result<BodyFraming, FramingError>,
+    pub(crate) framing: Result<Framing, FramingError>,
     /// Whether the client lets the connection carry another request.
     pub(crate) keep_alive: bool,
     pub(crate) expects_continue: bool,
@@ -169,7 +170,7 @@ fn build(
             .map(|(name, value)| (&head[name.clone()], &head[value.clone()])),
     );
     let http10 = parsed.version == Version::HTTP_10;
-    if http10 && matches!(framing, Ok(BodyFraming::Chunked)) {
+    if http10 && matches!(framing, Ok(Framing::Chunked)) {
         return Err(HeadError::ChunkedHttp10);
     }
     let method = Method::from_bytes(&head[parsed.method]).map_err(|_| HeadError::Malformed)?;
