@@ -235,11 +235,9 @@ async fn serve_one(
     let Ok(first) = first else { return };
     match first {
         sniff::First::Http2(preface) => {
-            let connection = http2.serve_connection(
-                TokioIo::new(Prefixed::new(preface, stream)),
-                TowerToHyperService::new(connection_service(&activity, &limits, router, remote)),
-            );
-            serve_http2(connection, close, &closing).await;
+            let io = Prefixed::new(preface, stream);
+            let service = connection_service(&activity, &limits, router, remote);
+            serve_http2(&http2, io, service, close, &closing).await;
         }
         sniff::First::Http1(buffered) => {
             let head_limits = HeadLimits {
@@ -294,16 +292,22 @@ where
 /// shutdown) it sends GOAWAY and lets open streams finish: at shutdown for
 /// as long as the server's grace period allows, when idle briefly.
 async fn serve_http2<S>(
-    connection: http2::Connection<TokioIo<Prefixed>, TowerToHyperService<S>, TokioExecutor>,
+    http2: &http2::Builder<TokioExecutor>,
+    io: Prefixed,
+    service: S,
     close: Pin<&mut impl Future<Output = ()>>,
     closing: &watch::Receiver<bool>,
 ) where
-    TowerToHyperService<S>:
-        hyper::service::Service<Request<Incoming>, Response = Response<TrackedBody>> + Clone,
-    <TowerToHyperService<S> as hyper::service::Service<Request<Incoming>>>::Future: Send + 'static,
-    <TowerToHyperService<S> as hyper::service::Service<Request<Incoming>>>::Error:
-        Into<tower::BoxError>,
+    S: Service<
+            Request<Incoming>,
+            Response = Response<TrackedBody>,
+            Error = Infallible,
+            Future: Send + 'static,
+        > + Clone
+        + Send
+        + 'static,
 {
+    let connection = http2.serve_connection(TokioIo::new(io), TowerToHyperService::new(service));
     tokio::pin!(connection);
     let finished = tokio::select! {
         biased;
