@@ -584,23 +584,3 @@ proptest::proptest! {
         }
     }
 }
-
-#[test]
-fn a_connection_persists_as_rfc_9112_has_it_for_requests_and_answers_alike() {
-    let with = |connection: &[&str]| {
-        let mut headers = HeaderMap::new();
-        for value in connection {
-            headers.append(header::CONNECTION, HeaderValue::from_str(value).unwrap());
-        }
-        headers
-    };
-    assert!(persistent(Version::HTTP_11, &with(&[])));
-    assert!(persistent(Version::HTTP_11, &with(&["keep-alive"])));
-    assert!(!persistent(Version::HTTP_11, &with(&["x-trace, Close"])));
-    assert!(!persistent(Version::HTTP_10, &with(&[])));
-    assert!(persistent(Version::HTTP_10, &with(&[" Keep-Alive "])));
-    assert!(!persistent(
-        Version::HTTP_10,
-        &with(&["keep-alive", "close"])
-    ));
-}

@@ -171,6 +171,34 @@ fn a_head_is_the_same_however_its_bytes_arrive() {
     }
 }
 
+/// The rule is `proxy::headers::persistent`, shared with the downstream's
+/// answers.
+#[test]
+fn a_request_keeps_its_connection_as_rfc_9112_has_it() {
+    let keeps = |version: &str, connection: &[&str]| {
+        let fields: String = connection
+            .iter()
+            .map(|value| format!("Connection: {value}\r\n"))
+            .collect();
+        let head = format!("GET / HTTP/{version}\r\nHost: x\r\n{fields}\r\n");
+        take_head(
+            &mut BytesMut::from(head.as_bytes()),
+            8192,
+            100,
+            &mut Vec::new(),
+        )
+        .unwrap()
+        .unwrap()
+        .keep_alive
+    };
+    assert!(keeps("1.1", &[]));
+    assert!(keeps("1.1", &["keep-alive"]));
+    assert!(!keeps("1.1", &["x-trace, Close"]));
+    assert!(!keeps("1.0", &[]));
+    assert!(keeps("1.0", &[" Keep-Alive "]));
+    assert!(!keeps("1.0", &["keep-alive", "close"]));
+}
+
 #[test]
 fn heads_that_are_not_http_are_refused() {
     for bad in [
