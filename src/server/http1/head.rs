@@ -49,8 +49,8 @@ impl HeadError {
 /// needs to know about it.
 pub(crate) struct Head {
     pub(crate) request: Request<()>,
-    /// The body's framing, or why it is refused (the stack's `CheckFraming`
-    /// answers that; the connection then closes).
+    /// The body's framing, or why it is ambiguous (the server answers that
+    /// with 400 and closes the connection).
     pub(crate) framing: Result<Framing, FramingError>,
     /// Whether the client lets the connection carry another request.
     pub(crate) keep_alive: bool,
