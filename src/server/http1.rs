@@ -69,9 +69,10 @@ pub(crate) struct HeadLimits {
 }
 
 /// Serves the HTTP/1.1 requests on `wire` until the client closes, a
-/// request or answer says to, `close` resolves while no request is in
-/// progress (idle, a late head, shutdown), or shutdown (`closing`) comes
-/// during one (the connection closes once its answer is written).
+/// request or answer says to, a head is refused or late, `close` resolves
+/// while no request is in progress (idle, no first request in time,
+/// shutdown), or shutdown (`closing`) comes during one (the connection
+/// closes once its answer is written).
 pub(crate) async fn serve<S, B>(
     wire: Arc<Wire>,
     mut service: S,
