@@ -13,6 +13,11 @@ use crate::proxy::downstream::Framing;
 use crate::proxy::headers::persistent;
 use crate::server::framing::read_framing;
 
+/// Header lines the stack may add to a request after its head is read
+/// (`x-request-id`, set when the client sent none), for which its map has
+/// room from the start.
+pub(super) const ADDED_BY_THE_STACK: usize = 2;
+
 /// Fields parsed on the stack before a head is parsed again with room for
 /// `server.max_headers`.
 pub(super) const FEW_HEADERS: usize = 48;
@@ -175,7 +180,9 @@ fn build(
     }
     let method = Method::from_bytes(&head[parsed.method]).map_err(|_| HeadError::Malformed)?;
     let uri = Uri::from_maybe_shared(head.slice(parsed.path)).map_err(|_| HeadError::Malformed)?;
-    let mut headers = HeaderMap::with_capacity(fields.len());
+    // A full map regrows when the stack adds a line, rehashing every line
+    // (callgrind: 700 instructions a request).
+    let mut headers = HeaderMap::with_capacity(fields.len() + ADDED_BY_THE_STACK);
     for (name, value) in fields {
         let name = HeaderName::from_bytes(&head[name.clone()]).map_err(|_| HeadError::Malformed)?;
         let value = HeaderValue::from_maybe_shared(head.slice(value.clone()))

@@ -138,6 +138,26 @@ fn repeated_equal_lengths_are_judged_raw() {
 }
 
 #[test]
+fn a_parsed_head_has_room_for_the_lines_the_stack_adds() {
+    for fields in [1, 3, 6, 7, 12, 24] {
+        let mut text = b"POST / HTTP/1.1\r\n".to_vec();
+        for i in 0..fields {
+            text.extend_from_slice(format!("x-f{i}: v\r\n").as_bytes());
+        }
+        text.extend_from_slice(b"\r\n");
+        let head = take_head(&mut BytesMut::from(&text[..]), 8192, 100, &mut Vec::new())
+            .unwrap()
+            .unwrap();
+        let headers = head.request.headers();
+        assert!(
+            headers.capacity() >= headers.len() + head::ADDED_BY_THE_STACK,
+            "{fields} fields: room for {}",
+            headers.capacity()
+        );
+    }
+}
+
+#[test]
 fn heads_with_more_fields_than_the_stack_holds_are_still_judged() {
     let mut head = b"POST / HTTP/1.1\r\nHost: x\r\n".to_vec();
     for i in 0..(head::FEW_HEADERS + 10) {
@@ -415,5 +435,33 @@ async fn answers_are_framed_by_what_is_known_of_their_body() {
     assert!(
         head.contains("content-length: 5\r\n") && head.ends_with("\r\n\r\n"),
         "{head}"
+    );
+}
+
+#[tokio::test]
+async fn a_read_that_drains_the_socket_marks_it_not_ready_and_keeps_later_bytes() {
+    let (mut client, server) = socket_pair().await;
+    let wire = Wire::new(server, BytesMut::new());
+    client.write_all(b"GET / HTTP/1.1\r\n").await.unwrap();
+    wire.stream.readable().await.unwrap();
+    assert_eq!(wire.read_side().try_fill(&wire.stream).unwrap(), 16);
+    // The socket is drained: asking again costs no read (the closure would
+    // be the read).
+    let asked = wire
+        .stream
+        .try_io(tokio::io::Interest::READABLE, || -> io::Result<()> {
+            panic!("a drained socket was read again")
+        });
+    assert_eq!(asked.unwrap_err().kind(), io::ErrorKind::WouldBlock);
+    // Bytes that come later wake the connection up and are read.
+    client.write_all(b"host: a\r\n\r\n").await.unwrap();
+    tokio::time::timeout(Duration::from_secs(5), wire.stream.readable())
+        .await
+        .expect("later bytes make the socket ready again")
+        .unwrap();
+    assert_eq!(wire.read_side().try_fill(&wire.stream).unwrap(), 11);
+    assert_eq!(
+        &wire.read_side().buf[..],
+        b"GET / HTTP/1.1\r\nhost: a\r\n\r\n"
     );
 }
