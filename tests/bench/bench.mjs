@@ -176,28 +176,36 @@ function cpuNanos(pids) {
  * output and the total; `stop()` ends the proxy (valgrind runs it as its
  * child, so stopping valgrind's pid would leave it running).
  */
-function underCallgrind(dir) {
-  const realBin = cfg.bin;
+function underCallgrind(dir, realBin = cfg.bin, extraArgs = '') {
   const wrapper = path.join(dir, 'callgrind-proxy');
   // CALLGRIND_ARGS: more valgrind options, e.g. `--separate-callers8=<fn>`
   // to see through which calls an allocator's slow path is reached.
-  const extra = process.env.CALLGRIND_ARGS ?? '';
+  const extra = `${extraArgs} ${process.env.CALLGRIND_ARGS ?? ''}`;
   fs.writeFileSync(wrapper, `#!/bin/sh\nexec valgrind --tool=callgrind ${extra} --callgrind-out-file=${path.join(dir, 'callgrind.out.%p')} "${realBin}" "$@"\n`, { mode: 0o755 });
-  let pid;
-  const valgrindPid = () => (pid ??= Number(execFileSync('pgrep', ['-f', `callgrind.*${realBin}`]).toString().trim().split('\n')[0]));
+  let found;
+  const valgrindPid = () => (found ??= Number(execFileSync('pgrep', ['-f', `callgrind.*${realBin}`]).toString().trim().split('\n')[0]));
   return {
     wrapper,
-    zero: () => execFileSync('callgrind_control', ['-z', String(valgrindPid())]),
-    dump: (annotateArgs = ['--threshold=100', '--auto=no']) => {
-      execFileSync('callgrind_control', ['-d', String(valgrindPid())]);
-      const dumps = fs.readdirSync(dir).filter((f) => f.startsWith(`callgrind.out.${valgrindPid()}.`)).sort();
+    // `pid`: the counted process, when `pgrep` cannot find it by its binary.
+    zero: (pid = valgrindPid()) => execFileSync('callgrind_control', ['-z', String(pid)]),
+    dump: (annotateArgs = ['--threshold=100', '--auto=no'], pid = valgrindPid()) => {
+      execFileSync('callgrind_control', ['-d', String(pid)]);
+      const dumps = fs.readdirSync(dir).filter((f) => f.startsWith(`callgrind.out.${pid}.`)).sort();
       const dump = path.join(dir, dumps[dumps.length - 1]);
       const annotated = execFileSync('callgrind_annotate', [...annotateArgs, dump], { maxBuffer: 1 << 28 }).toString();
-      const total = Number(/([\d,]+) \(100\.0%\)\s+PROGRAM TOTALS/.exec(annotated)?.[1].replace(/,/g, '') ?? NaN);
-      return { dump, annotated, total };
+      const events = dumpedEvents(dump);
+      return { dump, annotated, total: events.Ir ?? NaN, events };
     },
     stop: () => execFileSync('pkill', ['-TERM', '-f', realBin]),
   };
+}
+
+/** A callgrind dump's totals by event name (`Ir`, and with `--cache-sim=yes` `I1mr`, `D1mr`, `DLmw`, ...). */
+function dumpedEvents(dump) {
+  const text = fs.readFileSync(dump, 'utf8');
+  const names = /^events: (.+)$/m.exec(text)?.[1].trim().split(/\s+/) ?? [];
+  const values = (/^summary: (.+)$/m.exec(text) ?? /^totals: (.+)$/m.exec(text))?.[1].trim().split(/\s+/).map(Number) ?? [];
+  return Object.fromEntries(names.map((n, i) => [n, values[i] ?? 0]));
 }
 
 /** Resident set size of these processes, KiB. */
@@ -271,8 +279,11 @@ async function waitForPort(port, what, proc, timeoutMs = 15000) {
   }
 }
 
-/** An nginx instance of our own: own prefix, config, pid file and logs; `BENCH_WORKERS` workers on the server CPUs. */
-async function startNginx(name, httpBlock) {
+/**
+ * An nginx instance of our own: own prefix, config, pid file and logs; `BENCH_WORKERS` workers on the server CPUs.
+ * `single`: one process serving without a master (`master_process off`), for a tool that must start the process it measures (callgrind).
+ */
+async function startNginx(name, httpBlock, { single = false } = {}) {
   const dir = fs.mkdtempSync(path.join(os.tmpdir(), `mcp-bench-${name}-`));
   fs.chmodSync(dir, 0o755); // workers run as nobody when we are root
   const conf = path.join(dir, 'nginx.conf');
@@ -280,7 +291,7 @@ async function startNginx(name, httpBlock) {
     conf,
     `# ${name}: written by tests/bench/bench.mjs
 daemon off;
-master_process on;
+master_process ${single ? 'off' : 'on'};
 worker_processes ${cfg.workers};
 worker_rlimit_nofile 65536;
 pid ${dir}/nginx.pid;
@@ -305,7 +316,7 @@ ${httpBlock}
   const proc = spawnTracked(cmd, args, { name });
   const port = Number(/listen 127\.0\.0\.1:(\d+)/.exec(httpBlock)[1]);
   await waitForPort(port, name, proc);
-  let workers = [];
+  let workers = single ? [proc.pid] : [];
   for (let i = 0; i < 100 && workers.length === 0; i++) {
     workers = childrenOf(proc.pid);
     if (!workers.length) await sleep(50);

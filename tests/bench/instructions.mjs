@@ -1,50 +1,80 @@
 // Instructions per request on the request path, counted by callgrind: the
 // same number on a busy machine as on an idle one, so a change's effect
-// shows without a quiet machine. The proxy runs under
+// shows without a quiet machine. The server runs under
 // `valgrind --tool=callgrind` in front of an nginx stub; counters are zeroed
-// after a warm-up, then `INSTR_REQUESTS` POSTs (wrk, few connections) are
-// counted, and the dump's total divided by the requests wrk completed.
+// after a warm-up, then POSTs (wrk, few connections) are counted for
+// `INSTR_SECONDS`, and the dump's total divided by the requests wrk completed.
 //
 //   node tests/bench/instructions.mjs            (PROXY_BIN, BENCH_POLICY, BENCH_PROVIDER_TOKEN_BYTES as for bench.mjs)
 //   INSTR_SECONDS=20 INSTR_CONNECTIONS=8 INSTR_TOP=40 node tests/bench/instructions.mjs
+//   INSTR_SERVER=nginx node tests/bench/instructions.mjs    (nginx's worker instead, configured as in bench.mjs)
+//   INSTR_CACHE=1 ...                            (with callgrind's cache simulation: misses per request)
 //
 // Prints instructions per request and the top functions (inclusive), and
 // writes tests/bench/results/instructions-<time>.{txt,callgrind}.
+//
+// INSTR_CACHE=1 simulates the first-level caches as this CPU's and the
+// last level as `INSTR_LL` (default 2 MiB, 16-way: about one core's share
+// of a second-level cache; the simulation has two levels only), and
+// reports misses per request: instruction fetches that miss the first
+// level (I1), data reads and writes that miss it (D1), and either that
+// miss the last level (LL). Run it at 8 and at 256 connections to see
+// what the in-flight requests' memory does to the caches.
 import fs from 'node:fs';
 import os from 'node:os';
 import path from 'node:path';
-import { cfg, signedInSetup, startOurProxy, runWrk, underCallgrind } from './bench.mjs';
+import { cfg, signedInSetup, startOurProxy, startNginx, nginxProxy, runWrk, underCallgrind } from './bench.mjs';
 
 const seconds = Number(process.env.INSTR_SECONDS ?? 15);
 const connections = Number(process.env.INSTR_CONNECTIONS ?? 8);
 const top = Number(process.env.INSTR_TOP ?? 30);
+const server = process.env.INSTR_SERVER ?? 'proxy';
+const cacheSim = process.env.INSTR_CACHE === '1';
+const lastLevel = process.env.INSTR_LL ?? '2097152,16,64';
 const log = (...a) => console.error('[instructions]', ...a);
+if (!['proxy', 'nginx'].includes(server)) throw new Error(`INSTR_SERVER: ${server} is neither proxy nor nginx`);
 
 const dir = fs.mkdtempSync(path.join(os.tmpdir(), 'mcp-instr-'));
-const callgrind = underCallgrind(dir);
+const callgrind = underCallgrind(dir, server === 'nginx' ? cfg.nginx : cfg.bin, cacheSim ? `--cache-sim=yes --LL=${lastLevel}` : '');
 
 const cleanups = [];
 try {
   const { shared, token, stubPort } = await signedInSetup(dir, cleanups);
-  const proxyPort = shared.proxyPort;
-  cfg.bin = callgrind.wrapper;
-  const proxy = await startOurProxy({ name: 'proxy', port: proxyPort, shared, downstreamUrl: `http://127.0.0.1:${stubPort}/mcp` });
-  cleanups.push(() => proxy.close());
-  const url = `http://127.0.0.1:${proxyPort}/mcp`;
+  const port = shared.proxyPort;
+  let countedPid;
+  if (server === 'nginx') {
+    // The stub above runs nginx itself; this instance runs under callgrind,
+    // as one process (no master): the one counted.
+    cfg.nginx = callgrind.wrapper;
+    const nginx = await startNginx('nginx', nginxProxy(port, stubPort), { single: true });
+    cleanups.push(() => nginx.close());
+    countedPid = nginx.pid;
+  } else {
+    cfg.bin = callgrind.wrapper;
+    const proxy = await startOurProxy({ name: 'proxy', port, shared, downstreamUrl: `http://127.0.0.1:${stubPort}/mcp` });
+    cleanups.push(() => proxy.close());
+  }
+  const url = `http://127.0.0.1:${port}/mcp`;
   await runWrk(url, connections, 3, token);
-  callgrind.zero();
+  callgrind.zero(countedPid);
   const r = await runWrk(url, connections, seconds, token);
-  const { dump, annotated, total } = callgrind.dump(['--inclusive=yes', '--threshold=99']);
-  const perRequest = total / r.requests;
+  const { dump, annotated, total, events } = callgrind.dump(['--inclusive=yes', '--threshold=99'], countedPid);
+  const perRequest = (n) => Math.round(n / r.requests).toLocaleString('en-US');
   const stamp = new Date().toISOString().replace(/[:.]/g, '-');
   const outDir = path.join(path.dirname(new URL(import.meta.url).pathname), 'results');
   fs.mkdirSync(outDir, { recursive: true });
   const lines = annotated.split('\n');
   const start = lines.findIndex((l) => /file:function/.test(l));
   const topLines = lines.slice(start + 2, start + 2 + top);
+  const misses = cacheSim
+    ? [
+        `cache misses per request (I1/D1 as this CPU's, LL ${lastLevel}): I1 ${perRequest(events.I1mr)}, D1 ${perRequest(events.D1mr + events.D1mw)} (reads ${perRequest(events.D1mr)}), LL ${perRequest(events.ILmr + events.DLmr + events.DLmw)} (data ${perRequest(events.DLmr + events.DLmw)})`,
+      ]
+    : [];
   const summary = [
-    `instructions per request: ${Math.round(perRequest).toLocaleString('en-US')} (${r.requests} requests, ${connections} connections, ${seconds} s under callgrind)`,
-    `policy: ${cfg.policy ?? 'built-in default'}; provider token: ${cfg.providerTokenBytes ? `JWT ${cfg.providerTokenBytes} B` : 'opaque'}`,
+    `${server}: instructions per request: ${perRequest(total)} (${r.requests} requests, ${connections} connections, ${seconds} s under callgrind)`,
+    ...misses,
+    server === 'proxy' ? `policy: ${cfg.policy ?? 'built-in default'}; provider token: ${cfg.providerTokenBytes ? `JWT ${cfg.providerTokenBytes} B` : 'opaque'}` : 'nginx: as bench.mjs configures it (keep-alive upstream, three headers added)',
     '',
     ...topLines,
   ].join('\n');
