@@ -95,3 +95,18 @@ async fn an_idle_keep_alive_connection_lives_the_idle_limit_not_the_header_timeo
         .await;
     assert_eq!(started.elapsed().as_secs(), 10);
 }
+
+#[test]
+fn each_request_gets_its_own_empty_extension_map() {
+    let mut first = extensions_with_room();
+    assert!(
+        first.is_empty(),
+        "nothing of the map's growing is left in it"
+    );
+    first.insert(7u8);
+    assert_eq!(first.get::<u8>(), Some(&7));
+    assert!(
+        extensions_with_room().is_empty(),
+        "a request's values stay its own"
+    );
+}
