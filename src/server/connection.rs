@@ -281,9 +281,10 @@ where
             activity.unread.clone(),
         ))
         .service(router.map_request(move |mut request: Request<_>| {
-            let mut extensions = extensions_with_room();
-            extensions.insert(axum::extract::ConnectInfo(remote));
-            *request.extensions_mut() = extensions;
+            make_room(request.extensions_mut());
+            request
+                .extensions_mut()
+                .insert(axum::extract::ConnectInfo(remote));
             request
         }))
 }
@@ -294,13 +295,14 @@ where
 /// version and call, and the session's owner (11), with room to spare.
 const FILED_EXTENSIONS: usize = 12;
 
-/// An empty extension map with room for [`FILED_EXTENSIONS`] values.
-/// `http`'s map starts with room for 3 and grew twice on the way, each
-/// time moving every value to a new table (callgrind: 1,300 instructions
-/// and two allocations a request). It offers no `with_capacity`, so a map
-/// is grown once by filing that many values and emptied (which keeps its
-/// table), and each request gets a clone of it (a table of that size).
-fn extensions_with_room() -> axum::http::Extensions {
+/// Gives a request's extension map room for [`FILED_EXTENSIONS`] values,
+/// keeping what it holds (hyper may have filed something). `http`'s map
+/// starts with room for 3 and grew twice on the way, each time moving
+/// every value to a new table (callgrind: 1,300 instructions and two
+/// allocations a request). It offers no `with_capacity`, so a map is grown
+/// once by filing that many values and emptied (which keeps its table),
+/// and each request gets a clone of it (a table of that size).
+fn make_room(extensions: &mut axum::http::Extensions) {
     static EMPTY_WITH_ROOM: std::sync::LazyLock<axum::http::Extensions> =
         std::sync::LazyLock::new(|| {
             #[derive(Clone)]
@@ -314,7 +316,9 @@ fn extensions_with_room() -> axum::http::Extensions {
             extensions.clear();
             extensions
         });
-    EMPTY_WITH_ROOM.clone()
+    let mut roomy = EMPTY_WITH_ROOM.clone();
+    roomy.extend(std::mem::take(extensions));
+    *extensions = roomy;
 }
 
 /// Serves an HTTP/2 connection until it ends; when `close` fires (idle,

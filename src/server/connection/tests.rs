@@ -97,16 +97,15 @@ async fn an_idle_keep_alive_connection_lives_the_idle_limit_not_the_header_timeo
 }
 
 #[test]
-fn each_request_gets_its_own_empty_extension_map() {
-    let mut first = extensions_with_room();
-    assert!(
-        first.is_empty(),
-        "nothing of the map's growing is left in it"
-    );
-    first.insert(7u8);
-    assert_eq!(first.get::<u8>(), Some(&7));
-    assert!(
-        extensions_with_room().is_empty(),
-        "a request's values stay its own"
-    );
+fn a_request_given_room_keeps_its_extensions_and_no_others() {
+    let mut filed = axum::http::Extensions::new();
+    filed.insert(7u8);
+    make_room(&mut filed);
+    assert_eq!(filed.len(), 1, "nothing of the map's growing is left in it");
+    assert_eq!(filed.get::<u8>(), Some(&7), "what was filed is kept");
+    filed.insert(9u16);
+
+    let mut other = axum::http::Extensions::new();
+    make_room(&mut other);
+    assert!(other.is_empty(), "a request's values stay its own");
 }
