@@ -12,8 +12,9 @@
 //! allocated up front and kept while idle (17.5 KiB per idle keep-alive
 //! connection against nginx's 0.5 KiB); and it created a timer per request
 //! for the header timeout. Here a head is parsed once, buffers exist only
-//! while something is read or written, and the connection's one watch
-//! (`connection.rs`) keeps the time limits.
+//! while something is read or written, a head is timed only when a read
+//! leaves it half-arrived (`read_head`), and the connection's watch
+//! (`connection.rs`) keeps the first-request and idle limits.
 //!
 //! What it speaks: HTTP/1.1 and 1.0 requests, one at a time (pipelined
 //! requests wait in the buffer), bodies by `Content-Length` or chunked,
@@ -21,8 +22,9 @@
 //! `Content-Length` when their size is known, chunked otherwise (closing
 //! the connection instead for HTTP/1.0), and `Date`. A head that is not
 //! HTTP/1.1 gets 400, one over `server.max_header_bytes` or
-//! `server.max_headers` 431, and the connection closes. No upgrades: the
-//! proxy serves none.
+//! `server.max_headers` 431, one that does not end within
+//! `server.header_timeout` 408, and the connection closes. No upgrades:
+//! the proxy serves none.
 
 use std::convert::Infallible;
 use std::future::{poll_fn, Future};
@@ -48,7 +50,7 @@ use crate::proxy::headers::connection_has;
 mod body;
 mod head;
 
-pub(crate) use body::{RequestBody, Wire};
+pub(crate) use body::{read_available, RequestBody, Wire};
 pub(crate) use head::take_head;
 use head::{Head, HeadError};
 

@@ -12,6 +12,8 @@ use bytes::{Buf, Bytes, BytesMut};
 use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 use tokio::net::TcpStream;
 
+use super::http1::read_available;
+
 const H2_PREFACE: &[u8] = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n";
 /// The first read's size: a whole head, usually.
 const FIRST_READ: usize = 4096;
@@ -28,7 +30,7 @@ pub(crate) enum First {
 pub(crate) async fn first_bytes(stream: &TcpStream) -> io::Result<First> {
     let mut buf = BytesMut::with_capacity(FIRST_READ);
     loop {
-        match stream.try_read_buf(&mut buf) {
+        match read_available(stream, &mut buf) {
             Ok(0) => return Ok(First::Http1(buf)),
             Ok(_) => {
                 let n = buf.len().min(H2_PREFACE.len());

@@ -110,30 +110,35 @@ impl ReadSide {
             let want = self.buf.len().clamp(READ_SIZE, MAX_READ_SIZE);
             self.buf.reserve(want);
         }
-        let spare = self.buf.capacity() - self.buf.len();
-        // A read that leaves room in the buffer has drained the socket (the
-        // runtime's epoll is edge-triggered), so the socket is marked not
-        // ready, as tokio's own `poll_read` does: `try_read_buf` alone
-        // leaves it ready, and the next read (for the next request's head,
-        // which has not been sent yet) was a syscall that failed, 0.36 a
-        // request at 256 connections (`syscallprobe.mjs`). The closure
-        // reports a short read as `WouldBlock`, so `try_io` clears the
-        // readiness it saw before the read: an event that came after it is
-        // kept.
-        let mut drained = None;
-        let read = stream.try_io(Interest::READABLE, || {
-            match stream.try_read_buf(&mut self.buf)? {
-                n if 0 < n && n < spare => {
-                    drained = Some(n);
-                    Err(io::ErrorKind::WouldBlock.into())
-                }
-                n => Ok(n),
-            }
-        });
-        match (read, drained) {
-            (_, Some(n)) => Ok(n),
-            (read, None) => read,
+        read_available(stream, &mut self.buf)
+    }
+}
+
+/// Reads what `stream` has into `buf`'s spare room without waiting: the
+/// bytes read (0: the peer closed), or `WouldBlock`. Every read of a
+/// client's socket goes through here (its first bytes, heads, bodies).
+///
+/// A read that leaves room in the buffer has drained the socket (the
+/// runtime's epoll is edge-triggered), so the socket is marked not ready,
+/// as tokio's own `poll_read` does: `try_read_buf` alone leaves it ready,
+/// and the next read (for the next request's head, which has not been
+/// sent yet) was a syscall that failed, 0.36 a request at 256 connections
+/// (`syscallprobe.mjs`). The closure reports a short read as
+/// `WouldBlock`, so `try_io` clears the readiness it saw before the read:
+/// an event that came after it is kept.
+pub(crate) fn read_available(stream: &TcpStream, buf: &mut BytesMut) -> io::Result<usize> {
+    let spare = buf.capacity() - buf.len();
+    let mut drained = None;
+    let read = stream.try_io(Interest::READABLE, || match stream.try_read_buf(buf)? {
+        n if 0 < n && n < spare => {
+            drained = Some(n);
+            Err(io::ErrorKind::WouldBlock.into())
         }
+        n => Ok(n),
+    });
+    match (read, drained) {
+        (_, Some(n)) => Ok(n),
+        (read, None) => read,
     }
 }
 
