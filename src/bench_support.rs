@@ -19,6 +19,7 @@ use crate::grants::{Grants, Lifetimes};
 use crate::metrics::Metrics;
 use crate::policy::layer::{decide, script_user, McpCall, RequestView};
 use crate::policy::{CompiledPolicy, Decision, PolicyEngine};
+use crate::proxy::downstream::Framing;
 use crate::proxy::headers::{downstream_request_headers, Forwarding};
 use crate::server::http1::take_head;
 use crate::session::{Memo, Session, UpstreamTokens};
@@ -244,7 +245,8 @@ impl CachedDecision {
 
 /// Reads the request heads of a pipeline as the HTTP/1.1 server does
 /// (`server::http1::take_head`: parsed once, judged raw, built into a
-/// request), skipping each one's `Content-Length` body; returns how many
+/// request), skipping each one's body by the framing the head was judged
+/// to have (a length; anything else ends the pipeline); returns how many
 /// heads it read.
 pub fn parse_heads(bytes: &[u8]) -> usize {
     let mut buf = bytes::BytesMut::from(bytes);
@@ -252,13 +254,14 @@ pub fn parse_heads(bytes: &[u8]) -> usize {
     let mut heads = 0;
     while let Ok(Some(head)) = take_head(&mut buf, 64 * 1024, 100, &mut fields) {
         heads += 1;
-        let length = head
-            .request
-            .headers()
-            .get("content-length")
-            .and_then(|v| v.to_str().ok()?.parse::<usize>().ok())
-            .unwrap_or(0);
-        let _ = buf.split_to(length.min(buf.len()));
+        match head.framing {
+            Ok(Framing::Empty) => {}
+            Ok(Framing::Length(n)) => {
+                let n = usize::try_from(n).unwrap_or(usize::MAX).min(buf.len());
+                let _ = buf.split_to(n);
+            }
+            _ => break,
+        }
     }
     heads
 }
