@@ -236,7 +236,8 @@ async fn serve_one(
     match first {
         sniff::First::Http2(preface) => {
             let io = Prefixed::new(preface, stream);
-            let service = connection_service(&activity, &limits, router, remote);
+            let framing = CheckFramingLayer::default();
+            let service = connection_service(&activity, &limits, framing, router, remote);
             serve_http2(&http2, io, service, close, &closing).await;
         }
         sniff::First::Http1(buffered) => {
@@ -246,7 +247,8 @@ async fn serve_one(
                 timeout: limits.header_timeout,
             };
             let wire = Arc::new(Wire::new(stream, buffered));
-            let service = connection_service(&activity, &limits, router, remote);
+            let framing = CheckFramingLayer::judged_raw();
+            let service = connection_service(&activity, &limits, framing, router, remote);
             http1::serve(wire, service, head_limits, close, &closing).await;
         }
     }
@@ -257,6 +259,7 @@ async fn serve_one(
 fn connection_service<B>(
     activity: &Arc<Activity>,
     limits: &Limits,
+    framing: CheckFramingLayer,
     router: Routes,
     remote: SocketAddr,
 ) -> impl Service<
@@ -275,7 +278,7 @@ where
         .layer(TrackActivityLayer(activity.clone()))
         // A request the router must not see is answered here, and only here.
         .layer(RescueLayer)
-        .layer(CheckFramingLayer::default())
+        .layer(framing)
         .layer(BodyDeadlineLayer::new(
             limits.body_timeout,
             activity.unread.clone(),

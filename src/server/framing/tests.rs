@@ -101,6 +101,21 @@ async fn check_framing_refuses_ambiguous_parsed_headers_before_the_service() {
     assert_eq!(calls.load(Ordering::SeqCst), 2);
 }
 
+/// On an HTTP/1.1 connection the server judged the raw head and built the
+/// request from its fields (`http1::tests`: an ambiguous head is answered
+/// 400 and never reaches the service); the layer does not judge again.
+#[tokio::test]
+async fn heads_judged_raw_are_not_judged_again() {
+    let service = tower::service_fn(|_request: Request<()>| {
+        std::future::ready(Ok::<_, Infallible>(Response::new("answer")))
+    });
+    let service = CheckFramingLayer::judged_raw().layer(service);
+    let mut request = Request::new(());
+    *request.headers_mut() = headers(&[("transfer-encoding", "chunked"), ("content-length", "5")]);
+    let answer = service.oneshot(request).await;
+    assert_eq!(answer.expect("passed on").into_body(), "answer");
+}
+
 #[test]
 fn raw_fields_are_read_whatever_their_case() {
     let read = |fields: &[(&str, &str)]| {
