@@ -663,9 +663,7 @@ impl TestProxy {
         // range): then another port.
         let mut attempts = 0;
         let (port, running) = loop {
-            let probe = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
-            let port = probe.local_addr().unwrap().port();
-            drop(probe);
+            let port = free_port();
             let toml = config_toml(port, &provider.issuer, &dir.path().join("proxy.db"), opts);
             let config: Config = figment::Figment::from(figment::providers::Serialized::defaults(
                 toml::from_str::<toml::Value>(&toml).unwrap(),
