@@ -69,7 +69,10 @@ fn fresh_client() -> reqwest::Client {
 
 /// Reads until the server closes the connection; returns what it sent and
 /// when it closed, or None if it was still open after `limit`.
-async fn read_until_closed(stream: &mut TcpStream, limit: Duration) -> Option<(Vec<u8>, Duration)> {
+async fn read_until_closed(
+    stream: &mut (impl tokio::io::AsyncRead + Unpin),
+    limit: Duration,
+) -> Option<(Vec<u8>, Duration)> {
     let started = Instant::now();
     let mut received = Vec::new();
     let mut buf = [0u8; 4096];
@@ -625,4 +628,69 @@ async fn ambiguous_request_framing_is_refused_before_any_handler() {
         2,
         "an ambiguous request reached the downstream"
     );
+}
+
+// ------------------------------------------------------------ answers
+
+#[tokio::test]
+async fn invariant_9_a_client_that_reads_none_of_its_answers_is_disconnected() {
+    let s = setup("send_timeout = \"1s\"\n").await;
+    let stream = TcpStream::connect(s.addr()).await.unwrap();
+    let (mut reading, mut writing) = stream.into_split();
+    // Requests pipelined without end, answers never read: the proxy's
+    // writes wait once the sockets' buffers are full.
+    let asked = 50_000;
+    let head = format!("{}\r\n", String::from_utf8_lossy(METADATA_HEAD));
+    let requests = head.repeat(asked);
+    let writer = tokio::spawn(async move { writing.write_all(requests.as_bytes()).await });
+    tokio::time::sleep(Duration::from_secs(3)).await;
+    let (received, _) = read_until_closed(&mut reading, Duration::from_secs(10))
+        .await
+        .expect("the connection of a client that read nothing must be closed");
+    let answered = String::from_utf8_lossy(&received)
+        .matches("HTTP/1.1 200 ")
+        .count();
+    assert!(
+        answered > 0 && answered < asked,
+        "{answered} of {asked} answered"
+    );
+    writer.abort();
+    // Others are served meanwhile.
+    assert_eq!(s.metadata_status().await, 200);
+}
+
+#[tokio::test]
+async fn a_refused_request_with_a_large_body_reaches_its_client_whole() {
+    let s = setup("").await;
+    let token = s.token().await;
+    // No token: 401; a token, but a body over the policy's limit: 413.
+    // Both are answered before the body is read.
+    for (credentials, status) in [
+        (String::new(), "401"),
+        (format!("authorization: Bearer {token}\r\n"), "413"),
+    ] {
+        let stream = TcpStream::connect(s.addr()).await.unwrap();
+        let (mut reading, mut writing) = stream.into_split();
+        let size = 8 << 20;
+        let head = format!(
+            "POST /mcp HTTP/1.1\r\nhost: x\r\n{credentials}content-type: application/json\r\n\
+             accept: application/json, text/event-stream\r\ncontent-length: {size}\r\n\r\n"
+        );
+        // Like most clients, all of the body is sent before the answer is read.
+        let sent = tokio::time::timeout(Duration::from_secs(10), async {
+            writing.write_all(head.as_bytes()).await?;
+            writing.write_all(&vec![b' '; size]).await
+        })
+        .await
+        .expect("the proxy reads and drops the rest of the body");
+        sent.expect("the connection was not reset under the client's body");
+        let (received, _) = read_until_closed(&mut reading, Duration::from_secs(5))
+            .await
+            .expect("the connection closes after the answer");
+        assert!(
+            status_of(&received).contains(status),
+            "{}",
+            status_of(&received)
+        );
+    }
 }

@@ -53,6 +53,11 @@ pub struct ServerConfig {
     /// end of its headers.
     #[serde(default = "default_body_timeout")]
     pub(crate) body_timeout: DurationStr,
+    /// Time a client has to take any part of an answer being written to it:
+    /// one that reads nothing for this long (a slow reader, or a peer that
+    /// vanished without closing) is disconnected.
+    #[serde(default = "default_send_timeout")]
+    pub(crate) send_timeout: DurationStr,
     /// Open connections per listener (all workers of the public listener
     /// together); beyond it new ones are refused.
     #[serde(
@@ -96,6 +101,9 @@ fn default_idle_timeout() -> DurationStr {
 fn default_body_timeout() -> DurationStr {
     DurationStr::from_secs(30)
 }
+fn default_send_timeout() -> DurationStr {
+    DurationStr::from_secs(60)
+}
 fn default_max_connections() -> usize {
     10_000
 }
@@ -126,6 +134,7 @@ impl ServerConfig {
             ("server.header_timeout", self.header_timeout),
             ("server.idle_timeout", self.idle_timeout),
             ("server.body_timeout", self.body_timeout),
+            ("server.send_timeout", self.send_timeout),
         ] {
             if value.0.is_zero() {
                 return Err(ConfigError::invalid(key, "must be longer than zero"));

@@ -276,11 +276,13 @@ fn invariant_9_connection_limits_default_and_bad_values_name_their_key() {
     assert_eq!(server.header_timeout.secs(), 10);
     assert_eq!(server.idle_timeout.secs(), 60);
     assert_eq!(server.body_timeout.secs(), 30);
+    assert_eq!(server.send_timeout.secs(), 60);
     assert_eq!(server.max_connections, 10_000);
     for (line, key) in [
         ("header_timeout = \"0s\"", "server.header_timeout"),
         ("idle_timeout = \"0s\"", "server.idle_timeout"),
         ("body_timeout = \"0s\"", "server.body_timeout"),
+        ("send_timeout = \"0s\"", "server.send_timeout"),
         ("max_connections = 0", "server.max_connections"),
         ("max_header_bytes = 100", "server.max_header_bytes"),
         ("max_headers = 0", "server.max_headers"),

@@ -19,6 +19,9 @@
 //!   been sent, so open event streams never count as idle.
 //! - `server.body_timeout`: the request body must arrive within it
 //!   (`body_deadline`).
+//! - `server.send_timeout`: an HTTP/1.1 client that takes no part of an
+//!   answer for this long is disconnected (`http1.rs`); a write that does
+//!   not wait costs no timer.
 //! - An answer to an HTTP/1.1 request whose body was not read to its end
 //!   (refused before anything read it) says `Connection: close`, and the
 //!   connection closes after it: what follows is not the next head.
@@ -85,6 +88,7 @@ pub(crate) struct Limits {
     pub header_timeout: Duration,
     pub idle_timeout: Duration,
     pub body_timeout: Duration,
+    pub send_timeout: Duration,
     pub max_connections: usize,
     pub max_header_bytes: usize,
     pub max_headers: usize,
@@ -99,6 +103,7 @@ impl Limits {
             header_timeout: server.header_timeout.0,
             idle_timeout: server.idle_timeout.0,
             body_timeout: server.body_timeout.0,
+            send_timeout: server.send_timeout.0,
             max_connections: server.max_connections,
             max_header_bytes: server.max_header_bytes,
             max_headers: server.max_headers,
@@ -246,7 +251,7 @@ async fn serve_one(
                 max_fields: limits.max_headers,
                 timeout: limits.header_timeout,
             };
-            let wire = Arc::new(Wire::new(stream, buffered));
+            let wire = Arc::new(Wire::new(stream, buffered, limits.send_timeout));
             let framing = CheckFramingLayer::judged_raw();
             let service = connection_service(&activity, &limits, framing, router, remote);
             http1::serve(wire, service, head_limits, close, &closing).await;

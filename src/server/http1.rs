@@ -25,6 +25,13 @@
 //! `server.max_headers` 431, one that does not end within
 //! `server.header_timeout` 408, and the connection closes. No upgrades:
 //! the proxy serves none.
+//!
+//! What a client that does not play along gets: one that takes no part of
+//! an answer for `server.send_timeout` is disconnected (`write_all`); one
+//! still sending when its connection ends (a refused head, a body left
+//! unread) has the connection's write side shut and what it sends dropped
+//! for a while (`close_lingering`), so it reads its answer rather than a
+//! reset.
 
 use std::convert::Infallible;
 use std::future::{poll_fn, Future};
@@ -39,7 +46,6 @@ use axum::http::{header, HeaderMap, Method, Request, Response, StatusCode, Versi
 use axum::response::IntoResponse;
 use bytes::Bytes;
 use http_body::{Body, Frame, SizeHint};
-use tokio::net::TcpStream;
 use tokio::sync::watch;
 use tokio::time::Instant;
 use tower::{Service, ServiceExt};
@@ -59,6 +65,10 @@ use head::{Head, HeadError};
 const WRITE_AT: usize = 64 * 1024;
 /// How much a client may send ahead while an answer streams.
 const PIPELINED_AT_MOST: usize = 64 * 1024;
+/// How long a closing connection reads and drops what its client still
+/// sends (`close_lingering`), and the size of each read.
+const LINGER: Duration = Duration::from_secs(2);
+const LINGER_READ: usize = 16 * 1024;
 
 /// Limits on what a client sends in a head.
 #[derive(Debug, Clone, Copy)]
@@ -105,8 +115,8 @@ pub(crate) async fn serve<S, B>(
             }
             Err(Refused::Head(refusal)) => {
                 tracing::debug!(%refusal, "request head refused");
-                let _ = write_all(&wire.stream, refusal.answer()).await;
-                return;
+                let written = write_all(&wire, refusal.answer()).await;
+                return close_after(&wire, written).await;
             }
         };
         let Head {
@@ -123,8 +133,8 @@ pub(crate) async fn serve<S, B>(
                 // The bytes after this head cannot be told apart: answered,
                 // and the connection closed.
                 let answer = ambiguous.into_response();
-                let _ = write_answer(&wire, answer, version, &method, false).await;
-                return;
+                let written = write_answer(&wire, answer, version, &method, false).await;
+                return close_after(&wire, written).await;
             }
         };
         let body = wire.body(framing, expects_continue);
@@ -134,18 +144,21 @@ pub(crate) async fn serve<S, B>(
         let keep_alive = keep_alive && method != Method::CONNECT && !*closing.borrow();
         match write_answer(&wire, response, version, &method, keep_alive).await {
             Ok(true) => {}
-            Ok(false) => return,
+            Ok(false) => return close_lingering(&wire).await,
             Err(e) => {
                 tracing::debug!(error = %e, "writing an answer failed");
                 return;
             }
         }
-        let mut side = wire.read_side();
-        if !side.body_done() {
+        let body_done = {
+            let mut side = wire.read_side();
+            side.let_buffer_go();
+            side.body_done()
+        };
+        if !body_done {
             // Left unread: what follows is not a head.
-            return;
+            return close_lingering(&wire).await;
         }
-        side.let_buffer_go();
     }
 }
 
@@ -212,7 +225,6 @@ where
     B: Body<Data = Bytes>,
     B::Error: std::fmt::Display,
 {
-    let stream = &wire.stream;
     let (parts, body) = response.into_parts();
     let status = parts.status;
     let bodiless = method == Method::HEAD
@@ -233,7 +245,7 @@ where
         keep_alive,
     );
     if bodiless {
-        write_all(stream, &out).await?;
+        write_all(wire, &out).await?;
         return Ok(keep_alive);
     }
     let mut body = pin!(body);
@@ -245,7 +257,7 @@ where
         let frame = match poll_fn(|cx| Poll::Ready(body.as_mut().poll_frame(cx))).await {
             Poll::Ready(frame) => frame,
             Poll::Pending => {
-                write_all(stream, &out).await?;
+                write_all(wire, &out).await?;
                 out.clear();
                 next_frame_unless_gone(wire, body.as_mut()).await?
             }
@@ -260,14 +272,14 @@ where
         }
         append_data(&mut out, &data, &mut framing)?;
         if out.len() >= WRITE_AT {
-            write_all(stream, &out).await?;
+            write_all(wire, &out).await?;
             out.clear();
         }
     }
     if framing == Framing::Chunked {
         out.extend_from_slice(b"0\r\n\r\n");
     }
-    write_all(stream, &out).await?;
+    write_all(wire, &out).await?;
     // A body shorter than its length leaves the client waiting for bytes
     // that will not come: only closing tells it.
     Ok(keep_alive && !matches!(framing, Framing::Length(left) if left > 0))
@@ -388,17 +400,71 @@ fn write_head(
     out.extend_from_slice(b"\r\n");
 }
 
-/// Writes all of `bytes`, waiting while the socket's buffer is full.
-async fn write_all(stream: &TcpStream, mut bytes: &[u8]) -> io::Result<()> {
+/// Writes all of `bytes`, waiting while the socket's buffer is full, each
+/// time at most `server.send_timeout`: a client that takes nothing for that
+/// long (a slow reader holding the connection, a peer gone without closing)
+/// fails the write. A write that does not wait costs no timer.
+async fn write_all(wire: &Wire, mut bytes: &[u8]) -> io::Result<()> {
     while !bytes.is_empty() {
-        match stream.try_write(bytes) {
+        match wire.stream.try_write(bytes) {
             Ok(0) => return Err(io::ErrorKind::WriteZero.into()),
             Ok(n) => bytes = &bytes[n..],
-            Err(e) if e.kind() == io::ErrorKind::WouldBlock => stream.writable().await?,
+            Err(e) if e.kind() == io::ErrorKind::WouldBlock => {
+                tokio::time::timeout(wire.send_timeout, wire.stream.writable())
+                    .await
+                    .map_err(|_| {
+                        io::Error::new(
+                            io::ErrorKind::TimedOut,
+                            format!(
+                                "the client took nothing of its answer for {:?} (server.send_timeout)",
+                                wire.send_timeout
+                            ),
+                        )
+                    })??;
+            }
             Err(e) => return Err(e),
         }
     }
     Ok(())
+}
+
+/// Ends a connection after its last answer: lingering when the answer was
+/// written, at once when the client is gone or took nothing.
+async fn close_after<T>(wire: &Wire, written: io::Result<T>) {
+    if written.is_ok() {
+        close_lingering(wire).await;
+    }
+}
+
+/// Ends a connection whose client may still be sending (the rest of a
+/// refused head, a body left unread, a pipelined request after a last
+/// answer). Closing a socket with unread bytes makes the kernel reset the
+/// connection, and a client still writing then fails with "connection
+/// reset" without reading the answer: a 401 to a large `POST` would never
+/// reach the client that must sign in again. So the write side is shut
+/// first (the client reads the whole answer, then the end), and what the
+/// client still sends is read and dropped until it closes, for at most
+/// `LINGER`, as nginx's lingering close does.
+async fn close_lingering(wire: &Wire) {
+    let socket = socket2::SockRef::from(&wire.stream);
+    if socket.shutdown(std::net::Shutdown::Write).is_err() {
+        return;
+    }
+    let until = Instant::now() + LINGER;
+    // On the heap: the connection's future is held for its whole life.
+    let mut dropped = vec![0u8; LINGER_READ];
+    loop {
+        match tokio::time::timeout_at(until, wire.stream.readable()).await {
+            Ok(Ok(())) => {}
+            Ok(Err(_)) | Err(_) => return,
+        }
+        match wire.stream.try_read(&mut dropped) {
+            Ok(0) => return,
+            Ok(_) => {}
+            Err(e) if e.kind() == io::ErrorKind::WouldBlock => {}
+            Err(_) => return,
+        }
+    }
 }
 
 /// The `Date` header's value for now, formatted once a second per thread.

@@ -9,6 +9,7 @@ use std::io;
 use std::pin::Pin;
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::task::{ready, Context, Poll};
+use std::time::Duration;
 
 use bytes::{Bytes, BytesMut};
 use http_body::{Frame, SizeHint};
@@ -27,6 +28,9 @@ const CONTINUE: &[u8] = b"HTTP/1.1 100 Continue\r\n\r\n";
 /// answers) and the body of the request in progress.
 pub(crate) struct Wire {
     pub(crate) stream: TcpStream,
+    /// How long a write may wait for the client to take any of it
+    /// (`server.send_timeout`).
+    pub(crate) send_timeout: Duration,
     read: Mutex<ReadSide>,
 }
 
@@ -49,9 +53,10 @@ pub(crate) struct ReadSide {
 }
 
 impl Wire {
-    pub(crate) fn new(stream: TcpStream, buf: BytesMut) -> Self {
+    pub(crate) fn new(stream: TcpStream, buf: BytesMut, send_timeout: Duration) -> Self {
         Wire {
             stream,
+            send_timeout,
             read: Mutex::new(ReadSide {
                 buf,
                 body: Decoder::Done,

@@ -5,13 +5,14 @@ use bytes::BytesMut;
 use http_body_util::{BodyExt, Full, StreamBody};
 use std::time::Duration;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
-use tokio::net::TcpListener;
+use tokio::net::{TcpListener, TcpStream};
 
 const LIMITS: HeadLimits = HeadLimits {
     max_bytes: 8192,
     max_fields: 100,
     timeout: Duration::from_millis(300),
 };
+const SEND_TIMEOUT: Duration = Duration::from_millis(300);
 
 /// One request as the test service saw it: its path, and its body (or the
 /// body's error).
@@ -36,7 +37,7 @@ async fn socket_pair() -> (TcpStream, TcpStream) {
 /// client's socket, what the service saw, and the wire.
 async fn served() -> (TcpStream, Seen, Arc<Wire>) {
     let (client, stream) = socket_pair().await;
-    let wire = Arc::new(Wire::new(stream, BytesMut::new()));
+    let wire = Arc::new(Wire::new(stream, BytesMut::new(), SEND_TIMEOUT));
     let seen = Seen::default();
     let record = seen.clone();
     let service = tower::service_fn(move |request: Request<RequestBody>| {
@@ -377,7 +378,7 @@ async fn answer_of(
     method: Method,
 ) -> (String, bool) {
     let (mut client, stream) = socket_pair().await;
-    let wire = Wire::new(stream, BytesMut::new());
+    let wire = Wire::new(stream, BytesMut::new(), SEND_TIMEOUT);
     let keep = write_answer(&wire, response, version, &method, true)
         .await
         .unwrap();
@@ -441,7 +442,7 @@ async fn answers_are_framed_by_what_is_known_of_their_body() {
 #[tokio::test]
 async fn a_read_that_drains_the_socket_marks_it_not_ready_and_keeps_later_bytes() {
     let (mut client, server) = socket_pair().await;
-    let wire = Wire::new(server, BytesMut::new());
+    let wire = Wire::new(server, BytesMut::new(), SEND_TIMEOUT);
     client.write_all(b"GET / HTTP/1.1\r\n").await.unwrap();
     wire.stream.readable().await.unwrap();
     assert_eq!(wire.read_side().try_fill(&wire.stream).unwrap(), 16);
@@ -464,4 +465,128 @@ async fn a_read_that_drains_the_socket_marks_it_not_ready_and_keeps_later_bytes(
         &wire.read_side().buf[..],
         b"GET / HTTP/1.1\r\nhost: a\r\n\r\n"
     );
+}
+
+#[tokio::test]
+async fn a_client_that_takes_nothing_of_its_answer_fails_the_write_after_the_send_timeout() {
+    let (client, stream) = socket_pair().await;
+    let wire = Wire::new(stream, BytesMut::new(), SEND_TIMEOUT);
+    // More than both sockets' buffers hold on loopback, so the write waits.
+    let big = Bytes::from(vec![b'x'; 64 << 20]);
+    let started = Instant::now();
+    let written = tokio::time::timeout(
+        Duration::from_secs(10),
+        write_answer(
+            &wire,
+            Response::new(Full::new(big)),
+            Version::HTTP_11,
+            &Method::GET,
+            true,
+        ),
+    )
+    .await
+    .expect("a write to a client that reads nothing must end");
+    assert_eq!(written.unwrap_err().kind(), io::ErrorKind::TimedOut);
+    assert!(started.elapsed() >= SEND_TIMEOUT, "{:?}", started.elapsed());
+    drop(client);
+}
+
+#[tokio::test]
+async fn a_client_that_reads_slowly_but_steadily_gets_its_whole_answer() {
+    let (mut client, stream) = socket_pair().await;
+    let wire = Wire::new(stream, BytesMut::new(), SEND_TIMEOUT);
+    let size = 16 << 20;
+    let reader = tokio::spawn(async move {
+        // Pauses shorter than the send timeout between reads, longer in all.
+        let mut got = 0;
+        let mut buf = vec![0u8; 1 << 20];
+        loop {
+            tokio::time::sleep(SEND_TIMEOUT / 3).await;
+            match client.read(&mut buf).await.unwrap() {
+                0 => return got,
+                n => got += n,
+            }
+        }
+    });
+    let started = Instant::now();
+    let keep = write_answer(
+        &wire,
+        Response::new(Full::new(Bytes::from(vec![b'x'; size]))),
+        Version::HTTP_11,
+        &Method::GET,
+        true,
+    )
+    .await
+    .unwrap();
+    assert!(keep);
+    assert!(started.elapsed() > SEND_TIMEOUT, "the write never waited");
+    drop(wire);
+    assert!(reader.await.unwrap() > size);
+}
+
+/// Serves a connection whose service answers 401 without reading the body.
+async fn served_refusing_unread() -> (TcpStream, tokio::task::JoinHandle<()>) {
+    let (client, stream) = socket_pair().await;
+    let wire = Arc::new(Wire::new(stream, BytesMut::new(), SEND_TIMEOUT));
+    let service = tower::service_fn(|_request: Request<RequestBody>| async {
+        let mut answer = Response::new(Full::new(Bytes::from_static(b"sign in again")));
+        *answer.status_mut() = StatusCode::UNAUTHORIZED;
+        Ok::<_, Infallible>(answer)
+    });
+    let served = tokio::spawn(async move {
+        let (_closing_tx, closing) = watch::channel(false);
+        let never = pin!(std::future::pending::<()>());
+        serve(wire, service, LIMITS, never, &closing).await;
+    });
+    (client, served)
+}
+
+#[tokio::test]
+async fn a_body_left_unread_does_not_cost_the_client_its_answer() {
+    let (client, served) = served_refusing_unread().await;
+    let (mut reading, mut writing) = client.into_split();
+    // A client that sends its whole body before it reads, as most do.
+    let size = 8 << 20;
+    let sender = tokio::spawn(async move {
+        let head = format!("POST /mcp HTTP/1.1\r\nhost: x\r\ncontent-length: {size}\r\n\r\n");
+        writing.write_all(head.as_bytes()).await?;
+        writing.write_all(&vec![b'{'; size]).await?;
+        Ok::<_, io::Error>(writing)
+    });
+    let sent = tokio::time::timeout(Duration::from_secs(5), sender)
+        .await
+        .expect("the body was read and dropped, not left to block the client")
+        .unwrap();
+    let _writing = sent.expect("the connection was not reset under the client's body");
+    let mut answer = Vec::new();
+    tokio::time::timeout(Duration::from_secs(5), reading.read_to_end(&mut answer))
+        .await
+        .unwrap()
+        .unwrap();
+    let answer = String::from_utf8_lossy(&answer);
+    assert!(answer.starts_with("HTTP/1.1 401 "), "{answer}");
+    assert!(answer.ends_with("sign in again"), "{answer}");
+    tokio::time::timeout(Duration::from_secs(5), served)
+        .await
+        .expect("the connection closes once the client does")
+        .unwrap();
+}
+
+#[tokio::test]
+async fn a_client_that_keeps_sending_after_its_answer_is_closed_on_after_a_while() {
+    let (mut client, served) = served_refusing_unread().await;
+    let head = "POST /mcp HTTP/1.1\r\nhost: x\r\ncontent-length: 1000000000\r\n\r\n";
+    client.write_all(head.as_bytes()).await.unwrap();
+    let started = Instant::now();
+    // Bytes without end, never a close: the server stops listening.
+    let flood = tokio::spawn(async move {
+        let chunk = vec![b'{'; 64 << 10];
+        while client.write_all(&chunk).await.is_ok() {}
+    });
+    tokio::time::timeout(Duration::from_secs(10), served)
+        .await
+        .expect("lingering is bounded")
+        .unwrap();
+    assert!(started.elapsed() >= LINGER, "{:?}", started.elapsed());
+    flood.abort();
 }
