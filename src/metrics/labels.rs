@@ -276,11 +276,6 @@ pub(crate) fn status_class_index(status: u16) -> usize {
     }
 }
 
-/// "2xx" … "5xx".
-pub(crate) fn status_class(status: u16) -> &'static str {
-    STATUS_CLASSES[status_class_index(status)]
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -346,9 +341,9 @@ mod tests {
             "notification"
         );
         assert_eq!(mcp_method(None), "none");
-        assert_eq!(status_class(204), "2xx");
-        assert_eq!(status_class(999), "5xx");
-        assert_eq!(status_class(101), "1xx");
-        assert_eq!(status_class(0), "5xx");
+        assert_eq!(STATUS_CLASSES[status_class_index(204)], "2xx");
+        assert_eq!(STATUS_CLASSES[status_class_index(999)], "5xx");
+        assert_eq!(STATUS_CLASSES[status_class_index(101)], "1xx");
+        assert_eq!(STATUS_CLASSES[status_class_index(0)], "5xx");
     }
 }

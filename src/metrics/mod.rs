@@ -7,11 +7,11 @@
 //! keeps the matched path template as its `route`, which for MCP endpoints
 //! is a configured path.
 
-use std::sync::Arc;
+use std::sync::{Arc, OnceLock};
 
 use prometheus::{
-    Encoder, HistogramOpts, HistogramVec, IntCounterVec, IntGauge, IntGaugeVec, Opts, Registry,
-    TextEncoder,
+    Encoder, HistogramOpts, HistogramVec, IntCounter, IntCounterVec, IntGauge, IntGaugeVec, Opts,
+    Registry, TextEncoder,
 };
 
 pub(crate) mod audit;
@@ -58,6 +58,10 @@ pub struct Metrics {
     pub(crate) upstream_duration: HistogramVec,
     pub(crate) upstream_errors: IntCounterVec,
     pub(crate) token_cache_requests: IntCounterVec,
+    /// `token_cache_requests`' series by result, each resolved when first
+    /// counted: every authenticated request counts one, and a lookup by
+    /// label values hashes them and takes a lock.
+    pub(crate) token_cache_results: [OnceLock<IntCounter>; CacheResult::ALL.len()],
     pub(crate) token_cache_evictions: IntCounterVec,
     pub(crate) token_cache_entries: IntGauge,
     /// `policy_decisions_total{route,decision}`: the policy's verdicts on
@@ -246,6 +250,7 @@ impl Metrics {
                 "Token cache entries removed, by cause",
                 &["cause"],
             ),
+            token_cache_results: Default::default(),
             token_cache_entries: gauge("token_cache_entries", "Entries in the token cache"),
             policy_decisions: counter(
                 r,

@@ -5,7 +5,7 @@
 
 use std::time::Duration;
 
-use prometheus::IntCounterVec;
+use prometheus::{Histogram, IntCounter, IntCounterVec};
 
 use super::labels::*;
 use super::Metrics;
@@ -87,7 +87,14 @@ impl Metrics {
 
     /// A token cache lookup.
     pub(crate) fn token_cache_request(&self, result: CacheResult) {
-        self.count(&self.token_cache_requests, &[result.as_str()]);
+        if self.enabled {
+            self.token_cache_results[result.index()]
+                .get_or_init(|| {
+                    self.token_cache_requests
+                        .with_label_values(&[result.as_str()])
+                })
+                .inc();
+        }
     }
 
     /// A token cache entry removed.
@@ -110,10 +117,28 @@ impl Metrics {
     /// An HTTP request by route template, method and status.
     pub(crate) fn http_request(&self, route: &str, method: &str, status: u16, elapsed: Duration) {
         if self.enabled {
-            self.count(&self.http_requests, &[route, method, status_class(status)]);
-            self.http_duration
-                .with_label_values(&[route, method])
+            self.http_requests_series(route, method, status_class_index(status))
+                .inc();
+            self.http_duration_series(route, method)
                 .observe(elapsed.as_secs_f64());
         }
+    }
+
+    /// `http_requests_total`'s series for a route template, method and
+    /// status class (its place in `STATUS_CLASSES`).
+    pub(crate) fn http_requests_series(
+        &self,
+        route: &str,
+        method: &str,
+        class: usize,
+    ) -> IntCounter {
+        self.http_requests
+            .with_label_values(&[route, method, STATUS_CLASSES[class]])
+    }
+
+    /// `http_request_duration_seconds`' series for a route template and
+    /// method.
+    pub(crate) fn http_duration_series(&self, route: &str, method: &str) -> Histogram {
+        self.http_duration.with_label_values(&[route, method])
     }
 }

@@ -216,7 +216,7 @@ fn mcp_endpoints(
     limits: &RateLimits,
     hooks: &Hooks,
 ) -> Vec<(
-    Arc<str>,
+    RouteTemplate,
     impl Service<
             Request<Body>,
             Response = Response<Body>,
@@ -251,13 +251,13 @@ fn mcp_endpoints(
             )))
         };
         endpoints.push((
-            Arc::from(settings.path.as_str()),
+            RouteTemplate::new(&settings.path),
             stack(&settings.path, Endpoint::Mcp),
         ));
         if let (Some(sse), Some(message)) = (&settings.sse_path, settings.message_path()) {
-            endpoints.push((Arc::from(sse.as_str()), stack(sse, Endpoint::SseStream)));
+            endpoints.push((RouteTemplate::new(sse), stack(sse, Endpoint::SseStream)));
             endpoints.push((
-                Arc::from(message.as_str()),
+                RouteTemplate::new(&message),
                 stack(sse, Endpoint::SseMessage),
             ));
         }
@@ -451,7 +451,7 @@ type EndpointService = BoxCloneSyncService<Request<Body>, Response<Body>, Infall
 /// known size, no body for `HEAD`).
 #[derive(Clone)]
 pub(crate) struct Routes {
-    endpoints: Arc<[(Arc<str>, EndpointService)]>,
+    endpoints: Arc<[(RouteTemplate, EndpointService)]>,
     others: Router,
 }
 
@@ -461,7 +461,7 @@ impl Routes {
         Routes::new(Vec::new(), router)
     }
 
-    fn new(endpoints: Vec<(Arc<str>, EndpointService)>, others: Router) -> Self {
+    fn new(endpoints: Vec<(RouteTemplate, EndpointService)>, others: Router) -> Self {
         Routes {
             endpoints: endpoints.into(),
             others,
@@ -490,15 +490,13 @@ where
         match self
             .endpoints
             .iter()
-            .find(|(template, _)| **template == *path)
+            .find(|(template, _)| template.as_str() == path)
         {
             Some((template, endpoint)) => {
                 let mut request = request.map(Body::new);
                 // The metrics' route label, as axum's `MatchedPath` is for
                 // the routes it matches.
-                request
-                    .extensions_mut()
-                    .insert(RouteTemplate(template.clone()));
+                request.extensions_mut().insert(template.clone());
                 Either::Left(endpoint.clone().oneshot(request))
             }
             None => Either::Right(self.others.call(request)),

@@ -83,3 +83,62 @@ async fn a_failure_without_an_answer_is_not_counted() {
         );
     }
 }
+
+/// A request for `template`, as `server::stack::Routes` files it.
+fn on_template(template: &RouteTemplate, method: Method) -> Request<Body> {
+    let mut request = Request::builder()
+        .method(method)
+        .uri("/mcp?raw=1")
+        .body(Body::empty())
+        .expect("request");
+    request.extensions_mut().insert(template.clone());
+    request
+}
+
+#[tokio::test]
+async fn a_route_templates_series_are_the_registrys_and_counted_each_time() {
+    let metrics = Metrics::new(&[]);
+    let template = RouteTemplate::new("/mcp");
+    for (method, status) in [
+        (Method::POST, StatusCode::OK),
+        (Method::POST, StatusCode::OK),
+        (Method::POST, StatusCode::FORBIDDEN),
+        (Method::GET, StatusCode::OK),
+    ] {
+        RecordHttp::layer(metrics.clone())
+            .layer(answering(status))
+            .oneshot(on_template(&template, method))
+            .await
+            .expect("infallible");
+    }
+    let counted = |labels: [&str; 3]| metrics.http_requests.with_label_values(&labels).get();
+    assert_eq!(counted(["/mcp", "POST", "2xx"]), 2);
+    assert_eq!(counted(["/mcp", "POST", "4xx"]), 1);
+    assert_eq!(counted(["/mcp", "GET", "2xx"]), 1);
+    let timed = |method: &str| {
+        metrics
+            .http_duration
+            .with_label_values(&["/mcp", method])
+            .get_sample_count()
+    };
+    assert_eq!((timed("POST"), timed("GET")), (3, 1));
+    // What `/metrics` shows: the same series, never the raw path.
+    let text = metrics.render();
+    assert!(
+        text.contains(r#"http_requests_total{method="POST",route="/mcp",status_class="2xx"} 2"#),
+        "{text}"
+    );
+    assert!(!text.contains("raw=1"), "{text}");
+}
+
+#[tokio::test]
+async fn a_route_template_counts_nothing_when_metrics_are_off() {
+    let metrics = Metrics::disabled();
+    let template = RouteTemplate::new("/mcp");
+    RecordHttp::layer(metrics.clone())
+        .layer(answering(StatusCode::OK))
+        .oneshot(on_template(&template, Method::POST))
+        .await
+        .expect("infallible");
+    assert!(!metrics.render().contains("/mcp"));
+}
