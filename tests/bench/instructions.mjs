@@ -9,6 +9,7 @@
 //   INSTR_SECONDS=20 INSTR_CONNECTIONS=8 INSTR_TOP=40 node tests/bench/instructions.mjs
 //   INSTR_SERVER=nginx node tests/bench/instructions.mjs    (nginx's worker instead, configured as in bench.mjs)
 //   INSTR_CACHE=1 ...                            (with callgrind's cache simulation: misses per request)
+//   INSTR_ATOMICS=1 ...                          (locked instructions per request, and where)
 //
 // Prints instructions per request and the top functions (inclusive), and
 // writes tests/bench/results/instructions-<time>.{txt,callgrind}.
@@ -20,6 +21,16 @@
 // level (I1), data reads and writes that miss it (D1), and either that
 // miss the last level (LL). Run it at 8 and at 256 connections to see
 // what the in-flight requests' memory does to the caches.
+//
+// INSTR_ATOMICS=1 counts the locked instructions executed per request
+// (atomic read-modify-writes: reference counts, locks, the runtime's task
+// states): callgrind counts every instruction by address
+// (`--dump-instr=yes`), objdump finds each object's `lock`-prefixed
+// instructions and `xchg` with memory (locked without the prefix), and
+// their counts are summed, with the functions that execute most of them.
+// One costs tens of cycles where a plain add costs one, which callgrind's
+// instruction count does not show.
+import { execSync } from 'node:child_process';
 import fs from 'node:fs';
 import os from 'node:os';
 import path from 'node:path';
@@ -31,11 +42,13 @@ const top = Number(process.env.INSTR_TOP ?? 30);
 const server = process.env.INSTR_SERVER ?? 'proxy';
 const cacheSim = process.env.INSTR_CACHE === '1';
 const lastLevel = process.env.INSTR_LL ?? '2097152,16,64';
+const atomics = process.env.INSTR_ATOMICS === '1';
 const log = (...a) => console.error('[instructions]', ...a);
 if (!['proxy', 'nginx'].includes(server)) throw new Error(`INSTR_SERVER: ${server} is neither proxy nor nginx`);
 
 const dir = fs.mkdtempSync(path.join(os.tmpdir(), 'mcp-instr-'));
-const callgrind = underCallgrind(dir, server === 'nginx' ? cfg.nginx : cfg.bin, cacheSim ? `--cache-sim=yes --LL=${lastLevel}` : '');
+const valgrindArgs = [cacheSim ? `--cache-sim=yes --LL=${lastLevel}` : '', atomics ? '--dump-instr=yes --compress-pos=no' : ''];
+const callgrind = underCallgrind(dir, server === 'nginx' ? cfg.nginx : cfg.bin, valgrindArgs.join(' '));
 
 const cleanups = [];
 try {
@@ -71,9 +84,17 @@ try {
         `cache misses per request (I1/D1 as this CPU's, LL ${lastLevel}): I1 ${perRequest(events.I1mr)}, D1 ${perRequest(events.D1mr + events.D1mw)} (reads ${perRequest(events.D1mr)}), LL ${perRequest(events.ILmr + events.DLmr + events.DLmw)} (data ${perRequest(events.DLmr + events.DLmw)})`,
       ]
     : [];
+  const locked = atomics ? lockedInstructions(dump) : null;
+  const lockedLines = locked
+    ? [
+        `locked instructions per request: ${(locked.total / r.requests).toFixed(1)}, most in:`,
+        ...locked.byFunction.slice(0, top).map(([fn, n]) => `${(n / r.requests).toFixed(2).padStart(8)}  ${fn}`),
+      ]
+    : [];
   const summary = [
     `${server}: instructions per request: ${perRequest(total)} (${r.requests} requests, ${connections} connections, ${seconds} s under callgrind)`,
     ...misses,
+    ...lockedLines,
     server === 'proxy' ? `policy: ${cfg.policy ?? 'built-in default'}; provider token: ${cfg.providerTokenBytes ? `JWT ${cfg.providerTokenBytes} B` : 'opaque'}` : 'nginx: as bench.mjs configures it (keep-alive upstream, three headers added)',
     '',
     ...topLines,
@@ -86,3 +107,60 @@ try {
   fs.rmSync(dir, { recursive: true, force: true });
 }
 process.exit(0);
+
+/**
+ * The locked instructions a callgrind dump (`--dump-instr=yes
+ * --compress-pos=no`) counts: `total`, and `byFunction` (function, count),
+ * most first. Addresses in the dump are relative to their object, as
+ * objdump prints them.
+ */
+function lockedInstructions(dumpPath) {
+  const byObject = new Map(); // object -> Map(address -> count)
+  const names = new Map(); // compressed object ids -> paths
+  let object = null;
+  let callCost = false;
+  for (const line of fs.readFileSync(dumpPath, 'utf8').split('\n')) {
+    const named = /^c?ob=(?:\((\d+)\))?\s*(.*)$/.exec(line);
+    if (named) {
+      const [, id, name] = named;
+      if (id && name) names.set(id, name);
+      if (line.startsWith('ob=')) object = name || names.get(id);
+      continue;
+    }
+    if (line.startsWith('calls=')) {
+      callCost = true; // the next line is the call's inclusive cost, not its own
+      continue;
+    }
+    if (!line.startsWith('0x')) continue;
+    if (callCost) {
+      callCost = false;
+      continue;
+    }
+    const [address, , count] = line.split(' ');
+    let counts = byObject.get(object);
+    if (!counts) byObject.set(object, (counts = new Map()));
+    const at = parseInt(address, 16);
+    counts.set(at, (counts.get(at) ?? 0) + Number(count));
+  }
+  let total = 0;
+  const byFunction = new Map();
+  for (const [object, counts] of byObject) {
+    if (!object || !fs.existsSync(object)) continue;
+    const listing = execSync(`objdump -d -C --no-show-raw-insn '${object}' | grep -E '^[0-9a-f]+ <|\\slock |\\sxchg.*\\('`, { maxBuffer: 1 << 28 }).toString();
+    let fn = '?';
+    for (const line of listing.split('\n')) {
+      const start = /^[0-9a-f]+ <(.*)>:$/.exec(line);
+      if (start) {
+        fn = start[1];
+        continue;
+      }
+      const instruction = /^\s*([0-9a-f]+):/.exec(line);
+      const n = instruction ? counts.get(parseInt(instruction[1], 16)) : undefined;
+      if (!n) continue;
+      total += n;
+      const key = `${fn.slice(0, 140)} (${path.basename(object)})`;
+      byFunction.set(key, (byFunction.get(key) ?? 0) + n);
+    }
+  }
+  return { total, byFunction: [...byFunction].sort((a, b) => b[1] - a[1]) };
+}
