@@ -211,13 +211,20 @@ impl std::fmt::Debug for Memo {
     }
 }
 
+/// The headers a policy's `allow(...)` sets: checked names and encoded
+/// values, in the order the script gave. Shared: a session remembers its
+/// decisions, and each request they allow carries the headers on
+/// (`PolicyOutcome`) without copying each name and value (a reference
+/// count taken and dropped for each).
+pub type PolicyHeaders = Arc<[(HeaderName, HeaderValue)]>;
+
 /// What the policy decided for a request it lets through: the identity
 /// headers to set downstream and which client headers to strip (every
 /// header a policy could set), so the forwarder needs no policy engine.
 #[derive(Clone)]
 pub(crate) struct PolicyOutcome {
     /// Headers the policy set, checked and encoded.
-    pub(crate) headers: Vec<(HeaderName, HeaderValue)>,
+    pub(crate) headers: PolicyHeaders,
     /// Whether a client header must be removed before forwarding.
     pub(crate) strip: Arc<dyn Fn(&str) -> bool + Send + Sync>,
 }

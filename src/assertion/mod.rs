@@ -289,13 +289,16 @@ impl RouteAssertions {
         let value = HeaderValue::from_str(&jwt).map_err(|_| {
             ProxyError::StoreUnavailable("an assertion is not a header value".into())
         })?;
-        for (_, v) in outcome
+        // The headers are shared with the session's remembered decision:
+        // this request's copy gets the assertion.
+        outcome.headers = outcome
             .headers
-            .iter_mut()
-            .filter(|(_, v)| is_placeholder(v))
-        {
-            *v = value.clone();
-        }
+            .iter()
+            .map(|(name, v)| {
+                let v = if is_placeholder(v) { &value } else { v };
+                (name.clone(), v.clone())
+            })
+            .collect();
         Ok(())
     }
 }

@@ -103,7 +103,8 @@ async fn only_placeholders_are_replaced_and_an_outcome_without_one_is_left_alone
                 axum::http::HeaderName::from_static("x-user-sub"),
                 HeaderValue::from_static("alice"),
             ),
-        ],
+        ]
+        .into(),
         strip: Arc::new(|_| false),
     };
     route.fill_in(&mut outcome, &session(), None).await.unwrap();

@@ -10,6 +10,7 @@ use rhai::{Dynamic, Map};
 use super::header_rules::{self, HeaderNameRules, HeaderRefusal, PolicyValue};
 use super::script_api::ScriptDecision;
 use crate::assertion::IdentityAssertionRef;
+pub use crate::session::PolicyHeaders;
 use crate::store::UpstreamTokens;
 
 /// What the policy decided for one request.
@@ -18,7 +19,7 @@ pub enum Decision {
     /// Forward the request, with these headers set on it.
     Allow {
         /// Checked names and encoded values, in the order the script gave.
-        headers: Vec<(HeaderName, HeaderValue)>,
+        headers: PolicyHeaders,
     },
     /// Refuse the request.
     Deny {
@@ -66,7 +67,9 @@ pub(crate) fn interpret(
             Decision::Deny { status, reason }
         }
         ScriptDecision::Allow(map) => match headers_from(map, tokens, names, max_header_bytes) {
-            Ok(headers) => Decision::Allow { headers },
+            Ok(headers) => Decision::Allow {
+                headers: headers.into(),
+            },
             Err(problem) => {
                 tracing::warn!(target: "policy", %problem, "the policy set a header the proxy refuses; denying");
                 // The reason names the header, never its value.

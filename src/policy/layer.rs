@@ -21,7 +21,7 @@ use crate::error::{BodyTimeout, ProxyError};
 use crate::metrics::audit::AuditSlot;
 use crate::metrics::labels::PolicyVerdict;
 use crate::metrics::{Metrics, RouteMetrics};
-use crate::session::{PolicyOutcome, Session};
+use crate::session::{PolicyHeaders, PolicyOutcome, Session};
 use remembered::{memo, CallKey, REMEMBERED_CALLS};
 
 /// The route's `login()` for this session, once per session and policy
@@ -327,8 +327,8 @@ struct Evaluation {
 impl Evaluation {
     /// Runs the policy for the request (no calls: once, without an `mcp`
     /// part) or for each call; the first denial refuses the whole request.
-    fn run(self, calls: &[McpCall]) -> Result<Vec<(HeaderName, HeaderValue)>, ProxyError> {
-        let mut headers = Vec::new();
+    fn run(self, calls: &[McpCall]) -> Result<PolicyHeaders, ProxyError> {
+        let mut headers = PolicyHeaders::default();
         let evaluations: Vec<Option<&McpCall>> = if calls.is_empty() {
             vec![None]
         } else {
@@ -480,11 +480,7 @@ impl EnforcePolicy {
     /// What a request that goes on carries for the forwarder: the headers
     /// the policy set, and which client headers to strip (any this version
     /// of the policy could set).
-    fn outcome(
-        &self,
-        policy: &Arc<CompiledPolicy>,
-        headers: Vec<(HeaderName, HeaderValue)>,
-    ) -> PolicyOutcome {
+    fn outcome(&self, policy: &Arc<CompiledPolicy>, headers: PolicyHeaders) -> PolicyOutcome {
         PolicyOutcome {
             headers,
             strip: self.engine.strip_rule(policy),
@@ -496,7 +492,7 @@ impl EnforcePolicy {
 async fn evaluate(
     evaluation: Evaluation,
     calls: Vec<McpCall>,
-) -> Result<(Vec<(HeaderName, HeaderValue)>, Vec<McpCall>), ProxyError> {
+) -> Result<(PolicyHeaders, Vec<McpCall>), ProxyError> {
     if calls.len() <= 1 {
         // One call is a few microseconds of policy: a thread hop would cost
         // more than it saves.

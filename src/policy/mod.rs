@@ -38,7 +38,7 @@ mod test_support;
 
 pub(crate) use compile::{compile, DEFAULT_POLICY};
 pub use compile::{CompiledPolicy, PolicyError};
-pub use decision::Decision;
+pub use decision::{Decision, PolicyHeaders};
 pub(crate) use header_rules::normalise_header;
 pub use reload::ReloadCounters;
 pub(crate) use sandbox::sandboxed_engine;
@@ -250,7 +250,7 @@ impl PolicyEngine {
     ) -> Result<Decision, Box<EvalAltResult>> {
         if !policy.has_login {
             return Ok(Decision::Allow {
-                headers: Vec::new(),
+                headers: PolicyHeaders::default(),
             });
         }
         let value = self.call(policy, "login", (user,))?;
@@ -267,7 +267,7 @@ impl PolicyEngine {
     pub(crate) fn login(&self, policy: &CompiledPolicy, user: Dynamic) -> Decision {
         if !policy.has_login {
             return Decision::Allow {
-                headers: Vec::new(),
+                headers: PolicyHeaders::default(),
             };
         }
         match self.call(policy, "login", (user,)) {

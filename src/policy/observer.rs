@@ -437,7 +437,8 @@ mod tests {
                     "x-user-email".parse().unwrap(),
                     "a@example.com".parse().unwrap(),
                 ),
-            ],
+            ]
+            .into(),
         };
         let outcome = Outcome::of(&decision, &tokens);
         assert_eq!(

@@ -125,7 +125,9 @@ mod tests {
         let decide = |allowed: bool| {
             runs.set(runs.get() + 1);
             if allowed {
-                Decision::Allow { headers: vec![] }
+                Decision::Allow {
+                    headers: Default::default(),
+                }
             } else {
                 Decision::Deny {
                     status: axum::http::StatusCode::FORBIDDEN,
