@@ -114,7 +114,7 @@ where
             });
         }
         request.extensions_mut().insert(session);
-        request.extensions_mut().insert(self.watch.clone());
+        request.extensions_mut().insert(self.watch);
         inner.call(request).await
     }
 }

@@ -476,16 +476,6 @@ impl EnforcePolicy {
         check_routing_headers(headers, &calls)?;
         Ok((Body::from(bytes), calls))
     }
-
-    /// What a request that goes on carries for the forwarder: the headers
-    /// the policy set, and which client headers to strip (any this version
-    /// of the policy could set).
-    fn outcome(&self, policy: &Arc<CompiledPolicy>, headers: PolicyHeaders) -> PolicyOutcome {
-        PolicyOutcome {
-            headers,
-            strip: self.engine.strip_rule(policy),
-        }
-    }
 }
 
 /// Runs the policy for the calls and hands them back.
@@ -541,18 +531,21 @@ where
             &parts.headers,
         );
         let observe = view.as_ref().and_then(|view| self.engine.observe(view));
+        let strip = self.engine.strip_rule(&policy);
+        // This request's copy of the layer is its own: its shared parts are
+        // moved on, not counted again.
         let evaluation = Evaluation {
-            engine: self.engine.clone(),
+            engine: self.engine,
             policy: policy.clone(),
-            issuer: self.issuer.clone(),
+            issuer: self.issuer,
             session,
             observe,
             view,
-            metrics: self.metrics.clone(),
+            metrics: self.metrics,
             audit,
         };
         let (headers, calls) = evaluate(evaluation, calls).await?;
-        parts.extensions.insert(self.outcome(&policy, headers));
+        parts.extensions.insert(PolicyOutcome { headers, strip });
         // List filtering decides with the same version of the policy.
         parts.extensions.insert(policy);
         if calls.len() > 1 {
