@@ -430,7 +430,7 @@ async fn write_all(wire: &Wire, mut bytes: &[u8]) -> io::Result<()> {
 
 /// Ends a connection after its last answer: lingering when the answer was
 /// written, at once when the client is gone or took nothing.
-async fn close_after<T>(wire: &Wire, written: io::Result<T>) {
+async fn close_after<T>(wire: &Arc<Wire>, written: io::Result<T>) {
     if written.is_ok() {
         close_lingering(wire).await;
     }
@@ -444,8 +444,13 @@ async fn close_after<T>(wire: &Wire, written: io::Result<T>) {
 /// reach the client that must sign in again. So the write side is shut
 /// first (the client reads the whole answer, then the end), and what the
 /// client still sends is read and dropped until it closes, for at most
-/// `LINGER`, as nginx's lingering close does.
-async fn close_lingering(wire: &Wire) {
+/// `LINGER`, as nginx's lingering close does. Not while a request body
+/// still reads from the socket (a layer kept it past its answer): the
+/// bytes are that body's.
+async fn close_lingering(wire: &Arc<Wire>) {
+    if Arc::strong_count(wire) > 1 {
+        return;
+    }
     let socket = socket2::SockRef::from(&wire.stream);
     if socket.shutdown(std::net::Shutdown::Write).is_err() {
         return;

@@ -590,3 +590,42 @@ async fn a_client_that_keeps_sending_after_its_answer_is_closed_on_after_a_while
     assert!(started.elapsed() >= LINGER, "{:?}", started.elapsed());
     flood.abort();
 }
+
+#[tokio::test]
+async fn a_body_kept_past_its_answer_keeps_its_bytes_when_the_connection_closes() {
+    let (mut client, stream) = socket_pair().await;
+    let wire = Arc::new(Wire::new(stream, BytesMut::new(), SEND_TIMEOUT));
+    let (kept_tx, kept_rx) = tokio::sync::oneshot::channel();
+    let kept_tx = Arc::new(Mutex::new(Some(kept_tx)));
+    // Answers at once and reads the body later, as a layer that hands it
+    // to a task of its own would.
+    let service = tower::service_fn(move |request: Request<RequestBody>| {
+        let kept_tx = kept_tx.clone();
+        async move {
+            tokio::spawn(async move {
+                tokio::time::sleep(Duration::from_millis(100)).await;
+                let body = request.into_body().collect().await.map(|b| b.to_bytes());
+                if let Some(tx) = kept_tx.lock().unwrap().take() {
+                    let _ = tx.send(body.map_err(|e| e.to_string()));
+                }
+            });
+            Ok::<_, Infallible>(Response::new(Full::new(Bytes::from_static(b"early"))))
+        }
+    });
+    tokio::spawn(async move {
+        let (_closing_tx, closing) = watch::channel(false);
+        let never = pin!(std::future::pending::<()>());
+        serve(wire, service, LIMITS, never, &closing).await;
+    });
+    client
+        .write_all(b"POST /upload HTTP/1.1\r\nhost: x\r\ncontent-length: 10\r\n\r\n")
+        .await
+        .unwrap();
+    assert!(read_some(&mut client).await.ends_with("early"));
+    client.write_all(b"0123456789").await.unwrap();
+    let kept = tokio::time::timeout(Duration::from_secs(5), kept_rx)
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!(kept.unwrap(), Bytes::from_static(b"0123456789"));
+}
