@@ -6,7 +6,6 @@ use std::time::{Duration, Instant};
 
 use axum::extract::MatchedPath;
 use axum::http::{Method, Request, Response};
-
 use prometheus::{Histogram, IntCounter};
 
 use super::labels::{status_class_index, STATUS_CLASSES};

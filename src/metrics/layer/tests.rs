@@ -142,3 +142,25 @@ async fn a_route_template_counts_nothing_when_metrics_are_off() {
         .expect("infallible");
     assert!(!metrics.render().contains("/mcp"));
 }
+
+#[test]
+fn a_methods_label_is_its_name_or_other() {
+    for method in [
+        Method::GET,
+        Method::POST,
+        Method::DELETE,
+        Method::OPTIONS,
+        Method::HEAD,
+        Method::PUT,
+        Method::PATCH,
+    ] {
+        assert_eq!(METHODS[method_index(&method)], method.as_str());
+    }
+    for method in [
+        Method::TRACE,
+        Method::CONNECT,
+        Method::from_bytes(b"PURGE").unwrap(),
+    ] {
+        assert_eq!(METHODS[method_index(&method)], "other");
+    }
+}
