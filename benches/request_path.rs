@@ -10,7 +10,8 @@
 //! pipelined connection, and one round trip to a loopback downstream with the
 //! forwarder's client and with hyper-util's pooled client it replaced, and
 //! what a layer of the stack costs as a `Checkpoint` and as a `Gate`, and
-//! an MCP endpoint's CORS on a call (ours, and tower-http's it replaced).
+//! an MCP endpoint's CORS on a call (ours, and tower-http's it replaced),
+//! and what an atomic reference count costs against a plain one.
 //! Reference numbers: tests/bench/README.md.
 
 use std::hint::black_box;
@@ -221,5 +222,21 @@ fn cors(c: &mut Criterion) {
     });
 }
 
-criterion_group!(benches, bench, downstream, layers, cors);
+/// What one of `INSTR_ATOMICS=1`'s locked instructions costs on this
+/// machine: a reference count taken and dropped atomically (`Arc`, two
+/// locked instructions) against the same without (`Rc`, two plain ones).
+/// Each layer's per-request copy and each shared buffer's slice is the
+/// former.
+fn reference_counts(c: &mut Criterion) {
+    let shared = std::sync::Arc::new(0u64);
+    c.bench_function("refcount/arc_clone_drop", |b| {
+        b.iter(|| drop(black_box(shared.clone())))
+    });
+    let local = std::rc::Rc::new(0u64);
+    c.bench_function("refcount/rc_clone_drop", |b| {
+        b.iter(|| drop(black_box(local.clone())))
+    });
+}
+
+criterion_group!(benches, bench, downstream, layers, cors, reference_counts);
 criterion_main!(benches);
