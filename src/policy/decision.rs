@@ -10,7 +10,7 @@ use rhai::{Dynamic, Map};
 use super::header_rules::{self, HeaderNameRules, HeaderRefusal, PolicyValue};
 use super::script_api::ScriptDecision;
 use crate::assertion::IdentityAssertionRef;
-pub use crate::session::PolicyHeaders;
+use crate::session::PolicyHeaders;
 use crate::store::UpstreamTokens;
 
 /// What the policy decided for one request.

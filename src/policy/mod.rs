@@ -36,9 +36,10 @@ mod source_scan;
 #[cfg(test)]
 mod test_support;
 
+pub use crate::session::PolicyHeaders;
 pub(crate) use compile::{compile, DEFAULT_POLICY};
 pub use compile::{CompiledPolicy, PolicyError};
-pub use decision::{Decision, PolicyHeaders};
+pub use decision::Decision;
 pub(crate) use header_rules::normalise_header;
 pub use reload::ReloadCounters;
 pub(crate) use sandbox::sandboxed_engine;
