@@ -56,13 +56,24 @@ async fn served() -> (TcpStream, Seen, Arc<Wire>) {
             Ok::<_, Infallible>(Response::new(Full::new(Bytes::from(answer))))
         }
     });
-    let wire_for_serve = wire.clone();
+    spawn_served(wire.clone(), service);
+    (client, seen, wire)
+}
+
+/// Serves `wire` with `service` on a task of its own, with `LIMITS`, never
+/// asked to close; ends when the connection does.
+fn spawn_served<S, B>(wire: Arc<Wire>, service: S) -> tokio::task::JoinHandle<()>
+where
+    S: Service<Request<RequestBody>, Response = Response<B>, Error = Infallible> + Send + 'static,
+    S::Future: Send,
+    B: Body<Data = Bytes> + Send + 'static,
+    B::Error: std::fmt::Display + Send,
+{
     tokio::spawn(async move {
         let (_closing_tx, closing) = watch::channel(false);
         let never = pin!(std::future::pending::<()>());
-        serve(wire_for_serve, service, LIMITS, never, &closing).await;
-    });
-    (client, seen, wire)
+        serve(wire, service, LIMITS, never, &closing).await;
+    })
 }
 
 /// Everything the server sends until it closes the connection.

@@ -70,11 +70,7 @@ async fn served_refusing_unread() -> (TcpStream, tokio::task::JoinHandle<()>) {
         *answer.status_mut() = StatusCode::UNAUTHORIZED;
         Ok::<_, Infallible>(answer)
     });
-    let served = tokio::spawn(async move {
-        let (_closing_tx, closing) = watch::channel(false);
-        let never = pin!(std::future::pending::<()>());
-        serve(wire, service, LIMITS, never, &closing).await;
-    });
+    let served = spawn_served(wire, service);
     (client, served)
 }
 
@@ -149,11 +145,7 @@ async fn a_body_kept_past_its_answer_keeps_its_bytes_when_the_connection_closes(
             Ok::<_, Infallible>(Response::new(Full::new(Bytes::from_static(b"early"))))
         }
     });
-    tokio::spawn(async move {
-        let (_closing_tx, closing) = watch::channel(false);
-        let never = pin!(std::future::pending::<()>());
-        serve(wire, service, LIMITS, never, &closing).await;
-    });
+    spawn_served(wire, service);
     client
         .write_all(b"POST /upload HTTP/1.1\r\nhost: x\r\ncontent-length: 10\r\n\r\n")
         .await
