@@ -14,6 +14,7 @@ pub mod bench_support;
 pub mod checkpoint;
 pub mod cli;
 pub(crate) mod client_address;
+pub(crate) mod clock;
 pub mod config;
 pub mod crypto;
 pub mod embed;

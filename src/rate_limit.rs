@@ -24,7 +24,7 @@ use std::time::Duration;
 
 use axum::body::Body;
 use axum::http::Request;
-use governor::clock::{Clock, DefaultClock};
+use governor::clock::Clock;
 use governor::middleware::NoOpMiddleware;
 use governor::state::keyed::DashMapStateStore;
 use governor::{Quota, RateLimiter};
@@ -104,12 +104,26 @@ pub fn by_client(request: &Request<Body>) -> RateKey {
         .unwrap_or(RateKey::Unknown)
 }
 
+/// The limits' clock: the request path's time ([`crate::clock::now`]),
+/// read once per poll of the connection's task rather than once by each
+/// of the three limits a request passes.
+#[derive(Clone, Copy, Debug, Default)]
+pub struct PollClock;
+
+impl Clock for PollClock {
+    type Instant = std::time::Instant;
+
+    fn now(&self) -> std::time::Instant {
+        crate::clock::now().into_std()
+    }
+}
+
 type Keyed<K, C> = RateLimiter<K, DashMapStateStore<K>, C, NoOpMiddleware<<C as Clock>::Instant>>;
 
 /// One limit: a rate per key, and the metric it counts refusals in.
 /// The clock is the system's; tests give it a fake one, so that nothing
 /// they assert depends on how fast the machine runs.
-pub struct Limiter<K: Hash + Eq + Clone = RateKey, C: Clock = DefaultClock> {
+pub struct Limiter<K: Hash + Eq + Clone = RateKey, C: Clock = PollClock> {
     group: LimitGroup,
     keyed: Keyed<K, C>,
     clock: C,
@@ -137,7 +151,7 @@ impl<K: Hash + Eq + Clone + Send + Sync + 'static> Limiter<K> {
     }
 
     fn unattended(group: LimitGroup, rate: Rate, metrics: Arc<Metrics>) -> Self {
-        Limiter::with_clock(group, rate, metrics, DefaultClock::default())
+        Limiter::with_clock(group, rate, metrics, PollClock)
     }
 }
 

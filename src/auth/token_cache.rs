@@ -68,7 +68,7 @@ pub struct TokenCache {
     /// it, a lookup skips both sets (two hashed lookups a request).
     revocations_kept_until: AtomicU64,
     max_ttl: Duration,
-    started: Instant,
+    started: tokio::time::Instant,
     pub(super) grants: Grants,
     /// Set while revocations from other replicas cannot be heard.
     degraded: AtomicBool,
@@ -114,7 +114,7 @@ impl TokenCache {
             revoked_tokens: recently_revoked(capacity, max_ttl),
             revocations_kept_until: AtomicU64::new(0),
             max_ttl,
-            started: Instant::now(),
+            started: tokio::time::Instant::now(),
             grants,
             degraded: AtomicBool::new(false),
             heard: tokio::sync::broadcast::channel(1024).0,
@@ -163,7 +163,8 @@ impl TokenCache {
     }
 
     fn millis_since_start(&self) -> u64 {
-        u64::try_from(self.started.elapsed().as_millis()).unwrap_or(u64::MAX)
+        let since = crate::clock::now().saturating_duration_since(self.started);
+        u64::try_from(since.as_millis()).unwrap_or(u64::MAX)
     }
 
     /// The revoked sets may hold an entry inserted now until `max_ttl`

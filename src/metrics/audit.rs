@@ -4,7 +4,7 @@
 //! writes it out when the answer is known.
 
 use std::sync::{Arc, Mutex};
-use std::time::Instant;
+use tokio::time::Instant;
 
 use axum::http::{Request, Response, StatusCode};
 
@@ -12,6 +12,7 @@ use super::labels::McpDecision;
 use super::RouteMetrics;
 use crate::checkpoint::{Around, AroundLayer, Leave};
 use crate::client_address::ClientAddress;
+use crate::clock;
 
 /// What the MCP stack learned about one request.
 #[derive(Debug, Default, Clone)]
@@ -125,7 +126,7 @@ impl Audit {
             slot,
             request_id,
             client_address,
-            started: Instant::now(),
+            started: clock::now(),
         })
     }
 
@@ -155,7 +156,10 @@ impl Audit {
                 tool = facts.tool.as_deref().unwrap_or_default(),
                 decision,
                 status,
-                duration_ms = audited.started.elapsed().as_secs_f64() * 1000.0,
+                duration_ms = clock::now()
+                    .saturating_duration_since(audited.started)
+                    .as_secs_f64()
+                    * 1000.0,
                 "audit"
             );
         }

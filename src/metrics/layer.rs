@@ -2,7 +2,9 @@
 //! method and status class, and times it to its response headers.
 
 use std::sync::{Arc, OnceLock};
-use std::time::{Duration, Instant};
+use std::time::Duration;
+
+use tokio::time::Instant;
 
 use axum::extract::MatchedPath;
 use axum::http::{Method, Request, Response};
@@ -11,6 +13,7 @@ use prometheus::{Histogram, IntCounter};
 use super::labels::{status_class_index, STATUS_CLASSES};
 use super::Metrics;
 use crate::checkpoint::{Around, AroundLayer, Leave};
+use crate::clock;
 
 /// Adds `RecordHttp` to a service.
 pub(crate) type RecordHttpLayer = AroundLayer<RecordHttp>;
@@ -131,7 +134,7 @@ impl<B, R, E> Around<Request<B>, Response<R>, E> for RecordHttp {
             metrics: self.metrics.clone(),
             route: RouteLabel::of(request),
             method: method_index(request.method()),
-            started: Instant::now(),
+            started: clock::now(),
         })
     }
 }
@@ -149,7 +152,7 @@ impl<R, E> Leave<Response<R>, E> for HttpVisit {
     fn leave(self, outcome: &mut Result<Response<R>, E>) {
         if let Ok(response) = outcome {
             let status = response.status().as_u16();
-            let elapsed = self.started.elapsed();
+            let elapsed = clock::now().saturating_duration_since(self.started);
             let method = self.method;
             match &self.route {
                 Some(RouteLabel::Ours(template)) => {

@@ -336,13 +336,15 @@ impl Evaluation {
         };
         let last = evaluations.len() - 1;
         if self.policy.has_login {
-            let started = std::time::Instant::now();
+            let started = crate::clock::read();
             let login = login_verdict(&self.engine, &self.policy, &self.session, || {
                 script_user(&self.session, &self.issuer)
             });
             if let Decision::Deny { status, reason } = login {
-                self.metrics
-                    .policy_decision(PolicyVerdict::Deny, started.elapsed());
+                self.metrics.policy_decision(
+                    PolicyVerdict::Deny,
+                    crate::clock::read().saturating_duration_since(started),
+                );
                 if let Some(slot) = &self.audit {
                     slot.update(|facts| facts.decision = Some(PolicyVerdict::Deny.as_str()));
                 }
@@ -356,7 +358,7 @@ impl Evaluation {
         }
         let mut view = self.view;
         for (i, call) in evaluations.into_iter().enumerate() {
-            let started = std::time::Instant::now();
+            let started = crate::clock::read();
             let decision = decide(
                 &self.engine,
                 &self.policy,
@@ -374,7 +376,10 @@ impl Evaluation {
             } else {
                 PolicyVerdict::Deny
             };
-            self.metrics.policy_decision(verdict, started.elapsed());
+            self.metrics.policy_decision(
+                verdict,
+                crate::clock::read().saturating_duration_since(started),
+            );
             if let Some(observe) = &self.observe {
                 observe.decided(
                     &self.session.upstream,

@@ -10,7 +10,7 @@ use std::net::SocketAddr;
 use std::pin::Pin;
 use std::sync::Arc;
 use std::task::{Context, Poll};
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use axum::body::Body;
 use axum::extract::ConnectInfo;
@@ -21,6 +21,7 @@ use url::Url;
 
 use crate::assertion::RouteAssertions;
 use crate::client_address::TrustedProxies;
+use crate::clock;
 use crate::error::error_chain;
 use crate::error::ProxyError;
 use crate::metrics::labels::McpEndpoint;
@@ -310,24 +311,31 @@ async fn send(
     metrics: &EndpointMetrics,
     outgoing: Outgoing,
 ) -> Result<Response<DrivenBody>, ProxyError> {
-    let started = Instant::now();
-    let response =
-        match tokio::time::timeout(context.response_timeout, context.client.send(outgoing)).await {
-            Ok(Ok(response)) => response,
-            Ok(Err(e)) => {
-                metrics.downstream_connect_error();
-                return Err(ProxyError::DownstreamUnreachable(format!(
-                    "route {}: {}",
-                    context.route,
-                    error_chain(&e)
-                )));
-            }
-            Err(_) => {
-                metrics.downstream_timeout();
-                return Err(ProxyError::DownstreamTimeout(context.response_timeout));
-            }
-        };
-    metrics.downstream_response(response.status().as_u16(), started.elapsed());
+    let started = clock::now();
+    let response = match tokio::time::timeout_at(
+        started + context.response_timeout,
+        context.client.send(outgoing),
+    )
+    .await
+    {
+        Ok(Ok(response)) => response,
+        Ok(Err(e)) => {
+            metrics.downstream_connect_error();
+            return Err(ProxyError::DownstreamUnreachable(format!(
+                "route {}: {}",
+                context.route,
+                error_chain(&e)
+            )));
+        }
+        Err(_) => {
+            metrics.downstream_timeout();
+            return Err(ProxyError::DownstreamTimeout(context.response_timeout));
+        }
+    };
+    metrics.downstream_response(
+        response.status().as_u16(),
+        clock::now().saturating_duration_since(started),
+    );
     Ok(response)
 }
 

@@ -44,13 +44,15 @@ use axum::http::{header, HeaderValue, Request, Response, Version};
 use http_body::Frame;
 use hyper::body::{Bytes, Incoming};
 use hyper::server::conn::http2;
-use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
+use hyper_util::rt::{TokioIo, TokioTimer};
 use hyper_util::service::TowerToHyperService;
 use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::{watch, Semaphore};
 use tokio::time::Instant;
 use tower::util::MapResponse;
 use tower::{Layer, Service, ServiceBuilder, ServiceExt};
+
+use crate::clock::{self, ClockedExecutor};
 
 use super::body_deadline::{BodyDeadlineLayer, UnreadBody};
 use super::framing::CheckFramingLayer;
@@ -119,8 +121,8 @@ impl Limits {
     }
 
     /// HTTP/2's settings; HTTP/1.1 is served by `http1.rs`.
-    fn http2(&self) -> http2::Builder<TokioExecutor> {
-        let mut builder = http2::Builder::new(TokioExecutor::new());
+    fn http2(&self) -> http2::Builder<ClockedExecutor> {
+        let mut builder = http2::Builder::new(ClockedExecutor);
         builder
             .timer(TokioTimer::new())
             .max_header_list_size(u32::try_from(self.max_header_bytes).unwrap_or(u32::MAX))
@@ -182,10 +184,12 @@ pub(crate) async fn serve(
                     limits.clone(),
                     close_signal.clone(),
                 ));
-                connections.spawn(async move {
+                // Clocked: the time is read once per poll of the task
+                // (`clock`), not by each layer that asks for it.
+                connections.spawn(clock::Clocked::new(async move {
                     served.await;
                     drop(permit);
-                });
+                }));
             }
             // Reap finished connections so the set does not grow.
             Some(_) = connections.join_next(), if !connections.is_empty() => {}
@@ -212,7 +216,7 @@ async fn serve_one(
     stream: TcpStream,
     remote: SocketAddr,
     router: Routes,
-    http2: Arc<http2::Builder<TokioExecutor>>,
+    http2: Arc<http2::Builder<ClockedExecutor>>,
     limits: Arc<Limits>,
     closing: watch::Receiver<bool>,
 ) {
@@ -333,7 +337,7 @@ fn make_room(extensions: &mut axum::http::Extensions) {
 /// shutdown) it sends GOAWAY and lets open streams finish: at shutdown for
 /// as long as the server's grace period allows, when idle briefly.
 async fn serve_http2<S>(
-    http2: &http2::Builder<TokioExecutor>,
+    http2: &http2::Builder<ClockedExecutor>,
     io: Prefixed,
     service: S,
     close: Pin<&mut impl Future<Output = ()>>,
@@ -411,7 +415,7 @@ struct Activity {
 impl Activity {
     fn new() -> Self {
         Activity {
-            started: Instant::now(),
+            started: clock::now(),
             in_flight: AtomicUsize::new(0),
             idle_since_ms: AtomicU64::new(0),
             served_any: AtomicBool::new(false),
@@ -420,7 +424,8 @@ impl Activity {
     }
 
     fn now_ms(&self) -> u64 {
-        u64::try_from(self.started.elapsed().as_millis()).unwrap_or(u64::MAX)
+        let since = clock::now().saturating_duration_since(self.started);
+        u64::try_from(since.as_millis()).unwrap_or(u64::MAX)
     }
 
     /// Resolves once no request has been in progress for `idle` (or, before

@@ -24,7 +24,7 @@ use std::collections::HashMap;
 use std::net::{IpAddr, SocketAddr};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::task::{Context, Waker};
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use axum::body::Body;
 use axum::http::uri::{Authority, Scheme};
@@ -33,7 +33,10 @@ use hyper_rustls::{HttpsConnector, MaybeHttpsStream};
 use hyper_util::client::legacy::connect::HttpConnector;
 use hyper_util::rt::TokioIo;
 use tokio::net::TcpStream;
+use tokio::time::Instant;
 use tower::Service;
+
+use crate::clock;
 
 mod body;
 mod http1;
@@ -286,7 +289,7 @@ impl Pooled {
     fn opened(io: MaybeHttpsStream<TokioIo<TcpStream>>) -> Self {
         Pooled {
             conn: Box::new(Conn::new(TokioIo::new(io))),
-            idle_since: Instant::now(),
+            idle_since: clock::now(),
         }
     }
 }
@@ -371,7 +374,7 @@ thread_local! {
 /// request is sent on it (`Conn::send` hands back a request whose
 /// connection the downstream closed, and the next one is taken).
 fn checkout(key: &PoolKey, idle_timeout: Duration) -> Option<Pooled> {
-    let now = Instant::now();
+    let now = clock::now();
     let mut stale = Vec::new();
     let found = IDLE.try_with(|idle| {
         let mut idle = idle.try_borrow_mut().ok()?;
@@ -394,7 +397,7 @@ pub(super) fn recycle(key: PoolKey, mut pooled: Pooled) {
     if !pooled.conn.is_reusable(&mut cx) {
         return;
     }
-    pooled.idle_since = Instant::now();
+    pooled.idle_since = clock::now();
     pooled.conn.let_buffer_go();
     // During the thread's teardown the pool is gone: the connection closes.
     let _ = IDLE.try_with(|idle| {
