@@ -33,6 +33,7 @@ pub(crate) mod routes;
 pub(crate) mod shared;
 mod sniff;
 pub(crate) mod stack;
+pub(crate) mod trace;
 mod woken;
 mod workers;
 

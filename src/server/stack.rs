@@ -16,7 +16,6 @@ use futures_util::future::Either;
 use tower::util::{BoxCloneSyncService, Oneshot};
 use tower::{Layer, Service, ServiceExt};
 use tower_http::request_id::SetRequestIdLayer;
-use tower_http::trace::TraceLayer;
 
 use crate::auth::Authenticate;
 use crate::checkpoint::AroundLayer;
@@ -40,6 +39,7 @@ use crate::server::request_id::{EchoRequestId, SequentialRequestId, REQUEST_ID};
 use crate::server::rescue::RescueLayer;
 use crate::server::routes::ServedRoute;
 use crate::server::shared::SharedEndpoint;
+use crate::server::trace::TraceRequestsLayer;
 use crate::server::{jwks, AppState};
 
 /// The authorization server's routes: client-facing JSON endpoints (with
@@ -132,26 +132,9 @@ pub(crate) fn router(app: AppState, hooks: &Hooks) -> Routes {
             SequentialRequestId::new(),
         ))
         // One span per request, with method and path only: queries carry
-        // codes and state, which must never reach a log.
-        .layer(
-            TraceLayer::new_for_http()
-                .make_span_with(|request: &Request<_>| {
-                    // The id is looked up inside the macro: only when the span is
-                    // recorded at all (not at the default `warn`).
-                    tracing::info_span!(
-                        "request",
-                        method = %request.method(),
-                        path = %request.uri().path(),
-                        request_id = request
-                            .headers()
-                            .get(&REQUEST_ID)
-                            .and_then(|v| v.to_str().ok())
-                            .unwrap_or_default()
-                    )
-                })
-                // A 5xx is already logged, with its cause, where it arose.
-                .on_failure(tower_http::trace::DefaultOnFailure::new().level(tracing::Level::WARN)),
-        )
+        // codes and state, which must never reach a log. A 5xx is logged
+        // as a failure at `warn` (its cause where it arose).
+        .layer(TraceRequestsLayer)
         // Count and time every request by its route template; runs after
         // routing (a layer of the router), so the raw path never becomes a
         // label.
