@@ -14,6 +14,7 @@ const FLOORS: &[(&str, u8)] = &[
     ("crypto", 0),
     ("net", 0),
     ("client_address", 0),
+    ("clock", 0),
     ("session", 0),
     ("checkpoint", 0),
     ("event_stream", 0),

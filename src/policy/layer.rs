@@ -324,6 +324,14 @@ struct Evaluation {
     observe: Option<super::observer::Observation>,
 }
 
+/// Counts a decision with how long it took: the clock is read, not the
+/// poll's time (`clock::read`), and what follows in the poll goes on from
+/// this reading.
+fn count(metrics: &RouteMetrics, verdict: PolicyVerdict, started: tokio::time::Instant) {
+    let took = crate::clock::read().saturating_duration_since(started);
+    metrics.policy_decision(verdict, took);
+}
+
 impl Evaluation {
     /// Runs the policy for the request (no calls: once, without an `mcp`
     /// part) or for each call; the first denial refuses the whole request.
@@ -341,10 +349,7 @@ impl Evaluation {
                 script_user(&self.session, &self.issuer)
             });
             if let Decision::Deny { status, reason } = login {
-                self.metrics.policy_decision(
-                    PolicyVerdict::Deny,
-                    crate::clock::read().saturating_duration_since(started),
-                );
+                count(&self.metrics, PolicyVerdict::Deny, started);
                 if let Some(slot) = &self.audit {
                     slot.update(|facts| facts.decision = Some(PolicyVerdict::Deny.as_str()));
                 }
@@ -376,10 +381,7 @@ impl Evaluation {
             } else {
                 PolicyVerdict::Deny
             };
-            self.metrics.policy_decision(
-                verdict,
-                crate::clock::read().saturating_duration_since(started),
-            );
+            count(&self.metrics, verdict, started);
             if let Some(observe) = &self.observe {
                 observe.decided(
                     &self.session.upstream,

@@ -94,6 +94,7 @@ try {
     : [];
   const summary = [
     `${server}: instructions per request: ${perRequest(total)} (${r.requests} requests, ${connections} connections, ${seconds} s under callgrind)`,
+    `clock reads per request: ${(clockReads(dump) / r.requests).toFixed(1)}`,
     ...misses,
     ...lockedLines,
     server === 'proxy' ? `policy: ${cfg.policy ?? 'built-in default'}; provider token: ${cfg.providerTokenBytes ? `JWT ${cfg.providerTokenBytes} B` : 'opaque'}` : 'nginx: as bench.mjs configures it (keep-alive upstream, three headers added)',
@@ -108,6 +109,30 @@ try {
   fs.rmSync(dir, { recursive: true, force: true });
 }
 process.exit(0);
+
+/**
+ * How many times the counted process asked for the time (`clock_gettime`:
+ * about 24 ns each on a virtual machine, which its instruction count does
+ * not show): the calls the dump records to it, from every caller.
+ */
+function clockReads(dumpPath) {
+  const names = new Map(); // compressed function ids -> names (fn= and cfn= share them)
+  let callee = null;
+  let total = 0;
+  for (const line of fs.readFileSync(dumpPath, 'utf8').split('\n')) {
+    const named = /^c?fn=(?:\((\d+)\))?\s*(.*)$/.exec(line);
+    if (named) {
+      const [, id, name] = named;
+      if (id && name) names.set(id, name);
+      if (line.startsWith('cfn=')) callee = name || names.get(id);
+      continue;
+    }
+    if (line.startsWith('calls=') && callee && /^(__)?clock_gettime\b/.test(callee)) {
+      total += Number(line.slice('calls='.length).split(' ')[0]);
+    }
+  }
+  return total;
+}
 
 /**
  * The locked instructions a callgrind dump (`--dump-instr=yes
