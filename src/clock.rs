@@ -7,8 +7,8 @@
 //! activity), 24 ns each on a virtual machine: more than half a
 //! microsecond, 2–3% of the whole request's CPU time. Within one poll the
 //! task does a few microseconds of work and waits for nothing, so one
-//! reading serves it all: [`Clocked`] reads the clock as it polls the task
-//! and [`now`] hands that reading out.
+//! reading serves it all: while [`Clocked`] polls the task, [`now`] reads the
+//! clock when first asked and hands that reading out from then on.
 //!
 //! Outside a [`Clocked`] task (background tasks, tests), [`now`] reads the
 //! clock itself. Work that takes long enough to matter within a poll (a
@@ -23,33 +23,53 @@ use std::task::{Context, Poll};
 use tokio::time::Instant;
 
 thread_local! {
-    /// The time the task polled on this thread was polled at, if it is a
-    /// [`Clocked`] one.
-    static POLLED_AT: Cell<Option<Instant>> = const { Cell::new(None) };
+    /// The time of the poll in progress on this thread, if it is a
+    /// [`Clocked`] task's.
+    static POLL: Cell<PollTime> = const { Cell::new(PollTime::Outside) };
+}
+
+/// What [`now`] knows on this thread.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum PollTime {
+    /// No [`Clocked`] task is being polled: each call reads the clock.
+    Outside,
+    /// A [`Clocked`] task's poll that has not asked yet: a poll that never
+    /// asks costs no reading.
+    Unread,
+    /// The reading this poll goes by.
+    At(Instant),
 }
 
 /// The time: the current poll's when a [`Clocked`] task is being polled on
-/// this thread, the clock's otherwise.
+/// this thread (read when first asked), the clock's otherwise.
 pub(crate) fn now() -> Instant {
-    POLLED_AT.with(Cell::get).unwrap_or_else(Instant::now)
+    POLL.with(|poll| match poll.get() {
+        PollTime::At(at) => at,
+        PollTime::Unread => {
+            let at = Instant::now();
+            poll.set(PollTime::At(at));
+            at
+        }
+        PollTime::Outside => Instant::now(),
+    })
 }
 
 /// Reads the clock, and makes the reading the current poll's time (when
 /// there is one): for a duration that must be exact, after which what
 /// follows in the same poll asks [`now`] no later than this.
 pub(crate) fn read() -> Instant {
-    let now = Instant::now();
-    POLLED_AT.with(|at| {
-        if at.get().is_some() {
-            at.set(Some(now));
+    let at = Instant::now();
+    POLL.with(|poll| {
+        if poll.get() != PollTime::Outside {
+            poll.set(PollTime::At(at));
         }
     });
-    now
+    at
 }
 
 pin_project_lite::pin_project! {
-    /// A future whose every poll reads the clock once, for [`now`] to hand
-    /// out while it runs.
+    /// A future whose every poll reads the clock at most once (when [`now`]
+    /// is first asked), for [`now`] to hand out while it runs.
     pub(crate) struct Clocked<F> {
         #[pin]
         inner: F,
@@ -57,7 +77,7 @@ pin_project_lite::pin_project! {
 }
 
 impl<F> Clocked<F> {
-    /// `inner`, polled with the time read as each poll starts.
+    /// `inner`, each poll with a time of its own.
     pub(crate) fn new(inner: F) -> Self {
         Clocked { inner }
     }
@@ -67,7 +87,7 @@ impl<F: Future> Future for Clocked<F> {
     type Output = F::Output;
 
     fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<F::Output> {
-        let _restore = PolledAt::set(Instant::now());
+        let _restore = PolledAt::begin();
         self.project().inner.poll(cx)
     }
 }
@@ -87,19 +107,20 @@ where
     }
 }
 
-/// The poll's time while it is set; what was there before once dropped
-/// (also when the poll panics: a stale time must not outlive its poll).
-struct PolledAt(Option<Instant>);
+/// A poll's time from its start (unread) to its end; what was there
+/// before is back once dropped (also when the poll panics: a stale time
+/// must not outlive its poll).
+struct PolledAt(PollTime);
 
 impl PolledAt {
-    fn set(now: Instant) -> Self {
-        PolledAt(POLLED_AT.with(|at| at.replace(Some(now))))
+    fn begin() -> Self {
+        PolledAt(POLL.with(|poll| poll.replace(PollTime::Unread)))
     }
 }
 
 impl Drop for PolledAt {
     fn drop(&mut self) {
-        POLLED_AT.with(|at| at.set(self.0));
+        POLL.with(|poll| poll.set(self.0));
     }
 }
 
@@ -135,10 +156,23 @@ mod tests {
             after_read, read_at,
             "a read is the poll's time from then on"
         );
-        assert!(
-            POLLED_AT.with(Cell::get).is_none(),
+        assert_eq!(
+            POLL.with(Cell::get),
+            PollTime::Outside,
             "the poll's time ends with it"
         );
+    }
+
+    #[tokio::test]
+    async fn a_poll_reads_the_clock_when_first_asked_not_when_it_starts() {
+        let (asked_after, first) = Clocked::new(async {
+            assert_eq!(POLL.with(Cell::get), PollTime::Unread, "nothing read yet");
+            std::thread::sleep(Duration::from_millis(2));
+            let asked_after = Instant::now();
+            (asked_after, now())
+        })
+        .await;
+        assert!(first >= asked_after);
     }
 
     #[tokio::test]
@@ -161,7 +195,7 @@ mod tests {
             let _ = panicking.as_mut().poll(&mut cx);
         }));
         assert!(unwound.is_err());
-        assert!(POLLED_AT.with(Cell::get).is_none());
+        assert_eq!(POLL.with(Cell::get), PollTime::Outside);
     }
 
     #[tokio::test]

@@ -127,7 +127,7 @@ impl<B: Body> DeadlineBody<B> {
         unread.set(!complete);
         DeadlineBody {
             inner: body,
-            due: (!complete).then(|| Instant::now() + limit),
+            due: (!complete).then(|| crate::clock::now() + limit),
             deadline: None,
             limit,
             unread,
