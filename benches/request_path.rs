@@ -20,8 +20,8 @@ use std::path::Path;
 use criterion::{criterion_group, criterion_main, Criterion};
 use http::Request;
 use mcp_oauth_proxy::bench_support::{
-    answer_at_once, parse_heads, CachedDecision, CorsCall, CorsLists, DownstreamRoundTrip,
-    HeaderRewrite, TokenCacheHit,
+    answer_at_once, clock_asked_in_one_poll, parse_heads, CachedDecision, CorsCall, CorsLists,
+    DownstreamRoundTrip, HeaderRewrite, TokenCacheHit,
 };
 use mcp_oauth_proxy::checkpoint::{gate_layer, Checkpoint, CheckpointLayer, Gate};
 use tower::{Layer, Service, ServiceExt};
@@ -238,5 +238,35 @@ fn reference_counts(c: &mut Criterion) {
     });
 }
 
-criterion_group!(benches, bench, downstream, layers, cors, reference_counts);
+/// What `clock` saves: the 27 times a request asked for the time before
+/// it (`clock/read_27`, each `Instant::now()` a `clock_gettime`), against
+/// the same asks of the request path's clock in one poll (`clock/poll_27`:
+/// one reading, the rest the poll's), and one reading alone
+/// (`clock/read_1`).
+fn clock_reads(c: &mut Criterion) {
+    const ASKS: usize = 27;
+    c.bench_function("clock/read_1", |b| {
+        b.iter(|| black_box(std::time::Instant::now()))
+    });
+    c.bench_function("clock/read_27", |b| {
+        b.iter(|| {
+            for _ in 0..ASKS {
+                black_box(std::time::Instant::now());
+            }
+        })
+    });
+    c.bench_function("clock/poll_27", |b| {
+        b.iter(|| black_box(clock_asked_in_one_poll(ASKS)))
+    });
+}
+
+criterion_group!(
+    benches,
+    bench,
+    downstream,
+    layers,
+    cors,
+    reference_counts,
+    clock_reads
+);
 criterion_main!(benches);

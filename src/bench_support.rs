@@ -447,3 +447,23 @@ impl CorsCall {
             .cloned()
     }
 }
+
+/// The request path's clock asked `asks` times within one poll of a
+/// connection's task (`clock::Clocked`), as a request's layers ask it: one
+/// reading of the clock, the rest the poll's. `None` if the poll did not
+/// finish (it always does: nothing in it waits).
+pub fn clock_asked_in_one_poll(asks: usize) -> Option<tokio::time::Instant> {
+    use std::future::Future;
+    let mut cx = std::task::Context::from_waker(std::task::Waker::noop());
+    let mut asking = std::pin::pin!(crate::clock::Clocked::new(async move {
+        let mut last = crate::clock::now();
+        for _ in 1..asks {
+            last = std::hint::black_box(crate::clock::now());
+        }
+        last
+    }));
+    match asking.as_mut().poll(&mut cx) {
+        std::task::Poll::Ready(at) => Some(at),
+        std::task::Poll::Pending => None,
+    }
+}
