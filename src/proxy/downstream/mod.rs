@@ -374,14 +374,16 @@ thread_local! {
 /// request is sent on it (`Conn::send` hands back a request whose
 /// connection the downstream closed, and the next one is taken).
 fn checkout(key: &PoolKey, idle_timeout: Duration) -> Option<Pooled> {
-    let now = clock::now();
+    // Idle since this or earlier is too long; compared as instants, not
+    // as a duration computed for each connection the search looks at.
+    let too_long = clock::now().checked_sub(idle_timeout);
     let mut stale = Vec::new();
     let found = IDLE.try_with(|idle| {
         let mut idle = idle.try_borrow_mut().ok()?;
         let connections = idle.get_mut(key)?;
         // Older ones are at the front.
-        let fresh_from =
-            connections.partition_point(|c| now.duration_since(c.idle_since) >= idle_timeout);
+        let fresh_from = connections
+            .partition_point(|c| too_long.is_some_and(|too_long| c.idle_since <= too_long));
         stale.extend(connections.drain(..fresh_from));
         connections.pop()
     });
