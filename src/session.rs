@@ -12,6 +12,16 @@ use http::{HeaderName, HeaderValue};
 use serde::{Deserialize, Serialize};
 use serde_json::{Map, Value};
 
+/// The header that carries a request's id, both ways: set on every request
+/// before anything logs (`server::request_id`), read by the span, the audit
+/// and the forwarder (the identity assertion names it).
+pub(crate) static REQUEST_ID: HeaderName = HeaderName::from_static("x-request-id");
+
+/// The id of a request, once `server::request_id` gave it one.
+pub(crate) fn request_id<B>(request: &http::Request<B>) -> Option<&HeaderValue> {
+    request.headers().get(&REQUEST_ID)
+}
+
 /// A revocation, announced so token caches can drop what they hold.
 #[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 pub enum Revocation {

@@ -109,10 +109,8 @@ impl Audit {
         };
         request.extensions_mut().insert(slot.clone());
         let (request_id, client_address) = if logged {
-            let request_id = request
-                .extensions()
-                .get::<tower_http::request_id::RequestId>()
-                .and_then(|id| id.header_value().to_str().ok())
+            let request_id = crate::session::request_id(request)
+                .and_then(|id| id.to_str().ok())
                 .unwrap_or_default()
                 .to_string();
             let client_address = ClientAddress::of(request)

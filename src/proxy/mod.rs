@@ -212,10 +212,7 @@ async fn forward(
     mut request: Request<Body>,
 ) -> Result<Response<Body>, ProxyError> {
     let mut caller = Caller::of(&mut request)?;
-    let request_id = request
-        .extensions()
-        .get::<tower_http::request_id::RequestId>()
-        .map(tower_http::request_id::RequestId::header_value);
+    let request_id = crate::session::request_id(&request);
     context
         .assertions
         .fill_in(&mut caller.outcome, &caller.session, request_id)

@@ -1,16 +1,20 @@
-//! Request ids: every request gets one before anything logs (tower-http's
-//! `SetRequestId`, with ids made here), and its answer carries it back.
+//! Request ids: every request gets one before anything logs — the
+//! client's `X-Request-Id` when it sent one, else one made here — and its
+//! answer carries it back. The request keeps it in its headers, where the
+//! span, the audit and the forwarder read it.
+//!
+//! One layer does both (tower-http's `SetRequestId` and
+//! `PropagateRequestId` are two, and file the id in the request's and the
+//! answer's extensions too, which cost an allocation and a map insert per
+//! request for what the header already says).
 
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 
-use axum::http::{HeaderName, HeaderValue, Request, Response};
-use tower_http::request_id::{MakeRequestId, RequestId};
+use axum::http::{HeaderValue, Request, Response};
 
 use crate::checkpoint::{Around, AroundLayer, Leave};
-
-/// The header that carries a request's id, both ways.
-pub(crate) static REQUEST_ID: HeaderName = HeaderName::from_static("x-request-id");
+use crate::session::{request_id, REQUEST_ID};
 
 /// Request ids: a random per-process prefix and a counter. Unique across
 /// replicas without a system call per request (a UUID costs a `getrandom`).
@@ -27,10 +31,9 @@ impl SequentialRequestId {
             counter: Default::default(),
         }
     }
-}
 
-impl MakeRequestId for SequentialRequestId {
-    fn make_request_id<B>(&mut self, _request: &Request<B>) -> Option<RequestId> {
+    /// The next id.
+    fn next(&self) -> Option<HeaderValue> {
         let n = self.counter.fetch_add(1, Ordering::Relaxed);
         // Written into one buffer that becomes the value, not formatted
         // and then copied (`format!` and `from_str`: 1,100 instructions).
@@ -40,29 +43,32 @@ impl MakeRequestId for SequentialRequestId {
         id.extend_from_slice(self.prefix.as_bytes());
         id.extend_from_slice(b"-");
         id.extend_from_slice(counter.as_bytes());
-        HeaderValue::from_maybe_shared(id.freeze())
-            .ok()
-            .map(RequestId::new)
+        HeaderValue::from_maybe_shared(id.freeze()).ok()
     }
 }
 
-/// Copies the request's id onto its answer, unless the answer has one.
-/// tower-http's `PropagateRequestId` does too, and also files the id in the
-/// answer's extensions, which nothing here reads: that cost a map made and
-/// dropped per request.
-pub(crate) struct EchoRequestId;
+/// Gives each request its id, and copies it onto the answer unless the
+/// answer has one.
+pub(crate) struct RequestIds(SequentialRequestId);
 
-impl EchoRequestId {
-    pub(crate) fn layer() -> AroundLayer<EchoRequestId> {
-        AroundLayer::new(EchoRequestId)
+impl RequestIds {
+    pub(crate) fn layer() -> AroundLayer<RequestIds> {
+        AroundLayer::new(RequestIds(SequentialRequestId::new()))
     }
 }
 
-impl<B, R, E> Around<Request<B>, Response<R>, E> for EchoRequestId {
+impl<B, R, E> Around<Request<B>, Response<R>, E> for RequestIds {
     type Visit = EchoVisit;
 
     fn enter(&self, request: &mut Request<B>) -> Result<EchoVisit, Result<Response<R>, E>> {
-        Ok(EchoVisit(request.headers().get(&REQUEST_ID).cloned()))
+        if let Some(sent) = request_id(request) {
+            return Ok(EchoVisit(Some(sent.clone())));
+        }
+        let made = self.0.next();
+        if let Some(made) = &made {
+            request.headers_mut().insert(&REQUEST_ID, made.clone());
+        }
+        Ok(EchoVisit(made))
     }
 }
 
@@ -82,7 +88,6 @@ mod tests {
     use super::*;
     use std::convert::Infallible;
     use tower::{Layer, ServiceExt};
-    use tower_http::request_id::SetRequestIdLayer;
 
     async fn answer_to(request: Request<()>, own_id: Option<&'static str>) -> Response<()> {
         let service = tower::service_fn(move |_request: Request<()>| async move {
@@ -94,8 +99,7 @@ mod tests {
             }
             Ok::<_, Infallible>(response)
         });
-        let stack = SetRequestIdLayer::new(REQUEST_ID.clone(), SequentialRequestId::new())
-            .layer(EchoRequestId::layer().layer(service));
+        let stack = RequestIds::layer().layer(service);
         stack
             .oneshot(request)
             .await
@@ -110,7 +114,10 @@ mod tests {
             .unwrap();
         let answer = answer_to(sent, None).await;
         assert_eq!(answer.headers()[&REQUEST_ID], "client-7");
-        assert!(answer.extensions().get::<RequestId>().is_none());
+        assert!(
+            answer.extensions().is_empty(),
+            "nothing filed beside the header"
+        );
 
         let first = answer_to(Request::new(()), None).await;
         let second = answer_to(Request::new(()), None).await;
@@ -121,5 +128,22 @@ mod tests {
         let own = answer_to(Request::new(()), Some("service-set")).await;
         assert_eq!(own.headers().get_all(&REQUEST_ID).iter().count(), 1);
         assert_eq!(own.headers()[&REQUEST_ID], "service-set");
+    }
+
+    #[tokio::test]
+    async fn the_layers_below_read_the_id_the_answer_carries() {
+        let seen = Arc::new(std::sync::Mutex::new(None));
+        let noted = seen.clone();
+        let service = tower::service_fn(move |request: Request<()>| {
+            *noted.lock().unwrap() = request_id(&request).cloned();
+            async { Ok::<_, Infallible>(Response::new(())) }
+        });
+        let answer = RequestIds::layer()
+            .layer(service)
+            .oneshot(Request::new(()))
+            .await
+            .unwrap_or_else(|never| match never {});
+        let seen = seen.lock().unwrap().clone().expect("an id below");
+        assert_eq!(answer.headers()[&REQUEST_ID], seen);
     }
 }

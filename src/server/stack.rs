@@ -15,7 +15,6 @@ use axum::Router;
 use futures_util::future::Either;
 use tower::util::{BoxCloneSyncService, Oneshot};
 use tower::{Layer, Service, ServiceExt};
-use tower_http::request_id::SetRequestIdLayer;
 
 use crate::auth::Authenticate;
 use crate::checkpoint::AroundLayer;
@@ -35,7 +34,7 @@ use crate::proxy::{Endpoint, Forwarder};
 use crate::rate_limit::{by_address, by_client, by_user, RateLimits};
 use crate::server::cors::{Cors, CorsRules};
 use crate::server::hooks::{Hook, Hooks, RouteHooks, RouteInfo};
-use crate::server::request_id::{EchoRequestId, SequentialRequestId, REQUEST_ID};
+use crate::server::request_id::RequestIds;
 use crate::server::rescue::RescueLayer;
 use crate::server::routes::ServedRoute;
 use crate::server::shared::SharedEndpoint;
@@ -126,11 +125,9 @@ pub(crate) fn router(app: AppState, hooks: &Hooks) -> Routes {
     // `Router::layer` call, and clones (allocates) every box per request,
     // so one call instead of five is four allocations less per clone.
     let every_request = tower::ServiceBuilder::new()
-        // Every request gets an id before anything logs.
-        .layer(SetRequestIdLayer::new(
-            REQUEST_ID.clone(),
-            SequentialRequestId::new(),
-        ))
+        // Every request gets an id before anything logs, and its answer
+        // carries it back.
+        .layer(RequestIds::layer())
         // One span per request, with method and path only: queries carry
         // codes and state, which must never reach a log. A 5xx is logged
         // as a failure at `warn` (its cause where it arose).
@@ -139,8 +136,6 @@ pub(crate) fn router(app: AppState, hooks: &Hooks) -> Routes {
         // routing (a layer of the router), so the raw path never becomes a
         // label.
         .layer(RecordHttp::layer(app_metrics))
-        // Echo the request id on the response (sees the id set above).
-        .layer(EchoRequestId::layer())
         // Who is calling, honouring `server.trusted_proxies`: resolved once,
         // before any rate limit or the audit asks.
         .layer(tower::util::MapRequestLayer::new(

@@ -29,8 +29,8 @@ use tokio::time::Instant;
 use tower::{Layer, Service};
 use tracing::Span;
 
-use super::request_id::REQUEST_ID;
 use crate::clock;
+use crate::session::request_id;
 
 /// The layer: [`TraceRequests`] around the service it wraps.
 #[derive(Clone, Copy, Debug, Default)]
@@ -59,9 +59,7 @@ fn request_span<B>(request: &Request<B>) -> Span {
         "request",
         method = %request.method(),
         path = %request.uri().path(),
-        request_id = request
-            .headers()
-            .get(&REQUEST_ID)
+        request_id = request_id(request)
             .and_then(|v| v.to_str().ok())
             .unwrap_or_default()
     )
