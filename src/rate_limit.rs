@@ -104,9 +104,10 @@ pub fn by_client(request: &Request<Body>) -> RateKey {
         .unwrap_or(RateKey::Unknown)
 }
 
-/// The limits' clock: the request path's time ([`crate::clock::now`]),
-/// read once per poll of the connection's task rather than once by each
-/// of the three limits a request passes.
+/// The limits' clock: the request path's time (`clock::now`), read once
+/// per poll of the connection's task rather than once by each of the three
+/// limits a request passes; the system's clock outside a connection's
+/// task.
 #[derive(Clone, Copy, Debug, Default)]
 pub struct PollClock;
 
@@ -121,8 +122,8 @@ impl Clock for PollClock {
 type Keyed<K, C> = RateLimiter<K, DashMapStateStore<K>, C, NoOpMiddleware<<C as Clock>::Instant>>;
 
 /// One limit: a rate per key, and the metric it counts refusals in.
-/// The clock is the system's; tests give it a fake one, so that nothing
-/// they assert depends on how fast the machine runs.
+/// The clock is the request path's ([`PollClock`]); tests give it a fake
+/// one, so that nothing they assert depends on how fast the machine runs.
 pub struct Limiter<K: Hash + Eq + Clone = RateKey, C: Clock = PollClock> {
     group: LimitGroup,
     keyed: Keyed<K, C>,

@@ -8,7 +8,7 @@
 //! marker, the decision carries a placeholder value no script or provider
 //! can produce (random per process), and the forwarder swaps it for an
 //! assertion signed for this request and this route's audience
-//! ([`RouteAssertions::fill_in`]). Signing happens only then, with a key
+//! (`RouteAssertions::fill_in`). Signing happens only then, with a key
 //! parsed once; the store is read only when the key set changes.
 
 mod keys;

@@ -10,7 +10,7 @@ use super::{ConfigError, DurationStr};
 
 /// Request rates, counted per replica. Each group may be tuned or switched
 /// off on its own; a key left out keeps that group's default (see
-/// [`LimitGroup::default_rate`]).
+/// `LimitGroup::default_rate`).
 #[derive(Debug, Clone, Deserialize, Serialize)]
 #[serde(deny_unknown_fields)]
 pub struct LimitsConfig {

@@ -131,7 +131,7 @@ where
             // Polled past its end, which a caller must not do.
             return Poll::Pending;
         };
-        let _entered = span.enter();
+        let entered = span.enter();
         let outcome = std::task::ready!(this.inner.poll(cx));
         let started = *this.started;
         let result = match outcome {
@@ -141,7 +141,7 @@ where
                 if status.is_server_error() {
                     tracing::warn!(classification = %format_args!("Status code: {status}"), latency = %since(started), "response failed");
                 }
-                drop(_entered);
+                drop(entered);
                 let span = this.span.take().unwrap_or_else(Span::none);
                 Ok(response.map(|body| TracedBody {
                     inner: body,
