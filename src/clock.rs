@@ -1,6 +1,6 @@
-//! The request path's clock: read once each time a connection's task is
-//! polled, and shared by everything that asks for the time during that
-//! poll — as nginx reads the time once per turn of its event loop.
+//! The request path's clock: read at most once each time a connection's
+//! task is polled, and shared by everything that asks for the time during
+//! that poll — as nginx reads the time once per turn of its event loop.
 //!
 //! A request asked the operating system for the time 27 times (timeouts,
 //! rate limits, the token cache, metrics, the pool, the connection's
