@@ -8,8 +8,10 @@
 //! is written. The events are tower-http's: `started processing request`
 //! and `finished processing request` (`latency`, `status`) at `debug`,
 //! `end of stream` (`stream_duration`) at `debug`, and `response failed`
-//! (`classification`, `latency`) at `warn` for a 5xx answer or a body that
-//! fails.
+//! (`classification`, `latency`) at `warn` for a 5xx answer. A body that
+//! fails mid-way is not a `warn` here, as with tower-http's classifier: an
+//! event stream closed for being idle ends with an error, and is logged
+//! where it is closed; the connection logs what failed at `debug`.
 //!
 //! ```text
 //! TraceRequestsLayer ─► TraceRequests<S> ─► TracedFuture ─► TracedBody
@@ -172,11 +174,7 @@ pin_project_lite::pin_project! {
     }
 }
 
-impl<B> Body for TracedBody<B>
-where
-    B: Body,
-    B::Error: Display,
-{
+impl<B: Body> Body for TracedBody<B> {
     type Data = B::Data;
     type Error = B::Error;
 
@@ -189,9 +187,7 @@ where
         let mut inner = this.inner;
         let frame = std::task::ready!(inner.as_mut().poll_frame(cx));
         match &frame {
-            Some(Err(error)) => {
-                tracing::warn!(classification = %format_args!("Error: {error}"), latency = %since(*this.started), "response failed");
-            }
+            Some(Err(_)) => {}
             // The end: said by the last frame, or by none left.
             Some(Ok(_)) if !inner.is_end_stream() => {}
             _ if *this.ended => {}

@@ -128,21 +128,21 @@ fn a_server_error_is_logged_as_a_failure_and_nothing_else_at_warn() {
 }
 
 #[test]
-fn a_body_that_fails_is_logged_and_its_error_reaches_the_caller() {
+fn a_body_that_fails_reaches_its_caller_without_a_warning() {
+    // An event stream closed for being idle ends with an error, every
+    // time: a `warn` for each would be noise (tower-http's classifier did
+    // not write one either).
     let failing = tower::service_fn(|_request: Request<Body>| async {
         let frames = futures_util::stream::iter([
             Ok(Bytes::from("part")),
-            Err(std::io::Error::other("downstream went away")),
+            Err(std::io::Error::other("idle for 5m")),
         ]);
         Ok::<_, Infallible>(Response::new(Body::from_stream(frames)))
     });
     let ((status, body), logs) = logged_while(tracing::Level::WARN, || exchange(failing, "/mcp"));
     assert_eq!(status, StatusCode::OK);
-    assert!(body.unwrap_err().contains("downstream went away"));
-    assert!(
-        logs.contains("response failed") && logs.contains("downstream went away"),
-        "{logs}"
-    );
+    assert!(body.unwrap_err().contains("idle for 5m"));
+    assert_eq!(logs, "");
 }
 
 #[test]
