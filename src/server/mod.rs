@@ -33,6 +33,8 @@ pub(crate) mod routes;
 pub(crate) mod shared;
 mod sniff;
 pub(crate) mod stack;
+#[cfg(test)]
+pub(crate) mod test_logs;
 pub(crate) mod trace;
 mod woken;
 mod workers;

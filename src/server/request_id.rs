@@ -9,7 +9,6 @@
 //! request for what the header already says).
 
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::Arc;
 
 use axum::http::{HeaderValue, Request, Response};
 
@@ -18,10 +17,10 @@ use crate::session::{request_id, REQUEST_ID};
 
 /// Request ids: a random per-process prefix and a counter. Unique across
 /// replicas without a system call per request (a UUID costs a `getrandom`).
-#[derive(Clone)]
+/// One per server, shared by its connections through the layer.
 pub(crate) struct SequentialRequestId {
-    prefix: Arc<str>,
-    counter: Arc<AtomicU64>,
+    prefix: Box<str>,
+    counter: AtomicU64,
 }
 
 impl SequentialRequestId {
@@ -132,7 +131,7 @@ mod tests {
 
     #[tokio::test]
     async fn the_layers_below_read_the_id_the_answer_carries() {
-        let seen = Arc::new(std::sync::Mutex::new(None));
+        let seen = std::sync::Arc::new(std::sync::Mutex::new(None));
         let noted = seen.clone();
         let service = tower::service_fn(move |request: Request<()>| {
             *noted.lock().unwrap() = request_id(&request).cloned();

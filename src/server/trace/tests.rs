@@ -1,5 +1,4 @@
 use std::convert::Infallible;
-use std::sync::{Arc, Mutex};
 
 use axum::body::Body;
 use axum::http::{Request, Response, StatusCode};
@@ -10,31 +9,7 @@ use http_body_util::BodyExt;
 use tower::{Layer, ServiceExt};
 
 use super::*;
-
-/// Everything logged at `level` or above while `f` runs, on this thread.
-fn logged_while<T>(level: tracing::Level, f: impl FnOnce() -> T) -> (T, String) {
-    #[derive(Clone, Default)]
-    struct Captured(Arc<Mutex<Vec<u8>>>);
-    impl std::io::Write for Captured {
-        fn write(&mut self, bytes: &[u8]) -> std::io::Result<usize> {
-            self.0.lock().unwrap().extend_from_slice(bytes);
-            Ok(bytes.len())
-        }
-        fn flush(&mut self) -> std::io::Result<()> {
-            Ok(())
-        }
-    }
-    let captured = Captured::default();
-    let writer = captured.clone();
-    let subscriber = tracing_subscriber::fmt()
-        .with_max_level(level)
-        .with_ansi(false)
-        .with_writer(move || writer.clone())
-        .finish();
-    let value = tracing::subscriber::with_default(subscriber, f);
-    let text = String::from_utf8(captured.0.lock().unwrap().clone()).unwrap();
-    (value, text)
-}
+use crate::server::test_logs::logged_while;
 
 /// Answers with `status` and `body`, logging inside the request.
 fn answering(
@@ -50,6 +25,20 @@ fn answering(
     })
 }
 
+/// The answer to `request` through the layer (the services here answer at
+/// once).
+fn traced<S>(service: S, request: Request<Body>) -> Response<TracedBody<Body>>
+where
+    S: tower::Service<Request<Body>, Response = Response<Body>, Error = Infallible>,
+{
+    TraceRequestsLayer
+        .layer(service)
+        .oneshot(request)
+        .now_or_never()
+        .expect("ready")
+        .unwrap()
+}
+
 /// Sends one request through the layer and reads the whole answer, in the
 /// logging scope.
 fn exchange<S>(service: S, uri: &str) -> (StatusCode, Result<Bytes, String>)
@@ -60,12 +49,7 @@ where
         .header("x-request-id", "req-7")
         .body(Body::empty())
         .unwrap();
-    let response = TraceRequestsLayer
-        .layer(service)
-        .oneshot(request)
-        .now_or_never()
-        .expect("ready")
-        .unwrap();
+    let response = traced(service, request);
     let status = response.status();
     let body = response
         .into_body()
@@ -147,20 +131,10 @@ fn a_body_that_fails_reaches_its_caller_without_a_warning() {
 
 #[test]
 fn the_answers_body_keeps_its_length_and_end() {
-    let response = TraceRequestsLayer
-        .layer(answering(StatusCode::OK, "twelve bytes"))
-        .oneshot(Request::get("/").body(Body::empty()).unwrap())
-        .now_or_never()
-        .expect("ready")
-        .unwrap();
-    let body = response.into_body();
+    let get = || Request::get("/").body(Body::empty()).unwrap();
+    let body = traced(answering(StatusCode::OK, "twelve bytes"), get()).into_body();
     assert_eq!(body.size_hint().exact(), Some(12));
     assert!(!body.is_end_stream());
-    let empty = TraceRequestsLayer
-        .layer(answering(StatusCode::NO_CONTENT, ""))
-        .oneshot(Request::get("/").body(Body::empty()).unwrap())
-        .now_or_never()
-        .expect("ready")
-        .unwrap();
-    assert!(empty.into_body().is_end_stream());
+    let empty = traced(answering(StatusCode::NO_CONTENT, ""), get()).into_body();
+    assert!(empty.is_end_stream());
 }
