@@ -111,20 +111,37 @@ try {
 process.exit(0);
 
 /**
+ * A reader of a callgrind dump's `kind=` and `ckind=` lines (`ob`: objects,
+ * `fn`: functions), which name something in full the first time, as
+ * `(id) name`, and by `(id)` alone after; both share the ids. For such a
+ * line it returns the name and whether it is a callee's (`ckind=`), for any
+ * other `null`.
+ */
+function namesIn(kind) {
+  const names = new Map();
+  const pattern = new RegExp(`^(c?)${kind}=(?:\\((\\d+)\\))?\\s*(.*)$`);
+  return (line) => {
+    const named = pattern.exec(line);
+    if (!named) return null;
+    const [, callee, id, name] = named;
+    if (id && name) names.set(id, name);
+    return { called: callee === 'c', name: name || names.get(id) };
+  };
+}
+
+/**
  * How many times the counted process asked for the time (`clock_gettime`:
  * about 24 ns each on a virtual machine, which its instruction count does
  * not show): the calls the dump records to it, from every caller.
  */
 function clockReads(dumpPath) {
-  const names = new Map(); // compressed function ids -> names (fn= and cfn= share them)
+  const functionName = namesIn('fn');
   let callee = null;
   let total = 0;
   for (const line of fs.readFileSync(dumpPath, 'utf8').split('\n')) {
-    const named = /^c?fn=(?:\((\d+)\))?\s*(.*)$/.exec(line);
+    const named = functionName(line);
     if (named) {
-      const [, id, name] = named;
-      if (id && name) names.set(id, name);
-      if (line.startsWith('cfn=')) callee = name || names.get(id);
+      if (named.called) callee = named.name;
       continue;
     }
     if (line.startsWith('calls=') && callee && /^(__)?clock_gettime\b/.test(callee)) {
@@ -142,15 +159,13 @@ function clockReads(dumpPath) {
  */
 function lockedInstructions(dumpPath) {
   const byObject = new Map(); // object -> Map(address -> count)
-  const names = new Map(); // compressed object ids -> paths
+  const objectName = namesIn('ob');
   let object = null;
   let callCost = false;
   for (const line of fs.readFileSync(dumpPath, 'utf8').split('\n')) {
-    const named = /^c?ob=(?:\((\d+)\))?\s*(.*)$/.exec(line);
+    const named = objectName(line);
     if (named) {
-      const [, id, name] = named;
-      if (id && name) names.set(id, name);
-      if (line.startsWith('ob=')) object = name || names.get(id);
+      if (!named.called) object = named.name;
       continue;
     }
     if (line.startsWith('calls=')) {
