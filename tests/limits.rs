@@ -635,26 +635,49 @@ async fn ambiguous_request_framing_is_refused_before_any_handler() {
 #[tokio::test]
 async fn invariant_9_a_client_that_reads_none_of_its_answers_is_disconnected() {
     let s = setup("send_timeout = \"1s\"\n").await;
-    let stream = TcpStream::connect(s.addr()).await.unwrap();
+    // A small receive buffer: the proxy's writes wait after fewer answers.
+    let socket = tokio::net::TcpSocket::new_v4().unwrap();
+    socket.set_recv_buffer_size(4096).unwrap();
+    let stream = socket.connect(s.addr().parse().unwrap()).await.unwrap();
     let (mut reading, mut writing) = stream.into_split();
-    // Requests pipelined without end, answers never read: the proxy's
-    // writes wait once the sockets' buffers are full.
-    let asked = 50_000;
+    // Requests pipelined without end; the writer stops only when the
+    // connection does (reset, or a broken pipe).
     let head = format!("{}\r\n", String::from_utf8_lossy(METADATA_HEAD));
-    let requests = head.repeat(asked);
-    let writer = tokio::spawn(async move { writing.write_all(requests.as_bytes()).await });
-    tokio::time::sleep(Duration::from_secs(3)).await;
-    let (received, _) = read_until_closed(&mut reading, Duration::from_secs(10))
+    let requests = head.repeat(1_000);
+    let writer = tokio::spawn(async move {
+        loop {
+            if let Err(e) = writing.write_all(requests.as_bytes()).await {
+                return e;
+            }
+        }
+    });
+    // The client takes its first answer, and nothing more.
+    let mut first = Vec::new();
+    let mut buf = [0u8; 512];
+    while !String::from_utf8_lossy(&first).contains("HTTP/1.1 200 ") {
+        let n = tokio::time::timeout(Duration::from_secs(10), reading.read(&mut buf))
+            .await
+            .expect("the first answer")
+            .unwrap();
+        assert!(n > 0, "closed before the first answer");
+        first.extend_from_slice(&buf[..n]);
+    }
+    // Whether the connection ended is seen by the writer, without reading
+    // (reading would take answers, and let the proxy write on). However
+    // long the buffers take to fill on this machine, the proxy's writes then
+    // wait, and a second later it must close; the bound only ends a test
+    // whose proxy never does.
+    let ended = tokio::time::timeout(Duration::from_secs(60), writer)
         .await
-        .expect("the connection of a client that read nothing must be closed");
-    let answered = String::from_utf8_lossy(&received)
-        .matches("HTTP/1.1 200 ")
-        .count();
+        .expect("the connection of a client that read nothing must be closed")
+        .unwrap();
     assert!(
-        answered > 0 && answered < asked,
-        "{answered} of {asked} answered"
+        matches!(
+            ended.kind(),
+            std::io::ErrorKind::ConnectionReset | std::io::ErrorKind::BrokenPipe
+        ),
+        "{ended}"
     );
-    writer.abort();
     // Others are served meanwhile.
     assert_eq!(s.metadata_status().await, 200);
 }
