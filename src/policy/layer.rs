@@ -7,9 +7,8 @@
 
 use std::sync::Arc;
 
-use axum::body::{Body, Bytes};
+use axum::body::Body;
 use axum::http::{HeaderMap, HeaderName, HeaderValue, Method, Request};
-use http_body_util::{BodyExt, Limited};
 use rhai::{Dynamic, Map};
 use serde_json::Value;
 use tower::Service;
@@ -17,7 +16,7 @@ use tower::Service;
 use super::source_scan::DecisionInputs;
 use super::{CompiledPolicy, Decision, PolicyEngine};
 use crate::checkpoint::{Checkpoint, CheckpointLayer};
-use crate::error::{BodyTimeout, ProxyError};
+use crate::error::ProxyError;
 use crate::metrics::audit::AuditSlot;
 use crate::metrics::labels::PolicyVerdict;
 use crate::metrics::{Metrics, RouteMetrics};
@@ -464,21 +463,7 @@ impl EnforcePolicy {
         if method != Method::POST {
             return Ok((body, Vec::new()));
         }
-        let bytes: Bytes = Limited::new(body, self.max_body)
-            .collect()
-            .await
-            .map_err(|e| {
-                if e.downcast_ref::<http_body_util::LengthLimitError>()
-                    .is_some()
-                {
-                    ProxyError::PayloadTooLarge(self.max_body)
-                } else if let Some(timeout) = BodyTimeout::in_chain(e.as_ref()) {
-                    ProxyError::BodyTimeout(timeout)
-                } else {
-                    ProxyError::BadRequest(format!("the request body could not be read: {e}"))
-                }
-            })?
-            .to_bytes();
+        let bytes = whole_body::read_whole(body, self.max_body).await?;
         let calls = parse_calls(&bytes, self.max_batch_size)?;
         check_routing_headers(headers, &calls)?;
         Ok((Body::from(bytes), calls))
@@ -570,3 +555,4 @@ mod remembered;
 pub(super) mod test_support;
 #[cfg(test)]
 mod tests;
+mod whole_body;

@@ -89,6 +89,7 @@ mod enforce_policy {
     use std::sync::Mutex;
 
     use axum::http::{Response, StatusCode};
+    use http_body_util::BodyExt;
     use tower::util::BoxCloneSyncService;
     use tower::{Layer, ServiceExt};
 
