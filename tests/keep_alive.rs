@@ -9,6 +9,7 @@ mod common;
 use std::time::Duration;
 
 use common::downstream::Downstream;
+use common::raw_http::read_answer;
 use common::*;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
@@ -55,34 +56,6 @@ fn post_head(authorization: Option<&str>) -> String {
         "POST /mcp HTTP/1.1\r\nHost: x\r\n{authorization}Content-Type: application/json\r\nAccept: application/json, text/event-stream\r\nContent-Length: {}\r\n\r\n",
         BODY.len()
     )
-}
-
-/// One answer's head and body (by its `Content-Length`), read from `stream`.
-async fn read_answer(stream: &mut TcpStream) -> String {
-    let mut received = Vec::new();
-    let mut buf = [0u8; 4096];
-    loop {
-        let text = String::from_utf8_lossy(&received).to_string();
-        if let Some(end) = text.find("\r\n\r\n") {
-            let length = text[..end]
-                .lines()
-                .find_map(|line| {
-                    let (name, value) = line.split_once(':')?;
-                    name.eq_ignore_ascii_case("content-length")
-                        .then(|| value.trim().parse::<usize>().ok())?
-                })
-                .unwrap_or(0);
-            if received.len() >= end + 4 + length {
-                return text;
-            }
-        }
-        let n = tokio::time::timeout(Duration::from_secs(5), stream.read(&mut buf))
-            .await
-            .expect("an answer within 5 s")
-            .unwrap();
-        assert!(n > 0, "closed before a whole answer: {text:?}");
-        received.extend_from_slice(&buf[..n]);
-    }
 }
 
 fn says_close(answer: &str) -> bool {

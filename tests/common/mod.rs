@@ -455,6 +455,7 @@ fn tamper_signature(jwt: &str) -> String {
 }
 
 pub mod downstream;
+pub mod raw_http;
 pub mod redis_server;
 
 // ---------------------------------------------------------------- proxy processes
