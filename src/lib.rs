@@ -11,6 +11,7 @@
 pub mod assertion;
 pub(crate) mod auth;
 pub mod bench_support;
+pub(crate) mod body;
 pub mod checkpoint;
 pub mod cli;
 pub(crate) mod client_address;

@@ -15,6 +15,7 @@ const FLOORS: &[(&str, u8)] = &[
     ("net", 0),
     ("client_address", 0),
     ("clock", 0),
+    ("body", 0),
     ("session", 0),
     ("checkpoint", 0),
     ("event_stream", 0),

@@ -1,38 +1,30 @@
 //! A request body read whole for the policy, up to a limit.
 //!
-//! The HTTP/1.1 server hands over a body that came with its head as one
-//! frame (`server/http1/body.rs`), as nearly every JSON-RPC `POST` does:
-//! that frame is taken as it is. `http_body_util`'s `collect` would put it
-//! in a queue of buffers and take it out again (a queue allocated and
-//! grown, and a boxed future for the collection: 900 instructions a
-//! request, callgrind). A body still arriving is collected as before.
-
-use std::pin::Pin;
-use std::task::{Context, Poll, Waker};
+//! A body that came with its head is there as one frame
+//! (`body::take_ready`) and is taken as it is: `http_body_util`'s
+//! `collect` would put it in a queue of buffers and take it out again (a
+//! queue allocated and grown, and a boxed future for the collection: 900
+//! instructions a request, callgrind). The rest of a body still arriving is
+//! collected.
 
 use axum::body::{Body, Bytes};
 use bytes::BytesMut;
-use http_body::Body as _;
 use http_body_util::{BodyExt, Limited};
 
+use crate::body::take_ready;
 use crate::error::{BodyTimeout, ProxyError};
 
 /// The whole body, or the error the client is answered with: 413 past
 /// `max` bytes, 408 past the body's deadline, 400 for a body that failed.
 pub(super) async fn read_whole(mut body: Body, max: usize) -> Result<Bytes, ProxyError> {
-    let first = match first_frame_now(&mut body) {
-        Poll::Ready(None) => return Ok(Bytes::new()),
-        Poll::Ready(Some(Err(e))) => return Err(unreadable(e)),
-        Poll::Ready(Some(Ok(data))) => data,
-        Poll::Pending => Bytes::new(),
-    };
+    let (first, rest) = take_ready(&mut body).map_err(unreadable)?;
     if first.len() > max {
         return Err(ProxyError::PayloadTooLarge(max));
     }
-    if body.is_end_stream() {
+    let Some(rest) = rest else {
         return Ok(first);
-    }
-    let rest = Limited::new(body, max - first.len())
+    };
+    let rest = Limited::new(rest, max - first.len())
         .collect()
         .await
         .map_err(|e| {
@@ -55,22 +47,6 @@ pub(super) async fn read_whole(mut body: Body, max: usize) -> Result<Bytes, Prox
     whole.extend_from_slice(&first);
     whole.extend_from_slice(&rest);
     Ok(whole.freeze())
-}
-
-/// The body's first data, if it is there without waiting (trailers are
-/// no data: a body's trailers are never forwarded or read).
-fn first_frame_now(body: &mut Body) -> Poll<Option<Result<Bytes, axum::Error>>> {
-    // A waker that wakes nothing: the body is polled again, with the
-    // request's own, if it was not there.
-    let mut cx = Context::from_waker(Waker::noop());
-    match Pin::new(&mut *body).poll_frame(&mut cx) {
-        Poll::Ready(Some(Ok(frame))) => {
-            Poll::Ready(Some(Ok(frame.into_data().unwrap_or_default())))
-        }
-        Poll::Ready(Some(Err(e))) => Poll::Ready(Some(Err(e))),
-        Poll::Ready(None) => Poll::Ready(None),
-        Poll::Pending => Poll::Pending,
-    }
 }
 
 fn unreadable(error: impl Into<Box<dyn std::error::Error + Send + Sync>>) -> ProxyError {

@@ -32,6 +32,7 @@ use tokio::io::{AsyncRead, AsyncWriteExt};
 use tokio::net::TcpStream;
 
 use super::Outgoing;
+use crate::body::take_ready;
 use crate::proxy::headers::{persistent, HeaderLines};
 
 /// The downstream connection as tokio sees it (TLS or not).
@@ -355,27 +356,6 @@ impl Prepared {
     pub(super) fn head(&self) -> &[u8] {
         &self.head
     }
-}
-
-/// The body's data that is already there, and what is left of it (`None`
-/// when nothing is); its error, if it already failed (a body is not read
-/// again after an error: it could end as if complete).
-fn take_ready(body: &mut Body) -> Result<(Bytes, Option<Body>), axum::Error> {
-    if body.is_end_stream() {
-        return Ok((Bytes::new(), None));
-    }
-    let mut cx = Context::from_waker(std::task::Waker::noop());
-    Ok(match Pin::new(&mut *body).poll_frame(&mut cx) {
-        Poll::Ready(Some(Ok(frame))) => {
-            let data = frame.into_data().unwrap_or_default();
-            let rest = (!body.is_end_stream()).then(|| std::mem::take(body));
-            (data, rest)
-        }
-        Poll::Ready(None) => (Bytes::new(), None),
-        Poll::Ready(Some(Err(e))) => return Err(e),
-        // Still arriving: read while sending.
-        Poll::Pending => (Bytes::new(), Some(std::mem::take(body))),
-    })
 }
 
 /// Methods whose empty body is still announced (`Content-Length: 0`).
