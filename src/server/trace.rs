@@ -3,9 +3,10 @@
 //! tower-http's `TraceLayer` did this, and read the clock five or six
 //! times a request whether or not anything was logged (its start, the
 //! answer's latency, and twice for each frame of the body); at the default
-//! `warn` level nothing it times is ever written. Here the times come from
-//! the request path's clock ([`crate::clock`]), read only for an event that
-//! is written. The events are tower-http's: `started processing request`
+//! `warn` level nothing it times is ever written. Here the start is the
+//! request path's clock ([`crate::clock`]: the poll's reading, which the
+//! layers below ask for anyway), and a duration is taken only for an event
+//! that is written. The events are tower-http's: `started processing request`
 //! and `finished processing request` (`latency`, `status`) at `debug`,
 //! `end of stream` (`stream_duration`) at `debug`, and `response failed`
 //! (`classification`, `latency`) at `warn` for a 5xx answer. A body that
