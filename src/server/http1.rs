@@ -35,7 +35,7 @@
 
 use std::convert::Infallible;
 use std::future::{poll_fn, Future};
-use std::io::{self, Write};
+use std::io;
 use std::ops::Range;
 use std::pin::{pin, Pin};
 use std::sync::Arc;
@@ -50,6 +50,7 @@ use tokio::sync::watch;
 use tokio::time::Instant;
 use tower::{Service, ServiceExt};
 
+use crate::body::put_chunk_size;
 use crate::proxy::downstream::Framing;
 use crate::proxy::headers::connection_has;
 
@@ -312,7 +313,7 @@ fn append_data(out: &mut Vec<u8>, data: &[u8], framing: &mut Framing) -> io::Res
             }
         }
         Framing::Chunked => {
-            let _ = write!(out, "{:x}\r\n", data.len());
+            put_chunk_size(out, data.len());
             out.extend_from_slice(data);
             out.extend_from_slice(b"\r\n");
         }
@@ -382,7 +383,9 @@ fn write_head(
     match framing {
         _ if no_length => {}
         Framing::Length(n) => {
-            let _ = write!(out, "content-length: {n}\r\n");
+            out.extend_from_slice(b"content-length: ");
+            out.extend_from_slice(itoa::Buffer::new().format(n).as_bytes());
+            out.extend_from_slice(b"\r\n");
         }
         Framing::Chunked if !bodiless => out.extend_from_slice(b"transfer-encoding: chunked\r\n"),
         _ => {}

@@ -32,7 +32,7 @@ use tokio::io::{AsyncRead, AsyncWriteExt};
 use tokio::net::TcpStream;
 
 use super::Outgoing;
-use crate::body::take_ready;
+use crate::body::{put_chunk_size, take_ready};
 use crate::proxy::headers::{persistent, HeaderLines};
 
 /// The downstream connection as tokio sees it (TLS or not).
@@ -381,7 +381,7 @@ fn framed(head: Bytes, data: &Bytes, chunked: bool, last: bool) -> Chain<Bytes, 
     front.put_slice(&head);
     let mut back = Vec::new();
     if !data.is_empty() {
-        front.put_slice(format!("{:x}\r\n", data.len()).as_bytes());
+        put_chunk_size(&mut front, data.len());
         back.extend_from_slice(data);
         back.extend_from_slice(b"\r\n");
     }
