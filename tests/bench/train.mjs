@@ -36,13 +36,17 @@ try {
   cleanups.push(() => sse.close());
 
   // A proxy in front of `downstreamUrl` while `run` loads it, then stopped
-  // (SIGTERM, so its profile is written).
+  // with SIGTERM; one that had to be killed, or failed, wrote no profile,
+  // and a build from the rest would not know that part was ever hot.
   const serving = async (name, downstreamUrl, run) => {
     const proxy = await startOurProxy({ name, port, shared, downstreamUrl });
     try {
       await run();
     } finally {
-      await proxy.close();
+      const { code, signal } = await proxy.close();
+      if (code !== 0) {
+        throw new Error(`${name}: exited with ${signal ?? `status ${code}`} after SIGTERM, so its profile is missing\n${proxy.logs()}`);
+      }
     }
   };
 
@@ -60,8 +64,8 @@ try {
     for (let i = 0; i < 200; i++) {
       (await firstEvent({ port, path: '/mcp?mode=idle', token })).stream.close();
     }
-    const rate = await readRate({ port, path: '/mcp?mode=flood', token, seconds });
-    log(`event streams: 200 first events, one flood stream (${JSON.stringify(rate).slice(0, 80)})`);
+    const { bytes } = await readRate({ port, path: '/mcp?mode=flood', token, seconds });
+    log(`event streams: 200 first events, then ${Math.round(bytes / 1e6)} MB of events on one stream`);
   });
 } finally {
   for (const c of cleanups.reverse()) await c().catch((e) => log('cleanup:', e.message));
