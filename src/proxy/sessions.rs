@@ -255,19 +255,22 @@ where
     S::Future: Send,
 {
     async fn run(self, mut inner: S, mut request: Request<B>) -> Result<S::Response, S::Error> {
-        let sub = request
+        // The session itself, not a copy of its `sub`: a reference count
+        // where a `String` was allocated and copied on every request.
+        let session = request
             .extensions()
             .get::<Arc<Session>>()
-            .map(|session| session.sub.clone())
+            .cloned()
             .ok_or_else(|| ProxyError::Forbidden("no authenticated session".into()))?;
+        let sub = session.sub.as_str();
         // Malformed is refused on every route, though only /mcp checks it.
         let presented = presented_session_id(request.headers())?.map(str::to_string);
         let owned = match self.route {
-            Endpoint::Mcp => self.mcp_session(presented, &sub).await?,
+            Endpoint::Mcp => self.mcp_session(presented, sub).await?,
             Endpoint::SseStream => OwnedSession::NewLegacyStream,
             Endpoint::SseMessage => {
                 let sid = legacy_sid(request.uri())?;
-                self.legacy_endpoint(&sid, &sub).await?
+                self.legacy_endpoint(&sid, sub).await?
             }
         };
         request.extensions_mut().insert(owned);
