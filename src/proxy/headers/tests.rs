@@ -575,10 +575,15 @@ proptest! {
 }
 
 proptest::proptest! {
-    /// Written digit by digit, an address reads as `to_string` writes it.
+    /// Written digit by digit, an address reads as `to_string` writes it;
+    /// asked again (the thread's last address), the same; and another
+    /// address after it is its own, not the last one's.
     #[test]
     fn an_address_value_is_the_address_as_text(bits in proptest::prelude::any::<u32>(), v6 in proptest::prelude::any::<u128>()) {
-        for address in [IpAddr::from(std::net::Ipv4Addr::from(bits)), IpAddr::from(std::net::Ipv6Addr::from(v6))] {
+        let v4 = IpAddr::from(std::net::Ipv4Addr::from(bits));
+        let v6 = IpAddr::from(std::net::Ipv6Addr::from(v6));
+        let next_v4 = IpAddr::from(std::net::Ipv4Addr::from(bits.wrapping_add(1)));
+        for address in [v4, v4, v6, v6, v4, next_v4, next_v4] {
             let value = address_value(address).expect("an address is a valid value");
             proptest::prop_assert_eq!(value.to_str().unwrap(), address.to_string());
         }
