@@ -19,7 +19,7 @@ import fs from 'node:fs';
 import os from 'node:os';
 import path from 'node:path';
 import { REPO_ROOT } from '../e2e/lib/index.mjs';
-import { cfg, signedInSetup, startOurProxy, startSseStub, runWrk } from './bench.mjs';
+import { signedInSetup, startOurProxy, startSseStub, runWrk } from './bench.mjs';
 import { firstEvent, readRate } from './sse-client.mjs';
 
 const seconds = Number(process.env.TRAIN_SECONDS ?? 8);
@@ -38,29 +38,31 @@ try {
   // A proxy in front of `downstreamUrl` while `run` loads it, then stopped
   // with SIGTERM; one that had to be killed, or failed, wrote no profile,
   // and a build from the rest would not know that part was ever hot.
-  const serving = async (name, downstreamUrl, run) => {
-    const proxy = await startOurProxy({ name, port, shared, downstreamUrl });
+  const serving = async ({ name, downstreamUrl, policyKeys }, run) => {
+    const proxy = await startOurProxy({ name, port, shared, downstreamUrl, policyKeys });
     try {
       await run();
     } finally {
       const { code, signal } = await proxy.close();
       if (code !== 0) {
-        throw new Error(`${name}: exited with ${signal ?? `status ${code}`} after SIGTERM, so its profile is missing\n${proxy.logs()}`);
+        // startOurProxy writes the proxy's log to a file in the run's dir.
+        const logged = fs.readFileSync(path.join(dir, `${name}.log`), 'utf8').slice(-4000);
+        throw new Error(`${name}: exited with ${signal ?? `status ${code}`} after SIGTERM, so its profile is missing\n${logged}`);
       }
     }
   };
 
   for (const policy of [undefined, 'policies/per-tool.rhai']) {
-    cfg.policy = policy && path.join(REPO_ROOT, policy);
-    await serving(`post-${policy ? 'per-tool' : 'default'}`, `http://127.0.0.1:${stubPort}/mcp`, async () => {
+    const name = `post-${policy ? 'per-tool' : 'default'}`;
+    const policyKeys = policy && { path: path.join(REPO_ROOT, policy) };
+    await serving({ name, downstreamUrl: `http://127.0.0.1:${stubPort}/mcp`, policyKeys }, async () => {
       for (const connections of [32, 256]) {
         const r = await runWrk(url, connections, seconds, token);
         log(`POST /mcp, ${policy ?? 'default policy'}, ${connections} connections: ${r.requests} requests`);
       }
     });
   }
-  cfg.policy = undefined;
-  await serving('sse', `http://127.0.0.1:${sse.port}/mcp`, async () => {
+  await serving({ name: 'sse', downstreamUrl: `http://127.0.0.1:${sse.port}/mcp` }, async () => {
     for (let i = 0; i < 200; i++) {
       (await firstEvent({ port, path: '/mcp?mode=idle', token })).stream.close();
     }
