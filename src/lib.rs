@@ -22,6 +22,7 @@ pub mod embed;
 pub(crate) mod error;
 pub(crate) mod event_stream;
 pub mod grants;
+pub(crate) mod header_name;
 pub mod metrics;
 pub(crate) mod net;
 pub mod oauth;

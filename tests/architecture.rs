@@ -19,6 +19,7 @@ const FLOORS: &[(&str, u8)] = &[
     ("session", 0),
     ("checkpoint", 0),
     ("event_stream", 0),
+    ("header_name", 0),
     // Configuration: what the operator wrote, validated.
     ("config", 1),
     // The outside world: telemetry, state, the provider.

@@ -6,7 +6,7 @@
 use std::mem::MaybeUninit;
 use std::ops::Range;
 
-use axum::http::{header, HeaderMap, HeaderName, HeaderValue, Method, Request, Uri, Version};
+use axum::http::{header, HeaderMap, HeaderValue, Method, Request, Uri, Version};
 use bytes::{Buf, Bytes, BytesMut};
 
 use crate::error::FramingError;
@@ -187,7 +187,8 @@ fn build(
     // (callgrind: 700 instructions a request).
     let mut headers = HeaderMap::with_capacity(fields.len() + ADDED_BY_THE_STACK);
     for (name, value) in fields {
-        let name = HeaderName::from_bytes(&head[name.clone()]).map_err(|_| HeadError::Malformed)?;
+        let name =
+            crate::header_name::from_wire(&head[name.clone()]).map_err(|_| HeadError::Malformed)?;
         let value = HeaderValue::from_maybe_shared(head.slice(value.clone()))
             .map_err(|_| HeadError::Malformed)?;
         headers.append(name, value);
