@@ -28,6 +28,7 @@ use bytes::{Buf, BufMut, BytesMut};
 use http_body::Body as HttpBody;
 use hyper_rustls::MaybeHttpsStream;
 use hyper_util::rt::TokioIo;
+use smallvec::SmallVec;
 use tokio::io::{AsyncRead, AsyncWriteExt};
 use tokio::net::TcpStream;
 
@@ -48,6 +49,9 @@ const READ_SIZE: usize = 8 * 1024;
 /// Headers the proxy may add to an answer before it reaches the client
 /// (`X-Request-Id`, `Vary` and the CORS headers, `X-Accel-Buffering`).
 const ANSWER_HEADER_HEADROOM: usize = 6;
+/// Up to this many lines, an answer's head is read without an allocation
+/// for its list of lines.
+const FEW_ANSWER_LINES: usize = 16;
 /// The largest read.
 const MAX_READ_SIZE: usize = 64 * 1024;
 
@@ -419,27 +423,28 @@ fn parse_answer(buf: &mut BytesMut, method: &Method) -> Result<Option<Answer>, E
         // Where each value sits in the head, so that the values can share
         // the head's bytes instead of each being copied; one that is not
         // inside the head (an empty value's slice may point anywhere) is
-        // copied.
-        let spans: Vec<(HeaderName, Span)> = response
-            .headers
-            .iter()
-            .map(|h| {
-                let name = HeaderName::from_bytes(h.name.as_bytes())
-                    .map_err(|_| ExchangeError::Malformed("bad header name"))?;
-                let span = match (h.value.as_ptr() as usize).checked_sub(base) {
-                    Some(start) if start + h.value.len() <= len => {
-                        Span::Shared(start, start + h.value.len())
-                    }
-                    _ => Span::Copied(HeaderValue::from_bytes(h.value).map_err(|_| bad_value())?),
-                };
-                Ok((name, span))
-            })
-            .collect::<Result<_, ExchangeError>>()?;
+        // copied. Kept on the stack while the head has few lines, as
+        // nearly every answer's has (a `Vec` was an allocation an answer),
+        // and filled in place: collected, the list is moved whole (and it
+        // is large) on its way out of `collect`.
+        let mut spans: SmallVec<[(HeaderName, Span); FEW_ANSWER_LINES]> = SmallVec::new();
+        for h in response.headers.iter() {
+            let name = crate::header_name::from_wire(h.name.as_bytes())
+                .map_err(|_| ExchangeError::Malformed("bad header name"))?;
+            let span = match (h.value.as_ptr() as usize).checked_sub(base) {
+                Some(start) if start + h.value.len() <= len => {
+                    Span::Shared(start, start + h.value.len())
+                }
+                _ => Span::Copied(HeaderValue::from_bytes(h.value).map_err(|_| bad_value())?),
+            };
+            spans.push((name, span));
+        }
         let head = buf.split_to(len).freeze();
         // Room for what the proxy adds on the way to the client (request
         // id, CORS, event-stream headers): a full map grows by rehashing.
         let mut headers = HeaderMap::with_capacity(spans.len() + ANSWER_HEADER_HEADROOM);
-        for (name, span) in spans {
+        // Drained, not consumed: `into_iter` would move the list again.
+        for (name, span) in spans.drain(..) {
             let value = match span {
                 Span::Shared(start, end) => HeaderValue::from_maybe_shared(head.slice(start..end))
                     .map_err(|_| bad_value())?,
