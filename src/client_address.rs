@@ -7,7 +7,7 @@
 use std::net::{IpAddr, SocketAddr};
 
 use axum::extract::ConnectInfo;
-use axum::http::{HeaderMap, Request};
+use axum::http::{HeaderMap, HeaderName, Request};
 use ipnet::IpNet;
 
 pub(crate) const X_FORWARDED_FOR: &str = "x-forwarded-for";
@@ -51,6 +51,25 @@ pub(crate) fn is_forwarding_header(name: &str) -> bool {
 /// client header on every request.
 pub(crate) fn is_forwarding_name(lenient: &str) -> bool {
     FORWARDING.contains(&lenient) || FORWARDING_PREFIXES.iter().any(|p| lenient.starts_with(p))
+}
+
+/// A parsed header name as a lenient server reads it: a `HeaderName` is
+/// lowercase already, so only a `_` needs folding (asked for every client
+/// header on every request; [`lenient_header_name`] checks each byte for
+/// case as well).
+pub(crate) fn lenient_name(name: &HeaderName) -> std::borrow::Cow<'_, str> {
+    let n = name.as_str();
+    if has_underscore(n) {
+        std::borrow::Cow::Owned(n.replace('_', "-"))
+    } else {
+        std::borrow::Cow::Borrowed(n)
+    }
+}
+
+/// Whether a name holds a `_`: a plain loop, since names are short and
+/// `str::contains` sets up a search first.
+pub(crate) fn has_underscore(name: &str) -> bool {
+    name.bytes().any(|b| b == b'_')
 }
 
 /// A header name as a lenient server reads it: lowercase, `_` as `-`.

@@ -236,7 +236,7 @@ pub(crate) struct PolicyOutcome {
     /// Headers the policy set, checked and encoded.
     pub(crate) headers: PolicyHeaders,
     /// Whether a client header must be removed before forwarding.
-    pub(crate) strip: Arc<dyn Fn(&str) -> bool + Send + Sync>,
+    pub(crate) strip: Arc<dyn Fn(&HeaderName) -> bool + Send + Sync>,
 }
 
 impl std::fmt::Debug for PolicyOutcome {

@@ -73,7 +73,8 @@ pub struct CompiledPolicy {
 }
 
 /// Whether a client header must be removed before forwarding.
-pub(crate) type StripRule = Arc<dyn Fn(&str) -> bool + Send + Sync>;
+/// Asked with a parsed name (lowercase; a `_` is folded to `-` by the rule).
+pub(crate) type StripRule = Arc<dyn Fn(&http::HeaderName) -> bool + Send + Sync>;
 
 impl std::fmt::Debug for CompiledPolicy {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {

@@ -11,7 +11,7 @@ use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex, RwLock};
 use std::time::Instant;
 
-use axum::http::StatusCode;
+use axum::http::{HeaderName, StatusCode};
 use rhai::{Dynamic, Engine, EvalAltResult};
 
 use crate::store::UpstreamTokens;
@@ -184,10 +184,8 @@ impl PolicyEngine {
                         .chain(&self.extra_identity_headers)
                         .cloned(),
                 );
-                Arc::new(move |name: &str| {
-                    // Header names reach here without surrounding spaces
-                    // (`normalise_header` trims for the policy's source).
-                    let n = crate::client_address::lenient_header_name(name);
+                Arc::new(move |name: &HeaderName| {
+                    let n = crate::client_address::lenient_name(name);
                     n == "authorization"
                         || n == header_rules::IDENTITY_ASSERTION_HEADER
                         || n.starts_with("x-user-")

@@ -13,7 +13,8 @@ use std::net::IpAddr;
 use axum::http::{header, HeaderMap, HeaderName, HeaderValue, Version};
 
 use crate::client_address::{
-    is_forwarding_name, lenient_header_name, TrustedProxies, X_FORWARDED_FOR,
+    has_underscore, is_forwarding_name, lenient_header_name, lenient_name, TrustedProxies,
+    X_FORWARDED_FOR,
 };
 use crate::config::is_own_cookie;
 
@@ -72,7 +73,7 @@ pub(crate) fn persistent(version: Version, headers: &HeaderMap) -> bool {
 }
 
 fn is_hop_by_hop(name: &HeaderName, connection: &[String]) -> bool {
-    is_hop_by_hop_name(&lenient_header_name(name.as_str()), connection)
+    is_hop_by_hop_name(&lenient_name(name), connection)
 }
 
 /// [`is_hop_by_hop`] for a name already as a lenient server reads it.
@@ -151,7 +152,7 @@ fn crossing(headers: HeaderMap, refused: impl Fn(&HeaderName) -> bool, more: usi
 /// their order, then the policy's and the proxy's own, each set once.
 pub(crate) fn downstream_request_headers(
     headers: HeaderMap,
-    is_identity_header: impl Fn(&str) -> bool,
+    is_identity_header: impl Fn(&HeaderName) -> bool,
     policy_headers: &[(HeaderName, HeaderValue)],
     forwarding: &Forwarding<'_>,
     pass_cookies: &[String],
@@ -178,7 +179,7 @@ pub(crate) fn downstream_request_headers(
         // A `HeaderName` is lowercase, so without `_` it is already as
         // a lenient server reads it: the checks below compare it as it
         // is instead of normalising it once each.
-        n.contains('_')
+        has_underscore(n)
             || is_hop_by_hop_name(n, &connection)
             || *name == header::HOST
             || *name == header::AUTHORIZATION
@@ -187,7 +188,7 @@ pub(crate) fn downstream_request_headers(
             // held back in a compressor's buffer.
             || *name == header::ACCEPT_ENCODING
             || is_forwarding_name(n)
-            || is_identity_header(n)
+            || is_identity_header(name)
             // Set below: the client's line would be a second one.
             || policy_headers.iter().any(|(policy, _)| policy == name)
     };
