@@ -17,10 +17,11 @@ use smallvec::SmallVec;
 /// A key that folds to itself (lowercase ASCII, as nearly every key is)
 /// comes back borrowed.
 pub(crate) fn fold_key(key: &str) -> Cow<'_, str> {
+    // One pass for the usual key: ASCII without an uppercase letter.
+    if key.bytes().all(|b| b.is_ascii() && !b.is_ascii_uppercase()) {
+        return Cow::Borrowed(key);
+    }
     if key.is_ascii() {
-        if !key.bytes().any(|b| b.is_ascii_uppercase()) {
-            return Cow::Borrowed(key);
-        }
         return Cow::Owned(key.to_ascii_lowercase());
     }
     Cow::Owned(
