@@ -46,17 +46,29 @@ pub(crate) fn random_key() -> [u8; 32] {
 
 /// Hex SHA-256: the store key of a token, and a policy's content hash.
 pub fn token_hash(token: &str) -> String {
-    // Into a buffer, then one copy: `hex::encode` collects 64 chars one by
-    // one (2,200 instructions a request, in callgrind; this is ~300).
-    let mut hex = [0u8; 64];
-    // Fails only for a buffer of another length than twice the digest's.
-    let _ = hex::encode_to_slice(Sha256::digest(token.as_bytes()), &mut hex);
-    // Hex is ASCII: the check is a few word compares, where the lossy
-    // conversion walked it in chunks (470 instructions a request).
-    std::str::from_utf8(&hex).map_or_else(
-        |_| String::from_utf8_lossy(&hex).into_owned(),
-        str::to_owned,
-    )
+    TokenHash::of(token).as_str().to_owned()
+}
+
+/// [`token_hash`] kept where it was computed: the token cache looks a
+/// token up by it on every request, and only a miss needs it as a
+/// `String` (an allocation a request, otherwise).
+pub(crate) struct TokenHash([u8; 64]);
+
+impl TokenHash {
+    pub(crate) fn of(token: &str) -> TokenHash {
+        // Into a buffer: `hex::encode` collects 64 chars one by one (2,200
+        // instructions a request, in callgrind; this is ~300).
+        let mut hex = [0u8; 64];
+        // Fails only for a buffer of another length than twice the digest's.
+        let _ = hex::encode_to_slice(Sha256::digest(token.as_bytes()), &mut hex);
+        TokenHash(hex)
+    }
+
+    pub(crate) fn as_str(&self) -> &str {
+        // Hex is ASCII: the check is a few word compares, where a lossy
+        // conversion walked it in chunks (470 instructions a request).
+        std::str::from_utf8(&self.0).unwrap_or_default()
+    }
 }
 
 /// Compares two secrets without leaking where they differ.

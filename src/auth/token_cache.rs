@@ -207,21 +207,22 @@ impl TokenCache {
 
     /// The live session for a token, if the token is ours and valid.
     pub async fn lookup(&self, token: &str) -> Result<Option<Arc<Session>>, ProxyError> {
-        let hash = crypto::token_hash(token);
+        let hash = crypto::TokenHash::of(token);
+        let hash = hash.as_str();
         // The rare paths (a miss, a recheck, a revoked token) are boxed
         // where they are awaited: moka's loading and writing futures are
         // large, and inline they would be part of — and copied with —
         // every request's future.
-        let entry = match self.cached_or_stored(token, &hash).await? {
+        let entry = match self.cached_or_stored(token, hash).await? {
             Entry::Valid(session) if self.needs_recheck(&session) => {
-                Box::pin(self.recheck(token, &hash, session)).await
+                Box::pin(self.recheck(token, hash, session)).await
             }
             entry => entry,
         };
         match entry {
             Entry::Valid(session) if session.expires_at > now_unix() => {
                 if self.recently_revoked(&session) {
-                    Box::pin(self.tokens.invalidate(&hash)).await;
+                    Box::pin(self.tokens.invalidate(hash)).await;
                     return Ok(None);
                 }
                 Ok(Some(session))
