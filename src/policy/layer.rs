@@ -336,12 +336,13 @@ impl Evaluation {
     /// part) or for each call; the first denial refuses the whole request.
     fn run(self, calls: &[McpCall]) -> Result<PolicyHeaders, ProxyError> {
         let mut headers = PolicyHeaders::default();
-        let evaluations: Vec<Option<&McpCall>> = if calls.is_empty() {
-            vec![None]
-        } else {
-            calls.iter().map(Some).collect()
-        };
-        let last = evaluations.len() - 1;
+        // Each call, or once without one: iterated, not listed (a `Vec`
+        // was an allocation a request).
+        let evaluations = calls
+            .iter()
+            .map(Some)
+            .chain(calls.is_empty().then_some(None));
+        let last = calls.len().max(1) - 1;
         if self.policy.has_login {
             let started = crate::clock::read();
             let login = login_verdict(&self.engine, &self.policy, &self.session, || {
