@@ -436,7 +436,9 @@ async function startOurProxy({ name, port, shared, downstreamUrl, extraToml, pol
     pid: proc.pid,
     measured: () => [proc.pid],
     logs: proc.logs,
-    close: () => proc.stop(5000),
+    // `timeoutMs`: how long it may take to exit before it is killed (under
+    // valgrind, writing a profile takes a while).
+    close: (timeoutMs = 5000) => proc.stop(timeoutMs),
   };
 }
 
