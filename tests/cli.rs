@@ -160,11 +160,7 @@ async fn administration_commands_list_and_revoke_for_real() {
     let provider = Provider::start().await;
     let downstream = Downstream::start().await;
     let dir = tempfile::tempdir().unwrap();
-    let port = std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port();
+    let port = free_port();
     let opts = Options {
         downstream_url: Some(downstream.mcp_url()),
         ..Default::default()
@@ -683,11 +679,7 @@ async fn on_redis_revocations_reach_running_replicas() {
     let provider = Provider::start().await;
     let downstream = Downstream::start().await;
     let dir = tempfile::tempdir().unwrap();
-    let port = std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port();
+    let port = free_port();
     let opts = Options {
         downstream_url: Some(downstream.mcp_url()),
         extra: "[auth]\ncache_ttl = \"10m\"\n".into(),
@@ -830,11 +822,7 @@ async fn on_redis_revocations_reach_running_replicas() {
 fn an_unreachable_redis_is_named_and_its_password_is_not() {
     let dir = tempfile::tempdir().unwrap();
     let config = dir.path().join("c.toml");
-    let port = std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port();
+    let port = free_port();
     let toml = config_toml(
         8787,
         "https://idp.example.com",

@@ -434,9 +434,7 @@ async fn unreachable_downstream_is_502_and_a_slow_one_504() {
     assert_eq!(body["jsonrpc"], "2.0");
 
     // A downstream nobody listens on.
-    let closed = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
-    let port = closed.local_addr().unwrap().port();
-    drop(closed);
+    let port = free_port();
     let p = TestProxy::start_with_options(&Options {
         downstream_url: Some(format!("http://127.0.0.1:{port}/mcp")),
         ..Default::default()

@@ -9,7 +9,7 @@
 #![forbid(unsafe_code)]
 
 use std::io::Read;
-use std::net::{TcpListener, TcpStream};
+use std::net::TcpStream;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, ExitStatus, Output, Stdio};
 use std::time::{Duration, Instant};
@@ -605,12 +605,9 @@ fn dockerignore_keeps_the_build_context_small() {
     }
 }
 
-fn free_port() -> u16 {
-    TcpListener::bind("127.0.0.1:0")
-        .and_then(|l| l.local_addr())
-        .map(|a| a.port())
-        .expect("a free port")
-}
+#[path = "common/ports.rs"]
+mod ports;
+use ports::free_port;
 
 /// How a bounded run of a command ended.
 enum Ran {

@@ -15,11 +15,7 @@ async fn tokens_and_registrations_survive_sigkill() {
     let provider = Provider::start().await;
     let downstream = Downstream::start().await;
     let dir = tempfile::tempdir().unwrap();
-    let port = std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port();
+    let port = free_port();
     let opts = Options {
         downstream_url: Some(downstream.mcp_url()),
         ..Default::default()

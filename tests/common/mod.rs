@@ -537,13 +537,8 @@ pub async fn wait_ready(url: &str) {
     panic!("the proxy did not become ready");
 }
 
-pub fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port()
-}
+pub mod ports;
+pub use ports::free_port;
 
 // ---------------------------------------------------------------- proxy
 

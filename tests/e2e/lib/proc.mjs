@@ -104,15 +104,42 @@ function prefixLines(prefix, text) {
 }
 
 /** A TCP port that was free a moment ago on 127.0.0.1. */
-export function freePort() {
-  return new Promise((resolve, reject) => {
+/**
+ * A port for a server started later. One found by listening on port 0 is
+ * in the range the kernel hands out for port 0, so a socket bound
+ * meanwhile (a stub, a client's connection) may get it first: `EADDRINUSE`
+ * now and then. These come from just below that range, where the kernel
+ * hands none out by itself, walked from a start of this process's own (the
+ * Rust tests' `tests/common/ports.rs` does the same), each checked free.
+ */
+export async function freePort() {
+  const low = Math.max(ephemeralLow(), PORT_SPAN + 1024);
+  const first = low - PORT_SPAN;
+  nextPort ??= (Math.imul(process.pid, 0x9e3779b1) >>> 0) % PORT_SPAN;
+  for (let i = 0; i < PORT_SPAN; i++) {
+    const port = first + (nextPort++ % PORT_SPAN);
+    if (await canListen(port)) return port;
+  }
+  throw new Error(`no free port in ${first}..${low}`);
+}
+
+const PORT_SPAN = 10000;
+let nextPort;
+
+function ephemeralLow() {
+  try {
+    return Number(fs.readFileSync('/proc/sys/net/ipv4/ip_local_port_range', 'utf8').trim().split(/\s+/)[0]) || 32768;
+  } catch {
+    return 32768;
+  }
+}
+
+function canListen(port) {
+  return new Promise((resolve) => {
     const srv = net.createServer();
     srv.unref();
-    srv.once('error', reject);
-    srv.listen(0, '127.0.0.1', () => {
-      const { port } = srv.address();
-      srv.close(() => resolve(port));
-    });
+    srv.once('error', () => resolve(false));
+    srv.listen(port, '127.0.0.1', () => srv.close(() => resolve(true)));
   });
 }
 
