@@ -228,6 +228,11 @@ impl std::fmt::Debug for Memo {
 /// count taken and dropped for each).
 pub type PolicyHeaders = Arc<[(HeaderName, HeaderValue)]>;
 
+/// Whether a client header must be removed before forwarding. Asked with
+/// the parsed name (lowercase); the rule folds a `_` to `-` itself, as a
+/// lenient server reads the name.
+pub(crate) type StripRule = Arc<dyn Fn(&HeaderName) -> bool + Send + Sync>;
+
 /// What the policy decided for a request it lets through: the identity
 /// headers to set downstream and which client headers to strip (every
 /// header a policy could set), so the forwarder needs no policy engine.
@@ -236,7 +241,7 @@ pub(crate) struct PolicyOutcome {
     /// Headers the policy set, checked and encoded.
     pub(crate) headers: PolicyHeaders,
     /// Whether a client header must be removed before forwarding.
-    pub(crate) strip: Arc<dyn Fn(&HeaderName) -> bool + Send + Sync>,
+    pub(crate) strip: StripRule,
 }
 
 impl std::fmt::Debug for PolicyOutcome {

@@ -11,6 +11,7 @@ use rhai::{Engine, Map, Position, AST};
 
 use super::header_rules::{self, HeaderRefusal};
 use super::source_scan::{decision_inputs, header_like_literals, reads_headers, DecisionInputs};
+use crate::session::StripRule;
 
 /// The policy that runs when `policy.path` is not set.
 pub(crate) const DEFAULT_POLICY: &str = include_str!("../../policies/default.rhai");
@@ -71,10 +72,6 @@ pub struct CompiledPolicy {
     /// use by `PolicyEngine::strip_rule` and then shared by every request.
     pub(super) strip: OnceLock<StripRule>,
 }
-
-/// Whether a client header must be removed before forwarding.
-/// Asked with a parsed name (lowercase; a `_` is folded to `-` by the rule).
-pub(crate) type StripRule = Arc<dyn Fn(&http::HeaderName) -> bool + Send + Sync>;
 
 impl std::fmt::Debug for CompiledPolicy {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {

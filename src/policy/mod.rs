@@ -45,7 +45,8 @@ pub use reload::ReloadCounters;
 pub(crate) use sandbox::sandboxed_engine;
 pub use script_api::{user_value, UserFacts};
 
-use compile::{compile_file, StripRule, DEFAULT_POLICY_NAME};
+use crate::session::StripRule;
+use compile::{compile_file, DEFAULT_POLICY_NAME};
 use decision::interpret;
 use header_rules::HeaderNameRules;
 use reload::{file_fingerprint, Fingerprint};
