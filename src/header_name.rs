@@ -39,13 +39,10 @@ thread_local! {
 
 /// The header name spelled `raw`, as `HeaderName::from_bytes` reads it.
 pub(crate) fn from_wire(raw: &[u8]) -> Result<HeaderName, InvalidHeaderName> {
-    let (Some(&first), Some(&last)) = (raw.first(), raw.last()) else {
-        return HeaderName::from_bytes(raw);
-    };
-    if raw.len() > LONGEST {
+    if raw.is_empty() || raw.len() > LONGEST {
         return HeaderName::from_bytes(raw);
     }
-    let slot = slot_of(raw.len(), first, raw[raw.len() / 2], last);
+    let slot = slot_of(raw);
     let cached = RECENT.try_with(|recent| {
         // Never borrowed twice: nothing below calls back in here.
         let mut recent = recent.try_borrow_mut().ok()?;
@@ -74,13 +71,16 @@ pub(crate) fn from_wire(raw: &[u8]) -> Result<HeaderName, InvalidHeaderName> {
     }
 }
 
-/// Where a name spelled with this length and these bytes is kept.
-fn slot_of(len: usize, first: u8, middle: u8, last: u8) -> usize {
+/// Where a name spelled `raw` (not empty) is kept: by its length and its
+/// first, middle and last bytes.
+fn slot_of(raw: &[u8]) -> usize {
+    let byte = |i: usize| usize::from(raw.get(i).copied().unwrap_or_default());
+    let len = raw.len();
     let mixed = len
         .wrapping_mul(31)
-        .wrapping_add(usize::from(first).wrapping_mul(7))
-        .wrapping_add(usize::from(middle).wrapping_mul(3))
-        .wrapping_add(usize::from(last));
+        .wrapping_add(byte(0).wrapping_mul(7))
+        .wrapping_add(byte(len / 2).wrapping_mul(3))
+        .wrapping_add(byte(len.wrapping_sub(1)));
     mixed % SLOTS
 }
 
