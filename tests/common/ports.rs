@@ -17,13 +17,14 @@ const SPAN: u32 = 10_000;
 
 /// A port no socket listens on now, outside the kernel's range for port 0.
 pub fn free_port() -> u16 {
-    static NEXT: AtomicU32 = AtomicU32::new(u32::MAX);
+    // How many ports this process has asked about; it starts at a place
+    // of its own in the span.
+    static ASKED: AtomicU32 = AtomicU32::new(0);
     let low = u32::from(ephemeral_low()).max(SPAN + 1024);
     let first = low - SPAN;
-    let start = std::process::id().wrapping_mul(2_654_435_761) % SPAN;
-    let _ = NEXT.compare_exchange(u32::MAX, start, Ordering::Relaxed, Ordering::Relaxed);
+    let start = std::process::id().wrapping_mul(2_654_435_761);
     for _ in 0..SPAN {
-        let offset = NEXT.fetch_add(1, Ordering::Relaxed) % SPAN;
+        let offset = start.wrapping_add(ASKED.fetch_add(1, Ordering::Relaxed)) % SPAN;
         let Ok(port) = u16::try_from(first + offset) else {
             continue;
         };
