@@ -94,14 +94,17 @@ fn get(url: &str) -> Request<Body> {
         .unwrap()
 }
 
-/// A loopback port nothing listens on: bound, then let go.
-async fn unused_port() -> u16 {
-    TcpListener::bind("127.0.0.1:0")
-        .await
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port()
+/// The integration tests' port picker: a port bound and let go from the
+/// kernel's range for port 0 may be another test's socket by the time it
+/// is asked, and the connection is then not refused.
+// Written for the integration tests, whose crates reach it as `pub`.
+#[allow(unreachable_pub)]
+#[path = "../../../tests/common/ports.rs"]
+mod ports;
+
+/// A loopback port nothing listens on.
+fn unused_port() -> u16 {
+    ports::free_port()
 }
 
 /// A client as a route makes one (2 s to connect).
@@ -314,7 +317,7 @@ async fn a_post_body_is_sent_whole() {
 
 #[tokio::test]
 async fn an_unreachable_downstream_is_a_connect_error() {
-    let port = unused_port().await;
+    let port = unused_port();
     let failed = failure_of(&format!("http://127.0.0.1:{port}/mcp")).await;
     assert!(
         matches!(failed, DownstreamError::Connect { .. }),
@@ -324,7 +327,7 @@ async fn an_unreachable_downstream_is_a_connect_error() {
 
 #[tokio::test]
 async fn a_refused_connection_reads_as_the_connectors_error_for_addresses_and_names() {
-    let port = unused_port().await;
+    let port = unused_port();
     // By address the client connects itself; by name, through the connector.
     for host in ["127.0.0.1", "localhost"] {
         let failed = failure_of(&format!("http://{host}:{port}/mcp")).await;
