@@ -111,13 +111,24 @@ impl<'f, 'de> Keys<'f, 'de> {
     // whether its folding may be kept without a copy.
     #[allow(clippy::ptr_arg)]
     pub(super) fn admit<E: de::Error>(&mut self, key: &Cow<'de, str>) -> Result<(), E> {
-        let folded = match key {
-            Cow::Borrowed(key) => fold_key(key),
+        let (folded, folds_to_itself) = match key {
+            Cow::Borrowed(key) => {
+                let folded = fold_key(key);
+                let itself = matches!(folded, Cow::Borrowed(_));
+                (folded, itself)
+            }
             // Folded from a key this call does not own: kept as a copy.
-            Cow::Owned(key) => Cow::Owned(fold_key(key).into_owned()),
+            Cow::Owned(key) => {
+                let folded = fold_key(key);
+                let itself = matches!(folded, Cow::Borrowed(_));
+                (Cow::Owned(folded.into_owned()), itself)
+            }
         };
-        if let Some(field) = self.protocol.iter().find(|f| **f == folded) {
-            if key.as_ref() != *field {
+        // A key that is its own folding (as nearly every key is) names a
+        // protocol field only by being spelt as it: the fields are
+        // compared only with a key that folding changed.
+        if !folds_to_itself {
+            if let Some(field) = self.protocol.iter().find(|f| **f == folded) {
                 return Err(E::custom(format_args!(
                     "the key `{}` could be read as `{field}`",
                     key.escape_debug()
