@@ -185,16 +185,29 @@ impl FilterLists {
     }
 
     /// What this user may see, for a single list call the policy let
-    /// through; `None` for anything else.
-    fn visibility<B>(&self, request: &Request<B>) -> Option<Visibility> {
-        let kind = list_kind(request)?;
-        let session = request.extensions().get::<Arc<Session>>()?.clone();
-        let policy = request.extensions().get::<Arc<CompiledPolicy>>()?.clone();
-        Some(Visibility {
+    /// through: with the session Authenticate found and the version of
+    /// the policy EnforcePolicy decided with. Without either, the stack
+    /// lacks a layer above this one, and the list is refused rather than
+    /// passed unfiltered.
+    fn visibility<B>(
+        &self,
+        request: &Request<B>,
+        kind: ListKind,
+    ) -> Result<Visibility, ProxyError> {
+        let extensions = request.extensions();
+        let (Some(session), Some(policy)) = (
+            extensions.get::<Arc<Session>>(),
+            extensions.get::<Arc<CompiledPolicy>>(),
+        ) else {
+            return Err(ProxyError::Forbidden(
+                "no policy decision to filter the list with".into(),
+            ));
+        };
+        Ok(Visibility {
             engine: self.engine.clone(),
-            user: script_user(&session, &self.issuer),
-            session,
-            policy,
+            user: script_user(session, &self.issuer),
+            session: session.clone(),
+            policy: policy.clone(),
             view: RequestView::new(
                 self.engine.route(),
                 request.method(),
@@ -229,14 +242,15 @@ where
     }
 
     async fn run(self, mut inner: S, request: Request<B>) -> Result<Response<Body>, S::Error> {
-        let visibility = self.visibility(&request);
+        let Some(kind) = list_kind(&request) else {
+            return inner.call(request).await;
+        };
+        let visibility = self.visibility(&request, kind)?;
         let response = inner.call(request).await?;
-        match visibility {
-            Some(visibility) if response.status().is_success() => {
-                Ok(filter_response(response, Arc::new(visibility)).await?)
-            }
-            _ => Ok(response),
+        if !response.status().is_success() {
+            return Ok(response);
         }
+        Ok(filter_response(response, Arc::new(visibility)).await?)
     }
 }
 

@@ -132,3 +132,42 @@ async fn a_downstream_error_passes_as_it_came() {
         .await;
     assert!(matches!(failed, Err(ProxyError::DownstreamUnreachable(_))));
 }
+
+#[tokio::test]
+async fn a_list_call_without_the_policys_decision_is_refused_not_passed_unfiltered() {
+    let (_dir, engine) = engine();
+    let forwarded = Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let seen = forwarded.clone();
+    let downstream = tower::service_fn(move |_request: Request<Body>| {
+        seen.store(true, std::sync::atomic::Ordering::SeqCst);
+        let mut response = Response::new(Body::from(TOOLS));
+        response.headers_mut().insert(
+            header::CONTENT_TYPE,
+            HeaderValue::from_static("application/json"),
+        );
+        std::future::ready(Ok::<_, ProxyError>(response))
+    });
+    // A list call whose session or policy version is missing: a stack
+    // without Authenticate or EnforcePolicy above the filter.
+    for missing in ["session", "policy"] {
+        let mut request = list_call(&engine, "tools/list");
+        if missing == "session" {
+            request.extensions_mut().remove::<Arc<Session>>();
+        } else {
+            request.extensions_mut().remove::<Arc<CompiledPolicy>>();
+        }
+        let refused = FilterLists::layer(engine.clone(), "https://issuer")
+            .layer(downstream.clone())
+            .oneshot(request)
+            .await;
+        assert!(
+            matches!(refused, Err(ProxyError::Forbidden(_))),
+            "without the {missing}: {:?}",
+            refused.map(|r| r.status())
+        );
+    }
+    assert!(
+        !forwarded.load(std::sync::atomic::Ordering::SeqCst),
+        "nothing reaches the downstream"
+    );
+}
