@@ -1,7 +1,7 @@
 //! The checkpoint that says who is calling: the request's bearer token,
 //! resolved through the token cache, must be live and meant for this
-//! resource; its `Session` and the `SessionWatch` then travel with the
-//! request.
+//! resource; its `Session` then travels with the request (what ends its
+//! event streams, the cache's `SessionWatch`, is the forwarder's own).
 
 use std::sync::Arc;
 
@@ -12,18 +12,16 @@ use super::{bearer_token, TokenCache};
 use crate::checkpoint::{Checkpoint, CheckpointLayer};
 use crate::error::ProxyError;
 use crate::metrics::audit::AuditSlot;
-use crate::session::{Session, SessionWatch};
+use crate::session::Session;
 
 /// Adds `Authenticate` to a service.
 pub(crate) type AuthenticateLayer = CheckpointLayer<Authenticate>;
 
-/// Resolves the bearer token to a `Session` (a request extension, with the
-/// `SessionWatch` that ends its streams) or answers 401 with the resource
-/// metadata URL.
+/// Resolves the bearer token to a `Session` (a request extension) or
+/// answers 401 with the resource metadata URL.
 #[derive(Clone)]
 pub(crate) struct Authenticate {
     cache: Arc<TokenCache>,
-    watch: SessionWatch,
     /// Written once per endpoint: the checkpoint is cloned per request.
     resource: Arc<Resource>,
 }
@@ -47,7 +45,6 @@ impl Authenticate {
         resource_path: &str,
     ) -> AuthenticateLayer {
         CheckpointLayer::new(Authenticate {
-            watch: cache.session_watch(),
             cache,
             resource: Arc::new(Resource {
                 root: public_url.to_string(),
@@ -114,7 +111,6 @@ where
             });
         }
         request.extensions_mut().insert(session);
-        request.extensions_mut().insert(self.watch);
         inner.call(request).await
     }
 }

@@ -116,6 +116,9 @@ pub(crate) struct ForwardContext {
     pub metrics: Arc<Metrics>,
     /// Signs the identity assertions the route's policy asks for.
     pub assertions: RouteAssertions,
+    /// When a caller's session ends (revoked, expired): their open event
+    /// streams end with it. The token cache's, the same for every request.
+    pub session_watch: SessionWatch,
 }
 
 /// The last service of an MCP route: sends the request downstream and
@@ -179,7 +182,6 @@ struct Caller {
     session: Arc<Session>,
     outcome: PolicyOutcome,
     owned: OwnedSession,
-    watch: Option<SessionWatch>,
 }
 
 impl Caller {
@@ -199,7 +201,6 @@ impl Caller {
             session,
             outcome,
             owned,
-            watch: extensions.remove::<SessionWatch>(),
         })
     }
 }
@@ -390,9 +391,6 @@ fn stream_decoration(
         idle_timeout: context.sse_idle_timeout,
         metrics: metrics.clone(),
         legacy,
-        session_end: caller
-            .watch
-            .as_ref()
-            .map(|watch| watch.until_end(caller.session.clone())),
+        session_end: Some(context.session_watch.until_end(caller.session.clone())),
     }
 }

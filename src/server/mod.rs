@@ -180,7 +180,16 @@ impl AppState {
         let routes = settings
             .routes
             .iter()
-            .map(|route| ServedRoute::new(&settings, route, &records, &metrics, &assertions))
+            .map(|route| {
+                ServedRoute::new(
+                    &settings,
+                    route,
+                    &records,
+                    &metrics,
+                    &assertions,
+                    token_cache.session_watch(),
+                )
+            })
             .collect::<Result<Vec<_>, _>>()?;
         let oauth = OAuthState::new(OAuthInner {
             settings: OAuthSettings::from_settings(&settings),

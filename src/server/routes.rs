@@ -10,6 +10,7 @@ use crate::policy::PolicyEngine;
 use crate::proxy::sessions::SessionBindings;
 use crate::proxy::{DownstreamTarget, ForwardContext};
 use crate::server::StartError;
+use crate::session::SessionWatch;
 use crate::store::Records;
 
 /// An MCP route, ready to serve.
@@ -30,6 +31,7 @@ impl ServedRoute {
         records: &Records,
         metrics: &Arc<Metrics>,
         assertions: &Arc<IdentityAssertions>,
+        session_watch: SessionWatch,
     ) -> Result<Self, StartError> {
         let policy =
             PolicyEngine::new(route.policy.path.as_deref(), &route.policy.identity_headers)
@@ -49,7 +51,12 @@ impl ServedRoute {
             settings: Arc::new(route.clone()),
             policy: Arc::new(policy),
             forward: Arc::new(forward_context(
-                settings, route, records, metrics, assertions,
+                settings,
+                route,
+                records,
+                metrics,
+                assertions,
+                session_watch,
             )?),
         })
     }
@@ -62,6 +69,7 @@ fn forward_context(
     records: &Records,
     metrics: &Arc<Metrics>,
     assertions: &Arc<IdentityAssertions>,
+    session_watch: SessionWatch,
 ) -> Result<ForwardContext, StartError> {
     let public = url::Url::parse(&settings.public_url).map_err(|e| StartError::Listen {
         addr: settings.public_url.clone(),
@@ -104,5 +112,6 @@ fn forward_context(
         trusted_proxies: settings.trusted_proxies.clone(),
         metrics: metrics.clone(),
         assertions: RouteAssertions::new(assertions.clone(), route),
+        session_watch,
     })
 }
