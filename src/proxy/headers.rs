@@ -337,7 +337,9 @@ pub(crate) fn client_response_headers(
     pass_cookies: &[String],
 ) -> HeaderMap {
     let connection = connection_named(&headers);
-    let refused: Vec<HeaderName> = headers
+    // On the stack: nearly every answer refuses one or two names (its
+    // `Connection`, `Keep-Alive`), and a `Vec` was an allocation an answer.
+    let refused: smallvec::SmallVec<[HeaderName; 4]> = headers
         .keys()
         .filter(|name| is_hop_by_hop(name, &connection) || is_origin_wide(name))
         .cloned()
