@@ -71,6 +71,12 @@ where
     S: Service<Request>,
 {
     /// Runs the checkpoint for one request; `inner` has been polled ready.
+    ///
+    /// The future is boxed for every request that reaches the checkpoint.
+    /// The layers of the MCP path write it as `fn run(..) -> impl Future {
+    /// async move { .. } }`, not as an `async fn`, whose future holds its
+    /// arguments twice (rust-lang/rust#62958): the request alone is 240
+    /// bytes, copied into each new box.
     fn run(
         self,
         inner: S,

@@ -269,6 +269,12 @@ impl RouteAssertions {
         RouteAssertions { signer, audience }
     }
 
+    /// Whether `outcome` asks for an assertion (holds a placeholder): what
+    /// [`RouteAssertions::fill_in`] does nothing without.
+    pub(crate) fn wanted(&self, outcome: &PolicyOutcome) -> bool {
+        outcome.headers.iter().any(|(_, v)| is_placeholder(v))
+    }
+
     /// Replaces the placeholders of `outcome` with an assertion signed for
     /// this request; costs one scan of the headers when there are none.
     pub(crate) async fn fill_in(
@@ -277,7 +283,7 @@ impl RouteAssertions {
         session: &Session,
         request_id: Option<&HeaderValue>,
     ) -> Result<(), ProxyError> {
-        if !outcome.headers.iter().any(|(_, v)| is_placeholder(v)) {
+        if !self.wanted(outcome) {
             return Ok(());
         }
         let request_id = request_id.and_then(|v| v.to_str().ok());

@@ -3,6 +3,7 @@
 //! resource; its `Session` then travels with the request (what ends its
 //! event streams, the cache's `SessionWatch`, is the forwarder's own).
 
+use std::future::Future;
 use std::sync::Arc;
 
 use axum::http::Request;
@@ -90,28 +91,37 @@ where
     S: Service<Request<B>, Error: From<ProxyError>, Future: Send> + Send + 'static,
     B: Send + 'static,
 {
-    async fn run(self, mut inner: S, mut request: Request<B>) -> Result<S::Response, S::Error> {
-        let token = bearer_token(&request)?;
-        // Boxed: inline, the lookup's future (moka's, 968 bytes) is part of
-        // this checkpoint's for the whole request, copied into its box and
-        // held while the downstream answers (1,776 bytes; 992 now). With
-        // many requests in flight their memory no longer fits the cache
-        // (`INSTR_CACHE=1 instructions.mjs`); boxed, it is let go when the
-        // lookup ends.
-        let session = Box::pin(self.session(token)).await?;
-        if let Some(slot) = request
-            .extensions()
-            .get::<AuditSlot>()
-            .filter(|slot| slot.logged())
-        {
-            slot.update(|facts| {
-                facts.sub = Some(session.sub.clone());
-                facts.email = session.email.clone();
-                facts.client_id = Some(session.client_id.clone());
-            });
+    // Not an `async fn`: its future would hold the arguments twice
+    // (rust-lang/rust#62958), in the future every request allocates.
+    #[allow(clippy::manual_async_fn)]
+    fn run(
+        self,
+        mut inner: S,
+        mut request: Request<B>,
+    ) -> impl Future<Output = Result<S::Response, S::Error>> + Send + 'static {
+        async move {
+            let token = bearer_token(&request)?;
+            // Boxed: inline, the lookup's future (moka's, 968 bytes) is part of
+            // this checkpoint's for the whole request, copied into its box and
+            // held while the downstream answers (1,776 bytes; 992 now). With
+            // many requests in flight their memory no longer fits the cache
+            // (`INSTR_CACHE=1 instructions.mjs`); boxed, it is let go when the
+            // lookup ends.
+            let session = Box::pin(self.session(token)).await?;
+            if let Some(slot) = request
+                .extensions()
+                .get::<AuditSlot>()
+                .filter(|slot| slot.logged())
+            {
+                slot.update(|facts| {
+                    facts.sub = Some(session.sub.clone());
+                    facts.email = session.email.clone();
+                    facts.client_id = Some(session.client_id.clone());
+                });
+            }
+            request.extensions_mut().insert(session);
+            inner.call(request).await
         }
-        request.extensions_mut().insert(session);
-        inner.call(request).await
     }
 }
 

@@ -3,6 +3,7 @@
 //! or an event stream), every tool, resource or prompt the policy would deny
 //! this user is removed from it. Other answers pass untouched.
 
+use std::future::Future;
 use std::sync::Arc;
 
 use axum::body::{Body, Bytes};
@@ -241,16 +242,25 @@ where
         list_kind(request).is_none()
     }
 
-    async fn run(self, mut inner: S, request: Request<B>) -> Result<Response<Body>, S::Error> {
-        let Some(kind) = list_kind(&request) else {
-            return inner.call(request).await;
-        };
-        let visibility = self.visibility(&request, kind)?;
-        let response = inner.call(request).await?;
-        if !response.status().is_success() {
-            return Ok(response);
+    // Not an `async fn`: its future would hold the arguments twice
+    // (rust-lang/rust#62958), in the future every request allocates.
+    #[allow(clippy::manual_async_fn)]
+    fn run(
+        self,
+        mut inner: S,
+        request: Request<B>,
+    ) -> impl Future<Output = Result<Response<Body>, S::Error>> + Send + 'static {
+        async move {
+            let Some(kind) = list_kind(&request) else {
+                return inner.call(request).await;
+            };
+            let visibility = self.visibility(&request, kind)?;
+            let response = inner.call(request).await?;
+            if !response.status().is_success() {
+                return Ok(response);
+            }
+            Ok(filter_response(response, Arc::new(visibility)).await?)
         }
-        Ok(filter_response(response, Arc::new(visibility)).await?)
     }
 }
 

@@ -5,6 +5,7 @@
 //! learn the MCP method and the tool, resource or prompt it names. Where a
 //! client also sent `Mcp-Method` / `Mcp-Name` headers, they must agree.
 
+use std::future::Future;
 use std::sync::Arc;
 
 use axum::body::Body;
@@ -500,54 +501,63 @@ impl<S> Checkpoint<S, Request<Body>> for EnforcePolicy
 where
     S: Service<Request<Body>, Error: From<ProxyError>, Future: Send> + Send + 'static,
 {
-    async fn run(self, mut inner: S, request: Request<Body>) -> Result<S::Response, S::Error> {
-        let session = request
-            .extensions()
-            .get::<Arc<Session>>()
-            .cloned()
-            .ok_or(ProxyError::Forbidden("no authenticated session".into()))?;
-        let (mut parts, body) = request.into_parts();
-        let (body, calls) = self.read_calls(&parts.method, &parts.headers, body).await?;
-        let audit = parts.extensions.get::<AuditSlot>().cloned();
-        if let (Some(slot), Some(first)) = (&audit, calls.first()) {
-            slot.update(|facts| {
-                facts.mcp_method = first.method.clone();
-                facts.tool = first.tool().map(str::to_string);
-            });
+    // Not an `async fn`: its future would hold the arguments twice
+    // (rust-lang/rust#62958), in the future every request allocates.
+    #[allow(clippy::manual_async_fn)]
+    fn run(
+        self,
+        mut inner: S,
+        request: Request<Body>,
+    ) -> impl Future<Output = Result<S::Response, S::Error>> + Send + 'static {
+        async move {
+            let session = request
+                .extensions()
+                .get::<Arc<Session>>()
+                .cloned()
+                .ok_or(ProxyError::Forbidden("no authenticated session".into()))?;
+            let (mut parts, body) = request.into_parts();
+            let (body, calls) = self.read_calls(&parts.method, &parts.headers, body).await?;
+            let audit = parts.extensions.get::<AuditSlot>().cloned();
+            if let (Some(slot), Some(first)) = (&audit, calls.first()) {
+                slot.update(|facts| {
+                    facts.mcp_method = first.method.clone();
+                    facts.tool = first.tool().map(str::to_string);
+                });
+            }
+            let policy = self.engine.current();
+            let view = RequestView::when_read(
+                &self.engine,
+                &policy,
+                &parts.method,
+                parts.uri.path(),
+                &parts.headers,
+            );
+            let observe = view.as_ref().and_then(|view| self.engine.observe(view));
+            let strip = self.engine.strip_rule(&policy);
+            // This request's copy of the layer is its own: its shared parts are
+            // moved on, not counted again.
+            let evaluation = Evaluation {
+                engine: self.engine,
+                policy: policy.clone(),
+                issuer: self.issuer,
+                session,
+                observe,
+                view,
+                metrics: self.metrics,
+                audit,
+            };
+            let (headers, calls) = evaluate(evaluation, calls).await?;
+            parts.extensions.insert(PolicyOutcome { headers, strip });
+            // List filtering decides with the same version of the policy.
+            parts.extensions.insert(policy);
+            if calls.len() > 1 {
+                // Each call of a batch, for embedding layers (`embed::mcp_calls`).
+                parts.extensions.insert(Arc::<[McpCall]>::from(calls));
+            } else if let Some(call) = calls.into_iter().next() {
+                parts.extensions.insert(call);
+            }
+            inner.call(Request::from_parts(parts, body)).await
         }
-        let policy = self.engine.current();
-        let view = RequestView::when_read(
-            &self.engine,
-            &policy,
-            &parts.method,
-            parts.uri.path(),
-            &parts.headers,
-        );
-        let observe = view.as_ref().and_then(|view| self.engine.observe(view));
-        let strip = self.engine.strip_rule(&policy);
-        // This request's copy of the layer is its own: its shared parts are
-        // moved on, not counted again.
-        let evaluation = Evaluation {
-            engine: self.engine,
-            policy: policy.clone(),
-            issuer: self.issuer,
-            session,
-            observe,
-            view,
-            metrics: self.metrics,
-            audit,
-        };
-        let (headers, calls) = evaluate(evaluation, calls).await?;
-        parts.extensions.insert(PolicyOutcome { headers, strip });
-        // List filtering decides with the same version of the policy.
-        parts.extensions.insert(policy);
-        if calls.len() > 1 {
-            // Each call of a batch, for embedding layers (`embed::mcp_calls`).
-            parts.extensions.insert(Arc::<[McpCall]>::from(calls));
-        } else if let Some(call) = calls.into_iter().next() {
-            parts.extensions.insert(call);
-        }
-        inner.call(Request::from_parts(parts, body)).await
     }
 }
 

@@ -4,6 +4,7 @@
 //! local cache in front. [`CheckSessionOwnership`] is the layer that holds
 //! a request to its caller's sessions.
 
+use std::future::Future;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -254,27 +255,36 @@ where
     S::Error: From<ProxyError>,
     S::Future: Send,
 {
-    async fn run(self, mut inner: S, mut request: Request<B>) -> Result<S::Response, S::Error> {
-        // The session itself, not a copy of its `sub`: a reference count
-        // where a `String` was allocated and copied on every request.
-        let session = request
-            .extensions()
-            .get::<Arc<Session>>()
-            .cloned()
-            .ok_or_else(|| ProxyError::Forbidden("no authenticated session".into()))?;
-        let sub = session.sub.as_str();
-        // Malformed is refused on every route, though only /mcp checks it.
-        let presented = presented_session_id(request.headers())?.map(str::to_string);
-        let owned = match self.route {
-            Endpoint::Mcp => self.mcp_session(presented, sub).await?,
-            Endpoint::SseStream => OwnedSession::NewLegacyStream,
-            Endpoint::SseMessage => {
-                let sid = legacy_sid(request.uri())?;
-                self.legacy_endpoint(&sid, sub).await?
-            }
-        };
-        request.extensions_mut().insert(owned);
-        inner.call(request).await
+    // Not an `async fn`: its future would hold the arguments twice
+    // (rust-lang/rust#62958), in the future every request allocates.
+    #[allow(clippy::manual_async_fn)]
+    fn run(
+        self,
+        mut inner: S,
+        mut request: Request<B>,
+    ) -> impl Future<Output = Result<S::Response, S::Error>> + Send + 'static {
+        async move {
+            // The session itself, not a copy of its `sub`: a reference count
+            // where a `String` was allocated and copied on every request.
+            let session = request
+                .extensions()
+                .get::<Arc<Session>>()
+                .cloned()
+                .ok_or_else(|| ProxyError::Forbidden("no authenticated session".into()))?;
+            let sub = session.sub.as_str();
+            // Malformed is refused on every route, though only /mcp checks it.
+            let presented = presented_session_id(request.headers())?.map(str::to_string);
+            let owned = match self.route {
+                Endpoint::Mcp => self.mcp_session(presented, sub).await?,
+                Endpoint::SseStream => OwnedSession::NewLegacyStream,
+                Endpoint::SseMessage => {
+                    let sid = legacy_sid(request.uri())?;
+                    self.legacy_endpoint(&sid, sub).await?
+                }
+            };
+            request.extensions_mut().insert(owned);
+            inner.call(request).await
+        }
     }
 }
 

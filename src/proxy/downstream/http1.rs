@@ -17,6 +17,7 @@
 //! them; anything else fails the answer and closes the connection.
 
 use std::future::poll_fn;
+use std::future::Future;
 use std::io;
 use std::pin::Pin;
 use std::task::{Context, Poll};
@@ -211,35 +212,43 @@ impl Conn {
     /// Writes the request: its head and the body data already there in
     /// one write. `Err(Ok(prepared))`: nothing reached the downstream (the
     /// connection had closed), so the request may go on another one.
-    pub(super) async fn send(
+    // Not an `async fn`: its future would hold the arguments twice
+    // (rust-lang/rust#62958), in the future every request allocates.
+    #[allow(clippy::manual_async_fn)]
+    pub(super) fn send(
         &mut self,
         prepared: Prepared,
-    ) -> Result<Method, Result<Prepared, ExchangeError>> {
-        // A downstream that closed an idle connection: its FIN is already
-        // here (writing would succeed, and the request be lost).
-        let closed = poll_fn(|cx| Poll::Ready(!self.is_reusable(cx))).await;
-        if closed {
-            return Err(Ok(prepared));
+    ) -> impl Future<Output = Result<Method, Result<Prepared, ExchangeError>>> + Send + '_ {
+        async move {
+            // A downstream that closed an idle connection: its FIN is
+            // already here (writing would succeed, and the request be lost).
+            let closed = poll_fn(|cx| Poll::Ready(!self.is_reusable(cx))).await;
+            if closed {
+                return Err(Ok(prepared));
+            }
+            let Prepared {
+                head,
+                method,
+                ready,
+                rest,
+                length,
+            } = prepared;
+            let chunked = length.is_none();
+            let mut first = framed(Bytes::from(head), &ready, chunked, rest.is_none());
+            self.io
+                .write_all_buf(&mut first)
+                .await
+                .map_err(|e| Err(e.into()))?;
+            if let Some(rest) = rest {
+                let left = length.map(|n| n.saturating_sub(ready.len() as u64));
+                // Boxed: only a body that did not come whole with its head
+                // streams, and inline its future would make every
+                // request's larger.
+                Box::pin(self.send_rest(rest, left)).await.map_err(Err)?;
+            }
+            self.io.flush().await.map_err(|e| Err(e.into()))?;
+            Ok(method)
         }
-        let Prepared {
-            head,
-            method,
-            ready,
-            rest,
-            length,
-        } = prepared;
-        let chunked = length.is_none();
-        let mut first = framed(Bytes::from(head), &ready, chunked, rest.is_none());
-        self.io
-            .write_all_buf(&mut first)
-            .await
-            .map_err(|e| Err(e.into()))?;
-        if let Some(rest) = rest {
-            let left = length.map(|n| n.saturating_sub(ready.len() as u64));
-            self.send_rest(rest, left).await.map_err(Err)?;
-        }
-        self.io.flush().await.map_err(|e| Err(e.into()))?;
-        Ok(method)
     }
 
     /// The body's remaining frames, each written as it comes: exactly the

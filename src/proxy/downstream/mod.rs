@@ -21,6 +21,7 @@
 
 use std::cell::RefCell;
 use std::collections::HashMap;
+use std::future::Future;
 use std::net::{IpAddr, SocketAddr};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::task::{Context, Waker};
@@ -134,55 +135,60 @@ impl DownstreamClient {
     /// idle connection handed back unsent (it closed meanwhile) goes on the
     /// next idle one, or a new one; a request that left is never sent
     /// again.
-    pub(crate) async fn send(
+    // Not an `async fn`: its future would hold the arguments twice
+    // (rust-lang/rust#62958), in the future every request allocates.
+    #[allow(clippy::manual_async_fn)]
+    pub(crate) fn send(
         &self,
         outgoing: Outgoing,
-    ) -> Result<Response<DrivenBody>, DownstreamError> {
-        let key = self.key(&outgoing.target)?;
-        // Let the other requests that are ready be read first, as
-        // hyper-util's connection tasks did: their downstream writes then go
-        // out in one turn of the scheduler, and a downstream on the same CPU
-        // wakes (and preempts the proxy) once for them, not once a request.
-        // Measured (tests/bench/README.md): at 32 connections 2 µs less
-        // kernel time a request, 0.43× → 0.47× nginx; at 256, 9,000 →
-        // 11,800 requests/s and 85 → 68 µs CPU a request.
-        tokio::task::yield_now().await;
-        let mut prepared =
-            Prepared::new(outgoing, key.host_header()).map_err(DownstreamError::Request)?;
-        let mut reused = checkout(&key, self.idle_timeout);
-        loop {
-            let fresh = reused.is_none();
-            let mut pooled = match reused.take() {
-                Some(idle) => idle,
-                // Boxed: connecting (TCP, TLS) takes a larger future than
-                // the rest of a request; kept inline it would make every
-                // request's future that large.
-                None => Box::pin(self.connect(&key)).await?,
-            };
-            let method = match pooled.conn.send(prepared).await {
-                Ok(method) => method,
-                // The request never left: a closed idle connection.
-                Err(Ok(unsent)) if !fresh => {
-                    prepared = unsent;
-                    reused = checkout(&key, self.idle_timeout);
-                    continue;
-                }
-                Err(Ok(_)) => {
-                    return Err(DownstreamError::Request(ExchangeError::ClosedBeforeAnswer))
-                }
-                Err(Err(failed)) => return Err(DownstreamError::Request(failed)),
-            };
-            let answer = pooled
-                .conn
-                .read_answer(&method)
-                .await
-                .map_err(DownstreamError::Request)?;
-            let body = DrivenBody::new(answer.framing, answer.keep_alive, pooled, key);
-            let mut response = Response::new(body);
-            *response.status_mut() = answer.status;
-            *response.version_mut() = answer.version;
-            *response.headers_mut() = answer.headers;
-            return Ok(response);
+    ) -> impl Future<Output = Result<Response<DrivenBody>, DownstreamError>> + Send + '_ {
+        async move {
+            let key = self.key(&outgoing.target)?;
+            // Let the other requests that are ready be read first, as
+            // hyper-util's connection tasks did: their downstream writes then go
+            // out in one turn of the scheduler, and a downstream on the same CPU
+            // wakes (and preempts the proxy) once for them, not once a request.
+            // Measured (tests/bench/README.md): at 32 connections 2 µs less
+            // kernel time a request, 0.43× → 0.47× nginx; at 256, 9,000 →
+            // 11,800 requests/s and 85 → 68 µs CPU a request.
+            tokio::task::yield_now().await;
+            let mut prepared =
+                Prepared::new(outgoing, key.host_header()).map_err(DownstreamError::Request)?;
+            let mut reused = checkout(&key, self.idle_timeout);
+            loop {
+                let fresh = reused.is_none();
+                let mut pooled = match reused.take() {
+                    Some(idle) => idle,
+                    // Boxed: connecting (TCP, TLS) takes a larger future than
+                    // the rest of a request; kept inline it would make every
+                    // request's future that large.
+                    None => Box::pin(self.connect(&key)).await?,
+                };
+                let method = match pooled.conn.send(prepared).await {
+                    Ok(method) => method,
+                    // The request never left: a closed idle connection.
+                    Err(Ok(unsent)) if !fresh => {
+                        prepared = unsent;
+                        reused = checkout(&key, self.idle_timeout);
+                        continue;
+                    }
+                    Err(Ok(_)) => {
+                        return Err(DownstreamError::Request(ExchangeError::ClosedBeforeAnswer))
+                    }
+                    Err(Err(failed)) => return Err(DownstreamError::Request(failed)),
+                };
+                let answer = pooled
+                    .conn
+                    .read_answer(&method)
+                    .await
+                    .map_err(DownstreamError::Request)?;
+                let body = DrivenBody::new(answer.framing, answer.keep_alive, pooled, key);
+                let mut response = Response::new(body);
+                *response.status_mut() = answer.status;
+                *response.version_mut() = answer.version;
+                *response.headers_mut() = answer.headers;
+                return Ok(response);
+            }
         }
     }
 
