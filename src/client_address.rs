@@ -157,15 +157,16 @@ pub(crate) fn client_address(
     client
 }
 
-/// The client address of a request, resolved once at the edge of the stack
-/// (`server::stack`) so that audit and rate limits agree on it.
+/// The client address of a request behind a trusted proxy, resolved once at
+/// the edge of the stack (`server::stack`) so that audit and rate limits
+/// agree on it. A request without one comes from its TCP peer.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub(crate) struct ClientAddress(pub IpAddr);
 
 impl ClientAddress {
-    /// The resolved address, else the TCP peer (requests that did not pass
-    /// the resolving layer, e.g. in unit tests), else `None` (built
-    /// in-process).
+    /// The resolved address, else the TCP peer (which is the client when
+    /// it is not a trusted proxy, or the request did not pass the resolving
+    /// layer, e.g. in unit tests), else `None` (built in-process).
     pub(crate) fn of<B>(request: &Request<B>) -> Option<IpAddr> {
         match request.extensions().get::<ClientAddress>() {
             Some(ClientAddress(ip)) => Some(*ip),
@@ -177,15 +178,26 @@ impl ClientAddress {
     }
 }
 
-/// [`client_address`] of a request accepted by our listener (which records
-/// the peer as `ConnectInfo`); `None` for requests built in-process.
-pub(crate) fn of_request<B>(request: &Request<B>, trusted: &TrustedProxies) -> Option<IpAddr> {
+/// The client of a request accepted by our listener (which records the
+/// peer as `ConnectInfo`) when it is behind a trusted proxy: the
+/// [`client_address`] its `X-Forwarded-For` names. `None` when the peer is
+/// the client (what [`ClientAddress::of`] falls back to), and for requests
+/// built in-process.
+pub(crate) fn behind_trusted_proxy<B>(
+    request: &Request<B>,
+    trusted: &TrustedProxies,
+) -> Option<ClientAddress> {
     let peer = request
         .extensions()
         .get::<ConnectInfo<SocketAddr>>()?
         .0
-        .ip();
-    Some(client_address(peer, request.headers(), trusted))
+        .ip()
+        .to_canonical();
+    if !trusted.contains(peer) {
+        return None;
+    }
+    let client = client_address(peer, request.headers(), trusted);
+    (client != peer).then_some(ClientAddress(client))
 }
 
 #[cfg(test)]
@@ -259,6 +271,42 @@ mod tests {
             client_address(ip("10.1.2.3"), &HeaderMap::new(), &lb),
             ip("10.1.2.3")
         );
+    }
+
+    #[test]
+    fn the_address_the_stack_files_or_leaves_to_the_peer_is_the_resolved_one() {
+        let lb = trusted(&["10.0.0.0/8"]);
+        // As the stack does it: filed when resolved to another address
+        // than the peer, else left for `ClientAddress::of` to read.
+        let resolved_by_stack = |peer: &str, headers: HeaderMap| {
+            let mut request = Request::new(());
+            *request.headers_mut() = headers;
+            request
+                .extensions_mut()
+                .insert(ConnectInfo(SocketAddr::new(ip(peer), 40000)));
+            if let Some(filed) = behind_trusted_proxy(&request, &lb) {
+                assert_ne!(
+                    filed.0,
+                    ip(peer).to_canonical(),
+                    "only another address is filed"
+                );
+                request.extensions_mut().insert(filed);
+            }
+            ClientAddress::of(&request)
+        };
+        for (peer, headers) in [
+            // A client straight from the internet, lying or not.
+            ("203.0.113.9", xff(&["1.2.3.4"])),
+            ("203.0.113.9", HeaderMap::new()),
+            ("::ffff:203.0.113.9", xff(&["1.2.3.4"])),
+            // Behind the balancer, and the balancer itself.
+            ("10.1.2.3", xff(&["6.6.6.6", "198.51.100.7"])),
+            ("::ffff:10.1.2.3", xff(&["198.51.100.7"])),
+            ("10.1.2.3", HeaderMap::new()),
+        ] {
+            let expected = client_address(ip(peer), &headers, &lb);
+            assert_eq!(resolved_by_stack(peer, headers), Some(expected), "{peer}");
+        }
     }
 
     #[test]
