@@ -22,12 +22,29 @@ pub(crate) type RecordHttpLayer = AroundLayer<RecordHttp>;
 #[derive(Clone)]
 pub(crate) struct RecordHttp {
     metrics: Arc<Metrics>,
+    /// The route of every request this layer sees, when it is in front of
+    /// one endpoint; else each request's `MatchedPath` (axum's routes).
+    route: Option<RouteTemplate>,
 }
 
 impl RecordHttp {
-    /// The layer, counting into `metrics`.
+    /// The layer in front of axum's router, counting into `metrics` by
+    /// the route axum matched.
     pub(crate) fn layer(metrics: Arc<Metrics>) -> RecordHttpLayer {
-        AroundLayer::new(RecordHttp { metrics })
+        AroundLayer::new(RecordHttp {
+            metrics,
+            route: None,
+        })
+    }
+
+    /// The layer in front of the one endpoint at `route` (an MCP endpoint,
+    /// matched by `server::stack::Routes`): the label is known without
+    /// anything filed in each request.
+    pub(crate) fn for_route(metrics: Arc<Metrics>, route: RouteTemplate) -> RecordHttpLayer {
+        AroundLayer::new(RecordHttp {
+            metrics,
+            route: Some(route),
+        })
     }
 }
 
@@ -90,19 +107,14 @@ enum RouteLabel {
 }
 
 impl RouteLabel {
+    /// The label of a request to one of axum's routes. It shares its text
+    /// with the route: no allocation per request.
     fn of<B>(request: &Request<B>) -> Option<Self> {
-        let extensions = request.extensions();
-        // Both share their text; no allocation per request.
-        extensions
-            .get::<RouteTemplate>()
+        request
+            .extensions()
+            .get::<MatchedPath>()
             .cloned()
-            .map(RouteLabel::Ours)
-            .or_else(|| {
-                extensions
-                    .get::<MatchedPath>()
-                    .cloned()
-                    .map(RouteLabel::Axums)
-            })
+            .map(RouteLabel::Axums)
     }
 }
 
@@ -132,7 +144,10 @@ impl<B, R, E> Around<Request<B>, Response<R>, E> for RecordHttp {
     fn enter(&self, request: &mut Request<B>) -> Result<HttpVisit, Result<Response<R>, E>> {
         Ok(HttpVisit {
             metrics: self.metrics.clone(),
-            route: RouteLabel::of(request),
+            route: match &self.route {
+                Some(template) => Some(RouteLabel::Ours(template.clone())),
+                None => RouteLabel::of(request),
+            },
             method: method_index(request.method()),
             started: clock::now(),
         })

@@ -302,9 +302,9 @@ where
 }
 
 /// How many values the stack files in a request's extensions at most: on
-/// an MCP endpoint the peer, the client address, the route, the audit
-/// slot, the session, the policy's outcome, version and call, and the
-/// session's owner (9), with room to spare.
+/// an MCP endpoint the peer, the client address (behind a trusted proxy),
+/// the audit slot, the session, the policy's outcome, version and call,
+/// and the session's owner (8), with room to spare.
 const FILED_EXTENSIONS: usize = 12;
 
 /// Gives a request's extension map room for [`FILED_EXTENSIONS`] values,

@@ -18,7 +18,7 @@ use tower::{Layer, Service, ServiceExt};
 
 use crate::auth::Authenticate;
 use crate::checkpoint::AroundLayer;
-use crate::client_address::{self, ClientAddress};
+use crate::client_address;
 use crate::config::LimitGroup;
 use crate::error::{OAuthError, PageError, ProxyError};
 use crate::metrics::audit::Audit;
@@ -124,42 +124,53 @@ pub(crate) fn router(app: AppState, hooks: &Hooks) -> Routes {
     // router as one stack: axum boxes each route again for every
     // `Router::layer` call, and clones (allocates) every box per request,
     // so one call instead of five is four allocations less per clone.
-    let every_request = tower::ServiceBuilder::new()
-        // Every request gets an id before anything logs, and its answer
-        // carries it back.
-        .layer(RequestIds::layer())
-        // One span per request, with method and path only: queries carry
-        // codes and state, which must never reach a log. A 5xx is logged
-        // as a failure at `warn` (its cause where it arose).
-        .layer(TraceRequestsLayer)
-        // Count and time every request by its route template; runs after
-        // routing (a layer of the router), so the raw path never becomes a
-        // label.
-        .layer(RecordHttp::layer(app_metrics))
-        // Who is calling, honouring `server.trusted_proxies`: resolved once,
-        // before any rate limit or the audit asks.
-        .layer(tower::util::MapRequestLayer::new(
-            move |mut request: Request<axum::body::Body>| {
-                if let Some(ip) = client_address::of_request(&request, &trusted_proxies) {
-                    request.extensions_mut().insert(ClientAddress(ip));
-                }
-                request
-            },
-        ));
+    // `record` counts and times by route: an MCP endpoint's knows its
+    // route, the router's reads the one axum matched.
+    let every_request = |record| {
+        let trusted_proxies = trusted_proxies.clone();
+        tower::ServiceBuilder::new()
+            // Every request gets an id before anything logs, and its answer
+            // carries it back.
+            .layer(RequestIds::layer())
+            // One span per request, with method and path only: queries
+            // carry codes and state, which must never reach a log. A 5xx is
+            // logged as a failure at `warn` (its cause where it arose).
+            .layer(TraceRequestsLayer)
+            // Count and time every request by its route template; runs
+            // after routing (a layer of the router, or of one endpoint),
+            // so the raw path never becomes a label.
+            .layer(record)
+            // Who is calling, honouring `server.trusted_proxies`: resolved
+            // once, before any rate limit or the audit asks. Filed only
+            // when it is not the peer itself (a trusted proxy's client):
+            // otherwise `ClientAddress::of` reads the peer, and a request
+            // files one extension (an allocation) less.
+            .layer(tower::util::MapRequestLayer::new(
+                move |mut request: Request<axum::body::Body>| {
+                    if let Some(resolved) =
+                        client_address::behind_trusted_proxy(&request, &trusted_proxies)
+                    {
+                        request.extensions_mut().insert(resolved);
+                    }
+                    request
+                },
+            ))
+    };
     let endpoints = endpoints
         .into_iter()
-        .map(|(path, endpoint)| {
+        .map(|(template, endpoint)| {
             // One body type out, as axum's routes answer with.
-            let endpoint = every_request
-                .service(endpoint)
-                .map_response(|response: Response<_>| response.map(Body::new));
-            (path, BoxCloneSyncService::new(endpoint))
+            let endpoint =
+                every_request(RecordHttp::for_route(app_metrics.clone(), template.clone()))
+                    .service(endpoint)
+                    .map_response(|response: Response<_>| response.map(Body::new));
+            (template, BoxCloneSyncService::new(endpoint))
         })
         .collect();
     let others = Router::new()
         .merge(oauth_routes(&app, &limits))
         .with_state(app)
-        .layer(every_request);
+        .layer(every_request(RecordHttp::layer(app_metrics)));
     Routes::new(endpoints, others)
 }
 
@@ -470,13 +481,7 @@ where
             .iter()
             .find(|(template, _)| template.as_str() == path)
         {
-            Some((template, endpoint)) => {
-                let mut request = request.map(Body::new);
-                // The metrics' route label, as axum's `MatchedPath` is for
-                // the routes it matches.
-                request.extensions_mut().insert(template.clone());
-                Either::Left(endpoint.clone().oneshot(request))
-            }
+            Some((_, endpoint)) => Either::Left(endpoint.clone().oneshot(request.map(Body::new))),
             None => Either::Right(self.others.call(request)),
         }
     }

@@ -84,15 +84,14 @@ async fn a_failure_without_an_answer_is_not_counted() {
     }
 }
 
-/// A request for `template`, as `server::stack::Routes` files it.
-fn on_template(template: &RouteTemplate, method: Method) -> Request<Body> {
-    let mut request = Request::builder()
+/// A request to the endpoint at `/mcp`, with a query the label must not
+/// show.
+fn to_endpoint(method: Method) -> Request<Body> {
+    Request::builder()
         .method(method)
         .uri("/mcp?raw=1")
         .body(Body::empty())
-        .expect("request");
-    request.extensions_mut().insert(template.clone());
-    request
+        .expect("request")
 }
 
 #[tokio::test]
@@ -105,9 +104,9 @@ async fn a_route_templates_series_are_the_registrys_and_counted_each_time() {
         (Method::POST, StatusCode::FORBIDDEN),
         (Method::GET, StatusCode::OK),
     ] {
-        RecordHttp::layer(metrics.clone())
+        RecordHttp::for_route(metrics.clone(), template.clone())
             .layer(answering(status))
-            .oneshot(on_template(&template, method))
+            .oneshot(to_endpoint(method))
             .await
             .expect("infallible");
     }
@@ -135,9 +134,9 @@ async fn a_route_templates_series_are_the_registrys_and_counted_each_time() {
 async fn a_route_template_counts_nothing_when_metrics_are_off() {
     let metrics = Metrics::disabled();
     let template = RouteTemplate::new("/mcp");
-    RecordHttp::layer(metrics.clone())
+    RecordHttp::for_route(metrics.clone(), template.clone())
         .layer(answering(StatusCode::OK))
-        .oneshot(on_template(&template, Method::POST))
+        .oneshot(to_endpoint(Method::POST))
         .await
         .expect("infallible");
     assert!(!metrics.render().contains("/mcp"));
