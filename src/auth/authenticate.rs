@@ -103,7 +103,7 @@ where
             let token = bearer_token(&request)?;
             // Boxed: inline, the lookup's future (moka's, 968 bytes) is part of
             // this checkpoint's for the whole request, copied into its box and
-            // held while the downstream answers (1,776 bytes; 992 now). With
+            // held while the downstream answers (1,776 bytes; 576 now). With
             // many requests in flight their memory no longer fits the cache
             // (`INSTR_CACHE=1 instructions.mjs`); boxed, it is let go when the
             // lookup ends.

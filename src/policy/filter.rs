@@ -243,7 +243,7 @@ where
     }
 
     // Not an `async fn`: its future would hold the arguments twice
-    // (rust-lang/rust#62958), in the future every request allocates.
+    // (rust-lang/rust#62958), in the future each list call allocates.
     #[allow(clippy::manual_async_fn)]
     fn run(
         self,
