@@ -7,6 +7,12 @@
 //! stack, see [`embed`].
 #![forbid(unsafe_code)]
 #![warn(unreachable_pub, missing_docs)]
+// The request path writes a future that is boxed per request as
+// `fn f(..) -> impl Future { async move { .. } }`, on purpose: an `async fn`
+// holds its arguments twice in its future (rust-lang/rust#62958), and each
+// copy is written into fresh memory for every request (`Checkpoint::run`).
+// The lint would turn them back into `async fn`s.
+#![allow(clippy::manual_async_fn)]
 
 pub mod assertion;
 pub(crate) mod auth;

@@ -91,9 +91,6 @@ where
     S: Service<Request<B>, Error: From<ProxyError>, Future: Send> + Send + 'static,
     B: Send + 'static,
 {
-    // Not an `async fn`: its future would hold the arguments twice
-    // (rust-lang/rust#62958), in the future every request allocates.
-    #[allow(clippy::manual_async_fn)]
     fn run(
         self,
         mut inner: S,

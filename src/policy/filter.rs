@@ -242,9 +242,6 @@ where
         list_kind(request).is_none()
     }
 
-    // Not an `async fn`: its future would hold the arguments twice
-    // (rust-lang/rust#62958), in the future each list call allocates.
-    #[allow(clippy::manual_async_fn)]
     fn run(
         self,
         mut inner: S,

@@ -501,9 +501,6 @@ impl<S> Checkpoint<S, Request<Body>> for EnforcePolicy
 where
     S: Service<Request<Body>, Error: From<ProxyError>, Future: Send> + Send + 'static,
 {
-    // Not an `async fn`: its future would hold the arguments twice
-    // (rust-lang/rust#62958), in the future every request allocates.
-    #[allow(clippy::manual_async_fn)]
     fn run(
         self,
         mut inner: S,

@@ -215,7 +215,6 @@ impl Caller {
 /// some requests have (an identity assertion signed, a session bound or
 /// ended) boxed where they happen. Measured with `-Zprint-type-sizes`:
 /// 2,688 bytes before, copied into a new allocation each request.
-#[allow(clippy::manual_async_fn)]
 fn forward(
     context: Arc<ForwardContext>,
     route: Endpoint,
@@ -327,9 +326,6 @@ fn downstream_request(
 
 /// Sends the request, waiting `downstream.response_timeout` at most for the
 /// answer to start, and counts the outcome.
-// Not an `async fn`: its future would hold the arguments twice
-// (rust-lang/rust#62958), in the future every request allocates.
-#[allow(clippy::manual_async_fn)]
 fn send<'a>(
     context: &'a ForwardContext,
     metrics: &'a EndpointMetrics,

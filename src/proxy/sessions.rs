@@ -255,9 +255,6 @@ where
     S::Error: From<ProxyError>,
     S::Future: Send,
 {
-    // Not an `async fn`: its future would hold the arguments twice
-    // (rust-lang/rust#62958), in the future every request allocates.
-    #[allow(clippy::manual_async_fn)]
     fn run(
         self,
         mut inner: S,

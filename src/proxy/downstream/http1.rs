@@ -212,9 +212,6 @@ impl Conn {
     /// Writes the request: its head and the body data already there in
     /// one write. `Err(Ok(prepared))`: nothing reached the downstream (the
     /// connection had closed), so the request may go on another one.
-    // Not an `async fn`: its future would hold the arguments twice
-    // (rust-lang/rust#62958), in the future every request allocates.
-    #[allow(clippy::manual_async_fn)]
     pub(super) fn send(
         &mut self,
         prepared: Prepared,

@@ -135,9 +135,6 @@ impl DownstreamClient {
     /// idle connection handed back unsent (it closed meanwhile) goes on the
     /// next idle one, or a new one; a request that left is never sent
     /// again.
-    // Not an `async fn`: its future would hold the arguments twice
-    // (rust-lang/rust#62958), in the future every request allocates.
-    #[allow(clippy::manual_async_fn)]
     pub(crate) fn send(
         &self,
         outgoing: Outgoing,
