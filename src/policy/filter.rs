@@ -18,7 +18,7 @@ use super::{CompiledPolicy, Decision, PolicyEngine};
 use crate::checkpoint::{Checkpoint, CheckpointLayer};
 use crate::error::ProxyError;
 use crate::event_stream::{parse_event, render_event, EventSplitter};
-use crate::session::Session;
+use crate::session::{authenticated, Session};
 
 /// The largest list answer filtered in one piece (JSON answers are read
 /// whole to filter them; an event stream's events are bounded alike).
@@ -195,20 +195,17 @@ impl FilterLists {
         request: &Request<B>,
         kind: ListKind,
     ) -> Result<Visibility, ProxyError> {
-        let extensions = request.extensions();
-        let (Some(session), Some(policy)) = (
-            extensions.get::<Arc<Session>>(),
-            extensions.get::<Arc<CompiledPolicy>>(),
-        ) else {
-            return Err(ProxyError::Forbidden(
-                "no policy decision to filter the list with".into(),
-            ));
-        };
+        let session = authenticated(request)?;
+        let policy = request
+            .extensions()
+            .get::<Arc<CompiledPolicy>>()
+            .cloned()
+            .ok_or_else(|| ProxyError::Forbidden("no policy decision".into()))?;
         Ok(Visibility {
             engine: self.engine.clone(),
-            user: script_user(session, &self.issuer),
-            session: session.clone(),
-            policy: policy.clone(),
+            user: script_user(&session, &self.issuer),
+            session,
+            policy,
             view: RequestView::new(
                 self.engine.route(),
                 request.method(),

@@ -507,11 +507,7 @@ where
         request: Request<Body>,
     ) -> impl Future<Output = Result<S::Response, S::Error>> + Send + 'static {
         async move {
-            let session = request
-                .extensions()
-                .get::<Arc<Session>>()
-                .cloned()
-                .ok_or(ProxyError::Forbidden("no authenticated session".into()))?;
+            let session = crate::session::authenticated(&request)?;
             let (mut parts, body) = request.into_parts();
             let (body, calls) = self.read_calls(&parts.method, &parts.headers, body).await?;
             let audit = parts.extensions.get::<AuditSlot>().cloned();

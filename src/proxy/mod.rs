@@ -188,11 +188,8 @@ struct Caller {
 
 impl Caller {
     fn of(request: &mut Request<Body>) -> Result<Caller, ProxyError> {
+        let session = crate::session::authenticated(request)?;
         let extensions = request.extensions_mut();
-        let session = extensions
-            .get::<Arc<Session>>()
-            .cloned()
-            .ok_or_else(|| ProxyError::Forbidden("no authenticated session".into()))?;
         let outcome = extensions
             .remove::<PolicyOutcome>()
             .ok_or_else(|| ProxyError::Forbidden("no policy decision".into()))?;

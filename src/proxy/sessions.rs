@@ -17,7 +17,7 @@ use super::Endpoint;
 use crate::checkpoint::{Checkpoint, CheckpointLayer};
 use crate::crypto::token_hash;
 use crate::error::ProxyError;
-use crate::session::Session;
+use crate::session::authenticated;
 use crate::store::{Namespace, Records};
 
 /// The header that carries a Streamable HTTP session id.
@@ -263,11 +263,7 @@ where
         async move {
             // The session itself, not a copy of its `sub`: a reference count
             // where a `String` was allocated and copied on every request.
-            let session = request
-                .extensions()
-                .get::<Arc<Session>>()
-                .cloned()
-                .ok_or_else(|| ProxyError::Forbidden("no authenticated session".into()))?;
+            let session = authenticated(&request)?;
             let sub = session.sub.as_str();
             // Malformed is refused on every route, though only /mcp checks it.
             let presented = presented_session_id(request.headers())?.map(str::to_string);

@@ -42,6 +42,7 @@ fn a_session_id_is_exactly_one_visible_ascii_value() {
 
 mod ownership {
     use super::*;
+    use crate::session::Session;
     use std::sync::atomic::{AtomicUsize, Ordering};
 
     use axum::body::Body;
