@@ -187,17 +187,10 @@ pub(crate) fn behind_trusted_proxy<B>(
     request: &Request<B>,
     trusted: &TrustedProxies,
 ) -> Option<ClientAddress> {
-    let peer = request
-        .extensions()
-        .get::<ConnectInfo<SocketAddr>>()?
-        .0
-        .ip()
-        .to_canonical();
-    if !trusted.contains(peer) {
-        return None;
-    }
+    let peer = request.extensions().get::<ConnectInfo<SocketAddr>>()?.0.ip();
+    // The peer itself, canonical, unless it is a trusted proxy.
     let client = client_address(peer, request.headers(), trusted);
-    (client != peer).then_some(ClientAddress(client))
+    (client != peer.to_canonical()).then_some(ClientAddress(client))
 }
 
 #[cfg(test)]
