@@ -187,7 +187,11 @@ pub(crate) fn behind_trusted_proxy<B>(
     request: &Request<B>,
     trusted: &TrustedProxies,
 ) -> Option<ClientAddress> {
-    let peer = request.extensions().get::<ConnectInfo<SocketAddr>>()?.0.ip();
+    let peer = request
+        .extensions()
+        .get::<ConnectInfo<SocketAddr>>()?
+        .0
+        .ip();
     // The peer itself, canonical, unless it is a trusted proxy.
     let client = client_address(peer, request.headers(), trusted);
     (client != peer.to_canonical()).then_some(ClientAddress(client))

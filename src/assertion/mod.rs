@@ -13,6 +13,7 @@
 
 mod keys;
 
+use std::future::Future;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, LazyLock};
 
@@ -269,23 +270,34 @@ impl RouteAssertions {
         RouteAssertions { signer, audience }
     }
 
-    /// Whether `outcome` asks for an assertion (holds a placeholder): what
-    /// [`RouteAssertions::fill_in`] does nothing without.
-    pub(crate) fn wanted(&self, outcome: &PolicyOutcome) -> bool {
-        outcome.headers.iter().any(|(_, v)| is_placeholder(v))
+    /// Replaces the placeholders of `outcome` with an assertion signed for
+    /// this request. Most requests ask for none: theirs costs one scan of
+    /// the headers, and the signing's future (the store, the key) is boxed
+    /// for a request that asks, so it is not part of every request's future
+    /// (the forwarder's, boxed per request).
+    pub(crate) fn fill_in<'a>(
+        &'a self,
+        outcome: &'a mut PolicyOutcome,
+        session: &'a Session,
+        request_id: Option<&'a HeaderValue>,
+    ) -> impl Future<Output = Result<(), ProxyError>> + Send + 'a {
+        let wanted = outcome.headers.iter().any(|(_, v)| is_placeholder(v));
+        let signing = wanted.then(|| Box::pin(self.sign_into(outcome, session, request_id)));
+        async move {
+            match signing {
+                Some(signing) => signing.await,
+                None => Ok(()),
+            }
+        }
     }
 
-    /// Replaces the placeholders of `outcome` with an assertion signed for
-    /// this request; costs one scan of the headers when there are none.
-    pub(crate) async fn fill_in(
+    /// Signs the assertion and puts it in place of the placeholders.
+    async fn sign_into(
         &self,
         outcome: &mut PolicyOutcome,
         session: &Session,
         request_id: Option<&HeaderValue>,
     ) -> Result<(), ProxyError> {
-        if !self.wanted(outcome) {
-            return Ok(());
-        }
         let request_id = request_id.and_then(|v| v.to_str().ok());
         let jwt = self
             .signer

@@ -220,15 +220,11 @@ fn forward(
 ) -> impl Future<Output = Result<Response<Body>, ProxyError>> + Send {
     async move {
         let mut caller = Caller::of(&mut request)?;
-        if context.assertions.wanted(&caller.outcome) {
-            let request_id = crate::session::request_id(&request);
-            Box::pin(
-                context
-                    .assertions
-                    .fill_in(&mut caller.outcome, &caller.session, request_id),
-            )
+        let request_id = crate::session::request_id(&request);
+        context
+            .assertions
+            .fill_in(&mut caller.outcome, &caller.session, request_id)
             .await?;
-        }
         let target = choose_target(&context, route, &caller.owned, request.uri())?;
         let is_delete = request.method() == Method::DELETE;
         let outgoing =
