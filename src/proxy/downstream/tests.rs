@@ -102,11 +102,6 @@ fn get(url: &str) -> Request<Body> {
 #[path = "../../../tests/common/ports.rs"]
 mod ports;
 
-/// A loopback port nothing listens on.
-fn unused_port() -> u16 {
-    ports::free_port()
-}
-
 /// A client as a route makes one (2 s to connect).
 fn client() -> DownstreamClient {
     DownstreamClient::new(Duration::from_secs(2))
@@ -317,7 +312,7 @@ async fn a_post_body_is_sent_whole() {
 
 #[tokio::test]
 async fn an_unreachable_downstream_is_a_connect_error() {
-    let port = unused_port();
+    let port = ports::free_port();
     let failed = failure_of(&format!("http://127.0.0.1:{port}/mcp")).await;
     assert!(
         matches!(failed, DownstreamError::Connect { .. }),
@@ -327,7 +322,7 @@ async fn an_unreachable_downstream_is_a_connect_error() {
 
 #[tokio::test]
 async fn a_refused_connection_reads_as_the_connectors_error_for_addresses_and_names() {
-    let port = unused_port();
+    let port = ports::free_port();
     // By address the client connects itself; by name, through the connector.
     for host in ["127.0.0.1", "localhost"] {
         let failed = failure_of(&format!("http://{host}:{port}/mcp")).await;
