@@ -389,6 +389,13 @@ impl MessageError {
 }
 
 impl ProxyError {
+    /// A layer below `Authenticate` found no session in the request
+    /// (`session::authenticated`): its stack lacks Authenticate, and the
+    /// request is refused.
+    pub(crate) fn no_session() -> Self {
+        ProxyError::Forbidden("no authenticated session".into())
+    }
+
     /// The HTTP status this failure is answered with.
     pub fn status(&self) -> StatusCode {
         match self {

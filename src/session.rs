@@ -24,15 +24,9 @@ pub(crate) fn request_id<B>(request: &http::Request<B>) -> Option<&HeaderValue> 
 
 /// The caller's session, as `auth::Authenticate` filed it in the request.
 /// A layer below Authenticate that finds none is in a stack without it,
-/// and refuses the request (fails closed).
-pub(crate) fn authenticated<B>(
-    request: &http::Request<B>,
-) -> Result<Arc<Session>, crate::error::ProxyError> {
-    request
-        .extensions()
-        .get::<Arc<Session>>()
-        .cloned()
-        .ok_or_else(|| crate::error::ProxyError::Forbidden("no authenticated session".into()))
+/// and refuses the request (`ProxyError::no_session`: it fails closed).
+pub(crate) fn authenticated<B>(request: &http::Request<B>) -> Option<Arc<Session>> {
+    request.extensions().get::<Arc<Session>>().cloned()
 }
 
 /// A revocation, announced so token caches can drop what they hold.

@@ -195,7 +195,7 @@ impl FilterLists {
         request: &Request<B>,
         kind: ListKind,
     ) -> Result<Visibility, ProxyError> {
-        let session = authenticated(request)?;
+        let session = authenticated(request).ok_or_else(ProxyError::no_session)?;
         let policy = request
             .extensions()
             .get::<Arc<CompiledPolicy>>()

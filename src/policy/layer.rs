@@ -507,7 +507,8 @@ where
         request: Request<Body>,
     ) -> impl Future<Output = Result<S::Response, S::Error>> + Send + 'static {
         async move {
-            let session = crate::session::authenticated(&request)?;
+            let session =
+                crate::session::authenticated(&request).ok_or_else(ProxyError::no_session)?;
             let (mut parts, body) = request.into_parts();
             let (body, calls) = self.read_calls(&parts.method, &parts.headers, body).await?;
             let audit = parts.extensions.get::<AuditSlot>().cloned();

@@ -188,7 +188,7 @@ struct Caller {
 
 impl Caller {
     fn of(request: &mut Request<Body>) -> Result<Caller, ProxyError> {
-        let session = crate::session::authenticated(request)?;
+        let session = crate::session::authenticated(request).ok_or_else(ProxyError::no_session)?;
         let extensions = request.extensions_mut();
         let outcome = extensions
             .remove::<PolicyOutcome>()
