@@ -326,7 +326,11 @@ impl DownstreamRoundTrip {
 
     /// One request on the forwarder's client; the answer's body length.
     pub async fn driven(&self) -> usize {
-        match self.driven.request(self.request()).await {
+        match self
+            .driven
+            .request(self.request(), Duration::from_secs(5))
+            .await
+        {
             Ok(response) => body_len(response.into_body()).await,
             Err(_) => 0,
         }

@@ -36,7 +36,7 @@ pub(crate) mod sessions;
 pub(crate) mod sse;
 pub(crate) mod unambiguous;
 
-use downstream::{DownstreamClient, DrivenBody, Outgoing};
+use downstream::{DownstreamClient, DownstreamError, DrivenBody, Outgoing};
 use sessions::{Binding, OwnedSession, SessionBindings, MCP_SESSION_ID, SESSION_KIND};
 
 /// Which MCP route a forwarder serves.
@@ -326,24 +326,20 @@ fn send<'a>(
 ) -> impl Future<Output = Result<Response<DrivenBody>, ProxyError>> + Send + 'a {
     async move {
         let started = clock::now();
-        let response = match tokio::time::timeout_at(
-            started + context.response_timeout,
-            context.client.send(outgoing),
-        )
-        .await
-        {
-            Ok(Ok(response)) => response,
-            Ok(Err(e)) => {
+        let deadline = started + context.response_timeout;
+        let response = match context.client.send(outgoing, deadline).await {
+            Ok(response) => response,
+            Err(DownstreamError::TimedOut) => {
+                metrics.downstream_timeout();
+                return Err(ProxyError::DownstreamTimeout(context.response_timeout));
+            }
+            Err(e) => {
                 metrics.downstream_connect_error();
                 return Err(ProxyError::DownstreamUnreachable(format!(
                     "route {}: {}",
                     context.route,
                     error_chain(&e)
                 )));
-            }
-            Err(_) => {
-                metrics.downstream_timeout();
-                return Err(ProxyError::DownstreamTimeout(context.response_timeout));
             }
         };
         metrics.downstream_response(

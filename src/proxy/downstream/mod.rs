@@ -23,8 +23,9 @@ use std::cell::RefCell;
 use std::collections::HashMap;
 use std::future::Future;
 use std::net::{IpAddr, SocketAddr};
+use std::pin::Pin;
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::task::{Context, Waker};
+use std::task::{Context, Poll, Waker};
 use std::time::Duration;
 
 use axum::body::Body;
@@ -34,7 +35,7 @@ use hyper_rustls::{HttpsConnector, MaybeHttpsStream};
 use hyper_util::client::legacy::connect::HttpConnector;
 use hyper_util::rt::TokioIo;
 use tokio::net::TcpStream;
-use tokio::time::Instant;
+use tokio::time::{Instant, Sleep};
 use tower::Service;
 
 use crate::clock;
@@ -79,6 +80,9 @@ pub(crate) enum DownstreamError {
     /// The exchange failed before the answer's head arrived.
     #[error("the request failed")]
     Request(#[source] ExchangeError),
+    /// The answer's head had not arrived by the request's deadline.
+    #[error("no answer before the deadline")]
+    TimedOut,
 }
 
 /// A route's downstream client. Clones share the pool (it is per thread and
@@ -122,22 +126,25 @@ impl DownstreamClient {
     }
 
     /// Sends `request` (an absolute URI), as [`DownstreamClient::send`]
-    /// does, with its headers as they are.
+    /// does, with its headers as they are, waiting `timeout` at most for
+    /// the answer to start.
     pub(crate) async fn request(
         &self,
         request: Request<Body>,
+        timeout: Duration,
     ) -> Result<Response<DrivenBody>, DownstreamError> {
-        self.send(request.into()).await
+        self.send(request.into(), clock::now() + timeout).await
     }
 
     /// Sends `outgoing` on an idle connection of this thread's pool, or a
-    /// new one, and returns the answer once its head arrived. A request an
-    /// idle connection handed back unsent (it closed meanwhile) goes on the
-    /// next idle one, or a new one; a request that left is never sent
-    /// again.
+    /// new one, and returns the answer once its head arrived, unless
+    /// `deadline` passes first. A request an idle connection handed back
+    /// unsent (it closed meanwhile) goes on the next idle one, or a new
+    /// one; a request that left is never sent again.
     pub(crate) fn send(
         &self,
         outgoing: Outgoing,
+        deadline: Instant,
     ) -> impl Future<Output = Result<Response<DrivenBody>, DownstreamError>> + Send + '_ {
         async move {
             let key = self.key(&outgoing.target)?;
@@ -159,9 +166,17 @@ impl DownstreamClient {
                     // Boxed: connecting (TCP, TLS) takes a larger future than
                     // the rest of a request; kept inline it would make every
                     // request's future that large.
-                    None => Box::pin(self.connect(&key)).await?,
+                    None => Box::pin(tokio::time::timeout_at(deadline, self.connect(&key)))
+                        .await
+                        .map_err(|_| DownstreamError::TimedOut)??,
                 };
-                let method = match pooled.conn.send(prepared).await {
+                pooled.deadline.as_mut().reset(deadline);
+                let Pooled {
+                    conn,
+                    deadline: timer,
+                    ..
+                } = &mut pooled;
+                let method = match Within::new(conn.send(prepared), timer.as_mut()).await? {
                     Ok(method) => method,
                     // The request never left: a closed idle connection.
                     Err(Ok(unsent)) if !fresh => {
@@ -174,10 +189,8 @@ impl DownstreamClient {
                     }
                     Err(Err(failed)) => return Err(DownstreamError::Request(failed)),
                 };
-                let answer = pooled
-                    .conn
-                    .read_answer(&method)
-                    .await
+                let answer = Within::new(conn.read_answer(&method), timer.as_mut())
+                    .await?
                     .map_err(DownstreamError::Request)?;
                 let body = DrivenBody::new(answer.framing, answer.keep_alive, pooled, key);
                 let mut response = Response::new(body);
@@ -285,15 +298,58 @@ pub(super) struct Pooled {
     /// answer's body, back); boxed, each move is a pointer.
     conn: Box<Conn>,
     idle_since: Instant,
+    /// The deadline of the request using the connection: one timer entry
+    /// for the connection's life, moved to each request's deadline. A
+    /// later deadline is one atomic update of the entry (tokio moves it in
+    /// its wheel only when the old one comes); a timer made per request
+    /// was inserted in the runtime's wheel and removed from it again, under
+    /// its lock, every time (~1,000 instructions, tests/bench/README.md).
+    /// When the connection waits in the pool or streams a body, its last
+    /// deadline may still come: it wakes the last request's task once, for
+    /// nothing. (A connection of a runtime that ended, on a thread that
+    /// runs another now, is found closed before its timer is asked.)
+    deadline: Pin<Box<Sleep>>,
 }
 
 impl Pooled {
     /// A connection just opened, by either way of connecting.
     fn opened(io: MaybeHttpsStream<TokioIo<TcpStream>>) -> Self {
+        let now = clock::now();
         Pooled {
             conn: Box::new(Conn::new(TokioIo::new(io))),
-            idle_since: clock::now(),
+            idle_since: now,
+            deadline: Box::pin(tokio::time::sleep_until(now)),
         }
+    }
+}
+
+pin_project_lite::pin_project! {
+    /// `work`, unless the deadline passes first.
+    struct Within<'a, F> {
+        #[pin]
+        work: F,
+        deadline: Pin<&'a mut Sleep>,
+    }
+}
+
+impl<'a, F> Within<'a, F> {
+    fn new(work: F, deadline: Pin<&'a mut Sleep>) -> Self {
+        Within { work, deadline }
+    }
+}
+
+impl<F: Future> Future for Within<'_, F> {
+    type Output = Result<F::Output, DownstreamError>;
+
+    fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
+        let this = self.project();
+        if let Poll::Ready(done) = this.work.poll(cx) {
+            return Poll::Ready(Ok(done));
+        }
+        this.deadline
+            .as_mut()
+            .poll(cx)
+            .map(|()| Err(DownstreamError::TimedOut))
     }
 }
 

@@ -102,6 +102,9 @@ fn get(url: &str) -> Request<Body> {
 #[path = "../../../tests/common/ports.rs"]
 mod ports;
 
+/// How long the tests' requests wait for an answer at most.
+const WAIT: Duration = Duration::from_secs(5);
+
 /// A client as a route makes one (2 s to connect).
 fn client() -> DownstreamClient {
     DownstreamClient::new(Duration::from_secs(2))
@@ -109,7 +112,7 @@ fn client() -> DownstreamClient {
 
 /// How a GET of `url` by a new client fails.
 async fn failure_of(url: &str) -> DownstreamError {
-    client().request(get(url)).await.unwrap_err()
+    client().request(get(url), WAIT).await.unwrap_err()
 }
 
 async fn text(response: axum::http::Response<super::DrivenBody>) -> String {
@@ -122,7 +125,10 @@ async fn a_connection_read_to_its_end_serves_the_next_request() {
     let (base, mut seen) = server(ok_json).await;
     let client = client();
     for _ in 0..5 {
-        let response = client.request(get(&format!("{base}/mcp"))).await.unwrap();
+        let response = client
+            .request(get(&format!("{base}/mcp")), WAIT)
+            .await
+            .unwrap();
         assert_eq!(text(response).await, "{}");
     }
     assert_eq!(seen.connections.load(Ordering::SeqCst), 1);
@@ -137,7 +143,7 @@ async fn a_connection_read_to_its_end_serves_the_next_request() {
 /// The head the downstream saw for one GET of `url` by a new client.
 async fn head_sent(url: &str, seen: &mut Seen) -> String {
     let client = client();
-    let response = client.request(get(url)).await.unwrap();
+    let response = client.request(get(url), WAIT).await.unwrap();
     text(response).await;
     seen.heads.recv().await.unwrap()
 }
@@ -148,7 +154,7 @@ async fn a_connection_waiting_in_the_pool_holds_no_read_buffer() {
     let client = client();
     let request = get(&format!("{base}/mcp"));
     let key = client.key(request.uri()).unwrap();
-    let response = client.request(request).await.unwrap();
+    let response = client.request(request, WAIT).await.unwrap();
     assert_eq!(text(response).await, "{}");
     let mut pooled = super::checkout(&key, super::POOL_IDLE_TIMEOUT)
         .expect("the connection is back in the pool");
@@ -175,9 +181,9 @@ async fn an_answer_left_unread_closes_its_connection() {
     let url = format!("{base}/mcp");
     // The head arrived, the body was never asked for: the connection is in
     // an unknown state and must not carry another request.
-    let response = client.request(get(&url)).await.unwrap();
+    let response = client.request(get(&url), WAIT).await.unwrap();
     drop(response);
-    let response = client.request(get(&url)).await.unwrap();
+    let response = client.request(get(&url), WAIT).await.unwrap();
     assert_eq!(text(response).await, "{}");
     assert_eq!(seen.connections.load(Ordering::SeqCst), 2);
 }
@@ -197,7 +203,7 @@ async fn a_connection_the_downstream_closed_while_idle_is_replaced() {
     let client = client();
     let url = format!("{base}/mcp");
     for _ in 0..3 {
-        let response = client.request(get(&url)).await.unwrap();
+        let response = client.request(get(&url), WAIT).await.unwrap();
         assert_eq!(text(response).await, "{}");
         // Give the close time to arrive before the next checkout.
         tokio::time::sleep(Duration::from_millis(60)).await;
@@ -223,7 +229,10 @@ async fn what_the_downstream_already_sent_reaches_the_client_in_one_frame() {
     })
     .await;
     let client = client();
-    let response = client.request(get(&format!("{base}/mcp"))).await.unwrap();
+    let response = client
+        .request(get(&format!("{base}/mcp")), WAIT)
+        .await
+        .unwrap();
     tokio::time::sleep(Duration::from_millis(100)).await;
     let mut body = response.into_body();
     let mut frames = Vec::new();
@@ -260,7 +269,10 @@ async fn an_event_is_handed_on_as_soon_as_it_arrives() {
     })
     .await;
     let client = client();
-    let response = client.request(get(&format!("{base}/mcp"))).await.unwrap();
+    let response = client
+        .request(get(&format!("{base}/mcp")), WAIT)
+        .await
+        .unwrap();
     let mut body = response.into_body();
     let first = tokio::time::timeout(Duration::from_secs(2), body.frame())
         .await
@@ -300,7 +312,7 @@ async fn a_post_body_is_sent_whole() {
         .header("content-length", payload.len())
         .body(Body::from(payload))
         .unwrap();
-    let response = client.request(request).await.unwrap();
+    let response = client.request(request, WAIT).await.unwrap();
     assert_eq!(text(response).await, payload);
     assert!(seen
         .heads
@@ -344,7 +356,10 @@ async fn an_ipv6_downstream_is_reached_by_its_bracketed_address() {
     // `http://[::1]:<port>`: the address as a URL writes it.
     let (base, _seen) = server_on(listener, ok_json);
     assert!(base.starts_with("http://[::1]:"), "{base}");
-    let response = client().request(get(&format!("{base}/mcp"))).await.unwrap();
+    let response = client()
+        .request(get(&format!("{base}/mcp")), WAIT)
+        .await
+        .unwrap();
     assert_eq!(text(response).await, "{}");
 }
 
@@ -391,7 +406,7 @@ async fn a_body_dropped_once_it_says_it_ended_keeps_its_connection() {
     let client = client();
     let url = format!("{base}/mcp");
     for _ in 0..3 {
-        let mut body = client.request(get(&url)).await.unwrap().into_body();
+        let mut body = client.request(get(&url), WAIT).await.unwrap().into_body();
         let frame = body.frame().await.unwrap().unwrap();
         assert_eq!(frame.into_data().unwrap(), "{}");
         assert!(http_body::Body::is_end_stream(&body));
@@ -558,37 +573,4 @@ async fn invariant_9_the_downstreams_answer_head_is_bounded() {
     );
 }
 
-#[tokio::test]
-async fn a_connection_idle_past_the_pools_timeout_is_closed_not_reused() {
-    let (base, seen) = server(ok_json).await;
-    let idle_timeout = Duration::from_millis(300);
-    let client = client().with_pool_idle_timeout(idle_timeout);
-    let url = format!("{base}/mcp");
-    let ok = || async { text(client.request(get(&url)).await.unwrap()).await };
-    assert_eq!(ok().await, "{}");
-    assert_eq!(ok().await, "{}");
-    assert_eq!(
-        seen.connections.load(Ordering::SeqCst),
-        1,
-        "reused within the timeout"
-    );
-    // Idle past the timeout (before the downstream's own keep-alive timeout
-    // closes it under a request): a new connection.
-    tokio::time::sleep(idle_timeout + Duration::from_millis(100)).await;
-    assert_eq!(ok().await, "{}");
-    assert_eq!(
-        seen.connections.load(Ordering::SeqCst),
-        2,
-        "a new connection"
-    );
-}
-
-#[test]
-fn the_pool_lets_go_before_mcp_servers_close_idle_connections() {
-    // Node's http server and uvicorn close idle connections after 5 s.
-    let default = crate::config::DownstreamConfig::default()
-        .pool_idle_timeout
-        .0;
-    assert_eq!(default, super::POOL_IDLE_TIMEOUT);
-    assert!(default < Duration::from_secs(5), "{default:?}");
-}
+mod timeouts;

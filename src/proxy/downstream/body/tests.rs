@@ -179,7 +179,11 @@ async fn a_stream_waiting_for_its_next_event_holds_no_read_buffer() {
     let request = axum::http::Request::get(url)
         .body(axum::body::Body::empty())
         .unwrap();
-    let mut body = client.request(request).await.unwrap().into_body();
+    let mut body = client
+        .request(request, std::time::Duration::from_secs(5))
+        .await
+        .unwrap()
+        .into_body();
     let first = body.frame().await.unwrap().unwrap().into_data().unwrap();
     assert_eq!(first, "data: one\n\n");
     let next = tokio::time::timeout(std::time::Duration::from_millis(50), body.frame()).await;
