@@ -737,8 +737,13 @@ async function httpPhase(shared, token) {
   }
   const runs = []; // { round, connections, target, ...result }
   for (let round = 1; round <= cfg.rounds; round++) {
+    // Rotate the order each round: in a fixed order the target run right
+    // after nginx got ~3% fewer requests/s than the one after it, whichever
+    // build it was (two runs with PROXY_BIN and BENCH_BASELINE_BIN
+    // swapped, tests/bench/README.md), larger than the change measured.
+    const order = TARGETS.map((_, i) => TARGETS[(i + round - 1) % TARGETS.length]);
     for (const c of cfg.connections) {
-      for (const t of TARGETS) {
+      for (const t of order) {
         const r = await httpRun(t, urls[t], c, tokens[t], servers);
         runs.push({ round, connections: c, target: t, ...r });
         log(`round ${round}/${cfg.rounds} ${String(c).padStart(3)} conns ${t.padEnd(12)} ${fmt(r.rps, 0).padStart(7)} req/s  p50 ${fmt(r.p50_ms, 2)} ms  p99 ${fmt(r.p99_ms, 2)} ms  ${fmt(r.cpu_us_per_req, 1)} µs CPU/req`);
