@@ -1,0 +1,113 @@
+//! `Routes`: an MCP endpoint called on its connection's own copy.
+
+use std::sync::atomic::{AtomicUsize, Ordering};
+
+use http_body_util::BodyExt;
+
+use super::*;
+
+/// An endpoint that counts its clones and is ready only after
+/// `pending_polls` polls of each copy, like a layer with backpressure.
+struct Counted {
+    clones: Arc<AtomicUsize>,
+    pending_polls: usize,
+    polled: usize,
+}
+
+impl Counted {
+    fn endpoint(clones: &Arc<AtomicUsize>, pending_polls: usize) -> EndpointService {
+        BoxCloneSyncService::new(Counted {
+            clones: clones.clone(),
+            pending_polls,
+            polled: 0,
+        })
+    }
+}
+
+impl Clone for Counted {
+    fn clone(&self) -> Self {
+        self.clones.fetch_add(1, Ordering::SeqCst);
+        Counted {
+            clones: self.clones.clone(),
+            pending_polls: self.pending_polls,
+            polled: 0,
+        }
+    }
+}
+
+impl Service<Request<Body>> for Counted {
+    type Response = Response<Body>;
+    type Error = Infallible;
+    type Future = std::future::Ready<Result<Response<Body>, Infallible>>;
+
+    fn poll_ready(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), Infallible>> {
+        if self.polled >= self.pending_polls {
+            return Poll::Ready(Ok(()));
+        }
+        self.polled += 1;
+        cx.waker().wake_by_ref();
+        Poll::Pending
+    }
+
+    fn call(&mut self, _request: Request<Body>) -> Self::Future {
+        assert!(
+            self.polled >= self.pending_polls,
+            "called before it was ready"
+        );
+        std::future::ready(Ok(Response::new(Body::from("answered"))))
+    }
+}
+
+fn routes(endpoint: EndpointService) -> Routes {
+    Routes::new(vec![(RouteTemplate::new("/mcp"), endpoint)], Router::new())
+}
+
+async fn answer(connection: &mut Routes, path: &str) -> String {
+    let request = Request::post(path).body(Body::empty()).unwrap();
+    let Ok(response) = ServiceExt::<Request<Body>>::ready(&mut *connection)
+        .await
+        .unwrap()
+        .call(request)
+        .await;
+    let body = response.into_body().collect().await.unwrap().to_bytes();
+    String::from_utf8(body.to_vec()).unwrap()
+}
+
+#[tokio::test]
+async fn a_connection_calls_its_own_copy_of_an_endpoint_not_a_clone_per_request() {
+    let clones = Arc::new(AtomicUsize::new(0));
+    let listener = routes(Counted::endpoint(&clones, 0));
+    let mut connection = listener.clone();
+    for _ in 0..5 {
+        assert_eq!(answer(&mut connection, "/mcp").await, "answered");
+    }
+    assert_eq!(
+        clones.load(Ordering::SeqCst),
+        1,
+        "one copy, made for the first request"
+    );
+    let mut another = listener.clone();
+    assert_eq!(answer(&mut another, "/mcp").await, "answered");
+    assert_eq!(clones.load(Ordering::SeqCst), 2, "each connection its own");
+    // Other paths go to the router, which has none of them.
+    let request = Request::get("/elsewhere").body(Body::empty()).unwrap();
+    let Ok(response) = ServiceExt::<Request<Body>>::ready(&mut connection)
+        .await
+        .unwrap()
+        .call(request)
+        .await;
+    assert_eq!(response.status(), 404);
+}
+
+#[tokio::test]
+async fn an_endpoint_that_is_not_ready_at_once_is_waited_for() {
+    let clones = Arc::new(AtomicUsize::new(0));
+    let mut connection = routes(Counted::endpoint(&clones, 1)).clone();
+    // The connection's copy is not ready: the request waits for a copy of
+    // its own, and is called only once that one is ready.
+    assert_eq!(answer(&mut connection, "/mcp").await, "answered");
+    assert_eq!(clones.load(Ordering::SeqCst), 2);
+    // Asked again, the connection's copy is ready now.
+    assert_eq!(answer(&mut connection, "/mcp").await, "answered");
+    assert_eq!(clones.load(Ordering::SeqCst), 2);
+}
