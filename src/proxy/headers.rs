@@ -72,6 +72,21 @@ pub(crate) fn persistent(version: Version, headers: &HeaderMap) -> bool {
         && (version != Version::HTTP_10 || connection_has(headers, "keep-alive"))
 }
 
+/// [`persistent`], for a message whose parser noted whether it has a
+/// `Connection` header: without one the version alone decides, and the map
+/// is not searched (a lookup is ~180 instructions; most messages have none).
+pub(crate) fn persistent_noted(
+    version: Version,
+    headers: &HeaderMap,
+    has_connection: bool,
+) -> bool {
+    if has_connection {
+        persistent(version, headers)
+    } else {
+        version != Version::HTTP_10
+    }
+}
+
 fn is_hop_by_hop(name: &HeaderName, connection: &[String]) -> bool {
     is_hop_by_hop_name(&lenient_name(name), connection)
 }

@@ -35,7 +35,7 @@ use tokio::net::TcpStream;
 
 use super::Outgoing;
 use crate::body::{put_chunk_size, take_ready};
-use crate::proxy::headers::{persistent, HeaderLines};
+use crate::proxy::headers::{persistent_noted, HeaderLines};
 
 /// The downstream connection as tokio sees it (TLS or not).
 pub(super) type Io = TokioIo<MaybeHttpsStream<TokioIo<TcpStream>>>;
@@ -434,9 +434,11 @@ fn parse_answer(buf: &mut BytesMut, method: &Method) -> Result<Option<Answer>, E
         // and filled in place: collected, the list is moved whole (and it
         // is large) on its way out of `collect`.
         let mut spans: SmallVec<[(HeaderName, Span); FEW_ANSWER_LINES]> = SmallVec::new();
+        let mut noted = Noted::default();
         for h in response.headers.iter() {
             let name = crate::header_name::from_wire(h.name.as_bytes())
                 .map_err(|_| ExchangeError::Malformed("bad header name"))?;
+            noted.note(&name);
             let span = match (h.value.as_ptr() as usize).checked_sub(base) {
                 Some(start) if start + h.value.len() <= len => {
                     Span::Shared(start, start + h.value.len())
@@ -458,7 +460,26 @@ fn parse_answer(buf: &mut BytesMut, method: &Method) -> Result<Option<Answer>, E
             };
             headers.append(name, value);
         }
-        return answer(status, version, headers, method).map(Some);
+        return answer(status, version, headers, method, noted).map(Some);
+    }
+}
+
+/// Which of the lines `answer` reads an answer has, noted by the parser as
+/// it files them: the map is searched only for those that are there (a
+/// lookup is ~180 instructions, and most answers have neither a
+/// `Connection` nor a `Transfer-Encoding` line).
+#[derive(Default, Clone, Copy)]
+struct Noted {
+    connection: bool,
+    transfer_encoding: bool,
+    content_length: bool,
+}
+
+impl Noted {
+    fn note(&mut self, name: &HeaderName) {
+        self.connection |= name == header::CONNECTION;
+        self.transfer_encoding |= name == header::TRANSFER_ENCODING;
+        self.content_length |= name == header::CONTENT_LENGTH;
     }
 }
 
@@ -474,14 +495,15 @@ fn answer(
     version: Version,
     mut headers: HeaderMap,
     method: &Method,
+    noted: Noted,
 ) -> Result<Answer, ExchangeError> {
-    let mut keep_alive = persistent(version, &headers);
+    let mut keep_alive = persistent_noted(version, &headers, noted.connection);
     let framing = if *method == Method::HEAD
         || status == StatusCode::NO_CONTENT
         || status == StatusCode::NOT_MODIFIED
     {
         Framing::Empty
-    } else if headers.contains_key(header::TRANSFER_ENCODING) {
+    } else if noted.transfer_encoding {
         if version == Version::HTTP_10 {
             return Err(ExchangeError::Malformed(
                 "Transfer-Encoding in an HTTP/1.0 answer",
@@ -498,7 +520,7 @@ fn answer(
         } else {
             Framing::UntilClose
         }
-    } else if headers.contains_key(header::CONTENT_LENGTH) {
+    } else if noted.content_length {
         Framing::Length(content_length(&headers)?)
     } else {
         Framing::UntilClose

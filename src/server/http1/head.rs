@@ -11,7 +11,7 @@ use bytes::{Buf, Bytes, BytesMut};
 
 use crate::error::FramingError;
 use crate::proxy::downstream::Framing;
-use crate::proxy::headers::persistent;
+use crate::proxy::headers::persistent_noted;
 use crate::server::framing::read_framing;
 
 /// Header lines the stack may add to a request after its head is read
@@ -186,16 +186,22 @@ fn build(
     // A full map regrows when the stack adds a line, rehashing every line
     // (callgrind: 700 instructions a request).
     let mut headers = HeaderMap::with_capacity(fields.len() + ADDED_BY_THE_STACK);
+    // Which of the lines read below are there, noted as they are filed:
+    // the map is searched for them only when they are.
+    let (mut has_connection, mut has_expect) = (false, false);
     for (name, value) in fields {
         let name =
             crate::header_name::from_wire(&head[name.clone()]).map_err(|_| HeadError::Malformed)?;
+        has_connection |= name == header::CONNECTION;
+        has_expect |= name == header::EXPECT;
         let value = HeaderValue::from_maybe_shared(head.slice(value.clone()))
             .map_err(|_| HeadError::Malformed)?;
         headers.append(name, value);
     }
-    let keep_alive = persistent(parsed.version, &headers);
+    let keep_alive = persistent_noted(parsed.version, &headers, has_connection);
     // HTTP/1.0 has no interim answers.
     let expects_continue = !http10
+        && has_expect
         && headers
             .get(header::EXPECT)
             .is_some_and(|v| v.as_bytes().eq_ignore_ascii_case(b"100-continue"));

@@ -184,6 +184,21 @@ fn the_connection_stays_open_only_when_the_answer_allows_it() {
     ));
     // A body that ends with the connection ends it.
     assert!(!keep("HTTP/1.1 200 OK\r\n\r\n"));
+    // The lines are found however they are spelled.
+    assert!(!keep(
+        "HTTP/1.1 200 OK\r\nContent-Length: 0\r\nCONNECTION: close\r\n\r\n"
+    ));
+    let chunked = answer_of(
+        "HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\nContent-Length: 5\r\n\r\n",
+        Method::GET,
+    );
+    assert_eq!(chunked.framing, Framing::Chunked);
+    assert!(
+        !chunked.keep_alive,
+        "Content-Length beside Transfer-Encoding"
+    );
+    let sized = answer_of("HTTP/1.1 200 OK\r\nContent-LENGTH: 7\r\n\r\n", Method::GET);
+    assert_eq!(sized.framing, Framing::Length(7));
 }
 
 #[test]
