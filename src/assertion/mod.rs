@@ -271,18 +271,19 @@ impl RouteAssertions {
     }
 
     /// Replaces the placeholders of `outcome` with an assertion signed for
-    /// this request. Most requests ask for none: theirs costs one scan of
-    /// the headers, and the signing's future (the store, the key) is boxed
-    /// for a request that asks, so it is not part of every request's future
-    /// (the forwarder's, boxed per request).
+    /// this request (`request_id` is asked then: finding the header is a
+    /// lookup by a name that is not a standard one). Most requests ask for
+    /// none: theirs costs one scan of the headers, and the signing's future
+    /// (the store, the key) is boxed for a request that asks, so it is not
+    /// part of every request's future (the forwarder's, boxed per request).
     pub(crate) fn fill_in<'a>(
         &'a self,
         outcome: &'a mut PolicyOutcome,
         session: &'a Session,
-        request_id: Option<&'a HeaderValue>,
+        request_id: impl FnOnce() -> Option<&'a HeaderValue>,
     ) -> impl Future<Output = Result<(), ProxyError>> + Send + 'a {
         let wanted = outcome.headers.iter().any(|(_, v)| is_placeholder(v));
-        let signing = wanted.then(|| Box::pin(self.sign_into(outcome, session, request_id)));
+        let signing = wanted.then(|| Box::pin(self.sign_into(outcome, session, request_id())));
         async move {
             match signing {
                 Some(signing) => signing.await,

@@ -107,12 +107,18 @@ async fn only_placeholders_are_replaced_and_an_outcome_without_one_is_left_alone
         .into(),
         strip: Arc::new(|_| false),
     };
-    route.fill_in(&mut outcome, &session(), None).await.unwrap();
+    route
+        .fill_in(&mut outcome, &session(), || None)
+        .await
+        .unwrap();
     let jwt = outcome.headers[0].1.to_str().unwrap().to_string();
     assert!(verify(&signer, &jwt, "aud").await.is_ok());
     assert_eq!(outcome.headers[1].1, "alice");
     let before = outcome.headers.clone();
-    route.fill_in(&mut outcome, &session(), None).await.unwrap();
+    route
+        .fill_in(&mut outcome, &session(), || None)
+        .await
+        .unwrap();
     assert_eq!(outcome.headers, before);
 }
 

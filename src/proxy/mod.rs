@@ -220,10 +220,11 @@ fn forward(
 ) -> impl Future<Output = Result<Response<Body>, ProxyError>> + Send {
     async move {
         let mut caller = Caller::of(&mut request)?;
-        let request_id = crate::session::request_id(&request);
         context
             .assertions
-            .fill_in(&mut caller.outcome, &caller.session, request_id)
+            .fill_in(&mut caller.outcome, &caller.session, || {
+                crate::session::request_id(&request)
+            })
             .await?;
         let target = choose_target(&context, route, &caller.owned, request.uri())?;
         let is_delete = request.method() == Method::DELETE;

@@ -10,10 +10,11 @@
 
 use std::sync::atomic::{AtomicU64, Ordering};
 
+use axum::http::header::Entry;
 use axum::http::{HeaderValue, Request, Response};
 
 use crate::checkpoint::{Around, AroundLayer, Leave};
-use crate::session::{request_id, REQUEST_ID};
+use crate::session::REQUEST_ID;
 
 /// Request ids: a random per-process prefix and a counter. Unique across
 /// replicas without a system call per request (a UUID costs a `getrandom`).
@@ -60,14 +61,18 @@ impl<B, R, E> Around<Request<B>, Response<R>, E> for RequestIds {
     type Visit = EchoVisit;
 
     fn enter(&self, request: &mut Request<B>) -> Result<EchoVisit, Result<Response<R>, E>> {
-        if let Some(sent) = request_id(request) {
-            return Ok(EchoVisit(Some(sent.clone())));
+        // One search of the map for the name, whether the client sent an id
+        // or one is made (a lookup and then an insert hashed it twice).
+        match request.headers_mut().entry(&REQUEST_ID) {
+            Entry::Occupied(sent) => Ok(EchoVisit(Some(sent.get().clone()))),
+            Entry::Vacant(vacant) => {
+                let made = self.0.next();
+                if let Some(made) = &made {
+                    vacant.insert(made.clone());
+                }
+                Ok(EchoVisit(made))
+            }
         }
-        let made = self.0.next();
-        if let Some(made) = &made {
-            request.headers_mut().insert(&REQUEST_ID, made.clone());
-        }
-        Ok(EchoVisit(made))
     }
 }
 
@@ -85,6 +90,7 @@ impl<R, E> Leave<Response<R>, E> for EchoVisit {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::session::request_id;
     use std::convert::Infallible;
     use tower::{Layer, ServiceExt};
 
