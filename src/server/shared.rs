@@ -1,8 +1,9 @@
 //! `SharedEndpoint`: an MCP endpoint's whole stack behind one `Arc`.
 //!
-//! The service in front of an endpoint is cloned for every request
-//! (`server::stack::Routes` clones the endpoint's boxed service with the
-//! layers every request passes; axum's router clones a route once per
+//! The service in front of an endpoint is cloned for every connection
+//! that calls it (`server::stack::Routes` keeps a copy of the endpoint's
+//! boxed service, with the layers every request passes, per connection)
+//! and for every request axum's router serves (it clones a route once per
 //! level of routing and layering), and each clone of a tower stack copies
 //! every layer below it. Behind an `Arc`, those clones cost a reference
 //! count each; the stack itself is cloned once per request, here, and
