@@ -303,11 +303,14 @@ pub(super) struct Pooled {
     /// later deadline is one atomic update of the entry (tokio moves it in
     /// its wheel only when the old one comes); a timer made per request
     /// was inserted in the runtime's wheel and removed from it again, under
-    /// its lock, every time (~1,000 instructions, tests/bench/README.md).
-    /// When the connection waits in the pool or streams a body, its last
-    /// deadline may still come: it wakes the last request's task once, for
-    /// nothing. (A connection of a runtime that ended, on a thread that
-    /// runs another now, is found closed before its timer is asked.)
+    /// its lock, every time (~600 instructions a request against ~230,
+    /// tests/bench/README.md). The entry holds the waker of the last
+    /// request that waited on it: when the connection waits in the pool or
+    /// streams a body, that deadline may still come and wake its task once,
+    /// for nothing, and until then (`downstream.response_timeout` at most)
+    /// or the connection's next request, a task that ended stays allocated.
+    /// (A connection of a runtime that ended, on a thread that runs another
+    /// now, is found closed before its timer is asked.)
     deadline: Pin<Box<Sleep>>,
 }
 
