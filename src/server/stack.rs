@@ -440,12 +440,15 @@ type EndpointService = BoxCloneSyncService<Request<Body>, Response<Body>, Infall
 /// known size, no body for `HEAD`).
 pub(crate) struct Routes {
     endpoints: Arc<[(RouteTemplate, EndpointService)]>,
-    /// This connection's copies of the endpoints it called, by their index
-    /// in `endpoints`: a request is called on its connection's copy once it
-    /// is ready, rather than on a clone made for it (a box, the reference
-    /// counts of the layers every request passes, and their drop: ~350
-    /// instructions and ~10 locked ones a request in callgrind).
-    own: Vec<Option<EndpointService>>,
+    /// This connection's copy of the endpoint it called last, and that
+    /// endpoint's index in `endpoints` (a connection nearly always calls
+    /// one): a request is called on it once it is ready, rather than on a
+    /// clone made for it (a box, the reference counts of the layers every
+    /// request passes, and their drop: ~350 instructions and ~10 locked
+    /// ones a request in callgrind). Not a list of every endpoint's copy:
+    /// HTTP/2 clones the connection's service for each request, and the
+    /// list would be an allocation a request there.
+    own: Option<(usize, EndpointService)>,
     others: Router,
 }
 
@@ -455,7 +458,7 @@ impl Clone for Routes {
     fn clone(&self) -> Self {
         Routes {
             endpoints: self.endpoints.clone(),
-            own: Vec::new(),
+            own: None,
             others: self.others.clone(),
         }
     }
@@ -470,7 +473,7 @@ impl Routes {
     fn new(endpoints: Vec<(RouteTemplate, EndpointService)>, others: Router) -> Self {
         Routes {
             endpoints: endpoints.into(),
-            own: Vec::new(),
+            own: None,
             others,
         }
     }
@@ -508,14 +511,13 @@ where
             return Either::Right(self.others.call(request));
         };
         let request = request.map(Body::new);
-        if self.own.len() < self.endpoints.len() {
-            self.own.resize_with(self.endpoints.len(), || None);
-        }
-        let shared = &self.endpoints[index].1;
-        let Some(own) = self.own.get_mut(index) else {
-            return Either::Left(Either::Right(shared.clone().oneshot(request)));
+        let Some((_, shared)) = self.endpoints.get(index) else {
+            return Either::Right(self.others.call(request));
         };
-        let endpoint = own.get_or_insert_with(|| shared.clone());
+        let endpoint = match &mut self.own {
+            Some((called, endpoint)) if *called == index => endpoint,
+            own => &mut own.insert((index, shared.clone())).1,
+        };
         let mut cx = Context::from_waker(Waker::noop());
         match endpoint.poll_ready(&mut cx) {
             Poll::Ready(Ok(())) => Either::Left(Either::Left(endpoint.call(request))),

@@ -111,3 +111,22 @@ async fn an_endpoint_that_is_not_ready_at_once_is_waited_for() {
     assert_eq!(answer(&mut connection, "/mcp").await, "answered");
     assert_eq!(clones.load(Ordering::SeqCst), 2);
 }
+
+#[tokio::test]
+async fn a_connection_that_calls_another_endpoint_gets_a_copy_of_that_one() {
+    let (mcp, sse) = (Arc::new(AtomicUsize::new(0)), Arc::new(AtomicUsize::new(0)));
+    let listener = Routes::new(
+        vec![
+            (RouteTemplate::new("/mcp"), Counted::endpoint(&mcp, 0)),
+            (RouteTemplate::new("/sse"), Counted::endpoint(&sse, 0)),
+        ],
+        Router::new(),
+    );
+    let mut connection = listener.clone();
+    for path in ["/mcp", "/mcp", "/sse", "/sse", "/mcp"] {
+        assert_eq!(answer(&mut connection, path).await, "answered");
+    }
+    // The copy in hand is the last endpoint's.
+    assert_eq!(mcp.load(Ordering::SeqCst), 2);
+    assert_eq!(sse.load(Ordering::SeqCst), 1);
+}
