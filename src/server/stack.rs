@@ -503,17 +503,15 @@ where
 
     fn call(&mut self, request: Request<B>) -> Self::Future {
         let path = request.uri().path();
-        let Some(index) = self
+        let Some((index, (_, shared))) = self
             .endpoints
             .iter()
-            .position(|(template, _)| template.as_str() == path)
+            .enumerate()
+            .find(|(_, (template, _))| template.as_str() == path)
         else {
             return Either::Right(self.others.call(request));
         };
         let request = request.map(Body::new);
-        let Some((_, shared)) = self.endpoints.get(index) else {
-            return Either::Right(self.others.call(request));
-        };
         let endpoint = match &mut self.own {
             Some((called, endpoint)) if *called == index => endpoint,
             own => &mut own.insert((index, shared.clone())).1,
