@@ -63,27 +63,37 @@ pub(crate) fn connection_has(headers: &HeaderMap, option: &str) -> bool {
     connection_options(headers).any(|o| o.eq_ignore_ascii_case(option))
 }
 
-/// Whether a message lets its connection carry another (RFC 9112 §9.3):
-/// HTTP/1.1 unless it says `close`, HTTP/1.0 only when it says
-/// `keep-alive` (and not `close`). The same rule for the client's requests
-/// and the downstream's answers.
-pub(crate) fn persistent(version: Version, headers: &HeaderMap) -> bool {
-    !connection_has(headers, "close")
-        && (version != Version::HTTP_10 || connection_has(headers, "keep-alive"))
+/// The lines of a head that decide how its message is read, noted by the
+/// HTTP/1.1 parsers (the client's requests, the downstream's answers) as
+/// they file each line: the map is searched for one only when it is there
+/// (a lookup is ~180 instructions, and most heads have few of them).
+#[derive(Debug, Default, Clone, Copy)]
+pub(crate) struct NotedLines {
+    pub(crate) connection: bool,
+    pub(crate) expect: bool,
+    pub(crate) transfer_encoding: bool,
+    pub(crate) content_length: bool,
 }
 
-/// [`persistent`], for a message whose parser noted whether it has a
-/// `Connection` header: without one the version alone decides, and the map
-/// is not searched (a lookup is ~180 instructions; most messages have none).
-pub(crate) fn persistent_noted(
-    version: Version,
-    headers: &HeaderMap,
-    has_connection: bool,
-) -> bool {
-    if has_connection {
-        persistent(version, headers)
-    } else {
-        version != Version::HTTP_10
+impl NotedLines {
+    /// Notes a line named `name` as it is filed.
+    pub(crate) fn note(&mut self, name: &HeaderName) {
+        self.connection |= name == header::CONNECTION;
+        self.expect |= name == header::EXPECT;
+        self.transfer_encoding |= name == header::TRANSFER_ENCODING;
+        self.content_length |= name == header::CONTENT_LENGTH;
+    }
+
+    /// Whether the message lets its connection carry another (RFC 9112
+    /// §9.3): HTTP/1.1 unless it says `close`, HTTP/1.0 only when it says
+    /// `keep-alive` (and not `close`). The same rule for the client's
+    /// requests and the downstream's answers.
+    pub(crate) fn persistent(&self, version: Version, headers: &HeaderMap) -> bool {
+        if !self.connection {
+            return version != Version::HTTP_10;
+        }
+        !connection_has(headers, "close")
+            && (version != Version::HTTP_10 || connection_has(headers, "keep-alive"))
     }
 }
 

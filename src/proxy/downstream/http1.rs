@@ -35,7 +35,7 @@ use tokio::net::TcpStream;
 
 use super::Outgoing;
 use crate::body::{put_chunk_size, take_ready};
-use crate::proxy::headers::{persistent_noted, HeaderLines};
+use crate::proxy::headers::{HeaderLines, NotedLines};
 
 /// The downstream connection as tokio sees it (TLS or not).
 pub(super) type Io = TokioIo<MaybeHttpsStream<TokioIo<TcpStream>>>;
@@ -434,7 +434,7 @@ fn parse_answer(buf: &mut BytesMut, method: &Method) -> Result<Option<Answer>, E
         // and filled in place: collected, the list is moved whole (and it
         // is large) on its way out of `collect`.
         let mut spans: SmallVec<[(HeaderName, Span); FEW_ANSWER_LINES]> = SmallVec::new();
-        let mut noted = Noted::default();
+        let mut noted = NotedLines::default();
         for h in response.headers.iter() {
             let name = crate::header_name::from_wire(h.name.as_bytes())
                 .map_err(|_| ExchangeError::Malformed("bad header name"))?;
@@ -464,25 +464,6 @@ fn parse_answer(buf: &mut BytesMut, method: &Method) -> Result<Option<Answer>, E
     }
 }
 
-/// Which of the lines `answer` reads an answer has, noted by the parser as
-/// it files them: the map is searched only for those that are there (a
-/// lookup is ~180 instructions, and most answers have neither a
-/// `Connection` nor a `Transfer-Encoding` line).
-#[derive(Default, Clone, Copy)]
-struct Noted {
-    connection: bool,
-    transfer_encoding: bool,
-    content_length: bool,
-}
-
-impl Noted {
-    fn note(&mut self, name: &HeaderName) {
-        self.connection |= name == header::CONNECTION;
-        self.transfer_encoding |= name == header::TRANSFER_ENCODING;
-        self.content_length |= name == header::CONTENT_LENGTH;
-    }
-}
-
 /// A header value of the answer's head: where it is in the head, or a copy.
 enum Span {
     Shared(usize, usize),
@@ -495,9 +476,9 @@ fn answer(
     version: Version,
     mut headers: HeaderMap,
     method: &Method,
-    noted: Noted,
+    noted: NotedLines,
 ) -> Result<Answer, ExchangeError> {
-    let mut keep_alive = persistent_noted(version, &headers, noted.connection);
+    let mut keep_alive = noted.persistent(version, &headers);
     let framing = if *method == Method::HEAD
         || status == StatusCode::NO_CONTENT
         || status == StatusCode::NOT_MODIFIED

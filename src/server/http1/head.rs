@@ -11,7 +11,7 @@ use bytes::{Buf, Bytes, BytesMut};
 
 use crate::error::FramingError;
 use crate::proxy::downstream::Framing;
-use crate::proxy::headers::persistent_noted;
+use crate::proxy::headers::NotedLines;
 use crate::server::framing::read_framing;
 
 /// Header lines the stack may add to a request after its head is read
@@ -186,22 +186,19 @@ fn build(
     // A full map regrows when the stack adds a line, rehashing every line
     // (callgrind: 700 instructions a request).
     let mut headers = HeaderMap::with_capacity(fields.len() + ADDED_BY_THE_STACK);
-    // Which of the lines read below are there, noted as they are filed:
-    // the map is searched for them only when they are.
-    let (mut has_connection, mut has_expect) = (false, false);
+    let mut noted = NotedLines::default();
     for (name, value) in fields {
         let name =
             crate::header_name::from_wire(&head[name.clone()]).map_err(|_| HeadError::Malformed)?;
-        has_connection |= name == header::CONNECTION;
-        has_expect |= name == header::EXPECT;
+        noted.note(&name);
         let value = HeaderValue::from_maybe_shared(head.slice(value.clone()))
             .map_err(|_| HeadError::Malformed)?;
         headers.append(name, value);
     }
-    let keep_alive = persistent_noted(parsed.version, &headers, has_connection);
+    let keep_alive = noted.persistent(parsed.version, &headers);
     // HTTP/1.0 has no interim answers.
     let expects_continue = !http10
-        && has_expect
+        && noted.expect
         && headers
             .get(header::EXPECT)
             .is_some_and(|v| v.as_bytes().eq_ignore_ascii_case(b"100-continue"));
