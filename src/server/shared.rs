@@ -55,44 +55,55 @@ where
 }
 
 #[cfg(test)]
-mod tests {
+pub(crate) mod tests {
     use super::*;
     use std::sync::atomic::{AtomicUsize, Ordering};
 
-    /// A service that counts its clones and is ready only on every second
-    /// poll, like a layer with backpressure.
-    struct Picky {
+    /// An endpoint that counts its clones and is ready only after
+    /// `pending_polls` polls of each copy, like a layer with backpressure
+    /// (`server::stack`'s tests use it too).
+    pub(crate) struct Counted {
         clones: Arc<AtomicUsize>,
-        polled: bool,
+        pending_polls: usize,
+        polled: usize,
     }
 
-    impl Clone for Picky {
-        fn clone(&self) -> Self {
-            self.clones.fetch_add(1, Ordering::SeqCst);
-            Picky {
-                clones: self.clones.clone(),
-                polled: false,
+    impl Counted {
+        pub(crate) fn new(clones: &Arc<AtomicUsize>, pending_polls: usize) -> Self {
+            Counted {
+                clones: clones.clone(),
+                pending_polls,
+                polled: 0,
             }
         }
     }
 
-    impl Service<Request<Body>> for Picky {
+    impl Clone for Counted {
+        fn clone(&self) -> Self {
+            self.clones.fetch_add(1, Ordering::SeqCst);
+            Counted::new(&self.clones, self.pending_polls)
+        }
+    }
+
+    impl Service<Request<Body>> for Counted {
         type Response = Response<Body>;
         type Error = Infallible;
         type Future = std::future::Ready<Result<Response<Body>, Infallible>>;
 
         fn poll_ready(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), Infallible>> {
-            if self.polled {
-                Poll::Ready(Ok(()))
-            } else {
-                self.polled = true;
-                cx.waker().wake_by_ref();
-                Poll::Pending
+            if self.polled >= self.pending_polls {
+                return Poll::Ready(Ok(()));
             }
+            self.polled += 1;
+            cx.waker().wake_by_ref();
+            Poll::Pending
         }
 
         fn call(&mut self, _request: Request<Body>) -> Self::Future {
-            assert!(self.polled, "called before it was ready");
+            assert!(
+                self.polled >= self.pending_polls,
+                "called before it was ready"
+            );
             std::future::ready(Ok(Response::new(Body::from("answered"))))
         }
     }
@@ -100,10 +111,7 @@ mod tests {
     #[tokio::test]
     async fn the_router_s_clones_share_one_stack_and_each_request_waits_for_readiness() {
         let clones = Arc::new(AtomicUsize::new(0));
-        let endpoint = SharedEndpoint::new(Picky {
-            clones: clones.clone(),
-            polled: false,
-        });
+        let endpoint = SharedEndpoint::new(Counted::new(&clones, 1));
         let copies: Vec<_> = (0..7).map(|_| endpoint.clone()).collect();
         assert_eq!(clones.load(Ordering::SeqCst), 0, "clones share the stack");
         for copy in copies {

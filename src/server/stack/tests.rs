@@ -5,57 +5,11 @@ use std::sync::atomic::{AtomicUsize, Ordering};
 use http_body_util::BodyExt;
 
 use super::*;
+use crate::server::shared::tests::Counted;
 
-/// An endpoint that counts its clones and is ready only after
-/// `pending_polls` polls of each copy, like a layer with backpressure.
-struct Counted {
-    clones: Arc<AtomicUsize>,
-    pending_polls: usize,
-    polled: usize,
-}
-
-impl Counted {
-    fn endpoint(clones: &Arc<AtomicUsize>, pending_polls: usize) -> EndpointService {
-        BoxCloneSyncService::new(Counted {
-            clones: clones.clone(),
-            pending_polls,
-            polled: 0,
-        })
-    }
-}
-
-impl Clone for Counted {
-    fn clone(&self) -> Self {
-        self.clones.fetch_add(1, Ordering::SeqCst);
-        Counted {
-            clones: self.clones.clone(),
-            pending_polls: self.pending_polls,
-            polled: 0,
-        }
-    }
-}
-
-impl Service<Request<Body>> for Counted {
-    type Response = Response<Body>;
-    type Error = Infallible;
-    type Future = std::future::Ready<Result<Response<Body>, Infallible>>;
-
-    fn poll_ready(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), Infallible>> {
-        if self.polled >= self.pending_polls {
-            return Poll::Ready(Ok(()));
-        }
-        self.polled += 1;
-        cx.waker().wake_by_ref();
-        Poll::Pending
-    }
-
-    fn call(&mut self, _request: Request<Body>) -> Self::Future {
-        assert!(
-            self.polled >= self.pending_polls,
-            "called before it was ready"
-        );
-        std::future::ready(Ok(Response::new(Body::from("answered"))))
-    }
+/// `Counted` as an endpoint's boxed service.
+fn counted(clones: &Arc<AtomicUsize>, pending_polls: usize) -> EndpointService {
+    BoxCloneSyncService::new(Counted::new(clones, pending_polls))
 }
 
 fn routes(endpoint: EndpointService) -> Routes {
@@ -76,7 +30,7 @@ async fn answer(connection: &mut Routes, path: &str) -> String {
 #[tokio::test]
 async fn a_connection_calls_its_own_copy_of_an_endpoint_not_a_clone_per_request() {
     let clones = Arc::new(AtomicUsize::new(0));
-    let listener = routes(Counted::endpoint(&clones, 0));
+    let listener = routes(counted(&clones, 0));
     let mut connection = listener.clone();
     for _ in 0..5 {
         assert_eq!(answer(&mut connection, "/mcp").await, "answered");
@@ -102,7 +56,7 @@ async fn a_connection_calls_its_own_copy_of_an_endpoint_not_a_clone_per_request(
 #[tokio::test]
 async fn an_endpoint_that_is_not_ready_at_once_is_waited_for() {
     let clones = Arc::new(AtomicUsize::new(0));
-    let mut connection = routes(Counted::endpoint(&clones, 1)).clone();
+    let mut connection = routes(counted(&clones, 1)).clone();
     // The connection's copy is not ready: the request waits for a copy of
     // its own, and is called only once that one is ready.
     assert_eq!(answer(&mut connection, "/mcp").await, "answered");
@@ -117,8 +71,8 @@ async fn a_connection_that_calls_another_endpoint_gets_a_copy_of_that_one() {
     let (mcp, sse) = (Arc::new(AtomicUsize::new(0)), Arc::new(AtomicUsize::new(0)));
     let listener = Routes::new(
         vec![
-            (RouteTemplate::new("/mcp"), Counted::endpoint(&mcp, 0)),
-            (RouteTemplate::new("/sse"), Counted::endpoint(&sse, 0)),
+            (RouteTemplate::new("/mcp"), counted(&mcp, 0)),
+            (RouteTemplate::new("/sse"), counted(&sse, 0)),
         ],
         Router::new(),
     );
