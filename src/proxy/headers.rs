@@ -47,15 +47,37 @@ fn connection_named(headers: &HeaderMap) -> Vec<String> {
 }
 
 /// The options of every `Connection` header, trimmed, empty ones skipped
-/// (header names, `close`, `keep-alive`).
+/// (header names, `close`, `keep-alive`). A value with a byte outside
+/// visible ASCII is skipped whole.
 pub(crate) fn connection_options(headers: &HeaderMap) -> impl Iterator<Item = &str> {
     headers
         .get_all(header::CONNECTION)
         .iter()
         .filter_map(|v| v.to_str().ok())
-        .flat_map(|v| v.split(','))
-        .map(str::trim)
+        .flat_map(list_items)
         .filter(|t| !t.is_empty())
+}
+
+/// The items of a comma-separated header value (RFC 9110 §5.6.1), each
+/// trimmed of ASCII whitespace, empty ones included.
+///
+/// Split at the comma's byte: `str::split(',')` sets up a char search for
+/// each value, which made reading an answer's `Connection: keep-alive`
+/// about 450 instructions in callgrind. For a value `to_str` accepted
+/// (visible ASCII, spaces and tabs), trimming ASCII whitespace is what
+/// `str::trim` does.
+pub(crate) fn list_items(value: &str) -> impl Iterator<Item = &str> {
+    let mut rest = Some(value);
+    std::iter::from_fn(move || {
+        let text = rest?;
+        let (item, after) = match text.bytes().position(|b| b == b',') {
+            // The comma is ASCII: both sides are on char boundaries.
+            Some(comma) => (text.get(..comma)?, text.get(comma + 1..)),
+            None => (text, None),
+        };
+        rest = after;
+        Some(item.trim_ascii())
+    })
 }
 
 /// Whether a `Connection` header lists `option`.

@@ -35,7 +35,7 @@ use tokio::net::TcpStream;
 
 use super::Outgoing;
 use crate::body::{put_chunk_size, take_ready};
-use crate::proxy::headers::{HeaderLines, NotedLines};
+use crate::proxy::headers::{list_items, HeaderLines, NotedLines};
 
 /// The downstream connection as tokio sees it (TLS or not).
 pub(super) type Io = TokioIo<MaybeHttpsStream<TokioIo<TcpStream>>>;
@@ -524,8 +524,7 @@ fn content_length(headers: &HeaderMap) -> Result<u64, ExchangeError> {
     let mut length = None;
     for value in headers.get_all(header::CONTENT_LENGTH) {
         let text = value.to_str().map_err(|_| invalid())?;
-        for item in text.split(',') {
-            let item = item.trim();
+        for item in list_items(text) {
             if item.is_empty() || !item.bytes().all(|b| b.is_ascii_digit()) {
                 return Err(invalid());
             }

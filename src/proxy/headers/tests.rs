@@ -589,3 +589,23 @@ proptest::proptest! {
         }
     }
 }
+
+proptest::proptest! {
+    /// Split by byte, a list header's items are `split(',')` and `trim`'s,
+    /// for every value `to_str` accepts (visible ASCII, spaces, tabs).
+    #[test]
+    fn list_items_are_the_values_split_at_commas_and_trimmed(value in "[\\t -~]{0,40}") {
+        let header = HeaderValue::from_str(&value).unwrap();
+        let text = header.to_str().unwrap();
+        let by_byte: Vec<&str> = list_items(text).collect();
+        let by_char: Vec<&str> = text.split(',').map(str::trim).collect();
+        proptest::prop_assert_eq!(by_byte, by_char);
+    }
+}
+
+#[test]
+fn list_items_keep_empty_items_and_trim_each() {
+    let items: Vec<&str> = list_items(" close ,,\tkeep-alive,").collect();
+    assert_eq!(items, ["close", "", "keep-alive", ""]);
+    assert_eq!(list_items("").collect::<Vec<_>>(), [""]);
+}
