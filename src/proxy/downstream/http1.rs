@@ -438,7 +438,7 @@ fn parse_answer(buf: &mut BytesMut, method: &Method) -> Result<Option<Answer>, E
         for h in response.headers.iter() {
             let name = crate::header_name::from_wire(h.name.as_bytes())
                 .map_err(|_| ExchangeError::Malformed("bad header name"))?;
-            noted.note(&name);
+            noted.note(&name, h.value);
             let span = match (h.value.as_ptr() as usize).checked_sub(base) {
                 Some(start) if start + h.value.len() <= len => {
                     Span::Shared(start, start + h.value.len())
@@ -478,7 +478,7 @@ fn answer(
     method: &Method,
     noted: NotedLines,
 ) -> Result<Answer, ExchangeError> {
-    let mut keep_alive = noted.persistent(version, &headers);
+    let mut keep_alive = noted.persistent(version);
     let framing = if *method == Method::HEAD
         || status == StatusCode::NO_CONTENT
         || status == StatusCode::NOT_MODIFIED

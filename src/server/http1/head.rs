@@ -190,12 +190,12 @@ fn build(
     for (name, value) in fields {
         let name =
             crate::header_name::from_wire(&head[name.clone()]).map_err(|_| HeadError::Malformed)?;
-        noted.note(&name);
+        noted.note(&name, &head[value.clone()]);
         let value = HeaderValue::from_maybe_shared(head.slice(value.clone()))
             .map_err(|_| HeadError::Malformed)?;
         headers.append(name, value);
     }
-    let keep_alive = noted.persistent(parsed.version, &headers);
+    let keep_alive = noted.persistent(parsed.version);
     // HTTP/1.0 has no interim answers.
     let expects_continue = !http10
         && noted.expect
