@@ -172,6 +172,26 @@ fn a_length_beside_chunking_never_reaches_the_client_and_ends_the_connection() {
 }
 
 #[test]
+fn a_connection_line_about_this_hop_alone_is_read_not_filed() {
+    for head in [
+        "HTTP/1.1 200 OK\r\ncontent-length: 0\r\nConnection: Keep-Alive\r\n\r\n",
+        "HTTP/1.1 200 OK\r\ncontent-length: 0\r\nconnection: close\r\n\r\n",
+    ] {
+        let answer = answer_of(head, Method::GET);
+        assert!(answer.headers.get(header::CONNECTION).is_none(), "{head}");
+        assert_eq!(answer.keep_alive, head.contains("Keep-Alive"), "{head}");
+    }
+    // One that names other lines is filed: the hop-by-hop filter removes
+    // the lines it names.
+    let naming = answer_of(
+        "HTTP/1.1 200 OK\r\ncontent-length: 0\r\nconnection: keep-alive, x-hop\r\nx-hop: 1\r\n\r\n",
+        Method::GET,
+    );
+    assert_eq!(naming.headers[header::CONNECTION], "keep-alive, x-hop");
+    assert!(naming.keep_alive);
+}
+
+#[test]
 fn the_connection_stays_open_only_when_the_answer_allows_it() {
     let keep = |head: &str| answer_of(head, Method::GET).keep_alive;
     assert!(keep("HTTP/1.1 200 OK\r\ncontent-length: 0\r\n\r\n"));
