@@ -136,3 +136,32 @@ fn a_route_named_twice_has_one_set_of_series() {
     let twice = Metrics::with_routes(&[], &["wiki", "wiki"]).render();
     assert_eq!(routed_lines(&once), routed_lines(&twice));
 }
+
+#[test]
+fn mcp_requests_found_again_count_in_their_own_series() {
+    let metrics = Metrics::with_routes(&["whoami".into()], &["wiki"]);
+    let route = metrics.route("wiki");
+    for _ in 0..3 {
+        route.mcp_request(Some("tools/call"), Some("whoami"), "allow");
+    }
+    route.mcp_request(Some("tools/call"), Some("whoami"), "deny");
+    for tool in ["secret-a", "secret-b"] {
+        route.mcp_request(Some("tools/call"), Some(tool), "allow");
+    }
+    route.mcp_request(Some("tools/list"), None, "allow");
+    route.mcp_request(Some("tools/list"), None, "allow");
+    let text = metrics.render();
+    let count = |method: &str, tool: &str, decision: &str| {
+        let series = format!(
+            "mcp_oauth_proxy_mcp_requests_total{{decision=\"{decision}\",method=\"{method}\",route=\"wiki\",tool=\"{tool}\"}} "
+        );
+        text.lines()
+            .find_map(|l| l.strip_prefix(series.as_str()))
+            .unwrap_or_else(|| panic!("no series {series} in\n{text}"))
+            .to_string()
+    };
+    assert_eq!(count("tools/call", "whoami", "allow"), "3");
+    assert_eq!(count("tools/call", "whoami", "deny"), "1");
+    assert_eq!(count("tools/call", "other", "allow"), "2");
+    assert_eq!(count("tools/list", "", "allow"), "2");
+}
