@@ -9,6 +9,7 @@ use tokio::time::Instant;
 use axum::http::{Request, Response, StatusCode};
 
 use super::labels::McpDecision;
+use super::route::McpLabels;
 use super::RouteMetrics;
 use crate::checkpoint::{Around, AroundLayer, Leave};
 use crate::client_address::ClientAddress;
@@ -23,9 +24,13 @@ pub(crate) struct AuditFacts {
     pub email: Option<String>,
     /// The OAuth client the token was issued to (Authenticate).
     pub client_id: Option<String>,
-    /// What: the JSON-RPC method of the (first) call (EnforcePolicy).
+    /// What, as the counters label it: the (first) call's method and tool
+    /// (EnforcePolicy).
+    pub mcp_labels: McpLabels,
+    /// What, for the audit line: the JSON-RPC method of the (first) call
+    /// (EnforcePolicy; only when the line is written).
     pub mcp_method: Option<String>,
-    /// The tool it calls, if any (EnforcePolicy).
+    /// The tool it calls, if any (as `mcp_method`).
     pub tool: Option<String>,
     /// The verdict: `allow`, `deny`, `rate_limited`; when none is set the
     /// response status decides.
@@ -138,8 +143,7 @@ impl Audit {
             200..=399 => McpDecision::Allow.as_str(),
             _ => McpDecision::Error.as_str(),
         });
-        self.metrics
-            .mcp_request(facts.mcp_method.as_deref(), facts.tool.as_deref(), decision);
+        self.metrics.mcp_request(facts.mcp_labels, decision);
         if audited.slot.logged {
             tracing::info!(
                 target: "audit",

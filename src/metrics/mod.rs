@@ -424,25 +424,6 @@ impl Metrics {
         }
         String::from_utf8(buffer).unwrap_or_default()
     }
-
-    /// A tool name as a label value: only names listed in `metrics.tools`.
-    #[cfg(test)]
-    pub(crate) fn tool_label<'a>(&'a self, tool: Option<&str>) -> &'a str {
-        tool_label(&self.tools, tool)
-    }
-}
-
-/// A tool name as a label value: one of `tools` (`metrics.tools`), `other`,
-/// or empty when the request calls none.
-fn tool_label<'a>(tools: &'a [String], tool: Option<&str>) -> &'a str {
-    match tool {
-        None => "",
-        Some(t) => tools
-            .iter()
-            .find(|listed| *listed == t)
-            .map(String::as_str)
-            .unwrap_or("other"),
-    }
 }
 
 #[cfg(test)]
@@ -458,8 +439,11 @@ mod tests {
             labels::mcp_method(Some("notifications/initialized")),
             "notification"
         );
-        assert_eq!(m.tool_label(Some("whoami")), "whoami");
-        assert_eq!(m.tool_label(Some("secret-customer-tool")), "other");
+        let route = m.route("default");
+        let tool = |name| route.mcp_labels(None, name).tool_label(&m.tools);
+        assert_eq!(tool(Some("whoami")), "whoami");
+        assert_eq!(tool(Some("secret-customer-tool")), "other");
+        assert_eq!(tool(None), "");
         let text = m.render();
         assert!(text.contains("mcp_oauth_proxy_build_info"));
     }

@@ -124,13 +124,43 @@ impl RouteSeries {
     }
 }
 
-/// The labels of an `mcp_requests` series besides the route: the method's
-/// label, the tool (`None`: the request calls none; `Some(None)`: one not
-/// in `metrics.tools`, labelled `other`; else its place there) and the
-/// decision. The `'static` labels are keyed by where they are and their
-/// length, not hashed and compared as text: the same address and length
-/// are the same text, and a label spelled by two literals gets two keys,
-/// which resolve to the same series.
+/// The labels of an MCP request besides the route and the decision: the
+/// method's label, and the tool (`None`: the request calls none;
+/// `Some(None)`: one not in `metrics.tools`, labelled `other`; else its
+/// place there).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub(crate) struct McpLabels {
+    method: &'static str,
+    tool: Option<Option<usize>>,
+}
+
+impl McpLabels {
+    /// The tool's label value: one of `tools` (`metrics.tools`), `other`,
+    /// or empty when the request calls none.
+    pub(super) fn tool_label<'a>(&self, tools: &'a [String]) -> &'a str {
+        match self.tool {
+            None => "",
+            Some(listed) => listed
+                .and_then(|at| tools.get(at))
+                .map_or("other", String::as_str),
+        }
+    }
+}
+
+impl Default for McpLabels {
+    /// A request whose body was not read: no method, no tool.
+    fn default() -> Self {
+        McpLabels {
+            method: mcp_method(None),
+            tool: None,
+        }
+    }
+}
+
+/// An `mcp_requests` series of a route. The `'static` labels are keyed by
+/// where they are and their length, not hashed and compared as text: the
+/// same address and length are the same text, and a label spelled by two
+/// literals gets two keys, which resolve to the same series.
 #[derive(Clone, Copy, PartialEq, Eq, Hash)]
 struct McpSeriesKey {
     method: (usize, usize),
@@ -139,11 +169,11 @@ struct McpSeriesKey {
 }
 
 impl McpSeriesKey {
-    fn new(method: &'static str, tool: Option<Option<usize>>, decision: &'static str) -> Self {
+    fn new(labels: McpLabels, decision: &'static str) -> Self {
         let place = |label: &'static str| (label.as_ptr() as usize, label.len());
         McpSeriesKey {
-            method: place(method),
-            tool,
+            method: place(labels.method),
+            tool: labels.tool,
             decision: place(decision),
         }
     }
@@ -202,22 +232,28 @@ impl RouteMetrics {
         }
     }
 
+    /// The labels an MCP request's method and tool are counted under:
+    /// found once, where the call is read, so that the audit keeps two
+    /// words rather than copies of the names.
+    pub(crate) fn mcp_labels(&self, method: Option<&str>, tool: Option<&str>) -> McpLabels {
+        let listed = |t: &str| {
+            self.0
+                .series
+                .as_ref()
+                .and_then(|s| s.tools.iter().position(|listed| listed == t))
+        };
+        McpLabels {
+            method: mcp_method(method),
+            tool: tool.map(listed),
+        }
+    }
+
     /// One MCP request, as the audit saw it.
-    pub(crate) fn mcp_request(
-        &self,
-        method: Option<&str>,
-        tool: Option<&str>,
-        decision: &'static str,
-    ) {
+    pub(crate) fn mcp_request(&self, labels: McpLabels, decision: &'static str) {
         let Some(s) = &self.0.series else {
             return;
         };
-        let method = mcp_method(method);
-        let key = McpSeriesKey::new(
-            method,
-            tool.map(|t| s.tools.iter().position(|listed| listed == t)),
-            decision,
-        );
+        let key = McpSeriesKey::new(labels, decision);
         let known = s
             .mcp_counters
             .read()
@@ -227,10 +263,10 @@ impl RouteMetrics {
             return;
         }
         drop(known);
-        let tool = super::tool_label(&s.tools, tool);
+        let tool = labels.tool_label(&s.tools);
         let counter = s
             .mcp_requests
-            .with_label_values(&[&s.name, method, tool, decision]);
+            .with_label_values(&[&s.name, labels.method, tool, decision]);
         counter.inc();
         s.mcp_counters
             .write()

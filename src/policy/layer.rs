@@ -513,9 +513,17 @@ where
             let (body, calls) = self.read_calls(&parts.method, &parts.headers, body).await?;
             let audit = parts.extensions.get::<AuditSlot>().cloned();
             if let (Some(slot), Some(first)) = (&audit, calls.first()) {
+                let labels = self
+                    .metrics
+                    .mcp_labels(first.method.as_deref(), first.tool());
+                // The names are copied only for the audit line.
+                let named = slot.logged().then(|| (first.method.clone(), first.tool()));
                 slot.update(|facts| {
-                    facts.mcp_method = first.method.clone();
-                    facts.tool = first.tool().map(str::to_string);
+                    facts.mcp_labels = labels;
+                    if let Some((method, tool)) = named {
+                        facts.mcp_method = method;
+                        facts.tool = tool.map(str::to_string);
+                    }
                 });
             }
             let policy = self.engine.current();

@@ -15,7 +15,10 @@ fn counted(metrics: &Metrics, labels: [&str; 4]) -> u64 {
 #[tokio::test]
 async fn an_answered_request_is_counted_with_the_facts_the_layers_below_found() {
     let metrics = Metrics::new(&["whoami".into()]);
-    let stub = tower::service_fn(|request: Request<Body>| async move {
+    let labels = metrics
+        .route("default")
+        .mcp_labels(Some("tools/call"), Some("whoami"));
+    let stub = tower::service_fn(move |request: Request<Body>| async move {
         let slot = request
             .extensions()
             .get::<AuditSlot>()
@@ -23,6 +26,7 @@ async fn an_answered_request_is_counted_with_the_facts_the_layers_below_found() 
             .expect("a slot for the layers below");
         slot.update(|facts| {
             facts.sub = Some("alice".into());
+            facts.mcp_labels = labels;
             facts.mcp_method = Some("tools/call".into());
             facts.tool = Some("whoami".into());
             facts.decision = Some("allow");

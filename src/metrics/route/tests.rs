@@ -21,8 +21,14 @@ fn routed_lines(text: &str) -> Vec<&str> {
 
 /// Records one of every MCP-path event on `route`, on every endpoint.
 fn record_everything(route: &RouteMetrics) {
-    route.mcp_request(Some("tools/call"), Some("whoami"), "allow");
-    route.mcp_request(Some("x/unknown"), Some("secret-tool"), "deny");
+    route.mcp_request(
+        route.mcp_labels(Some("tools/call"), Some("whoami")),
+        "allow",
+    );
+    route.mcp_request(
+        route.mcp_labels(Some("x/unknown"), Some("secret-tool")),
+        "deny",
+    );
     route.policy_decision(PolicyVerdict::Allow, Duration::from_micros(5));
     route.policy_decision(PolicyVerdict::Deny, Duration::from_micros(5));
     route.policy_reload(ReloadResult::Success);
@@ -142,14 +148,17 @@ fn mcp_requests_found_again_count_in_their_own_series() {
     let metrics = Metrics::with_routes(&["whoami".into()], &["wiki"]);
     let route = metrics.route("wiki");
     for _ in 0..3 {
-        route.mcp_request(Some("tools/call"), Some("whoami"), "allow");
+        route.mcp_request(
+            route.mcp_labels(Some("tools/call"), Some("whoami")),
+            "allow",
+        );
     }
-    route.mcp_request(Some("tools/call"), Some("whoami"), "deny");
+    route.mcp_request(route.mcp_labels(Some("tools/call"), Some("whoami")), "deny");
     for tool in ["secret-a", "secret-b"] {
-        route.mcp_request(Some("tools/call"), Some(tool), "allow");
+        route.mcp_request(route.mcp_labels(Some("tools/call"), Some(tool)), "allow");
     }
-    route.mcp_request(Some("tools/list"), None, "allow");
-    route.mcp_request(Some("tools/list"), None, "allow");
+    route.mcp_request(route.mcp_labels(Some("tools/list"), None), "allow");
+    route.mcp_request(route.mcp_labels(Some("tools/list"), None), "allow");
     let text = metrics.render();
     let count = |method: &str, tool: &str, decision: &str| {
         let series = format!(

@@ -188,9 +188,14 @@ mod enforce_policy {
             .expect("the call");
         assert_eq!(call.tool(), Some("whoami"));
         assert_eq!(&*seen.body.lock().expect("lock"), WHOAMI.as_bytes());
+        let labels = metrics
+            .route("default")
+            .mcp_labels(Some("tools/call"), Some("whoami"));
         slot.update(|facts| {
-            assert_eq!(facts.mcp_method.as_deref(), Some("tools/call"));
-            assert_eq!(facts.tool.as_deref(), Some("whoami"));
+            assert_eq!(facts.mcp_labels, labels);
+            // Copied only for an audit line, which this request has not.
+            assert_eq!(facts.mcp_method, None);
+            assert_eq!(facts.tool, None);
             assert_eq!(facts.decision, Some("allow"));
         });
         assert_eq!(
@@ -203,10 +208,21 @@ mod enforce_policy {
 
         // A batch is judged call by call, off the runtime; no single call
         // travels on.
-        let response = service.oneshot(post(BATCH, Some(session()))).await;
+        let response = service.clone().oneshot(post(BATCH, Some(session()))).await;
         assert!(response.is_ok(), "{:?}", response.err());
         assert!(seen.single_call.lock().expect("lock").is_none());
         assert_eq!(seen.calls.load(Ordering::SeqCst), 2);
+
+        // With an audit line to write, the names too.
+        let written = AuditSlot::written();
+        let mut request = post(WHOAMI, Some(session()));
+        request.extensions_mut().insert(written.clone());
+        service.oneshot(request).await.expect("allowed");
+        written.update(|facts| {
+            assert_eq!(facts.mcp_labels, labels);
+            assert_eq!(facts.mcp_method.as_deref(), Some("tools/call"));
+            assert_eq!(facts.tool.as_deref(), Some("whoami"));
+        });
     }
 
     #[tokio::test]
