@@ -181,7 +181,7 @@ impl McpSeriesKey {
 
 /// One route's recorders. Cloning is one reference count; recording is a
 /// few atomic adds (the MCP request counter, whose method, tool and
-/// decision vary per request, is the one label lookup).
+/// decision vary per request, is found in the route's own map first).
 #[derive(Clone)]
 pub(crate) struct RouteMetrics(Arc<RouteHandle>);
 

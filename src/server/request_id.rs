@@ -53,8 +53,6 @@ impl SequentialRequestId {
     }
 }
 
-/// Gives each request its id, and copies it onto the answer unless the
-/// answer has one.
 /// Room for an id: the prefix (22 characters), `-` and a `u64`'s digits.
 const ID_CAPACITY: usize = 48;
 
@@ -73,6 +71,8 @@ impl AsRef<[u8]> for IdText {
     }
 }
 
+/// Gives each request its id, and copies it onto the answer unless the
+/// answer has one.
 pub(crate) struct RequestIds(SequentialRequestId);
 
 impl RequestIds {
