@@ -80,6 +80,26 @@ pub(crate) fn list_items(value: &str) -> impl Iterator<Item = &str> {
     })
 }
 
+/// The persistence option a `Connection` value is, when it is only that.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Persistence {
+    KeepAlive,
+    Close,
+}
+
+/// The option a `Connection` value is when it is just `keep-alive` or just
+/// `close` (any case), as nearly every one is: compared whole, since
+/// splitting a list costs more than the rest of noting a head.
+pub(crate) fn sole_persistence_option(value: &[u8]) -> Option<Persistence> {
+    if value.eq_ignore_ascii_case(b"keep-alive") {
+        Some(Persistence::KeepAlive)
+    } else if value.eq_ignore_ascii_case(b"close") {
+        Some(Persistence::Close)
+    } else {
+        None
+    }
+}
+
 /// Whether a `Connection` header lists `option`.
 pub(crate) fn connection_has(headers: &HeaderMap, option: &str) -> bool {
     connection_options(headers).any(|o| o.eq_ignore_ascii_case(option))
@@ -117,30 +137,23 @@ impl NotedLines {
         }
     }
 
-    /// What a `Connection` line says, read as `connection_options` reads
-    /// the filed line (a value `HeaderValue::to_str` refuses says nothing),
-    /// but on its bytes: the line is visible ASCII, so no UTF-8 check is
-    /// needed to compare its options.
+    /// What a `Connection` line says about persistence.
     fn read_connection(&mut self, value: &[u8]) {
-        // What nearly every line says, compared whole: splitting the list
-        // costs more than the rest of noting a head.
-        if value.eq_ignore_ascii_case(b"keep-alive") {
-            self.keep_alive = true;
-            return;
-        }
-        if value.eq_ignore_ascii_case(b"close") {
-            self.close = true;
-            return;
-        }
-        if !value
-            .iter()
-            .all(|&b| b == b'\t' || (0x20..0x7f).contains(&b))
-        {
-            return;
-        }
-        for option in value.split(|&b| b == b',').map(<[u8]>::trim_ascii) {
-            self.close |= option.eq_ignore_ascii_case(b"close");
-            self.keep_alive |= option.eq_ignore_ascii_case(b"keep-alive");
+        match sole_persistence_option(value) {
+            Some(Persistence::KeepAlive) => self.keep_alive = true,
+            Some(Persistence::Close) => self.close = true,
+            // A list, read as `connection_options` reads the filed line (a
+            // value `to_str` refuses says nothing); rare enough for the
+            // copy `HeaderValue::from_bytes` makes.
+            None => {
+                let Ok(line) = HeaderValue::from_bytes(value) else {
+                    return;
+                };
+                for option in line.to_str().into_iter().flat_map(list_items) {
+                    self.close |= option.eq_ignore_ascii_case("close");
+                    self.keep_alive |= option.eq_ignore_ascii_case("keep-alive");
+                }
+            }
         }
     }
 

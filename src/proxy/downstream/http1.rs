@@ -35,7 +35,7 @@ use tokio::net::TcpStream;
 
 use super::Outgoing;
 use crate::body::{put_chunk_size, take_ready};
-use crate::proxy::headers::{list_items, HeaderLines, NotedLines};
+use crate::proxy::headers::{list_items, sole_persistence_option, HeaderLines, NotedLines};
 
 /// The downstream connection as tokio sees it (TLS or not).
 pub(super) type Io = TokioIo<MaybeHttpsStream<TokioIo<TcpStream>>>;
@@ -474,8 +474,7 @@ fn parse_answer(buf: &mut BytesMut, method: &Method) -> Result<Option<Answer>, E
 /// answer (~500 instructions in callgrind). A `Connection` line naming
 /// anything else is filed, so that the lines it names are removed too.
 fn says_only_persistence(name: &HeaderName, value: &[u8]) -> bool {
-    name == header::CONNECTION
-        && (value.eq_ignore_ascii_case(b"keep-alive") || value.eq_ignore_ascii_case(b"close"))
+    name == header::CONNECTION && sole_persistence_option(value).is_some()
 }
 
 /// A header value of the answer's head: where it is in the head, or a copy.
