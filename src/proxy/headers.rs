@@ -80,26 +80,6 @@ pub(crate) fn list_items(value: &str) -> impl Iterator<Item = &str> {
     })
 }
 
-/// The persistence option a `Connection` value is, when it is only that.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub(crate) enum Persistence {
-    KeepAlive,
-    Close,
-}
-
-/// The option a `Connection` value is when it is just `keep-alive` or just
-/// `close` (any case), as nearly every one is: compared whole, since
-/// splitting a list costs more than the rest of noting a head.
-pub(crate) fn sole_persistence_option(value: &[u8]) -> Option<Persistence> {
-    if value.eq_ignore_ascii_case(b"keep-alive") {
-        Some(Persistence::KeepAlive)
-    } else if value.eq_ignore_ascii_case(b"close") {
-        Some(Persistence::Close)
-    } else {
-        None
-    }
-}
-
 /// Whether a `Connection` header lists `option`.
 pub(crate) fn connection_has(headers: &HeaderMap, option: &str) -> bool {
     connection_options(headers).any(|o| o.eq_ignore_ascii_case(option))
@@ -124,37 +104,42 @@ pub(crate) struct NotedLines {
 }
 
 impl NotedLines {
-    /// Notes a line named `name` with `value` as it is filed.
+    /// Notes a line named `name` with `value` as it is filed. True for a
+    /// `Connection` line that is just `keep-alive` or just `close`: all it
+    /// says is about this hop, and it is noted now.
     // Inlined into both parsers' loops: out of line, a call for each
     // line cost ~40 instructions (callgrind), more than the comparisons.
     #[inline(always)]
-    pub(crate) fn note(&mut self, name: &HeaderName, value: &[u8]) {
+    pub(crate) fn note(&mut self, name: &HeaderName, value: &[u8]) -> bool {
         self.expect |= name == header::EXPECT;
         self.transfer_encoding |= name == header::TRANSFER_ENCODING;
         self.content_length |= name == header::CONTENT_LENGTH;
-        if name == header::CONNECTION {
-            self.read_connection(value);
-        }
+        name == header::CONNECTION && self.read_connection(value)
     }
 
-    /// What a `Connection` line says about persistence.
-    fn read_connection(&mut self, value: &[u8]) {
-        match sole_persistence_option(value) {
-            Some(Persistence::KeepAlive) => self.keep_alive = true,
-            Some(Persistence::Close) => self.close = true,
-            // A list, read as `connection_options` reads the filed line (a
-            // value `to_str` refuses says nothing); rare enough for the
-            // copy `HeaderValue::from_bytes` makes.
-            None => {
-                let Ok(line) = HeaderValue::from_bytes(value) else {
-                    return;
-                };
-                for option in line.to_str().into_iter().flat_map(list_items) {
-                    self.close |= option.eq_ignore_ascii_case("close");
-                    self.keep_alive |= option.eq_ignore_ascii_case("keep-alive");
-                }
+    /// What a `Connection` line says about persistence; true when the line
+    /// is just one option (see `note`).
+    fn read_connection(&mut self, value: &[u8]) -> bool {
+        // What nearly every line says, compared whole: splitting a list
+        // costs more than the rest of noting a head.
+        if value.eq_ignore_ascii_case(b"keep-alive") {
+            self.keep_alive = true;
+            return true;
+        }
+        if value.eq_ignore_ascii_case(b"close") {
+            self.close = true;
+            return true;
+        }
+        // A list, read as `connection_options` reads the filed line (a
+        // value `to_str` refuses says nothing); rare enough for the copy
+        // `HeaderValue::from_bytes` makes.
+        if let Ok(line) = HeaderValue::from_bytes(value) {
+            for option in line.to_str().into_iter().flat_map(list_items) {
+                self.close |= option.eq_ignore_ascii_case("close");
+                self.keep_alive |= option.eq_ignore_ascii_case("keep-alive");
             }
         }
+        false
     }
 
     /// Whether the message lets its connection carry another (RFC 9112

@@ -190,6 +190,8 @@ fn build(
     for (name, value) in fields {
         let name =
             crate::header_name::from_wire(&head[name.clone()]).map_err(|_| HeadError::Malformed)?;
+        // Filed whatever it says, a `Connection` line too: the policy's
+        // `request` map reads the client's headers.
         noted.note(&name, &head[value.clone()]);
         let value = HeaderValue::from_maybe_shared(head.slice(value.clone()))
             .map_err(|_| HeadError::Malformed)?;
