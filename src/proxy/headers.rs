@@ -191,14 +191,23 @@ pub(crate) fn lines_of(headers: HeaderMap) -> HeaderLines {
     crossing(headers, |_| false, 0)
 }
 
-/// Sets `name` among `lines[from..]` (the lines the proxy writes itself):
-/// a later value replaces an earlier one, as a map's insert would, so no
-/// name is written twice.
-fn set(lines: &mut HeaderLines, from: usize, name: HeaderName, value: HeaderValue) {
-    match lines[from..].iter_mut().find(|(n, _)| *n == name) {
-        Some(line) => line.1 = value,
-        None => lines.push((name, value)),
-    }
+/// The lines the proxy writes about the client after the policy's, in
+/// this order, each once. Made at compile time: `HeaderName::from_static`
+/// called at run time checks the name again on every request.
+const X_FORWARDED_FOR_NAME: HeaderName = HeaderName::from_static(X_FORWARDED_FOR);
+const X_FORWARDED_HOST: HeaderName = HeaderName::from_static("x-forwarded-host");
+const X_FORWARDED_PROTO: HeaderName = HeaderName::from_static("x-forwarded-proto");
+
+/// Whether the proxy writes a line of this name itself: a policy's line
+/// of the name is left out, so each is written once and the proxy's
+/// stands. `header_rules` reserves all but `Via`, so only a policy that
+/// sets `Via` meets this.
+fn is_proxys_own(name: &HeaderName) -> bool {
+    *name == header::VIA
+        || *name == header::COOKIE
+        || *name == X_FORWARDED_FOR_NAME
+        || *name == X_FORWARDED_HOST
+        || *name == X_FORWARDED_PROTO
 }
 
 /// The client's lines that are not `refused`, in their order, with room
@@ -272,36 +281,31 @@ pub(crate) fn downstream_request_headers(
             || policy_headers.iter().any(|(policy, _)| policy == name)
     };
     let mut lines = crossing(headers, refused, policy_headers.len() + 5);
-    let own = lines.len();
     if let Some(cookies) = cookies {
-        set(&mut lines, own, header::COOKIE, cookies);
+        lines.push((header::COOKIE, cookies));
     }
+    let policys_from = lines.len();
     for (name, value) in policy_headers {
-        set(&mut lines, own, name.clone(), value.clone());
+        if is_proxys_own(name) {
+            continue;
+        }
+        // A name listed twice is written once, with its last value, as a
+        // map's insert would: decisions list each name once
+        // (`header_rules`), and the forwarder keeps it so for any list.
+        match lines[policys_from..].iter_mut().find(|(n, _)| n == name) {
+            Some(line) => line.1 = value.clone(),
+            None => lines.push((name.clone(), value.clone())),
+        }
     }
+    // The proxy's own names are distinct constants: pushed as they are.
     if let Some(chain) = forwarded_for {
-        set(
-            &mut lines,
-            own,
-            HeaderName::from_static(X_FORWARDED_FOR),
-            chain,
-        );
+        lines.push((X_FORWARDED_FOR_NAME, chain));
     }
     if let Some(via) = via {
-        set(&mut lines, own, header::VIA, via);
+        lines.push((header::VIA, via));
     }
-    set(
-        &mut lines,
-        own,
-        HeaderName::from_static("x-forwarded-host"),
-        forwarding.public_host.clone(),
-    );
-    set(
-        &mut lines,
-        own,
-        HeaderName::from_static("x-forwarded-proto"),
-        forwarding.public_proto.clone(),
-    );
+    lines.push((X_FORWARDED_HOST, forwarding.public_host.clone()));
+    lines.push((X_FORWARDED_PROTO, forwarding.public_proto.clone()));
     lines
 }
 

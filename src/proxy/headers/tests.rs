@@ -107,6 +107,37 @@ fn invariant_6_a_header_the_policy_sets_is_written_once_with_the_policys_value()
 }
 
 #[test]
+fn invariant_6_a_line_the_proxy_writes_itself_is_the_proxys_even_when_a_policy_sets_it() {
+    // `Via` is the one such name `header_rules` does not reserve; the
+    // others are listed too, for a list made some other way.
+    let lines = lines_for(
+        &[("cookie", "a=b")],
+        &[
+            ("via", "1.1 policy"),
+            ("x-forwarded-for", "6.6.6.6"),
+            ("x-forwarded-host", "evil.example"),
+            ("x-forwarded-proto", "http"),
+            ("cookie", "session=forged"),
+            ("x-user-sub", "alice"),
+        ],
+    );
+    let written: Vec<(&str, &str)> = lines
+        .iter()
+        .map(|(n, v)| (n.as_str(), v.to_str().unwrap()))
+        .collect();
+    assert_eq!(
+        written,
+        [
+            ("x-user-sub", "alice"),
+            ("x-forwarded-for", "127.0.0.1"),
+            ("via", VIA),
+            ("x-forwarded-host", "mcp.example.com"),
+            ("x-forwarded-proto", "https"),
+        ]
+    );
+}
+
+#[test]
 fn a_repeated_client_header_crosses_as_all_its_lines_in_order() {
     let sent = [
         ("accept", "application/json"),
