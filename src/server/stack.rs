@@ -159,11 +159,11 @@ pub(crate) fn router(app: AppState, hooks: &Hooks) -> Routes {
     let endpoints = endpoints
         .into_iter()
         .map(|(template, endpoint)| {
-            // One body type out, as axum's routes answer with.
+            // Axum's body type out (`TraceRequests` answers with it), as
+            // axum's routes answer with.
             let endpoint =
                 every_request(RecordHttp::for_route(app_metrics.clone(), template.clone()))
-                    .service(endpoint)
-                    .map_response(|response: Response<_>| response.map(Body::new));
+                    .service(endpoint);
             (template, BoxCloneSyncService::new(endpoint))
         })
         .collect();

@@ -27,6 +27,8 @@ use std::task::{Context, Poll};
 use std::time::Duration;
 
 use axum::http::{Request, Response};
+use axum::BoxError;
+use bytes::Bytes;
 use http_body::{Body, Frame, SizeHint};
 use tokio::time::Instant;
 use tower::{Layer, Service};
@@ -72,8 +74,10 @@ impl<S, B, R> Service<Request<B>> for TraceRequests<S>
 where
     S: Service<Request<B>, Response = Response<R>>,
     S::Error: Display,
+    R: Body<Data = Bytes> + Send + 'static,
+    R::Error: Into<BoxError>,
 {
-    type Response = Response<TracedBody<R>>;
+    type Response = Response<axum::body::Body>;
     type Error = S::Error;
     type Future = TracedFuture<S::Future>;
 
@@ -125,8 +129,10 @@ impl<F, R, E> Future for TracedFuture<F>
 where
     F: Future<Output = Result<Response<R>, E>>,
     E: Display,
+    R: Body<Data = Bytes> + Send + 'static,
+    R::Error: Into<BoxError>,
 {
-    type Output = Result<Response<TracedBody<R>>, E>;
+    type Output = Result<Response<axum::body::Body>, E>;
 
     fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
         let this = self.project();
@@ -146,11 +152,21 @@ where
                 }
                 drop(entered);
                 let span = this.span.take().unwrap_or_else(Span::none);
-                Ok(response.map(|body| TracedBody {
-                    inner: body,
-                    span,
-                    started,
-                    ended: false,
+                // A span no subscriber records (the default `warn`) has
+                // nothing to enter, and the body's `debug` event below it
+                // is off too: the body goes on as it is, without a wrapper
+                // and its box (`Body::new` of an axum `Body` is that body).
+                Ok(response.map(|body| {
+                    if span.is_disabled() {
+                        axum::body::Body::new(body)
+                    } else {
+                        axum::body::Body::new(TracedBody {
+                            inner: body,
+                            span,
+                            started,
+                            ended: false,
+                        })
+                    }
                 }))
             }
             Err(error) => {
