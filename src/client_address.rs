@@ -50,7 +50,19 @@ pub(crate) fn is_forwarding_header(name: &str) -> bool {
 /// it: a `HeaderName` without `_` (those are lowercase), asked once per
 /// client header on every request.
 pub(crate) fn is_forwarding_name(lenient: &str) -> bool {
-    FORWARDING.contains(&lenient) || FORWARDING_PREFIXES.iter().any(|p| lenient.starts_with(p))
+    FORWARDING.contains(&lenient) || has_forwarding_prefix(lenient)
+}
+
+/// The family's exact names, for a table that holds them with others
+/// (the forwarder's `NEVER_CROSSING`).
+pub(crate) fn forwarding_names() -> impl Iterator<Item = &'static str> {
+    FORWARDING.into_iter()
+}
+
+/// Whether a name (as a lenient server reads it) starts as one of the
+/// family's does.
+pub(crate) fn has_forwarding_prefix(lenient: &str) -> bool {
+    FORWARDING_PREFIXES.iter().any(|p| lenient.starts_with(p))
 }
 
 /// A parsed header name as a lenient server reads it: a `HeaderName` is

@@ -296,9 +296,15 @@ impl NamesByLength {
     }
 
     pub(crate) fn contains(&self, name: &str) -> bool {
-        self.0
-            .get(name.len())
-            .is_some_and(|same_length| same_length.iter().any(|n| n == name))
+        // The last bytes compared first, inline: names of one length
+        // mostly differ there (`x-` names share their start), and a call
+        // to compare the whole name is made only when they are the same.
+        let last = name.as_bytes().last();
+        self.0.get(name.len()).is_some_and(|same_length| {
+            same_length
+                .iter()
+                .any(|n| n.as_bytes().last() == last && n == name)
+        })
     }
 }
 
