@@ -324,11 +324,15 @@ struct Evaluation {
     observe: Option<super::observer::Observation>,
 }
 
-/// Counts a decision with how long it took: the clock is read, not the
-/// poll's time (`clock::read`), and what follows in the poll goes on from
-/// this reading.
-fn count(metrics: &RouteMetrics, verdict: PolicyVerdict, started: tokio::time::Instant) {
-    let took = crate::clock::read().saturating_duration_since(started);
+/// Counts a decision with how long its script ran (`None`: it did not run,
+/// the decision was remembered, and took no time worth reading the clock
+/// for: under a microsecond, inside the histogram's first bucket). A run is
+/// timed by the clock, not the poll's time (`clock::read`), and what
+/// follows in the poll goes on from this reading.
+fn count(metrics: &RouteMetrics, verdict: PolicyVerdict, ran_from: Option<tokio::time::Instant>) {
+    let took = ran_from.map_or(std::time::Duration::ZERO, |started| {
+        crate::clock::read().saturating_duration_since(started)
+    });
     metrics.policy_decision(verdict, took);
 }
 
@@ -350,7 +354,7 @@ impl Evaluation {
                 script_user(&self.session, &self.issuer)
             });
             if let Decision::Deny { status, reason } = login {
-                count(&self.metrics, PolicyVerdict::Deny, started);
+                count(&self.metrics, PolicyVerdict::Deny, Some(started));
                 if let Some(slot) = &self.audit {
                     slot.update(|facts| facts.decision = Some(PolicyVerdict::Deny.as_str()));
                 }
@@ -364,13 +368,18 @@ impl Evaluation {
         }
         let mut view = self.view;
         for (i, call) in evaluations.into_iter().enumerate() {
-            let started = crate::clock::read();
+            // Read when the script is about to run (its `user` is asked
+            // for first), not for a remembered decision.
+            let ran_from = std::cell::Cell::new(None);
             let decision = decide(
                 &self.engine,
                 &self.policy,
                 &self.session,
                 call,
-                || script_user(&self.session, &self.issuer),
+                || {
+                    ran_from.set(Some(crate::clock::read()));
+                    script_user(&self.session, &self.issuer)
+                },
                 || {
                     let view = if i == last { view.take() } else { view.clone() };
                     // No view: the policy reads only the call (`when_read`).
@@ -382,7 +391,7 @@ impl Evaluation {
             } else {
                 PolicyVerdict::Deny
             };
-            count(&self.metrics, verdict, started);
+            count(&self.metrics, verdict, ran_from.get());
             if let Some(observe) = &self.observe {
                 observe.decided(
                     &self.session.upstream,

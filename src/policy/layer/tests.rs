@@ -226,6 +226,32 @@ mod enforce_policy {
     }
 
     #[tokio::test]
+    async fn a_remembered_decision_is_counted_as_taking_no_time() {
+        let (_dir, engine) = engine();
+        let metrics = crate::metrics::Metrics::new(&[]);
+        let service = EnforcePolicy::layer(engine, "https://issuer", 1024, 16, metrics.clone())
+            .layer(downstream(Arc::new(Seen::default())));
+        let alice = session();
+        let timed = metrics.policy_duration.with_label_values(&["default"]);
+        service
+            .clone()
+            .oneshot(post(WHOAMI, Some(alice.clone())))
+            .await
+            .expect("allowed");
+        let ran_for = timed.get_sample_sum();
+        assert_eq!(timed.get_sample_count(), 1);
+        assert!(ran_for > 0.0, "the script's run is timed");
+        // The same call again: decided from the session's memory, no
+        // script run, no clock read, counted with nothing added.
+        service
+            .oneshot(post(WHOAMI, Some(alice)))
+            .await
+            .expect("allowed");
+        assert_eq!(timed.get_sample_count(), 2);
+        assert_eq!(timed.get_sample_sum(), ran_for);
+    }
+
+    #[tokio::test]
     async fn a_denied_unreadable_or_anonymous_request_never_reaches_the_downstream() {
         let (_dir, engine) = engine();
         let seen = Arc::new(Seen::default());
