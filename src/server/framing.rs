@@ -102,7 +102,9 @@ pub(crate) fn read_framing<'a>(
         } else if name.eq_ignore_ascii_case(b"content-length") {
             lengths += 1;
             content_length = Some(value);
-        } else if name.contains(&b'_') {
+        } else {
+            // Only a name with a `_` can read so, and `reads_as` compares
+            // lengths first: no search for the `_` in every name.
             folds_to_framing |=
                 reads_as(name, b"content-length") || reads_as(name, b"transfer-encoding");
         }
