@@ -210,9 +210,9 @@ pub(crate) fn lines_of(headers: HeaderMap) -> HeaderLines {
     crossing(headers, |_| false, 0)
 }
 
-/// The lines the proxy writes about the client after the policy's, in
-/// this order, each once. Made at compile time: `HeaderName::from_static`
-/// called at run time checks the name again on every request.
+// The names of the lines the proxy writes about the client, after the
+// policy's. Made at compile time: `HeaderName::from_static` called at run
+// time checks the name again on every request.
 const X_FORWARDED_FOR_NAME: HeaderName = HeaderName::from_static(X_FORWARDED_FOR);
 const X_FORWARDED_HOST: HeaderName = HeaderName::from_static("x-forwarded-host");
 const X_FORWARDED_PROTO: HeaderName = HeaderName::from_static("x-forwarded-proto");
