@@ -337,6 +337,31 @@ fn count(metrics: &RouteMetrics, verdict: PolicyVerdict, ran_from: Option<tokio:
 }
 
 impl Evaluation {
+    /// The route's `login()` for this session, when the policy has one: a
+    /// refusal refuses the request whatever its calls.
+    fn login(&self, calls: &[McpCall]) -> Result<(), ProxyError> {
+        if !self.policy.has_login {
+            return Ok(());
+        }
+        let started = crate::clock::read();
+        let login = login_verdict(&self.engine, &self.policy, &self.session, || {
+            script_user(&self.session, &self.issuer)
+        });
+        let Decision::Deny { status, reason } = login else {
+            return Ok(());
+        };
+        count(&self.metrics, PolicyVerdict::Deny, Some(started));
+        if let Some(slot) = &self.audit {
+            slot.update(|facts| facts.decision = Some(PolicyVerdict::Deny.as_str()));
+        }
+        tracing::info!(sub = %self.session.sub, route = self.engine.route(), %reason, "the route's login() refuses this person");
+        Err(ProxyError::PolicyDenied {
+            status,
+            reason,
+            id: calls.first().and_then(|c| c.id.clone()),
+        })
+    }
+
     /// Runs the policy for the request (no calls: once, without an `mcp`
     /// part) or for each call; the first denial refuses the whole request.
     fn run(self, calls: &[McpCall]) -> Result<PolicyHeaders, ProxyError> {
@@ -348,24 +373,7 @@ impl Evaluation {
             .map(Some)
             .chain(calls.is_empty().then_some(None));
         let last = calls.len().max(1) - 1;
-        if self.policy.has_login {
-            let started = crate::clock::read();
-            let login = login_verdict(&self.engine, &self.policy, &self.session, || {
-                script_user(&self.session, &self.issuer)
-            });
-            if let Decision::Deny { status, reason } = login {
-                count(&self.metrics, PolicyVerdict::Deny, Some(started));
-                if let Some(slot) = &self.audit {
-                    slot.update(|facts| facts.decision = Some(PolicyVerdict::Deny.as_str()));
-                }
-                tracing::info!(sub = %self.session.sub, route = self.engine.route(), %reason, "the route's login() refuses this person");
-                return Err(ProxyError::PolicyDenied {
-                    status,
-                    reason,
-                    id: calls.first().and_then(|c| c.id.clone()),
-                });
-            }
-        }
+        self.login(calls)?;
         let mut view = self.view;
         for (i, call) in evaluations.into_iter().enumerate() {
             // Read when the script is about to run (its `user` is asked
