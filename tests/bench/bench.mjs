@@ -395,8 +395,8 @@ async function startOurProxy({ name, port, shared, downstreamUrl, extraToml, pol
     // With the default 4 s, every connection went idle between two of the
     // proxy's runs and was closed when the next began; the stub, whose
     // connections serve millions of requests, then spent 40–90 ms freeing
-    // each one's memory pool on the server CPU, and the proxy's first
-    // requests waited for it (max latency 60–110 ms; README).
+    // their memory pools on the server CPU, and the proxy's first requests
+    // waited for it (max latency 60–110 ms; README).
     downstream: { url: downstreamUrl, pool_idle_timeout: '70s' },
     store: { path: path.join(shared.dir, 'proxy.db') },
     secrets: { encryption_key: shared.encryptionKey },
