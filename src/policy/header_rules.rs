@@ -28,7 +28,7 @@ pub(crate) use crate::config::DEFAULT_MAX_HEADER_BYTES;
 
 /// Headers a policy may never set: framing, hop-by-hop, routing, what the
 /// proxy itself sets about the client, and MCP's own transport headers.
-pub(crate) const RESERVED_HEADERS: [&str; 30] = [
+pub(crate) const RESERVED_HEADERS: [&str; 31] = [
     "content-length",
     "transfer-encoding",
     "content-type",
@@ -48,6 +48,7 @@ pub(crate) const RESERVED_HEADERS: [&str; 30] = [
     "origin",
     "cookie",
     "forwarded",
+    "via",
     "x-forwarded-for",
     "x-forwarded-host",
     "x-forwarded-proto",
@@ -482,6 +483,7 @@ mod tests {
             "Proxy-Anything",
             "X-Forwarded-For",
             "Forwarded",
+            "Via",
             "Origin",
             "Sec-Fetch-Site",
             "Accept-Encoding",

@@ -219,8 +219,8 @@ const X_FORWARDED_PROTO: HeaderName = HeaderName::from_static("x-forwarded-proto
 
 /// Whether the proxy writes a line of this name itself: a policy's line
 /// of the name is left out, so each is written once and the proxy's
-/// stands. `header_rules` reserves all but `Via`, so only a policy that
-/// sets `Via` meets this.
+/// stands. `header_rules` reserves every one of them, so a decision never
+/// holds one; the forwarder keeps the rule for any list.
 fn is_proxys_own(name: &HeaderName) -> bool {
     *name == header::VIA
         || *name == header::COOKIE

@@ -44,8 +44,8 @@ fn invariant_6_a_header_the_policy_sets_is_written_once_with_the_policys_value()
 
 #[test]
 fn invariant_6_a_line_the_proxy_writes_itself_is_the_proxys_even_when_a_policy_sets_it() {
-    // `Via` is the one such name `header_rules` does not reserve; the
-    // others are listed too, for a list made some other way.
+    // `header_rules` reserves these names, so no decision holds them: a
+    // list made some other way is still written with the proxy's own.
     let lines = lines_for(
         &[("cookie", "a=b")],
         &[
