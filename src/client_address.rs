@@ -10,14 +10,16 @@ use axum::extract::ConnectInfo;
 use axum::http::{HeaderMap, HeaderName, Request};
 use ipnet::IpNet;
 
-pub(crate) const X_FORWARDED_FOR: &str = "x-forwarded-for";
+/// The client's address as load balancers append it, and as the proxy
+/// writes it for the downstream.
+pub(crate) const X_FORWARDED_FOR: HeaderName = HeaderName::from_static("x-forwarded-for");
 
 /// Client headers that tell a server where the request came from or what it
 /// originally asked for. Frameworks and proxies behind us believe them
 /// (client address, scheme, host, path rewrites, method overrides), so a
 /// client never chooses them; the proxy writes its own X-Forwarded-For,
 /// -Proto, -Host and Via.
-const FORWARDING: [&str; 16] = [
+pub(crate) const FORWARDING: [&str; 16] = [
     "forwarded",
     "via",
     "x-forwarded",
@@ -43,20 +45,8 @@ const FORWARDING_PREFIXES: [&str; 4] = ["x-forwarded-", "x-original-", "x-envoy-
 /// Whether a client header is one the proxy writes itself (or removes)
 /// because it speaks about the connection.
 pub(crate) fn is_forwarding_header(name: &str) -> bool {
-    is_forwarding_name(&lenient_header_name(name))
-}
-
-/// [`is_forwarding_header`] for a name already as a lenient server reads
-/// it: a `HeaderName` without `_` (those are lowercase), asked once per
-/// client header on every request.
-pub(crate) fn is_forwarding_name(lenient: &str) -> bool {
-    FORWARDING.contains(&lenient) || has_forwarding_prefix(lenient)
-}
-
-/// The family's exact names, for a table that holds them with others
-/// (the forwarder's `NEVER_CROSSING`).
-pub(crate) fn forwarding_names() -> impl Iterator<Item = &'static str> {
-    FORWARDING.into_iter()
+    let lenient = lenient_header_name(name);
+    FORWARDING.contains(&lenient.as_ref()) || has_forwarding_prefix(&lenient)
 }
 
 /// Whether a name (as a lenient server reads it) starts as one of the
@@ -133,7 +123,7 @@ impl TrustedProxies {
 /// address (ports, `unknown`, obfuscated identifiers).
 fn forwarded_for_chain(headers: &HeaderMap) -> Vec<Option<IpAddr>> {
     headers
-        .get_all(X_FORWARDED_FOR)
+        .get_all(&X_FORWARDED_FOR)
         .iter()
         .flat_map(|value| value.to_str().unwrap_or("garbage").split(','))
         .map(|entry| entry.trim().parse::<IpAddr>().ok())

@@ -13,8 +13,8 @@ use std::net::IpAddr;
 use axum::http::{header, HeaderMap, HeaderName, HeaderValue, Version};
 
 use crate::client_address::{
-    forwarding_names, has_forwarding_prefix, has_underscore, lenient_header_name, lenient_name,
-    TrustedProxies, X_FORWARDED_FOR,
+    has_forwarding_prefix, has_underscore, lenient_header_name, lenient_name, TrustedProxies,
+    FORWARDING, X_FORWARDED_FOR,
 };
 use crate::config::is_own_cookie;
 use crate::policy::header_rules::NamesByLength;
@@ -45,7 +45,7 @@ static NEVER_CROSSING: std::sync::LazyLock<NamesByLength> = std::sync::LazyLock:
     NamesByLength::new(
         HOP_BY_HOP
             .into_iter()
-            .chain(forwarding_names())
+            .chain(FORWARDING)
             .chain(["host", "authorization", "cookie", "accept-encoding"])
             .map(String::from),
     )
@@ -211,9 +211,9 @@ pub(crate) fn lines_of(headers: HeaderMap) -> HeaderLines {
 }
 
 // The names of the lines the proxy writes about the client, after the
-// policy's. Made at compile time: `HeaderName::from_static` called at run
-// time checks the name again on every request.
-const X_FORWARDED_FOR_NAME: HeaderName = HeaderName::from_static(X_FORWARDED_FOR);
+// policy's (and `client_address::X_FORWARDED_FOR`). Made at compile time:
+// `HeaderName::from_static` called at run time checks the name again on
+// every request.
 const X_FORWARDED_HOST: HeaderName = HeaderName::from_static("x-forwarded-host");
 const X_FORWARDED_PROTO: HeaderName = HeaderName::from_static("x-forwarded-proto");
 
@@ -224,7 +224,7 @@ const X_FORWARDED_PROTO: HeaderName = HeaderName::from_static("x-forwarded-proto
 fn is_proxys_own(name: &HeaderName) -> bool {
     *name == header::VIA
         || *name == header::COOKIE
-        || *name == X_FORWARDED_FOR_NAME
+        || *name == X_FORWARDED_FOR
         || *name == X_FORWARDED_HOST
         || *name == X_FORWARDED_PROTO
 }
@@ -271,13 +271,13 @@ pub(crate) fn downstream_request_headers(
     let forwarded_for = forwarding.peer.and_then(|peer| {
         let peer = peer.to_canonical();
         if trusted {
-            HeaderValue::from_str(&appended(&headers, X_FORWARDED_FOR, &peer.to_string())).ok()
+            HeaderValue::from_str(&appended(&headers, &X_FORWARDED_FOR, &peer.to_string())).ok()
         } else {
             address_value(peer)
         }
     });
     let via = if trusted {
-        HeaderValue::from_str(&appended(&headers, header::VIA.as_str(), VIA)).ok()
+        HeaderValue::from_str(&appended(&headers, &header::VIA, VIA)).ok()
     } else {
         Some(HeaderValue::from_static(VIA))
     };
@@ -313,7 +313,7 @@ pub(crate) fn downstream_request_headers(
     }
     // The proxy's own names are distinct constants: pushed as they are.
     if let Some(chain) = forwarded_for {
-        lines.push((X_FORWARDED_FOR_NAME, chain));
+        lines.push((X_FORWARDED_FOR, chain));
     }
     if let Some(via) = via {
         lines.push((header::VIA, via));
@@ -369,7 +369,7 @@ fn written_address(address: IpAddr) -> Option<HeaderValue> {
 }
 
 /// The values of a list header (all its lines), with `last` appended.
-fn appended(headers: &HeaderMap, name: &str, last: &str) -> String {
+fn appended(headers: &HeaderMap, name: &HeaderName, last: &str) -> String {
     let mut items: Vec<&str> = headers
         .get_all(name)
         .iter()
