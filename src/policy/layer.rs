@@ -343,14 +343,17 @@ impl Evaluation {
         if !self.policy.has_login {
             return Ok(());
         }
-        let started = crate::clock::read();
+        // As for `authorize`: the clock is read only when `login()` runs,
+        // not for the verdict the session remembers.
+        let ran_from = std::cell::Cell::new(None);
         let login = login_verdict(&self.engine, &self.policy, &self.session, || {
+            ran_from.set(Some(crate::clock::read()));
             script_user(&self.session, &self.issuer)
         });
         let Decision::Deny { status, reason } = login else {
             return Ok(());
         };
-        count(&self.metrics, PolicyVerdict::Deny, Some(started));
+        count(&self.metrics, PolicyVerdict::Deny, ran_from.get());
         if let Some(slot) = &self.audit {
             slot.update(|facts| facts.decision = Some(PolicyVerdict::Deny.as_str()));
         }

@@ -252,6 +252,38 @@ mod enforce_policy {
     }
 
     #[tokio::test]
+    async fn a_remembered_login_refusal_is_counted_as_taking_no_time() {
+        let dir = tempfile::tempdir().expect("temp dir");
+        let path = dir.path().join("login.rhai");
+        std::fs::write(
+            &path,
+            r#"
+fn login(user) { deny(403, "not this route") }
+fn authorize(user, request) { allow() }
+"#,
+        )
+        .expect("write the policy");
+        let engine = Arc::new(PolicyEngine::new(Some(&path), &[]).expect("compiles"));
+        let metrics = crate::metrics::Metrics::new(&[]);
+        let service = EnforcePolicy::layer(engine, "https://issuer", 1024, 16, metrics.clone())
+            .layer(downstream(Arc::new(Seen::default())));
+        let alice = session();
+        let timed = metrics.policy_duration.with_label_values(&["default"]);
+        let refused = service
+            .clone()
+            .oneshot(post(WHOAMI, Some(alice.clone())))
+            .await;
+        assert!(matches!(refused, Err(ProxyError::PolicyDenied { .. })));
+        let ran_for = timed.get_sample_sum();
+        assert_eq!(timed.get_sample_count(), 1);
+        assert!(ran_for > 0.0, "login()'s run is timed");
+        let refused = service.oneshot(post(WHOAMI, Some(alice))).await;
+        assert!(matches!(refused, Err(ProxyError::PolicyDenied { .. })));
+        assert_eq!(timed.get_sample_count(), 2);
+        assert_eq!(timed.get_sample_sum(), ran_for, "remembered: no time added");
+    }
+
+    #[tokio::test]
     async fn a_denied_unreadable_or_anonymous_request_never_reaches_the_downstream() {
         let (_dir, engine) = engine();
         let seen = Arc::new(Seen::default());
