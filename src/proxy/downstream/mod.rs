@@ -148,17 +148,24 @@ impl DownstreamClient {
     ) -> impl Future<Output = Result<Response<DrivenBody>, DownstreamError>> + Send + '_ {
         async move {
             let key = self.key(&outgoing.target)?;
-            // Let the other requests that are ready be read first, as
-            // hyper-util's connection tasks did: their downstream writes then go
-            // out in one turn of the scheduler, and a downstream on the same CPU
-            // wakes (and preempts the proxy) once for them, not once a request.
-            // Measured (tests/bench/README.md): at 32 connections 2 µs less
-            // kernel time a request, 0.43× → 0.47× nginx; at 256, 9,000 →
-            // 11,800 requests/s and 85 → 68 µs CPU a request.
-            tokio::task::yield_now().await;
             let mut prepared =
                 Prepared::new(outgoing, key.host_header()).map_err(DownstreamError::Request)?;
             let mut reused = checkout(&key, self.idle_timeout);
+            // On an idle connection, let the other requests that are ready be
+            // read first, as hyper-util's connection tasks did: their
+            // downstream writes then go out in one turn of the scheduler, and
+            // a downstream on the same CPU wakes (and preempts the proxy) once
+            // for them, not once a request. Measured (tests/bench/README.md):
+            // at 32 connections 2 µs less kernel time a request, 0.43× →
+            // 0.47× nginx; at 256, 9,000 → 11,800 requests/s and 85 → 68 µs
+            // CPU a request. A request that opens a connection does not
+            // yield: its connect waits for the handshake, which lets the
+            // others run anyway, and the yield only added a turn of the
+            // scheduler (an `epoll_wait`, the whole stack polled again) to
+            // every new event stream's first event.
+            if reused.is_some() {
+                tokio::task::yield_now().await;
+            }
             loop {
                 let fresh = reused.is_none();
                 let mut pooled = match reused.take() {
