@@ -46,8 +46,9 @@ const HOUSEKEEPING_INTERVAL: Duration = Duration::from_secs(10);
 pub enum RateKey {
     /// A client address; IPv6 by its /64, which one host usually owns whole.
     Address(IpAddr),
-    /// A user (`sub`) or an OAuth client id.
-    Name(String),
+    /// A user (`sub`) or an OAuth client id, shared with the session that
+    /// named it: keying a request costs a reference count, not a copy.
+    Name(Arc<str>),
     /// Requests without the fact the limit counts by share one budget.
     Unknown,
 }

@@ -47,10 +47,12 @@ pub struct Session {
     pub(crate) grant_id: String,
     /// The access token's hash, its key in the store and the token cache.
     pub(crate) token_hash: String,
-    /// The OAuth client the token was issued to.
-    pub(crate) client_id: String,
-    /// The user's subject at the provider.
-    pub sub: String,
+    /// The OAuth client the token was issued to. Shared, not copied, by
+    /// what keys on it (the per-client rate limit, the audit line).
+    pub(crate) client_id: Arc<str>,
+    /// The user's subject at the provider. Shared, not copied, by what
+    /// keys on it (the per-user rate limit, the audit line).
+    pub sub: Arc<str>,
     /// The `email` claim at sign-in; `None` when the provider gave none.
     pub email: Option<String>,
     /// Every claim of the provider's id_token (merged with userinfo when

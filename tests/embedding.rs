@@ -252,7 +252,7 @@ fn recording(
 ) -> MapRequestLayer<impl Fn(http::Request<Body>) -> http::Request<Body> + Clone> {
     let seen = seen.clone();
     MapRequestLayer::new(move |request: http::Request<Body>| {
-        let sub = session(&request).map(|s| s.sub.clone());
+        let sub = session(&request).map(|s| s.sub.to_string());
         let tools = mcp_calls(&request)
             .iter()
             .filter_map(|c| c.tool().map(str::to_string))

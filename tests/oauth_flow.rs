@@ -321,7 +321,7 @@ async fn full_flow_issues_tokens_bound_to_the_user() {
     let access = body["access_token"].as_str().unwrap();
     assert!(body["refresh_token"].as_str().unwrap().len() >= 43);
     let session = p.app().grants.validate_access_token(access).await.unwrap();
-    assert_eq!(session.sub, "alice-sub-123");
+    assert_eq!(&*session.sub, "alice-sub-123");
     assert_eq!(session.email.as_deref(), Some("alice@example.com"));
     assert_eq!(session.claims["groups"], json!(["engineering", "admins"]));
     assert_eq!(session.claims["name"], "Alice Example");

@@ -259,10 +259,15 @@ async fn invariant_9_rate_limit_mcp_per_user_answers_json_rpc_and_spares_other_u
         .await
         .unwrap();
     assert_json_rpc_429(r, "mcp_user").await;
+    // Alice signed in again (another token, another session): the same
+    // user, the same budget.
+    let alice_again = s.token_for(&client, Value::Object(alice())).await;
+    assert_ne!(alice_again, alice_token);
+    assert_json_rpc_429(s.call(&alice_again).await, "mcp_user").await;
 
     // Bob, on the same client and address, is untouched.
     assert_eq!(s.call(&bob_token).await.status(), StatusCode::OK);
-    assert_eq!(rate_limited_count(&s.proxy, "mcp_user"), 3);
+    assert_eq!(rate_limited_count(&s.proxy, "mcp_user"), 4);
 
     // The audit event says why.
     let logs = captured_logs();

@@ -34,6 +34,9 @@ pub fn proxy(config: &Path, calls: u32, period: Duration) -> Result<Proxy, Start
         .layer(Hook::BeforeForwarding, tenant_header()))
 }
 
+/// A user (`Session::sub`, shared rather than copied) and a tool.
+type UserTool = (Arc<str>, String);
+
 /// At most `calls` calls of each tool per user per `period` (a fixed
 /// window per user and tool), on one route. The counts live in this
 /// process: replicas would each count on their own (keep them in Redis
@@ -43,7 +46,7 @@ pub struct ToolQuota {
     route: Arc<str>,
     calls: u32,
     period: Duration,
-    windows: Arc<Mutex<HashMap<(String, String), Window>>>,
+    windows: Arc<Mutex<HashMap<UserTool, Window>>>,
 }
 
 /// One user's use of one tool in the current window.

@@ -19,11 +19,11 @@ use crate::clock;
 #[derive(Debug, Default, Clone)]
 pub(crate) struct AuditFacts {
     /// Who: the user's `sub` (Authenticate).
-    pub sub: Option<String>,
+    pub sub: Option<Arc<str>>,
     /// The user's email, when the provider gave one (Authenticate).
     pub email: Option<String>,
     /// The OAuth client the token was issued to (Authenticate).
-    pub client_id: Option<String>,
+    pub client_id: Option<Arc<str>>,
     /// What, as the counters label it: the (first) call's method and tool
     /// (EnforcePolicy).
     pub mcp_labels: McpLabels,

@@ -418,7 +418,7 @@ fn stream_decoration(
     let legacy = (route == Endpoint::SseStream && status.is_success()).then(|| sse::LegacyStream {
         bindings: context.sessions.clone(),
         stream_url: target,
-        sub: caller.session.sub.clone(),
+        sub: caller.session.sub.to_string(),
         message_path: context.message_path.clone(),
     });
     sse::Decoration {

@@ -264,7 +264,7 @@ where
             // The session itself, not a copy of its `sub`: a reference count
             // where a `String` was allocated and copied on every request.
             let session = authenticated(&request).ok_or_else(ProxyError::no_session)?;
-            let sub = session.sub.as_str();
+            let sub: &str = &session.sub;
             // Malformed is refused on every route, though only /mcp checks it.
             let presented = presented_session_id(request.headers())?.map(str::to_string);
             let owned = match self.route {

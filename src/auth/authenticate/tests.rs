@@ -18,7 +18,7 @@ fn stub(calls: Arc<AtomicUsize>) -> BoxCloneSyncService<Request<Body>, Response<
         let session = request.extensions().get::<Arc<Session>>().cloned();
         async move {
             let session = session.expect("the session travels with the request");
-            Ok(Response::new(Body::from(session.sub.clone())))
+            Ok(Response::new(Body::from(session.sub.to_string())))
         }
     }))
 }
