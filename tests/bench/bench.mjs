@@ -1053,12 +1053,20 @@ async function ssePhase(shared, token) {
       for (const t of memOrder) r.memory[t] = await memoryPerStream(servers[t], ports[t], token, stub);
 
       // Sample by sample, the three targets in turn: drift hits all alike.
+      // nginx and the proxy swap places every other turn, so that each
+      // follows the other as often as it follows the stub alone: a server's
+      // stream, closed, leaves the stub work (closing its end, on the server
+      // CPU) that lands in the next sample. In a fixed order the proxy
+      // always came right after nginx and took that work in its own
+      // samples: swapping the two moved the proxy's ratio from 1.19× to
+      // 1.08× with the same builds (README, seventeenth session).
       // A server's CPU over the whole loop is its CPU for its own streams
       // (the stub serves all three, so it has no such number).
       const samples = { direct: [], nginx: [], proxy: [] };
       const cpuBefore = { nginx: cpuNanos(servers.nginx.measured()), proxy: cpuNanos(servers.proxy.measured()) };
+      const swapped = ['direct', 'proxy', 'nginx'];
       for (let i = 0; i < cfg.ttfeSamples; i++) {
-        for (const t of SSE_TARGETS) {
+        for (const t of i % 2 ? swapped : SSE_TARGETS) {
           const { stream, micros } = await firstEvent({ port: ports[t], path: '/mcp?mode=idle', token });
           stream.close();
           samples[t].push(micros);
