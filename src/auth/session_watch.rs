@@ -4,6 +4,8 @@
 
 use std::sync::Arc;
 
+use tokio::time::Instant;
+
 use super::token_cache::{seconds_left, TokenCache};
 use crate::session::{Revocation, Session, SessionEnd, SessionWatch};
 
@@ -33,12 +35,14 @@ impl TokenCache {
         if self.recently_revoked(&session) {
             return SessionEnd::Revoked;
         }
-        let expiry = tokio::time::sleep(seconds_left(&session));
-        tokio::pin!(expiry);
-        let now = tokio::time::Instant::now();
-        let due = (session.confirmed.at() + self.stream_recheck).max(now);
-        let mut recheck = tokio::time::interval_at(due, self.stream_recheck);
-        recheck.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        let now = Instant::now();
+        let expires = now + seconds_left(&session);
+        let first_check = (session.confirmed.at() + self.stream_recheck).max(now);
+        // One timer for both deadlines, the expiry and the next store check,
+        // set to the earlier: a new stream registers one timer entry, not two
+        // (and no `Interval`), which is most of what watching costs it.
+        let wake = tokio::time::sleep_until(first_check.min(expires));
+        tokio::pin!(wake);
         let mut hearing = true;
         // Without the revocation feed, or after the cache forgot what it
         // held, revocations may have been missed: asked at once.
@@ -52,10 +56,19 @@ impl TokenCache {
                     // expiry, and confirms nothing.
                     None => {}
                 }
+                // The next check an interval after this one, however it
+                // was prompted.
+                let next_check = Instant::now() + self.stream_recheck;
+                wake.as_mut().reset(next_check.min(expires));
             }
             check_store = false;
             tokio::select! {
-                _ = &mut expiry => return SessionEnd::Expired,
+                () = &mut wake => {
+                    if wake.deadline() >= expires {
+                        return SessionEnd::Expired;
+                    }
+                    check_store = true;
+                }
                 event = heard.recv(), if hearing => match event {
                     Ok(Some(Revocation::Grant(id))) if id == session.grant_id => {
                         return SessionEnd::Revoked
@@ -69,7 +82,6 @@ impl TokenCache {
                     }
                     Err(tokio::sync::broadcast::error::RecvError::Closed) => hearing = false,
                 },
-                _ = recheck.tick() => check_store = true,
             }
         }
     }

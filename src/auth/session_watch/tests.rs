@@ -164,3 +164,30 @@ async fn after_the_cache_forgot_everything_a_stream_asks_the_store_at_once() {
     .await;
     assert_eq!(end, Ok(SessionEnd::Revoked));
 }
+
+#[tokio::test]
+async fn a_live_stream_asks_the_store_every_interval_until_its_token_expires() {
+    let fixture = Fixture::new();
+    let interval = Duration::from_millis(200);
+    let cache = fixture.cache_rechecking_streams_every(HOUR, HOUR, interval);
+    let issued = fixture.issue(2, None).await;
+    let session = cache.lookup(&issued.token).await.unwrap().unwrap();
+    let started = tokio::time::Instant::now();
+    let end = cache.clone().until_session_ends(session).await;
+    let took = started.elapsed();
+    assert_eq!(end, SessionEnd::Expired);
+    // The token had one to two whole seconds left (the expiry is in unix
+    // seconds).
+    assert!(
+        took >= Duration::from_millis(900) && took < Duration::from_millis(2_500),
+        "ended after {took:?}"
+    );
+    // The lookup read the token once; the stream asked again every interval
+    // (one read a check), and the expiry did not wait for a check.
+    let checks = fixture.store.reads() - 1;
+    let due = (took.as_millis() / interval.as_millis()) as usize;
+    assert!(
+        checks + 1 >= due && checks <= due,
+        "{checks} store checks in {took:?}, one due every {interval:?}"
+    );
+}
