@@ -6,7 +6,7 @@ use std::sync::Arc;
 
 use tokio::time::Instant;
 
-use super::token_cache::{seconds_left, TokenCache};
+use super::token_cache::{time_left, TokenCache};
 use crate::session::{Revocation, Session, SessionEnd, SessionWatch};
 
 impl TokenCache {
@@ -36,7 +36,7 @@ impl TokenCache {
             return SessionEnd::Revoked;
         }
         let now = Instant::now();
-        let expires = now + seconds_left(&session);
+        let expires = now + time_left(&session);
         let first_check = (session.confirmed.at() + self.stream_recheck).max(now);
         // One timer for both deadlines, the expiry and the next store check,
         // set to the earlier: a new stream registers one timer entry, not two

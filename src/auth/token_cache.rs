@@ -6,7 +6,7 @@
 
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::Arc;
-use std::time::{Duration, Instant};
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use moka::future::Cache;
 use moka::Expiry;
@@ -41,15 +41,21 @@ impl Expiry<String, Entry> for EntryExpiry {
     ) -> Option<Duration> {
         Some(match value {
             // Never outlive the token.
-            Entry::Valid(session) => seconds_left(session).min(self.max_ttl),
+            Entry::Valid(session) => time_left(session).min(self.max_ttl),
             Entry::Unknown => self.negative_ttl,
         })
     }
 }
 
-/// How long a session's token has left.
-pub(super) fn seconds_left(session: &Session) -> Duration {
-    Duration::from_secs((session.expires_at - now_unix()).max(0) as u64)
+/// How long a session's token has left, to the instant: the expiry is in
+/// unix seconds, and counted from whole seconds now (`now_unix`) a token
+/// looked at late in a second had up to a second more than it has (an
+/// open stream outlived its token by that much).
+pub(super) fn time_left(session: &Session) -> Duration {
+    let expiry = UNIX_EPOCH + Duration::from_secs(session.expires_at.max(0).unsigned_abs());
+    expiry
+        .duration_since(SystemTime::now())
+        .unwrap_or(Duration::ZERO)
 }
 
 /// Validated tokens by hash, bounded, each entry living at most as long as

@@ -176,18 +176,21 @@ async fn a_live_stream_asks_the_store_every_interval_until_its_token_expires() {
     let end = cache.clone().until_session_ends(session).await;
     let took = started.elapsed();
     assert_eq!(end, SessionEnd::Expired);
-    // The token had one to two whole seconds left (the expiry is in unix
-    // seconds).
+    // The token had one to two seconds left (issued with its expiry in
+    // whole unix seconds), and the stream ends at that instant, not at a
+    // whole second counted from the watch's start.
     assert!(
-        took >= Duration::from_millis(900) && took < Duration::from_millis(2_500),
+        took >= Duration::from_millis(900) && took < Duration::from_millis(2_200),
         "ended after {took:?}"
     );
     // The lookup read the token once; the stream asked again every interval
-    // (one read a check), and the expiry did not wait for a check.
+    // (one read a check) and never after the expiry, which would have found
+    // the token gone and called it revoked.
     let checks = fixture.store.reads() - 1;
     let due = (took.as_millis() / interval.as_millis()) as usize;
+    // (A busy machine makes each check late, and the next counts from it.)
     assert!(
-        checks + 1 >= due && checks <= due,
+        checks >= due / 2 && checks <= due,
         "{checks} store checks in {took:?}, one due every {interval:?}"
     );
 }
