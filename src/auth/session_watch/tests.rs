@@ -1,6 +1,6 @@
 //! When an open event stream's session ends, and what it costs the store.
 
-use std::time::Duration;
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use std::sync::Arc;
 
@@ -170,12 +170,29 @@ async fn a_live_stream_asks_the_store_every_interval_until_its_token_expires() {
     let fixture = Fixture::new();
     let interval = Duration::from_millis(200);
     let cache = fixture.cache_rechecking_streams_every(HOUR, HOUR, interval);
+    // Issued late in a second, the token has 1 to 1.5 s left, not the 2
+    // whole seconds a count from now would give it.
+    let into_second = SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .unwrap_or_default()
+        .subsec_millis();
+    if into_second < 500 {
+        tokio::time::sleep(Duration::from_millis(u64::from(500 - into_second))).await;
+    }
     let issued = fixture.issue(2, None).await;
     let session = cache.lookup(&issued.token).await.unwrap().unwrap();
+    let expiry = UNIX_EPOCH + Duration::from_secs(session.expires_at.unsigned_abs());
     let started = tokio::time::Instant::now();
     let end = cache.clone().until_session_ends(session).await;
     let took = started.elapsed();
+    let ended = SystemTime::now();
     assert_eq!(end, SessionEnd::Expired);
+    // At the token's expiry, not up to a second after it.
+    let late = ended.duration_since(expiry).unwrap_or_default();
+    assert!(
+        ended + Duration::from_millis(5) >= expiry && late < Duration::from_millis(200),
+        "ended {late:?} after the token's expiry"
+    );
     // The token had one to two seconds left (issued with its expiry in
     // whole unix seconds), and the stream ends at that instant, not at a
     // whole second counted from the watch's start.
