@@ -40,7 +40,9 @@ impl TokenCache {
         let first_check = (session.confirmed.at() + self.stream_recheck).max(now);
         // One timer for both deadlines, the expiry and the next store check,
         // set to the earlier: a new stream registers one timer entry, not two
-        // (and no `Interval`), which is most of what watching costs it.
+        // and an `Interval` (1,200 fewer instructions a new stream,
+        // tests/bench/README.md). No check is due at or after the expiry, so
+        // an expired token ends its stream as expired, never as revoked.
         let wake = tokio::time::sleep_until(first_check.min(expires));
         tokio::pin!(wake);
         let mut hearing = true;

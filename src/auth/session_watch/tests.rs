@@ -193,9 +193,8 @@ async fn a_live_stream_asks_the_store_every_interval_until_its_token_expires() {
         ended + Duration::from_millis(5) >= expiry && late < Duration::from_millis(200),
         "ended {late:?} after the token's expiry"
     );
-    // The token had one to two seconds left (issued with its expiry in
-    // whole unix seconds), and the stream ends at that instant, not at a
-    // whole second counted from the watch's start.
+    // So the stream lived 1 to 1.5 s, not a whole number of seconds
+    // counted from the watch's start.
     assert!(
         took >= Duration::from_millis(900) && took < Duration::from_millis(2_200),
         "ended after {took:?}"
