@@ -173,9 +173,7 @@ impl DownstreamClient {
                     // Boxed: connecting (TCP, TLS) takes a larger future than
                     // the rest of a request; kept inline it would make every
                     // request's future that large.
-                    None => Box::pin(tokio::time::timeout_at(deadline, self.connect(&key)))
-                        .await
-                        .map_err(|_| DownstreamError::TimedOut)??,
+                    None => Box::pin(self.connect(&key, deadline)).await?,
                 };
                 pooled.deadline.as_mut().reset(deadline);
                 let Pooled {
@@ -224,16 +222,19 @@ impl DownstreamClient {
         })
     }
 
-    async fn connect(&self, key: &PoolKey) -> Result<Pooled, DownstreamError> {
+    /// Opens a connection by the request's `deadline` at the latest
+    /// (`TimedOut` when it passes first), and within `connect_timeout`.
+    async fn connect(&self, key: &PoolKey, deadline: Instant) -> Result<Pooled, DownstreamError> {
         let failed = |source: BoxError| DownstreamError::Connect {
             authority: key.authority.clone(),
             source,
         };
         if let Some(address) = key.plain_ip_address() {
-            return self
-                .connect_plain(address)
-                .await
-                .map_err(|e| failed(e.into()));
+            return match self.connect_plain(address, deadline).await {
+                Ok(pooled) => Ok(pooled),
+                Err(PlainConnectError::Deadline) => Err(DownstreamError::TimedOut),
+                Err(PlainConnectError::Failed(e)) => Err(failed(e.into())),
+            };
         }
         let scheme = if key.https {
             Scheme::HTTPS
@@ -246,7 +247,10 @@ impl DownstreamClient {
             .path_and_query("/")
             .build()
             .map_err(|e| failed(e.into()))?;
-        let io = self.connector.clone().call(uri).await.map_err(failed)?;
+        let io = tokio::time::timeout_at(deadline, self.connector.clone().call(uri))
+            .await
+            .map_err(|_| DownstreamError::TimedOut)?
+            .map_err(failed)?;
         Ok(Pooled::opened(io))
     }
 
@@ -254,16 +258,29 @@ impl DownstreamClient {
     /// for one, without its URI parsing and resolver step, and with the
     /// socket non-blocking from its creation (socket2 sets it afterwards,
     /// two `fcntl` calls a connection). Errors read as the connector's.
-    async fn connect_plain(&self, address: SocketAddr) -> Result<Pooled, TcpConnectError> {
-        let tcp = tokio::time::timeout(self.connect_timeout, TcpStream::connect(address))
-            .await
-            .map_err(|_| {
-                TcpConnectError(std::io::Error::new(
-                    std::io::ErrorKind::TimedOut,
-                    "connect timeout",
-                ))
-            })?
-            .map_err(TcpConnectError)?;
+    /// One timer, at the earlier of the request's deadline and the connect
+    /// timeout, where a timeout inside a timeout registered two for every
+    /// new connection (and each new event stream opens one).
+    async fn connect_plain(
+        &self,
+        address: SocketAddr,
+        deadline: Instant,
+    ) -> Result<Pooled, PlainConnectError> {
+        let connect_by = clock::now() + self.connect_timeout;
+        let tcp =
+            match tokio::time::timeout_at(connect_by.min(deadline), TcpStream::connect(address))
+                .await
+            {
+                Ok(connected) => connected.map_err(TcpConnectError)?,
+                Err(_) if deadline <= connect_by => return Err(PlainConnectError::Deadline),
+                Err(_) => {
+                    return Err(TcpConnectError(std::io::Error::new(
+                        std::io::ErrorKind::TimedOut,
+                        "connect timeout",
+                    ))
+                    .into())
+                }
+            };
         tcp.set_nodelay(true).map_err(TcpConnectError)?;
         Ok(Pooled::opened(MaybeHttpsStream::Http(TokioIo::new(tcp))))
     }
@@ -274,6 +291,20 @@ impl DownstreamClient {
 #[derive(Debug, thiserror::Error)]
 #[error("tcp connect error")]
 struct TcpConnectError(#[source] std::io::Error);
+
+/// Why a plain connection was not opened: the request's deadline passed
+/// first, or the connect itself failed (its own timeout included).
+#[derive(Debug)]
+enum PlainConnectError {
+    Deadline,
+    Failed(TcpConnectError),
+}
+
+impl From<TcpConnectError> for PlainConnectError {
+    fn from(failed: TcpConnectError) -> Self {
+        PlainConnectError::Failed(failed)
+    }
+}
 
 /// A request to the downstream: what `Prepared` writes. The target is
 /// absolute (it says which pool); the request line carries only its path

@@ -430,7 +430,10 @@ async fn a_request_on_a_connection_the_downstream_closed_comes_back_unsent() {
     let client = client();
     let request = get(&url);
     let key = client.key(request.uri()).unwrap();
-    let mut pooled = client.connect(&key).await.unwrap();
+    let mut pooled = client
+        .connect(&key, tokio::time::Instant::now() + WAIT)
+        .await
+        .unwrap();
     tokio::time::sleep(Duration::from_millis(50)).await;
     let sent = tokio::time::timeout(
         Duration::from_secs(2),
@@ -532,7 +535,10 @@ async fn a_body_longer_or_shorter_than_announced_is_never_sent_whole() {
         };
         let request = Request::post(&url).body(Body::new(body)).unwrap();
         let key = client.key(request.uri()).unwrap();
-        let mut pooled = client.connect(&key).await.unwrap();
+        let mut pooled = client
+            .connect(&key, tokio::time::Instant::now() + WAIT)
+            .await
+            .unwrap();
         let sent = pooled.conn.send(prepared(request, &key)).await;
         assert!(
             matches!(sent, Err(Err(super::ExchangeError::BodyLength))),

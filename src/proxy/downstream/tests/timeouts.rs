@@ -9,7 +9,7 @@ use std::time::Duration;
 use tokio::net::TcpStream;
 
 use super::{client, get, ok_json, server, text, Seen, WAIT};
-use crate::proxy::downstream::DownstreamError;
+use crate::proxy::downstream::{DownstreamClient, DownstreamError};
 
 /// A downstream that answers its `n`th request (from 0) after `delay(n)`.
 async fn slow_server(delay: fn(usize) -> Duration) -> (String, Seen) {
@@ -67,11 +67,16 @@ async fn a_reused_connection_waits_for_each_requests_own_deadline() {
     assert_eq!(seen.connections.load(Ordering::SeqCst), 2);
 }
 
-#[tokio::test]
-async fn the_deadline_covers_opening_the_connection() {
-    // A listener whose backlog is full never completes a handshake, as a
-    // downstream behind a dropping firewall: the connect timeout is 2 s,
-    // the request's deadline comes first.
+/// A downstream that never completes a handshake, as one behind a
+/// dropping firewall: a listener whose backlog is full, held open with the
+/// connections that filled it.
+struct Unanswering {
+    url: String,
+    _listener: tokio::net::TcpListener,
+    _fillers: Vec<TcpStream>,
+}
+
+async fn unanswering() -> Unanswering {
     let socket = tokio::net::TcpSocket::new_v4().unwrap();
     socket.bind("127.0.0.1:0".parse().unwrap()).unwrap();
     let listener = socket.listen(0).unwrap();
@@ -87,10 +92,20 @@ async fn the_deadline_covers_opening_the_connection() {
             fillers.push(filler);
         }
     }
+    Unanswering {
+        url,
+        _listener: listener,
+        _fillers: fillers,
+    }
+}
+
+#[tokio::test]
+async fn the_deadline_covers_opening_the_connection() {
+    // The connect timeout is 2 s, the request's deadline comes first.
+    let downstream = unanswering().await;
+    let url = &downstream.url;
     let started = std::time::Instant::now();
-    let failed = client()
-        .request(get(&url), Duration::from_millis(300))
-        .await;
+    let failed = client().request(get(url), Duration::from_millis(300)).await;
     let waited = started.elapsed();
     // (A kernel that completed the handshake anyway would leave the request
     // waiting for an answer that never comes: timed out the same way.)
@@ -98,6 +113,25 @@ async fn the_deadline_covers_opening_the_connection() {
         matches!(failed, Err(DownstreamError::TimedOut)),
         "{failed:?} after {waited:?}"
     );
+    assert!(waited < Duration::from_secs(2), "{waited:?}");
+}
+
+#[tokio::test]
+async fn a_connect_timeout_before_the_deadline_is_a_connect_error() {
+    // The connect timeout (300 ms) comes before the request's deadline
+    // (5 s): the connection failed, the request did not time out.
+    let downstream = unanswering().await;
+    let url = &downstream.url;
+    let started = std::time::Instant::now();
+    let failed = DownstreamClient::new(Duration::from_millis(300))
+        .request(get(url), Duration::from_secs(5))
+        .await;
+    let waited = started.elapsed();
+    let Err(DownstreamError::Connect { source, .. }) = &failed else {
+        panic!("{failed:?} after {waited:?}");
+    };
+    let cause = std::error::Error::source(source.as_ref()).map(ToString::to_string);
+    assert_eq!(cause.as_deref(), Some("connect timeout"), "{source:?}");
     assert!(waited < Duration::from_secs(2), "{waited:?}");
 }
 
