@@ -230,10 +230,22 @@ impl DownstreamClient {
             source,
         };
         if let Some(address) = key.plain_ip_address() {
-            return match self.connect_plain(address, deadline).await {
-                Ok(pooled) => Ok(pooled),
-                Err(PlainConnectError::Deadline) => Err(DownstreamError::TimedOut),
-                Err(PlainConnectError::Failed(e)) => Err(failed(e.into())),
+            // One timer, at the earlier of the deadline and the connect
+            // timeout, where a timeout inside a timeout registered two for
+            // every new connection (and each new event stream opens one).
+            let connect_by = clock::now() + self.connect_timeout;
+            return match tokio::time::timeout_at(connect_by.min(deadline), connect_plain(address))
+                .await
+            {
+                Ok(connected) => connected.map_err(|e| failed(e.into())),
+                Err(_) if deadline <= connect_by => Err(DownstreamError::TimedOut),
+                Err(_) => Err(failed(
+                    TcpConnectError(std::io::Error::new(
+                        std::io::ErrorKind::TimedOut,
+                        "connect timeout",
+                    ))
+                    .into(),
+                )),
             };
         }
         let scheme = if key.https {
@@ -253,37 +265,16 @@ impl DownstreamClient {
             .map_err(failed)?;
         Ok(Pooled::opened(io))
     }
+}
 
-    /// Opens a plain connection to an IP address: what the connector does
-    /// for one, without its URI parsing and resolver step, and with the
-    /// socket non-blocking from its creation (socket2 sets it afterwards,
-    /// two `fcntl` calls a connection). Errors read as the connector's.
-    /// One timer, at the earlier of the request's deadline and the connect
-    /// timeout, where a timeout inside a timeout registered two for every
-    /// new connection (and each new event stream opens one).
-    async fn connect_plain(
-        &self,
-        address: SocketAddr,
-        deadline: Instant,
-    ) -> Result<Pooled, PlainConnectError> {
-        let connect_by = clock::now() + self.connect_timeout;
-        let tcp =
-            match tokio::time::timeout_at(connect_by.min(deadline), TcpStream::connect(address))
-                .await
-            {
-                Ok(connected) => connected.map_err(TcpConnectError)?,
-                Err(_) if deadline <= connect_by => return Err(PlainConnectError::Deadline),
-                Err(_) => {
-                    return Err(TcpConnectError(std::io::Error::new(
-                        std::io::ErrorKind::TimedOut,
-                        "connect timeout",
-                    ))
-                    .into())
-                }
-            };
-        tcp.set_nodelay(true).map_err(TcpConnectError)?;
-        Ok(Pooled::opened(MaybeHttpsStream::Http(TokioIo::new(tcp))))
-    }
+/// Opens a plain connection to an IP address: what the connector does for
+/// one, without its URI parsing and resolver step, and with the socket
+/// non-blocking from its creation (socket2 sets it afterwards, two `fcntl`
+/// calls a connection). Errors read as the connector's; the caller times it.
+async fn connect_plain(address: SocketAddr) -> Result<Pooled, TcpConnectError> {
+    let tcp = TcpStream::connect(address).await.map_err(TcpConnectError)?;
+    tcp.set_nodelay(true).map_err(TcpConnectError)?;
+    Ok(Pooled::opened(MaybeHttpsStream::Http(TokioIo::new(tcp))))
 }
 
 /// A plain connection that could not be opened (worded as hyper-util's
@@ -291,20 +282,6 @@ impl DownstreamClient {
 #[derive(Debug, thiserror::Error)]
 #[error("tcp connect error")]
 struct TcpConnectError(#[source] std::io::Error);
-
-/// Why a plain connection was not opened: the request's deadline passed
-/// first, or the connect itself failed (its own timeout included).
-#[derive(Debug)]
-enum PlainConnectError {
-    Deadline,
-    Failed(TcpConnectError),
-}
-
-impl From<TcpConnectError> for PlainConnectError {
-    fn from(failed: TcpConnectError) -> Self {
-        PlainConnectError::Failed(failed)
-    }
-}
 
 /// A request to the downstream: what `Prepared` writes. The target is
 /// absolute (it says which pool); the request line carries only its path
