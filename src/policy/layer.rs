@@ -336,6 +336,20 @@ fn count(metrics: &RouteMetrics, verdict: PolicyVerdict, ran_from: Option<tokio:
     metrics.policy_decision(verdict, took);
 }
 
+/// The script's `user`, asked for as a run of `login()` or `authorize()`
+/// starts: the run is timed from then (`ran_from`, for `count`), and a
+/// verdict the session remembers, which runs nothing, reads no clock.
+fn user_timing_the_run<'a>(
+    session: &'a Session,
+    issuer: &'a str,
+    ran_from: &'a std::cell::Cell<Option<tokio::time::Instant>>,
+) -> impl FnOnce() -> Dynamic + 'a {
+    move || {
+        ran_from.set(Some(crate::clock::read()));
+        script_user(session, issuer)
+    }
+}
+
 impl Evaluation {
     /// The route's `login()` for this session, when the policy has one: a
     /// refusal refuses the request whatever its calls.
@@ -343,13 +357,13 @@ impl Evaluation {
         if !self.policy.has_login {
             return Ok(());
         }
-        // As for `authorize`: the clock is read only when `login()` runs,
-        // not for the verdict the session remembers.
         let ran_from = std::cell::Cell::new(None);
-        let login = login_verdict(&self.engine, &self.policy, &self.session, || {
-            ran_from.set(Some(crate::clock::read()));
-            script_user(&self.session, &self.issuer)
-        });
+        let login = login_verdict(
+            &self.engine,
+            &self.policy,
+            &self.session,
+            user_timing_the_run(&self.session, &self.issuer, &ran_from),
+        );
         let Decision::Deny { status, reason } = login else {
             return Ok(());
         };
@@ -379,18 +393,13 @@ impl Evaluation {
         self.login(calls)?;
         let mut view = self.view;
         for (i, call) in evaluations.into_iter().enumerate() {
-            // Read when the script is about to run (its `user` is asked
-            // for first), not for a remembered decision.
             let ran_from = std::cell::Cell::new(None);
             let decision = decide(
                 &self.engine,
                 &self.policy,
                 &self.session,
                 call,
-                || {
-                    ran_from.set(Some(crate::clock::read()));
-                    script_user(&self.session, &self.issuer)
-                },
+                user_timing_the_run(&self.session, &self.issuer, &ran_from),
                 || {
                     let view = if i == last { view.take() } else { view.clone() };
                     // No view: the policy reads only the call (`when_read`).
