@@ -542,10 +542,12 @@ async function signedInSetup(dir, cleanups) {
 }
 
 /**
- * What a one-off event-stream probe (memprobe.mjs, ttfeprobe.mjs) runs in:
- * `signedInSetup` and the SSE stub, in a temp dir that is removed after.
- * `run({ token, stub, startProxy })`; `startProxy(name)` starts the proxy
- * in front of the stub (stopped after `run`).
+ * What a one-off event-stream probe (memprobe.mjs, ttfeprobe.mjs,
+ * ttfeorder.mjs) runs in: `signedInSetup` and the SSE stub, in a temp dir
+ * that is removed after. `run({ token, stub, startProxy, whenDone })`;
+ * `startProxy(name, { port, bin })` starts a proxy in front of the stub (on
+ * the setup's port unless told another, `cfg.bin` unless told another
+ * build), stopped after `run`, as is what `whenDone(close)` is given.
  */
 async function withSseProxy(prefix, run) {
   const dir = fs.mkdtempSync(path.join(os.tmpdir(), prefix));
@@ -554,12 +556,13 @@ async function withSseProxy(prefix, run) {
     const { shared, token } = await signedInSetup(dir, cleanups);
     const stub = await startSseStub();
     cleanups.push(() => stub.close());
-    const startProxy = async (name) => {
-      const proxy = await startOurProxy({ name, port: shared.proxyPort, shared, downstreamUrl: `http://127.0.0.1:${stub.port}/mcp` });
+    const startProxy = async (name, { port = shared.proxyPort, bin } = {}) => {
+      const proxy = await startOurProxy({ name, port, shared, downstreamUrl: `http://127.0.0.1:${stub.port}/mcp`, bin });
       cleanups.push(() => proxy.close());
       return proxy;
     };
-    return await run({ token, stub, startProxy });
+    const whenDone = (close) => cleanups.push(close);
+    return await run({ token, stub, startProxy, whenDone });
   } finally {
     for (const c of cleanups.reverse()) await c().catch((e) => log('cleanup:', e.message));
     fs.rmSync(dir, { recursive: true, force: true });

@@ -14,45 +14,33 @@
 // Prints each target's p50 and p90 in µs and the servers' pids as JSON.
 import { spawn } from 'node:child_process';
 import fs from 'node:fs';
-import net from 'node:net';
-import os from 'node:os';
 import path from 'node:path';
-import { cfg, signedInSetup, startSseStub, startNginx, nginxProxy, startOurProxy } from './bench.mjs';
+import { freePort } from '../e2e/lib/index.mjs';
+import { cfg, withSseProxy, startNginx, nginxProxy } from './bench.mjs';
 import { firstEvent } from './sse-client.mjs';
 
-const freePort = () =>
-  new Promise((resolve) => {
-    const s = net.createServer();
-    s.listen(0, '127.0.0.1', () => {
-      const { port } = s.address();
-      s.close(() => resolve(port));
-    });
-  });
 const targets = (process.env.TARGETS ?? 'direct,nginx,proxy').split(',');
 const samplesPerTarget = Number(process.env.TTFE_ORDER_SAMPLES ?? 400);
-const dir = fs.mkdtempSync(path.join(os.tmpdir(), 'mcp-ttfe-order-'));
-const cleanups = [];
-try {
-  const { shared, token } = await signedInSetup(dir, cleanups);
-  const stub = await startSseStub();
-  cleanups.push(() => stub.close());
+
+await withSseProxy('mcp-ttfe-order-', async ({ token, stub, startProxy, whenDone }) => {
   const nginxPort = await freePort();
   const nginx = await startNginx('nginx-sse', nginxProxy(nginxPort, stub.port));
-  cleanups.push(() => nginx.close());
-  const downstreamUrl = `http://127.0.0.1:${stub.port}/mcp`;
-  const proxy = await startOurProxy({ name: 'proxy-sse', port: await freePort(), shared, downstreamUrl });
-  cleanups.push(() => proxy.close());
+  whenDone(() => nginx.close());
+  const proxy = await startProxy('proxy-sse');
   const ports = { direct: stub.port, nginx: nginxPort, proxy: proxy.port };
   const pids = { stub: stub.pid, nginx: nginx.measured(), proxy: proxy.measured(), client: process.pid };
   if (process.env.BASE_BIN) {
-    const base = await startOurProxy({ name: 'proxy-base', port: await freePort(), shared, downstreamUrl, bin: process.env.BASE_BIN });
-    cleanups.push(() => base.close());
+    const base = await startProxy('proxy-base', { port: await freePort(), bin: process.env.BASE_BIN });
     ports.base = base.port;
     pids.base = base.measured();
   }
   for (const t of targets) if (!(t in ports)) throw new Error(`TARGETS: unknown target ${t} (direct, nginx, proxy, base with BASE_BIN)`);
-  const open = async (t) => (await firstEvent({ port: ports[t], path: '/mcp?mode=idle', token })).stream.close();
-  for (let i = 0; i < 200; i++) for (const t of targets) await open(t);
+  const sample = async (t) => {
+    const { stream, micros } = await firstEvent({ port: ports[t], path: '/mcp?mode=idle', token });
+    stream.close();
+    return micros;
+  };
+  for (let i = 0; i < 200; i++) for (const t of targets) await sample(t);
   let perf;
   if (process.env.TTFE_ORDER_PERF === '1') {
     fs.mkdirSync(cfg.outDir, { recursive: true });
@@ -61,13 +49,7 @@ try {
     await new Promise((r) => setTimeout(r, 1000));
   }
   const samples = Object.fromEntries(targets.map((t) => [t, []]));
-  for (let i = 0; i < samplesPerTarget; i++) {
-    for (const t of targets) {
-      const { stream, micros } = await firstEvent({ port: ports[t], path: '/mcp?mode=idle', token });
-      stream.close();
-      samples[t].push(micros);
-    }
-  }
+  for (let i = 0; i < samplesPerTarget; i++) for (const t of targets) samples[t].push(await sample(t));
   if (perf) {
     perf.kill('SIGINT');
     await new Promise((r) => perf.on('exit', r));
@@ -78,13 +60,4 @@ try {
     result[t] = { p50_us: s[Math.floor(s.length / 2)], p90_us: s[Math.floor(s.length * 0.9)] };
   }
   console.log(JSON.stringify(result));
-} finally {
-  for (const c of cleanups.reverse()) {
-    try {
-      await c();
-    } catch {
-      /* already gone */
-    }
-  }
-  fs.rmSync(dir, { recursive: true, force: true });
-}
+});
